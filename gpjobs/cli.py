@@ -1,0 +1,42 @@
+"""`gpjobs` command line: one sub-command per module in gpjobs.commands.
+
+Each command module defines `HELP`, `add_arguments(parser)` and `run(args) -> int`, and imports
+nothing heavy at module level (the server never imports torch; `train`/`predict` import it in run()).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = ("serve", "train", "inspect", "predict", "token", "migrate", "backup", "check", "cert")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gpjobs", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"gpjobs.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"gpjobs.commands.{name}":
+                raise
+            continue  # command not built yet
+        command = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(command)
+        command.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""What crosses the pipe between the server and a training child. Imports no torch.
+
+The server starts `python -m gpjobs.training --spec <work_dir>/spec.json`, keeps the child's stdin
+open as a lifeline (the child exits when it reads EOF), and reads JSON-lines events from the child's
+stdout. The child re-points `sys.stdout` at stderr on start so that nothing but events reaches the pipe;
+anything on stderr is free-form log text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+
+class ExitCode(IntEnum):
+    """Child exit status -> how the scheduler classifies the outcome (architecture.md, Failure classes)."""
+
+    OK = 0
+    ERROR = 1  # unexpected exception in training: Failed, no retry
+    BAD_INPUT = 2  # the data or parameters are wrong: Failed, no retry, the message says how to fix it
+    NAN_LOSS = 3  # training diverged: Failed, no retry
+    OUT_OF_MEMORY = 4  # Failed, no retry; the message suggests a smaller batch_size / chip_size
+    CANCELLED = 5  # SIGTERM honoured at a batch boundary (cancel, timeout or graceful shutdown)
+    LIFELINE_LOST = 6  # stdin closed: the server is gone; resumable from the last checkpoint
+
+
+@dataclass
+class JobSpec:
+    """Everything a child needs to train one job. Paths are absolute and already resolved by the server."""
+
+    job_id: str
+    in_folders: list[str]
+    model_type: str
+    output_name: str  # model name: the .dlpk is <work_dir>/output/<output_name>.dlpk
+    work_dir: str  # checkpoints, logs and output live here; survives restarts
+    arguments: dict[str, Any] = field(default_factory=dict)  # raw values; parsed with catalog.parse_arguments
+    batch_size: int = 2
+    max_epochs: int = 20
+    learning_rate: float | None = None  # None or <= 0: run the LR range test
+    backbone_model: str | None = None  # None: the model type's default
+    validation_percent: float = 10.0
+    pretrained_model: str | None = None  # local path of a .dlpk (or extracted model folder) to fine-tune from
+    stop_training: bool = True
+    freeze_model: bool = True
+    device: str = "cpu"  # "cpu" or "cuda:N", chosen by the scheduler
+    weights_dir: str | None = None  # torchvision-named ImageNet weight files
+    missing_weights: str = "random"  # "random": train from scratch and say so; "fail": fail the job
+    num_workers: int = 0
+    num_threads: int = 1  # torch.set_num_threads in the child (side-by-side children must not oversubscribe)
+    resume: bool = True  # continue from <work_dir>/checkpoint.pt when it exists
+    heartbeat_seconds: float = 5.0
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "JobSpec":
+        data = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "JobSpec":
+        return cls.from_json(Path(path).read_text(encoding="utf-8"))
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return Path(self.work_dir) / "checkpoint.pt"
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.work_dir) / "output"
+
+    @property
+    def package_path(self) -> Path:
+        return self.output_dir / f"{self.output_name}.dlpk"
+
+
+# --- events (child -> server), one JSON object per line with a "type" key ----------------------
+#
+#   {"type": "started", "pid": 123, "device": "cpu", "torch": "2.14.1", "resumed_from_epoch": 0}
+#   {"type": "message", "level": "info" | "warning" | "error", "text": "..."}
+#   {"type": "progress", "percent": 42.0, "phase": "lr_find" | "train" | "validate" | "package",
+#        "epoch": 3, "max_epochs": 10}
+#   {"type": "epoch", "epoch": 3, "max_epochs": 10, "train_loss": 0.41, "valid_loss": 0.38,
+#        "metrics": {"accuracy": 0.91}, "seconds": 12.5, "best": true}
+#   {"type": "checkpoint", "epoch": 3}
+#   {"type": "heartbeat"}
+#   {"type": "result", "package": "/abs/out.dlpk", "model_type": "UNET", "metrics": {...},
+#        "emd": {...the .emd as written...}}
+#   {"type": "failed", "exit_code": 2, "text": "what went wrong and how to fix it", "details": ["..."]}
+
+EVENT_TYPES = frozenset(
+    {"started", "message", "progress", "epoch", "checkpoint", "heartbeat", "result", "failed"})
+MESSAGE_LEVELS = frozenset({"info", "warning", "error"})
+
+
+def encode_event(event_type: str, **fields: Any) -> bytes:
+    """One event as a JSON line (bytes, newline-terminated)."""
+    if event_type not in EVENT_TYPES:
+        raise ValueError(f"unknown event type {event_type!r}")
+    return (json.dumps({"type": event_type, **fields}, default=str) + "\n").encode("utf-8")
+
+
+def decode_event(line: bytes | str) -> dict[str, Any] | None:
+    """The event on one line, or None for a line that is not an event (blank or stray output)."""
+    text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
+    text = text.strip()
+    if not text.startswith("{"):
+        return None
+    try:
+        event = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(event, dict) or event.get("type") not in EVENT_TYPES:
+        return None
+    return event
