@@ -1,0 +1,3 @@
+"""Object detection model types: FASTERRCNN, RETINANET, SSD, YOLOV3, MASKRCNN (families land module by module)."""
+
+from __future__ import annotations

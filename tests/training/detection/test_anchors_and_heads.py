@@ -1,0 +1,151 @@
+"""Anchors (SSD grids/zooms/ratios, k-means), Darknet-53 taps, and the SSD / YOLOv3 heads and losses."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from gpjobs.training.models.detection.anchors import (
+    auto_ssd_grids,
+    boxes_wh,
+    kmeans_wh,
+    ssd_anchors,
+    yolo_anchors,
+)
+from gpjobs.training.models.detection.darknet import darknet53_features
+from gpjobs.training.models.detection.ssd_net import SSDNet, match_anchors, ssd_detect, ssd_loss
+from gpjobs.training.models.detection.yolo_net import YOLOv3Net, check_chip_multiple, yolo_detect, yolo_loss
+
+
+def test_ssd_anchors_follow_grid_zoom_ratio_order():
+    a = ssd_anchors([2], [1.0], [[1.0, 1.0]])
+    assert a.tolist() == [[0.25, 0.25, 0.5, 0.5], [0.75, 0.25, 0.5, 0.5],
+                          [0.25, 0.75, 0.5, 0.5], [0.75, 0.75, 0.5, 0.5]]
+    b = ssd_anchors([4, 1], [1.0, 0.5], [[1.0, 1.0], [2.0, 1.0]])
+    assert b.shape == (4 * 4 * 4 + 1 * 4, 4)
+    # first cell of the 4x4 grid: zoom 1 square, zoom 1 wide, zoom .5 square, zoom .5 wide
+    assert b[:4, 2:].tolist() == [[0.25, 0.25], [0.5, 0.25], [0.125, 0.125], [0.25, 0.125]]
+    assert b[-1].tolist() == [0.5, 0.5, 1.0, 0.5]
+
+
+def test_auto_grids_follow_box_sizes():
+    assert auto_ssd_grids(np.full((20, 2), 16.0), 64) == [4]
+    two_sizes = np.concatenate([np.full((20, 2), 8.0), np.full((20, 2), 32.0)])
+    assert auto_ssd_grids(two_sizes, 64) == [2, 8]
+    assert auto_ssd_grids(np.zeros((0, 2)), 64) == [4]
+
+
+def test_kmeans_anchors_recover_clusters_smallest_first():
+    rng = np.random.default_rng(1)
+    sizes = [(6, 6), (12, 24), (40, 20)]
+    wh = np.concatenate([np.array(s) * rng.uniform(0.95, 1.05, (30, 2)) for s in sizes])
+    centroids, fit = kmeans_wh(wh, 3)
+    assert fit > 0.85
+    np.testing.assert_allclose(centroids, sizes, rtol=0.08)
+    anchors = yolo_anchors(wh)
+    assert len(anchors) == 9
+    areas = [w * h for w, h in anchors]
+    assert areas == sorted(areas)
+    assert len(yolo_anchors(np.zeros((0, 2)), fallback_chip=208)) == 9
+
+
+def test_boxes_wh_reads_targets():
+    wh = boxes_wh([{"boxes": torch.tensor([[0.0, 0.0, 4.0, 2.0]])}, {"boxes": torch.zeros(0, 4)}])
+    assert wh.tolist() == [[4.0, 2.0]]
+
+
+def test_darknet53_taps_any_band_count():
+    net = darknet53_features(6)
+    feats = net(torch.zeros(1, 6, 64, 64))
+    assert [tuple(f.shape[1:]) for f in feats.values()] == [
+        (64, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4), (1024, 2, 2)]
+    assert net.out_channels == [64, 128, 256, 512, 1024] and net.strides == [2, 4, 8, 16, 32]
+    assert net.first_conv.in_channels == 6
+
+
+def test_yolo_chip_must_be_multiple_of_32():
+    check_chip_multiple(64)
+    with pytest.raises(ValueError, match="multiple of 32.*32 or 64"):
+        check_chip_multiple(48)
+
+
+class TinyBackbone(nn.Module):
+    """Five stride-2 taps, like the backbone factory's feature backbones, but cheap."""
+
+    def __init__(self, bands: int = 3) -> None:
+        super().__init__()
+        chans = [bands, 8, 16, 32, 32, 32]
+        self.layers = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(chans[i], chans[i + 1], 3, 2, 1), nn.BatchNorm2d(chans[i + 1]), nn.ReLU())
+            for i in range(5))
+        self.out_channels = chans[1:]
+        self.strides = [2, 4, 8, 16, 32]
+
+    def forward(self, x):
+        out = OrderedDict()
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            out[f"f{i}"] = x
+        return out
+
+
+def _squares(n: int = 4, size: int = 64):
+    images = torch.zeros(n, 3, size, size)
+    targets = []
+    for i in range(n):
+        x0 = 4 + 8 * i
+        images[i, i % 2, 10:26, x0:x0 + 16] = 1.0
+        targets.append({"boxes": torch.tensor([[x0, 10.0, x0 + 16, 26.0]]), "labels": torch.tensor([1 + i % 2])})
+    return images, targets
+
+
+def _overfit(model, loss_fn, steps: int = 25):
+    torch.manual_seed(0)
+    images, targets = _squares()
+    opt = torch.optim.AdamW(model.parameters(), 3e-3)
+    losses = []
+    for _ in range(steps):
+        model.train()
+        loss = loss_fn(model(images), targets)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses, images, targets
+
+
+def test_ssd_head_shapes_matching_and_learning():
+    torch.manual_seed(0)
+    model = SSDNet(TinyBackbone(), 2, 64, [4, 2], [1.0], [[1.0, 1.0], [1.0, 0.5]])
+    offsets, logits = model(torch.zeros(2, 3, 64, 64))
+    assert offsets.shape == (2, (16 + 4) * 2, 4) and logits.shape == (2, 40, 2)
+    # a truth that overlaps no anchor by > 0.4 still gets its best anchor
+    match = match_anchors(torch.tensor([[0.0, 0.0, 0.05, 0.05]]), model.anchors)
+    assert int((match >= 0).sum()) == 1
+    losses, images, targets = _overfit(
+        model, lambda out, t: ssd_loss(out, t, model.anchors, model.cell_sizes, (64, 64)))
+    assert losses[-1] < 0.5 * losses[0]
+    model.eval()
+    with torch.no_grad():
+        found = ssd_detect(model(images), model.anchors, model.cell_sizes, (64, 64))
+    assert all(set(d) == {"boxes", "scores", "labels"} for d in found)
+    assert all(int(lbl) in (1, 2) for d in found for lbl in d["labels"])
+
+
+def test_yolo_head_shapes_and_learning():
+    torch.manual_seed(0)
+    anchors = yolo_anchors(np.full((9, 2), 16.0) * np.linspace(0.5, 2, 9)[:, None])
+    model = YOLOv3Net(TinyBackbone(), 2, anchors, width=32)
+    outs = model(torch.zeros(2, 3, 64, 64))
+    assert [tuple(o.shape) for o in outs] == [(2, 3, 7, 8, 8), (2, 3, 7, 4, 4), (2, 3, 7, 2, 2)]
+    losses, images, targets = _overfit(
+        model, lambda out, t: yolo_loss(out, t, model.anchors, model.strides, (64, 64)))
+    assert losses[-1] < 0.5 * losses[0]
+    model.eval()
+    with torch.no_grad():
+        found = yolo_detect(model(images), model.anchors, model.strides)
+    assert len(found) == 4 and all(d["boxes"].shape[-1] == 4 for d in found)
