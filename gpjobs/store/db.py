@@ -1,0 +1,114 @@
+"""SQLite connections: one writer behind an asyncio lock (BEGIN IMMEDIATE ... COMMIT), separate readers.
+
+aiosqlite serialises statements per connection but does not isolate transactions between coroutines that
+share it (anchors.md §2.4), so every write goes through `Database.write()`, which holds the lock for the
+whole transaction. Readers run with query_only=ON and see committed snapshots only (WAL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import sqlite3
+from pathlib import Path
+from typing import Any, AsyncIterator, Iterable
+
+import aiosqlite
+import orjson
+
+MIN_SQLITE = (3, 35, 0)  # UPDATE ... RETURNING
+BUSY_TIMEOUT_MS = 5000  # only matters for a second process (gpjobs token/backup while the server runs)
+
+
+class StoreError(RuntimeError):
+    """The database cannot be used (too old SQLite, edited migration, newer schema, ...)."""
+
+
+def dumps(value: Any) -> str:
+    return orjson.dumps(value).decode("utf-8")
+
+
+def loads(text: str | bytes | None) -> Any:
+    return None if text is None else orjson.loads(text)
+
+
+async def _connect(path: Path, *, synchronous: str, read_only: bool) -> aiosqlite.Connection:
+    # isolation_level=None: no implicit deferred BEGIN; we issue BEGIN IMMEDIATE ourselves.
+    conn = await aiosqlite.connect(str(path), isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+    conn.row_factory = sqlite3.Row
+    await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    await conn.execute("PRAGMA foreign_keys = ON")
+    await conn.execute(f"PRAGMA synchronous = {synchronous}")
+    await conn.execute("PRAGMA temp_store = MEMORY")
+    if read_only:
+        await conn.execute("PRAGMA query_only = ON")  # a second guard: readers can never write
+    return conn
+
+
+class Database:
+    """The connections of one database file."""
+
+    def __init__(self, path: Path, writer: aiosqlite.Connection, readers: list[aiosqlite.Connection]) -> None:
+        self.path = path
+        self._writer = writer
+        self._readers = readers
+        self._next_reader = itertools.cycle(readers)
+        self._lock = asyncio.Lock()  # binds to the running loop on first use (3.10+)
+
+    @classmethod
+    async def open(cls, path: str | Path, *, synchronous: str = "FULL", readers: int = 2) -> "Database":
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            raise StoreError(f"SQLite {sqlite3.sqlite_version} is too old; gpjobs needs 3.35 or newer")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer = await _connect(path, synchronous=synchronous, read_only=False)
+        try:
+            mode = await (await writer.execute("PRAGMA journal_mode = WAL")).fetchone()
+            if mode[0].lower() != "wal":
+                raise StoreError(f"{path}: cannot switch to WAL (journal_mode={mode[0]}); use a local disk")
+            reader_conns = [await _connect(path, synchronous=synchronous, read_only=True) for _ in range(readers)]
+        except BaseException:
+            await writer.close()
+            raise
+        return cls(path, writer, reader_conns)
+
+    async def close(self) -> None:
+        for conn in self._readers:
+            await conn.close()
+        async with self._lock:
+            with contextlib.suppress(sqlite3.Error):
+                await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            await self._writer.close()
+
+    @contextlib.asynccontextmanager
+    async def write(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction: lock, BEGIN IMMEDIATE, yield, COMMIT (ROLLBACK on any error)."""
+        async with self._lock:
+            await self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._writer
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    await self._writer.execute("ROLLBACK")
+                raise
+            else:
+                await self._writer.execute("COMMIT")
+
+    async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        """All rows at once: no cursor is held across awaits (that would stall WAL checkpoints)."""
+        return list(await next(self._next_reader).execute_fetchall(sql, tuple(params)))
+
+    async def fetchone(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+    async def backup_to(self, target: Path) -> None:
+        """Online backup (the SQLite backup API) into `target`."""
+        dest = await aiosqlite.connect(str(target))
+        try:
+            async with self._lock:  # a consistent copy without racing our own writer
+                await self._writer.backup(dest)
+        finally:
+            await dest.close()
+

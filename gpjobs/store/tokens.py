@@ -1,0 +1,63 @@
+"""API tokens: random secrets shown once, stored as SHA-256, with a user/admin role and optional expiry."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from typing import Any
+
+from gpjobs.domain import ROLES, Principal, now_ms
+from gpjobs.store.db import Database
+
+TOKEN_PREFIX = "gpj_"
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+class TokensMixin:
+    db: Database
+
+    async def create_token(self, username: str, role: str = "user", ttl_s: float | None = None) -> str:
+        """Create a token for `username`; the plaintext is returned once and never stored."""
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {sorted(ROLES)}, not {role!r}")
+        if not username or not username.strip() or len(username) > 128:
+            raise ValueError("username must be 1-128 characters")
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        now = now_ms()
+        expires = None if not ttl_s else now + int(ttl_s * 1000)
+        async with self.db.write() as conn:
+            await conn.execute(
+                "INSERT INTO tokens (token_hash, username, role, created_ms, expires_ms) VALUES (?,?,?,?,?)",
+                (hash_token(token), username.strip(), role, now, expires))
+        return token
+
+    async def authenticate(self, token: str | None) -> Principal | None:
+        """The principal a token stands for, or None (unknown, expired or revoked)."""
+        if not token:
+            return None
+        # The lookup is by hash, so the comparison never touches the secret itself (no timing oracle).
+        row = await self.db.fetchone(
+            "SELECT username, role, expires_ms, revoked_ms FROM tokens WHERE token_hash = ?", (hash_token(token),))
+        if row is None or row["revoked_ms"] is not None:
+            return None
+        if row["expires_ms"] is not None and row["expires_ms"] <= now_ms():
+            return None
+        return Principal(row["username"], row["role"])
+
+    async def revoke_tokens(self, username: str) -> int:
+        async with self.db.write() as conn:
+            cur = await conn.execute("UPDATE tokens SET revoked_ms = ? WHERE username = ? AND revoked_ms IS NULL",
+                                     (now_ms(), username))
+            return cur.rowcount
+
+    async def users(self) -> list[dict[str, Any]]:
+        """Users that hold tokens: username, role (the highest of their live tokens), live token count."""
+        rows = await self.db.fetchall(
+            "SELECT username, max(role = 'admin') AS admin, count(*) AS n FROM tokens "
+            "WHERE revoked_ms IS NULL AND (expires_ms IS NULL OR expires_ms > ?) GROUP BY username ORDER BY username",
+            (now_ms(),))
+        return [{"username": r["username"], "role": "admin" if r["admin"] else "user", "tokens": r["n"]}
+                for r in rows]
