@@ -1,0 +1,310 @@
+"""A minimal ArcGIS portal under `/sharing/rest` and `/portal/sharing/rest`, backed by gpjobs' users, tokens
+and items — enough for `arcgis.gis.GIS(url, token=...)` + `arcgis.learn.train_model` and for portal-style
+reads of published models (protocol.md §5.2, §5.3, §10).
+
+Users exist only as token holders (`gpjobs token`); `generateToken` therefore exchanges a valid token (as the
+caller's credential, or as `password` with `username`) for a fresh one instead of checking a password.
+Handlers are thin: authenticate, call one store function, render with `gpjobs.web.render`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Awaitable, Callable
+from urllib.parse import quote
+
+import orjson
+from aiohttp import web
+
+from gpjobs.appkeys import CONFIG_KEY, STORE_KEY
+from gpjobs.domain import ANONYMOUS, Item, ItemNotFound, Principal, is_item_id, now_ms
+from gpjobs.web import portal_json
+from gpjobs.web.render import (PARAMS_KEY, EsriError, forbidden, invalid_token, json_response, load_params,
+                               output_format, params, token_required)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+PRINCIPAL_KEY = "gpjobs.principal"  # request-dict key; set here, or earlier by the web auth middleware
+DEFAULT_TOKEN_MINUTES = 60
+MAX_TOKEN_MINUTES = 14 * 24 * 60
+UPDATABLE_FIELDS = ("title", "description", "snippet")
+
+
+def item_missing() -> EsriError:
+    # The portal's own words; the same answer whether the item is absent or belongs to someone else.
+    return EsriError(400, "Item does not exist or is inaccessible.", [])
+
+
+def setup_portal(app: web.Application) -> None:
+    """Register the portal routes under both sharing prefixes (GET and POST, like the portal)."""
+    routes: list[tuple[str, Handler]] = [
+        ("", rest_root), ("/", rest_root),
+        ("/info", info),
+        ("/generateToken", generate_token),
+        ("/portals/self", portals_self),
+        ("/community/self", community_self),
+        ("/community/users/{username}", community_user),
+        ("/content/items/{item_id}", content_item),
+        ("/content/items/{item_id}/data", content_item_data),
+        ("/content/users/{username}", user_content),
+        ("/content/users/{username}/items/{item_id}", user_item),
+        ("/content/users/{username}/items/{item_id}/update", update_item),
+        ("/content/users/{username}/{folder}", user_content),
+        ("/content/users/{username}/{folder}/items/{item_id}", user_item),
+        ("/content/users/{username}/{folder}/items/{item_id}/update", update_item),
+    ]
+    for prefix in portal_json.SHARING_PREFIXES:
+        for suffix, handler in routes:
+            wrapped = _esri(handler)
+            app.router.add_route("GET", prefix + suffix, wrapped)
+            app.router.add_route("POST", prefix + suffix, wrapped)
+
+
+def _esri(handler: Handler) -> Handler:
+    """Esri error bodies with HTTP 200 under both prefixes (`/portal/...` is outside web.render's Esri spaces)."""
+
+    @functools.wraps(handler)
+    async def wrapper(request: web.Request) -> web.StreamResponse:
+        if PARAMS_KEY not in request:
+            await load_params(request)
+        try:
+            return await handler(request)
+        except EsriError as err:
+            return json_response(err.body(), pretty=output_format(request) == "pjson")
+        except ItemNotFound:
+            err = item_missing()
+            return json_response(err.body(), pretty=output_format(request) == "pjson")
+
+    return wrapper
+
+
+def _render(request: web.Request, data: Any) -> web.Response:
+    return json_response(data, pretty=output_format(request) == "pjson")
+
+
+def base_url(request: web.Request) -> str:
+    """Absolute origin for links: config public_url (behind a proxy) or the request's own scheme://host."""
+    public = request.app[CONFIG_KEY].public_url
+    return public.rstrip("/") if public else str(request.url.origin())
+
+
+def request_token(request: web.Request) -> str | None:
+    """The token from `X-Esri-Authorization: Bearer`, `Authorization: Bearer` or the `token` field."""
+    for header in ("X-Esri-Authorization", "Authorization"):
+        value = request.headers.get(header, "")
+        if value[:7].lower() == "bearer " and value[7:].strip():
+            return value[7:].strip()
+    token = params(request).get("token", "").strip()
+    return token or None
+
+
+async def caller(request: web.Request) -> Principal | None:
+    """Who is calling; None when anonymous on a server with auth. An invalid token is an error (498)."""
+    if PRINCIPAL_KEY in request:
+        return request[PRINCIPAL_KEY]
+    token = request_token(request)
+    principal: Principal | None
+    if token:
+        principal = await request.app[STORE_KEY].authenticate(token)
+        if principal is None:
+            raise invalid_token()
+    else:
+        principal = ANONYMOUS if request.app[CONFIG_KEY].auth.anonymous else None
+    request[PRINCIPAL_KEY] = principal
+    return principal
+
+
+async def signed_in(request: web.Request) -> Principal:
+    principal = await caller(request)
+    if principal is None:
+        raise token_required()
+    return principal
+
+
+async def readable_item(request: web.Request, item_id: str) -> Item:
+    """The item if the caller may read it (owner or admin), else the portal's 'does not exist' error."""
+    principal = await signed_in(request)
+    record = await request.app[STORE_KEY].get_item(item_id) if is_item_id(item_id) else None
+    if record is None or not principal.can_see(record.owner):
+        raise item_missing()
+    return record
+
+
+# --- handlers ------------------------------------------------------------------------------------------
+
+
+async def rest_root(request: web.Request) -> web.Response:
+    return _render(request, portal_json.rest_root())
+
+
+async def info(request: web.Request) -> web.Response:
+    return _render(request, portal_json.info(base_url(request)))
+
+
+async def portals_self(request: web.Request) -> web.Response:
+    return _render(request, portal_json.portal_self(base_url(request), await caller(request)))
+
+
+async def community_self(request: web.Request) -> web.Response:
+    return _render(request, portal_json.user(await signed_in(request)))
+
+
+async def community_user(request: web.Request) -> web.Response:
+    principal = await signed_in(request)
+    username = request.match_info["username"]
+    if username == principal.username:
+        return _render(request, portal_json.user(principal))
+    if not principal.is_admin:
+        raise forbidden()
+    known = await _known_users(request)
+    if username not in known:
+        raise EsriError(400, f"User '{username}' does not exist.", [])
+    return _render(request, portal_json.user(known[username]))
+
+
+async def _known_users(request: web.Request) -> dict[str, Principal]:
+    """Token holders by name (the store's `users()`; accepts Principals or (name, role) pairs)."""
+    out: dict[str, Principal] = {}
+    for entry in await request.app[STORE_KEY].users():
+        if isinstance(entry, Principal):
+            out[entry.username] = entry
+        elif isinstance(entry, dict):
+            out[entry["username"]] = Principal(entry["username"], entry.get("role", "user"))
+        else:
+            name, role = entry[0], entry[1] if len(entry) > 1 else "user"
+            out[name] = Principal(name, role)
+    return out
+
+
+async def content_item(request: web.Request) -> web.Response:
+    record = await readable_item(request, request.match_info["item_id"])
+    return _render(request, portal_json.item(record, base_url(request)))
+
+
+async def content_item_data(request: web.Request) -> web.StreamResponse:
+    """The .dlpk itself, as a download named after the item."""
+    record = await readable_item(request, request.match_info["item_id"])
+    ascii_name = record.name.encode("ascii", "replace").decode("ascii").replace('"', "_")
+    disposition = f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(record.name)}"
+    try:
+        return web.FileResponse(record.path, headers={"Content-Disposition": disposition,
+                                                      "Content-Type": "application/octet-stream"})
+    except (FileNotFoundError, OSError):
+        raise EsriError(500, "The item's file is missing from the content store.", [record.id]) from None
+
+
+async def _owned_listing(request: web.Request) -> tuple[Principal, str]:
+    principal = await signed_in(request)
+    username = request.match_info["username"]
+    if not principal.can_see(username):
+        raise forbidden()
+    return principal, username
+
+
+async def user_content(request: web.Request) -> web.Response:
+    """`content/users/<user>[/<folder>]`: the user's items (root or one folder), paged with start/num."""
+    _, username = await _owned_listing(request)
+    folder = request.match_info.get("folder")
+    records = await request.app[STORE_KEY].list_items(username)
+    folders = sorted({r.folder_id for r in records if r.folder_id})
+    if folder is not None and folder not in folders:
+        raise EsriError(400, f"Folder '{folder}' does not exist for user '{username}'.", [])
+    chosen = [r for r in records if r.folder_id == folder]
+    chosen.sort(key=lambda r: r.created_ms, reverse=True)
+    query = params(request)
+    start = _int(query.get("start"), 1, lo=1)
+    num = _int(query.get("num"), 10, lo=0, hi=100)
+    base = base_url(request)
+    return _render(request, portal_json.user_content(
+        username, [portal_json.item(r, base) for r in chosen], folders, folder=folder, start=start, num=num))
+
+
+async def user_item(request: web.Request) -> web.Response:
+    _, username = await _owned_listing(request)
+    record = await readable_item(request, request.match_info["item_id"])
+    if record.owner != username:
+        raise item_missing()
+    return _render(request, {"item": portal_json.item(record, base_url(request)),
+                             "sharing": {"access": "private", "groups": []}})
+
+
+async def update_item(request: web.Request) -> web.Response:
+    """`content/users/<user>/items/<id>/update`: title, description, snippet, tags, typeKeywords, properties.
+
+    `arcgis` calls this after a RA job with `properties={"jobUrl", "jobType", "jobId", "jobStatus"}`.
+    """
+    if request.method != "POST":
+        raise EsriError(405, "This operation requires a POST request.", [])
+    _, username = await _owned_listing(request)
+    record = await readable_item(request, request.match_info["item_id"])
+    if record.owner != username:
+        raise item_missing()
+    fields = parse_item_update(params(request))
+    if fields:
+        await request.app[STORE_KEY].update_item(record.id, **fields)
+    return _render(request, {"success": True, "id": record.id})
+
+
+def parse_item_update(form: Any) -> dict[str, Any]:
+    """The store fields an item update form asks for; raises EsriError on a malformed value."""
+    fields: dict[str, Any] = {}
+    for name in UPDATABLE_FIELDS:
+        if name in form:
+            fields[name] = form[name] or None
+    for form_name, field in (("tags", "tags"), ("typeKeywords", "type_keywords")):
+        if form.get(form_name):
+            fields[field] = _string_list(form[form_name], form_name)
+    if form.get("properties"):
+        try:
+            value = orjson.loads(form["properties"])
+        except orjson.JSONDecodeError:
+            raise EsriError(400, "Unable to update item.", ["'properties' must be a JSON object"]) from None
+        if not isinstance(value, dict):
+            raise EsriError(400, "Unable to update item.", ["'properties' must be a JSON object"])
+        fields["properties"] = value
+    if "title" in fields and not fields["title"]:
+        raise EsriError(400, "Unable to update item.", ["'title' cannot be empty"])
+    return fields
+
+
+def _string_list(value: str, name: str) -> list[str]:
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            parsed = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            raise EsriError(400, "Unable to update item.", [f"'{name}' is not valid JSON"]) from None
+        return [str(v).strip() for v in parsed if str(v).strip()]
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _int(value: str | None, default: int, *, lo: int, hi: int | None = None) -> int:
+    try:
+        number = int(value) if value not in (None, "") else default
+    except ValueError:
+        raise EsriError(400, "Invalid or missing input parameters.", [f"not a whole number: {value!r}"]) from None
+    number = max(lo, number)
+    return min(hi, number) if hi is not None else number
+
+
+async def generate_token(request: web.Request) -> web.Response:
+    """Exchange a valid token for a fresh one: `{"token", "expires", "ssl"}` like the portal's generateToken.
+
+    The credential is the caller's own token, or `username` + `password` where the password is a valid
+    token of that user (gpjobs stores no passwords). Anonymous mode does not mint tokens from nothing.
+    """
+    form = params(request)
+    store = request.app[STORE_KEY]
+    principal: Principal | None = None
+    if form.get("username") and form.get("password"):
+        principal = await store.authenticate(form["password"])
+        if principal is None or principal.username != form["username"]:
+            raise EsriError(400, "Unable to generate token.", ["Invalid username or password."])
+    elif request_token(request):
+        principal = await caller(request)
+    if principal is None:
+        raise EsriError(400, "Unable to generate token.",
+                        ["'username' and 'password' required (the password is a token from `gpjobs token`)."])
+    minutes = _int(form.get("expiration"), DEFAULT_TOKEN_MINUTES, lo=1, hi=MAX_TOKEN_MINUTES)
+    token = await store.create_token(principal.username, principal.role, ttl_s=minutes * 60)
+    return _render(request, {"token": token, "expires": now_ms() + minutes * 60_000,
+                             "ssl": request.url.scheme == "https"})
