@@ -171,6 +171,7 @@ class _Export:
         (self.folder / "images").mkdir(parents=True, exist_ok=True)
         self.n, self.size, self.bands, self.dtype = n, size, bands, dtype
         self.ext = IMAGE_EXTS[ext.lower().lstrip(".")]
+        self.label_ext = ".png" if self.ext == ".jpg" else self.ext  # label rasters must be lossless
         self.digits, self.start_index, self.compression = digits, start_index, compression
         self.side_files = side_files
         self.rng = np.random.default_rng(seed)
@@ -231,8 +232,8 @@ def write_classified_tiles(root: Path | str, n: int = 16, size: int = 32, bands:
             row.append(ex.image(f"images2/{stem}{ex.ext}", canvas))
         else:
             row.append(ex.image(f"images/{stem}{ex.ext}", canvas))
-        write_label_raster(ex.folder / f"labels/{stem}{ex.ext}", mask)
-        row.append(f"labels/{stem}{ex.ext}")
+        write_label_raster(ex.folder / f"labels/{stem}{ex.label_ext}", mask)
+        row.append(f"labels/{stem}{ex.label_ext}")
         ex.rows.append(row)
         for k, (value, _) in enumerate(classes):
             pixels_per_class[k] += int((mask == value).sum())
@@ -335,7 +336,7 @@ def write_rcnn_masks(root: Path | str, n: int = 16, size: int = 32, bands: int =
             ids = np.unique(mask[mask > 0])
             if ids.size:
                 mask = np.searchsorted(ids, mask) * (mask > 0) + (mask > 0)  # renumber 1..m after occlusion
-                rel = f"labels/{classes[k][1]}/{stem}{ex.ext}"
+                rel = f"labels/{classes[k][1]}/{stem}{ex.label_ext}"
                 write_label_raster(ex.folder / rel, mask)
                 per_class[k] += int(ids.size)
                 row.append(rel)
@@ -454,11 +455,11 @@ def write_panoptic(root: Path | str, n: int = 8, size: int = 32, bands: int = 3,
             if value in instances:
                 instances[value][y0:y1, x0:x1] = instances[value].max() + 1
         row = [ex.image(f"images/{stem}{ex.ext}", canvas)]
-        write_label_raster(ex.folder / f"labels/{stem}{ex.ext}", semantic)
-        row.append(f"labels/{stem}{ex.ext}")
+        write_label_raster(ex.folder / f"labels/{stem}{ex.label_ext}", semantic)
+        row.append(f"labels/{stem}{ex.label_ext}")
         for value, iname in instance_classes:
             if instances[value].any():
-                write_label_raster(ex.folder / f"labels2/{iname}/{stem}{ex.ext}", instances[value])
+                write_label_raster(ex.folder / f"labels2/{iname}/{stem}{ex.label_ext}", instances[value])
         for k, (value, _) in enumerate(classes):
             per_class[k] += int((semantic == value).sum())
         ex.rows.append(row)

@@ -1,0 +1,97 @@
+"""Decoding image chips and label rasters (TIFF via tifffile+imagecodecs, PNG/JPEG via Pillow). No torch.
+
+tifffile is used for every TIFF because Pillow cannot open multiband uint16 chips (environment.md §1);
+Pillow handles PNG/JPEG, which Esri writes with at most three bands.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+# What Export Training Data writes into images/ (export-format.md §1.7); anything else there
+# (.aux.xml, .jgw, .tfw, .ovr, Thumbs.db) is a side file and is ignored.
+IMAGE_EXTENSIONS = frozenset({".tif", ".tiff", ".png", ".jpg", ".jpeg"})
+TIFF_EXTENSIONS = frozenset({".tif", ".tiff"})
+
+
+class ChipReadError(ValueError):
+    """A chip or label raster that cannot be decoded (truncated, corrupt, unsupported)."""
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
+
+
+def read_chip(path: str | Path, extract_bands: Sequence[int] | None = None) -> np.ndarray:
+    """The chip as (H, W, C) in its native dtype, optionally keeping only `extract_bands` (0-based)."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() in TIFF_EXTENSIONS:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                array = page.asarray()
+                if page.planarconfig == 2 and array.ndim == 3:  # separate planes: (C, H, W)
+                    array = np.moveaxis(array, 0, -1)
+        else:
+            from PIL import Image
+
+            with Image.open(path) as img:
+                img.load()
+                # Palette PNG labels are read as palette indices (= class values), as arcgis.learn does.
+                array = np.asarray(img)
+    except Exception as exc:  # tifffile / Pillow / imagecodecs raise many types for a bad file
+        raise ChipReadError(f"{path.name}: cannot be decoded ({type(exc).__name__}: {exc})") from exc
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3:
+        raise ChipReadError(f"{path.name}: unexpected pixel layout {array.shape}")
+    if extract_bands is not None:
+        bad = [b for b in extract_bands if not 0 <= b < array.shape[2]]
+        if bad:
+            raise ChipReadError(f"{path.name}: has {array.shape[2]} bands, extract_bands asks for {bad}")
+        array = array[:, :, list(extract_bands)]
+    return array
+
+
+def read_label_raster(path: str | Path) -> np.ndarray:
+    """A single-band label raster (class values or instance ids) as (H, W) int64."""
+    array = read_chip(path)
+    if array.shape[2] != 1:
+        # Multi-band instance masks: arcgis.learn offsets ids per band; class rasters are single-band.
+        offset = np.cumsum([0] + [int(array[:, :, b].max()) for b in range(array.shape[2] - 1)])
+        merged = np.zeros(array.shape[:2], np.int64)
+        for b in range(array.shape[2]):
+            band = array[:, :, b].astype(np.int64)
+            merged = np.where(band > 0, band + offset[b], merged)
+        return merged
+    return array[:, :, 0].astype(np.int64)
+
+
+def chip_header(path: str | Path) -> tuple[int, int, int, str]:
+    """(height, width, bands, dtype) without decoding the pixels (cheap: the submit-time check uses it)."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() in TIFF_EXTENSIONS:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                shape = page.shape
+                if len(shape) == 2:
+                    return shape[0], shape[1], 1, str(page.dtype)
+                if page.planarconfig == 2:
+                    return shape[1], shape[2], shape[0], str(page.dtype)
+                return shape[0], shape[1], shape[2], str(page.dtype)
+        from PIL import Image
+
+        with Image.open(path) as img:
+            bands = len(img.getbands())
+            dtype = {"I;16": "uint16", "I": "int32", "F": "float32"}.get(img.mode, "uint8")
+            return img.height, img.width, bands, dtype
+    except Exception as exc:
+        raise ChipReadError(f"{path.name}: cannot be read ({type(exc).__name__}: {exc})") from exc

@@ -1,0 +1,218 @@
+"""One reader per export metadata format: pair chips with their labels by stem, parse labels. No torch.
+
+Chips are enumerated from images/ (never from map.txt, which may list chips that are absent) and
+paired by file stem; side files are ignored (export-format.md §1.2, §4). Targets come out in
+*class-value* space; the torch datasets map values to model indices.
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from gpjobs.training.data.chips import IMAGE_EXTENSIONS
+from gpjobs.training.data.metadata import ExportMeta, RawClass
+
+Box = tuple[float, float, float, float]  # xmin, ymin, xmax, ymax in chip pixels
+
+
+class LabelError(ValueError):
+    """A label file that cannot be parsed."""
+
+
+@dataclass
+class ChipRecord:
+    """One training sample on disk. `objects` is filled when text labels were parsed during validation."""
+
+    stem: str
+    image: Path
+    folder: int = 0
+    image2: Path | None = None
+    label: Path | None = None
+    masks: list[tuple[int, Path]] = field(default_factory=list)  # (class value, instance-id raster)
+    value: int | None = None  # Imagenet: class value from the parent folder
+    objects: list[tuple[int, Box]] | None = None  # detection / labeled tiles, parsed (value, box)
+
+
+# Called as report(kind, path, detail) by the readers; the report module groups them.
+Report = Callable[[str, Path, str], None]
+
+
+def _images(folder: Path, recursive: bool = False) -> dict[str, Path]:
+    root = folder / "images"
+    found: dict[str, Path] = {}
+    if not root.is_dir():
+        return found
+    paths = root.rglob("*") if recursive else root.iterdir()
+    for path in sorted(paths):
+        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+            found.setdefault(path.stem if not recursive else f"{path.parent.name}/{path.stem}", path)
+    return found
+
+
+def _by_stem(directory: Path, suffixes: frozenset[str] | set[str]) -> dict[str, Path]:
+    if not directory.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(directory.iterdir()) if p.suffix.lower() in suffixes and p.is_file()}
+
+
+def _class_for_folder(name: str, classes: list[RawClass]) -> RawClass | None:
+    for c in classes:
+        if c.name == name:
+            return c
+    for c in classes:
+        if str(c.value) == name:
+            return c
+    return None
+
+
+def list_records(meta: ExportMeta, folder_index: int, report: Report) -> list[ChipRecord]:
+    """Pair every chip of one export with its label files; unpaired files are reported, not used."""
+    folder, fmt = meta.folder, meta.format
+    if fmt == "CycleGAN":
+        a, b = _images(folder / "A"), _images(folder / "B")
+        b_paths = list(b.values())
+        if not b_paths:
+            return []
+        return [ChipRecord(stem, path, folder_index, image2=b_paths[i % len(b_paths)])
+                for i, (stem, path) in enumerate(a.items())]
+    if fmt == "Imagenet":
+        records = []
+        for key, path in _images(folder, recursive=True).items():
+            sub = path.parent.name
+            if path.parent == folder / "images":
+                report("image_without_class", path, "")
+                continue
+            cls = _class_for_folder(sub, meta.classes)
+            if cls is None:
+                report("unknown_class_folder", path.parent, sub)
+                continue
+            records.append(ChipRecord(path.stem, path, folder_index, value=cls.value))
+        return records
+    images = _images(folder)
+    records = [ChipRecord(stem, path, folder_index) for stem, path in images.items()]
+    if fmt in ("Pix2Pix", "ChangeDetection"):
+        second = _by_stem(folder / "images2", IMAGE_EXTENSIONS)
+        for rec in records:
+            rec.image2 = second.get(rec.stem)
+            if rec.image2 is None:
+                report("missing_image2", rec.image, "")
+        for stem, path in second.items():
+            if stem not in images:
+                report("orphan_image2", path, "")
+        records = [r for r in records if r.image2 is not None]
+    if fmt in ("Export_Tiles", "Pix2Pix", "CycleGAN"):
+        return records
+    if fmt == "RCNN_Masks":
+        return _pair_masks(folder / "labels", records, meta.classes, report)
+    suffixes = {"PASCAL_VOC_rectangles": {".xml"}, "Labeled_Tiles": {".xml"}, "MultiLabeled_Tiles": {".xml"},
+                "KITTI_rectangles": {".txt"}}.get(fmt, IMAGE_EXTENSIONS)
+    labels = _by_stem(folder / "labels", suffixes)
+    for rec in records:
+        rec.label = labels.get(rec.stem)
+        if rec.label is None:
+            report("image_without_label", rec.image, "")
+    for stem, path in labels.items():
+        if stem not in images:
+            report("label_without_image", path, "")
+    records = [r for r in records if r.label is not None]
+    if fmt == "Panoptic_Segmentation":
+        _pair_masks(folder / "labels2", records, meta.instance_classes or meta.classes, report, required=False)
+    return records
+
+
+def _pair_masks(root: Path, records: list[ChipRecord], classes: list[RawClass], report: Report,
+                required: bool = True) -> list[ChipRecord]:
+    by_stem = {r.stem: r for r in records}
+    if root.is_dir():
+        for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+            cls = _class_for_folder(sub.name, classes)
+            if cls is None:
+                report("unknown_class_folder", sub, sub.name)
+                continue
+            for stem, path in _by_stem(sub, IMAGE_EXTENSIONS).items():
+                rec = by_stem.get(stem)
+                if rec is None:
+                    report("label_without_image", path, "")
+                else:
+                    rec.masks.append((cls.value, path))
+    if not required:
+        return records
+    for rec in records:
+        if not rec.masks:
+            report("image_without_label", rec.image, "")
+    return [r for r in records if r.masks]
+
+
+# --- label parsing -----------------------------------------------------------------------------
+
+
+def parse_voc(path: Path) -> list[tuple[str, Box]]:
+    """(name text, box) per `<object>` of a PASCAL VOC / Labeled Tiles XML file."""
+    data = path.read_bytes()
+    if not data.strip():
+        raise LabelError("the label file is empty")
+    try:
+        root = ET.fromstring(data)
+    except ET.ParseError as exc:
+        raise LabelError(f"not valid XML ({exc})") from exc
+    objects = []
+    for obj in root.iter("object"):
+        name = (obj.findtext("name") or "").strip()
+        box = obj.find("bndbox")
+        coords: Box = (0.0, 0.0, 0.0, 0.0)
+        if box is not None:
+            try:
+                coords = tuple(float(box.findtext(k) or "nan") for k in ("xmin", "ymin", "xmax", "ymax"))
+            except ValueError as exc:
+                raise LabelError(f"a <bndbox> coordinate is not a number ({exc})") from exc
+        objects.append((name, coords))
+    return objects
+
+
+_SPACES = re.compile(r"\s+")
+
+
+def parse_kitti(path: Path) -> list[tuple[str, Box]]:
+    """(type text, box) per line of a KITTI label: column 0 the class value, columns 4-7 the box."""
+    text = path.read_bytes().decode("utf-8", "replace")
+    if not text.strip():
+        raise LabelError("the label file is empty")
+    objects = []
+    for number, line in enumerate(text.splitlines(), 1):
+        cols = _SPACES.split(line.strip())
+        if cols == [""]:
+            continue
+        if len(cols) < 8:
+            raise LabelError(f"line {number} has {len(cols)} columns, KITTI needs at least 8")
+        try:
+            objects.append((cols[0], tuple(float(c) for c in cols[4:8])))
+        except ValueError as exc:
+            raise LabelError(f"line {number}: box is not numeric ({exc})") from exc
+    return objects
+
+
+def value_of(text: str, classes: list[RawClass]) -> int | None:
+    """Class value for a label's class text: the value itself (what Esri writes) or a class name."""
+    text = text.strip()
+    if re.fullmatch(r"-?\d+(\.0+)?", text):
+        return int(float(text))
+    for c in classes:
+        if c.name == text:
+            return c.value
+    return None
+
+
+def instances_from_mask(mask: np.ndarray) -> list[np.ndarray]:
+    """Boolean masks, one per positive instance id of an instance-id raster."""
+    return [mask == i for i in np.unique(mask) if i > 0]
+
+
+def box_of(mask: np.ndarray) -> Box:
+    ys, xs = np.nonzero(mask)
+    return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
