@@ -1,0 +1,30 @@
+// Drive a gpjobs GP task with @esri/arcgis-rest-request's Job helper, unchanged.
+// usage: node rest_job.mjs <taskUrl> <token|""> '<params json>'
+// Prints one JSON line: {id, status, statuses, results, messages} or {error, ...}; exit 1 on failure.
+// HTTPS: pass the server's certificate in NODE_EXTRA_CA_CERTS (full verification, no insecure flag).
+import { Job, JOB_STATUSES } from "@esri/arcgis-rest-request";
+
+const [taskUrl, token, paramsJson] = process.argv.slice(2);
+const statuses = [];
+let job;
+try {
+  job = await Job.submitJob({
+    url: taskUrl,
+    params: JSON.parse(paramsJson),
+    authentication: token || undefined,
+    pollingRate: 500,
+  });
+  job.on(JOB_STATUSES.Status, (info) => {
+    if (statuses[statuses.length - 1] !== info.status) statuses.push(info.status);
+  });
+  const info = await job.waitForCompletion();
+  const results = await job.getAllResults();
+  const out_item = await job.getResult("out_item");
+  console.log(JSON.stringify({ id: job.id, status: info.status, statuses, results, out_item,
+                               messages: info.messages }));
+} catch (err) {
+  console.log(JSON.stringify({ error: String(err && err.message || err), name: err && err.name,
+                               code: err && err.code, response: err && err.response,
+                               id: job && job.id, statuses }));
+  process.exit(1);
+}
