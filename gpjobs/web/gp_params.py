@@ -416,3 +416,33 @@ def _parse_in_folder(raw: str | None, roots: StoreRoots, info: catalog.ModelType
 def served_value(name: str, raw: str | None) -> Any:
     """An input value as served by jobs/<id>/inputs/<name>: exactly what was submitted ("" when not sent)."""
     return "" if raw is None else raw
+
+
+async def check_with_store(req: SubmitRequest, store: Any, principal: Any) -> None:
+    """Checks that need the store: an item name clash without overwrite, and pretrained item access.
+
+    A pretrained item the caller may not read gets the same answer as a missing one.
+    """
+    problems: list[str] = []
+    spec = req.spec
+    output = spec.get("output") or {}
+    if output.get("kind") == "item":
+        existing = await store.find_item(principal.username, output["name"])
+        if existing is not None:
+            if spec.get("overwrite_model"):
+                output["replace_item_id"] = existing.id
+            else:
+                problems.append(f"output_name: you already have a model named '{output['name']}' (item "
+                                f"{existing.id}); set overwrite_model to true to replace it, or choose another name")
+    pretrained = spec.get("pretrained") or {}
+    if "item_id" in pretrained:
+        item = await store.get_item(pretrained["item_id"])
+        if item is None or not principal.can_see(item.owner):
+            problems.append(f"pretrained_model: item {pretrained['item_id']} does not exist or is not "
+                            "accessible to you")
+        elif not item.path or not os.path.isfile(item.path):
+            problems.append(f"pretrained_model: item {item.id} has no package file on this server")
+        else:
+            spec["pretrained_model"] = item.path
+    if problems:
+        raise ParameterError(problems)

@@ -15,10 +15,11 @@ import orjson
 from aiohttp import web
 
 JSON_CONTENT_TYPE = "application/json"
-ESRI_SPACES = ("/arcgis/", "/sharing/")
+ESRI_SPACES = ("/arcgis/", "/sharing/", "/portal/")
 FORMATS = ("json", "pjson", "html")
 
-PARAMS_KEY = "gpjobs.params"  # request-dict key of the merged query + form parameters
+# The merged query + form parameters of a request (the portal module reads the same key).
+PARAMS_KEY: web.RequestKey[Mapping[str, str]] = web.RequestKey("gpjobs_params", Mapping)
 
 
 class EsriError(Exception):

@@ -1,0 +1,181 @@
+"""GP task and job handlers: submitJob, jobs/<id>, results, inputs, cancel (protocol.md §2.3-2.6).
+
+Handlers are thin: parse, call one store/scheduler function, render. The job JSON builders below are
+pure so the wire shape is tested without a server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from gpjobs.appkeys import CONFIG_KEY, SCHEDULER_KEY, STORE_KEY
+from gpjobs.domain import Job, JobStatus, Message, QuotaExceeded, is_job_id, new_job_id
+from gpjobs.paths import StoreRoots
+from gpjobs.web import gp_service
+from gpjobs.web.auth import require_principal, token_query
+from gpjobs.web.gp_params import (INPUT_NAMES, OUTPUT_PARAMETER, PARAMETERS_BY_NAME, Limits, ParameterError,
+                                  check_with_store, parse_submit, served_value)
+from gpjobs.web.render import EsriError, invalid_parameters, invalid_url, output_format, params, render
+
+# --- pure JSON builders --------------------------------------------------------------------------
+
+
+def messages_json(messages: list[Message]) -> list[dict[str, str]]:
+    return [{"type": str(m.type), "description": m.description} for m in messages]
+
+
+def progress_json(job: Job, messages: list[Message]) -> dict[str, Any]:
+    percentage = int(round(job.progress or 0))
+    last = next((m.description for m in reversed(messages) if str(m.type).endswith("Informative")), "")
+    return {"type": "default", "message": last or f"{percentage}% complete", "percentage": percentage}
+
+
+def job_json(job: Job, messages: list[Message] | None) -> dict[str, Any]:
+    """The job resource: jobId, jobStatus, results/inputs once succeeded, progress only while executing,
+    messages unless the caller asked without them (messages=None)."""
+    body: dict[str, Any] = {"jobId": job.job_id, "jobStatus": JobStatus(job.status).value}
+    if job.status is JobStatus.SUCCEEDED:
+        body["results"] = {OUTPUT_PARAMETER.name: {"paramUrl": f"results/{OUTPUT_PARAMETER.name}"}}
+        body["inputs"] = {name: {"paramUrl": f"inputs/{name}"} for name in INPUT_NAMES}
+    if job.status is JobStatus.EXECUTING:
+        body["progress"] = progress_json(job, messages or [])
+    if messages is not None:
+        body["messages"] = messages_json(messages)
+    return body
+
+
+def result_value(job: Job) -> dict[str, Any] | None:
+    """`out_item`'s value: {"itemId", "id"} for a published item, {"uri"} for a file-share output.
+
+    Never a `url` key (the arcgis client would return it as a bare string, protocol.md §5.2).
+    """
+    result = dict(job.result or {})
+    result.pop("url", None)
+    if "id" in result and "itemId" not in result:
+        result = {"itemId": result["id"], **result}
+    return result or None
+
+
+def result_json(job: Job) -> dict[str, Any]:
+    return {"paramName": OUTPUT_PARAMETER.name, "dataType": OUTPUT_PARAMETER.data_type, "value": result_value(job)}
+
+
+def input_json(job: Job, name: str) -> dict[str, Any]:
+    param = PARAMETERS_BY_NAME[name]
+    return {"paramName": name, "dataType": param.data_type, "value": served_value(name, job.inputs.get(name))}
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+def parse_return_messages(request: web.Request) -> bool:
+    return params(request).get("returnMessages", "true").strip().lower() not in ("false", "0", "no")
+
+
+async def visible_job(request: web.Request) -> Job:
+    """The job named in the URL if the caller may see it; else the same 'Invalid URL' as for no job."""
+    principal = require_principal(request)
+    job_id = request.match_info["job_id"]
+    job = await request.app[STORE_KEY].get_job(job_id) if is_job_id(job_id) else None
+    if job is None or not principal.can_see(job.owner):
+        raise invalid_url()
+    return job
+
+
+def _context(request: web.Request, **extra: Any) -> dict[str, Any]:
+    return {"token_query": token_query(request), "task_path": gp_service.TASK_PATH, **extra}
+
+
+# --- handlers --------------------------------------------------------------------------------------
+
+
+async def submit_job(request: web.Request) -> web.StreamResponse:
+    """Validate everything checkable, store the job with its first message, wake the scheduler."""
+    principal = require_principal(request)
+    app = request.app
+    config = app[CONFIG_KEY]
+    try:
+        # Filesystem checks (stores, export folders) may touch slow shares: keep them off the event loop.
+        submission = await asyncio.to_thread(parse_submit, dict(params(request)), StoreRoots.from_config(config),
+                                             Limits.from_config(config))
+        await check_with_store(submission, app[STORE_KEY], principal)
+    except ParameterError as exc:
+        raise invalid_parameters(exc.details) from None
+    job = Job(job_id=new_job_id(), owner=principal.username, status=JobStatus.SUBMITTED,
+              model_type=submission.model_type, inputs=submission.inputs, spec=submission.spec,
+              max_attempts=config.max_attempts)
+    try:
+        job = await app[STORE_KEY].create_job(job, ["Submitted."], max_queued_per_user=config.max_queued_per_user)
+    except QuotaExceeded as exc:
+        raise EsriError(429, "Too many queued jobs.", [str(exc)]) from None
+    scheduler = app.get(SCHEDULER_KEY)
+    if scheduler is not None:
+        scheduler.submitted()
+    if output_format(request, default="json") == "html":
+        query = "f=html" + (f"&{token_query(request)}" if token_query(request) else "")
+        raise web.HTTPSeeOther(f"{gp_service.TASK_PATH}/jobs/{job.job_id}?{query}")
+    return render(request, {"jobId": job.job_id, "jobStatus": job.status.value})
+
+
+async def job_status(request: web.Request) -> web.Response:
+    job = await visible_job(request)
+    store = request.app[STORE_KEY]
+    messages = await store.get_messages(job.job_id)  # after the job row: never older than the status
+    body = job_json(job, messages if parse_return_messages(request) else None)
+    return render(request, body, page="job.html",
+                  context=_context(request, job=job, messages=messages, result=result_value(job)))
+
+
+async def job_result(request: web.Request) -> web.Response:
+    job = await visible_job(request)
+    name = request.match_info["name"]
+    if name != OUTPUT_PARAMETER.name:
+        raise invalid_url()
+    if job.status is not JobStatus.SUCCEEDED:
+        raise EsriError(400, f"Job {job.job_id} has no results: it is {job.status.value}.",
+                        ["Results exist once the job status is esriJobSucceeded."])
+    return render(request, result_json(job), page="param.html", context=_context(request, job=job))
+
+
+async def job_results(request: web.Request) -> web.Response:
+    """11.1+ list form of the results (what the R client reads)."""
+    job = await visible_job(request)
+    body = [result_json(job)] if job.status is JobStatus.SUCCEEDED else []
+    return render(request, body, page="params.html", context=_context(request, job=job, kind="results"))
+
+
+async def job_input(request: web.Request) -> web.Response:
+    job = await visible_job(request)
+    name = request.match_info["name"]
+    if name not in INPUT_NAMES:
+        raise invalid_url()
+    return render(request, input_json(job, name), page="param.html", context=_context(request, job=job))
+
+
+async def job_inputs(request: web.Request) -> web.Response:
+    job = await visible_job(request)
+    body = [input_json(job, name) for name in INPUT_NAMES]
+    return render(request, body, page="params.html", context=_context(request, job=job, kind="inputs"))
+
+
+async def cancel_job(request: web.Request) -> web.StreamResponse:
+    """Queued -> Cancelled, executing -> Cancelling; a finished job is returned unchanged."""
+    job = await visible_job(request)
+    job = await cancel(request.app, job)
+    if output_format(request, default="json") == "html":
+        query = "f=html" + (f"&{token_query(request)}" if token_query(request) else "")
+        raise web.HTTPSeeOther(f"{gp_service.TASK_PATH}/jobs/{job.job_id}?{query}")
+    return render(request, {"jobId": job.job_id, "jobStatus": job.status.value})
+
+
+async def cancel(app: web.Application, job: Job) -> Job:
+    """Ask the scheduler to cancel (it signals a running child); used by the GP and admin handlers."""
+    if job.is_terminal:
+        return job
+    scheduler = app.get(SCHEDULER_KEY)
+    if scheduler is None:  # a server without a scheduler (e.g. a read-only replica) cannot stop children
+        raise EsriError(503, "Job cancellation is unavailable: the scheduler is not running.", [])
+    return await scheduler.cancel(job.job_id)
