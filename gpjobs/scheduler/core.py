@@ -1,0 +1,189 @@
+"""The scheduler: boot recovery, the claim -> dispatch loop (one slot per device), cancel, the watchdog,
+and graceful shutdown. It owns every status change after submit."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import time
+from dataclasses import dataclass
+
+import structlog
+
+from gpjobs.config import Config
+from gpjobs.domain import Job, JobStatus, now_ms
+from gpjobs.scheduler.recovery import recover_orphans
+from gpjobs.scheduler.retry import STOP_CANCEL, STOP_SHUTDOWN, STOP_STALLED, STOP_TIMEOUT
+from gpjobs.scheduler.runner import JobRun
+from gpjobs.store import Store
+
+log = structlog.get_logger("gpjobs.scheduler")
+
+
+@dataclass
+class Slot:
+    device: str
+    run: JobRun | None = None
+    task: asyncio.Task | None = None
+
+
+class Scheduler:
+    """Runs queued jobs, one child per slot. Use `await start()`, then `await stop()`."""
+
+    def __init__(self, config: Config, store: Store, boot_id: str) -> None:
+        self.config = config
+        self.store = store
+        self.boot_id = boot_id
+        self.slots = [Slot(device) for device in config.devices]
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._tasks: list[asyncio.Task] = []
+        self._timers: set[asyncio.TimerHandle] = set()
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    async def start(self, *, dispatch: bool = True, watchdog: bool = True) -> None:
+        """Recover jobs orphaned by an earlier boot, then start dispatching and watching."""
+        counts = await recover_orphans(self.store, self.boot_id)
+        if any(counts.values()):
+            log.info("boot recovery", **counts)
+        if dispatch:
+            self._tasks.append(asyncio.create_task(self._dispatch_loop(), name="gpjobs-dispatch"))
+        if watchdog:
+            self._tasks.append(asyncio.create_task(self._watchdog_loop(), name="gpjobs-watchdog"))
+        self.submitted()
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Graceful shutdown: stop claiming, SIGTERM running children so they checkpoint, requeue their
+        jobs without spending an attempt, SIGKILL whatever is still alive after the grace period."""
+        self._stopping = True
+        for timer in self._timers:
+            timer.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        grace = self.config.shutdown_grace_s if grace_s is None else grace_s
+        running = [slot for slot in self.slots if slot.task is not None and not slot.task.done()]
+        for slot in running:
+            assert slot.run is not None
+            slot.run.stop(STOP_SHUTDOWN, grace)
+        if running:
+            # The kill timer inside each run fires after `grace`; give the settle a moment beyond it.
+            done, pending = await asyncio.wait([s.task for s in running if s.task], timeout=grace + 5)
+            for task in pending:
+                task.cancel()
+        log.info("scheduler stopped", interrupted=len(running))
+
+    # --- queue ------------------------------------------------------------------------------------
+
+    def submitted(self) -> None:
+        """Wake the dispatch loop (a job was created or a slot freed)."""
+        self._wake.set()
+
+    def wake_at(self, delay_s: float) -> None:
+        """Wake the dispatch loop after `delay_s` (a retry's backoff ends then)."""
+        if self._stopping:
+            return
+        loop = asyncio.get_running_loop()
+        handle = loop.call_later(max(0.0, delay_s) + 0.01, self._wake.set)
+        self._timers.add(handle)
+
+    def running(self, job_id: str) -> JobRun | None:
+        for slot in self.slots:
+            if slot.run is not None and slot.run.job_id == job_id and slot.task and not slot.task.done():
+                return slot.run
+        return None
+
+    async def _dispatch_loop(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                await self.dispatch_once()
+            except Exception:  # a store hiccup must not end dispatching for the life of the server
+                log.exception("dispatch failed")
+            timeout = await self._next_wake_s()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _next_wake_s(self) -> float:
+        due = await self.store.next_run_after()
+        if due is None:
+            return 30.0
+        return min(30.0, max(0.05, (due - now_ms()) / 1000))
+
+    async def dispatch_once(self) -> list[Job]:
+        """Claim a job for every free slot (FIFO) and start its run; returns the claimed jobs."""
+        claimed = []
+        for slot in self.slots:
+            if self._stopping:
+                break
+            if slot.task is not None and not slot.task.done():
+                continue
+            job = await self.store.claim_next_job(slot.device, self.boot_id)
+            if job is None:
+                break
+            claimed.append(job)
+            run = JobRun(self, job, slot.device)
+            slot.run = run
+            slot.task = asyncio.create_task(self._run_slot(slot, run), name=f"gpjobs-job-{job.job_id}")
+        return claimed
+
+    async def _run_slot(self, slot: Slot, run: JobRun) -> None:
+        try:
+            await run.run()
+        finally:
+            self.submitted()  # the slot is free: look for the next job
+
+    # --- cancel -----------------------------------------------------------------------------------
+
+    async def cancel(self, job_id: str) -> Job | None:
+        """Queued -> Cancelled now; Executing -> Cancelling + SIGTERM (SIGKILL after cancel_grace_s), then
+        Cancelled when the child is gone. A finished job is returned unchanged; None if unknown."""
+        job, changed = await self.store.request_cancel(job_id)
+        if job is None or not changed or job.status is not JobStatus.CANCELLING:
+            return job
+        run = self.running(job_id)
+        if run is not None:
+            run.stop(STOP_CANCEL, self.config.cancel_grace_s)
+        elif job.boot_id != self.boot_id:
+            # Nobody in this process supervises it (orphan not yet recovered): nothing to signal.
+            job = await self.store.transition(job_id, JobStatus.CANCELLED, sources={JobStatus.CANCELLING},
+                                              finished_ms=now_ms(), progress=None)
+        return job
+
+    # --- watchdog ---------------------------------------------------------------------------------
+
+    async def _watchdog_loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self.config.watchdog_interval_s)
+            try:
+                await self.run_watchdog_once()
+            except Exception:
+                log.exception("watchdog failed")
+
+    async def run_watchdog_once(self) -> dict[str, int]:
+        """One pass: kill stalled children (lost -> retried), stop jobs over max_runtime (-> TimedOut),
+        prune finished jobs past retention. Deterministic: tests backdate a run's clocks and call it."""
+        now = time.monotonic()
+        counts = {"stalled": 0, "timed_out": 0, "pruned": 0}
+        for slot in self.slots:
+            run = slot.run
+            if run is None or slot.task is None or slot.task.done() or run.child is None or run.stop_reason:
+                continue
+            if now - run.last_seen_mono > self.config.heartbeat_timeout_s:
+                run.log.warning("heartbeat lost", silent_s=round(now - run.last_seen_mono, 1))
+                run.stop(STOP_STALLED, 0)
+                counts["stalled"] += 1
+            elif self.config.max_runtime_s and now - run.started_mono > self.config.max_runtime_s:
+                run.stop(STOP_TIMEOUT, self.config.cancel_grace_s)
+                counts["timed_out"] += 1
+        if self.config.retention_days > 0:
+            cutoff = now_ms() - int(self.config.retention_days * 86_400_000)
+            for job_id in await self.store.prune_finished(cutoff):
+                assert self.config.jobs_dir is not None
+                shutil.rmtree(self.config.jobs_dir / job_id, ignore_errors=True)
+                counts["pruned"] += 1
+        return counts

@@ -1,0 +1,138 @@
+"""Cancel, timeouts, heartbeat loss, graceful shutdown and boot recovery, with the fake child."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+from gpjobs.domain import Job, JobStatus, MessageType, new_job_id
+from gpjobs.scheduler import Scheduler
+
+S = JobStatus
+TERMINAL = (S.SUCCEEDED, S.FAILED, S.TIMED_OUT, S.CANCELLED)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return not open(f"/proc/{pid}/stat").read().split(")")[1].split()[0] == "Z"
+
+
+async def test_cancel_queued_job_is_immediate(harness):
+    scheduler = await harness.start()
+    running = await harness.submit("slow", max_epochs=20)
+    queued = await harness.submit("ok")
+    await harness.wait_running(running.job_id)
+    job = await scheduler.cancel(queued.job_id)
+    assert job.status is S.CANCELLED
+    assert (await harness.descriptions(queued.job_id))[-1] == "Cancel complete."
+    assert harness.runs(queued.job_id) == []
+
+
+async def test_cancel_running_job_sigterms_the_child(harness):
+    scheduler = await harness.start()
+    job = await harness.submit("slow", max_epochs=20)
+    run = await harness.wait_running(job.job_id)
+    pid = run.child.pid
+    assert (await scheduler.cancel(job.job_id)).status is S.CANCELLING
+    assert (await scheduler.cancel(job.job_id)).status is S.CANCELLING  # twice: idempotent
+    done = await harness.wait(job.job_id, *TERMINAL, timeout=10)
+    assert done.status is S.CANCELLED and done.finished_ms
+    assert run.child.proc.returncode == 5  # honoured SIGTERM (ExitCode.CANCELLED), no SIGKILL needed
+    assert not alive(pid)
+    assert (await harness.descriptions(job.job_id))[-1] == "Cancel complete."
+    # cancel of a finished job: a no-op that returns it
+    assert (await scheduler.cancel(job.job_id)).status is S.CANCELLED
+
+
+async def test_cancel_escalates_to_sigkill_when_sigterm_is_ignored(harness):
+    scheduler = await harness.start()
+    job = await harness.submit("ignore-term", max_epochs=1)
+    run = await harness.wait_running(job.job_id)
+    started = time.monotonic()
+    await scheduler.cancel(job.job_id)
+    done = await harness.wait(job.job_id, *TERMINAL, timeout=10)
+    assert done.status is S.CANCELLED
+    assert run.child.proc.returncode == -9 and time.monotonic() - started >= harness.config.cancel_grace_s * 0.9
+
+
+async def test_heartbeat_loss_kills_and_retries_then_fails(make_harness):
+    h = make_harness(max_attempts=2)
+    scheduler = await h.start()
+    job = await h.submit("hang")
+    for attempt in (1, 2):
+        run = await h.wait_running(job.job_id)
+        while h.store and (await h.store.get_job(job.job_id)).attempts != attempt:
+            await asyncio.sleep(0.02)
+        run.last_seen_mono -= h.config.heartbeat_timeout_s + 1  # backdate instead of sleeping
+        assert (await scheduler.run_watchdog_once())["stalled"] == 1
+        if attempt == 1:
+            await h.wait(job.job_id, S.SUBMITTED, S.EXECUTING)
+            while len(h.runs(job.job_id)) < 2:
+                await asyncio.sleep(0.02)
+    done = await h.wait(job.job_id, *TERMINAL)
+    assert done.status is S.FAILED and "no heartbeat" in done.error and done.attempts == 2
+
+
+async def test_max_runtime_ends_timed_out(make_harness):
+    h = make_harness(max_runtime_s=0.2)
+    scheduler = await h.start()
+    job = await h.submit("slow", max_epochs=50)
+    run = await h.wait_running(job.job_id)
+    await asyncio.sleep(0.3)
+    assert (await scheduler.run_watchdog_once())["timed_out"] == 1
+    done = await h.wait(job.job_id, *TERMINAL)
+    assert done.status is S.TIMED_OUT and "max_runtime_s" in done.error and done.attempts == 1
+    assert run.child.proc.returncode is not None
+
+
+async def test_graceful_shutdown_requeues_without_spending_an_attempt_then_resumes(make_harness, monkeypatch):
+    monkeypatch.setenv("GPJOBS_FAKE_EPOCH_S", "0.3")
+    h = make_harness()
+    scheduler = await h.start("boot-1")
+    job = await h.submit("slow", max_epochs=4)
+    await h.wait_running(job.job_id)
+    while (await h.store.get_job(job.job_id)).checkpoint_epoch is None:
+        await asyncio.sleep(0.02)
+    await scheduler.stop(grace_s=3)
+    h.scheduler = None
+    stopped = await h.store.get_job(job.job_id)
+    assert stopped.status is S.SUBMITTED and stopped.attempts == 0 and stopped.interruptions == 1
+    assert any("server shutdown" in t for t in await h.descriptions(job.job_id))
+    await h.start("boot-2")
+    done = await h.wait(job.job_id, *TERMINAL)
+    assert done.status is S.SUCCEEDED and done.attempts == 1
+    assert harness_resumed(h, job.job_id) >= 1
+
+
+def harness_resumed(h, job_id: str) -> int:
+    return h.runs(job_id)[-1]["resumed_from_epoch"]
+
+
+async def test_boot_recovery_table(harness):
+    """Orphans of an older boot: requeued while attempts remain, else Failed; Cancelling -> Cancelled;
+    the current boot's jobs are untouched (anchors.md T1)."""
+    store = harness.store
+
+    async def seed(status, attempts, boot, **fields):
+        job = Job(job_id=new_job_id(), owner="u", status=status, model_type="UNET", attempts=attempts,
+                  max_attempts=3, boot_id=boot, device="cpu", **fields)
+        return await store.create_job(job, [])
+
+    resumable = await seed(S.EXECUTING, 1, "old", checkpoint_epoch=4)
+    exhausted = await seed(S.EXECUTING, 3, "old")
+    cancelling = await seed(S.CANCELLING, 1, "old", cancel_requested_ms=1)
+    current = await seed(S.EXECUTING, 1, "now")
+    scheduler = Scheduler(harness.config, store, "now")
+    await scheduler.start(dispatch=False, watchdog=False)
+    assert (await store.get_job(resumable.job_id)).status is S.SUBMITTED
+    assert "Resumed from epoch 4 after server restart (attempt 2 of 3)." in await harness.descriptions(resumable.job_id)
+    failed = await store.get_job(exhausted.job_id)
+    assert failed.status is S.FAILED and "attempts used" in failed.error
+    assert (await store.get_messages(exhausted.job_id))[0].type is MessageType.ERROR
+    assert (await store.get_job(cancelling.job_id)).status is S.CANCELLED
+    assert (await store.get_job(current.job_id)).status is S.EXECUTING
+    await scheduler.stop(grace_s=0)
