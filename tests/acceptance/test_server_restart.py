@@ -1,0 +1,59 @@
+"""Acceptance: kill -9 the real server mid-job and restart it -> the job resumes and completes once."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+
+import pytest
+
+from builders.exports import write_classified_tiles
+from gpjobs_server_proc import ServerProcess, processes_mentioning, process_alive
+
+
+@pytest.mark.slow
+def test_kill_9_mid_job_then_restart_completes_once_with_one_item(tmp_path):
+    share = tmp_path / "share"
+    write_classified_tiles(share / "exports", n=2, name="seg")
+    env = {"GPJOBS_FAKE_BEHAVIOUR": "slow", "GPJOBS_FAKE_EPOCH_S": "0.5"}
+    server = ServerProcess(tmp_path / "var", share, **env).start()
+    try:
+        answer = server.submit(in_folder="/fileShares/default/exports/seg", output_name='{"name": "survivor"}',
+                               model_type="UNET", max_epochs="6")
+        job_id = answer["jobId"]
+        assert answer["jobStatus"] == "esriJobSubmitted"
+        work = tmp_path / "var" / "jobs" / job_id
+        deadline = time.monotonic() + 60
+        while not (work / "checkpoint.json").exists():  # at least one epoch checkpointed
+            assert time.monotonic() < deadline, server.log_path.read_text()[-2000:]
+            time.sleep(0.05)
+        child_pid = json.loads((work / "fake_runs.jsonl").read_text().splitlines()[0])["pid"]
+        server.kill()
+        # The child notices its lifeline closing and exits on its own.
+        deadline = time.monotonic() + 10
+        while process_alive(child_pid):
+            assert time.monotonic() < deadline, "training child survived the server's kill -9"
+            time.sleep(0.05)
+
+        server = ServerProcess(tmp_path / "var", share, **env).start()
+        info = server.wait(job_id, timeout=90)
+        assert info["jobStatus"] == "esriJobSucceeded", info
+        result = server.request(f"/arcgis/rest/services/System/RasterAnalysisTools/GPServer/TrainDeepLearningModel/"
+                                f"jobs/{job_id}/results/out_item")
+        assert result["value"]["id"] and "url" not in result["value"]
+        texts = [m["description"] for m in info["messages"]]
+        assert any(t.startswith("Resumed from epoch") and "after server restart" in t for t in texts), texts
+        assert texts.count("Training Finished") == 1
+        runs = [json.loads(line) for line in (work / "fake_runs.jsonl").read_text().splitlines()]
+        assert len(runs) == 2 and runs[1]["resumed_from_epoch"] >= 1
+    finally:
+        code = server.terminate() if server.proc and server.proc.poll() is None else 0
+    assert code == 0
+    db = sqlite3.connect(tmp_path / "var" / "gpjobs.sqlite3")
+    assert db.execute("SELECT count(*) FROM items WHERE job_id = ?", (job_id,)).fetchone()[0] == 1
+    assert db.execute("SELECT status, attempts FROM jobs WHERE job_id = ?", (job_id,)).fetchone() == \
+        ("esriJobSucceeded", 2)
+    packages = list((tmp_path / "var" / "content").rglob("*.dlpk"))
+    assert [p.name for p in packages] == ["survivor.dlpk"]
+    assert processes_mentioning(job_id) == []  # no stray training process left behind
