@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from gpjobs.appkeys import CONFIG_KEY, SCHEDULER_KEY, STORE_KEY
-from gpjobs.domain import Job, JobStatus, Message, QuotaExceeded, is_job_id, new_job_id
+from gpjobs.domain import Job, JobStatus, Message, MessageType, QuotaExceeded, is_job_id, new_job_id
 from gpjobs.paths import StoreRoots
 from gpjobs.web import gp_service
 from gpjobs.web.auth import require_principal, token_query
@@ -107,8 +107,13 @@ async def submit_job(request: web.Request) -> web.StreamResponse:
     job = Job(job_id=new_job_id(), owner=principal.username, status=JobStatus.SUBMITTED,
               model_type=submission.model_type, inputs=submission.inputs, spec=submission.spec,
               max_attempts=config.max_attempts)
+    messages: list[Any] = ["Submitted."]
+    if (submission.spec.get("context") or {}).get("processorType") == "GPU" and \
+            not any(d.startswith("cuda") for d in config.devices):
+        messages.append((MessageType.WARNING, "processorType GPU was requested, but this server has no GPU; "
+                                              "the model trains on the CPU."))
     try:
-        job = await app[STORE_KEY].create_job(job, ["Submitted."], max_queued_per_user=config.max_queued_per_user)
+        job = await app[STORE_KEY].create_job(job, messages, max_queued_per_user=config.max_queued_per_user)
     except QuotaExceeded as exc:
         raise EsriError(429, "Too many queued jobs.", [str(exc)]) from None
     scheduler = app.get(SCHEDULER_KEY)
@@ -178,4 +183,13 @@ async def cancel(app: web.Application, job: Job) -> Job:
     scheduler = app.get(SCHEDULER_KEY)
     if scheduler is None:  # a server without a scheduler (e.g. a read-only replica) cannot stop children
         raise EsriError(503, "Job cancellation is unavailable: the scheduler is not running.", [])
-    return await scheduler.cancel(job.job_id)
+    cancelled = await scheduler.cancel(job.job_id)
+    if cancelled is None:  # deleted between the read and the cancel
+        raise invalid_url()
+    return cancelled
+
+
+async def execute(request: web.Request) -> web.Response:
+    """The synchronous `execute` operation does not exist on an asynchronous service: say what to use."""
+    raise EsriError(400, "TrainDeepLearningModel is an asynchronous task: use submitJob.",
+                    [f"POST {gp_service.TASK_PATH}/submitJob, then poll jobs/<jobId>."])

@@ -65,6 +65,7 @@ def add_routes(app: web.Application) -> None:
         (SERVICE, service),
         (TASK, task),
         (TASK + "/submitJob", gp_jobs.submit_job),
+        (TASK + "/execute", gp_jobs.execute),
         (JOB, gp_jobs.job_status),
         (JOB + "/cancel", gp_jobs.cancel_job),
         (JOB + "/results", gp_jobs.job_results),

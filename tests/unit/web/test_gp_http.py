@@ -197,3 +197,28 @@ async def test_request_size_is_capped(tmp_path) -> None:
         assert body["error"]["code"] == 413
     finally:
         await srv.client.close()
+
+
+async def test_execute_points_to_submit_job(server: Server) -> None:
+    body = await server.json("POST", f"{TASK}/execute", data={"f": "json"})
+    assert "submitJob" in body["error"]["message"]
+
+
+async def test_gpu_request_on_a_cpu_server_is_warned_at_submit(server: Server) -> None:
+    sub = await server.submit(context='{"processorType": "GPU"}')
+    body = await server.json("GET", f"{TASK}/jobs/{sub['jobId']}", params={"f": "json"})
+    assert body["messages"][0]["description"] == "Submitted."
+    assert body["messages"][1]["type"] == "esriJobMessageTypeWarning" and "GPU" in body["messages"][1]["description"]
+
+
+async def test_internal_errors_reach_no_client(server: Server, monkeypatch) -> None:
+    async def broken(job_id: str):
+        raise RuntimeError("secret internals at /srv/db")
+
+    monkeypatch.setattr(server.store, "get_job", broken)
+    resp = await server.client.get(f"{TASK}/jobs/j{'0' * 32}", params={"f": "json"})
+    text = await resp.text()
+    assert resp.status == 200 and "secret" not in text and "Traceback" not in text
+    body = await resp.json()
+    assert body["error"]["code"] == 500 and "request id" in body["error"]["details"][0]
+    assert resp.headers["X-Request-Id"] in body["error"]["details"][0]
