@@ -37,7 +37,7 @@ def _http_error(request: web.Request, exc: web.HTTPException) -> EsriError:
     if exc.status == 405:
         return EsriError(405, "Method not allowed.", [f"{request.method} is not supported here"])
     if exc.status == 413:
-        return EsriError(413, "Request too large.", [f"the request body is larger than the server accepts"])
+        return EsriError(413, "Request too large.", ["the request body is larger than the server accepts"])
     return EsriError(exc.status, exc.reason, [])
 
 

@@ -6,14 +6,15 @@ from aiohttp import web
 
 from gpjobs.appkeys import CONFIG_KEY, STORE_KEY
 from gpjobs.web import admin, gp_jobs, gp_service
-from gpjobs.web.auth import token_query
-from gpjobs.web.render import json_response, render
+from gpjobs.web.auth import current_principal, token_query
+from gpjobs.web.render import json_response, output_format, render
 
 SERVICES = gp_service.SERVICES_ROOT
 FOLDER = f"{SERVICES}/{gp_service.SERVICE_FOLDER}"
 SERVICE = gp_service.SERVICE_PATH
 TASK = gp_service.TASK_PATH
 JOB = TASK + "/jobs/{job_id}"
+RECENT_JOBS = 10
 
 
 def _ctx(request: web.Request) -> dict:
@@ -44,7 +45,16 @@ async def service(request: web.Request) -> web.Response:
 
 
 async def task(request: web.Request) -> web.Response:
-    return render(request, gp_service.task_description(), page="task.html", context=_ctx(request))
+    context = _ctx(request)
+    if output_format(request) == "html":
+        # A person on the task page sees their own recent jobs (admins: everyone's).
+        principal = current_principal(request)
+        recent: list = []
+        if principal is not None:
+            owner = None if principal.is_admin else principal.username
+            recent, _total = await request.app[STORE_KEY].list_jobs(owner=owner, limit=RECENT_JOBS)
+        context["recent_jobs"] = recent
+    return render(request, gp_service.task_description(), page="task.html", context=context)
 
 
 async def health(request: web.Request) -> web.Response:

@@ -73,3 +73,14 @@ async def test_html_error_page(server: Server) -> None:
 async def test_service_and_directory_pages(server: Server) -> None:
     assert "TrainDeepLearningModel" in await html(server, TASK.rsplit("/", 1)[0], params={"f": "html"})
     assert "System" in await html(server, "/arcgis/rest/services", params={"f": "html"})
+
+
+async def test_task_page_lists_only_the_callers_recent_jobs(secured: Server) -> None:
+    alice = await secured.store.create_token("alice")
+    bob = await secured.store.create_token("bob")
+    mine = (await secured.submit(headers={"Authorization": f"Bearer {alice}"}))["jobId"]
+    theirs = (await secured.submit(headers={"Authorization": f"Bearer {bob}"}))["jobId"]
+    page = await html(secured, TASK, params={"f": "html", "token": alice})
+    assert mine in page and theirs not in page
+    assert f'name="token" value="{alice}"' in page  # the form carries the token on
+    assert "Recent jobs" not in await html(secured, TASK, params={"f": "html"})
