@@ -393,7 +393,7 @@ def _parse_in_folder(raw: str | None, roots: StoreRoots, info: catalog.ModelType
     formats: dict[str, str] = {}
     for folder in folders:
         try:
-            formats[folder.alias] = export_format(folder.local)
+            formats[folder.alias] = export_format(folder.local, folder.alias)
         except ExportFolderError as exc:
             problems.append(f"in_folder: '{folder.alias}' {exc}")
     if len(formats) != len(folders):

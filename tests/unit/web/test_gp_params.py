@@ -140,7 +140,7 @@ def test_pretrained_forms(roots: StoreRoots, share: Path) -> None:
     ({"in_folder": ""}, "in_folder: required"),
     ({"in_folder": "/fileShares/default/../x"}, "in_folder: path"),
     ({"in_folder": "/fileShares/other/x"}, "unknown data store"),
-    ({"in_folder": "/fileShares/default/not_export"}, "missing esri_model_definition.emd"),
+    ({"in_folder": "/fileShares/default/not_export"}, "is not an Export Training Data For Deep Learning folder"),
     ({"in_folder": "/fileShares/default/absent"}, "does not exist"),
     ({"in_folder": "/fileShares/default/exports/det"}, "export format KITTI_rectangles cannot train model_type UNET"),
     ({"in_folder": "/fileShares/default/exports/seg,/fileShares/default/exports/cls"}, "different formats"),
@@ -185,3 +185,27 @@ def test_real_samples_are_recognised(samples_dir: Path) -> None:
     assert spec["data_format"] == "PASCAL_VOC_rectangles"
     spec = parse_submit(form(in_folder="/fileShares/samples/phragmites-kitti", model_type="FASTERRCNN"), roots).spec
     assert spec["data_format"] == "KITTI_rectangles"
+
+
+def test_export_errors_never_show_the_local_path(roots: StoreRoots, share: Path) -> None:
+    details = problems(roots, in_folder="/fileShares/default/not_export")
+    assert str(share) not in " ".join(details) and "/fileShares/default/not_export" in details[0]
+
+
+def test_export_without_chips_is_refused(roots: StoreRoots, share: Path) -> None:
+    import shutil
+
+    shutil.rmtree(share / "exports" / "seg" / "images")
+    assert any("images/ is missing or empty" in d for d in problems(roots))
+
+
+def test_submit_validation_never_imports_torch(roots: StoreRoots, share: Path) -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from gpjobs.paths import StoreRoots; import gpjobs.web, gpjobs.app; "
+            "from gpjobs.web.gp_params import parse_submit; "
+            f"parse_submit({{'in_folder': '/fileShares/default/exports/seg', 'output_name': 'm', 'model_type': 'UNET'}}, "
+            f"StoreRoots(file_shares={{'default': {str(share)!r}}})); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
