@@ -58,9 +58,11 @@ def read_chip(path: str | Path, extract_bands: Sequence[int] | None = None) -> n
     return array
 
 
-def read_label_raster(path: str | Path) -> np.ndarray:
-    """A single-band label raster (class values or instance ids) as (H, W) int64."""
+def read_label_raster(path: str | Path, native: bool = False) -> np.ndarray:
+    """A single-band label raster (class values or instance ids) as (H, W) int64 (`native`: file dtype)."""
     array = read_chip(path)
+    if native and array.shape[2] == 1:
+        return array[:, :, 0]
     if array.shape[2] != 1:
         # Multi-band instance masks: arcgis.learn offsets ids per band; class rasters are single-band.
         offset = np.cumsum([0] + [int(array[:, :, b].max()) for b in range(array.shape[2] - 1)])

@@ -28,8 +28,11 @@ def to_model_input(array: np.ndarray, info: DataInfo) -> torch.Tensor:
         array = array[:, :, None]
     if array.shape[2] != info.bands:
         array = array[:, :, info.extract_bands]
-    tensor = torch.from_numpy(np.ascontiguousarray(info.normalization.apply(array))).permute(2, 0, 1)
-    return _resize_image(tensor.contiguous(), info.chip_size)
+    scale, offset = info.normalization.affine()
+    out = np.empty((array.shape[2], array.shape[0], array.shape[1]), np.float32)
+    np.multiply(array.transpose(2, 0, 1), scale, out=out, casting="unsafe")
+    out += offset
+    return _resize_image(torch.from_numpy(out), tuple(info.chip_size))
 
 
 def _resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -47,6 +50,35 @@ def _resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return (out[0] if squeeze else out).to(mask.dtype)
 
 
+class _Geometry:
+    """One random dihedral view (flips + transpose), applied to numpy views (free) and to boxes."""
+
+    def __init__(self, hflip: bool = False, vflip: bool = False, transpose: bool = False) -> None:
+        self.hflip, self.vflip, self.transpose = hflip, vflip, transpose
+
+    def view(self, array: np.ndarray, h_axis: int) -> np.ndarray:
+        w_axis = h_axis + 1
+        index = [slice(None)] * array.ndim
+        if self.hflip:
+            index[w_axis] = slice(None, None, -1)
+        if self.vflip:
+            index[h_axis] = slice(None, None, -1)
+        array = array[tuple(index)]
+        return np.swapaxes(array, h_axis, w_axis) if self.transpose else array
+
+    def boxes(self, boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        if not boxes.numel():
+            return boxes
+        x0, y0, x1, y1 = boxes.unbind(1)
+        if self.hflip:
+            x0, x1 = w - x1, w - x0
+        if self.vflip:
+            y0, y1 = h - y1, h - y0
+        if self.transpose:
+            x0, y0, x1, y1 = y0, x0, y1, x1
+        return torch.stack([x0, y0, x1, y1], 1)
+
+
 class ExportDataset(Dataset):
     """Samples of one split. `augment=True` draws flips/rotations from torch's RNG (seeded per worker)."""
 
@@ -57,20 +89,47 @@ class ExportDataset(Dataset):
         self.task = info.task
         self._raw_classes = [RawClass(c.value, c.name, c.color) for c in info.classes]
         self._index = {c.value: i for i, c in enumerate(info.classes)}
+        # Lookup table class value -> model index (0 = NoData): one gather per mask instead of K compares.
+        top = max([0, *self._index])
+        self._lut = np.zeros(top + 1, np.int64)
+        for value, i in self._index.items():
+            if value >= 0:
+                self._lut[value] = i + 1
+        self._scale, self._offset = info.normalization.affine()
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def _image(self, path) -> torch.Tensor:
-        array = read_chip(path, self.info.extract_bands)
-        tensor = torch.from_numpy(np.ascontiguousarray(self.info.normalization.apply(array))).permute(2, 0, 1)
-        return tensor.contiguous()
+    def _geometry(self) -> _Geometry:
+        if not self.augment:
+            return _Geometry()
+        h, w = self.info.chip_size
+        draws = torch.rand(3)
+        return _Geometry(bool(draws[0] < 0.5), bool(draws[1] < 0.5), bool(draws[2] < 0.5) and h == w)
 
-    def _mask_indices(self, mask: np.ndarray) -> torch.Tensor:
-        out = np.zeros(mask.shape, np.int64)  # values not in the class list stay NoData (validated earlier)
-        for value, index in self._index.items():
-            out[mask == value] = index + 1
+    def _normalised(self, path, geo: _Geometry) -> torch.Tensor:
+        """Decode, flip (views), then normalise straight into a contiguous float32 (C, H, W): two passes."""
+        chw = geo.view(read_chip(path, self.info.extract_bands), 0).transpose(2, 0, 1)
+        out = np.empty(chw.shape, np.float32)
+        np.multiply(chw, self._scale, out=out, casting="unsafe")
+        out += self._offset
         return torch.from_numpy(out)
+
+    def _image(self, path, geo: _Geometry) -> torch.Tensor:
+        return _resize_image(self._normalised(path, geo), tuple(self.info.chip_size))
+
+    def _mask(self, path, geo: _Geometry) -> torch.Tensor:
+        raw = geo.view(read_label_raster(path, native=True), 0)
+        lut = self._lut
+        if raw.dtype in (np.uint8, np.uint16):
+            # A table covering the whole dtype range: no range check pass over the mask needed.
+            full = np.iinfo(raw.dtype).max + 1
+            if len(lut) < full:
+                lut = self._lut = np.concatenate([lut, np.zeros(full - len(lut), np.int64)])
+            indices = np.take(lut, raw)
+        else:
+            indices = np.take(lut, np.clip(raw.astype(np.int64), 0, len(lut) - 1))
+        return _resize_mask(torch.from_numpy(indices), tuple(self.info.chip_size))
 
     def _objects(self, rec: ChipRecord) -> list[tuple[int, tuple[float, float, float, float]]]:
         if rec.objects is not None:
@@ -86,52 +145,45 @@ class ExportDataset(Dataset):
 
     def __getitem__(self, index: int) -> Any:
         rec = self.records[index]
-        image = self._image(rec.image)
-        src_hw = tuple(image.shape[-2:])
-        size = tuple(self.info.chip_size)
-        image = _resize_image(image, size)
+        geo = self._geometry()
         task = self.task
-        if task in ("classification", "multilabel"):
-            if task == "classification":
-                value = rec.value if rec.value is not None else self._objects(rec)[0][0]
-                target: Any = torch.tensor(self._index[value], dtype=torch.int64)
-            else:
-                target = torch.zeros(len(self.info.classes), dtype=torch.float32)
-                for value, _ in self._objects(rec):
-                    target[self._index[value]] = 1.0
-            return self._augment(image, None, None)[0], target
-        if task in ("segmentation", "change", "panoptic"):
-            mask = _resize_mask(self._mask_indices(read_label_raster(rec.label)), size)
-            if task == "change":
-                after = _resize_image(self._image(rec.image2), size)
-                stacked, mask, _ = self._augment(torch.cat([image, after]), mask, None)
-                return stacked[: image.shape[0]], stacked[image.shape[0]:], mask
-            if task == "panoptic":
-                inst, labels = self._instances(rec, size)
-                image, (mask, inst), boxes = self._augment(image, (mask, inst), _boxes_of(inst))
-                return image, {"semantic": mask, "masks": inst, "labels": labels, "boxes": boxes}
-            image, mask, _ = self._augment(image, mask, None)
-            return image, mask
+        source = self._normalised(rec.image, geo)
+        image = _resize_image(source, tuple(self.info.chip_size))
+        if task == "classification":
+            value = rec.value if rec.value is not None else self._objects(rec)[0][0]
+            return image, torch.tensor(self._index[value], dtype=torch.int64)
+        if task == "multilabel":
+            target = torch.zeros(len(self.info.classes), dtype=torch.float32)
+            for value, _ in self._objects(rec):
+                target[self._index[value]] = 1.0
+            return image, target
+        if task == "segmentation":
+            return image, self._mask(rec.label, geo)
+        if task == "change":
+            return image, self._image(rec.image2, geo), self._mask(rec.label, geo)
         if task == "translation":
             # Export_Tiles alone (super-resolution): the target is the chip itself; the model degrades it.
-            other = image.clone() if rec.image2 is None else _resize_image(self._image(rec.image2), size)
-            stacked, _, _ = self._augment(torch.cat([image, other]), None, None)
-            return stacked[: image.shape[0]], stacked[image.shape[0]:]
+            return image, image.clone() if rec.image2 is None else self._image(rec.image2, geo)
         if task == "instance":
-            masks, labels = self._instances(rec, size)
-            image, masks, boxes = self._augment(image, masks, _boxes_of(masks))
-            return image, {"boxes": boxes, "labels": labels, "masks": masks}
-        # detection
+            masks, labels = self._instances(rec, geo)
+            return image, {"boxes": _boxes_of(masks), "labels": labels, "masks": masks}
+        if task == "panoptic":
+            masks, labels = self._instances(rec, geo)
+            return image, {"semantic": self._mask(rec.label, geo), "masks": masks, "labels": labels,
+                           "boxes": _boxes_of(masks)}
+        # detection: boxes are in source-chip pixels; scale to chip_size, then the same flips as the image
         objects = self._objects(rec)
         boxes = torch.tensor([b for _, b in objects], dtype=torch.float32).reshape(-1, 4)
         labels = torch.tensor([self._index[v] + 1 for v, _ in objects], dtype=torch.int64)
-        if src_hw != size:
-            scale = torch.tensor([size[1] / src_hw[1], size[0] / src_hw[0]] * 2)
-            boxes = boxes * scale
-        image, _, boxes = self._augment(image, None, boxes)
-        return image, {"boxes": boxes, "labels": labels}
+        h, w = self.info.chip_size
+        src_h, src_w = source.shape[-2:]
+        if geo.transpose:
+            src_h, src_w = src_w, src_h
+        if (src_h, src_w) != (h, w):
+            boxes = boxes * torch.tensor([w / src_w, h / src_h] * 2)
+        return image, {"boxes": geo.boxes(boxes, h, w), "labels": labels}
 
-    def _instances(self, rec: ChipRecord, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _instances(self, rec: ChipRecord, geo: _Geometry) -> tuple[torch.Tensor, torch.Tensor]:
         masks, labels = [], []
         for value, path in rec.masks:
             if value not in self._index:
@@ -139,44 +191,13 @@ class ExportDataset(Dataset):
             for inst in instances_from_mask(read_label_raster(path)):
                 masks.append(inst)
                 labels.append(self._index[value] + 1)
+        size = tuple(self.info.chip_size)
         if not masks:
             return torch.zeros((0, *size), dtype=torch.uint8), torch.zeros(0, dtype=torch.int64)
-        stacked = _resize_mask(torch.from_numpy(np.stack(masks).astype(np.uint8)), size)
-        keep = stacked.flatten(1).bool().any(1)  # an instance can vanish when shrinking
-        return stacked[keep], torch.tensor(labels, dtype=torch.int64)[keep]
-
-    def _augment(self, image: torch.Tensor, masks: Any, boxes: torch.Tensor | None):
-        """Random horizontal/vertical flip and 90-degree rotation, applied to image, masks and boxes."""
-        if not self.augment:
-            return image, masks, boxes
-        h, w = image.shape[-2:]
-        hflip, vflip = bool(torch.rand(()) < 0.5), bool(torch.rand(()) < 0.5)
-        rot = bool(torch.rand(()) < 0.5) and h == w  # transpose (+ flips = all 8 dihedral views) on squares
-
-        def geo(t: torch.Tensor) -> torch.Tensor:
-            if hflip:
-                t = t.flip(-1)
-            if vflip:
-                t = t.flip(-2)
-            if rot:
-                t = t.transpose(-1, -2)
-            return t.contiguous()
-
-        image = geo(image)
-        if isinstance(masks, tuple):
-            masks = tuple(geo(m) for m in masks)
-        elif masks is not None:
-            masks = geo(masks)
-        if boxes is not None and boxes.numel():
-            x0, y0, x1, y1 = boxes.unbind(1)
-            if hflip:
-                x0, x1 = w - x1, w - x0
-            if vflip:
-                y0, y1 = h - y1, h - y0
-            if rot:
-                x0, y0, x1, y1 = y0, x0, y1, x1
-            boxes = torch.stack([x0, y0, x1, y1], 1)
-        return image, masks, boxes
+        stacked = np.ascontiguousarray(geo.view(np.stack(masks).astype(np.uint8), 1))
+        resized = _resize_mask(torch.from_numpy(stacked), size)
+        keep = resized.flatten(1).bool().any(1)  # an instance can vanish when shrinking
+        return resized[keep], torch.tensor(labels, dtype=torch.int64)[keep]
 
 
 def _boxes_of(masks: torch.Tensor) -> torch.Tensor:

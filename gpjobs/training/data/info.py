@@ -77,12 +77,19 @@ class Normalization:
             smean.append(scaled_mean), sstd.append(abs(scaled_std))
         return cls("band_stats", lo, hi, mean, std, smean, sstd)
 
+    def affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """(scale, offset) as float32 (C, 1, 1): normalised = x * scale + offset (one multiply-add)."""
+        lo = np.asarray(self.band_min, np.float64)
+        span = np.asarray(self.band_max, np.float64) - lo
+        mean, std = np.asarray(self.mean, np.float64), np.asarray(self.std, np.float64)
+        scale = 1.0 / (span * std)
+        offset = -(lo / span + mean) / std
+        return scale.astype(np.float32)[:, None, None], offset.astype(np.float32)[:, None, None]
+
     def apply(self, array: np.ndarray) -> np.ndarray:
         """(H, W, C) native chip -> normalised float32 (H, W, C)."""
-        lo = np.asarray(self.band_min, np.float32)
-        span = np.asarray(self.band_max, np.float32) - lo
-        out = (array.astype(np.float32) - lo) / span
-        return (out - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        scale, offset = self.affine()
+        return array.astype(np.float32) * scale[:, 0, 0] + offset[:, 0, 0]
 
     def to_emd(self) -> dict[str, Any]:
         """IsImageNetNormalization and, for band statistics, arcgis.learn's eight NormalizationStats vectors."""
