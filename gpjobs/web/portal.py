@@ -17,13 +17,13 @@ import orjson
 from aiohttp import web
 
 from gpjobs.appkeys import CONFIG_KEY, STORE_KEY
-from gpjobs.domain import ANONYMOUS, Item, ItemNotFound, Principal, is_item_id, now_ms
+from gpjobs.domain import Item, ItemNotFound, Principal, is_item_id, now_ms
 from gpjobs.web import portal_json
-from gpjobs.web.render import (PARAMS_KEY, EsriError, forbidden, invalid_token, json_response, load_params,
-                               output_format, params, token_required)
+from gpjobs.web.auth import PRINCIPAL_KEY, identify, request_token
+from gpjobs.web.render import (PARAMS_KEY, EsriError, forbidden, json_response, load_params, output_format,
+                               params, token_required)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-PRINCIPAL_KEY = "gpjobs.principal"  # request-dict key; set here, or earlier by the web auth middleware
 DEFAULT_TOKEN_MINUTES = 60
 MAX_TOKEN_MINUTES = 14 * 24 * 60
 UPDATABLE_FIELDS = ("title", "description", "snippet")
@@ -87,30 +87,11 @@ def base_url(request: web.Request) -> str:
     return public.rstrip("/") if public else str(request.url.origin())
 
 
-def request_token(request: web.Request) -> str | None:
-    """The token from `X-Esri-Authorization: Bearer`, `Authorization: Bearer` or the `token` field."""
-    for header in ("X-Esri-Authorization", "Authorization"):
-        value = request.headers.get(header, "")
-        if value[:7].lower() == "bearer " and value[7:].strip():
-            return value[7:].strip()
-    token = params(request).get("token", "").strip()
-    return token or None
-
-
 async def caller(request: web.Request) -> Principal | None:
-    """Who is calling; None when anonymous on a server with auth. An invalid token is an error (498)."""
-    if PRINCIPAL_KEY in request:
-        return request[PRINCIPAL_KEY]
-    token = request_token(request)
-    principal: Principal | None
-    if token:
-        principal = await request.app[STORE_KEY].authenticate(token)
-        if principal is None:
-            raise invalid_token()
-    else:
-        principal = ANONYMOUS if request.app[CONFIG_KEY].auth.anonymous else None
-    request[PRINCIPAL_KEY] = principal
-    return principal
+    """Who is calling (the web auth middleware's answer, or the same lookup when it did not run)."""
+    if PRINCIPAL_KEY not in request:
+        request[PRINCIPAL_KEY] = await identify(request)
+    return request[PRINCIPAL_KEY]
 
 
 async def signed_in(request: web.Request) -> Principal:

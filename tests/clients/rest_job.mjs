@@ -14,6 +14,9 @@ try {
     authentication: token || undefined,
     pollingRate: 500,
   });
+  // The first status read is not emitted as an event, and the internal monitor polls every 5 s: record
+  // one read by hand so that a run shorter than that still shows whether it was seen executing.
+  statuses.push((await job.getJobInfo()).status);
   job.on(JOB_STATUSES.Status, (info) => {
     if (statuses[statuses.length - 1] !== info.status) statuses.push(info.status);
   });

@@ -87,6 +87,22 @@ class GpjobsServer:
         with urllib.request.urlopen(request, context=self.ssl_context(), timeout=60) as resp:
             return dict(resp.headers), resp.read()
 
+    def job_messages(self, job_id: str | None) -> str:
+        """The job's status and messages, for failure reports (what the user would see)."""
+        if not job_id:
+            return "(no job id)"
+        try:
+            job = self.get_json(f"{TASK}/jobs/{job_id}")
+        except OSError as exc:
+            return f"(job {job_id} unreadable: {exc})"
+        lines = [f"job {job_id}: {job.get('jobStatus')}"]
+        lines += [f"  {m.get('type', '')[len('esriJobMessageType'):]}: {m.get('description')}"
+                  for m in job.get("messages", [])]
+        return "\n".join(lines)
+
+    def diagnose(self, job_id: str | None = None) -> str:
+        return f"--- job ---\n{self.job_messages(job_id)}\n--- server log ---\n{self.log_tail()}"
+
     def log_tail(self, chars: int = 6000) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-chars:]
@@ -163,3 +179,11 @@ def start_server(root: Path, *, tls: bool, auth: bool) -> GpjobsServer:
             server.stop()
             raise RuntimeError(f"gpjobs serve did not answer within {START_TIMEOUT_S:.0f} s:\n{server.log_tail()}")
         time.sleep(0.3)
+
+
+def is_item_reference(value: object) -> bool:
+    """The out_item value of a published item: `{"id"}` (Esri's script) optionally with the same `itemId`
+    (which arcgis' RA post-processing also understands), and never a `url` key (arcgis would return just it)."""
+    return (isinstance(value, dict) and isinstance(value.get("id"), str) and len(value["id"]) == 32
+            and value.get("itemId", value["id"]) == value["id"] and "url" not in value
+            and set(value) <= {"id", "itemId"})

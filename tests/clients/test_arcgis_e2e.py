@@ -16,7 +16,8 @@ import zipfile
 
 import pytest
 
-from .server import BACKBONE, MODEL_TYPE, USERNAME, GpjobsServer
+
+from .server import BACKBONE, MODEL_TYPE, USERNAME, GpjobsServer, is_item_reference
 
 pytestmark = [pytest.mark.clients, pytest.mark.slow, pytest.mark.timeout(900)]
 arcgis = pytest.importorskip("arcgis", reason="the arcgis client is not installed (pip install arcgis)")
@@ -46,7 +47,7 @@ def test_import_toolbox_trains_and_returns_out_item(http_server: GpjobsServer):
     except Exception as exc:
         pytest.fail(f"import_toolbox client failed: {exc!r}\n--- server log ---\n{http_server.log_tail()}")
     # The GPString value is served as an object (protocol.md §5.2) and the client hands it back as is.
-    assert isinstance(value, dict) and set(value) == {"id"}, value
+    assert is_item_reference(value), value
     assert_dlpk_item(http_server, value["id"], owner="anonymous", title="toolboxModel")
 
 
