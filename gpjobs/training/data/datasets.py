@@ -23,10 +23,12 @@ from gpjobs.training.data.metadata import RawClass
 
 
 def to_model_input(array: np.ndarray, info: DataInfo) -> torch.Tensor:
-    """A raw chip (H, W, C native dtype, all bands or already extracted) -> model input float32 (C, H, W)."""
+    """A raw chip (H, W, C native dtype, as read_chip returns it) -> model input float32 (C, H, W)."""
     if array.ndim == 2:
         array = array[:, :, None]
-    if array.shape[2] != info.bands:
+    # A raw chip carries all source bands: pick ExtractBands (also a same-size re-ordering). An array
+    # that has too few bands for those indices is taken as already extracted.
+    if max(info.extract_bands, default=0) < array.shape[2]:
         array = array[:, :, info.extract_bands]
     scale, offset = info.normalization.affine()
     out = np.empty((array.shape[2], array.shape[0], array.shape[1]), np.float32)

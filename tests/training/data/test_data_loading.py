@@ -117,6 +117,9 @@ def test_normalisation_regimes_and_emd_round_trip(tmp_path):
     assert again.normalization == ms.info.normalization and again.classes == ms.info.classes
     chip = read_chip(ms.valid.records[0].image)
     assert torch.allclose(to_model_input(chip, again), ms.valid[0][0], atol=1e-5)
+    assert torch.allclose(to_model_input(chip[:, :, [0, 2, 4, 5]], again), ms.valid[0][0], atol=1e-5)
+    swapped = open_training_data([ms_folder], task="segmentation", extract_bands=[5, 4, 3, 2, 1, 0], augment=False)
+    assert torch.allclose(to_model_input(chip, swapped.info)[0], swapped.valid[0][0][0], atol=1e-5)
     # Without band statistics in the export they are computed from the chips, close to the recorded ones.
     old = open_training_data([write_classified_tiles(tmp_path, n=4, bands=6, dtype="uint16", name="old")],
                              task="segmentation")
