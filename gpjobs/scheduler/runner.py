@@ -167,9 +167,12 @@ class JobRun:
         if kind == "heartbeat":
             self._dirty = True
         elif kind == "progress":
+            first = self._progress is None
             with contextlib.suppress(TypeError, ValueError):
                 self._progress = max(0.0, min(100.0, float(event.get("percent"))))
                 self._dirty = True
+            if first:  # the first sign of training shows at once; later ones are batched
+                await self._flush()
         elif kind == "started":
             resumed = int(event.get("resumed_from_epoch") or 0)
             if resumed:

@@ -12,7 +12,7 @@ import contextlib
 import itertools
 import sqlite3
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterable
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
 
 import aiosqlite
 import orjson
@@ -55,6 +55,11 @@ class Database:
         self._readers = readers
         self._next_reader = itertools.cycle(readers)
         self._lock = asyncio.Lock()  # binds to the running loop on first use (3.10+)
+        # Read cache for hot point reads (job status polls). Any committed write bumps `generation`, which
+        # invalidates every entry; a read caches its value only if no write committed while it ran.
+        # Sound because this process is the only writer of the rows it caches (jobs, messages).
+        self.generation = 0
+        self._cache: dict[Any, tuple[int, Any]] = {}
 
     @classmethod
     async def open(cls, path: str | Path, *, synchronous: str = "FULL", readers: int = 2) -> "Database":
@@ -85,8 +90,11 @@ class Database:
     async def write(self) -> AsyncIterator[aiosqlite.Connection]:
         """One write transaction: lock, BEGIN IMMEDIATE, yield, COMMIT (ROLLBACK on any error)."""
         async with self._lock:
-            await self._writer.execute("BEGIN IMMEDIATE")
             try:
+                # BEGIN inside the try: a task cancelled while awaiting it has still queued it on the
+                # connection's thread, so the ROLLBACK below must follow or the connection stays in a
+                # transaction ("cannot start a transaction within a transaction" on the next write).
+                await self._writer.execute("BEGIN IMMEDIATE")
                 yield self._writer
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
@@ -94,6 +102,21 @@ class Database:
                 raise
             else:
                 await self._writer.execute("COMMIT")
+            finally:
+                self.generation += 1
+
+    async def cached(self, key: Any, load: Callable[[], Awaitable[Any]]) -> Any:
+        """`await load()`, memoised until the next committed write."""
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] == self.generation:
+            return hit[1]
+        generation = self.generation
+        value = await load()
+        if generation == self.generation:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[key] = (generation, value)
+        return value
 
     async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         """All rows at once: no cursor is held across awaits (that would stall WAL checkpoints)."""

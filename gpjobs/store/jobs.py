@@ -99,8 +99,11 @@ class JobsMixin:
         return job
 
     async def get_job(self, job_id: str) -> Job | None:
-        row = await self.db.fetchone("SELECT * FROM jobs WHERE job_id = ?", (job_id,))
-        return job_from_row(row) if row else None
+        """The job, or None. Served from memory until the next write (polls never queue behind training)."""
+        async def load() -> Job | None:
+            row = await self.db.fetchone("SELECT * FROM jobs WHERE job_id = ?", (job_id,))
+            return job_from_row(row) if row else None
+        return await self.db.cached(("job", job_id), load)
 
     async def get_job_with_messages(self, job_id: str, since_seq: int = 0) -> tuple[Job | None, list[Message]]:
         """The job, then its messages (append-only, so they are never older than the status read first)."""
@@ -145,10 +148,13 @@ class JobsMixin:
         return [job_from_row(r) for r in rows], int(total[0])
 
     async def get_messages(self, job_id: str, since_seq: int = 0) -> list[Message]:
-        rows = await self.db.fetchall(
-            "SELECT seq, type, description, time_ms FROM job_messages WHERE job_id = ? AND seq > ? ORDER BY seq",
-            (job_id, since_seq))
-        return [Message(r[0], MessageType(r[1]), r[2], r[3]) for r in rows]
+        """Messages after `since_seq`, in order (cached like get_job)."""
+        async def load() -> tuple[Message, ...]:
+            rows = await self.db.fetchall(
+                "SELECT seq, type, description, time_ms FROM job_messages WHERE job_id = ? ORDER BY seq", (job_id,))
+            return tuple(Message(r[0], MessageType(r[1]), r[2], r[3]) for r in rows)
+        messages = await self.db.cached(("messages", job_id), load)
+        return [m for m in messages if m.seq > since_seq]
 
     async def add_messages(self, job_id: str, messages: Sequence[MessageInput]) -> None:
         async with self.db.write() as conn:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -163,3 +164,39 @@ async def test_prune_and_delete(store, make_job):
     assert await store.prune_finished(before_ms=2**62) == [job.job_id]
     assert await store.get_job(job.job_id) is None and await store.get_messages(job.job_id) == []
     assert await store.delete_job(keep.job_id) and not await store.delete_job(keep.job_id)
+
+
+async def test_read_cache_is_invalidated_by_every_write(store, make_job):
+    job = await store.create_job(make_job())
+    assert (await store.get_job(job.job_id)).status is S.SUBMITTED
+    assert len(await store.get_messages(job.job_id)) == 1
+    await store.claim_next_job("cpu", "b")  # a write: the cached snapshot must not survive it
+    assert (await store.get_job(job.job_id)).status is S.EXECUTING
+    assert [m.seq for m in await store.get_messages(job.job_id)] == [1, 2]
+    assert [m.seq for m in await store.get_messages(job.job_id, since_seq=1)] == [2]
+
+
+async def test_read_racing_a_commit_is_not_cached(store):
+    calls = []
+
+    async def load():
+        calls.append(1)
+        store.db.generation += 1  # a write committed while this read ran
+        return "stale"
+
+    assert await store.db.cached("k", load) == "stale"
+    assert await store.db.cached("k", load) == "stale" and len(calls) == 2  # read again, not served stale
+
+
+async def test_cancelled_writer_leaves_no_open_transaction(store, make_job):
+    """A task cancelled mid-claim (scheduler shutdown) must not leave the writer inside BEGIN."""
+    for _ in range(20):
+        await store.create_job(make_job())
+    for delay in range(8):
+        task = asyncio.create_task(store.claim_next_job("cpu", "b"))
+        for _ in range(delay):
+            await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await store.create_job(make_job())  # would fail with "within a transaction"
