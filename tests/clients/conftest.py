@@ -29,8 +29,6 @@ async def aiohttp_client() -> AsyncIterator[Callable[[web.Application], Awaitabl
 def _serve(tmp_path_factory: pytest.TempPathFactory, name: str, *, tls: bool, auth: bool):
     from .server import start_server
 
-    # The server is built concurrently by other engineers; until `gpjobs serve` exists there is nothing to drive.
-    pytest.importorskip("gpjobs.commands.serve", reason="`gpjobs serve` is not built yet")
     server = start_server(tmp_path_factory.mktemp(name), tls=tls, auth=auth)
     try:
         yield server

@@ -100,8 +100,18 @@ class GpjobsServer:
                   for m in job.get("messages", [])]
         return "\n".join(lines)
 
+    def latest_job_id(self) -> str | None:
+        """The most recently started job (its work dir under jobs/ is named by its id)."""
+        dirs = sorted((self.data_dir / "jobs").glob("j*"), key=lambda d: d.stat().st_mtime)
+        return dirs[-1].name if dirs else None
+
     def diagnose(self, job_id: str | None = None) -> str:
-        return f"--- job ---\n{self.job_messages(job_id)}\n--- server log ---\n{self.log_tail()}"
+        """Everything needed to say which part broke: the job's messages, the child's log, the server log."""
+        job_id = job_id or self.latest_job_id()
+        child_logs = sorted((self.data_dir / "jobs" / (job_id or "-") / "logs").glob("*.log"))
+        child = child_logs[-1].read_text(errors="replace")[-4000:] if child_logs else "(no child log)"
+        return (f"--- job ---\n{self.job_messages(job_id)}\n--- training child log ---\n{child}\n"
+                f"--- server log ---\n{self.log_tail(3000)}")
 
     def log_tail(self, chars: int = 6000) -> str:
         try:

@@ -45,7 +45,7 @@ def test_import_toolbox_trains_and_returns_out_item(http_server: GpjobsServer):
             backbone_model=BACKBONE, batch_size=4, max_epochs=1, learning_rate=0.001, validation_percent=25,
             stop_training=False, freeze_model=True, overwrite_model=False)
     except Exception as exc:
-        pytest.fail(f"import_toolbox client failed: {exc!r}\n--- server log ---\n{http_server.log_tail()}")
+        pytest.fail(f"import_toolbox client failed: {exc!r}\n{http_server.diagnose()}")
     # The GPString value is served as an object (protocol.md §5.2) and the client hands it back as is.
     assert is_item_reference(value), value
     assert_dlpk_item(http_server, value["id"], owner="anonymous", title="toolboxModel")
@@ -62,7 +62,7 @@ def test_learn_train_model_returns_the_portal_item(https_server: GpjobsServer):
                            batch_size=4, max_epochs=1, learning_rate=0.001, validation_percent=25,
                            stop_training=False, output_name="learnModel", gis=gis)
     except Exception as exc:
-        pytest.fail(f"arcgis.learn.train_model failed: {exc!r}\n--- server log ---\n{https_server.log_tail()}")
+        pytest.fail(f"arcgis.learn.train_model failed: {exc!r}\n{https_server.diagnose()}")
     assert isinstance(item, Item), item
     assert item.type == "Deep Learning Package" and item.owner == USERNAME and item.title == "learnModel"
     # The client's post-processing item.update reached the portal and was stored.

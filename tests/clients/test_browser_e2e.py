@@ -26,7 +26,7 @@ async def test_person_submits_the_html_form_and_downloads_the_package(http_serve
               "learning_rate": "0.001", "validation_percent": "25", "stop_training": "false"}
     code, report, stderr = await run_browser_job(http_server.task_url, fields, ARTIFACTS)
     assert code == 0 and not report.get("error"), (
-        f"browser run failed: {report}\n{stderr}\n--- server log ---\n{http_server.log_tail()}")
+        f"browser run failed: {report}\n{stderr}\n{http_server.diagnose()}")
     assert report["status"] == "esriJobSucceeded", report
     assert (ARTIFACTS / "3-job-finished.png").stat().st_size > 0
     assert report["download"]["name"] == "browserModel.dlpk"
