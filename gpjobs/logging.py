@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from datetime import datetime, timezone
 from typing import Any
 
 import orjson
@@ -39,6 +40,8 @@ def _json(obj: Any, **_: Any) -> str:
     return orjson.dumps(obj, default=str).decode("utf-8")
 
 
+_STATE: dict[str, Any] = {"stream": sys.stderr, "access": True}
+
 _SHARED: list[Any] = [
     structlog.contextvars.merge_contextvars,
     structlog.processors.add_log_level,
@@ -51,6 +54,7 @@ _SHARED: list[Any] = [
 def configure_logging(level: str = "info", *, stream: Any = None) -> None:
     """JSON lines at `level` on `stream` (stderr) for structlog and stdlib loggers alike."""
     numeric = getattr(logging, level.upper(), logging.INFO)
+    _STATE.update(stream=stream or sys.stderr, access=numeric <= logging.INFO)
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
@@ -67,15 +71,23 @@ def configure_logging(level: str = "info", *, stream: Any = None) -> None:
 
 
 class AccessLogger(AbstractAccessLogger):
-    """One JSON access line per request, without secrets (query tokens are masked)."""
+    """One JSON access line per request, without secrets (query tokens are masked).
+
+    Written straight to the log stream as one orjson line: going through logging + structlog's
+    formatter cost about as much as answering a status poll.
+    """
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
-        self.logger.info(
-            "access", extra={"method": request.method, "path": redact(request.path_qs),
-                             "status": response.status, "ms": round(time * 1000, 2),
-                             "remote": request.remote, "bytes": response.body_length,
-                             "request_id": response.headers.get("X-Request-Id")})
+        line = {"event": "access", "method": request.method, "path": redact(request.path_qs),
+                "status": response.status, "ms": round(time * 1000, 2), "remote": request.remote,
+                "bytes": response.body_length, "request_id": response.headers.get("X-Request-Id"),
+                "level": "info", "logger": "gpjobs.access",
+                "timestamp": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")}
+        try:
+            _STATE["stream"].write(orjson.dumps(line).decode("utf-8") + "\n")
+        except (OSError, ValueError):  # a closed stream must not fail the request
+            pass
 
     @property
     def enabled(self) -> bool:
-        return self.logger.isEnabledFor(logging.INFO)
+        return _STATE["access"]
