@@ -28,8 +28,13 @@ FAILURE_HINTS = {
 }
 
 
-def classify(rc: int, *, published: bool, stop_reason: str | None) -> Outcome:
-    """Map (exit status, what we asked for) to an outcome. A committed publish always wins."""
+DETERMINISTIC = frozenset({ExitCode.ERROR, ExitCode.BAD_INPUT, ExitCode.NAN_LOSS, ExitCode.OUT_OF_MEMORY})
+
+
+def classify(rc: int, *, published: bool, stop_reason: str | None, reported: int | None = None) -> Outcome:
+    """Map (exit status, what we asked for, the exit code the child reported in its `failed` event) to an
+    outcome. A committed publish always wins; a child that reported a deterministic failure is not
+    retried even if it then died by a signal on its way out (e.g. SIGABRT at interpreter shutdown)."""
     if published:
         return Outcome.SUCCEEDED
     if stop_reason == STOP_CANCEL:
@@ -40,6 +45,8 @@ def classify(rc: int, *, published: bool, stop_reason: str | None) -> Outcome:
         return Outcome.INTERRUPTED
     if stop_reason == STOP_STALLED:
         return Outcome.LOST
+    if reported in DETERMINISTIC:
+        return Outcome.FAILED
     if rc < 0 or rc in (ExitCode.LIFELINE_LOST, ExitCode.CANCELLED):
         return Outcome.LOST  # a signal we did not send, or someone else stopped it: resumable
     return Outcome.FAILED  # includes rc 0 without a result: the child broke its contract

@@ -131,7 +131,12 @@ class JobRun:
                 await flusher
         await self._flush()
         self.log.info("child exited", rc=rc, stop_reason=self.stop_reason, published=self.published)
-        await self._settle(classify(rc, published=self.published, stop_reason=self.stop_reason), rc=rc)
+        reported = None
+        if self.failure is not None:
+            with contextlib.suppress(TypeError, ValueError):
+                reported = int(self.failure.get("exit_code"))
+        await self._settle(classify(rc, published=self.published, stop_reason=self.stop_reason, reported=reported),
+                           rc=rc)
 
     async def _write_spec(self) -> Path:
         raw = dict(self.job.spec)
