@@ -335,8 +335,6 @@ def scan_folders(folders: Sequence[str | Path], *, full: bool = True, sample: in
                 "trained together need the same bands")
     classes = _merge_classes(metas, problems)
     raw_classes = [RawClass(c.value, c.name, c.color) for c in classes]
-    if fmt == "Panoptic_Segmentation":
-        raw_classes = raw_classes
     records: list[ChipRecord] = []
     for i, meta in enumerate(metas):
         records.extend(list_records(meta, i, problems))
