@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import time
 
 from gpjobs.domain import Job, JobStatus, MessageType, new_job_id
@@ -136,3 +137,21 @@ async def test_boot_recovery_table(harness):
     assert (await store.get_job(cancelling.job_id)).status is S.CANCELLED
     assert (await store.get_job(current.job_id)).status is S.EXECUTING
     await scheduler.stop(grace_s=0)
+
+
+async def test_watchdog_prunes_finished_jobs_past_retention(make_harness):
+    h = make_harness(retention_days=1)
+    scheduler = await h.start(watchdog=False)
+    old = await h.wait((await h.submit("ok", max_epochs=1)).job_id, *TERMINAL)
+    fresh = await h.wait((await h.submit("ok", max_epochs=1)).job_id, *TERMINAL)
+    assert (h.config.jobs_dir / old.job_id).is_dir()
+    # Backdate the first job's finish by two days instead of waiting.
+    conn = sqlite3.connect(h.store.path)
+    conn.execute("UPDATE jobs SET finished_ms = finished_ms - 172800000 WHERE job_id = ?", (old.job_id,))
+    conn.commit()
+    conn.close()
+    assert (await scheduler.run_watchdog_once())["pruned"] == 1
+    h.store.db.generation += 1  # the backdating bypassed the store (and its read cache)
+    assert await h.store.get_job(old.job_id) is None and not (h.config.jobs_dir / old.job_id).exists()
+    assert (await h.store.get_job(fresh.job_id)).status is S.SUCCEEDED
+    assert len(await h.store.list_items("alice")) == 2  # published items outlive their jobs
