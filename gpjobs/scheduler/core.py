@@ -60,10 +60,17 @@ class Scheduler:
         self._stopping = True
         for timer in self._timers:
             timer.cancel()
+        # Let the dispatch loop finish its current pass rather than cancelling it: a claim cancelled while
+        # its UPDATE is queued still commits, and the job would sit Executing with no run to requeue it.
+        self._wake.set()
         for task in self._tasks:
+            if task.get_name() != "gpjobs-dispatch":
+                task.cancel()
+        done, pending = await asyncio.wait(self._tasks, timeout=10) if self._tasks else (set(), set())
+        for task in pending:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s
         running = [slot for slot in self.slots if slot.task is not None and not slot.task.done()]
