@@ -52,6 +52,10 @@ class ModelFamily(ABC):
 
     # --- construction --------------------------------------------------------------------------
 
+    def attach_data(self, data: Any) -> None:
+        """Called with the TrainingData before build() when training (not when loading a package):
+        families take what they need from it (e.g. class weights)."""
+
     @abstractmethod
     def build(self) -> nn.Module:
         """A fresh model (backbone weights per the WeightsPolicy), in train mode, on the CPU."""
@@ -91,6 +95,10 @@ class ModelFamily(ABC):
         if backbone is not None:
             set_backbone_frozen(backbone, frozen)
 
+    def train_loader(self, data: Any, batch_size: int, **loader_kw: Any):
+        """A family-specific training DataLoader (e.g. oversampling), or None for data.loaders()'s."""
+        return None
+
     # --- training and evaluation ---------------------------------------------------------------
 
     @abstractmethod
@@ -103,7 +111,11 @@ class ModelFamily(ABC):
 
     @abstractmethod
     def predict(self, model: nn.Module, images: torch.Tensor) -> list[dict[str, Any]]:
-        """JSON-able predictions, one dict per chip of a normalised (B, C, H, W) batch (model in eval mode)."""
+        """Predictions, one dict per chip of a normalised (B, C, H, W) batch (model in eval mode).
+
+        Values are JSON-able except keys starting with "_" (e.g. "_mask", a numpy class-value raster),
+        which callers strip before printing JSON.
+        """
 
     # --- package -------------------------------------------------------------------------------
 

@@ -1,0 +1,84 @@
+"""`gpjobs predict MODEL.dlpk CHIP... [--json]`: predictions from a package alone (fresh process)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HELP = "Load a .dlpk and print predictions for image chips (class, class-mask summary, or boxes)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("package", metavar="MODEL.dlpk", help="a .dlpk, an extracted model folder or its .emd")
+    parser.add_argument("chips", nargs="+", metavar="CHIP", help="image chips (TIFF, PNG, JPEG)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per chip on stdout")
+    parser.add_argument("--masks-dir", default=None,
+                        help="pixel classification: write each predicted class-value mask here as <chip>.tif")
+    parser.add_argument("--batch-size", type=int, default=8)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from gpjobs.training.data import ChipReadError, to_model_input
+    from gpjobs.training.package import PackageError, load_model, open_package
+
+    messages: list[str] = []
+    try:
+        with open_package(args.package) as package:
+            family, model = load_model(package, say=lambda level, text: messages.append(text))
+            info = family.info
+            masks_dir = Path(args.masks_dir) if args.masks_dir else None
+            if masks_dir:
+                masks_dir.mkdir(parents=True, exist_ok=True)
+            chips = [Path(c) for c in args.chips]
+            for start in range(0, len(chips), max(1, args.batch_size)):
+                group = chips[start:start + args.batch_size]
+                batch = torch.stack([to_model_input(_read(c, info), info) for c in group])
+                for chip, prediction in zip(group, family.predict(model, batch)):
+                    mask = prediction.pop("_mask", None)
+                    if mask is not None and masks_dir is not None:
+                        import tifffile
+
+                        tifffile.imwrite(masks_dir / f"{chip.stem}.tif", np.asarray(mask).astype(np.int32))
+                    for key in [k for k in prediction if k.startswith("_")]:
+                        prediction.pop(key)
+                    _print(chip, prediction, args.json)
+    except (PackageError, ChipReadError) as exc:
+        print(f"gpjobs predict: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _read(chip: Path, info):
+    from gpjobs.training.data import read_chip
+
+    array = read_chip(chip)
+    if array.shape[2] != info.bands and info.source_bands and array.shape[2] != info.source_bands:
+        raise SystemExit(f"{chip.name} has {array.shape[2]} bands; the model was trained on "
+                         f"{info.source_bands} (using {info.bands})")
+    return array
+
+
+def _print(chip: Path, prediction: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"chip": str(chip), **prediction}, default=float))
+        return
+    if "class_name" in prediction:
+        text = f"{prediction['class_name']} ({prediction['score']:.3f})"
+    elif "classes" in prediction:
+        text = ", ".join(prediction["classes"]) or "(no class)"
+    elif "class_pixels" in prediction:
+        total = sum(prediction["class_pixels"].values()) or 1
+        text = ", ".join(f"{k} {100 * v / total:.1f}%" for k, v in prediction["class_pixels"].items())
+    elif "boxes" in prediction:
+        text = f"{len(prediction['boxes'])} boxes: " + "; ".join(
+            f"{lab} {s:.2f} [{', '.join(f'{v:.0f}' for v in box)}]"
+            for box, s, lab in zip(prediction["boxes"], prediction.get("scores", []),
+                                   prediction.get("labels", prediction.get("class_names", []))))
+    else:
+        text = json.dumps(prediction)
+    print(f"{chip.name}: {text}")
