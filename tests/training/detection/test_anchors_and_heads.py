@@ -17,8 +17,8 @@ from gpjobs.training.models.detection.anchors import (
     yolo_anchors,
 )
 from gpjobs.training.models.detection.darknet import darknet53_features
-from gpjobs.training.models.detection.ssd_net import SSDNet, match_anchors, ssd_detect, ssd_loss
-from gpjobs.training.models.detection.yolo_net import YOLOv3Net, check_chip_multiple, yolo_detect, yolo_loss
+from gpjobs.training.models.detection.ssd_net import SSDNet, match_anchors, ssd_loss
+from gpjobs.training.models.detection.yolo_net import YOLOv3Net, check_chip_multiple, yolo_loss
 
 
 def test_ssd_anchors_follow_grid_zoom_ratio_order():
@@ -64,7 +64,20 @@ def test_darknet53_taps_any_band_count():
     assert [tuple(f.shape[1:]) for f in feats.values()] == [
         (64, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4), (1024, 2, 2)]
     assert net.out_channels == [64, 128, 256, 512, 1024] and net.strides == [2, 4, 8, 16, 32]
-    assert net.first_conv.in_channels == 6
+    assert net.first_conv().in_channels == 6
+
+
+def test_darknet53_loads_local_weights_for_any_band_count(tmp_path):
+    from gpjobs.training.weights import WeightsPolicy
+
+    saved = darknet53_features(3)
+    torch.save(saved.state_dict(), tmp_path / "darknet53.pth")
+    policy = WeightsPolicy(str(tmp_path), "fail")
+    net = darknet53_features(4, weights=policy)
+    assert policy.outcome == "loaded darknet53.pth"
+    assert net.first_conv().in_channels == 4 and net.first_conv_adapted
+    deep = "stages.stage5.1.expand.conv.weight"
+    assert torch.equal(net.state_dict()[deep], saved.state_dict()[deep])
 
 
 def test_yolo_chip_must_be_multiple_of_32():
@@ -131,7 +144,9 @@ def test_ssd_head_shapes_matching_and_learning():
     assert losses[-1] < 0.5 * losses[0]
     model.eval()
     with torch.no_grad():
-        found = ssd_detect(model(images), model.anchors, model.cell_sizes, (64, 64))
+        found = model.detect(images)
+        boxes, scores, labels = model(images)  # eval forward: the TorchScript interface
+    assert len(boxes) == len(scores) == len(labels) == sum(len(d["boxes"]) for d in found)
     assert all(set(d) == {"boxes", "scores", "labels"} for d in found)
     assert all(int(lbl) in (1, 2) for d in found for lbl in d["labels"])
 
@@ -147,5 +162,14 @@ def test_yolo_head_shapes_and_learning():
     assert losses[-1] < 0.5 * losses[0]
     model.eval()
     with torch.no_grad():
-        found = yolo_detect(model(images), model.anchors, model.strides)
+        found = model.detect(images)
     assert len(found) == 4 and all(d["boxes"].shape[-1] == 4 for d in found)
+
+
+def test_ssd_state_dict_rebuilds_the_head_it_belongs_to():
+    trained = SSDNet(TinyBackbone(), 2, 64, [4, 2], [1.0, 0.5], [[1.0, 1.0]])
+    fresh = SSDNet(TinyBackbone(), 2, 64, [4], [1.0], [[1.0, 1.0]])
+    fresh.load_state_dict(trained.state_dict())
+    assert fresh.grids == [4, 2] and fresh.k == 2
+    assert torch.equal(fresh.anchors, trained.anchors)
+    assert fresh.raw(torch.zeros(1, 3, 64, 64))[0].shape == (1, (16 + 4) * 2, 4)

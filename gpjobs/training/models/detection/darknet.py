@@ -31,40 +31,46 @@ class DarknetResidual(nn.Module):
         return x + self.expand(self.reduce(x))
 
 
-class Darknet53Features(nn.Module):
-    """forward(x) -> OrderedDict stage1..stage5 (64, 128, 256, 512, 1024 channels at strides 2, 4, 8, 16, 32)."""
+BLOCKS = (1, 2, 8, 8, 4)
 
-    BLOCKS = (1, 2, 8, 8, 4)
 
-    def __init__(self, in_channels: int = 3) -> None:
+def darknet53_stages(in_channels: int = 3) -> "OrderedDict[str, nn.Module]":
+    """Darknet-53 as five stages (64, 128, 256, 512, 1024 channels at strides 2, 4, 8, 16, 32)."""
+    stages: OrderedDict[str, nn.Module] = OrderedDict()
+    channels = 32
+    for i, n_blocks in enumerate(BLOCKS):
+        layers = [conv_bn(in_channels, 32, 3)] if i == 0 else []  # the stem rides with the first stage
+        layers.append(conv_bn(channels, channels * 2, 3, stride=2))
+        channels *= 2
+        layers += [DarknetResidual(channels) for _ in range(n_blocks)]
+        stages[f"stage{i + 1}"] = nn.Sequential(*layers)
+    return stages
+
+
+
+def darknet53_features(in_channels: int = 3, *, weights=None, say=None):
+    """The Darknet-53 FeatureBackbone for `backbones.build_backbone('DARKNET53', ...)`.
+
+    Local `darknet53.pth` weights (a state dict of this 3-band module) load through the WeightsPolicy; for
+    another band count the first conv is then rebuilt from the RGB filters, as for torchvision backbones.
+    """
+    from gpjobs.training.backbones import FeatureBackbone, _adapt_conv
+
+    stages = darknet53_stages(3)
+    pretrained = False
+    if weights is not None:
+        probe = nn.ModuleDict(stages)  # same key names as the stages of the FeatureBackbone
+        pretrained = weights.load_into("DARKNET53", _StagesModule(probe), say)
+    stem = stages["stage1"][0]
+    stem.conv, adapted = _adapt_conv(stem.conv, in_channels, pretrained)
+    if adapted and say is not None:
+        say("info", f"DARKNET53: first convolution rebuilt for {in_channels} bands")
+    return FeatureBackbone("DARKNET53", stages, in_channels, "stages.stage1.0.conv", adapted)
+
+
+class _StagesModule(nn.Module):
+    """Holds the stages under `stages.` so a saved FeatureBackbone state dict loads with strict names."""
+
+    def __init__(self, stages: nn.ModuleDict) -> None:
         super().__init__()
-        self.stem = conv_bn(in_channels, 32, 3)
-        stages = []
-        channels = 32
-        for n_blocks in self.BLOCKS:
-            layers = [conv_bn(channels, channels * 2, 3, stride=2)]
-            channels *= 2
-            layers += [DarknetResidual(channels) for _ in range(n_blocks)]
-            stages.append(nn.Sequential(*layers))
-        self.stages = nn.ModuleList(stages)
-        self.names = [f"stage{i + 1}" for i in range(len(stages))]
-        self.out_channels = [64, 128, 256, 512, 1024]
-        self.strides = [2, 4, 8, 16, 32]
-
-    @property
-    def first_conv(self) -> nn.Conv2d:
-        """The convolution that sees the bands (rebuilt for multispectral input, trainable when frozen)."""
-        return self.stem.conv
-
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
-        features: OrderedDict[str, torch.Tensor] = OrderedDict()
-        x = self.stem(x)
-        for name, stage in zip(self.names, self.stages):
-            x = stage(x)
-            features[name] = x
-        return features
-
-
-def darknet53_features(in_channels: int = 3) -> Darknet53Features:
-    """The Darknet-53 feature backbone for `backbones.build_backbone('DARKNET53', ...)`."""
-    return Darknet53Features(in_channels)
+        self.stages = stages

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import batched_nms, box_iou, sigmoid_focal_loss
 
-from gpjobs.training.models.detection.anchors import anchors_per_cell, ssd_anchors
+from gpjobs.training.models.detection.anchors import ssd_anchors
 
 MATCH_IOU = 0.4
 
@@ -27,43 +27,76 @@ def _pick_tap(strides: list[int], chip: int, grid: int) -> int:
 
 
 class SSDNet(nn.Module):
-    """forward(images) -> (box offsets [B, N, 4], class logits [B, N, C]) for the N anchors of `ssd_anchors`."""
+    """SSD over a feature backbone. `raw(images)` -> (box offsets [B, N, 4], class logits [B, N, C]) for the N
+    anchors of `ssd_anchors(grids, zooms, ratios)`; `losses`, `detect` and `forward` as common.py describes.
+
+    The grids and anchor shapes are buffers: a state dict rebuilds the head it belongs to on load, so a
+    package restores a model whose grids were chosen from the training data.
+    """
 
     def __init__(self, backbone: nn.Module, num_classes: int, chip: int, grids: list[int], zooms: list[float],
-                 ratios: list[list[float]], *, drop: float = 0.3, bias: float = -4.0, width: int = 256) -> None:
+                 ratios: list[list[float]], *, drop: float = 0.3, bias: float = -4.0, width: int = 256,
+                 focal: bool = False, location_factor: float | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.num_classes = num_classes
-        self.grids = [int(g) for g in grids]
-        self.k = anchors_per_cell(zooms, ratios)
-        strides = list(backbone.strides)
-        channels = list(backbone.out_channels)
-        self.taps = [_pick_tap(strides, chip, g) for g in self.grids]
+        self.chip, self.drop, self.bias, self.width = chip, drop, bias, width
+        self.focal, self.location_factor = focal, location_factor
+        self._build_head([int(g) for g in grids], [(z * float(r[0]), z * float(r[1])) for z in zooms for r in ratios])
+
+    def _build_head(self, grids: list[int], shapes: list[tuple[float, float]]) -> None:
+        self.grids, self.k = grids, len(shapes)
+        strides, channels = list(self.backbone.strides), list(self.backbone.out_channels)
+        self.taps = [_pick_tap(strides, self.chip, g) for g in grids]
+        width = self.width
         self.blocks = nn.ModuleList(
             nn.Sequential(nn.Conv2d(channels[t], width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
-                          nn.ReLU(inplace=True), nn.Dropout(drop))
+                          nn.ReLU(inplace=True), nn.Dropout(self.drop))
             for t in self.taps)
-        self.box_out = nn.ModuleList(nn.Conv2d(width, self.k * 4, 3, padding=1) for _ in self.grids)
-        self.cls_out = nn.ModuleList(nn.Conv2d(width, self.k * num_classes, 3, padding=1) for _ in self.grids)
+        self.box_out = nn.ModuleList(nn.Conv2d(width, self.k * 4, 3, padding=1) for _ in grids)
+        self.cls_out = nn.ModuleList(nn.Conv2d(width, self.k * self.num_classes, 3, padding=1) for _ in grids)
         for conv in self.cls_out:  # arcgis' `bias`: classes start "off", so the early loss is not a flood of FPs
-            nn.init.constant_(conv.bias, bias)
-        anchors = torch.from_numpy(ssd_anchors(self.grids, zooms, ratios))
-        cell = torch.cat([torch.full((g * g * self.k,), 1.0 / g) for g in self.grids])
+            nn.init.constant_(conv.bias, self.bias)
+        anchors = torch.from_numpy(ssd_anchors(grids, [1.0], shapes))
+        cell = torch.cat([torch.full((g * g * self.k,), 1.0 / g) for g in grids])
         self.register_buffer("anchors", anchors)  # [N, 4] cx, cy, w, h (chip fractions)
         self.register_buffer("cell_sizes", cell)  # [N]
+        self.register_buffer("grid_sizes", torch.tensor(grids, dtype=torch.long))
+        self.register_buffer("anchor_shapes", torch.tensor(shapes, dtype=torch.float32).reshape(-1, 2))
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        grids, shapes = state_dict.get("grid_sizes"), state_dict.get("anchor_shapes")
+        if grids is not None and shapes is not None and (
+                grids.tolist() != self.grids or shapes.shape != self.anchor_shapes.shape
+                or not torch.allclose(shapes.float(), self.anchor_shapes)):
+            self._build_head([int(g) for g in grids.tolist()], [tuple(s) for s in shapes.tolist()])
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def raw(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feats = list(self.backbone(images).values())
         boxes, logits = [], []
         for g, tap, block, box_out, cls_out in zip(self.grids, self.taps, self.blocks, self.box_out, self.cls_out):
             x = block(feats[tap])
             if x.shape[-1] != g or x.shape[-2] != g:
                 x = F.adaptive_avg_pool2d(x, g) if x.shape[-1] >= g else F.interpolate(x, size=(g, g))
-            b = box_out(x).permute(0, 2, 3, 1).reshape(x.shape[0], -1, 4)
-            c = cls_out(x).permute(0, 2, 3, 1).reshape(x.shape[0], -1, self.num_classes)
-            boxes.append(b)
-            logits.append(c)
+            boxes.append(box_out(x).permute(0, 2, 3, 1).reshape(x.shape[0], -1, 4))
+            logits.append(cls_out(x).permute(0, 2, 3, 1).reshape(x.shape[0], -1, self.num_classes))
         return torch.cat(boxes, 1), torch.cat(logits, 1)
+
+    def losses(self, images: torch.Tensor, targets: list[dict]) -> torch.Tensor:
+        return ssd_loss(self.raw(images), targets, self.anchors, self.cell_sizes, tuple(images.shape[-2:]),
+                        focal=self.focal, location_factor=self.location_factor)
+
+    def detect(self, images: torch.Tensor) -> list[dict]:
+        return ssd_detect(self.raw(images), self.anchors, self.cell_sizes, tuple(images.shape[-2:]))
+
+    def forward(self, images: torch.Tensor):
+        """Train: raw outputs. Eval: (boxes, scores, labels) of the batch (the TorchScript interface)."""
+        if self.training:
+            return self.raw(images)
+        found = self.detect(images)
+        return (torch.cat([d["boxes"] for d in found]), torch.cat([d["scores"] for d in found]),
+                torch.cat([d["labels"] for d in found]))
 
 
 def decode(offsets: torch.Tensor, anchors: torch.Tensor, cell_sizes: torch.Tensor) -> torch.Tensor:

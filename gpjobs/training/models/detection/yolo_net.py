@@ -27,7 +27,8 @@ def _conv_set(in_ch: int, mid: int) -> nn.Sequential:
 
 
 class YOLOv3Net(nn.Module):
-    """forward(images) -> tuple of 3 raw maps [B, 3, 5 + C, H/s, W/s] for strides 8, 16, 32."""
+    """`raw(images)` -> 3 raw maps [B, 3, 5 + C, H/s, W/s] for strides 8, 16, 32; `losses`, `detect` and
+    `forward` as common.py describes. The anchors are a buffer, so they travel in the state dict."""
 
     def __init__(self, backbone: nn.Module, num_classes: int, anchors: list[list[float]], width: int = 512) -> None:
         super().__init__()
@@ -54,7 +55,21 @@ class YOLOv3Net(nn.Module):
             nn.init.constant_(head[-1].bias, 0.0)
             head[-1].bias.data.view(3, 5 + num_classes)[:, 4] = -4.0
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def losses(self, images: torch.Tensor, targets: list[dict]) -> torch.Tensor:
+        return yolo_loss(self.raw(images), targets, self.anchors, self.strides, tuple(images.shape[-2:]))
+
+    def detect(self, images: torch.Tensor) -> list[dict]:
+        return yolo_detect(self.raw(images), self.anchors, self.strides)
+
+    def forward(self, images: torch.Tensor):
+        """Train: raw outputs. Eval: (boxes, scores, labels) of the batch (the TorchScript interface)."""
+        if self.training:
+            return self.raw(images)
+        found = self.detect(images)
+        return (torch.cat([d["boxes"] for d in found]), torch.cat([d["scores"] for d in found]),
+                torch.cat([d["labels"] for d in found]))
+
+    def raw(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         feats = list(self.backbone(images).values())
         f3, f4, f5 = feats[-3], feats[-2], feats[-1]
         x5 = self.set5(f5)

@@ -1,0 +1,94 @@
+"""Faster R-CNN, Mask R-CNN and RetinaNet from torchvision, over our feature pyramid.
+
+Our data layer already normalises chips (ImageNet or band statistics), so torchvision's own normalisation is
+turned into the identity (mean 0, std 1, one entry per band: any band count works). Chips are resized inside
+the model to 1.5x (min side) / 2x (max side) the chip, as arcgis.learn configures its R-CNNs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.retinanet import RetinaNetHead
+
+from gpjobs.training.models.detection.fpn_adapter import FeaturePyramid, relative_anchor_sizes
+
+RCNN_KWARGS = (
+    "rpn_pre_nms_top_n_train", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_train", "rpn_post_nms_top_n_test",
+    "rpn_nms_thresh", "rpn_fg_iou_thresh", "rpn_bg_iou_thresh", "rpn_batch_size_per_image",
+    "box_batch_size_per_image", "box_bg_iou_thresh", "box_fg_iou_thresh", "box_detections_per_img",
+    "box_score_thresh", "box_nms_thresh",
+)
+
+
+def resized_sizes(chip: int) -> tuple[int, int]:
+    """(min_size, max_size) of torchvision's transform: 1.5x and 2x the chip (arcgis' MaskRCNN setting)."""
+    return int(round(1.5 * chip)), int(round(2 * chip))
+
+
+def _transform_kwargs(chip: int, bands: int) -> dict[str, Any]:
+    min_size, max_size = resized_sizes(chip)
+    return {"min_size": min_size, "max_size": max_size, "image_mean": [0.0] * bands, "image_std": [1.0] * bands}
+
+
+def rcnn_kwargs(args: dict[str, Any]) -> dict[str, Any]:
+    """The torchvision R-CNN keyword arguments present in the parsed job arguments."""
+    return {k: args[k] for k in RCNN_KWARGS if args.get(k) is not None}
+
+
+def build_rcnn(body: nn.Module, num_classes: int, chip: int, bands: int, args: dict[str, Any], *,
+               masks: bool = False) -> nn.Module:
+    """Faster R-CNN (or Mask R-CNN) with `num_classes` + background over an FPN on `body`."""
+    pyramid = FeaturePyramid(body, min_stride=4, levels=4, extra="maxpool")
+    sizes = relative_anchor_sizes(resized_sizes(chip)[0], pyramid.num_levels)
+    anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
+    cls = MaskRCNN if masks else FasterRCNN
+    return TorchvisionDetector(cls(pyramid, num_classes=num_classes + 1, rpn_anchor_generator=anchors,
+               **_transform_kwargs(chip, bands), **rcnn_kwargs(args)))
+
+
+def build_retinanet(body: nn.Module, num_classes: int, chip: int, bands: int, *, scales: list[float],
+                    ratios: list[float]) -> nn.Module:
+    """RetinaNet over P3-P7; arcgis' `scales` x `ratios` become the anchors of every pyramid level."""
+    pyramid = FeaturePyramid(body, min_stride=8, levels=3, extra="p6p7")
+    sizes = relative_anchor_sizes(resized_sizes(chip)[0], pyramid.num_levels, scales)
+    anchors = AnchorGenerator(sizes, (tuple(float(r) for r in ratios),) * len(sizes))
+    # num_classes + 1 keeps label indices 1..K as they are (index 0 simply never fires), as torchvision's
+    # own COCO RetinaNet does with its 91 classes.
+    head = RetinaNetHead(pyramid.out_channels, anchors.num_anchors_per_location()[0], num_classes + 1)
+    return TorchvisionDetector(RetinaNet(pyramid, num_classes=num_classes + 1, anchor_generator=anchors,
+                                         head=head, **_transform_kwargs(chip, bands)))
+
+
+def loss_total(loss_dict: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.stack([v.float() for v in loss_dict.values()]).sum()
+
+
+class TorchvisionDetector(nn.Module):
+    """A torchvision detector behind the interface the detection families share (see common.py)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    @property
+    def backbone(self) -> nn.Module:  # the FeatureBackbone under the FPN: what freezing acts on
+        return self.net.backbone.body
+
+    def losses(self, images: torch.Tensor, targets: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        return loss_total(self.net(list(images), targets))
+
+    def detect(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        return self.net(list(images))
+
+    def forward(self, images: torch.Tensor):
+        """Eval: (boxes, scores, labels) of the batch's detections, for TorchScript export."""
+        found = self.net(list(images))
+        if self.training:
+            return found
+        return (torch.cat([d["boxes"] for d in found]), torch.cat([d["scores"] for d in found]),
+                torch.cat([d["labels"] for d in found]))

@@ -1,0 +1,53 @@
+"""YOLOV3: Darknet-53 + three-scale YOLO heads, anchors from k-means over the training boxes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from gpjobs.catalog import ArgumentError
+from gpjobs.training.backbones import build_backbone
+from gpjobs.training.models.detection.anchors import yolo_anchors
+from gpjobs.training.models.detection.common import DetectionFamily
+from gpjobs.training.models.detection.yolo_net import YOLOv3Net, check_chip_multiple
+
+
+class YOLOv3Family(DetectionFamily):
+    emd_model_configuration = "_yolov3_inference"
+    detect_thresh = 0.1  # arcgis' YOLOv3 AP: average_precision_score(detect_thresh=0.1, iou_thresh=0.1)
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        h, w = self.info.chip_size
+        for side in {int(h), int(w)}:
+            try:
+                check_chip_multiple(side)
+            except ValueError as exc:
+                raise ArgumentError(str(exc)) from None
+        anchors = self.args.get("anchors")
+        if anchors is not None and (len(anchors) != 9 or any(len(a) != 2 for a in anchors)):
+            raise ArgumentError(f"anchors must be 9 [w, h] pairs in pixels, got {anchors}")
+
+    def attach_data(self, data: Any) -> None:
+        super().attach_data(data)
+        if not self.args.get("anchors"):
+            self.args["anchors"] = [[round(w, 2), round(h, 2)] for w, h in
+                                    yolo_anchors(self.box_sizes, seed=int(self.args.get("seed") or 0),
+                                                 fallback_chip=self.chip)]
+            self.say("info", f"YOLOv3 anchors from k-means over {len(self.box_sizes)} training boxes: "
+                             f"{self.args['anchors']}")
+
+    @property
+    def anchors(self) -> list[list[float]]:
+        # Without data (rebuilding a package) any 9 anchors do: the saved state dict carries the real ones.
+        return self.args.get("anchors") or yolo_anchors([], fallback_chip=self.chip)
+
+    def build(self) -> nn.Module:
+        if self.args.get("pretrained_backbone") is False and self.weights.skip_reason is None:
+            self.weights.skip_reason = "pretrained_backbone=false"
+        body = build_backbone("DARKNET53", self.in_channels, weights=self.weights, say=self.say)
+        return YOLOv3Net(body, self.num_classes, self.anchors)
+
+    def extra_parameters(self) -> dict[str, Any]:
+        return {"anchors": self.anchors, "pretrained_backbone": bool(self.args.get("pretrained_backbone", True))}
