@@ -149,9 +149,11 @@ class ChildReporter(Reporter):
 
     def _watch_lifeline(self) -> None:
         try:
-            while sys.stdin.buffer.read(4096):
+            # The raw fd, not sys.stdin: a daemon thread blocked inside a buffered reader aborts the
+            # interpreter at shutdown ("could not acquire lock for <stdin>").
+            while os.read(0, 4096):
                 pass
-        except (OSError, ValueError):
+        except OSError:
             pass
         if self._closed.is_set():
             return

@@ -1,0 +1,151 @@
+"""The child process (`python -m gpjobs.training`), `gpjobs train`, resume of a real run, fine-tuning."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from gpjobs.training.events import ListReporter
+from gpjobs.training.protocol import ExitCode, decode_event
+from tests.builders.exports import write_classified_tiles, write_labeled_tiles
+from tests.training.helpers import REPO, dlpk_members, epochs_of, gpjobs, make_spec, result_of, train
+
+torch.set_num_threads(1)
+
+
+def _child(spec_path, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "gpjobs.training", "--spec", str(spec_path)], cwd=REPO,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, **kw)
+
+
+def _events_until(proc, wanted: str, timeout: float = 240) -> list[dict]:
+    events, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        event = decode_event(line)
+        assert event is not None, f"non-event on the child's stdout: {line!r}"
+        events.append(event)
+        if event["type"] == wanted:
+            break
+    return events
+
+
+def test_child_emits_events_and_packages(tmp_path):
+    folder = write_classified_tiles(tmp_path, n=8, size=32)
+    spec = make_spec(tmp_path, [folder], "UNET", backbone_model="RESNET18", max_epochs=1, heartbeat_seconds=0.5)
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(spec.to_json())
+    proc = _child(spec_path)
+    events = _events_until(proc, "result", timeout=300)  # stdin stays open: the lifeline holds
+    code = proc.wait(timeout=60)
+    err = proc.stderr.read()
+    proc.stdin.close(), proc.stdout.close(), proc.stderr.close()
+    kinds = [e["type"] for e in events]
+    assert code == ExitCode.OK, err.decode()[-2000:]
+    # heartbeats start before torch is imported; "started" is the first event that is not one
+    started = next(e for e in events if e["type"] != "heartbeat")
+    assert started["type"] == "started" and "epoch" in kinds and kinds[-1] == "result" and "heartbeat" in kinds
+    assert started["resumed_from_epoch"] == 0 and started["torch"] == torch.__version__
+    result = events[-1]
+    assert result["package"] == str(spec.package_path) and spec.package_path.is_file()
+    assert result["emd"]["ModelName"] == "UnetClassifier"
+
+
+def test_child_sigterm_cancels_and_lifeline_loss_stops(tmp_path):
+    folder = write_classified_tiles(tmp_path, n=16, size=32)
+    for signal_it, expected in ((True, ExitCode.CANCELLED), (False, ExitCode.LIFELINE_LOST)):
+        work = tmp_path / f"w{expected}"
+        spec = make_spec(work, [folder], "UNET", backbone_model="RESNET18", max_epochs=50, batch_size=2)
+        work.mkdir()
+        (work / "spec.json").write_text(spec.to_json())
+        proc = _child(work / "spec.json")
+        events = _events_until(proc, "epoch")
+        assert events and events[-1]["type"] == "epoch", events
+        if signal_it:
+            proc.send_signal(signal.SIGTERM)
+        else:
+            proc.stdin.close()
+        assert proc.wait(timeout=120) == expected
+        proc.stdout.close(), proc.stderr.close()
+
+
+def test_bad_input_fails_with_a_fix_it_message(tmp_path):
+    folder = write_classified_tiles(tmp_path, n=8, size=32)
+    code, reporter = train(make_spec(tmp_path, [folder], "FEATURE_CLASSIFIER", backbone_model="RESNET18"))
+    failed = [e for e in reporter.events if e["type"] == "failed"]
+    assert code == ExitCode.BAD_INPUT and failed and "Classified_Tiles" in failed[0]["text"]
+    code, reporter = train(make_spec(tmp_path, [folder], "UNET", backbone_model="VGG16"))
+    assert code == ExitCode.BAD_INPUT
+    assert "Valid backbones: RESNET18" in [e for e in reporter.events if e["type"] == "failed"][0]["text"]
+
+
+def test_real_unet_run_resumes_after_kill_at_the_same_result(tmp_path):
+    folder = write_classified_tiles(tmp_path, n=8, size=32)
+    common = dict(backbone_model="RESNET18", max_epochs=3, stop_training=False, batch_size=2)
+    _, straight = train(make_spec(tmp_path / "a", [folder], "UNET", **common))
+
+    class KillAfterEpoch1(ListReporter):
+        def emit(self, event_type, **fields):
+            super().emit(event_type, **fields)
+            if event_type == "checkpoint" and fields["epoch"] == 1:
+                self.request_cancel()
+
+    spec = make_spec(tmp_path / "b", [folder], "UNET", **common)
+    code, _ = train(spec, KillAfterEpoch1())
+    assert code == ExitCode.CANCELLED and spec.checkpoint_path.is_file()
+    code, resumed = train(spec)
+    assert code == ExitCode.OK
+    assert [e["epoch"] for e in epochs_of(resumed)] == [2, 3]
+    assert [e["valid_loss"] for e in epochs_of(resumed)] == [e["valid_loss"] for e in epochs_of(straight)][1:]
+    assert result_of(resumed)["metrics"] == result_of(straight)["metrics"]
+
+
+def test_fine_tuning_starts_from_the_package(tmp_path):
+    folder = write_classified_tiles(tmp_path, n=8, size=32)
+    _, first = train(make_spec(tmp_path / "a", [folder], "UNET", backbone_model="RESNET18", max_epochs=2))
+    package = result_of(first)["package"]
+    code, tuned = train(make_spec(tmp_path / "b", [folder], "UNET", backbone_model="RESNET34", max_epochs=1,
+                                  pretrained_model=package))
+    assert code == ExitCode.OK
+    texts = " ".join(e.get("text", "") for e in tuned.events if e["type"] == "message")
+    assert "using it instead of RESNET34" in texts
+    loaded = [t for t in texts.split("Fine-tuning from ")[1:]][0]
+    total = loaded.split(" of ")[1].split()[0]
+    assert loaded.split(": ")[1].startswith(f"{total} of {total}")  # every tensor came from the package
+    emd = result_of(tuned)["emd"]
+    assert emd["PretrainedWeights"] == "none: fine-tuning from model.dlpk" and emd["backbone"] == "resnet18"
+    # starting from trained weights, the first epoch beats the first epoch from scratch
+    assert epochs_of(tuned)[0]["valid_loss"] < epochs_of(first)[0]["valid_loss"]
+    other = write_labeled_tiles(tmp_path, n=8, size=32)
+    code, wrong = train(make_spec(tmp_path / "c", [other], "FEATURE_CLASSIFIER", backbone_model="RESNET18",
+                                  pretrained_model=package))
+    assert code == ExitCode.BAD_INPUT
+    assert "is a UNET model" in [e for e in wrong.events if e["type"] == "failed"][0]["text"]
+
+
+def test_gpjobs_train_cli_writes_the_dlpk(tmp_path):
+    folder = write_labeled_tiles(tmp_path, n=16, size=32)
+    out = tmp_path / "out" / "cli_model.dlpk"
+    done = gpjobs("train", "--in-folder", str(folder), "--model-type", "FEATURE_CLASSIFIER",
+                  "--backbone-model", "MOBILENET_V2", "--max-epochs", "1", "--batch-size", "4",
+                  "--learning-rate", "0.001", "--no-freeze-model", "--arguments", '{"chip_size": 24}',
+                  "--threads", "1", "--output", str(out), "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["package"] == str(out) and out.is_file()
+    assert "Epoch 1/1: train_loss" in done.stderr
+    assert {"cli_model.emd", "cli_model.pth"} <= dlpk_members(out)
+    predicted = gpjobs("predict", str(out), str(sorted((folder / "images").iterdir())[0]))
+    assert predicted.returncode == 0 and predicted.stdout.startswith("000000000")
+    bad = gpjobs("train", "--in-folder", str(folder), "--model-type", "NOPE", "--output", str(tmp_path / "x.dlpk"))
+    assert bad.returncode == ExitCode.BAD_INPUT and "is not a TrainDeepLearningModel model type" in bad.stderr

@@ -1,0 +1,212 @@
+"""The engine's mechanics on a tiny in-memory family: LR rule, early stopping, best epoch, resume, stop, NaN."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from gpjobs.catalog import lookup_model_type
+from gpjobs.training.engine import FitConfig, NaNLossError, fit
+from gpjobs.training.events import ListReporter, StopRequested
+from gpjobs.training.lr_finder import lr_range_test, pick_learning_rate
+from gpjobs.training.models.base import ModelFamily
+from gpjobs.training.protocol import ExitCode
+from gpjobs.training.weights import WeightsPolicy
+
+torch.set_num_threads(1)
+
+
+class TinyNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Linear(4, 8)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.backbone(x)))
+
+
+class TinyFamily(ModelFamily):
+    """Two-class problem on 4 features; `scripted` replaces the validation loss per epoch when given."""
+
+    scripted: list[float] | None = None
+    nan_at: int | None = None
+
+    def build(self):
+        return TinyNet()
+
+    def training_loss(self, model, batch, device):
+        x, y = batch
+        self.steps = getattr(self, "steps", 0) + 1
+        loss = nn.functional.cross_entropy(model(x.to(device)), y.to(device))
+        if self.nan_at is not None and self.steps >= self.nan_at:
+            return loss * float("nan")
+        return loss
+
+    def validate(self, model, loader, device):
+        total, n, correct = 0.0, 0, 0
+        for x, y in loader:
+            out = model(x)
+            total += float(nn.functional.cross_entropy(out, y, reduction="sum"))
+            correct += int((out.argmax(1) == y).sum())
+            n += len(y)
+        self.epoch = getattr(self, "epoch", 0) + 1
+        loss = self.scripted[self.epoch - 1] if self.scripted else total / n
+        return loss, {"accuracy": correct / n, "per_class_metrics": {}}
+
+    def predict(self, model, images):
+        return [{"class": int(i)} for i in model(images).argmax(1)]
+
+
+class TinyData:
+    def __init__(self, n: int = 64) -> None:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(n, 4, generator=g)
+        y = (x[:, 0] + x[:, 1] > 0).long()
+        self.train, self.valid = TensorDataset(x[:48], y[:48]), TensorDataset(x[48:], y[48:])
+
+    def loaders(self, batch_size, *, num_workers=0, pin_memory=False):
+        gen = torch.Generator().manual_seed(1)
+        return (DataLoader(self.train, batch_size, shuffle=True, drop_last=True, generator=gen),
+                DataLoader(self.valid, batch_size))
+
+
+def family(**attrs) -> TinyFamily:
+    info = SimpleNamespace(bands=4, extract_bands=None, classes=[1, 2], chip_size=(1, 1), task="classification")
+    fam = TinyFamily(lookup_model_type("FEATURE_CLASSIFIER"), info, "RESNET18", {}, WeightsPolicy(), lambda l, t: None)
+    for key, value in attrs.items():
+        setattr(fam, key, value)
+    return fam
+
+
+def run(fam, cfg, reporter=None):
+    torch.manual_seed(0)
+    model = fam.build()
+    reporter = reporter or ListReporter()
+    return model, fit(fam, model, TinyData(), cfg, reporter), reporter
+
+
+def test_arcgis_lr_rule_known_answer():
+    lrs = [10 ** (-7 + i * 0.25) for i in range(30)]
+    losses = [5.0] * 5 + [3.0 - 0.1 * i for i in range(16)] + [2.0 + i for i in range(9)]
+    # after dropping 5 points at each end the decreasing run spans trimmed 0..15: 0 + int(15/3) + int(15/6) = 7
+    assert pick_learning_rate(lrs, losses) == lrs[5 + 7]
+
+
+def test_lr_range_test_restores_weights_and_picks_in_range():
+    fam = family()
+    model = fam.build()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loader = TinyData().loaders(8)[0]
+
+    def step(batch):
+        loss = fam.training_loss(model, batch, torch.device("cpu"))
+        loss.backward()
+        return loss
+
+    curve = lr_range_test(model, lambda: torch.optim.AdamW(model.parameters(), lr=1e-7), step, lambda: loader,
+                          num_it=60)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert curve["lrs"][0] == pytest.approx(1e-7) and 1e-7 <= curve["chosen"] <= 10
+    assert len(curve["lrs"]) == len(curve["losses"]) >= 10
+
+
+def test_lr_finder_runs_when_no_learning_rate(tmp_path):
+    _, result, reporter = run(family(), FitConfig(max_epochs=1, batch_size=8, learning_rate=None,
+                                                  lr_find_iterations=40))
+    assert result.lr_find is not None and result.learning_rate == result.lr_find["chosen"]
+    texts = [e["text"] for e in reporter.events if e["type"] == "message"]
+    assert any(t.startswith("LR finder:") and "chosen learning rate" in t for t in texts)
+
+
+def test_early_stopping_restores_best_epoch():
+    fam = family(scripted=[1.0, 0.5, 0.6, 0.7, 0.8, 0.9])
+    saved = {}
+    original = fam.validate
+
+    def validate(model, loader, device):  # remember the weights of each epoch
+        out = original(model, loader, device)
+        saved[fam.epoch] = {k: v.clone() for k, v in model.state_dict().items()}
+        return out
+
+    fam.validate = validate
+    model, result, reporter = run(fam, FitConfig(max_epochs=6, batch_size=8, learning_rate=0.01, patience=2))
+    assert result.stopped_early and result.epochs_run == 4 and result.best_epoch == 2
+    assert all(torch.equal(saved[2][k], v) for k, v in model.state_dict().items())
+    assert [e["best"] for e in reporter.events if e["type"] == "epoch"] == [True, True, False, False]
+
+
+def test_monitor_metric_is_maximised_and_min_delta_counts():
+    fam = family(scripted=[0.1] * 4)
+    _, result, _ = run(fam, FitConfig(max_epochs=4, batch_size=8, learning_rate=0.05, monitor="accuracy",
+                                      stop_training=False, min_delta=0.0))
+    assert result.monitor == "accuracy" and result.best_score == max(h["accuracy"] for h in result.history)
+    _, flat, _ = run(family(scripted=[1.0, 0.9995, 0.999, 0.9985]),
+                     FitConfig(max_epochs=4, batch_size=8, learning_rate=0.01, patience=2, min_delta=0.001))
+    assert flat.best_epoch == 1 and flat.stopped_early and flat.epochs_run == 3
+
+
+def test_unknown_monitor_falls_back_to_valid_loss():
+    _, result, reporter = run(family(), FitConfig(max_epochs=1, batch_size=8, learning_rate=0.01, monitor="dice"))
+    assert result.monitor == "valid_loss"
+    assert any("monitor 'dice'" in e.get("text", "") for e in reporter.events)
+
+
+def test_interrupted_run_resumes_to_the_same_result(tmp_path):
+    cfg = dict(max_epochs=4, batch_size=8, learning_rate=0.02, stop_training=False)
+    straight_model, straight, _ = run(family(), FitConfig(**cfg))
+
+    class StopAfterFirstCheckpoint(ListReporter):
+        def emit(self, event_type, **fields):
+            super().emit(event_type, **fields)
+            if event_type == "checkpoint" and fields["epoch"] == 1:
+                self.request_cancel()
+
+    path = tmp_path / "checkpoint.pt"
+    with pytest.raises(StopRequested) as stop:
+        run(family(), FitConfig(**cfg, checkpoint_path=path), StopAfterFirstCheckpoint())
+    assert stop.value.exit_code == ExitCode.CANCELLED and path.is_file()
+    resumed_model, resumed, reporter = run(family(), FitConfig(**cfg, checkpoint_path=path))
+    assert resumed.resumed_from_epoch == 1
+    assert [e["epoch"] for e in reporter.events if e["type"] == "epoch"] == [2, 3, 4]
+    assert [h["valid_loss"] for h in resumed.history] == [h["valid_loss"] for h in straight.history]
+    assert all(torch.equal(v, resumed_model.state_dict()[k]) for k, v in straight_model.state_dict().items())
+
+
+def test_checkpoint_of_another_configuration_is_ignored(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    run(family(), FitConfig(max_epochs=1, batch_size=8, learning_rate=0.01, checkpoint_path=path,
+                            fingerprint={"job": "a"}))
+    _, result, reporter = run(family(), FitConfig(max_epochs=1, batch_size=8, learning_rate=0.01,
+                                                  checkpoint_path=path, fingerprint={"job": "b"}))
+    assert result.resumed_from_epoch == 0
+    assert any("different configuration" in e.get("text", "") for e in reporter.events)
+
+
+def test_cancel_is_honoured_at_a_batch_boundary():
+    reporter = ListReporter()
+    reporter.request_cancel()
+    with pytest.raises(StopRequested) as stop:
+        run(family(), FitConfig(max_epochs=2, batch_size=8, learning_rate=0.01), reporter)
+    assert stop.value.exit_code == ExitCode.CANCELLED
+    assert not [e for e in reporter.events if e["type"] == "epoch"]
+
+
+def test_nan_loss_is_reported_as_such():
+    with pytest.raises(NaNLossError, match="learning_rate"):
+        run(family(nan_at=3), FitConfig(max_epochs=2, batch_size=8, learning_rate=0.01))
+
+
+def test_progress_and_checkpoint_events(tmp_path):
+    _, result, reporter = run(family(), FitConfig(max_epochs=2, batch_size=8, learning_rate=0.01,
+                                                  checkpoint_path=tmp_path / "c.pt"))
+    kinds = [e["type"] for e in reporter.events]
+    assert kinds.count("epoch") == 2 and kinds.count("checkpoint") == 2
+    progress = [e["percent"] for e in reporter.events if e["type"] == "progress"]
+    assert progress == sorted(progress) and progress[-1] == pytest.approx(95.0)
+    assert all(math.isfinite(loss) for loss in result.batch_losses) and len(result.batch_losses) == 2 * 6
