@@ -60,7 +60,7 @@ def setup_portal(app: web.Application) -> None:
 
 
 def _esri(handler: Handler) -> Handler:
-    """Esri error bodies with HTTP 200 under both prefixes (`/portal/...` is outside web.render's Esri spaces)."""
+    """Esri error bodies (HTTP 200) even when the portal is mounted without the web middlewares (unit tests)."""
 
     @functools.wraps(handler)
     async def wrapper(request: web.Request) -> web.StreamResponse:
