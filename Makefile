@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast setup bench clean
+.PHONY: run test test-fast setup client-tools bench clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,13 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not gpu" $(PYTEST_ARGS)
+
+# Optional: the real third-party clients that tests/clients drives (marked `clients`; they skip with a
+# reason when these are missing). Never runtime dependencies of gpjobs. Best effort: each step may fail.
+client-tools: $(STAMP)
+	-$(VENV)/bin/pip install -q arcgis six
+	-command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+	-cd tests/clients && npm ci --no-audit --no-fund --silent
 
 bench: $(STAMP)
 	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
