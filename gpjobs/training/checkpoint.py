@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -64,3 +65,50 @@ def load_checkpoint(path: Path) -> dict[str, Any] | None:
 def cpu_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A detached CPU copy of the weights (the best epoch's weights are kept this way)."""
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def detached(obj: Any) -> Any:
+    """A copy of a (nested) state with every tensor cloned to the CPU, safe to write while training goes on."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: detached(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(detached(v) for v in obj)
+    return obj
+
+
+class CheckpointWriter:
+    """Writes checkpoints on a background thread so the next epoch's compute overlaps the disk write.
+
+    At most one write is in flight; `submit` waits for the previous one, `wait` for the last (call it
+    before the process ends or another writer takes over). `on_written(epoch)` runs after each rename.
+    """
+
+    def __init__(self, path: Path, on_written) -> None:
+        self.path = Path(path)
+        self.on_written = on_written
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, epoch: int, state: dict[str, Any]) -> None:
+        self.wait()
+        snapshot = detached(state)
+
+        def run() -> None:
+            try:
+                save_checkpoint(self.path, snapshot)
+                self.on_written(epoch)
+            except BaseException as exc:  # surfaced on the training thread by wait()
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name=f"checkpoint-{epoch}", daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gpjobs.training.checkpoint import cpu_state_dict, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from gpjobs.training.checkpoint import CheckpointWriter, cpu_state_dict, load_checkpoint, rng_state, set_rng_state
 from gpjobs.training.events import Reporter
 from gpjobs.training.lr_finder import lr_range_test
 from gpjobs.training.metrics import scalar_metrics
@@ -214,7 +214,8 @@ class Trainer:
             scaler.load_state_dict(state["scaler"])
             set_rng_state(state["rng"])
             history, batch_losses = state["history"], state["batch_losses"]
-            best_state, best_score, best_epoch = state["best_state"], state["best_score"], state["best_epoch"]
+            best_state = state["best_state"] if state["best_state"] is not None else state["model"]
+            best_score, best_epoch = state["best_score"], state["best_epoch"]
             best_metrics, best_valid_loss = state["best_metrics"], state["best_valid_loss"]
             bad_epochs, start_epoch, stopped = state["bad_epochs"], state["epoch"], state["stopped"]
             monitor = state.get("monitor", monitor)
@@ -227,6 +228,8 @@ class Trainer:
                               + (f" with {str(self.amp_dtype).split('.')[-1]} autocast" if self.use_amp else "")))
         epoch = start_epoch
         last_progress = time.perf_counter()
+        writer = (CheckpointWriter(cfg.checkpoint_path, lambda e: reporter.emit("checkpoint", epoch=e))
+                  if cfg.checkpoint_path else None)
         try:
             while not stopped and epoch < cfg.max_epochs:
                 epoch += 1
@@ -283,22 +286,26 @@ class Trainer:
                     stopped = True
                     reporter.say("info", f"Early stopping: {monitor} did not improve by {cfg.min_delta} for "
                                          f"{cfg.patience} epochs; best epoch {best_epoch} ({monitor} {best_score:.4f})")
-                if cfg.checkpoint_path:
-                    save_checkpoint(cfg.checkpoint_path, {
+                if writer is not None:
+                    writer.submit(epoch, {
                         "fingerprint": cfg.fingerprint, "epoch": epoch, "lr": lr, "lr_find": lr_curve,
                         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
-                        "history": history, "batch_losses": batch_losses, "best_state": best_state,
+                        "history": history, "batch_losses": batch_losses,
+                        # the best epoch is usually this one: don't write the same weights twice
+                        "best_state": None if best_epoch == epoch else best_state,
                         "best_score": best_score, "best_epoch": best_epoch, "best_metrics": best_metrics,
                         "best_valid_loss": best_valid_loss, "bad_epochs": bad_epochs, "stopped": stopped,
                         "monitor": monitor})
-                    reporter.emit("checkpoint", epoch=epoch)
                 reporter.progress(TRAIN_SHARE * epoch / cfg.max_epochs, "train", epoch=epoch,
                                   max_epochs=cfg.max_epochs)
         except (RuntimeError, MemoryError) as exc:
             if isinstance(exc, MemoryError) or _is_oom(exc):
                 raise OutOfMemory(str(exc).splitlines()[0] if str(exc) else "out of memory") from exc
             raise
+        finally:
+            if writer is not None:  # the last epoch's checkpoint is on disk before we return or fail
+                writer.wait()
         if best_state is not None:
             model.load_state_dict(best_state)
             if best_epoch != epoch:
