@@ -104,7 +104,8 @@ class ConsoleReporter(Reporter):
         elif event_type == "failed":
             print(f"FAILED: {fields['text']}", file=self.stream, flush=True)
             for line in fields.get("details") or []:
-                print(f"  {line}", file=self.stream, flush=True)
+                if line not in fields["text"]:  # the text often quotes the report already
+                    print(f"  {line}", file=self.stream, flush=True)
 
     def install_sigint(self) -> None:
         def handler(signum, frame):  # second Ctrl-C: stop at once

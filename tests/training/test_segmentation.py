@@ -143,3 +143,28 @@ def test_multispectral_uint16_unet(tmp_path):
     assert emd["IsMultispectral"] is True and emd["ExtractBands"] == [0, 1, 2, 3, 4]
     assert len(emd["NormalizationStats"]["band_min_values"]) == 5
     assert np.isfinite(result_of(reporter)["metrics"]["valid_loss"])
+
+
+@pytest.mark.parametrize("model_type,backbone", [
+    ("UNET", "RESNET34"), ("PSPNET", "DENSENET121"), ("PSPNET", "VGG11_BN"), ("DEEPLAB", "MOBILENET_V2"),
+    ("DEEPLAB", "RESNET50")])
+def test_every_backbone_family_builds_and_steps(model_type, backbone):
+    from types import SimpleNamespace
+
+    from gpjobs.catalog import lookup_model_type, parse_arguments
+    from gpjobs.training.data import ClassInfo
+    from gpjobs.training.models import family_for
+    from gpjobs.training.weights import WeightsPolicy
+
+    info = SimpleNamespace(bands=4, extract_bands=[0, 1, 2, 3], classes=[ClassInfo(1, "a"), ClassInfo(2, "b")],
+                           chip_size=(32, 32), task="segmentation")
+    mt = lookup_model_type(model_type)
+    fam = family_for(model_type)(mt, info, backbone, parse_arguments(mt, {}), WeightsPolicy(), lambda l, t: None)
+    model = fam.build()
+    fam.freeze(model, True)
+    assert fam.backbone_parameters(model) and fam.head_parameters(model)
+    images, masks = torch.randn(2, 4, 32, 32), torch.randint(0, 3, (2, 32, 32))
+    loss = fam.training_loss(model, (images, masks), torch.device("cpu"))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert model.eval()(images).shape == (2, 3, 32, 32)
