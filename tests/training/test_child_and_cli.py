@@ -149,3 +149,29 @@ def test_gpjobs_train_cli_writes_the_dlpk(tmp_path):
     assert predicted.returncode == 0 and predicted.stdout.startswith("000000000")
     bad = gpjobs("train", "--in-folder", str(folder), "--model-type", "NOPE", "--output", str(tmp_path / "x.dlpk"))
     assert bad.returncode == ExitCode.BAD_INPUT and "is not a TrainDeepLearningModel model type" in bad.stderr
+
+
+def test_lr_finder_and_weights_outcome_reach_the_package(tmp_path):
+    import torchvision
+
+    from gpjobs.catalog import TORCHVISION_WEIGHT_FILES
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    torch.save(torchvision.models.mobilenet_v2(weights=None).state_dict(),
+               weights / TORCHVISION_WEIGHT_FILES["MOBILENET_V2"])
+    folder = write_labeled_tiles(tmp_path, n=12, size=32)
+    spec = make_spec(tmp_path / "a", [folder], "FEATURE_CLASSIFIER", backbone_model="MOBILENET_V2", max_epochs=1,
+                     learning_rate=None, weights_dir=str(weights), missing_weights="fail")
+    code, reporter = train(spec)
+    assert code == ExitCode.OK, [e for e in reporter.events if e["type"] in ("failed", "message")]
+    emd = result_of(reporter)["emd"]
+    assert emd["PretrainedWeights"] == f"loaded {TORCHVISION_WEIGHT_FILES['MOBILENET_V2']}"
+    finder = emd["Gpjobs"]["lr_finder"]
+    assert finder["points"] >= 10 and emd["Gpjobs"]["learning_rate"] == finder["chosen"]
+    assert "ModelCharacteristics/lr_finder.png" in dlpk_members(result_of(reporter)["package"])
+    assert any(e.get("text", "").startswith("LR finder:") for e in reporter.events)
+    code, reporter = train(make_spec(tmp_path / "b", [folder], "FEATURE_CLASSIFIER", backbone_model="RESNET18",
+                                     weights_dir=str(weights), missing_weights="fail"))
+    assert code == ExitCode.BAD_INPUT
+    assert "resnet18-f37072fd.pth" in [e for e in reporter.events if e["type"] == "failed"][0]["text"]
