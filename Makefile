@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast setup client-tools bench clean
+.PHONY: run test test-fast setup demo-data client-tools bench clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,12 @@ setup: $(STAMP)
 
 run: $(STAMP)
 	$(VENV)/bin/gpjobs serve
+
+# A tiny learnable Classified_Tiles export in the default file share, for the README round-trip:
+# /fileShares/default/demo_buildings (48 RGB chips of 64 px, classes 1 "building" and 2 "road").
+demo-data: $(STAMP)
+	$(PY) -c "from tests.builders.exports import write_classified_tiles as w; \
+	print(w('var/fileshares/default', n=48, size=64, classes=((1, 'building'), (2, 'road')), name='demo_buildings'))"
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not gpu" $(PYTEST_ARGS)
