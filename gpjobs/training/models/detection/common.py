@@ -41,7 +41,9 @@ def training_box_sizes(data: Any) -> np.ndarray:
     sizes = []
     objects_of = getattr(dataset, "_objects", None)
     for record in getattr(dataset, "records", []):
-        objects = record.objects if record.objects is not None else (objects_of(record) if objects_of else [])
+        if record.objects is None and (record.label is None or objects_of is None):
+            continue  # instance masks (RCNN_Masks): no text labels to read boxes from
+        objects = record.objects if record.objects is not None else objects_of(record)
         for _, (x0, y0, x1, y1) in objects:
             sizes.append(((x1 - x0) * sx, (y1 - y0) * sy))
     if sizes:
@@ -67,8 +69,7 @@ class DetectionFamily(ModelFamily):
     # --- data ---
 
     def attach_data(self, data: Any) -> None:
-        """Called with the training data before build(): detectors size their anchors from its boxes."""
-        self.box_sizes = training_box_sizes(data)
+        """Called with the training data before build(); SSD and YOLOv3 size their anchors from its boxes."""
 
     @property
     def chip(self) -> int:
@@ -182,7 +183,7 @@ class DetectionFamily(ModelFamily):
         fig, axes = plt.subplots(n, 2, figsize=(6, 3 * n), squeeze=False)
         for i in range(n):
             picture = display_rgb(images[i])
-            truth = list(zip(targets[i]["boxes"].tolist(), targets[i]["labels"].tolist(), [None] * 99))
+            truth = [(b, lbl, None) for b, lbl in zip(targets[i]["boxes"].tolist(), targets[i]["labels"].tolist())]
             pred = [(b, self.class_names.index(lbl) + 1 if lbl in self.class_names else 0, s)
                     for b, lbl, s in zip(predictions[i]["boxes"], predictions[i]["labels"], predictions[i]["scores"])
                     if s >= self.detect_thresh]

@@ -8,7 +8,7 @@ from torch import nn
 
 from gpjobs.training.backbones import build_backbone
 from gpjobs.training.models.detection.anchors import auto_ssd_grids
-from gpjobs.training.models.detection.common import DetectionFamily
+from gpjobs.training.models.detection.common import DetectionFamily, training_box_sizes
 from gpjobs.training.models.detection.ssd_net import SSDNet
 
 
@@ -17,7 +17,7 @@ class SSDFamily(DetectionFamily):
     detect_thresh = 0.2
 
     def attach_data(self, data: Any) -> None:
-        super().attach_data(data)
+        self.box_sizes = training_box_sizes(data)
         if not self.args.get("grids"):
             grids = auto_ssd_grids(self.box_sizes, self.chip, seed=int(self.args.get("seed") or 0))
             self.say("info", f"SSD grids chosen from {len(self.box_sizes)} training boxes: {grids}")

@@ -9,7 +9,7 @@ from torch import nn
 from gpjobs.catalog import ArgumentError
 from gpjobs.training.backbones import build_backbone
 from gpjobs.training.models.detection.anchors import yolo_anchors
-from gpjobs.training.models.detection.common import DetectionFamily
+from gpjobs.training.models.detection.common import DetectionFamily, training_box_sizes
 from gpjobs.training.models.detection.yolo_net import YOLOv3Net, check_chip_multiple
 
 
@@ -30,7 +30,7 @@ class YOLOv3Family(DetectionFamily):
             raise ArgumentError(f"anchors must be 9 [w, h] pairs in pixels, got {anchors}")
 
     def attach_data(self, data: Any) -> None:
-        super().attach_data(data)
+        self.box_sizes = training_box_sizes(data)
         if not self.args.get("anchors"):
             self.args["anchors"] = [[round(w, 2), round(h, 2)] for w, h in
                                     yolo_anchors(self.box_sizes, seed=int(self.args.get("seed") or 0),
