@@ -14,19 +14,16 @@ Target: engine / bare epoch time <= 1.10. Prints both peak memories and their ra
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+import overhead_harness as harness
+
+REPO = harness.REPO
+sys.path.insert(0, str(REPO))
 
 
-def _setup(args):
+def setup(args):
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -62,23 +59,17 @@ def _setup(args):
 
 
 def run_bare(args) -> dict:
-    torch, family, model, data = _setup(args)
+    torch, family, model, data = setup(args)
     import torch.nn.functional as F
 
     device = torch.device(args.device)
     model.to(device)
     train_loader, valid_loader = data.loaders(args.batch, pin_memory=device.type == "cuda")
-    lr = 1e-3
-    backbone = list(model.backbone.parameters())
-    ids = {id(p) for p in backbone}
-    head = [p for p in model.parameters() if id(p) not in ids]
-    opt = torch.optim.AdamW([{"params": backbone, "lr": lr / 10}, {"params": head, "lr": lr}], betas=(0.9, 0.99),
-                            weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[lr / 10, lr], total_steps=args.epochs * len(train_loader),
-                                                pct_start=0.3, div_factor=25.0, final_div_factor=1e4)
+    opt, sched = harness.bare_optimizer(torch, family, model, lr=1e-3,
+                                        total_steps=args.epochs * len(train_loader))
     times = []
     for _ in range(args.epochs):
-        _sync(torch, device)
+        harness.sync(torch, device)
         start = time.perf_counter()
         model.train()
         for x, y in train_loader:
@@ -92,83 +83,16 @@ def run_bare(args) -> dict:
         with torch.no_grad():
             for x, y in valid_loader:
                 F.cross_entropy(model(x.to(device)), y.to(device))
-        _sync(torch, device)
+        harness.sync(torch, device)
         times.append(time.perf_counter() - start)
-    return {"epoch_times": times, **_memory(torch, device)}
-
-
-def run_engine(args) -> dict:
-    torch, family, model, data = _setup(args)
-    from gpjobs.training.engine import FitConfig, fit
-    from gpjobs.training.events import ListReporter
-
-    class Clock(ListReporter):  # epoch wall time = between checkpoint events (includes writing the checkpoint)
-        marks: list[float] = []
-
-        def emit(self, event_type, **fields):
-            super().emit(event_type, **fields)
-            if event_type == "checkpoint":
-                self.marks.append(time.perf_counter())
-
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = FitConfig(max_epochs=args.epochs, batch_size=args.batch, learning_rate=1e-3, stop_training=False,
-                        device=args.device, checkpoint_path=Path(tmp) / "checkpoint.pt")
-        clock = Clock()
-        start = time.perf_counter()
-        fit(family, model, data, cfg, clock)
-    marks = [start, *clock.marks]
-    return {"epoch_times": [b - a for a, b in zip(marks, marks[1:])], **_memory(torch, torch.device(args.device))}
-
-
-def _sync(torch, device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _memory(torch, device) -> dict:
-    import resource
-
-    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    if device.type == "cuda":
-        out["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
-    return out
+    return {"epoch_times": times, **harness.memory(torch, device)}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--chips", type=int, default=64)
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=max(1, min(4, os.cpu_count() or 1)))
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--variant", choices=("bare", "engine"), help=argparse.SUPPRESS)
+    harness.add_common_arguments(parser, epochs=4, chips=64, size=64, batch=8)
     args = parser.parse_args()
-    if args.variant:
-        print(json.dumps(run_bare(args) if args.variant == "bare" else run_engine(args)))
-        return 0
-    runs: dict[str, list[dict]] = {"bare": [], "engine": []}
-    base = [a for a in sys.argv[1:]]
-    for _ in range(args.rounds):
-        for variant in ("bare", "engine"):
-            done = subprocess.run([sys.executable, __file__, *base, "--variant", variant], cwd=REPO,
-                                  capture_output=True, text=True, check=True,
-                                  env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
-            runs[variant].append(json.loads(done.stdout.strip().splitlines()[-1]))
-    epoch = {v: statistics.median(t for r in rs for t in r["epoch_times"][1:]) for v, rs in runs.items()}
-    rss = {v: max(r["peak_rss_mb"] for r in rs) for v, rs in runs.items()}
-    print(f"UNET/RESNET18, {args.chips} chips {args.size}px, batch {args.batch}, {args.epochs} epochs "
-          f"(first = warm-up), device {args.device}, {args.threads} threads, {args.rounds} rounds")
-    print(f"epoch time  bare {epoch['bare']:.3f} s   engine {epoch['engine']:.3f} s   "
-          f"ratio {epoch['engine'] / epoch['bare']:.3f} (target <= 1.10)")
-    print(f"peak RSS    bare {rss['bare']:.0f} MB   engine {rss['engine']:.0f} MB   "
-          f"ratio {rss['engine'] / rss['bare']:.3f}")
-    if all("peak_cuda_mb" in r for rs in runs.values() for r in rs):
-        cuda = {v: max(r["peak_cuda_mb"] for r in rs) for v, rs in runs.items()}
-        print(f"peak CUDA   bare {cuda['bare']:.0f} MB   engine {cuda['engine']:.0f} MB   "
-              f"ratio {cuda['engine'] / cuda['bare']:.3f}")
-    return 0
+    return harness.main(__file__, args, "UNET/RESNET18", setup, run_bare)
 
 
 if __name__ == "__main__":
