@@ -6,6 +6,7 @@ training child (building the model). It imports nothing heavy: the server proces
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 from dataclasses import dataclass, field
@@ -61,6 +62,12 @@ ALL_FORMATS = frozenset(
 
 class ArgumentError(ValueError):
     """An `arguments` entry that is unknown or has a value of the wrong shape."""
+
+
+def _did_you_mean(name: str, candidates) -> str:
+    """' (did you mean X?)' for a near miss such as MIXUPP or RESNET_18, else ''."""
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def _parse_bool(raw: Any) -> bool:
@@ -277,7 +284,8 @@ def lookup_model_type(name: str) -> ModelTypeInfo:
     info = MODEL_TYPES.get(str(name).strip().upper())
     if info is None:
         raise ArgumentError(
-            f"model_type '{name}' is not a TrainDeepLearningModel model type. "
+            f"model_type '{name}' is not a TrainDeepLearningModel model type"
+            f"{_did_you_mean(str(name).strip().upper(), MODEL_TYPES)}. "
             f"Use one of: {', '.join(implemented_model_types())}.")
     if not info.implemented:
         raise ArgumentError(
@@ -294,7 +302,8 @@ def resolve_backbone(info: ModelTypeInfo, backbone: str | None) -> str:
     name = str(backbone).strip().upper()
     if name not in info.backbones:
         raise ArgumentError(
-            f"backbone_model '{backbone}' cannot be used with model_type {info.name}. "
+            f"backbone_model '{backbone}' cannot be used with model_type {info.name}"
+            f"{_did_you_mean(name, info.backbones)}. "
             f"Valid backbones: {', '.join(info.backbones)}.")
     return name
 
@@ -311,7 +320,7 @@ def parse_arguments(info: ModelTypeInfo, raw: dict[str, Any] | None) -> dict[str
         name = str(key).strip().lower()
         spec = info.arguments.get(name)
         if spec is None:
-            problems.append(f"unknown argument '{key}' for {info.name}")
+            problems.append(f"unknown argument '{key}' for {info.name}{_did_you_mean(name, info.arguments)}")
             continue
         if raw_value is None or (isinstance(raw_value, str) and raw_value.strip() == ""):
             continue

@@ -337,9 +337,7 @@ def parse_submit(params: Mapping[str, str], roots: StoreRoots, limits: Limits | 
     if is_unset(inputs.get("model_type")):
         problems.append(f"model_type: required; use one of {', '.join(catalog.implemented_model_types())}")
     else:
-        info = attempt(catalog.lookup_model_type, inputs["model_type"])
-        if info is None:
-            problems[-1] = "model_type: " + problems[-1]
+        info = attempt(catalog.lookup_model_type, inputs["model_type"])  # its message names model_type
     if info is not None:
         spec["model_type"] = info.name
         backbone = attempt(catalog.resolve_backbone, info, None if is_unset(inputs.get("backbone_model"))
