@@ -27,6 +27,7 @@ from gpjobs.training.metrics import scalar_metrics
 from gpjobs.training.models.base import ModelFamily
 
 TRAIN_SHARE = 95.0  # progress percent at the end of training; packaging takes the rest
+LR_FIND_SHARE = 5.0  # the part of TRAIN_SHARE the learning-rate range test takes when it runs
 
 
 class NaNLossError(RuntimeError):
@@ -161,8 +162,16 @@ class Trainer:
                 scaler.update()
 
         self.model.train()
+        last = [time.perf_counter()]
+
+        def on_step(i: int, total: int) -> None:  # keep the poller's progress moving during the sweep
+            if time.perf_counter() - last[0] > 2.0:
+                last[0] = time.perf_counter()
+                self.reporter.progress(LR_FIND_SHARE * (i + 1) / total, "lr_find")
+
         curve = lr_range_test(self.model, lambda: _Opt(self.make_optimizer(1e-7)), step, lambda: train_loader,
-                              num_it=self.config.lr_find_iterations, check_stop=self.reporter.check_stop)
+                              num_it=self.config.lr_find_iterations, check_stop=self.reporter.check_stop,
+                              on_step=on_step)
         lrs, losses = curve["lrs"], curve["losses"]
         best_i = min(range(len(losses)), key=losses.__getitem__)
         self.reporter.say("info", (
@@ -197,6 +206,9 @@ class Trainer:
         else:
             lr_curve = self.find_lr(train_loader)
             lr = lr_curve["chosen"]
+        # The sweep (run now or before a resume) owns the first LR_FIND_SHARE percent of the bar.
+        start_share = LR_FIND_SHARE if lr_curve is not None else 0.0
+        train_share = TRAIN_SHARE - start_share
 
         optimizer = self.make_optimizer(lr)
         scheduler = self.make_scheduler(optimizer, steps)
@@ -251,8 +263,8 @@ class Trainer:
                     scheduler.step()
                     if time.perf_counter() - last_progress > 2.0:
                         last_progress = time.perf_counter()
-                        reporter.progress(TRAIN_SHARE * ((epoch - 1) + (i + 1) / steps) / cfg.max_epochs, "train",
-                                          epoch=epoch, max_epochs=cfg.max_epochs)
+                        reporter.progress(start_share + train_share * ((epoch - 1) + (i + 1) / steps) / cfg.max_epochs,
+                                          "train", epoch=epoch, max_epochs=cfg.max_epochs)
                 self._flush(pending, batch_losses, epoch, steps)
                 train_loss = float(np.mean(batch_losses[-steps:])) if batch_losses else math.nan
                 reporter.check_stop()
@@ -297,7 +309,7 @@ class Trainer:
                         "best_score": best_score, "best_epoch": best_epoch, "best_metrics": best_metrics,
                         "best_valid_loss": best_valid_loss, "bad_epochs": bad_epochs, "stopped": stopped,
                         "monitor": monitor})
-                reporter.progress(TRAIN_SHARE * epoch / cfg.max_epochs, "train", epoch=epoch,
+                reporter.progress(start_share + train_share * epoch / cfg.max_epochs, "train", epoch=epoch,
                                   max_epochs=cfg.max_epochs)
         except (RuntimeError, MemoryError) as exc:
             if isinstance(exc, MemoryError) or _is_oom(exc):

@@ -34,7 +34,8 @@ def pick_learning_rate(lrs: list[float], losses: list[float]) -> float:
 def lr_range_test(model: torch.nn.Module, optimizer_factory: Callable[[], torch.optim.Optimizer],
                   step: Callable[[Any], torch.Tensor], batches: Callable[[], Any], *,
                   start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100, beta: float = 0.98,
-                  check_stop: Callable[[], None] = lambda: None) -> dict[str, Any]:
+                  check_stop: Callable[[], None] = lambda: None,
+                  on_step: Callable[[int, int], None] = lambda i, total: None) -> dict[str, Any]:
     """Sweep the learning rate exponentially over `num_it` batches (repeating epochs if needed), record the
     EMA-smoothed loss, stop when it exceeds 4x the best or turns NaN; the model's weights are restored.
 
@@ -70,6 +71,7 @@ def lr_range_test(model: torch.nn.Module, optimizer_factory: Callable[[], torch.
             lrs.append(lr)
             losses.append(smoothed)
             best = min(best, smoothed)
+            on_step(i, num_it)
             if i > 0 and smoothed > 4 * best:
                 break
     finally:

@@ -95,9 +95,10 @@ def test_real_unet_run_resumes_after_kill_at_the_same_result(tmp_path):
     _, straight = train(make_spec(tmp_path / "a", [folder], "UNET", **common))
 
     class KillAfterEpoch1(ListReporter):
+        # The main thread's epoch event, not the writer thread's checkpoint event (which can come late).
         def emit(self, event_type, **fields):
             super().emit(event_type, **fields)
-            if event_type == "checkpoint" and fields["epoch"] == 1:
+            if event_type == "epoch" and fields["epoch"] == 1:
                 self.request_cancel()
 
     spec = make_spec(tmp_path / "b", [folder], "UNET", **common)

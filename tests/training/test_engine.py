@@ -124,6 +124,22 @@ def test_lr_finder_runs_when_no_learning_rate(tmp_path):
     assert any(t.startswith("LR finder:") and "chosen learning rate" in t for t in texts)
 
 
+def test_lr_finder_takes_the_start_of_the_progress_bar():
+    """Pollers see progress move through the sweep, then training continues from there, never backwards."""
+    from gpjobs.training.engine import LR_FIND_SHARE
+
+    _, result, reporter = run(family(), FitConfig(max_epochs=2, batch_size=8, learning_rate=None,
+                                                  lr_find_iterations=30))
+    percents = [(e["phase"], e["percent"]) for e in reporter.events if e["type"] == "progress"]
+    assert [p for _, p in percents] == sorted(p for _, p in percents)
+    assert all(p >= LR_FIND_SHARE for phase, p in percents if phase == "train")
+    steps = []
+    lr_range_test(TinyNet(), lambda: torch.optim.SGD(TinyNet().parameters(), lr=0.1),
+                  lambda b: torch.tensor(1.0, requires_grad=True) * 1, lambda: [None] * 5, num_it=7,
+                  on_step=lambda i, total: steps.append((i, total)))
+    assert steps and steps[-1][1] == 7 and [i for i, _ in steps] == list(range(len(steps)))
+
+
 def test_early_stopping_restores_best_epoch():
     fam = family(scripted=[1.0, 0.5, 0.6, 0.7, 0.8, 0.9])
     saved = {}
@@ -162,9 +178,12 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path):
     straight_model, straight, _ = run(family(), FitConfig(**cfg))
 
     class StopAfterFirstCheckpoint(ListReporter):
+        # Ask on the main thread's epoch-1 event: the checkpoint event comes from the writer thread and may
+        # land after epoch 2 has already trained on a loaded machine. The engine waits for the pending write
+        # before it stops, so the epoch-1 checkpoint is on disk either way.
         def emit(self, event_type, **fields):
             super().emit(event_type, **fields)
-            if event_type == "checkpoint" and fields["epoch"] == 1:
+            if event_type == "epoch" and fields["epoch"] == 1:
                 self.request_cancel()
 
     path = tmp_path / "checkpoint.pt"
