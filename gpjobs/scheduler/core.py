@@ -136,6 +136,8 @@ class Scheduler:
             run = JobRun(self, job, slot.device)
             slot.run = run
             slot.task = asyncio.create_task(self._run_slot(slot, run), name=f"gpjobs-job-{job.job_id}")
+        if not self._stopping and all(slot.task is not None and not slot.task.done() for slot in self.slots):
+            await self.store.mark_waiting()  # whatever is still queued now waits for a slot
         return claimed
 
     async def _run_slot(self, slot: Slot, run: JobRun) -> None:

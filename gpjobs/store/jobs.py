@@ -222,6 +222,14 @@ class JobsMixin:
                 await append_messages(conn, job.job_id, _info(["Executing..."]), now)
             return job
 
+    async def mark_waiting(self) -> int:
+        """Submitted jobs that found every slot busy show esriJobWaiting ("queued for a worker"); claim takes both."""
+        async with self.db.write() as conn:
+            cursor = await conn.execute(
+                "UPDATE jobs SET status = ?, updated_ms = ? WHERE status = ?",
+                (JobStatus.WAITING.value, now_ms(), JobStatus.SUBMITTED.value))
+            return cursor.rowcount
+
     async def record_progress(self, job_id: str, *, messages: Sequence[MessageInput] = (),
                               progress: float | None = None, heartbeat_ms: int | None = None,
                               checkpoint_epoch: int | None = None, pid: int | None = None) -> bool:

@@ -33,6 +33,18 @@ async def test_cancel_queued_job_is_immediate(harness):
     assert harness.runs(queued.job_id) == []
 
 
+async def test_job_queued_behind_a_busy_slot_waits_then_runs(harness):
+    scheduler = await harness.start()
+    running = await harness.submit("slow", max_epochs=3)
+    await harness.wait_running(running.job_id)
+    queued = await harness.submit("ok")
+    scheduler.submitted()
+    waiting = await harness.wait(queued.job_id, S.WAITING, timeout=10)
+    assert waiting.status is S.WAITING  # protocol.md §3: queued for a worker
+    done = await harness.wait(queued.job_id, *TERMINAL, timeout=30)
+    assert done.status is S.SUCCEEDED and len(harness.runs(queued.job_id)) == 1
+
+
 async def test_cancel_running_job_sigterms_the_child(harness):
     scheduler = await harness.start()
     job = await harness.submit("slow", max_epochs=20)
