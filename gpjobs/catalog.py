@@ -148,6 +148,8 @@ COMMON_ARGUMENTS: dict[str, ArgSpec] = {
     "augment": ArgSpec("bool", True, "flips and 90-degree rotations on training chips"),
     "extract_bands": ArgSpec("int_list", None, "band indices fed to the model (default: all bands)"),
     "iou_thresh": ArgSpec("float", 0.1, "detection: IoU threshold of the Esri-style average precision"),
+    "clip_grad_norm": ArgSpec("float", None, "clip the gradient norm of each step to this value (0: off; "
+                                             "default: 10 for detectors, off otherwise)"),
 }
 
 SEGMENTATION_ARGUMENTS: dict[str, ArgSpec] = {
@@ -251,26 +253,54 @@ MODEL_TYPES: dict[str, ModelTypeInfo] = {m.name: m for m in (
         **DETECTION_RCNN_ARGUMENTS,
         "pointrend": ArgSpec("bool", False, "accepted for compatibility; not implemented (ignored with a warning)"),
     }, esri_model_name="MaskRCNN"),
+    _mt("SUPERRESOLUTION", "translation", "translation", {"Export_Tiles"}, RESNETS, "RESNET34", {
+        "downsample_factor": ArgSpec("int", 2, "training inputs are the chips shrunk by this factor and "
+                                               "upsampled back; the model restores the detail"),
+    }, esri_model_name="SuperResolution"),
 )}
 
 # Model types the task lists that this server does not train yet: submit answers with a clear error.
 for _name, _task, _formats, _esri in (
     ("PIX2PIX", "translation", {"Pix2Pix", "Export_Tiles"}, "Pix2Pix"),
     ("CYCLEGAN", "translation", {"CycleGAN"}, "CycleGAN"),
-    ("SUPERRESOLUTION", "translation", {"Export_Tiles"}, "SuperResolution"),
     ("PIX2PIXHD", "translation", {"Pix2Pix", "Export_Tiles"}, "Pix2PixHD"),
     ("IMAGECAPTIONER", "captioning", {"MultiLabeled_Tiles"}, "ImageCaptioner"),
     ("MMDETECTION", "detection", DETECTION_FORMATS, "MMDetection"),
-    ("MMSEGMENTATION", "segmentation", SEGMENTATION_FORMATS, "MMSegmentation"),
     ("DETREG", "detection", DETECTION_FORMATS, "DETReg"),
     ("SIAMMASK", "tracking", {"RCNN_Masks"}, "SiamMask"),
     ("DEEPSORT", "tracking", {"Imagenet"}, "DeepSort"),
     ("MAXDEEPLAB", "panoptic", {"Panoptic_Segmentation"}, "MaXDeepLab"),
-    ("BDCN_EDGEDETECTOR", "segmentation", SEGMENTATION_FORMATS, "BDCNEdgeDetector"),
-    ("HED_EDGEDETECTOR", "segmentation", SEGMENTATION_FORMATS, "HEDEdgeDetector"),
+):
+    MODEL_TYPES[_name] = _mt(_name, "", _task, _formats, (), None, implemented=False, esri_model_name=_esri)
+
+# Edge, road, change and MMSegmentation types (gpjobs.training.models.edges / roads / change / mmseg).
+_EDGE_ARGUMENTS: dict[str, ArgSpec] = {
+    "edge_targets": ArgSpec("str", "auto", "edge labels: the labelled pixels (labels), the class boundaries "
+                                           "(boundaries), or per chip thin labels as-is else boundaries (auto)",
+                            ("auto", "labels", "boundaries")),
+}
+_ROAD_ARGUMENTS: dict[str, ArgSpec] = {
+    "mtl_model": ArgSpec("str", "hourglass", "network: linknet (ResNet encoder); hourglass is trained as "
+                                             "linknet here", ("hourglass", "linknet")),
+    "gaussian_thresh": ArgSpec("float", 0.76, "accepted for compatibility; road width comes from the labels"),
+    "orient_bin_size": ArgSpec("int", 20, "orientation label bin size in degrees (road direction 0..180)"),
+    "orient_theta": ArgSpec("int", 8, "width in pixels of the orientation label band along the road centre"),
+    "loss_weights": ArgSpec("float_list", [1.0, 1.0], "weights of the segmentation and orientation losses"),
+    "ignore_classes": SEGMENTATION_ARGUMENTS["ignore_classes"],
+    "class_balancing": SEGMENTATION_ARGUMENTS["class_balancing"],
+}
+_MMSEG_MODELS = ("unet", "pspnet", "deeplabv3", "deeplabv3plus", "fcn", "mobilenet_v2")
+MODEL_TYPES.update({m.name: m for m in (
+    _mt("HED_EDGEDETECTOR", "edges", "segmentation", SEGMENTATION_FORMATS, RESNETS + VGGS, "VGG19",
+        _EDGE_ARGUMENTS, esri_model_name="HEDEdgeDetector"),
+    _mt("BDCN_EDGEDETECTOR", "edges", "segmentation", SEGMENTATION_FORMATS, RESNETS + VGGS, "VGG19",
+        _EDGE_ARGUMENTS, esri_model_name="BDCNEdgeDetector"),
+)})
+for _name, _task, _formats, _esri in (  # not trained yet (submit refuses them)
     ("MULTITASK_ROADEXTRACTOR", "segmentation", SEGMENTATION_FORMATS, "MultiTaskRoadExtractor"),
     ("CONNECTNET", "segmentation", SEGMENTATION_FORMATS, "ConnectNet"),
     ("CHANGEDETECTOR", "change", {"ChangeDetection"}, "ChangeDetector"),
+    ("MMSEGMENTATION", "segmentation", SEGMENTATION_FORMATS, "MMSegmentation"),
 ):
     MODEL_TYPES[_name] = _mt(_name, "", _task, _formats, (), None, implemented=False, esri_model_name=_esri)
 
@@ -296,6 +326,8 @@ def lookup_model_type(name: str) -> ModelTypeInfo:
 
 def resolve_backbone(info: ModelTypeInfo, backbone: str | None) -> str:
     """The backbone to use (default when unset), or ArgumentError listing the valid ones."""
+    if not info.backbones:
+        return ""  # fixed networks (PIX2PIX, CYCLEGAN): arcgis.learn ignores a backbone, and so do we
     if backbone is None or str(backbone).strip() == "":
         assert info.default_backbone is not None
         return info.default_backbone

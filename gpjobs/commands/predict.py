@@ -16,6 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object per chip on stdout")
     parser.add_argument("--masks-dir", default=None,
                         help="pixel classification: write each predicted class-value mask here as <chip>.tif")
+    parser.add_argument("--out-dir", default=None,
+                        help="image translation: write each translated chip here as <chip>.tif (band units)")
     parser.add_argument("--batch-size", type=int, default=8)
 
 
@@ -34,6 +36,9 @@ def run(args: argparse.Namespace) -> int:
             masks_dir = Path(args.masks_dir) if args.masks_dir else None
             if masks_dir:
                 masks_dir.mkdir(parents=True, exist_ok=True)
+            out_dir = Path(args.out_dir) if getattr(args, "out_dir", None) else None
+            if out_dir:
+                out_dir.mkdir(parents=True, exist_ok=True)
             chips = [Path(c) for c in args.chips]
             for start in range(0, len(chips), max(1, args.batch_size)):
                 group = chips[start:start + args.batch_size]
@@ -44,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
                         import tifffile
 
                         tifffile.imwrite(masks_dir / f"{chip.stem}.tif", np.asarray(mask).astype(np.int32))
+                    image = prediction.pop("_image", None)
+                    if image is not None and out_dir is not None:
+                        prediction["output"] = str(_write_translated(out_dir / f"{chip.stem}.tif", image, info))
                     for key in [k for k in prediction if k.startswith("_")]:
                         prediction.pop(key)
                     _print(chip, prediction, args.json)
@@ -63,6 +71,18 @@ def _read(chip: Path, info):
     return array
 
 
+def _write_translated(path: Path, image, info) -> Path:
+    """A translated (H, W, C) chip in band units: uint8 for 8-bit ImageNet-normalised models, else float32."""
+    import numpy as np
+    import tifffile
+
+    array = np.asarray(image, dtype=np.float32)
+    if info.normalization.kind == "imagenet":
+        array = np.clip(np.rint(array), 0, 255).astype(np.uint8)
+    tifffile.imwrite(path, array[..., 0] if array.shape[-1] == 1 else array)
+    return path
+
+
 def _print(chip: Path, prediction: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps({"chip": str(chip), **prediction}, default=float))
@@ -79,6 +99,10 @@ def _print(chip: Path, prediction: dict, as_json: bool) -> None:
             f"{lab} {s:.2f} [{', '.join(f'{v:.0f}' for v in box)}]"
             for box, s, lab in zip(prediction["boxes"], prediction.get("scores", []),
                                    prediction.get("labels", prediction.get("class_names", []))))
+    elif "translated" in prediction:
+        text = (f"{prediction['translated']} {prediction['size'][0]}x{prediction['size'][1]}x{prediction['bands']}, "
+                f"band means {', '.join(f'{v:.1f}' for v in prediction['band_mean'])}"
+                + (f" -> {prediction['output']}" if prediction.get("output") else ""))
     else:
         text = json.dumps(prediction)
     print(f"{chip.name}: {text}")
