@@ -25,6 +25,7 @@ from gpjobs.training.events import Reporter
 from gpjobs.training.lr_finder import lr_range_test
 from gpjobs.training.metrics import scalar_metrics
 from gpjobs.training.models.base import ModelFamily
+from gpjobs.training.multi_network import MultiNetworkStepper, is_multi_network
 
 TRAIN_SHARE = 95.0  # progress percent at the end of training; packaging takes the rest
 LR_FIND_SHARE = 5.0  # the part of TRAIN_SHARE the learning-rate range test takes when it runs
@@ -203,6 +204,10 @@ class Trainer:
             lr_curve = state.get("lr_find")
         elif cfg.learning_rate and cfg.learning_rate > 0:
             lr = float(cfg.learning_rate)
+        elif is_multi_network(family):
+            lr = float(getattr(family, "default_learning_rate", 2e-4))
+            reporter.say("info", f"learning_rate not set: {family.model_type.name} trains at {lr:.1e} (the LR range "
+                                 "test needs a loss with a minimum; adversarial losses have none)")
         else:
             lr_curve = self.find_lr(train_loader)
             lr = lr_curve["chosen"]
@@ -213,6 +218,8 @@ class Trainer:
         optimizer = self.make_optimizer(lr)
         scheduler = self.make_scheduler(optimizer, steps)
         scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+        multi = (MultiNetworkStepper(family, model, lr, cfg.max_epochs * steps, self.device, scaler, self.autocast)
+                 if is_multi_network(family) else None)  # several networks, one optimizer each
         history: list[dict[str, Any]] = []
         batch_losses: list[float] = []
         best_state = None
@@ -224,6 +231,8 @@ class Trainer:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
+            if multi is not None:
+                multi.load_state_dict(state["multi"])
             set_rng_state(state["rng"])
             history, batch_losses = state["history"], state["batch_losses"]
             best_state = state["best_state"] if state["best_state"] is not None else state["model"]
@@ -251,6 +260,15 @@ class Trainer:
                 pending: list[torch.Tensor] = []
                 for i, batch in enumerate(train_loader):
                     reporter.check_stop()
+                    if multi is not None:  # the family steps its own optimizers (multi_network.py)
+                        pending.append(multi.step(batch))
+                        if len(pending) >= self.sync_every:
+                            self._flush(pending, batch_losses, epoch, i)
+                        if time.perf_counter() - last_progress > 2.0:
+                            last_progress = time.perf_counter()
+                            reporter.progress(start_share + train_share * ((epoch - 1) + (i + 1) / steps)
+                                              / cfg.max_epochs, "train", epoch=epoch, max_epochs=cfg.max_epochs)
+                        continue
                     with self.autocast():
                         loss = family.training_loss(model, batch, self.device)
                     pending.append(loss.detach())
@@ -289,7 +307,7 @@ class Trainer:
                     bad_epochs += 1
                 seconds = time.perf_counter() - started
                 history.append({"epoch": epoch, "train_loss": train_loss, "valid_loss": valid_loss, **scalars,
-                                "seconds": round(seconds, 3)})
+                                **(multi.epoch_means() if multi is not None else {}), "seconds": round(seconds, 3)})
                 # The server (and the console reporter) render this as "Epoch 3/10: train_loss ..." lines.
                 reporter.emit("epoch", epoch=epoch, max_epochs=cfg.max_epochs, train_loss=train_loss,
                               valid_loss=valid_loss, metrics=scalars, seconds=round(seconds, 3),
@@ -303,6 +321,7 @@ class Trainer:
                         "fingerprint": cfg.fingerprint, "epoch": epoch, "lr": lr, "lr_find": lr_curve,
                         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
+                        "multi": multi.state_dict() if multi is not None else None,
                         "history": history, "batch_losses": batch_losses,
                         # the best epoch is usually this one: don't write the same weights twice
                         "best_state": None if best_epoch == epoch else best_state,
