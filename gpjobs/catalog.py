@@ -295,10 +295,14 @@ MODEL_TYPES.update({m.name: m for m in (
         _EDGE_ARGUMENTS, esri_model_name="HEDEdgeDetector"),
     _mt("BDCN_EDGEDETECTOR", "edges", "segmentation", SEGMENTATION_FORMATS, RESNETS + VGGS, "VGG19",
         _EDGE_ARGUMENTS, esri_model_name="BDCNEdgeDetector"),
+    _mt("MULTITASK_ROADEXTRACTOR", "roads", "segmentation", SEGMENTATION_FORMATS, RESNETS, "RESNET34",
+        {**_ROAD_ARGUMENTS, "monitor": ArgSpec("str", "miou", COMMON_ARGUMENTS["monitor"].help)},
+        esri_model_name="MultiTaskRoadExtractor"),
+    _mt("CONNECTNET", "roads", "segmentation", SEGMENTATION_FORMATS, RESNETS, "RESNET34",
+        {**_ROAD_ARGUMENTS, "monitor": ArgSpec("str", "miou", COMMON_ARGUMENTS["monitor"].help)},
+        esri_model_name="ConnectNet"),
 )})
 for _name, _task, _formats, _esri in (  # not trained yet (submit refuses them)
-    ("MULTITASK_ROADEXTRACTOR", "segmentation", SEGMENTATION_FORMATS, "MultiTaskRoadExtractor"),
-    ("CONNECTNET", "segmentation", SEGMENTATION_FORMATS, "ConnectNet"),
     ("CHANGEDETECTOR", "change", {"ChangeDetection"}, "ChangeDetector"),
     ("MMSEGMENTATION", "segmentation", SEGMENTATION_FORMATS, "MMSegmentation"),
 ):
