@@ -257,12 +257,22 @@ MODEL_TYPES: dict[str, ModelTypeInfo] = {m.name: m for m in (
         "downsample_factor": ArgSpec("int", 2, "training inputs are the chips shrunk by this factor and "
                                                "upsampled back; the model restores the detail"),
     }, esri_model_name="SuperResolution"),
+    _mt("PIX2PIX", "gan", "translation", {"Pix2Pix"}, (), None, {
+        "perceptual_loss": ArgSpec("bool", False, "add a VGG16-BN feature loss (needs its weights file)"),
+        "lambda_l1": ArgSpec("float", 100.0, "weight of the L1 term beside the GAN loss"),
+        "n_gen_filters": ArgSpec("int", 64, "filters of the first generator layer"),
+        "n_dscr_filters": ArgSpec("int", 64, "filters of the first discriminator layer"),
+    }, esri_model_name="Pix2Pix"),
+    _mt("CYCLEGAN", "gan", "translation", {"CycleGAN"}, (), None, {
+        "gen_blocks": ArgSpec("int", 9, "residual blocks per generator"),
+        "lsgan": ArgSpec("bool", True, "least-squares GAN loss (false: binary cross-entropy)"),
+        "n_gen_filters": ArgSpec("int", 64, "filters of the first generator layer"),
+        "n_dscr_filters": ArgSpec("int", 64, "filters of the first discriminator layer"),
+    }, esri_model_name="CycleGAN"),
 )}
 
 # Model types the task lists that this server does not train yet: submit answers with a clear error.
 for _name, _task, _formats, _esri in (
-    ("PIX2PIX", "translation", {"Pix2Pix", "Export_Tiles"}, "Pix2Pix"),
-    ("CYCLEGAN", "translation", {"CycleGAN"}, "CycleGAN"),
     ("PIX2PIXHD", "translation", {"Pix2Pix", "Export_Tiles"}, "Pix2PixHD"),
     ("IMAGECAPTIONER", "captioning", {"MultiLabeled_Tiles"}, "ImageCaptioner"),
     ("MMDETECTION", "detection", DETECTION_FORMATS, "MMDetection"),
@@ -301,9 +311,12 @@ MODEL_TYPES.update({m.name: m for m in (
     _mt("CONNECTNET", "roads", "segmentation", SEGMENTATION_FORMATS, RESNETS, "RESNET34",
         {**_ROAD_ARGUMENTS, "monitor": ArgSpec("str", "miou", COMMON_ARGUMENTS["monitor"].help)},
         esri_model_name="ConnectNet"),
+    _mt("CHANGEDETECTOR", "change", "change", {"ChangeDetection"}, RESNETS, "RESNET18", {
+        "attention_type": ArgSpec("str", "PAM", "spatial-temporal attention: PAM (pyramid) or BAM (basic)",
+                                  ("PAM", "BAM")),
+    }, esri_model_name="ChangeDetector"),
 )})
 for _name, _task, _formats, _esri in (  # not trained yet (submit refuses them)
-    ("CHANGEDETECTOR", "change", {"ChangeDetection"}, "ChangeDetector"),
     ("MMSEGMENTATION", "segmentation", SEGMENTATION_FORMATS, "MMSegmentation"),
 ):
     MODEL_TYPES[_name] = _mt(_name, "", _task, _formats, (), None, implemented=False, esri_model_name=_esri)

@@ -113,10 +113,13 @@ def train_job(spec: JobSpec, reporter: Reporter) -> dict[str, Any]:
         if package is not None:
             _load_pretrained(model, package, family, say)
         family.freeze(model, bool(spec.freeze_model))
-        if spec.freeze_model and package is None and weights.outcome.startswith("none"):
+        if not model_type.backbones and spec.backbone_model:
+            say("warning", f"{model_type.name} has fixed networks; backbone_model {spec.backbone_model} is ignored")
+        has_backbone = family.backbone_module(model) is not None  # the GANs have none to freeze
+        if spec.freeze_model and package is None and weights.outcome.startswith("none") and has_backbone:
             say("warning", "freeze_model=true with a randomly initialised backbone keeps random features fixed; "
                            "put ImageNet weights in the weights directory or set freeze_model=false")
-        if not spec.freeze_model:
+        if not spec.freeze_model and has_backbone:
             say("info", "freeze_model=false: the whole backbone is trained")
 
         monitor = str(args.get("monitor") or family.default_monitor)

@@ -6,8 +6,9 @@ Needs only torch, numpy and tifffile or Pillow; not gpjobs. Usage, from the extr
 
 It loads the TorchScript module named by the .emd key `TorchScriptFile`, applies the .emd's band
 selection (ExtractBands), normalisation (ImageNet or NormalizationStats) and chip size, and prints
-pixel-class counts (ImageClassification), the class (ObjectClassification) or boxes (ObjectDetection,
-for modules returning (boxes, scores, labels)).
+pixel-class counts (ImageClassification), the class (ObjectClassification), boxes (ObjectDetection,
+for modules returning (boxes, scores, labels)) or a translated chip's size and band means
+(SuperResolution, Pix2Pix, CycleGAN).
 """
 
 from __future__ import annotations
@@ -92,6 +93,13 @@ class GpjobsModel:
             best = int(probs.argmax())
             return {"class_value": self.classes[best]["Value"], "class_name": names[best],
                     "score": round(float(probs[best]), 6)}
+        if kind in ("SuperResolution", "Pix2Pix", "CycleGAN"):
+            # SuperResolution returns normalised bands, the GANs tanh values (-1..1): both to band units
+            y = out[0].numpy()
+            x01 = y * self.std[:, None, None] + self.mean[:, None, None] if kind == "SuperResolution" else (y + 1) / 2
+            native = self.lo[:, None, None] + np.clip(x01, 0, 1) * (self.hi - self.lo)[:, None, None]
+            return {"translated": kind, "size": list(native.shape[1:]),
+                    "band_mean": [round(float(v), 3) for v in native.reshape(native.shape[0], -1).mean(1)]}
         if isinstance(out, (tuple, list)) and len(out) == 3:
             boxes, scores, labels = (o[0] if o.ndim > 1 and o.shape[0] == 1 and o.ndim != 2 else o for o in out)
             return {"boxes": boxes.tolist(), "scores": scores.tolist(),

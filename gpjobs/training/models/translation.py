@@ -84,8 +84,10 @@ class TranslationFamily(ModelFamily):
 class FeatureLoss(nn.Module):
     """Pixel L1 + weighted L1 between feature maps (+ Gram matrices for VGG, as arcgis.learn's FeatureLoss)."""
 
-    def __init__(self, layers: nn.ModuleList, weights: Iterable[float], gram: bool, rgb_only: bool) -> None:
+    def __init__(self, layers: nn.ModuleList, weights: Iterable[float], gram: bool, rgb_only: bool,
+                 pixel: bool = True) -> None:
         super().__init__()
+        self.pixel = pixel
         self.layers = layers
         self.weights = list(weights)
         self.gram = gram
@@ -113,12 +115,33 @@ class FeatureLoss(nn.Module):
         return flat @ flat.transpose(1, 2) / (c * h * w)
 
     def per_sample(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        loss = (pred - target).abs().flatten(1).mean(1)
+        loss = (pred - target).abs().flatten(1).mean(1) if self.pixel else pred.new_zeros(pred.shape[0])
         for w, fp, ft in zip(self.weights, self._features(pred), self._features(target.detach())):
             loss = loss + w * (fp - ft).abs().flatten(1).mean(1)
             if self.gram:
                 loss = loss + w ** 2 * 5e3 * (self._gram(fp) - self._gram(ft)).abs().flatten(1).mean(1)
         return loss
+
+
+def vgg_feature_loss(weights, say, what: str) -> FeatureLoss | None:
+    """arcgis.learn's VGG16-BN FeatureLoss when vgg16_bn-6c64b313.pth is in the weights directory, else None."""
+    path = weights.find_file("VGG16_BN") if weights.skip_reason is None else None
+    if path is None:
+        return None
+    try:
+        import torchvision
+
+        vgg = torchvision.models.vgg16_bn(weights=None)
+        vgg.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as exc:  # a broken file: the caller falls back, and we say so
+        say("warning", f"{what}: {path.name} could not be used ({exc})")
+        return None
+    feats = vgg.features
+    pools = [i for i, m in enumerate(feats) if isinstance(m, nn.MaxPool2d)]
+    cuts = [0] + [pools[k] for k in (1, 2, 3)]  # ReLU outputs before pools 2, 3 and 4
+    layers = nn.ModuleList(feats[a:b] for a, b in zip(cuts, cuts[1:]))
+    say("info", f"{what}: VGG16_BN features ({path.name})")
+    return FeatureLoss(layers, VGG_FEATURE_WEIGHTS, gram=True, rgb_only=True)
 
 
 class SuperResolutionFamily(TranslationFamily):
@@ -143,21 +166,9 @@ class SuperResolutionFamily(TranslationFamily):
     def _feature_loss(self, backbone: nn.Module) -> FeatureLoss:
         """VGG16-BN features when its ImageNet file is in the weights directory (arcgis.learn's loss),
         else a frozen copy of the first stages of our own encoder (as initialised: ImageNet or random)."""
-        path = self.weights.find_file("VGG16_BN") if self.weights.skip_reason is None else None
-        if path is not None:
-            try:
-                import torchvision
-
-                vgg = torchvision.models.vgg16_bn(weights=None)
-                vgg.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-                feats = vgg.features
-                pools = [i for i, m in enumerate(feats) if isinstance(m, nn.MaxPool2d)]
-                cuts = [0] + [pools[k] for k in (1, 2, 3)]  # ReLU outputs before pools 2, 3 and 4
-                layers = nn.ModuleList(feats[a:b] for a, b in zip(cuts, cuts[1:]))
-                self.say("info", f"SuperResolution feature loss: VGG16_BN features ({path.name})")
-                return FeatureLoss(layers, VGG_FEATURE_WEIGHTS, gram=True, rgb_only=True)
-            except Exception as exc:  # a broken file: fall back, and say so
-                self.say("warning", f"SuperResolution feature loss: {path.name} could not be used ({exc})")
+        vgg = vgg_feature_loss(self.weights, self.say, "SuperResolution feature loss")
+        if vgg is not None:
+            return vgg
         stages = list(backbone.stages.values())[:3]
         layers = nn.ModuleList(copy.deepcopy(s) for s in stages)
         pretrained = self.weights.outcome.startswith("loaded")
