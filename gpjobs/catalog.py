@@ -269,11 +269,27 @@ MODEL_TYPES: dict[str, ModelTypeInfo] = {m.name: m for m in (
         "n_gen_filters": ArgSpec("int", 64, "filters of the first generator layer"),
         "n_dscr_filters": ArgSpec("int", 64, "filters of the first discriminator layer"),
     }, esri_model_name="CycleGAN"),
+    _mt("PIX2PIXHD", "gan", "translation", {"Pix2Pix"}, (), None, {
+        "n_gen_filters": ArgSpec("int", 64, "filters of the first generator layer"),
+        "gen_network": ArgSpec("str", "local", "generator: global, or global + one local enhancer",
+                               ("global", "local")),
+        "n_downsample_global": ArgSpec("int", 4, "downsamplings of the global generator (capped for small chips)"),
+        "n_blocks_global": ArgSpec("int", 9, "residual blocks of the global generator"),
+        "n_local_enhancers": ArgSpec("int", 1, "local enhancers (0 or 1)"),
+        "n_blocks_local": ArgSpec("int", 3, "residual blocks of the local enhancer"),
+        "norm": ArgSpec("str", "instance", "normalisation layers", ("instance", "batch")),
+        "lsgan": ArgSpec("bool", True, "least-squares GAN loss (false: binary cross-entropy)"),
+        "n_dscr_filters": ArgSpec("int", 64, "filters of the first discriminator layer"),
+        "n_layers_dscr": ArgSpec("int", 3, "layers of each PatchGAN discriminator"),
+        "lambda_feat": ArgSpec("float", 10.0, "weight of discriminator feature matching (and of the VGG loss)"),
+        "lambda_l1": ArgSpec("float", 100.0, "weight of the L1 term when l1_loss is true"),
+        "vgg_loss": ArgSpec("bool", True, "VGG19 perceptual loss (needs vgg19-dcbb9e9d.pth in the weights dir)"),
+        "l1_loss": ArgSpec("bool", False, "add an L1 term to the generator loss"),
+    }, esri_model_name="Pix2PixHD"),
 )}
 
 # Model types the task lists that this server does not train yet: submit answers with a clear error.
 for _name, _task, _formats, _esri in (
-    ("PIX2PIXHD", "translation", {"Pix2Pix", "Export_Tiles"}, "Pix2PixHD"),
     ("IMAGECAPTIONER", "captioning", {"MultiLabeled_Tiles"}, "ImageCaptioner"),
     ("MMDETECTION", "detection", DETECTION_FORMATS, "MMDetection"),
     ("DETREG", "detection", DETECTION_FORMATS, "DETReg"),

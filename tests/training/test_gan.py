@@ -1,4 +1,4 @@
-"""PIX2PIX and CYCLEGAN train for real on tiny exports through the multi-network hook; packages stand alone."""
+"""PIX2PIX, CYCLEGAN and PIX2PIXHD train for real on tiny exports through the multi-network hook; packages stand alone."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def _emd(package: str) -> dict:
 
 
 def test_gan_model_types_have_no_backbone():
-    for name in ("PIX2PIX", "CYCLEGAN"):
+    for name in ("PIX2PIX", "CYCLEGAN", "PIX2PIXHD"):
         info = lookup_model_type(name)
         assert info.implemented and info.family == "gan" and info.backbones == ()
         assert resolve_backbone(info, None) == "" and resolve_backbone(info, "RESNET34") == ""
@@ -174,3 +174,53 @@ def test_cyclegan_package_and_predict(cyclegan_run, tmp_path):
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert len(lines) == 2 and all("CycleGAN 32x32x3, band means" in line for line in lines)
+
+
+# --- PIX2PIXHD -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pix2pixhd_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pix2pixhd")
+    folder = write_pix2pix(tmp, n=16, size=32)
+    spec = make_spec(tmp, [folder], "PIX2PIXHD", max_epochs=20, stop_training=False, learning_rate=0.002,
+                     arguments={"n_gen_filters": 8, "n_dscr_filters": 8, "n_blocks_global": 2, "n_blocks_local": 1,
+                                "n_layers_dscr": 2})
+    code, reporter = train(spec)
+    assert code == ExitCode.OK, [e for e in reporter.events if e["type"] in ("failed", "message")]
+    return spec, folder, reporter
+
+
+def test_pix2pixhd_learns_with_feature_matching(pix2pixhd_run):
+    spec, folder, reporter = pix2pixhd_run
+    epochs = epochs_of(reporter)
+    assert epochs[-1]["valid_loss"] < epochs[0]["valid_loss"] / 2
+    best = result_of(reporter)["metrics"]
+    _, baseline = _identity_psnr(folder, spec)
+    assert best["PSNR"] > baseline + 1.0 and 0 < best["SSIM"] <= 1
+    history = _training_log(result_of(reporter)["package"])["history"]
+    assert {"train_d", "train_g_gan", "train_feat"} <= set(history[0]) and "train_l1" not in history[0]
+    texts = _messages(reporter)
+    assert any("vgg_loss=true needs VGG19" in t for t in texts)
+    assert any("n_downsample_global 4 is too deep for 32 px chips; using 2" in t for t in texts)
+
+
+def test_pix2pixhd_package_reloads_and_predicts(pix2pixhd_run):
+    from gpjobs.training.package import load_model, open_package
+
+    spec, folder, reporter = pix2pixhd_run
+    result = result_of(reporter)
+    emd = _emd(result["package"])
+    assert emd["ModelType"] == "Pix2PixHD" and emd["ModelConfiguration"] == "_pix2pix_hd"
+    assert emd["ModelParameters"]["gen_network"] == "local" and emd["TorchScriptFile"] == "model.pt"
+    records, _ = _identity_psnr(folder, spec)
+    data = open_training_data([folder], task="translation", validation_percent=spec.validation_percent, seed=42,
+                              augment=False)
+    images = torch.stack([data.valid[i][0] for i in range(len(records))])
+    with open_package(result["package"]) as package:
+        family, model = load_model(package)
+        predictions = family.predict(model, images)
+    scores = [float(psnr(torch.from_numpy(p["_image"] / 255.0).permute(2, 0, 1)[None].float(),
+                         torch.from_numpy(read_chip(r.image2) / 255.0).permute(2, 0, 1)[None].float()))
+              for p, r in zip(predictions, records)]
+    assert np.mean(scores) == pytest.approx(result["metrics"]["PSNR"], abs=0.05)  # the package is the best epoch

@@ -8,7 +8,7 @@ It loads the TorchScript module named by the .emd key `TorchScriptFile`, applies
 selection (ExtractBands), normalisation (ImageNet or NormalizationStats) and chip size, and prints
 pixel-class counts (ImageClassification), the class (ObjectClassification), boxes (ObjectDetection,
 for modules returning (boxes, scores, labels)) or a translated chip's size and band means
-(SuperResolution, Pix2Pix, CycleGAN).
+(SuperResolution, Pix2Pix, Pix2PixHD, CycleGAN).
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ class GpjobsModel:
             best = int(probs.argmax())
             return {"class_value": self.classes[best]["Value"], "class_name": names[best],
                     "score": round(float(probs[best]), 6)}
-        if kind in ("SuperResolution", "Pix2Pix", "CycleGAN"):
+        if kind in ("SuperResolution", "Pix2Pix", "Pix2PixHD", "CycleGAN"):
             # SuperResolution returns normalised bands, the GANs tanh values (-1..1): both to band units
             y = out[0].numpy()
             x01 = y * self.std[:, None, None] + self.mean[:, None, None] if kind == "SuperResolution" else (y + 1) / 2

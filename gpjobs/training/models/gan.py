@@ -1,6 +1,6 @@
-"""PIX2PIX and CYCLEGAN: adversarial image translation on the engine's multi-network hook.
+"""PIX2PIX, CYCLEGAN and PIX2PIXHD: adversarial image translation on the engine's multi-network hook.
 
-Both train several networks with their own Adam (lr 2e-4, beta1 0.5, as the papers) through
+All train several networks with their own Adam (lr 2e-4, beta1 0.5, as the papers) through
 `configure_optimizers` / `training_step` (see gpjobs.training.multi_network). Generators work in the
 "unit" space: 0..1 scaled band values mapped to -1..1 (tanh outputs). The validation loss is the
 reconstruction L1 on 0..1 values (paired target for Pix2Pix, cycle reconstruction for CycleGAN), which
@@ -17,10 +17,11 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from gpjobs.training.models.gan_nets import (GanLoss, ImagePool, PatchDiscriminator, ResnetGenerator, UnetGenerator,
-                                             init_gan_weights, patch_layers, unet_depth)
+from gpjobs.training.models.gan_nets import (GanLoss, ImagePool, LocalEnhancer, MultiscaleDiscriminator,
+                                             PatchDiscriminator, ResnetGenerator, UnetGenerator, init_gan_weights,
+                                             patch_layers, unet_depth)
 from gpjobs.training.models.image_quality import QualityMeter
-from gpjobs.training.models.translation import TranslationFamily, vgg_feature_loss
+from gpjobs.training.models.translation import FeatureLoss, TranslationFamily, vgg_feature_loss
 
 ADAM_BETAS = (0.5, 0.999)
 CYCLE_LAMBDA = 10.0  # CycleGAN lambda_A = lambda_B (models.md §1A)
@@ -295,4 +296,119 @@ class CycleGANFamily(_GanFamily):
                          ("B -> A", self.to01(fake_a))], path)
 
 
-FAMILIES: dict[str, type] = {"PIX2PIX": Pix2PixFamily, "CYCLEGAN": CycleGANFamily}
+def vgg19_loss(weights, say) -> FeatureLoss | None:
+    """pix2pixHD's VGGLoss (VGG19 relu1_1..relu5_1, weights 1/32..1) when vgg19-dcbb9e9d.pth is present."""
+    path = weights.find_file("VGG19") if weights.skip_reason is None else None
+    if path is None:
+        return None
+    try:
+        import torchvision
+
+        vgg = torchvision.models.vgg19(weights=None)
+        vgg.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as exc:
+        say("warning", f"Pix2PixHD vgg_loss: {path.name} could not be used ({exc})")
+        return None
+    cuts = (0, 2, 7, 12, 21, 30)
+    layers = nn.ModuleList(vgg.features[a:b] for a, b in zip(cuts, cuts[1:]))
+    say("info", f"Pix2PixHD vgg_loss: VGG19 features ({path.name})")
+    return FeatureLoss(layers, (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0), gram=False, rgb_only=True, pixel=False)
+
+
+class Pix2PixHDFamily(Pix2PixFamily):
+    """pix2pixHD (Wang et al.): global generator (+ one local enhancer), two-scale PatchGANs, LSGAN,
+    discriminator feature matching (lambda_feat), VGG19 perceptual loss, optional L1."""
+
+    emd_model_type = "Pix2PixHD"
+    emd_model_configuration = "_pix2pix_hd"
+    SCALES = 2  # discriminators (pix2pixHD num_D)
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        _GanFamily.__init__(self, *a, **kw)
+        args = self.args
+        self.lambda_l1 = float(args.get("lambda_l1") or 100.0) if args.get("l1_loss") else 0.0
+        self.lambda_feat = float(args.get("lambda_feat") if args.get("lambda_feat") is not None else 10.0)
+        self.gan_loss = GanLoss(lsgan=bool(args.get("lsgan", True)))
+        self.perceptual = None
+        if args.get("vgg_loss", True):
+            self.perceptual = vgg19_loss(self.weights, self.say)
+            if self.perceptual is None:
+                self.say("warning", "vgg_loss=true needs VGG19 ImageNet weights (vgg19-dcbb9e9d.pth) in the weights "
+                                    "directory; training without the VGG term")
+        self.local = str(args.get("gen_network") or "local") == "local" and int(args.get("n_local_enhancers", 1)) > 0
+        if self.local and int(args.get("n_local_enhancers", 1)) > 1:
+            self.say("warning", "n_local_enhancers > 1 is not implemented; using one local enhancer")
+
+    def _global_downsamplings(self) -> int:
+        wanted = int(self.args.get("n_downsample_global") or 4)
+        size = min(self.info.chip_size) // (2 if self.local else 1)
+        most = max(1, size.bit_length() - 1 - 2)  # keep the global bottleneck at >= 4 px
+        if wanted > most:
+            self.say("info", f"n_downsample_global {wanted} is too deep for {min(self.info.chip_size)} px chips; "
+                             f"using {most}")
+        return min(wanted, most)
+
+    def build(self) -> nn.Module:
+        c, norm = self.in_channels, str(self.args.get("norm") or "instance")
+        down, blocks = self._global_downsamplings(), int(self.args.get("n_blocks_global") or 9)
+        if self.local:
+            generator: nn.Module = LocalEnhancer(c, c, self.ngf, down, blocks, int(self.args.get("n_blocks_local") or 3),
+                                                 norm)
+        else:
+            generator = ResnetGenerator(c, c, blocks, self.ngf, norm, down)
+        discriminator = MultiscaleDiscriminator(c * 2, self.info.chip_size, self.ndf,
+                                                int(self.args.get("n_layers_dscr") or 3), self.SCALES, norm)
+        init_gan_weights(generator)
+        init_gan_weights(discriminator)
+        return Pix2PixNet(generator, discriminator)
+
+    def _generator_loss(self, model: nn.Module, cond: torch.Tensor, fake: torch.Tensor, target: torch.Tensor
+                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        fake_out = model.discriminator(torch.cat([cond, fake], 1))
+        with torch.no_grad():
+            real_out = model.discriminator(torch.cat([cond, target], 1))
+        adversarial = sum(self.gan_loss(scale[-1], True) for scale in fake_out)
+        matching = fake.new_zeros(())
+        for fake_feats, real_feats in zip(fake_out, real_out):
+            weight = self.lambda_feat / len(fake_out) / max(1, len(fake_feats) - 1)  # D_weights * feat_weights
+            for f, r in zip(fake_feats[:-1], real_feats[:-1]):
+                matching = matching + weight * (f.float() - r.float()).abs().mean()
+        loss = adversarial + matching
+        parts = {"g_gan": adversarial, "feat": matching}
+        if self.perceptual is not None:
+            if next(self.perceptual.parameters()).device != fake.device:
+                self.perceptual.to(fake.device)
+            vgg = self.lambda_feat * self.perceptual.per_sample(self.scale.from01(self.to01(fake)),
+                                                                self.scale.from01(self.to01(target))).mean()
+            loss, parts["vgg"] = loss + vgg, vgg
+        if self.lambda_l1:
+            l1 = (fake.float() - target).abs().mean()
+            loss, parts["l1"] = loss + self.lambda_l1 * l1, l1
+        return loss, parts
+
+    def training_step(self, model: nn.Module, batch: Any, device: torch.device, optimizers: dict,
+                      scaler: Any) -> dict[str, torch.Tensor]:
+        source, cond, target = self._batch(batch, device)
+        fake = model.generator(source)
+        opt_g = optimizers["generator"]
+        opt_g.zero_grad(set_to_none=True)
+        g_loss, parts = self._generator_loss(model, cond, fake, target)
+        scaler.scale(g_loss).backward()
+        scaler.step(opt_g)
+        opt_d = optimizers["discriminator"]
+        opt_d.zero_grad(set_to_none=True)
+        fake_out = model.discriminator(torch.cat([cond, fake.detach()], 1))
+        real_out = model.discriminator(torch.cat([cond, target], 1))
+        d_loss = 0.5 * sum(self.gan_loss(f[-1], False) + self.gan_loss(r[-1], True)
+                           for f, r in zip(fake_out, real_out))
+        scaler.scale(d_loss).backward()
+        scaler.step(opt_d)
+        return {"loss": g_loss.detach(), "d": d_loss.detach(), **{k: v.detach() for k, v in parts.items()}}
+
+    def model_parameters(self) -> dict[str, Any]:
+        keys = ("gen_network", "n_downsample_global", "n_blocks_global", "n_local_enhancers", "n_blocks_local",
+                "norm", "lsgan", "n_layers_dscr", "lambda_feat", "lambda_l1", "vgg_loss", "l1_loss")
+        return {**_GanFamily.model_parameters(self), **{k: self.args.get(k) for k in keys}}
+
+
+FAMILIES: dict[str, type] = {"PIX2PIX": Pix2PixFamily, "CYCLEGAN": CycleGANFamily, "PIX2PIXHD": Pix2PixHDFamily}

@@ -133,19 +133,23 @@ class _ResBlock(nn.Module):
 
 
 class ResnetGenerator(nn.Module):
-    """CycleGAN generator: c7s1-ngf, d2ngf, d4ngf, `blocks` x R4ngf, u2ngf, ungf, c7s1-out, tanh."""
+    """CycleGAN generator: c7s1-ngf, d2ngf, d4ngf, `blocks` x R4ngf, u2ngf, ungf, c7s1-out, tanh
+    (`downsamplings` 2); with more downsamplings it is pix2pixHD's global generator. The last two layers
+    of `model` are the output head (a local enhancer drops them and reads the features)."""
 
     def __init__(self, in_channels: int, out_channels: int, blocks: int = 9, ngf: int = 64,
-                 norm: str = "instance") -> None:
+                 norm: str = "instance", downsamplings: int = 2) -> None:
         super().__init__()
         bias = norm == "instance"
         layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(in_channels, ngf, 7, bias=bias),
                                    norm_layer(norm, ngf), nn.ReLU(True)]
-        for mult in (1, 2):
+        for i in range(downsamplings):
+            mult = 2 ** i
             layers += [nn.Conv2d(ngf * mult, ngf * mult * 2, 3, 2, 1, bias=bias), norm_layer(norm, ngf * mult * 2),
                        nn.ReLU(True)]
-        layers += [_ResBlock(ngf * 4, norm) for _ in range(blocks)]
-        for mult in (4, 2):
+        layers += [_ResBlock(ngf * 2 ** downsamplings, norm) for _ in range(blocks)]
+        for i in range(downsamplings):
+            mult = 2 ** (downsamplings - i)
             layers += [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, 2, 1, output_padding=1, bias=bias),
                        norm_layer(norm, ngf * mult // 2), nn.ReLU(True)]
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_channels, 7)]
@@ -223,3 +227,64 @@ class GanLoss(nn.Module):
         if self.lsgan:
             return F.mse_loss(logits.float(), target.float())
         return F.binary_cross_entropy_with_logits(logits.float(), target.float())
+
+
+class LocalEnhancer(nn.Module):
+    """pix2pixHD generator with one local enhancer: the global generator (without its output head) runs on
+    the half-resolution chip, its features are added to the full-resolution branch, which finishes."""
+
+    def __init__(self, in_channels: int, out_channels: int, ngf: int = 32, global_downsamplings: int = 3,
+                 global_blocks: int = 9, local_blocks: int = 3, norm: str = "instance") -> None:
+        super().__init__()
+        bias = norm == "instance"
+        full = ResnetGenerator(in_channels, out_channels, global_blocks, ngf * 2, norm, global_downsamplings)
+        self.global_features = nn.Sequential(*list(full.model)[:-2])  # ngf * 2 channels at half resolution
+        self.down = nn.Sequential(
+            nn.ReflectionPad2d(3), nn.Conv2d(in_channels, ngf, 7, bias=bias), norm_layer(norm, ngf), nn.ReLU(True),
+            nn.Conv2d(ngf, ngf * 2, 3, 2, 1, bias=bias), norm_layer(norm, ngf * 2), nn.ReLU(True))
+        self.up = nn.Sequential(
+            *[_ResBlock(ngf * 2, norm) for _ in range(local_blocks)],
+            nn.ConvTranspose2d(ngf * 2, ngf, 3, 2, 1, output_padding=1, bias=bias), norm_layer(norm, ngf),
+            nn.ReLU(True), nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_channels, 7))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        coarse = self.global_features(F.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False))
+        fine = self.down(x)
+        if coarse.shape[-2:] != fine.shape[-2:]:
+            coarse = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=False)
+        y = self.up(fine + coarse)
+        if tuple(y.shape[-2:]) != tuple(x.shape[-2:]):
+            y = F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return torch.tanh(y)
+
+
+class MultiscaleDiscriminator(nn.Module):
+    """pix2pixHD: `scales` PatchGANs on the input and its 2x, 4x... average-pooled versions; each returns
+    its intermediate feature maps (for the feature-matching loss) with the logit map last."""
+
+    def __init__(self, in_channels: int, chip_size: Sequence[int], ndf: int = 64, n_layers: int = 3,
+                 scales: int = 2, norm: str = "instance") -> None:
+        super().__init__()
+        self.nets = nn.ModuleList()
+        for s in range(scales):
+            size = [max(1, c // 2 ** s) for c in chip_size]
+            layers = PatchDiscriminator(in_channels, ndf, patch_layers(size, n_layers), norm).model
+            groups, current = [], []
+            for layer in layers:
+                current.append(layer)
+                if isinstance(layer, nn.LeakyReLU) or layer is layers[-1]:
+                    groups.append(nn.Sequential(*current))
+                    current = []
+            self.nets.append(nn.ModuleList(groups))
+
+    def forward(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
+        outputs = []
+        for s, groups in enumerate(self.nets):
+            if s:
+                x = F.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False)
+            feats, h = [], x
+            for group in groups:
+                h = group(h)
+                feats.append(h)
+            outputs.append(feats)
+        return outputs
