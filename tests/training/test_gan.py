@@ -224,3 +224,24 @@ def test_pix2pixhd_package_reloads_and_predicts(pix2pixhd_run):
                          torch.from_numpy(read_chip(r.image2) / 255.0).permute(2, 0, 1)[None].float()))
               for p, r in zip(predictions, records)]
     assert np.mean(scores) == pytest.approx(result["metrics"]["PSNR"], abs=0.05)  # the package is the best epoch
+
+
+def test_pix2pix_on_multispectral_uint16_keeps_band_units(tmp_path):
+    from gpjobs.training.package import load_model, open_package
+
+    folder = write_pix2pix(tmp_path, n=8, size=32, bands=4, dtype="uint16")
+    spec = make_spec(tmp_path, [folder], "PIX2PIX", max_epochs=2, learning_rate=0.002,
+                     arguments={"n_gen_filters": 8, "n_dscr_filters": 8})
+    code, reporter = train(spec)
+    assert code == ExitCode.OK, [e for e in reporter.events if e["type"] in ("failed", "message")]
+    result = result_of(reporter)
+    emd = _emd(result["package"])
+    assert emd["IsImageNetNormalization"] is False and len(emd["ExtractBands"]) == 4
+    lo, hi = emd["NormalizationStats"]["band_min_values"], emd["NormalizationStats"]["band_max_values"]
+    data = open_training_data([folder], task="translation", validation_percent=25.0, seed=42, augment=False)
+    with open_package(result["package"]) as package:
+        family, model = load_model(package)
+        image = family.predict(model, data.valid[0][0][None])[0]["_image"]
+    assert image.shape == (32, 32, 4)
+    assert np.all(image.reshape(-1, 4).min(0) >= np.array(lo) - 1e-3)
+    assert np.all(image.reshape(-1, 4).max(0) <= np.array(hi) + 1e-3)
