@@ -1,4 +1,4 @@
-"""PIX2PIX, CYCLEGAN and PIX2PIXHD train for real on tiny exports through the multi-network hook; packages stand alone."""
+"""PIX2PIX, CYCLEGAN and PIX2PIXHD train for real on tiny exports (multi-network hook); packages stand alone."""
 
 from __future__ import annotations
 

@@ -352,8 +352,8 @@ class Pix2PixHDFamily(Pix2PixFamily):
         c, norm = self.in_channels, str(self.args.get("norm") or "instance")
         down, blocks = self._global_downsamplings(), int(self.args.get("n_blocks_global") or 9)
         if self.local:
-            generator: nn.Module = LocalEnhancer(c, c, self.ngf, down, blocks, int(self.args.get("n_blocks_local") or 3),
-                                                 norm)
+            local_blocks = int(self.args.get("n_blocks_local") or 3)
+            generator: nn.Module = LocalEnhancer(c, c, self.ngf, down, blocks, local_blocks, norm)
         else:
             generator = ResnetGenerator(c, c, blocks, self.ngf, norm, down)
         discriminator = MultiscaleDiscriminator(c * 2, self.info.chip_size, self.ndf,
