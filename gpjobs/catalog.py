@@ -331,11 +331,14 @@ MODEL_TYPES.update({m.name: m for m in (
         "attention_type": ArgSpec("str", "PAM", "spatial-temporal attention: PAM (pyramid) or BAM (basic)",
                                   ("PAM", "BAM")),
     }, esri_model_name="ChangeDetector"),
+    _mt("MMSEGMENTATION", "mmseg", "segmentation", SEGMENTATION_FORMATS, CLASSIFICATION_BACKBONES, "RESNET50", {
+        **SEGMENTATION_ARGUMENTS,
+        "model": ArgSpec("str", "deeplabv3", "segmentation network (OpenMMLab names that have an equivalent "
+                                             "here; other mmseg models and config paths are not supported)",
+                         _MMSEG_MODELS),
+        "model_weight": ArgSpec("bool", False, "OpenMMLab checkpoint: not available offline (warns)"),
+    }, esri_model_name="MMSegmentation"),
 )})
-for _name, _task, _formats, _esri in (  # not trained yet (submit refuses them)
-    ("MMSEGMENTATION", "segmentation", SEGMENTATION_FORMATS, "MMSegmentation"),
-):
-    MODEL_TYPES[_name] = _mt(_name, "", _task, _formats, (), None, implemented=False, esri_model_name=_esri)
 
 
 def implemented_model_types() -> list[str]:
