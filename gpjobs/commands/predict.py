@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
             chips = [Path(c) for c in args.chips]
             for start in range(0, len(chips), max(1, args.batch_size)):
                 group = chips[start:start + args.batch_size]
-                batch = torch.stack([to_model_input(_read(c, info), info) for c in group])
+                batch = torch.stack([_model_input(family, c, info) for c in group])
                 for chip, prediction in zip(group, family.predict(model, batch)):
                     mask = prediction.pop("_mask", None)
                     if mask is not None and masks_dir is not None:
@@ -59,6 +59,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"gpjobs predict: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _model_input(family, chip: Path, info):
+    """One model input; paired models (change detection) get the before and after chips stacked."""
+    import torch
+
+    from gpjobs.training.data import to_model_input
+
+    if getattr(family, "paired_input", False):
+        return torch.cat([to_model_input(_read(p, info), info) for p in family.paired_chips(chip)])
+    return to_model_input(_read(chip, info), info)
 
 
 def _read(chip: Path, info):

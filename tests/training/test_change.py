@@ -116,3 +116,24 @@ def test_change_detector_refuses_plain_classified_tiles(tmp_path):
     assert code == ExitCode.BAD_INPUT
     failed = [e for e in reporter.events if e["type"] == "failed"][0]
     assert "ChangeDetection" in failed["text"]
+
+
+def test_gpjobs_predict_cli_pairs_before_and_after(change_run, tmp_path):
+    """The command line finds the images2/ partner of an images/ chip (or takes BEFORE,AFTER)."""
+    import json
+    import subprocess
+    import sys
+
+    _, folder, reporter = change_run
+    package = result_of(reporter)["package"]
+    chip = sorted((folder / "images").iterdir())[0]
+    done = subprocess.run([sys.executable, "-m", "gpjobs.cli", "predict", package, str(chip), "--json",
+                           "--masks-dir", str(tmp_path / "masks")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1])  # one JSON object for the chip
+    assert list((tmp_path / "masks").iterdir())
+    lonely = tmp_path / "lonely.tif"
+    lonely.write_bytes(chip.read_bytes())
+    done = subprocess.run([sys.executable, "-m", "gpjobs.cli", "predict", package, str(lonely)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "BEFORE,AFTER" in done.stderr + done.stdout
