@@ -56,6 +56,8 @@ class FitConfig:
     resume: bool = True
     fingerprint: dict[str, Any] = field(default_factory=dict)  # a checkpoint of another job is not resumed
     lr_find_iterations: int = 100
+    # Gradient-norm clipping: None = the `clip_grad_norm` argument, else the family's default; 0 = off.
+    clip_grad_norm: float | None = None
 
 
 @dataclass
@@ -97,6 +99,17 @@ class Trainer:
         self.use_amp = self.device.type == "cuda" and config.mixed_precision
         self.amp_dtype = (torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16)
         self.sync_every = 1 if self.device.type == "cpu" else 25  # host syncs cost on CUDA; batch them
+        self.clip = self.clip_norm()
+
+    def clip_norm(self) -> float:
+        """Max gradient norm per step (0: no clipping). Detectors clip by default: their box/class losses
+        spike in the first steps of a random-initialised network and one spike can wreck the Adam moments."""
+        value = self.config.clip_grad_norm
+        if value is None:
+            value = (getattr(self.family, "args", None) or {}).get("clip_grad_norm")
+        if value is None:
+            value = getattr(self.family, "default_clip_grad_norm", None)
+        return float(value or 0.0)
 
     # --- pieces ---
 
@@ -275,6 +288,9 @@ class Trainer:
                     if len(pending) >= self.sync_every:
                         self._flush(pending, batch_losses, epoch, i)
                     scaler.scale(loss).backward()
+                    if self.clip > 0:
+                        scaler.unscale_(optimizer)  # clip the true gradients, not the loss-scaled ones
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), self.clip)
                     scaler.step(optimizer)
                     scaler.update()
                     optimizer.zero_grad(set_to_none=True)

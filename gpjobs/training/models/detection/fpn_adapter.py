@@ -18,13 +18,22 @@ from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastL
 FPN_CHANNELS = 256
 
 
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with 32 groups (or fewer when the channels do not divide): batch-size independent."""
+    groups = 32
+    while channels % groups:
+        groups //= 2
+    return nn.GroupNorm(groups, channels)
+
+
 class FeaturePyramid(nn.Module):
     """body taps (strides >= min_stride, at most `levels` of the deepest) -> FPN maps; `.out_channels` = 256.
 
     `extra="maxpool"` adds a pooled level (Faster/Mask R-CNN), `extra="p6p7"` two strided convs (RetinaNet).
     """
 
-    def __init__(self, body: nn.Module, *, min_stride: int = 4, levels: int = 4, extra: str = "maxpool") -> None:
+    def __init__(self, body: nn.Module, *, min_stride: int = 4, levels: int = 4, extra: str = "maxpool",
+                 norm: bool = True) -> None:
         super().__init__()
         self.body = body
         strides = list(body.strides)
@@ -32,7 +41,10 @@ class FeaturePyramid(nn.Module):
         self.taps = usable[-levels:]
         in_channels = [int(body.out_channels[i]) for i in self.taps]
         blocks = LastLevelMaxPool() if extra == "maxpool" else LastLevelP6P7(FPN_CHANNELS, FPN_CHANNELS)
-        self.fpn = FeaturePyramidNetwork(in_channels, FPN_CHANNELS, extra_blocks=blocks)
+        # GroupNorm in the FPN keeps its outputs at unit scale whatever the backbone's (random or pretrained)
+        # feature magnitudes are; without it Adam's first steps blew the heads' logits up (focal loss ~300).
+        self.fpn = FeaturePyramidNetwork(in_channels, FPN_CHANNELS, extra_blocks=blocks,
+                                         norm_layer=group_norm if norm else None)
         self.out_channels = FPN_CHANNELS
         self.level_strides = [strides[i] for i in self.taps] + (
             [strides[self.taps[-1]] * 2] if extra == "maxpool" else [strides[self.taps[-1]] * 2,
@@ -47,8 +59,16 @@ class FeaturePyramid(nn.Module):
         return self.fpn(OrderedDict((str(k), feats[i]) for k, i in enumerate(self.taps)))
 
 
-def relative_anchor_sizes(image_size: int, levels: int, scales: Sequence[float] = (1.0,)) -> tuple[tuple[float, ...], ...]:
-    """Anchor sizes per pyramid level, finest first: the deepest level spans the whole (resized) chip and each
-    finer level halves it, times each scale (RetinaNet's `scales`)."""
-    base = [image_size / 2 ** (levels - 1 - i) for i in range(levels)]
+def level_anchor_sizes(image_size: int, strides: Sequence[int], scales: Sequence[float] = (1.0,),
+                       min_strides: float = 4.0) -> tuple[tuple[float, ...], ...]:
+    """Anchor sizes per pyramid level, finest first.
+
+    The deepest level spans the whole (resized) chip and each finer level halves it, so large chips get
+    anchors the size of their objects; but no anchor is narrower than `min_strides` strides of its level:
+    smaller anchors sit so far apart on the feature grid that most objects overlap none of them well (on a
+    48 px input the chip-relative rule alone gave 3 px anchors every 4 px and the R-CNNs scored AP 0).
+    Each size is then multiplied by RetinaNet's `scales`.
+    """
+    levels = len(strides)
+    base = [max(image_size / 2 ** (levels - 1 - i), min_strides * float(strides[i])) for i in range(levels)]
     return tuple(tuple(float(b * s) for s in scales) for b in base)

@@ -15,7 +15,7 @@ from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.retinanet import RetinaNetHead
 
-from gpjobs.training.models.detection.fpn_adapter import FeaturePyramid, relative_anchor_sizes
+from gpjobs.training.models.detection.fpn_adapter import FeaturePyramid, group_norm, level_anchor_sizes
 
 RCNN_KWARGS = (
     "rpn_pre_nms_top_n_train", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_train", "rpn_post_nms_top_n_test",
@@ -44,7 +44,7 @@ def build_rcnn(body: nn.Module, num_classes: int, chip: int, bands: int, args: d
                masks: bool = False) -> nn.Module:
     """Faster R-CNN (or Mask R-CNN) with `num_classes` + background over an FPN on `body`."""
     pyramid = FeaturePyramid(body, min_stride=4, levels=4, extra="maxpool")
-    sizes = relative_anchor_sizes(resized_sizes(chip)[0], pyramid.num_levels)
+    sizes = level_anchor_sizes(resized_sizes(chip)[0], pyramid.level_strides)
     anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
     cls = MaskRCNN if masks else FasterRCNN
     return TorchvisionDetector(cls(pyramid, num_classes=num_classes + 1, rpn_anchor_generator=anchors,
@@ -55,11 +55,12 @@ def build_retinanet(body: nn.Module, num_classes: int, chip: int, bands: int, *,
                     ratios: list[float]) -> nn.Module:
     """RetinaNet over P3-P7; arcgis' `scales` x `ratios` become the anchors of every pyramid level."""
     pyramid = FeaturePyramid(body, min_stride=8, levels=3, extra="p6p7")
-    sizes = relative_anchor_sizes(resized_sizes(chip)[0], pyramid.num_levels, scales)
+    sizes = level_anchor_sizes(resized_sizes(chip)[0], pyramid.level_strides, scales)
     anchors = AnchorGenerator(sizes, (tuple(float(r) for r in ratios),) * len(sizes))
     # num_classes + 1 keeps label indices 1..K as they are (index 0 simply never fires), as torchvision's
     # own COCO RetinaNet does with its 91 classes.
-    head = RetinaNetHead(pyramid.out_channels, anchors.num_anchors_per_location()[0], num_classes + 1)
+    head = RetinaNetHead(pyramid.out_channels, anchors.num_anchors_per_location()[0], num_classes + 1,
+                         norm_layer=group_norm)  # torchvision's RetinaNet v2 head: stable from random weights
     return TorchvisionDetector(RetinaNet(pyramid, num_classes=num_classes + 1, anchor_generator=anchors,
                                          head=head, **_transform_kwargs(chip, bands)))
 
