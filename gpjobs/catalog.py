@@ -20,6 +20,9 @@ VGGS = ("VGG11", "VGG11_BN", "VGG13", "VGG13_BN", "VGG16", "VGG16_BN", "VGG19", 
 MOBILENETS = ("MOBILENET_V2",)
 CLASSIFICATION_BACKBONES = RESNETS + DENSENETS + MOBILENETS + VGGS
 ALL_BACKBONES = CLASSIFICATION_BACKBONES + ("DARKNET53",)
+# The R-CNNs and RetinaNet run over a feature pyramid built on the backbone's stride-4..32 taps, which every
+# classification backbone provides (gpjobs/training/models/detection/fpn_adapter.py).
+FPN_BACKBONES = CLASSIFICATION_BACKBONES
 
 # torchvision builder name and the file name torchvision stores its ImageNet weights under
 # (looked up in the configured weights directory; nothing is ever downloaded).
@@ -229,9 +232,9 @@ MODEL_TYPES: dict[str, ModelTypeInfo] = {m.name: m for m in (
             "pointrend": ArgSpec("bool", False, "accepted for compatibility; not implemented (ignored with a warning)"),
             "keep_dilation": ArgSpec("bool", False, "keep the dilated backbone at inference"),
         }, esri_model_name="DeepLab"),
-    _mt("FASTERRCNN", "detection", "detection", DETECTION_FORMATS, RESNETS, "RESNET50",
+    _mt("FASTERRCNN", "detection", "detection", DETECTION_FORMATS, FPN_BACKBONES, "RESNET50",
         DETECTION_RCNN_ARGUMENTS, esri_model_name="FasterRCNN"),
-    _mt("RETINANET", "detection", "detection", DETECTION_FORMATS, RESNETS, "RESNET50", {
+    _mt("RETINANET", "detection", "detection", DETECTION_FORMATS, FPN_BACKBONES, "RESNET50", {
         "scales": ArgSpec("float_list", [1.0, 2 ** (-1 / 3), 2 ** (-2 / 3)], "anchor scales per level"),
         "ratios": ArgSpec("float_list", [0.5, 1.0, 2.0], "anchor aspect ratios"),
     }, esri_model_name="RetinaNet"),
@@ -249,7 +252,7 @@ MODEL_TYPES: dict[str, ModelTypeInfo] = {m.name: m for m in (
         "anchors": ArgSpec("pair_list", None, "9 anchors [w, h] in pixels (default: k-means on the boxes)"),
         "pretrained_backbone": ArgSpec("bool", True, "start Darknet53 from local weights when present"),
     }, esri_model_name="YOLOv3"),
-    _mt("MASKRCNN", "detection", "instance", {"RCNN_Masks"}, RESNETS, "RESNET50", {
+    _mt("MASKRCNN", "detection", "instance", {"RCNN_Masks"}, FPN_BACKBONES, "RESNET50", {
         **DETECTION_RCNN_ARGUMENTS,
         "pointrend": ArgSpec("bool", False, "accepted for compatibility; not implemented (ignored with a warning)"),
     }, esri_model_name="MaskRCNN"),
