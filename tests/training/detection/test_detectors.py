@@ -1,7 +1,8 @@
 """The five detectors train for real on tiny generated exports, package, and predict from the package alone.
 
 Budget: random-initialised backbones (no weights offline) and a handful of CPU steps each, so the learning
-assertions are "the loss falls" and "AP is a number in range"; SSD and YOLOv3, cheap enough to train a bit
+assertions here are "the loss falls" and "AP is a number in range" (test_detectors_learn.py, `slow`, asserts a
+meaningful AP); SSD and YOLOv3, cheap enough to train a bit
 longer, must also find boxes (AP > 0), and `gpjobs predict` on their package must reproduce the AP.
 """
 
