@@ -173,3 +173,14 @@ def test_ssd_state_dict_rebuilds_the_head_it_belongs_to():
     assert fresh.grids == [4, 2] and fresh.k == 2
     assert torch.equal(fresh.anchors, trained.anchors)
     assert fresh.raw(torch.zeros(1, 3, 64, 64))[0].shape == (1, (16 + 4) * 2, 4)
+
+
+def test_fpn_anchor_sizes_follow_the_chip_but_span_at_least_four_strides():
+    from gpjobs.training.models.detection.fpn_adapter import level_anchor_sizes
+
+    # 32 px chip -> 48 px input: the chip-relative sizes (3, 6, 12, 24, 48) are raised to 4 strides
+    assert level_anchor_sizes(48, [4, 8, 16, 32, 64]) == ((16.0,), (32.0,), (64.0,), (128.0,), (256.0,))
+    # 448 px chip -> 672 px input: the deepest level spans the chip, each finer one halves it
+    assert level_anchor_sizes(672, [4, 8, 16, 32, 64]) == ((42.0,), (84.0,), (168.0,), (336.0,), (672.0,))
+    # RetinaNet's scales multiply each level's size
+    assert level_anchor_sizes(96, [8, 16, 32, 64, 128], (1.0, 0.5))[0] == (32.0, 16.0)

@@ -2,8 +2,9 @@
 
 torchvision's `resnet_fpn_backbone` builds its own ResNet (3 bands, its own weight loading). Going through the
 backbone factory instead keeps one place for multispectral first convs and local weights, and lets the same
-detectors run over DenseNet / VGG / MobileNet taps. Anchor sizes are set relative to the (resized) chip, not
-torchvision's 800-px defaults, so that 32-px and 448-px chips both get anchors of the size of their objects.
+detectors run over DenseNet / VGG / MobileNet taps. Anchor sizes follow the (resized) chip but are never
+narrower than 4 strides of their level (see `level_anchor_sizes`), not torchvision's 800-px defaults, so that
+32-px and 448-px chips both get anchors of the size of their objects. The FPN is GroupNorm'ed.
 """
 
 from __future__ import annotations
