@@ -297,7 +297,6 @@ for _name, _task, _formats, _esri in (
     ("MMDETECTION", "detection", DETECTION_FORMATS, "MMDetection"),
     ("DETREG", "detection", DETECTION_FORMATS, "DETReg"),
     ("SIAMMASK", "tracking", {"RCNN_Masks"}, "SiamMask"),
-    ("DEEPSORT", "tracking", {"Imagenet"}, "DeepSort"),
     ("MAXDEEPLAB", "panoptic", {"Panoptic_Segmentation"}, "MaXDeepLab"),
 ):
     MODEL_TYPES[_name] = _mt(_name, "", _task, _formats, (), None, implemented=False, esri_model_name=_esri)
@@ -318,6 +317,8 @@ _ROAD_ARGUMENTS: dict[str, ArgSpec] = {
     "ignore_classes": SEGMENTATION_ARGUMENTS["ignore_classes"],
     "class_balancing": SEGMENTATION_ARGUMENTS["class_balancing"],
 }
+MODEL_TYPES["DEEPSORT"] = _mt("DEEPSORT", "reid", "classification", {"Imagenet"}, ("REID_V1", "REID_V2"),
+                              "REID_V1", esri_model_name="DeepSort")
 _MMSEG_MODELS = ("unet", "pspnet", "deeplabv3", "deeplabv3plus", "fcn", "mobilenet_v2")
 MODEL_TYPES.update({m.name: m for m in (
     _mt("HED_EDGEDETECTOR", "edges", "segmentation", SEGMENTATION_FORMATS, RESNETS + VGGS, "VGG19",
