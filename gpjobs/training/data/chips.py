@@ -54,7 +54,10 @@ def read_chip(path: str | Path, extract_bands: Sequence[int] | None = None) -> n
         bad = [b for b in extract_bands if not 0 <= b < array.shape[2]]
         if bad:
             raise ChipReadError(f"{path.name}: has {array.shape[2]} bands, extract_bands asks for {bad}")
-        array = array[:, :, list(extract_bands)]
+        if list(extract_bands) != list(range(array.shape[2])):
+            # np.take keeps (H, W, C) C-contiguous; fancy indexing would return band-major strides,
+            # which made every later copy of the chip a slow strided one.
+            array = np.take(array, list(extract_bands), axis=2)
     return array
 
 

@@ -9,8 +9,9 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import Sampler
 
+from gpjobs.training.data.batching import FinishingLoader
 from gpjobs.training.data.chips import read_chip
 from gpjobs.training.data.datasets import ExportDataset, collate_detection, to_model_input
 from gpjobs.training.data.info import FORMAT_TASKS, DataInfo, Normalization
@@ -21,7 +22,6 @@ from gpjobs.training.data.report import DataError, DataReport, scan_folders
 __all__ = ["TrainingData", "open_training_data", "to_model_input", "collate_detection"]
 
 STATS_SAMPLE = 300  # chips read for band statistics when the export has none (arcgis.learn: 30% or <300 all)
-DETECTION_TASKS = frozenset({"detection", "instance", "panoptic"})
 
 
 @dataclass
@@ -36,18 +36,25 @@ class TrainingData:
     export_emd: dict[str, Any]
     seed: int = 42
 
-    def loaders(self, batch_size: int, *, num_workers: int = 0, pin_memory: bool = False
-                ) -> tuple[DataLoader, DataLoader]:
-        """(train, valid) loaders; workers are persistent, train drops a partial last batch when it has >= 2."""
-        collate = collate_detection if self.info.task in DETECTION_TASKS else None
+    def loaders(self, batch_size: int, *, num_workers: int = 0, pin_memory: bool = False,
+                device: torch.device | str | None = None, sampler: Sampler | None = None
+                ) -> tuple[FinishingLoader, FinishingLoader]:
+        """(train, valid) loaders; workers are persistent, train drops a partial last batch when it has >= 2.
+
+        Batches are normalised float32 images and int64 masks / target dicts, as the datasets' samples
+        collated; they cross from the workers in the file's dtype and are finished here (batching.py).
+        `pin_memory`: finished CPU batches are pinned. `device`: batches arrive on it, finished there.
+        `sampler`: a training sampler (e.g. oversampling) instead of the seeded shuffle.
+        """
         common: dict[str, Any] = {"batch_size": batch_size, "num_workers": num_workers, "pin_memory": pin_memory,
-                                  "collate_fn": collate}
+                                  "device": device}
         if num_workers > 0:
             common.update(persistent_workers=True, prefetch_factor=4, worker_init_fn=_worker_init)
         batches = math.ceil(len(self.train) / batch_size)
-        generator = torch.Generator().manual_seed(self.seed)
-        train = DataLoader(self.train, shuffle=True, drop_last=batches >= 2, generator=generator, **common)
-        valid = DataLoader(self.valid, shuffle=False, drop_last=False, **common)
+        order: dict[str, Any] = ({"sampler": sampler} if sampler is not None else
+                                 {"shuffle": True, "generator": torch.Generator().manual_seed(self.seed)})
+        train = FinishingLoader(self.train, drop_last=batches >= 2, **order, **common)
+        valid = FinishingLoader(self.valid, shuffle=False, drop_last=False, **common)
         return train, valid
 
 
