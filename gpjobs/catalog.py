@@ -294,7 +294,6 @@ MODEL_TYPES: dict[str, ModelTypeInfo] = {m.name: m for m in (
 # Model types the task lists that this server does not train yet: submit answers with a clear error.
 for _name, _task, _formats, _esri in (
     ("IMAGECAPTIONER", "captioning", {"MultiLabeled_Tiles"}, "ImageCaptioner"),
-    ("MMDETECTION", "detection", DETECTION_FORMATS, "MMDetection"),
     ("DETREG", "detection", DETECTION_FORMATS, "DETReg"),
     ("SIAMMASK", "tracking", {"RCNN_Masks"}, "SiamMask"),
     ("MAXDEEPLAB", "panoptic", {"Panoptic_Segmentation"}, "MaXDeepLab"),
@@ -319,6 +318,12 @@ _ROAD_ARGUMENTS: dict[str, ArgSpec] = {
 }
 MODEL_TYPES["DEEPSORT"] = _mt("DEEPSORT", "reid", "classification", {"Imagenet"}, ("REID_V1", "REID_V2"),
                               "REID_V1", esri_model_name="DeepSort")
+MODEL_TYPES["MMDETECTION"] = _mt("MMDETECTION", "mmdet", "detection", DETECTION_FORMATS, FPN_BACKBONES, "RESNET50", {
+    "model": ArgSpec("str", "faster_rcnn", "detector (OpenMMLab names that have an equivalent here; other mmdet "
+                                           "models and config paths are not supported)",
+                     ("faster_rcnn", "retinanet", "ssd", "yolov3", "yolo")),
+    "model_weight": ArgSpec("bool", False, "OpenMMLab checkpoint: not available offline (warns)"),
+}, esri_model_name="MMDetection")
 _MMSEG_MODELS = ("unet", "pspnet", "deeplabv3", "deeplabv3plus", "fcn", "mobilenet_v2")
 MODEL_TYPES.update({m.name: m for m in (
     _mt("HED_EDGEDETECTOR", "edges", "segmentation", SEGMENTATION_FORMATS, RESNETS + VGGS, "VGG19",
