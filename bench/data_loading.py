@@ -1,17 +1,24 @@
 """Chips/s through gpjobs' training-data loader vs a bare loop that only decodes the same files.
 
 Both sides, in the same run, read the same export (image chip + label raster per sample) with the
-same library (tifffile + imagecodecs). The loader additionally maps class values to indices,
-normalises, applies the random flip/rotation and collates batches. Target: ratio >= 0.8 with one
-worker (decoding, not our code, must be the bottleneck), higher with more workers.
+same library (tifffile + imagecodecs). The loader additionally maps class values to indices, draws
+the random flip/rotation, batches, ships the batch from its workers, and hands the consumer what the
+data contract promises (normalised float32 images, int64 masks). Target: ratio >= 0.8 with one worker
+(decoding, not our code, must be the bottleneck), higher with more workers.
 
-    .venv/bin/python bench/data_loading.py [--chips 96] [--size 256] [--bands 3] [--dtype uint8] [--workers 0 1 2]
+Bare and loader passes alternate and are paired, so a burst of load from other work on the box hits
+both sides of a ratio alike; the median of >= 5 paired ratios is reported with its range, and the
+1-minute load average around each variant. `--breakdown` also times the stages of one chip (median).
+
+    .venv/bin/python bench/data_loading.py [--chips 96] [--size 256] [--bands 3] [--dtype uint8]
+                                           [--workers 0 1 2] [--repeats 7] [--breakdown]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -33,12 +40,48 @@ def bare_decode(records) -> float:
     return time.perf_counter() - start
 
 
-def loader_pass(loader) -> float:
+def loader_pass(loader) -> tuple[float, int]:
+    """Seconds for one epoch and the chips it delivered (touching each batch, as a trainer would)."""
     start = time.perf_counter()
     n = 0
-    for images, _ in loader:
+    for images, masks in loader:
         n += len(images)
-    return time.perf_counter() - start
+        assert images.dtype.is_floating_point and masks.dtype.is_signed  # float32 / int64 reached us
+    return time.perf_counter() - start, n
+
+
+def load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"{one:.2f}/{five:.2f}"
+
+
+def breakdown(data, batch: int, repeats: int) -> None:
+    """Median ms per chip of each stage, 0 workers (where the time goes, not a ratio)."""
+    import torch
+
+    from gpjobs.training.data.batching import RawCollate, _Finisher
+
+    ds = data.train
+    n = len(ds)
+    collate, finish = RawCollate(ds.task), _Finisher(ds, None, pin=False)
+    raws = [ds.raw(i) for i in range(n)]
+    batches = [collate(raws[i:i + batch]) for i in range(0, n, batch)]
+    stages = {
+        "bare decode (tifffile.imread x2)": lambda: bare_decode(ds.records),
+        "dataset.raw (decode + class LUT + draw)": lambda: [ds.raw(i) for i in range(n)],
+        "collate raw batch (memcpy)": lambda: [collate(raws[i:i + batch]) for i in range(0, n, batch)],
+        "finish (flip/rotate, normalise, int64)": lambda: [finish(b) for b in batches],
+        "dataset[i] one by one (old per-sample path)": lambda: [ds[i] for i in range(n)],
+    }
+    print("per-chip stage times, 0 workers (median of", repeats, "passes):")
+    for name, fn in stages.items():
+        times = []
+        for _ in range(repeats):
+            torch.manual_seed(0)
+            start = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start) * 1e3 / n)
+        print(f"  {name:46s} {statistics.median(times):6.3f} ms")
 
 
 def main() -> int:
@@ -49,7 +92,8 @@ def main() -> int:
     parser.add_argument("--dtype", default="uint8")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--repeats", type=int, default=5, help="paired timed passes per variant")
+    parser.add_argument("--repeats", type=int, default=7, help="paired timed passes per variant (>= 5)")
+    parser.add_argument("--breakdown", action="store_true", help="also time each stage per chip")
     args = parser.parse_args()
 
     import torch
@@ -64,23 +108,24 @@ def main() -> int:
         records = data.train.records
         n = len(records)
         print(f"{n} chips {args.size}x{args.size}x{args.bands} {args.dtype} LZW TIFF + label, batch {args.batch}, "
-              f"{os.cpu_count()} CPUs")
+              f"{os.cpu_count()} CPUs, load {load()} (1/5 min), torch threads 1")
         bare_decode(records)  # warm the page cache for both sides
-        # The box is shared with other work: alternate bare and loader passes and pair them, so that a
-        # burst of outside load hits both sides of a ratio alike; report the median of the paired ratios.
+        if args.breakdown:
+            breakdown(data, args.batch, args.repeats)
         for workers in args.workers:
             train, _ = data.loaders(args.batch, num_workers=workers, pin_memory=torch.cuda.is_available())
             loader_pass(train)  # first pass starts the (persistent) workers
-            used = len(train) * args.batch  # drop_last may leave a partial batch out
+            before = load()
             pairs = []
             for _ in range(args.repeats):
                 bare_rate = n / bare_decode(records)
-                pairs.append((bare_rate, used / loader_pass(train)))
+                seconds, used = loader_pass(train)  # drop_last may leave a partial batch out
+                pairs.append((bare_rate, used / seconds))
             ratios = sorted(ours / bare for bare, ours in pairs)
-            bare_rate, rate = max(p[0] for p in pairs), max(p[1] for p in pairs)
-            print(f"workers={workers}: loader {rate:7.1f} chips/s, bare decode {bare_rate:7.1f} chips/s, "
-                  f"ratio {ratios[len(ratios) // 2]:.2f} (median of {len(ratios)} paired runs, "
-                  f"{ratios[0]:.2f}..{ratios[-1]:.2f})")
+            print(f"workers={workers}: ratio {statistics.median(ratios):.2f} (median of {len(ratios)} paired runs, "
+                  f"range {ratios[0]:.2f}..{ratios[-1]:.2f}); loader {statistics.median(p[1] for p in pairs):6.1f} "
+                  f"chips/s, bare decode {statistics.median(p[0] for p in pairs):6.1f} chips/s (medians); "
+                  f"load {before} -> {load()}")
             del train
     return 0
 

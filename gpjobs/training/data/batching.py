@@ -13,15 +13,17 @@ batch is moved first (pinned, non-blocking) and finished there: a quarter of the
 
 from __future__ import annotations
 
-import math
+import os
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 from torch.utils.data._utils.collate import default_collate
 
 from gpjobs.training.data.datasets import ExportDataset, collate_detection
+from gpjobs.training.data.chips import ChipReadError, chip_header
+from gpjobs.training.data.packing import Packed, Packer, SlotRing, in_worker
 
 __all__ = ["FinishingLoader", "RawCollate", "RawSamples", "sample_collate"]
 
@@ -48,63 +50,84 @@ class RawSamples(Dataset):
         return self.dataset.raw(index)
 
 
-def _buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialised batch tensor; in a worker it lives in shared memory from the start, so it is
-    written once and sent by handle (what torch's default_collate does for its stacks)."""
-    if get_worker_info() is None:
-        return torch.empty(shape, dtype=dtype)
-    elem = torch.empty(0, dtype=dtype)
-    storage = elem._typed_storage()._new_shared(math.prod(shape), device=elem.device)
-    return elem.new(storage).resize_(shape)
-
-
 def as_tensor(array: np.ndarray) -> torch.Tensor:
     """A numpy array as a tensor without copying when it can (Pillow hands out read-only arrays)."""
     return torch.from_numpy(array if array.flags.writeable else array.copy())
 
 
 def stack_raw(arrays: list[np.ndarray]) -> torch.Tensor | list[torch.Tensor]:
-    """Same-shaped arrays -> one batch tensor (a memcpy each: the arrays are decoded, not yet flipped).
+    """Same-shaped arrays -> one batch tensor (a memcpy each: the arrays are decoded, not yet flipped;
+    a value-preserving widening when dtypes differ, e.g. uint8 label rasters next to uint16 ones).
     Chips of another size than their batch-mates (a warning in the report) stay a list."""
     first = arrays[0]
-    if any(a.shape != first.shape or a.dtype != first.dtype for a in arrays):
+    if any(a.shape != first.shape for a in arrays):
         return [as_tensor(a) for a in arrays]
-    out = _buffer((len(arrays), *first.shape), torch.from_numpy(first[:0].copy()).dtype)
+    dtype = np.result_type(*arrays) if any(a.dtype != first.dtype for a in arrays) else first.dtype
+    out = torch.from_numpy(np.empty((len(arrays), *first.shape), dtype))
     view = out.numpy()
     for i, a in enumerate(arrays):
         view[i] = a
     return out
 
 
+class _Direct:
+    """Batch assembly in the consuming process (0 workers): plain tensors, nothing to ship."""
+
+    def stack(self, arrays: list[np.ndarray]) -> Any:
+        return stack_raw(arrays)
+
+    def array(self, array: np.ndarray, *, keep: bool) -> torch.Tensor:
+        return as_tensor(array)
+
+    def tensor(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def pack(self, structure: Any, ring: SlotRing | None = None) -> Any:
+        return structure
+
+
+class _Shipped(Packer):
+    """Batch assembly in a worker: everything into one shared buffer (packing.py)."""
+
+    def stack(self, arrays: list[np.ndarray]) -> Any:
+        if any(a.shape != arrays[0].shape for a in arrays):
+            return [self.array(a, keep=False) for a in arrays]
+        return super().stack(arrays)
+
+
 class RawCollate:
     """Raw samples -> a raw batch: (geometry codes [B], *slots) with the structure of the finished batch
-    (picklable, runs in the workers)."""
+    (picklable, runs in the workers, where it comes out as one `Packed` buffer)."""
 
-    def __init__(self, task: str) -> None:
+    def __init__(self, task: str, ring: SlotRing | None = None) -> None:
         self.task = task
+        self.ring = ring
 
-    def __call__(self, samples: list[tuple]) -> tuple:
+    def __call__(self, samples: list[tuple]) -> Any:
         task = self.task
-        codes = torch.tensor([s[0] for s in samples], dtype=torch.uint8)
-        images = stack_raw([s[1] for s in samples])
+        into = _Shipped() if in_worker() else _Direct()
+        codes = into.tensor(torch.tensor([s[0] for s in samples], dtype=torch.uint8))
+        images = into.stack([s[1] for s in samples])
         if task in ("segmentation", "change"):
-            return (codes, images, *(stack_raw([s[i] for s in samples]) for i in range(2, len(samples[0]))))
-        if task == "translation":
-            return codes, images, None if samples[0][2] is None else stack_raw([s[2] for s in samples])
-        if task in DETECTION_TASKS:
-            targets = [dict(s[2]) for s in samples]
-            for t in targets:
-                if "semantic" in t:
-                    t["semantic"] = as_tensor(t["semantic"])
-            return codes, images, targets
-        return codes, images, torch.stack([s[2] for s in samples])  # classification, multilabel
+            batch = (codes, images, *(into.stack([s[i] for s in samples]) for i in range(2, len(samples[0]))))
+        elif task == "translation":
+            batch = (codes, images, None if samples[0][2] is None else into.stack([s[2] for s in samples]))
+        elif task in DETECTION_TASKS:
+            targets = [{k: into.array(v, keep=False) if isinstance(v, np.ndarray) else into.tensor(v) for k, v in s[2].items()}
+                       for s in samples]  # "semantic" label values are raw arrays, the rest final tensors
+            batch = (codes, images, targets)
+        else:  # classification, multilabel
+            batch = (codes, images, into.tensor(torch.stack([s[2] for s in samples])))
+        return into.pack(batch, self.ring)
 
 
 class _Finisher:
     """Raw batch -> the finished batch, on the CPU (optionally pinned) or on `device`."""
 
-    def __init__(self, dataset: ExportDataset, device: torch.device | None, pin: bool) -> None:
+    def __init__(self, dataset: ExportDataset, device: torch.device | None, pin: bool,
+                 ring: SlotRing | None = None) -> None:
         self.dataset = dataset
+        self.ring = ring
         self.task = dataset.task
         self.device = device
         self.pin = pin
@@ -138,7 +161,15 @@ class _Finisher:
             return t.to(self.device, non_blocking=True)
         return {k: self._target(v) for k, v in t.items()} if isinstance(t, dict) else t
 
-    def __call__(self, raw: tuple) -> Any:
+    def __call__(self, raw: Any) -> Any:
+        if isinstance(raw, Packed) and raw.slot is not None:
+            try:
+                return self._finish(raw.unpack(self.ring))
+            finally:  # everything finished is a copy (or the device's); the worker may refill the slot
+                self.ring.release(tuple(raw.slot))  # type: ignore[union-attr]
+        return self._finish(raw.unpack() if isinstance(raw, Packed) else raw)
+
+    def _finish(self, raw: Any) -> Any:
         task = self.task
         codes = raw[0].tolist()
         images = self.images(raw[1], codes)
@@ -172,15 +203,19 @@ class FinishingLoader:
         cuda = torch.cuda.is_available()
         device = torch.device(device) if device is not None else None
         on_accelerator = device is not None and device.type != "cpu"
+        prefetch = loader_kw.get("prefetch_factor") or 2
+        self.ring = _ring_for(dataset, batch_size, num_workers, prefetch) if num_workers > 0 else None
         # Pin the small raw batch when it is going to an accelerator; pin the finished one when the
         # consumer moves it itself (pin_memory asked, no device given).
         self.loader = DataLoader(RawSamples(dataset), batch_size=batch_size, num_workers=num_workers,
-                                 collate_fn=RawCollate(dataset.task), pin_memory=cuda and on_accelerator,
+                                 collate_fn=RawCollate(dataset.task, self.ring), pin_memory=cuda and on_accelerator,
                                  **loader_kw)
-        self._finish = _Finisher(dataset, device, pin=cuda and pin_memory and device is None)
+        self._finish = _Finisher(dataset, device, pin=cuda and pin_memory and device is None, ring=self.ring)
 
     def __iter__(self) -> Iterator[Any]:
         finish = self._finish
+        if self.ring is not None:
+            self.ring.new_epoch()  # before torch resets the workers (in iter() below)
         for raw in self.loader:
             yield finish(raw)
 
@@ -191,3 +226,32 @@ class FinishingLoader:
         if name == "loader":  # not set yet (e.g. during unpickling): no recursion
             raise AttributeError(name)
         return getattr(self.loader, name)
+
+
+RING_BYTES = 256 * 2 ** 20  # at most this much shared memory per loader for reusable slots
+
+
+def _ring_for(dataset: ExportDataset, batch_size: int, workers: int, prefetch: int) -> SlotRing | None:
+    """Slots sized for a batch of the first chip's size (+25% and room for targets): a worker holds at
+    most `prefetch` batches queued plus one being read; None (fresh segments) when that would not fit
+    comfortably in /dev/shm or RING_BYTES."""
+    if not len(dataset):
+        return None
+    try:
+        h, w, bands, dtype = chip_header(dataset.records[0].image)
+    except ChipReadError:
+        return None
+    itemsize = np.dtype(dtype).itemsize
+    images = 2 if dataset.task in ("change", "translation") else 1
+    per_chip = h * w * (len(dataset.info.extract_bands) * itemsize * images + 2) + 4096
+    slot_bytes = int(batch_size * per_chip * 1.25) + 65536
+    slots = prefetch + 2
+    total = workers * slots * slot_bytes
+    try:
+        shm = os.statvfs("/dev/shm")
+        free = shm.f_bavail * shm.f_frsize
+    except OSError:
+        free = 0
+    if total > min(RING_BYTES, free // 4):
+        return None
+    return SlotRing(workers, slots, slot_bytes)

@@ -7,8 +7,8 @@ segmentation mask int64 [H, W] (0 = NoData, classes[i] -> i + 1); classification
 change (before, after, mask); Export_Tiles alone (image, image). Augmentation = flips and 90-degree
 rotations, applied jointly.
 
-Each sample exists first in a raw form (`ExportDataset.raw`): the decoded pixels untouched, masks as
-compact indices, plus the drawn geometry. Loader workers ship that (a quarter of the bytes for uint8
+Each sample exists first in a raw form (`ExportDataset.raw`): the decoded pixels and label values
+untouched, plus the drawn geometry. Loader workers ship that (a quarter of the bytes for uint8
 chips) and the batch is finished where it is consumed (batching.py); `dataset[i]` finishes one sample
 with the same functions (pixels.py).
 """
@@ -58,13 +58,14 @@ class ExportDataset(Dataset):
         self.task = info.task
         self._raw_classes = [RawClass(c.value, c.name, c.color) for c in info.classes]
         self._index = {c.value: i for i, c in enumerate(info.classes)}
-        # Lookup table class value -> model index (0 = NoData): one gather per mask instead of K
-        # compares, into the smallest dtype that holds the indices (what crosses process boundaries).
-        top = max([0, *self._index])
-        self._lut = np.zeros(top + 1, np.uint8 if len(self._index) < 256 else np.int32)
+        # Class value -> model index (0 = NoData) as a lookup table, applied where the batch is finished:
+        # one gather per mask instead of K compares, fused with the flips and the widening to int64.
+        self._top = max([0, *self._index])
+        self._values = np.zeros(self._top + 1, np.int64)
         for value, i in self._index.items():
             if value >= 0:
-                self._lut[value] = i + 1
+                self._values[value] = i + 1
+        self._luts: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
         self.scale, self.offset = affine_tensors(info)
 
     def __len__(self) -> int:
@@ -81,18 +82,25 @@ class ExportDataset(Dataset):
         """Decoded chip (H, W, C) in its native dtype, ExtractBands applied."""
         return read_chip(path, self.info.extract_bands)
 
-    def _indices(self, path) -> np.ndarray:
-        """Label raster -> contiguous (H, W) model indices in the lookup table's dtype (one gather)."""
+    def _label_values(self, path) -> np.ndarray:
+        """The label raster's class values (H, W): uint8/uint16 as decoded (the table covers their whole
+        range); other dtypes with values outside the classes set to NoData, in the narrowest dtype."""
         raw = read_label_raster(path, native=True)
-        lut = self._lut
         if raw.dtype in (np.uint8, np.uint16):
-            # A table covering the whole dtype range: no range check pass over the mask needed.
-            full = np.iinfo(raw.dtype).max + 1
-            if len(lut) < full:
-                lut = self._lut = np.concatenate([lut, np.zeros(full - len(lut), lut.dtype)])
-        else:
-            raw = np.clip(raw.astype(np.int64), 0, len(lut) - 1)
-        return np.take(lut, raw, mode="clip")  # "clip": no buffered bounds check (the table covers the range)
+            return raw
+        values = raw.astype(np.int64)
+        values[(values < 0) | (values > self._top)] = 0
+        return values.astype(np.uint16 if self._top <= np.iinfo(np.uint16).max else np.int32)
+
+    def lut(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """int64 class value -> model index table covering every value of `dtype` (cached per device)."""
+        key = (dtype, device)
+        if key not in self._luts:
+            size = {torch.uint8: 256, torch.uint16: 65536}.get(dtype, self._top + 1)
+            table = np.zeros(max(size, self._top + 1), np.int64)
+            table[: self._top + 1] = self._values
+            self._luts[key] = torch.from_numpy(table).to(device)
+        return self._luts[key]
 
     def finish_images(self, raw: torch.Tensor, codes: Sequence[int] | None, *, pin_memory: bool = False
                       ) -> torch.Tensor:
@@ -101,7 +109,8 @@ class ExportDataset(Dataset):
         return finish_images(raw, codes, scale, offset, tuple(self.info.chip_size), pin_memory=pin_memory)
 
     def finish_masks(self, raw: torch.Tensor, codes: Sequence[int] | None) -> torch.Tensor:
-        return finish_masks(raw, codes, tuple(self.info.chip_size))
+        """Raw (B, H, W) label values -> int64 model indices (B, H, W) at chip_size (on raw's device)."""
+        return finish_masks(raw, codes, self.lut(raw.dtype, raw.device), tuple(self.info.chip_size))
 
     def _objects(self, rec: ChipRecord) -> list[tuple[int, tuple[float, float, float, float]]]:
         if rec.objects is not None:
@@ -123,8 +132,8 @@ class ExportDataset(Dataset):
         def image(pixels: np.ndarray) -> torch.Tensor:
             return self.finish_images(_tensor(pixels)[None], codes)[0]
 
-        def mask(indices: np.ndarray) -> torch.Tensor:
-            return self.finish_masks(_tensor(indices)[None], codes)[0]
+        def mask(values: np.ndarray) -> torch.Tensor:
+            return self.finish_masks(_tensor(values)[None], codes)[0]
 
         first, task = image(sample[0]), self.task
         if task == "segmentation":
@@ -139,8 +148,8 @@ class ExportDataset(Dataset):
 
     def raw(self, index: int) -> tuple:
         """(geometry code, *sample) with the structure of `self[index]`: decoded (H, W, C) pixels where
-        images go and compact (H, W) index arrays where masks go, neither augmented yet (the code says
-        how); other targets (labels, boxes, instance masks) final, geometry applied."""
+        images go and (H, W) label values where masks go, neither mapped nor augmented yet (the code
+        says how); other targets (labels, boxes, instance masks) final, geometry applied."""
         rec = self.records[index]
         code = self._geometry()
         task = self.task
@@ -154,9 +163,9 @@ class ExportDataset(Dataset):
                 target[self._index[value]] = 1.0
             return code, pixels, target
         if task == "segmentation":
-            return code, pixels, self._indices(rec.label)
+            return code, pixels, self._label_values(rec.label)
         if task == "change":
-            return code, pixels, self._pixels(rec.image2), self._indices(rec.label)
+            return code, pixels, self._pixels(rec.image2), self._label_values(rec.label)
         if task == "translation":
             # Export_Tiles alone (super-resolution): the target is the chip itself; the model degrades it.
             return code, pixels, None if rec.image2 is None else self._pixels(rec.image2)
@@ -165,7 +174,7 @@ class ExportDataset(Dataset):
             return code, pixels, {"boxes": _boxes_of(masks), "labels": labels, "masks": masks}
         if task == "panoptic":
             masks, labels = self._instances(rec, code)
-            return code, pixels, {"semantic": self._indices(rec.label), "masks": masks, "labels": labels,
+            return code, pixels, {"semantic": self._label_values(rec.label), "masks": masks, "labels": labels,
                                   "boxes": _boxes_of(masks)}
         # detection: boxes are in source-chip pixels; scale to chip_size, then the same flips as the image
         objects = self._objects(rec)

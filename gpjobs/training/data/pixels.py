@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -66,18 +67,39 @@ def finish_images(raw: torch.Tensor, codes: Sequence[int] | None, scale: torch.T
     return resize_images(out, size)
 
 
-def finish_masks(raw: torch.Tensor, codes: Sequence[int] | None, size: tuple[int, int]) -> torch.Tensor:
-    """Compact class-index masks (B, H, W) -> int64 (B, H', W') with the same geometry as their chips."""
-    if not codes or not any(codes):
-        return resize_masks(raw.to(torch.int64), size)
+def dihedral_np(a: np.ndarray, code: int, h_axis: int) -> np.ndarray:
+    """numpy twin of `dihedral`, as a view (no copy)."""
+    index = [slice(None)] * a.ndim
+    if code & FLIP_W:
+        index[h_axis + 1] = slice(None, None, -1)
+    if code & FLIP_H:
+        index[h_axis] = slice(None, None, -1)
+    a = a[tuple(index)]
+    return np.swapaxes(a, h_axis, h_axis + 1) if code & TRANSPOSE else a
+
+
+def finish_masks(raw: torch.Tensor, codes: Sequence[int] | None, lut: torch.Tensor,
+                 size: tuple[int, int]) -> torch.Tensor:
+    """Label rasters (B, H, W) of class values -> int64 model indices (B, H', W'), with the same geometry
+    as their chips. `lut` (int64, on raw's device) maps every value raw's dtype can hold.
+
+    On the CPU one np.take per chip does the class mapping, the flips and the widening in a single pass.
+    """
     b, h, w = raw.shape
+    codes = list(codes) if codes else [0] * b
     if b > 1 and h != w and any(k & TRANSPOSE for k in codes):
-        return torch.cat([finish_masks(raw[i:i + 1], codes[i:i + 1], size) for i in range(b)])
+        return torch.cat([finish_masks(raw[i:i + 1], codes[i:i + 1], lut, size) for i in range(b)])
     if codes[0] & TRANSPOSE:
         h, w = w, h
     out = torch.empty((b, h, w), dtype=torch.int64, device=raw.device)
-    for i in range(b):
-        out[i].copy_(dihedral(raw[i], int(codes[i]), 0))
+    if raw.device.type == "cpu":
+        values, table, target = raw.numpy(), lut.numpy(), out.numpy()
+        for i in range(b):
+            np.take(table, dihedral_np(values[i], int(codes[i]), 0), out=target[i], mode="clip")
+    else:
+        indices = lut[raw.to(torch.int64)]
+        for i in range(b):
+            out[i].copy_(dihedral(indices[i], int(codes[i]), 0))
     return resize_masks(out, size)
 
 

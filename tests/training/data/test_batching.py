@@ -159,3 +159,27 @@ def test_loader_forwards_attributes_and_accepts_a_sampler(tmp_path):
     ordered, _ = data.loaders(2, sampler=sampler)
     labels = torch.cat([y for _, y in ordered])
     assert labels.tolist() == [int(data.train[i][1]) for i in range(4)]
+
+
+def test_label_values_of_every_dtype_map_to_model_indices(tmp_path):
+    """uint16 labels (class 300), uint8 ones (chips without it) and an int16 one in one batch (shipped
+    widened to uint16): the mapping matches a direct one. (Values outside the class list never get
+    here: the report refuses them.)"""
+    folder = write_classified_tiles(tmp_path, n=6, classes=((1, "a"), (300, "b")))
+    labels = sorted((folder / "labels").glob("*.tif"))
+    assert {read_chip(p).dtype for p in labels} == {np.dtype(np.uint8), np.dtype(np.uint16)}
+    stray = read_chip(labels[1])[:, :, 0].astype(np.int16)
+    stray[0, :3] = [0, 1, 300]
+    write_image(labels[1], stray)
+    assert read_chip(labels[1]).dtype == np.int16
+    data = open_training_data([folder], task="segmentation", validation_percent=0, augment=True)
+    table = {0: 0, 1: 1, 300: 2}
+    assert RawCollate("segmentation")([data.train.raw(i) for i in range(6)])[2].dtype == torch.uint16
+    for seed in range(3):
+        batch = raw_batch(data, range(6), seed)
+        assert_same(batch, reference_batch(data, range(6), seed))
+    plain = open_training_data([folder], task="segmentation", validation_percent=0, augment=False)
+    for i, rec in enumerate(plain.train.records):
+        values = read_chip(rec.label)[:, :, 0].astype(np.int64)
+        expected = np.vectorize(lambda v: table.get(int(v), 0))(values)
+        assert np.array_equal(plain.train[i][1].numpy(), expected), rec.label.name
