@@ -115,8 +115,9 @@ def test_torchvision_detectors_train_package_and_reload(tmp_path, model_type):
     masks = model_type == "MASKRCNN"
     folder = (write_rcnn_masks if masks else write_pascal_voc)(tmp_path, n=12, size=32)
     args = SMALL_RCNN if model_type != "RETINANET" else {"scales": [1.0, 0.5], "ratios": [1.0]}
-    spec, result = _train_ok(tmp_path, folder, model_type, backbone_model="RESNET18", max_epochs=3,
-                             learning_rate=0.0002, arguments=args)
+    # train loss: 3 tiny epochs leave the validation loss noisy; test_detectors_learn.py pins real learning
+    spec, result = _train_ok(tmp_path, folder, model_type, falling="train_loss", backbone_model="RESNET18",
+                             max_epochs=3, learning_rate=0.0002, arguments=args)
     emd = result["emd"]
     _check_emd(emd, model_type, ["a", "b"])
     if masks:

@@ -14,6 +14,9 @@ from gpjobs.training.models.detection.yolo_net import YOLOv3Net, check_chip_mult
 
 
 class YOLOv3Family(DetectionFamily):
+    # YOLO's early gradient norms are ~5e4 (BatchNorm on 1x1 maps at stride 32): clipping at the detectors'
+    # default of 10 freezes it. Off unless the clip_grad_norm argument asks for it.
+    default_clip_grad_norm = 0.0
     emd_model_configuration = "_yolov3_inference"
     detect_thresh = 0.1  # arcgis' YOLOv3 AP: average_precision_score(detect_thresh=0.1, iou_thresh=0.1)
 
