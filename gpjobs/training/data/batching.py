@@ -232,9 +232,10 @@ RING_BYTES = 256 * 2 ** 20  # at most this much shared memory per loader for reu
 
 
 def _ring_for(dataset: ExportDataset, batch_size: int, workers: int, prefetch: int) -> SlotRing | None:
-    """Slots sized for a batch of the first chip's size (+25% and room for targets): a worker holds at
-    most `prefetch` batches queued plus one being read; None (fresh segments) when that would not fit
-    comfortably in /dev/shm or RING_BYTES."""
+    """Slots sized for a batch of the first chip's size (+25% and room for targets). A worker has at
+    most `prefetch` batches queued plus one being read; as many again cover the batches of a pass
+    abandoned by a `break`, whose slots come back one pass later. None (fresh segments) when that
+    would not fit comfortably in /dev/shm or RING_BYTES."""
     if not len(dataset):
         return None
     try:
@@ -245,7 +246,7 @@ def _ring_for(dataset: ExportDataset, batch_size: int, workers: int, prefetch: i
     images = 2 if dataset.task in ("change", "translation") else 1
     per_chip = h * w * (len(dataset.info.extract_bands) * itemsize * images + 2) + 4096
     slot_bytes = int(batch_size * per_chip * 1.25) + 65536
-    slots = prefetch + 2
+    slots = 2 * prefetch + 2
     total = workers * slots * slot_bytes
     try:
         shm = os.statvfs("/dev/shm")

@@ -7,6 +7,8 @@ for every flip/rotation, with workers, on a device, with mixed chip sizes.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -183,3 +185,57 @@ def test_label_values_of_every_dtype_map_to_model_indices(tmp_path):
         values = read_chip(rec.label)[:, :, 0].astype(np.int64)
         expected = np.vectorize(lambda v: table.get(int(v), 0))(values)
         assert np.array_equal(plain.train[i][1].numpy(), expected), rec.label.name
+
+
+def test_worker_batches_reuse_ring_slots_across_epochs_and_abandoned_passes(tmp_path):
+    """More batches than slots, three passes after one abandoned mid-way: every batch is still its
+    samples, slots are really used (taken while a pass runs) and all free again after full passes (the
+    abandoned pass's stale batches, dropped by torch, hold their slots one pass longer)."""
+    data = open_training_data([write_classified_tiles(tmp_path, n=40)], task="segmentation",
+                              validation_percent=50, augment=False)
+    _, valid = data.loaders(2, num_workers=1)
+    ring = valid.ring
+    assert ring is not None and ring.state.shape == (1, 10)
+    expected = [valid.dataset[i] for i in range(len(valid.dataset))]
+    it = iter(valid)
+    next(it)
+    deadline = time.monotonic() + 10  # the worker fills its prefetched batches into slots meanwhile
+    while not int((ring.state > 0).sum()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    taken = int((ring.state > 0).sum())
+    del it  # abandoned: its in-flight slots are reclaimed by the next pass's epoch
+    for epoch in range(3):
+        seen = 0
+        for images, masks in valid:
+            for j in range(len(images)):
+                assert torch.equal(images[j], expected[seen][0]) and torch.equal(masks[j], expected[seen][1])
+                seen += 1
+        assert seen == len(expected) and len(expected) > 10
+        assert epoch == 0 or int(ring.state.sum()) == 0
+    assert taken >= 1
+
+
+def test_ring_slot_protocol(monkeypatch):
+    from gpjobs.training.data import packing
+
+    class Info:
+        id = 0
+
+    monkeypatch.setattr(packing, "get_worker_info", lambda: Info())
+    ring = packing.SlotRing(workers=1, slots=2, slot_bytes=128)
+    assert ring.claim(129) is None  # too big: the caller falls back to a fresh segment
+    first, second = ring.claim(64), ring.claim(64)
+    assert {first, second} == {(0, 0), (0, 1)} and ring.claim(64) is None  # all taken
+    ring.release(first)
+    assert ring.claim(64) == first
+    ring.new_epoch()  # slots filled in an earlier pass are reusable (torch dropped those batches)
+    assert ring.claim(64) is not None and ring.claim(64) is not None and ring.claim(64) is None
+    packer = packing.Packer()
+    ref = packer.stack([np.arange(6, dtype=np.uint16).reshape(2, 3)] * 2)
+    ring.new_epoch()
+    packed = packer.pack({"x": ref, "keep": packer.tensor(torch.tensor([7, 8]))}, ring)
+    assert packed.buffer is None and packed.slot is not None  # in a slot, not its own segment
+    out = packed.unpack(ring)
+    assert out["x"].dtype == torch.uint16 and out["x"].to(torch.int64).tolist() == [[[0, 1, 2], [3, 4, 5]]] * 2
+    assert out["keep"].tolist() == [7, 8] and out["keep"].untyped_storage().data_ptr() != \
+        ring.buffer(packed.slot).untyped_storage().data_ptr()  # kept targets are copies
