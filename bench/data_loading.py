@@ -8,7 +8,10 @@ data contract promises (normalised float32 images, int64 masks). Target: ratio >
 
 Bare and loader passes alternate and are paired, so a burst of load from other work on the box hits
 both sides of a ratio alike; the median of >= 5 paired ratios is reported with its range, and the
-1-minute load average around each variant. `--breakdown` also times the stages of one chip (median).
+1-minute load average around each variant. On a shared box wall-clock ratios swing with the load
+(and a worker process can even win a bigger share of a crowded CPU than the single bare process), so
+CPU time is reported too: bare decode CPU per chip vs loader CPU per chip (consumer + workers), whose
+ratio is the loader's efficiency whatever the load. `--breakdown` also times the stages of one chip.
 
     .venv/bin/python bench/data_loading.py [--chips 96] [--size 256] [--bands 3] [--dtype uint8]
                                            [--workers 0 1 2] [--repeats 7] [--breakdown]
@@ -48,6 +51,20 @@ def loader_pass(loader) -> tuple[float, int]:
         n += len(images)
         assert images.dtype.is_floating_point and masks.dtype.is_signed  # float32 / int64 reached us
     return time.perf_counter() - start, n
+
+
+def worker_cpu(loader) -> float:
+    """CPU seconds used so far by the loader's worker processes (Linux /proc; 0 when unavailable)."""
+    iterator = getattr(getattr(loader, "loader", loader), "_iterator", None)
+    total = 0.0
+    for worker in getattr(iterator, "_workers", []) or []:
+        try:
+            with open(f"/proc/{worker.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
 
 
 def load() -> str:
@@ -116,16 +133,25 @@ def main() -> int:
             train, _ = data.loaders(args.batch, num_workers=workers, pin_memory=torch.cuda.is_available())
             loader_pass(train)  # first pass starts the (persistent) workers
             before = load()
-            pairs = []
+            pairs, bare_cpu, main_cpu, work_cpu, chips = [], 0.0, 0.0, 0.0, 0
             for _ in range(args.repeats):
+                c0 = time.process_time()
                 bare_rate = n / bare_decode(records)
+                c1, w1 = time.process_time(), worker_cpu(train)
                 seconds, used = loader_pass(train)  # drop_last may leave a partial batch out
+                c2, w2 = time.process_time(), worker_cpu(train)
+                bare_cpu += c1 - c0
+                main_cpu, work_cpu, chips = main_cpu + c2 - c1, work_cpu + w2 - w1, chips + used
                 pairs.append((bare_rate, used / seconds))
             ratios = sorted(ours / bare for bare, ours in pairs)
+            per_bare, per_main, per_work = (1e3 * bare_cpu / (n * args.repeats), 1e3 * main_cpu / chips,
+                                            1e3 * work_cpu / chips)
             print(f"workers={workers}: ratio {statistics.median(ratios):.2f} (median of {len(ratios)} paired runs, "
                   f"range {ratios[0]:.2f}..{ratios[-1]:.2f}); loader {statistics.median(p[1] for p in pairs):6.1f} "
                   f"chips/s, bare decode {statistics.median(p[0] for p in pairs):6.1f} chips/s (medians); "
                   f"load {before} -> {load()}")
+            print(f"           CPU ms/chip: bare {per_bare:.2f}, loader {per_main + per_work:.2f} (consumer "
+                  f"{per_main:.2f} + workers {per_work:.2f}); CPU efficiency {per_bare / (per_main + per_work):.2f}")
             del train
     return 0
 
