@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast setup demo-data client-tools bench clean
+.PHONY: run test test-heavy test-fast setup demo-data client-tools bench clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -25,10 +25,13 @@ demo-data: $(STAMP)
 	print(w('var/fileshares/default', n=48, size=64, classes=((1, 'building'), (2, 'road')), name='demo_buildings'))"
 
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not gpu" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not gpu and not heavy" $(PYTEST_ARGS)
+
+test-heavy: $(STAMP)
+	$(PY) -m pytest -q -m heavy $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow and not gpu" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow and not gpu and not heavy" $(PYTEST_ARGS)
 
 # Optional: the real third-party clients that tests/clients drives (marked `clients`; they skip with a
 # reason when these are missing). Never runtime dependencies of gpjobs. Best effort: each step may fail.
