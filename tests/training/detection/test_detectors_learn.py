@@ -33,9 +33,10 @@ CASES = {
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-# MASKRCNN takes 150-340 s on 2 loaded cores and once missed AP 0.3 under load: `make test-heavy` runs it.
-@pytest.mark.parametrize("model_type", [pytest.param(m, marks=pytest.mark.heavy) if m == "MASKRCNN" else m
-                                        for m in sorted(CASES)])
+# Minutes of CPU each, and a few dozen steps from random weights sit near the AP 0.3 bar: on a loaded machine
+# RETINANET and MASKRCNN each missed it once. `make test-heavy` runs them; `make test` does not.
+@pytest.mark.heavy
+@pytest.mark.parametrize("model_type", sorted(CASES))
 def test_detector_reaches_a_meaningful_esri_ap(tmp_path, model_type):
     builder, size, n, backbone, epochs, lr, arguments = CASES[model_type]
     folder = builder(tmp_path, n=n, size=size)
