@@ -69,9 +69,9 @@ def run(args: argparse.Namespace) -> int:
         work_dir = Path(temp)
     device = "cpu"
     if args.processor_type == "GPU":
-        import torch
+        from gpjobs.training.devices import cuda_available
 
-        if not torch.cuda.is_available():
+        if not cuda_available():
             print("--processor-type GPU: no CUDA device is available (use CPU)", file=sys.stderr)
             return int(ExitCode.BAD_INPUT)
         device = f"cuda:{args.gpu_id}"
