@@ -7,6 +7,7 @@ lifeline: EOF means the server is gone, and the run stops at the next batch boun
 
 from __future__ import annotations
 
+import abc
 import os
 import signal
 import sys
@@ -33,7 +34,7 @@ def format_epoch(event: dict[str, Any]) -> str:
             + (" *" if event.get("best") else ""))
 
 
-class Reporter:
+class Reporter(abc.ABC):
     """Base reporter: collects nothing, prints nothing; subclasses decide where events go."""
 
     def __init__(self) -> None:
@@ -41,8 +42,9 @@ class Reporter:
         self._lifeline_lost = threading.Event()
         self.events: list[dict[str, Any]] = []
 
+    @abc.abstractmethod
     def emit(self, event_type: str, **fields: Any) -> None:
-        raise NotImplementedError
+        """Deliver one event (to the pipe, the console or a list)."""
 
     def say(self, level: str, text: str) -> None:
         self.emit("message", level=level, text=text)

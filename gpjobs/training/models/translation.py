@@ -9,6 +9,7 @@ The GAN families (PIX2PIX, CYCLEGAN) live in `gan.py` and use the engine's multi
 
 from __future__ import annotations
 
+import abc
 import copy
 from pathlib import Path
 from typing import Any, Iterable
@@ -36,9 +37,9 @@ class TranslationFamily(ModelFamily):
         self.backbone = self.backbone or ""  # the GAN model types have no backbone
         self.scale = PixelScale(self.info)
 
+    @abc.abstractmethod
     def output01(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """The model's translation of a normalised batch as 0..1 scaled band values."""
-        raise NotImplementedError
 
     @torch.no_grad()
     def predict(self, model: nn.Module, images: torch.Tensor) -> list[dict[str, Any]]:
