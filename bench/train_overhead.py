@@ -28,7 +28,7 @@ def setup(args):
     from torch.utils.data import DataLoader, TensorDataset
 
     from gpjobs.catalog import lookup_model_type, parse_arguments
-    from gpjobs.training.data.info import ClassInfo, DataInfo, Normalization
+    from gpjobs.export.info import ClassInfo, DataInfo, Normalization
     from gpjobs.training.models.segmentation import UnetFamily
     from gpjobs.training.weights import WeightsPolicy
 

@@ -29,7 +29,7 @@ def setup(args):
     from torch.utils.data import DataLoader
 
     from gpjobs.catalog import lookup_model_type, parse_arguments
-    from gpjobs.training.data.info import ClassInfo, DataInfo, Normalization
+    from gpjobs.export.info import ClassInfo, DataInfo, Normalization
     from gpjobs.training.models.detection import FAMILIES
     from gpjobs.training.weights import WeightsPolicy
 

@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Exit status 0 when the data can be trained on, 1 when the report has errors."""
-    from gpjobs.training.data.report import inspect_folders  # torch-free
+    from gpjobs.export import inspect_folders
 
     report = inspect_folders(args.folders, full=not args.quick, sample=max(1, args.sample))
     if args.json:

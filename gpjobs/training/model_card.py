@@ -31,7 +31,7 @@ def display_rgb(image) -> np.ndarray:
 
 def class_colors(classes: Sequence[Any]) -> np.ndarray:
     """Colour table by model index (0 = NoData, black), from the classes' colours."""
-    from gpjobs.training.data.info import PALETTE
+    from gpjobs.export.info import PALETTE
 
     table = [(0, 0, 0)]
     for i, c in enumerate(classes):

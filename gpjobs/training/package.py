@@ -203,7 +203,7 @@ def open_package(path: str | Path) -> Iterator[Package]:
 
 def load_model(package: Package, *, say: Callable[[str, str], None] | None = None):
     """(family, model) rebuilt from a package alone, weights loaded, model in eval mode on the CPU."""
-    from gpjobs.training.data.info import DataInfo
+    from gpjobs.export.info import DataInfo
     from gpjobs.training.models import family_for
     from gpjobs.training.weights import WeightsPolicy
 

@@ -13,7 +13,7 @@ def run_predict(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from gpjobs.training.data import ChipReadError
+    from gpjobs.export import ChipReadError
     from gpjobs.training.package import PackageError, load_model, open_package
 
     messages: list[str] = []
@@ -61,7 +61,7 @@ def _model_input(family, chip: Path, info):
 
 
 def _read(chip: Path, info):
-    from gpjobs.training.data import read_chip
+    from gpjobs.export import read_chip
 
     array = read_chip(chip)
     if array.shape[2] != info.bands and info.source_bands and array.shape[2] != info.source_bands:

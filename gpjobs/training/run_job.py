@@ -17,7 +17,7 @@ from gpjobs.training.protocol import ExitCode, JobSpec
 
 def run_job(spec: JobSpec, reporter: Reporter) -> ExitCode:
     """Train and package; every outcome becomes an exit code, failures a `failed` event first."""
-    from gpjobs.training.data import DataError
+    from gpjobs.export import DataError
     from gpjobs.training.engine import NaNLossError, OutOfMemory
     from gpjobs.training.package import PackageError
     from gpjobs.training.weights import WeightsMissing

@@ -17,7 +17,7 @@ from typing import Any
 
 from gpjobs import catalog
 from gpjobs.paths import PathError, StoreRoots, resolve_folders, resolve_path
-from gpjobs.web.export_check import ExportFolderError, export_format
+from gpjobs.export import ExportFolderError, export_format
 
 TASK_NAME = "TrainDeepLearningModel"
 

@@ -73,7 +73,8 @@ def test_change_package(change_run):
 
 def test_change_predict_from_package_reproduces_validation_f1(change_run):
     """load_model + the family's paired predict (what `gpjobs predict` does for paired models)."""
-    from gpjobs.training.data import open_training_data, read_chip, to_model_input
+    from gpjobs.export import read_chip
+    from gpjobs.training.data import open_training_data, to_model_input
     from gpjobs.training.package import load_model, open_package
 
     spec, folder, reporter = change_run

@@ -36,7 +36,7 @@ def test_builds_and_steps_on_resnet_and_vgg(model_type):
     from types import SimpleNamespace
 
     from gpjobs.catalog import lookup_model_type, parse_arguments
-    from gpjobs.training.data import ClassInfo
+    from gpjobs.export import ClassInfo
     from gpjobs.training.models import family_for
     from gpjobs.training.weights import WeightsPolicy
 

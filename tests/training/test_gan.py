@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from gpjobs.catalog import lookup_model_type, resolve_backbone
-from gpjobs.training.data import open_training_data, read_chip
+from gpjobs.export import read_chip
+from gpjobs.training.data import open_training_data
 from gpjobs.training.models.image_quality import psnr
 from gpjobs.training.protocol import ExitCode
 from tests.builders.exports import write_cyclegan, write_pix2pix

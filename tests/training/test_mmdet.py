@@ -33,7 +33,7 @@ def test_each_model_maps_onto_a_detector_family(model, family, backbone):
     from types import SimpleNamespace
 
     from gpjobs.catalog import lookup_model_type, parse_arguments
-    from gpjobs.training.data import ClassInfo
+    from gpjobs.export import ClassInfo
     from gpjobs.training.models import family_for
     from gpjobs.training.weights import WeightsPolicy
 

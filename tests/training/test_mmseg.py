@@ -30,7 +30,7 @@ def test_every_model_builds_and_steps(model):
     from types import SimpleNamespace
 
     from gpjobs.catalog import lookup_model_type, parse_arguments
-    from gpjobs.training.data import ClassInfo
+    from gpjobs.export import ClassInfo
     from gpjobs.training.models import family_for
     from gpjobs.training.weights import WeightsPolicy
 

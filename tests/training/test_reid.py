@@ -29,7 +29,7 @@ def test_reid_net_embeds_to_unit_128d_vectors(backbone):
     from types import SimpleNamespace
 
     from gpjobs.catalog import lookup_model_type, parse_arguments
-    from gpjobs.training.data import ClassInfo
+    from gpjobs.export import ClassInfo
     from gpjobs.training.models import family_for
     from gpjobs.training.weights import WeightsPolicy
 

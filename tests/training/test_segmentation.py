@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from gpjobs.training.data import open_training_data, read_label_raster
+from gpjobs.export import read_label_raster
+
+from gpjobs.training.data import open_training_data
 from gpjobs.training.protocol import ExitCode
 from tests.builders.exports import write_classified_tiles
 from tests.training.helpers import dlpk_members, epochs_of, gpjobs, make_spec, result_of, train
@@ -152,7 +154,7 @@ def test_every_backbone_family_builds_and_steps(model_type, backbone):
     from types import SimpleNamespace
 
     from gpjobs.catalog import lookup_model_type, parse_arguments
-    from gpjobs.training.data import ClassInfo
+    from gpjobs.export import ClassInfo
     from gpjobs.training.models import family_for
     from gpjobs.training.weights import WeightsPolicy
 

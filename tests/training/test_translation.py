@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from gpjobs.catalog import lookup_model_type, parse_arguments, resolve_backbone
-from gpjobs.training.data import open_training_data, read_chip
+from gpjobs.export import read_chip
+from gpjobs.training.data import open_training_data
 from gpjobs.training.models.image_quality import degrade, psnr, ssim
 from gpjobs.training.protocol import ExitCode
 from tests.builders.exports import write_export_tiles

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data._utils.collate import default_collate
 
 from gpjobs.training.data.datasets import ExportDataset, collate_detection
-from gpjobs.training.data.chips import ChipReadError, chip_header
+from gpjobs.export.chips import ChipReadError, chip_header
 from gpjobs.training.data.packing import Packed, Packer, SlotRing, in_worker
 
 __all__ = ["FinishingLoader", "RawCollate", "RawSamples", "sample_collate"]

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from gpjobs.training.data.chips import read_chip, read_label_raster
-from gpjobs.training.data.info import DataInfo
-from gpjobs.training.data.metadata import RawClass
+from gpjobs.export.chips import read_chip, read_label_raster
+from gpjobs.export.info import DataInfo
+from gpjobs.export.metadata import RawClass
 from gpjobs.training.data.pixels import (TRANSPOSE, dihedral, dihedral_boxes, finish_images, finish_masks,
                                          resize_masks)
-from gpjobs.training.data.readers import ChipRecord, box_of, instances_from_mask, parse_kitti, parse_voc, value_of
+from gpjobs.export.readers import ChipRecord, box_of, instances_from_mask, parse_kitti, parse_voc, value_of
 
 
 def affine_tensors(info: DataInfo) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,12 +12,12 @@ import torch
 from torch.utils.data import Sampler
 
 from gpjobs.training.data.batching import FinishingLoader
-from gpjobs.training.data.chips import read_chip
+from gpjobs.export.chips import read_chip
 from gpjobs.training.data.datasets import ExportDataset, collate_detection, to_model_input
-from gpjobs.training.data.info import FORMAT_TASKS, DataInfo, Normalization
-from gpjobs.training.data.metadata import ExportMeta
-from gpjobs.training.data.readers import ChipRecord
-from gpjobs.training.data.report import DataError, DataReport, scan_folders
+from gpjobs.export.info import FORMAT_TASKS, DataInfo, Normalization
+from gpjobs.export.metadata import ExportMeta
+from gpjobs.export.readers import ChipRecord
+from gpjobs.export.report import DataError, DataReport, scan_folders
 
 __all__ = ["TrainingData", "open_training_data", "to_model_input", "collate_detection"]
 

@@ -19,7 +19,7 @@ from gpjobs.training.weights import WeightsPolicy
 
 if TYPE_CHECKING:  # data layer types; imported for annotations only
     from gpjobs.catalog import ModelTypeInfo
-    from gpjobs.training.data import DataInfo
+    from gpjobs.export import DataInfo
 
 Say = Callable[[str, str], None]
 

@@ -198,7 +198,7 @@ class ChangeDetectorFamily(ModelFamily):
         partner = path.parent.parent / "images2" / path.name
         if path.parent.name == "images" and partner.is_file():
             return path, partner
-        from gpjobs.training.data import ChipReadError  # what gpjobs predict reports as a usage error
+        from gpjobs.export import ChipReadError  # what gpjobs predict reports as a usage error
 
         raise ChipReadError(f"{path.name}: a change detection model needs a before and an after chip; give "
                          "BEFORE,AFTER or a chip in an export's images/ folder with its partner in images2/")

@@ -135,7 +135,7 @@ class EdgeFamily(ModelFamily):
         self.mode = str(self.args.get("edge_targets") or "auto")
         classes = list(self.info.classes)
         if len(classes) != 1:
-            from gpjobs.training.data.info import ClassInfo
+            from gpjobs.export.info import ClassInfo
 
             self.say("info", f"edge detection: the {len(classes)} classes of the export "
                              f"({', '.join(c.name for c in classes)}) become one class 'edge' "

@@ -14,7 +14,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from gpjobs.training.data import open_training_data, read_chip
+from gpjobs.export import read_chip
+
+from gpjobs.training.data import open_training_data
 from gpjobs.training.data.batching import RawCollate, RawSamples, _Finisher
 from gpjobs.training.data.pixels import dihedral, dihedral_boxes
 from tests.builders.exports import (

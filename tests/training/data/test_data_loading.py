@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from gpjobs.training.data import DataError, DataInfo, Normalization, open_training_data, read_chip, to_model_input
+from gpjobs.export import DataError, DataInfo, Normalization, read_chip
+
+from gpjobs.training.data import open_training_data, to_model_input
 from tests.builders.exports import (
     class_level, set_label_value, write_classified_tiles, write_imagenet, write_kitti, write_labeled_tiles,
     write_multilabeled_tiles, write_pascal_voc, write_rcnn_masks)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gpjobs.training.data import DataError, inspect_folders, read_chip, scan_folders
-from gpjobs.training.data.metadata import parse_map_txt, read_export_meta
+from gpjobs.export import DataError, inspect_folders, read_chip, scan_folders
+from gpjobs.export.metadata import parse_map_txt, read_export_meta
 from tests.builders.exports import (
     WRITERS, box_outside_chip, corrupt_chip, empty_label_file, mismatch_stem, remove_file, set_label_value,
     truncate_chip, write_classified_tiles, write_kitti, write_labeled_tiles, write_multilabeled_tiles,
@@ -209,6 +209,6 @@ def test_cli_exits_nonzero_on_errors(tmp_path):
 
 def test_inspect_does_not_import_torch(tmp_path):
     folder = write_kitti(tmp_path, n=2)
-    code = (f"import sys; from gpjobs.training.data import inspect_folders; "
+    code = (f"import sys; from gpjobs.export import inspect_folders; "
             f"r = inspect_folders([{str(folder)!r}]); assert r.ok; assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -1,8 +1,8 @@
 """Submit-time check that a folder is an Esri training-data export, and which metadata format it holds.
 
-The format comes from the training data package's torch-free metadata reader, so submit and the training
-child agree on it. Cheap on purpose (the metadata files and one directory entry): the full data validation
-runs in the child, which reports every bad chip with a fix.
+The format comes from the same metadata reader the training child uses, so submit and the child agree on
+it. Cheap on purpose (the metadata files and one directory entry): the full data validation runs in the
+child, which reports every bad chip with a fix.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-ESRI_FILES = ("esri_model_definition.emd", "map.txt", "esri_accumulated_stats.json")
+from gpjobs.export.metadata import MetadataError, read_export_meta
 
 
 class ExportFolderError(ValueError):
@@ -30,9 +30,6 @@ def export_format(folder: Path, alias: str | None = None) -> str:
 
     Messages name the folder by `alias` (the user's /fileShares/... path), never by its local path.
     """
-    # Torch-free (numpy only); imported here so that paths/web unit tests stay light.
-    from gpjobs.training.data.metadata import MetadataError, read_export_meta
-
     shown = alias or folder.name
     if not folder.is_dir():
         raise ExportFolderError("does not exist or is not a folder")

@@ -15,8 +15,8 @@ from typing import Callable
 
 import numpy as np
 
-from gpjobs.training.data.chips import IMAGE_EXTENSIONS
-from gpjobs.training.data.metadata import ExportMeta, RawClass
+from gpjobs.export.chips import IMAGE_EXTENSIONS
+from gpjobs.export.metadata import ExportMeta, RawClass
 
 Box = tuple[float, float, float, float]  # xmin, ymin, xmax, ymax in chip pixels
 

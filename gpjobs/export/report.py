@@ -15,10 +15,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from gpjobs.training.data.chips import ChipReadError, read_chip, read_label_raster
-from gpjobs.training.data.info import BACKGROUND_FORMATS, ClassInfo
-from gpjobs.training.data.metadata import ExportMeta, MetadataError, RawClass, read_export_meta
-from gpjobs.training.data.readers import ChipRecord, LabelError, list_records, parse_kitti, parse_voc, value_of
+from gpjobs.export.chips import ChipReadError, read_chip, read_label_raster
+from gpjobs.export.info import BACKGROUND_FORMATS, ClassInfo
+from gpjobs.export.metadata import ExportMeta, MetadataError, RawClass, read_export_meta
+from gpjobs.export.readers import ChipRecord, LabelError, list_records, parse_kitti, parse_voc, value_of
 
 FAST_SAMPLE = 64
 SHOW_FILES = 5
