@@ -300,6 +300,19 @@ for _name, _task, _formats, _esri in (
 ):
     MODEL_TYPES[_name] = _mt(_name, "", _task, _formats, (), None, implemented=False, esri_model_name=_esri)
 
+# DETREG (gpjobs.training.models.detr): Deformable DETR; replaces the not-implemented entry above.
+MODEL_TYPES["DETREG"] = _mt("DETREG", "detr", "detection", DETECTION_FORMATS, RESNETS, "RESNET50", {
+    "num_queries": ArgSpec("int", 100, "object queries (the most objects one chip can have)"),
+    "hidden_dim": ArgSpec("int", 256, "transformer width"),
+    "enc_layers": ArgSpec("int", 6, "deformable encoder layers"),
+    "dec_layers": ArgSpec("int", 6, "decoder layers (each adds an auxiliary loss)"),
+    "dim_feedforward": ArgSpec("int", 1024, "feed-forward width of the transformer layers"),
+    "pretrain_epochs": ArgSpec("int", 0, "DETReg self-supervised pre-training epochs on the training chips "
+                                         "without labels, before training (0: off)"),
+    "pretrain_proposals": ArgSpec("int", 30, "region proposals per chip used as pseudo-objects by the "
+                                             "pre-training"),
+}, esri_model_name="DETReg")
+
 # Edge, road, change and MMSegmentation types (gpjobs.training.models.edges / roads / change / mmseg).
 _EDGE_ARGUMENTS: dict[str, ArgSpec] = {
     "edge_targets": ArgSpec("str", "auto", "edge labels: the labelled pixels (labels), the class boundaries "
@@ -318,13 +331,44 @@ _ROAD_ARGUMENTS: dict[str, ArgSpec] = {
 }
 MODEL_TYPES["DEEPSORT"] = _mt("DEEPSORT", "reid", "classification", {"Imagenet"}, ("REID_V1", "REID_V2"),
                               "REID_V1", esri_model_name="DeepSort")
+# The `model` names arcgis.learn documents for MMDetection / MMSegmentation, plus the ones we accepted before
+# (gpjobs.training.models.mmdet / mmseg say which implementation trains each).
+_MMDET_MODELS = (
+    "atss", "carafe", "cascade_rcnn", "cascade_rpn", "dcn", "detectors", "double_heads", "dynamic_rcnn",
+    "empirical_attention", "faster_rcnn", "fcos", "foveabox", "fsaf", "ghm", "hrnet", "libra_rcnn", "nas_fcos",
+    "pafpn", "pisa", "regnet", "reppoints", "res2net", "retinanet", "sabl", "ssd", "vfnet", "yolo", "yolov3")
+_MMSEG_MODELS = (
+    "ann", "apcnet", "ccnet", "cgnet", "deeplabv3", "deeplabv3plus", "dmnet", "dnlnet", "emanet", "fastscnn",
+    "fcn", "gcnet", "hrnet", "mobilenet_v2", "nonlocal_net", "ocrnet", "psanet", "pspnet", "resnest", "sem_fpn",
+    "unet", "upernet")
+
+
+def _openmmlab_model_name(toolbox: str, names: tuple[str, ...]) -> Callable[[Any], str]:
+    """Parser of an MMDetection / MMSegmentation `model`: a name (any case); a config file path is refused."""
+
+    def parse(raw: Any) -> str:
+        name = str(raw).strip()
+        if name.lower() in names:
+            return name.lower()
+        if "/" in name or "\\" in name or name.lower().endswith(".py"):
+            raise ValueError(f"a config file path; this server trains the {toolbox} models by name with its own "
+                             f"implementations and cannot read OpenMMLab config files: use one of {', '.join(names)}")
+        raise ValueError(f"not a {toolbox} model this server trains{_did_you_mean(name.lower(), names)}; "
+                         f"use one of {', '.join(names)}")
+
+    return parse
+
+
+_PARSERS["mmdetection model name"] = _openmmlab_model_name("mmdetection", _MMDET_MODELS)
+_PARSERS["mmsegmentation model name"] = _openmmlab_model_name("mmsegmentation", _MMSEG_MODELS)
 MODEL_TYPES["MMDETECTION"] = _mt("MMDETECTION", "mmdet", "detection", DETECTION_FORMATS, FPN_BACKBONES, "RESNET50", {
-    "model": ArgSpec("str", "faster_rcnn", "detector (OpenMMLab names that have an equivalent here; other mmdet "
-                                           "models and config paths are not supported)",
-                     ("faster_rcnn", "retinanet", "ssd", "yolov3", "yolo")),
+    **DETECTION_RCNN_ARGUMENTS,  # read by the R-CNN implementations (faster_rcnn, cascade_rcnn and their variants)
+    "model": ArgSpec("mmdetection model name", "faster_rcnn",
+                     "detector: an mmdetection model name arcgis.learn documents (config file paths are not "
+                     "supported); names without an implementation here train as the closest one, and the job "
+                     "messages and the .emd say which", _MMDET_MODELS),
     "model_weight": ArgSpec("bool", False, "OpenMMLab checkpoint: not available offline (warns)"),
 }, esri_model_name="MMDetection")
-_MMSEG_MODELS = ("unet", "pspnet", "deeplabv3", "deeplabv3plus", "fcn", "mobilenet_v2")
 MODEL_TYPES.update({m.name: m for m in (
     _mt("HED_EDGEDETECTOR", "edges", "segmentation", SEGMENTATION_FORMATS, RESNETS + VGGS, "VGG19",
         _EDGE_ARGUMENTS, esri_model_name="HEDEdgeDetector"),
@@ -342,9 +386,10 @@ MODEL_TYPES.update({m.name: m for m in (
     }, esri_model_name="ChangeDetector"),
     _mt("MMSEGMENTATION", "mmseg", "segmentation", SEGMENTATION_FORMATS, CLASSIFICATION_BACKBONES, "RESNET50", {
         **SEGMENTATION_ARGUMENTS,
-        "model": ArgSpec("str", "deeplabv3", "segmentation network (OpenMMLab names that have an equivalent "
-                                             "here; other mmseg models and config paths are not supported)",
-                         _MMSEG_MODELS),
+        "model": ArgSpec("mmsegmentation model name", "deeplabv3",
+                         "segmentation network: an mmsegmentation model name arcgis.learn documents (config file "
+                         "paths are not supported); names without an implementation here train as the closest "
+                         "one, and the job messages and the .emd say which", _MMSEG_MODELS),
         "model_weight": ArgSpec("bool", False, "OpenMMLab checkpoint: not available offline (warns)"),
     }, esri_model_name="MMSegmentation"),
 )})
