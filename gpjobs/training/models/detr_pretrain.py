@@ -9,8 +9,8 @@ model then starts from the pre-trained transformer, box head and backbone; its c
 Proposals: a selective-search-like hierarchical grouping. The chip is cut into a grid of cells (16 x 16 at
 most); adjacent regions are merged greedily by similarity of mean colour and texture, preferring small
 regions and regions that fill their bounding box (Uijlings et al. 2013); every merged region's box is a
-proposal. Boxes are ranked as selective search does (hierarchy level times a seeded random number) and the
-top-k distinct ones are kept (DETReg uses 30).
+proposal. Boxes are ranked as selective search does (hierarchy level from the top times a seeded random
+number) and the top-k distinct ones are kept (DETReg uses 30).
 """
 
 from __future__ import annotations
@@ -80,9 +80,10 @@ def region_proposals(image: torch.Tensor, k: int = 30, *, seed: int = 0) -> torc
             neighbours[n].add(new)
             pairs[(n, new)] = similarity(n, new)
         levels.append((size[new], box[new]))
-    # selective search's ranking: finer merges first, shuffled by a seeded random factor
+    # selective search's ranking: the hierarchy level counted from the top (the last merge is 1), times a
+    # seeded random factor; the lowest ranks are kept, so large regions lead and finer ones follow
     rng = np.random.default_rng(seed)
-    ranks = np.arange(1, len(levels) + 1) * rng.random(len(levels))
+    ranks = np.arange(len(levels), 0, -1) * rng.random(len(levels))
     sx, sy = w / gw, h / gh
     kept: list[list[float]] = []
     for i in np.argsort(ranks):
@@ -145,7 +146,7 @@ def pretrain(model: DeformableDETR, batches: Callable[[], Iterable[Any]], *, epo
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         history.append(float(np.mean(losses)) if losses else math.nan)
         say("info", f"DETReg pre-training epoch {epoch}/{epochs}: loss {history[-1]:.4f} "
                     f"(up to {proposals} region proposals per chip, labels unused)")

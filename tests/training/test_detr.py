@@ -1,0 +1,177 @@
+"""DETREG: Deformable DETR pieces (Hungarian solver, matcher, deformable attention, proposals) and the model
+type end to end on tiny PASCAL VOC exports.
+
+The end-to-end tests use a small transformer (`hidden_dim` 64, 1-2 layers, 10 queries) so a CPU epoch takes
+seconds; the defaults (256 wide, 6 + 6 layers, 100 queries) are the same code at a larger size.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from gpjobs.training.protocol import ExitCode
+from tests.builders.exports import write_classified_tiles, write_kitti, write_pascal_voc
+from tests.training.helpers import dlpk_members, epochs_of, make_spec, result_of, train
+from tests.training.lifecycle_checks import assert_predict_cli_reproduces_ap, assert_resume_matches_straight_run
+
+torch.set_num_threads(1)
+SMALL = {"hidden_dim": 64, "enc_layers": 1, "dec_layers": 2, "dim_feedforward": 128, "num_queries": 10}
+TINY = {"hidden_dim": 32, "enc_layers": 1, "dec_layers": 1, "dim_feedforward": 64, "num_queries": 5}
+
+
+def test_hungarian_solver_finds_the_minimum_cost_assignment():
+    from gpjobs.training.models.detr_matcher import linear_sum_assignment
+
+    rng = np.random.default_rng(0)
+    for trial in range(80):
+        n, m = int(rng.integers(1, 5)), int(rng.integers(1, 6))
+        cost = rng.random((n, m))
+        if trial % 3 == 0:
+            cost = np.round(cost * 3)  # ties
+        rows, cols = linear_sum_assignment(cost)
+        k = min(n, m)
+        assert len(rows) == k and len(set(rows)) == k and len(set(cols)) == k and list(rows) == sorted(rows)
+        best = min(sum(cost[i, j] for i, j in zip(r, c)) for r in itertools.combinations(range(n), k)
+                   for c in itertools.permutations(range(m), k))
+        assert cost[rows, cols].sum() == pytest.approx(best)
+    with pytest.raises(ValueError, match="NaN"):
+        linear_sum_assignment(np.array([[np.nan, 1.0]]))
+
+
+def test_matcher_gives_each_target_the_query_that_fits_it_best():
+    from gpjobs.training.models.detr_matcher import HungarianMatcher
+
+    boxes = torch.tensor([[[0.2, 0.2, 0.1, 0.1], [0.7, 0.7, 0.3, 0.3], [0.5, 0.5, 0.9, 0.9]]])  # cx cy w h
+    logits = torch.tensor([[[4.0, -4.0], [-4.0, 4.0], [0.0, 0.0]]])
+    targets = [{"boxes": torch.tensor([[0.7, 0.7, 0.3, 0.3], [0.2, 0.2, 0.1, 0.1]]), "labels": torch.tensor([1, 0])}]
+    (queries, found), = HungarianMatcher()(logits, boxes, targets)
+    assert dict(zip(queries.tolist(), found.tolist())) == {0: 1, 1: 0}
+    empty = HungarianMatcher()(logits, boxes, [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}])
+    assert empty[0][0].numel() == 0
+
+
+def test_deformable_attention_samples_where_the_offsets_point():
+    from gpjobs.training.models.detr_attention import deformable_sample
+
+    # one head, two levels (2x2 and 1x1), values = their index: sampling a pixel centre returns that pixel
+    value = torch.tensor([0.0, 1.0, 2.0, 3.0, 7.0]).view(1, 5, 1, 1)
+    shapes = [(2, 2), (1, 1)]
+    locations = torch.tensor([0.75, 0.25]).view(1, 1, 1, 1, 1, 2).repeat(1, 1, 1, 2, 1, 1)  # x=0.75, y=0.25
+    weights = torch.tensor([1.0, 0.0]).view(1, 1, 1, 2, 1)
+    assert float(deformable_sample(value, shapes, locations, weights)) == pytest.approx(1.0)  # row 0, col 1
+    # the centre of the 2x2 map interpolates its four pixels (1.5); the 1x1 map's pixel centre is 7
+    locations = torch.full((1, 1, 1, 2, 1, 2), 0.5)
+    weights = torch.tensor([0.5, 0.5]).view(1, 1, 1, 2, 1)
+    assert float(deformable_sample(value, shapes, locations, weights)) == pytest.approx((1.5 + 7.0) / 2)
+
+
+def test_region_proposals_find_a_bright_square():
+    from torchvision.ops import box_iou
+
+    from gpjobs.training.models.detr_pretrain import region_proposals
+
+    image = torch.full((3, 64, 64), -1.0)
+    image[:, 16:40, 24:56] = 2.0
+    boxes = region_proposals(image, k=30)
+    assert 1 <= len(boxes) <= 30 and (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+    assert float(box_iou(boxes, torch.tensor([[24.0, 16.0, 56.0, 40.0]])).max()) > 0.7
+    assert torch.equal(boxes, region_proposals(image, k=30))  # seeded
+
+
+def test_detreg_trains_packages_and_predict_reproduces_ap(tmp_path):
+    folder = write_pascal_voc(tmp_path, n=16, size=32)
+    spec = make_spec(tmp_path, [folder], "DETREG", backbone_model="RESNET18", max_epochs=4, learning_rate=2e-3,
+                     freeze_model=False, stop_training=False, arguments=SMALL)
+    code, reporter = train(spec)
+    assert code == ExitCode.OK, [e for e in reporter.events if e["type"] in ("failed", "message")]
+    epochs = epochs_of(reporter)
+    assert epochs[-1]["valid_loss"] < epochs[0]["valid_loss"], [e["valid_loss"] for e in epochs]
+    for epoch in epochs:
+        assert all(0.0 <= epoch["metrics"][k] <= 1.0 for k in ("average_precision", "map_50", "map_50_95"))
+    result = result_of(reporter)
+    assert {"model.emd", "model.pth", "model.pt", "GpjobsInference.py", "model_metrics.html",
+            "ModelCharacteristics/loss_graph.png", "ModelCharacteristics/show_results.png"} <= \
+        dlpk_members(result["package"])
+    emd = result["emd"]
+    assert emd["ModelName"] == "DETReg" and emd["ModelType"] == "ObjectDetection"
+    assert emd["ModelConfiguration"] == "_model_extension_inferencing" and emd["DatasetType"] == "PASCAL_VOC_rectangles"
+    assert set(emd["average_precision_score"]) == {"a", "b"} and "score >= 0.2" in emd["MetricsNote"]
+    params = emd["ModelParameters"]
+    assert params["num_queries"] == 10 and params["aux_loss"] is True and params["pretrain_epochs"] == 0
+    assert result["metrics"]["average_precision"] > 0.0  # it found the squares
+    predictions = assert_predict_cli_reproduces_ap(folder, result)
+    # the TorchScript module the package's own script runs gives the same boxes as gpjobs predict
+    with zipfile.ZipFile(result["package"]) as zf:
+        zf.extractall(tmp_path / "pkg")
+    chip = predictions[0]["chip"]
+    script = subprocess.run([sys.executable, "-I", "GpjobsInference.py", "model.emd", chip], cwd=tmp_path / "pkg",
+                            capture_output=True, text=True, timeout=120)
+    assert script.returncode == 0, script.stderr
+    theirs = json.loads(script.stdout)
+    assert np.allclose(np.reshape(theirs["boxes"], (-1, 4)), np.reshape(predictions[0]["boxes"], (-1, 4)), atol=1e-2)
+    assert theirs["labels"] == predictions[0]["labels"]
+
+
+def test_detreg_resumes_after_an_interrupt_with_the_same_numbers(tmp_path):
+    folder = write_kitti(tmp_path, n=8, size=32)
+    assert_resume_matches_straight_run(tmp_path, [folder], "DETREG", backbone_model="RESNET18", max_epochs=2,
+                                       batch_size=2, learning_rate=1e-3, freeze_model=False, stop_training=False,
+                                       arguments=TINY)
+
+
+def test_detreg_pretraining_runs_first_when_asked_and_is_recorded(tmp_path):
+    folder = write_pascal_voc(tmp_path, n=8, size=32)
+    spec = make_spec(tmp_path, [folder], "DETREG", backbone_model="RESNET18", max_epochs=1, batch_size=2,
+                     learning_rate=1e-3, arguments={**TINY, "pretrain_epochs": 2, "pretrain_proposals": 10})
+    code, reporter = train(spec)
+    assert code == ExitCode.OK, [e for e in reporter.events if e["type"] in ("failed", "message")]
+    texts = [e["text"] for e in reporter.events if e["type"] == "message"]
+    first_epoch = next(i for i, e in enumerate(reporter.events) if e["type"] == "epoch")
+    pre = [i for i, e in enumerate(reporter.events) if "DETReg pre-training epoch" in e.get("text", "")]
+    assert len(pre) == 2 and pre[-1] < first_epoch  # before the supervised training
+    assert any("class head starts fresh" in t for t in texts)
+    emd = result_of(reporter)["emd"]
+    assert emd["DETRegPretraining"]["epochs"] == 2 and all(np.isfinite(emd["DETRegPretraining"]["loss"]))
+    assert emd["ModelParameters"]["pretrain_epochs"] == 2
+
+
+def test_detreg_refuses_pixel_classification_data_with_a_fix_it_error(tmp_path):
+    folder = write_classified_tiles(tmp_path, n=4, size=32)
+    code, reporter = train(make_spec(tmp_path, [folder], "DETREG", max_epochs=1))
+    assert code == ExitCode.BAD_INPUT
+    failed = next(e for e in reporter.events if e["type"] == "failed")
+    assert "PASCAL_VOC_rectangles" in failed["text"] and "Classified_Tiles" in failed["text"]
+    assert "Export the training data" in failed["text"]
+
+
+def test_detreg_accepts_resnets_only():
+    from gpjobs.catalog import ArgumentError, lookup_model_type, resolve_backbone
+
+    info = lookup_model_type("DETREG")
+    assert resolve_backbone(info, None) == "RESNET50"
+    with pytest.raises(ArgumentError, match="RESNET18"):
+        resolve_backbone(info, "VGG16")
+
+
+@pytest.mark.slow
+@pytest.mark.heavy  # ~2-4 min of CPU; from random ResNet-18 weights DETR needs a few hundred steps
+@pytest.mark.timeout(900)
+def test_detreg_reaches_a_meaningful_esri_ap(tmp_path):
+    folder = write_pascal_voc(tmp_path, n=32, size=64)
+    spec = make_spec(tmp_path, [folder], "DETREG", backbone_model="RESNET18", max_epochs=12, learning_rate=1e-3,
+                     freeze_model=False, stop_training=False,
+                     arguments={"hidden_dim": 64, "enc_layers": 2, "dec_layers": 2, "dim_feedforward": 128,
+                                "num_queries": 20})
+    code, reporter = train(spec)
+    assert code == ExitCode.OK, [e for e in reporter.events if e["type"] in ("failed", "message")]
+    trace = [(e["epoch"], round(e["valid_loss"], 3), round(e["metrics"]["average_precision"], 3))
+             for e in epochs_of(reporter)]
+    assert result_of(reporter)["metrics"]["average_precision"] >= 0.3, trace
