@@ -54,7 +54,8 @@ def test_matcher_gives_each_target_the_query_that_fits_it_best():
     targets = [{"boxes": torch.tensor([[0.7, 0.7, 0.3, 0.3], [0.2, 0.2, 0.1, 0.1]]), "labels": torch.tensor([1, 0])}]
     (queries, found), = HungarianMatcher()(logits, boxes, targets)
     assert dict(zip(queries.tolist(), found.tolist())) == {0: 1, 1: 0}
-    empty = HungarianMatcher()(logits, boxes, [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}])
+    nothing = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]
+    empty = HungarianMatcher()(logits, boxes, nothing)
     assert empty[0][0].numel() == 0
 
 

@@ -11,11 +11,13 @@ over a torchvision backbone (`backbone_model`, default resnet50 as in the mmseg 
   fcn            FCN head on the deepest map + auxiliary FCN head
   mobilenet_v2   deeplabv3 on a MobileNetV2 backbone (mmseg's m-v2 configs)
   upernet        UPerNet: pyramid pooling + FPN fusion (segmentation_heads.py) + aux
-  ocrnet         OCRNet: object-contextual representations from the aux head's soft regions
+  ocrnet         OCRNet (HRNet-OCR style, stride-8 concatenated taps): object-contextual representations
+                 from the aux head's soft regions
   sem_fpn        Semantic FPN (Panoptic FPN's semantic branch) + aux
   hrnet          HRNetV2's head (all taps resized and concatenated) over backbone_model + aux
   nonlocal_net, dnlnet, gcnet, ccnet   non-local / disentangled non-local / global context / criss-cross
-                 attention heads (segmentation_attention.py) + aux
+                 attention heads (segmentation_attention.py) + aux, on the deepest tap (stride 32: our
+                 backbones are undilated, mmseg's configs dilate to stride 8; coarse on small chips)
 
 The other names arcgis.learn lists train as the closest of these; a job message and the `.emd`
 (ModelParameters `trained_as`, `mapping_note`) say exactly what was trained.

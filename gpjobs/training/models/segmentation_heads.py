@@ -4,6 +4,9 @@ Written from the papers and mmsegmentation's head configurations (channel widths
 deepest width so small backbones get thin heads). Each pyramid-style head takes the stride-4..32 taps and
 returns logits at the input size; OCRNet is a whole network because its head needs the auxiliary head's
 soft object regions at inference too.
+
+Our backbones are undilated (stride 32), where mmsegmentation's ResNet configs dilate to stride 8: these heads
+read the finer taps themselves (FPN fusion, stride-8 concatenation) instead.
 """
 
 from __future__ import annotations
@@ -136,25 +139,30 @@ class ObjectContext(nn.Module):
 
 
 class OCRNet(nn.Module):
-    """OCRNet (Yuan et al. 2020): an FCN head on the stride-16 tap gives soft object regions (and the
-    auxiliary loss, weight 0.4); the OCR head on the deepest tap uses them. Same interface as SegmentationNet."""
+    """OCRNet (Yuan et al. 2020) as mmsegmentation's HRNet-OCR: the stride-8, 16 and 32 taps resized to stride
+    8 and concatenated form the pixel representation (the resolution mmseg's dilated ResNet-OCR works at; our
+    backbones are undilated); an FCN head on it gives the soft object regions (and the auxiliary loss, weight
+    0.4), which the OCR head then uses. Same interface as SegmentationNet."""
 
     def __init__(self, backbone: nn.Module, num_outputs: int) -> None:
         super().__init__()
-        channels = backbone.out_channels
-        width = head_width(channels)
+        strides = list(backbone.strides)
+        self.taps = [i for i, s in enumerate(strides) if s >= 8] or [len(strides) - 1]
+        concat = int(sum(backbone.out_channels[i] for i in self.taps))
+        width = head_width(backbone.out_channels)
         self.backbone = backbone
-        self.aux = FCNHead(channels[-2], num_outputs)
-        self.bottleneck = conv_bn_relu(channels[-1], width)
+        self.aux = FCNHead(concat, num_outputs)
+        self.bottleneck = conv_bn_relu(concat, width)
         self.ocr = ObjectContext(width, min(256, width))
         self.cls = classifier(width, num_outputs)
 
     def forward_train(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         size = x.shape[-2:]
         feats = list(self.backbone(x).values())
-        regions = self.aux(feats[-2])
-        pixels = self.bottleneck(feats[-1])
-        logits = _up(self.cls(self.ocr(pixels, _up(regions, pixels.shape[-2:]))), size)
+        base = feats[self.taps[0]].shape[-2:]
+        rep = torch.cat([feats[self.taps[0]]] + [_up(feats[i], base) for i in self.taps[1:]], 1)
+        regions = self.aux(rep)
+        logits = _up(self.cls(self.ocr(self.bottleneck(rep), regions)), size)
         return logits, (_up(regions, size) if self.training else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
