@@ -153,6 +153,15 @@ def test_detreg_refuses_pixel_classification_data_with_a_fix_it_error(tmp_path):
     assert "Export the training data" in failed["text"]
 
 
+def test_detreg_refuses_an_impossible_transformer_with_a_fix_it_error(tmp_path):
+    folder = write_pascal_voc(tmp_path, n=4, size=32)
+    code, reporter = train(make_spec(tmp_path, [folder], "DETREG", max_epochs=1,
+                                     arguments={"hidden_dim": 60, "num_queries": 0}))
+    assert code == ExitCode.BAD_INPUT
+    failed = next(e for e in reporter.events if e["type"] == "failed")["text"]
+    assert "hidden_dim must be a multiple of 8" in failed and "num_queries must be at least 1" in failed
+
+
 def test_detreg_accepts_resnets_only():
     from gpjobs.catalog import ArgumentError, lookup_model_type, resolve_backbone
 

@@ -35,22 +35,32 @@ class DETRegFamily(DetectionFamily):
         super().__init__(*a, **kw)
         self._data: Any = None
         self.pretrain_history: list[float] = []
+        arch = self.architecture()
+        problems = [f"{name} must be at least 1 (got {arch[name]})"
+                    for name in ("num_queries", "dec_layers", "dim_feedforward") if arch[name] < 1]
+        if arch["enc_layers"] < 0:
+            problems.append(f"enc_layers must be 0 or more (got {arch['enc_layers']})")
+        if arch["hidden_dim"] < 8 or arch["hidden_dim"] % 8:
+            problems.append(f"hidden_dim must be a multiple of 8 (8 attention heads, sine position encoding), "
+                            f"got {arch['hidden_dim']}")
+        if int(self.args.get("pretrain_epochs") or 0) > 0 and int(self.args.get("pretrain_proposals") or 30) < 1:
+            problems.append("pretrain_proposals must be at least 1")
+        if problems:
+            from gpjobs.catalog import ArgumentError
+
+            raise ArgumentError("DETREG arguments: " + "; ".join(problems))
 
     def attach_data(self, data: Any) -> None:
         self._data = data  # the chips DETReg's pre-training looks at (when pretrain_epochs > 0)
 
     def architecture(self) -> dict[str, int]:
         """The transformer's size from the arguments (Deformable DETR's defaults)."""
-        return {"num_queries": int(self.args.get("num_queries") or 100),
-                "hidden_dim": int(self.args.get("hidden_dim") or 256),
-                "enc_layers": int(self.args.get("enc_layers") or 6),
-                "dec_layers": int(self.args.get("dec_layers") or 6),
-                "dim_feedforward": int(self.args.get("dim_feedforward") or 1024)}
+        defaults = {"num_queries": 100, "hidden_dim": 256, "enc_layers": 6, "dec_layers": 6, "dim_feedforward": 1024}
+        return {k: int(self.args[k]) if self.args.get(k) is not None else v for k, v in defaults.items()}
 
     def _net(self, backbone: nn.Module, num_classes: int, embed_dim: int = 0) -> DeformableDETR:
         arch = self.architecture()
-        heads = 8 if arch["hidden_dim"] % 8 == 0 else 1
-        return DeformableDETR(backbone, num_classes, d_model=arch["hidden_dim"], heads=heads,
+        return DeformableDETR(backbone, num_classes, d_model=arch["hidden_dim"], heads=8,
                               enc_layers=arch["enc_layers"], dec_layers=arch["dec_layers"],
                               ffn=arch["dim_feedforward"], num_queries=arch["num_queries"], embed_dim=embed_dim)
 
