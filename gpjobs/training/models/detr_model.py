@@ -75,7 +75,9 @@ class EncoderLayer(nn.Module):
 class DecoderLayer(nn.Module):
     def __init__(self, d: int, ffn: int, dropout: float, levels: int, heads: int, points: int) -> None:
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
+        # no dropout inside the attention weights: nn.MultiheadAttention's is not an nn.Dropout module, so the
+        # validation loss mode (Dropout modules in eval) could not switch it off; its output is dropped out below
+        self.self_attn = nn.MultiheadAttention(d, heads, batch_first=True)
         self.cross_attn = MSDeformAttn(d, levels, heads, points)
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
         self.ffn = nn.Sequential(nn.Linear(d, ffn), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(ffn, d))
@@ -185,6 +187,14 @@ class DeformableDETR(nn.Module):
     def detect(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         out = self.forward_raw(images)
         return postprocess(out["logits"][-1], out["boxes"][-1], images.shape[-2:])
+
+    def losses_and_detections(self, images: torch.Tensor, targets: list[dict[str, torch.Tensor]]
+                              ) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+        """Validation: with Dropout off the forward is the same for both, so it runs once."""
+        out = self.forward_raw(images)
+        h, w = images.shape[-2:]
+        loss = set_loss(out["logits"], out["boxes"], normalised_targets(targets, h, w))
+        return loss, postprocess(out["logits"][-1], out["boxes"][-1], images.shape[-2:])
 
     def forward(self, images: torch.Tensor):
         """Eval: (boxes, scores, labels) of the batch's detections, for TorchScript export."""

@@ -127,9 +127,20 @@ class DenseDetector(nn.Module, abc.ABC):
 
     def detect(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         outputs, anchors = self.run(images)
+        return self._detections(outputs, anchors, images.shape[-2:])
+
+    def losses_and_detections(self, images: torch.Tensor, targets: list[dict[str, torch.Tensor]]
+                              ) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+        """Validation: GroupNorm heads and a BatchNorm backbone in eval give one forward for both."""
+        outputs, anchors = self.run(images)
+        assignment = [atss_assign(anchors, t["boxes"].float(), t["labels"]) for t in targets]
+        loss = self.loss(outputs, torch.cat(anchors), assignment, targets)
+        return loss, self._detections(outputs, anchors, images.shape[-2:])
+
+    def _detections(self, outputs: Any, anchors: list[torch.Tensor], size: Any) -> list[dict[str, torch.Tensor]]:
         scores, boxes = self.scores_and_boxes(outputs, torch.cat(anchors))
         sizes = [a.shape[0] for a in anchors]
-        return [self._postprocess(s.split(sizes), b.split(sizes), images.shape[-2:]) for s, b in zip(scores, boxes)]
+        return [self._postprocess(s.split(sizes), b.split(sizes), size) for s, b in zip(scores, boxes)]
 
     @staticmethod
     def _postprocess(scores: tuple[torch.Tensor, ...], boxes: tuple[torch.Tensor, ...],
