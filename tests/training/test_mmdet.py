@@ -122,7 +122,26 @@ def test_own_implementation_trains_packages_predicts_and_resumes(tmp_path, model
     assert emd["ModelParameters"]["trained_as"] == model and "mapping_note" not in emd["ModelParameters"]
     assert emd["DatasetType"] == "PASCAL_VOC_rectangles" and emd["Kwargs"]["model"] == model
     assert set(emd["average_precision_score"]) == {"a", "b"}
-    assert_predict_cli_reproduces_ap(folder, result, cli=cli)
+    predictions = assert_predict_cli_reproduces_ap(folder, result, cli=cli)
+    _torchscript_gives_the_same_boxes(folder, result, predictions)
+
+
+def _torchscript_gives_the_same_boxes(folder, result, predictions):
+    """The package's TorchScript module (what GpjobsInference.py runs) detects what `predict` detected."""
+    import io
+    import warnings
+    import zipfile
+
+    from gpjobs.training.data import open_training_data
+
+    data = open_training_data([folder], task="detection", validation_percent=25.0, seed=42)
+    with zipfile.ZipFile(result["package"]) as zf, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
+        module = torch.jit.load(io.BytesIO(zf.read("model.pt")))
+    for i, pred in enumerate(predictions):
+        boxes, scores, _ = module(data.valid[i][0][None])
+        assert torch.allclose(boxes, torch.tensor(pred["boxes"]).reshape(-1, 4), atol=0.01)
+        assert torch.allclose(scores, torch.tensor(pred["scores"]), atol=1e-4)
 
 
 def test_a_mapped_name_trains_and_its_package_says_what_was_trained(tmp_path):

@@ -149,9 +149,9 @@ class DenseDetector(nn.Module, abc.ABC):
         for level_scores, level_boxes in zip(scores, boxes):  # [N, K], [N, 4]
             k = level_scores.shape[1]
             flat = level_scores.flatten()
-            index = torch.nonzero(flat > SCORE_THRESH).flatten()
-            top = flat[index].topk(min(TOP_K, index.numel())).indices
-            index = index[top]
+            # top-k first, threshold after: k then depends on shapes only, so a traced module keeps it right
+            top, index = flat.topk(min(TOP_K, flat.numel()))
+            index = index[top > SCORE_THRESH]
             kept_scores.append(flat[index])
             kept_boxes.append(level_boxes[index // k])
             kept_labels.append(index % k + 1)
