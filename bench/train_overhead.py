@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import overhead_harness as harness
 
@@ -72,10 +71,10 @@ def run_bare(args) -> dict:
     train_loader, valid_loader = data.loaders(args.batch, pin_memory=device.type == "cuda")
     opt, sched = harness.bare_optimizer(torch, family, model, lr=1e-3,
                                         total_steps=args.epochs * len(train_loader))
-    times = []
+    clock = harness.EpochClock()
     for _ in range(args.epochs):
         harness.sync(torch, device)
-        start = time.perf_counter()
+        clock.start()
         model.train()
         for x, y in train_loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -92,8 +91,8 @@ def run_bare(args) -> dict:
             for x, y in valid_loader:
                 F.cross_entropy(model(x.to(device)), y.to(device))
         harness.sync(torch, device)
-        times.append(time.perf_counter() - start)
-    return {"epoch_times": times, **harness.memory(torch, device)}
+        clock.stop()
+    return {**clock.result(), **harness.memory(torch, device)}
 
 
 def main() -> int:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 
 import overhead_harness as harness
 
@@ -89,10 +88,10 @@ def run_bare(args) -> dict:
     train_loader, valid_loader = data.loaders(args.batch)
     opt, sched = harness.bare_optimizer(torch, family, model, lr=1e-3,
                                         total_steps=args.epochs * len(train_loader))
-    times = []
+    clock = harness.EpochClock()
     for _ in range(args.epochs):
         harness.sync(torch, device)
-        start = time.perf_counter()
+        clock.start()
         model.train()
         for x, targets in train_loader:
             targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
@@ -112,8 +111,8 @@ def run_bare(args) -> dict:
                 else:
                     model.detect(x.to(device))
         harness.sync(torch, device)
-        times.append(time.perf_counter() - start)
-    return {"epoch_times": times, **harness.memory(torch, device)}
+        clock.stop()
+    return {**clock.result(), **harness.memory(torch, device)}
 
 
 def main() -> int:
