@@ -6,7 +6,8 @@ this module runs each variant in its own process (peak RSS is per process), alte
 
 Besides wall time per epoch, a variant may report `epoch_cpu` (the process's CPU seconds per epoch, every
 thread, `EpochClock` below): on a shared, loaded machine wall time mostly measures the neighbours, CPU time
-the work done, so its ratio is the one to trust there.
+the work done, so its ratio is the one to trust there — with `--threads 1`: several intra-op threads
+spin-wait for each other when the cores are oversubscribed, and that spinning counts as CPU time too.
 """
 
 from __future__ import annotations
