@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from gpjobs.parsing import parse_bool
+
 ENV_PREFIX = "GPJOBS_"
 STORE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 DEVICE = re.compile(r"^(cpu|cuda:\d+)$")
@@ -45,6 +47,9 @@ class Config:
     jobs_dir: Path | None = None  # per-job work dirs (spec, checkpoints, logs); default: data_dir/jobs
     file_shares: dict[str, Path] = field(default_factory=dict)
     raster_stores: dict[str, Path] = field(default_factory=dict)
+    # UNC prefixes (\\server\share) -> the local mount they are reachable at; a mapped path must still lie
+    # inside a registered store.
+    unc_paths: dict[str, Path] = field(default_factory=dict)
     devices: list[str] = field(default_factory=lambda: ["auto"])  # one slot each; "auto": every GPU, else cpu
     auth: AuthConfig = field(default_factory=AuthConfig)
     weights_dir: Path | None = None  # torchvision-named ImageNet weight files
@@ -149,7 +154,7 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
         name = key[len(ENV_PREFIX):].lower()
         if name in ("anonymous", "auth_anonymous"):
             out["auth"] = {"anonymous": value}
-        elif name in ("file_shares", "raster_stores"):
+        elif name in ("file_shares", "raster_stores", "unc_paths"):
             out[name] = parse_named_paths(value.split(","), setting=key)
         elif name in ("devices", "trainer_command"):
             out[name] = value.split(",") if name == "devices" else value.split()
@@ -210,7 +215,7 @@ def _coerce(key: str, value: Any) -> Any:
             if bad:
                 raise ConfigError(f"unknown auth setting(s): {sorted(bad)}")
             return AuthConfig(anonymous=_to_bool(value.get("anonymous", True)))
-        if key in ("file_shares", "raster_stores"):
+        if key in ("file_shares", "raster_stores", "unc_paths"):
             if not isinstance(value, dict):
                 raise ConfigError(f"{key} must be a table of NAME = \"PATH\"")
             return {str(n): Path(str(p)).expanduser().absolute() for n, p in value.items()}
@@ -240,14 +245,10 @@ def _coerce(key: str, value: Any) -> Any:
 
 
 def _to_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{value!r} is not a boolean (use true or false)")
+    try:
+        return parse_bool(value)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def resolve_devices(devices: list[str]) -> list[str]:
@@ -311,6 +312,9 @@ def validate(config: Config) -> None:
         for name in getattr(config, kind):
             if not STORE_NAME.match(name):
                 raise ConfigError(f"{kind} name {name!r} may only use letters, digits, '_', '-' and '.'")
+    for prefix in config.unc_paths:
+        if not re.match(r"^(\\\\|//)[^\\/]+[\\/][^\\/]+", prefix):
+            raise ConfigError(f"unc_paths key {prefix!r} must be a UNC share such as '\\\\server\\share'")
     if config.public_url and not re.match(r"^https?://", config.public_url):
         raise ConfigError(f"public_url {config.public_url!r} must start with http:// or https://")
 

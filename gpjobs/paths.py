@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote
 
 # URL-space prefix (lower-cased) -> StoreRoots attribute.
@@ -27,26 +27,54 @@ class PathError(ValueError):
 
 @dataclass(frozen=True)
 class StoreRoots:
-    """The registered data stores: name -> local root directory, per kind."""
+    """The registered data stores (name -> local root, per kind) and the UNC shares mapped onto them."""
 
     file_shares: Mapping[str, Path] = field(default_factory=dict)
     raster_stores: Mapping[str, Path] = field(default_factory=dict)
+    unc_paths: Mapping[str, Path] = field(default_factory=dict)  # \\server\share -> local mount
 
     @classmethod
     def from_config(cls, config: Any) -> "StoreRoots":
-        """Roots from a Config (any object with `file_shares` / `raster_stores` mappings)."""
-        return cls(
-            file_shares={k: Path(v) for k, v in (getattr(config, "file_shares", None) or {}).items()},
-            raster_stores={k: Path(v) for k, v in (getattr(config, "raster_stores", None) or {}).items()},
-        )
+        """Roots from a Config (any object with `file_shares` / `raster_stores` / `unc_paths` mappings)."""
+        def paths(name: str) -> dict[str, Path]:
+            return {k: Path(v) for k, v in (getattr(config, name, None) or {}).items()}
+        return cls(file_shares=paths("file_shares"), raster_stores=paths("raster_stores"),
+                   unc_paths=paths("unc_paths"))
+
+    def resolve(self, user_path: str) -> "ResolvedPath":
+        return resolve_path(user_path, self)
 
     def describe(self) -> str:
         names = [f"/fileShares/{n}" for n in self.file_shares] + [f"/rasterStores/{n}" for n in self.raster_stores]
         return ", ".join(names) if names else "(none registered)"
 
-    def _all(self) -> list[tuple[str, str, Path]]:
+    def all_roots(self) -> list[tuple[str, str, Path]]:
+        """(kind, name, root) of every store, kind as in the URL space (fileShares | rasterStores)."""
         return ([("fileShares", n, Path(r)) for n, r in self.file_shares.items()]
                 + [("rasterStores", n, Path(r)) for n, r in self.raster_stores.items()])
+
+
+@dataclass(frozen=True)
+class LocalPaths:
+    """Plain local paths, for `gpjobs train` and `gpjobs infer` on the user's own machine (no stores)."""
+
+    def resolve(self, user_path: str) -> "ResolvedPath":
+        text = str(user_path).strip()
+        if not text:
+            raise PathError("empty path")
+        local = Path(os.path.realpath(os.path.expanduser(text)))
+        return ResolvedPath(alias=text, local=local, root=Path(local.anchor))
+
+    def describe(self) -> str:
+        return "any local path"
+
+
+class PathResolver(Protocol):
+    """What parameter parsing needs from a resolver: StoreRoots on the server, LocalPaths on the CLI."""
+
+    def resolve(self, user_path: str) -> "ResolvedPath": ...
+
+    def describe(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -87,10 +115,9 @@ def resolve_path(user_path: str, roots: StoreRoots) -> ResolvedPath:
     text = str(user_path).strip()
     if not text:
         raise PathError("empty path")
-    if text.startswith("\\\\") or text.startswith("//"):
-        raise PathError(f"UNC path '{text}' is not supported; register the share and use "
-                        f"/fileShares/<store>/<folder>. Registered stores: {roots.describe()}")
     parts = _components(text)
+    if text.startswith("\\\\") or text.startswith("//"):
+        return _resolve_local(_unc_to_local(text, parts, roots), text, roots)
     if not parts:
         raise PathError(f"path '{text}' names no folder")
     prefix = parts[0].lower()
@@ -115,14 +142,37 @@ def resolve_path(user_path: str, roots: StoreRoots) -> ResolvedPath:
         raise PathError(f"'{parts[0]}' paths are not supported by this server; "
                         f"use one of the registered stores: {roots.describe()}")
     if text.startswith("/"):
-        local = Path(os.path.realpath(text))
-        for kind, name, root in roots._all():
-            root_resolved = Path(os.path.realpath(root))
-            if _inside(local, root_resolved):
-                rel = local.relative_to(root_resolved).parts
-                return ResolvedPath(alias="/" + "/".join([kind, name, *rel]), local=local, root=root_resolved)
+        return _resolve_local(Path(text), text, roots)
     raise PathError(f"path '{text}' is not inside a registered data store. Use /fileShares/<store>/<folder> "
                     f"or /rasterStores/<store>/<folder>; registered stores: {roots.describe()}")
+
+
+def _resolve_local(path: Path, text: str, roots: StoreRoots) -> ResolvedPath:
+    """An absolute local path, accepted only when (symlinks resolved) it lies inside a registered store."""
+    local = Path(os.path.realpath(path))
+    for kind, name, root in roots.all_roots():
+        root_resolved = Path(os.path.realpath(root))
+        if _inside(local, root_resolved):
+            rel = local.relative_to(root_resolved).parts
+            return ResolvedPath(alias="/" + "/".join([kind, name, *rel]), local=local, root=root_resolved)
+    raise PathError(f"path '{text}' is not inside a registered data store. Use /fileShares/<store>/<folder> "
+                    f"or /rasterStores/<store>/<folder>; registered stores: {roots.describe()}")
+
+
+def _unc_to_local(text: str, parts: list[str], roots: StoreRoots) -> Path:
+    """\\\\server\\share\\a\\b -> <mount>/a/b through the longest configured `unc_paths` prefix."""
+    best: tuple[int, Path] | None = None
+    for prefix, mount in roots.unc_paths.items():
+        prefix_parts = [p.lower() for p in _components(prefix)]
+        if [p.lower() for p in parts[:len(prefix_parts)]] == prefix_parts and (
+                best is None or len(prefix_parts) > best[0]):
+            best = (len(prefix_parts), Path(mount))
+    if best is None:
+        share = "\\\\" + "\\".join(parts[:2])
+        raise PathError(f"UNC path '{text}' is not mapped to a local folder. Add its share to the [unc_paths] "
+                        f"setting, e.g. '{share}' = \"/mnt/<share>\", and register that folder (or one above "
+                        f"it) as a file share; registered stores: {roots.describe()}")
+    return best[1].joinpath(*parts[best[0]:])
 
 
 def split_folder_value(value: Any) -> list[str]:
@@ -160,6 +210,6 @@ def split_folder_value(value: Any) -> list[str]:
                     '{"uri": "<path>"} or {"uris": ["<path>", ...]}')
 
 
-def resolve_folders(value: Any, roots: StoreRoots) -> list[ResolvedPath]:
+def resolve_folders(value: Any, resolver: PathResolver) -> list[ResolvedPath]:
     """Every folder of an `in_folder` value, resolved (existence is checked by the caller)."""
-    return [resolve_path(p, roots) for p in split_folder_value(value)]
+    return [resolver.resolve(p) for p in split_folder_value(value)]

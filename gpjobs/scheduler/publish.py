@@ -13,6 +13,7 @@ from typing import Any
 from gpjobs.config import Config
 from gpjobs.domain import Item, Job, MessageType, new_item_id, now_ms
 from gpjobs.store import Store
+from gpjobs.tasks.train import TrainingRequest
 
 
 def atomic_copy(source: Path, dest: Path) -> int:
@@ -45,26 +46,23 @@ def content_path(config: Config, job: Job, name: str) -> Path:
 
 async def publish(store: Store, config: Config, job: Job, event: dict[str, Any]) -> Job:
     """Publish the package named by a child's `result` event. Raises ItemExists, FileNotFoundError, ..."""
-    output = job.spec.get("output") or {"kind": "item", "name": job.spec.get("output_name") or job.job_id}
-    name = str(output.get("name") or job.spec.get("output_name") or job.job_id)
+    request = TrainingRequest.from_json_dict(job.spec)
+    output, name = request.output, request.output.name
     package = Path(str(event.get("package") or ""))
     if not package.is_file():
         raise FileNotFoundError(f"the training child reported package {package} but it does not exist")
     finished = [(MessageType.INFORMATIVE, "Training Finished")]
-    if output.get("kind") == "uri":
-        folder = Path(str(output["path"]))
-        dest = folder / f"{name}.dlpk"
-        atomic_copy(package, dest)
-        alias = str(output.get("alias") or "").rstrip("/")
-        uri = alias if alias.lower().endswith(".dlpk") else f"{alias}/{name}.dlpk"
-        done, _, _ = await store.publish_job(job.job_id, result={"uri": uri}, messages=[
-            *finished, (MessageType.INFORMATIVE, f"Deep Learning Package written to {uri}.")])
+    if output.kind == "uri":
+        assert output.path is not None
+        atomic_copy(package, Path(output.path) / f"{name}.dlpk")
+        done, _, _ = await store.publish_job(job.job_id, result={"uri": output.package_uri}, messages=[
+            *finished, (MessageType.INFORMATIVE, f"Deep Learning Package written to {output.package_uri}.")])
         return done
     dest = content_path(config, job, name)
     size = atomic_copy(package, dest)
-    overwrite = bool(job.spec.get("overwrite_model"))
+    overwrite = request.overwrite_model
     existing = await store.find_item(job.owner, name)
-    item = Item(id=new_item_id(), owner=job.owner, title=name, name=f"{name}.dlpk", folder_id=output.get("folder_id"),
+    item = Item(id=new_item_id(), owner=job.owner, title=name, name=f"{name}.dlpk", folder_id=output.folder_id,
                 size=size, created_ms=now_ms(), path=str(dest), job_id=job.job_id,
                 properties={"modelType": job.model_type, "metrics": event.get("metrics") or {}})
     verb = "Updating existing" if existing is not None and overwrite else "Adding new"

@@ -18,7 +18,8 @@ from gpjobs.scheduler.publish import publish
 from gpjobs.scheduler.retry import (FAILURE_HINTS, STOP_CANCEL, STOP_SHUTDOWN, STOP_STALLED, STOP_TIMEOUT, Outcome,
                                     backoff_s, classify)
 from gpjobs.store.jobs import MessageInput
-from gpjobs.training.protocol import ExitCode, JobSpec
+from gpjobs.tasks.train import TrainingRequest
+from gpjobs.training.protocol import ChildRuntime, ExitCode, JobSpec
 
 if TYPE_CHECKING:
     from gpjobs.scheduler.core import Scheduler
@@ -139,25 +140,24 @@ class JobRun:
                            rc=rc)
 
     async def _write_spec(self) -> Path:
-        raw = dict(self.job.spec)
-        pretrained = raw.get("pretrained") or {}
-        if pretrained.get("item_id") and not raw.get("pretrained_model"):
-            item = await self.store.get_item(pretrained["item_id"])
+        """The child's input: the job's stored request, and how this attempt runs it."""
+        try:
+            request = TrainingRequest.from_json_dict(self.job.spec)
+        except ValueError as exc:
+            raise BadJob(f"This job cannot run on this server version: {exc}. Submit it again.") from None
+        pretrained = request.pretrained
+        if pretrained is not None and pretrained.item_id:
+            item = await self.store.get_item(pretrained.item_id)  # the item may be gone or replaced since submit
             if item is None or not Path(item.path).is_file():
-                raise BadJob(f"pretrained_model: item {pretrained['item_id']} no longer exists; "
+                raise BadJob(f"pretrained_model: item {pretrained.item_id} no longer exists; "
                              "submit again with an existing model item")
-            raw["pretrained_model"] = item.path
-        known = {f.name for f in dataclasses.fields(JobSpec)}
-        values = {k: v for k, v in raw.items() if k in known and v is not None}
-        values.update(
-            job_id=self.job_id, model_type=self.job.model_type, work_dir=str(self.work_dir),
-            output_name=str(raw.get("output_name") or (raw.get("output") or {}).get("name") or self.job_id),
-            in_folders=list(raw.get("in_folders") or []),
+            request = request.replace(pretrained=dataclasses.replace(pretrained, path=item.path))
+        runtime = ChildRuntime(
             device="cuda:0" if self.device.startswith("cuda:") else "cpu",  # CUDA_VISIBLE_DEVICES masks the rest
             weights_dir=str(self.config.weights_dir) if self.config.weights_dir else None,
             missing_weights=self.config.missing_weights, num_threads=self.config.child_threads, resume=True,
             heartbeat_seconds=max(0.5, min(5.0, self.config.heartbeat_timeout_s / 4)))
-        spec = JobSpec(**values)
+        spec = JobSpec(job_id=self.job_id, work_dir=str(self.work_dir), request=request, runtime=runtime)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         path = self.work_dir / "spec.json"
         tmp = path.with_suffix(".tmp")

@@ -12,13 +12,17 @@ from typing import Any
 from aiohttp import web
 
 from gpjobs.appkeys import CONFIG_KEY, SCHEDULER_KEY, STORE_KEY
-from gpjobs.domain import Job, JobStatus, Message, MessageType, QuotaExceeded, is_job_id, new_job_id
+from gpjobs.domain import Job, JobStatus, Message, QuotaExceeded, is_job_id, new_job_id
 from gpjobs.paths import StoreRoots
 from gpjobs.web import gp_service
 from gpjobs.web.auth import require_principal, token_query
-from gpjobs.web.gp_params import (INPUT_NAMES, OUTPUT_PARAMETER, PARAMETERS_BY_NAME, Limits, ParameterError,
-                                  check_with_store, parse_submit, served_value)
+from gpjobs.tasks.params import ParameterError
+from gpjobs.tasks.train import INPUT_PARAMETERS, OUTPUT_PARAMETER
+from gpjobs.web.gp_params import check_devices, check_with_store, parse_submit, served_value
 from gpjobs.web.render import EsriError, invalid_parameters, invalid_url, output_format, params, render
+
+INPUT_NAMES = tuple(p.name for p in INPUT_PARAMETERS)
+_INPUTS_BY_NAME = {p.name: p for p in INPUT_PARAMETERS}
 
 # --- pure JSON builders --------------------------------------------------------------------------
 
@@ -64,8 +68,8 @@ def result_json(job: Job) -> dict[str, Any]:
 
 
 def input_json(job: Job, name: str) -> dict[str, Any]:
-    param = PARAMETERS_BY_NAME[name]
-    return {"paramName": name, "dataType": param.data_type, "value": served_value(name, job.inputs.get(name))}
+    param = _INPUTS_BY_NAME[name]
+    return {"paramName": name, "dataType": param.data_type, "value": served_value(job.inputs.get(name))}
 
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -100,20 +104,16 @@ async def submit_job(request: web.Request) -> web.StreamResponse:
     try:
         # Filesystem checks (stores, export folders) may touch slow shares: keep them off the event loop.
         submission = await asyncio.to_thread(parse_submit, dict(params(request)), StoreRoots.from_config(config),
-                                             Limits.from_config(config))
-        await check_with_store(submission, app[STORE_KEY], principal)
+                                             max_arguments_bytes=config.max_arguments_bytes)
+        check_devices(submission.request, config.devices)
+        training = await check_with_store(submission.request, app[STORE_KEY], principal)
     except ParameterError as exc:
         raise invalid_parameters(exc.details) from None
     job = Job(job_id=new_job_id(), owner=principal.username, status=JobStatus.SUBMITTED,
-              model_type=submission.model_type, inputs=submission.inputs, spec=submission.spec,
+              model_type=training.model_type.name, inputs=submission.inputs, spec=training.to_json_dict(),
               max_attempts=config.max_attempts)
-    messages: list[Any] = ["Submitted."]
-    if (submission.spec.get("context") or {}).get("processorType") == "GPU" and \
-            not any(d.startswith("cuda") for d in config.devices):
-        messages.append((MessageType.WARNING, "processorType GPU was requested, but this server has no GPU; "
-                                              "the model trains on the CPU."))
     try:
-        job = await app[STORE_KEY].create_job(job, messages, max_queued_per_user=config.max_queued_per_user)
+        job = await app[STORE_KEY].create_job(job, ["Submitted."], max_queued_per_user=config.max_queued_per_user)
     except QuotaExceeded as exc:
         raise EsriError(429, "Too many queued jobs.", [str(exc)]) from None
     scheduler = app.get(SCHEDULER_KEY)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -9,18 +10,30 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from gpjobs.paths import LocalPaths
+from gpjobs.tasks.train import parse_training_request
 from gpjobs.training.events import ListReporter
-from gpjobs.training.protocol import ExitCode, JobSpec
+from gpjobs.training.protocol import ChildRuntime, ExitCode, JobSpec
 
 REPO = Path(__file__).resolve().parents[2]
 
 
+_RUNTIME_KEYS = {f.name for f in dataclasses.fields(ChildRuntime)}
+
+
 def make_spec(tmp: Path, folders: list[Path], model_type: str, **kw: Any) -> JobSpec:
-    defaults: dict[str, Any] = dict(job_id="t", in_folders=[str(f) for f in folders], model_type=model_type,
-                                    output_name="model", work_dir=str(tmp / "work"), batch_size=4, max_epochs=3,
-                                    learning_rate=0.01, validation_percent=25.0, num_threads=1)
-    defaults.update(kw)
-    return JobSpec(**defaults)
+    """A JobSpec built the way `gpjobs train` builds one: the task's parameters (by name; `arguments` as a
+    dict, `pretrained_model` a local path) through the task's own parser, plus the child's runtime settings
+    (device, num_threads, resume, ...). Test defaults: 4 chips a batch, 3 epochs, lr 0.01, 25 % validation."""
+    runtime = {k: kw.pop(k) for k in list(kw) if k in _RUNTIME_KEYS}
+    runtime.setdefault("num_threads", 1)
+    job_id, work_dir = kw.pop("job_id", "t"), kw.pop("work_dir", str(tmp / "work"))
+    values: dict[str, Any] = dict(in_folder=",".join(str(f) for f in kw.pop("in_folders", folders)),
+                                  model_type=model_type, output_name=json.dumps({"name": kw.pop("output_name", "model")}),
+                                  batch_size=4, max_epochs=3, learning_rate=0.01, validation_percent=25.0)
+    values.update(kw)
+    request = parse_training_request(values, LocalPaths())
+    return JobSpec(job_id=job_id, work_dir=str(work_dir), request=request, runtime=ChildRuntime(**runtime))
 
 
 def train(spec: JobSpec, reporter: ListReporter | None = None) -> tuple[ExitCode, ListReporter]:
@@ -60,3 +73,10 @@ def _env() -> dict[str, str]:
 
 def json_lines(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def emd_of(result: dict[str, Any]) -> dict[str, Any]:
+    """The `.emd` inside the package a `result` event names."""
+    with zipfile.ZipFile(result["package"]) as zf:
+        name = next(n for n in zf.namelist() if n.endswith(".emd"))
+        return json.loads(zf.read(name))

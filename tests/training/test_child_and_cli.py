@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,10 +13,11 @@ import time
 import pytest
 import torch
 
+from gpjobs.tasks.params import ParameterError
 from gpjobs.training.events import ListReporter
 from gpjobs.training.protocol import ExitCode, decode_event
 from tests.builders.exports import write_classified_tiles, write_labeled_tiles
-from tests.training.helpers import REPO, dlpk_members, epochs_of, gpjobs, make_spec, result_of, train
+from tests.training.helpers import emd_of, REPO, dlpk_members, epochs_of, gpjobs, make_spec, result_of, train
 
 torch.set_num_threads(1)
 
@@ -58,7 +60,7 @@ def test_child_emits_events_and_packages(tmp_path):
     assert started["resumed_from_epoch"] == 0 and started["torch"] == torch.__version__
     result = events[-1]
     assert result["package"] == str(spec.package_path) and spec.package_path.is_file()
-    assert result["emd"]["ModelName"] == "UnetClassifier"
+    assert emd_of(result)["ModelName"] == "UnetClassifier"
 
 
 def test_child_sigterm_cancels_and_lifeline_loss_stops(tmp_path):
@@ -81,12 +83,19 @@ def test_child_sigterm_cancels_and_lifeline_loss_stops(tmp_path):
 
 def test_bad_input_fails_with_a_fix_it_message(tmp_path):
     folder = write_classified_tiles(tmp_path, n=8, size=32)
-    code, reporter = train(make_spec(tmp_path, [folder], "FEATURE_CLASSIFIER", backbone_model="RESNET18"))
+    # Caught before any training, by the parser every entry point shares ...
+    with pytest.raises(ParameterError, match="Classified_Tiles cannot train model_type FEATURE_CLASSIFIER"):
+        make_spec(tmp_path, [folder], "FEATURE_CLASSIFIER", backbone_model="RESNET18")
+    with pytest.raises(ParameterError, match="Valid backbones: RESNET18"):
+        make_spec(tmp_path, [folder], "UNET", backbone_model="VGG16")
+    # ... and again by the child, for a folder that changed after the job was accepted.
+    labeled = write_labeled_tiles(tmp_path / "later", n=8, size=32)
+    spec = make_spec(tmp_path, [labeled], "FEATURE_CLASSIFIER", backbone_model="RESNET18")
+    shutil.rmtree(labeled)
+    shutil.copytree(folder, labeled)
+    code, reporter = train(spec)
     failed = [e for e in reporter.events if e["type"] == "failed"]
     assert code == ExitCode.BAD_INPUT and failed and "Classified_Tiles" in failed[0]["text"]
-    code, reporter = train(make_spec(tmp_path, [folder], "UNET", backbone_model="VGG16"))
-    assert code == ExitCode.BAD_INPUT
-    assert "Valid backbones: RESNET18" in [e for e in reporter.events if e["type"] == "failed"][0]["text"]
 
 
 def test_real_unet_run_resumes_after_kill_at_the_same_result(tmp_path):
@@ -123,7 +132,7 @@ def test_fine_tuning_starts_from_the_package(tmp_path):
     loaded = [t for t in texts.split("Fine-tuning from ")[1:]][0]
     total = loaded.split(" of ")[1].split()[0]
     assert loaded.split(": ")[1].startswith(f"{total} of {total}")  # every tensor came from the package
-    emd = result_of(tuned)["emd"]
+    emd = emd_of(result_of(tuned))
     assert emd["PretrainedWeights"] == "none: fine-tuning from model.dlpk" and emd["backbone"] == "resnet18"
     # starting from trained weights, the first epoch beats the first epoch from scratch
     assert epochs_of(tuned)[0]["valid_loss"] < epochs_of(first)[0]["valid_loss"]
@@ -166,7 +175,7 @@ def test_lr_finder_and_weights_outcome_reach_the_package(tmp_path):
                      learning_rate=None, weights_dir=str(weights), missing_weights="fail")
     code, reporter = train(spec)
     assert code == ExitCode.OK, [e for e in reporter.events if e["type"] in ("failed", "message")]
-    emd = result_of(reporter)["emd"]
+    emd = emd_of(result_of(reporter))
     assert emd["PretrainedWeights"] == f"loaded {TORCHVISION_WEIGHT_FILES['MOBILENET_V2']}"
     finder = emd["Gpjobs"]["lr_finder"]
     assert finder["points"] >= 10 and emd["Gpjobs"]["learning_rate"] == finder["chosen"]

@@ -11,7 +11,7 @@ import torch
 from gpjobs.training.data import open_training_data
 from gpjobs.training.protocol import ExitCode
 from tests.builders.exports import write_imagenet, write_labeled_tiles, write_multilabeled_tiles
-from tests.training.helpers import dlpk_members, epochs_of, gpjobs, make_spec, result_of, train
+from tests.training.helpers import emd_of, dlpk_members, epochs_of, gpjobs, make_spec, result_of, train
 
 torch.set_num_threads(1)
 
@@ -73,7 +73,7 @@ def test_imagenet_layout_with_oversample(tmp_path):
     assert code == ExitCode.OK, [e for e in reporter.events if e["type"] in ("failed", "message")]
     texts = " ".join(e.get("text", "") for e in reporter.events if e["type"] == "message")
     assert "oversample: training chips drawn by inverse class frequency" in texts
-    assert result_of(reporter)["emd"]["MetaDataMode"] == "Imagenet"
+    assert emd_of(result_of(reporter))["MetaDataMode"] == "Imagenet"
 
 
 def test_multilabel(tmp_path):
@@ -84,7 +84,7 @@ def test_multilabel(tmp_path):
     assert code == ExitCode.OK, [e for e in reporter.events if e["type"] in ("failed", "message")]
     metrics = result_of(reporter)["metrics"]
     assert 0.0 <= metrics["fbeta"] <= 1.0 and 0.0 <= metrics["accuracy"] <= 1.0
-    emd = result_of(reporter)["emd"]
+    emd = emd_of(result_of(reporter))
     assert emd["IsMultiLabel"] is True and "fbeta" in emd
     chip = sorted((folder / "images").iterdir())[0]
     done = gpjobs("predict", result_of(reporter)["package"], str(chip), "--json")

@@ -16,7 +16,7 @@ from gpjobs.export import read_label_raster
 from gpjobs.training.data import open_training_data
 from gpjobs.training.protocol import ExitCode
 from tests.builders.exports import write_classified_tiles
-from tests.training.helpers import dlpk_members, epochs_of, gpjobs, make_spec, result_of, train
+from tests.training.helpers import emd_of, dlpk_members, epochs_of, gpjobs, make_spec, result_of, train
 
 torch.set_num_threads(1)
 
@@ -49,7 +49,7 @@ def test_unet_package_members_and_emd(unet_run):
             "ModelCharacteristics/loss_graph.png", "ModelCharacteristics/show_results.png"} <= members
     with zipfile.ZipFile(result["package"]) as zf:
         emd = json.loads(zf.read("model.emd"))
-    assert emd == result["emd"]
+    assert emd == emd_of(result)
     assert emd["ModelType"] == "ImageClassification" and emd["ModelName"] == "UnetClassifier"
     assert emd["ModelFile"] == "model.pth" and emd["ImageHeight"] == emd["ImageWidth"] == 32
     assert emd["ExtractBands"] == [0, 1, 2] and emd["IsImageNetNormalization"] is True
@@ -113,7 +113,7 @@ def test_pspnet_and_deeplab_learn(tmp_path, model_type, arguments):
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
     result = result_of(reporter)
     assert 0.0 <= result["metrics"]["accuracy"] <= 1.0 and 0.0 <= result["metrics"]["miou"] <= 1.0
-    emd = result["emd"]
+    emd = emd_of(result)
     assert emd["ModelName"] == {"PSPNET": "PSPNetClassifier", "DEEPLAB": "DeepLab"}[model_type]
     if model_type == "PSPNET":
         expected = json.loads(arguments["pyramid_sizes"]) if "pyramid_sizes" in arguments else [1, 2, 3, 6]
@@ -130,7 +130,7 @@ def test_ignore_classes_leave_the_metrics(tmp_path):
                      arguments={"ignore_classes": [3]})
     code, reporter = train(spec)
     assert code == ExitCode.OK
-    emd = result_of(reporter)["emd"]
+    emd = emd_of(result_of(reporter))
     assert emd["ignore_mapped_class"] == [3]
     per_class = json.loads(emd["per_class_metrics"])
     assert per_class["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0}  # no ignored pixel was counted
@@ -141,7 +141,7 @@ def test_multispectral_uint16_unet(tmp_path):
     spec = make_spec(tmp_path, [folder], "UNET", backbone_model="RESNET18", max_epochs=1)
     code, reporter = train(spec)
     assert code == ExitCode.OK, [e for e in reporter.events if e["type"] in ("failed", "message")]
-    emd = result_of(reporter)["emd"]
+    emd = emd_of(result_of(reporter))
     assert emd["IsMultispectral"] is True and emd["ExtractBands"] == [0, 1, 2, 3, 4]
     assert len(emd["NormalizationStats"]["band_min_values"]) == 5
     assert np.isfinite(result_of(reporter)["metrics"]["valid_loss"])

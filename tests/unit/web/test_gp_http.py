@@ -154,7 +154,7 @@ async def test_pretrained_item_must_be_readable(server: Server) -> None:
     item = await run_to_success(server, sub["jobId"])
     ok = await server.submit(output_name="m2", pretrained_model=f'{{"itemId": "{item.id}"}}')
     stored = await server.store.get_job(ok["jobId"])
-    assert stored.spec["pretrained_model"] == item.path
+    assert stored.spec["pretrained"]["path"] == item.path
     missing = await server.submit(output_name="m3", pretrained_model='{"itemId": "' + "a" * 32 + '"}')
     assert "does not exist or is not accessible" in " ".join(missing["error"]["details"])
 
@@ -204,11 +204,10 @@ async def test_execute_points_to_submit_job(server: Server) -> None:
     assert "submitJob" in body["error"]["message"]
 
 
-async def test_gpu_request_on_a_cpu_server_is_warned_at_submit(server: Server) -> None:
+async def test_gpu_request_on_a_cpu_server_is_refused_at_submit(server: Server) -> None:
     sub = await server.submit(context='{"processorType": "GPU"}')
-    body = await server.json("GET", f"{TASK}/jobs/{sub['jobId']}", params={"f": "json"})
-    assert body["messages"][0]["description"] == "Submitted."
-    assert body["messages"][1]["type"] == "esriJobMessageTypeWarning" and "GPU" in body["messages"][1]["description"]
+    assert "jobId" not in sub and "no GPU slot" in " ".join(sub["error"]["details"])
+    assert "jobId" in await server.submit(context='{"processorType": "CPU"}')
 
 
 async def test_internal_errors_reach_no_client(server: Server, monkeypatch) -> None:
