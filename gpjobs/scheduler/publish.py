@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from gpjobs import messages as texts
 from gpjobs.config import Config
 from gpjobs.domain import Item, Job, MessageType, new_item_id, now_ms
 from gpjobs.store import Store
@@ -49,8 +50,8 @@ async def publish(store: Store, config: Config, job: Job, event: dict[str, Any])
     name = str(output.get("name") or job.spec.get("output_name") or job.job_id)
     package = Path(str(event.get("package") or ""))
     if not package.is_file():
-        raise FileNotFoundError(f"the training child reported package {package} but it does not exist")
-    finished = [(MessageType.INFORMATIVE, "Training Finished")]
+        raise FileNotFoundError(texts.package_missing(str(package)))
+    finished = [(MessageType.INFORMATIVE, texts.TRAINING_FINISHED)]
     if output.get("kind") == "uri":
         folder = Path(str(output["path"]))
         dest = folder / f"{name}.dlpk"
@@ -58,7 +59,7 @@ async def publish(store: Store, config: Config, job: Job, event: dict[str, Any])
         alias = str(output.get("alias") or "").rstrip("/")
         uri = alias if alias.lower().endswith(".dlpk") else f"{alias}/{name}.dlpk"
         done, _, _ = await store.publish_job(job.job_id, result={"uri": uri}, messages=[
-            *finished, (MessageType.INFORMATIVE, f"Deep Learning Package written to {uri}.")])
+            *finished, (MessageType.INFORMATIVE, texts.package_written(uri))])
         return done
     dest = content_path(config, job, name)
     size = atomic_copy(package, dest)
@@ -67,12 +68,11 @@ async def publish(store: Store, config: Config, job: Job, event: dict[str, Any])
     item = Item(id=new_item_id(), owner=job.owner, title=name, name=f"{name}.dlpk", folder_id=output.get("folder_id"),
                 size=size, created_ms=now_ms(), path=str(dest), job_id=job.job_id,
                 properties={"modelType": job.model_type, "metrics": event.get("metrics") or {}})
-    verb = "Updating existing" if existing is not None and overwrite else "Adding new"
+    published = texts.item_published(replaced=existing is not None and overwrite)
     try:
         done, _, replaced = await store.publish_job(
             job.job_id, result={"id": item.id}, item=item, overwrite=overwrite,
-            messages=[*finished, (MessageType.INFORMATIVE,
-                                  f"{verb} Deep Learning Package item to the portal succeeded.")])
+            messages=[*finished, (MessageType.INFORMATIVE, published)])
     except BaseException:
         if not (done_job := await store.get_job(job.job_id)) or done_job.result is None:
             with contextlib.suppress(OSError):

@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gpjobs import messages as texts
 from gpjobs.appkeys import CONFIG_KEY, SCHEDULER_KEY, STORE_KEY
 from gpjobs.domain import Job, JobStatus, Message, MessageType, QuotaExceeded, is_job_id, new_job_id
 from gpjobs.paths import StoreRoots
@@ -107,11 +108,10 @@ async def submit_job(request: web.Request) -> web.StreamResponse:
     job = Job(job_id=new_job_id(), owner=principal.username, status=JobStatus.SUBMITTED,
               model_type=submission.model_type, inputs=submission.inputs, spec=submission.spec,
               max_attempts=config.max_attempts)
-    messages: list[Any] = ["Submitted."]
+    messages: list[Any] = [texts.SUBMITTED]
     if (submission.spec.get("context") or {}).get("processorType") == "GPU" and \
             not any(d.startswith("cuda") for d in config.devices):
-        messages.append((MessageType.WARNING, "processorType GPU was requested, but this server has no GPU; "
-                                              "the model trains on the CPU."))
+        messages.append((MessageType.WARNING, texts.GPU_UNAVAILABLE))
     try:
         job = await app[STORE_KEY].create_job(job, messages, max_queued_per_user=config.max_queued_per_user)
     except QuotaExceeded as exc:

@@ -80,7 +80,7 @@ class Harness:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             run = self.scheduler.running(job_id) if self.scheduler else None
-            if run is not None and run.child is not None and (self.runs(job_id)):
+            if run is not None and run.supervisor.child is not None and (self.runs(job_id)):
                 return run
             await asyncio.sleep(0.02)
         raise AssertionError(f"job {job_id} never started")
