@@ -128,7 +128,7 @@ class Job:
     inputs: dict[str, Any] = field(default_factory=dict)
     spec: dict[str, Any] = field(default_factory=dict)
     progress: float | None = None  # percent 0..100 while executing
-    attempts: int = 0  # claims so far (a graceful-shutdown requeue gives its attempt back)
+    attempts: int = 0  # claims so far (a graceful shutdown or a server crash gives its attempt back)
     max_attempts: int = 3
     result: dict[str, Any] | None = None  # {"id": item_id} or {"uri": "/fileShares/..."}
     error: str | None = None  # human-readable cause of Failed / TimedOut

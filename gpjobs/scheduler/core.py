@@ -14,6 +14,7 @@ import structlog
 from gpjobs import messages as texts
 from gpjobs.config import Config
 from gpjobs.domain import Job, JobStatus, MessageType, now_ms
+from gpjobs.scheduler.child_input import work_dir
 from gpjobs.scheduler.recovery import recover_orphans
 from gpjobs.scheduler.retry import STOP_CANCEL, STOP_SHUTDOWN, STOP_STALLED, STOP_TIMEOUT
 from gpjobs.scheduler.runner import JobRun
@@ -195,7 +196,6 @@ class Scheduler:
         if self.config.retention_days > 0:
             cutoff = now_ms() - int(self.config.retention_days * 86_400_000)
             for job_id in await self.store.prune_finished(cutoff):
-                assert self.config.jobs_dir is not None
-                shutil.rmtree(self.config.jobs_dir / job_id, ignore_errors=True)
+                shutil.rmtree(work_dir(self.config, job_id), ignore_errors=True)
                 counts["pruned"] += 1
         return counts

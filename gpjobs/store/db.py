@@ -77,7 +77,7 @@ class Database:
                 await writer.execute("SELECT value FROM json_each('[]')")
             except sqlite3.OperationalError:
                 raise StoreError(f"SQLite {sqlite3.sqlite_version} was built without its JSON functions, which "
-                                 "gpjobs needs; use a Python whose SQLite has them (every 3.38 or newer does)") from None
+                                 "gpjobs needs; use a Python whose SQLite has them (3.38 or newer does)") from None
             reader_conns = [await _connect(path, synchronous=synchronous, read_only=True) for _ in range(readers)]
         except BaseException:
             await writer.close()

@@ -50,12 +50,14 @@ class Harness:
         return self.scheduler
 
     async def submit(self, behaviour: str = "ok", *, owner: str = "alice", max_epochs: int = 2, name: str | None = None,
-                     output: dict | None = None, overwrite: bool = False, **fields) -> Job:
+                     output: dict | None = None, overwrite: bool = False, spec_extra: dict | None = None,
+                     **fields) -> Job:
         job_id = new_job_id()
         name = name or f"model_{job_id[-6:]}"
         spec = {"model_type": "FEATURE_CLASSIFIER", "in_folders": ["/nowhere"], "output_name": name,
                 "output": output or {"kind": "item", "name": name, "folder_id": None}, "max_epochs": max_epochs,
-                "batch_size": 2, "arguments": {"fake_behaviour": behaviour}, "overwrite_model": overwrite}
+                "batch_size": 2, "arguments": {"fake_behaviour": behaviour}, "overwrite_model": overwrite,
+                **(spec_extra or {})}
         job = Job(job_id=job_id, owner=owner, status=JobStatus.SUBMITTED, model_type="FEATURE_CLASSIFIER",
                   inputs={"output_name": json.dumps({"name": name})}, spec=spec,
                   max_attempts=fields.pop("max_attempts", self.config.max_attempts), **fields)
