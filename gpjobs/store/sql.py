@@ -1,4 +1,5 @@
-"""Every SQL statement the store runs, by name, with named parameters.
+"""Every SQL statement the store runs on its tables, by name, with named parameters (connection PRAGMAs are
+in db.py, the schema in migrations/).
 
 The filters are static text: a list of statuses is ONE parameter, a JSON array read with json_each, and an
 optional filter is `(:x IS NULL OR column = :x)`. The little text built here is built once, at import time,
@@ -137,3 +138,12 @@ REVOKE_TOKENS = "UPDATE tokens SET revoked_ms = :now WHERE username = :username 
 LIVE_USERS = ("SELECT username, max(role = 'admin') AS admin, count(*) AS n FROM tokens "
               "WHERE revoked_ms IS NULL AND (expires_ms IS NULL OR expires_ms > :now) "
               "GROUP BY username ORDER BY username")
+
+# --- schema migrations ----------------------------------------------------------------------------
+
+CREATE_MIGRATIONS_TABLE = ("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+                           "name TEXT NOT NULL, sha256 TEXT NOT NULL, applied_ms INTEGER NOT NULL)")
+APPLIED_MIGRATIONS = "SELECT version, sha256 FROM schema_migrations"
+RECORD_MIGRATION = ("INSERT INTO schema_migrations (version, name, sha256, applied_ms) "
+                    "VALUES (:version, :name, :sha256, :applied_ms)")
+SCHEMA_VERSION = "SELECT coalesce(max(version), 0) FROM schema_migrations"
