@@ -39,10 +39,6 @@ class ItemsMixin:
         row = await self.db.fetchone(sql.SELECT_ITEM_BY_TITLE, {"owner": owner, "type": item_type, "title": title})
         return item_from_row(row) if row else None
 
-    async def item_for_job(self, job_id: str) -> Item | None:
-        row = await self.db.fetchone(sql.SELECT_ITEM_OF_JOB, {"job_id": job_id})
-        return item_from_row(row) if row else None
-
     async def list_items(self, owner: str | None = None) -> list[Item]:
         if owner is None:
             rows = await self.db.fetchall(sql.LIST_ITEMS)

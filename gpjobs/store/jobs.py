@@ -126,13 +126,6 @@ class JobsMixin:
             return job_from_row(row) if row else None
         return await self.db.cached(("job", job_id), load)
 
-    async def get_job_with_messages(self, job_id: str, since_seq: int = 0) -> tuple[Job | None, list[Message]]:
-        """The job, then its messages (append-only, so they are never older than the status read first)."""
-        job = await self.get_job(job_id)
-        if job is None:
-            return None, []
-        return job, await self.get_messages(job_id, since_seq)
-
     async def job_pid(self, job_id: str) -> int | None:
         row = await self.db.fetchone(sql.SELECT_JOB_PID, {"job_id": job_id})
         return row[0] if row else None
@@ -157,10 +150,6 @@ class JobsMixin:
             return tuple(Message(r[0], MessageType(r[1]), r[2], r[3]) for r in rows)
         messages = await self.db.cached(("messages", job_id), load)
         return [m for m in messages if m.seq > since_seq]
-
-    async def add_messages(self, job_id: str, messages: Sequence[MessageInput]) -> None:
-        async with self.db.write() as conn:
-            await append_messages(conn, job_id, messages)
 
     async def delete_job(self, job_id: str) -> bool:
         """Delete a job and its messages (items it published stay, with job_id cleared)."""
