@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import os
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 from gpjobs.training.protocol import decode_event
 
@@ -38,7 +39,7 @@ class ChildProcess:
 
     @classmethod
     async def spawn(cls, command: list[str], spec_path: Path, *, device: str, threads: int,
-                    log_path: Path) -> "ChildProcess":
+                    log_path: Path) -> ChildProcess:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log:  # the child inherits the descriptor; we can close ours
             proc = await asyncio.create_subprocess_exec(
@@ -115,12 +116,3 @@ def kill_stray_group(pid: int | None, job_id: str) -> bool:
         return True
     return False
 
-
-def describe_exit(rc: int) -> str:
-    if rc < 0:
-        try:
-            name = signal.Signals(-rc).name
-        except ValueError:
-            name = "unknown"
-        return f"killed by signal {-rc} ({name})"
-    return f"exit code {rc}"

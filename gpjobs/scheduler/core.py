@@ -11,8 +11,10 @@ from dataclasses import dataclass
 
 import structlog
 
+from gpjobs import messages as texts
 from gpjobs.config import Config
-from gpjobs.domain import Job, JobStatus, now_ms
+from gpjobs.domain import Job, JobStatus, MessageType, now_ms
+from gpjobs.scheduler.child_input import work_dir
 from gpjobs.scheduler.recovery import recover_orphans
 from gpjobs.scheduler.retry import STOP_CANCEL, STOP_SHUTDOWN, STOP_STALLED, STOP_TIMEOUT
 from gpjobs.scheduler.runner import JobRun
@@ -133,7 +135,7 @@ class Scheduler:
             if job is None:
                 break
             claimed.append(job)
-            run = JobRun(self, job, slot.device)
+            run = JobRun(self.store, self.config, job, slot.device, wake_at=self.wake_at)
             slot.run = run
             slot.task = asyncio.create_task(self._run_slot(slot, run), name=f"gpjobs-job-{job.job_id}")
         if not self._stopping and all(slot.task is not None and not slot.task.done() for slot in self.slots):
@@ -160,7 +162,7 @@ class Scheduler:
         elif job.boot_id != self.boot_id:
             # Nobody in this process supervises it (orphan not yet recovered): nothing to signal.
             job = await self.store.transition(job_id, JobStatus.CANCELLED, sources={JobStatus.CANCELLING},
-                                              finished_ms=now_ms(), progress=None)
+                                              messages=[(MessageType.INFORMATIVE, texts.CANCEL_COMPLETE)])
         return job
 
     # --- watchdog ---------------------------------------------------------------------------------
@@ -179,20 +181,21 @@ class Scheduler:
         now = time.monotonic()
         counts = {"stalled": 0, "timed_out": 0, "pruned": 0}
         for slot in self.slots:
-            run = slot.run
-            if run is None or slot.task is None or slot.task.done() or run.child is None or run.stop_reason:
+            if slot.run is None or slot.task is None or slot.task.done():
                 continue
-            if now - run.last_seen_mono > self.config.heartbeat_timeout_s:
-                run.log.warning("heartbeat lost", silent_s=round(now - run.last_seen_mono, 1))
+            run, supervisor = slot.run, slot.run.supervisor
+            if supervisor.child is None or supervisor.stop_reason:
+                continue
+            if now - supervisor.last_seen_mono > self.config.heartbeat_timeout_s:
+                run.log.warning("heartbeat lost", silent_s=round(now - supervisor.last_seen_mono, 1))
                 run.stop(STOP_STALLED, 0)
                 counts["stalled"] += 1
-            elif self.config.max_runtime_s and now - run.started_mono > self.config.max_runtime_s:
+            elif self.config.max_runtime_s and now - supervisor.started_mono > self.config.max_runtime_s:
                 run.stop(STOP_TIMEOUT, self.config.cancel_grace_s)
                 counts["timed_out"] += 1
         if self.config.retention_days > 0:
             cutoff = now_ms() - int(self.config.retention_days * 86_400_000)
             for job_id in await self.store.prune_finished(cutoff):
-                assert self.config.jobs_dir is not None
-                shutil.rmtree(self.config.jobs_dir / job_id, ignore_errors=True)
+                shutil.rmtree(work_dir(self.config, job_id), ignore_errors=True)
                 counts["pruned"] += 1
         return counts

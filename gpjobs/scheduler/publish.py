@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from gpjobs import messages as texts
 from gpjobs.config import Config
 from gpjobs.domain import Item, Job, MessageType, new_item_id, now_ms
 from gpjobs.store import Store
@@ -50,13 +51,13 @@ async def publish(store: Store, config: Config, job: Job, event: dict[str, Any])
     output, name = request.output, request.output.name
     package = Path(str(event.get("package") or ""))
     if not package.is_file():
-        raise FileNotFoundError(f"the training child reported package {package} but it does not exist")
-    finished = [(MessageType.INFORMATIVE, "Training Finished")]
+        raise FileNotFoundError(texts.package_missing(str(package)))
+    finished = [(MessageType.INFORMATIVE, texts.TRAINING_FINISHED)]
     if output.kind == "uri":
         assert output.path is not None
         atomic_copy(package, Path(output.path) / f"{name}.dlpk")
         done, _, _ = await store.publish_job(job.job_id, result={"uri": output.package_uri}, messages=[
-            *finished, (MessageType.INFORMATIVE, f"Deep Learning Package written to {output.package_uri}.")])
+            *finished, (MessageType.INFORMATIVE, texts.package_written(output.package_uri))])
         return done
     dest = content_path(config, job, name)
     size = atomic_copy(package, dest)
@@ -65,12 +66,11 @@ async def publish(store: Store, config: Config, job: Job, event: dict[str, Any])
     item = Item(id=new_item_id(), owner=job.owner, title=name, name=f"{name}.dlpk", folder_id=output.folder_id,
                 size=size, created_ms=now_ms(), path=str(dest), job_id=job.job_id,
                 properties={"modelType": job.model_type, "metrics": event.get("metrics") or {}})
-    verb = "Updating existing" if existing is not None and overwrite else "Adding new"
+    published = texts.item_published(replaced=existing is not None and overwrite)
     try:
         done, _, replaced = await store.publish_job(
             job.job_id, result={"id": item.id}, item=item, overwrite=overwrite,
-            messages=[*finished, (MessageType.INFORMATIVE,
-                                  f"{verb} Deep Learning Package item to the portal succeeded.")])
+            messages=[*finished, (MessageType.INFORMATIVE, published)])
     except BaseException:
         if not (done_job := await store.get_job(job.job_id)) or done_job.result is None:
             with contextlib.suppress(OSError):

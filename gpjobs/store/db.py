@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import itertools
 import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any
 
 import aiosqlite
 import orjson
@@ -62,7 +63,7 @@ class Database:
         self._cache: dict[Any, tuple[int, Any]] = {}
 
     @classmethod
-    async def open(cls, path: str | Path, *, synchronous: str = "FULL", readers: int = 2) -> "Database":
+    async def open(cls, path: str | Path, *, synchronous: str = "FULL", readers: int = 2) -> Database:
         if sqlite3.sqlite_version_info < MIN_SQLITE:
             raise StoreError(f"SQLite {sqlite3.sqlite_version} is too old; gpjobs needs 3.35 or newer")
         path = Path(path)
@@ -72,6 +73,11 @@ class Database:
             mode = await (await writer.execute("PRAGMA journal_mode = WAL")).fetchone()
             if mode[0].lower() != "wal":
                 raise StoreError(f"{path}: cannot switch to WAL (journal_mode={mode[0]}); use a local disk")
+            try:  # status lists are one JSON-array parameter (store/sql.py)
+                await writer.execute("SELECT value FROM json_each('[]')")
+            except sqlite3.OperationalError:
+                raise StoreError(f"SQLite {sqlite3.sqlite_version} was built without its JSON functions, which "
+                                 "gpjobs needs; use a Python whose SQLite has them (3.38 or newer does)") from None
             reader_conns = [await _connect(path, synchronous=synchronous, read_only=True) for _ in range(readers)]
         except BaseException:
             await writer.close()
@@ -118,11 +124,12 @@ class Database:
             self._cache[key] = (generation, value)
         return value
 
-    async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+    async def fetchall(self, sql: str, params: Mapping[str, Any] | Iterable[Any] = ()) -> list[sqlite3.Row]:
         """All rows at once: no cursor is held across awaits (that would stall WAL checkpoints)."""
-        return list(await next(self._next_reader).execute_fetchall(sql, tuple(params)))
+        bound = params if isinstance(params, Mapping) else tuple(params)
+        return list(await next(self._next_reader).execute_fetchall(sql, bound))
 
-    async def fetchone(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
+    async def fetchone(self, sql: str, params: Mapping[str, Any] | Iterable[Any] = ()) -> sqlite3.Row | None:
         rows = await self.fetchall(sql, params)
         return rows[0] if rows else None
 

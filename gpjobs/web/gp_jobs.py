@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gpjobs import messages as texts
 from gpjobs.appkeys import CONFIG_KEY, SCHEDULER_KEY, STORE_KEY
 from gpjobs.domain import Job, JobStatus, Message, QuotaExceeded, is_job_id, new_job_id
 from gpjobs.paths import StoreRoots
@@ -113,7 +114,7 @@ async def submit_job(request: web.Request) -> web.StreamResponse:
               model_type=training.model_type.name, inputs=submission.inputs, spec=training.to_json_dict(),
               max_attempts=config.max_attempts)
     try:
-        job = await app[STORE_KEY].create_job(job, ["Submitted."], max_queued_per_user=config.max_queued_per_user)
+        job = await app[STORE_KEY].create_job(job, [texts.SUBMITTED], max_queued_per_user=config.max_queued_per_user)
     except QuotaExceeded as exc:
         raise EsriError(429, "Too many queued jobs.", [str(exc)]) from None
     scheduler = app.get(SCHEDULER_KEY)

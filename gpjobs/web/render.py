@@ -14,6 +14,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gpjobs.web.pages import render_page
+
 JSON_CONTENT_TYPE = "application/json"
 ESRI_SPACES = ("/arcgis/", "/sharing/", "/portal/")
 FORMATS = ("json", "pjson", "html")
@@ -118,14 +120,18 @@ def output_format(request: web.Request, *, default: str = "html") -> str:
     return value if value in FORMATS else "json"
 
 
+def _token(request: web.Request) -> str:
+    """The caller's token, which an html page carries into its forms."""
+    return params(request).get("token", "").strip()
+
+
 def render(request: web.Request, data: Any, *, page: str | None = None,
            context: Mapping[str, Any] | None = None, default: str = "html") -> web.Response:
     """`data` as json/pjson, or the html `page` template given `data` (and `context`) when f=html."""
     fmt = output_format(request, default=default if page else "json")
     if fmt == "html" and page:
-        from gpjobs.web.pages import render_page  # jinja2 loads only when a person asks for html
-
-        return web.Response(text=render_page(page, request, data=data, **dict(context or {})),
+        page_context = {"token": _token(request), **dict(context or {})}
+        return web.Response(text=render_page(page, request, data=data, **page_context),
                             content_type="text/html", charset="utf-8")
     return json_response(data, pretty=(fmt == "pjson"))
 
@@ -134,9 +140,7 @@ def render_error(request: web.Request, err: EsriError) -> web.Response:
     """The error as Esri JSON (HTTP 200 in Esri spaces), a real status elsewhere, or an html page."""
     fmt = output_format(request)
     if fmt == "html":
-        from gpjobs.web.pages import render_page
-
-        return web.Response(text=render_page("error.html", request, data=err.body()["error"]),
+        return web.Response(text=render_page("error.html", request, token=_token(request), data=err.body()["error"]),
                             status=err.http_status, content_type="text/html", charset="utf-8")
     status = 200 if in_esri_space(request.path) else err.http_status
     return json_response(err.body(), pretty=(fmt == "pjson"), status=status)

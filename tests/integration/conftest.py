@@ -14,6 +14,7 @@ from gpjobs.config import load_config
 from gpjobs.domain import Job, JobStatus, new_job_id
 from gpjobs.scheduler import Scheduler
 from gpjobs.store import Store
+from tests.fakes.fake_jobs import fake_request
 
 FAKE_TRAINER = Path(__file__).resolve().parents[1] / "fakes" / "fake_trainer.py"
 
@@ -50,14 +51,14 @@ class Harness:
         return self.scheduler
 
     async def submit(self, behaviour: str = "ok", *, owner: str = "alice", max_epochs: int = 2, name: str | None = None,
-                     output: dict | None = None, overwrite: bool = False, **fields) -> Job:
+                     output: dict | None = None, overwrite: bool = False, pretrained_item: str | None = None,
+                     **fields) -> Job:
         job_id = new_job_id()
         name = name or f"model_{job_id[-6:]}"
-        spec = {"model_type": "FEATURE_CLASSIFIER", "in_folders": ["/nowhere"], "output_name": name,
-                "output": output or {"kind": "item", "name": name, "folder_id": None}, "max_epochs": max_epochs,
-                "batch_size": 2, "arguments": {"fake_behaviour": behaviour}, "overwrite_model": overwrite}
+        request = fake_request(behaviour, name=name, max_epochs=max_epochs, output=output, overwrite=overwrite,
+                               pretrained_item=pretrained_item)
         job = Job(job_id=job_id, owner=owner, status=JobStatus.SUBMITTED, model_type="FEATURE_CLASSIFIER",
-                  inputs={"output_name": json.dumps({"name": name})}, spec=spec,
+                  inputs={"output_name": json.dumps({"name": name})}, spec=request.to_json_dict(),
                   max_attempts=fields.pop("max_attempts", self.config.max_attempts), **fields)
         job = await self.store.create_job(job, ["Submitted."])
         if self.scheduler is not None:
@@ -80,7 +81,7 @@ class Harness:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             run = self.scheduler.running(job_id) if self.scheduler else None
-            if run is not None and run.child is not None and (self.runs(job_id)):
+            if run is not None and run.supervisor.child is not None and (self.runs(job_id)):
                 return run
             await asyncio.sleep(0.02)
         raise AssertionError(f"job {job_id} never started")

@@ -6,7 +6,7 @@ import re
 
 import aiohttp
 
-from gpjobs.domain import Item, JobStatus, new_item_id
+from gpjobs.domain import Item, new_item_id
 from tests.unit.web.conftest import TASK, Server
 
 SERVICE = "/arcgis/rest/services/System/RasterAnalysisTools/GPServer"
@@ -88,7 +88,6 @@ async def test_submit_then_poll_then_results(server: Server) -> None:
     early = await server.json("GET", f"{job_url}/results/out_item", params={"f": "json"})
     assert early["error"]["code"] == 400
 
-    await server.store.transition(sub["jobId"], JobStatus.EXECUTING, sources=[JobStatus.EXECUTING])
     claimed_item = Item(id=new_item_id(), owner="anonymous", title="m1", name="m1.dlpk", path="/x", job_id=sub["jobId"])
     await server.store.publish_job(sub["jobId"], result={"id": claimed_item.id}, item=claimed_item)
     done = await server.json("GET", job_url, params={"f": "json"})
