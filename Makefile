@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-heavy test-fast setup demo-data client-tools bench clean
+.PHONY: run test test-heavy test-fast setup demo-data client-tools bench docs clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ client-tools: $(STAMP)
 	-$(VENV)/bin/pip install -q arcgis six
 	-command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 	-cd tests/clients && npm ci --no-audit --no-fund --silent
+
+# docs/parameters.md is generated from the parameter and argument declarations.
+docs: $(STAMP)
+	$(PY) -m gpjobs.tasks.reference > docs/parameters.md
 
 bench: $(STAMP)
 	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -39,5 +39,6 @@ def export_format(folder: Path, alias: str | None = None) -> str:
         text = str(exc).replace(str(folder), shown)
         raise ExportFolderError(text[len(shown):].lstrip(" :") if text.startswith(shown) else text) from None
     if meta.format != "CycleGAN" and not _has_entries(folder / "images"):
-        raise ExportFolderError("has no image chips: images/ is missing or empty")
+        raise ExportFolderError("has no image chips: images/ is missing or empty (only the export's metadata is "
+                                "there?); re-export the training data with Export Training Data For Deep Learning")
     return meta.format

@@ -110,6 +110,8 @@ def add_flags(parser: argparse.ArgumentParser, parameters: tuple[GPParameter, ..
             continue
         default = "" if p.default is None else p.default
         help_text = f"{p.description} (default: {default})" if not p.required else f"{p.description} (required)"
+        if p.choices:
+            help_text += f"; one of {', '.join(p.choices)}"
         if p.data_type == "GPBoolean":
             parser.add_argument(p.flag, dest=p.name, action=argparse.BooleanOptionalAction, default=None,
                                 help=help_text)
@@ -134,8 +136,8 @@ def markdown_table(parameters: tuple[GPParameter, ...]) -> str:
     for p in parameters:
         accepts = p.description
         if p.minimum is not None or p.maximum is not None:
-            upper = f"< {p.maximum:g}" if p.maximum_exclusive else f"≤ {p.maximum:g}"
-            accepts += f" Range: {p.minimum:g} … {upper}." if p.minimum is not None else f" Range: {upper}."
+            upper = f"< {p.maximum:g}" if p.maximum_exclusive else f"{p.maximum:g}"
+            accepts += f" Range: {p.minimum:g} … {upper}."
         if p.choices:
             accepts += f" One of: {', '.join(p.choices)}."
         default = "" if p.default is None else f"`{p.default}`"

@@ -131,6 +131,7 @@ class TrainingRequest:
     overwrite_model: bool
     freeze_model: bool
     context: Context
+    notes: tuple[str, ...] = ()  # what the job reports as warnings: accepted input that changes nothing
 
     @property
     def arguments(self) -> dict[str, Any]:
@@ -142,6 +143,7 @@ class TrainingRequest:
         data["model_type"] = self.model_type.name
         data["given_arguments"] = dict(self.given_arguments)
         data["in_folders"] = [asdict(f) for f in self.in_folders]
+        data["notes"] = list(self.notes)
         return data
 
     @classmethod
@@ -159,7 +161,8 @@ class TrainingRequest:
                 pretrained=PretrainedModel(**data["pretrained"]) if data["pretrained"] else None,
                 stop_training=bool(data["stop_training"]), overwrite_model=bool(data["overwrite_model"]),
                 freeze_model=bool(data["freeze_model"]),
-                context=Context(context.get("processor_type"), dict(context.get("values") or {})))
+                context=Context(context.get("processor_type"), dict(context.get("values") or {})),
+                notes=tuple(data["notes"]))
         except (KeyError, TypeError) as exc:
             raise ValueError(f"the stored training request is incomplete or of an older version ({exc})") from None
 
@@ -215,7 +218,18 @@ def parse_training_request(values: Mapping[str, Any], resolver: PathResolver, *,
         raise ParameterError(problems)
     assert info is not None and folders is not None
     return TrainingRequest(model_type=info, backbone=backbone, given_arguments=given, in_folders=folders[0],
-                           data_format=folders[1], output=output, **request_values)
+                           data_format=folders[1], output=output, notes=_notes(info, values, given),
+                           **request_values)
+
+
+def _notes(info: catalog.ModelTypeInfo, values: Mapping[str, Any], given: Mapping[str, Any]) -> tuple[str, ...]:
+    """Accepted input that changes nothing for this model type (Esri's forms send it anyway)."""
+    notes = [f"argument {name} has no effect on {info.name}: {info.arguments[name].no_effect}"
+             for name in given if info.arguments[name].no_effect]
+    backbone = values.get("backbone_model")
+    if not info.backbones and not is_unset(backbone):
+        notes.append(f"{info.name} has fixed networks; backbone_model {str(backbone).strip().upper()} is ignored")
+    return tuple(notes)
 
 
 def parse_arguments_value(raw: Any, max_bytes: int = DEFAULT_MAX_ARGUMENTS_BYTES) -> dict[str, Any]:

@@ -61,7 +61,8 @@ def train_job(spec: JobSpec, reporter: Reporter) -> dict[str, Any]:
     request, runtime = spec.request, spec.runtime
     model_type, backbone, args = request.model_type, request.backbone, request.arguments
     torch.set_num_threads(max(1, int(runtime.num_threads)))
-    _say_arguments_without_effect(request, say)
+    for note in request.notes:
+        say("warning", note)
 
     with contextlib.ExitStack() as stack:
         # A package to fine-tune from decides the chip size, bands and backbone, as arcgis.learn does.
@@ -133,14 +134,6 @@ def train_job(spec: JobSpec, reporter: Reporter) -> dict[str, Any]:
         return {"package": str(dlpk), "model_type": model_type.name, "backbone": backbone,
                 "metrics": {"valid_loss": result.best_valid_loss, **scalar_metrics(result.best_metrics)},
                 "best_epoch": result.best_epoch, "epochs_run": result.epochs_run}
-
-
-def _say_arguments_without_effect(request: TrainingRequest, say: Callable[[str, str], None]) -> None:
-    """Arguments Esri's forms send that change nothing for this model type: accepted, and said so."""
-    for name in request.given_arguments:
-        note = request.model_type.arguments[name].no_effect
-        if note:
-            say("warning", f"argument {name} has no effect on {request.model_type.name}: {note}")
 
 
 def _check_pretrained_fits(package: Any, request: TrainingRequest, backbone: str,

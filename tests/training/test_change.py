@@ -7,7 +7,7 @@ import torch
 
 from gpjobs.training.protocol import ExitCode
 from tests.builders.exports import write_change_detection
-from tests.training.helpers import dlpk_members, epochs_of, make_spec, result_of, train
+from tests.training.helpers import dlpk_members, emd_of, epochs_of, make_spec, result_of, train
 
 torch.set_num_threads(1)
 
@@ -64,7 +64,7 @@ def test_change_package(change_run):
     result = result_of(reporter)
     assert {"model.emd", "model.pth", "model.pt", "ModelCharacteristics/show_results.png"} <= dlpk_members(
         result["package"])
-    emd = result["emd"]
+    emd = emd_of(result)
     assert emd["ModelName"] == "ChangeDetector" and emd["ModelConfiguration"] == "change_detection"
     assert emd["ModelType"] == "ImageClassification" and emd["MetaDataMode"] == "ChangeDetection"
     assert emd["ModelParameters"]["attention_type"] == "PAM"
@@ -78,7 +78,7 @@ def test_change_predict_from_package_reproduces_validation_f1(change_run):
     from gpjobs.training.package import load_model, open_package
 
     spec, folder, reporter = change_run
-    data = open_training_data([folder], task="change", validation_percent=spec.validation_percent, seed=42,
+    data = open_training_data([folder], task="change", validation_percent=spec.request.validation_percent, seed=42,
                               augment=False)
     tp = fp = fn = 0
     with open_package(result_of(reporter)["package"]) as package:
@@ -106,17 +106,17 @@ def test_bam_attention_trains(tmp_path):
                      arguments={"attention_type": "BAM"})
     code, reporter = train(spec)
     assert code == ExitCode.OK, [e for e in reporter.events if e["type"] in ("failed", "message")]
-    assert result_of(reporter)["emd"]["ModelParameters"]["attention_type"] == "BAM"
+    assert emd_of(result_of(reporter))["ModelParameters"]["attention_type"] == "BAM"
 
 
 def test_change_detector_refuses_plain_classified_tiles(tmp_path):
     from tests.builders.exports import write_classified_tiles
 
+    from gpjobs.tasks.params import ParameterError
+
     folder = write_classified_tiles(tmp_path, n=8, size=32)
-    code, reporter = train(make_spec(tmp_path, [folder], "CHANGEDETECTOR", backbone_model="RESNET18"))
-    assert code == ExitCode.BAD_INPUT
-    failed = [e for e in reporter.events if e["type"] == "failed"][0]
-    assert "ChangeDetection" in failed["text"]
+    with pytest.raises(ParameterError, match="cannot train model_type CHANGEDETECTOR .it needs ChangeDetection"):
+        make_spec(tmp_path, [folder], "CHANGEDETECTOR", backbone_model="RESNET18")
 
 
 def test_gpjobs_predict_cli_pairs_before_and_after(change_run, tmp_path):

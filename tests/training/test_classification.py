@@ -54,7 +54,7 @@ def test_feature_classifier_package(labeled_run):
 
 def test_predict_reproduces_classification_accuracy(labeled_run):
     spec, folder, reporter = labeled_run
-    data = open_training_data([folder], task="classification", validation_percent=spec.validation_percent,
+    data = open_training_data([folder], task="classification", validation_percent=spec.request.validation_percent,
                               seed=42, augment=False)
     records = data.valid.records
     done = gpjobs("predict", result_of(reporter)["package"], *[str(r.image) for r in records], "--json")

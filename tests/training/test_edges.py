@@ -11,7 +11,7 @@ import torch
 
 from gpjobs.training.protocol import ExitCode
 from tests.builders.exports import write_classified_tiles
-from tests.training.helpers import dlpk_members, epochs_of, gpjobs, make_spec, result_of, train
+from tests.training.helpers import dlpk_members, emd_of, epochs_of, gpjobs, make_spec, result_of, train
 
 torch.set_num_threads(1)
 
@@ -78,7 +78,7 @@ def test_hed_learns_edges_and_packages(hed_run):
     result = result_of(reporter)
     assert {"model.emd", "model.pth", "model.pt", "GpjobsInference.py", "model_metrics.html",
             "ModelCharacteristics/show_results.png"} <= dlpk_members(result["package"])
-    emd = result["emd"]
+    emd = emd_of(result)
     assert emd["ModelName"] == "HEDEdgeDetector" and emd["ModelType"] == "ImageClassification"
     assert emd["ModelConfiguration"] == "_model_extension_inferencing"
     assert emd["Classes"][0]["Name"] == "edge" and len(emd["Classes"]) == 1  # two export classes -> one edge class
@@ -92,7 +92,7 @@ def test_hed_predict_from_package_alone(hed_run, tmp_path):
     from gpjobs.training.models.edges import edge_targets
 
     spec, folder, reporter = hed_run
-    data = open_training_data([folder], task="segmentation", validation_percent=spec.validation_percent,
+    data = open_training_data([folder], task="segmentation", validation_percent=spec.request.validation_percent,
                               seed=42, augment=False)
     chips = [str(r.image) for r in data.valid.records]
     done = gpjobs("predict", result_of(reporter)["package"], *chips, "--json", "--masks-dir", str(tmp_path))
@@ -121,7 +121,7 @@ def test_bdcn_trains_vgg_with_labels_as_edges(tmp_path):
     assert code == ExitCode.OK, [e for e in reporter.events if e["type"] in ("failed", "message")]
     epochs = epochs_of(reporter)
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
-    emd = result_of(reporter)["emd"]
+    emd = emd_of(result_of(reporter))
     assert emd["ModelName"] == "BDCNEdgeDetector" and emd["ModelParameters"]["backbone"] == "vgg11_bn"
     assert emd["ModelParameters"]["edge_targets"] == "boundaries"
     assert [c["Name"] for c in emd["Classes"]] == ["boundary"]

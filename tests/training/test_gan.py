@@ -61,7 +61,7 @@ def pix2pix_run(tmp_path_factory):
 
 def _identity_psnr(folder, spec) -> tuple[list, float]:
     """Validation records and the PSNR of leaving the input as it is (the baseline a model must beat)."""
-    data = open_training_data([folder], task="translation", validation_percent=spec.validation_percent, seed=42,
+    data = open_training_data([folder], task="translation", validation_percent=spec.request.validation_percent, seed=42,
                               augment=False)
     records = data.valid.records
     values = [float(psnr(torch.from_numpy(read_chip(r.image) / 255.0).permute(2, 0, 1)[None],
@@ -215,7 +215,7 @@ def test_pix2pixhd_package_reloads_and_predicts(pix2pixhd_run):
     assert emd["ModelType"] == "Pix2PixHD" and emd["ModelConfiguration"] == "_pix2pix_hd"
     assert emd["ModelParameters"]["gen_network"] == "local" and emd["TorchScriptFile"] == "model.pt"
     records, _ = _identity_psnr(folder, spec)
-    data = open_training_data([folder], task="translation", validation_percent=spec.validation_percent, seed=42,
+    data = open_training_data([folder], task="translation", validation_percent=spec.request.validation_percent, seed=42,
                               augment=False)
     images = torch.stack([data.valid[i][0] for i in range(len(records))])
     with open_package(result["package"]) as package:

@@ -9,7 +9,7 @@ import torch
 
 from gpjobs.training.protocol import ExitCode
 from tests.builders.exports import write_pascal_voc
-from tests.training.helpers import epochs_of, gpjobs, make_spec, result_of, train
+from tests.training.helpers import emd_of, epochs_of, gpjobs, make_spec, result_of, train
 
 torch.set_num_threads(1)
 
@@ -60,7 +60,7 @@ def test_mmdet_ssd_trains_packages_and_predicts(tmp_path):
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
     result = result_of(reporter)
     assert 0.0 <= result["metrics"]["average_precision"] <= 1.0
-    emd = result["emd"]
+    emd = emd_of(result)
     assert emd["ModelName"] == "MMDetection" and emd["ModelType"] == "ObjectDetection"
     assert emd["ModelParameters"]["model"] == "ssd"
     chips = sorted((voc / "images").iterdir())[:2]

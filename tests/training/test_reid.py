@@ -9,7 +9,7 @@ import torch
 
 from gpjobs.training.protocol import ExitCode
 from tests.builders.exports import write_imagenet
-from tests.training.helpers import epochs_of, gpjobs, make_spec, result_of, train
+from tests.training.helpers import emd_of, epochs_of, gpjobs, make_spec, result_of, train
 
 torch.set_num_threads(1)
 
@@ -57,7 +57,7 @@ def test_deepsort_trains_packages_and_predicts(tmp_path):
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
     result = result_of(reporter)
     assert result["metrics"]["accuracy"] >= 0.8  # two identities of distinct brightness
-    emd = result["emd"]
+    emd = emd_of(result)
     assert emd["ModelType"] == "ObjectTracking" and emd["ModelName"] == "DeepSort"
     assert emd["ModelParameters"]["backbone"] == "reid_v1" and emd["EmbeddingSize"] == 128
     chips = sorted(p for p in (folder / "images").rglob("*.tif"))[:2]

@@ -9,7 +9,7 @@ import torch
 
 from gpjobs.training.protocol import ExitCode
 from tests.builders.exports import write_classified_tiles
-from tests.training.helpers import dlpk_members, epochs_of, gpjobs, make_spec, result_of, train
+from tests.training.helpers import dlpk_members, emd_of, epochs_of, gpjobs, make_spec, result_of, train
 
 torch.set_num_threads(1)
 
@@ -57,7 +57,7 @@ def test_road_extractor_learns_and_monitors_miou(road_run):
     assert {"miou", "accuracy", "dice", "orientation_accuracy"} <= set(metrics)
     assert all(0.0 <= metrics[k] <= 1.0 for k in ("miou", "accuracy", "dice", "orientation_accuracy"))
     assert metrics["accuracy"] > 0.75  # background is ~70%: above it the road pixels are being found
-    emd = result["emd"]
+    emd = emd_of(result)
     # default monitor miou: the packaged epoch is the best miou
     assert emd["monitored_miou"] == pytest.approx(max(e["metrics"]["miou"] for e in epochs))
     assert emd["ModelName"] == "MultiTaskRoadExtractor" and emd["ModelConfiguration"] == "_road_infrencing"
@@ -85,7 +85,7 @@ def test_connectnet_alias_with_linknet_and_weights(tmp_path):
                      arguments={"mtl_model": "linknet", "loss_weights": "[1.0, 0.5]", "ignore_classes": [2]})
     code, reporter = train(spec)
     assert code == ExitCode.OK, [e for e in reporter.events if e["type"] in ("failed", "message")]
-    emd = result_of(reporter)["emd"]
+    emd = emd_of(result_of(reporter))
     assert emd["ModelName"] == "ConnectNet" and emd["ModelParameters"]["loss_weights"] == [1.0, 0.5]
     assert emd["ignore_mapped_class"] == [2]
     texts = " ".join(e.get("text", "") for e in reporter.events if e["type"] == "message")

@@ -67,7 +67,7 @@ def test_unet_package_members_and_emd(unet_run):
 
 def test_predict_reproduces_validation_accuracy_from_package_alone(unet_run, tmp_path):
     spec, folder, reporter = unet_run
-    data = open_training_data([folder], task="segmentation", validation_percent=spec.validation_percent,
+    data = open_training_data([folder], task="segmentation", validation_percent=spec.request.validation_percent,
                               seed=42, augment=False)
     chips = [str(r.image) for r in data.valid.records]
     done = gpjobs("predict", result_of(reporter)["package"], *chips, "--json", "--masks-dir", str(tmp_path))

@@ -111,7 +111,7 @@ def test_superres_package_emd(superres_run):
 
 def test_predict_upscales_low_resolution_chips_from_the_package_alone(superres_run, tmp_path):
     spec, folder, reporter = superres_run
-    data = open_training_data([folder], task="translation", validation_percent=spec.validation_percent, seed=42,
+    data = open_training_data([folder], task="translation", validation_percent=spec.request.validation_percent, seed=42,
                               augment=False)
     import tifffile
 

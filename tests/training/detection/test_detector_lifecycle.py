@@ -14,7 +14,7 @@ import pytest
 from gpjobs.training.events import ListReporter
 from gpjobs.training.protocol import ExitCode
 from tests.builders.exports import write_pascal_voc
-from tests.training.helpers import dlpk_members, epochs_of, gpjobs, make_spec, result_of, train
+from tests.training.helpers import dlpk_members, emd_of, epochs_of, gpjobs, make_spec, result_of, train
 
 TINY_RCNN = {"rpn_pre_nms_top_n_train": 50, "rpn_post_nms_top_n_train": 20, "rpn_pre_nms_top_n_test": 50,
              "rpn_post_nms_top_n_test": 20, "rpn_batch_size_per_image": 16, "box_batch_size_per_image": 16,
@@ -40,7 +40,7 @@ def test_early_stopping_on_a_detector_metric_keeps_the_best_epoch(tmp_path, voc)
     assert [e["epoch"] for e in epochs_of(reporter)] == [1, 2]
     assert any(t.startswith("Early stopping: average_precision") for t in _messages(reporter))
     result = result_of(reporter)
-    emd = result["emd"]
+    emd = emd_of(result)
     assert result["best_epoch"] == 1 and emd["Gpjobs"]["stopped_early"] is True
     assert emd["monitored_average_precision"] == epochs_of(reporter)[0]["metrics"]["average_precision"]
 
@@ -50,7 +50,7 @@ def test_lr_finder_chooses_the_detector_learning_rate(tmp_path, voc):
                      learning_rate=0.0, freeze_model=False)
     code, reporter = train(spec)
     assert code == ExitCode.OK, _messages(reporter)
-    emd = result_of(reporter)["emd"]
+    emd = emd_of(result_of(reporter))
     finder = emd["Gpjobs"]["lr_finder"]
     assert finder is not None and finder["points"] >= 10
     assert finder["min_lr"] <= emd["Gpjobs"]["learning_rate"] == finder["chosen"] <= finder["max_lr"]
@@ -99,7 +99,7 @@ def test_fine_tuning_from_a_detector_dlpk_via_gpjobs_train(tmp_path, voc):
     with zipfile.ZipFile(out) as zf:
         emd = json.loads(zf.read("tuned.emd"))
     assert emd["PretrainedWeights"] == "none: fine-tuning from model.dlpk" and emd["backbone"] == "resnet18"
-    assert emd["Grids"] == result_of(first)["emd"]["Grids"]
+    assert emd["Grids"] == emd_of(result_of(first))["Grids"]
     # a detector package cannot fine-tune another model type
     wrong = gpjobs("train", "--in-folder", str(voc), "--model-type", "RETINANET", "--pretrained-model", package,
                    "--max-epochs", "1", "--output", str(tmp_path / "x.dlpk"), "--threads", "1")

@@ -18,7 +18,7 @@ from gpjobs.training.data import open_training_data
 from gpjobs.training.metrics_detection import DetectionEvaluator
 from gpjobs.training.protocol import ExitCode
 from tests.builders.exports import write_kitti, write_pascal_voc, write_rcnn_masks
-from tests.training.helpers import dlpk_members, epochs_of, gpjobs, make_spec, result_of, train
+from tests.training.helpers import dlpk_members, emd_of, epochs_of, gpjobs, make_spec, result_of, train
 
 SMALL_RCNN = {"rpn_pre_nms_top_n_train": 200, "rpn_post_nms_top_n_train": 100, "rpn_pre_nms_top_n_test": 200,
               "rpn_post_nms_top_n_test": 100, "rpn_batch_size_per_image": 64, "box_batch_size_per_image": 64,
@@ -52,7 +52,7 @@ def _check_emd(emd: dict, model_type: str, names: list[str]) -> None:
 
 
 def _validation_truth(spec, folder: Path, task: str = "detection"):
-    data = open_training_data([folder], task=task, validation_percent=spec.validation_percent, seed=42)
+    data = open_training_data([folder], task=task, validation_percent=spec.request.validation_percent, seed=42)
     return data, [(rec.image, data.valid[i][1]) for i, rec in enumerate(data.valid.records)]
 
 
@@ -67,7 +67,7 @@ def _ap_of(predictions: list[dict], truths: list[dict], names: list[str], emd: d
 
 
 def _predict_cli_reproduces_ap(tmp: Path, spec, folder: Path, result: dict) -> None:
-    emd = result["emd"]
+    emd = emd_of(result)
     names = [c["Name"] for c in emd["Classes"]]
     _, valid = _validation_truth(spec, folder)
     run = gpjobs("predict", result["package"], *[str(p) for p, _ in valid], "--json")
@@ -84,7 +84,7 @@ def test_ssd_learns_packages_and_predict_reproduces_ap(tmp_path):
     folder = write_pascal_voc(tmp_path, n=24, size=64)
     spec, result = _train_ok(tmp_path, folder, "SSD", backbone_model="RESNET18", max_epochs=6,
                              learning_rate=0.01, freeze_model=False)
-    emd = result["emd"]
+    emd = emd_of(result)
     _check_emd(emd, "SSD", ["a", "b"])
     assert emd["ModelConfiguration"] == "_DynamicSSD" and emd["ModelName"] == "SingleShotDetector"
     assert emd["Grids"] and emd["Grids"] == emd["ModelParameters"]["grids"]  # chosen from the boxes
@@ -100,7 +100,7 @@ def test_yolov3_learns_with_kmeans_anchors_and_predict_reproduces_ap(tmp_path):
     # warm-up overshoot at this budget; the training loss is back below its start
     spec, result = _train_ok(tmp_path, folder, "YOLOV3", falling="train_loss", max_epochs=6, batch_size=2,
                              learning_rate=0.003, freeze_model=False)
-    emd = result["emd"]
+    emd = emd_of(result)
     _check_emd(emd, "YOLOV3", ["a", "b"])
     anchors = emd["ModelParameters"]["anchors"]
     assert len(anchors) == 9 and all(4 <= w <= 32 and 4 <= h <= 32 for w, h in anchors)  # from the 8-16 px boxes
@@ -118,7 +118,7 @@ def test_torchvision_detectors_train_package_and_reload(tmp_path, model_type):
     # train loss: 3 tiny epochs leave the validation loss noisy; test_detectors_learn.py pins real learning
     spec, result = _train_ok(tmp_path, folder, model_type, falling="train_loss", backbone_model="RESNET18",
                              max_epochs=3, learning_rate=0.0002, arguments=args)
-    emd = result["emd"]
+    emd = emd_of(result)
     _check_emd(emd, model_type, ["a", "b"])
     if masks:
         assert emd["MaskRCNNkwargs"]["box_batch_size_per_image"] == 64 and emd["SupportsVariableTileSize"]
@@ -142,7 +142,7 @@ def test_multispectral_uint16_kitti_trains(tmp_path):
     folder = write_kitti(tmp_path, n=12, size=32, bands=6, dtype="uint16")
     _, result = _train_ok(tmp_path, folder, "SSD", backbone_model="MOBILENET_V2", max_epochs=3,
                           learning_rate=0.01, freeze_model=False)
-    emd = result["emd"]
+    emd = emd_of(result)
     assert emd["IsMultispectral"] is True and len(emd["ExtractBands"]) == 6
     _check_emd(emd, "SSD", ["a", "b"])
 
