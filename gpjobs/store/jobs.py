@@ -171,12 +171,14 @@ class JobsMixin:
             return await transition_in(conn, job_id, target, sources=sources, messages=messages, **fields)
 
     async def claim_next_job(self, device: str, boot_id: str, *, now: int | None = None) -> Job | None:
-        """Claim the oldest claimable queued job for `device` (FIFO), or None. One guarded statement."""
+        """Claim the oldest claimable queued job for `device` (FIFO among the jobs that may run on that kind
+        of device), or None. One guarded statement."""
         now = now or now_ms()
         async with self.db.write() as conn:
             row = await (await conn.execute(sql.CLAIM_NEXT, {
                 "target": JobStatus.EXECUTING.value, "sources": guard(JobStatus.EXECUTING), "now": now,
-                "boot_id": boot_id, "device": device})).fetchone()
+                "boot_id": boot_id, "device": device,
+                "processor": "GPU" if device.startswith("cuda") else "CPU"})).fetchone()
             if row is None:
                 return None
             job = job_from_row(row)

@@ -72,8 +72,10 @@ SELECT_MESSAGES = "SELECT seq, type, description, time_ms FROM job_messages WHER
 _CLAIM_SET = ("status = :target, updated_ms = :now, attempts = attempts + 1, started_ms = :now, "
               "heartbeat_ms = :now, boot_id = :boot_id, device = :device, pid = NULL, "
               "progress = coalesce(progress, 0), cancel_requested_ms = NULL")
+# A job whose request names a processor type (context.processorType: CPU | GPU) waits for a slot of that kind.
 CLAIM_NEXT = (f"UPDATE jobs SET {_CLAIM_SET} "
               f"WHERE job_id = (SELECT job_id FROM jobs WHERE {_IN_SOURCES} AND run_after_ms <= :now "
+              "AND coalesce(json_extract(spec, '$.context.processor_type'), :processor) = :processor "
               f"ORDER BY created_ms, rowid LIMIT 1) AND {_IN_SOURCES} RETURNING *")
 MARK_WAITING = f"UPDATE jobs SET status = :target, updated_ms = :now WHERE {_IN_SOURCES}"
 

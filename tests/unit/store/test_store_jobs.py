@@ -46,6 +46,16 @@ async def test_claim_is_fifo_and_sets_boot_device_attempts(store, make_job):
     assert await store.claim_next_job("cpu", "boot-a") is None
 
 
+async def test_claim_gives_a_job_asking_for_a_processor_type_only_a_slot_of_that_kind(store, make_job):
+    gpu = await store.create_job(make_job(spec={"context": {"processor_type": "GPU"}}))
+    cpu = await store.create_job(make_job(spec={"context": {"processor_type": "CPU"}}))
+    anything = await store.create_job(make_job(spec={"context": {"processor_type": None}}))
+    assert (await store.claim_next_job("cpu", "b")).job_id == cpu.job_id  # the older GPU job is passed over
+    assert (await store.claim_next_job("cpu", "b")).job_id == anything.job_id
+    assert await store.claim_next_job("cpu", "b") is None
+    assert (await store.claim_next_job("cuda:0", "b")).job_id == gpu.job_id
+
+
 async def test_claim_respects_run_after(store, make_job):
     job = await store.create_job(make_job(run_after_ms=10**15))
     assert await store.claim_next_job("cpu", "b") is None
