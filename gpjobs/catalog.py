@@ -293,10 +293,7 @@ MODEL_TYPES: dict[str, ModelTypeInfo] = {m.name: m for m in (
 
 # Model types the task lists that this server does not train yet: submit answers with a clear error.
 for _name, _task, _formats, _esri in (
-    ("IMAGECAPTIONER", "captioning", {"MultiLabeled_Tiles"}, "ImageCaptioner"),
     ("DETREG", "detection", DETECTION_FORMATS, "DETReg"),
-    ("SIAMMASK", "tracking", {"RCNN_Masks"}, "SiamMask"),
-    ("MAXDEEPLAB", "panoptic", {"Panoptic_Segmentation"}, "MaXDeepLab"),
 ):
     MODEL_TYPES[_name] = _mt(_name, "", _task, _formats, (), None, implemented=False, esri_model_name=_esri)
 
@@ -348,6 +345,77 @@ MODEL_TYPES.update({m.name: m for m in (
         "model_weight": ArgSpec("bool", False, "OpenMMLab checkpoint: not available offline (warns)"),
     }, esri_model_name="MMSegmentation"),
 )})
+
+
+# Image captioning, object tracking and panoptic segmentation (gpjobs.training.models.captioning / siammask /
+# maxdeeplab).
+DECODER_PARAMS_DEFAULTS: dict[str, Any] = {"embed_size": 100, "hidden_size": 100, "attention_size": 100,
+                                           "teacher_forcing": 1.0, "dropout": 0.1, "pretrained_emb": False}
+
+
+def _parse_decoder_params(raw: Any) -> dict[str, Any]:
+    """IMAGECAPTIONER `decoder_params`: a JSON object over DECODER_PARAMS_DEFAULTS' keys (the rest default)."""
+    value = json.loads(raw) if isinstance(raw, str) else raw
+    if not isinstance(value, dict):
+        raise ValueError("expected a JSON object such as {\"embed_size\": 100, \"hidden_size\": 100}")
+    out = dict(DECODER_PARAMS_DEFAULTS)
+    for key, item in value.items():
+        name = str(key).strip().lower()
+        if name not in out:
+            raise ValueError(f"unknown key '{key}'{_did_you_mean(name, out)}; keys: {', '.join(out)}")
+        if name == "pretrained_emb":
+            out[name] = _parse_bool(item)
+        elif name in ("teacher_forcing", "dropout"):
+            out[name] = _FLOAT(item)
+            if not 0.0 <= out[name] <= 1.0:
+                raise ValueError(f"{name} must lie in 0..1")
+        else:
+            out[name] = _INT(item)
+            if out[name] < 1:
+                raise ValueError(f"{name} must be at least 1")
+    return out
+
+
+_PARSERS["decoder_params"] = _parse_decoder_params
+# Chip sizes a model type's network needs: the side must be a multiple of this (checked at submit and in the child).
+CHIP_MULTIPLES: dict[str, int] = {"MAXDEEPLAB": 16}
+MODEL_TYPES.update({m.name: m for m in (
+    _mt("IMAGECAPTIONER", "captioning", "captioning", {"ImageCaptioning"}, RESNETS, "RESNET34", {
+        "decoder_params": ArgSpec("decoder_params", dict(DECODER_PARAMS_DEFAULTS),
+                                  "attention LSTM decoder: embed_size, hidden_size, attention_size, teacher_forcing "
+                                  "(share of steps fed the true word, 0..1), dropout, pretrained_emb (fastText "
+                                  "embeddings: not available offline, ignored with a warning)"),
+        "beam_width": ArgSpec("int", 3, "beam search width when captioning (validation BLEU, predict)"),
+        "max_len": ArgSpec("int", 20, "longest caption generated, in words"),
+        "vocab_min_freq": ArgSpec("int", 4, "words seen fewer times in the training captions become 'xxunk'"),
+    }, esri_model_name="ImageCaptioner"),
+    _mt("SIAMMASK", "siammask", "tracking", {"ObjectTracking"}, RESNETS, "RESNET50", {
+        "exemplar_size": ArgSpec("int", 128, "side of the template crop around the target, pixels (multiple of 8)"),
+        "instance_size": ArgSpec("int", 256, "side of the search crop, pixels (multiple of 8, > exemplar_size)"),
+        "seg_thr": ArgSpec("float", 0.35, "mask probability above which a pixel belongs to the target"),
+        "penalty_k": ArgSpec("float", 0.04, "tracker: penalty on changes of box size and aspect ratio"),
+        "window_influence": ArgSpec("float", 0.4, "tracker: weight of the cosine window that favours small moves"),
+    }, esri_model_name="SiamMask"),
+    _mt("MAXDEEPLAB", "maxdeeplab", "panoptic", {"Panoptic_Segmentation"}, (), None, {
+        "n_masks": ArgSpec("int", None, "mask slots of the memory path (default: the most segments in a "
+                                        "training chip, background included, as arcgis.learn computes)"),
+        "score_thresh": ArgSpec("float", 0.5, "segments whose class probability is below this are dropped"),
+    }, esri_model_name="MaXDeepLab"),
+)})
+
+
+def chip_size_problem(info: ModelTypeInfo, chip_size: int | tuple[int, int] | None) -> str | None:
+    """Why a chip size (the `chip_size` argument, else the export's tile size) cannot train `info`, or None."""
+    multiple = CHIP_MULTIPLES.get(info.name)
+    if not multiple or chip_size is None:
+        return None
+    sides = {int(s) for s in (chip_size if isinstance(chip_size, (tuple, list)) else (chip_size, chip_size))}
+    bad = sorted(s for s in sides if s % multiple)
+    if not bad:
+        return None
+    near = sorted({max(multiple, s // multiple * multiple) for s in bad} | {(s // multiple + 1) * multiple for s in bad})
+    return (f"{info.name} needs chips whose side is a multiple of {multiple}; {bad[0]} px is not. Set the "
+            f"chip_size argument to one (e.g. {' or '.join(map(str, near[:2]))}) or re-export with such a tile size.")
 
 
 def implemented_model_types() -> list[str]:

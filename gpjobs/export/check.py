@@ -38,6 +38,10 @@ def export_format(folder: Path, alias: str | None = None) -> str:
     except MetadataError as exc:
         text = str(exc).replace(str(folder), shown)
         raise ExportFolderError(text[len(shown):].lstrip(" :") if text.startswith(shown) else text) from None
-    if meta.format != "CycleGAN" and not _has_entries(folder / "images"):
+    if meta.format == "ObjectTracking":
+        if not _has_entries(Path(meta.emd["root"]) / "JPEGImages"):
+            raise ExportFolderError("has no frames: JPEGImages/ is empty (ObjectTracking data holds one folder of "
+                                    "frames per sequence there)")
+    elif meta.format != "CycleGAN" and not _has_entries(folder / "images"):
         raise ExportFolderError("has no image chips: images/ is missing or empty")
     return meta.format

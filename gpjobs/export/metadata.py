@@ -20,7 +20,7 @@ REQUIRED_FILES = (EMD_FILE, MAP_FILE, STATS_FILE)
 KNOWN_MODES = frozenset({
     "Classified_Tiles", "PASCAL_VOC_rectangles", "KITTI_rectangles", "RCNN_Masks", "Labeled_Tiles",
     "MultiLabeled_Tiles", "Imagenet", "Export_Tiles", "CycleGAN", "Panoptic_Segmentation", "ChangeDetection",
-    "Pix2Pix"})
+    "Pix2Pix", "ImageCaptioning"})
 
 
 class MetadataError(ValueError):
@@ -156,6 +156,10 @@ def read_export_meta(folder: str | Path) -> ExportMeta:
     if not folder.is_dir():
         raise MetadataError(f"{folder} is not a folder; give the output folder of Export Training Data For Deep "
                             "Learning")
+    from gpjobs.export.tracking import read_tracking_meta, tracking_root  # it builds on this module
+
+    if tracking_root(folder) is not None:
+        return read_tracking_meta(folder)  # ObjectTracking (YouTube-VOS layout): no Esri metadata files
     if is_cyclegan_parent(folder):
         meta = read_export_meta(folder / "A")
         meta.folder, meta.format = folder, "CycleGAN"
@@ -193,8 +197,12 @@ def read_export_meta(folder: str | Path) -> ExportMeta:
         map_rows = parse_map_txt((folder / MAP_FILE).read_text(encoding="utf-8-sig", errors="replace"))
     except OSError:
         map_rows = []
+    fmt = detect_format(folder, mode)
+    if fmt == "MultiLabeled_Tiles" and emd.get("SingleLabelFieldFound") == "Caption":
+        fmt = "ImageCaptioning"  # arcgis.learn's post-rule (§2.1): captions in the labels' <name>
+        classes = []  # a caption export's class list is not what it trains on
     return ExportMeta(
-        folder=folder, mode=mode, format=detect_format(folder, mode), classes=classes,
+        folder=folder, mode=mode, format=fmt, classes=classes,
         bands=int(bands) if bands else None,
         tile_size=(int(height), int(width)) if height and width else None,
         stats=stats, emd=emd, map_rows=map_rows,

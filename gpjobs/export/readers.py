@@ -94,6 +94,10 @@ def list_records(meta: ExportMeta, folder_index: int, report: Report) -> list[Ch
                 continue
             records.append(ChipRecord(path.stem, path, folder_index, value=cls.value))
         return records
+    if fmt == "ObjectTracking":
+        from gpjobs.export.tracking import list_tracking_frames  # it builds on this module
+
+        return list_tracking_frames(meta, folder_index, report)
     images = _images(folder)
     records = [ChipRecord(stem, path, folder_index) for stem, path in images.items()]
     if fmt in ("Pix2Pix", "ChangeDetection"):
@@ -111,7 +115,7 @@ def list_records(meta: ExportMeta, folder_index: int, report: Report) -> list[Ch
     if fmt == "RCNN_Masks":
         return _pair_masks(folder / "labels", records, meta.classes, report)
     suffixes = {"PASCAL_VOC_rectangles": {".xml"}, "Labeled_Tiles": {".xml"}, "MultiLabeled_Tiles": {".xml"},
-                "KITTI_rectangles": {".txt"}}.get(fmt, IMAGE_EXTENSIONS)
+                "ImageCaptioning": {".xml"}, "KITTI_rectangles": {".txt"}}.get(fmt, IMAGE_EXTENSIONS)
     labels = _by_stem(folder / "labels", suffixes)
     for rec in records:
         rec.label = labels.get(rec.stem)
