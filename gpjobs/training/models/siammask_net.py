@@ -11,7 +11,8 @@
   - refine module (SiamMask "sharp"): the RoW vector is deconvolved to the exemplar footprint at stride 8
     and upsampled twice, merged each time with the search features of layer 2, layer 1 and the stem
     cropped (RoIAlign) to the same footprint; output: mask logits at stride 2 over an exemplar-sized
-    square centred on the RoW's cell.
+    square centred on the RoW's cell. (Crops of feature maps use grid_sample, as the image crops do, not
+    torchvision's roi_align: the traced module then needs torch alone.)
 
 Loss (per pair): anchors with IoU > 0.6 to the target are positive (the best anchor always), < 0.3
 negative; balanced BCE on the scores, smooth-L1 on the positive anchors' deltas, BCE on the mask of the
@@ -31,7 +32,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import box_iou, roi_align
+from torchvision.ops import box_iou
 
 from gpjobs.training.data.tracking import box_centers, context_side, crop_square, to_crop
 
@@ -86,14 +87,17 @@ class Refine(nn.Module):
         self.merge2, self.merge1, self.merge0 = _cbr(64, 16, 3, 1), _cbr(32, 8, 3, 1), _cbr(16, 8, 3, 1)
         self.out = nn.Conv2d(8, 1, 3, padding=1)
 
-    def forward(self, row: torch.Tensor, feats: list[torch.Tensor], footprints: torch.Tensor) -> torch.Tensor:
-        """`footprints` (N, 5): batch index, x0, y0, x1, y1 in search-crop pixels."""
+    def forward(self, row: torch.Tensor, feats: list[torch.Tensor], centers: torch.Tensor, side: float
+                ) -> torch.Tensor:
+        """Footprints: squares of `side` search-crop pixels around `centers` (N, 2), one per crop of the batch."""
         x = self.deconv(row[:, :, None, None])
         size = self.side8
+        sides = torch.full((len(centers),), side, device=centers.device)
         for skip, merge, feat, stride in ((self.skip2, self.merge2, feats[2], 8), (self.skip1, self.merge1, feats[1], 4),
                                           (self.skip0, self.merge0, feats[0], 2)):
-            crop = roi_align(feat, footprints, (size, size), spatial_scale=1.0 / stride, sampling_ratio=2,
-                             aligned=True)
+            # RoIAlign with one bilinear sample per cell, written with grid_sample: the TorchScript module must
+            # run where only torch is installed (torchvision's roi_align is a torchvision operator)
+            crop = crop_square(feat, centers / stride, sides / stride, size)
             x = merge(torch.cat([x, skip(crop)], 1))
             if stride > 2:
                 size *= 2
@@ -150,11 +154,7 @@ class SiamMaskNet(nn.Module):
         rows = out["rows"].flatten(2)
         b = rows.shape[0]
         row = rows.gather(2, cells.view(b, 1, 1).expand(b, rows.shape[1], 1))[:, :, 0]
-        center = self.cell_center(cells)
-        half = self.exemplar / 2
-        footprints = torch.cat([torch.arange(b, device=rows.device, dtype=center.dtype)[:, None],
-                                center - half, center + half], 1)
-        return self.refine(row, out["search"], footprints)
+        return self.refine(row, out["search"], self.cell_center(cells), float(self.exemplar))
 
     def decode(self, deltas: torch.Tensor) -> torch.Tensor:
         """Deltas (..., N, 4) -> boxes (cx, cy, w, h) of the anchors."""
