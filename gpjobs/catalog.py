@@ -413,7 +413,8 @@ def chip_size_problem(info: ModelTypeInfo, chip_size: int | tuple[int, int] | No
     bad = sorted(s for s in sides if s % multiple)
     if not bad:
         return None
-    near = sorted({max(multiple, s // multiple * multiple) for s in bad} | {(s // multiple + 1) * multiple for s in bad})
+    near = sorted({max(multiple, s // multiple * multiple) for s in bad}
+                  | {(s // multiple + 1) * multiple for s in bad})
     return (f"{info.name} needs chips whose side is a multiple of {multiple}; {bad[0]} px is not. Set the "
             f"chip_size argument to one (e.g. {' or '.join(map(str, near[:2]))}) or re-export with such a tile size.")
 

@@ -61,8 +61,8 @@ PROBLEMS: dict[str, tuple[bool, str, str]] = {
                    "each label needs an <object> whose <name> is the caption; re-export or fill them in"),
     "object_not_in_meta": (True, "annotations hold object ids that meta.json does not list for their sequence",
                            "add the objects (with their category) to meta.json, or remove meta.json"),
-    "frame_without_annotation": (False, "frames have no annotation of the same name in Annotations/ and are "
-                                 "left out", ""),
+    "frame_without_annotation": (False, "frames have no annotation of the same name in Annotations/ and are left out",
+                                 ""),
     "frame_without_objects": (False, "annotations hold no object; those frames are left out", ""),
 }
 

@@ -63,7 +63,7 @@ def write_object_tracking(root: Path | str, n: int = 8, size: int = 32, frames: 
     folder = Path(root) / name
     rng = np.random.default_rng(seed)
     videos: dict = {}
-    yy, xx = np.mgrid[0:size, 0:size]
+    xx = np.mgrid[0:size, 0:size][1]
     for s in range(n):
         seq = f"seq{s:03d}"
         background = 60 + 40 * np.sin(xx / (3 + s % 3))[..., None] + rng.normal(0, 6, (size, size, 3))

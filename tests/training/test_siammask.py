@@ -30,9 +30,9 @@ def siam_run(tmp_path_factory):
 
 def test_tracker_geometry():
     """Crops and their inverse agree; the middle response cell sits at the search crop's centre."""
+    from gpjobs.training.backbones import build_backbone
     from gpjobs.training.data.tracking import crop_square, to_crop, to_frame
     from gpjobs.training.models.siammask_net import SiamMaskNet
-    from gpjobs.training.backbones import build_backbone
 
     image = torch.zeros(1, 1, 40, 40)
     image[0, 0, 10:20, 10:20] = 1.0

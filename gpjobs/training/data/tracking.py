@@ -246,7 +246,7 @@ def open_tracking_data(scan: Scan, info: DataInfo, *, validation_percent: float,
                              "different sequences; add sequences to JPEGImages/ and Annotations/")
         raise DataError(report)
     keys = [ChipRecord(seq, Path(seq), folder) for folder, seq in sequences]  # one split item per sequence
-    train_keys, valid_keys = _split(keys, validation_percent, seed, None)
+    _, valid_keys = _split(keys, validation_percent, seed, None)
     valid_set = {(k.folder, k.stem) for k in valid_keys}
     train_records = [r for r in scan.records if (r.folder, sequence_of(r)) not in valid_set]
     valid_records = [r for r in scan.records if (r.folder, sequence_of(r)) in valid_set]

@@ -137,7 +137,7 @@ class GpjobsModel:
         first = self.prepare(frames[0])
         box0 = torch.tensor([box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy])
         current, seg_thr = box0, float((self.emd.get("ModelParameters") or {}).get("hp", {}).get("seg_thr", 0.35))
-        x0, y0, x1, y1 = (int(round(float(v))) for v in box0)  # frame 0: the given box is the mask
+        x0, y0, x1, y1 = (round(float(v)) for v in box0)  # frame 0: the given box is the mask
         area = max(0, min(x1, self.size[1]) - max(x0, 0)) * max(0, min(y1, self.size[0]) - max(y0, 0))
         out = [{"box": [round(float(v), 2) for v in box], "score": 1.0, "mask_pixels": area}]
         for frame in frames[1:]:

@@ -22,7 +22,7 @@ from torch import nn
 
 from gpjobs.catalog import ArgumentError, chip_size_problem
 from gpjobs.training.models.base import ModelFamily
-from gpjobs.training.models.maxdeeplab_net import MaXDeepLabNet
+from gpjobs.training.models.maxdeeplab_net import DEPTH, WIDTH, MaXDeepLabNet
 from gpjobs.training.models.panoptic import PanopticQuality, panoptic_loss, segments
 
 SPARE_SLOTS = 2
@@ -41,6 +41,8 @@ class MaXDeepLabFamily(ModelFamily):
         problem = chip_size_problem(self.model_type, tuple(self.info.chip_size))
         if problem:
             raise ArgumentError(problem)
+        self.say("info", f"MAXDEEPLAB: a small MaX-DeepLab ({DEPTH} dual-path axial-attention blocks of {WIDTH} "
+                         "channels at stride 16, no ImageNet backbone) stands in for MaX-DeepLab-S")
         self.thing_values: list[int] = []
         self.n_masks = int(self.args["n_masks"]) if self.args.get("n_masks") else 0
         self.score_thresh = float(self.args.get("score_thresh") if self.args.get("score_thresh") is not None
@@ -98,9 +100,10 @@ class MaXDeepLabFamily(ModelFamily):
         for images, targets in loader:
             images = images.to(device, non_blocking=True)
             targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
-            total += float(panoptic_loss(model.outputs(images), targets, model.is_thing)[0]) * images.shape[0]
+            out = model.outputs(images)
+            total += float(panoptic_loss(out, targets, model.is_thing)[0]) * images.shape[0]
             n += images.shape[0]
-            classes, instances = model(images)
+            classes, instances = model.postprocess(out, images.shape[-2:])
             for i, target in enumerate(targets):
                 ids, seg_classes = segments(target, model.is_thing)
                 quality.update(classes[i], instances[i], ids, seg_classes)
@@ -117,7 +120,7 @@ class MaXDeepLabFamily(ModelFamily):
         out = []
         for cls, inst in zip(classes.cpu().numpy(), instances.cpu().numpy()):
             counts = np.bincount(cls.ravel(), minlength=len(names))
-            per_thing = {names[c]: int(len(np.unique(inst[(cls == c) & (inst > 0)]))) for c in self.thing_indices}
+            per_thing = {names[c]: len(np.unique(inst[(cls == c) & (inst > 0)])) for c in self.thing_indices}
             out.append({"class_pixels": {names[i]: int(v) for i, v in enumerate(counts) if v},
                         "instances": per_thing, "_mask": values[cls], "_instances": inst.astype(np.int32)})
         return out
@@ -140,8 +143,8 @@ class MaXDeepLabFamily(ModelFamily):
         return fields
 
     def show_results(self, model: nn.Module, batch: Any, path: Path) -> None:
-        from gpjobs.training.models.binary import save_panels
         from gpjobs.training.model_card import display_rgb
+        from gpjobs.training.models.binary import save_panels
 
         images, targets = batch
         model.eval()

@@ -22,6 +22,8 @@ below `score_thresh` are dropped, each pixel takes the kept slot with the highes
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -143,8 +145,11 @@ class MaXDeepLabNet(nn.Module):
                 "instance": self.instance(x)}
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.outputs(images)
-        size = images.shape[-2:]
+        return self.postprocess(self.outputs(images), images.shape[-2:])
+
+    def postprocess(self, out: dict[str, torch.Tensor], size: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(class index map, instance map) at `size` from the training outputs (see the module docstring)."""
+        size = tuple(size)
         probs = torch.softmax(out["classes"].float(), -1)  # (B, N, K+1)
         score, cls = probs.max(-1)
         keep = (cls < self.n_classes) & (score >= self.score_thresh)

@@ -71,6 +71,8 @@ class SiamMaskFamily(ModelFamily):
             raise ArgumentError(f"exemplar_size ({self.exemplar}) and instance_size ({self.instance}) must be "
                                 f"multiples of {STRIDE}, exemplar_size at least 16 and instance_size larger "
                                 "(e.g. 128 and 256)")
+        if self.backbone != "RESNET50":
+            self.say("info", f"SIAMMASK on {self.backbone}: arcgis.learn's SiamMask uses ResNet-50 (the default here)")
         self.seg_thr = float(self.args.get("seg_thr") if self.args.get("seg_thr") is not None else 0.35)
 
     def attach_data(self, data: Any) -> None:
@@ -131,7 +133,7 @@ class SiamMaskFamily(ModelFamily):
         box = torch.tensor([float(v) for v in first_box])
         h, w = images.shape[-2:]
         first_mask = torch.zeros(h, w, dtype=torch.bool)
-        x0, y0, x1, y1 = (int(round(float(v))) for v in box)
+        x0, y0, x1, y1 = (round(float(v)) for v in box)
         first_mask[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = True
         out = [{"box": [round(float(v), 2) for v in box], "score": 1.0, "mask_pixels": int(first_mask.sum()),
                 "_mask": first_mask.numpy()}]
@@ -163,8 +165,8 @@ class SiamMaskFamily(ModelFamily):
 
     def show_results(self, model: nn.Module, batch: Any, path: Path) -> None:
         """The first validation track: frames with the true (green) and tracked (red) outline."""
-        from gpjobs.training.models.binary import save_panels
         from gpjobs.training.model_card import display_rgb
+        from gpjobs.training.models.binary import save_panels
 
         if not batch:
             return

@@ -93,8 +93,9 @@ class Refine(nn.Module):
         x = self.deconv(row[:, :, None, None])
         size = self.side8
         sides = torch.full((len(centers),), side, device=centers.device)
-        for skip, merge, feat, stride in ((self.skip2, self.merge2, feats[2], 8), (self.skip1, self.merge1, feats[1], 4),
-                                          (self.skip0, self.merge0, feats[0], 2)):
+        levels = ((self.skip2, self.merge2, feats[2], 8), (self.skip1, self.merge1, feats[1], 4),
+                  (self.skip0, self.merge0, feats[0], 2))
+        for skip, merge, feat, stride in levels:
             # RoIAlign with one bilinear sample per cell, written with grid_sample: the TorchScript module must
             # run where only torch is installed (torchvision's roi_align is a torchvision operator)
             crop = crop_square(feat, centers / stride, sides / stride, size)
