@@ -8,7 +8,7 @@ validation sequence / panoptic post-processing). The engine adds what a job need
 and F-measure, PQ, events, NaN checks, best-epoch copy and an fsynced full-state checkpoint per epoch).
 Each variant runs in its own process, alternating bare/engine; the first epoch of each process is warm-up.
 
-    python bench/train_overhead_new_types.py --model-type IMAGECAPTIONER [--epochs 3] [--chips 48] [--size 64]
+    python bench/train_overhead_new_types.py --model-type IMAGECAPTIONER [--epochs 4] [--chips 64] [--size 64]
     python bench/train_overhead_new_types.py --model-type SIAMMASK      (chips = training pairs)
     python bench/train_overhead_new_types.py --model-type MAXDEEPLAB
 
@@ -210,7 +210,7 @@ def run_bare(args) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-type", default="IMAGECAPTIONER", choices=tuple(BACKBONES))
-    harness.add_common_arguments(parser, epochs=3, chips=48, size=64, batch=8)
+    harness.add_common_arguments(parser, epochs=4, chips=64, size=64, batch=8)
     args = parser.parse_args()
     backbone = BACKBONES[args.model_type] or "own network"
     return harness.main(__file__, args, f"{args.model_type}/{backbone}", setup, run_bare)

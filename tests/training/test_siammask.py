@@ -15,7 +15,7 @@ torch.set_num_threads(1)
 
 # RESNET18 keeps the test small (the catalog lists every ResNet; arcgis.learn's SiamMask is ResNet-50 only)
 COMMON = dict(backbone_model="RESNET18", max_epochs=3, stop_training=False, freeze_model=False, learning_rate=0.003,
-              batch_size=4, arguments={"exemplar_size": 32, "instance_size": 64})
+              batch_size=4, arguments={"exemplar_size": 24, "instance_size": 48})
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_siammask_learns_and_packages(siam_run):
     emd = result["emd"]
     assert emd["ModelName"] == "SiamMask" and emd["ModelType"] == "ObjectTracking"
     assert emd["ModelConfiguration"] == "_siammask_inferencing" and emd["MetaDataMode"] == "ObjectTracking"
-    assert emd["ModelParameters"]["hp"]["exemplar_size"] == 32 and emd["ModelParameters"]["anchors"]["stride"] == 8
+    assert emd["ModelParameters"]["hp"]["exemplar_size"] == 24 and emd["ModelParameters"]["anchors"]["stride"] == 8
     assert [c["Name"] for c in emd["Classes"]] == ["boat", "car"]
     assert float(emd["mIOU"]) == pytest.approx(metrics["mIOU"], rel=1e-3)
 
@@ -148,6 +148,7 @@ def test_bad_data_and_arguments_get_fix_it_errors(tmp_path):
 @pytest.mark.heavy
 def test_siammask_learns_to_track(tmp_path):
     folder = write_object_tracking(tmp_path, n=12, size=64, frames=6)
-    code, reporter = train(make_spec(tmp_path, [folder], "SIAMMASK", **{**COMMON, "max_epochs": 6}))
+    code, reporter = train(make_spec(tmp_path, [folder], "SIAMMASK", **{**COMMON, "max_epochs": 6, "arguments": {
+        "exemplar_size": 32, "instance_size": 64}}))
     assert code == ExitCode.OK
     assert result_of(reporter)["metrics"]["mIOU"] > 0.5, epochs_of(reporter)

@@ -7,7 +7,8 @@ by an instance. Pixels of a thing class that no instance covers are void (ignore
 Losses (MaX-DeepLab, models.md §1B): slots are matched one-to-one to segments by the Hungarian method on
 the similarity p_i(c_k) x Dice(m_k, m_i); the PQ-style loss is 0.75 x mean over matched pairs of
 -(p x Dice) with p and Dice each weighted by the other (held constant), plus 0.25 x mean over unmatched
-slots of -log p(no object); mask-ID: cross-entropy of each pixel's slot softmax against its segment's
+slots of -log p(no object) (at best -1 per matched segment, so the total loss goes below zero as the model
+learns, as the paper's does); mask-ID: cross-entropy of each pixel's slot softmax against its segment's
 slot; instance discrimination: pixel embeddings against their segments' mean embeddings (cosine,
 temperature 0.3); semantic: cross-entropy. Total = 3 PQ + 1 instance + 0.3 mask-ID + 1 semantic.
 

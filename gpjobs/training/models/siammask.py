@@ -67,9 +67,10 @@ class SiamMaskFamily(ModelFamily):
         super().__init__(*a, **kw)
         self.exemplar = int(self.args.get("exemplar_size") or 128)
         self.instance = int(self.args.get("instance_size") or 256)
-        if self.exemplar % STRIDE or self.instance % STRIDE or self.instance <= self.exemplar or self.exemplar < 16:
+        if self.exemplar % STRIDE or self.instance % STRIDE or self.instance <= self.exemplar or self.exemplar < 24:
+            # the template's stride-8 features must outlive a 3x3 valid convolution: at least 3 x 3 of them
             raise ArgumentError(f"exemplar_size ({self.exemplar}) and instance_size ({self.instance}) must be "
-                                f"multiples of {STRIDE}, exemplar_size at least 16 and instance_size larger "
+                                f"multiples of {STRIDE}, exemplar_size at least 24 and instance_size larger "
                                 "(e.g. 128 and 256)")
         if self.backbone != "RESNET50":
             self.say("info", f"SIAMMASK on {self.backbone}: arcgis.learn's SiamMask uses ResNet-50 (the default here)")

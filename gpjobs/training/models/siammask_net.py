@@ -173,7 +173,7 @@ class SiamMaskNet(nn.Module):
         iou = box_iou(boxes.float(), corners)  # (B, N)
         best = iou.argmax(1)
         pos = iou > POS_IOU
-        pos[torch.arange(len(best)), best] = True
+        pos[torch.arange(len(best), device=best.device), best] = True
         neg = (iou < NEG_IOU) & ~pos
         scores = out["scores"].float()
         bce = F.binary_cross_entropy_with_logits(scores, pos.float(), reduction="none")
