@@ -110,9 +110,15 @@ def test_predict_needs_a_first_box(siam_run, capsys, tmp_path):
     assert len(lines) == 2 and lines[0]["box"] == [10.0, 10.0, 30.0, 30.0]
     import argparse
 
-    code = run_predict(argparse.Namespace(package=result_of(reporter)["package"], chips=[str(lonely)], json=True,
-                                          masks_dir=None, out_dir=None, batch_size=8, box=None, object=None))
-    assert code == 2 and "--box X0,Y0,X1,Y1" in capsys.readouterr().err
+    from gpjobs.commands.predict import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args([result_of(reporter)["package"], str(lonely), "--json"])
+    assert run_predict(args) == 2 and "--box X0,Y0,X1,Y1" in capsys.readouterr().err
+    args = parser.parse_args([result_of(reporter)["package"], str(lonely), "--box", "30,10,10,30"])
+    assert run_predict(args) == 2 and "X0 < X1" in capsys.readouterr().err
+    assert parser.parse_args(["m.dlpk", "f.jpg", "--object", "2"]).object == "2"
 
 
 def test_resume_after_interrupt_gives_the_same_numbers(siam_run, tmp_path):
