@@ -10,7 +10,7 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from gpjobs.parsing import list_parser, parse_bool, parse_float, parse_int, parse_str
+from gpjobs.parsing import list_parser, loads_json, parse_bool, parse_float, parse_int, parse_str
 
 # --- backbones ---------------------------------------------------------------------------------
 
@@ -96,7 +96,8 @@ def _pairs(minimum: float | None, maximum: float | None) -> Callable[[Any], list
 class ArgSpec:
     """One model argument: its type, default, what it does, and the values it accepts.
 
-    `kind` is bool | int | float | str | int_list | float_list | pair_list; numbers (and list elements) must
+    `kind` is bool | int | float | str | int_list | float_list | pair_list | object (parsed by `parser`);
+    numbers (and list elements) must
     lie in [minimum, maximum]. `no_effect` marks an argument accepted for compatibility with Esri's forms
     that changes nothing for this model type; the job says so when it is set.
     """
@@ -108,10 +109,13 @@ class ArgSpec:
     minimum: float | None = None
     maximum: float | None = None
     no_effect: str = ""
+    parser: Callable[[Any], Any] | None = None  # kind "object": a structured value with its own rules
 
     def parse(self, raw: Any) -> Any:
         """The typed value of `raw` (text as clients send it, or a JSON value); ValueError says why not."""
         low, high = self.minimum, self.maximum
+        if self.parser is not None:
+            return self.parser(raw)
         if self.kind == "bool":
             return parse_bool(raw)
         if self.kind == "str":
@@ -333,10 +337,7 @@ MODEL_TYPES: dict[str, ModelTypeInfo] = {m.name: m for m in (
 
 # Model types the task lists that this server does not train yet: submit answers with a clear error.
 for _name, _task, _formats, _esri in (
-    ("IMAGECAPTIONER", "captioning", {"MultiLabeled_Tiles"}, "ImageCaptioner"),
     ("DETREG", "detection", DETECTION_FORMATS, "DETReg"),
-    ("SIAMMASK", "tracking", {"RCNN_Masks"}, "SiamMask"),
-    ("MAXDEEPLAB", "panoptic", {"Panoptic_Segmentation"}, "MaXDeepLab"),
 ):
     MODEL_TYPES[_name] = _mt(_name, "", _task, _formats, (), None, implemented=False, esri_model_name=_esri)
 
@@ -392,6 +393,83 @@ MODEL_TYPES.update({m.name: m for m in (
         "model_weight": ArgSpec("bool", False, "OpenMMLab checkpoint: not available offline (warns)"),
     }, esri_model_name="MMSegmentation"),
 )})
+
+
+# Image captioning, object tracking and panoptic segmentation (gpjobs.training.models.captioning / siammask /
+# maxdeeplab).
+DECODER_PARAMS_DEFAULTS: dict[str, Any] = {"embed_size": 100, "hidden_size": 100, "attention_size": 100,
+                                           "teacher_forcing": 1.0, "dropout": 0.1, "pretrained_emb": False}
+
+
+def _parse_decoder_params(raw: Any) -> dict[str, Any]:
+    """IMAGECAPTIONER `decoder_params`: a JSON object over DECODER_PARAMS_DEFAULTS' keys (the rest default)."""
+    value = loads_json(raw) if isinstance(raw, str) else raw
+    if not isinstance(value, dict):
+        raise ValueError("expected a JSON object such as {\"embed_size\": 100, \"hidden_size\": 100}")
+    out = dict(DECODER_PARAMS_DEFAULTS)
+    for key, item in value.items():
+        name = str(key).strip().lower()
+        if name not in out:
+            raise ValueError(f"unknown key '{key}'{_did_you_mean(name, out)}; keys: {', '.join(out)}")
+        if name == "pretrained_emb":
+            out[name] = parse_bool(item)
+        elif name in ("teacher_forcing", "dropout"):
+            out[name] = parse_float(item, 0.0, 1.0)
+        else:
+            out[name] = parse_int(item, 1, 4096)
+    return out
+
+
+# Chip sizes a model type's network needs: the side must be a multiple of this (checked at submit and in the child).
+CHIP_MULTIPLES: dict[str, int] = {"MAXDEEPLAB": 16}
+MODEL_TYPES.update({m.name: m for m in (
+    _mt("IMAGECAPTIONER", "captioning", "captioning", {"ImageCaptioning"}, RESNETS, "RESNET34", {
+        "decoder_params": ArgSpec("object", dict(DECODER_PARAMS_DEFAULTS),
+                                  "attention LSTM decoder: embed_size, hidden_size, attention_size (1..4096), "
+                                  "teacher_forcing (share of steps fed the true word, 0..1), dropout (0..1), "
+                                  "pretrained_emb (fastText embeddings: not available offline, ignored with a warning)",
+                                  parser=_parse_decoder_params),
+        "beam_width": ArgSpec("int", 3, "beam search width when captioning (validation BLEU, predict)",
+                              minimum=1, maximum=32),
+        "max_len": ArgSpec("int", 20, "longest caption generated, in words", minimum=1, maximum=200),
+        "vocab_min_freq": ArgSpec("int", 4, "words seen fewer times in the training captions become 'xxunk'",
+                                  minimum=1, maximum=1_000_000),
+    }, esri_model_name="ImageCaptioner"),
+    _mt("SIAMMASK", "siammask", "tracking", {"ObjectTracking"}, RESNETS, "RESNET50", {
+        "exemplar_size": ArgSpec("int", 128, "side of the template crop around the target, pixels (multiple of 8)",
+                                 minimum=16, maximum=1024),
+        "instance_size": ArgSpec("int", 256, "side of the search crop, pixels (multiple of 8, > exemplar_size)",
+                                 minimum=32, maximum=2048),
+        "seg_thr": ArgSpec("float", 0.35, "mask probability above which a pixel belongs to the target",
+                           minimum=0, maximum=1),
+        "penalty_k": ArgSpec("float", 0.04, "tracker: penalty on changes of box size and aspect ratio",
+                             minimum=0, maximum=10),
+        "window_influence": ArgSpec("float", 0.4, "tracker: weight of the cosine window that favours small moves",
+                                    minimum=0, maximum=1),
+    }, esri_model_name="SiamMask"),
+    _mt("MAXDEEPLAB", "maxdeeplab", "panoptic", {"Panoptic_Segmentation"}, (), None, {
+        "n_masks": ArgSpec("int", None, "mask slots of the memory path (default: the most segments in a "
+                                        "training chip, background included, as arcgis.learn computes)",
+                           minimum=1, maximum=1024),
+        "score_thresh": ArgSpec("float", 0.5, "segments whose class probability is below this are dropped",
+                                minimum=0, maximum=1),
+    }, esri_model_name="MaXDeepLab"),
+)})
+
+
+def chip_size_problem(info: ModelTypeInfo, chip_size: int | tuple[int, int] | None) -> str | None:
+    """Why a chip size (the `chip_size` argument, else the export's tile size) cannot train `info`, or None."""
+    multiple = CHIP_MULTIPLES.get(info.name)
+    if not multiple or chip_size is None:
+        return None
+    sides = {int(s) for s in (chip_size if isinstance(chip_size, (tuple, list)) else (chip_size, chip_size))}
+    bad = sorted(s for s in sides if s % multiple)
+    if not bad:
+        return None
+    near = sorted({max(multiple, s // multiple * multiple) for s in bad}
+                  | {(s // multiple + 1) * multiple for s in bad})
+    return (f"{info.name} needs chips whose side is a multiple of {multiple}; {bad[0]} px is not. Set the "
+            f"chip_size argument to one (e.g. {' or '.join(map(str, near[:2]))}) or re-export with such a tile size.")
 
 
 def implemented_model_types() -> list[str]:

@@ -20,7 +20,7 @@ REQUIRED_FILES = (EMD_FILE, MAP_FILE, STATS_FILE)
 KNOWN_MODES = frozenset({
     "Classified_Tiles", "PASCAL_VOC_rectangles", "KITTI_rectangles", "RCNN_Masks", "Labeled_Tiles",
     "MultiLabeled_Tiles", "Imagenet", "Export_Tiles", "CycleGAN", "Panoptic_Segmentation", "ChangeDetection",
-    "Pix2Pix"})
+    "Pix2Pix", "ImageCaptioning"})
 
 
 class MetadataError(ValueError):
@@ -150,12 +150,52 @@ def is_cyclegan_parent(folder: Path) -> bool:
     return all((folder / side / name).is_file() for side in ("A", "B") for name in REQUIRED_FILES)
 
 
+# ObjectTracking (SIAMMASK): YouTube-VOS layout, no Esri metadata files (gpjobs/export/tracking.py).
+FRAMES_DIR, MASKS_DIR, META_FILE = "JPEGImages", "Annotations", "meta.json"
+DEFAULT_CATEGORY = "object"
+
+
+def tracking_root(folder: Path) -> Path | None:
+    """The folder holding JPEGImages/ and Annotations/ (the folder itself or its train/), else None."""
+    for root in (folder, folder / "train"):
+        if (root / FRAMES_DIR).is_dir() and (root / MASKS_DIR).is_dir():
+            return root
+    return None
+
+
+def read_tracking_meta(folder: Path) -> ExportMeta:
+    """The ExportMeta of a tracking folder: classes from meta.json categories; `emd` holds meta.json."""
+    root = tracking_root(folder)
+    if root is None:
+        raise MetadataError(f"{folder} has no {FRAMES_DIR}/ and {MASKS_DIR}/ folders (ObjectTracking layout)")
+    videos: dict = {}
+    meta_path = root / META_FILE
+    if meta_path.is_file():
+        try:
+            data = json.loads(meta_path.read_text(encoding="utf-8-sig"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise MetadataError(f"{meta_path} is not valid JSON ({exc}); fix it or remove it (then every "
+                                f"object is of class '{DEFAULT_CATEGORY}')") from None
+        videos = data.get("videos") if isinstance(data, dict) else None
+        if not isinstance(videos, dict):
+            raise MetadataError(f"{meta_path} has no \"videos\" object (YouTube-VOS meta.json: "
+                                '{"videos": {"<sequence>": {"objects": {"1": {"category": "car"}}}}})')
+    names = sorted({str(obj.get("category") or DEFAULT_CATEGORY)
+                    for video in videos.values() if isinstance(video, dict)
+                    for obj in (video.get("objects") or {}).values() if isinstance(obj, dict)})
+    classes = [RawClass(i + 1, name, None) for i, name in enumerate(names or [DEFAULT_CATEGORY])]
+    return ExportMeta(folder=folder, mode="ObjectTracking", format="ObjectTracking", classes=classes, bands=None,
+                      tile_size=None, stats={}, emd={"videos": videos, "root": str(root)})
+
+
 def read_export_meta(folder: str | Path) -> ExportMeta:
     """Parse the metadata of one export folder; MetadataError says which file is missing or broken."""
     folder = Path(folder)
     if not folder.is_dir():
         raise MetadataError(f"{folder} is not a folder; give the output folder of Export Training Data For Deep "
                             "Learning")
+    if tracking_root(folder) is not None:
+        return read_tracking_meta(folder)  # ObjectTracking (YouTube-VOS layout): no Esri metadata files
     if is_cyclegan_parent(folder):
         meta = read_export_meta(folder / "A")
         meta.folder, meta.format = folder, "CycleGAN"
@@ -193,8 +233,12 @@ def read_export_meta(folder: str | Path) -> ExportMeta:
         map_rows = parse_map_txt((folder / MAP_FILE).read_text(encoding="utf-8-sig", errors="replace"))
     except OSError:
         map_rows = []
+    fmt = detect_format(folder, mode)
+    if fmt == "MultiLabeled_Tiles" and emd.get("SingleLabelFieldFound") == "Caption":
+        fmt = "ImageCaptioning"  # arcgis.learn's post-rule (§2.1): captions in the labels' <name>
+        classes = []  # a caption export's class list is not what it trains on
     return ExportMeta(
-        folder=folder, mode=mode, format=detect_format(folder, mode), classes=classes,
+        folder=folder, mode=mode, format=fmt, classes=classes,
         bands=int(bands) if bands else None,
         tile_size=(int(height), int(width)) if height and width else None,
         stats=stats, emd=emd, map_rows=map_rows,

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from gpjobs.export.chips import IMAGE_EXTENSIONS
-from gpjobs.export.metadata import ExportMeta, RawClass
+from gpjobs.export.metadata import FRAMES_DIR, MASKS_DIR, ExportMeta, RawClass
 
 Box = tuple[float, float, float, float]  # xmin, ymin, xmax, ymax in chip pixels
 
@@ -94,6 +94,8 @@ def list_records(meta: ExportMeta, folder_index: int, report: Report) -> list[Ch
                 continue
             records.append(ChipRecord(path.stem, path, folder_index, value=cls.value))
         return records
+    if fmt == "ObjectTracking":
+        return list_tracking_frames(meta, folder_index, report)
     images = _images(folder)
     records = [ChipRecord(stem, path, folder_index) for stem, path in images.items()]
     if fmt in ("Pix2Pix", "ChangeDetection"):
@@ -111,7 +113,7 @@ def list_records(meta: ExportMeta, folder_index: int, report: Report) -> list[Ch
     if fmt == "RCNN_Masks":
         return _pair_masks(folder / "labels", records, meta.classes, report)
     suffixes = {"PASCAL_VOC_rectangles": {".xml"}, "Labeled_Tiles": {".xml"}, "MultiLabeled_Tiles": {".xml"},
-                "KITTI_rectangles": {".txt"}}.get(fmt, IMAGE_EXTENSIONS)
+                "ImageCaptioning": {".xml"}, "KITTI_rectangles": {".txt"}}.get(fmt, IMAGE_EXTENSIONS)
     labels = _by_stem(folder / "labels", suffixes)
     for rec in records:
         rec.label = labels.get(rec.stem)
@@ -216,3 +218,30 @@ def instances_from_mask(mask: np.ndarray) -> list[np.ndarray]:
 def box_of(mask: np.ndarray) -> Box:
     ys, xs = np.nonzero(mask)
     return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
+
+
+def _frame_files(directory: Path) -> dict[str, Path]:
+    if not directory.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(directory.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()}
+
+
+def list_tracking_frames(meta: ExportMeta, folder_index: int, report: Report) -> list[ChipRecord]:
+    """One record per annotated frame (stem "<sequence>/<frame>"), sequences and frames in name order."""
+    root = Path(meta.emd.get("root") or meta.folder)
+    frames_dir, masks_dir = root / FRAMES_DIR, root / MASKS_DIR
+    records = []
+    for seq in sorted(p for p in frames_dir.iterdir() if p.is_dir()):
+        frames, masks = _frame_files(seq), _frame_files(masks_dir / seq.name)
+        for stem, image in frames.items():
+            if stem in masks:
+                records.append(ChipRecord(f"{seq.name}/{stem}", image, folder_index, label=masks[stem]))
+            else:
+                report("frame_without_annotation", image, "")
+        for stem, mask in masks.items():
+            if stem not in frames:
+                report("label_without_image", mask, "")
+    for seq in sorted(p for p in masks_dir.iterdir() if p.is_dir()) if masks_dir.is_dir() else []:
+        if not (frames_dir / seq.name).is_dir():
+            report("label_without_image", seq, "no frames folder of that name")
+    return records

@@ -15,10 +15,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from gpjobs.export.captions import caption_problem
 from gpjobs.export.chips import ChipReadError, read_chip, read_label_raster
 from gpjobs.export.info import BACKGROUND_FORMATS, ClassInfo
 from gpjobs.export.metadata import ExportMeta, MetadataError, RawClass, read_export_meta
 from gpjobs.export.readers import ChipRecord, LabelError, list_records, parse_kitti, parse_voc, value_of
+from gpjobs.export.tracking import check_frame
 
 FAST_SAMPLE = 64
 SHOW_FILES = 5
@@ -55,6 +57,13 @@ PROBLEMS: dict[str, tuple[bool, str, str]] = {
     "orphan_image2": (False, "images2/ chips have no images/ counterpart and are ignored", ""),
     "image_without_class": (False, "chips lie directly in images/ instead of a class folder and are left out", ""),
     "size_mismatch": (False, "chips differ from the export's tile size; they are resized to the chip size", ""),
+    "no_caption": (True, "caption label files hold no caption text",
+                   "each label needs an <object> whose <name> is the caption; re-export or fill them in"),
+    "object_not_in_meta": (True, "annotations hold object ids that meta.json does not list for their sequence",
+                           "add the objects (with their category) to meta.json, or remove meta.json"),
+    "frame_without_annotation": (False, "frames have no annotation of the same name in Annotations/ and are left out",
+                                 ""),
+    "frame_without_objects": (False, "annotations hold no object; those frames are left out", ""),
 }
 
 
@@ -189,6 +198,7 @@ class _Checker:
         self.raw_classes = raw_classes
         self.counts: dict[int, int] = defaultdict(int)
         self.bands, self.dtype, self.sizes = expected_bands, None, defaultdict(int)
+        self.metas: list[ExportMeta] = []  # per-folder metadata (ObjectTracking checks against meta.json)
 
     def chip(self, path: Path) -> tuple[int, int] | None:
         try:
@@ -301,11 +311,18 @@ def _check_record(checker: _Checker, rec: ChipRecord) -> None:
         checker.instance_masks(rec, shape)
     elif fmt == "Imagenet" and rec.value is not None:
         checker.counts[rec.value] += 1
+    elif fmt == "ImageCaptioning":
+        problem = caption_problem(rec.label)
+        if problem is not None:
+            checker.problems(problem[0], rec.label, problem[1])
+    elif fmt == "ObjectTracking":
+        check_frame(checker, rec, shape, checker.metas[rec.folder])
 
 
 COUNT_UNITS = {"Classified_Tiles": "pixels", "ChangeDetection": "pixels", "Panoptic_Segmentation": "pixels",
                "PASCAL_VOC_rectangles": "objects", "KITTI_rectangles": "objects", "RCNN_Masks": "instances",
-               "Labeled_Tiles": "chips", "MultiLabeled_Tiles": "chips", "Imagenet": "chips"}
+               "Labeled_Tiles": "chips", "MultiLabeled_Tiles": "chips", "Imagenet": "chips",
+               "ObjectTracking": "object frames"}
 
 
 def scan_folders(folders: Sequence[str | Path], *, full: bool = True, sample: int = FAST_SAMPLE) -> Scan:
@@ -340,6 +357,7 @@ def scan_folders(folders: Sequence[str | Path], *, full: bool = True, sample: in
         records.extend(list_records(meta, i, problems))
     report.listed_in_map = sum(len(m.map_rows) for m in metas)
     checker = _Checker(fmt, classes, raw_classes, problems, metas[0].bands)
+    checker.metas = metas
     chosen = _spread(len(records), None if full else sample)
     for index, rec in enumerate(records):
         if index in chosen:

@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable
 
 from gpjobs import catalog
-from gpjobs.export import ExportFolderError, export_format
+from gpjobs.export import ExportFolderError, check_export
+from gpjobs.export.metadata import ExportMeta
 from gpjobs.parsing import is_unset, loads_json, parse_json_object
 from gpjobs.paths import PathError, PathResolver, resolve_folders
 from gpjobs.tasks.params import OUTPUT, GPParameter, ParameterError
@@ -205,6 +206,12 @@ def parse_training_request(values: Mapping[str, Any], resolver: PathResolver, *,
             except catalog.ArgumentError as exc:
                 problems.append(f"arguments: {exc}")
     folders = _parse_in_folder(values.get("in_folder"), resolver, info, problems)
+    if info is not None and folders is not None:
+        for tile in ([given["chip_size"]] if given.get("chip_size") else folders[2]):
+            problem = catalog.chip_size_problem(info, tile)
+            if problem:
+                problems.append(f"{'arguments' if given.get('chip_size') else 'in_folder'}: {problem}")
+                break
     output = attempt(parse_output_name, values.get("output_name"), resolver)
     learning_rate = simple("learning_rate")
     request_values = dict(
@@ -385,8 +392,9 @@ def parse_context(raw: Any) -> Context:
 
 
 def _parse_in_folder(raw: Any, resolver: PathResolver, info: catalog.ModelTypeInfo | None,
-                     problems: list[str]) -> tuple[tuple[DataFolder, ...], str] | None:
-    """The export folders and their common metadata format; problems are appended, None when unusable."""
+                     problems: list[str]) -> tuple[tuple[DataFolder, ...], str, list[tuple[int, int] | None]] | None:
+    """The export folders, their common metadata format and their tile sizes; problems are appended, None when
+    unusable."""
     if is_unset(raw):
         problems.append("in_folder: required; use /fileShares/<store>/<export folder> "
                         f"(registered stores: {resolver.describe()})")
@@ -397,15 +405,15 @@ def _parse_in_folder(raw: Any, resolver: PathResolver, info: catalog.ModelTypeIn
     except (PathError, ValueError) as exc:
         problems.append(f"in_folder: {exc}")
         return None
-    formats: dict[str, str] = {}
+    metas: dict[str, ExportMeta] = {}
     for folder in folders:
         try:
-            formats[folder.alias] = export_format(folder.local, folder.alias)
+            metas[folder.alias] = check_export(folder.local, folder.alias)
         except ExportFolderError as exc:
             problems.append(f"in_folder: '{folder.alias}' {exc}")
-    if len(formats) != len(folders):
+    if len(metas) != len(folders):
         return None
-    kinds = sorted(set(formats.values()))
+    kinds = sorted({m.format for m in metas.values()})
     if len(kinds) > 1:
         problems.append(f"in_folder: the folders hold different formats ({', '.join(kinds)}); "
                         "combine only exports of the same metadata format")
@@ -416,4 +424,5 @@ def _parse_in_folder(raw: Any, resolver: PathResolver, info: catalog.ModelTypeIn
         problems.append(f"in_folder: the export format {data_format} cannot train model_type {info.name} "
                         f"(it needs {', '.join(sorted(info.formats))}); model types for {data_format}: "
                         f"{', '.join(fits) or 'none supported yet'}")
-    return tuple(DataFolder(alias=f.alias, local=os.fspath(f.local)) for f in folders), data_format
+    return (tuple(DataFolder(alias=f.alias, local=os.fspath(f.local)) for f in folders), data_format,
+            [m.tile_size for m in metas.values()])

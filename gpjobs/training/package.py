@@ -220,6 +220,7 @@ def load_model(package: Package, *, say: Callable[[str, str], None] | None = Non
     args = parse_arguments(model_type, package.arguments)
     family = family_for(model_type.name)(model_type, info, package.backbone or model_type.default_backbone, args,
                                          WeightsPolicy.skip("weights come from the package"), say)
+    family.load_emd(package.emd)
     model = family.build()
     if not package.weights_path.is_file():
         raise PackageError(f"{package.emd_path.name}: ModelFile {package.weights_path.name} is missing")

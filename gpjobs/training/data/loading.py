@@ -169,6 +169,12 @@ def open_training_data(folders: Sequence[str | Path], *, task: str, chip_size: i
                     chip_size=size, extract_bands=extract, normalization=normalization,
                     is_multispectral=normalization.kind != "imagenet", source_bands=source_bands, dtype=dtype,
                     cell_size=scan.metas[0].emd.get("MinCellSize") or scan.metas[0].stats.get("MinCellSize"))
+    if info.task in ("captioning", "tracking"):  # their own samples, datasets and loaders
+        from gpjobs.training.data.captions import open_caption_data
+        from gpjobs.training.data.tracking import open_tracking_data
+
+        opener = open_caption_data if info.task == "captioning" else open_tracking_data
+        return opener(scan, info, validation_percent=validation_percent, seed=seed)
     stratify = None
     if info.task == "classification":
         stratify = [r.value if r.value is not None else (r.objects[0][0] if r.objects else -1) for r in scan.records]

@@ -3,12 +3,15 @@
 Needs only torch, numpy and tifffile or Pillow; not gpjobs. Usage, from the extracted package folder:
 
     python GpjobsInference.py MODEL.emd CHIP [CHIP ...]      # one JSON line per chip
+    python GpjobsInference.py MODEL.emd --box X0,Y0,X1,Y1 FRAME [FRAME ...]   # ObjectTracking
 
 It loads the TorchScript module named by the .emd key `TorchScriptFile`, applies the .emd's band
 selection (ExtractBands), normalisation (ImageNet or NormalizationStats) and chip size, and prints
 pixel-class counts (ImageClassification), the class (ObjectClassification), boxes (ObjectDetection,
-for modules returning (boxes, scores, labels)) or a translated chip's size and band means
-(SuperResolution, Pix2Pix, Pix2PixHD, CycleGAN).
+for modules returning (boxes, scores, labels)), a translated chip's size and band means
+(SuperResolution, Pix2Pix, Pix2PixHD, CycleGAN), the caption (ImageCaptioner), pixel-class counts and
+instances per class (PanopticSegmenter), or, for ObjectTracking, the box, score and mask size of the
+object in every frame of a sequence whose first frame shows it in the --box.
 """
 
 from __future__ import annotations
@@ -100,6 +103,25 @@ class GpjobsModel:
             native = self.lo[:, None, None] + np.clip(x01, 0, 1) * (self.hi - self.lo)[:, None, None]
             return {"translated": kind, "size": list(native.shape[1:]),
                     "band_mean": [round(float(v), 3) for v in native.reshape(native.shape[0], -1).mean(1)]}
+        if kind == "ImageCaptioner":
+            words, vocabulary = [], self.emd.get("Vocabulary") or []
+            for i in out[0][0].tolist():
+                if vocabulary[i] == "xxeos":
+                    break
+                if vocabulary[i] not in ("xxpad", "xxbos"):
+                    words.append(vocabulary[i])
+            text = ""
+            for w in words:  # punctuation sticks to the word before it
+                text += w if (text and not w[0].isalnum()) else (" " if text else "") + w
+            return {"caption": text, "words": words, "score": round(float(out[1][0]), 6)}
+        if kind == "PanopticSegmenter":
+            classes, instances = out[0][0], out[1][0]
+            labels = ["NoData"] + names
+            counts = torch.bincount(classes.flatten(), minlength=len(labels)).tolist()
+            things = {int(v) for v in (self.emd.get("Kwargs") or {}).get("instance_classes") or []}
+            per_thing = {labels[i + 1]: len(torch.unique(instances[(classes == i + 1) & (instances > 0)]))
+                         for i, c in enumerate(self.classes) if int(c["Value"]) in things}
+            return {"class_pixels": {labels[i]: n for i, n in enumerate(counts) if n}, "instances": per_thing}
         if isinstance(out, (tuple, list)) and len(out) == 3:
             boxes, scores, labels = (o[0] if o.ndim > 1 and o.shape[0] == 1 and o.ndim != 2 else o for o in out)
             return {"boxes": boxes.tolist(), "scores": scores.tolist(),
@@ -107,11 +129,38 @@ class GpjobsModel:
         raise SystemExit(f"ModelType {kind} output is not understood by this script")
 
 
+    @torch.no_grad()
+    def track(self, frames: list[np.ndarray], box: list[float]) -> list[dict]:
+        """ObjectTracking: the module steps (first frame, first box, frame, previous box) -> (box, score, mask)."""
+        height, width = frames[0].shape[:2]
+        sx, sy = self.size[1] / width, self.size[0] / height
+        first = self.prepare(frames[0])
+        box0 = torch.tensor([box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy])
+        current, seg_thr = box0, float((self.emd.get("ModelParameters") or {}).get("hp", {}).get("seg_thr", 0.35))
+        x0, y0, x1, y1 = (round(float(v)) for v in box0)  # frame 0: the given box is the mask
+        area = max(0, min(x1, self.size[1]) - max(x0, 0)) * max(0, min(y1, self.size[0]) - max(y0, 0))
+        out = [{"box": [round(float(v), 2) for v in box], "score": 1.0, "mask_pixels": area}]
+        for frame in frames[1:]:
+            current, score, mask = self.module(first, box0, self.prepare(frame), current)
+            x0, y0, x1, y1 = current.tolist()
+            out.append({"box": [round(x0 / sx, 2), round(y0 / sy, 2), round(x1 / sx, 2), round(y1 / sy, 2)],
+                        "score": round(float(score), 6), "mask_pixels": int((mask > seg_thr).sum())})
+        return out
+
+
 def main(argv: list[str]) -> int:
     if len(argv) < 2:
         print(__doc__, file=sys.stderr)
         return 2
     model = GpjobsModel(argv[0])
+    if model.emd.get("ModelType") == "ObjectTracking":
+        if len(argv) < 4 or argv[1] != "--box":
+            print("ObjectTracking: GpjobsInference.py MODEL.emd --box X0,Y0,X1,Y1 FRAME [FRAME ...]", file=sys.stderr)
+            return 2
+        box = [float(v) for v in argv[2].split(",")]
+        for chip, result in zip(argv[3:], model.track([read_chip(Path(c)) for c in argv[3:]], box)):
+            print(json.dumps({"chip": chip, **result}))
+        return 0
     for chip in argv[1:]:
         print(json.dumps({"chip": chip, **model.predict(read_chip(Path(chip)))}))
     return 0

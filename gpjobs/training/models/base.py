@@ -56,6 +56,10 @@ class ModelFamily(ABC):
         """Called with the TrainingData before build() when training (not when loading a package):
         families take what they need from it (e.g. class weights)."""
 
+    def load_emd(self, emd: dict[str, Any]) -> None:
+        """Called with a package's .emd before build() when a model is rebuilt from its package (not when
+        training): families take back what they learned from the training data (e.g. a vocabulary)."""
+
     @abstractmethod
     def build(self) -> nn.Module:
         """A fresh model (backbone weights per the WeightsPolicy), in train mode, on the CPU."""

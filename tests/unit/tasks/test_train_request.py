@@ -186,7 +186,7 @@ def test_pretrained_forms(roots: StoreRoots, share: Path) -> None:
 @pytest.mark.parametrize("overrides, expected", [
     ({"model_type": ""}, "model_type: required"),
     ({"model_type": "NOPE"}, "model_type 'NOPE'"),
-    ({"model_type": "IMAGECAPTIONER"}, "not supported by this server yet"),
+    ({"model_type": "DETREG"}, "not supported by this server yet"),
     ({"backbone_model": "DARKNET53"}, "backbone_model 'DARKNET53' cannot be used with model_type UNET"),
     ({"arguments": '{"nope": 1}'}, "unknown argument 'nope'"),
     ({"arguments": '{"chip_size": "abc"}'}, "argument 'chip_size'"),
@@ -276,3 +276,18 @@ def test_submit_validation_never_imports_torch(roots: StoreRoots, share: Path) -
             f"StoreRoots(file_shares={{'default': {str(share)!r}}}), max_arguments_bytes=100); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_maxdeeplab_chips_must_be_multiples_of_16_at_submit(tmp_path: Path) -> None:
+    from tests.builders.exports import write_panoptic
+
+    write_panoptic(tmp_path / "share" / "exports", n=2, size=40, name="pan")
+    write_panoptic(tmp_path / "share" / "exports", n=2, size=32, name="pan32")
+    roots = StoreRoots(file_shares={"default": tmp_path / "share"})
+    bad = problems(roots, in_folder="/fileShares/default/exports/pan", model_type="MAXDEEPLAB")
+    assert any("in_folder: MAXDEEPLAB needs chips whose side is a multiple of 16; 40 px" in d for d in bad), bad
+    assert submit(roots, in_folder="/fileShares/default/exports/pan", model_type="MAXDEEPLAB",
+                  arguments='{"chip_size": 32}').given_arguments["chip_size"] == 32
+    assert submit(roots, in_folder="/fileShares/default/exports/pan32", model_type="MAXDEEPLAB")
+    assert any("arguments: MAXDEEPLAB" in d for d in problems(
+        roots, in_folder="/fileShares/default/exports/pan32", model_type="MAXDEEPLAB", arguments='{"chip_size": 40}'))
