@@ -46,6 +46,7 @@ def change_run(tmp_path_factory):
                              backbone_model="RESNET18", max_epochs=5, stop_training=False, freeze_model=False)
 
 
+@pytest.mark.slow
 def test_change_detector_learns(change_run):
     epochs = change_run.epochs
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
@@ -54,6 +55,7 @@ def test_change_detector_learns(change_run):
     assert metrics["f1"] > 0.6, metrics  # changed pixels are ~27%: "all changed" gives f1 ~0.43
 
 
+@pytest.mark.slow
 def test_change_package(change_run):
     assert {"model.emd", "model.pth", "model.pt", "ModelCharacteristics/show_results.png"} <= change_run.members
     emd = change_run.emd
@@ -63,6 +65,7 @@ def test_change_package(change_run):
     assert float(emd["f1"]) == pytest.approx(change_run.metrics["f1"], rel=1e-3)
 
 
+@pytest.mark.slow
 def test_change_predict_from_package_reproduces_validation_f1(change_run):
     """load_model + the family's paired predict (what `gpjobs predict` does for paired models)."""
     from gpjobs.export import read_chip
@@ -92,6 +95,7 @@ def test_change_predict_from_package_reproduces_validation_f1(change_run):
     assert f1 == pytest.approx(change_run.metrics["f1"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_bam_attention_trains(tmp_path):
     run = train_and_package(tmp_path, write_change_detection(tmp_path, n=8, size=32), "CHANGEDETECTOR",
                             backbone_model="RESNET18", max_epochs=1, arguments={"attention_type": "BAM"})
@@ -106,6 +110,7 @@ def test_change_detector_refuses_plain_classified_tiles(tmp_path):
     assert "ChangeDetection" in run.failure
 
 
+@pytest.mark.slow
 def test_gpjobs_predict_cli_pairs_before_and_after(change_run, tmp_path):
     """The command line finds the images2/ partner of an images/ chip (or takes BEFORE,AFTER)."""
     chip = sorted((change_run.folder / "images").iterdir())[0]

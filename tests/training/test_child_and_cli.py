@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from gpjobs.training.protocol import ExitCode, decode_event
@@ -38,6 +39,7 @@ def _events_until(proc, wanted: str, timeout: float = 240) -> list[dict]:
     return events
 
 
+@pytest.mark.slow
 def test_child_emits_events_and_packages(tmp_path):
     folder = write_classified_tiles(tmp_path, n=8, size=32)
     spec = make_spec(tmp_path, [folder], "UNET", backbone_model="RESNET18", max_epochs=1, heartbeat_seconds=0.5)
@@ -59,6 +61,7 @@ def test_child_emits_events_and_packages(tmp_path):
     assert result["emd"]["ModelName"] == "UnetClassifier"
 
 
+@pytest.mark.slow
 def test_child_sigterm_cancels_and_lifeline_loss_stops(tmp_path):
     folder = write_classified_tiles(tmp_path, n=16, size=32)
     for signal_it, expected in ((True, ExitCode.CANCELLED), (False, ExitCode.LIFELINE_LOST)):
@@ -86,6 +89,7 @@ def test_bad_input_fails_with_a_fix_it_message(tmp_path):
     assert "Valid backbones: RESNET18" in run.failure
 
 
+@pytest.mark.slow
 def test_real_unet_run_resumes_after_kill_at_the_same_result(tmp_path):
     folder = write_classified_tiles(tmp_path, n=8, size=32)
     straight, resumed = interrupted_and_resumed(tmp_path, folder, "UNET", backbone_model="RESNET18", max_epochs=3,
@@ -95,6 +99,7 @@ def test_real_unet_run_resumes_after_kill_at_the_same_result(tmp_path):
     assert resumed.metrics == straight.metrics
 
 
+@pytest.mark.slow
 def test_fine_tuning_starts_from_the_package(tmp_path):
     folder = write_classified_tiles(tmp_path, n=8, size=32)
     first = train_and_package(tmp_path / "a", folder, "UNET", backbone_model="RESNET18", max_epochs=2)
@@ -116,6 +121,7 @@ def test_fine_tuning_starts_from_the_package(tmp_path):
     assert "is a UNET model" in wrong.failure
 
 
+@pytest.mark.slow
 def test_gpjobs_train_cli_writes_the_dlpk(tmp_path):
     folder = write_labeled_tiles(tmp_path, n=16, size=32)
     out = tmp_path / "out" / "cli_model.dlpk"
@@ -134,6 +140,7 @@ def test_gpjobs_train_cli_writes_the_dlpk(tmp_path):
     assert bad.returncode == ExitCode.BAD_INPUT and "is not a TrainDeepLearningModel model type" in bad.stderr
 
 
+@pytest.mark.slow
 def test_lr_finder_and_weights_outcome_reach_the_package(tmp_path):
     import torchvision
 

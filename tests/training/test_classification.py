@@ -10,6 +10,7 @@ from tests.builders.exports import write_imagenet, write_labeled_tiles, write_mu
 from tests.training.helpers import predict_json, train_and_package
 
 torch.set_num_threads(1)
+pytestmark = pytest.mark.slow  # every test here trains a model
 
 
 @pytest.fixture(scope="module")

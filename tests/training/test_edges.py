@@ -27,6 +27,7 @@ def test_edge_targets_modes():
     assert torch.equal(edge_targets(mask, "labels"), mask > 0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", ["HED_EDGEDETECTOR", "BDCN_EDGEDETECTOR"])
 def test_builds_and_steps_on_resnet_and_vgg(model_type):
     for backbone in ("RESNET18", "VGG11"):
@@ -49,6 +50,7 @@ def hed_run(tmp_path_factory):
                              backbone_model="RESNET18", max_epochs=6, stop_training=False, freeze_model=False)
 
 
+@pytest.mark.slow
 def test_hed_learns_edges_and_packages(hed_run):
     epochs = hed_run.epochs
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
@@ -66,6 +68,7 @@ def test_hed_learns_edges_and_packages(hed_run):
     assert any("become one class 'edge'" in t for t in hed_run.messages)
 
 
+@pytest.mark.slow
 def test_hed_predict_from_package_alone(hed_run, tmp_path):
     from gpjobs.training.data import open_training_data
     from gpjobs.training.models.edges import edge_targets
@@ -88,6 +91,7 @@ def test_hed_predict_from_package_alone(hed_run, tmp_path):
     assert f1 == pytest.approx(hed_run.metrics["f1_score"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_bdcn_trains_vgg_with_labels_as_edges(tmp_path):
     # one class: the export's class is the edge class; filled rectangles -> explicit boundaries
     folder = write_classified_tiles(tmp_path, n=12, size=32, classes=((1, "boundary"),))

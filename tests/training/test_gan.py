@@ -51,6 +51,7 @@ def _identity_psnr(run) -> tuple[list, float]:
     return records, float(np.mean(values))
 
 
+@pytest.mark.slow
 def test_pix2pix_learns_the_translation(pix2pix_run):
     epochs = pix2pix_run.epochs
     assert len(epochs) == 20
@@ -67,6 +68,7 @@ def test_pix2pix_learns_the_translation(pix2pix_run):
     assert not any("freeze_model" in t for t in texts)  # nothing to freeze, nothing to warn about
 
 
+@pytest.mark.slow
 def test_pix2pix_package(pix2pix_run):
     assert {"model.emd", "model.pth", "model.pt", "GpjobsInference.py", "ModelCharacteristics/show_results.png",
             "ModelCharacteristics/loss_graph.png"} <= pix2pix_run.members
@@ -79,6 +81,7 @@ def test_pix2pix_package(pix2pix_run):
     assert "FID" not in emd  # no Inception weights offline: not reported rather than faked
 
 
+@pytest.mark.slow
 def test_pix2pix_predict_from_package_alone(pix2pix_run, tmp_path):
     records, baseline = _identity_psnr(pix2pix_run)
     lines = predict_json(pix2pix_run.package, *(r.image for r in records), "--out-dir", tmp_path / "out")
@@ -95,6 +98,7 @@ def test_pix2pix_predict_from_package_alone(pix2pix_run, tmp_path):
     assert np.mean(scores) > baseline + 1.0
 
 
+@pytest.mark.slow
 def test_standalone_inference_script_translates(pix2pix_run, tmp_path):
     with zipfile.ZipFile(pix2pix_run.package) as zf:
         zf.extractall(tmp_path)
@@ -118,6 +122,7 @@ def cyclegan_run(tmp_path_factory):
                              arguments={"gen_blocks": 2, "n_gen_filters": 8, "n_dscr_filters": 8})
 
 
+@pytest.mark.slow
 def test_cyclegan_learns_cycle_consistency(cyclegan_run):
     epochs = cyclegan_run.epochs
     assert len(epochs) == 8
@@ -131,6 +136,7 @@ def test_cyclegan_learns_cycle_consistency(cyclegan_run):
     assert any("backbone_model RESNET34 is ignored" in t for t in cyclegan_run.messages)
 
 
+@pytest.mark.slow
 def test_cyclegan_package_and_predict(cyclegan_run, tmp_path):
     emd = cyclegan_run.packaged_json("model.emd")
     assert emd["ModelType"] == "CycleGAN" and emd["ModelConfiguration"] == "_cyclegan"
@@ -156,6 +162,7 @@ def pix2pixhd_run(tmp_path_factory):
                                         "n_blocks_local": 1, "n_layers_dscr": 2})
 
 
+@pytest.mark.slow
 def test_pix2pixhd_learns_with_feature_matching(pix2pixhd_run):
     epochs = pix2pixhd_run.epochs
     assert epochs[-1]["valid_loss"] < epochs[0]["valid_loss"] / 2
@@ -169,6 +176,7 @@ def test_pix2pixhd_learns_with_feature_matching(pix2pixhd_run):
     assert any("n_downsample_global 4 is too deep for 32 px chips; using 2" in t for t in texts)
 
 
+@pytest.mark.slow
 def test_pix2pixhd_package_reloads_and_predicts(pix2pixhd_run):
     from gpjobs.training.package import load_model, open_package
 
@@ -188,6 +196,7 @@ def test_pix2pixhd_package_reloads_and_predicts(pix2pixhd_run):
     assert np.mean(scores) == pytest.approx(pix2pixhd_run.metrics["PSNR"], abs=0.05)  # the package is the best epoch
 
 
+@pytest.mark.slow
 def test_pix2pix_on_multispectral_uint16_keeps_band_units(tmp_path):
     from gpjobs.training.package import load_model, open_package
 

@@ -37,6 +37,7 @@ def test_each_model_maps_onto_a_detector_family(model, family, backbone):
     assert fam.emd_fields({})["ModelName"] == "MMDetection"
 
 
+@pytest.mark.slow
 def test_mmdet_ssd_trains_packages_and_predicts(tmp_path):
     voc = write_pascal_voc(tmp_path, n=8, size=32)
     run = train_and_package(tmp_path, voc, "MMDETECTION", backbone_model="RESNET18", max_epochs=4, batch_size=2,

@@ -36,6 +36,7 @@ def test_every_model_builds_and_steps(model):
         assert fam.backbone == "MOBILENET_V2" and any("MobileNetV2" in text for _, text in messages)
 
 
+@pytest.mark.slow
 def test_mmseg_deeplabv3plus_trains_packages_and_predicts(tmp_path):
     folder = write_classified_tiles(tmp_path, n=16, size=32)
     run = train_and_package(tmp_path, folder, "MMSEGMENTATION", backbone_model="RESNET18", max_epochs=3,

@@ -34,6 +34,7 @@ def test_reid_net_embeds_to_unit_128d_vectors(backbone):
     assert vector.shape == (128,) and abs(float(vector.norm()) - 1.0) < 1e-3
 
 
+@pytest.mark.slow
 def test_deepsort_trains_packages_and_predicts(tmp_path):
     run = train_and_package(tmp_path, write_imagenet(tmp_path, n=24, size=32), "DEEPSORT", max_epochs=4,
                             stop_training=False, learning_rate=0.003)

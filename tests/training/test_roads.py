@@ -42,6 +42,7 @@ def road_run(tmp_path_factory):
                              stop_training=False, freeze_model=False, arguments={"orient_bin_size": 30})
 
 
+@pytest.mark.slow
 def test_road_extractor_learns_and_monitors_miou(road_run):
     epochs = road_run.epochs
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
@@ -60,11 +61,13 @@ def test_road_extractor_learns_and_monitors_miou(road_run):
     assert {"model.emd", "model.pth", "model.pt", "ModelCharacteristics/show_results.png"} <= road_run.members
 
 
+@pytest.mark.slow
 def test_road_predict_from_package(road_run):
     lines = predict_json(road_run.package, *sorted((road_run.folder / "images").iterdir())[:3])
     assert len(lines) == 3 and all(sum(line["class_pixels"].values()) == 32 * 32 for line in lines)
 
 
+@pytest.mark.slow
 def test_connectnet_alias_with_linknet_and_weights(tmp_path):
     folder = write_classified_tiles(tmp_path, n=8, size=32, classes=((1, "road"), (2, "track")))
     run = train_and_package(tmp_path, folder, "CONNECTNET", backbone_model="RESNET18", max_epochs=1,

@@ -26,6 +26,7 @@ def unet_run(tmp_path_factory):
                              max_epochs=4, stop_training=False)
 
 
+@pytest.mark.slow
 def test_unet_learns(unet_run):
     epochs = unet_run.epochs
     assert [e["epoch"] for e in epochs] == [1, 2, 3, 4]
@@ -35,6 +36,7 @@ def test_unet_learns(unet_run):
     assert best["accuracy"] > 0.75  # background is ~70% of pixels; above that the rectangles were learned
 
 
+@pytest.mark.slow
 def test_unet_package_members_and_emd(unet_run):
     assert {"model.emd", "model.pth", "model.pt", "GpjobsInference.py", "model_metrics.html",
             "ModelCharacteristics/loss_graph.png", "ModelCharacteristics/show_results.png"} <= unet_run.members
@@ -55,6 +57,7 @@ def test_unet_package_members_and_emd(unet_run):
     assert emd["monitored_valid_loss"] == pytest.approx(min(e["valid_loss"] for e in unet_run.epochs))
 
 
+@pytest.mark.slow
 def test_predict_reproduces_validation_accuracy_from_package_alone(unet_run, tmp_path):
     data = open_training_data([unet_run.folder], task="segmentation",
                               validation_percent=unet_run.spec.validation_percent, seed=42, augment=False)
@@ -73,6 +76,7 @@ def test_predict_reproduces_validation_accuracy_from_package_alone(unet_run, tmp
     assert correct / total == pytest.approx(unet_run.metrics["accuracy"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_shipped_inference_script_runs_without_gpjobs(unet_run, tmp_path):
     with zipfile.ZipFile(unet_run.package) as zf:
         zf.extractall(tmp_path)
@@ -84,6 +88,7 @@ def test_shipped_inference_script_runs_without_gpjobs(unet_run, tmp_path):
     assert json.loads(done.stdout)["class_pixels"] == ours[0]["class_pixels"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type,arguments", [
     ("PSPNET", {"pyramid_sizes": "[1, 2]", "mixup": True}),
     ("PSPNET", {"use_unet": False, "focal_loss": True}),
@@ -105,6 +110,7 @@ def test_pspnet_and_deeplab_learn(tmp_path, model_type, arguments):
         assert any("class_balancing: loss weights" in t for t in run.messages)
 
 
+@pytest.mark.slow
 def test_ignore_classes_leave_the_metrics(tmp_path):
     folder = write_classified_tiles(tmp_path, n=8, size=32, classes=((1, "a"), (2, "b"), (3, "c")))
     emd = train_and_package(tmp_path, folder, "UNET", backbone_model="RESNET18", max_epochs=1,
@@ -114,6 +120,7 @@ def test_ignore_classes_leave_the_metrics(tmp_path):
     assert per_class["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0}  # no ignored pixel was counted
 
 
+@pytest.mark.slow
 def test_multispectral_uint16_unet(tmp_path):
     folder = write_classified_tiles(tmp_path, n=8, size=32, bands=5, dtype="uint16")
     run = train_and_package(tmp_path, folder, "UNET", backbone_model="RESNET18", max_epochs=1)
@@ -123,8 +130,11 @@ def test_multispectral_uint16_unet(tmp_path):
 
 
 @pytest.mark.parametrize("model_type,backbone", [
-    ("UNET", "RESNET34"), ("PSPNET", "DENSENET121"), ("PSPNET", "VGG11_BN"), ("DEEPLAB", "MOBILENET_V2"),
-    ("DEEPLAB", "RESNET50")])
+    pytest.param("UNET", "RESNET34", marks=pytest.mark.slow),
+    pytest.param("PSPNET", "DENSENET121", marks=pytest.mark.slow),
+    pytest.param("PSPNET", "VGG11_BN", marks=pytest.mark.slow),
+    ("DEEPLAB", "MOBILENET_V2"),
+    pytest.param("DEEPLAB", "RESNET50", marks=pytest.mark.slow)])
 def test_every_backbone_family_builds_and_steps(model_type, backbone):
     fam = build_family(model_type, backbone, bands=4)
     model = fam.build()

@@ -71,6 +71,7 @@ def superres_run(tmp_path_factory):
                              freeze_model=False)
 
 
+@pytest.mark.slow
 def test_superres_learns_beyond_bilinear_upsampling(superres_run):
     epochs = superres_run.epochs
     assert len(epochs) == 6
@@ -85,6 +86,7 @@ def test_superres_learns_beyond_bilinear_upsampling(superres_run):
     assert any("feature loss" in t and "VGG16_BN" in t for t in superres_run.messages)
 
 
+@pytest.mark.slow
 def test_superres_package_emd(superres_run):
     assert {"model.emd", "model.pth", "model.pt", "GpjobsInference.py", "model_metrics.html",
             "ModelCharacteristics/loss_graph.png", "ModelCharacteristics/show_results.png"} <= superres_run.members
@@ -97,6 +99,7 @@ def test_superres_package_emd(superres_run):
     assert isinstance(emd["SSIM"], str) and 0 < float(emd["SSIM"]) <= 1
 
 
+@pytest.mark.slow
 def test_predict_upscales_low_resolution_chips_from_the_package_alone(superres_run, tmp_path):
     data = open_training_data([superres_run.folder], task="translation",
                               validation_percent=superres_run.spec.validation_percent, seed=42, augment=False)

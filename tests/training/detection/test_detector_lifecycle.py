@@ -15,6 +15,8 @@ from gpjobs.training.protocol import ExitCode
 from tests.builders.exports import write_pascal_voc
 from tests.training.helpers import gpjobs, interrupted_and_resumed, train_and_package
 
+pytestmark = pytest.mark.slow  # every test here trains a detector
+
 TINY_RCNN = {"rpn_pre_nms_top_n_train": 50, "rpn_post_nms_top_n_train": 20, "rpn_pre_nms_top_n_test": 50,
              "rpn_post_nms_top_n_test": 20, "rpn_batch_size_per_image": 16, "box_batch_size_per_image": 16,
              "box_detections_per_img": 10}

@@ -75,6 +75,7 @@ def _predict_cli_reproduces_ap(run: TrainedModel) -> None:
     assert ap["map_50"] == pytest.approx(emd["map_50"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_ssd_learns_packages_and_predict_reproduces_ap(tmp_path):
     folder = write_pascal_voc(tmp_path, n=24, size=64)
     run = _train_ok(tmp_path, folder, "SSD", backbone_model="RESNET18", max_epochs=6, learning_rate=0.01,
@@ -102,6 +103,7 @@ def test_yolov3_learns_with_kmeans_anchors_and_predict_reproduces_ap(tmp_path):
     _predict_cli_reproduces_ap(run)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", ["FASTERRCNN", "RETINANET", "MASKRCNN"])
 @pytest.mark.timeout(300)
 def test_torchvision_detectors_train_package_and_reload(tmp_path, model_type):
@@ -133,6 +135,7 @@ def test_torchvision_detectors_train_package_and_reload(tmp_path, model_type):
     assert ap["map_50"] == pytest.approx(emd["map_50"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_multispectral_uint16_kitti_trains(tmp_path):
     folder = write_kitti(tmp_path, n=12, size=32, bands=6, dtype="uint16")
     emd = _train_ok(tmp_path, folder, "SSD", backbone_model="MOBILENET_V2", max_epochs=3, learning_rate=0.01,
