@@ -102,6 +102,7 @@ async def test_arcgis_import_toolbox(servers: Servers):
     assert item is not None and item.owner == "anonymous" and item.title == "tbx"
 
 
+@pytest.mark.slow  # importing arcgis.learn (pandas, dask) takes seconds
 async def test_arcgis_learn_train_model_over_https_with_a_token(servers: Servers):
     pytest.importorskip("arcgis.learn", reason="the arcgis client is not installed")
     from arcgis.gis import GIS, Item
