@@ -3,15 +3,14 @@
     config = app_config(tmp_path, anonymous=False)              # data under tmp_path/var, a cpu slot
     app = make_app(config)                                       # own store file, RecordingScheduler
     app = make_app(config, store=store, scheduler=InstantScheduler, portal=False)
-    async with serve_app(app) as client: ...                     # a started aiohttp TestClient (ssl=... too)
-    client = await start_app(app)                                # the same; the caller closes it
+    client = await start_app(app, ssl=None)                      # a started aiohttp TestClient; close it after
     client.app[STORE_KEY], client.app[SCHEDULER_KEY]             # what the handlers use
 
 `make_app` wires what `gpjobs.app.create_app` wires (config, boot id, web routes, portal), but takes the store
 (else it opens one at config.db_path and closes it at cleanup) and a scheduler factory `(config, store) ->
 scheduler` (None: no scheduler). A scheduler with async `start()` is started; `stop()` or `close()` is awaited
-at cleanup. `RecordingScheduler` records wake-ups; `InstantScheduler` publishes a tiny package at once;
-`real_scheduler` is gpjobs' own (use it with the fake trainer: `trainer_command=FAKE_TRAINER_COMMAND`).
+at cleanup. `RecordingScheduler` records wake-ups; `InstantScheduler` publishes a tiny package at once. For
+gpjobs' own store and scheduler use `gpjobs.app.create_app(app_config(tmp, trainer_command=FAKE_TRAINER_COMMAND))`.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ import asyncio
 import json
 import zipfile
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 from ssl import SSLContext
 from typing import Any
@@ -35,7 +33,7 @@ from gpjobs.store import Store
 from tests.harness.server import FAKE_TRAINER_COMMAND
 
 __all__ = ["FAKE_TRAINER_COMMAND", "InstantScheduler", "RecordingScheduler", "app_config", "make_app",
-           "real_scheduler", "serve_app", "start_app"]
+           "start_app"]
 BOOT_ID = "test-boot"
 
 SchedulerFactory = Callable[[Config, Store], Any]
@@ -106,13 +104,6 @@ class InstantScheduler:
             (MessageType.INFORMATIVE, "Training Finished")])
 
 
-def real_scheduler(config: Config, store: Store) -> Any:
-    """gpjobs' own scheduler (started with the app, stopped before the store closes)."""
-    from gpjobs.scheduler import Scheduler
-
-    return Scheduler(config, store, BOOT_ID)
-
-
 def make_app(config: Config, *, store: Store | None = None,
              scheduler: SchedulerFactory | None = RecordingScheduler, portal: bool = True) -> web.Application:
     """The web layer (GP service, html pages and, unless portal=False, the portal) over `store` and the
@@ -125,7 +116,7 @@ def make_app(config: Config, *, store: Store | None = None,
     app[BOOT_ID_KEY] = BOOT_ID
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        own = store or await Store.open(config.db_path)
+        own = store if store is not None else await Store.open(config.db_path)
         app[STORE_KEY] = own
         running = scheduler(config, own) if scheduler is not None else None
         if running is not None:
@@ -154,13 +145,3 @@ async def start_app(app: web.Application, *, ssl: SSLContext | None = None) -> T
     server = TestServer(app, host="127.0.0.1")
     await server.start_server(ssl=ssl)
     return TestClient(server)
-
-
-@asynccontextmanager
-async def serve_app(app: web.Application, *, ssl: SSLContext | None = None) -> AsyncIterator[TestClient]:
-    """start_app as a context: the client (and its server) close on exit."""
-    client = await start_app(app, ssl=ssl)
-    try:
-        yield client
-    finally:
-        await client.close()

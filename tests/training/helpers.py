@@ -1,7 +1,7 @@
 """Shared helpers for the engine/model tests: train tiny jobs in-process, read what they packaged, predict.
 
     run = train_and_package(tmp, folder, "UNET", backbone_model="RESNET18", max_epochs=2)
-    run.epochs, run.metrics, run.emd, run.package, run.members, run.messages
+    run.epochs, run.metrics, run.emd, run.package, run.members, run.messages, run.validation_data("segmentation")
     predict_json(run.package, chip, "--masks-dir", str(tmp))        # `gpjobs predict --json` lines
     straight, resumed = interrupted_and_resumed(tmp, folder, "UNET", max_epochs=3)
     family = build_family("UNET", "RESNET34", bands=4)              # a family on a stand-in export, no data
@@ -113,6 +113,14 @@ class TrainedModel:
     @property
     def members(self) -> set[str]:
         return dlpk_members(self.package)
+
+    def validation_data(self, task: str, *, augment: bool = False) -> Any:
+        """The job's export split again as it split it (seed 42, its validation percent): `.valid` holds the
+        chips it validated on, in order."""
+        from gpjobs.training.data import open_training_data
+
+        return open_training_data(self.spec.in_folders, task=task, validation_percent=self.spec.validation_percent,
+                                  seed=42, augment=augment)
 
     def packaged_json(self, member: str) -> Any:
         """A JSON member of the .dlpk as written (model.emd, training_log.json)."""

@@ -69,12 +69,11 @@ def test_change_package(change_run):
 def test_change_predict_from_package_reproduces_validation_f1(change_run):
     """load_model + the family's paired predict (what `gpjobs predict` does for paired models)."""
     from gpjobs.export import read_chip
-    from gpjobs.training.data import open_training_data, to_model_input
+    from gpjobs.training.data import to_model_input
     from gpjobs.training.package import load_model, open_package
 
     folder = change_run.folder
-    data = open_training_data([folder], task="change", validation_percent=change_run.spec.validation_percent,
-                              seed=42, augment=False)
+    data = change_run.validation_data("change")
     tp = fp = fn = 0
     with open_package(change_run.package) as package:
         family, model = load_model(package)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gpjobs.training.data import open_training_data
 from tests.builders.exports import write_imagenet, write_labeled_tiles, write_multilabeled_tiles
 from tests.training.helpers import predict_json, train_and_package
 
@@ -41,8 +40,7 @@ def test_feature_classifier_package(labeled_run):
 
 
 def test_predict_reproduces_classification_accuracy(labeled_run):
-    data = open_training_data([labeled_run.folder], task="classification",
-                              validation_percent=labeled_run.spec.validation_percent, seed=42, augment=False)
+    data = labeled_run.validation_data("classification")
     records = data.valid.records
     predictions = predict_json(labeled_run.package, *(r.image for r in records))
     truth = [r.value if r.value is not None else r.objects[0][0] for r in records]

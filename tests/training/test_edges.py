@@ -70,11 +70,9 @@ def test_hed_learns_edges_and_packages(hed_run):
 
 @pytest.mark.slow
 def test_hed_predict_from_package_alone(hed_run, tmp_path):
-    from gpjobs.training.data import open_training_data
     from gpjobs.training.models.edges import edge_targets
 
-    data = open_training_data([hed_run.folder], task="segmentation",
-                              validation_percent=hed_run.spec.validation_percent, seed=42, augment=False)
+    data = hed_run.validation_data("segmentation")
     chips = [r.image for r in data.valid.records]
     lines = predict_json(hed_run.package, *chips, "--masks-dir", tmp_path)
     assert len(lines) == len(chips) and all(0.0 <= line["edge_fraction"] <= 1.0 for line in lines)

@@ -13,7 +13,6 @@ import torch
 
 from gpjobs.catalog import lookup_model_type, resolve_backbone
 from gpjobs.export import read_chip
-from gpjobs.training.data import open_training_data
 from gpjobs.training.models.image_quality import psnr
 from tests.builders.exports import write_cyclegan, write_pix2pix
 from tests.training.helpers import gpjobs, predict_json, train_and_package
@@ -43,8 +42,7 @@ def pix2pix_run(tmp_path_factory):
 
 def _identity_psnr(run) -> tuple[list, float]:
     """Validation records and the PSNR of leaving the input as it is (the baseline a model must beat)."""
-    data = open_training_data([run.folder], task="translation", validation_percent=run.spec.validation_percent,
-                              seed=42, augment=False)
+    data = run.validation_data("translation")
     records = data.valid.records
     values = [float(psnr(torch.from_numpy(read_chip(r.image) / 255.0).permute(2, 0, 1)[None],
                          torch.from_numpy(read_chip(r.image2) / 255.0).permute(2, 0, 1)[None])) for r in records]
@@ -184,8 +182,7 @@ def test_pix2pixhd_package_reloads_and_predicts(pix2pixhd_run):
     assert emd["ModelType"] == "Pix2PixHD" and emd["ModelConfiguration"] == "_pix2pix_hd"
     assert emd["ModelParameters"]["gen_network"] == "local" and emd["TorchScriptFile"] == "model.pt"
     records, _ = _identity_psnr(pix2pixhd_run)
-    data = open_training_data([pix2pixhd_run.folder], task="translation",
-                              validation_percent=pix2pixhd_run.spec.validation_percent, seed=42, augment=False)
+    data = pix2pixhd_run.validation_data("translation")
     images = torch.stack([data.valid[i][0] for i in range(len(records))])
     with open_package(pix2pixhd_run.package) as package:
         family, model = load_model(package)
@@ -206,7 +203,7 @@ def test_pix2pix_on_multispectral_uint16_keeps_band_units(tmp_path):
     emd = run.packaged_json("model.emd")
     assert emd["IsImageNetNormalization"] is False and len(emd["ExtractBands"]) == 4
     lo, hi = emd["NormalizationStats"]["band_min_values"], emd["NormalizationStats"]["band_max_values"]
-    data = open_training_data([folder], task="translation", validation_percent=25.0, seed=42, augment=False)
+    data = run.validation_data("translation")
     with open_package(run.package) as package:
         family, model = load_model(package)
         image = family.predict(model, data.valid[0][0][None])[0]["_image"]

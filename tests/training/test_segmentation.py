@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from gpjobs.export import read_label_raster
-from gpjobs.training.data import open_training_data
 from tests.builders.exports import write_classified_tiles
 from tests.training.helpers import build_family, predict_json, train_and_package
 
@@ -59,8 +58,7 @@ def test_unet_package_members_and_emd(unet_run):
 
 @pytest.mark.slow
 def test_predict_reproduces_validation_accuracy_from_package_alone(unet_run, tmp_path):
-    data = open_training_data([unet_run.folder], task="segmentation",
-                              validation_percent=unet_run.spec.validation_percent, seed=42, augment=False)
+    data = unet_run.validation_data("segmentation")
     chips = [r.image for r in data.valid.records]
     lines = predict_json(unet_run.package, *chips, "--masks-dir", tmp_path)
     assert len(lines) == len(chips) and all("class_pixels" in line for line in lines)

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 
 from gpjobs.catalog import lookup_model_type, parse_arguments, resolve_backbone
 from gpjobs.export import read_chip
-from gpjobs.training.data import open_training_data
 from gpjobs.training.models.image_quality import degrade, psnr, ssim
 from tests.builders.exports import write_export_tiles
 from tests.training.helpers import predict_json, train_and_package
@@ -101,8 +100,7 @@ def test_superres_package_emd(superres_run):
 
 @pytest.mark.slow
 def test_predict_upscales_low_resolution_chips_from_the_package_alone(superres_run, tmp_path):
-    data = open_training_data([superres_run.folder], task="translation",
-                              validation_percent=superres_run.spec.validation_percent, seed=42, augment=False)
+    data = superres_run.validation_data("translation")
     import tifffile
 
     originals, lows = [], []

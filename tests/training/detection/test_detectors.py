@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpjobs.training.data import open_training_data
 from gpjobs.training.metrics_detection import DetectionEvaluator
 from gpjobs.training.protocol import ExitCode
 from tests.builders.exports import write_kitti, write_pascal_voc, write_rcnn_masks
@@ -49,7 +48,7 @@ def _check_emd(emd: dict, model_type: str, names: list[str]) -> None:
 
 
 def _validation_truth(run: TrainedModel, task: str = "detection"):
-    data = open_training_data([run.folder], task=task, validation_percent=run.spec.validation_percent, seed=42)
+    data = run.validation_data(task, augment=True)  # as before: only the training split augments
     return data, [(rec.image, data.valid[i][1]) for i, rec in enumerate(data.valid.records)]
 
 
