@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-heavy test-fast setup demo-data client-tools bench docs clean
+.PHONY: run test test-heavy test-fast test-gpu setup demo-data client-tools bench docs clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ test-heavy: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not gpu and not heavy" $(PYTEST_ARGS)
+
+# The CUDA paths (AMP + GradScaler, pinned memory, device= loaders, GPU slots); they skip without a GPU.
+test-gpu: $(STAMP)
+	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS)
 
 # Optional: the real third-party clients that tests/clients drives (marked `clients`; they skip with a
 # reason when these are missing). Never runtime dependencies of gpjobs. Best effort: each step may fail.

@@ -411,12 +411,15 @@ def _parse_decoder_params(raw: Any) -> dict[str, Any]:
         name = str(key).strip().lower()
         if name not in out:
             raise ValueError(f"unknown key '{key}'{_did_you_mean(name, out)}; keys: {', '.join(out)}")
-        if name == "pretrained_emb":
-            out[name] = parse_bool(item)
-        elif name in ("teacher_forcing", "dropout"):
-            out[name] = parse_float(item, 0.0, 1.0)
-        else:
-            out[name] = parse_int(item, 1, 4096)
+        try:
+            if name == "pretrained_emb":
+                out[name] = parse_bool(item)
+            elif name in ("teacher_forcing", "dropout"):
+                out[name] = parse_float(item, 0.0, 1.0)
+            else:
+                out[name] = parse_int(item, 1, 4096)
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
     return out
 
 

@@ -5,24 +5,19 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import sys
 import zipfile
-from pathlib import Path
 
 import pytest
 
-from builders.exports import write_pascal_voc
-from gpjobs_server_proc import TASK_PATH, ServerProcess
+from tests.builders.exports import write_pascal_voc
+from tests.harness.server import TASK, GpjobsServer
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_real_child_trains_a_detector_and_publishes_it(tmp_path):
-    share = tmp_path / "share"
-    write_pascal_voc(share / "exports", n=12, size=32, name="voc")
-    server = ServerProcess(tmp_path / "var", share, GPJOBS_TRAINER_COMMAND=f"{sys.executable} -m gpjobs.training",
-                           OMP_NUM_THREADS="1")
-    server.start()
+    write_pascal_voc(tmp_path / "share" / "exports", n=12, size=32, name="voc")
+    server = GpjobsServer(tmp_path, trainer="real").start()
     try:
         # AP cannot rise by 2.0, so patience 1 stops after epoch 2 of 4 and keeps epoch 1
         arguments = {"monitor": "average_precision", "patience": "1", "min_delta": "2", "zooms": "[1.0, 0.7]"}
@@ -36,7 +31,7 @@ def test_real_child_trains_a_detector_and_publishes_it(tmp_path):
         assert any(t.startswith("LR finder:") for t in texts), texts
         assert any(t.startswith("Epoch 2/4") for t in texts) and not any(t.startswith("Epoch 3/4") for t in texts)
         assert any(t.startswith("Early stopping: average_precision") for t in texts), texts
-        value = server.request(f"{TASK_PATH}/jobs/{job_id}/results/out_item")["value"]
+        value = server.get_json(f"{TASK}/jobs/{job_id}/results/out_item")["value"]
     finally:
         server.terminate()
     path, title = sqlite3.connect(tmp_path / "var" / "gpjobs.sqlite3").execute(

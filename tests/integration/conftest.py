@@ -4,29 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from gpjobs.config import load_config
 from gpjobs.domain import Job, JobStatus, new_job_id
 from gpjobs.scheduler import Scheduler
 from gpjobs.store import Store
 from tests.fakes.fake_jobs import fake_request
-
-FAKE_TRAINER = Path(__file__).resolve().parents[1] / "fakes" / "fake_trainer.py"
+from tests.harness.app import FAKE_TRAINER_COMMAND, app_config
 
 
 @pytest.fixture
 def make_config(tmp_path):
     def make(**overrides):
-        values = dict(data_dir=str(tmp_path / "var"), devices=["cpu"], trainer_command=[sys.executable, str(FAKE_TRAINER)],
-                      heartbeat_timeout_s=30, cancel_grace_s=0.5, shutdown_grace_s=2, progress_flush_s=0.1,
-                      retry_backoff_s=0, watchdog_interval_s=3600, max_attempts=3)
-        values.update(overrides)
-        return load_config(overrides=values, env={})
+        values = {"trainer_command": FAKE_TRAINER_COMMAND, "heartbeat_timeout_s": 30, "cancel_grace_s": 0.5,
+                  "shutdown_grace_s": 2, "progress_flush_s": 0.1, "retry_backoff_s": 0, "watchdog_interval_s": 3600,
+                  "max_attempts": 3}
+        return app_config(tmp_path, **{**values, **overrides})
     return make
 
 

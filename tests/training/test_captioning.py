@@ -11,7 +11,7 @@ from gpjobs.catalog import ArgumentError, lookup_model_type, parse_arguments
 from gpjobs.training.events import ListReporter
 from gpjobs.training.protocol import ExitCode
 from tests.builders.exports import write_image_captioning
-from tests.training.helpers import dlpk_members, epochs_of, make_spec, result_of, train
+from tests.training.helpers import dlpk_members, emd_of, epochs_of, make_spec, result_of, train
 from tests.training.inprocess import inference_script, predict_lines
 
 torch.set_num_threads(1)
@@ -72,7 +72,7 @@ def test_captioner_learns_and_packages(caption_run):
     assert {"model.emd", "model.pth", "model.pt", "GpjobsInference.py", "model_metrics.html",
             "ModelCharacteristics/loss_graph.png", "ModelCharacteristics/show_results.png"} <= dlpk_members(
         result["package"])
-    emd = result["emd"]
+    emd = emd_of(result)
     assert emd["ModelName"] == "ImageCaptioner" and emd["ModelType"] == "ImageCaptioner"
     assert emd["ModelConfiguration"] == "_image_captioner_inference" and emd["MetaDataMode"] == "ImageCaptioning"
     assert emd["Vocabulary"][:4] == ["xxpad", "xxunk", "xxbos", "xxeos"] and "corner" in emd["Vocabulary"]
@@ -87,7 +87,7 @@ def test_predict_and_inference_script_reproduce_validation(caption_run, capsys, 
 
     spec, folder, reporter = caption_run
     result = result_of(reporter)
-    data = open_training_data([folder], task="captioning", validation_percent=spec.validation_percent, seed=42)
+    data = open_training_data([folder], task="captioning", validation_percent=spec.request.validation_percent, seed=42)
     chips = [r.image for r in data.valid.records]
     lines = predict_lines(capsys, result["package"], chips)
     assert len(lines) == len(chips) and all(line["caption"] for line in lines)
@@ -122,7 +122,7 @@ def test_arguments_and_bad_data_get_fix_it_errors(tmp_path):
     info = lookup_model_type("IMAGECAPTIONER")
     with pytest.raises(ArgumentError, match="unknown key 'embed'.*embed_size"):
         parse_arguments(info, {"decoder_params": '{"embed": 10}'})
-    with pytest.raises(ArgumentError, match="teacher_forcing must lie in 0..1"):
+    with pytest.raises(ArgumentError, match="teacher_forcing: 2 is out of range; use a number from 0 to 1"):
         parse_arguments(info, {"decoder_params": {"teacher_forcing": 2}})
     folder = write_image_captioning(tmp_path, n=8, size=32)
     label = sorted((folder / "labels").iterdir())[1]

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from gpjobs.training.events import ListReporter
+from gpjobs.tasks.params import ParameterError
 from gpjobs.training.protocol import ExitCode
 from tests.builders.exports import write_panoptic
-from tests.training.helpers import dlpk_members, epochs_of, make_spec, result_of, train
+from tests.training.helpers import dlpk_members, emd_of, epochs_of, make_spec, result_of, train
 from tests.training.inprocess import inference_script, predict_lines
 
 torch.set_num_threads(1)
@@ -90,7 +91,7 @@ def test_maxdeeplab_learns_and_packages(panoptic_run):
     assert {"model.emd", "model.pth", "model.pt", "GpjobsInference.py", "model_metrics.html",
             "ModelCharacteristics/loss_graph.png", "ModelCharacteristics/show_results.png"} <= dlpk_members(
         result["package"])
-    emd = result["emd"]
+    emd = emd_of(result)
     assert emd["ModelName"] == "MaXDeepLab" and emd["ModelType"] == "PanopticSegmenter"
     assert emd["ModelConfiguration"] == "_panoptic_inferencing" and emd["DatasetType"] == "Panoptic_Segmentation"
     assert emd["Kwargs"] == {"n_masks": 5, "instance_classes": [2]}  # 3 segments at most + 2 spare slots
@@ -106,7 +107,7 @@ def test_predict_reproduces_validation_pq(panoptic_run, capsys, tmp_path):
 
     spec, folder, reporter = panoptic_run
     result = result_of(reporter)
-    data = open_training_data([folder], task="panoptic", validation_percent=spec.validation_percent, seed=42,
+    data = open_training_data([folder], task="panoptic", validation_percent=spec.request.validation_percent, seed=42,
                               augment=False)
     chips = [r.image for r in data.valid.records]
     lines = predict_lines(capsys, result["package"], chips, masks_dir=str(tmp_path))
@@ -145,9 +146,8 @@ def test_resume_after_interrupt_gives_the_same_numbers(panoptic_run, tmp_path):
 
 def test_chip_size_and_bad_data_get_fix_it_errors(tmp_path):
     folder = write_panoptic(tmp_path, n=8, size=40)
-    code, reporter = train(make_spec(tmp_path, [folder], "MAXDEEPLAB", **COMMON))
-    failed = [e for e in reporter.events if e["type"] == "failed"][0]
-    assert code == ExitCode.BAD_INPUT and "multiple of 16; 40 px is not" in failed["text"]
+    with pytest.raises(ParameterError, match="multiple of 16; 40 px is not"):  # refused before training
+        make_spec(tmp_path, [folder], "MAXDEEPLAB", **COMMON)
     code, reporter = train(make_spec(tmp_path / "b", [folder], "MAXDEEPLAB", **{**COMMON, "max_epochs": 1},
                                      arguments={"chip_size": 32}))
     assert code == ExitCode.OK  # chip_size resizes the 40 px chips to a multiple of 16

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from gpjobs.training.protocol import ExitCode
 from tests.training.helpers import dlpk_members, gpjobs
+
+pytestmark = pytest.mark.slow  # `gpjobs train` in a fresh interpreter on the real exports
 
 
 def test_real_kitti_6band_uint16_trains_and_packages(samples_dir, tmp_path):

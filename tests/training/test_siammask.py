@@ -8,7 +8,7 @@ import torch
 from gpjobs.training.events import ListReporter
 from gpjobs.training.protocol import ExitCode
 from tests.builders.exports import write_object_tracking
-from tests.training.helpers import dlpk_members, epochs_of, make_spec, result_of, train
+from tests.training.helpers import dlpk_members, emd_of, epochs_of, make_spec, result_of, train
 from tests.training.inprocess import inference_script, predict_lines
 
 torch.set_num_threads(1)
@@ -59,7 +59,7 @@ def test_siammask_learns_and_packages(siam_run):
     assert {"model.emd", "model.pth", "model.pt", "GpjobsInference.py", "model_metrics.html",
             "ModelCharacteristics/loss_graph.png", "ModelCharacteristics/show_results.png"} <= dlpk_members(
         result["package"])
-    emd = result["emd"]
+    emd = emd_of(result)
     assert emd["ModelName"] == "SiamMask" and emd["ModelType"] == "ObjectTracking"
     assert emd["ModelConfiguration"] == "_siammask_inferencing" and emd["MetaDataMode"] == "ObjectTracking"
     assert emd["ModelParameters"]["hp"]["exemplar_size"] == 24 and emd["ModelParameters"]["anchors"]["stride"] == 8
@@ -77,7 +77,7 @@ def test_predict_tracks_and_reproduces_validation_metrics(siam_run, capsys, tmp_
 
     spec, folder, reporter = siam_run
     result = result_of(reporter)
-    data = open_training_data([folder], task="tracking", validation_percent=spec.validation_percent, seed=42)
+    data = open_training_data([folder], task="tracking", validation_percent=spec.request.validation_percent, seed=42)
     ious, fs = [], []
     for k, track in enumerate(data.valid.tracks):
         frames = [track.frames.records[i].image for i in track.indices]

@@ -67,6 +67,7 @@ def test_darknet53_taps_any_band_count():
     assert net.first_conv().in_channels == 6
 
 
+@pytest.mark.slow  # builds, saves and reloads Darknet-53 three times
 def test_darknet53_loads_local_weights_for_any_band_count(tmp_path):
     from gpjobs.training.weights import WeightsPolicy
 

@@ -37,6 +37,7 @@ def test_clip_norm_resolution(voc):
     assert _trainer("SSD", voc, FitConfig(clip_grad_norm=1.0), clip_grad_norm=3).clip == 1.0  # config wins
 
 
+@pytest.mark.slow
 def test_training_steps_clip_the_gradient(voc, monkeypatch):
     seen: list[float] = []
     original = torch.nn.utils.clip_grad_norm_
