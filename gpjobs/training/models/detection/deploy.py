@@ -67,8 +67,8 @@ class _Resized(nn.Module):
         t = net.transform
         self.register_buffer("mean", torch.tensor(t.image_mean, dtype=torch.float32)[:, None, None])
         self.register_buffer("std", torch.tensor(t.image_std, dtype=torch.float32)[:, None, None])
-        self_min, self_max = float(t.min_size[-1]), float(t.max_size)
-        self.scale = min(self_min / float(min(chip)), self_max / float(max(chip)))
+        self_min, self_max = t.min_size[-1], t.max_size  # torchvision's eager arithmetic (python floats)
+        self.scale = min(self_min / min(chip), self_max / max(chip))
         self.resized = tuple(int(math.floor(s * self.scale)) for s in chip)
         self.padded = tuple(int(math.ceil(s / 32.0) * 32) for s in self.resized)
 
