@@ -228,7 +228,7 @@ class _Job:
         rows = outputs.class_rows(info.get("rasterAttributeTable"))
         profile = {"driver": "GTiff", "width": src.width * upscale, "height": src.height * upscale,
                    "count": int(info.get("bandCount", 1)), "dtype": dtype.name, "crs": src.crs,
-                   "transform": src.transform * Affine.scale(1.0 / upscale), "nodata": nodata, "tiled": True,
+                   "transform": src.transform @ Affine.scale(1.0 / upscale), "nodata": nodata, "tiled": True,
                    "blockxsize": 256, "blockysize": 256, "compress": "deflate", "BIGTIFF": "IF_SAFER"}
         from rasterio.windows import Window
 
@@ -238,7 +238,7 @@ class _Job:
             props = {"pixelType": info.get("pixelType", dtype.str[1:]), "cellSize": info.get("cellSize")}
             for row0, col0, blocks in self._blocks():
                 shape = (profile["count"], self.ty * upscale, self.tx * upscale)
-                tlc = src.transform * (col0, row0)
+                tlc = src.transform @ (col0, row0)
                 result = _call(self.prf, "updatePixels", tlc, shape, props, **blocks)
                 block = np.asarray(result["output_pixels"])
                 if block.ndim == 2:
@@ -285,10 +285,10 @@ class _Job:
                 attributes = feature.get("attributes", {})
                 if original is None:
                     rings = outputs.rings_to_map(feature["geometry"]["rings"], src.dataset.transform, row0, col0)
-                    props = attributes
-                else:
-                    rings, props = original["coordinates"], {**original["properties"], **attributes}
-                out.append(outputs.geojson_feature(props, rings))
+                    out.append(outputs.geojson_feature(attributes, rings))
+                else:  # the input polygon, its attributes and the model's
+                    props = {**original["properties"], **outputs.geojson_feature(attributes, [])["properties"]}
+                    out.append({"type": "Feature", "properties": props, "geometry": original["geometry"]})
             if self.progress is not None:
                 self.progress(index + 1, total)
         self.out.parent.mkdir(parents=True, exist_ok=True)
@@ -312,8 +312,8 @@ def _object_regions(features_path, src: RasterSource, size_y: int, size_x: int) 
         if geometry.get("type") != "Polygon" or not rings:
             raise InferenceError(f"{Path(features_path).name}: classify objects takes Polygon features "
                                  f"(found {geometry.get('type')})")
-        cols, rows = zip(*(inverse * (x, y) for x, y in rings[0]))
+        cols, rows = zip(*(inverse @ (x, y) for x, y in rings[0]))
         row_c, col_c = (min(rows) + max(rows)) / 2, (min(cols) + max(cols)) / 2
         regions.append((int(round(row_c - size_y / 2)), int(round(col_c - size_x / 2)),
-                        {"coordinates": rings, "properties": feature.get("properties") or {}}))
+                        {"geometry": geometry, "properties": feature.get("properties") or {}}))
     return regions

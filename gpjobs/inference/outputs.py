@@ -67,7 +67,7 @@ def rings_to_map(rings: list, transform, row0: int, col0: int) -> list:
     for ring in rings:
         points = []
         for x, y in ring:
-            mx, my = transform * (col0 + float(x), row0 + float(y))
+            mx, my = transform @ (col0 + float(x), row0 + float(y))
             points.append([mx, my])
         if points and points[0] != points[-1]:
             points.append(points[0])
@@ -85,6 +85,33 @@ def write_geojson(path: Path, features: list[dict[str, Any]], crs) -> Path:
     return path
 
 
+def signed_area(ring: list) -> float:
+    """Shoelace area: positive for counter-clockwise rings (map coordinates, y up)."""
+    return 0.5 * sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(ring, ring[1:]))
+
+
+def _inside(point: list, ring: list) -> bool:
+    x, y = point
+    hit = False
+    for (x0, y0), (x1, y1) in zip(ring, ring[1:]):
+        if (y0 > y) != (y1 > y) and x < x0 + (y - y0) * (x1 - x0) / (y1 - y0):
+            hit = not hit
+    return hit
+
+
 def geojson_feature(attributes: dict[str, Any], rings: list) -> dict[str, Any]:
+    """A PRF feature's rings, in map coordinates, as GeoJSON. The PRFs' outer rings (Esri's pixel-space
+    order) are counter-clockwise once rows become map y, as RFC 7946 wants them, holes clockwise; each hole
+    goes with the outer ring around it, and several outer rings make a MultiPolygon."""
     props = {k: v for k, v in attributes.items() if k not in ("OID", "FID")}
-    return {"type": "Feature", "properties": props, "geometry": {"type": "Polygon", "coordinates": rings}}
+    if not rings:
+        return {"type": "Feature", "properties": props, "geometry": None}
+    outer = [r for r in rings if signed_area(r) >= 0] or [r[::-1] for r in rings]
+    holes = [r for r in rings if signed_area(r) < 0] if outer[0] in rings else []
+    polygons = [[ring] for ring in outer]
+    for hole in holes:
+        home = next((p for p in polygons if _inside(hole[0], p[0])), polygons[0])
+        home.append(hole)
+    if len(polygons) == 1:
+        return {"type": "Feature", "properties": props, "geometry": {"type": "Polygon", "coordinates": polygons[0]}}
+    return {"type": "Feature", "properties": props, "geometry": {"type": "MultiPolygon", "coordinates": polygons}}

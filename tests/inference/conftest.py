@@ -24,7 +24,7 @@ SMALL_RCNN = {"rpn_pre_nms_top_n_test": 200, "rpn_post_nms_top_n_test": 100, "rp
 
 # model type -> (export builder, builder kwargs, training kwargs)
 RECIPES: dict[str, tuple[Callable[..., Path], dict[str, Any], dict[str, Any]]] = {
-    "UNET": (exports.write_classified_tiles, {"n": 8, "size": 32}, {}),
+    "UNET": (exports.write_classified_tiles, {"n": 8, "size": 64}, {}),
     "PSPNET": (exports.write_classified_tiles, {"n": 8, "size": 32}, {}),
     "DEEPLAB": (exports.write_classified_tiles, {"n": 8, "size": 32}, {}),
     "MMSEGMENTATION": (exports.write_classified_tiles, {"n": 8, "size": 32}, {"arguments": {"model": "unet"}}),
@@ -35,12 +35,13 @@ RECIPES: dict[str, tuple[Callable[..., Path], dict[str, Any], dict[str, Any]]] =
     "CHANGEDETECTOR": (exports.write_change_detection, {"n": 8, "size": 32}, {}),
     "FEATURE_CLASSIFIER": (exports.write_labeled_tiles, {"n": 8, "size": 32}, {}),
     "DEEPSORT": (exports.write_imagenet, {"n": 8, "size": 32}, {"backbone_model": "REID_V1"}),
-    "SSD": (exports.write_pascal_voc, {"n": 8, "size": 32}, {}),
+    # bias 0: an SSD starts with scores of 0.5 (not 0.02), so one epoch already gives boxes to compare
+    "SSD": (exports.write_pascal_voc, {"n": 8, "size": 32}, {"arguments": {"bias": 0.0}}),
     "RETINANET": (exports.write_pascal_voc, {"n": 8, "size": 32}, {"arguments": {"scales": [1.0], "ratios": [1.0]}}),
     "FASTERRCNN": (exports.write_pascal_voc, {"n": 8, "size": 32}, {"arguments": SMALL_RCNN}),
     "MASKRCNN": (exports.write_rcnn_masks, {"n": 8, "size": 32}, {"arguments": SMALL_RCNN}),
     "YOLOV3": (exports.write_pascal_voc, {"n": 4, "size": 32}, {"batch_size": 2}),
-    "MMDETECTION": (exports.write_pascal_voc, {"n": 8, "size": 32}, {"arguments": {"model": "ssd"}}),
+    "MMDETECTION": (exports.write_pascal_voc, {"n": 8, "size": 32}, {"arguments": {"model": "ssd", "bias": 0.0}}),
     "SUPERRESOLUTION": (exports.write_export_tiles, {"n": 4, "size": 32}, {}),
     "PIX2PIX": (exports.write_pix2pix, {"n": 4, "size": 32}, {"arguments": {"n_gen_filters": 8,
                                                                               "n_dscr_filters": 8}}),

@@ -76,7 +76,8 @@ def test_hed_learns_edges_and_packages(hed_run):
     # edges are ~14% of the pixels: "no edge" everywhere gives f1 0, "edge" everywhere ~0.25
     assert metrics["f1_score"] > 0.4, metrics
     result = result_of(reporter)
-    assert {"model.emd", "model.pth", "model.pt", "GpjobsInference.py", "model_metrics.html",
+    assert {"model.emd", "model.pth", "model.pt", "GpjobsPixelClassifier.py", "gpjobs_prf_core.py",
+            "model_metrics.html",
             "ModelCharacteristics/show_results.png"} <= dlpk_members(result["package"])
     emd = result["emd"]
     assert emd["ModelName"] == "HEDEdgeDetector" and emd["ModelType"] == "ImageClassification"

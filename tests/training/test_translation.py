@@ -97,7 +97,8 @@ def test_superres_package_emd(superres_run):
     _, _, reporter = superres_run
     result = result_of(reporter)
     members = dlpk_members(result["package"])
-    assert {"model.emd", "model.pth", "model.pt", "GpjobsInference.py", "model_metrics.html",
+    assert {"model.emd", "model.pth", "model.pt", "GpjobsImageTranslator.py", "gpjobs_prf_core.py",
+            "model_metrics.html",
             "ModelCharacteristics/loss_graph.png", "ModelCharacteristics/show_results.png"} <= members
     with zipfile.ZipFile(result["package"]) as zf:
         emd = json.loads(zf.read("model.emd"))

@@ -249,8 +249,8 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor
 
 
 def box_rings(boxes: np.ndarray) -> list:
-    """xyxy pixel boxes -> one closed ring each, as ArcGIS features take them."""
-    return [[[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]] for x0, y0, x1, y1 in boxes.tolist()]
+    """xyxy pixel boxes -> one closed ring each, in Esri's order (clockwise once rows turn into map y)."""
+    return [[[[x0, y0], [x0, y1], [x1, y1], [x1, y0], [x0, y0]]] for x0, y0, x1, y1 in boxes.tolist()]
 
 
 def parameter(name: str, value, display: str, description: str, data_type: str = "numeric",
