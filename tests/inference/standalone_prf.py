@@ -2,7 +2,8 @@
 and torch: gpjobs, torchvision, rasterio, tifffile and Pillow are refused at import. Run as a script by
 tests/inference/test_standalone.py, with the test venv's Python or an older torch's (.venv-torch20).
 
-    python standalone_prf.py PACKAGE_FOLDER BLOCKS.npz ARGUMENTS_JSON OUT.npz
+    python standalone_prf.py JOBS.json
+JOBS.json lists [PACKAGE_FOLDER, BLOCKS.npz, ARGUMENTS, OUT.npz] (one interpreter, one torch import, for all).
 BLOCKS.npz holds the pixel blocks by name (raster_pixels, raster2_pixels, or rasters_pixels stacked);
 OUT.npz gets `pixels` (updatePixels) or `features` (vectorize's JSON), and `torch` (the version used).
 """
@@ -25,12 +26,10 @@ class Refuse(importlib.abc.MetaPathFinder):
         return None
 
 
-def main(folder: str, blocks_path: str, arguments: str, out: str) -> None:
-    sys.meta_path.insert(0, Refuse())
+def run(folder: str, blocks_path: str, arguments: dict, out: str) -> None:
     import numpy as np
     import torch
 
-    torch.set_num_threads(1)
     folder_path = Path(folder)
     emd_path = next(folder_path.glob("*.emd"))
     emd = json.loads(emd_path.read_text())
@@ -42,7 +41,7 @@ def main(folder: str, blocks_path: str, arguments: str, out: str) -> None:
     prf.initialize(model=str(emd_path), device=-1)
     params = prf.getParameterInfo()
     scalars = {p["name"]: str(p["value"]) for p in params if p.get("value") is not None}
-    scalars.update({k: str(v) for k, v in json.loads(arguments).items()})
+    scalars.update({k: str(v) for k, v in arguments.items()})
     prf.getConfiguration(**scalars)
     blocks = dict(np.load(blocks_path))
     if "rasters_pixels" in blocks:
@@ -62,5 +61,14 @@ def main(folder: str, blocks_path: str, arguments: str, out: str) -> None:
         np.savez(out, features=result["output_vectors"], torch=torch.__version__)
 
 
+def main(jobs: str) -> None:
+    sys.meta_path.insert(0, Refuse())
+    import torch
+
+    torch.set_num_threads(1)
+    for job in json.loads(Path(jobs).read_text()):
+        run(*job)
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:5])
+    main(sys.argv[1])

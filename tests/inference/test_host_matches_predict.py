@@ -149,7 +149,7 @@ def test_instance_outlines_match_predict_masks(trained, tmp_path, model_type):
 
     run = trained(model_type)
     chips = chip_paths(run["folder"], 4)
-    raster, size = _mosaic(tmp_path, chips)
+    raster, _ = _mosaic(tmp_path, chips)
     predictions = predict(run["package"], [str(c) for c in chips])
     threshold = _threshold(predictions)
     out = tmp_path / "instances.geojson"

@@ -55,16 +55,22 @@ def _blocks(run: dict, model_type: str, tmp: Path) -> tuple[dict[str, np.ndarray
     return blocks, rasters
 
 
-def _standalone(python: Path, folder: Path, blocks: dict, tmp: Path, name: str, arguments: dict) -> dict:
-    np.savez(tmp / f"{name}_in.npz", **blocks)
-    out = tmp / f"{name}_out.npz"
+def _standalone(python: Path, jobs: list[tuple[Path, dict, dict]], tmp: Path, name: str) -> list[dict]:
+    """Run each (folder, blocks, arguments) job in one fresh `python -I` (gpjobs refused at import)."""
+    listed = []
+    for i, (folder, blocks, arguments) in enumerate(jobs):
+        np.savez(tmp / f"{name}{i}_in.npz", **blocks)
+        listed.append([str(folder), str(tmp / f"{name}{i}_in.npz"), arguments, str(tmp / f"{name}{i}_out.npz")])
+    (tmp / f"{name}.json").write_text(json.dumps(listed))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    done = subprocess.run([str(python), "-I", str(SCRIPT), str(folder), str(tmp / f"{name}_in.npz"),
-                           json.dumps(arguments), str(out)], cwd=folder, capture_output=True, text=True,
-                          timeout=300, env={**env, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run([str(python), "-I", str(SCRIPT), str(tmp / f"{name}.json")], cwd=tmp,
+                          capture_output=True, text=True, timeout=600, env={**env, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
-    with np.load(out) as result:
-        return {k: result[k] for k in result.files}
+    results = []
+    for job in listed:
+        with np.load(job[3]) as result:
+            results.append({k: result[k] for k in result.files})
+    return results
 
 
 def _features(result: dict) -> list[tuple]:
@@ -90,31 +96,40 @@ def _same(a: dict, b: dict, pixel_tolerance: float = 0.0) -> None:
 
 
 @pytest.fixture(scope="module")
-def standalone_runs(trained, tmp_path_factory):
-    """model_type -> (unzipped folder, blocks, standalone result on our torch, the host's output)."""
-    cache: dict[str, tuple] = {}
+def standalone(trained, tmp_path_factory) -> dict:
+    """Every kind's package unzipped, its blocks, the host's output, and the PRFs run standalone on our torch
+    (one interpreter for all)."""
+    tmp = tmp_path_factory.mktemp("standalone")
+    runs: dict[str, dict] = {}
+    for model_type in KINDS:
+        run = trained(model_type)
+        here = tmp / model_type.lower()
+        here.mkdir()
+        blocks, rasters = _blocks(run, model_type, here)
+        host = None
+        if rasters:
+            suffix = ".tif" if model_type not in DETECTORS else ".geojson"
+            host = run_inference(run["package"], rasters, here / f"host{suffix}",
+                                 arguments=_arguments(model_type)).output
+        runs[model_type] = {"folder": _unzip(run["package"], here / "package"), "blocks": blocks, "host": host}
+    jobs = [(r["folder"], r["blocks"], _arguments(t)) for t, r in runs.items()]
+    for r, result in zip(runs.values(), _standalone(Path(sys.executable), jobs, tmp, "ours")):
+        r["ours"] = result
+    return {"runs": runs, "tmp": tmp, "jobs": jobs}
 
-    def get(model_type: str):
-        if model_type not in cache:
-            run = trained(model_type)
-            tmp = tmp_path_factory.mktemp(f"alone_{model_type.lower()}")
-            folder = _unzip(run["package"], tmp / "package")
-            blocks, rasters = _blocks(run, model_type, tmp)
-            ours = _standalone(Path(sys.executable), folder, blocks, tmp, "ours", _arguments(model_type))
-            host = None
-            if rasters:
-                suffix = ".tif" if "pixels" in ours else ".geojson"
-                host = run_inference(run["package"], rasters, tmp / f"host{suffix}",
-                                     arguments=_arguments(model_type)).output
-            cache[model_type] = (folder, blocks, ours, host, tmp)
-        return cache[model_type]
 
-    return get
+@pytest.fixture(scope="module")
+def on_torch20(standalone) -> dict:
+    if not TORCH20.is_file():
+        pytest.skip(f"no torch 2.0.1 interpreter at {TORCH20} (make client-tools installs .venv-torch20)")
+    results = _standalone(TORCH20, standalone["jobs"], standalone["tmp"], "torch20")
+    return dict(zip(standalone["runs"], results))
 
 
 @pytest.mark.parametrize("model_type", KINDS)
-def test_prf_runs_without_gpjobs_and_gives_the_hosts_answer(standalone_runs, model_type):
-    folder, blocks, ours, host, _ = standalone_runs(model_type)
+def test_prf_runs_without_gpjobs_and_gives_the_hosts_answer(standalone, model_type):
+    run = standalone["runs"][model_type]
+    folder, ours, host = run["folder"], run["ours"], run["host"]
     assert sorted(p.name for p in folder.glob("*.py")) == sorted(
         [json.loads(next(folder.glob("*.emd")).read_text())["InferenceFunction"], "gpjobs_prf_core.py"])
     if host is None:
@@ -131,10 +146,7 @@ def test_prf_runs_without_gpjobs_and_gives_the_hosts_answer(standalone_runs, mod
 
 @pytest.mark.clients
 @pytest.mark.parametrize("model_type", KINDS)
-def test_prf_runs_on_torch_2_0(standalone_runs, model_type):
-    if not TORCH20.is_file():
-        pytest.skip(f"no torch 2.0.1 interpreter at {TORCH20} (make client-tools installs .venv-torch20)")
-    folder, blocks, ours, _, tmp = standalone_runs(model_type)
-    old = _standalone(TORCH20, folder, blocks, tmp, "torch20", _arguments(model_type))
+def test_prf_runs_on_torch_2_0(standalone, on_torch20, model_type):
+    old, ours = on_torch20[model_type], standalone["runs"][model_type]["ours"]
     assert str(old["torch"]).startswith("2.0.")
     _same(old, ours, pixel_tolerance=1.0 if model_type in ("PIX2PIX", "SUPERRESOLUTION") else 0.0)

@@ -14,7 +14,6 @@ import sys
 import zlib
 
 import numpy as np
-import torch
 
 
 def _core():

@@ -182,7 +182,7 @@ def split_tiles(block: np.ndarray, tile: int, padding: int, rows: int, cols: int
 
 def join_tiles(tiles: np.ndarray, padding: int, rows: int, cols: int) -> np.ndarray:
     """(rows * cols, C, tile, tile) tile outputs -> (C, rows * inner, cols * inner), padding cropped."""
-    n, bands, height, width = tiles.shape
+    _, bands, height, width = tiles.shape
     inner_h, inner_w = height - 2 * padding, width - 2 * padding
     out = np.zeros((bands, rows * inner_h, cols * inner_w), dtype=tiles.dtype)
     for r in range(rows):

@@ -123,7 +123,7 @@ class TwoStageNetwork(nn.Module):
         return heads.mask_predictor(heads.mask_head(pooled))
 
     def spec(self) -> dict[str, Any]:
-        net, rpn, heads = self.net, self.net.rpn, self.net.roi_heads
+        rpn, heads = self.net.rpn, self.net.roi_heads
         pool = heads.box_roi_pool
         pooled = [i for i, name in enumerate(self.feature_names) if name in pool.featmap_names]
         resized = self.resize.resized
