@@ -28,6 +28,7 @@ from gpjobs.inference import outputs
 from gpjobs.inference.package import PackageError, open_package
 
 Progress = Callable[[int, int], None]
+POLYGON = 4  # ArcGIS geometry types: 1 point, 2 multipoint, 3 polyline, 4 polygon
 
 
 class InferenceError(ValueError):
@@ -211,7 +212,6 @@ class _Job:
                 self.progress(done + 1, total)
 
     def pixels(self) -> InferenceResult:
-        import rasterio
         from rasterio.transform import Affine
 
         src = self.sources[0].dataset
@@ -230,9 +230,22 @@ class _Job:
                    "count": int(info.get("bandCount", 1)), "dtype": dtype.name, "crs": src.crs,
                    "transform": src.transform @ Affine.scale(1.0 / upscale), "nodata": nodata, "tiled": True,
                    "blockxsize": 256, "blockysize": 256, "compress": "deflate", "BIGTIFF": "IF_SAFER"}
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._write_pixels(profile, rows, info, upscale, dtype)
+        except InferenceError:
+            self.out.unlink(missing_ok=True)  # a half-written result would look like an answer
+            raise
+        sidecar = outputs.write_rat_sidecar(self.out, rows)
+        return InferenceResult(self.out, "pixels", len(self.grid), configuration=self.config,
+                               sidecars=[sidecar] if sidecar else [])
+
+    def _write_pixels(self, profile: dict[str, Any], rows: list, info: dict[str, Any], upscale: int,
+                      dtype: np.dtype) -> None:
+        import rasterio
         from rasterio.windows import Window
 
-        self.out.parent.mkdir(parents=True, exist_ok=True)
+        src = self.sources[0].dataset
         with rasterio.open(self.out, "w", **profile) as dst:
             outputs.write_class_metadata(dst, rows)
             props = {"pixelType": info.get("pixelType", dtype.str[1:]), "cellSize": info.get("cellSize")}
@@ -247,11 +260,17 @@ class _Job:
                 w = min(block.shape[2], (self.width - col0) * upscale)
                 dst.write(block[:, :h, :w].astype(dtype, copy=False),
                           window=Window(col0 * upscale, row0 * upscale, w, h))
-        sidecar = outputs.write_rat_sidecar(self.out, rows)
-        return InferenceResult(self.out, "pixels", len(self.grid), configuration=self.config,
-                               sidecars=[sidecar] if sidecar else [])
+
+    def _declare_features(self) -> None:
+        """getFields / getGeometryType, as the feature tools ask before the first block: polygons only here."""
+        _call(self.prf, "getFields")
+        kind = _call(self.prf, "getGeometryType")
+        if int(kind) != POLYGON:
+            raise InferenceError(f"{type(self.prf).__name__} gives geometry type {kind}; the host writes polygons "
+                                 f"(type {POLYGON}) only")
 
     def detections(self) -> InferenceResult:
+        self._declare_features()
         src = self.sources[0].dataset
         features: list[dict[str, Any]] = []
         for row0, col0, blocks in self._blocks():
@@ -267,6 +286,7 @@ class _Job:
 
     def objects(self, features_path: str | Path | None) -> InferenceResult:
         """Classify Objects: one chip per input polygon (centred on it), or per tile of the raster without one."""
+        self._declare_features()
         src = self.sources[0]
         size_y, size_x = int(self.config["ty"]), int(self.config["tx"])
         batch = max(1, int(self.config.get("batch_size", 1)))

@@ -107,6 +107,7 @@ def test_wrong_pixel_type_is_named(unet, tmp_path):
     with pytest.raises(InferenceError, match=r"16-bit unsigned \(uint16\) but the model was trained on "
                                              r"8-bit unsigned \(uint8\)"):
         run_inference(unet["package"], [wide], tmp_path / "out.tif")
+    assert not (tmp_path / "out.tif").exists()  # no half-written result left behind
 
 
 def test_package_without_its_raster_function_is_named(unet, tmp_path):

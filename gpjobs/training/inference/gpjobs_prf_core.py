@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -76,7 +77,9 @@ def load_network(emd: dict, folder: str, device: torch.device):
                              f"oldest these packages run on (the model was trained with torch "
                              f"{emd.get('TorchVersion', '?')})")
     try:
-        module = torch.jit.load(path, map_location=device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # newer torch calls torch.jit deprecated; it loads
+            module = torch.jit.load(path, map_location=device)
     except RuntimeError as exc:
         raise InferenceError(f"{name}: torch {torch.__version__} cannot load this network (trained with torch "
                              f"{emd.get('TorchVersion', '?')}): {str(exc).splitlines()[0]}") from exc
