@@ -58,7 +58,8 @@ def test_hed_learns_edges_and_packages(hed_run):
     assert 0.0 <= metrics["accuracy"] <= 1.0 and 0.0 <= metrics["f1_score"] <= 1.0
     # edges are ~14% of the pixels: "no edge" everywhere gives f1 0, "edge" everywhere ~0.25
     assert metrics["f1_score"] > 0.4, metrics
-    assert {"model.emd", "model.pth", "model.pt", "GpjobsInference.py", "model_metrics.html",
+    assert {"model.emd", "model.pth", "model.pt", "GpjobsPixelClassifier.py", "gpjobs_prf_core.py",
+            "model_metrics.html",
             "ModelCharacteristics/show_results.png"} <= hed_run.members
     emd = hed_run.emd
     assert emd["ModelName"] == "HEDEdgeDetector" and emd["ModelType"] == "ImageClassification"

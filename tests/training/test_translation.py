@@ -87,7 +87,8 @@ def test_superres_learns_beyond_bilinear_upsampling(superres_run):
 
 @pytest.mark.slow
 def test_superres_package_emd(superres_run):
-    assert {"model.emd", "model.pth", "model.pt", "GpjobsInference.py", "model_metrics.html",
+    assert {"model.emd", "model.pth", "model.pt", "GpjobsImageTranslator.py", "gpjobs_prf_core.py",
+            "model_metrics.html",
             "ModelCharacteristics/loss_graph.png", "ModelCharacteristics/show_results.png"} <= superres_run.members
     emd = superres_run.packaged_json("model.emd")
     assert emd["ModelType"] == "SuperResolution" and emd["ModelName"] == "SuperResolution"

@@ -22,7 +22,8 @@ from tests.training.helpers import TrainedModel, dlpk_members, gpjobs, predict_j
 SMALL_RCNN = {"rpn_pre_nms_top_n_train": 200, "rpn_post_nms_top_n_train": 100, "rpn_pre_nms_top_n_test": 200,
               "rpn_post_nms_top_n_test": 100, "rpn_batch_size_per_image": 64, "box_batch_size_per_image": 64,
               "box_detections_per_img": 20}
-MEMBERS = {"model.emd", "model.pth", "model.pt", "GpjobsInference.py", "model_metrics.html",
+MEMBERS = {"model.emd", "model.pth", "model.pt", "GpjobsObjectDetector.py", "gpjobs_prf_core.py",
+            "model_metrics.html",
            "ModelCharacteristics/loss_graph.png", "ModelCharacteristics/show_results.png"}
 
 

@@ -46,6 +46,16 @@ class YOLOv3Family(DetectionFamily):
         # Without data (rebuilding a package) any 9 anchors do: the saved state dict carries the real ones.
         return self.args.get("anchors") or yolo_anchors([], fallback_chip=self.chip)
 
+    def deployable(self, model: nn.Module) -> nn.Module:
+        from gpjobs.training.models.detection.deploy import DenseDetections
+
+        return DenseDetections(model, "yolo")
+
+    def inference_spec(self, network: nn.Module) -> dict[str, Any]:
+        from gpjobs.training.models.detection.deploy import dense_spec
+
+        return {**super().inference_spec(network), **dense_spec("yolo")}
+
     def build(self) -> nn.Module:
         if self.args.get("pretrained_backbone") is False and self.weights.skip_reason is None:
             self.weights.skip_reason = "pretrained_backbone=false"

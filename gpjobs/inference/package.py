@@ -1,0 +1,80 @@
+"""Reading a package (.dlpk, model folder or .emd) without torch: the server and the inference host use it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from gpjobs.catalog import MODEL_TYPES
+
+
+class PackageError(ValueError):
+    """A pretrained_model / predict package that cannot be used (names the file and what is wrong)."""
+
+
+@dataclass
+class Package:
+    folder: Path
+    emd_path: Path
+    emd: dict[str, Any]
+
+    @property
+    def model_type(self) -> str:
+        ours = self.emd.get("Gpjobs") or {}
+        if ours.get("model_type"):
+            return str(ours["model_type"])
+        name = str(self.emd.get("ModelName", ""))
+        for info in MODEL_TYPES.values():
+            if info.esri_model_name and info.esri_model_name.lower() == name.lower():
+                return info.name
+        raise PackageError(f"{self.emd_path.name}: ModelName {name!r} is not a model type this server trains")
+
+    @property
+    def backbone(self) -> str:
+        ours = self.emd.get("Gpjobs") or {}
+        return str(ours.get("backbone") or (self.emd.get("ModelParameters") or {}).get("backbone") or "").upper()
+
+    @property
+    def arguments(self) -> dict[str, Any]:
+        return dict((self.emd.get("Gpjobs") or {}).get("arguments") or {})
+
+    @property
+    def weights_path(self) -> Path:
+        return self.emd_path.parent / str(self.emd.get("ModelFile", ""))
+
+
+@contextlib.contextmanager
+def open_package(path: str | Path) -> Iterator[Package]:
+    """A .dlpk (extracted to a temp dir for the duration), a model folder, or a .emd file."""
+    path = Path(path)
+    if not path.exists():
+        raise PackageError(f"{path}: no such package")
+    with contextlib.ExitStack() as stack:
+        if path.is_file() and path.suffix.lower() != ".emd":
+            if not zipfile.is_zipfile(path):
+                raise PackageError(f"{path.name}: not a .dlpk (ZIP) file")
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gpjobs-dlpk-")))
+            with zipfile.ZipFile(path) as zf:
+                for member in zf.namelist():  # refuse members escaping the folder
+                    target = (tmp / member).resolve()
+                    if not str(target).startswith(str(tmp.resolve())):
+                        raise PackageError(f"{path.name}: member {member!r} points outside the package")
+                zf.extractall(tmp)
+            folder = tmp
+        elif path.is_dir():
+            folder = path
+        else:
+            folder = path.parent
+        emds = [path] if path.suffix.lower() == ".emd" else sorted(folder.glob("*.emd"))
+        if len(emds) != 1:
+            raise PackageError(f"{path.name}: a package needs exactly one .emd at its top level, found {len(emds)}")
+        try:
+            emd = json.loads(emds[0].read_text(encoding="utf-8-sig"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise PackageError(f"{emds[0].name}: not a readable .emd ({exc})") from exc
+        yield Package(folder, emds[0], emd)
