@@ -156,53 +156,6 @@ def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, height: int, width: in
     return out
 
 
-def mask_outline(mask: np.ndarray) -> list:
-    """Rings (pixel-edge outlines, largest first) of a binary mask: an Esri polygon of exactly its pixels.
-
-    Outer rings run like the box rings of Esri's own detectors (negative shoelace area in pixel coordinates),
-    holes the other way; pixels touching only at a corner belong to separate rings (4-connectivity).
-    """
-    padded = np.zeros((mask.shape[0] + 2, mask.shape[1] + 2), dtype=bool)
-    padded[1:-1, 1:-1] = mask
-    inside = padded[1:-1, 1:-1]
-    edges: dict = {}
-    # every foreground pixel side facing background is an edge, the pixel on its right (rows down)
-    for free, start, end in ((padded[:-2, 1:-1], (0, 0), (1, 0)), (padded[1:-1, 2:], (1, 0), (1, 1)),
-                             (padded[2:, 1:-1], (1, 1), (0, 1)), (padded[1:-1, :-2], (0, 1), (0, 0))):
-        ys, xs = np.nonzero(inside & ~free)
-        for y, x in zip(ys.tolist(), xs.tolist()):
-            edges.setdefault((x + start[0], y + start[1]), []).append((x + end[0], y + end[1]))
-    rings = []
-    while edges:
-        start = next(iter(edges))
-        ring, here, heading = [start], start, None
-        while True:
-            ends = edges[here]
-            nxt = ends[0]
-            if len(ends) > 1 and heading is not None:  # a corner shared by two pixels: turn toward ours
-                right = (-heading[1], heading[0])
-                nxt = next((e for e in ends if (e[0] - here[0], e[1] - here[1]) == right), ends[0])
-            ends.remove(nxt)
-            if not ends:
-                del edges[here]
-            heading = (nxt[0] - here[0], nxt[1] - here[1])
-            here = nxt
-            if here == start:
-                break
-            ring.append(here)
-        ring.append(start)
-        # keep the corners only
-        kept = [ring[0]] + [p for a, p, b in zip(ring, ring[1:], ring[2:])
-                            if (p[0] - a[0]) * (b[1] - p[1]) != (p[1] - a[1]) * (b[0] - p[0])] + [ring[0]]
-        rings.append([list(p) for p in reversed(kept)])
-    rings.sort(key=lambda r: -abs(_area(r)))
-    return rings
-
-
-def _area(ring: list) -> float:
-    return 0.5 * sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(ring, ring[1:]))
-
-
 # --- decoders: network outputs -> per tile {boxes, scores, labels (0-based), masks} ---------------------------
 
 
@@ -382,7 +335,7 @@ class GpjobsObjectDetector(core.TiledPRF):
                 value = self.values[label] if 0 <= label < len(self.values) else label + 1
                 if "masks" in det:
                     rings = [[[x + offset[0], y + offset[1]] for x, y in ring]
-                             for ring in mask_outline(det["masks"][i].numpy())]
+                             for ring in core.mask_outline(det["masks"][i].numpy())]
                     if not rings:
                         continue
                 else:

@@ -32,30 +32,6 @@ def _core():
 core = _core()
 
 
-def class_table(classes: list) -> dict:
-    """The raster attribute table ArcGIS builds the output's legend from: Value, ClassName, Red, Green, Blue."""
-    names = ("OID", "Value", "ClassName", "Red", "Green", "Blue")
-    types = ("esriFieldTypeOID", "esriFieldTypeInteger", "esriFieldTypeString", "esriFieldTypeInteger",
-             "esriFieldTypeInteger", "esriFieldTypeInteger")
-    features = []
-    for i, c in enumerate(classes):
-        color = list(c.get("Color") or [0, 0, 0])[:3]
-        features.append({"attributes": dict(zip(names, [i + 1, int(c["Value"]), str(c["Name"]), *color]))})
-    return {"displayFieldName": "", "fieldAliases": {n: n for n in names},
-            "fields": [{"name": n, "type": t, "alias": n} for n, t in zip(names, types)], "features": features}
-
-
-def pixel_type(values) -> str:
-    """The smallest unsigned type holding every class value (GeoTIFF colour maps need 8 or 16 bits)."""
-    top = max([0, *values])
-    low = min([0, *values])
-    if low >= 0 and top <= 255:
-        return "u1"
-    if low >= 0 and top <= 65535:
-        return "u2"
-    return "i4"
-
-
 class GpjobsPixelClassifier(core.TiledPRF):
     """Network scores per class index -> class values; index 0 is NoData (written as 0)."""
 
@@ -81,9 +57,9 @@ class GpjobsPixelClassifier(core.TiledPRF):
         info = kwargs["output_info"]
         classes = [c for c in self.classes if int(c["Value"]) in self.values]
         info["bandCount"] = 1
-        info["pixelType"] = pixel_type(self.values)
+        info["pixelType"] = core.pixel_type(self.values)
         info["noData"] = np.array([0])
-        info["rasterAttributeTable"] = json.dumps(class_table(classes))
+        info["rasterAttributeTable"] = json.dumps(core.class_table(classes))
         return kwargs
 
     def updatePixels(self, tlc, shape, props, **pixelBlocks) -> dict:
@@ -102,5 +78,5 @@ class GpjobsPixelClassifier(core.TiledPRF):
             p = self.padding
             inner = invalid[p:p + out.shape[1], p:p + out.shape[2]]
             out[:, :inner.shape[0], :inner.shape[1]][:, inner] = 0
-        pixelBlocks["output_pixels"] = out.astype(props.get("pixelType") or pixel_type(self.values), copy=False)
+        pixelBlocks["output_pixels"] = out.astype(props.get("pixelType") or core.pixel_type(self.values), copy=False)
         return pixelBlocks

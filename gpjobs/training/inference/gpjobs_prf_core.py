@@ -256,6 +256,81 @@ def box_rings(boxes: np.ndarray) -> list:
     return [[[[x0, y0], [x0, y1], [x1, y1], [x1, y0], [x0, y0]]] for x0, y0, x1, y1 in boxes.tolist()]
 
 
+# --- class rasters and instance outlines (pixel classification, panoptic, Mask R-CNN) ----------------------
+
+
+def class_table(classes: list) -> dict:
+    """The raster attribute table ArcGIS builds the output's legend from: Value, ClassName, Red, Green, Blue."""
+    names = ("OID", "Value", "ClassName", "Red", "Green", "Blue")
+    types = ("esriFieldTypeOID", "esriFieldTypeInteger", "esriFieldTypeString", "esriFieldTypeInteger",
+             "esriFieldTypeInteger", "esriFieldTypeInteger")
+    features = []
+    for i, c in enumerate(classes):
+        color = list(c.get("Color") or [0, 0, 0])[:3]
+        features.append({"attributes": dict(zip(names, [i + 1, int(c["Value"]), str(c["Name"]), *color]))})
+    return {"displayFieldName": "", "fieldAliases": {n: n for n in names},
+            "fields": [{"name": n, "type": t, "alias": n} for n, t in zip(names, types)], "features": features}
+
+
+def pixel_type(values) -> str:
+    """The smallest unsigned type holding every class value (GeoTIFF colour maps need 8 or 16 bits)."""
+    top = max([0, *values])
+    low = min([0, *values])
+    if low >= 0 and top <= 255:
+        return "u1"
+    if low >= 0 and top <= 65535:
+        return "u2"
+    return "i4"
+
+
+def mask_outline(mask: np.ndarray) -> list:
+    """Rings (pixel-edge outlines, largest first) of a binary mask: an Esri polygon of exactly its pixels.
+
+    Outer rings run like the box rings of Esri's own detectors (negative shoelace area in pixel coordinates),
+    holes the other way; pixels touching only at a corner belong to separate rings (4-connectivity).
+    """
+    padded = np.zeros((mask.shape[0] + 2, mask.shape[1] + 2), dtype=bool)
+    padded[1:-1, 1:-1] = mask
+    inside = padded[1:-1, 1:-1]
+    edges: dict = {}
+    # every foreground pixel side facing background is an edge, the pixel on its right (rows down)
+    for free, start, end in ((padded[:-2, 1:-1], (0, 0), (1, 0)), (padded[1:-1, 2:], (1, 0), (1, 1)),
+                             (padded[2:, 1:-1], (1, 1), (0, 1)), (padded[1:-1, :-2], (0, 1), (0, 0))):
+        ys, xs = np.nonzero(inside & ~free)
+        for y, x in zip(ys.tolist(), xs.tolist()):
+            edges.setdefault((x + start[0], y + start[1]), []).append((x + end[0], y + end[1]))
+    rings = []
+    while edges:
+        start = next(iter(edges))
+        ring, here, heading = [start], start, None
+        while True:
+            ends = edges[here]
+            nxt = ends[0]
+            if len(ends) > 1 and heading is not None:  # a corner shared by two pixels: turn toward ours
+                right = (-heading[1], heading[0])
+                nxt = next((e for e in ends if (e[0] - here[0], e[1] - here[1]) == right), ends[0])
+            ends.remove(nxt)
+            if not ends:
+                del edges[here]
+            heading = (nxt[0] - here[0], nxt[1] - here[1])
+            here = nxt
+            if here == start:
+                break
+            ring.append(here)
+        ring.append(start)
+        # keep the corners only
+        kept = [ring[0]] + [p for a, p, b in zip(ring, ring[1:], ring[2:])
+                            if (p[0] - a[0]) * (b[1] - p[1]) != (p[1] - a[1]) * (b[0] - p[0])] + [ring[0]]
+        rings.append([list(p) for p in reversed(kept)])
+    rings.sort(key=lambda r: -abs(ring_area(r)))
+    return rings
+
+
+def ring_area(ring: list) -> float:
+    """Shoelace area of a closed ring in pixel coordinates (negative for Esri's outer rings)."""
+    return 0.5 * sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(ring, ring[1:]))
+
+
 def parameter(name: str, value, display: str, description: str, data_type: str = "numeric",
               domain=None) -> dict:
     """One getParameterInfo entry (a model argument the tool shows, with its default)."""
