@@ -71,6 +71,10 @@ def load_prf(folder: Path, emd: dict[str, Any], emd_name: str = ".emd"):
     if cls is None:
         raise InferenceError(f"{name} defines no class {path.stem} (ArcGIS instantiates the class named after "
                              "the file)")
+    if not callable(getattr(cls, "getParameterInfo", None)):
+        raise InferenceError(f"{name} is not a raster function (it has no getParameterInfo), so it does not run "
+                             f"over a raster: use it from Python as {name} describes (object trackers: "
+                             "init(frame, boxes), then update(frame)), or `gpjobs predict` on chips or frames")
     return cls()
 
 
@@ -136,10 +140,17 @@ class RasterSource:
         self.dataset.close()
 
 
-def _mode(parameters: list[dict[str, Any]], prf) -> str:
+FEATURE_SUFFIXES = (".geojson", ".json")
+
+
+def _mode(parameters: list[dict[str, Any]], prf, out: Path) -> str:
+    """objects (Classify Objects), features (Detect Objects) or pixels (Classify Pixels and the other raster
+    outputs). A PRF with both updatePixels and vectorize (panoptic) serves both tools: `out` says which."""
     names = [p["name"] for p in parameters]
     if "rasters" in names:
         return "objects"
+    if hasattr(prf, "vectorize") and hasattr(prf, "updatePixels"):
+        return "features" if out.suffix.lower() in FEATURE_SUFFIXES else "pixels"
     return "features" if hasattr(prf, "vectorize") else "pixels"
 
 
@@ -155,7 +166,7 @@ def run_inference(package: str | Path, rasters: list[str | Path], out: str | Pat
             parameters = _call(prf, "getParameterInfo")
             scalars = scalars_of(parameters, arguments)
             config = _call(prf, "getConfiguration", **scalars)
-            mode = _mode(parameters, prf)
+            mode = _mode(parameters, prf, Path(out))
             names = [p["name"] for p in parameters if p.get("dataType") == "raster"] or ["raster"]
             if mode != "objects" and len(rasters) != len(names):
                 raise InferenceError(f"this model takes {len(names)} raster(s) ({', '.join(names)}); "

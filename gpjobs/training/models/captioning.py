@@ -6,6 +6,9 @@ vocabulary is built from the training captions (`vocab_min_freq`) and stored in 
 (arcgis.learn's `accuracy`) and corpus BLEU-4 of the beam-searched captions against every reference
 caption of each chip (`corpus_bleu`). `decoder_params.pretrained_emb` (fastText) needs a download, which
 this server never does: the embeddings start random and a warning says so.
+
+The package's GpjobsImageCaptioner.py captions the objects of Classify Objects Using Deep Learning: the
+encoder and one decoder step are traced, the beam search runs in plain torch there.
 """
 
 from __future__ import annotations
@@ -20,12 +23,13 @@ from gpjobs.catalog import DECODER_PARAMS_DEFAULTS, ArgumentError
 from gpjobs.export.captions import Vocabulary
 from gpjobs.training.backbones import build_backbone
 from gpjobs.training.models.base import ModelFamily
-from gpjobs.training.models.captioning_net import CaptionNet, caption_loss, corpus_bleu
+from gpjobs.training.models.captioning_net import CaptionNet, CaptionSteps, caption_loss, corpus_bleu
 
 
 class ImageCaptionerFamily(ModelFamily):
     emd_model_type = "ImageCaptioner"
     emd_model_configuration = "_image_captioner_inference"
+    inference_function = "GpjobsImageCaptioner.py"  # Classify Objects Using Deep Learning: a caption per object
 
     def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
@@ -100,6 +104,15 @@ class ImageCaptionerFamily(ModelFamily):
         tokens, scores = model(images)
         return [{"caption": detokenize(words), "words": words, "score": round(float(s), 6)}
                 for words, s in zip(self.captions(tokens), scores.tolist())]
+
+    def deployable(self, model: nn.Module) -> nn.Module:
+        return CaptionSteps(model)
+
+    def inference_spec(self, network: nn.Module) -> dict[str, Any]:
+        """The decoder's tokens and the search it was validated with (the words are the .emd's Vocabulary)."""
+        assert self.vocab is not None
+        return {"output": "captions", "bos": self.vocab.bos, "eos": self.vocab.eos, "pad": self.vocab.pad,
+                "beam_width": self.beam_width, "max_len": self.max_len}
 
     def model_parameters(self) -> dict[str, Any]:
         return {**super().model_parameters(), "decoder_params": dict(self.decoder), "beam_width": self.beam_width,

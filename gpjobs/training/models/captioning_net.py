@@ -131,6 +131,37 @@ class CaptionNet(nn.Module):
         return chosen, score.gather(1, pick[:, None])[:, 0]
 
 
+
+class CaptionSteps(nn.Module):
+    """What a package's GpjobsImageCaptioner.py runs, traced: `forward(images)` = encoder features (B, P, D),
+    `start(features)` = (h, c, projected features) and `step(words, h, c, features, projected)` = (logits, h, c),
+    one decoder step. The beam search itself is plain torch in the raster function (the same search as
+    `CaptionNet.forward`), so the beam width and caption length stay the user's to choose there."""
+
+    def __init__(self, net: CaptionNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net.encode(images)
+
+    def start(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.net.start(feats)
+
+    def step(self, words: torch.Tensor, h: torch.Tensor, c: torch.Tensor, feats: torch.Tensor,
+             projected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits, h, c, _ = self.net.step(words, h, c, feats, projected)
+        return logits, h, c
+
+    def trace(self, example: torch.Tensor) -> torch.jit.ScriptModule:
+        example = example.expand(2, *example.shape[1:])  # a batch dimension that stays a variable
+        feats = self.forward(example)
+        h, c, projected = self.start(feats)
+        words = torch.full((feats.shape[0],), self.net.bos, dtype=torch.long)
+        methods = {"forward": (example,), "start": (feats,), "step": (words, h, c, feats, projected)}
+        return torch.jit.trace_module(self, methods, check_trace=False, strict=False)
+
+
 def caption_loss(logits: torch.Tensor, alphas: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Token cross-entropy (padding 0 ignored) + the doubly stochastic attention regulariser."""
     ce = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=0)

@@ -9,6 +9,9 @@ Metric: PQ (arcgis.learn's `panoptic_quality`), with SQ and RQ beside it.
 
 `gpjobs predict` prints the pixels per class and the number of instances per thing class; with
 --masks-dir it writes the class-value raster (<chip>.tif) and the instance-id raster (<chip>_instances.tif).
+The package's raster function, GpjobsPanopticSegmenter.py, gives the class raster to Classify Pixels Using
+Deep Learning and the instances as polygons to Detect Objects Using Deep Learning (as arcgis.learn's
+ArcGISPanopticSegmenter does).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from torch import nn
 
 from gpjobs.catalog import ArgumentError, chip_size_problem
 from gpjobs.training.models.base import ModelFamily
-from gpjobs.training.models.maxdeeplab_net import DEPTH, WIDTH, MaXDeepLabNet
+from gpjobs.training.models.maxdeeplab_net import DEPTH, WIDTH, MaXDeepLabNet, PanopticDeploy
 from gpjobs.training.models.panoptic import PanopticQuality, panoptic_loss, segments
 
 SPARE_SLOTS = 2
@@ -35,6 +38,7 @@ def _instance_values(entries: Any) -> list[int]:
 class MaXDeepLabFamily(ModelFamily):
     emd_model_type = "PanopticSegmenter"
     emd_model_configuration = "_panoptic_inferencing"
+    inference_function = "GpjobsPanopticSegmenter.py"  # Classify Pixels (classes) and Detect Objects (instances)
 
     def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
@@ -124,6 +128,15 @@ class MaXDeepLabFamily(ModelFamily):
             out.append({"class_pixels": {names[i]: int(v) for i, v in enumerate(counts) if v},
                         "instances": per_thing, "_mask": values[cls], "_instances": inst.astype(np.int32)})
         return out
+
+    def deployable(self, model: nn.Module) -> nn.Module:
+        return PanopticDeploy(model)
+
+    def inference_spec(self, network: nn.Module) -> dict[str, Any]:
+        """Class index i -> value (0: background, written as NoData), which indices are "thing" classes (whose
+        slots become instances), and the default slot score threshold."""
+        return {"output": "panoptic", "index_values": [0, *(int(c.value) for c in self.info.classes)],
+                "thing_indices": list(self.thing_indices), "score_thresh": self.score_thresh}
 
     def model_parameters(self) -> dict[str, Any]:
         return {"backbone": "", "backend": "pytorch", "n_masks": self.n_masks, "score_thresh": self.score_thresh}

@@ -17,7 +17,8 @@ Segmentation with Mask Transformers"), sized for chips of 64-512 px.
 `forward(images)` is the inference: slots whose best class is "no object" or whose class probability is
 below `score_thresh` are dropped, each pixel takes the kept slot with the highest mask probability
 (the semantic head decides where no slot is kept), and returns (class index map (B, H, W), instance map
-(B, H, W): slot + 1 on pixels of "thing" classes, 0 elsewhere), all tensor operations (traceable).
+(B, H, W): slot + 1 on pixels of "thing" classes, 0 elsewhere), all tensor operations (traceable:
+`PanopticDeploy` is the same with the threshold as an input, traced for the package's raster function).
 """
 
 from __future__ import annotations
@@ -147,12 +148,15 @@ class MaXDeepLabNet(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.postprocess(self.outputs(images), images.shape[-2:])
 
-    def postprocess(self, out: dict[str, torch.Tensor], size: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(class index map, instance map) at `size` from the training outputs (see the module docstring)."""
+    def postprocess(self, out: dict[str, torch.Tensor], size: Sequence[int],
+                    score_thresh: float | torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(class index map, instance map) at `size` from the training outputs (see the module docstring);
+        `score_thresh` (default: the model's) may be a tensor, so that the traced network takes it as an input."""
         size = tuple(size)
         probs = torch.softmax(out["classes"].float(), -1)  # (B, N, K+1)
         score, cls = probs.max(-1)
-        keep = (cls < self.n_classes) & (score >= self.score_thresh)
+        thresh = self.score_thresh if score_thresh is None else score_thresh
+        keep = (cls < self.n_classes) & (score >= thresh)
         logits = F.interpolate(out["masks"].float(), size=size, mode="bilinear", align_corners=False)
         logits = logits.masked_fill(~keep[:, :, None, None], -1e4)
         slot = logits.argmax(1)  # (B, H, W)
@@ -162,3 +166,22 @@ class MaXDeepLabNet(nn.Module):
         classes = torch.where(kept, slot_class, semantic)
         instances = torch.where(kept & self.is_thing[classes], slot + 1, torch.zeros_like(slot))
         return classes, instances
+
+
+class PanopticDeploy(nn.Module):
+    """What a package's GpjobsPanopticSegmenter.py runs: (images, slot score threshold) -> class index map
+    (B, H, W), instance map (B, H, W; slot + 1 on "thing" pixels, else 0) and each slot's class probability
+    (B, N), the instances' confidence. The same arithmetic as `MaXDeepLabNet.forward`, traced whole."""
+
+    def __init__(self, net: MaXDeepLabNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: torch.Tensor, score_thresh: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.net.outputs(images)
+        classes, instances = self.net.postprocess(out, images.shape[-2:], score_thresh)
+        return classes, instances, torch.softmax(out["classes"].float(), -1).max(-1)[0]
+
+    def trace(self, example: torch.Tensor) -> torch.jit.ScriptModule:
+        return torch.jit.trace(self, (example, torch.tensor(self.net.score_thresh)), check_trace=False, strict=False)

@@ -10,6 +10,10 @@ through the later annotated frames, as `gpjobs predict` does: `mIOU` is the mean
 mask IoU per frame (DAVIS' J), `f_measure` the same for the contour F-measure (DAVIS' F: boundary pixels
 matched within 0.8% of the frame diagonal). The validation loss is the training loss over (first frame,
 later frame) pairs with a fixed jitter.
+
+Tracking is no raster function in ArcGIS (it runs on motion imagery): the package's GpjobsObjectTracker.py
+is used from Python the way arcgis.learn's SiamMask is, `init(frame, [[x, y, w, h], ...])` then
+`update(frame)` per later frame, with the traced tracking step.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ def mask_iou(pred: torch.Tensor, truth: torch.Tensor) -> float:
 class SiamMaskFamily(ModelFamily):
     emd_model_type = "ObjectTracking"
     emd_model_configuration = "_siammask_inferencing"
+    inference_function = "GpjobsObjectTracker.py"  # not a raster function: init(frame, boxes), update(frame)
     sequence_input = True  # predict takes the frames of one sequence and the first box
 
     def __init__(self, *a: Any, **kw: Any) -> None:
@@ -149,6 +154,10 @@ class SiamMaskFamily(ModelFamily):
         frame = torch.zeros(1, self.in_channels, h, w)
         box = torch.tensor([w / 4, h / 4, 3 * w / 4, 3 * h / 4])
         return frame, box, frame, box
+
+    def inference_spec(self, network: nn.Module) -> dict[str, Any]:
+        """The traced network is one tracking step (`SiamMaskNet.forward`); its mask is cut at `seg_thr`."""
+        return {"output": "tracks", "seg_thr": self.seg_thr}
 
     def model_parameters(self) -> dict[str, Any]:
         return {**super().model_parameters(),
