@@ -247,3 +247,75 @@ def test_change_matches_predict(trained, tmp_path, model_type):
     for chip, window in zip(before, _windows(out, size, len(before))):
         expected = rasterio.open(tmp_path / "masks" / f"{chip.stem}.tif").read(1)
         np.testing.assert_array_equal(window[0], expected, err_msg=chip.name)
+
+
+@pytest.mark.parametrize("model_type", _marks(["MAXDEEPLAB"]))
+def test_panoptic_classes_and_instances_match_predict(trained, tmp_path, model_type):
+    """Classify Pixels gets predict's class raster; Detect Objects gets each of predict's thing instances as a
+    polygon of exactly its pixels, with its mask slot's class probability (the .pth model's) as Confidence."""
+    from gpjobs.inference.outputs import signed_area
+    from gpjobs.training.package import load_model, open_package
+    from gpjobs.training.predict import _model_input
+
+    run = trained(model_type)
+    chips = chip_paths(run["folder"], 4)
+    raster, size = _mosaic(tmp_path, chips)
+    arguments = {"padding": 0, "batch_size": 4}
+    run_inference(run["package"], [raster], tmp_path / "classes.tif", arguments=arguments)
+    predict(run["package"], [str(c) for c in chips], masks_dir=str(tmp_path / "masks"))
+    for chip, window in zip(chips, _windows(tmp_path / "classes.tif", size, len(chips))):
+        expected = rasterio.open(tmp_path / "masks" / f"{chip.stem}.tif").read(1)
+        np.testing.assert_array_equal(window[0], expected, err_msg=chip.name)
+
+    with open_package(run["package"]) as package:
+        family, model = load_model(package)
+        with torch.no_grad():
+            x = torch.stack([_model_input(family, c, family.info) for c in chips])
+            slot_scores = torch.softmax(model.outputs(x)["classes"], -1).max(-1)[0]
+    names = {c["Value"]: c["Name"] for c in run["emd"]["Classes"]}
+    expected = []
+    for i, chip in enumerate(chips):
+        classes = rasterio.open(tmp_path / "masks" / f"{chip.stem}.tif").read(1)
+        instances = rasterio.open(tmp_path / "masks" / f"{chip.stem}_instances.tif").read(1)
+        for slot in np.unique(instances[instances > 0]).tolist():
+            pixels = instances == slot
+            expected.append((i, names[int(classes[pixels][0])], int(pixels.sum()),
+                             100 * float(slot_scores[i, slot - 1])))
+    out = tmp_path / "instances.geojson"
+    result = run_inference(run["package"], [raster], out, arguments=arguments)
+    transform = rasterio.open(raster).transform
+    got = []
+    for f in json.loads(out.read_text())["features"]:
+        geometry = f["geometry"]
+        polygons = geometry["coordinates"] if geometry["type"] == "MultiPolygon" else [geometry["coordinates"]]
+        x0, y0, _, _ = _pixel_boxes({"geometry": {"coordinates": [[q for p in polygons for q in p[0]]]}}, transform)
+        area = sum(signed_area(r) for poly in polygons for r in poly) / (0.5 * 0.5)
+        got.append((int(y0) // size * 2 + int(x0) // size, f["properties"]["Class"], round(area),
+                    f["properties"]["Confidence"]))
+    assert result.features == len(expected) > 0
+    for want, have in zip(sorted(expected), sorted(got)):
+        assert have[:3] == want[:3]  # same chip, class and pixels
+        assert have[3] == pytest.approx(want[3], abs=1e-3)
+
+
+@pytest.mark.parametrize("model_type", _marks(["IMAGECAPTIONER"]))
+def test_captions_match_predict(trained, tmp_path, model_type):
+    """Classify Objects gets predict's caption (same beam search) per object chip; the search is the user's."""
+    run = trained(model_type)
+    chips = chip_paths(run["folder"], 4)
+    raster, size = _mosaic(tmp_path, chips)
+    predictions = predict(run["package"], [str(c) for c in chips])
+    out = tmp_path / "captions.geojson"
+    run_inference(run["package"], [raster], out, arguments={"batch_size": 4})
+    features = json.loads(out.read_text())["features"]
+    transform = rasterio.open(raster).transform
+    assert len(features) == len(chips) and any(p["caption"] for p in predictions)
+    for feature in features:
+        x0, y0, _, _ = _pixel_boxes(feature, transform)
+        p = predictions[int(round(y0)) // size * 2 + int(round(x0)) // size]
+        assert feature["properties"]["Caption"] == p["caption"]
+        assert feature["properties"]["Score"] == pytest.approx(p["score"], abs=1e-5)
+    greedy = tmp_path / "greedy.geojson"
+    run_inference(run["package"], [raster], greedy, arguments={"batch_size": 3, "beam_width": 1, "max_len": 2})
+    captions = [f["properties"]["Caption"] for f in json.loads(greedy.read_text())["features"]]
+    assert len(captions) == len(chips) and all(len(c.split()) <= 2 for c in captions)
