@@ -5,7 +5,10 @@ tests/inference/test_standalone.py, with the test venv's Python or an older torc
     python standalone_prf.py JOBS.json
 JOBS.json lists [PACKAGE_FOLDER, BLOCKS.npz, ARGUMENTS, OUT.npz] (one interpreter, one torch import, for all).
 BLOCKS.npz holds the pixel blocks by name (raster_pixels, raster2_pixels, or rasters_pixels stacked);
-OUT.npz gets `pixels` (updatePixels) or `features` (vectorize's JSON), and `torch` (the version used).
+OUT.npz gets `pixels` (updatePixels) and/or `features` (vectorize's JSON; a panoptic function gives both),
+and `torch` (the version used). A tracker package (no raster function) takes BLOCKS.npz `frames` (T, H, W, C)
+and ARGUMENTS `first_box` [x, y, w, h]; OUT.npz gets per later frame `boxes` [x, y, w, h], `scores` and
+`mask_pixels`.
 """
 
 from __future__ import annotations
@@ -39,11 +42,14 @@ def run(folder: str, blocks_path: str, arguments: dict, out: str) -> None:
     spec.loader.exec_module(module)
     prf = getattr(module, prf_path.stem)()
     prf.initialize(model=str(emd_path), device=-1)
+    blocks = dict(np.load(blocks_path))
+    if "frames" in blocks:
+        track(prf, blocks["frames"], arguments["first_box"], out)
+        return
     params = prf.getParameterInfo()
     scalars = {p["name"]: str(p["value"]) for p in params if p.get("value") is not None}
     scalars.update({k: str(v) for k, v in arguments.items()})
     prf.getConfiguration(**scalars)
-    blocks = dict(np.load(blocks_path))
     if "rasters_pixels" in blocks:
         chips = list(blocks["rasters_pixels"])
         result = prf.vectorize(rasters_pixels=chips, rasters_mask=[np.ones_like(c, np.uint8) for c in chips])
@@ -51,14 +57,30 @@ def run(folder: str, blocks_path: str, arguments: dict, out: str) -> None:
         return
     for name in list(blocks):
         blocks[name.replace("_pixels", "_mask")] = np.ones_like(blocks[name], np.uint8)
+    results = {}
     if hasattr(prf, "updatePixels"):
         info = prf.updateRasterInfo(output_info={"bandCount": 1, "pixelType": "f4", "cellSize": (1.0, 1.0)})
         props = {"pixelType": info["output_info"]["pixelType"]}
-        result = prf.updatePixels(None, None, props, **blocks)
-        np.savez(out, pixels=result["output_pixels"], torch=torch.__version__)
-    else:
-        result = prf.vectorize(**blocks)
-        np.savez(out, features=result["output_vectors"], torch=torch.__version__)
+        results["pixels"] = prf.updatePixels(None, None, props, **dict(blocks))["output_pixels"]
+    if hasattr(prf, "vectorize"):
+        results["features"] = prf.vectorize(**dict(blocks))["output_vectors"]
+    np.savez(out, torch=torch.__version__, **results)
+
+
+def track(tracker, frames, first_box: list, out: str) -> None:
+    """init on the first frame, update on every later one (arcgis.learn's SiamMask calls)."""
+    import numpy as np
+    import torch
+
+    tracker.init(frames[0], [first_box])
+    boxes, scores, pixels = [], [], []
+    for frame in frames[1:]:
+        (found,) = tracker.update(frame)
+        boxes.append(found.bbox)
+        scores.append(found.score)
+        pixels.append(int(found.mask.sum()))
+    np.savez(out, boxes=np.asarray(boxes), scores=np.asarray(scores), mask_pixels=np.asarray(pixels),
+             torch=torch.__version__)
 
 
 def main(jobs: str) -> None:
