@@ -118,3 +118,21 @@ def read_chips(paths: list[Path]) -> list[np.ndarray]:
     from gpjobs.export import read_chip
 
     return [read_chip(p) for p in paths]
+
+
+def predict_json(package: Path, chips: list[Path], **options: Any) -> list[dict]:
+    """`gpjobs predict PACKAGE CHIP... --json` in-process (trackers: the chips are the frames; `box="x0,y0,x1,y1"`
+    or the first frame's annotation gives the object)."""
+    import argparse
+    import contextlib
+    import io
+    import json
+
+    from gpjobs.training.predict import run_predict
+
+    args = argparse.Namespace(package=str(package), chips=[str(c) for c in chips], json=True, masks_dir=None,
+                              out_dir=None, batch_size=4, **options)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert run_predict(args) == 0
+    return [json.loads(line) for line in out.getvalue().splitlines() if line.startswith("{")]

@@ -17,7 +17,7 @@ import pytest
 import rasterio
 
 from gpjobs.inference.host import run_inference
-from tests.inference.conftest import chip_paths, read_chips, write_mosaic
+from tests.inference.conftest import chip_paths, predict_json, read_chips, write_mosaic
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("standalone_prf.py")
@@ -139,7 +139,7 @@ def standalone(trained, tmp_path_factory) -> dict:
         arguments = _arguments(model_type)
         host = {}
         if model_type == "SIAMMASK":  # gpjobs predict tracks the first annotated object through the frames
-            host["tracked"] = _predict(run["package"], rasters)
+            host["tracked"] = predict_json(run["package"], rasters)
             x0, y0, x1, y1 = host["tracked"][0]["box"]
             arguments = {"first_box": [x0, y0, x1 - x0, y1 - y0]}
         elif rasters:
@@ -163,22 +163,6 @@ def on_torch20(standalone) -> dict:
         pytest.skip(f"no torch 2.0.1 interpreter at {TORCH20} (make client-tools installs .venv-torch20)")
     results = _standalone(TORCH20, standalone["jobs"], standalone["tmp"], "torch20")
     return dict(zip(standalone["runs"], results))
-
-
-def _predict(package: Path, frames: list[Path]) -> list[dict]:
-    """`gpjobs predict --json` on a tracker's frames, in-process."""
-    import argparse
-    import contextlib
-    import io
-
-    from gpjobs.training.predict import run_predict
-
-    args = argparse.Namespace(package=str(package), chips=[str(f) for f in frames], json=True, masks_dir=None,
-                              out_dir=None, batch_size=4)
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert run_predict(args) == 0
-    return [json.loads(line) for line in out.getvalue().splitlines() if line.startswith("{")]
 
 
 @pytest.mark.parametrize("model_type", KINDS)
