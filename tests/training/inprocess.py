@@ -1,12 +1,9 @@
-"""`gpjobs predict` and the shipped inference script, driven from a test (for the new model types' checks)."""
+"""`gpjobs predict`, driven from a test (for the new model types' checks)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +22,3 @@ def predict_lines(capsys: Any, package: str | Path, chips: list[str | Path], **o
     assert code == 0, out.err
     return [json.loads(line) for line in out.out.splitlines() if line.startswith("{")]
 
-
-def inference_script(package: str | Path, folder: Path, *args: str) -> list[dict]:
-    """The package's GpjobsInference.py in a fresh interpreter that cannot import gpjobs (-I)."""
-    with zipfile.ZipFile(package) as zf:
-        zf.extractall(folder)
-    done = subprocess.run([sys.executable, "-I", "GpjobsInference.py", "model.emd", *args], cwd=folder,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
