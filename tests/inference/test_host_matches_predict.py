@@ -3,7 +3,8 @@ over a raster of several chips, gives what `gpjobs predict` gives on the same ch
 
 Pixel outputs: identical class values (translations: within one band unit). Detections: the same boxes (within a
 pixel), classes and confidences after the PRF's threshold and NMS. MASKRCNN: the same instances, each outline
-enclosing exactly the pixels of predict's mask. Object classification: the same label and confidence.
+enclosing exactly the pixels of predict's mask. Object classification: the same label and confidence. MAXDEEPLAB:
+the same class raster, and predict's instances as polygons. IMAGECAPTIONER: the same captions.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ BOX_TYPES = ["SSD", "RETINANET", "FASTERRCNN", "YOLOV3", "MMDETECTION"]
 LABEL_TYPES = ["FEATURE_CLASSIFIER", "DEEPSORT"]
 TRANSLATION_TYPES = ["PIX2PIX", "PIX2PIXHD", "CYCLEGAN"]
 CORE = {"UNET", "SSD", "FASTERRCNN", "MASKRCNN", "FEATURE_CLASSIFIER", "PIX2PIX", "SUPERRESOLUTION",
-        "CHANGEDETECTOR"}  # one per PRF and decoder; the rest of the sweep is `slow`
+        "CHANGEDETECTOR", "MAXDEEPLAB", "IMAGECAPTIONER"}  # one per PRF and decoder; the rest of the sweep is `slow`
 
 
 def _marks(types: list[str]) -> list:
