@@ -158,7 +158,8 @@ def run_inference(package: str | Path, rasters: list[str | Path], out: str | Pat
                   arguments: dict[str, Any] | None = None, device: int = -1, features: str | Path | None = None,
                   progress: Progress | None = None, cancelled: Callable[[], bool] | None = None) -> InferenceResult:
     """Run `package` over `rasters` (two for change detection) and write `out` (.tif for pixel outputs,
-    .geojson for features). `progress(done, total)` after every block; `cancelled()` is asked between blocks."""
+    .geojson for features; a panoptic package gives either, as `out` says). `progress(done, total)` after every
+    block; `cancelled()` is asked between blocks."""
     try:
         with open_package(package) as pkg:
             prf = load_prf(pkg.folder, pkg.emd, pkg.emd_path.name)

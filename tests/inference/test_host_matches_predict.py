@@ -297,6 +297,9 @@ def test_panoptic_classes_and_instances_match_predict(trained, tmp_path, model_t
     for want, have in zip(sorted(expected), sorted(got)):
         assert have[:3] == want[:3]  # same chip, class and pixels
         assert have[3] == pytest.approx(want[3], abs=1e-3)
+    # the threshold is the user's: at 1.0 no slot of a one-epoch model is kept, so there is no instance
+    assert run_inference(run["package"], [raster], tmp_path / "none.geojson",
+                         arguments={**arguments, "threshold": 1.0}).features == 0
 
 
 @pytest.mark.parametrize("model_type", _marks(["IMAGECAPTIONER"]))
@@ -313,7 +316,7 @@ def test_captions_match_predict(trained, tmp_path, model_type):
     assert len(features) == len(chips) and any(p["caption"] for p in predictions)
     for feature in features:
         x0, y0, _, _ = _pixel_boxes(feature, transform)
-        p = predictions[int(round(y0)) // size * 2 + int(round(x0)) // size]
+        p = predictions[round(y0) // size * 2 + round(x0) // size]
         assert feature["properties"]["Caption"] == p["caption"]
         assert feature["properties"]["Score"] == pytest.approx(p["score"], abs=1e-5)
     greedy = tmp_path / "greedy.geojson"
