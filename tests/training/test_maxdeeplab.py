@@ -96,7 +96,7 @@ def test_maxdeeplab_learns_and_packages(panoptic_run):
     assert emd["ModelConfiguration"] == "_panoptic_inferencing" and emd["DatasetType"] == "Panoptic_Segmentation"
     assert emd["InferenceFunction"] == "GpjobsPanopticSegmenter.py"
     assert emd["GpjobsInference"] == {"interface": 1, "output": "panoptic", "index_values": [0, 1, 2],
-                                      "thing_indices": [2], "score_thresh": 0.5}
+                                      "score_thresh": 0.5}
     assert emd["Kwargs"] == {"n_masks": 5, "instance_classes": [2]}  # 3 segments at most + 2 spare slots
     assert float(emd["panoptic_quality"]) == pytest.approx(metrics["PQ"], abs=1e-4)
     assert set(json.loads(emd["per_class_metrics"])) <= {"ground", "tree"}

@@ -131,7 +131,6 @@ class CaptionNet(nn.Module):
         return chosen, score.gather(1, pick[:, None])[:, 0]
 
 
-
 class CaptionSteps(nn.Module):
     """What a package's GpjobsImageCaptioner.py runs, traced: `forward(images)` = encoder features (B, P, D),
     `start(features)` = (h, c, projected features) and `step(words, h, c, features, projected)` = (logits, h, c),

@@ -133,10 +133,10 @@ class MaXDeepLabFamily(ModelFamily):
         return PanopticDeploy(model)
 
     def inference_spec(self, network: nn.Module) -> dict[str, Any]:
-        """Class index i -> value (0: background, written as NoData), which indices are "thing" classes (whose
-        slots become instances), and the default slot score threshold."""
+        """Class index i -> value (0: background, written as NoData) and the default slot score threshold (the
+        network itself knows which classes are "things", whose slots become instances)."""
         return {"output": "panoptic", "index_values": [0, *(int(c.value) for c in self.info.classes)],
-                "thing_indices": list(self.thing_indices), "score_thresh": self.score_thresh}
+                "score_thresh": self.score_thresh}
 
     def model_parameters(self) -> dict[str, Any]:
         return {"backbone": "", "backend": "pytorch", "n_masks": self.n_masks, "score_thresh": self.score_thresh}
