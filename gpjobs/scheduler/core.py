@@ -14,9 +14,15 @@ import structlog
 from gpjobs import messages as texts
 from gpjobs.config import Config
 from gpjobs.domain import Job, JobStatus, MessageType, now_ms
+from gpjobs.scheduler.child import WarmTrainer
 from gpjobs.scheduler.child_input import work_dir
 from gpjobs.scheduler.recovery import recover_orphans
-from gpjobs.scheduler.retry import STOP_CANCEL, STOP_SHUTDOWN, STOP_STALLED, STOP_TIMEOUT
+from gpjobs.scheduler.retry import (
+    STOP_CANCEL,
+    STOP_SHUTDOWN,
+    STOP_STALLED,
+    STOP_TIMEOUT,
+)
 from gpjobs.scheduler.runner import JobRun
 from gpjobs.store import Store
 
@@ -28,6 +34,7 @@ class Slot:
     device: str
     run: JobRun | None = None
     task: asyncio.Task | None = None
+    warm: WarmTrainer | None = None  # the slot's ready training child (config.warm_trainers)
 
 
 class Scheduler:
@@ -51,10 +58,20 @@ class Scheduler:
         if any(counts.values()):
             log.info("boot recovery", **counts)
         if dispatch:
+            if self.config.warm_trainers:
+                await self._start_warm_trainers()
             self._tasks.append(asyncio.create_task(self._dispatch_loop(), name="gpjobs-dispatch"))
         if watchdog:
             self._tasks.append(asyncio.create_task(self._watchdog_loop(), name="gpjobs-watchdog"))
         self.submitted()
+
+    async def _start_warm_trainers(self) -> None:
+        assert self.config.jobs_dir is not None
+        for index, slot in enumerate(self.slots):
+            slot.warm = WarmTrainer(self.config.trainer_command, device=slot.device,
+                                    threads=self.config.child_threads, cwd=self.config.jobs_dir,
+                                    log_path=self.config.data_dir / "logs" / f"warm-{index}-{slot.device}.log")
+            await slot.warm.start()
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Graceful shutdown: stop claiming, SIGTERM running children so they checkpoint, requeue their
@@ -84,6 +101,9 @@ class Scheduler:
             done, pending = await asyncio.wait([s.task for s in running if s.task], timeout=grace + 5)
             for task in pending:
                 task.cancel()
+        for slot in self.slots:
+            if slot.warm is not None:
+                await slot.warm.close()
         log.info("scheduler stopped", interrupted=len(running))
 
     # --- queue ------------------------------------------------------------------------------------
@@ -135,7 +155,7 @@ class Scheduler:
             if job is None:
                 break
             claimed.append(job)
-            run = JobRun(self.store, self.config, job, slot.device, wake_at=self.wake_at)
+            run = JobRun(self.store, self.config, job, slot.device, wake_at=self.wake_at, warm=slot.warm)
             slot.run = run
             slot.task = asyncio.create_task(self._run_slot(slot, run), name=f"gpjobs-job-{job.job_id}")
         if not self._stopping and all(slot.task is not None and not slot.task.done() for slot in self.slots):

@@ -20,7 +20,7 @@ from structlog.typing import FilteringBoundLogger
 from gpjobs import messages as texts
 from gpjobs.config import Config
 from gpjobs.domain import Job, MessageType, now_ms
-from gpjobs.scheduler.child import ChildProcess
+from gpjobs.scheduler.child import ChildProcess, WarmTrainer
 from gpjobs.scheduler.retry import STOP_STALLED
 from gpjobs.store import Store
 from gpjobs.store.jobs import MessageInput
@@ -34,8 +34,9 @@ class ChildSupervisor:
 
     def __init__(self, store: Store, config: Config, job: Job, device: str, work_dir: Path,
                  log: FilteringBoundLogger,
-                 on_result: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+                 on_result: Callable[[dict[str, Any]], Awaitable[None]], warm: WarmTrainer | None = None) -> None:
         self.store = store
+        self.warm = warm  # the slot's ready child, when the server keeps one (config.warm_trainers)
         self.config = config
         self.job = job
         self.device = device
@@ -88,11 +89,16 @@ class ChildSupervisor:
     # --- the child's life -----------------------------------------------------------------------------
 
     async def run(self, spec_path: Path) -> int:
-        """Spawn the child on `spec_path`, ingest its events until it exits, write what is pending; its exit status."""
-        self.child = await ChildProcess.spawn(self.config.trainer_command, spec_path, device=self.device,
-                                              threads=self.config.child_threads,
-                                              log_path=self.work_dir / "logs" / f"attempt-{self.job.attempts}.log")
-        self.log.info("child started", pid=self.child.pid, attempt=self.job.attempts)
+        """Start the child on `spec_path` (the slot's warm child, else a cold one), ingest its events until it
+        exits, write what is pending; its exit status."""
+        log_path = self.work_dir / "logs" / f"attempt-{self.job.attempts}.log"
+        child = await self.warm.take(spec_path, log_path) if self.warm is not None else None
+        warm = child is not None
+        if child is None:
+            child = await ChildProcess.spawn(self.config.trainer_command, spec_path, device=self.device,
+                                             threads=self.config.child_threads, log_path=log_path)
+        self.child = child
+        self.log.info("child started", pid=child.pid, attempt=self.job.attempts, warm=warm)
         await self.store.record_progress(self.job.job_id, pid=self.child.pid, heartbeat_ms=now_ms())
         if self.stop_reason is not None:  # a cancel that landed while spawning
             self.stop(self.stop_reason, self.config.cancel_grace_s)
