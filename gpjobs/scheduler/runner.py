@@ -68,7 +68,7 @@ class JobRun:
             await self.settlement.settle(AttemptEnd(rc=None, stop_reason=supervisor.stop_reason,
                                                     checkpoint_epoch=supervisor.checkpoint_epoch))
             return
-        rc = await supervisor.run(spec_path)
+        rc = await supervisor.run(spec_path, self.child_input.split)
         await self.settlement.settle(AttemptEnd(rc=rc, stop_reason=supervisor.stop_reason,
                                                 checkpoint_epoch=supervisor.checkpoint_epoch,
                                                 failure=supervisor.failure, log_tail=supervisor.log_tail()))

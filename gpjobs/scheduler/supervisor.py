@@ -21,6 +21,7 @@ from gpjobs import messages as texts
 from gpjobs.config import Config
 from gpjobs.domain import Job, MessageType, now_ms
 from gpjobs.scheduler.child import ChildProcess, WarmTrainer
+from gpjobs.scheduler.child_input import CpuSplit
 from gpjobs.scheduler.retry import STOP_STALLED
 from gpjobs.store import Store
 from gpjobs.store.jobs import MessageInput
@@ -54,6 +55,7 @@ class ChildSupervisor:
         self._dirty = False
         self._last_flush = 0.0
         self._kill_task: asyncio.Task | None = None
+        self._split: CpuSplit | None = None
 
     # --- control (the scheduler, the watchdog, cancel and shutdown call it) ---------------------------
 
@@ -88,9 +90,10 @@ class ChildSupervisor:
 
     # --- the child's life -----------------------------------------------------------------------------
 
-    async def run(self, spec_path: Path) -> int:
+    async def run(self, spec_path: Path, split: CpuSplit | None = None) -> int:
         """Start the child on `spec_path` (the slot's warm child, else a cold one), ingest its events until it
-        exits, write what is pending; its exit status."""
+        exits, write what is pending; its exit status. `split`: the CPU split the job is told when it starts."""
+        self._split = split
         log_path = self.work_dir / "logs" / f"attempt-{self.job.attempts}.log"
         child = await self.warm.take(spec_path, log_path) if self.warm is not None else None
         warm = child is not None
@@ -130,6 +133,9 @@ class ChildSupervisor:
                 await self.flush()
         elif kind == "started":
             self._pending.extend(self._resume_news(event))
+            if self._split is not None:
+                split = self._split
+                self._pending.append((INFO, texts.cpu_split(split.cpus, split.threads, split.workers, split.source)))
             self._dirty = True
             await self.flush()
         elif kind == "message":
