@@ -16,6 +16,7 @@ from gpjobs.config import Config
 from gpjobs.domain import Job, JobStatus, MessageType, now_ms
 from gpjobs.scheduler.child import WarmTrainer
 from gpjobs.scheduler.child_input import work_dir
+from gpjobs.scheduler.observe import SchedulerObserver
 from gpjobs.scheduler.recovery import recover_orphans
 from gpjobs.scheduler.retry import (
     STOP_CANCEL,
@@ -40,10 +41,11 @@ class Slot:
 class Scheduler:
     """Runs queued jobs, one child per slot. Use `await start()`, then `await stop()`."""
 
-    def __init__(self, config: Config, store: Store, boot_id: str) -> None:
+    def __init__(self, config: Config, store: Store, boot_id: str, observer: SchedulerObserver | None = None) -> None:
         self.config = config
         self.store = store
         self.boot_id = boot_id
+        self.observer = observer or SchedulerObserver()  # metrics listen here
         self.slots = [Slot(device) for device in config.devices]
         self._wake = asyncio.Event()
         self._stopping = False
@@ -155,7 +157,9 @@ class Scheduler:
             if job is None:
                 break
             claimed.append(job)
-            run = JobRun(self.store, self.config, job, slot.device, wake_at=self.wake_at, warm=slot.warm)
+            self.observer.job_claimed(job)
+            run = JobRun(self.store, self.config, job, slot.device, wake_at=self.wake_at, warm=slot.warm,
+                         observer=self.observer)
             slot.run = run
             slot.task = asyncio.create_task(self._run_slot(slot, run), name=f"gpjobs-job-{job.job_id}")
         if not self._stopping and all(slot.task is not None and not slot.task.done() for slot in self.slots):
@@ -163,10 +167,14 @@ class Scheduler:
         return claimed
 
     async def _run_slot(self, slot: Slot, run: JobRun) -> None:
+        started = time.monotonic()
         try:
             await run.run()
         finally:
             self.submitted()  # the slot is free: look for the next job
+            with contextlib.suppress(Exception):  # counting must never cost the slot
+                job = await self.store.get_job(run.job_id)
+                self.observer.attempt_ended(job or run.job, slot.device, time.monotonic() - started)
 
     # --- cancel -----------------------------------------------------------------------------------
 

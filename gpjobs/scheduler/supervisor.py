@@ -22,6 +22,7 @@ from gpjobs.config import Config
 from gpjobs.domain import Job, MessageType, now_ms
 from gpjobs.scheduler.child import ChildProcess, WarmTrainer
 from gpjobs.scheduler.child_input import CpuSplit
+from gpjobs.scheduler.observe import SchedulerObserver
 from gpjobs.scheduler.retry import STOP_STALLED
 from gpjobs.store import Store
 from gpjobs.store.jobs import MessageInput
@@ -35,8 +36,10 @@ class ChildSupervisor:
 
     def __init__(self, store: Store, config: Config, job: Job, device: str, work_dir: Path,
                  log: FilteringBoundLogger,
-                 on_result: Callable[[dict[str, Any]], Awaitable[None]], warm: WarmTrainer | None = None) -> None:
+                 on_result: Callable[[dict[str, Any]], Awaitable[None]], warm: WarmTrainer | None = None,
+                 observer: SchedulerObserver | None = None) -> None:
         self.store = store
+        self.observer = observer or SchedulerObserver()
         self.warm = warm  # the slot's ready child, when the server keeps one (config.warm_trainers)
         self.config = config
         self.job = job
@@ -102,6 +105,7 @@ class ChildSupervisor:
                                              threads=self.config.child_threads, log_path=log_path)
         self.child = child
         self.log.info("child started", pid=child.pid, attempt=self.job.attempts, warm=warm)
+        self.observer.child_started(self.job, self.device, warm=warm)
         await self.store.record_progress(self.job.job_id, pid=self.child.pid, heartbeat_ms=now_ms())
         if self.stop_reason is not None:  # a cancel that landed while spawning
             self.stop(self.stop_reason, self.config.cancel_grace_s)
@@ -142,6 +146,7 @@ class ChildSupervisor:
             self._pending.append((MessageType.from_level(str(event.get("level"))), str(event.get("text", ""))))
         elif kind == "epoch":
             self._pending.append((INFO, texts.epoch_line(event)))
+            self.observer.epoch_done(self.job)
         elif kind == "checkpoint":
             with contextlib.suppress(TypeError, ValueError):
                 self.checkpoint_epoch = int(event.get("epoch"))

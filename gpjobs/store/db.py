@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,7 @@ class Database:
         self._scope_versions: dict[str, int] = {}
         self._cache: dict[Any, tuple[tuple[int, int], Any]] = {}
         self._loading: dict[Any, tuple[tuple[int, int], asyncio.Future]] = {}
+        self.on_write: Callable[[float], None] | None = None  # told each write transaction's seconds (metrics)
 
     @classmethod
     async def open(cls, path: str | Path, *, synchronous: str = "FULL", readers: int = 2) -> Database:
@@ -105,6 +107,7 @@ class Database:
         `scope`: the one job whose rows the transaction changes (only its cached reads are dropped);
         None when it may change anything."""
         async with self._lock:
+            started = time.perf_counter()
             try:
                 # BEGIN inside the try: a task cancelled while awaiting it has still queued it on the
                 # connection's thread, so the ROLLBACK below must follow or the connection stays in a
@@ -119,6 +122,8 @@ class Database:
                 await self._writer.execute("COMMIT")
             finally:
                 self._written(scope)
+                if self.on_write is not None:
+                    self.on_write(time.perf_counter() - started)
 
     def _written(self, scope: str | None) -> None:
         if scope is None or len(self._scope_versions) >= MAX_SCOPES:

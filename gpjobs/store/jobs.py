@@ -285,6 +285,15 @@ class JobsMixin:
         row = await self.db.fetchone(sql.COUNT_JOBS_IN, {"statuses": status_list(QUEUED_STATUSES)})
         return int(row[0])
 
+    async def job_counts(self) -> list[tuple[str, str, int]]:
+        """(status, model_type, number of jobs) for every pair that has jobs (the metrics endpoint)."""
+        return [(r[0], r[1], int(r[2])) for r in await self.db.fetchall(sql.COUNT_JOBS_BY_STATUS)]
+
+    async def oldest_queued_ms(self) -> int | None:
+        """When the longest-waiting queued job was submitted (None: nothing queued)."""
+        row = await self.db.fetchone(sql.FIRST_CREATED_IN, {"statuses": status_list(QUEUED_STATUSES)})
+        return None if row is None or row[0] is None else int(row[0])
+
     async def next_run_after(self) -> int | None:
         """The earliest run_after_ms among queued jobs (the dispatcher sleeps until then)."""
         row = await self.db.fetchone(sql.FIRST_RUN_AFTER_IN, {"statuses": status_list(QUEUED_STATUSES)})

@@ -44,6 +44,8 @@ COUNT_OWNER_JOBS_IN = ("SELECT count(*) FROM jobs WHERE owner = :owner "
                        "AND status IN (SELECT value FROM json_each(:statuses))")
 SELECT_JOBS_IN = "SELECT * FROM jobs WHERE status IN (SELECT value FROM json_each(:statuses))"
 COUNT_JOBS_IN = "SELECT count(*) FROM jobs WHERE status IN (SELECT value FROM json_each(:statuses))"
+COUNT_JOBS_BY_STATUS = "SELECT status, model_type, count(*) FROM jobs GROUP BY status, model_type"
+FIRST_CREATED_IN = "SELECT min(created_ms) FROM jobs WHERE status IN (SELECT value FROM json_each(:statuses))"
 FIRST_RUN_AFTER_IN = "SELECT min(run_after_ms) FROM jobs WHERE status IN (SELECT value FROM json_each(:statuses))"
 
 _JOB_FILTER = ("WHERE (:owner IS NULL OR owner = :owner) "
