@@ -15,8 +15,8 @@ from typing import Any
 
 from gpjobs.domain import Job, Message
 
-WIDTH, HEIGHT = 640, 220  # the SVG viewBox; the page scales it to its width
-PAD_LEFT, PAD_RIGHT, PAD_TOP, PAD_BOTTOM = 56, 16, 14, 30
+WIDTH, HEIGHT = 460, 200  # the SVG viewBox (about the size it is shown at: labels stay readable)
+PAD_LEFT, PAD_RIGHT, PAD_TOP, PAD_BOTTOM = 44, 12, 10, 26
 MAX_POINTS = 400  # a 10,000-epoch job is drawn from an even sample of its epochs (the last one always)
 LOSSES = ("train_loss", "valid_loss")
 COLORS = {"train_loss": "#2563eb", "valid_loss": "#ea580c"}
@@ -95,8 +95,10 @@ def _label(value: float) -> str:
     return f"{value:.3g}"
 
 
-def chart(title: str, points: Sequence[EpochPoint], series: Sequence[tuple[str, str]]) -> dict[str, Any] | None:
-    """Geometry of one line chart of `series` ((value name, colour)) over the epochs; None without data."""
+def chart(title: str, points: Sequence[EpochPoint], series: Sequence[tuple[str, str]], monitor: str = ""
+          ) -> dict[str, Any] | None:
+    """Geometry of one line chart of `series` ((value name, colour)) over the epochs; None without data.
+    The `monitor`ed series is marked in the legend."""
     names = [name for name, _ in series if any(math.isfinite(p.values.get(name, math.nan)) for p in points)]
     if not points or not names:
         return None
@@ -118,6 +120,7 @@ def chart(title: str, points: Sequence[EpochPoint], series: Sequence[tuple[str, 
             continue
         xy = [(x(p.epoch), y(p.values[name])) for p in points if math.isfinite(p.values.get(name, math.nan))]
         lines.append({"name": name, "color": color, "points": " ".join(f"{a},{b}" for a, b in xy),
+                      "monitored": name == monitor,
                       "dots": xy if len(xy) <= 40 else xy[-1:], "last": _label(points[-1].values.get(name, math.nan))})
     xticks = _nice_ticks(first, last, 5)
     return {"title": title, "width": WIDTH, "height": HEIGHT, "lines": lines,
@@ -130,10 +133,9 @@ def job_charts(history: Sequence[EpochPoint], monitor: str = "") -> list[dict[st
     """The loss chart (train and valid) and the monitored metric's chart (the first metric when the job
     monitors a loss); empty before the first epoch ends."""
     points = _sample(history)
-    charts = [chart("Loss per epoch", points, [(name, COLORS[name]) for name in LOSSES])]
+    charts = [chart("Loss per epoch", points, [(name, COLORS[name]) for name in LOSSES], monitor)]
     metrics = [k for k in (history[-1].values if history else {}) if k not in LOSSES]
     metric = monitor if monitor in metrics else (metrics[0] if metrics else "")
     if metric:
-        charts.append(chart(f"{metric} per epoch" + (" (monitored)" if metric == monitor else ""), points,
-                            [(metric, METRIC_COLOR)]))
+        charts.append(chart(f"{metric} per epoch", points, [(metric, METRIC_COLOR)], monitor))
     return [c for c in charts if c is not None]

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from gpjobs import messages as texts
 from gpjobs.appkeys import CONFIG_KEY, SCHEDULER_KEY, STORE_KEY
+from gpjobs.catalog import COMMON_ARGUMENTS
 from gpjobs.domain import Job, JobStatus, Message, QuotaExceeded, is_job_id, new_job_id
 from gpjobs.paths import PathError, StoreRoots
 from gpjobs.tasks.params import ParameterError
@@ -83,6 +84,7 @@ def job_json(job: Job, messages: Sequence[Message] | None, *, recent: Sequence[M
 
 # --- how many messages a poll carries (issue: a 10,000-epoch job made every poll 1.5 MB) -------------------
 
+MONITOR_DEFAULT = str(COMMON_ARGUMENTS["monitor"].default)  # what early stopping watches unless told
 RECENT_MESSAGES = 100  # a plain poll: the most recent messages (and the count), whatever the job's length
 MESSAGE_PAGE_MAX = 1000  # returnMessages=true: every message, in pages of at most this many
 
@@ -234,7 +236,7 @@ async def job_page(request: web.Request, job: Job) -> web.Response:
     body = await job_body(store, job.job_id, MessageView("recent"))
     recent = await store.last_messages(job.job_id, RECENT_MESSAGES)
     history = charts.epoch_history(await store.epoch_messages(job.job_id))
-    monitor = str((job.spec.get("given_arguments") or {}).get("monitor") or "")
+    monitor = str((job.spec.get("given_arguments") or {}).get("monitor") or MONITOR_DEFAULT)
     context = _context(request, job=job, messages=recent, message_count=await store.message_count(job.job_id),
                        result=result_value(job), chart=charts.job_charts(history, monitor),
                        epochs=charts.epoch_progress(history, job), card=model_card.card_links(job))
