@@ -142,10 +142,12 @@ def kill_stray_group(pid: int | None, job_id: str) -> bool:
 
 
 class WarmTrainer:
-    """One slot's ready child: started ahead, handed the next job, replaced by a fresh one at once.
+    """One slot's ready child: started ahead, handed the next job, replaced once that job's child has exited.
 
     An idle warm child holds only its imports (and, on a GPU slot, its CUDA context); it reads nothing but
-    the handoff line, so when the server goes away its stdin closes and it exits like any child.
+    the handoff line, so when the server goes away its stdin closes and it exits like any child. The
+    replacement starts after the job, not beside it: a slot never has more than one torch process, and a
+    running job never shares its CPUs with an import.
     """
 
     def __init__(self, command: list[str], *, device: str, threads: int, log_path: Path, cwd: Path) -> None:
@@ -173,8 +175,8 @@ class WarmTrainer:
                      import_s=round(time.monotonic() - started, 2))
 
     async def take(self, spec_path: Path, log_path: Path) -> ChildProcess | None:
-        """Hand the job `spec_path` to the warm child (None when there is none alive: spawn cold), and start
-        the replacement for the next job."""
+        """Hand the job `spec_path` to the warm child (None when there is none alive: spawn cold). Call
+        `start()` once the job's child has exited for the next job's."""
         proc, ready = self._proc, self._ready
         self._proc = self._ready = None
         if ready is not None and not ready.done():
@@ -192,7 +194,6 @@ class WarmTrainer:
                 child = None
         if child is None and proc is not None:
             await _discard(proc)
-        await self.start()
         return child
 
     async def close(self) -> None:

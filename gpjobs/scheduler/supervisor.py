@@ -119,6 +119,11 @@ class ChildSupervisor:
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
+            if self.warm is not None and self.child.proc.returncode is not None:
+                try:
+                    await self.warm.start()  # the next job's child, now that this one's is gone
+                except OSError as exc:  # the next job starts cold (and says why if that fails too)
+                    self.log.warning("warm trainer not started", error=str(exc))
         await self.flush()
         self.log.info("child exited", rc=rc, stop_reason=self.stop_reason)
         return rc

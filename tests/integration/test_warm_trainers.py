@@ -1,5 +1,5 @@
 """Warm trainers (config.warm_trainers): each slot keeps one child started ahead; a claimed job is handed to it,
-a fresh one replaces it, no child runs two jobs, and supervision (events, cancel, kill -9, stall, lifeline)
+a fresh one replaces it once that job's child has exited, no child runs two jobs, and supervision (events, cancel, kill -9, stall, lifeline)
 behaves as with a cold child. The fake child speaks the warm protocol (tests/fakes/fake_trainer.py)."""
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ async def test_each_job_runs_in_a_child_started_ahead_and_none_is_reused(make_ha
     harness = make_harness()
     scheduler = await harness.start()
     ready_pid = await warm_ready(scheduler)
-    first = await harness.submit("ok")
+    first = await harness.submit("slow")
+    await harness.wait_running(first.job_id)
+    assert scheduler.slots[0].warm._proc is None  # no second process beside a running job: one torch per slot
     assert (await harness.wait(first.job_id, *TERMINAL)).status is S.SUCCEEDED
     [run1] = harness.runs(first.job_id)
     assert run1["warm"] and run1["pid"] == ready_pid  # the job ran in the child that was waiting for it
