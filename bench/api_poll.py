@@ -120,9 +120,9 @@ def seed_finished_jobs(db_path: Path, long_epochs: int) -> tuple[str, str]:
                 job = await store.create_job(Job(job_id="j" + os.urandom(16).hex(), owner="anonymous",
                                                  status=JobStatus.SUBMITTED, model_type="UNET", spec={}))
                 await store.claim_next_job("cpu", "bench-seed")
-                lines = [(MessageType.INFORMATIVE,
-                          f"Epoch {e}/{epochs}, train_loss {1 / e:.4f}, valid_loss {1.1 / e:.4f}, accuracy "
-                          f"{1 - 0.5 / e:.4f}, dice {1 - 0.6 / e:.4f}, time 1.2 s") for e in range(1, epochs + 1)]
+                lines = [(MessageType.INFORMATIVE, (f"Epoch {e}/{epochs}, train_loss {1 / e:.4f}, valid_loss "
+                                                    f"{1.1 / e:.4f}, accuracy {1 - 0.5 / e:.4f}, dice "
+                                                    f"{1 - 0.6 / e:.4f}, time 1.2 s")) for e in range(1, epochs + 1)]
                 for start in range(0, len(lines), 1000):
                     await store.record_progress(job.job_id, messages=lines[start:start + 1000], progress=50.0)
                 await store.transition(job.job_id, JobStatus.SUCCEEDED, result={"uri": "/fileShares/default/m.dlpk"},

@@ -13,7 +13,6 @@ from gpjobs.store import Store
 from gpjobs.tasks.train import TrainingRequest
 from gpjobs.training.protocol import ChildRuntime, JobSpec
 
-
 GPU_MAX_WORKERS = 8  # a GPU slot: the CPU's whole job is to feed the device
 CPU_MAX_WORKERS = 4  # a CPU slot: decoding in parallel helps until the trainer's own threads want the cores
 

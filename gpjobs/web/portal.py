@@ -22,8 +22,17 @@ from gpjobs.domain import Item, ItemNotFound, Principal, is_item_id, now_ms
 from gpjobs.web import model_card, portal_json
 from gpjobs.web.auth import PRINCIPAL_KEY, identify, request_token, token_query
 from gpjobs.web.gp_service import TASK_PATH as GP_TASK_PATH
-from gpjobs.web.render import (PARAMS_KEY, EsriError, forbidden, json_response, load_params, output_format,
-                               params, render, token_required)
+from gpjobs.web.render import (
+    PARAMS_KEY,
+    EsriError,
+    forbidden,
+    json_response,
+    load_params,
+    output_format,
+    params,
+    render,
+    token_required,
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 DEFAULT_TOKEN_MINUTES = 60
