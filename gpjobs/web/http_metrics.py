@@ -5,12 +5,14 @@ are counted with the status they went out with (Esri errors are HTTP 200 in the 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import Counter, Histogram
 
 UNMATCHED = "unmatched"  # no route: 404s and probes, one label for all of them
+METHODS = frozenset({"GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"})  # any other: "other"
 
 
 def route_of(request: web.Request) -> str:
@@ -22,6 +24,7 @@ def route_of(request: web.Request) -> str:
 
 def http_metrics_middleware(requests: Counter, latency: Histogram) -> Middleware:
     """The middleware that counts into `requests` (route, method, status) and `latency` (route, method)."""
+    children: dict[tuple[str, str, int], tuple[Any, Any]] = {}  # labels() costs a lock and a tuple per call
 
     @web.middleware
     async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -35,8 +38,11 @@ def http_metrics_middleware(requests: Counter, latency: Histogram) -> Middleware
             status = exc.status
             raise
         finally:
-            route, method = route_of(request), request.method
-            requests.labels(route, method, str(status)).inc()
-            latency.labels(route, method).observe(time.perf_counter() - started)
+            key = (route_of(request), request.method if request.method in METHODS else "other", status)
+            pair = children.get(key)
+            if pair is None:
+                pair = children[key] = (requests.labels(key[0], key[1], str(status)), latency.labels(key[0], key[1]))
+            pair[0].inc()
+            pair[1].observe(time.perf_counter() - started)
 
     return count

@@ -79,3 +79,17 @@ async def test_metrics_follow_a_job_from_queue_to_finish(make_config):
     assert value(found, "gpjobs_http_request_seconds_count", route=TASK + "/jobs/{job_id}", method="GET") == polls
     assert value(found, "gpjobs_http_requests_total", route="unmatched", method="GET", status="404") == 1
     assert value(found, "process_cpu_seconds_total") > 0
+
+
+async def test_request_labels_stay_bounded_whatever_clients_send(make_config):
+    client = await start(make_config(metrics_public=True))
+    try:
+        for i, method in enumerate(("PROPFIND", "MKCOL", "LOCK", "UNLOCK", "SEARCH", "PURGE", "REPORT")):
+            await client.request(method, f"/nowhere/{i}")  # methods the HTTP parser knows but nothing here serves
+            await client.get(f"{TASK}/jobs/j{i:032x}", params={"f": "json"})
+        found = samples(await (await client.get("/metrics")).text())
+    finally:
+        await client.close()
+    routes = {dict(labels).get("route") for name, labels in found if name == "gpjobs_http_requests_total"}
+    methods = {dict(labels).get("method") for name, labels in found if name == "gpjobs_http_requests_total"}
+    assert routes == {"unmatched", TASK + "/jobs/{job_id}"} and methods == {"other", "GET"}
