@@ -166,8 +166,9 @@ COMMON_ARGUMENTS: dict[str, ArgSpec] = {
                          minimum=0, maximum=1e6),
     "seed": ArgSpec("int", 42, "seed for the train/validation split, augmentation and initialisation",
                     minimum=0, maximum=2**31 - 1),
-    "num_workers": ArgSpec("int", None, "data loader worker processes (default: chosen from the CPU share of the "
-                                         "job's slot)", minimum=0, maximum=MAX_LOADER_WORKERS),
+    "num_workers": ArgSpec("int", None, "data loader worker processes (default: the server's loader_workers "
+                                         "setting; auto: from the slot's CPU share and device kind)",
+                           minimum=0, maximum=MAX_LOADER_WORKERS),
     "mixed_precision": ArgSpec("bool", True, "autocast + grad scaling on CUDA (ignored on CPU)"),
     "augment": ArgSpec("bool", True, "flips and 90-degree rotations on training chips"),
     "extract_bands": ArgSpec("int_list", None, "band indices fed to the model (default: all bands)",

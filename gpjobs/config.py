@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from gpjobs.catalog import MAX_LOADER_WORKERS
 from gpjobs.parsing import parse_bool
 
 ENV_PREFIX = "GPJOBS_"
@@ -64,6 +65,11 @@ class Config:
     watchdog_interval_s: float = 5.0
     progress_flush_s: float = 2.0  # child messages/progress are batched into one transaction this often
     child_threads: int = 1  # torch threads per child (OMP_NUM_THREADS)
+    # data loader worker processes per job when its num_workers argument is unset: "auto" (from the slot's
+    # CPU share and its device kind, scheduler/child_input.py) or a number (0: load in the training process)
+    loader_workers: int | str = "auto"
+    warm_trainers: bool = True  # keep one training child per slot started ahead (torch imported): fast starts
+    metrics_public: bool = False  # /metrics without a token (default: admin tokens only)
     retention_days: float = 0.0  # 0: keep finished jobs forever
     max_queued_per_user: int = 20  # 0: unlimited
     max_request_bytes: int = 1 << 20
@@ -99,6 +105,7 @@ _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 _PATH_FIELDS = {"data_dir", "db_path", "content_dir", "jobs_dir", "weights_dir", "tls_cert", "tls_key"}
 _INT_FIELDS = {"port", "max_attempts", "child_threads", "max_queued_per_user", "max_request_bytes",
                "max_arguments_bytes"}
+_BOOL_FIELDS = {"warm_trainers", "metrics_public"}
 _FLOAT_FIELDS = {"retry_backoff_s", "heartbeat_timeout_s", "max_runtime_s", "cancel_grace_s", "shutdown_grace_s",
                  "watchdog_interval_s", "progress_flush_s", "retention_days"}
 
@@ -235,6 +242,10 @@ def _coerce(key: str, value: Any) -> Any:
             if isinstance(value, bool):
                 raise ValueError
             return float(value)
+        if key in _BOOL_FIELDS:
+            return _to_bool(value)
+        if key == "loader_workers":
+            return _loader_workers(value)
         if key == "public_url":
             return str(value).rstrip("/") or None
         return str(value)
@@ -242,6 +253,15 @@ def _coerce(key: str, value: Any) -> Any:
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(f"{key} = {value!r} is not a valid {_FIELDS[key].type}") from None
+
+
+def _loader_workers(value: Any) -> int | str:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    if isinstance(value, bool) or not str(value).strip().isdigit() or int(value) > MAX_LOADER_WORKERS:
+        raise ConfigError(f"loader_workers = {value!r}: use \"auto\" or a whole number from 0 to "
+                          f"{MAX_LOADER_WORKERS}")
+    return int(value)
 
 
 def _to_bool(value: Any) -> bool:

@@ -28,6 +28,15 @@ def succeeded_at(ms: int) -> str:
     return f"Succeeded at {stamp}"
 
 
+def cpu_split(cpus: int, threads: int, workers: int, source: str) -> str:
+    """How the job's slot spends its CPUs: training threads and data loader worker processes."""
+    def n(count: int, what: str) -> str:
+        return f"{count} {what}{'' if count == 1 else 's'}"
+    loader = (f"{n(workers, 'data loader worker')}" if workers
+              else "no data loader workers (the training process reads the chips)")
+    return f"CPU: {n(threads, 'training thread')} and {loader}, on the slot's share of {n(cpus, 'CPU')} ({source})."
+
+
 def package_written(uri: str) -> str:
     return f"Deep Learning Package written to {uri}."
 

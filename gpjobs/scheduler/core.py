@@ -14,9 +14,16 @@ import structlog
 from gpjobs import messages as texts
 from gpjobs.config import Config
 from gpjobs.domain import Job, JobStatus, MessageType, now_ms
+from gpjobs.scheduler.child import WarmTrainer
 from gpjobs.scheduler.child_input import work_dir
+from gpjobs.scheduler.observe import SchedulerObserver
 from gpjobs.scheduler.recovery import recover_orphans
-from gpjobs.scheduler.retry import STOP_CANCEL, STOP_SHUTDOWN, STOP_STALLED, STOP_TIMEOUT
+from gpjobs.scheduler.retry import (
+    STOP_CANCEL,
+    STOP_SHUTDOWN,
+    STOP_STALLED,
+    STOP_TIMEOUT,
+)
 from gpjobs.scheduler.runner import JobRun
 from gpjobs.store import Store
 
@@ -28,15 +35,17 @@ class Slot:
     device: str
     run: JobRun | None = None
     task: asyncio.Task | None = None
+    warm: WarmTrainer | None = None  # the slot's ready training child (config.warm_trainers)
 
 
 class Scheduler:
     """Runs queued jobs, one child per slot. Use `await start()`, then `await stop()`."""
 
-    def __init__(self, config: Config, store: Store, boot_id: str) -> None:
+    def __init__(self, config: Config, store: Store, boot_id: str, observer: SchedulerObserver | None = None) -> None:
         self.config = config
         self.store = store
         self.boot_id = boot_id
+        self.observer = observer or SchedulerObserver()  # metrics listen here
         self.slots = [Slot(device) for device in config.devices]
         self._wake = asyncio.Event()
         self._stopping = False
@@ -51,10 +60,20 @@ class Scheduler:
         if any(counts.values()):
             log.info("boot recovery", **counts)
         if dispatch:
+            if self.config.warm_trainers:
+                await self._start_warm_trainers()
             self._tasks.append(asyncio.create_task(self._dispatch_loop(), name="gpjobs-dispatch"))
         if watchdog:
             self._tasks.append(asyncio.create_task(self._watchdog_loop(), name="gpjobs-watchdog"))
         self.submitted()
+
+    async def _start_warm_trainers(self) -> None:
+        assert self.config.jobs_dir is not None
+        for index, slot in enumerate(self.slots):
+            slot.warm = WarmTrainer(self.config.trainer_command, device=slot.device,
+                                    threads=self.config.child_threads, cwd=self.config.jobs_dir,
+                                    log_path=self.config.data_dir / "logs" / f"warm-{index}-{slot.device}.log")
+            await slot.warm.start()
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Graceful shutdown: stop claiming, SIGTERM running children so they checkpoint, requeue their
@@ -84,6 +103,9 @@ class Scheduler:
             done, pending = await asyncio.wait([s.task for s in running if s.task], timeout=grace + 5)
             for task in pending:
                 task.cancel()
+        for slot in self.slots:
+            if slot.warm is not None:
+                await slot.warm.close()
         log.info("scheduler stopped", interrupted=len(running))
 
     # --- queue ------------------------------------------------------------------------------------
@@ -135,7 +157,9 @@ class Scheduler:
             if job is None:
                 break
             claimed.append(job)
-            run = JobRun(self.store, self.config, job, slot.device, wake_at=self.wake_at)
+            self.observer.job_claimed(job)
+            run = JobRun(self.store, self.config, job, slot.device, wake_at=self.wake_at, warm=slot.warm,
+                         observer=self.observer)
             slot.run = run
             slot.task = asyncio.create_task(self._run_slot(slot, run), name=f"gpjobs-job-{job.job_id}")
         if not self._stopping and all(slot.task is not None and not slot.task.done() for slot in self.slots):
@@ -143,10 +167,14 @@ class Scheduler:
         return claimed
 
     async def _run_slot(self, slot: Slot, run: JobRun) -> None:
+        started = time.monotonic()
         try:
             await run.run()
         finally:
             self.submitted()  # the slot is free: look for the next job
+            with contextlib.suppress(Exception):  # counting must never cost the slot
+                job = await self.store.get_job(run.job_id)
+                self.observer.attempt_ended(job or run.job, slot.device, time.monotonic() - started)
 
     # --- cancel -----------------------------------------------------------------------------------
 

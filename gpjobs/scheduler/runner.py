@@ -15,7 +15,9 @@ import structlog
 from gpjobs import messages as texts
 from gpjobs.config import Config
 from gpjobs.domain import Job
+from gpjobs.scheduler.child import WarmTrainer
 from gpjobs.scheduler.child_input import BadJob, ChildInput
+from gpjobs.scheduler.observe import SchedulerObserver
 from gpjobs.scheduler.settle import AttemptEnd, Settlement
 from gpjobs.scheduler.supervisor import ChildSupervisor
 from gpjobs.store import Store
@@ -27,14 +29,16 @@ class JobRun:
     """One attempt of one job on one slot."""
 
     def __init__(self, store: Store, config: Config, job: Job, device: str, *,
-                 wake_at: Callable[[float], None]) -> None:
+                 wake_at: Callable[[float], None], warm: WarmTrainer | None = None,
+                 observer: SchedulerObserver | None = None) -> None:
         self.job = job
         self.device = device
         self.log = log.bind(job_id=job.job_id, device=device)
         self.child_input = ChildInput(store, config, job, device)
         self.settlement = Settlement(store, config, job, self.log, wake_at)
         self.supervisor = ChildSupervisor(store, config, job, device, self.child_input.work_dir, self.log,
-                                          on_result=self.settlement.publish)
+                                          on_result=self.settlement.publish, warm=warm,
+                                          observer=observer or SchedulerObserver())
 
     @property
     def job_id(self) -> str:
@@ -67,7 +71,7 @@ class JobRun:
             await self.settlement.settle(AttemptEnd(rc=None, stop_reason=supervisor.stop_reason,
                                                     checkpoint_epoch=supervisor.checkpoint_epoch))
             return
-        rc = await supervisor.run(spec_path)
+        rc = await supervisor.run(spec_path, self.child_input.split)
         await self.settlement.settle(AttemptEnd(rc=rc, stop_reason=supervisor.stop_reason,
                                                 checkpoint_epoch=supervisor.checkpoint_epoch,
                                                 failure=supervisor.failure, log_tail=supervisor.log_tail()))

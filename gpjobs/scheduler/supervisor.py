@@ -20,7 +20,9 @@ from structlog.typing import FilteringBoundLogger
 from gpjobs import messages as texts
 from gpjobs.config import Config
 from gpjobs.domain import Job, MessageType, now_ms
-from gpjobs.scheduler.child import ChildProcess
+from gpjobs.scheduler.child import ChildProcess, WarmTrainer
+from gpjobs.scheduler.child_input import CpuSplit
+from gpjobs.scheduler.observe import SchedulerObserver
 from gpjobs.scheduler.retry import STOP_STALLED
 from gpjobs.store import Store
 from gpjobs.store.jobs import MessageInput
@@ -34,8 +36,11 @@ class ChildSupervisor:
 
     def __init__(self, store: Store, config: Config, job: Job, device: str, work_dir: Path,
                  log: FilteringBoundLogger,
-                 on_result: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+                 on_result: Callable[[dict[str, Any]], Awaitable[None]], warm: WarmTrainer | None = None,
+                 observer: SchedulerObserver | None = None) -> None:
         self.store = store
+        self.observer = observer or SchedulerObserver()
+        self.warm = warm  # the slot's ready child, when the server keeps one (config.warm_trainers)
         self.config = config
         self.job = job
         self.device = device
@@ -53,6 +58,7 @@ class ChildSupervisor:
         self._dirty = False
         self._last_flush = 0.0
         self._kill_task: asyncio.Task | None = None
+        self._split: CpuSplit | None = None
 
     # --- control (the scheduler, the watchdog, cancel and shutdown call it) ---------------------------
 
@@ -87,12 +93,19 @@ class ChildSupervisor:
 
     # --- the child's life -----------------------------------------------------------------------------
 
-    async def run(self, spec_path: Path) -> int:
-        """Spawn the child on `spec_path`, ingest its events until it exits, write what is pending; its exit status."""
-        self.child = await ChildProcess.spawn(self.config.trainer_command, spec_path, device=self.device,
-                                              threads=self.config.child_threads,
-                                              log_path=self.work_dir / "logs" / f"attempt-{self.job.attempts}.log")
-        self.log.info("child started", pid=self.child.pid, attempt=self.job.attempts)
+    async def run(self, spec_path: Path, split: CpuSplit | None = None) -> int:
+        """Start the child on `spec_path` (the slot's warm child, else a cold one), ingest its events until it
+        exits, write what is pending; its exit status. `split`: the CPU split the job is told when it starts."""
+        self._split = split
+        log_path = self.work_dir / "logs" / f"attempt-{self.job.attempts}.log"
+        child = await self.warm.take(spec_path, log_path) if self.warm is not None else None
+        warm = child is not None
+        if child is None:
+            child = await ChildProcess.spawn(self.config.trainer_command, spec_path, device=self.device,
+                                             threads=self.config.child_threads, log_path=log_path)
+        self.child = child
+        self.log.info("child started", pid=child.pid, attempt=self.job.attempts, warm=warm)
+        self.observer.child_started(self.job, self.device, warm=warm)
         await self.store.record_progress(self.job.job_id, pid=self.child.pid, heartbeat_ms=now_ms())
         if self.stop_reason is not None:  # a cancel that landed while spawning
             self.stop(self.stop_reason, self.config.cancel_grace_s)
@@ -106,6 +119,11 @@ class ChildSupervisor:
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
+            if self.warm is not None and self.child.proc.returncode is not None:
+                try:
+                    await self.warm.start()  # the next job's child, now that this one's is gone
+                except OSError as exc:  # the next job starts cold (and says why if that fails too)
+                    self.log.warning("warm trainer not started", error=str(exc))
         await self.flush()
         self.log.info("child exited", rc=rc, stop_reason=self.stop_reason)
         return rc
@@ -124,12 +142,16 @@ class ChildSupervisor:
                 await self.flush()
         elif kind == "started":
             self._pending.extend(self._resume_news(event))
+            if self._split is not None:
+                split = self._split
+                self._pending.append((INFO, texts.cpu_split(split.cpus, split.threads, split.workers, split.source)))
             self._dirty = True
             await self.flush()
         elif kind == "message":
             self._pending.append((MessageType.from_level(str(event.get("level"))), str(event.get("text", ""))))
         elif kind == "epoch":
             self._pending.append((INFO, texts.epoch_line(event)))
+            self.observer.epoch_done(self.job)
         elif kind == "checkpoint":
             with contextlib.suppress(TypeError, ValueError):
                 self.checkpoint_epoch = int(event.get("epoch"))

@@ -8,14 +8,25 @@ of them, inside the writer transaction. A miss raises InvalidTransition with the
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from typing import Any
 
 import aiosqlite
 
 from gpjobs import messages as texts
-from gpjobs.domain import (ACTIVE_STATUSES, QUEUED_STATUSES, TERMINAL_STATUSES, InvalidTransition, Job, JobStatus,
-                           Message, MessageType, QuotaExceeded, now_ms, sources_of)
+from gpjobs.domain import (
+    ACTIVE_STATUSES,
+    QUEUED_STATUSES,
+    TERMINAL_STATUSES,
+    InvalidTransition,
+    Job,
+    JobStatus,
+    Message,
+    MessageType,
+    QuotaExceeded,
+    now_ms,
+    sources_of,
+)
 from gpjobs.store import sql
 from gpjobs.store.db import Database, dumps, loads
 
@@ -83,6 +94,10 @@ async def transition_in(conn: aiosqlite.Connection, job_id: str, target: JobStat
     return job_from_row(row)
 
 
+def _messages(rows: Iterable[sqlite3.Row]) -> tuple[Message, ...]:
+    return tuple(Message(r[0], MessageType(r[1]), r[2], r[3]) for r in rows)
+
+
 def _info(text: str) -> list[MessageInput]:
     return [(MessageType.INFORMATIVE, text)]
 
@@ -103,7 +118,7 @@ class JobsMixin:
         now = now_ms()
         job = job.replace(created_ms=job.created_ms or now, updated_ms=now)
         msgs = [(MessageType.INFORMATIVE, m) if isinstance(m, str) else m for m in messages]
-        async with self.db.write() as conn:
+        async with self.db.write(job.job_id) as conn:
             if max_queued_per_user > 0:
                 row = await (await conn.execute(sql.COUNT_OWNER_JOBS_IN, {
                     "owner": job.owner, "statuses": status_list(QUEUED_STATUSES | ACTIVE_STATUSES)})).fetchone()
@@ -124,7 +139,7 @@ class JobsMixin:
         async def load() -> Job | None:
             row = await self.db.fetchone(sql.SELECT_JOB, {"job_id": job_id})
             return job_from_row(row) if row else None
-        return await self.db.cached(("job", job_id), load)
+        return await self.db.cached(("job", job_id), load, scope=job_id)
 
     async def job_pid(self, job_id: str) -> int | None:
         row = await self.db.fetchone(sql.SELECT_JOB_PID, {"job_id": job_id})
@@ -144,16 +159,48 @@ class JobsMixin:
         return [job_from_row(r) for r in rows], int(total[0])
 
     async def get_messages(self, job_id: str, since_seq: int = 0) -> list[Message]:
-        """Messages after `since_seq`, in order (cached like get_job)."""
+        """Every message after `since_seq`, in order (cached like get_job). Polls read `message_page` /
+        `last_messages` instead: their cost does not grow with the job."""
         async def load() -> tuple[Message, ...]:
-            rows = await self.db.fetchall(sql.SELECT_MESSAGES, {"job_id": job_id})
-            return tuple(Message(r[0], MessageType(r[1]), r[2], r[3]) for r in rows)
-        messages = await self.db.cached(("messages", job_id), load)
+            return _messages(await self.db.fetchall(sql.SELECT_MESSAGES, {"job_id": job_id}))
+        messages = await self.db.cached(("messages", job_id), load, scope=job_id)
         return [m for m in messages if m.seq > since_seq]
+
+    async def message_count(self, job_id: str) -> int:
+        """How many messages the job has (seq runs 1..n without gaps: messages are append-only)."""
+        async def load() -> int:
+            row = await self.db.fetchone(sql.LAST_MESSAGE_SEQ, {"job_id": job_id})
+            return int(row[0]) if row else 0
+        return await self.db.cached(("message_count", job_id), load, scope=job_id)
+
+    async def message_page(self, job_id: str, start: int, limit: int) -> tuple[Message, ...]:
+        """At most `limit` messages from position `start` (1-based, = seq) on, in order."""
+        async def load() -> tuple[Message, ...]:
+            return _messages(await self.db.fetchall(sql.SELECT_MESSAGES_FROM, {
+                "job_id": job_id, "start": start, "limit": limit}))
+        return await self.db.cached(("message_page", job_id, start, limit), load, scope=job_id)
+
+    async def last_messages(self, job_id: str, limit: int) -> tuple[Message, ...]:
+        """The job's `limit` most recent messages, in order."""
+        async def load() -> tuple[Message, ...]:
+            rows = await self.db.fetchall(sql.SELECT_LAST_MESSAGES, {"job_id": job_id, "limit": limit})
+            return _messages(reversed(rows))
+        return await self.db.cached(("last_messages", job_id, limit), load, scope=job_id)
+
+    async def epoch_messages(self, job_id: str) -> tuple[Message, ...]:
+        """The job's per-epoch lines (messages.epoch_line), in order: what its loss chart is drawn from."""
+        async def load() -> tuple[Message, ...]:
+            return _messages(await self.db.fetchall(sql.SELECT_EPOCH_MESSAGES, {"job_id": job_id}))
+        return await self.db.cached(("epoch_messages", job_id), load, scope=job_id)
+
+    async def job_view(self, job_id: str, key: Hashable, build: Callable[[], Awaitable[Any]]) -> Any:
+        """`await build()` (something derived from the job's rows only, e.g. a rendered status body), memoised
+        until the job's next write: an unchanged job is answered without touching SQLite."""
+        return await self.db.cached(("view", job_id, key), build, scope=job_id)
 
     async def delete_job(self, job_id: str) -> bool:
         """Delete a job and its messages (items it published stay, with job_id cleared)."""
-        async with self.db.write() as conn:
+        async with self.db.write(job_id) as conn:
             cur = await conn.execute(sql.DELETE_JOB, {"job_id": job_id})
             return cur.rowcount > 0
 
@@ -167,7 +214,7 @@ class JobsMixin:
         are appended in the same transaction. Raises InvalidTransition (with the status found) when the job is
         not in an allowed source.
         """
-        async with self.db.write() as conn:
+        async with self.db.write(job_id) as conn:
             return await transition_in(conn, job_id, target, sources=sources, messages=messages, **fields)
 
     async def claim_next_job(self, device: str, boot_id: str, *, now: int | None = None) -> Job | None:
@@ -197,7 +244,7 @@ class JobsMixin:
                               progress: float | None = None, heartbeat_ms: int | None = None,
                               checkpoint_epoch: int | None = None, pid: int | None = None) -> bool:
         """Batched child news for a running job in one transaction; False when the job is no longer running."""
-        async with self.db.write() as conn:
+        async with self.db.write(job_id) as conn:
             cur = await conn.execute(sql.RECORD_PROGRESS, {
                 "now": now_ms(), "progress": progress, "heartbeat_ms": heartbeat_ms,
                 "checkpoint_epoch": checkpoint_epoch, "pid": pid, "job_id": job_id,
@@ -210,7 +257,7 @@ class JobsMixin:
     async def request_cancel(self, job_id: str) -> tuple[Job | None, bool]:
         """Queued -> Cancelled, Executing -> Cancelling; anything else unchanged. Returns (job, changed)."""
         now = now_ms()
-        async with self.db.write() as conn:
+        async with self.db.write(job_id) as conn:
             row = await (await conn.execute(sql.SELECT_JOB_STATUS, {"job_id": job_id})).fetchone()
             if row is None:
                 return None, False
@@ -237,6 +284,15 @@ class JobsMixin:
     async def queued_count(self) -> int:
         row = await self.db.fetchone(sql.COUNT_JOBS_IN, {"statuses": status_list(QUEUED_STATUSES)})
         return int(row[0])
+
+    async def job_counts(self) -> list[tuple[str, str, int]]:
+        """(status, model_type, number of jobs) for every pair that has jobs (the metrics endpoint)."""
+        return [(r[0], r[1], int(r[2])) for r in await self.db.fetchall(sql.COUNT_JOBS_BY_STATUS)]
+
+    async def oldest_queued_ms(self) -> int | None:
+        """When the longest-waiting queued job was submitted (None: nothing queued)."""
+        row = await self.db.fetchone(sql.FIRST_CREATED_IN, {"statuses": status_list(QUEUED_STATUSES)})
+        return None if row is None or row[0] is None else int(row[0])
 
     async def next_run_after(self) -> int | None:
         """The earliest run_after_ms among queued jobs (the dispatcher sleeps until then)."""

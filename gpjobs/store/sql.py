@@ -44,6 +44,8 @@ COUNT_OWNER_JOBS_IN = ("SELECT count(*) FROM jobs WHERE owner = :owner "
                        "AND status IN (SELECT value FROM json_each(:statuses))")
 SELECT_JOBS_IN = "SELECT * FROM jobs WHERE status IN (SELECT value FROM json_each(:statuses))"
 COUNT_JOBS_IN = "SELECT count(*) FROM jobs WHERE status IN (SELECT value FROM json_each(:statuses))"
+COUNT_JOBS_BY_STATUS = "SELECT status, model_type, count(*) FROM jobs GROUP BY status, model_type"
+FIRST_CREATED_IN = "SELECT min(created_ms) FROM jobs WHERE status IN (SELECT value FROM json_each(:statuses))"
 FIRST_RUN_AFTER_IN = "SELECT min(run_after_ms) FROM jobs WHERE status IN (SELECT value FROM json_each(:statuses))"
 
 _JOB_FILTER = ("WHERE (:owner IS NULL OR owner = :owner) "
@@ -63,6 +65,14 @@ LAST_MESSAGE_SEQ = "SELECT coalesce(max(seq), 0) FROM job_messages WHERE job_id 
 INSERT_MESSAGE = ("INSERT INTO job_messages (job_id, seq, type, description, time_ms) "
                   "VALUES (:job_id, :seq, :type, :description, :time_ms)")
 SELECT_MESSAGES = "SELECT seq, type, description, time_ms FROM job_messages WHERE job_id = :job_id ORDER BY seq"
+# Pages and the tail walk the (job_id, seq) primary key: a poll costs the same for a job of 10 or 10,000 messages.
+SELECT_MESSAGES_FROM = ("SELECT seq, type, description, time_ms FROM job_messages WHERE job_id = :job_id "
+                        "AND seq >= :start ORDER BY seq LIMIT :limit")
+SELECT_LAST_MESSAGES = ("SELECT seq, type, description, time_ms FROM job_messages WHERE job_id = :job_id "
+                        "ORDER BY seq DESC LIMIT :limit")
+# The per-epoch lines (messages.epoch_line) the job page charts.
+SELECT_EPOCH_MESSAGES = ("SELECT seq, type, description, time_ms FROM job_messages WHERE job_id = :job_id "
+                         "AND description LIKE 'Epoch %' ORDER BY seq")
 
 # --- jobs: status changes -------------------------------------------------------------------------
 # One statement per target status. Each sets `status = :target` and only the columns that target owns, and

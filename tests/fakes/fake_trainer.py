@@ -1,6 +1,7 @@
 """A fake training child that speaks gpjobs/training/protocol.py without torch (starts in ~50 ms).
 
-Usage (as the server runs a child): fake_trainer.py --spec <work_dir>/spec.json
+Usage (as the server runs a child): fake_trainer.py --spec <work_dir>/spec.json, or fake_trainer.py --warm: the
+warm protocol of gpjobs/training/__main__.py (one `heartbeat` line, then the handoff line on stdin; EOF exits).
 Behaviour: the request's context["fake_behaviour"] (see tests/fakes/fake_jobs.py), else $GPJOBS_FAKE_BEHAVIOUR, else "ok":
   ok              train max_epochs epochs (checkpoint each), write the package, emit result, exit 0
   slow            like ok, $GPJOBS_FAKE_EPOCH_S seconds per epoch (default 0.5); SIGTERM -> exit 5 at the
@@ -47,8 +48,30 @@ def watch_lifeline() -> None:
     os._exit(int(ExitCode.LIFELINE_LOST))
 
 
+def wait_for_job() -> Path | None:
+    """The warm protocol, as the real child speaks it (gpjobs/training/__main__.py)."""
+    emit("heartbeat", warm_import_s=0.0)
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = os.read(0, 4096)
+        if not chunk:
+            return None
+        line += chunk
+    handoff = json.loads(line)
+    fd = os.open(handoff["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 2)
+    os.close(fd)
+    os.chdir(Path(handoff["spec"]).parent)
+    return Path(handoff["spec"])
+
+
 def main() -> int:
-    spec_path = Path(sys.argv[sys.argv.index("--spec") + 1])
+    if "--warm" in sys.argv:
+        spec_path = wait_for_job()
+        if spec_path is None:
+            return ExitCode.LIFELINE_LOST
+    else:
+        spec_path = Path(sys.argv[sys.argv.index("--spec") + 1])
     spec = JobSpec.load(spec_path)
     request, runtime = spec.request, spec.runtime
     behaviour = request.context.values.get("fake_behaviour") or os.environ.get("GPJOBS_FAKE_BEHAVIOUR", "ok")
@@ -64,7 +87,9 @@ def main() -> int:
     resumed = json.loads(ckpt.read_text())["epoch"] if runtime.resume and ckpt.exists() else 0
     with open(work / "fake_runs.jsonl", "a") as fh:
         fh.write(json.dumps({"pid": os.getpid(), "resumed_from_epoch": resumed, "behaviour": behaviour,
-                             "device": runtime.device, "cuda": os.environ.get("CUDA_VISIBLE_DEVICES")}) + "\n")
+                             "device": runtime.device, "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                             "warm": "--warm" in sys.argv, "loader_workers": runtime.loader_workers}) + "\n")
+    print(f"fake trainer {os.getpid()} runs {spec.job_id}", file=sys.stderr, flush=True)
     emit("started", pid=os.getpid(), device=runtime.device, torch="fake", resumed_from_epoch=resumed)
 
     if behaviour == "bad-input":

@@ -245,14 +245,16 @@ def process_alive(pid: int) -> bool:
 
 
 def processes_mentioning(text: str) -> list[int]:
-    """Live pids whose command line contains `text` (a job id: its children's spec path)."""
+    """Live pids whose command line contains `text` or whose working folder is named `text` (a job id: a cold
+    child's spec path, and the work folder every child of the job runs in, warm ones included)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 cmdline = (entry / "cmdline").read_bytes().decode("utf-8", "replace")
+                cwd = os.readlink(entry / "cwd")
             except OSError:
                 continue
-            if text in cmdline and process_alive(int(entry.name)):
+            if (text in cmdline or Path(cwd).name == text) and process_alive(int(entry.name)):
                 pids.append(int(entry.name))
     return pids

@@ -173,3 +173,40 @@ def test_lr_finder_and_weights_outcome_reach_the_package(tmp_path):
     wrong = train_and_package(tmp_path / "b", folder, "FEATURE_CLASSIFIER", backbone_model="RESNET18",
                               weights_dir=str(weights), missing_weights="fail", expect=ExitCode.BAD_INPUT)
     assert "resnet18-f37072fd.pth" in wrong.failure
+
+
+@pytest.mark.slow
+def test_warm_child_imports_first_then_runs_the_job_it_is_handed(tmp_path):
+    """`--warm`: one heartbeat once torch and the training code are imported, then the handoff line decides the
+    job; its stderr goes to the handed log and it works in the job's folder. EOF instead of a job: exit 6."""
+    folder = write_classified_tiles(tmp_path, n=8, size=32)
+    work = tmp_path / "job"
+    spec = make_spec(work, [folder], "UNET", backbone_model="RESNET18", max_epochs=1, heartbeat_seconds=0.5)
+    work.mkdir()
+    (work / "spec.json").write_text(spec.to_json())
+    warm = [sys.executable, "-m", "gpjobs.training", "--warm"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    idle = subprocess.Popen(warm, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(warm, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env)
+    try:
+        ready = decode_event(proc.stdout.readline())
+        assert ready["type"] == "heartbeat" and ready["warm_import_s"] > 0
+        handed = time.monotonic()
+        log = work / "logs" / "attempt-1.log"
+        log.parent.mkdir()
+        proc.stdin.write(json.dumps({"spec": str(work / "spec.json"), "log": str(log)}).encode() + b"\n")
+        proc.stdin.flush()
+        started = decode_event(proc.stdout.readline())
+        assert started["type"] == "started" and time.monotonic() - handed < 5  # no torch import left to pay
+        events = _events_until(proc, "result", timeout=300)
+        assert proc.wait(timeout=60) == ExitCode.OK, log.read_text()[-2000:]
+        assert events[-1]["type"] == "result" and spec.package_path.is_file()
+        assert os.readlink(f"/proc/{idle.pid}/cwd") == str(REPO)  # the idle one is still waiting where it was
+        idle.stdin.close()
+        assert idle.wait(timeout=120) == ExitCode.LIFELINE_LOST
+    finally:
+        for p in (idle, proc):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
