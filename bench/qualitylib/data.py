@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.builders.exports import write_image, write_label_raster, write_metadata  # noqa: E402
+from tests.builders.exports import write_image, write_label_raster, write_metadata
 
 DATA_VERSION = 1  # bump when a builder changes: old caches are rebuilt
 CACHE = Path(os.environ.get("GPJOBS_BENCH_CACHE", Path.home() / ".cache" / "gpjobs-bench")).expanduser()
@@ -116,7 +116,7 @@ def _split(n: int, seed: int, strata: np.ndarray | None = None) -> tuple[np.ndar
     held = []
     for s in np.unique(strata):
         members = np.flatnonzero(strata == s)
-        held += list(rng.permutation(members)[:int(round(len(members) * HELD_OUT))])
+        held += list(rng.permutation(members)[:round(len(members) * HELD_OUT)])
     held_mask = np.zeros(n, bool)
     held_mask[held] = True
     return np.flatnonzero(~held_mask), np.flatnonzero(held_mask)
@@ -205,16 +205,16 @@ def _store(name: str, task: str, mode: str, classes, chip: int, images: np.ndarr
 def _buildings(quick: bool):
     image = _tiff(_solaris_member("sample_geotiff.tif"))  # (900, 900) uint16 panchromatic
     mask = (_tiff(_solaris_member("sample_fp_mask_from_geojson.tif")) > 0).astype(np.uint8)
-    return _grid_chips(image, mask, 64, quick, [(1, "building")])
+    return _grid_chips(image, mask, 64, 80 if quick else None, [(1, "building")])
 
 
 def _roads(quick: bool):
     image = _tiff(_solaris_member("road_mask_input.tif"))  # (1300, 1300) uint16, 11-bit panchromatic
     mask = (_tiff(_solaris_member("sample_road_raster_mask.tif")) > 0).astype(np.uint8)
-    return _grid_chips(image, mask, 64, quick, [(1, "road")])
+    return _grid_chips(image, mask, 64, 160 if quick else None, [(1, "road")])
 
 
-def _grid_chips(image: np.ndarray, mask: np.ndarray, chip: int, quick: bool, classes):
+def _grid_chips(image: np.ndarray, mask: np.ndarray, chip: int, quick: int | None, classes):
     """Non-overlapping chips of a single-band scene and its 0/1 mask; 20 % of them held out."""
     images, masks = [], []
     for y in range(0, image.shape[0] - chip + 1, chip):
@@ -223,7 +223,7 @@ def _grid_chips(image: np.ndarray, mask: np.ndarray, chip: int, quick: bool, cla
             masks.append(mask[y:y + chip, x:x + chip])
     train, held = _split(len(images), seed=17)
     if quick:
-        train = _subset(train, 80)
+        train = _subset(train, quick)
     return "segmentation", "Classified_Tiles", classes, chip, np.stack(images), masks, train, held
 
 
@@ -267,7 +267,7 @@ def _palms(quick: bool):
             scale = chip / img.width
             images.append(np.asarray(img.convert("RGB").resize((chip, chip), Image.BILINEAR)))
         objects = []
-        for obj in re.findall(r"<object>(.*?)</object>", label_path.read_text(), re.S):
+        for obj in re.findall(r"<object>(.*?)</object>", label_path.read_text(), re.DOTALL):
             box = [float(re.search(number.format(k), obj).group(1)) * scale for k in ("xmin", "ymin", "xmax", "ymax")]
             box = [min(max(c, 0.0), float(chip)) for c in box]
             if box[2] - box[0] >= 2 and box[3] - box[1] >= 2:  # slivers cut by the chip edge are no palms

@@ -16,8 +16,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-import gpjobs.cli  # noqa: E402
-import gpjobs.training.run_job  # noqa: E402,F401  (torch and the training code: imports are not the job)
+import gpjobs.cli
+import gpjobs.training.run_job  # torch and the training code: imports are not the job
 
 
 def main() -> None:

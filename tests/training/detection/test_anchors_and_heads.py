@@ -158,7 +158,7 @@ def test_yolo_head_shapes_and_learning():
     outs = model(torch.zeros(2, 3, 64, 64))
     assert [tuple(o.shape) for o in outs] == [(2, 3, 7, 8, 8), (2, 3, 7, 4, 4), (2, 3, 7, 2, 2)]
     losses, images, targets = _overfit(
-        model, lambda out, t: yolo_loss(out, t, model.anchors, model.strides, (64, 64)))
+        model, lambda out, t: yolo_loss(out, t, model.anchors, model.strides))
     assert losses[-1] < 0.5 * losses[0]
     model.eval()
     with torch.no_grad():
