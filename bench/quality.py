@@ -10,7 +10,8 @@ only the backbone is set, RESNET18, and the seed); the peer is bench/qualitylib/
 
     python bench/quality.py [--quick] [--rows unet,classifier,...] [--seeds 3] [--json out.json]
 
-Rows: unet (roads), unet-buildings, classifier, fasterrcnn, yolov3 (default: all but unet-buildings).
+Rows: unet (roads), unet-buildings, classifier, classifier-noaug, fasterrcnn, yolov3 (default: unet,
+classifier, fasterrcnn, yolov3; the others are diagnostics).
 `--quick`: 1 seed and fewer training chips (same held-out chips) for iteration. Prints, per row and metric,
 ours mean [min..max] vs the peer's, their ratio, the job wall times (ours: the whole `gpjobs train`, LR range
 test and packaging included; peer: data to saved weights; imports excluded on both sides) and PASS/FAIL
@@ -49,6 +50,7 @@ class Row:
     epochs: int
     batch: int
     detect_thresh: float = 0.2  # Esri AP score threshold, the model type's own (metrics_detection.py)
+    arguments: tuple[tuple[str, object], ...] = ()  # diagnostic rows only: defaults are the point
 
 
 ROWS = {
@@ -57,6 +59,9 @@ ROWS = {
     "unet": Row("UNET", "RESNET18", "roads", epochs=5, batch=8),
     "unet-buildings": Row("UNET", "RESNET18", "buildings", epochs=10, batch=8),
     "classifier": Row("FEATURE_CLASSIFIER", "RESNET18", "digits", epochs=2, batch=32),
+    # Diagnostic: our default augmentation (flips, 90-degree turns) suits overhead imagery, not digits (6 vs 9).
+    "classifier-noaug": Row("FEATURE_CLASSIFIER", "RESNET18", "digits", epochs=2, batch=32,
+                            arguments=(("augment", False),)),
     "fasterrcnn": Row("FASTERRCNN", "RESNET18", "palms", epochs=5, batch=4),
     "yolov3": Row("YOLOV3", None, "palms", epochs=5, batch=4, detect_thresh=0.1),
 }
@@ -88,8 +93,9 @@ def run_peer(data: DataSet, seed: int, epochs: int, batch: int, work: Path) -> d
 
 def run_ours(row: Row, data: DataSet, seed: int, epochs: int, batch: int, work: Path) -> dict:
     package = work / "ours.dlpk"
+    arguments = {"seed": seed, **dict(row.arguments)}
     flags = ["--in-folder", str(data.export), "--model-type", row.model_type, "--output", str(package),
-             "--batch-size", str(batch), "--max-epochs", str(epochs), "--arguments", json.dumps({"seed": seed}),
+             "--batch-size", str(batch), "--max-epochs", str(epochs), "--arguments", json.dumps(arguments),
              "--work-dir", str(work / "job"), "--threads", "1"]
     if row.backbone:
         flags += ["--backbone-model", row.backbone]
