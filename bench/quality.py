@@ -91,7 +91,7 @@ def run_peer(data: DataSet, seed: int, epochs: int, batch: int, work: Path) -> d
     return {**_last_json(done.stdout), "saved": str(out)}
 
 
-def run_ours(row: Row, data: DataSet, seed: int, epochs: int, batch: int, work: Path) -> dict:
+def run_ours(row: Row, data: DataSet, seed: int, epochs: int, batch: int, work: Path, extra: list[str]) -> dict:
     package = work / "ours.dlpk"
     arguments = {"seed": seed, **dict(row.arguments)}
     flags = ["--in-folder", str(data.export), "--model-type", row.model_type, "--output", str(package),
@@ -99,6 +99,7 @@ def run_ours(row: Row, data: DataSet, seed: int, epochs: int, batch: int, work: 
              "--work-dir", str(work / "job"), "--threads", "1"]
     if row.backbone:
         flags += ["--backbone-model", row.backbone]
+    flags += extra
     done = subprocess.run([PYTHON, str(REPO / "bench/qualitylib/ours.py"), "--", *flags], check=False,
                           capture_output=True, text=True, env=_env(), cwd=REPO)
     log = done.stdout + done.stderr
@@ -128,12 +129,19 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=None, help="seeds per row (default 3, quick 1)")
     parser.add_argument("--epochs", type=int, default=None, help="override every row's epochs")
     parser.add_argument("--json", type=Path, default=None, help="also write every run's numbers here")
+    parser.add_argument("--ours-learning-rate", type=float, default=None,
+                        help="diagnostic: give our jobs this learning_rate (no LR range test)")
+    parser.add_argument("--ours-no-freeze", action="store_true", help="diagnostic: our jobs with freeze_model=false")
     args = parser.parse_args()
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
         parser.error(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
     seeds = [42 + i for i in range(args.seeds or (1 if args.quick else 3))]
+    extra = (["--learning-rate", str(args.ours_learning_rate)] if args.ours_learning_rate else []) + (
+        ["--no-freeze-model"] if args.ours_no_freeze else [])
+    if extra:
+        print(f"DIAGNOSTIC: our jobs are not at the task's defaults: {' '.join(extra)}", flush=True)
     run_dir = CACHE / "runs" / time.strftime("%Y%m%d-%H%M%S")
     print(f"runs in {run_dir}", flush=True)
 
@@ -158,7 +166,7 @@ def main() -> int:
                 held = data.arrays("heldout")["images"]
                 peers[peer_key] = {**peer, "predictions": predict(Path(peer["saved"]), held)}
             peer = peers[peer_key]
-            ours = run_ours(row, data, seed, epochs, row.batch, work)
+            ours = run_ours(row, data, seed, epochs, row.batch, work, extra)
             run = {"seed": seed, "ours_wall": ours["wall"], "peer_wall": peer["wall"], "lr": ours["lr"],
                    "epochs_run": ours["epochs_run"],
                    "ours": scoring.score(data, scoring.predict_ours(Path(ours["package"]), data), row.detect_thresh),
@@ -187,7 +195,7 @@ def main() -> int:
             print(f"{key:<11} {record['data']:<9} {metric:<14} {_fmt(ours):<24} {_fmt(peer):<24} {ratio} "
                   f"{f'{ours_wall:.0f}/{peer_wall:.0f}':>17} {wall_ratio:>6.2f}  {'PASS' if ok else 'FAIL'}")
     print(f"\nseeds {seeds}; {'quick' if args.quick else 'full'} data; goal: ours >= peer and wall ratio <= "
-          f"{WALL_GOAL}")
+          f"{WALL_GOAL}" + (f"; DIAGNOSTIC ours with {' '.join(extra)}" if extra else ""))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 1 if failed else 0
