@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -129,6 +130,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=None, help="seeds per row (default 3, quick 1)")
     parser.add_argument("--epochs", type=int, default=None, help="override every row's epochs")
     parser.add_argument("--json", type=Path, default=None, help="also write every run's numbers here")
+    parser.add_argument("--keep", action="store_true", help="keep the trained models (else only logs stay)")
     parser.add_argument("--ours-learning-rate", type=float, default=None,
                         help="diagnostic: give our jobs this learning_rate (no LR range test)")
     parser.add_argument("--ours-no-freeze", action="store_true", help="diagnostic: our jobs with freeze_model=false")
@@ -165,6 +167,8 @@ def main() -> int:
 
                 held = data.arrays("heldout")["images"]
                 peers[peer_key] = {**peer, "predictions": predict(Path(peer["saved"]), held)}
+                if not args.keep:
+                    Path(peer["saved"]).unlink()
             peer = peers[peer_key]
             ours = run_ours(row, data, seed, epochs, row.batch, work, extra)
             run = {"seed": seed, "ours_wall": ours["wall"], "peer_wall": peer["wall"], "lr": ours["lr"],
@@ -172,6 +176,9 @@ def main() -> int:
                    "ours": scoring.score(data, scoring.predict_ours(Path(ours["package"]), data), row.detect_thresh),
                    "peer": scoring.score(data, peer["predictions"], row.detect_thresh)}
             record["runs"].append(run)
+            if not args.keep:  # a package and its checkpoints are 100+ MB a run
+                Path(ours["package"]).unlink()
+                shutil.rmtree(work / "job", ignore_errors=True)
             print(f"{key} seed {seed}: ours {run['ours']} ({run['ours_wall']:.0f} s, lr {run['lr']}, "
                   f"{run['epochs_run']} epochs) | peer {run['peer']} ({run['peer_wall']:.0f} s)", flush=True)
 
