@@ -8,6 +8,9 @@ from typing import Any
 
 import torch
 
+from gpjobs.training.engine.policy import BackbonePolicy
+from gpjobs.training.lr_finder import BUDGET_SHARE, MOST_POINTS
+
 
 class NaNLossError(RuntimeError):
     """The loss became NaN or infinite."""
@@ -41,7 +44,12 @@ class FitConfig:
     checkpoint_path: Path | None = None
     resume: bool = True
     fingerprint: dict[str, Any] = field(default_factory=dict)  # a checkpoint of another job is not resumed
-    lr_find_iterations: int = 100
+    lr_find_iterations: int = MOST_POINTS  # the LR range test's most points (fastai's num_it)
+    lr_find_share: float = BUDGET_SHARE  # ... and the most it may take of the job's planned training steps
+    warmup_share: float = 0.3  # one-cycle: the share of the steps the rate climbs to its peak (fastai's 0.3)
+    # How the backbone trains (run_job decides with backbone_policy and freezes the model accordingly);
+    # the default is arcgis.learn's slice(lr/10, lr).
+    backbone: BackbonePolicy = field(default_factory=lambda: BackbonePolicy(False, 0.1))
     # Gradient-norm clipping: None = the `clip_grad_norm` argument, else the family's default; 0 = off.
     clip_grad_norm: float | None = None
 
@@ -60,3 +68,6 @@ class FitResult:
     stopped_early: bool
     epochs_run: int
     resumed_from_epoch: int = 0
+    lr_how: str = ""  # how the learning rate was chosen
+    backbone_learning_rate: float | None = None  # the backbone's peak rate; None: no backbone group
+    schedule: dict[str, Any] = field(default_factory=dict)  # the schedule as run (describe_schedule), for the card

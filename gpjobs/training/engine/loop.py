@@ -15,7 +15,13 @@ import torch
 from gpjobs.training.checkpoint import CheckpointWriter, load_checkpoint
 from gpjobs.training.engine.config import FitConfig, FitResult, NaNLossError, OutOfMemory, is_out_of_memory
 from gpjobs.training.engine.runtime import Runtime, make_loaders, seed_epoch
-from gpjobs.training.engine.schedule import LR_FIND_SHARE, choose_learning_rate
+from gpjobs.training.engine.schedule import (
+    LR_FIND_SHARE,
+    RateChoice,
+    backbone_learning_rate,
+    choose_learning_rate,
+    describe_schedule,
+)
 from gpjobs.training.engine.state import TrainState
 from gpjobs.training.engine.steppers import Stepper, make_stepper
 from gpjobs.training.events import Reporter
@@ -111,21 +117,22 @@ def fit(family: ModelFamily, model: torch.nn.Module, data: Any, config: FitConfi
         raise ValueError("no training batches: fewer training chips than batch_size")
 
     saved = read_checkpoint(config, reporter)
-    if saved is not None:
-        lr, lr_curve = float(saved["lr"]), saved["lr_find"]
-    else:
-        lr, lr_curve = choose_learning_rate(family, model, config, runtime, train_loader, reporter)
+    rate = (RateChoice(float(saved["lr"]), saved["lr_how"], saved["lr_find"]) if saved is not None
+            else choose_learning_rate(family, model, config, runtime, train_loader, reporter))
+    lr = rate.lr
     stepper = make_stepper(family, model, lr, config.max_epochs * steps, config, runtime)
     if saved is not None:
         state = TrainState.resume(saved, model, stepper)
         reporter.say("info", f"resumed from the checkpoint after epoch {state.epoch}")
     else:
-        state = TrainState(monitor=config.monitor or "valid_loss", lr=lr, lr_find=lr_curve)
+        state = TrainState(monitor=config.monitor or "valid_loss", lr=lr, lr_how=rate.how, lr_find=rate.curve)
 
+    backbone_lr = backbone_learning_rate(family, model, lr, config)
     reporter.say("info", (f"Training {family.model_type.name} ({family.backbone}) for up to {config.max_epochs} "
-                          f"epochs, {steps} batches of {config.batch_size} per epoch, learning rate {lr:.4e} "
-                          f"(backbone {lr / 10:.4e}), on {runtime.describe()}"))
-    progress = Progress(reporter, config.max_epochs, steps, lr_curve is not None)
+                          f"epochs, {steps} batches of {config.batch_size} per epoch, learning rate {lr:.4e}"
+                          + (f" (backbone {backbone_lr:.4e})" if backbone_lr is not None else "")
+                          + f", on {runtime.describe()}"))
+    progress = Progress(reporter, config.max_epochs, steps, rate.curve is not None)
     writer = (CheckpointWriter(config.checkpoint_path, lambda e: reporter.emit("checkpoint", epoch=e))
               if config.checkpoint_path else None)
     try:
@@ -155,7 +162,7 @@ def fit(family: ModelFamily, model: torch.nn.Module, data: Any, config: FitConfi
         if state.best_epoch != state.epoch:
             reporter.say("info", f"Restored the best epoch ({state.best_epoch}, {state.monitor} "
                                  f"{state.best_score:.4f})")
-    return state.result()
+    return state.result(backbone_lr, describe_schedule(family, config, state, steps, backbone_lr, data))
 
 
 def end_epoch(family: ModelFamily, model: torch.nn.Module, state: TrainState, config: FitConfig,

@@ -23,6 +23,7 @@ CHECKPOINT_VERSION = 2  # bumped when the keys change: an older checkpoint is th
 class TrainState:
     monitor: str  # what early stopping and the best epoch follow
     lr: float  # the peak learning rate of the run
+    lr_how: str = ""  # how it was chosen
     lr_find: dict[str, Any] | None = None  # the LR range test's curve, when it chose `lr`
     epoch: int = 0  # epochs finished
     history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch
@@ -72,7 +73,7 @@ class TrainState:
         """The checkpoint's contents (the writer copies the tensors before training goes on)."""
         return {
             "version": CHECKPOINT_VERSION, "fingerprint": fingerprint,
-            "epoch": self.epoch, "lr": self.lr, "lr_find": self.lr_find, "monitor": self.monitor,
+            "epoch": self.epoch, "lr": self.lr, "lr_how": self.lr_how, "lr_find": self.lr_find, "monitor": self.monitor,
             "history": self.history, "batch_losses": self.batch_losses,
             "best_epoch": self.best_epoch, "best_score": self.best_score, "best_metrics": self.best_metrics,
             "best_valid_loss": self.best_valid_loss, "bad_epochs": self.bad_epochs, "stopped": self.stopped,
@@ -94,7 +95,8 @@ class TrainState:
         stepper.load_state_dict(saved["stepper"])
         set_rng_state(saved["rng"])
         return cls(
-            monitor=saved["monitor"], lr=float(saved["lr"]), lr_find=saved["lr_find"], epoch=saved["epoch"],
+            monitor=saved["monitor"], lr=float(saved["lr"]), lr_how=saved["lr_how"], lr_find=saved["lr_find"],
+            epoch=saved["epoch"],
             history=saved["history"], batch_losses=saved["batch_losses"],
             best_epoch=saved["best_epoch"], best_score=saved["best_score"], best_metrics=saved["best_metrics"],
             best_valid_loss=saved["best_valid_loss"], bad_epochs=saved["bad_epochs"], stopped=saved["stopped"],
@@ -103,9 +105,10 @@ class TrainState:
 
     # --- the run's record --------------------------------------------------------------------------
 
-    def result(self) -> FitResult:
+    def result(self, backbone_learning_rate: float | None, schedule: dict[str, Any]) -> FitResult:
         return FitResult(history=self.history, batch_losses=self.batch_losses, best_epoch=self.best_epoch,
                          best_metrics=self.best_metrics, best_valid_loss=self.best_valid_loss,
                          best_score=self.best_score, monitor=self.monitor, learning_rate=self.lr,
                          lr_find=self.lr_find, stopped_early=self.stopped, epochs_run=self.epoch,
-                         resumed_from_epoch=self.resumed_from_epoch)
+                         resumed_from_epoch=self.resumed_from_epoch, lr_how=self.lr_how,
+                         backbone_learning_rate=backbone_learning_rate, schedule=schedule)

@@ -22,10 +22,10 @@ class SingleNetworkStepper:
     """AdamW over the backbone/head groups on one one-cycle schedule, with AMP loss scaling and clipping."""
 
     def __init__(self, family: ModelFamily, model: torch.nn.Module, lr: float, total_steps: int,
-                 runtime: Runtime, clip: float) -> None:
+                 runtime: Runtime, clip: float, backbone_lr_factor: float, warmup_share: float) -> None:
         self.family, self.model, self.runtime, self.clip = family, model, runtime, clip
-        self.optimizer = make_optimizer(family, model, lr)
-        self.scheduler = one_cycle(self.optimizer, total_steps)
+        self.optimizer = make_optimizer(family, model, lr, backbone_lr_factor)
+        self.scheduler = one_cycle(self.optimizer, total_steps, warmup_share=warmup_share)
         self.scaler = runtime.grad_scaler()
 
     def step(self, batch: Any) -> torch.Tensor:
@@ -58,14 +58,15 @@ class MultiNetworkStepper:
     """The optimizers of a multi-network family (its `configure_optimizers`), each on its own one-cycle
     schedule over the whole run; the family's `training_step` does the backward passes and optimizer steps."""
 
-    def __init__(self, family: Any, model: torch.nn.Module, lr: float, total_steps: int, runtime: Runtime) -> None:
+    def __init__(self, family: Any, model: torch.nn.Module, lr: float, total_steps: int, runtime: Runtime,
+                 warmup_share: float) -> None:
         self.family, self.model, self.runtime = family, model, runtime
         self.scaler = runtime.grad_scaler()
         self.optimizers: dict[str, torch.optim.Optimizer] = dict(family.configure_optimizers(model, lr))
         if not self.optimizers:
             raise ValueError(f"{type(family).__name__}.configure_optimizers returned no optimizer")
         cycle = bool(getattr(family, "cycle_momentum", False))
-        self.schedulers = {name: one_cycle(opt, total_steps, cycle_momentum=cycle)
+        self.schedulers = {name: one_cycle(opt, total_steps, warmup_share=warmup_share, cycle_momentum=cycle)
                            for name, opt in self.optimizers.items()}
         self._parts: list[dict[str, torch.Tensor]] = []
 
@@ -116,5 +117,6 @@ Stepper = SingleNetworkStepper | MultiNetworkStepper
 def make_stepper(family: ModelFamily, model: torch.nn.Module, lr: float, total_steps: int, config: FitConfig,
                  runtime: Runtime) -> Stepper:
     if is_multi_network(family):
-        return MultiNetworkStepper(family, model, lr, total_steps, runtime)
-    return SingleNetworkStepper(family, model, lr, total_steps, runtime, clip_norm(family, config))
+        return MultiNetworkStepper(family, model, lr, total_steps, runtime, config.warmup_share)
+    return SingleNetworkStepper(family, model, lr, total_steps, runtime, clip_norm(family, config),
+                                config.backbone.lr_factor, config.warmup_share)
