@@ -115,6 +115,7 @@ def run_case(case: dict[str, Any], seed: int, overrides: dict[str, Any]) -> tupl
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--cases", help="comma-separated case names (default: all)")
     parser.add_argument("--json", help="append every run as a JSON line here")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -131,7 +132,7 @@ def main() -> int:
         case = cases[name]
         margins: list[list[float]] = []
         times = []
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             values, seconds = run_case(case, seed, overrides)
             margins.append(values)
             times.append(seconds)

@@ -9,7 +9,8 @@ lags the loss by tens of points, so its minimum sits far past the real one; a me
 over its neighbours):
 - when the loss fell clearly below the start of the sweep (by more than NOISE_MARGIN x the noise of one
   batch's loss), a tenth of the rate where the fall ended (within KNEE of the lowest loss): fastai v1's
-  "minimum / 10", robust to a noisy plateau after the minimum;
+  "minimum / 10", robust to a noisy plateau after the minimum; at most HIGHEST_CHOICE (a curve that keeps
+  falling to lr 1 says more about one step per rate than about training at it);
 - otherwise the sweep saw only noise (too few steps for this model to learn measurably): the default
   rate, or a tenth of the rate from which the loss rose for good, if that is lower.
 arcgis.learn's rule (the midpoint of the longest decreasing subsequence) picks 1e-5..1e-4 on such noisy
@@ -35,6 +36,7 @@ DIVERGED = 4.0  # stop when the smoothed loss exceeds this many times its best (
 DEFAULT_LR = 1e-3  # Adam's customary rate: when no sweep runs or the curve shows no minimum
 NOISE_MARGIN = 3.0  # a fall (or rise) counts when it exceeds this many times one batch's loss noise
 KNEE = 0.1  # the descent ends where the loss is within this share of its total fall from the minimum
+HIGHEST_CHOICE = 1e-2  # AdamW above this rarely trains these networks: a fall that ends past 0.1 is capped
 
 
 def sweep_points(planned_steps: int, share: float = BUDGET_SHARE, most: int = MOST_POINTS) -> int:
@@ -72,6 +74,9 @@ def pick_learning_rate(lrs: list[float], raw: list[float], default: float = DEFA
     drop = start - smooth[lowest]
     if drop > margin:  # the sweep learned: take the end of the descent (flat or noisy after it, or diverging)
         knee = next(i for i in range(n) if smooth[i] <= smooth[lowest] + KNEE * drop)
+        if lrs[knee] / 10 > HIGHEST_CHOICE:
+            return HIGHEST_CHOICE, (f"the loss stopped falling at {lrs[knee]:.1e}; a tenth of that, capped at "
+                                    f"{HIGHEST_CHOICE:.0e}")
         return lrs[knee] / 10, f"the loss stopped falling at {lrs[knee]:.1e}; a tenth of that"
     # Only noise: the loss rose for good (it stays above the start to the end of the sweep) from `rise` on.
     above = [v > start + margin for v in smooth]

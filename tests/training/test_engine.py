@@ -106,6 +106,9 @@ def test_lr_rule_takes_a_tenth_of_where_the_fall_ends():
     assert 5e-4 <= chosen <= 2e-3 and "stopped falling" in why  # a tenth of ~1e-2
     raw[45] = 50.0  # one wild batch in the plateau moves nothing (running median)
     assert pick_learning_rate(lrs, raw)[0] == chosen
+    still_falling = [1.0 if lr <= 1e-4 else 1.0 - 0.1 * math.log10(lr / 1e-4) for lr in lrs]  # down to lr 10
+    chosen, why = pick_learning_rate(lrs, still_falling)
+    assert chosen == 0.01 and why.endswith("capped at 1e-02")
 
 
 def test_lr_rule_on_noise_keeps_the_default_or_a_tenth_of_the_rise():
