@@ -54,7 +54,7 @@ def _failed(reporter: Reporter, code: ExitCode, text: str, details: list[str] | 
 def train_job(spec: JobSpec, reporter: Reporter) -> dict[str, Any]:
     """The work of one job; raises on failure. Returns the `result` event's fields."""
     from gpjobs.training.data import open_training_data
-    from gpjobs.training.engine import FitConfig, fit, seed_everything
+    from gpjobs.training.engine import FitConfig, backbone_policy, fit, seed_everything
     from gpjobs.training.metrics import scalar_metrics
     from gpjobs.training.models import family_for
     from gpjobs.training.package import PackageError, load_model, open_package, write_package
@@ -112,15 +112,13 @@ def train_job(spec: JobSpec, reporter: Reporter) -> dict[str, Any]:
         model = family.build()
         if package is not None:
             _load_pretrained(model, package, family, say)
-        family.freeze(model, bool(spec.freeze_model))
         if not model_type.backbones and spec.backbone_model:
             say("warning", f"{model_type.name} has fixed networks; backbone_model {spec.backbone_model} is ignored")
-        has_backbone = family.backbone_module(model) is not None  # the GANs have none to freeze
-        if spec.freeze_model and package is None and weights.outcome.startswith("none") and has_backbone:
-            say("warning", "freeze_model=true with a randomly initialised backbone keeps random features fixed; "
-                           "put ImageNet weights in the weights directory or set freeze_model=false")
-        if not spec.freeze_model and has_backbone:
-            say("info", "freeze_model=false: the whole backbone is trained")
+        pretrained = package is not None or weights.outcome.startswith("loaded")
+        backbone_plan = backbone_policy(backbone, pretrained=pretrained, freeze_model=bool(spec.freeze_model))
+        family.freeze(model, backbone_plan.frozen)
+        if family.backbone_module(model) is not None:  # the GANs have none to freeze
+            say("warning" if spec.freeze_model and not pretrained else "info", backbone_plan.reason)
 
         monitor = str(args.get("monitor") or family.default_monitor)
         config = FitConfig(
@@ -131,7 +129,7 @@ def train_job(spec: JobSpec, reporter: Reporter) -> dict[str, Any]:
             mixed_precision=bool(args["mixed_precision"]),
             num_workers=int(args["num_workers"] if args.get("num_workers") is not None else spec.num_workers),
             checkpoint_path=spec.checkpoint_path, resume=bool(spec.resume),
-            fingerprint=_fingerprint(spec, backbone))
+            fingerprint=_fingerprint(spec, backbone), backbone=backbone_plan)
         result = fit(family, model, data, config, reporter)
 
         reporter.progress(96.0, "package")
