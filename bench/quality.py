@@ -183,7 +183,7 @@ def main() -> int:
                   f"{run['epochs_run']} epochs) | peer {run['peer']} ({run['peer_wall']:.0f} s)", flush=True)
 
     print()
-    head = (f"{'row':<11} {'data':<9} {'metric':<14} {'ours mean [min..max]':<24} {'peer mean [min..max]':<24} "
+    head = (f"{'row':<16} {'data':<9} {'metric':<14} {'ours mean [min..max]':<24} {'peer mean [min..max]':<24} "
             f"{'ratio':>6} {'wall s ours/peer':>17} {'ratio':>6}  goal")
     print(head)
     print("-" * len(head))
@@ -199,7 +199,7 @@ def main() -> int:
             ratio = f"{_stats(ours)[0] / _stats(peer)[0]:>6.2f}" if _stats(peer)[0] > 0 else "     -"
             ok = _stats(ours)[0] >= _stats(peer)[0] and wall_ratio <= WALL_GOAL
             failed += not ok
-            print(f"{key:<11} {record['data']:<9} {metric:<14} {_fmt(ours):<24} {_fmt(peer):<24} {ratio} "
+            print(f"{key:<16} {record['data']:<9} {metric:<14} {_fmt(ours):<24} {_fmt(peer):<24} {ratio} "
                   f"{f'{ours_wall:.0f}/{peer_wall:.0f}':>17} {wall_ratio:>6.2f}  {'PASS' if ok else 'FAIL'}")
     print(f"\nseeds {seeds}; {'quick' if args.quick else 'full'} data; goal: ours >= peer and wall ratio <= "
           f"{WALL_GOAL}" + (f"; DIAGNOSTIC ours with {' '.join(extra)}" if extra else ""))
