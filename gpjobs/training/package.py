@@ -34,9 +34,11 @@ OLDEST_TORCH = "2.0"  # the oldest torch the PRFs are tested on (make client-too
 __all__ = ["Package", "PackageError", "open_package", "write_package", "load_model"]
 
 
-def _lr_text(lr: float) -> str:
-    # arcgis.learn writes discriminative rates this way (export-format.md §3.3)
-    return f"slice('{lr / 10:.4e}', '{lr:.4e}', None)"
+def _lr_text(lr: float, backbone_lr: float | None) -> str:
+    # arcgis.learn writes discriminative rates as a slice, one rate as a number (export-format.md §3.3)
+    if backbone_lr is None or backbone_lr == lr:
+        return f"{lr:.4e}"
+    return f"slice('{backbone_lr:.4e}', '{lr:.4e}', None)"
 
 
 def write_package(output_dir: Path, name: str, *, family: "ModelFamily", model: torch.nn.Module,
@@ -77,7 +79,7 @@ def write_package(output_dir: Path, name: str, *, family: "ModelFamily", model: 
         "ModelFile": f"{name}.pth",
         "ModelFormat": "NCHW",
         "ImageSpaceUsed": emd.get("ImageSpaceUsed") or export_emd.get("ImageSpaceUsed") or "MAP_SPACE",
-        "LearningRate": _lr_text(fit.learning_rate),
+        "LearningRate": _lr_text(fit.learning_rate, fit.backbone_learning_rate),
         "backend": "pytorch",
         "backbone": family.backbone.lower(),
         f"monitored_{fit.monitor}": fit.best_score,
@@ -97,6 +99,7 @@ def write_package(output_dir: Path, name: str, *, family: "ModelFamily", model: 
             "lr_finder": None if not fit.lr_find else {
                 "chosen": fit.lr_find["chosen"], "points": len(fit.lr_find["lrs"]),
                 "min_lr": fit.lr_find["lrs"][0], "max_lr": fit.lr_find["lrs"][-1]},
+            "schedule": fit.schedule,
         },
     })
     for key in ("MinCellSize", "MaxCellSize"):
@@ -111,7 +114,7 @@ def write_package(output_dir: Path, name: str, *, family: "ModelFamily", model: 
     model_card.write_metrics_html(
         folder / "model_metrics.html", model_name=name, model_type=family.model_type.name,
         backbone=family.backbone.lower(), learning_rate=emd["LearningRate"], metrics=fit.best_metrics,
-        history=fit.history, characteristics=chars)
+        history=fit.history, characteristics=chars, schedule=fit.schedule)
 
     dlpk = Path(output_dir) / f"{name}.dlpk"
 

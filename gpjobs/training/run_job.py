@@ -14,7 +14,7 @@ from gpjobs.catalog import ArgumentError
 from gpjobs.export import DataError
 from gpjobs.tasks.train import TrainingRequest
 from gpjobs.training.data import open_training_data
-from gpjobs.training.engine import FitConfig, NaNLossError, OutOfMemory, fit, seed_everything
+from gpjobs.training.engine import FitConfig, NaNLossError, OutOfMemory, backbone_policy, fit, seed_everything
 from gpjobs.training.events import Reporter, StopRequested
 from gpjobs.training.metrics import scalar_metrics
 from gpjobs.training.models import family_for
@@ -103,13 +103,11 @@ def train_job(spec: JobSpec, reporter: Reporter) -> dict[str, Any]:
         model = family.build()
         if package is not None:
             _load_pretrained(model, package, family, say)
-        family.freeze(model, request.freeze_model)
-        has_backbone = family.backbone_module(model) is not None  # the GANs have none to freeze
-        if request.freeze_model and package is None and weights.outcome.startswith("none") and has_backbone:
-            say("warning", "freeze_model=true with a randomly initialised backbone keeps random features fixed; "
-                           "put ImageNet weights in the weights directory or set freeze_model=false")
-        if not request.freeze_model and has_backbone:
-            say("info", "freeze_model=false: the whole backbone is trained")
+        pretrained = package is not None or weights.outcome.startswith("loaded")
+        backbone_plan = backbone_policy(backbone, pretrained=pretrained, freeze_model=request.freeze_model)
+        family.freeze(model, backbone_plan.frozen)
+        if family.backbone_module(model) is not None:  # the GANs have none to freeze
+            say("warning" if request.freeze_model and not pretrained else "info", backbone_plan.reason)
 
         # 3. fit (resumes from the job's checkpoint when there is one)
         num_workers = args["num_workers"]
@@ -119,7 +117,8 @@ def train_job(spec: JobSpec, reporter: Reporter) -> dict[str, Any]:
             patience=int(args["patience"]), min_delta=float(args["min_delta"]), seed=int(args["seed"]),
             device=runtime.device, mixed_precision=bool(args["mixed_precision"]),
             num_workers=int(runtime.loader_workers if num_workers is None else num_workers),
-            checkpoint_path=spec.checkpoint_path, resume=runtime.resume, fingerprint=_fingerprint(request))
+            checkpoint_path=spec.checkpoint_path, resume=runtime.resume, fingerprint=_fingerprint(request),
+            backbone=backbone_plan)
         result = fit(family, model, data, config, reporter)
 
         # 4. package

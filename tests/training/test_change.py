@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gpjobs.training.protocol import ExitCode
 from tests.builders.exports import write_change_detection
 from tests.training.helpers import gpjobs, make_spec, predict_json, train_and_package
 

@@ -162,8 +162,11 @@ def test_lr_finder_and_weights_outcome_reach_the_package(tmp_path):
     torch.save(torchvision.models.mobilenet_v2(weights=None).state_dict(),
                weights / TORCHVISION_WEIGHT_FILES["MOBILENET_V2"])
     folder = write_labeled_tiles(tmp_path, n=12, size=32)
+    # The range test may take 10 % of the planned steps and needs 20: plan 100 epochs of 2 steps, and stop after
+    # epoch 2 (valid_loss cannot improve by 10)
     run = train_and_package(tmp_path / "a", folder, "FEATURE_CLASSIFIER", backbone_model="MOBILENET_V2",
-                            max_epochs=1, learning_rate=None, weights_dir=str(weights), missing_weights="fail")
+                            max_epochs=100, learning_rate=None, weights_dir=str(weights), missing_weights="fail",
+                            arguments={"patience": 1, "min_delta": 10})
     emd = run.emd
     assert emd["PretrainedWeights"] == f"loaded {TORCHVISION_WEIGHT_FILES['MOBILENET_V2']}"
     finder = emd["Gpjobs"]["lr_finder"]

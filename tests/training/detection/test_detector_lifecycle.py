@@ -39,8 +39,10 @@ def test_early_stopping_on_a_detector_metric_keeps_the_best_epoch(tmp_path, voc)
 
 
 def test_lr_finder_chooses_the_detector_learning_rate(tmp_path, voc):
-    run = train_and_package(tmp_path, voc, "SSD", backbone_model="RESNET18", max_epochs=1, batch_size=2,
-                            learning_rate=0.0, freeze_model=False)
+    # The range test may take 10 % of the planned steps and needs 20: plan 67 epochs of 3 steps, and stop after
+    # epoch 2 (valid_loss cannot improve by 10)
+    run = train_and_package(tmp_path, voc, "SSD", backbone_model="RESNET18", max_epochs=67, batch_size=2,
+                            learning_rate=0.0, freeze_model=False, arguments={"patience": 1, "min_delta": 10})
     finder = run.emd["Gpjobs"]["lr_finder"]
     assert finder is not None and finder["points"] >= 10
     assert finder["min_lr"] <= run.emd["Gpjobs"]["learning_rate"] == finder["chosen"] <= finder["max_lr"]

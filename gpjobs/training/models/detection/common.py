@@ -60,7 +60,7 @@ class DetectionFamily(ModelFamily):
     inference_function = "GpjobsObjectDetector.py"
     default_monitor = "valid_loss"
     detect_thresh = 0.2  # arcgis' per-model score threshold for its AP (models.md §1C)
-    default_clip_grad_norm = 10.0  # the engine clips each step's gradient norm (see Trainer.clip_norm)
+    default_clip_grad_norm = 10.0  # the engine clips each step's gradient norm (see engine.schedule.clip_norm)
     uses_masks = False
 
     def __init__(self, *a: Any, **kw: Any) -> None:

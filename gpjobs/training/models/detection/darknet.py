@@ -26,6 +26,9 @@ class DarknetResidual(nn.Module):
         super().__init__()
         self.reduce = conv_bn(channels, channels // 2, 1)
         self.expand = conv_bn(channels // 2, channels, 3)
+        # Each block starts as the identity: a randomly initialised 53-layer body then trains like a shallow
+        # one (zero-initialised residual branches, Goyal et al. 2017); loaded weights overwrite this.
+        nn.init.zeros_(self.expand.bn.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.expand(self.reduce(x))
@@ -34,7 +37,7 @@ class DarknetResidual(nn.Module):
 BLOCKS = (1, 2, 8, 8, 4)
 
 
-def darknet53_stages(in_channels: int = 3) -> "OrderedDict[str, nn.Module]":
+def darknet53_stages(in_channels: int = 3) -> OrderedDict[str, nn.Module]:
     """Darknet-53 as five stages (64, 128, 256, 512, 1024 channels at strides 2, 4, 8, 16, 32)."""
     stages: OrderedDict[str, nn.Module] = OrderedDict()
     channels = 32
@@ -45,7 +48,6 @@ def darknet53_stages(in_channels: int = 3) -> "OrderedDict[str, nn.Module]":
         layers += [DarknetResidual(channels) for _ in range(n_blocks)]
         stages[f"stage{i + 1}"] = nn.Sequential(*layers)
     return stages
-
 
 
 def darknet53_features(in_channels: int = 3, *, weights=None, say=None):
