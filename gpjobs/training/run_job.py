@@ -110,8 +110,9 @@ def train_job(spec: JobSpec, reporter: Reporter) -> dict[str, Any]:
         family = family_for(model_type.name)(model_type, info, backbone, args, weights, say)
         family.attach_data(data)
         model = family.build()
-        if package is not None:
-            _load_pretrained(model, package, family, say)
+        from gpjobs.training.pretrained import start_from_pretrained
+
+        start_from_pretrained(model, family, package, weights, say)  # package weights, or COCO ones that fit
         family.freeze(model, bool(spec.freeze_model))
         if not model_type.backbones and spec.backbone_model:
             say("warning", f"{model_type.name} has fixed networks; backbone_model {spec.backbone_model} is ignored")
@@ -153,21 +154,6 @@ def _fingerprint(spec: JobSpec, backbone: str) -> dict[str, Any]:
             "validation_percent", "pretrained_model", "stop_training", "freeze_model")
     data = asdict(spec)
     return {**{k: data[k] for k in keep}, "backbone": backbone}
-
-
-def _load_pretrained(model: torch.nn.Module, package, family, say) -> None:
-    """Start from the package's weights; a head whose class count differs starts fresh (and we say so)."""
-    state = torch.load(package.weights_path, map_location="cpu", weights_only=True)
-    own = model.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    skipped = sorted(set(own) - set(usable))
-    model.load_state_dict(usable, strict=False)
-    old = [c.get("Value") for c in package.emd.get("Classes", [])]
-    new = [c.value for c in family.info.classes]
-    if old != new:
-        say("warning", f"the pretrained model's classes {old} differ from the data's {new}; "
-                       f"layers whose shape depends on the classes start fresh ({len(skipped)} tensors)")
-    say("info", f"Fine-tuning from {package.emd_path.name}: {len(usable)} of {len(own)} weight tensors loaded")
 
 
 def _show_batch(data) -> Any:
