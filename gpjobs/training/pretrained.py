@@ -98,8 +98,12 @@ def load_package_weights(model: nn.Module, family: Any, package: Package, say: S
     """Map a pretrained_model package onto `model` and load it; the report says what loaded where."""
     if not package.weights_path.is_file():
         raise PackageError(f"{package.emd_path.name}: ModelFile {package.weights_path.name} is missing")
-    source = read_state_dict(package.weights_path)
     name = Path(package.weights_path).name
+    if package.backbone and package.backbone != str(family.backbone).upper():
+        # deeper ResNets share their first blocks' shapes with shallower ones: names alone would "fit"
+        raise PackageError(f"pretrained_model {name} was trained with backbone {package.backbone}; this job builds "
+                           f"{family.backbone}. Use backbone_model {package.backbone}.")
+    source = read_state_dict(package.weights_path)
     if package.emd.get("Gpjobs"):
         mapped = _same_names(source, model)
         report = _load(model, family, mapped, f"{package.emd_path.stem} (gpjobs package)")
@@ -198,13 +202,11 @@ def best_backbone_mapping(source: State, backbone: FeatureBackbone) -> tuple[Sta
     """The backbone tensors found in `source` under the prefix and layout that give the most same-shape matches:
     (our backbone key -> tensor, layout description, source prefix)."""
     own = backbone.state_dict()
-    deepest = _deepest_weight(own)
+    anchors = [k for k, v in own.items() if k.endswith(".weight") and v.dim() == 4]  # every conv
     best: tuple[State, str, str] = ({}, "no backbone found", "")
     for layout, translate in _layouts(backbone).items():
-        anchor = translate(backbone.source_names.get(deepest, deepest))
-        if anchor is None:
-            continue
-        for prefix in _prefixes(source, anchor):
+        names = [translate(backbone.source_names.get(k, k)) for k in anchors]
+        for prefix in _prefixes(source, [n for n in names if n is not None]):
             found: State = {}
             for ours, theirs in backbone.source_names.items():
                 name = translate(theirs)
@@ -239,15 +241,13 @@ def _layouts(backbone: FeatureBackbone) -> dict[str, Callable[[str], str | None]
     return layouts
 
 
-def _prefixes(source: State, anchor: str) -> list[str]:
-    """Every prefix P (empty or ending with '.') such that P + anchor is a key of `source`."""
-    return sorted({k[: -len(anchor)] for k in source
-                   if k.endswith(anchor) and (len(k) == len(anchor) or k[-len(anchor) - 1] == ".")})
-
-
-def _deepest_weight(own: State) -> str:
-    weights = [k for k, v in own.items() if k.endswith(".weight") and v.dim() == 4]
-    return weights[-1] if weights else next(iter(own))
+def _prefixes(source: State, anchors: list[str]) -> list[str]:
+    """Every prefix P (empty or ending with '.') such that P + an anchor is a key of `source`."""
+    found = set()
+    for anchor in anchors:
+        found |= {k[: -len(anchor)] for k in source
+                  if k.endswith(anchor) and (len(k) == len(anchor) or k[-len(anchor) - 1] == ".")}
+    return sorted(found)
 
 
 def _fits(tensor: torch.Tensor, target: torch.Tensor, first_conv: bool) -> bool:

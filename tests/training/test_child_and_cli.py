@@ -120,11 +120,12 @@ def test_fine_tuning_starts_from_the_package(tmp_path):
     assert code == ExitCode.OK
     texts = " ".join(e.get("text", "") for e in tuned.events if e["type"] == "message")
     assert "using it instead of RESNET34" in texts
-    loaded = [t for t in texts.split("Fine-tuning from ")[1:]][0]
-    total = loaded.split(" of ")[1].split()[0]
-    assert loaded.split(": ")[1].startswith(f"{total} of {total}")  # every tensor came from the package
+    loaded = texts.split("Fine-tuning from model (gpjobs package): ")[1].split(" weight tensors loaded")[0]
+    counts = [part.split()[1].split("/") for part in loaded.split(", ")]
+    assert counts and all(a == b for a, b in counts), loaded  # every tensor came from the package
     emd = result_of(tuned)["emd"]
-    assert emd["PretrainedWeights"] == "none: fine-tuning from model.dlpk" and emd["backbone"] == "resnet18"
+    assert emd["PretrainedWeights"] == f"fine-tuned from model (gpjobs package): {loaded} tensors"
+    assert emd["backbone"] == "resnet18"
     # starting from trained weights, the first epoch beats the first epoch from scratch
     assert epochs_of(tuned)[0]["valid_loss"] < epochs_of(first)[0]["valid_loss"]
     other = write_labeled_tiles(tmp_path, n=8, size=32)
