@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("serve", "train", "inspect", "predict", "token", "migrate", "backup", "check", "cert")
+COMMANDS = ("serve", "train", "inspect", "predict", "token", "migrate", "backup", "check", "cert", "weights")
 
 
 def build_parser() -> argparse.ArgumentParser:
