@@ -15,7 +15,8 @@ Packages
     - torchvision's own names (FasterRCNN/MaskRCNN `backbone.body.`, DeepLab-ResNet101 `backbone.`).
   The layout and prefix that read the most backbone tensors win. Heads load where the architectures match:
   FEATURE_CLASSIFIER (fastai `create_head` = our head), UNET (fastai DynamicUnet = our decoder), DEEPLAB
-  (torchvision DeepLabHead and FCN aux head), PSPNET (pyramid pooling and final conv), FASTERRCNN / MASKRCNN
+  (torchvision DeepLabHead and FCN aux head), PSPNET (pyramid pooling, and without use_unet the final convs where
+  their widths agree, e.g. ResNet-50), FASTERRCNN / MASKRCNN
   (torchvision FPN, RPN and RoI heads). SSD, RetinaNet and YOLOv3 heads differ from ours and start fresh.
 - A first convolution saved for 3 bands is spread over the data's bands (as for ImageNet weights).
 
@@ -48,9 +49,9 @@ State = dict[str, torch.Tensor]
 _FASTAI_CLASSIFIER_HEAD = {"1.2.": "head.1.", "1.4.": "head.3.", "1.6.": "head.5.", "1.8.": "head.7."}
 _DEEPLAB_HEAD = {"classifier.": "head.", "aux_classifier.0.": "aux.0.0.", "aux_classifier.1.": "aux.0.1.",
                  "aux_classifier.4.": "aux.2."}
+# (arcgis.learn's U-Net PSPNet follows the pyramid with a biased conv and no BatchNorm: only the pyramid maps)
 _PSPNET_HEAD = {"ppm.features.": "context.branches.", "final.0.": "context.fuse.0.", "final.1.": "context.fuse.1.",
-                "final.4.": "head.1.", "model.layers.0.8.features.": "context.branches.",
-                "model.layers.0.9.": "context.fuse.0."}
+                "final.4.": "head.1.", "model.layers.0.8.features.": "context.branches."}
 _RCNN_HEAD = {"backbone.fpn.": "net.backbone.fpn.", "rpn.": "net.rpn.", "roi_heads.": "net.roi_heads."}
 _RETINANET_HEAD = {"backbone.fpn.": "net.backbone.fpn.", "head.": "net.head."}
 HEAD_RULES: dict[str, dict[str, str]] = {

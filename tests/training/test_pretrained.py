@@ -292,3 +292,25 @@ def test_job_fine_tunes_an_arcgis_learn_classifier_package(tmp_path):
     failed = [e for e in reporter.events if e["type"] == "failed"]
     assert int(code) == 2 and failed and "allow_partial_pretrained=true" in failed[0]["text"]
     assert not [e for e in reporter.events if e["type"] == "epoch"]  # stopped before any training
+
+
+def test_pspnet_pyramid_and_final_convs_from_arcgis_layout(tmp_path):
+    body = create_body("resnet50")
+    ppm = nn.ModuleList(nn.Sequential(nn.AdaptiveAvgPool2d(s), nn.Conv2d(2048, 512, 1, bias=False),
+                                      nn.BatchNorm2d(512), nn.ReLU()) for s in (1, 2, 3, 6))
+    final = nn.Sequential(nn.Conv2d(4096, 512, 3, padding=1, bias=False), nn.BatchNorm2d(512), nn.ReLU(),
+                          nn.Dropout(0.1), nn.Conv2d(512, 3, 1))
+    state = {**{f"backbone.{k}": v for k, v in body.state_dict().items()},
+             **{f"ppm.features.{k}": v for k, v in randomize(ppm).state_dict().items()},
+             **{f"final.{k}": v for k, v in randomize(final).state_dict().items()},
+             "aux_logits.weight": torch.zeros(3, 1024, 1, 1), "aux_logits.bias": torch.zeros(3)}
+    package = esri_package(tmp_path / "psp", "PSPNetClassifier", state, backbone="resnet50")
+    family = make_family("PSPNET", "RESNET50", args={"use_unet": False})
+    model = family.build()
+    with open_package(package) as pkg:
+        report = load_package_weights(model, family, pkg, lambda *_: None)
+    assert report.backbone_complete and report.loaded["context"] == report.total["context"] == 4 * 5 + 5
+    assert report.loaded["head"] == report.total["head"] == 2 and "aux" not in report.loaded
+    own = model.state_dict()
+    assert torch.equal(own["context.branches.3.1.weight"], state["ppm.features.3.1.weight"])
+    assert torch.equal(own["head.1.weight"], state["final.4.weight"])

@@ -195,6 +195,8 @@ class PSPNetFamily(SegmentationFamily):
         if not use_unet or self.args.get("unet_aux_loss"):
             aux = FCNHead(backbone.out_channels[-2], self.num_outputs)
         if use_unet:
+            self.say("info", "PSPNET: pyramid pooling, then gpjobs' light U-Net decoder (arcgis.learn uses fastai's "
+                             "DynamicUnet here)")
             head: nn.Module = UnetDecoder(backbone.out_channels, self.num_outputs, context.out_channels)
         else:
             head = nn.Sequential(nn.Dropout(0.1), nn.Conv2d(context.out_channels, self.num_outputs, 1))
