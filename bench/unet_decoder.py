@@ -1,13 +1,13 @@
 """Benchmark: UNET with gpjobs' light U-Net decoder vs fastai's DynamicUnet (arcgis.learn's UnetClassifier
 decoder), trained side by side on the same real chips with the same seeds.
 
-    PYTHONPATH=. .venv/bin/python bench/unet_decoder.py [--samples ../shared/samples] [--size 112] [--epochs 10]
+    PYTHONPATH=. .venv/bin/python bench/unet_decoder.py [--samples ../shared/samples] [--size 64] [--window 224] [--epochs 12]
         [--seeds 0 1 2] [--backbone RESNET18] [--weights-dir DIR --freeze]
 
 The chips are the real palm-pascal-voc sample (150 RGB JPEG chips of 448 px, ArcGIS Pro 2.1 export) turned into
-a Classified_Tiles export: each chip resized to --size, each palm box rasterised as the ellipse inscribed in it
-(class 1 "Palm", the rest NoData). Prints validation mIoU / accuracy / loss per run, the means, and the ratio
-DynamicUnet / gpjobs decoder.
+a Classified_Tiles export: each palm box rasterised as the ellipse inscribed in it (class 1 "Palm", the rest
+NoData), of each chip the --window px square with the most palm, resized to --size. Prints validation
+mIoU / accuracy / loss per run, the means, and the ratio DynamicUnet / gpjobs decoder.
 """
 
 from __future__ import annotations
@@ -24,11 +24,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from gpjobs.export import read_label_raster  # noqa: E402
 from tests.builders.exports import write_image, write_label_raster, write_metadata  # noqa: E402
 
 
-def palm_classified_tiles(samples: Path, out: Path, size: int) -> Path:
-    """The palm chips as a Classified_Tiles export of `size` px chips."""
+def palm_classified_tiles(samples: Path, out: Path, size: int, window: int = 448) -> Path:
+    """The palm chips as a Classified_Tiles export of `size` px chips: of each 448-px chip, the `window`-px square
+    (on a grid of half-window steps) that holds the most palm pixels."""
     from PIL import Image
 
     source = samples / "palm-pascal-voc"
@@ -41,14 +43,19 @@ def palm_classified_tiles(samples: Path, out: Path, size: int) -> Path:
         if not chip.is_file():
             continue
         image = Image.open(chip).convert("RGB")
-        scale = size / image.width
-        array = np.asarray(image.resize((size, size), Image.BILINEAR))
-        mask = np.zeros((size, size), np.int64)
-        yy, xx = np.mgrid[0:size, 0:size] + 0.5
+        full = np.zeros((image.height, image.width), np.int64)
+        yy, xx = np.mgrid[0:image.height, 0:image.width] + 0.5
         for box in ET.parse(label).getroot().iter("bndbox"):
-            x0, y0, x1, y1 = (float(box.find(k).text) * scale for k in ("xmin", "ymin", "xmax", "ymax"))
+            x0, y0, x1, y1 = (float(box.find(k).text) for k in ("xmin", "ymin", "xmax", "ymax"))
             cx, cy, rx, ry = (x0 + x1) / 2, (y0 + y1) / 2, max((x1 - x0) / 2, 0.5), max((y1 - y0) / 2, 0.5)
-            mask[((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1.0] = 1
+            full[((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1.0] = 1
+        steps = range(0, image.width - window + 1, max(1, window // 2))
+        top, left = max(((t, x) for t in steps for x in steps),
+                        key=lambda tx: full[tx[0]:tx[0] + window, tx[1]:tx[1] + window].sum())
+        crop = image.crop((left, top, left + window, top + window))
+        array = np.asarray(crop.resize((size, size), Image.BILINEAR))
+        mask = np.asarray(Image.fromarray(full[top:top + window, left:left + window].astype(np.uint8))
+                          .resize((size, size), Image.NEAREST)).astype(np.int64)
         write_image(folder / f"images/{label.stem}.tif", array)
         write_label_raster(folder / f"labels/{label.stem}.tif", mask)
         rows.append([f"images/{label.stem}.tif", f"labels/{label.stem}.tif"])
@@ -91,8 +98,9 @@ def run(folder: Path, work: Path, decoder: str, seed: int, args: argparse.Namesp
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", default=str(REPO.parent / "shared" / "samples"))
-    parser.add_argument("--size", type=int, default=112)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--window", type=int, default=224, help="source pixels per chip (448: the whole chip)")
+    parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--backbone", default="RESNET18")
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -103,7 +111,9 @@ def main() -> None:
     if not (samples / "palm-pascal-voc").is_dir():
         sys.exit(f"no palm-pascal-voc sample under {samples}")
     with tempfile.TemporaryDirectory() as tmp:
-        folder = palm_classified_tiles(samples, Path(tmp), args.size)
+        folder = palm_classified_tiles(samples, Path(tmp), args.size, args.window)
+        share = np.mean([read_label_raster(p).mean() for p in sorted((folder / "labels").glob("*.tif"))])
+        print(f"{len(list((folder / 'labels').glob('*.tif')))} chips of {args.size} px, palm pixels {share:.1%}")
         results: dict[str, list[dict]] = {"gpjobs": [], "dynamic_unet": []}
         for seed in args.seeds:
             for decoder in results:  # interleaved, so machine load drifts hit both alike
