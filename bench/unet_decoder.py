@@ -1,8 +1,8 @@
 """Benchmark: UNET with gpjobs' light U-Net decoder vs fastai's DynamicUnet (arcgis.learn's UnetClassifier
 decoder), trained side by side on the same real chips with the same seeds.
 
-    PYTHONPATH=. .venv/bin/python bench/unet_decoder.py [--samples ../shared/samples] [--size 64] [--window 224] [--epochs 12]
-        [--seeds 0 1 2] [--backbone RESNET18] [--weights-dir DIR --freeze]
+    PYTHONPATH=. .venv/bin/python bench/unet_decoder.py [--samples ../shared/samples] [--size 64] [--window 224]
+        [--epochs 12] [--seeds 0 1 2] [--backbone RESNET18] [--weights-dir DIR --freeze]
 
 The chips are the real palm-pascal-voc sample (150 RGB JPEG chips of 448 px, ArcGIS Pro 2.1 export) turned into
 a Classified_Tiles export: each palm box rasterised as the ellipse inscribed in it (class 1 "Palm", the rest
