@@ -317,3 +317,26 @@ def test_pspnet_pyramid_and_final_convs_from_arcgis_layout(tmp_path):
     own = model.state_dict()
     assert torch.equal(own["context.branches.3.1.weight"], state["ppm.features.3.1.weight"])
     assert torch.equal(own["head.1.weight"], state["final.4.weight"])
+
+
+@pytest.mark.slow
+def test_deeplab_job_starts_from_installed_coco_weights(tmp_path):
+    from tests.builders.exports import write_classified_tiles
+    from tests.training.helpers import make_spec, result_of, train
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    coco = torchvision.models.segmentation.deeplabv3_resnet50(weights=None, weights_backbone=None, aux_loss=True)
+    name = TORCHVISION_COCO_WEIGHT_FILES[("DEEPLAB", "RESNET50")]
+    torch.save(coco.state_dict(), weights / name)
+    folder = write_classified_tiles(tmp_path, n=8, size=32)
+    spec = make_spec(tmp_path / "job", [folder], "DEEPLAB", backbone_model="RESNET50", max_epochs=1,
+                     weights_dir=str(weights), missing_weights="fail")
+    code, reporter = train(spec)
+    outcome = result_of(reporter)["emd"]["PretrainedWeights"]
+    # torchvision's 21-class outputs start fresh for NoData + 2 classes: 2 tensors in the head, 2 in the aux head
+    assert outcome == (f"loaded {name} (COCO: backbone 265/265, aux 5/7, head 35/37 tensors; 4 class-dependent "
+                       "tensors re-initialised for 2 classes)"), outcome
+    texts = [e["text"] for e in reporter.events if e["type"] == "message"]
+    assert any(t == f"Pretrained weights: {outcome}" for t in texts)
+    assert any("RESNET50 dilated to output stride 16" in t for t in texts)
