@@ -14,7 +14,8 @@ Packages
       children of torchvision's `features`;
     - torchvision's own names (FasterRCNN/MaskRCNN `backbone.body.`, DeepLab-ResNet101 `backbone.`).
   The layout and prefix that read the most backbone tensors win. Heads load where the architectures match:
-  FEATURE_CLASSIFIER (fastai `create_head` = our head), UNET (fastai DynamicUnet = our decoder), DEEPLAB
+  FEATURE_CLASSIFIER (fastai `create_head` = our head), a DynamicUnet decoder (decoders.DynamicUnetDecoder;
+  UNET itself uses our lighter decoder, so an arcgis.learn U-Net lends its backbone only), DEEPLAB
   (torchvision DeepLabHead and FCN aux head), PSPNET (pyramid pooling, and without use_unet the final convs where
   their widths agree, e.g. ResNet-50), FASTERRCNN / MASKRCNN
   (torchvision FPN, RPN and RoI heads). SSD, RetinaNet and YOLOv3 heads differ from ours and start fresh.

@@ -22,6 +22,7 @@ from gpjobs.catalog import TORCHVISION_COCO_WEIGHT_FILES, lookup_model_type, par
 from gpjobs.export import ClassInfo
 from gpjobs.training.backbones import build_backbone
 from gpjobs.training.models import family_for
+from gpjobs.training.models.decoders import DynamicUnetDecoder, SegmentationNet
 from gpjobs.training.package import PackageError, open_package
 from gpjobs.training.pretrained import best_backbone_mapping, load_coco_weights, load_package_weights, read_state_dict
 from gpjobs.training.weights import WeightsMissing, WeightsPolicy
@@ -127,7 +128,8 @@ def test_unet_from_fastai_dynamic_unet_backbone_and_decoder(tmp_path):
     state = {**{f"layers.0.{k}": v for k, v in body.state_dict().items()}, **decoder}
     package = esri_package(tmp_path / "unet", "UnetClassifier", state, with_optimizer=False)
     family = make_family("UNET", "RESNET18")
-    model = family.build()
+    backbone = build_backbone("RESNET18", 3)  # UNET over fastai's decoder (what bench/unet_decoder.py trains)
+    model = SegmentationNet(backbone, DynamicUnetDecoder(backbone.out_channels, backbone.strides, 3, 3))
     with open_package(package) as pkg:
         report = load_package_weights(model, family, pkg, lambda *_: None)
     assert report.backbone_complete and report.loaded["head"] == report.total["head"] == len(decoder)

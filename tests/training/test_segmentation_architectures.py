@@ -1,4 +1,4 @@
-"""DEEPLAB / PSPNET on dilated backbones (output stride 16, keep_dilation 8) and UNET's fastai DynamicUnet."""
+"""DEEPLAB / PSPNET on dilated backbones (output stride 16, keep_dilation 8) and fastai's DynamicUnet decoder."""
 
 from __future__ import annotations
 
@@ -38,17 +38,22 @@ def test_pspnet_keep_dilation(keep, stride):
     assert model.eval()(torch.randn(1, 3, 40, 40)).shape == (1, 3, 40, 40)
 
 
-def test_unet_is_fastai_dynamic_unet_and_learns_a_step():
+def test_fastai_dynamic_unet_decoder_learns_a_step():
+    from gpjobs.training.backbones import build_backbone
+    from gpjobs.training.models.decoders import SegmentationNet
+
     messages: list = []
     family = make_family("UNET", "RESNET18", messages=messages)
-    model = family.build()
-    assert isinstance(model.head, DynamicUnetDecoder)
+    assert not isinstance(family.build().head, DynamicUnetDecoder)  # UNET keeps our decoder (see segmentation.py)
+    assert any("gpjobs' light U-Net decoder" in text for _, text in messages)
+    torch.manual_seed(0)  # the same initial weights whichever tests ran before
+    backbone = build_backbone("RESNET18", 3)
+    model = SegmentationNet(backbone, DynamicUnetDecoder(backbone.out_channels, backbone.strides, 3, 3))
     assert [i for i, _ in model.head.fastai_layers()] == [1, 3, 4, 5, 6, 7, 8, 10, 11]
-    assert any("fastai DynamicUnet decoder" in text for _, text in messages)
     images, masks = torch.randn(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32))
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
     losses = []
-    for _ in range(3):
+    for _ in range(5):
         loss = family.training_loss(model.train(), (images, masks), torch.device("cpu"))
         optimizer.zero_grad()
         loss.backward()

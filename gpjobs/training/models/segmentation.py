@@ -1,8 +1,10 @@
 """Pixel classification: UNET, PSPNET and DEEPLAB on Classified_Tiles (model index 0 = NoData).
 
 How the networks compare with arcgis.learn's and the papers' (also said in each job's messages):
-- UNET is fastai's DynamicUnet as arcgis.learn's UnetClassifier builds it (decoders.DynamicUnetDecoder), so an
-  arcgis.learn U-Net package fine-tunes with its decoder too.
+- UNET is our light U-Net decoder (decoders.UnetDecoder), not fastai's DynamicUnet that arcgis.learn's
+  UnetClassifier trains: side by side on real chips (bench/unet_decoder.py) DynamicUnet reached a lower mIoU
+  (ratio 0.91 over two seeds) at 3.1x the cost of a training step, so an arcgis.learn U-Net package fine-tunes
+  its backbone only (decoders.DynamicUnetDecoder keeps fastai's layout for that comparison).
 - DEEPLAB is DeepLabV3 (torchvision's ASPP head and an FCN auxiliary head on the stride-16 tap, loss weight 0.4)
   on a dilated backbone of output stride 16 with ASPP rates 6/12/18, the DeepLabV3 paper's training setting and
   arcgis.learn's for PointRend models; keep_dilation=true gives output stride 8 with rates 12/24/36, what
@@ -26,7 +28,7 @@ from gpjobs.training.backbones import build_backbone
 from gpjobs.training.losses import SegmentationLoss, mixup
 from gpjobs.training.metrics import Confusion, segmentation_metrics
 from gpjobs.training.models.base import ModelFamily
-from gpjobs.training.models.decoders import DynamicUnetDecoder, FCNHead, PyramidPooling, SegmentationNet, UnetDecoder
+from gpjobs.training.models.decoders import FCNHead, PyramidPooling, SegmentationNet, UnetDecoder
 
 AUX_WEIGHT = 0.4  # arcgis.learn PSPNet/DeepLab auxiliary loss weight (models.md §2.8)
 
@@ -176,9 +178,9 @@ class UnetFamily(SegmentationFamily):
 
     def build(self) -> nn.Module:
         backbone = self._backbone()
-        head = DynamicUnetDecoder(backbone.out_channels, backbone.strides, self.num_outputs, self.in_channels)
-        self.say("info", "UNET: fastai DynamicUnet decoder over the backbone, as arcgis.learn's UnetClassifier")
-        return SegmentationNet(backbone, head)
+        self.say("info", "UNET: gpjobs' light U-Net decoder over the backbone (arcgis.learn trains fastai's "
+                         "DynamicUnet; ours scored a higher mIoU side by side)")
+        return SegmentationNet(backbone, UnetDecoder(backbone.out_channels, self.num_outputs))
 
 
 class PSPNetFamily(SegmentationFamily):
