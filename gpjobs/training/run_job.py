@@ -19,6 +19,7 @@ from gpjobs.training.events import Reporter, StopRequested
 from gpjobs.training.metrics import scalar_metrics
 from gpjobs.training.models import family_for
 from gpjobs.training.package import PackageError, open_package, write_package
+from gpjobs.training.pretrained import start_from_pretrained
 from gpjobs.training.protocol import ExitCode, JobSpec
 from gpjobs.training.weights import WeightsMissing, WeightsPolicy
 
@@ -101,8 +102,7 @@ def train_job(spec: JobSpec, reporter: Reporter) -> dict[str, Any]:
         family = family_for(model_type)(model_type, info, backbone, args, weights, say)
         family.attach_data(data)
         model = family.build()
-        if package is not None:
-            _load_pretrained(model, package, family, say)
+        start_from_pretrained(model, family, package, weights, say)  # package weights, or COCO ones that fit
         pretrained = package is not None or weights.outcome.startswith("loaded")
         backbone_plan = backbone_policy(backbone, pretrained=pretrained, freeze_model=request.freeze_model)
         family.freeze(model, backbone_plan.frozen)
@@ -159,21 +159,6 @@ def _fingerprint(request: TrainingRequest) -> dict[str, Any]:
             "pretrained_model": request.pretrained.path if request.pretrained else None,
             "stop_training": request.stop_training, "freeze_model": request.freeze_model,
             "backbone": request.backbone}
-
-
-def _load_pretrained(model: torch.nn.Module, package, family, say) -> None:
-    """Start from the package's weights; a head whose class count differs starts fresh (and we say so)."""
-    state = torch.load(package.weights_path, map_location="cpu", weights_only=True)
-    own = model.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    skipped = sorted(set(own) - set(usable))
-    model.load_state_dict(usable, strict=False)
-    old = [c.get("Value") for c in package.emd.get("Classes", [])]
-    new = [c.value for c in family.info.classes]
-    if old != new:
-        say("warning", f"the pretrained model's classes {old} differ from the data's {new}; "
-                       f"layers whose shape depends on the classes start fresh ({len(skipped)} tensors)")
-    say("info", f"Fine-tuning from {package.emd_path.name}: {len(usable)} of {len(own)} weight tensors loaded")
 
 
 def _show_batch(data) -> Any:

@@ -119,10 +119,10 @@ def test_fine_tuning_starts_from_the_package(tmp_path):
                               pretrained_model=package)
     texts = " ".join(tuned.messages)
     assert "using it instead of RESNET34" in texts
-    loaded = [t for t in texts.split("Fine-tuning from ")[1:]][0]
-    total = loaded.split(" of ")[1].split()[0]
-    assert loaded.split(": ")[1].startswith(f"{total} of {total}")  # every tensor came from the package
-    assert tuned.emd["PretrainedWeights"] == "none: fine-tuning from model.dlpk"
+    loaded = texts.split("Fine-tuning from model (gpjobs package): ")[1].split(" weight tensors loaded")[0]
+    counts = [part.split()[1].split("/") for part in loaded.split(", ")]
+    assert counts and all(a == b for a, b in counts), loaded  # every tensor came from the package
+    assert tuned.emd["PretrainedWeights"] == f"fine-tuned from model (gpjobs package): {loaded} tensors"
     assert tuned.emd["backbone"] == "resnet18"
     # starting from trained weights, the first epoch beats the first epoch from scratch
     assert tuned.epochs[0]["valid_loss"] < first.epochs[0]["valid_loss"]

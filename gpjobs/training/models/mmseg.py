@@ -6,10 +6,13 @@ over a torchvision backbone (`backbone_model`, default resnet50 as in the mmseg 
 
   unet           U-Net decoder over the backbone (mmseg's UNet has its own encoder; ours is the backbone)
   pspnet         pyramid pooling (1, 2, 3, 6) head + auxiliary FCN head (weight 0.4), no U-Net decoder
-  deeplabv3      ASPP head + auxiliary FCN head
-  deeplabv3plus  ASPP (rates 6/12/18 on the undilated stride-32 map) + low-level (stride 4) decoder + aux
+  deeplabv3      ASPP head (rates 6/12/18) + auxiliary FCN head
+  deeplabv3plus  ASPP (rates 6/12/18) + low-level (stride 4) decoder + aux
   fcn            FCN head on the deepest map + auxiliary FCN head
   mobilenet_v2   deeplabv3 on a MobileNetV2 backbone (mmseg's m-v2 configs)
+
+All but unet run on the backbone dilated to output stride 16 (mmseg's `-d8` configs use 8: a simplification
+that quarters the cost of the deep layers).
 
 Any other name (or a config path) is refused at submit time by the catalog, which lists these.
 Training, losses (class_balancing, ignore_classes, ...), metrics and predictions are the segmentation family's.
@@ -65,7 +68,7 @@ class MMSegmentationFamily(SegmentationFamily):
             self.say("warning", "model_weight: OpenMMLab checkpoints are not available on this server; the "
                                 "backbone starts from the weights directory (or random) instead")
         name = self.model_name
-        backbone = self._backbone()
+        backbone = self._backbone(32 if name == "unet" else 16)
         channels = backbone.out_channels
         aux = FCNHead(channels[-2], self.num_outputs)
         if name == "unet":
@@ -75,7 +78,8 @@ class MMSegmentationFamily(SegmentationFamily):
             head = nn.Sequential(nn.Dropout(0.1), nn.Conv2d(context.out_channels, self.num_outputs, 1))
             return SegmentationNet(backbone, head, context=context, aux=aux, unet=False)
         if name in ("deeplabv3", "mobilenet_v2"):
-            return SegmentationNet(backbone, DeepLabHead(channels[-1], self.num_outputs), aux=aux, unet=False)
+            head = DeepLabHead(channels[-1], self.num_outputs, atrous_rates=(6, 12, 18))
+            return SegmentationNet(backbone, head, aux=aux, unet=False)
         if name == "deeplabv3plus":
             return SegmentationNet(backbone, DeepLabV3PlusHead(channels, self.num_outputs), aux=aux, unet=True)
         if name == "fcn":

@@ -72,12 +72,13 @@ def test_fine_tuning_from_a_detector_dlpk_via_gpjobs_train(tmp_path, voc):
                  str(out), "--json")
     assert run.returncode == 0, run.stderr[-3000:]
     assert "using it instead of RESNET34" in run.stderr
-    loaded = run.stderr.split("Fine-tuning from ")[1].split("\n")[0]
-    total = loaded.split(" of ")[1].split()[0]
-    assert loaded.split(": ")[1].startswith(f"{total} of {total}")  # every tensor, anchors included
+    loaded = run.stderr.split("Fine-tuning from model (gpjobs package): ")[1].split(" weight tensors loaded")[0]
+    counts = [part.split()[1].split("/") for part in loaded.split(", ")]
+    assert counts and all(a == b for a, b in counts), loaded  # every tensor, anchors included
     with zipfile.ZipFile(out) as zf:
         emd = json.loads(zf.read("tuned.emd"))
-    assert emd["PretrainedWeights"] == "none: fine-tuning from model.dlpk" and emd["backbone"] == "resnet18"
+    assert emd["PretrainedWeights"] == f"fine-tuned from model (gpjobs package): {loaded} tensors"
+    assert emd["backbone"] == "resnet18"
     assert emd["Grids"] == first.emd["Grids"]
     # a detector package cannot fine-tune another model type
     wrong = gpjobs("train", "--in-folder", str(voc), "--model-type", "RETINANET", "--pretrained-model", package,

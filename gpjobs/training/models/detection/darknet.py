@@ -56,7 +56,7 @@ def darknet53_features(in_channels: int = 3, *, weights=None, say=None):
     Local `darknet53.pth` weights (a state dict of this 3-band module) load through the WeightsPolicy; for
     another band count the first conv is then rebuilt from the RGB filters, as for torchvision backbones.
     """
-    from gpjobs.training.backbones import FeatureBackbone, _adapt_conv
+    from gpjobs.training.feature_backbone import FeatureBackbone, adapt_first_conv
 
     stages = darknet53_stages(3)
     pretrained = False
@@ -64,7 +64,7 @@ def darknet53_features(in_channels: int = 3, *, weights=None, say=None):
         probe = nn.ModuleDict(stages)  # same key names as the stages of the FeatureBackbone
         pretrained = weights.load_into("DARKNET53", _StagesModule(probe), say)
     stem = stages["stage1"][0]
-    stem.conv, adapted = _adapt_conv(stem.conv, in_channels, pretrained)
+    stem.conv, adapted = adapt_first_conv(stem.conv, in_channels, pretrained)
     if adapted and say is not None:
         say("info", f"DARKNET53: first convolution rebuilt for {in_channels} bands")
     return FeatureBackbone("DARKNET53", stages, in_channels, "stages.stage1.0.conv", adapted)
