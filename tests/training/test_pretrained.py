@@ -277,7 +277,7 @@ def test_coco_file_for_another_model_type_fails_a_fail_policy(tmp_path):
 @pytest.mark.slow
 def test_job_fine_tunes_an_arcgis_learn_classifier_package(tmp_path):
     from tests.builders.exports import write_labeled_tiles
-    from tests.training.helpers import make_spec, result_of, train
+    from tests.training.helpers import emd_of, make_spec, result_of, train
 
     folder = write_labeled_tiles(tmp_path, n=8, size=32)
     learner = nn.Sequential(create_body("resnet18"), create_head(1024, 2))
@@ -288,7 +288,7 @@ def test_job_fine_tunes_an_arcgis_learn_classifier_package(tmp_path):
     texts = [e["text"] for e in reporter.events if e["type"] == "message"]
     assert any("Fine-tuning from esri (arcgis.learn FeatureClassifier, fastai create_body under '0.'): "
                "backbone 100/100, head 12/12 weight tensors loaded" in t for t in texts), texts
-    assert result_of(reporter)["emd"]["PretrainedWeights"].startswith("fine-tuned from esri (arcgis.learn")
+    assert emd_of(result_of(reporter))["PretrainedWeights"].startswith("fine-tuned from esri (arcgis.learn")
     partial = esri_package(tmp_path / "partial", "FeatureClassifier",
                            {k: v for k, v in learner.state_dict().items() if not k.startswith("0.7.")})
     code, reporter = train(make_spec(tmp_path / "b", [folder], "FEATURE_CLASSIFIER", backbone_model="RESNET18",
@@ -335,7 +335,7 @@ def test_deeplab_job_starts_from_installed_coco_weights(tmp_path):
     spec = make_spec(tmp_path / "job", [folder], "DEEPLAB", backbone_model="RESNET50", max_epochs=1,
                      weights_dir=str(weights), missing_weights="fail")
     code, reporter = train(spec)
-    outcome = result_of(reporter)["emd"]["PretrainedWeights"]
+    outcome = emd_of(result_of(reporter))["PretrainedWeights"]
     # torchvision's 21-class outputs start fresh for NoData + 2 classes: 2 tensors in the head, 2 in the aux head
     assert outcome == (f"loaded {name} (COCO: backbone 265/265, aux 5/7, head 35/37 tensors; 4 class-dependent "
                        "tensors re-initialised for 2 classes)"), outcome

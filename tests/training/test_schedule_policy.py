@@ -14,7 +14,7 @@ from gpjobs.training.backbones import build_backbone
 from gpjobs.training.protocol import ExitCode
 from gpjobs.training.weights import WeightsPolicy
 from tests.builders.exports import write_labeled_tiles
-from tests.training.helpers import make_spec, result_of, train
+from tests.training.helpers import emd_of, make_spec, result_of, train
 
 torch.set_num_threads(1)
 
@@ -29,7 +29,7 @@ def _job(tmp_path, folder, **kw):
     with zipfile.ZipFile(result["package"]) as package:
         card = package.read("model_metrics.html").decode()
         weights = torch.load(package.open("model.pth"), map_location="cpu", weights_only=True)
-    return texts, result["emd"], card, weights
+    return texts, emd_of(result), card, weights
 
 
 @pytest.fixture(scope="module")
