@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError
 
 from gpjobs.web.pages import render_page
 
@@ -27,11 +28,13 @@ PARAMS_KEY: web.RequestKey[Mapping[str, str]] = web.RequestKey("gpjobs_params", 
 class EsriError(Exception):
     """An error a client caused; rendered as the Esri error body (or an HTML page)."""
 
-    def __init__(self, code: int, message: str, details: list[str] | None = None) -> None:
+    def __init__(self, code: int, message: str, details: list[str] | None = None, *,
+                 close_connection: bool = False) -> None:
         super().__init__(message)
         self.code = int(code)
         self.message = message
         self.details = [str(d) for d in (details or [])]
+        self.close_connection = close_connection  # the request's body is unusable: no keep-alive after it
 
     def body(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message, "details": self.details}}
@@ -88,14 +91,30 @@ def params(request: web.Request) -> Mapping[str, str]:
 
 
 async def load_params(request: web.Request) -> Mapping[str, str]:
-    """Read query + urlencoded/multipart form once and keep the merged mapping on the request."""
+    """Read query + urlencoded/multipart form once and keep the merged mapping on the request.
+
+    A body that cannot be read (bad charset, invalid UTF-8, malformed multipart, an undecodable
+    Content-Encoding) is the client's error: EsriError 400 saying which, never an internal error.
+    """
     merged: dict[str, str] = {}
     for key, value in request.query.items():
         merged.setdefault(key, value)
     if request.method == "POST" and request.body_exists:
         ctype = request.content_type
         if ctype in ("application/x-www-form-urlencoded", "multipart/form-data"):
-            form = await request.post()
+            try:
+                form = await request.post()
+            except web.HTTPException:
+                raise  # 413 and friends keep their own answer
+            except Exception as exc:  # noqa: BLE001 - aiohttp raises a dozen types for a malformed body
+                broken = _is_payload_error(exc)
+                if broken:
+                    # The body stream holds the error and the connection cannot carry another request: end
+                    # the stream (or aiohttp drains it after our answer and logs the error as unhandled)
+                    # and close the connection after the answer.
+                    request.content.feed_eof()
+                raise EsriError(400, "Unable to read the request.", [body_problem(request, exc)],
+                                close_connection=broken) from None
             form_values: dict[str, str] = {}
             for key, value in form.items():
                 if isinstance(value, str):
@@ -104,6 +123,27 @@ async def load_params(request: web.Request) -> Mapping[str, str]:
             merged.update(form_values)
     request[PARAMS_KEY] = merged
     return merged
+
+
+def body_problem(request: web.Request, exc: Exception) -> str:
+    """What was wrong with a request body that could not be read, and how to send it instead."""
+    ctype = request.content_type
+    encoding = request.headers.get("Content-Encoding", "").strip()
+    if isinstance(exc, LookupError) and not isinstance(exc, UnicodeError):
+        return f"the charset of the {ctype} body is not one this server knows; send UTF-8"
+    if isinstance(exc, UnicodeError):
+        return f"the {ctype} body is not valid {request.charset or 'UTF-8'} text; send UTF-8"
+    if encoding and encoding.lower() != "identity" and _is_payload_error(exc):
+        return f"the body cannot be decoded with Content-Encoding {encoding}; send it uncompressed or valid {encoding}"
+    if ctype == "multipart/form-data":
+        return "the multipart/form-data body is malformed (boundary, part headers or part encoding)"
+    return f"the {ctype} body is malformed"
+
+
+def _is_payload_error(exc: BaseException) -> bool:
+    """aiohttp reports a body it cannot decompress as a RequestPayloadError (caused by ContentEncodingError)."""
+    return isinstance(exc, (web.RequestPayloadError, ContentEncodingError)) or isinstance(
+        exc.__cause__, ContentEncodingError)
 
 
 def output_format(request: web.Request, *, default: str = "html") -> str:
@@ -140,7 +180,12 @@ def render_error(request: web.Request, err: EsriError) -> web.Response:
     """The error as Esri JSON (HTTP 200 in Esri spaces), a real status elsewhere, or an html page."""
     fmt = output_format(request)
     if fmt == "html":
-        return web.Response(text=render_page("error.html", request, token=_token(request), data=err.body()["error"]),
-                            status=err.http_status, content_type="text/html", charset="utf-8")
-    status = 200 if in_esri_space(request.path) else err.http_status
-    return json_response(err.body(), pretty=(fmt == "pjson"), status=status)
+        response = web.Response(text=render_page("error.html", request, token=_token(request),
+                                                 data=err.body()["error"]),
+                                status=err.http_status, content_type="text/html", charset="utf-8")
+    else:
+        status = 200 if in_esri_space(request.path) else err.http_status
+        response = json_response(err.body(), pretty=(fmt == "pjson"), status=status)
+    if err.close_connection:
+        response.force_close()
+    return response
