@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gpjobs.paths import PathError, read_bytes_in_store
+
 STATS_FILE = "esri_accumulated_stats.json"
 EMD_FILE = "esri_model_definition.emd"
 MAP_FILE = "map.txt"
@@ -36,12 +38,15 @@ def real_number(value: Any) -> float | None:
     return None  # strings are placeholders in export .emd files (§1.6); never parse them
 
 
-def read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path, root: str | Path = "/") -> dict[str, Any]:
+    """A metadata JSON file of an export, read through the store check (`root`: the store's root)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
+        data = json.loads(read_bytes_in_store(path, root).decode("utf-8-sig"))
     except FileNotFoundError:
         raise
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except PathError as exc:
+        raise MetadataError(str(exc)) from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise MetadataError(f"{path.name} in {path.parent} is not valid JSON ({exc}); re-export the training data")
     if not isinstance(data, dict):
         raise MetadataError(f"{path.name} in {path.parent} does not hold a JSON object")
@@ -70,6 +75,7 @@ class ExportMeta:
     """What the metadata of one export folder says (chips are enumerated elsewhere, never from map.txt)."""
 
     folder: Path
+    root: Path  # the root of the folder's store: every file of the export is read inside it
     mode: str  # MetaDataMode as written
     format: str  # after arcgis.learn's post-rules (images2/ => Pix2Pix / ChangeDetection)
     classes: list[RawClass]
@@ -150,14 +156,18 @@ def is_cyclegan_parent(folder: Path) -> bool:
     return all((folder / side / name).is_file() for side in ("A", "B") for name in REQUIRED_FILES)
 
 
-def read_export_meta(folder: str | Path) -> ExportMeta:
-    """Parse the metadata of one export folder; MetadataError says which file is missing or broken."""
+def read_export_meta(folder: str | Path, root: str | Path = "/") -> ExportMeta:
+    """Parse the metadata of one export folder; MetadataError says which file is missing or broken.
+
+    `root` is the root of the folder's store (paths.open_in_store): a metadata file that leads outside it
+    is a MetadataError naming the file. "/" for a user's own local folder.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise MetadataError(f"{folder} is not a folder; give the output folder of Export Training Data For Deep "
                             "Learning")
     if is_cyclegan_parent(folder):
-        meta = read_export_meta(folder / "A")
+        meta = read_export_meta(folder / "A", root)
         meta.folder, meta.format = folder, "CycleGAN"
         return meta
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
@@ -166,8 +176,8 @@ def read_export_meta(folder: str | Path) -> ExportMeta:
             f"{folder} is not an Export Training Data For Deep Learning folder: {', '.join(missing)} "
             f"missing (an export has {', '.join(REQUIRED_FILES)} at its root); point in_folder at the export "
             "folder itself or re-export the training data")
-    stats = read_json(folder / STATS_FILE)
-    emd = read_json(folder / EMD_FILE)
+    stats = read_json(folder / STATS_FILE, root)
+    emd = read_json(folder / EMD_FILE, root)
     mode = stats.get("MetaDataMode") or emd.get("MetaDataMode")
     if not isinstance(mode, str) or mode not in KNOWN_MODES:
         raise MetadataError(
@@ -190,11 +200,13 @@ def read_export_meta(folder: str | Path) -> ExportMeta:
         height, width = real_number(emd.get("ImageHeight")), real_number(emd.get("ImageWidth"))
     bands = real_number(stats.get("NumBands"))
     try:
-        map_rows = parse_map_txt((folder / MAP_FILE).read_text(encoding="utf-8-sig", errors="replace"))
+        map_rows = parse_map_txt(read_bytes_in_store(folder / MAP_FILE, root).decode("utf-8-sig", errors="replace"))
+    except PathError as exc:
+        raise MetadataError(str(exc)) from None
     except OSError:
         map_rows = []
     return ExportMeta(
-        folder=folder, mode=mode, format=detect_format(folder, mode), classes=classes,
+        folder=folder, root=Path(root), mode=mode, format=detect_format(folder, mode), classes=classes,
         bands=int(bands) if bands else None,
         tile_size=(int(height), int(width)) if height and width else None,
         stats=stats, emd=emd, map_rows=map_rows,
