@@ -8,12 +8,13 @@ carry the real status code too: no program reads them.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 from aiohttp import web
-from aiohttp.http_exceptions import ContentEncodingError
 
 from gpjobs.web.pages import render_page
 
@@ -28,13 +29,11 @@ PARAMS_KEY: web.RequestKey[Mapping[str, str]] = web.RequestKey("gpjobs_params", 
 class EsriError(Exception):
     """An error a client caused; rendered as the Esri error body (or an HTML page)."""
 
-    def __init__(self, code: int, message: str, details: list[str] | None = None, *,
-                 close_connection: bool = False) -> None:
+    def __init__(self, code: int, message: str, details: list[str] | None = None) -> None:
         super().__init__(message)
         self.code = int(code)
         self.message = message
         self.details = [str(d) for d in (details or [])]
-        self.close_connection = close_connection  # the request's body is unusable: no keep-alive after it
 
     def body(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message, "details": self.details}}
@@ -103,18 +102,11 @@ async def load_params(request: web.Request) -> Mapping[str, str]:
         ctype = request.content_type
         if ctype in ("application/x-www-form-urlencoded", "multipart/form-data"):
             try:
-                form = await request.post()
-            except web.HTTPException:
+                form = await _read_form(request)
+            except (web.HTTPException, EsriError):
                 raise  # 413 and friends keep their own answer
             except Exception as exc:  # noqa: BLE001 - aiohttp raises a dozen types for a malformed body
-                broken = _is_payload_error(exc)
-                if broken:
-                    # The body stream holds the error and the connection cannot carry another request: end
-                    # the stream (or aiohttp drains it after our answer and logs the error as unhandled)
-                    # and close the connection after the answer.
-                    request.content.feed_eof()
-                raise EsriError(400, "Unable to read the request.", [body_problem(request, exc)],
-                                close_connection=broken) from None
+                raise EsriError(400, "Unable to read the request.", [body_problem(request, exc)]) from None
             form_values: dict[str, str] = {}
             for key, value in form.items():
                 if isinstance(value, str):
@@ -125,25 +117,51 @@ async def load_params(request: web.Request) -> Mapping[str, str]:
     return merged
 
 
+async def _read_form(request: web.Request) -> Mapping[str, Any]:
+    """The form fields of the body. Compressed bodies are inflated here, not by aiohttp's parser (create_app
+    turns that off): a body that fails to inflate is then this request's error, answered in the Esri shape,
+    instead of a protocol error answered in plain text before any handler runs."""
+    coding = request.headers.get("Content-Encoding", "").strip().lower()
+    if coding in ("", "identity"):
+        return await request.post()
+    if coding not in _WBITS:
+        raise EsriError(400, "Unable to read the request.", [
+            f"Content-Encoding {coding} is not supported; send the body uncompressed (or as gzip or deflate)"])
+    if request.content_type != "application/x-www-form-urlencoded":
+        raise EsriError(400, "Unable to read the request.", [
+            f"a compressed {request.content_type} body is not supported; send it uncompressed"])
+    limit = getattr(request, "client_max_size", 1 << 20)
+    inflater = zlib.decompressobj(_WBITS[coding])
+    try:
+        data = inflater.decompress(await request.read(), limit + 1)
+    except zlib.error:
+        raise EsriError(400, "Unable to read the request.", [
+            f"the body cannot be decoded with Content-Encoding {coding}; send it uncompressed or valid {coding}"
+        ]) from None
+    if len(data) > limit:
+        raise EsriError(413, "Request too large.", [f"the request body is larger than {limit} bytes"])
+    if not inflater.eof:
+        raise EsriError(400, "Unable to read the request.", [
+            f"the body ends before its Content-Encoding {coding} stream does; send the whole body"])
+    charset = request.charset or "utf-8"
+    return dict(parse_qsl(data.decode(charset), keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS))
+
+
+# zlib window bits per Content-Encoding: gzip framing, zlib framing (HTTP's "deflate"; +32 also takes gzip)
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": 32 + zlib.MAX_WBITS}
+MAX_FORM_FIELDS = 1000
+
+
 def body_problem(request: web.Request, exc: Exception) -> str:
     """What was wrong with a request body that could not be read, and how to send it instead."""
     ctype = request.content_type
-    encoding = request.headers.get("Content-Encoding", "").strip()
     if isinstance(exc, LookupError) and not isinstance(exc, UnicodeError):
         return f"the charset of the {ctype} body is not one this server knows; send UTF-8"
     if isinstance(exc, UnicodeError):
         return f"the {ctype} body is not valid {request.charset or 'UTF-8'} text; send UTF-8"
-    if encoding and encoding.lower() != "identity" and _is_payload_error(exc):
-        return f"the body cannot be decoded with Content-Encoding {encoding}; send it uncompressed or valid {encoding}"
     if ctype == "multipart/form-data":
         return "the multipart/form-data body is malformed (boundary, part headers or part encoding)"
     return f"the {ctype} body is malformed"
-
-
-def _is_payload_error(exc: BaseException) -> bool:
-    """aiohttp reports a body it cannot decompress as a RequestPayloadError (caused by ContentEncodingError)."""
-    return isinstance(exc, (web.RequestPayloadError, ContentEncodingError)) or isinstance(
-        exc.__cause__, ContentEncodingError)
 
 
 def output_format(request: web.Request, *, default: str = "html") -> str:
@@ -180,12 +198,7 @@ def render_error(request: web.Request, err: EsriError) -> web.Response:
     """The error as Esri JSON (HTTP 200 in Esri spaces), a real status elsewhere, or an html page."""
     fmt = output_format(request)
     if fmt == "html":
-        response = web.Response(text=render_page("error.html", request, token=_token(request),
-                                                 data=err.body()["error"]),
-                                status=err.http_status, content_type="text/html", charset="utf-8")
-    else:
-        status = 200 if in_esri_space(request.path) else err.http_status
-        response = json_response(err.body(), pretty=(fmt == "pjson"), status=status)
-    if err.close_connection:
-        response.force_close()
-    return response
+        return web.Response(text=render_page("error.html", request, token=_token(request), data=err.body()["error"]),
+                            status=err.http_status, content_type="text/html", charset="utf-8")
+    status = 200 if in_esri_space(request.path) else err.http_status
+    return json_response(err.body(), pretty=(fmt == "pjson"), status=status)
