@@ -173,3 +173,16 @@ async def test_a_request_that_is_not_http_is_one_warning_line(app_server, caplog
     refused = [r for r in caplog.records if r.name == "aiohttp.server"]
     assert refused and all(r.levelno == logging.WARNING and not r.exc_info for r in refused), caplog.text
     assert "malformed HTTP request refused" in refused[0].getMessage()
+
+
+async def test_job_page_of_a_file_share_output_renders(app_server) -> None:
+    """Found by the fuzz run: the html job page of a job that wrote its package to a file share was a 500
+    (the template asked the {"uri"} result for an item id)."""
+    user = await token(app_server, "user")
+    job = await app_server.app[STORE_KEY].create_job(Job(
+        job_id=new_job_id(), owner="alice", status=JobStatus.SUCCEEDED, model_type="UNET",
+        result={"uri": "/fileShares/default/models/m/m.dlpk"}), [])
+    status, headers, raw = await send(app_server, raw_request(
+        "GET", f"{TASK}/jobs/{job.job_id}?f=html".encode(), {"X-Esri-Authorization": f"Bearer {user}"}))
+    assert status == 200 and headers["content-type"].startswith("text/html"), raw[:300]
+    assert b"Written to <code>/fileShares/default/models/m/m.dlpk</code>" in raw
