@@ -186,3 +186,14 @@ async def test_job_page_of_a_file_share_output_renders(app_server) -> None:
         "GET", f"{TASK}/jobs/{job.job_id}?f=html".encode(), {"X-Esri-Authorization": f"Bearer {user}"}))
     assert status == 200 and headers["content-type"].startswith("text/html"), raw[:300]
     assert b"Written to <code>/fileShares/default/models/m/m.dlpk</code>" in raw
+
+
+async def test_portal_paging_with_a_huge_start_is_clamped(app_server) -> None:
+    """Found by the fuzz run: start=10**100 on a portal listing was echoed back and orjson refused the
+    integer (a 500)."""
+    user = await token(app_server, "user")
+    status, _, raw = await send(app_server, raw_request(
+        "GET", ("/sharing/rest/content/users/alice?f=json&start=1" + "0" * 100).encode(),
+        {"X-Esri-Authorization": f"Bearer {user}"}))
+    body = orjson.loads(raw)
+    assert "error" not in body and body["start"] == 2 ** 53 and body["items"] == [] and body["nextStart"] == -1
