@@ -59,7 +59,7 @@ class JobRun:
             self.supervisor.close()
         try:  # a job that ended keeps only what work_retention says (an interrupted one keeps its checkpoint)
             await tidy_finished(self.store, self.config, self.job_id)
-        except Exception:  # noqa: BLE001 - tidying is housekeeping: the next boot retries it
+        except Exception:  # tidying is housekeeping: the next boot retries it
             self.log.exception("work folder not tidied")
 
     async def _run(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import pytest
 
@@ -44,7 +45,7 @@ async def test_default_keeps_spec_and_logs_and_drops_checkpoints_and_the_package
     assert not any(k.startswith(("checkpoint", "output")) for k in kept), kept
     if status is S.SUCCEEDED:  # the published package is untouched
         item = (await harness.store.list_items("alice"))[0]
-        assert open(item.path, "rb").read().startswith(b"PK fake")
+        assert Path(item.path).read_bytes().startswith(b"PK fake")
 
 
 async def test_all_keeps_everything_and_none_keeps_nothing(make_harness, tmp_path):

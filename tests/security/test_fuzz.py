@@ -88,7 +88,7 @@ async def fuzz(port: int, names: Names, count: int, seed: int) -> tuple[list[str
         async with gate:
             try:
                 response = await send(port, request)
-            except (OSError, asyncio.TimeoutError) as exc:
+            except (OSError, TimeoutError) as exc:
                 problems.append(f"{type(exc).__name__} {exc}: {request.method} {request.target[:150]!r}")
                 return
         protocol_errors += request.protocol_error

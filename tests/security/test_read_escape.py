@@ -160,9 +160,9 @@ def test_pretrained_package_linked_out_of_the_store_is_refused(share: Path, outs
     pretrained = parse_training_request(values, roots).pretrained  # a real package at submit
     assert pretrained.root == str(share.resolve())
     link_out(models / "m.dlpk", outside)  # then a link to one outside
-    with pytest.raises(PackageError, match="'models/m.dlpk' leads outside its data store"):
-        with open_package(pretrained.path, pretrained.root):
-            pass
+    with pytest.raises(PackageError, match="'models/m.dlpk' leads outside its data store"), \
+            open_package(pretrained.path, pretrained.root):
+        pass
     with open_package(outside / "m.dlpk") as package:  # the package itself is fine
         assert package.emd["ModelFile"] == "m.pth"
 
@@ -179,6 +179,5 @@ def test_pretrained_model_folder_cannot_read_outside(share: Path, outside: Path,
         (folder / "m.pth").symlink_to(outside / "m.pth")
     if attack == "linked emd":
         link_out(folder / "m.emd", outside)
-    with pytest.raises(PackageError, match="outside"):
-        with open_package(folder, share) as package:
-            package.open_weights().close()
+    with pytest.raises(PackageError, match="outside"), open_package(folder, share) as package:
+        package.open_weights().close()
