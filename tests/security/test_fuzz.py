@@ -168,6 +168,7 @@ def run_fuzz(server: ServerProcess, names: Names, count: int, seed: int) -> dict
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(180)
 def test_fuzz_short(secured_server) -> None:
     server, names = secured_server
     stats = run_fuzz(server, names, 400, SEED)
