@@ -298,12 +298,12 @@ def open_in_store(path: str | Path, root: str | Path) -> BinaryIO:
             raise OutsideStore(f"'{shown_in_store(path, root)}' is not a regular file; replace it with the file "
                                "itself")
         os.set_blocking(fd, True)
-        handle = os.fdopen(fd, "rb")
-        handle.raw.name = os.fspath(path)  # readers (tifffile) want the file's name, not its descriptor number
-        return handle
     except BaseException:
         os.close(fd)
         raise
+    handle = os.fdopen(fd, "rb")
+    handle.raw.name = os.fspath(path)  # readers (tifffile) want the file's name, not its descriptor number
+    return handle
 
 
 def read_bytes_in_store(path: str | Path, root: str | Path) -> bytes:

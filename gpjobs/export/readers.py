@@ -33,12 +33,12 @@ class ChipRecord:
     stem: str
     image: Path
     folder: int = 0
-    root: Path = Path("/")  # the root of the export's store: its files are opened inside it (paths.open_in_store)
     image2: Path | None = None
     label: Path | None = None
     masks: list[tuple[int, Path]] = field(default_factory=list)  # (class value, instance-id raster)
     value: int | None = None  # Imagenet: class value from the parent folder
     objects: list[tuple[int, Box]] | None = None  # detection / labeled tiles, parsed (value, box)
+    root: Path = Path("/")  # the root of the export's store: its files are opened inside it (paths.open_in_store)
 
 
 # Called as report(kind, path, detail) by the readers; the report module groups them.
@@ -92,7 +92,7 @@ def list_records(meta: ExportMeta, folder_index: int, report: Report) -> list[Ch
         b_paths = list(b.values())
         if not b_paths:
             return []
-        return [ChipRecord(stem, path, folder_index, root, image2=b_paths[i % len(b_paths)])
+        return [ChipRecord(stem, path, folder_index, root=root, image2=b_paths[i % len(b_paths)])
                 for i, (stem, path) in enumerate(a.items())]
     if fmt == "Imagenet":
         records = []
@@ -105,10 +105,10 @@ def list_records(meta: ExportMeta, folder_index: int, report: Report) -> list[Ch
             if cls is None:
                 report("unknown_class_folder", path.parent, sub)
                 continue
-            records.append(ChipRecord(path.stem, path, folder_index, root, value=cls.value))
+            records.append(ChipRecord(path.stem, path, folder_index, root=root, value=cls.value))
         return records
     images = _images(folder, root, report)
-    records = [ChipRecord(stem, path, folder_index, root) for stem, path in images.items()]
+    records = [ChipRecord(stem, path, folder_index, root=root) for stem, path in images.items()]
     if fmt in ("Pix2Pix", "ChangeDetection"):
         second = _by_stem(folder / "images2", IMAGE_EXTENSIONS, root, report)
         for rec in records:
