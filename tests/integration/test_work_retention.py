@@ -21,7 +21,7 @@ TERMINAL = (S.SUCCEEDED, S.FAILED, S.CANCELLED, S.TIMED_OUT)
 async def ended(h, job_id: str):
     """The job once its run is over: status final and the run's own tidying done."""
     job = await h.wait(job_id, *TERMINAL)
-    for _ in range(500):
+    for _ in range(3000):  # the run tidies right after the status: seconds at most, even on a loaded box
         if h.scheduler is None or h.scheduler.running(job_id) is None:
             return job
         await asyncio.sleep(0.02)

@@ -17,14 +17,14 @@ TERMINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatu
 @pytest.mark.parametrize("swapped", ["models/mine", "models"])
 async def test_output_folder_swapped_for_a_link_while_training_fails_the_job_and_writes_nothing_outside(
         make_harness, monkeypatch, tmp_path: Path, swapped: str) -> None:
-    monkeypatch.setenv("GPJOBS_FAKE_EPOCH_S", "0.4")
+    monkeypatch.setenv("GPJOBS_FAKE_EPOCH_S", "0.6")
     h = make_harness()
     share = h.config.file_shares["default"]
     (share / "models" / "mine").mkdir(parents=True)
     outside = tmp_path / "outside"
     (outside / "mine").mkdir(parents=True)
     await h.start()
-    job = await h.submit("slow", name="mine", max_epochs=2, output={
+    job = await h.submit("slow", name="mine", max_epochs=3, output={
         "kind": "uri", "name": "mine", "path": str(share / "models" / "mine"),
         "alias": "/fileShares/default/models/mine"})
     await h.wait_running(job.job_id)
