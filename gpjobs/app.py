@@ -24,7 +24,9 @@ log = structlog.get_logger("gpjobs.app")
 
 def create_app(config: Config, *, boot_id: str | None = None, run_scheduler: bool = True) -> web.Application:
     """The whole server as an aiohttp Application (tests use it with aiohttp_client)."""
-    app = web.Application(client_max_size=config.max_request_bytes)
+    from gpjobs.web.middleware import HANDLER_ARGS
+
+    app = web.Application(client_max_size=config.max_request_bytes, handler_args=HANDLER_ARGS)
     app[CONFIG_KEY] = config
     app[BOOT_ID_KEY] = boot_id or uuid.uuid4().hex
     app.cleanup_ctx.append(_store_context)

@@ -26,6 +26,7 @@ from gpjobs.parsing import parse_bool
 ENV_PREFIX = "GPJOBS_"
 STORE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 DEVICE = re.compile(r"^(cpu|cuda:\d+)$")
+WORK_RETENTION = ("logs", "all", "none")
 
 
 class ConfigError(ValueError):
@@ -71,6 +72,9 @@ class Config:
     warm_trainers: bool = True  # keep one training child per slot started ahead (torch imported): fast starts
     metrics_public: bool = False  # /metrics without a token (default: admin tokens only)
     retention_days: float = 0.0  # 0: keep finished jobs forever
+    # What a finished job's work folder keeps: "logs" (spec + child logs; checkpoints and the package copy go),
+    # "all" (everything, for debugging training), "none" (the folder goes when the job ends).
+    work_retention: str = "logs"
     max_queued_per_user: int = 20  # 0: unlimited
     max_request_bytes: int = 1 << 20
     max_arguments_bytes: int = 8192
@@ -308,6 +312,8 @@ def validate(config: Config) -> None:
     cuda = [d for d in config.devices if d != "cpu"]
     if len(cuda) != len(set(cuda)):
         raise ConfigError(f"devices {config.devices} lists a GPU twice (one slot per GPU)")
+    if config.work_retention not in WORK_RETENTION:
+        raise ConfigError(f"work_retention = {config.work_retention!r}: use {', '.join(map(repr, WORK_RETENTION))}")
     if config.missing_weights not in ("random", "fail"):
         raise ConfigError(f"missing_weights = {config.missing_weights!r}: use \"random\" or \"fail\"")
     if config.db_synchronous.upper() not in ("FULL", "NORMAL"):

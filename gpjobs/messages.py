@@ -149,6 +149,11 @@ def publish_failed(exc: OSError) -> str:
     return f"could not publish the package: {exc}"
 
 
+def output_refused(package_uri: str, reason: str) -> str:
+    return (f"The model package was not written to {package_uri}: {reason}. The output_name folder must be a "
+            "real folder inside a registered file share when the job finishes; fix it and submit the job again.")
+
+
 def package_missing(package: str) -> str:
     return f"the training child reported package {package} but it does not exist"
 

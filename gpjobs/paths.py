@@ -1,19 +1,28 @@
-"""The one resolver from user-supplied paths to safe local paths inside a registered store.
+"""The one resolver from user-supplied paths to safe local paths inside a registered store, and the one
+place that opens files and folders of a store.
 
 Users name data the way ArcGIS clients do: `/fileShares/<store>/<dir>`, `/rasterStores/<store>/<dir>`,
 `{"uri": ...}`, `{"uris": [...]}`, or a comma-separated list of those. Every such path is resolved here
 (symlinks included) and must stay inside the root of the store it names; anything else is a `PathError`
-whose message says what is accepted. The training child re-checks the paths it opens.
+whose message says what is accepted.
+
+A path checked at submit can be changed before it is used (a folder swapped for a symbolic link while the
+job waits), so every later read or write goes through `open_in_store` / `open_store_folder`, which check
+the file or folder actually opened: whoever can write into a share cannot make the server or the training
+child read or write outside it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 from urllib.parse import unquote
 
 # URL-space prefix (lower-cased) -> StoreRoots attribute.
@@ -23,6 +32,11 @@ _UNSUPPORTED_PREFIXES = ("cloudstores", "bigdatafileshares")
 
 class PathError(ValueError):
     """A user path that is malformed, names an unknown store, or leaves its store."""
+
+
+class OutsideStore(PathError):
+    """A file or folder of a store that, when opened, leads outside the store (a symbolic link) or is not a
+    plain file or folder. The message names it relative to its store and says how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +62,14 @@ class StoreRoots:
         names = [f"/fileShares/{n}" for n in self.file_shares] + [f"/rasterStores/{n}" for n in self.raster_stores]
         return ", ".join(names) if names else "(none registered)"
 
+    def root_containing(self, local: str | Path) -> Path | None:
+        """The resolved root of the registered store that `local` (an already resolved path) lies in."""
+        for _kind, _name, root in self.all_roots():
+            resolved = Path(os.path.realpath(root))
+            if _inside(Path(local), resolved):
+                return resolved
+        return None
+
     def all_roots(self) -> list[tuple[str, str, Path]]:
         """(kind, name, root) of every store, kind as in the URL space (fileShares | rasterStores)."""
         return ([("fileShares", n, Path(r)) for n, r in self.file_shares.items()]
@@ -56,7 +78,12 @@ class StoreRoots:
 
 @dataclass(frozen=True)
 class LocalPaths:
-    """Plain local paths, for `gpjobs train` and `gpjobs infer` on the user's own machine (no stores)."""
+    """Plain local paths, for `gpjobs train` and `gpjobs infer` on the user's own machine (no stores).
+
+    The root of every path is the filesystem root `/`: the user can read whatever they could link to, so
+    confining their own exports (whose chips may be links into a chip pool elsewhere) would only get in
+    the way. Files are still opened through `open_in_store` (regular files only).
+    """
 
     def resolve(self, user_path: str) -> "ResolvedPath":
         text = str(user_path).strip()
@@ -213,3 +240,110 @@ def split_folder_value(value: Any) -> list[str]:
 def resolve_folders(value: Any, resolver: PathResolver) -> list[ResolvedPath]:
     """Every folder of an `in_folder` value, resolved (existence is checked by the caller)."""
     return [resolver.resolve(p) for p in split_folder_value(value)]
+
+
+# --- opening what lies in a store ---------------------------------------------------------------------
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+def shown_in_store(path: str | Path, root: str | Path) -> str:
+    """`path` as its store shows it (relative to the root), never the local path of the machine."""
+    path, root = Path(os.path.abspath(path)), Path(os.path.abspath(root))
+    for base in (root, Path(os.path.realpath(root))):
+        if _inside(path, base) and path != base:
+            return path.relative_to(base).as_posix()
+    return path.name or "the store's root"
+
+
+def inside_store(path: str | Path, root: str | Path) -> bool:
+    """Whether `path` (links resolved) lies inside `root`: for folders that are only listed; files are
+    opened with `open_in_store`, which checks the file actually opened."""
+    return _inside(Path(os.path.realpath(path)), Path(os.path.realpath(root)))
+
+
+def _outside(path: str | Path, root: str | Path) -> OutsideStore:
+    return OutsideStore(f"'{shown_in_store(path, root)}' leads outside its data store through a symbolic link; "
+                        "replace the link with the file or folder itself (or a link that stays inside the store)")
+
+
+def open_in_store(path: str | Path, root: str | Path) -> BinaryIO:
+    """`path` opened for reading, if it is a regular file that lies inside `root` with every link resolved.
+
+    The check is made on the file actually opened (its device and inode against the resolved path's), so a
+    link swapped in between the check and the open cannot redirect the read. Opened non-blocking: a FIFO
+    planted in an export cannot hang the reader. OutsideStore names the file otherwise.
+    """
+    real_root = Path(os.path.realpath(root))
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        if exc.errno in (errno.ENXIO, errno.EOPNOTSUPP):  # a socket or a FIFO without writer
+            raise OutsideStore(f"'{shown_in_store(path, root)}' is not a regular file; replace it with the file "
+                               "itself") from None
+        raise
+    try:
+        opened = os.fstat(fd)
+        real = Path(os.path.realpath(path))
+        if not _inside(real, real_root):
+            raise _outside(path, root)
+        try:
+            now = os.stat(real)
+        except OSError:
+            now = None
+        if now is None or (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino):
+            raise OutsideStore(f"'{shown_in_store(path, root)}' changed while it was being opened (a symbolic link "
+                               "replaced?); make it a plain file inside the store")
+        if not stat.S_ISREG(opened.st_mode):
+            raise OutsideStore(f"'{shown_in_store(path, root)}' is not a regular file; replace it with the file "
+                               "itself")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    handle = os.fdopen(fd, "rb")
+    handle.raw.name = os.fspath(path)  # readers (tifffile) want the file's name, not its descriptor number
+    return handle
+
+
+def read_bytes_in_store(path: str | Path, root: str | Path) -> bytes:
+    """The content of a store file, opened through `open_in_store`."""
+    with open_in_store(path, root) as fh:
+        return fh.read()
+
+
+def open_store_folder(root: str | Path, folder: str | Path, *, create: bool = False) -> int:
+    """A directory fd on `folder` (a resolved path inside `root`), reached from the root one component at
+    a time without following any symbolic link; missing folders are made when `create`.
+
+    Whatever is swapped in on the way (a link, a file) is refused with OutsideStore, and writing relative to
+    the returned fd (`dir_fd=`) cannot leave the folder it names. The caller closes the fd.
+    """
+    real_root = Path(os.path.realpath(root))
+    target = Path(os.path.abspath(folder))
+    base = next((b for b in (Path(os.path.abspath(root)), real_root) if _inside(target, b)), None)
+    if base is None:
+        raise _outside(target, root)
+    if create:
+        os.makedirs(real_root, exist_ok=True)
+    fd = os.open(real_root, _DIR_FLAGS)
+    try:
+        walked = real_root
+        for part in target.relative_to(base).parts:
+            walked = walked / part
+            if create:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o755, dir_fd=fd)
+            try:
+                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise OutsideStore(f"'{shown_in_store(walked, real_root)}' is not a plain folder (a symbolic "
+                                       "link or a file); make it a real folder inside the store") from None
+                raise
+            os.close(fd)
+            fd = child
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise

@@ -18,15 +18,17 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from gpjobs.export.readers import LabelError, parse_voc
+from gpjobs.paths import PathError
 
 PAD, UNK, BOS, EOS = "xxpad", "xxunk", "xxbos", "xxeos"  # fastai's special token names, as arcgis.learn uses
 SPECIALS = (PAD, UNK, BOS, EOS)
 _TOKEN = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*|[^\sa-z0-9]")
 
 
-def parse_captions(path: Path) -> list[str]:
-    """Every non-empty `<object><name>` text of a caption label file (LabelError when unreadable)."""
-    return [name.strip() for name, _ in parse_voc(path) if name.strip()]
+def parse_captions(path: Path, root: str | Path = "/") -> list[str]:
+    """Every non-empty `<object><name>` text of a caption label file (LabelError when unreadable), read inside
+    store `root`."""
+    return [name.strip() for name, _ in parse_voc(path, root) if name.strip()]
 
 
 def tokenize(text: str) -> list[str]:
@@ -93,12 +95,14 @@ def detokenize(tokens: Sequence[str]) -> str:
     return text
 
 
-def caption_problem(path: Path) -> tuple[str, str] | None:
+def caption_problem(path: Path, root: str | Path = "/") -> tuple[str, str] | None:
     """(problem kind, detail) for a caption label that cannot be used, else None (report.PROBLEMS kinds)."""
     try:
-        captions = parse_captions(path)
+        captions = parse_captions(path, root)
     except LabelError as exc:
         return ("empty_label", "") if "empty" in str(exc) else ("bad_label", str(exc)[:80])
+    except PathError:
+        return "outside_store", ""
     if not captions:
         return "no_caption", ""
     return None

@@ -25,19 +25,23 @@ def _has_entries(folder: Path) -> bool:
         return False
 
 
-def check_export(folder: Path, alias: str | None = None) -> ExportMeta:
+def check_export(folder: Path, alias: str | None = None, *, root: str | Path = "/") -> ExportMeta:
     """The export's metadata format (MetaDataMode after arcgis.learn's post-rules, export-format.md §2.1).
 
-    Messages name the folder by `alias` (the user's /fileShares/... path), never by its local path.
+    Messages name the folder by `alias` (the user's /fileShares/... path), never by its local path. `root`
+    is the root of the folder's store: metadata files leading outside it are refused.
     """
     shown = alias or folder.name
     if not folder.is_dir():
         raise ExportFolderError("does not exist or is not a folder")
     try:
-        meta = read_export_meta(folder)
+        meta = read_export_meta(folder, root)
     except MetadataError as exc:
         text = str(exc).replace(str(folder), shown)
         raise ExportFolderError(text[len(shown):].lstrip(" :") if text.startswith(shown) else text) from None
+    except OSError as exc:  # unreadable metadata (permissions, a file removed meanwhile): the user's to fix
+        raise ExportFolderError(f"cannot be read ({exc.strerror or type(exc).__name__}); check that the export's "
+                                "files are readable by the server") from None
     if meta.format == "ObjectTracking":
         if not _has_entries(Path(meta.emd["root"]) / "JPEGImages"):
             raise ExportFolderError("has no frames: JPEGImages/ is empty (ObjectTracking data holds one folder of "
@@ -48,6 +52,6 @@ def check_export(folder: Path, alias: str | None = None) -> ExportMeta:
     return meta
 
 
-def export_format(folder: Path, alias: str | None = None) -> str:
+def export_format(folder: Path, alias: str | None = None, *, root: str | Path = "/") -> str:
     """The export's metadata format (see check_export)."""
-    return check_export(folder, alias).format
+    return check_export(folder, alias, root=root).format

@@ -47,15 +47,15 @@ def annotation_for(frame: Path) -> Path | None:
     return next((p for p in sorted(folder.glob(f"{frame.stem}.*")) if p.suffix.lower() in IMAGE_EXTENSIONS), None)
 
 
-def frame_objects(path: Path) -> list[tuple[int, tuple[float, float, float, float]]]:
+def frame_objects(path: Path, root: str | Path = "/") -> list[tuple[int, tuple[float, float, float, float]]]:
     """(object id, box) of every object in an annotation raster (ChipReadError when unreadable)."""
-    ids = read_label_raster(path)
+    ids = read_label_raster(path, root=root)
     return [(int(i), box_of(ids == i)) for i in np.unique(ids) if i > 0]
 
 
 def check_frame(checker, rec: ChipRecord, shape: tuple[int, int] | None, meta: ExportMeta) -> None:
     """Decode one annotation: its objects go into `rec.objects`, counts per category, problems reported."""
-    ids = checker.raster(rec.label, shape)
+    ids = checker.raster(rec.label, shape, rec.root)
     if ids is None:
         return
     by_name = {c.name: c.value for c in checker.raw_classes}

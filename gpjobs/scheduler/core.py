@@ -25,6 +25,7 @@ from gpjobs.scheduler.retry import (
     STOP_TIMEOUT,
 )
 from gpjobs.scheduler.runner import JobRun
+from gpjobs.scheduler.workdirs import tidy_all_finished, tidy_finished
 from gpjobs.store import Store
 
 log = structlog.get_logger("gpjobs.scheduler")
@@ -59,6 +60,9 @@ class Scheduler:
         counts = await recover_orphans(self.store, self.boot_id)
         if any(counts.values()):
             log.info("boot recovery", **counts)
+        tidied = await tidy_all_finished(self.store, self.config)  # what a crash left before tidying
+        if tidied:
+            log.info("work folders tidied", jobs=tidied, retention=self.config.work_retention)
         if dispatch:
             if self.config.warm_trainers:
                 await self._start_warm_trainers()
@@ -182,6 +186,8 @@ class Scheduler:
         """Queued -> Cancelled now; Executing -> Cancelling + SIGTERM (SIGKILL after cancel_grace_s), then
         Cancelled when the child is gone. A finished job is returned unchanged; None if unknown."""
         job, changed = await self.store.request_cancel(job_id)
+        if job is not None and changed and job.status is JobStatus.CANCELLED:
+            await tidy_finished(self.store, self.config, job_id)  # a requeued job may hold a checkpoint
         if job is None or not changed or job.status is not JobStatus.CANCELLING:
             return job
         run = self.running(job_id)
@@ -191,6 +197,7 @@ class Scheduler:
             # Nobody in this process supervises it (orphan not yet recovered): nothing to signal.
             job = await self.store.transition(job_id, JobStatus.CANCELLED, sources={JobStatus.CANCELLING},
                                               messages=[(MessageType.INFORMATIVE, texts.CANCEL_COMPLETE)])
+            await tidy_finished(self.store, self.config, job_id)
         return job
 
     # --- watchdog ---------------------------------------------------------------------------------

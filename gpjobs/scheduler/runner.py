@@ -20,6 +20,7 @@ from gpjobs.scheduler.child_input import BadJob, ChildInput
 from gpjobs.scheduler.observe import SchedulerObserver
 from gpjobs.scheduler.settle import AttemptEnd, Settlement
 from gpjobs.scheduler.supervisor import ChildSupervisor
+from gpjobs.scheduler.workdirs import tidy_finished
 from gpjobs.store import Store
 
 log = structlog.get_logger("gpjobs.scheduler")
@@ -33,6 +34,7 @@ class JobRun:
                  observer: SchedulerObserver | None = None) -> None:
         self.job = job
         self.device = device
+        self.store, self.config = store, config
         self.log = log.bind(job_id=job.job_id, device=device)
         self.child_input = ChildInput(store, config, job, device)
         self.settlement = Settlement(store, config, job, self.log, wake_at)
@@ -59,6 +61,10 @@ class JobRun:
             await self.settlement.fail(texts.supervisor_error(exc))
         finally:
             self.supervisor.close()
+        try:  # a job that ended keeps only what work_retention says (an interrupted one keeps its checkpoint)
+            await tidy_finished(self.store, self.config, self.job_id)
+        except Exception:  # tidying is housekeeping: the next boot retries it
+            self.log.exception("work folder not tidied")
 
     async def _run(self) -> None:
         supervisor = self.supervisor

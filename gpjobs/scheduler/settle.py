@@ -13,7 +13,7 @@ from structlog.typing import FilteringBoundLogger
 from gpjobs import messages as texts
 from gpjobs.config import Config
 from gpjobs.domain import InvalidTransition, ItemExists, Job, JobStatus, MessageType, now_ms
-from gpjobs.scheduler.publish import publish
+from gpjobs.scheduler.publish import OutputRefused, publish
 from gpjobs.scheduler.retry import STOP_STALLED, Outcome, backoff_s, classify
 from gpjobs.store import Store
 from gpjobs.training.protocol import ExitCode
@@ -52,7 +52,7 @@ class Settlement:
             self.job = await publish(self.store, self.config, self.job, event)
             self.published = True
             self.log.info("published", result=self.job.result)
-        except ItemExists as exc:
+        except (ItemExists, OutputRefused) as exc:
             self.refusal = {"exit_code": int(ExitCode.BAD_INPUT), "text": str(exc)}
         except InvalidTransition as exc:
             self.log.info("not published: job changed state", current=str(exc.current))

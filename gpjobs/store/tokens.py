@@ -13,8 +13,17 @@ from gpjobs.store.db import Database
 TOKEN_PREFIX = "gpj_"
 
 
+MAX_TOKEN_CHARS = 512  # ours are 47; anything much longer is not a token of this server
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def could_be_token(token: str) -> bool:
+    """Tokens are printable ASCII; a header with other bytes (aiohttp hands them over as surrogates)
+    or a huge value is simply not a token: 498, never an encoding error."""
+    return 0 < len(token) <= MAX_TOKEN_CHARS and token.isascii() and token.isprintable()
 
 
 class TokensMixin:
@@ -36,7 +45,7 @@ class TokensMixin:
 
     async def authenticate(self, token: str | None) -> Principal | None:
         """The principal a token stands for, or None (unknown, expired or revoked)."""
-        if not token:
+        if not token or not could_be_token(token):
             return None
         # The lookup is by hash, so the comparison never touches the secret itself (no timing oracle).
         row = await self.db.fetchone(sql.SELECT_TOKEN, {"token_hash": hash_token(token)})

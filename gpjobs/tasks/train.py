@@ -73,10 +73,12 @@ _BY_NAME = {p.name: p for p in PARAMETERS}
 
 @dataclass(frozen=True)
 class DataFolder:
-    """One export folder: as the user named it (messages show this) and where it is on this machine."""
+    """One export folder: as the user named it (messages show this), where it is on this machine, and the
+    root of its store (every file read from it must lie inside that root when it is opened)."""
 
     alias: str
     local: str
+    root: str
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,7 @@ class PretrainedModel:
     item_id: str | None = None
     path: str | None = None
     alias: str | None = None
+    root: str | None = None  # a file's store root (its reads stay inside it); None: an item of the content store
 
 
 @dataclass(frozen=True)
@@ -363,7 +366,7 @@ def parse_pretrained(raw: Any, resolver: PathResolver) -> PretrainedModel | None
         local.is_dir() and any(p.suffix.lower() == ".emd" for p in local.iterdir()))
     if not usable:
         raise ValueError(f"pretrained_model: '{uri}' is not a .dlpk file, an .emd file or a model folder with an .emd")
-    return PretrainedModel(path=str(local), alias=resolved.alias)
+    return PretrainedModel(path=str(local), alias=resolved.alias, root=str(resolved.root))
 
 
 def parse_context(raw: Any) -> Context:
@@ -408,7 +411,7 @@ def _parse_in_folder(raw: Any, resolver: PathResolver, info: catalog.ModelTypeIn
     metas: dict[str, ExportMeta] = {}
     for folder in folders:
         try:
-            metas[folder.alias] = check_export(folder.local, folder.alias)
+            metas[folder.alias] = check_export(folder.local, folder.alias, root=folder.root)
         except ExportFolderError as exc:
             problems.append(f"in_folder: '{folder.alias}' {exc}")
     if len(metas) != len(folders):
@@ -424,5 +427,5 @@ def _parse_in_folder(raw: Any, resolver: PathResolver, info: catalog.ModelTypeIn
         problems.append(f"in_folder: the export format {data_format} cannot train model_type {info.name} "
                         f"(it needs {', '.join(sorted(info.formats))}); model types for {data_format}: "
                         f"{', '.join(fits) or 'none supported yet'}")
-    return (tuple(DataFolder(alias=f.alias, local=os.fspath(f.local)) for f in folders), data_format,
-            [m.tile_size for m in metas.values()])
+    return (tuple(DataFolder(alias=f.alias, local=os.fspath(f.local), root=os.fspath(f.root)) for f in folders),
+            data_format, [m.tile_size for m in metas.values()])

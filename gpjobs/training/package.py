@@ -173,8 +173,7 @@ def load_model(package: Package, *, say: Callable[[str, str], None] | None = Non
                                          WeightsPolicy.skip("weights come from the package"), say)
     family.load_emd(package.emd)
     model = family.build()
-    if not package.weights_path.is_file():
-        raise PackageError(f"{package.emd_path.name}: ModelFile {package.weights_path.name} is missing")
-    state = torch.load(package.weights_path, map_location="cpu", weights_only=True)
+    with package.open_weights() as weights:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     return family, model.eval()

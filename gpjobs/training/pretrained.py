@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 import torch
 from torch import nn
@@ -98,14 +98,13 @@ def start_from_pretrained(model: nn.Module, family: Any, package: Package | None
 
 def load_package_weights(model: nn.Module, family: Any, package: Package, say: Say) -> LoadReport:
     """Map a pretrained_model package onto `model` and load it; the report says what loaded where."""
-    if not package.weights_path.is_file():
-        raise PackageError(f"{package.emd_path.name}: ModelFile {package.weights_path.name} is missing")
     name = Path(package.weights_path).name
     if package.backbone and package.backbone != str(family.backbone).upper():
         # deeper ResNets share their first blocks' shapes with shallower ones: names alone would "fit"
         raise PackageError(f"pretrained_model {name} was trained with backbone {package.backbone}; this job builds "
                            f"{family.backbone}. Use backbone_model {package.backbone}.")
-    source = read_state_dict(package.weights_path)
+    with package.open_weights() as weights_file:  # inside the package's store (PackageError otherwise)
+        source = read_state_dict(weights_file, name)
     if package.emd.get("Gpjobs"):
         mapped = _same_names(source, model)
         report = _load(model, family, mapped, f"{package.emd_path.stem} (gpjobs package)")
@@ -150,19 +149,21 @@ def load_coco_weights(model: nn.Module, family: Any, weights: WeightsPolicy, say
 # --- reading ---------------------------------------------------------------------------------------------------
 
 
-def read_state_dict(path: Path) -> State:
-    """The tensors of a saved model: plain, fastai `{'model': ...}` or `{'state_dict': ...}`, DataParallel's
-    `module.` prefix removed, weight-normed convs folded into plain weights, torchvision's legacy names fixed."""
+def read_state_dict(source: Path | BinaryIO, name: str | None = None) -> State:
+    """The tensors of a saved model (a path or an open file): plain, fastai `{'model': ...}` or
+    `{'state_dict': ...}`, DataParallel's `module.` prefix removed, weight-normed convs folded into plain weights,
+    torchvision's legacy names fixed."""
+    name = name or Path(str(source)).name
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickled classes, truncated file, not a torch file
-        raise PackageError(f"{Path(path).name} is not a readable PyTorch state dict ({type(exc).__name__}: "
+        raise PackageError(f"{name} is not a readable PyTorch state dict ({type(exc).__name__}: "
                            f"{exc}). Save it with torch.save(model.state_dict(), path).") from exc
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict):
-        raise PackageError(f"{Path(path).name} holds a {type(state).__name__}, not a state dict")
+        raise PackageError(f"{name} holds a {type(state).__name__}, not a state dict")
     tensors = {str(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}
     if tensors and all(k.startswith("module.") for k in tensors):
         tensors = {k[len("module."):]: v for k, v in tensors.items()}

@@ -12,6 +12,7 @@ import torch
 
 from gpjobs.catalog import ArgumentError
 from gpjobs.export import DataError
+from gpjobs.paths import PathError
 from gpjobs.tasks.train import TrainingRequest
 from gpjobs.training.data import open_training_data
 from gpjobs.training.engine import FitConfig, NaNLossError, OutOfMemory, backbone_policy, fit, seed_everything
@@ -35,7 +36,7 @@ def run_job(spec: JobSpec, reporter: Reporter) -> ExitCode:
         report = getattr(exc, "report", None)
         details = list(getattr(report, "errors", []) or [])
         return _failed(reporter, ExitCode.BAD_INPUT, f"The training data cannot be used: {exc}", details)
-    except (ArgumentError, PackageError, WeightsMissing) as exc:
+    except (ArgumentError, PackageError, WeightsMissing, PathError) as exc:  # PathError: a file led out of its store
         return _failed(reporter, ExitCode.BAD_INPUT, str(exc))
     except NaNLossError as exc:
         return _failed(reporter, ExitCode.NAN_LOSS, f"Training diverged: {exc}")
@@ -67,7 +68,8 @@ def train_job(spec: JobSpec, reporter: Reporter) -> dict[str, Any]:
 
     with contextlib.ExitStack() as stack:
         # A package to fine-tune from decides the chip size, bands and backbone, as arcgis.learn does.
-        package = stack.enter_context(open_package(request.pretrained.path)) if request.pretrained else None
+        pretrained = request.pretrained
+        package = stack.enter_context(open_package(pretrained.path, pretrained.root)) if pretrained else None
         if package is not None:
             backbone = _check_pretrained_fits(package, request, backbone, say)
         chip_size = args["chip_size"]
@@ -81,7 +83,8 @@ def train_job(spec: JobSpec, reporter: Reporter) -> dict[str, Any]:
         reporter.progress(0.0, "prepare")
         data = open_training_data([f.local for f in request.in_folders], task=model_type.task, chip_size=chip_size,
                                   validation_percent=request.validation_percent, seed=int(args["seed"]),
-                                  extract_bands=extract, augment=bool(args["augment"]))
+                                  extract_bands=extract, augment=bool(args["augment"]),
+                                  roots=[f.root for f in request.in_folders])
         info = data.info
         if info.format not in model_type.formats:  # the folder changed since submit
             raise ArgumentError(f"{model_type.name} trains on {', '.join(sorted(model_type.formats))} exports; "

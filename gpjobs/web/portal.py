@@ -285,13 +285,14 @@ def _string_list(value: str, name: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def _int(value: str | None, default: int, *, lo: int, hi: int | None = None) -> int:
+def _int(value: str | None, default: int, *, lo: int, hi: int = 2 ** 53) -> int:
+    """A whole number clamped to [lo, hi] as the portal does (hi keeps it a JSON-safe 64-bit integer)."""
     try:
         number = int(value) if value not in (None, "") else default
     except ValueError:
-        raise EsriError(400, "Invalid or missing input parameters.", [f"not a whole number: {value!r}"]) from None
-    number = max(lo, number)
-    return min(hi, number) if hi is not None else number
+        shown = value if value is None or len(value) <= 40 else value[:40] + "..."
+        raise EsriError(400, "Invalid or missing input parameters.", [f"not a whole number: {shown!r}"]) from None
+    return min(hi, max(lo, number))
 
 
 async def generate_token(request: web.Request) -> web.Response:

@@ -324,7 +324,7 @@ def test_pspnet_pyramid_and_final_convs_from_arcgis_layout(tmp_path):
 @pytest.mark.slow
 def test_deeplab_job_starts_from_installed_coco_weights(tmp_path):
     from tests.builders.exports import write_classified_tiles
-    from tests.training.helpers import make_spec, result_of, train
+    from tests.training.helpers import emd_of, make_spec, result_of, train
 
     weights = tmp_path / "weights"
     weights.mkdir()

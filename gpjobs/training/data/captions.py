@@ -33,7 +33,7 @@ class CaptionDataset(Dataset):
         self.records = list(records)
         self.info, self.train = info, train
         self.vocab: Vocabulary | None = None  # set by CaptionData.build_vocabulary
-        self.captions = [parse_captions(r.label) for r in self.records]
+        self.captions = [parse_captions(r.label, r.root) for r in self.records]
 
     def __len__(self) -> int:
         return len(self.records)

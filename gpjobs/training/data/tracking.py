@@ -119,7 +119,7 @@ class _Frames:
     def objects(self, i: int) -> list[int]:
         rec = self.records[i]
         if rec.objects is None:
-            rec.objects = frame_objects(rec.label)
+            rec.objects = frame_objects(rec.label, rec.root)
         return [oid for oid, _ in rec.objects]
 
 

@@ -61,7 +61,8 @@ def test_minimal_client_form_gives_defaults(roots: StoreRoots, share: Path) -> N
     sub = parse_submit(form(), roots, max_arguments_bytes=MAX_ARGS)
     r = sub.request
     assert r.model_type.name == "UNET" and r.backbone == "RESNET34"
-    assert r.in_folders == (DataFolder("/fileShares/default/exports/seg", str((share / "exports" / "seg").resolve())),)
+    assert r.in_folders == (DataFolder("/fileShares/default/exports/seg", str((share / "exports" / "seg").resolve()),
+                                       str(share.resolve())),)
     assert r.data_format == "Classified_Tiles"
     assert r.output == OutputTarget(kind="item", name="m1")
     assert (r.batch_size, r.max_epochs, r.learning_rate, r.validation_percent) == (2, 20, None, 10.0)
@@ -180,7 +181,7 @@ def test_pretrained_forms(roots: StoreRoots, share: Path) -> None:
         assert submit(roots, pretrained_model=value).pretrained == PretrainedModel(item_id=item)
     r = submit(roots, pretrained_model='{"uri": "/fileShares/default/models/m.dlpk"}')
     assert r.pretrained == PretrainedModel(path=str((share / "models" / "m.dlpk").resolve()),
-                                           alias="/fileShares/default/models/m.dlpk")
+                                           alias="/fileShares/default/models/m.dlpk", root=str(share.resolve()))
 
 
 @pytest.mark.parametrize("overrides, expected", [
