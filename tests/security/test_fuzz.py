@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.acceptance.gpjobs_server_proc import ServerProcess
 from tests.builders.exports import write_classified_tiles
+from tests.harness.server import GpjobsServer
 from tests.security.fuzz import ADMIN, TASK, FuzzRequests, Names, Request, check_response, send
 
 SEED = int(os.environ.get("GPJOBS_FUZZ_SEED", "11"))
@@ -46,26 +46,26 @@ def secured_server(tmp_path: Path):
     share = tmp_path / "share"
     write_classified_tiles(share / "exports", n=4, size=32, name="seg")
     (share / "models").mkdir()
-    data_dir = tmp_path / "var"
-    data_dir.mkdir()
-    admin, user = mint_tokens(data_dir / "gpjobs.sqlite3")
-    server = ServerProcess(data_dir, share, GPJOBS_ANONYMOUS="false", GPJOBS_MAX_QUEUED_PER_USER="0",
-                           GPJOBS_LOG_LEVEL="info").start(timeout=180)
+    server = GpjobsServer(tmp_path, shares={"default": share}, auth=True,
+                          settings={"max_queued_per_user": 0, "log_level": "info"})
+    server.data_dir.mkdir(parents=True)
+    admin, user = mint_tokens(server.data_dir / "gpjobs.sqlite3")
+    server.start(timeout=180)
     try:
         yield server, Names(export="/fileShares/default/exports/seg", admin_token=admin, user_token=user,
                             username="analyst")
     finally:
-        server.terminate()
+        server.stop()
 
 
-def call(server: ServerProcess, path: str, token: str, **fields: str) -> dict:
-    request = urllib.request.Request(server.base + path, data=urllib.parse.urlencode({"f": "json", **fields}).encode(),
+def call(server: GpjobsServer, path: str, token: str, **fields: str) -> dict:
+    request = urllib.request.Request(server.base_url + path, data=urllib.parse.urlencode({"f": "json", **fields}).encode(),
                                      headers={"X-Esri-Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(request, timeout=120) as resp:
         return json.loads(resp.read())
 
 
-def all_job_ids(server: ServerProcess, admin: str) -> set[str]:
+def all_job_ids(server: GpjobsServer, admin: str) -> set[str]:
     ids: set[str] = set()
     start = 1
     while start != -1:
@@ -140,8 +140,8 @@ def log_problems(log_path: Path) -> list[str]:
     return bad
 
 
-def run_fuzz(server: ServerProcess, names: Names, count: int, seed: int) -> dict[str, int]:
-    port = int(server.base.rsplit(":", 1)[1])
+def run_fuzz(server: GpjobsServer, names: Names, count: int, seed: int) -> dict[str, int]:
+    port = int(server.base_url.rsplit(":", 1)[1])
     seeded = {call(server, TASK + "/submitJob", names.user_token, in_folder=names.export, model_type="UNET",
                    output_name=json.dumps({"name": f"seeded{i}"}), arguments='{"chip_size": "32"}',
                    max_epochs="1")["jobId"] for i in range(2)}  # real jobs for the job routes to name
