@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from gpjobs.training.weights_install import install, package_weight_files
-from tests.training.helpers import make_spec, result_of, train
+from tests.training.helpers import emd_of, make_spec, result_of, train
 from tests.training.real_chips import palm_labeled_tiles
 
 torch.set_num_threads(1)
@@ -40,7 +40,7 @@ def test_mobilenet_v2_imagenet_weights_beat_scratch(samples_dir, tmp_path):
                          arguments={"seed": 0}, **kw)
         code, reporter = train(spec)
         runs[name] = result_of(reporter)
-    assert runs["imagenet"]["emd"]["PretrainedWeights"] == "loaded mobilenet_v2-b0353104.pth"
+    assert emd_of(runs["imagenet"])["PretrainedWeights"] == "loaded mobilenet_v2-b0353104.pth"
     pretrained, scratch = runs["imagenet"]["metrics"], runs["scratch"]["metrics"]
     assert pretrained["accuracy"] >= scratch["accuracy"] + 0.15, (pretrained, scratch)
     assert pretrained["valid_loss"] <= scratch["valid_loss"] - 0.25, (pretrained, scratch)
