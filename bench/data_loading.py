@@ -14,7 +14,11 @@ CPU time is reported too: bare decode CPU per chip vs loader CPU per chip (consu
 ratio is the loader's efficiency whatever the load. `--breakdown` also times the stages of one chip.
 
     .venv/bin/python bench/data_loading.py [--chips 96] [--size 256] [--bands 3] [--dtype uint8]
-                                           [--workers 0 1 2] [--repeats 7] [--breakdown]
+                                           [--workers default 0 1 2] [--repeats 7] [--breakdown]
+
+`default` is what a server job gets when its num_workers argument is unset: the loader_workers setting of
+the default configuration (auto: from one slot's CPU share and device kind on this machine,
+scheduler/child_input.py). Goal at the default: ratio >= 0.9.
 """
 
 from __future__ import annotations
@@ -67,6 +71,18 @@ def worker_cpu(loader) -> float:
     return total
 
 
+def default_workers() -> tuple[int, str]:
+    """The loader workers a server job gets by default here, and a label saying why."""
+    from gpjobs.config import load_config
+    from gpjobs.scheduler.child_input import cpu_split
+    from tests.fakes.fake_jobs import fake_request
+
+    config = load_config(env={})
+    split = cpu_split(config, config.devices[0], fake_request())
+    return split.workers, (f"default ({split.workers}: {split.source}, {config.devices[0]} slot with "
+                           f"{split.cpus} CPU(s), {split.threads} trainer thread(s))")
+
+
 def load() -> str:
     one, five, _ = os.getloadavg()
     return f"{one:.2f}/{five:.2f}"
@@ -108,7 +124,8 @@ def main() -> int:
     parser.add_argument("--bands", type=int, default=3)
     parser.add_argument("--dtype", default="uint8")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--workers", nargs="+", default=["default"],
+                        help="worker counts to measure; 'default' = the server's default for this machine")
     parser.add_argument("--repeats", type=int, default=7, help="paired timed passes per variant (>= 5)")
     parser.add_argument("--breakdown", action="store_true", help="also time each stage per chip")
     args = parser.parse_args()
@@ -129,7 +146,8 @@ def main() -> int:
         bare_decode(records)  # warm the page cache for both sides
         if args.breakdown:
             breakdown(data, args.batch, args.repeats)
-        for workers in args.workers:
+        for choice in args.workers:
+            workers, label = default_workers() if choice == "default" else (int(choice), str(choice))
             train, _ = data.loaders(args.batch, num_workers=workers, pin_memory=torch.cuda.is_available())
             loader_pass(train)  # first pass starts the (persistent) workers
             before = load()
@@ -146,7 +164,7 @@ def main() -> int:
             ratios = sorted(ours / bare for bare, ours in pairs)
             per_bare, per_main, per_work = (1e3 * bare_cpu / (n * args.repeats), 1e3 * main_cpu / chips,
                                             1e3 * work_cpu / chips)
-            print(f"workers={workers}: ratio {statistics.median(ratios):.2f} (median of {len(ratios)} paired runs, "
+            print(f"workers={label}: ratio {statistics.median(ratios):.2f} (median of {len(ratios)} paired runs, "
                   f"range {ratios[0]:.2f}..{ratios[-1]:.2f}); loader {statistics.median(p[1] for p in pairs):6.1f} "
                   f"chips/s, bare decode {statistics.median(p[0] for p in pairs):6.1f} chips/s (medians); "
                   f"load {before} -> {load()}")

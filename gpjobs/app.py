@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import uuid
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import structlog
 from aiohttp import web
@@ -24,7 +24,9 @@ log = structlog.get_logger("gpjobs.app")
 
 def create_app(config: Config, *, boot_id: str | None = None, run_scheduler: bool = True) -> web.Application:
     """The whole server as an aiohttp Application (tests use it with aiohttp_client)."""
-    app = web.Application(client_max_size=config.max_request_bytes)
+    from gpjobs.web.middleware import HANDLER_ARGS
+
+    app = web.Application(client_max_size=config.max_request_bytes, handler_args=HANDLER_ARGS)
     app[CONFIG_KEY] = config
     app[BOOT_ID_KEY] = boot_id or uuid.uuid4().hex
     app.cleanup_ctx.append(_store_context)
@@ -32,7 +34,15 @@ def create_app(config: Config, *, boot_id: str | None = None, run_scheduler: boo
         app.cleanup_ctx.append(_scheduler_context)
     _optional_setup(app, "gpjobs.web", "setup_web")
     _optional_setup(app, "gpjobs.web.portal", "setup_portal")
+    _optional_setup(app, "gpjobs.web.metrics", "setup_metrics")  # after the web middlewares: it goes outermost
     return app
+
+
+def _metrics(app: web.Application) -> Any:
+    """The app's metrics (web/metrics.py), or None when they are not set up."""
+    from gpjobs.web.metrics import METRICS_KEY
+
+    return app.get(METRICS_KEY)
 
 
 def _optional_setup(app: web.Application, module_name: str, function: str) -> None:
@@ -64,6 +74,9 @@ async def _store_context(app: web.Application) -> AsyncIterator[None]:
     assert config.db_path is not None
     store = await Store.open(config.db_path, synchronous=config.db_synchronous.upper())
     app[STORE_KEY] = store
+    metrics = _metrics(app)
+    if metrics is not None:
+        store.db.on_write = metrics.sqlite_write.observe
     log.info("store opened", path=str(config.db_path), schema=await store.schema_version())
     try:
         yield
@@ -75,7 +88,7 @@ async def _store_context(app: web.Application) -> AsyncIterator[None]:
 async def _scheduler_context(app: web.Application) -> AsyncIterator[None]:
     from gpjobs.scheduler import Scheduler
 
-    scheduler = Scheduler(app[CONFIG_KEY], app[STORE_KEY], app[BOOT_ID_KEY])
+    scheduler = Scheduler(app[CONFIG_KEY], app[STORE_KEY], app[BOOT_ID_KEY], observer=_metrics(app))
     await scheduler.start()
     app[SCHEDULER_KEY] = scheduler
     log.info("scheduler started", devices=app[CONFIG_KEY].devices, boot_id=app[BOOT_ID_KEY])

@@ -10,7 +10,8 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("serve", "train", "inspect", "predict", "token", "migrate", "backup", "check", "cert")
+COMMANDS = ("serve", "train", "inspect", "predict", "infer", "weights", "token", "migrate", "backup", "check",
+            "cert")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,9 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from gpjobs.catalog import MAX_LOADER_WORKERS
+from gpjobs.parsing import parse_bool
+
 ENV_PREFIX = "GPJOBS_"
 STORE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 DEVICE = re.compile(r"^(cpu|cuda:\d+)$")
+WORK_RETENTION = ("logs", "all", "none")
 
 
 class ConfigError(ValueError):
@@ -45,6 +49,9 @@ class Config:
     jobs_dir: Path | None = None  # per-job work dirs (spec, checkpoints, logs); default: data_dir/jobs
     file_shares: dict[str, Path] = field(default_factory=dict)
     raster_stores: dict[str, Path] = field(default_factory=dict)
+    # UNC prefixes (\\server\share) -> the local mount they are reachable at; a mapped path must still lie
+    # inside a registered store.
+    unc_paths: dict[str, Path] = field(default_factory=dict)
     devices: list[str] = field(default_factory=lambda: ["auto"])  # one slot each; "auto": every GPU, else cpu
     auth: AuthConfig = field(default_factory=AuthConfig)
     weights_dir: Path | None = None  # torchvision-named ImageNet weight files
@@ -59,7 +66,15 @@ class Config:
     watchdog_interval_s: float = 5.0
     progress_flush_s: float = 2.0  # child messages/progress are batched into one transaction this often
     child_threads: int = 1  # torch threads per child (OMP_NUM_THREADS)
+    # data loader worker processes per job when its num_workers argument is unset: "auto" (from the slot's
+    # CPU share and its device kind, scheduler/child_input.py) or a number (0: load in the training process)
+    loader_workers: int | str = "auto"
+    warm_trainers: bool = True  # keep one training child per slot started ahead (torch imported): fast starts
+    metrics_public: bool = False  # /metrics without a token (default: admin tokens only)
     retention_days: float = 0.0  # 0: keep finished jobs forever
+    # What a finished job's work folder keeps: "logs" (spec + child logs; checkpoints and the package copy go),
+    # "all" (everything, for debugging training), "none" (the folder goes when the job ends).
+    work_retention: str = "logs"
     max_queued_per_user: int = 20  # 0: unlimited
     max_request_bytes: int = 1 << 20
     max_arguments_bytes: int = 8192
@@ -94,6 +109,7 @@ _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 _PATH_FIELDS = {"data_dir", "db_path", "content_dir", "jobs_dir", "weights_dir", "tls_cert", "tls_key"}
 _INT_FIELDS = {"port", "max_attempts", "child_threads", "max_queued_per_user", "max_request_bytes",
                "max_arguments_bytes"}
+_BOOL_FIELDS = {"warm_trainers", "metrics_public"}
 _FLOAT_FIELDS = {"retry_backoff_s", "heartbeat_timeout_s", "max_runtime_s", "cancel_grace_s", "shutdown_grace_s",
                  "watchdog_interval_s", "progress_flush_s", "retention_days"}
 
@@ -149,7 +165,7 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
         name = key[len(ENV_PREFIX):].lower()
         if name in ("anonymous", "auth_anonymous"):
             out["auth"] = {"anonymous": value}
-        elif name in ("file_shares", "raster_stores"):
+        elif name in ("file_shares", "raster_stores", "unc_paths"):
             out[name] = parse_named_paths(value.split(","), setting=key)
         elif name in ("devices", "trainer_command"):
             out[name] = value.split(",") if name == "devices" else value.split()
@@ -210,7 +226,7 @@ def _coerce(key: str, value: Any) -> Any:
             if bad:
                 raise ConfigError(f"unknown auth setting(s): {sorted(bad)}")
             return AuthConfig(anonymous=_to_bool(value.get("anonymous", True)))
-        if key in ("file_shares", "raster_stores"):
+        if key in ("file_shares", "raster_stores", "unc_paths"):
             if not isinstance(value, dict):
                 raise ConfigError(f"{key} must be a table of NAME = \"PATH\"")
             return {str(n): Path(str(p)).expanduser().absolute() for n, p in value.items()}
@@ -230,6 +246,10 @@ def _coerce(key: str, value: Any) -> Any:
             if isinstance(value, bool):
                 raise ValueError
             return float(value)
+        if key in _BOOL_FIELDS:
+            return _to_bool(value)
+        if key == "loader_workers":
+            return _loader_workers(value)
         if key == "public_url":
             return str(value).rstrip("/") or None
         return str(value)
@@ -239,15 +259,20 @@ def _coerce(key: str, value: Any) -> Any:
         raise ConfigError(f"{key} = {value!r} is not a valid {_FIELDS[key].type}") from None
 
 
+def _loader_workers(value: Any) -> int | str:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    if isinstance(value, bool) or not str(value).strip().isdigit() or int(value) > MAX_LOADER_WORKERS:
+        raise ConfigError(f"loader_workers = {value!r}: use \"auto\" or a whole number from 0 to "
+                          f"{MAX_LOADER_WORKERS}")
+    return int(value)
+
+
 def _to_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{value!r} is not a boolean (use true or false)")
+    try:
+        return parse_bool(value)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def resolve_devices(devices: list[str]) -> list[str]:
@@ -287,6 +312,8 @@ def validate(config: Config) -> None:
     cuda = [d for d in config.devices if d != "cpu"]
     if len(cuda) != len(set(cuda)):
         raise ConfigError(f"devices {config.devices} lists a GPU twice (one slot per GPU)")
+    if config.work_retention not in WORK_RETENTION:
+        raise ConfigError(f"work_retention = {config.work_retention!r}: use {', '.join(map(repr, WORK_RETENTION))}")
     if config.missing_weights not in ("random", "fail"):
         raise ConfigError(f"missing_weights = {config.missing_weights!r}: use \"random\" or \"fail\"")
     if config.db_synchronous.upper() not in ("FULL", "NORMAL"):
@@ -311,6 +338,9 @@ def validate(config: Config) -> None:
         for name in getattr(config, kind):
             if not STORE_NAME.match(name):
                 raise ConfigError(f"{kind} name {name!r} may only use letters, digits, '_', '-' and '.'")
+    for prefix in config.unc_paths:
+        if not re.match(r"^(\\\\|//)[^\\/]+[\\/][^\\/]+", prefix):
+            raise ConfigError(f"unc_paths key {prefix!r} must be a UNC share such as '\\\\server\\share'")
     if config.public_url and not re.match(r"^https?://", config.public_url):
         raise ConfigError(f"public_url {config.public_url!r} must start with http:// or https://")
 

@@ -64,6 +64,11 @@ def sources_of(target: JobStatus) -> frozenset[JobStatus]:
     return frozenset(s for s, targets in TRANSITIONS.items() if target in targets)
 
 
+# Server crashes (boot recovery of a job that was running) give the attempt back, like a graceful stop;
+# a job survives this many of them, so one that takes the whole server down every time is not requeued forever.
+SERVER_CRASH_LIMIT = 5
+
+
 class MessageType(str, Enum):
     """GP message types (protocol.md §3); we emit Informative, Warning and Error only."""
 
@@ -75,7 +80,7 @@ class MessageType(str, Enum):
         return self.value
 
     @classmethod
-    def from_level(cls, level: str) -> "MessageType":
+    def from_level(cls, level: str) -> MessageType:
         """Map a child event level (info | warning | error) to a message type."""
         return {"warning": cls.WARNING, "error": cls.ERROR}.get(level, cls.INFORMATIVE)
 
@@ -123,7 +128,7 @@ class Job:
     inputs: dict[str, Any] = field(default_factory=dict)
     spec: dict[str, Any] = field(default_factory=dict)
     progress: float | None = None  # percent 0..100 while executing
-    attempts: int = 0  # claims so far (a graceful-shutdown requeue gives its attempt back)
+    attempts: int = 0  # claims so far (a graceful shutdown or a server crash gives its attempt back)
     max_attempts: int = 3
     result: dict[str, Any] | None = None  # {"id": item_id} or {"uri": "/fileShares/..."}
     error: str | None = None  # human-readable cause of Failed / TimedOut
@@ -137,13 +142,14 @@ class Job:
     cancel_requested_ms: int | None = None
     run_after_ms: int = 0  # retry backoff: not claimable before this time
     interruptions: int = 0  # graceful shutdowns survived (they do not spend attempts)
+    server_crashes: int = 0  # server crashes survived while running (no attempt spent; SERVER_CRASH_LIMIT)
     updated_ms: int = 0
 
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
 
-    def replace(self, **changes: Any) -> "Job":
+    def replace(self, **changes: Any) -> Job:
         return dataclasses.replace(self, **changes)
 
 
@@ -178,7 +184,7 @@ class Item:
     snippet: str | None = None
     properties: dict[str, Any] = field(default_factory=dict)
 
-    def replace(self, **changes: Any) -> "Item":
+    def replace(self, **changes: Any) -> Item:
         return dataclasses.replace(self, **changes)
 
 

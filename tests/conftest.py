@@ -16,6 +16,20 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLES_DIR = Path(os.environ.get("GPJOBS_SAMPLES_DIR", REPO_ROOT.parent / "shared" / "samples"))
 
 
+@pytest.hookimpl(trylast=True)  # after `-m` deselection: no torch import when no gpu test is left
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` skip, with the reason, where torch sees no CUDA device."""
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu:
+        return
+    import torch  # only here: collecting the torch-free tests must not pay for it
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False)")
+        for item in gpu:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def samples_dir() -> Path:
     """The real Esri exports in ../shared/samples (read-only; never copied into the repo)."""

@@ -46,8 +46,7 @@ def run(args: argparse.Namespace) -> int:
             "not configured: models train from random weights" if config.missing_weights == "random"
             else "not configured but missing_weights = fail: every job needing weights will fail")
     else:
-        files = sorted(p.name for p in config.weights_dir.glob("*.pth")) if config.weights_dir.is_dir() else []
-        add("weights_dir", config.weights_dir.is_dir(), {"path": str(config.weights_dir), "files": len(files)})
+        add("weights_dir", config.weights_dir.is_dir(), weights_report(config.weights_dir))
     for kind, stores in (("file_share", config.file_shares), ("raster_store", config.raster_stores)):
         for name, path in stores.items():
             ok = path.is_dir() and os.access(path, os.R_OK | os.X_OK)
@@ -69,6 +68,20 @@ def run(args: argparse.Namespace) -> int:
         for c in checks:
             print(f"[{'ok' if c['ok'] else 'FAIL':>4}] {c['check']}: {c['detail']}")
     return 0 if all(c["ok"] for c in checks) else 1
+
+
+def weights_report(weights_dir: Path) -> dict[str, Any]:
+    """Which ImageNet backbones and COCO models have their file (names only; `gpjobs weights list` verifies)."""
+    from gpjobs.training.weights_install import inventory
+
+    rows = inventory(weights_dir, verify=False)
+    report: dict[str, Any] = {"path": str(weights_dir)}
+    for kind in ("imagenet", "coco"):
+        mine = [r for r in rows if r["kind"] == kind]
+        report[kind] = {"present": [r["for"] for r in mine if r["present"]], "of": len(mine)}
+    report["unknown_files"] = [r["file"] for r in rows if r["kind"] == "unknown"]
+    report["verify"] = "gpjobs weights list"
+    return report
 
 
 def probe_torch(trainer_command: list[str]) -> tuple[str, bool, Any]:

@@ -1,39 +1,32 @@
 """`gpjobs train`: run TrainDeepLearningModel locally (no server) and write the .dlpk.
 
-Flags are named after the task's parameters and have the task's defaults.
+Its flags are the task's parameters (`--in-folder`, `--model-type`, `--batch-size`, ...), parsed and
+checked by the same code as a submitted job; paths are plain local paths.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
+from gpjobs.paths import LocalPaths
+from gpjobs.tasks.params import ParameterError, add_flags, values_from_flags
+from gpjobs.tasks.train import INPUT_PARAMETERS, parse_training_request
+
 HELP = "Train a model on Export Training Data folder(s) without the server and write a .dlpk"
+EXIT_BAD_INPUT = 2  # = training.protocol.ExitCode.BAD_INPUT (kept torch-free here)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--in-folder", action="append", required=True, metavar="FOLDER",
-                        help="export folder (repeat for several folders trained together)")
-    parser.add_argument("--model-type", required=True, help="e.g. UNET, FEATURE_CLASSIFIER, PSPNET, DEEPLAB")
     parser.add_argument("--output", required=True, metavar="PATH.dlpk", help="where to write the package")
-    parser.add_argument("--backbone-model", default=None, help="default: the model type's default backbone")
-    parser.add_argument("--arguments", default="{}", metavar="JSON",
-                        help='model arguments as JSON, e.g. \'{"chip_size": 64, "mixup": true}\'')
-    parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--max-epochs", type=int, default=20)
-    parser.add_argument("--learning-rate", type=float, default=None,
-                        help="empty or 0: found with the learning-rate range test")
-    parser.add_argument("--validation-percent", type=float, default=10.0)
-    parser.add_argument("--pretrained-model", default=None, metavar="DLPK", help="fine-tune from this package")
-    parser.add_argument("--stop-training", action=argparse.BooleanOptionalAction, default=True,
-                        help="early stopping when the monitored value stops improving (default: on)")
-    parser.add_argument("--freeze-model", action=argparse.BooleanOptionalAction, default=True,
-                        help="train with the backbone frozen (default: on)")
-    parser.add_argument("--processor-type", choices=("CPU", "GPU"), type=str.upper, default="CPU")
+    add_flags(parser, INPUT_PARAMETERS, skip=("output_name", "overwrite_model"), repeat=("in_folder",))
+    parser.add_argument("--processor-type", choices=("CPU", "GPU"), type=str.upper, default=None,
+                        help="shorthand for --context '{\"processorType\": ...}' (default: CPU)")
     parser.add_argument("--gpu-id", type=int, default=0)
     parser.add_argument("--weights-dir", default=None, help="folder with torchvision-named ImageNet weights")
     parser.add_argument("--missing-weights", choices=("random", "fail"), default="random")
@@ -45,49 +38,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
-    from gpjobs.training.protocol import ExitCode, JobSpec
-
-    try:
-        arguments = json.loads(args.arguments or "{}")
-        if not isinstance(arguments, dict):
-            raise ValueError("expected a JSON object")
-    except ValueError as exc:
-        print(f"--arguments is not a JSON object: {exc}", file=sys.stderr)
-        return int(ExitCode.BAD_INPUT)
     output = Path(args.output).resolve()
     if output.suffix.lower() != ".dlpk":
         print("--output must end in .dlpk", file=sys.stderr)
-        return int(ExitCode.BAD_INPUT)
-    temp = None
-    if args.work_dir:
-        work_dir = Path(args.work_dir).resolve()
-        work_dir.mkdir(parents=True, exist_ok=True)
-    else:
-        temp = tempfile.mkdtemp(prefix="gpjobs-train-")
-        work_dir = Path(temp)
-    device = "cpu"
-    if args.processor_type == "GPU":
-        from gpjobs.training.devices import cuda_available
+        return EXIT_BAD_INPUT
+    values = values_from_flags(args, INPUT_PARAMETERS)
+    values["in_folder"] = ",".join(args.in_folder)
+    values["output_name"] = json.dumps({"name": output.stem})
+    if args.processor_type:
+        values["context"] = json.dumps({"processorType": args.processor_type})
+    try:
+        request = parse_training_request(values, LocalPaths())
+    except ParameterError as exc:
+        print("The parameters cannot be used:\n  " + "\n  ".join(exc.details), file=sys.stderr)
+        return EXIT_BAD_INPUT
 
-        if not cuda_available():
-            print("--processor-type GPU: no CUDA device is available (use CPU)", file=sys.stderr)
-            return int(ExitCode.BAD_INPUT)
-        device = f"cuda:{args.gpu_id}"
-    spec = JobSpec(
-        job_id="local", in_folders=[str(Path(f).resolve()) for f in args.in_folder], model_type=args.model_type,
-        output_name=output.stem, work_dir=str(work_dir), arguments=arguments, batch_size=args.batch_size,
-        max_epochs=args.max_epochs, learning_rate=args.learning_rate, backbone_model=args.backbone_model,
-        validation_percent=args.validation_percent,
-        pretrained_model=str(Path(args.pretrained_model).resolve()) if args.pretrained_model else None,
-        stop_training=args.stop_training, freeze_model=args.freeze_model, device=device,
-        weights_dir=args.weights_dir, missing_weights=args.missing_weights,
-        num_threads=args.threads or os.cpu_count() or 1)
-
+    from gpjobs.training.devices import cuda_available
     from gpjobs.training.events import ConsoleReporter
+    from gpjobs.training.protocol import ChildRuntime, ExitCode, JobSpec
     from gpjobs.training.run_job import run_job
 
+    device = "cpu"
+    if request.context.processor_type == "GPU":
+        if not cuda_available():
+            print("processorType GPU: no CUDA device is available (use CPU)", file=sys.stderr)
+            return int(ExitCode.BAD_INPUT)
+        device = f"cuda:{args.gpu_id}"
+    temp = None if args.work_dir else tempfile.mkdtemp(prefix="gpjobs-train-")
+    work_dir = Path(args.work_dir).resolve() if args.work_dir else Path(str(temp))
+    work_dir.mkdir(parents=True, exist_ok=True)
+    runtime = ChildRuntime(device=device, weights_dir=args.weights_dir, missing_weights=args.missing_weights,
+                           num_threads=args.threads or os.cpu_count() or 1)
+    spec = JobSpec(job_id="local", work_dir=str(work_dir), request=request, runtime=runtime)
     reporter = ConsoleReporter(quiet=args.quiet)
     reporter.install_sigint()
     try:
@@ -99,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
             shutil.copyfile(result["package"], tmp)
             os.replace(tmp, output)
             if args.json:
-                print(json.dumps({**{k: v for k, v in result.items() if k != "emd"}, "package": str(output)}))
+                print(json.dumps({**result, "package": str(output)}))
             else:
                 print(f"wrote {output}", file=sys.stderr)
         return int(code)

@@ -7,9 +7,11 @@ Pillow handles PNG/JPEG, which Esri writes with at most three bands.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import BinaryIO, Sequence
 
 import numpy as np
+
+from gpjobs.paths import PathError, open_in_store
 
 # What Export Training Data writes into images/ (export-format.md §1.7); anything else there
 # (.aux.xml, .jgw, .tfw, .ovr, Thumbs.db) is a side file and is ignored.
@@ -25,27 +27,42 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
 
 
-def read_chip(path: str | Path, extract_bands: Sequence[int] | None = None) -> np.ndarray:
-    """The chip as (H, W, C) in its native dtype, optionally keeping only `extract_bands` (0-based)."""
-    path = Path(path)
+def _open(path: Path, root: str | Path) -> BinaryIO:
+    """The file through the store check (PathError names it when it leads out of `root`)."""
     try:
-        if path.suffix.lower() in TIFF_EXTENSIONS:
-            import tifffile
+        return open_in_store(path, root)
+    except PathError:
+        raise
+    except OSError as exc:
+        raise ChipReadError(f"{path.name}: cannot be read ({type(exc).__name__}: {exc})") from exc
 
-            with tifffile.TiffFile(path) as tif:
-                page = tif.pages[0]
-                array = page.asarray()
-                if page.planarconfig == 2 and array.ndim == 3:  # separate planes: (C, H, W)
-                    array = np.moveaxis(array, 0, -1)
-        else:
-            from PIL import Image
 
-            with Image.open(path) as img:
-                img.load()
-                # Palette PNG labels are read as palette indices (= class values), as arcgis.learn does.
-                array = np.asarray(img)
-    except Exception as exc:  # tifffile / Pillow / imagecodecs raise many types for a bad file
-        raise ChipReadError(f"{path.name}: cannot be decoded ({type(exc).__name__}: {exc})") from exc
+def read_chip(path: str | Path, extract_bands: Sequence[int] | None = None, *, root: str | Path = "/"
+              ) -> np.ndarray:
+    """The chip as (H, W, C) in its native dtype, optionally keeping only `extract_bands` (0-based).
+
+    `root`: the store the chip belongs to (paths.open_in_store); "/" for a user's own local file.
+    """
+    path = Path(path)
+    with _open(path, root) as fh:
+        try:
+            if path.suffix.lower() in TIFF_EXTENSIONS:
+                import tifffile
+
+                with tifffile.TiffFile(fh) as tif:
+                    page = tif.pages[0]
+                    array = page.asarray()
+                    if page.planarconfig == 2 and array.ndim == 3:  # separate planes: (C, H, W)
+                        array = np.moveaxis(array, 0, -1)
+            else:
+                from PIL import Image
+
+                with Image.open(fh) as img:
+                    img.load()
+                    # Palette PNG labels are read as palette indices (= class values), as arcgis.learn does.
+                    array = np.asarray(img)
+        except Exception as exc:  # tifffile / Pillow / imagecodecs raise many types for a bad file
+            raise ChipReadError(f"{path.name}: cannot be decoded ({type(exc).__name__}: {exc})") from exc
     if array.ndim == 2:
         array = array[:, :, None]
     if array.ndim != 3:
@@ -61,9 +78,9 @@ def read_chip(path: str | Path, extract_bands: Sequence[int] | None = None) -> n
     return array
 
 
-def read_label_raster(path: str | Path, native: bool = False) -> np.ndarray:
+def read_label_raster(path: str | Path, native: bool = False, *, root: str | Path = "/") -> np.ndarray:
     """A single-band label raster (class values or instance ids) as (H, W) int64 (`native`: file dtype)."""
-    array = read_chip(path)
+    array = read_chip(path, root=root)
     if native and array.shape[2] == 1:
         return array[:, :, 0]
     if array.shape[2] != 1:
@@ -77,26 +94,27 @@ def read_label_raster(path: str | Path, native: bool = False) -> np.ndarray:
     return array[:, :, 0].astype(np.int64)
 
 
-def chip_header(path: str | Path) -> tuple[int, int, int, str]:
+def chip_header(path: str | Path, *, root: str | Path = "/") -> tuple[int, int, int, str]:
     """(height, width, bands, dtype) without decoding the pixels (cheap: the submit-time check uses it)."""
     path = Path(path)
-    try:
-        if path.suffix.lower() in TIFF_EXTENSIONS:
-            import tifffile
+    with _open(path, root) as fh:
+        try:
+            if path.suffix.lower() in TIFF_EXTENSIONS:
+                import tifffile
 
-            with tifffile.TiffFile(path) as tif:
-                page = tif.pages[0]
-                shape = page.shape
-                if len(shape) == 2:
-                    return shape[0], shape[1], 1, str(page.dtype)
-                if page.planarconfig == 2:
-                    return shape[1], shape[2], shape[0], str(page.dtype)
-                return shape[0], shape[1], shape[2], str(page.dtype)
-        from PIL import Image
+                with tifffile.TiffFile(fh) as tif:
+                    page = tif.pages[0]
+                    shape = page.shape
+                    if len(shape) == 2:
+                        return shape[0], shape[1], 1, str(page.dtype)
+                    if page.planarconfig == 2:
+                        return shape[1], shape[2], shape[0], str(page.dtype)
+                    return shape[0], shape[1], shape[2], str(page.dtype)
+            from PIL import Image
 
-        with Image.open(path) as img:
-            bands = len(img.getbands())
-            dtype = {"I;16": "uint16", "I": "int32", "F": "float32"}.get(img.mode, "uint8")
-            return img.height, img.width, bands, dtype
-    except Exception as exc:
-        raise ChipReadError(f"{path.name}: cannot be read ({type(exc).__name__}: {exc})") from exc
+            with Image.open(fh) as img:
+                bands = len(img.getbands())
+                dtype = {"I;16": "uint16", "I": "int32", "F": "float32"}.get(img.mode, "uint8")
+                return img.height, img.width, bands, dtype
+        except Exception as exc:
+            raise ChipReadError(f"{path.name}: cannot be read ({type(exc).__name__}: {exc})") from exc

@@ -23,6 +23,7 @@ FORMAT_TASKS = {
     "RCNN_Masks": "instance", "Labeled_Tiles": "classification", "MultiLabeled_Tiles": "multilabel",
     "Imagenet": "classification", "Export_Tiles": "translation", "Pix2Pix": "translation",
     "CycleGAN": "translation", "ChangeDetection": "change", "Panoptic_Segmentation": "panoptic",
+    "ImageCaptioning": "captioning", "ObjectTracking": "tracking",
 }
 # Formats whose class value 0 means "no class" (model index 0 = NoData/background).
 BACKGROUND_FORMATS = frozenset({"Classified_Tiles", "RCNN_Masks", "Panoptic_Segmentation", "ChangeDetection"})

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gpjobs.paths import PathError, read_bytes_in_store
+
 STATS_FILE = "esri_accumulated_stats.json"
 EMD_FILE = "esri_model_definition.emd"
 MAP_FILE = "map.txt"
@@ -20,7 +22,7 @@ REQUIRED_FILES = (EMD_FILE, MAP_FILE, STATS_FILE)
 KNOWN_MODES = frozenset({
     "Classified_Tiles", "PASCAL_VOC_rectangles", "KITTI_rectangles", "RCNN_Masks", "Labeled_Tiles",
     "MultiLabeled_Tiles", "Imagenet", "Export_Tiles", "CycleGAN", "Panoptic_Segmentation", "ChangeDetection",
-    "Pix2Pix"})
+    "Pix2Pix", "ImageCaptioning"})
 
 
 class MetadataError(ValueError):
@@ -36,12 +38,15 @@ def real_number(value: Any) -> float | None:
     return None  # strings are placeholders in export .emd files (§1.6); never parse them
 
 
-def read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path, root: str | Path = "/") -> dict[str, Any]:
+    """A metadata JSON file of an export, read through the store check (`root`: the store's root)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
+        data = json.loads(read_bytes_in_store(path, root).decode("utf-8-sig"))
     except FileNotFoundError:
         raise
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except PathError as exc:
+        raise MetadataError(str(exc)) from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise MetadataError(f"{path.name} in {path.parent} is not valid JSON ({exc}); re-export the training data")
     if not isinstance(data, dict):
         raise MetadataError(f"{path.name} in {path.parent} does not hold a JSON object")
@@ -70,6 +75,7 @@ class ExportMeta:
     """What the metadata of one export folder says (chips are enumerated elsewhere, never from map.txt)."""
 
     folder: Path
+    root: Path  # the root of the folder's store: every file of the export is read inside it
     mode: str  # MetaDataMode as written
     format: str  # after arcgis.learn's post-rules (images2/ => Pix2Pix / ChangeDetection)
     classes: list[RawClass]
@@ -150,14 +156,60 @@ def is_cyclegan_parent(folder: Path) -> bool:
     return all((folder / side / name).is_file() for side in ("A", "B") for name in REQUIRED_FILES)
 
 
-def read_export_meta(folder: str | Path) -> ExportMeta:
-    """Parse the metadata of one export folder; MetadataError says which file is missing or broken."""
+# ObjectTracking (SIAMMASK): YouTube-VOS layout, no Esri metadata files (gpjobs/export/tracking.py).
+FRAMES_DIR, MASKS_DIR, META_FILE = "JPEGImages", "Annotations", "meta.json"
+DEFAULT_CATEGORY = "object"
+
+
+def tracking_root(folder: Path) -> Path | None:
+    """The folder holding JPEGImages/ and Annotations/ (the folder itself or its train/), else None."""
+    for root in (folder, folder / "train"):
+        if (root / FRAMES_DIR).is_dir() and (root / MASKS_DIR).is_dir():
+            return root
+    return None
+
+
+def read_tracking_meta(folder: Path, root: str | Path = "/") -> ExportMeta:
+    """The ExportMeta of a tracking folder: classes from meta.json categories; `emd` holds meta.json."""
+    frames_root = tracking_root(folder)
+    if frames_root is None:
+        raise MetadataError(f"{folder} has no {FRAMES_DIR}/ and {MASKS_DIR}/ folders (ObjectTracking layout)")
+    videos: dict = {}
+    meta_path = frames_root / META_FILE
+    if meta_path.is_file():
+        try:
+            data = json.loads(read_bytes_in_store(meta_path, root).decode("utf-8-sig"))
+        except PathError as exc:
+            raise MetadataError(str(exc)) from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise MetadataError(f"{meta_path} is not valid JSON ({exc}); fix it or remove it (then every "
+                                f"object is of class '{DEFAULT_CATEGORY}')") from None
+        videos = data.get("videos") if isinstance(data, dict) else None
+        if not isinstance(videos, dict):
+            raise MetadataError(f"{meta_path} has no \"videos\" object (YouTube-VOS meta.json: "
+                                '{"videos": {"<sequence>": {"objects": {"1": {"category": "car"}}}}})')
+    names = sorted({str(obj.get("category") or DEFAULT_CATEGORY)
+                    for video in videos.values() if isinstance(video, dict)
+                    for obj in (video.get("objects") or {}).values() if isinstance(obj, dict)})
+    classes = [RawClass(i + 1, name, None) for i, name in enumerate(names or [DEFAULT_CATEGORY])]
+    return ExportMeta(folder=folder, root=Path(root), mode="ObjectTracking", format="ObjectTracking", classes=classes,
+                      bands=None, tile_size=None, stats={}, emd={"videos": videos, "root": str(frames_root)})
+
+
+def read_export_meta(folder: str | Path, root: str | Path = "/") -> ExportMeta:
+    """Parse the metadata of one export folder; MetadataError says which file is missing or broken.
+
+    `root` is the root of the folder's store (paths.open_in_store): a metadata file that leads outside it
+    is a MetadataError naming the file. "/" for a user's own local folder.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise MetadataError(f"{folder} is not a folder; give the output folder of Export Training Data For Deep "
                             "Learning")
+    if tracking_root(folder) is not None:
+        return read_tracking_meta(folder, root)  # ObjectTracking (YouTube-VOS layout): no Esri metadata files
     if is_cyclegan_parent(folder):
-        meta = read_export_meta(folder / "A")
+        meta = read_export_meta(folder / "A", root)
         meta.folder, meta.format = folder, "CycleGAN"
         return meta
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
@@ -166,8 +218,8 @@ def read_export_meta(folder: str | Path) -> ExportMeta:
             f"{folder} is not an Export Training Data For Deep Learning folder: {', '.join(missing)} "
             f"missing (an export has {', '.join(REQUIRED_FILES)} at its root); point in_folder at the export "
             "folder itself or re-export the training data")
-    stats = read_json(folder / STATS_FILE)
-    emd = read_json(folder / EMD_FILE)
+    stats = read_json(folder / STATS_FILE, root)
+    emd = read_json(folder / EMD_FILE, root)
     mode = stats.get("MetaDataMode") or emd.get("MetaDataMode")
     if not isinstance(mode, str) or mode not in KNOWN_MODES:
         raise MetadataError(
@@ -190,11 +242,17 @@ def read_export_meta(folder: str | Path) -> ExportMeta:
         height, width = real_number(emd.get("ImageHeight")), real_number(emd.get("ImageWidth"))
     bands = real_number(stats.get("NumBands"))
     try:
-        map_rows = parse_map_txt((folder / MAP_FILE).read_text(encoding="utf-8-sig", errors="replace"))
+        map_rows = parse_map_txt(read_bytes_in_store(folder / MAP_FILE, root).decode("utf-8-sig", errors="replace"))
+    except PathError as exc:
+        raise MetadataError(str(exc)) from None
     except OSError:
         map_rows = []
+    fmt = detect_format(folder, mode)
+    if fmt == "MultiLabeled_Tiles" and emd.get("SingleLabelFieldFound") == "Caption":
+        fmt = "ImageCaptioning"  # arcgis.learn's post-rule (§2.1): captions in the labels' <name>
+        classes = []  # a caption export's class list is not what it trains on
     return ExportMeta(
-        folder=folder, mode=mode, format=detect_format(folder, mode), classes=classes,
+        folder=folder, root=Path(root), mode=mode, format=fmt, classes=classes,
         bands=int(bands) if bands else None,
         tile_size=(int(height), int(width)) if height and width else None,
         stats=stats, emd=emd, map_rows=map_rows,

@@ -16,7 +16,8 @@ from typing import Callable
 import numpy as np
 
 from gpjobs.export.chips import IMAGE_EXTENSIONS
-from gpjobs.export.metadata import ExportMeta, RawClass
+from gpjobs.export.metadata import FRAMES_DIR, MASKS_DIR, ExportMeta, RawClass
+from gpjobs.paths import inside_store, read_bytes_in_store
 
 Box = tuple[float, float, float, float]  # xmin, ymin, xmax, ymax in chip pixels
 
@@ -37,16 +38,27 @@ class ChipRecord:
     masks: list[tuple[int, Path]] = field(default_factory=list)  # (class value, instance-id raster)
     value: int | None = None  # Imagenet: class value from the parent folder
     objects: list[tuple[int, Box]] | None = None  # detection / labeled tiles, parsed (value, box)
+    root: Path = Path("/")  # the root of the export's store: its files are opened inside it (paths.open_in_store)
 
 
 # Called as report(kind, path, detail) by the readers; the report module groups them.
 Report = Callable[[str, Path, str], None]
 
 
-def _images(folder: Path, recursive: bool = False) -> dict[str, Path]:
+def _listable(directory: Path, store_root: Path, report: Report) -> bool:
+    """A folder of the export that may be listed: it exists and does not lead out of the store."""
+    if not directory.is_dir():
+        return False
+    if not inside_store(directory, store_root):
+        report("outside_store", directory, "")
+        return False
+    return True
+
+
+def _images(folder: Path, store_root: Path, report: Report, recursive: bool = False) -> dict[str, Path]:
     root = folder / "images"
     found: dict[str, Path] = {}
-    if not root.is_dir():
+    if not _listable(root, store_root, report):
         return found
     paths = root.rglob("*") if recursive else root.iterdir()
     for path in sorted(paths):
@@ -55,8 +67,9 @@ def _images(folder: Path, recursive: bool = False) -> dict[str, Path]:
     return found
 
 
-def _by_stem(directory: Path, suffixes: frozenset[str] | set[str]) -> dict[str, Path]:
-    if not directory.is_dir():
+def _by_stem(directory: Path, suffixes: frozenset[str] | set[str], store_root: Path, report: Report
+             ) -> dict[str, Path]:
+    if not _listable(directory, store_root, report):
         return {}
     return {p.stem: p for p in sorted(directory.iterdir()) if p.suffix.lower() in suffixes and p.is_file()}
 
@@ -73,17 +86,17 @@ def _class_for_folder(name: str, classes: list[RawClass]) -> RawClass | None:
 
 def list_records(meta: ExportMeta, folder_index: int, report: Report) -> list[ChipRecord]:
     """Pair every chip of one export with its label files; unpaired files are reported, not used."""
-    folder, fmt = meta.folder, meta.format
+    folder, fmt, root = meta.folder, meta.format, meta.root
     if fmt == "CycleGAN":
-        a, b = _images(folder / "A"), _images(folder / "B")
+        a, b = _images(folder / "A", root, report), _images(folder / "B", root, report)
         b_paths = list(b.values())
         if not b_paths:
             return []
-        return [ChipRecord(stem, path, folder_index, image2=b_paths[i % len(b_paths)])
+        return [ChipRecord(stem, path, folder_index, root=root, image2=b_paths[i % len(b_paths)])
                 for i, (stem, path) in enumerate(a.items())]
     if fmt == "Imagenet":
         records = []
-        for key, path in _images(folder, recursive=True).items():
+        for key, path in _images(folder, root, report, recursive=True).items():
             sub = path.parent.name
             if path.parent == folder / "images":
                 report("image_without_class", path, "")
@@ -92,12 +105,14 @@ def list_records(meta: ExportMeta, folder_index: int, report: Report) -> list[Ch
             if cls is None:
                 report("unknown_class_folder", path.parent, sub)
                 continue
-            records.append(ChipRecord(path.stem, path, folder_index, value=cls.value))
+            records.append(ChipRecord(path.stem, path, folder_index, root=root, value=cls.value))
         return records
-    images = _images(folder)
-    records = [ChipRecord(stem, path, folder_index) for stem, path in images.items()]
+    if fmt == "ObjectTracking":
+        return list_tracking_frames(meta, folder_index, report)
+    images = _images(folder, root, report)
+    records = [ChipRecord(stem, path, folder_index, root=root) for stem, path in images.items()]
     if fmt in ("Pix2Pix", "ChangeDetection"):
-        second = _by_stem(folder / "images2", IMAGE_EXTENSIONS)
+        second = _by_stem(folder / "images2", IMAGE_EXTENSIONS, root, report)
         for rec in records:
             rec.image2 = second.get(rec.stem)
             if rec.image2 is None:
@@ -109,10 +124,10 @@ def list_records(meta: ExportMeta, folder_index: int, report: Report) -> list[Ch
     if fmt in ("Export_Tiles", "Pix2Pix", "CycleGAN"):
         return records
     if fmt == "RCNN_Masks":
-        return _pair_masks(folder / "labels", records, meta.classes, report)
+        return _pair_masks(folder / "labels", records, meta.classes, report, root)
     suffixes = {"PASCAL_VOC_rectangles": {".xml"}, "Labeled_Tiles": {".xml"}, "MultiLabeled_Tiles": {".xml"},
-                "KITTI_rectangles": {".txt"}}.get(fmt, IMAGE_EXTENSIONS)
-    labels = _by_stem(folder / "labels", suffixes)
+                "ImageCaptioning": {".xml"}, "KITTI_rectangles": {".txt"}}.get(fmt, IMAGE_EXTENSIONS)
+    labels = _by_stem(folder / "labels", suffixes, root, report)
     for rec in records:
         rec.label = labels.get(rec.stem)
         if rec.label is None:
@@ -122,20 +137,21 @@ def list_records(meta: ExportMeta, folder_index: int, report: Report) -> list[Ch
             report("label_without_image", path, "")
     records = [r for r in records if r.label is not None]
     if fmt == "Panoptic_Segmentation":
-        _pair_masks(folder / "labels2", records, meta.instance_classes or meta.classes, report, required=False)
+        _pair_masks(folder / "labels2", records, meta.instance_classes or meta.classes, report, root,
+                    required=False)
     return records
 
 
-def _pair_masks(root: Path, records: list[ChipRecord], classes: list[RawClass], report: Report,
-                required: bool = True) -> list[ChipRecord]:
+def _pair_masks(labels: Path, records: list[ChipRecord], classes: list[RawClass], report: Report,
+                store_root: Path, required: bool = True) -> list[ChipRecord]:
     by_stem = {r.stem: r for r in records}
-    if root.is_dir():
-        for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+    if _listable(labels, store_root, report):
+        for sub in sorted(p for p in labels.iterdir() if p.is_dir()):
             cls = _class_for_folder(sub.name, classes)
             if cls is None:
                 report("unknown_class_folder", sub, sub.name)
                 continue
-            for stem, path in _by_stem(sub, IMAGE_EXTENSIONS).items():
+            for stem, path in _by_stem(sub, IMAGE_EXTENSIONS, store_root, report).items():
                 rec = by_stem.get(stem)
                 if rec is None:
                     report("label_without_image", path, "")
@@ -152,9 +168,9 @@ def _pair_masks(root: Path, records: list[ChipRecord], classes: list[RawClass], 
 # --- label parsing -----------------------------------------------------------------------------
 
 
-def parse_voc(path: Path) -> list[tuple[str, Box]]:
-    """(name text, box) per `<object>` of a PASCAL VOC / Labeled Tiles XML file."""
-    data = path.read_bytes()
+def parse_voc(path: Path, root: str | Path = "/") -> list[tuple[str, Box]]:
+    """(name text, box) per `<object>` of a PASCAL VOC / Labeled Tiles XML file (read inside store `root`)."""
+    data = read_bytes_in_store(path, root)
     if not data.strip():
         raise LabelError("the label file is empty")
     try:
@@ -178,9 +194,9 @@ def parse_voc(path: Path) -> list[tuple[str, Box]]:
 _SPACES = re.compile(r"\s+")
 
 
-def parse_kitti(path: Path) -> list[tuple[str, Box]]:
+def parse_kitti(path: Path, root: str | Path = "/") -> list[tuple[str, Box]]:
     """(type text, box) per line of a KITTI label: column 0 the class value, columns 4-7 the box."""
-    text = path.read_bytes().decode("utf-8", "replace")
+    text = read_bytes_in_store(path, root).decode("utf-8", "replace")
     if not text.strip():
         raise LabelError("the label file is empty")
     objects = []
@@ -216,3 +232,35 @@ def instances_from_mask(mask: np.ndarray) -> list[np.ndarray]:
 def box_of(mask: np.ndarray) -> Box:
     ys, xs = np.nonzero(mask)
     return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
+
+
+def _frame_files(directory: Path, store_root: Path, report: Report) -> dict[str, Path]:
+    if not _listable(directory, store_root, report):
+        return {}
+    return {p.stem: p for p in sorted(directory.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()}
+
+
+def list_tracking_frames(meta: ExportMeta, folder_index: int, report: Report) -> list[ChipRecord]:
+    """One record per annotated frame (stem "<sequence>/<frame>"), sequences and frames in name order."""
+    root = Path(meta.emd.get("root") or meta.folder)
+    store_root = meta.root
+    frames_dir, masks_dir = root / FRAMES_DIR, root / MASKS_DIR
+    records = []
+    if not _listable(frames_dir, store_root, report):
+        return records
+    for seq in sorted(p for p in frames_dir.iterdir() if p.is_dir()):
+        frames, masks = _frame_files(seq, store_root, report), _frame_files(masks_dir / seq.name, store_root, report)
+        for stem, image in frames.items():
+            if stem in masks:
+                records.append(ChipRecord(f"{seq.name}/{stem}", image, folder_index, root=store_root,
+                                          label=masks[stem]))
+            else:
+                report("frame_without_annotation", image, "")
+        for stem, mask in masks.items():
+            if stem not in frames:
+                report("label_without_image", mask, "")
+    listable_masks = masks_dir.is_dir() and _listable(masks_dir, store_root, report)
+    for seq in sorted(p for p in masks_dir.iterdir() if p.is_dir()) if listable_masks else []:
+        if not (frames_dir / seq.name).is_dir():
+            report("label_without_image", seq, "no frames folder of that name")
+    return records

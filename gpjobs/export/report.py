@@ -15,10 +15,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from gpjobs.export.captions import caption_problem
 from gpjobs.export.chips import ChipReadError, read_chip, read_label_raster
 from gpjobs.export.info import BACKGROUND_FORMATS, ClassInfo
 from gpjobs.export.metadata import ExportMeta, MetadataError, RawClass, read_export_meta
 from gpjobs.export.readers import ChipRecord, LabelError, list_records, parse_kitti, parse_voc, value_of
+from gpjobs.export.tracking import check_frame
+from gpjobs.paths import PathError
 
 FAST_SAMPLE = 64
 SHOW_FILES = 5
@@ -39,6 +42,9 @@ PROBLEMS: dict[str, tuple[bool, str, str]] = {
     "box_outside": (True, "boxes lie outside their chip",
                     "fix the coordinates in these label files (boxes must lie within the chip)"),
     "no_class_in_label": (True, "label files name no class", "each Labeled_Tiles label needs one <object>"),
+    "outside_store": (True, "files or folders lead outside the data store through a symbolic link (or are not "
+                      "regular files)", "replace each link with the file or folder itself, or with a link that "
+                      "stays inside the store"),
     "unknown_class_folder": (True, "folders are named after no class in esri_model_definition.emd",
                              "rename them to a class name or value of the .emd, or add the class"),
     "band_mismatch": (True, "chips have a different band count than the export",
@@ -55,6 +61,13 @@ PROBLEMS: dict[str, tuple[bool, str, str]] = {
     "orphan_image2": (False, "images2/ chips have no images/ counterpart and are ignored", ""),
     "image_without_class": (False, "chips lie directly in images/ instead of a class folder and are left out", ""),
     "size_mismatch": (False, "chips differ from the export's tile size; they are resized to the chip size", ""),
+    "no_caption": (True, "caption label files hold no caption text",
+                   "each label needs an <object> whose <name> is the caption; re-export or fill them in"),
+    "object_not_in_meta": (True, "annotations hold object ids that meta.json does not list for their sequence",
+                           "add the objects (with their category) to meta.json, or remove meta.json"),
+    "frame_without_annotation": (False, "frames have no annotation of the same name in Annotations/ and are left out",
+                                 ""),
+    "frame_without_objects": (False, "annotations hold no object; those frames are left out", ""),
 }
 
 
@@ -189,12 +202,16 @@ class _Checker:
         self.raw_classes = raw_classes
         self.counts: dict[int, int] = defaultdict(int)
         self.bands, self.dtype, self.sizes = expected_bands, None, defaultdict(int)
+        self.metas: list[ExportMeta] = []  # per-folder metadata (ObjectTracking checks against meta.json)
 
-    def chip(self, path: Path) -> tuple[int, int] | None:
+    def chip(self, path: Path, root: Path) -> tuple[int, int] | None:
         try:
-            array = read_chip(path)
+            array = read_chip(path, root=root)
         except ChipReadError as exc:
             self.problems("unreadable_chip", path, str(exc).split(": ", 1)[-1][:80])
+            return None
+        except PathError:
+            self.problems("outside_store", path, "")
             return None
         h, w, bands = array.shape
         if self.bands is None:
@@ -208,11 +225,14 @@ class _Checker:
         self.sizes[(h, w)] += 1
         return h, w
 
-    def raster(self, path: Path, shape: tuple[int, int] | None) -> np.ndarray | None:
+    def raster(self, path: Path, shape: tuple[int, int] | None, root: Path) -> np.ndarray | None:
         try:
-            mask = read_label_raster(path)
+            mask = read_label_raster(path, root=root)
         except ChipReadError as exc:
             self.problems("unreadable_label", path, str(exc).split(": ", 1)[-1][:80])
+            return None
+        except PathError:
+            self.problems("outside_store", path, "")
             return None
         if shape is not None and mask.shape != shape:
             self.problems("label_size_mismatch", path, f"{mask.shape[0]}x{mask.shape[1]} vs chip {shape[0]}x{shape[1]}")
@@ -220,7 +240,7 @@ class _Checker:
         return mask
 
     def class_raster(self, rec: ChipRecord, shape: tuple[int, int] | None) -> None:
-        mask = self.raster(rec.label, shape)
+        mask = self.raster(rec.label, shape, rec.root)
         if mask is None:
             return
         values, counts = np.unique(mask, return_counts=True)
@@ -233,10 +253,17 @@ class _Checker:
 
     def text_objects(self, rec: ChipRecord, shape: tuple[int, int] | None) -> None:
         try:
-            parsed = parse_kitti(rec.label) if self.fmt == "KITTI_rectangles" else parse_voc(rec.label)
+            parse = parse_kitti if self.fmt == "KITTI_rectangles" else parse_voc
+            parsed = parse(rec.label, rec.root)
         except LabelError as exc:
             self.problems("empty_label" if "empty" in str(exc) else "bad_label", rec.label,
                           "" if "empty" in str(exc) else str(exc)[:80])
+            return
+        except PathError:
+            self.problems("outside_store", rec.label, "")
+            return
+        except OSError as exc:
+            self.problems("bad_label", rec.label, f"cannot be read ({exc.strerror or type(exc).__name__})")
             return
         objects: list[tuple[int, tuple[float, float, float, float]]] = []
         if self.fmt == "MultiLabeled_Tiles":
@@ -278,19 +305,21 @@ class _Checker:
 
     def instance_masks(self, rec: ChipRecord, shape: tuple[int, int] | None, count: bool = True) -> None:
         for value, path in rec.masks:
-            mask = self.raster(path, shape)
+            mask = self.raster(path, shape, rec.root)
             if mask is not None and count:
                 self.counts[value] += int(np.count_nonzero(np.unique(mask)))
 
 
 def _check_record(checker: _Checker, rec: ChipRecord) -> None:
     fmt = checker.fmt
-    shape = checker.chip(rec.image)
+    shape = checker.chip(rec.image, rec.root)
     if rec.image2 is not None:
         try:
-            read_chip(rec.image2)
+            read_chip(rec.image2, root=rec.root)
         except ChipReadError as exc:
             checker.problems("unreadable_chip", rec.image2, str(exc).split(": ", 1)[-1][:80])
+        except PathError:
+            checker.problems("outside_store", rec.image2, "")
     if fmt in ("Classified_Tiles", "ChangeDetection", "Panoptic_Segmentation"):
         checker.class_raster(rec, shape)
         if fmt == "Panoptic_Segmentation":
@@ -301,22 +330,34 @@ def _check_record(checker: _Checker, rec: ChipRecord) -> None:
         checker.instance_masks(rec, shape)
     elif fmt == "Imagenet" and rec.value is not None:
         checker.counts[rec.value] += 1
+    elif fmt == "ImageCaptioning":
+        problem = caption_problem(rec.label, rec.root)
+        if problem is not None:
+            checker.problems(problem[0], rec.label, problem[1])
+    elif fmt == "ObjectTracking":
+        check_frame(checker, rec, shape, checker.metas[rec.folder])
 
 
 COUNT_UNITS = {"Classified_Tiles": "pixels", "ChangeDetection": "pixels", "Panoptic_Segmentation": "pixels",
                "PASCAL_VOC_rectangles": "objects", "KITTI_rectangles": "objects", "RCNN_Masks": "instances",
-               "Labeled_Tiles": "chips", "MultiLabeled_Tiles": "chips", "Imagenet": "chips"}
+               "Labeled_Tiles": "chips", "MultiLabeled_Tiles": "chips", "Imagenet": "chips",
+               "ObjectTracking": "object frames"}
 
 
-def scan_folders(folders: Sequence[str | Path], *, full: bool = True, sample: int = FAST_SAMPLE) -> Scan:
-    """Read, pair and check every export folder; `full=False` decodes only `sample` spread chips."""
+def scan_folders(folders: Sequence[str | Path], *, roots: Sequence[str | Path] | None = None, full: bool = True,
+                 sample: int = FAST_SAMPLE) -> Scan:
+    """Read, pair and check every export folder; `full=False` decodes only `sample` spread chips.
+
+    `roots[i]` is the root of folder i's store: nothing outside it is read (paths.open_in_store). None:
+    the user's own local folders (root `/`).
+    """
     paths = [Path(f) for f in folders]
     problems = _Problems(paths)
     report = DataReport(folders=[str(p) for p in paths])
     metas: list[ExportMeta] = []
-    for path in paths:
+    for path, root in zip(paths, roots if roots is not None else ["/"] * len(paths), strict=True):
         try:
-            metas.append(read_export_meta(path))
+            metas.append(read_export_meta(path, root))
         except (MetadataError, OSError) as exc:
             problems.direct_errors.append(str(exc))
     if not metas:
@@ -340,6 +381,7 @@ def scan_folders(folders: Sequence[str | Path], *, full: bool = True, sample: in
         records.extend(list_records(meta, i, problems))
     report.listed_in_map = sum(len(m.map_rows) for m in metas)
     checker = _Checker(fmt, classes, raw_classes, problems, metas[0].bands)
+    checker.metas = metas
     chosen = _spread(len(records), None if full else sample)
     for index, rec in enumerate(records):
         if index in chosen:
@@ -382,6 +424,7 @@ def scan_folders(folders: Sequence[str | Path], *, full: bool = True, sample: in
     return Scan(report, metas, records, classes)
 
 
-def inspect_folders(folders: Sequence[str | Path], *, full: bool = False, sample: int = FAST_SAMPLE) -> DataReport:
+def inspect_folders(folders: Sequence[str | Path], *, roots: Sequence[str | Path] | None = None, full: bool = False,
+                    sample: int = FAST_SAMPLE) -> DataReport:
     """Validate export folders before training. Fast by default (bounded decode); `full=True` decodes all."""
-    return scan_folders(folders, full=full, sample=sample).report
+    return scan_folders(folders, roots=roots, full=full, sample=sample).report

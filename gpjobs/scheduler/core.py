@@ -11,11 +11,21 @@ from dataclasses import dataclass
 
 import structlog
 
+from gpjobs import messages as texts
 from gpjobs.config import Config
-from gpjobs.domain import Job, JobStatus, now_ms
+from gpjobs.domain import Job, JobStatus, MessageType, now_ms
+from gpjobs.scheduler.child import WarmTrainer
+from gpjobs.scheduler.child_input import work_dir
+from gpjobs.scheduler.observe import SchedulerObserver
 from gpjobs.scheduler.recovery import recover_orphans
-from gpjobs.scheduler.retry import STOP_CANCEL, STOP_SHUTDOWN, STOP_STALLED, STOP_TIMEOUT
+from gpjobs.scheduler.retry import (
+    STOP_CANCEL,
+    STOP_SHUTDOWN,
+    STOP_STALLED,
+    STOP_TIMEOUT,
+)
 from gpjobs.scheduler.runner import JobRun
+from gpjobs.scheduler.workdirs import tidy_all_finished, tidy_finished
 from gpjobs.store import Store
 
 log = structlog.get_logger("gpjobs.scheduler")
@@ -26,15 +36,17 @@ class Slot:
     device: str
     run: JobRun | None = None
     task: asyncio.Task | None = None
+    warm: WarmTrainer | None = None  # the slot's ready training child (config.warm_trainers)
 
 
 class Scheduler:
     """Runs queued jobs, one child per slot. Use `await start()`, then `await stop()`."""
 
-    def __init__(self, config: Config, store: Store, boot_id: str) -> None:
+    def __init__(self, config: Config, store: Store, boot_id: str, observer: SchedulerObserver | None = None) -> None:
         self.config = config
         self.store = store
         self.boot_id = boot_id
+        self.observer = observer or SchedulerObserver()  # metrics listen here
         self.slots = [Slot(device) for device in config.devices]
         self._wake = asyncio.Event()
         self._stopping = False
@@ -48,11 +60,24 @@ class Scheduler:
         counts = await recover_orphans(self.store, self.boot_id)
         if any(counts.values()):
             log.info("boot recovery", **counts)
+        tidied = await tidy_all_finished(self.store, self.config)  # what a crash left before tidying
+        if tidied:
+            log.info("work folders tidied", jobs=tidied, retention=self.config.work_retention)
         if dispatch:
+            if self.config.warm_trainers:
+                await self._start_warm_trainers()
             self._tasks.append(asyncio.create_task(self._dispatch_loop(), name="gpjobs-dispatch"))
         if watchdog:
             self._tasks.append(asyncio.create_task(self._watchdog_loop(), name="gpjobs-watchdog"))
         self.submitted()
+
+    async def _start_warm_trainers(self) -> None:
+        assert self.config.jobs_dir is not None
+        for index, slot in enumerate(self.slots):
+            slot.warm = WarmTrainer(self.config.trainer_command, device=slot.device,
+                                    threads=self.config.child_threads, cwd=self.config.jobs_dir,
+                                    log_path=self.config.data_dir / "logs" / f"warm-{index}-{slot.device}.log")
+            await slot.warm.start()
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Graceful shutdown: stop claiming, SIGTERM running children so they checkpoint, requeue their
@@ -82,6 +107,9 @@ class Scheduler:
             done, pending = await asyncio.wait([s.task for s in running if s.task], timeout=grace + 5)
             for task in pending:
                 task.cancel()
+        for slot in self.slots:
+            if slot.warm is not None:
+                await slot.warm.close()
         log.info("scheduler stopped", interrupted=len(running))
 
     # --- queue ------------------------------------------------------------------------------------
@@ -133,7 +161,9 @@ class Scheduler:
             if job is None:
                 break
             claimed.append(job)
-            run = JobRun(self, job, slot.device)
+            self.observer.job_claimed(job)
+            run = JobRun(self.store, self.config, job, slot.device, wake_at=self.wake_at, warm=slot.warm,
+                         observer=self.observer)
             slot.run = run
             slot.task = asyncio.create_task(self._run_slot(slot, run), name=f"gpjobs-job-{job.job_id}")
         if not self._stopping and all(slot.task is not None and not slot.task.done() for slot in self.slots):
@@ -141,10 +171,14 @@ class Scheduler:
         return claimed
 
     async def _run_slot(self, slot: Slot, run: JobRun) -> None:
+        started = time.monotonic()
         try:
             await run.run()
         finally:
             self.submitted()  # the slot is free: look for the next job
+            with contextlib.suppress(Exception):  # counting must never cost the slot
+                job = await self.store.get_job(run.job_id)
+                self.observer.attempt_ended(job or run.job, slot.device, time.monotonic() - started)
 
     # --- cancel -----------------------------------------------------------------------------------
 
@@ -152,6 +186,8 @@ class Scheduler:
         """Queued -> Cancelled now; Executing -> Cancelling + SIGTERM (SIGKILL after cancel_grace_s), then
         Cancelled when the child is gone. A finished job is returned unchanged; None if unknown."""
         job, changed = await self.store.request_cancel(job_id)
+        if job is not None and changed and job.status is JobStatus.CANCELLED:
+            await tidy_finished(self.store, self.config, job_id)  # a requeued job may hold a checkpoint
         if job is None or not changed or job.status is not JobStatus.CANCELLING:
             return job
         run = self.running(job_id)
@@ -160,7 +196,8 @@ class Scheduler:
         elif job.boot_id != self.boot_id:
             # Nobody in this process supervises it (orphan not yet recovered): nothing to signal.
             job = await self.store.transition(job_id, JobStatus.CANCELLED, sources={JobStatus.CANCELLING},
-                                              finished_ms=now_ms(), progress=None)
+                                              messages=[(MessageType.INFORMATIVE, texts.CANCEL_COMPLETE)])
+            await tidy_finished(self.store, self.config, job_id)
         return job
 
     # --- watchdog ---------------------------------------------------------------------------------
@@ -179,20 +216,21 @@ class Scheduler:
         now = time.monotonic()
         counts = {"stalled": 0, "timed_out": 0, "pruned": 0}
         for slot in self.slots:
-            run = slot.run
-            if run is None or slot.task is None or slot.task.done() or run.child is None or run.stop_reason:
+            if slot.run is None or slot.task is None or slot.task.done():
                 continue
-            if now - run.last_seen_mono > self.config.heartbeat_timeout_s:
-                run.log.warning("heartbeat lost", silent_s=round(now - run.last_seen_mono, 1))
+            run, supervisor = slot.run, slot.run.supervisor
+            if supervisor.child is None or supervisor.stop_reason:
+                continue
+            if now - supervisor.last_seen_mono > self.config.heartbeat_timeout_s:
+                run.log.warning("heartbeat lost", silent_s=round(now - supervisor.last_seen_mono, 1))
                 run.stop(STOP_STALLED, 0)
                 counts["stalled"] += 1
-            elif self.config.max_runtime_s and now - run.started_mono > self.config.max_runtime_s:
+            elif self.config.max_runtime_s and now - supervisor.started_mono > self.config.max_runtime_s:
                 run.stop(STOP_TIMEOUT, self.config.cancel_grace_s)
                 counts["timed_out"] += 1
         if self.config.retention_days > 0:
             cutoff = now_ms() - int(self.config.retention_days * 86_400_000)
             for job_id in await self.store.prune_finished(cutoff):
-                assert self.config.jobs_dir is not None
-                shutil.rmtree(self.config.jobs_dir / job_id, ignore_errors=True)
+                shutil.rmtree(work_dir(self.config, job_id), ignore_errors=True)
                 counts["pruned"] += 1
         return counts

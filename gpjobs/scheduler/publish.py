@@ -1,6 +1,11 @@
 """Publishing a finished model: the .dlpk goes into place atomically first, then ONE transaction inserts
 the item and marks the job Succeeded. Repeating a publish is harmless (file name from the job id,
-item unique per job)."""
+item unique per job).
+
+The destination folder is opened from its store's root one folder at a time without following links
+(`paths.open_store_folder`) and the package is written relative to that folder: a file-share output folder
+swapped for a symbolic link while the job trained cannot make the server write outside the share.
+"""
 
 from __future__ import annotations
 
@@ -10,31 +15,44 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from gpjobs import messages as texts
 from gpjobs.config import Config
 from gpjobs.domain import Item, Job, MessageType, new_item_id, now_ms
+from gpjobs.paths import PathError, StoreRoots, open_store_folder
 from gpjobs.store import Store
+from gpjobs.tasks.train import TrainingRequest
+
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
-def atomic_copy(source: Path, dest: Path) -> int:
-    """Copy `source` to `dest` via a temp name, fsync, rename, fsync the folder; returns the size."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+class OutputRefused(Exception):
+    """The output folder is no longer a safe place to write (a link out of its store, a file, no store)."""
+
+
+def atomic_copy(source: Path, root: Path, dest: Path) -> int:
+    """Copy `source` to `dest` (inside the folder tree of `root`) via a temp name, fsync, rename, fsync the
+    folder; returns the size. Every step is relative to the destination folder's fd (see the module doc);
+    PathError when that folder cannot be reached inside `root` without following a link."""
+    folder_fd = open_store_folder(root, dest.parent, create=True)
+    tmp = f".{dest.name}.tmp-{os.getpid()}"
     try:
-        with open(source, "rb") as src, open(tmp, "wb") as out:
-            shutil.copyfileobj(src, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
         with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    fd = os.open(dest.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
+            os.unlink(tmp, dir_fd=folder_fd)  # left by an earlier attempt of this process id
+        out_fd = os.open(tmp, _NEW_FILE, 0o644, dir_fd=folder_fd)
+        try:
+            with open(source, "rb") as src, os.fdopen(out_fd, "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, dest.name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=folder_fd)
+            raise
+        os.fsync(folder_fd)
+        return os.stat(dest.name, dir_fd=folder_fd, follow_symlinks=False).st_size
     finally:
-        os.close(fd)
-    return dest.stat().st_size
+        os.close(folder_fd)
 
 
 def content_path(config: Config, job: Job, name: str) -> Path:
@@ -45,34 +63,39 @@ def content_path(config: Config, job: Job, name: str) -> Path:
 
 async def publish(store: Store, config: Config, job: Job, event: dict[str, Any]) -> Job:
     """Publish the package named by a child's `result` event. Raises ItemExists, FileNotFoundError, ..."""
-    output = job.spec.get("output") or {"kind": "item", "name": job.spec.get("output_name") or job.job_id}
-    name = str(output.get("name") or job.spec.get("output_name") or job.job_id)
+    request = TrainingRequest.from_json_dict(job.spec)
+    output, name = request.output, request.output.name
     package = Path(str(event.get("package") or ""))
     if not package.is_file():
-        raise FileNotFoundError(f"the training child reported package {package} but it does not exist")
-    finished = [(MessageType.INFORMATIVE, "Training Finished")]
-    if output.get("kind") == "uri":
-        folder = Path(str(output["path"]))
-        dest = folder / f"{name}.dlpk"
-        atomic_copy(package, dest)
-        alias = str(output.get("alias") or "").rstrip("/")
-        uri = alias if alias.lower().endswith(".dlpk") else f"{alias}/{name}.dlpk"
-        done, _, _ = await store.publish_job(job.job_id, result={"uri": uri}, messages=[
-            *finished, (MessageType.INFORMATIVE, f"Deep Learning Package written to {uri}.")])
+        raise FileNotFoundError(texts.package_missing(str(package)))
+    finished = [(MessageType.INFORMATIVE, texts.TRAINING_FINISHED)]
+    if output.kind == "uri":
+        assert output.path is not None
+        folder = Path(output.path)
+        # Re-checked now, not only at submit: the share may have been unregistered or the folder replaced.
+        root = StoreRoots.from_config(config).root_containing(folder)
+        try:
+            if root is None:
+                raise PathError("it is no longer inside a registered file share")
+            atomic_copy(package, root, folder / f"{name}.dlpk")
+        except PathError as exc:
+            raise OutputRefused(texts.output_refused(output.package_uri, str(exc))) from None
+        done, _, _ = await store.publish_job(job.job_id, result={"uri": output.package_uri}, messages=[
+            *finished, (MessageType.INFORMATIVE, texts.package_written(output.package_uri))])
         return done
     dest = content_path(config, job, name)
-    size = atomic_copy(package, dest)
-    overwrite = bool(job.spec.get("overwrite_model"))
+    assert config.content_dir is not None
+    size = atomic_copy(package, config.content_dir, dest)
+    overwrite = request.overwrite_model
     existing = await store.find_item(job.owner, name)
-    item = Item(id=new_item_id(), owner=job.owner, title=name, name=f"{name}.dlpk", folder_id=output.get("folder_id"),
+    item = Item(id=new_item_id(), owner=job.owner, title=name, name=f"{name}.dlpk", folder_id=output.folder_id,
                 size=size, created_ms=now_ms(), path=str(dest), job_id=job.job_id,
                 properties={"modelType": job.model_type, "metrics": event.get("metrics") or {}})
-    verb = "Updating existing" if existing is not None and overwrite else "Adding new"
+    published = texts.item_published(replaced=existing is not None and overwrite)
     try:
         done, _, replaced = await store.publish_job(
             job.job_id, result={"id": item.id}, item=item, overwrite=overwrite,
-            messages=[*finished, (MessageType.INFORMATIVE,
-                                  f"{verb} Deep Learning Package item to the portal succeeded.")])
+            messages=[*finished, (MessageType.INFORMATIVE, published)])
     except BaseException:
         if not (done_job := await store.get_job(job.job_id)) or done_job.result is None:
             with contextlib.suppress(OSError):

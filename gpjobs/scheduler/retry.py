@@ -20,14 +20,6 @@ class Outcome(str, Enum):
 # Why the supervisor itself stopped a child (set before it signals).
 STOP_CANCEL, STOP_TIMEOUT, STOP_SHUTDOWN, STOP_STALLED = "cancel", "timeout", "shutdown", "stalled"
 
-FAILURE_HINTS = {
-    ExitCode.BAD_INPUT: "the training data or parameters are not usable",
-    ExitCode.NAN_LOSS: "training diverged (the loss became NaN or infinite); try a lower learning_rate",
-    ExitCode.OUT_OF_MEMORY: "out of memory; try a smaller batch_size or chip_size",
-    ExitCode.ERROR: "training failed with an internal error",
-}
-
-
 DETERMINISTIC = frozenset({ExitCode.ERROR, ExitCode.BAD_INPUT, ExitCode.NAN_LOSS, ExitCode.OUT_OF_MEMORY})
 
 

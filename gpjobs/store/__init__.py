@@ -29,7 +29,7 @@ class Store(JobsMixin, ItemsMixin, TokensMixin):
 
     @classmethod
     async def open(cls, db_path: str | Path, *, synchronous: str = "FULL", migrate_schema: bool = True,
-                   migrations_dir: Path = MIGRATIONS_DIR) -> "Store":
+                   migrations_dir: Path = MIGRATIONS_DIR) -> Store:
         db = await Database.open(db_path, synchronous=synchronous)
         try:
             if migrate_schema:

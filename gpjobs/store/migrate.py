@@ -15,6 +15,7 @@ from pathlib import Path
 import aiosqlite
 
 from gpjobs.domain import now_ms
+from gpjobs.store import sql
 from gpjobs.store.db import Database, StoreError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
@@ -47,10 +48,8 @@ def available_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
 
 
 async def _applied(conn: aiosqlite.Connection) -> dict[int, str]:
-    await conn.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
-        "sha256 TEXT NOT NULL, applied_ms INTEGER NOT NULL)")
-    rows = await conn.execute_fetchall("SELECT version, sha256 FROM schema_migrations")
+    await conn.execute(sql.CREATE_MIGRATIONS_TABLE)
+    rows = await conn.execute_fetchall(sql.APPLIED_MIGRATIONS)
     return {int(r[0]): r[1] for r in rows}
 
 
@@ -76,8 +75,8 @@ async def migrate(db: Database, directory: Path = MIGRATIONS_DIR) -> list[int]:
             # executescript would COMMIT our BEGIN IMMEDIATE; run the statements one by one instead.
             for statement in _statements(migration.sql):
                 await conn.execute(statement)
-            await conn.execute("INSERT INTO schema_migrations (version, name, sha256, applied_ms) VALUES (?,?,?,?)",
-                               (migration.version, migration.name, migration.sha256, now_ms()))
+            await conn.execute(sql.RECORD_MIGRATION, {"version": migration.version, "name": migration.name,
+                                                      "sha256": migration.sha256, "applied_ms": now_ms()})
         done.append(migration.version)
     return done
 
@@ -93,11 +92,11 @@ def _statements(sql: str) -> list[str]:
             if buf.strip():
                 out.append(buf.strip())
             buf = ""
-    if buf.strip() and not all(l.strip().startswith("--") or not l.strip() for l in buf.splitlines()):
+    if buf.strip() and not all(line.strip().startswith("--") or not line.strip() for line in buf.splitlines()):
         raise StoreError(f"incomplete SQL statement at the end of a migration: {buf.strip()[:80]!r}")
     return out
 
 
 async def schema_version(db: Database) -> int:
-    row = await db.fetchone("SELECT coalesce(max(version), 0) FROM schema_migrations")
+    row = await db.fetchone(sql.SCHEMA_VERSION)
     return int(row[0]) if row else 0

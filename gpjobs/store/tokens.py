@@ -7,13 +7,23 @@ import secrets
 from typing import Any
 
 from gpjobs.domain import ROLES, Principal, now_ms
+from gpjobs.store import sql
 from gpjobs.store.db import Database
 
 TOKEN_PREFIX = "gpj_"
 
 
+MAX_TOKEN_CHARS = 512  # ours are 47; anything much longer is not a token of this server
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def could_be_token(token: str) -> bool:
+    """Tokens are printable ASCII; a header with other bytes (aiohttp hands them over as surrogates)
+    or a huge value is simply not a token: 498, never an encoding error."""
+    return 0 < len(token) <= MAX_TOKEN_CHARS and token.isascii() and token.isprintable()
 
 
 class TokensMixin:
@@ -29,18 +39,16 @@ class TokensMixin:
         now = now_ms()
         expires = None if not ttl_s else now + int(ttl_s * 1000)
         async with self.db.write() as conn:
-            await conn.execute(
-                "INSERT INTO tokens (token_hash, username, role, created_ms, expires_ms) VALUES (?,?,?,?,?)",
-                (hash_token(token), username.strip(), role, now, expires))
+            await conn.execute(sql.INSERT_TOKEN, {"token_hash": hash_token(token), "username": username.strip(),
+                                                  "role": role, "created_ms": now, "expires_ms": expires})
         return token
 
     async def authenticate(self, token: str | None) -> Principal | None:
         """The principal a token stands for, or None (unknown, expired or revoked)."""
-        if not token:
+        if not token or not could_be_token(token):
             return None
         # The lookup is by hash, so the comparison never touches the secret itself (no timing oracle).
-        row = await self.db.fetchone(
-            "SELECT username, role, expires_ms, revoked_ms FROM tokens WHERE token_hash = ?", (hash_token(token),))
+        row = await self.db.fetchone(sql.SELECT_TOKEN, {"token_hash": hash_token(token)})
         if row is None or row["revoked_ms"] is not None:
             return None
         if row["expires_ms"] is not None and row["expires_ms"] <= now_ms():
@@ -49,15 +57,11 @@ class TokensMixin:
 
     async def revoke_tokens(self, username: str) -> int:
         async with self.db.write() as conn:
-            cur = await conn.execute("UPDATE tokens SET revoked_ms = ? WHERE username = ? AND revoked_ms IS NULL",
-                                     (now_ms(), username))
+            cur = await conn.execute(sql.REVOKE_TOKENS, {"now": now_ms(), "username": username})
             return cur.rowcount
 
     async def users(self) -> list[dict[str, Any]]:
         """Users that hold tokens: username, role (the highest of their live tokens), live token count."""
-        rows = await self.db.fetchall(
-            "SELECT username, max(role = 'admin') AS admin, count(*) AS n FROM tokens "
-            "WHERE revoked_ms IS NULL AND (expires_ms IS NULL OR expires_ms > ?) GROUP BY username ORDER BY username",
-            (now_ms(),))
+        rows = await self.db.fetchall(sql.LIVE_USERS, {"now": now_ms()})
         return [{"username": r["username"], "role": "admin" if r["admin"] else "user", "tokens": r["n"]}
                 for r in rows]

@@ -1,43 +1,44 @@
-"""The trained model folder and its `.dlpk` (export-format.md §3), and reading a package back.
+"""The trained model folder and its `.dlpk` (export-format.md §3), and loading a package's model back.
 
-Folder `<output>/<name>/`: `<name>.emd`, `<name>.pth` (state dict), `<name>.pt` (TorchScript, when the
-family can be traced), `GpjobsInference.py` (standalone inference: torch + numpy only), `model_metrics.html`,
+Folder `<output>/<name>/`: `<name>.emd`, `<name>.pth` (state dict), `<name>.pt` (TorchScript of the family's
+deployable network: dense layers only), the Python raster function named by the .emd's `InferenceFunction`
+with `gpjobs_prf_core.py` beside it (stdlib + numpy + torch only: what ArcGIS runs), `model_metrics.html`,
 `training_log.json`, `ModelCharacteristics/` (loss_graph.png, show_results.png, lr_finder.png, ...).
 The `.dlpk` is a ZIP of that folder with the members at the zip root, written atomically.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
-import tempfile
 import warnings
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from gpjobs.catalog import MODEL_TYPES, lookup_model_type
+from gpjobs.catalog import lookup_model_type
+from gpjobs.inference.package import Package, PackageError, open_package
 from gpjobs.training.checkpoint import atomic_write
 
 if TYPE_CHECKING:
     from gpjobs.training.engine import FitResult
     from gpjobs.training.models.base import ModelFamily
 
-INFERENCE_SCRIPT = Path(__file__).parent / "inference" / "GpjobsInference.py"
+INFERENCE_DIR = Path(__file__).parent / "inference"  # the PRFs and their shared core, shipped in packages
+PRF_CORE = "gpjobs_prf_core.py"
 GPJOBS_VERSION = "0.1.0"
+OLDEST_TORCH = "2.0"  # the oldest torch the PRFs are tested on (make client-tools installs it)
+
+__all__ = ["Package", "PackageError", "open_package", "write_package", "load_model"]
 
 
-class PackageError(ValueError):
-    """A pretrained_model / predict package that cannot be used (names the file and what is wrong)."""
-
-
-def _lr_text(lr: float) -> str:
-    # arcgis.learn writes discriminative rates this way (export-format.md §3.3)
-    return f"slice('{lr / 10:.4e}', '{lr:.4e}', None)"
+def _lr_text(lr: float, backbone_lr: float | None) -> str:
+    # arcgis.learn writes discriminative rates as a slice, one rate as a number (export-format.md §3.3)
+    if backbone_lr is None or backbone_lr == lr:
+        return f"{lr:.4e}"
+    return f"slice('{backbone_lr:.4e}', '{lr:.4e}', None)"
 
 
 def write_package(output_dir: Path, name: str, *, family: "ModelFamily", model: torch.nn.Module,
@@ -56,18 +57,9 @@ def write_package(output_dir: Path, name: str, *, family: "ModelFamily", model: 
     model = model.cpu().eval()
 
     torch.save(model.state_dict(), folder / f"{name}.pth")
-    torchscript = None
-    example = family.example_input()
-    if example is not None:
-        try:
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # torch.jit deprecation and tracer notes: not for users
-                traced = torch.jit.trace(model, example, check_trace=False, strict=False)
-            traced.save(str(folder / f"{name}.pt"))
-            torchscript = f"{name}.pt"
-        except Exception as exc:  # tracing is a bonus for inference; the .pth is the model
-            say("warning", f"TorchScript export skipped: {type(exc).__name__}: {exc}")
-    shutil.copy2(INFERENCE_SCRIPT, folder / INFERENCE_SCRIPT.name)
+    torchscript, spec = _write_network(folder, name, family, model, say)
+    for script in (family.inference_function, PRF_CORE):
+        shutil.copy2(INFERENCE_DIR / script, folder / script)
 
     model_card.save_loss_graph(fit.batch_losses, fit.history, chars / "loss_graph.png")
     if fit.lr_find:
@@ -87,13 +79,16 @@ def write_package(output_dir: Path, name: str, *, family: "ModelFamily", model: 
         "ModelFile": f"{name}.pth",
         "ModelFormat": "NCHW",
         "ImageSpaceUsed": emd.get("ImageSpaceUsed") or export_emd.get("ImageSpaceUsed") or "MAP_SPACE",
-        "LearningRate": _lr_text(fit.learning_rate),
+        "LearningRate": _lr_text(fit.learning_rate, fit.backbone_learning_rate),
         "backend": "pytorch",
         "backbone": family.backbone.lower(),
         f"monitored_{fit.monitor}": fit.best_score,
         "resize_to": None,
         "PretrainedWeights": weights_outcome,
         "TorchScriptFile": torchscript,
+        "TorchVersion": torch.__version__.split("+")[0],
+        "OldestTorchVersion": OLDEST_TORCH,
+        "GpjobsInference": spec,
         "GpjobsVersion": GPJOBS_VERSION,
         "Gpjobs": {
             "model_type": family.model_type.name, "backbone": family.backbone, "arguments": arguments,
@@ -104,6 +99,7 @@ def write_package(output_dir: Path, name: str, *, family: "ModelFamily", model: 
             "lr_finder": None if not fit.lr_find else {
                 "chosen": fit.lr_find["chosen"], "points": len(fit.lr_find["lrs"]),
                 "min_lr": fit.lr_find["lrs"][0], "max_lr": fit.lr_find["lrs"][-1]},
+            "schedule": fit.schedule,
         },
     })
     for key in ("MinCellSize", "MaxCellSize"):
@@ -118,7 +114,7 @@ def write_package(output_dir: Path, name: str, *, family: "ModelFamily", model: 
     model_card.write_metrics_html(
         folder / "model_metrics.html", model_name=name, model_type=family.model_type.name,
         backbone=family.backbone.lower(), learning_rate=emd["LearningRate"], metrics=fit.best_metrics,
-        history=fit.history, characteristics=chars)
+        history=fit.history, characteristics=chars, schedule=fit.schedule)
 
     dlpk = Path(output_dir) / f"{name}.dlpk"
 
@@ -135,70 +131,25 @@ def write_package(output_dir: Path, name: str, *, family: "ModelFamily", model: 
     return dlpk
 
 
+def _write_network(folder: Path, name: str, family: "ModelFamily", model: torch.nn.Module,
+                   say: Callable[[str, str], None]) -> tuple[str | None, dict[str, Any] | None]:
+    """`<name>.pt`: the family's deployable network traced; returns (file name, GpjobsInference spec)."""
+    try:
+        network = family.deployable(model).eval()
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit deprecation and tracer notes: not for users
+            traced = family.trace(network)
+        if traced is None:
+            return None, None
+        traced.save(str(folder / f"{name}.pt"))
+        return f"{name}.pt", {"interface": 1, **family.inference_spec(network)}
+    except Exception as exc:  # the .pth still holds the model (gpjobs predict, fine-tuning); ArcGIS cannot run it
+        say("warning", f"TorchScript export failed, so ArcGIS cannot run this package ({family.inference_function} "
+                       f"needs {name}.pt): {type(exc).__name__}: {exc}")
+        return None, None
+
+
 # --- reading ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Package:
-    folder: Path
-    emd_path: Path
-    emd: dict[str, Any]
-
-    @property
-    def model_type(self) -> str:
-        ours = self.emd.get("Gpjobs") or {}
-        if ours.get("model_type"):
-            return str(ours["model_type"])
-        name = str(self.emd.get("ModelName", ""))
-        for info in MODEL_TYPES.values():
-            if info.esri_model_name and info.esri_model_name.lower() == name.lower():
-                return info.name
-        raise PackageError(f"{self.emd_path.name}: ModelName {name!r} is not a model type this server trains")
-
-    @property
-    def backbone(self) -> str:
-        ours = self.emd.get("Gpjobs") or {}
-        return str(ours.get("backbone") or (self.emd.get("ModelParameters") or {}).get("backbone") or "").upper()
-
-    @property
-    def arguments(self) -> dict[str, Any]:
-        return dict((self.emd.get("Gpjobs") or {}).get("arguments") or {})
-
-    @property
-    def weights_path(self) -> Path:
-        return self.emd_path.parent / str(self.emd.get("ModelFile", ""))
-
-
-@contextlib.contextmanager
-def open_package(path: str | Path) -> Iterator[Package]:
-    """A .dlpk (extracted to a temp dir for the duration), a model folder, or a .emd file."""
-    path = Path(path)
-    if not path.exists():
-        raise PackageError(f"{path}: no such package")
-    with contextlib.ExitStack() as stack:
-        if path.is_file() and path.suffix.lower() != ".emd":
-            if not zipfile.is_zipfile(path):
-                raise PackageError(f"{path.name}: not a .dlpk (ZIP) file")
-            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gpjobs-dlpk-")))
-            with zipfile.ZipFile(path) as zf:
-                for member in zf.namelist():  # refuse members escaping the folder
-                    target = (tmp / member).resolve()
-                    if not str(target).startswith(str(tmp.resolve())):
-                        raise PackageError(f"{path.name}: member {member!r} points outside the package")
-                zf.extractall(tmp)
-            folder = tmp
-        elif path.is_dir():
-            folder = path
-        else:
-            folder = path.parent
-        emds = [path] if path.suffix.lower() == ".emd" else sorted(folder.glob("*.emd"))
-        if len(emds) != 1:
-            raise PackageError(f"{path.name}: a package needs exactly one .emd at its top level, found {len(emds)}")
-        try:
-            emd = json.loads(emds[0].read_text(encoding="utf-8-sig"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise PackageError(f"{emds[0].name}: not a readable .emd ({exc})") from exc
-        yield Package(folder, emds[0], emd)
 
 
 def load_model(package: Package, *, say: Callable[[str, str], None] | None = None):
@@ -220,9 +171,9 @@ def load_model(package: Package, *, say: Callable[[str, str], None] | None = Non
     args = parse_arguments(model_type, package.arguments)
     family = family_for(model_type.name)(model_type, info, package.backbone or model_type.default_backbone, args,
                                          WeightsPolicy.skip("weights come from the package"), say)
+    family.load_emd(package.emd)
     model = family.build()
-    if not package.weights_path.is_file():
-        raise PackageError(f"{package.emd_path.name}: ModelFile {package.weights_path.name} is missing")
-    state = torch.load(package.weights_path, map_location="cpu", weights_only=True)
+    with package.open_weights() as weights:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     return family, model.eval()

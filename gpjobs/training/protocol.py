@@ -15,6 +15,8 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
+from gpjobs.tasks.train import TrainingRequest
+
 
 class ExitCode(IntEnum):
     """Child exit status -> how the scheduler classifies the outcome (architecture.md, Failure classes)."""
@@ -28,40 +30,39 @@ class ExitCode(IntEnum):
     LIFELINE_LOST = 6  # stdin closed: the server is gone; resumable from the last checkpoint
 
 
-@dataclass
-class JobSpec:
-    """Everything a child needs to train one job. Paths are absolute and already resolved by the server."""
+@dataclass(frozen=True)
+class ChildRuntime:
+    """How this attempt runs, decided by the server (or `gpjobs train`), not by the user's request."""
 
-    job_id: str
-    in_folders: list[str]
-    model_type: str
-    output_name: str  # model name: the .dlpk is <work_dir>/output/<output_name>.dlpk
-    work_dir: str  # checkpoints, logs and output live here; survives restarts
-    arguments: dict[str, Any] = field(default_factory=dict)  # raw values; parsed with catalog.parse_arguments
-    batch_size: int = 2
-    max_epochs: int = 20
-    learning_rate: float | None = None  # None or <= 0: run the LR range test
-    backbone_model: str | None = None  # None: the model type's default
-    validation_percent: float = 10.0
-    pretrained_model: str | None = None  # local path of a .dlpk (or extracted model folder) to fine-tune from
-    stop_training: bool = True
-    freeze_model: bool = True
-    device: str = "cpu"  # "cpu" or "cuda:N", chosen by the scheduler
+    device: str = "cpu"  # "cpu" or "cuda:N"
     weights_dir: str | None = None  # torchvision-named ImageNet weight files
     missing_weights: str = "random"  # "random": train from scratch and say so; "fail": fail the job
-    num_workers: int = 0
     num_threads: int = 1  # torch.set_num_threads in the child (side-by-side children must not oversubscribe)
-    resume: bool = True  # continue from <work_dir>/checkpoint.pt when it exists
+    loader_workers: int = 0  # data loader processes when the job's num_workers argument is unset
     heartbeat_seconds: float = 5.0
+    resume: bool = True  # continue from <work_dir>/checkpoint.pt when it exists
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything a child needs to train one job: the validated request and how to run it."""
+
+    job_id: str
+    work_dir: str  # checkpoints, logs and output live here; survives restarts
+    request: TrainingRequest
+    runtime: ChildRuntime = field(default_factory=ChildRuntime)
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2)
+        return json.dumps({"job_id": self.job_id, "work_dir": self.work_dir,
+                           "request": self.request.to_json_dict(), "runtime": dataclasses.asdict(self.runtime)},
+                          indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> "JobSpec":
         data = json.loads(text)
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(job_id=data["job_id"], work_dir=data["work_dir"],
+                   request=TrainingRequest.from_json_dict(data["request"]),
+                   runtime=ChildRuntime(**data.get("runtime", {})))
 
     @classmethod
     def load(cls, path: str | Path) -> "JobSpec":
@@ -77,7 +78,7 @@ class JobSpec:
 
     @property
     def package_path(self) -> Path:
-        return self.output_dir / f"{self.output_name}.dlpk"
+        return self.output_dir / f"{self.request.output.name}.dlpk"
 
 
 # --- events (child -> server), one JSON object per line with a "type" key ----------------------
@@ -90,8 +91,8 @@ class JobSpec:
 #        "metrics": {"accuracy": 0.91}, "seconds": 12.5, "best": true}
 #   {"type": "checkpoint", "epoch": 3}
 #   {"type": "heartbeat"}
-#   {"type": "result", "package": "/abs/out.dlpk", "model_type": "UNET", "metrics": {...},
-#        "emd": {...the .emd as written...}}
+#   {"type": "result", "package": "/abs/out.dlpk", "model_type": "UNET", "backbone": "RESNET18",
+#        "metrics": {...}, "best_epoch": 3, "epochs_run": 5}
 #   {"type": "failed", "exit_code": 2, "text": "what went wrong and how to fix it", "details": ["..."]}
 
 EVENT_TYPES = frozenset(

@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import traceback
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from gpjobs.catalog import ArgumentError, lookup_model_type, parse_arguments, resolve_backbone
+from gpjobs.catalog import ArgumentError
+from gpjobs.export import DataError
+from gpjobs.paths import PathError
+from gpjobs.tasks.train import TrainingRequest
+from gpjobs.training.data import open_training_data
+from gpjobs.training.engine import FitConfig, NaNLossError, OutOfMemory, backbone_policy, fit, seed_everything
 from gpjobs.training.events import Reporter, StopRequested
+from gpjobs.training.metrics import scalar_metrics
+from gpjobs.training.models import family_for
+from gpjobs.training.package import PackageError, open_package, write_package
+from gpjobs.training.pretrained import start_from_pretrained
 from gpjobs.training.protocol import ExitCode, JobSpec
+from gpjobs.training.weights import WeightsMissing, WeightsPolicy
 
 
 def run_job(spec: JobSpec, reporter: Reporter) -> ExitCode:
     """Train and package; every outcome becomes an exit code, failures a `failed` event first."""
-    from gpjobs.export import DataError
-    from gpjobs.training.engine import NaNLossError, OutOfMemory
-    from gpjobs.training.package import PackageError
-    from gpjobs.training.weights import WeightsMissing
-
     try:
         result = train_job(spec, reporter)
     except StopRequested as stop:
@@ -31,13 +36,13 @@ def run_job(spec: JobSpec, reporter: Reporter) -> ExitCode:
         report = getattr(exc, "report", None)
         details = list(getattr(report, "errors", []) or [])
         return _failed(reporter, ExitCode.BAD_INPUT, f"The training data cannot be used: {exc}", details)
-    except (ArgumentError, PackageError, WeightsMissing) as exc:
+    except (ArgumentError, PackageError, WeightsMissing, PathError) as exc:  # PathError: a file led out of its store
         return _failed(reporter, ExitCode.BAD_INPUT, str(exc))
     except NaNLossError as exc:
         return _failed(reporter, ExitCode.NAN_LOSS, f"Training diverged: {exc}")
     except OutOfMemory as exc:
         return _failed(reporter, ExitCode.OUT_OF_MEMORY,
-                       f"Out of memory ({exc}). Lower batch_size (now {spec.batch_size}) or chip_size, "
+                       f"Out of memory ({exc}). Lower batch_size (now {spec.request.batch_size}) or chip_size, "
                        "or choose a smaller backbone_model.")
     except Exception as exc:  # noqa: BLE001 - last line of defence; the trace goes to stderr (the log)
         traceback.print_exc()
@@ -52,48 +57,36 @@ def _failed(reporter: Reporter, code: ExitCode, text: str, details: list[str] | 
 
 
 def train_job(spec: JobSpec, reporter: Reporter) -> dict[str, Any]:
-    """The work of one job; raises on failure. Returns the `result` event's fields."""
-    from gpjobs.training.data import open_training_data
-    from gpjobs.training.engine import FitConfig, fit, seed_everything
-    from gpjobs.training.metrics import scalar_metrics
-    from gpjobs.training.models import family_for
-    from gpjobs.training.package import PackageError, load_model, open_package, write_package
-    from gpjobs.training.weights import WeightsPolicy
-
+    """The work of one job, as a recipe: data -> model -> fit (resumes itself) -> package. Raises on failure;
+    returns the `result` event's fields."""
     say = reporter.say
-    torch.set_num_threads(max(1, int(spec.num_threads)))
-    model_type = lookup_model_type(spec.model_type)
-    args = parse_arguments(model_type, spec.arguments)
-    backbone = resolve_backbone(model_type, spec.backbone_model)
-    if not spec.in_folders:
-        raise ArgumentError("in_folder is empty: give at least one Export Training Data folder")
-
-    import contextlib
+    request, runtime = spec.request, spec.runtime
+    model_type, backbone, args = request.model_type, request.backbone, request.arguments
+    torch.set_num_threads(max(1, int(runtime.num_threads)))
+    for note in request.notes:
+        say("warning", note)
 
     with contextlib.ExitStack() as stack:
-        package = None
-        if spec.pretrained_model:
-            package = stack.enter_context(open_package(spec.pretrained_model))
-            if package.model_type != model_type.name:
-                raise PackageError(f"pretrained_model {Path(spec.pretrained_model).name} is a {package.model_type} "
-                                   f"model; it cannot fine-tune a {model_type.name}. Use model_type "
-                                   f"{package.model_type} or another package.")
-            if package.backbone and package.backbone != backbone:
-                say("warning", f"pretrained_model uses backbone {package.backbone}; using it instead of {backbone}")
-                backbone = package.backbone
-        chip_size = args.get("chip_size")
+        # A package to fine-tune from decides the chip size, bands and backbone, as arcgis.learn does.
+        pretrained = request.pretrained
+        package = stack.enter_context(open_package(pretrained.path, pretrained.root)) if pretrained else None
+        if package is not None:
+            backbone = _check_pretrained_fits(package, request, backbone, say)
+        chip_size = args["chip_size"]
         if chip_size is None and package is not None:
             chip_size = int(package.emd.get("ImageHeight") or 0) or None  # arcgis: data re-prepared at the emd size
-        extract = args.get("extract_bands")
+        extract = args["extract_bands"]
         if extract is None and package is not None and package.emd.get("ExtractBands"):
             extract = [int(b) for b in package.emd["ExtractBands"]]
 
+        # 1. data
         reporter.progress(0.0, "prepare")
-        data = open_training_data(spec.in_folders, task=model_type.task, chip_size=chip_size,
-                                  validation_percent=spec.validation_percent, seed=int(args["seed"]),
-                                  extract_bands=extract, augment=bool(args["augment"]))
+        data = open_training_data([f.local for f in request.in_folders], task=model_type.task, chip_size=chip_size,
+                                  validation_percent=request.validation_percent, seed=int(args["seed"]),
+                                  extract_bands=extract, augment=bool(args["augment"]),
+                                  roots=[f.root for f in request.in_folders])
         info = data.info
-        if info.format not in model_type.formats:
+        if info.format not in model_type.formats:  # the folder changed since submit
             raise ArgumentError(f"{model_type.name} trains on {', '.join(sorted(model_type.formats))} exports; "
                                 f"the in_folder is {info.format}. Export the training data in one of those "
                                 "metadata formats or choose another model_type.")
@@ -102,72 +95,73 @@ def train_job(spec: JobSpec, reporter: Reporter) -> dict[str, Any]:
         say("info", f"Training data: {info.format}, {len(data.train)} training and {len(data.valid)} validation "
                     f"chips of {info.chip_size[0]}x{info.chip_size[1]} px, {info.bands} bands, "
                     f"{len(info.classes)} classes ({', '.join(c.name for c in info.classes)})")
+
+        # 2. model
         if package is not None:
-            weights = WeightsPolicy.skip(f"fine-tuning from {Path(spec.pretrained_model).name}")
+            weights = WeightsPolicy.skip(f"fine-tuning from {Path(str(request.pretrained.path)).name}")
         else:
-            weights = WeightsPolicy(spec.weights_dir, spec.missing_weights)
+            weights = WeightsPolicy(runtime.weights_dir, runtime.missing_weights)
         seed_everything(int(args["seed"]))
-        family = family_for(model_type.name)(model_type, info, backbone, args, weights, say)
+        family = family_for(model_type)(model_type, info, backbone, args, weights, say)
         family.attach_data(data)
         model = family.build()
-        if package is not None:
-            _load_pretrained(model, package, family, say)
-        family.freeze(model, bool(spec.freeze_model))
-        if not model_type.backbones and spec.backbone_model:
-            say("warning", f"{model_type.name} has fixed networks; backbone_model {spec.backbone_model} is ignored")
-        has_backbone = family.backbone_module(model) is not None  # the GANs have none to freeze
-        if spec.freeze_model and package is None and weights.outcome.startswith("none") and has_backbone:
-            say("warning", "freeze_model=true with a randomly initialised backbone keeps random features fixed; "
-                           "put ImageNet weights in the weights directory or set freeze_model=false")
-        if not spec.freeze_model and has_backbone:
-            say("info", "freeze_model=false: the whole backbone is trained")
+        start_from_pretrained(model, family, package, weights, say)  # package weights, or COCO ones that fit
+        pretrained = package is not None or weights.outcome.startswith("loaded")
+        backbone_plan = backbone_policy(backbone, pretrained=pretrained, freeze_model=request.freeze_model)
+        family.freeze(model, backbone_plan.frozen)
+        if family.backbone_module(model) is not None:  # the GANs have none to freeze
+            say("warning" if request.freeze_model and not pretrained else "info", backbone_plan.reason)
 
-        monitor = str(args.get("monitor") or family.default_monitor)
+        # 3. fit (resumes from the job's checkpoint when there is one)
+        num_workers = args["num_workers"]
         config = FitConfig(
-            max_epochs=int(spec.max_epochs), batch_size=int(spec.batch_size),
-            learning_rate=spec.learning_rate if spec.learning_rate and spec.learning_rate > 0 else None,
-            stop_training=bool(spec.stop_training), monitor=monitor, patience=int(args["patience"]),
-            min_delta=float(args["min_delta"]), seed=int(args["seed"]), device=spec.device,
-            mixed_precision=bool(args["mixed_precision"]),
-            num_workers=int(args["num_workers"] if args.get("num_workers") is not None else spec.num_workers),
-            checkpoint_path=spec.checkpoint_path, resume=bool(spec.resume),
-            fingerprint=_fingerprint(spec, backbone))
+            max_epochs=request.max_epochs, batch_size=request.batch_size, learning_rate=request.learning_rate,
+            stop_training=request.stop_training, monitor=str(args.get("monitor") or family.default_monitor),
+            patience=int(args["patience"]), min_delta=float(args["min_delta"]), seed=int(args["seed"]),
+            device=runtime.device, mixed_precision=bool(args["mixed_precision"]),
+            num_workers=int(runtime.loader_workers if num_workers is None else num_workers),
+            checkpoint_path=spec.checkpoint_path, resume=runtime.resume, fingerprint=_fingerprint(request),
+            backbone=backbone_plan)
         result = fit(family, model, data, config, reporter)
 
+        # 4. package
         reporter.progress(96.0, "package")
-        show_batch = _show_batch(data)
-        dlpk = write_package(spec.output_dir, spec.output_name, family=family, model=model, fit=result,
-                             show_batch=show_batch, weights_outcome=weights.outcome, arguments=dict(spec.arguments),
-                             export_emd=data.export_emd, say=say)
-        emd = _read_emd(spec.output_dir / spec.output_name / f"{spec.output_name}.emd")
+        name = request.output.name
+        dlpk = write_package(spec.output_dir, name, family=family, model=model, fit=result,
+                             show_batch=_show_batch(data), weights_outcome=weights.outcome,
+                             arguments=dict(request.given_arguments), export_emd=data.export_emd, say=say)
         say("info", f"Model package written: {dlpk.name} (best epoch {result.best_epoch}, "
                     f"{result.monitor} {result.best_score:.4f})")
         reporter.progress(100.0, "package")
         return {"package": str(dlpk), "model_type": model_type.name, "backbone": backbone,
                 "metrics": {"valid_loss": result.best_valid_loss, **scalar_metrics(result.best_metrics)},
-                "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "emd": emd}
+                "best_epoch": result.best_epoch, "epochs_run": result.epochs_run}
 
 
-def _fingerprint(spec: JobSpec, backbone: str) -> dict[str, Any]:
-    keep = ("in_folders", "model_type", "arguments", "batch_size", "max_epochs", "learning_rate",
-            "validation_percent", "pretrained_model", "stop_training", "freeze_model")
-    data = asdict(spec)
-    return {**{k: data[k] for k in keep}, "backbone": backbone}
+def _check_pretrained_fits(package: Any, request: TrainingRequest, backbone: str,
+                           say: Callable[[str, str], None]) -> str:
+    """The backbone to train: the package's. A package of another model type is a fix-it error."""
+    model_type = request.model_type
+    assert request.pretrained is not None and request.pretrained.path is not None
+    shown = request.pretrained.alias or Path(request.pretrained.path).name
+    if package.model_type != model_type.name:
+        raise PackageError(f"pretrained_model {shown} is a {package.model_type} model; it cannot fine-tune a "
+                           f"{model_type.name}. Use model_type {package.model_type} or another package.")
+    if package.backbone and package.backbone != backbone:
+        say("warning", f"pretrained_model uses backbone {package.backbone}; using it instead of {backbone}")
+        return str(package.backbone)
+    return backbone
 
 
-def _load_pretrained(model: torch.nn.Module, package, family, say) -> None:
-    """Start from the package's weights; a head whose class count differs starts fresh (and we say so)."""
-    state = torch.load(package.weights_path, map_location="cpu", weights_only=True)
-    own = model.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    skipped = sorted(set(own) - set(usable))
-    model.load_state_dict(usable, strict=False)
-    old = [c.get("Value") for c in package.emd.get("Classes", [])]
-    new = [c.value for c in family.info.classes]
-    if old != new:
-        say("warning", f"the pretrained model's classes {old} differ from the data's {new}; "
-                       f"layers whose shape depends on the classes start fresh ({len(skipped)} tensors)")
-    say("info", f"Fine-tuning from {package.emd_path.name}: {len(usable)} of {len(own)} weight tensors loaded")
+def _fingerprint(request: TrainingRequest) -> dict[str, Any]:
+    """What must match for a checkpoint to be resumed (a checkpoint of another configuration is not)."""
+    return {"in_folders": [f.local for f in request.in_folders], "model_type": request.model_type.name,
+            "arguments": dict(request.given_arguments), "batch_size": request.batch_size,
+            "max_epochs": request.max_epochs, "learning_rate": request.learning_rate,
+            "validation_percent": request.validation_percent,
+            "pretrained_model": request.pretrained.path if request.pretrained else None,
+            "stop_training": request.stop_training, "freeze_model": request.freeze_model,
+            "backbone": request.backbone}
 
 
 def _show_batch(data) -> Any:
@@ -180,12 +174,6 @@ def _show_batch(data) -> Any:
     loader = valid_loader if len(data.valid) else DataLoader(dataset, batch_size=min(8, len(dataset)),
                                                                collate_fn=valid_loader.collate_fn)
     return next(iter(loader))
-
-
-def _read_emd(path: Path) -> dict[str, Any]:
-    import json
-
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def child_environment_summary(device: str) -> dict[str, Any]:

@@ -23,6 +23,7 @@ ADMIN_JOBS_PATH = f"/arcgis/admin/services/{gp_service.SERVICE_FOLDER}/{gp_servi
 SORTS = {"created_desc": "created_desc", "created_asc": "created_asc", "updated_desc": "updated_desc",
          "newest": "created_desc", "oldest": "created_asc"}
 MAX_PAGE = 1000
+MAX_INT = 2 ** 53  # startTime/endTime are ms since 1970; start is 1-based. Larger is no time or page there is.
 
 
 def _status_filter(raw: str) -> list[JobStatus] | None:
@@ -42,15 +43,19 @@ def _status_filter(raw: str) -> list[JobStatus] | None:
     return statuses
 
 
-def _int(name: str, raw: str, default: int | None, minimum: int = 0) -> int | None:
+def _int(name: str, raw: str, default: int | None, minimum: int = 0, maximum: int = MAX_INT) -> int | None:
+    """A whole-number query parameter inside [minimum, maximum] (SQLite holds 64-bit integers)."""
     if not raw.strip():
         return default
     try:
         value = int(raw)
     except ValueError:
-        raise EsriError(400, "Invalid or missing input parameters.", [f"{name}: '{raw}' is not an integer"]) from None
-    if value < minimum:
-        raise EsriError(400, "Invalid or missing input parameters.", [f"{name}: must be at least {minimum}"])
+        shown = raw if len(raw) <= 40 else raw[:40] + "..."
+        raise EsriError(400, "Invalid or missing input parameters.",
+                        [f"{name}: '{shown}' is not a whole number"]) from None
+    if not minimum <= value <= maximum:
+        raise EsriError(400, "Invalid or missing input parameters.",
+                        [f"{name}: must be a whole number from {minimum} to {maximum}"])
     return value
 
 
@@ -68,9 +73,10 @@ def admin_job_json(job: Job, *, detail: bool = False) -> dict[str, Any]:
         "progress": job.progress,
         "attempts": job.attempts,
         "maxAttempts": job.max_attempts,
-        "error": job.error,
         "url": f"{gp_service.TASK_PATH}/jobs/{job.job_id}",
     }
+    if job.error:  # never a top-level "error": clients read that key as "this request failed"
+        body["errorMessage"] = job.error
     if detail:
         body.update({"inputs": job.inputs, "spec": job.spec, "result": result_value(job),
                      "checkpointEpoch": job.checkpoint_epoch, "heartbeatTime": job.heartbeat_ms,

@@ -7,44 +7,136 @@ pure so the wire shape is tested without a server.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from gpjobs import messages as texts
 from gpjobs.appkeys import CONFIG_KEY, SCHEDULER_KEY, STORE_KEY
-from gpjobs.domain import Job, JobStatus, Message, MessageType, QuotaExceeded, is_job_id, new_job_id
-from gpjobs.paths import StoreRoots
-from gpjobs.web import gp_service
+from gpjobs.catalog import COMMON_ARGUMENTS
+from gpjobs.domain import Job, JobStatus, Message, QuotaExceeded, is_job_id, new_job_id
+from gpjobs.paths import PathError, StoreRoots
+from gpjobs.tasks.params import ParameterError
+from gpjobs.tasks.train import INPUT_PARAMETERS, OUTPUT_PARAMETER
+from gpjobs.web import charts, gp_service, model_card
 from gpjobs.web.auth import require_principal, token_query
-from gpjobs.web.gp_params import (INPUT_NAMES, OUTPUT_PARAMETER, PARAMETERS_BY_NAME, Limits, ParameterError,
-                                  check_with_store, parse_submit, served_value)
-from gpjobs.web.render import EsriError, invalid_parameters, invalid_url, output_format, params, render
+from gpjobs.web.gp_params import (
+    check_devices,
+    check_with_store,
+    parse_submit,
+    served_value,
+)
+from gpjobs.web.render import (
+    JSON_CONTENT_TYPE,
+    EsriError,
+    dumps,
+    invalid_parameters,
+    invalid_url,
+    output_format,
+    params,
+    render,
+)
+
+if TYPE_CHECKING:
+    from gpjobs.store import Store
+
+INPUT_NAMES = tuple(p.name for p in INPUT_PARAMETERS)
+_INPUTS_BY_NAME = {p.name: p for p in INPUT_PARAMETERS}
 
 # --- pure JSON builders --------------------------------------------------------------------------
 
 
-def messages_json(messages: list[Message]) -> list[dict[str, str]]:
+def messages_json(messages: Sequence[Message]) -> list[dict[str, str]]:
     return [{"type": str(m.type), "description": m.description} for m in messages]
 
 
-def progress_json(job: Job, messages: list[Message]) -> dict[str, Any]:
+def progress_json(job: Job, messages: Sequence[Message]) -> dict[str, Any]:
     percentage = int(round(job.progress or 0))
     last = next((m.description for m in reversed(messages) if str(m.type).endswith("Informative")), "")
     return {"type": "default", "message": last or f"{percentage}% complete", "percentage": percentage}
 
 
-def job_json(job: Job, messages: list[Message] | None) -> dict[str, Any]:
+def job_json(job: Job, messages: Sequence[Message] | None, *, recent: Sequence[Message] | None = None,
+             message_count: int | None = None, next_start: int | None = None) -> dict[str, Any]:
     """The job resource: jobId, jobStatus, results/inputs once succeeded, progress only while executing,
-    messages unless the caller asked without them (messages=None)."""
+    messages unless the caller asked without them (messages=None).
+
+    `recent`: the latest messages (the progress text comes from them; default `messages`). With
+    `message_count`, the body also says how many messages the job has, where the returned ones start
+    (`messageStart`, 1-based) and, for a page, where the next page starts (`messageNextStart`, -1: none)."""
     body: dict[str, Any] = {"jobId": job.job_id, "jobStatus": JobStatus(job.status).value}
     if job.status is JobStatus.SUCCEEDED:
         body["results"] = {OUTPUT_PARAMETER.name: {"paramUrl": f"results/{OUTPUT_PARAMETER.name}"}}
         body["inputs"] = {name: {"paramUrl": f"inputs/{name}"} for name in INPUT_NAMES}
     if job.status is JobStatus.EXECUTING:
-        body["progress"] = progress_json(job, messages or [])
+        body["progress"] = progress_json(job, recent if recent is not None else messages or ())
     if messages is not None:
         body["messages"] = messages_json(messages)
+        if message_count is not None:
+            body["messageCount"] = message_count
+            body["messageStart"] = messages[0].seq if messages else message_count + 1
+            if next_start is not None:
+                body["messageNextStart"] = next_start
     return body
+
+
+# --- how many messages a poll carries (issue: a 10,000-epoch job made every poll 1.5 MB) -------------------
+
+MONITOR_DEFAULT = str(COMMON_ARGUMENTS["monitor"].default)  # what early stopping watches unless told
+RECENT_MESSAGES = 100  # a plain poll: the most recent messages (and the count), whatever the job's length
+MESSAGE_PAGE_MAX = 1000  # returnMessages=true: every message, in pages of at most this many
+
+
+@dataclass(frozen=True)
+class MessageView:
+    """Which messages a job request asked for: none, the recent ones, or one page of all of them."""
+
+    kind: str  # "none" | "recent" | "page"
+    start: int = 1  # page: first message position (1-based)
+    num: int = MESSAGE_PAGE_MAX  # page: at most this many
+
+
+def message_view(query: Mapping[str, str]) -> MessageView:
+    """`returnMessages=false`: none; `returnMessages=true` (what arcgis' GPJob.messages sends) or a
+    `messageStart`/`messageNum`: a page of the full list; otherwise (every client's status poll): the
+    recent ones. Raises EsriError for paging values that are not whole numbers in range."""
+    flag = query.get("returnMessages", "").strip().lower()
+    if flag in ("false", "0", "no"):
+        return MessageView("none")
+    paged = flag in ("true", "1", "yes") or any(query.get(k, "").strip() for k in ("messageStart", "messageNum"))
+    if not paged:
+        return MessageView("recent")
+    start = _paging_int(query, "messageStart", 1, 1, 2**53)
+    num = _paging_int(query, "messageNum", MESSAGE_PAGE_MAX, 1, MESSAGE_PAGE_MAX)
+    return MessageView("page", start, num)
+
+
+def _paging_int(query: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    text = query.get(name, "").strip()
+    if not text:
+        return default
+    if not (text.isascii() and text.isdigit() and len(text) <= 16 and low <= int(text) <= high):
+        raise invalid_parameters([f"{name} must be a whole number from {low} to {high}, not {text[:40]!r}"])
+    return int(text)
+
+
+async def job_body(store: Store, job_id: str, view: MessageView) -> dict[str, Any] | None:
+    """The job resource for `view`, read through the store's cache (None: the job is gone)."""
+    job = await store.get_job(job_id)
+    if job is None:
+        return None
+    # Messages are read after the job row: never older than the status they accompany.
+    recent = await store.last_messages(job_id, RECENT_MESSAGES)
+    if view.kind == "none":
+        return job_json(job, None, recent=recent)
+    count = await store.message_count(job_id)
+    if view.kind == "recent":
+        return job_json(job, recent, message_count=count)
+    page = await store.message_page(job_id, view.start, view.num)
+    after = view.start + len(page)
+    return job_json(job, page, recent=recent, message_count=count, next_start=after if after <= count else -1)
 
 
 def result_value(job: Job) -> dict[str, Any] | None:
@@ -64,15 +156,11 @@ def result_json(job: Job) -> dict[str, Any]:
 
 
 def input_json(job: Job, name: str) -> dict[str, Any]:
-    param = PARAMETERS_BY_NAME[name]
-    return {"paramName": name, "dataType": param.data_type, "value": served_value(name, job.inputs.get(name))}
+    param = _INPUTS_BY_NAME[name]
+    return {"paramName": name, "dataType": param.data_type, "value": served_value(job.inputs.get(name))}
 
 
 # --- helpers ---------------------------------------------------------------------------------------
-
-
-def parse_return_messages(request: web.Request) -> bool:
-    return params(request).get("returnMessages", "true").strip().lower() not in ("false", "0", "no")
 
 
 async def visible_job(request: web.Request) -> Job:
@@ -100,20 +188,16 @@ async def submit_job(request: web.Request) -> web.StreamResponse:
     try:
         # Filesystem checks (stores, export folders) may touch slow shares: keep them off the event loop.
         submission = await asyncio.to_thread(parse_submit, dict(params(request)), StoreRoots.from_config(config),
-                                             Limits.from_config(config))
-        await check_with_store(submission, app[STORE_KEY], principal)
+                                             max_arguments_bytes=config.max_arguments_bytes)
+        check_devices(submission.request, config.devices)
+        training = await check_with_store(submission.request, app[STORE_KEY], principal)
     except ParameterError as exc:
         raise invalid_parameters(exc.details) from None
     job = Job(job_id=new_job_id(), owner=principal.username, status=JobStatus.SUBMITTED,
-              model_type=submission.model_type, inputs=submission.inputs, spec=submission.spec,
+              model_type=training.model_type.name, inputs=submission.inputs, spec=training.to_json_dict(),
               max_attempts=config.max_attempts)
-    messages: list[Any] = ["Submitted."]
-    if (submission.spec.get("context") or {}).get("processorType") == "GPU" and \
-            not any(d.startswith("cuda") for d in config.devices):
-        messages.append((MessageType.WARNING, "processorType GPU was requested, but this server has no GPU; "
-                                              "the model trains on the CPU."))
     try:
-        job = await app[STORE_KEY].create_job(job, messages, max_queued_per_user=config.max_queued_per_user)
+        job = await app[STORE_KEY].create_job(job, [texts.SUBMITTED], max_queued_per_user=config.max_queued_per_user)
     except QuotaExceeded as exc:
         raise EsriError(429, "Too many queued jobs.", [str(exc)]) from None
     scheduler = app.get(SCHEDULER_KEY)
@@ -126,12 +210,37 @@ async def submit_job(request: web.Request) -> web.StreamResponse:
 
 
 async def job_status(request: web.Request) -> web.Response:
+    """The job resource. JSON bodies are rendered once per change of the job (store.job_view) and served from
+    memory to every poller until the job's next write: no SQLite round trip for an unchanged job."""
     job = await visible_job(request)
     store = request.app[STORE_KEY]
-    messages = await store.get_messages(job.job_id)  # after the job row: never older than the status
-    body = job_json(job, messages if parse_return_messages(request) else None)
-    return render(request, body, page="job.html",
-                  context=_context(request, job=job, messages=messages, result=result_value(job)))
+    view = message_view(params(request))
+    fmt = output_format(request)
+    if fmt == "html":
+        return await job_page(request, job)
+    pretty = fmt == "pjson"
+
+    async def build() -> bytes | None:
+        body = await job_body(store, job.job_id, view)
+        return None if body is None else dumps(body, pretty=pretty)
+
+    rendered = await store.job_view(job.job_id, ("json", view, pretty), build)
+    if rendered is None:  # deleted between the check and the read
+        raise invalid_url()
+    return web.Response(body=rendered, content_type=JSON_CONTENT_TYPE, charset="utf-8")
+
+
+async def job_page(request: web.Request, job: Job) -> web.Response:
+    """The job page for people: status, progress bar, the live loss chart, recent messages, the model card."""
+    store = request.app[STORE_KEY]
+    body = await job_body(store, job.job_id, MessageView("recent"))
+    recent = await store.last_messages(job.job_id, RECENT_MESSAGES)
+    history = charts.epoch_history(await store.epoch_messages(job.job_id))
+    monitor = str((job.spec.get("given_arguments") or {}).get("monitor") or MONITOR_DEFAULT)
+    context = _context(request, job=job, messages=recent, message_count=await store.message_count(job.job_id),
+                       result=result_value(job), chart=charts.job_charts(history, monitor),
+                       epochs=charts.epoch_progress(history, job), card=model_card.card_links(job))
+    return render(request, body, page="job.html", context=context)
 
 
 async def job_result(request: web.Request) -> web.Response:
@@ -193,3 +302,18 @@ async def execute(request: web.Request) -> web.Response:
     """The synchronous `execute` operation does not exist on an asynchronous service: say what to use."""
     raise EsriError(400, "TrainDeepLearningModel is an asynchronous task: use submitJob.",
                     [f"POST {gp_service.TASK_PATH}/submitJob, then poll jobs/<jobId>."])
+
+
+async def job_card(request: web.Request) -> web.Response:
+    """`jobs/<id>/card/<name>`: the model card of a finished job whose package went to a file share (an item's
+    card is served by the portal: content/items/<id>/card/<name>)."""
+    job = await visible_job(request)
+    uri = (job.result or {}).get("uri") if job.status is JobStatus.SUCCEEDED else None
+    if not uri:
+        raise EsriError(400, f"Job {job.job_id} has no model card here.",
+                        ["A job has a card once it has succeeded; a published item's card is on the item."])
+    try:
+        package = StoreRoots.from_config(request.app[CONFIG_KEY]).resolve(str(uri)).local
+    except PathError:
+        raise invalid_url() from None
+    return await model_card.card_response(package, request.match_info["name"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gpjobs.web.gp_params import INPUT_PARAMETERS, OUTPUT_PARAMETER, TASK_NAME, GPParameter
+from gpjobs.tasks.train import PARAMETERS, TASK_NAME
 
 # Below 12.0 on purpose: at >= 12.0 the arcgis client passes six more keywords (data_augmentation, ...)
 # that this task does not declare (protocol.md §2.1).
@@ -41,21 +41,6 @@ def service_description() -> dict[str, Any]:
     }
 
 
-def _parameter_json(p: GPParameter) -> dict[str, Any]:
-    return {
-        "name": p.name,
-        "dataType": p.data_type,
-        "displayName": p.display_name,
-        "description": p.description,
-        "direction": p.direction,
-        # The arcgis client writes non-string defaults into generated Python source: they must be literals.
-        "defaultValue": p.default,
-        "parameterType": "esriGPParameterTypeRequired" if p.required else "esriGPParameterTypeOptional",
-        "category": "",
-        "choiceList": list(p.choices),
-    }
-
-
 def task_description() -> dict[str, Any]:
     """The task resource: all 14 inputs and the `out_item` output, each with every key clients index."""
     return {
@@ -66,5 +51,5 @@ def task_description() -> dict[str, Any]:
         "category": "",
         "helpUrl": HELP_URL,
         "executionType": "esriExecutionTypeAsynchronous",
-        "parameters": [_parameter_json(p) for p in (*INPUT_PARAMETERS, OUTPUT_PARAMETER)],
+        "parameters": [p.json() for p in PARAMETERS],
     }

@@ -1,12 +1,16 @@
-"""Request id and error rendering middlewares: no stack trace ever reaches a client."""
+"""Request id and error rendering middlewares: no stack trace ever reaches a client (nor, for a client's
+malformed request, the server log)."""
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
+from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from gpjobs.appkeys import CONFIG_KEY
 from gpjobs.domain import GpJobsError, JobNotFound
@@ -65,3 +69,27 @@ async def error_middleware(request: web.Request, handler):
         return render_error(request, EsriError(500, "Unable to complete operation.",
                                                ["An internal error occurred; the server log has the details "
                                                 f"(request id {request.get(REQUEST_ID_KEY, '?')})."]))
+
+
+class ProtocolLog(logging.LoggerAdapter):
+    """aiohttp's protocol-level log (`handler_args["logger"]`, see gpjobs.app).
+
+    A request that is not valid HTTP (a bad request line, an invalid character in the URL or a header) is
+    answered 400 by aiohttp before any handler runs; that is the client's error, so it is one warning line
+    here rather than a traceback. Anything else aiohttp reports keeps its traceback.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"), {})
+
+    def exception(self, msg: Any, *args: Any, exc_info: Any = True, **kwargs: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            self.warning("malformed HTTP request refused: %s (%s)", str(exc_info.message).splitlines()[0][:200],
+                         msg % args if args else msg)
+            return
+        self.error(msg, *args, exc_info=exc_info, **kwargs)
+
+
+# What create_app gives aiohttp's protocol handler: request bodies are inflated by the form reader
+# (render._read_form), so a body that fails to inflate is an Esri error of that request.
+HANDLER_ARGS: dict[str, Any] = {"auto_decompress": False, "logger": ProtocolLog()}

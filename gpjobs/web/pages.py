@@ -35,10 +35,8 @@ def environment() -> jinja2.Environment:
 
 
 def render_page(name: str, request: web.Request, **context: Any) -> str:
-    """The page `name` rendered with `context` (plus the request path and its token query)."""
-    from gpjobs.web.render import params
-
+    """The page `name` rendered with `context` (plus the request path; render.py passes the caller's token)."""
     context.setdefault("token_query", "")
-    context.setdefault("token", params(request).get("token", "").strip())
+    context.setdefault("token", "")
     context.setdefault("path", request.path)
     return environment().get_template(name).render(**context)

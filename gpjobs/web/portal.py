@@ -10,6 +10,7 @@ Handlers are thin: authenticate, call one store function, render with `gpjobs.we
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any, Awaitable, Callable
 from urllib.parse import quote
 
@@ -18,10 +19,20 @@ from aiohttp import web
 
 from gpjobs.appkeys import CONFIG_KEY, STORE_KEY
 from gpjobs.domain import Item, ItemNotFound, Principal, is_item_id, now_ms
-from gpjobs.web import portal_json
-from gpjobs.web.auth import PRINCIPAL_KEY, identify, request_token
-from gpjobs.web.render import (PARAMS_KEY, EsriError, forbidden, json_response, load_params, output_format,
-                               params, token_required)
+from gpjobs.web import model_card, portal_json
+from gpjobs.web.auth import PRINCIPAL_KEY, identify, request_token, token_query
+from gpjobs.web.gp_service import TASK_PATH as GP_TASK_PATH
+from gpjobs.web.render import (
+    PARAMS_KEY,
+    EsriError,
+    forbidden,
+    json_response,
+    load_params,
+    output_format,
+    params,
+    render,
+    token_required,
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 DEFAULT_TOKEN_MINUTES = 60
@@ -45,6 +56,7 @@ def setup_portal(app: web.Application) -> None:
         ("/community/users/{username}", community_user),
         ("/content/items/{item_id}", content_item),
         ("/content/items/{item_id}/data", content_item_data),
+        ("/content/items/{item_id}/card/{name}", content_item_card),
         ("/content/users/{username}", user_content),
         ("/content/users/{username}/items/{item_id}", user_item),
         ("/content/users/{username}/items/{item_id}/update", update_item),
@@ -157,8 +169,23 @@ async def _known_users(request: web.Request) -> dict[str, Principal]:
 
 
 async def content_item(request: web.Request) -> web.Response:
+    """The item record (json), or its page for people (f=html): the item, its download and its model card."""
     record = await readable_item(request, request.match_info["item_id"])
-    return _render(request, portal_json.item(record, base_url(request)))
+    body = portal_json.item(record, base_url(request))
+    if output_format(request) == "html":
+        card = f"{portal_json.SHARING_PREFIXES[0]}/content/items/{record.id}/card"
+        return render(request, body, page="item.html", context={
+            "item": record, "token_query": token_query(request), "task_path": GP_TASK_PATH,
+            "card": {"metrics": f"{card}/{model_card.METRICS_HTML}", "results": f"{card}/{model_card.SAMPLE_RESULTS}"},
+            "metrics": {k: v for k, v in (record.properties.get("metrics") or {}).items()
+                        if isinstance(v, (int, float)) and not isinstance(v, bool)}})
+    return _render(request, body)
+
+
+async def content_item_card(request: web.Request) -> web.Response:
+    """`content/items/<id>/card/<name>`: model_metrics.html or a ModelCharacteristics picture from the package."""
+    record = await readable_item(request, request.match_info["item_id"])
+    return await model_card.card_response(Path(record.path), request.match_info["name"])
 
 
 async def content_item_data(request: web.Request) -> web.StreamResponse:
@@ -258,13 +285,14 @@ def _string_list(value: str, name: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def _int(value: str | None, default: int, *, lo: int, hi: int | None = None) -> int:
+def _int(value: str | None, default: int, *, lo: int, hi: int = 2 ** 53) -> int:
+    """A whole number clamped to [lo, hi] as the portal does (hi keeps it a JSON-safe 64-bit integer)."""
     try:
         number = int(value) if value not in (None, "") else default
     except ValueError:
-        raise EsriError(400, "Invalid or missing input parameters.", [f"not a whole number: {value!r}"]) from None
-    number = max(lo, number)
-    return min(hi, number) if hi is not None else number
+        shown = value if value is None or len(value) <= 40 else value[:40] + "..."
+        raise EsriError(400, "Invalid or missing input parameters.", [f"not a whole number: {shown!r}"]) from None
+    return min(hi, max(lo, number))
 
 
 async def generate_token(request: web.Request) -> web.Response:

@@ -82,6 +82,7 @@ def add_routes(app: web.Application) -> None:
         (JOB + "/results/{name}", gp_jobs.job_result),
         (JOB + "/inputs", gp_jobs.job_inputs),
         (JOB + "/inputs/{name}", gp_jobs.job_input),
+        (JOB + "/card/{name}", gp_jobs.job_card),
         (admin.ADMIN_JOBS_PATH, admin.query_jobs),
         (admin.ADMIN_JOBS_PATH + "/query", admin.query_jobs),
         (admin.ADMIN_JOBS_PATH + "/{job_id}", admin.job_detail),

@@ -7,18 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from gpjobs.app import create_app
-from gpjobs.config import load_config
 from tests.builders.exports import write_classified_tiles
+from tests.harness.app import FAKE_TRAINER_COMMAND, app_config, start_app
 
-FAKE_TRAINER = Path(__file__).resolve().parents[1] / "fakes" / "fake_trainer.py"
 SERVICE = "/arcgis/rest/services/System/RasterAnalysisTools/GPServer"
 TASK = f"{SERVICE}/TrainDeepLearningModel"
 ADMIN = "/arcgis/admin/services/System/RasterAnalysisTools.GPServer/jobs"
@@ -29,13 +27,9 @@ async def start(tmp_path: Path, **settings) -> TestClient:
     share = tmp_path / "share"
     write_classified_tiles(share / "exports", n=2, name="seg")
     (share / "models").mkdir()
-    config = load_config(overrides={
-        "data_dir": str(tmp_path / "var"), "file_shares": {"default": str(share)}, "devices": ["cpu"],
-        "trainer_command": [sys.executable, str(FAKE_TRAINER)], "progress_flush_s": 0.1, "cancel_grace_s": 1,
-        "shutdown_grace_s": 2, **settings}, env={})
-    client = TestClient(TestServer(create_app(config)))
-    await client.start_server()
-    return client
+    config = app_config(tmp_path, file_shares={"default": str(share)}, trainer_command=FAKE_TRAINER_COMMAND,
+                        progress_flush_s=0.1, cancel_grace_s=1, shutdown_grace_s=2, **settings)
+    return await start_app(create_app(config))  # the product's own factory: real store and scheduler
 
 
 def client_form(**fields: str) -> dict[str, str]:

@@ -9,22 +9,20 @@ import sqlite3
 import aiohttp
 import pytest
 
-from builders.exports import write_classified_tiles
-from gpjobs_server_proc import TASK_PATH, ServerProcess
+from tests.builders.exports import write_classified_tiles
+from tests.harness.server import GpjobsServer
 
 
 @pytest.mark.slow
 async def test_50_concurrent_submits_make_50_jobs(tmp_path):
-    share = tmp_path / "share"
-    write_classified_tiles(share / "exports", n=2, name="seg")
-    server = ServerProcess(tmp_path / "var", share, GPJOBS_FAKE_BEHAVIOUR="ok",
-                           GPJOBS_MAX_QUEUED_PER_USER="100").start()
+    write_classified_tiles(tmp_path / "share" / "exports", n=2, name="seg")
+    server = GpjobsServer(tmp_path, settings={"max_queued_per_user": 100}, env={"GPJOBS_FAKE_BEHAVIOUR": "ok"}).start()
     try:
         async with aiohttp.ClientSession() as session:
             async def submit(i: int) -> dict:
                 form = {"f": "json", "in_folder": "/fileShares/default/exports/seg", "model_type": "UNET",
                         "output_name": f'{{"name": "model_{i}"}}', "max_epochs": "1"}
-                async with session.post(server.base + f"{TASK_PATH}/submitJob", data=form) as resp:
+                async with session.post(f"{server.task_url}/submitJob", data=form) as resp:
                     assert resp.status == 200
                     return await resp.json()
 

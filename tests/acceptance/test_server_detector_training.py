@@ -5,38 +5,34 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import sys
 import zipfile
-from pathlib import Path
 
 import pytest
 
-from builders.exports import write_pascal_voc
-from gpjobs_server_proc import TASK_PATH, ServerProcess
+from tests.builders.exports import write_pascal_voc
+from tests.harness.server import TASK, GpjobsServer
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_real_child_trains_a_detector_and_publishes_it(tmp_path):
-    share = tmp_path / "share"
-    write_pascal_voc(share / "exports", n=12, size=32, name="voc")
-    server = ServerProcess(tmp_path / "var", share, GPJOBS_TRAINER_COMMAND=f"{sys.executable} -m gpjobs.training",
-                           OMP_NUM_THREADS="1")
-    server.start()
+    write_pascal_voc(tmp_path / "share" / "exports", n=12, size=32, name="voc")
+    server = GpjobsServer(tmp_path, trainer="real").start()
     try:
-        # AP cannot rise by 2.0, so patience 1 stops after epoch 2 of 4 and keeps epoch 1
+        # AP cannot rise by 2.0, so patience 1 stops after epoch 2 of 100 and keeps epoch 1; 100 epochs of 2 steps
+        # leave the LR range test its 20 steps (10 % of the planned steps)
         arguments = {"monitor": "average_precision", "patience": "1", "min_delta": "2", "zooms": "[1.0, 0.7]"}
         job_id = server.submit(in_folder="/fileShares/default/exports/voc", model_type="SSD",
-                               output_name='{"name": "tiny_ssd"}', max_epochs="4", batch_size="4",
+                               output_name='{"name": "tiny_ssd"}', max_epochs="100", batch_size="4",
                                backbone_model="RESNET18", freeze_model="false", learning_rate="",
                                arguments=json.dumps(arguments))["jobId"]
         info = server.wait(job_id, timeout=500)
         texts = [m["description"] for m in info["messages"]]
         assert info["jobStatus"] == "esriJobSucceeded", texts
         assert any(t.startswith("LR finder:") for t in texts), texts
-        assert any(t.startswith("Epoch 2/4") for t in texts) and not any(t.startswith("Epoch 3/4") for t in texts)
+        assert any(t.startswith("Epoch 2/100") for t in texts) and not any(t.startswith("Epoch 3/100") for t in texts)
         assert any(t.startswith("Early stopping: average_precision") for t in texts), texts
-        value = server.request(f"{TASK_PATH}/jobs/{job_id}/results/out_item")["value"]
+        value = server.get_json(f"{TASK}/jobs/{job_id}/results/out_item")["value"]
     finally:
         server.terminate()
     path, title = sqlite3.connect(tmp_path / "var" / "gpjobs.sqlite3").execute(

@@ -477,6 +477,9 @@ WRITERS = {
 
 from tests.builders.broken import (  # noqa: E402  (re-exported: one import line for test authors)
     box_outside_chip, corrupt_chip, empty_label_file, mismatch_stem, remove_file, set_label_value, truncate_chip)
+from tests.builders.media import write_image_captioning, write_object_tracking  # noqa: E402  (builds on this)
+
+WRITERS.update({"ImageCaptioning": write_image_captioning, "ObjectTracking": write_object_tracking})
 
 __all__ = [name for name in dir() if name.startswith("write_")] + [
     "WRITERS", "class_level", "background_level", "box_outside_chip", "corrupt_chip", "empty_label_file", "mismatch_stem",

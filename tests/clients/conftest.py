@@ -1,5 +1,5 @@
 """Fixtures for tests/clients: an in-process aiohttp test client (pytest-aiohttp is not a dependency) and
-real `gpjobs serve` subprocesses (tests/clients/server.py), one per test module."""
+real `gpjobs serve` subprocesses (tests/harness/server.py) training for real, one per test module."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from typing import AsyncIterator, Awaitable, Callable
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
+
+from tests.harness.app import start_app
 
 
 @pytest.fixture
@@ -16,10 +18,8 @@ async def aiohttp_client() -> AsyncIterator[Callable[[web.Application], Awaitabl
     clients: list[TestClient] = []
 
     async def start(app: web.Application) -> TestClient:
-        client = TestClient(TestServer(app, host="127.0.0.1"))
-        await client.start_server()
-        clients.append(client)
-        return client
+        clients.append(await start_app(app))
+        return clients[-1]
 
     yield start
     for client in clients:
@@ -27,11 +27,16 @@ async def aiohttp_client() -> AsyncIterator[Callable[[web.Application], Awaitabl
 
 
 def _serve(tmp_path_factory: pytest.TempPathFactory, name: str, *, tls: bool, auth: bool):
-    from .server import start_server
+    from tests.harness.server import GpjobsServer
 
-    server = start_server(tmp_path_factory.mktemp(name), tls=tls, auth=auth)
+    from .tiny_job import SHARE, write_exports
+
+    root = tmp_path_factory.mktemp(name)
+    write_exports(root / SHARE)
+    server = GpjobsServer(root, trainer="real", shares={SHARE: root / SHARE}, tls=tls, auth=auth,
+                          settings={"max_attempts": 1})
     try:
-        yield server
+        yield server.start()
     finally:
         server.stop()
 

@@ -54,3 +54,10 @@ async def run_browser_job(task_url: str, fields: dict, artifacts: Path, *, timeo
     shutil.rmtree(artifacts, ignore_errors=True)
     env = {**os.environ, "CHROMIUM": CHROMIUM, "BROWSER_JOB_TIMEOUT_MS": str(int((timeout - 60) * 1000))}
     return await _node("browser_job.mjs", task_url, json.dumps(fields), str(artifacts), env=env, timeout=timeout)
+
+
+async def run_job_page_look(job_url: str, artifacts: Path, *, timeout: float = 840) -> tuple[int, dict, str]:
+    """Headless Chromium watches a job page to the end, then opens the item page (screenshots in `artifacts`)."""
+    shutil.rmtree(artifacts, ignore_errors=True)
+    env = {**os.environ, "CHROMIUM": CHROMIUM, "JOB_PAGE_TIMEOUT_MS": str(int((timeout - 60) * 1000))}
+    return await _node("job_page_look.mjs", job_url, str(artifacts), env=env, timeout=timeout)

@@ -16,8 +16,9 @@ import zipfile
 
 import pytest
 
+from tests.harness.server import USERNAME, GpjobsServer
 
-from .server import BACKBONE, MODEL_TYPE, USERNAME, GpjobsServer, is_item_reference
+from .tiny_job import BACKBONE, EXPORT, MODEL_TYPE, is_item_reference
 
 pytestmark = [pytest.mark.clients, pytest.mark.slow, pytest.mark.timeout(900)]
 arcgis = pytest.importorskip("arcgis", reason="the arcgis client is not installed (pip install arcgis)")
@@ -41,7 +42,7 @@ def test_import_toolbox_trains_and_returns_out_item(http_server: GpjobsServer):
     tbx = import_toolbox(http_server.service_url)
     try:
         value = tbx.train_deep_learning_model(
-            in_folder=http_server.export_path, output_name={"name": "toolboxModel"}, model_type=MODEL_TYPE,
+            in_folder=EXPORT, output_name={"name": "toolboxModel"}, model_type=MODEL_TYPE,
             backbone_model=BACKBONE, batch_size=4, max_epochs=1, learning_rate=0.001, validation_percent=25,
             stop_training=False, freeze_model=True, overwrite_model=False)
     except Exception as exc:
@@ -58,7 +59,7 @@ def test_learn_train_model_returns_the_portal_item(https_server: GpjobsServer):
     gis = GIS(f"{https_server.base_url}/portal", token=https_server.token, verify_cert=False)
     assert gis._con._product != "AGOL" and gis.users.me.username == USERNAME
     try:
-        item = train_model(input_folder=https_server.export_path, model_type=MODEL_TYPE, backbone_model=BACKBONE,
+        item = train_model(input_folder=EXPORT, model_type=MODEL_TYPE, backbone_model=BACKBONE,
                            batch_size=4, max_epochs=1, learning_rate=0.001, validation_percent=25,
                            stop_training=False, output_name="learnModel", gis=gis)
     except Exception as exc:

@@ -1,7 +1,8 @@
 """The real ArcGIS API for Python (`arcgis` on PyPI) signs in to the portal emulation over HTTPS.
 
-In-process: the portal routes alone on a TLS loopback TestServer (certificate from `gpjobs cert`'s writer), the
-synchronous client in a worker thread. The end-to-end training run is in test_arcgis_e2e.py.
+In-process: the web app without a scheduler (tests/harness/app.py) on a TLS loopback TestServer (certificate
+from `gpjobs cert`'s writer), the synchronous client in a worker thread. The end-to-end training run is in
+test_arcgis_e2e.py.
 Install the client with `.venv/bin/pip install arcgis` (test-only dependency); skipped without it.
 """
 
@@ -11,15 +12,10 @@ import asyncio
 import ssl
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
-from gpjobs.appkeys import CONFIG_KEY, STORE_KEY
 from gpjobs.commands.cert import CERT_NAME, KEY_NAME, write_self_signed
-from gpjobs.config import AuthConfig, Config
-from gpjobs.web.portal import setup_portal
-
 from gpjobs.store import Store
+from tests.harness.app import app_config, make_app, start_app
 
 from .store_helpers import publish_item
 
@@ -32,17 +28,13 @@ async def test_arcgis_gis_signs_in_finds_raster_analytics_and_updates_the_item(t
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     tls.load_cert_chain(tmp_path / CERT_NAME, tmp_path / KEY_NAME)
     store = await Store.open(tmp_path / "gpjobs.sqlite3")
-    app = web.Application()
-    app[CONFIG_KEY] = Config(data_dir=tmp_path, auth=AuthConfig(anonymous=False))
-    app[STORE_KEY] = store
-    setup_portal(app)
+    app = make_app(app_config(tmp_path, anonymous=False), store=store, scheduler=None)
     token = await store.create_token("analyst", "user")
     dlpk = tmp_path / "trainedModel.dlpk"
     dlpk.write_bytes(b"PK\x05\x06" + b"\0" * 18)
     record = await publish_item(store, "analyst", "trainedModel", dlpk)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server(ssl=tls)
-    url = f"https://127.0.0.1:{server.port}"
+    client = await start_app(app, ssl=tls)
+    url = f"https://127.0.0.1:{client.port}"
     job_id = "j" + "b" * 32
 
     def drive_client() -> dict:
@@ -59,7 +51,7 @@ async def test_arcgis_gis_signs_in_finds_raster_analytics_and_updates_the_item(t
         seen = await asyncio.to_thread(drive_client)
         stored = await store.get_item(record.id)
     finally:
-        await server.close()
+        await client.close()
         await store.close()
     assert seen["product"] == "PORTAL"  # learn.train_model refuses "AGOL"
     assert seen["me"] == "analyst" and seen["version"][0] >= 10

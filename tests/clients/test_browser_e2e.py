@@ -14,15 +14,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.server import REPO_ROOT, GpjobsServer
+
 from .drivers import needs_browser, run_browser_job
-from .server import BACKBONE, MODEL_TYPE, REPO_ROOT, GpjobsServer
+from .tiny_job import BACKBONE, EXPORT, MODEL_TYPE
 
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "clients" / "browser-e2e"
 pytestmark = [pytest.mark.clients, pytest.mark.slow, pytest.mark.timeout(900), *needs_browser]
 
 
 async def test_person_submits_the_html_form_and_downloads_the_package(http_server: GpjobsServer):
-    fields = {"in_folder": http_server.export_path, "output_name": '{"name": "browserModel"}',
+    fields = {"in_folder": EXPORT, "output_name": '{"name": "browserModel"}',
               "model_type": MODEL_TYPE, "backbone_model": BACKBONE, "batch_size": "4", "max_epochs": "1",
               "learning_rate": "0.001", "validation_percent": "25", "stop_training": "false"}
     code, report, stderr = await run_browser_job(http_server.task_url, fields, ARTIFACTS)

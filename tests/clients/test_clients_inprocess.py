@@ -16,24 +16,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import TestClient
 
-from gpjobs.appkeys import CONFIG_KEY, SCHEDULER_KEY, STORE_KEY
 from gpjobs.commands.cert import CERT_NAME, KEY_NAME, write_self_signed
-from gpjobs.config import load_config
 from gpjobs.store import Store
-from gpjobs.web import setup_web
-from gpjobs.web.portal import setup_portal
+from tests.harness.app import InstantScheduler, app_config, make_app, start_app
+from tests.harness.server import GP_SERVICE, TASK, USERNAME
 
 from .drivers import needs_browser, needs_rest_js, run_browser_job, run_rest_job
-from .instant_scheduler import InstantScheduler
-
-from .server import EXPORT_NAME, GP_SERVICE, SHARE, TASK, USERNAME, is_item_reference, write_exports
+from .tiny_job import EXPORT, SHARE, is_item_reference, write_exports
 
 pytestmark = [pytest.mark.clients, pytest.mark.timeout(300)]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "clients" / "browser-inprocess"
-EXPORT = f"/fileShares/{SHARE}/{EXPORT_NAME}"
 
 
 @dataclass
@@ -72,32 +66,21 @@ async def servers(tmp_path):
     tls.load_cert_chain(tmp_path / "tls" / CERT_NAME, tmp_path / "tls" / KEY_NAME)
     store = await Store.open(tmp_path / "gpjobs.sqlite3")
     token = await store.create_token(USERNAME, "user")
-    started: list[tuple[TestServer, InstantScheduler]] = []
+    started: list[TestClient] = []
 
-    async def listen(anonymous: bool, ssl_context: ssl.SSLContext | None) -> TestServer:
-        config = load_config(None, {"data_dir": str(tmp_path / "var"), "devices": ["cpu"],
-                                    "file_shares": {SHARE: str(share)}, "anonymous": anonymous}, env={})
-        app = web.Application()
-        app[CONFIG_KEY] = config
-        app[STORE_KEY] = store
-        scheduler = InstantScheduler(store, config.content)
-        app[SCHEDULER_KEY] = scheduler  # type: ignore[assignment]
-        setup_web(app)
-        setup_portal(app)
-        server = TestServer(app, host="127.0.0.1")
-        await server.start_server(ssl=ssl_context)
-        started.append((server, scheduler))
-        return server
+    async def listen(anonymous: bool, ssl_context: ssl.SSLContext | None) -> int:
+        config = app_config(tmp_path, file_shares={SHARE: str(share)}, anonymous=anonymous)
+        started.append(await start_app(make_app(config, store=store, scheduler=InstantScheduler), ssl=ssl_context))
+        return started[-1].port
 
     http = await listen(True, None)
     https = await listen(False, tls)
     try:
-        yield Servers(Listener(f"http://127.0.0.1:{http.port}", None, None),
-                      Listener(f"https://127.0.0.1:{https.port}", token, tmp_path / "tls" / CERT_NAME), store)
+        yield Servers(Listener(f"http://127.0.0.1:{http}", None, None),
+                      Listener(f"https://127.0.0.1:{https}", token, tmp_path / "tls" / CERT_NAME), store)
     finally:
-        for server, scheduler in started:
-            await scheduler.close()
-            await server.close()
+        for client in started:
+            await client.close()  # stops its InstantScheduler; the shared store stays open
         await store.close()
 
 
@@ -119,6 +102,7 @@ async def test_arcgis_import_toolbox(servers: Servers):
     assert item is not None and item.owner == "anonymous" and item.title == "tbx"
 
 
+@pytest.mark.slow  # importing arcgis.learn (pandas, dask) takes seconds
 async def test_arcgis_learn_train_model_over_https_with_a_token(servers: Servers):
     pytest.importorskip("arcgis.learn", reason="the arcgis client is not installed")
     from arcgis.gis import GIS, Item

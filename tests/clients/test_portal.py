@@ -5,15 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
-from gpjobs.appkeys import CONFIG_KEY, STORE_KEY
-from gpjobs.config import AuthConfig, Config
 from gpjobs.domain import Principal, now_ms
 from gpjobs.store import Store
-from gpjobs.web.portal import setup_portal
+from tests.harness.app import app_config, make_app
 
 from .store_helpers import publish_item
+
 
 @pytest.fixture
 def dlpk(tmp_path: Path) -> Path:
@@ -31,11 +29,7 @@ async def store(tmp_path):
 
 
 async def make_client(aiohttp_client, tmp_path: Path, store: Store, *, anonymous: bool):
-    app = web.Application()
-    app[CONFIG_KEY] = Config(data_dir=tmp_path, auth=AuthConfig(anonymous=anonymous))
-    app[STORE_KEY] = store
-    setup_portal(app)
-    return await aiohttp_client(app)
+    return await aiohttp_client(make_app(app_config(tmp_path, anonymous=anonymous), store=store, scheduler=None))
 
 
 @pytest.fixture

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import pytest
 
-from .drivers import needs_rest_js, run_rest_job
+from tests.harness.server import USERNAME, GpjobsServer
 
-from .server import BACKBONE, MODEL_TYPE, USERNAME, GpjobsServer, is_item_reference
+from .drivers import needs_rest_js, run_rest_job
+from .tiny_job import BACKBONE, EXPORT, MODEL_TYPE, is_item_reference
 
 pytestmark = [pytest.mark.clients, pytest.mark.slow, pytest.mark.timeout(900), *needs_rest_js]
 
 
 async def test_rest_js_job_submits_polls_and_gets_out_item(https_server: GpjobsServer):
-    params = {"in_folder": https_server.export_path, "output_name": {"name": "restJsModel"},
+    params = {"in_folder": EXPORT, "output_name": {"name": "restJsModel"},
               "model_type": MODEL_TYPE, "backbone_model": BACKBONE, "batch_size": 4, "max_epochs": 1,
               "learning_rate": 0.001, "validation_percent": 25, "stop_training": False}
     code, report, stderr = await run_rest_job(https_server.task_url, https_server.token, params,

@@ -1,7 +1,8 @@
 """A fake training child that speaks gpjobs/training/protocol.py without torch (starts in ~50 ms).
 
-Usage (as the server runs a child): fake_trainer.py --spec <work_dir>/spec.json
-Behaviour: spec["arguments"]["fake_behaviour"], else $GPJOBS_FAKE_BEHAVIOUR, else "ok":
+Usage (as the server runs a child): fake_trainer.py --spec <work_dir>/spec.json, or fake_trainer.py --warm: the
+warm protocol of gpjobs/training/__main__.py (one `heartbeat` line, then the handoff line on stdin; EOF exits).
+Behaviour: the request's context["fake_behaviour"] (see tests/fakes/fake_jobs.py), else $GPJOBS_FAKE_BEHAVIOUR, else "ok":
   ok              train max_epochs epochs (checkpoint each), write the package, emit result, exit 0
   slow            like ok, $GPJOBS_FAKE_EPOCH_S seconds per epoch (default 0.5); SIGTERM -> exit 5 at the
                   next batch boundary after saving the epoch checkpoint (slow-with-checkpoints)
@@ -47,11 +48,33 @@ def watch_lifeline() -> None:
     os._exit(int(ExitCode.LIFELINE_LOST))
 
 
+def wait_for_job() -> Path | None:
+    """The warm protocol, as the real child speaks it (gpjobs/training/__main__.py)."""
+    emit("heartbeat", warm_import_s=0.0)
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = os.read(0, 4096)
+        if not chunk:
+            return None
+        line += chunk
+    handoff = json.loads(line)
+    fd = os.open(handoff["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 2)
+    os.close(fd)
+    os.chdir(Path(handoff["spec"]).parent)
+    return Path(handoff["spec"])
+
+
 def main() -> int:
-    spec_path = Path(sys.argv[sys.argv.index("--spec") + 1])
-    raw = json.loads(spec_path.read_text())
+    if "--warm" in sys.argv:
+        spec_path = wait_for_job()
+        if spec_path is None:
+            return ExitCode.LIFELINE_LOST
+    else:
+        spec_path = Path(sys.argv[sys.argv.index("--spec") + 1])
     spec = JobSpec.load(spec_path)
-    behaviour = (raw.get("arguments") or {}).get("fake_behaviour") or os.environ.get("GPJOBS_FAKE_BEHAVIOUR", "ok")
+    request, runtime = spec.request, spec.runtime
+    behaviour = request.context.values.get("fake_behaviour") or os.environ.get("GPJOBS_FAKE_BEHAVIOUR", "ok")
     epoch_s = float(os.environ.get("GPJOBS_FAKE_EPOCH_S", "0.5" if behaviour == "slow" else "0.02"))
     work = Path(spec.work_dir)
     ckpt = work / "checkpoint.json"
@@ -61,14 +84,16 @@ def main() -> int:
     else:
         signal.signal(signal.SIGTERM, lambda *_: _terminated.set())
 
-    resumed = json.loads(ckpt.read_text())["epoch"] if spec.resume and ckpt.exists() else 0
+    resumed = json.loads(ckpt.read_text())["epoch"] if runtime.resume and ckpt.exists() else 0
     with open(work / "fake_runs.jsonl", "a") as fh:
         fh.write(json.dumps({"pid": os.getpid(), "resumed_from_epoch": resumed, "behaviour": behaviour,
-                             "device": spec.device, "cuda": os.environ.get("CUDA_VISIBLE_DEVICES")}) + "\n")
-    emit("started", pid=os.getpid(), device=spec.device, torch="fake", resumed_from_epoch=resumed)
+                             "device": runtime.device, "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                             "warm": "--warm" in sys.argv, "loader_workers": runtime.loader_workers}) + "\n")
+    print(f"fake trainer {os.getpid()} runs {spec.job_id}", file=sys.stderr, flush=True)
+    emit("started", pid=os.getpid(), device=runtime.device, torch="fake", resumed_from_epoch=resumed)
 
     if behaviour == "bad-input":
-        emit("failed", exit_code=2, text=f"in_folder: {spec.in_folders[0] if spec.in_folders else '?'} has no "
+        emit("failed", exit_code=2, text=f"in_folder: {request.in_folders[0].alias} has no "
                                          "esri_accumulated_stats.json; export the training data again",
              details=["fake detail"])
         return ExitCode.BAD_INPUT
@@ -81,7 +106,7 @@ def main() -> int:
     if behaviour == "no-result":
         return ExitCode.OK
 
-    epochs = spec.max_epochs
+    epochs = request.max_epochs
     last_beat = 0.0
     for epoch in range(resumed + 1, epochs + 1):
         steps = 5
@@ -92,7 +117,7 @@ def main() -> int:
             if behaviour == "sigkill-self" or (behaviour == "sigkill-once" and epoch == 2 and resumed == 0):
                 os.kill(os.getpid(), signal.SIGKILL)
             time.sleep(epoch_s / steps)
-            if time.monotonic() - last_beat >= spec.heartbeat_seconds:
+            if time.monotonic() - last_beat >= runtime.heartbeat_seconds:
                 emit("heartbeat")
                 last_beat = time.monotonic()
             done = (epoch - 1 + (step + 1) / steps) / epochs
@@ -118,8 +143,7 @@ def main() -> int:
     spec.output_dir.mkdir(parents=True, exist_ok=True)
     spec.package_path.write_bytes(b"PK fake dlpk for " + spec.job_id.encode())
     emit("progress", percent=100.0, phase="package", epoch=epochs, max_epochs=epochs)
-    emit("result", package=str(spec.package_path), model_type=spec.model_type, metrics={"accuracy": 0.9},
-         emd={"ModelType": spec.model_type})
+    emit("result", package=str(spec.package_path), model_type=request.model_type.name, metrics={"accuracy": 0.9})
     return ExitCode.OK
 
 

@@ -4,28 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from gpjobs.config import load_config
 from gpjobs.domain import Job, JobStatus, new_job_id
 from gpjobs.scheduler import Scheduler
 from gpjobs.store import Store
-
-FAKE_TRAINER = Path(__file__).resolve().parents[1] / "fakes" / "fake_trainer.py"
+from tests.fakes.fake_jobs import fake_request
+from tests.harness.app import FAKE_TRAINER_COMMAND, app_config
 
 
 @pytest.fixture
 def make_config(tmp_path):
     def make(**overrides):
-        values = dict(data_dir=str(tmp_path / "var"), devices=["cpu"], trainer_command=[sys.executable, str(FAKE_TRAINER)],
-                      heartbeat_timeout_s=30, cancel_grace_s=0.5, shutdown_grace_s=2, progress_flush_s=0.1,
-                      retry_backoff_s=0, watchdog_interval_s=3600, max_attempts=3)
-        values.update(overrides)
-        return load_config(overrides=values, env={})
+        values = {"trainer_command": FAKE_TRAINER_COMMAND, "heartbeat_timeout_s": 30, "cancel_grace_s": 0.5,
+                  "shutdown_grace_s": 2, "progress_flush_s": 0.1, "retry_backoff_s": 0, "watchdog_interval_s": 3600,
+                  "max_attempts": 3}
+        return app_config(tmp_path, **{**values, **overrides})
     return make
 
 
@@ -50,14 +46,14 @@ class Harness:
         return self.scheduler
 
     async def submit(self, behaviour: str = "ok", *, owner: str = "alice", max_epochs: int = 2, name: str | None = None,
-                     output: dict | None = None, overwrite: bool = False, **fields) -> Job:
+                     output: dict | None = None, overwrite: bool = False, pretrained_item: str | None = None,
+                     **fields) -> Job:
         job_id = new_job_id()
         name = name or f"model_{job_id[-6:]}"
-        spec = {"model_type": "FEATURE_CLASSIFIER", "in_folders": ["/nowhere"], "output_name": name,
-                "output": output or {"kind": "item", "name": name, "folder_id": None}, "max_epochs": max_epochs,
-                "batch_size": 2, "arguments": {"fake_behaviour": behaviour}, "overwrite_model": overwrite}
+        request = fake_request(behaviour, name=name, max_epochs=max_epochs, output=output, overwrite=overwrite,
+                               pretrained_item=pretrained_item)
         job = Job(job_id=job_id, owner=owner, status=JobStatus.SUBMITTED, model_type="FEATURE_CLASSIFIER",
-                  inputs={"output_name": json.dumps({"name": name})}, spec=spec,
+                  inputs={"output_name": json.dumps({"name": name})}, spec=request.to_json_dict(),
                   max_attempts=fields.pop("max_attempts", self.config.max_attempts), **fields)
         job = await self.store.create_job(job, ["Submitted."])
         if self.scheduler is not None:
@@ -80,7 +76,7 @@ class Harness:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             run = self.scheduler.running(job_id) if self.scheduler else None
-            if run is not None and run.child is not None and (self.runs(job_id)):
+            if run is not None and run.supervisor.child is not None and (self.runs(job_id)):
                 return run
             await asyncio.sleep(0.02)
         raise AssertionError(f"job {job_id} never started")

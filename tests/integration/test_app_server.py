@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import structlog
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -40,6 +41,7 @@ def test_serve_refuses_anonymous_on_a_public_bind(tmp_path):
     assert not (tmp_path / "gpjobs.sqlite3").exists()
 
 
+@pytest.mark.slow  # two fresh interpreters
 def test_token_cli_creates_a_usable_token(tmp_path):
     out = subprocess.run([sys.executable, "-m", "gpjobs.cli", "token", "create", "--user", "ana", "--admin",
                           "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)

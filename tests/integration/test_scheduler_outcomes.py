@@ -6,8 +6,11 @@ import asyncio
 from pathlib import Path
 
 import pytest
+import structlog
 
+from gpjobs import messages as texts
 from gpjobs.domain import JobStatus, MessageType
+from gpjobs.scheduler.settle import Settlement
 
 S = JobStatus
 TERMINAL = (S.SUCCEEDED, S.FAILED, S.TIMED_OUT, S.CANCELLED)
@@ -139,3 +142,24 @@ async def test_progress_is_visible_while_running(make_harness, monkeypatch):
     assert len(seen) >= 3 and all(0 < p < 100 for p in seen)
     await h.wait(job.job_id, S.SUCCEEDED)
     assert sum(t.startswith("Epoch ") for t in await h.descriptions(job.job_id)) == 3
+
+
+async def test_job_whose_pretrained_item_is_gone_fails_without_a_child(harness):
+    job = await harness.submit("ok", pretrained_item="0" * 32)
+    await harness.start()
+    done = await harness.wait(job.job_id, *TERMINAL)
+    assert done.status is S.FAILED and done.attempts == 1 and "pretrained_model" in done.error
+    assert (await harness.descriptions(job.job_id))[-1] == texts.TOOL_FAILED
+    assert harness.runs(job.job_id) == []
+
+
+async def test_a_failure_after_a_cancel_request_ends_cancelled(harness):
+    """Cancelling -> Failed is not an edge (domain.TRANSITIONS): a requested cancel wins over any ending."""
+    job = await harness.submit("ok")
+    claimed = await harness.store.claim_next_job("cpu", "boot-1")
+    await harness.store.request_cancel(job.job_id)
+    settlement = Settlement(harness.store, harness.config, claimed, structlog.get_logger("test"), lambda _: None)
+    await settlement.fail("the supervisor broke")
+    done = await harness.store.get_job(job.job_id)
+    assert done.status is S.CANCELLED and done.error is None
+    assert (await harness.descriptions(job.job_id))[-1] == texts.CANCEL_COMPLETE

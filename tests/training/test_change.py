@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gpjobs.training.protocol import ExitCode
 from tests.builders.exports import write_change_detection
-from tests.training.helpers import dlpk_members, epochs_of, make_spec, result_of, train
+from tests.training.helpers import gpjobs, make_spec, predict_json, train_and_package
 
 torch.set_num_threads(1)
 
@@ -42,46 +41,40 @@ def change_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("change")
     # 24 training chips: with fewer steps BatchNorm's running statistics lag the weights (eval-mode
     # distances too small) and the validation f1 trails the training loss by several epochs
-    folder = write_change_detection(tmp, n=32, size=32)
-    spec = make_spec(tmp, [folder], "CHANGEDETECTOR", backbone_model="RESNET18", max_epochs=5,
-                     stop_training=False, freeze_model=False)
-    code, reporter = train(spec)
-    assert code == ExitCode.OK, [e for e in reporter.events if e["type"] in ("failed", "message")]
-    return spec, folder, reporter
+    return train_and_package(tmp, write_change_detection(tmp, n=32, size=32), "CHANGEDETECTOR",
+                             backbone_model="RESNET18", max_epochs=5, stop_training=False, freeze_model=False)
 
 
+@pytest.mark.slow
 def test_change_detector_learns(change_run):
-    _, _, reporter = change_run
-    epochs = epochs_of(reporter)
+    epochs = change_run.epochs
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
-    metrics = result_of(reporter)["metrics"]
+    metrics = change_run.metrics
     assert all(0.0 <= metrics[k] <= 1.0 for k in ("precision", "recall", "f1"))
     assert metrics["f1"] > 0.6, metrics  # changed pixels are ~27%: "all changed" gives f1 ~0.43
 
 
+@pytest.mark.slow
 def test_change_package(change_run):
-    _, _, reporter = change_run
-    result = result_of(reporter)
-    assert {"model.emd", "model.pth", "model.pt", "ModelCharacteristics/show_results.png"} <= dlpk_members(
-        result["package"])
-    emd = result["emd"]
+    assert {"model.emd", "model.pth", "model.pt", "ModelCharacteristics/show_results.png"} <= change_run.members
+    emd = change_run.emd
     assert emd["ModelName"] == "ChangeDetector" and emd["ModelConfiguration"] == "change_detection"
     assert emd["ModelType"] == "ImageClassification" and emd["MetaDataMode"] == "ChangeDetection"
     assert emd["ModelParameters"]["attention_type"] == "PAM"
-    assert float(emd["f1"]) == pytest.approx(result["metrics"]["f1"], rel=1e-3)
+    assert float(emd["f1"]) == pytest.approx(change_run.metrics["f1"], rel=1e-3)
 
 
+@pytest.mark.slow
 def test_change_predict_from_package_reproduces_validation_f1(change_run):
     """load_model + the family's paired predict (what `gpjobs predict` does for paired models)."""
     from gpjobs.export import read_chip
-    from gpjobs.training.data import open_training_data, to_model_input
+    from gpjobs.training.data import to_model_input
     from gpjobs.training.package import load_model, open_package
 
-    spec, folder, reporter = change_run
-    data = open_training_data([folder], task="change", validation_percent=spec.validation_percent, seed=42,
-                              augment=False)
+    folder = change_run.folder
+    data = change_run.validation_data("change")
     tp = fp = fn = 0
-    with open_package(result_of(reporter)["package"]) as package:
+    with open_package(change_run.package) as package:
         family, model = load_model(package)
         for i, rec in enumerate(data.valid.records):
             before, after = family.paired_chips(rec.image)
@@ -97,44 +90,33 @@ def test_change_predict_from_package_reproduces_validation_f1(change_run):
             family.paired_chips(folder / "labels" / rec.label.name)
         assert family.paired_chips(f"{before},{after}") == (before, after)
     f1 = 2 * tp / max(2 * tp + fp + fn, 1)
-    assert f1 == pytest.approx(result_of(reporter)["metrics"]["f1"], abs=1e-6)
+    assert f1 == pytest.approx(change_run.metrics["f1"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_bam_attention_trains(tmp_path):
-    folder = write_change_detection(tmp_path, n=8, size=32)
-    spec = make_spec(tmp_path, [folder], "CHANGEDETECTOR", backbone_model="RESNET18", max_epochs=1,
-                     arguments={"attention_type": "BAM"})
-    code, reporter = train(spec)
-    assert code == ExitCode.OK, [e for e in reporter.events if e["type"] in ("failed", "message")]
-    assert result_of(reporter)["emd"]["ModelParameters"]["attention_type"] == "BAM"
+    run = train_and_package(tmp_path, write_change_detection(tmp_path, n=8, size=32), "CHANGEDETECTOR",
+                            backbone_model="RESNET18", max_epochs=1, arguments={"attention_type": "BAM"})
+    assert run.emd["ModelParameters"]["attention_type"] == "BAM"
 
 
 def test_change_detector_refuses_plain_classified_tiles(tmp_path):
     from tests.builders.exports import write_classified_tiles
 
+    from gpjobs.tasks.params import ParameterError
+
     folder = write_classified_tiles(tmp_path, n=8, size=32)
-    code, reporter = train(make_spec(tmp_path, [folder], "CHANGEDETECTOR", backbone_model="RESNET18"))
-    assert code == ExitCode.BAD_INPUT
-    failed = [e for e in reporter.events if e["type"] == "failed"][0]
-    assert "ChangeDetection" in failed["text"]
+    with pytest.raises(ParameterError, match="cannot train model_type CHANGEDETECTOR .it needs ChangeDetection"):
+        make_spec(tmp_path, [folder], "CHANGEDETECTOR", backbone_model="RESNET18")
 
 
+@pytest.mark.slow
 def test_gpjobs_predict_cli_pairs_before_and_after(change_run, tmp_path):
     """The command line finds the images2/ partner of an images/ chip (or takes BEFORE,AFTER)."""
-    import json
-    import subprocess
-    import sys
-
-    _, folder, reporter = change_run
-    package = result_of(reporter)["package"]
-    chip = sorted((folder / "images").iterdir())[0]
-    done = subprocess.run([sys.executable, "-m", "gpjobs.cli", "predict", package, str(chip), "--json",
-                           "--masks-dir", str(tmp_path / "masks")], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout.strip().splitlines()[-1])  # one JSON object for the chip
+    chip = sorted((change_run.folder / "images").iterdir())[0]
+    assert len(predict_json(change_run.package, chip, "--masks-dir", tmp_path / "masks")) == 1  # one per chip
     assert list((tmp_path / "masks").iterdir())
     lonely = tmp_path / "lonely.tif"
     lonely.write_bytes(chip.read_bytes())
-    done = subprocess.run([sys.executable, "-m", "gpjobs.cli", "predict", package, str(lonely)],
-                          capture_output=True, text=True, timeout=300)
+    done = gpjobs("predict", change_run.package, str(lonely))
     assert done.returncode != 0 and "BEFORE,AFTER" in done.stderr + done.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,10 +13,11 @@ import time
 import pytest
 import torch
 
-from gpjobs.training.events import ListReporter
+from gpjobs.tasks.params import ParameterError
 from gpjobs.training.protocol import ExitCode, decode_event
 from tests.builders.exports import write_classified_tiles, write_labeled_tiles
-from tests.training.helpers import REPO, dlpk_members, epochs_of, gpjobs, make_spec, result_of, train
+from tests.training.helpers import (
+    REPO, dlpk_members, emd_of, gpjobs, interrupted_and_resumed, make_spec, train, train_and_package)
 
 torch.set_num_threads(1)
 
@@ -40,6 +42,7 @@ def _events_until(proc, wanted: str, timeout: float = 240) -> list[dict]:
     return events
 
 
+@pytest.mark.slow
 def test_child_emits_events_and_packages(tmp_path):
     folder = write_classified_tiles(tmp_path, n=8, size=32)
     spec = make_spec(tmp_path, [folder], "UNET", backbone_model="RESNET18", max_epochs=1, heartbeat_seconds=0.5)
@@ -58,9 +61,10 @@ def test_child_emits_events_and_packages(tmp_path):
     assert started["resumed_from_epoch"] == 0 and started["torch"] == torch.__version__
     result = events[-1]
     assert result["package"] == str(spec.package_path) and spec.package_path.is_file()
-    assert result["emd"]["ModelName"] == "UnetClassifier"
+    assert emd_of(result)["ModelName"] == "UnetClassifier"
 
 
+@pytest.mark.slow
 def test_child_sigterm_cancels_and_lifeline_loss_stops(tmp_path):
     folder = write_classified_tiles(tmp_path, n=16, size=32)
     for signal_it, expected in ((True, ExitCode.CANCELLED), (False, ExitCode.LIFELINE_LOST)):
@@ -81,59 +85,54 @@ def test_child_sigterm_cancels_and_lifeline_loss_stops(tmp_path):
 
 def test_bad_input_fails_with_a_fix_it_message(tmp_path):
     folder = write_classified_tiles(tmp_path, n=8, size=32)
-    code, reporter = train(make_spec(tmp_path, [folder], "FEATURE_CLASSIFIER", backbone_model="RESNET18"))
+    # Caught before any training, by the parser every entry point shares ...
+    with pytest.raises(ParameterError, match="Classified_Tiles cannot train model_type FEATURE_CLASSIFIER"):
+        make_spec(tmp_path, [folder], "FEATURE_CLASSIFIER", backbone_model="RESNET18")
+    with pytest.raises(ParameterError, match="Valid backbones: RESNET18"):
+        make_spec(tmp_path, [folder], "UNET", backbone_model="VGG16")
+    # ... and again by the child, for a folder that changed after the job was accepted.
+    labeled = write_labeled_tiles(tmp_path / "later", n=8, size=32)
+    spec = make_spec(tmp_path, [labeled], "FEATURE_CLASSIFIER", backbone_model="RESNET18")
+    shutil.rmtree(labeled)
+    shutil.copytree(folder, labeled)
+    code, reporter = train(spec)
     failed = [e for e in reporter.events if e["type"] == "failed"]
     assert code == ExitCode.BAD_INPUT and failed and "Classified_Tiles" in failed[0]["text"]
-    code, reporter = train(make_spec(tmp_path, [folder], "UNET", backbone_model="VGG16"))
-    assert code == ExitCode.BAD_INPUT
-    assert "Valid backbones: RESNET18" in [e for e in reporter.events if e["type"] == "failed"][0]["text"]
 
 
+@pytest.mark.slow
 def test_real_unet_run_resumes_after_kill_at_the_same_result(tmp_path):
     folder = write_classified_tiles(tmp_path, n=8, size=32)
-    common = dict(backbone_model="RESNET18", max_epochs=3, stop_training=False, batch_size=2)
-    _, straight = train(make_spec(tmp_path / "a", [folder], "UNET", **common))
-
-    class KillAfterEpoch1(ListReporter):
-        # The main thread's epoch event, not the writer thread's checkpoint event (which can come late).
-        def emit(self, event_type, **fields):
-            super().emit(event_type, **fields)
-            if event_type == "epoch" and fields["epoch"] == 1:
-                self.request_cancel()
-
-    spec = make_spec(tmp_path / "b", [folder], "UNET", **common)
-    code, _ = train(spec, KillAfterEpoch1())
-    assert code == ExitCode.CANCELLED and spec.checkpoint_path.is_file()
-    code, resumed = train(spec)
-    assert code == ExitCode.OK
-    assert [e["epoch"] for e in epochs_of(resumed)] == [2, 3]
-    assert [e["valid_loss"] for e in epochs_of(resumed)] == [e["valid_loss"] for e in epochs_of(straight)][1:]
-    assert result_of(resumed)["metrics"] == result_of(straight)["metrics"]
+    straight, resumed = interrupted_and_resumed(tmp_path, folder, "UNET", backbone_model="RESNET18", max_epochs=3,
+                                                stop_training=False, batch_size=2)
+    assert [e["epoch"] for e in resumed.epochs] == [2, 3]
+    assert [e["valid_loss"] for e in resumed.epochs] == [e["valid_loss"] for e in straight.epochs][1:]
+    assert resumed.metrics == straight.metrics
 
 
+@pytest.mark.slow
 def test_fine_tuning_starts_from_the_package(tmp_path):
     folder = write_classified_tiles(tmp_path, n=8, size=32)
-    _, first = train(make_spec(tmp_path / "a", [folder], "UNET", backbone_model="RESNET18", max_epochs=2))
-    package = result_of(first)["package"]
-    code, tuned = train(make_spec(tmp_path / "b", [folder], "UNET", backbone_model="RESNET34", max_epochs=1,
-                                  pretrained_model=package))
-    assert code == ExitCode.OK
-    texts = " ".join(e.get("text", "") for e in tuned.events if e["type"] == "message")
+    first = train_and_package(tmp_path / "a", folder, "UNET", backbone_model="RESNET18", max_epochs=2)
+    package = first.package
+    tuned = train_and_package(tmp_path / "b", folder, "UNET", backbone_model="RESNET34", max_epochs=1,
+                              pretrained_model=package)
+    texts = " ".join(tuned.messages)
     assert "using it instead of RESNET34" in texts
-    loaded = [t for t in texts.split("Fine-tuning from ")[1:]][0]
-    total = loaded.split(" of ")[1].split()[0]
-    assert loaded.split(": ")[1].startswith(f"{total} of {total}")  # every tensor came from the package
-    emd = result_of(tuned)["emd"]
-    assert emd["PretrainedWeights"] == "none: fine-tuning from model.dlpk" and emd["backbone"] == "resnet18"
+    loaded = texts.split("Fine-tuning from model (gpjobs package): ")[1].split(" weight tensors loaded")[0]
+    counts = [part.split()[1].split("/") for part in loaded.split(", ")]
+    assert counts and all(a == b for a, b in counts), loaded  # every tensor came from the package
+    assert tuned.emd["PretrainedWeights"] == f"fine-tuned from model (gpjobs package): {loaded} tensors"
+    assert tuned.emd["backbone"] == "resnet18"
     # starting from trained weights, the first epoch beats the first epoch from scratch
-    assert epochs_of(tuned)[0]["valid_loss"] < epochs_of(first)[0]["valid_loss"]
+    assert tuned.epochs[0]["valid_loss"] < first.epochs[0]["valid_loss"]
     other = write_labeled_tiles(tmp_path, n=8, size=32)
-    code, wrong = train(make_spec(tmp_path / "c", [other], "FEATURE_CLASSIFIER", backbone_model="RESNET18",
-                                  pretrained_model=package))
-    assert code == ExitCode.BAD_INPUT
-    assert "is a UNET model" in [e for e in wrong.events if e["type"] == "failed"][0]["text"]
+    wrong = train_and_package(tmp_path / "c", other, "FEATURE_CLASSIFIER", backbone_model="RESNET18",
+                              pretrained_model=package, expect=ExitCode.BAD_INPUT)
+    assert "is a UNET model" in wrong.failure
 
 
+@pytest.mark.slow
 def test_gpjobs_train_cli_writes_the_dlpk(tmp_path):
     folder = write_labeled_tiles(tmp_path, n=16, size=32)
     out = tmp_path / "out" / "cli_model.dlpk"
@@ -152,6 +151,7 @@ def test_gpjobs_train_cli_writes_the_dlpk(tmp_path):
     assert bad.returncode == ExitCode.BAD_INPUT and "is not a TrainDeepLearningModel model type" in bad.stderr
 
 
+@pytest.mark.slow
 def test_lr_finder_and_weights_outcome_reach_the_package(tmp_path):
     import torchvision
 
@@ -162,17 +162,54 @@ def test_lr_finder_and_weights_outcome_reach_the_package(tmp_path):
     torch.save(torchvision.models.mobilenet_v2(weights=None).state_dict(),
                weights / TORCHVISION_WEIGHT_FILES["MOBILENET_V2"])
     folder = write_labeled_tiles(tmp_path, n=12, size=32)
-    spec = make_spec(tmp_path / "a", [folder], "FEATURE_CLASSIFIER", backbone_model="MOBILENET_V2", max_epochs=1,
-                     learning_rate=None, weights_dir=str(weights), missing_weights="fail")
-    code, reporter = train(spec)
-    assert code == ExitCode.OK, [e for e in reporter.events if e["type"] in ("failed", "message")]
-    emd = result_of(reporter)["emd"]
+    # The range test may take 10 % of the planned steps and needs 20: plan 100 epochs of 2 steps, and stop after
+    # epoch 2 (valid_loss cannot improve by 10)
+    run = train_and_package(tmp_path / "a", folder, "FEATURE_CLASSIFIER", backbone_model="MOBILENET_V2",
+                            max_epochs=100, learning_rate=None, weights_dir=str(weights), missing_weights="fail",
+                            arguments={"patience": 1, "min_delta": 10})
+    emd = run.emd
     assert emd["PretrainedWeights"] == f"loaded {TORCHVISION_WEIGHT_FILES['MOBILENET_V2']}"
     finder = emd["Gpjobs"]["lr_finder"]
     assert finder["points"] >= 10 and emd["Gpjobs"]["learning_rate"] == finder["chosen"]
-    assert "ModelCharacteristics/lr_finder.png" in dlpk_members(result_of(reporter)["package"])
-    assert any(e.get("text", "").startswith("LR finder:") for e in reporter.events)
-    code, reporter = train(make_spec(tmp_path / "b", [folder], "FEATURE_CLASSIFIER", backbone_model="RESNET18",
-                                     weights_dir=str(weights), missing_weights="fail"))
-    assert code == ExitCode.BAD_INPUT
-    assert "resnet18-f37072fd.pth" in [e for e in reporter.events if e["type"] == "failed"][0]["text"]
+    assert "ModelCharacteristics/lr_finder.png" in run.members
+    assert any(t.startswith("LR finder:") for t in run.messages)
+    wrong = train_and_package(tmp_path / "b", folder, "FEATURE_CLASSIFIER", backbone_model="RESNET18",
+                              weights_dir=str(weights), missing_weights="fail", expect=ExitCode.BAD_INPUT)
+    assert "resnet18-f37072fd.pth" in wrong.failure
+
+
+@pytest.mark.slow
+def test_warm_child_imports_first_then_runs_the_job_it_is_handed(tmp_path):
+    """`--warm`: one heartbeat once torch and the training code are imported, then the handoff line decides the
+    job; its stderr goes to the handed log and it works in the job's folder. EOF instead of a job: exit 6."""
+    folder = write_classified_tiles(tmp_path, n=8, size=32)
+    work = tmp_path / "job"
+    spec = make_spec(work, [folder], "UNET", backbone_model="RESNET18", max_epochs=1, heartbeat_seconds=0.5)
+    work.mkdir()
+    (work / "spec.json").write_text(spec.to_json())
+    warm = [sys.executable, "-m", "gpjobs.training", "--warm"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    idle = subprocess.Popen(warm, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(warm, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env)
+    try:
+        ready = decode_event(proc.stdout.readline())
+        assert ready["type"] == "heartbeat" and ready["warm_import_s"] > 0
+        handed = time.monotonic()
+        log = work / "logs" / "attempt-1.log"
+        log.parent.mkdir()
+        proc.stdin.write(json.dumps({"spec": str(work / "spec.json"), "log": str(log)}).encode() + b"\n")
+        proc.stdin.flush()
+        started = decode_event(proc.stdout.readline())
+        assert started["type"] == "started" and time.monotonic() - handed < 5  # no torch import left to pay
+        events = _events_until(proc, "result", timeout=300)
+        assert proc.wait(timeout=60) == ExitCode.OK, log.read_text()[-2000:]
+        assert events[-1]["type"] == "result" and spec.package_path.is_file()
+        assert os.readlink(f"/proc/{idle.pid}/cwd") == str(REPO)  # the idle one is still waiting where it was
+        idle.stdin.close()
+        assert idle.wait(timeout=120) == ExitCode.LIFELINE_LOST
+    finally:
+        for p in (idle, proc):
+            if p.poll() is None:
+                p.kill()
+                p.wait()

@@ -7,43 +7,19 @@ seconds; the defaults (256 wide, 6 + 6 layers, 100 queries) are the same code at
 
 from __future__ import annotations
 
-import itertools
-import json
-import subprocess
-import sys
-import zipfile
-
 import numpy as np
 import pytest
 import torch
 
+from gpjobs.tasks.params import ParameterError
 from gpjobs.training.protocol import ExitCode
 from tests.builders.exports import write_classified_tiles, write_kitti, write_pascal_voc
-from tests.training.helpers import dlpk_members, epochs_of, make_spec, result_of, train
-from tests.training.lifecycle_checks import assert_predict_cli_reproduces_ap, assert_resume_matches_straight_run
+from tests.training.helpers import make_spec, train_and_package
+from tests.training.lifecycle_checks import CARD, assert_predict_cli_reproduces_ap, assert_resume_matches_straight_run
 
 torch.set_num_threads(1)
 SMALL = {"hidden_dim": 64, "enc_layers": 1, "dec_layers": 2, "dim_feedforward": 128, "num_queries": 10}
 TINY = {"hidden_dim": 32, "enc_layers": 1, "dec_layers": 1, "dim_feedforward": 64, "num_queries": 5}
-
-
-def test_hungarian_solver_finds_the_minimum_cost_assignment():
-    from gpjobs.training.models.detr_matcher import linear_sum_assignment
-
-    rng = np.random.default_rng(0)
-    for trial in range(80):
-        n, m = int(rng.integers(1, 5)), int(rng.integers(1, 6))
-        cost = rng.random((n, m))
-        if trial % 3 == 0:
-            cost = np.round(cost * 3)  # ties
-        rows, cols = linear_sum_assignment(cost)
-        k = min(n, m)
-        assert len(rows) == k and len(set(rows)) == k and len(set(cols)) == k and list(rows) == sorted(rows)
-        best = min(sum(cost[i, j] for i, j in zip(r, c)) for r in itertools.combinations(range(n), k)
-                   for c in itertools.permutations(range(m), k))
-        assert cost[rows, cols].sum() == pytest.approx(best)
-    with pytest.raises(ValueError, match="NaN"):
-        linear_sum_assignment(np.array([[np.nan, 1.0]]))
 
 
 def test_matcher_gives_each_target_the_query_that_fits_it_best():
@@ -87,79 +63,63 @@ def test_region_proposals_find_a_bright_square():
     assert torch.equal(boxes, region_proposals(image, k=30))  # seeded
 
 
+@pytest.mark.slow
 def test_detreg_trains_packages_and_predict_reproduces_ap(tmp_path):
     folder = write_pascal_voc(tmp_path, n=16, size=32)
-    spec = make_spec(tmp_path, [folder], "DETREG", backbone_model="RESNET18", max_epochs=4, learning_rate=2e-3,
-                     freeze_model=False, stop_training=False, arguments=SMALL)
-    code, reporter = train(spec)
-    assert code == ExitCode.OK, [e for e in reporter.events if e["type"] in ("failed", "message")]
-    epochs = epochs_of(reporter)
+    run = train_and_package(tmp_path, folder, "DETREG", backbone_model="RESNET18", max_epochs=4, learning_rate=2e-3,
+                            freeze_model=False, stop_training=False, arguments=SMALL)
+    epochs = run.epochs
     assert epochs[-1]["valid_loss"] < epochs[0]["valid_loss"], [e["valid_loss"] for e in epochs]
     for epoch in epochs:
         assert all(0.0 <= epoch["metrics"][k] <= 1.0 for k in ("average_precision", "map_50", "map_50_95"))
-    result = result_of(reporter)
-    assert {"model.emd", "model.pth", "model.pt", "GpjobsInference.py", "model_metrics.html",
-            "ModelCharacteristics/loss_graph.png", "ModelCharacteristics/show_results.png"} <= \
-        dlpk_members(result["package"])
-    emd = result["emd"]
+    assert {"model.emd", "model.pth", "model.pt", "GpjobsObjectDetector.py"} | CARD <= run.members
+    emd = run.emd
     assert emd["ModelName"] == "DETReg" and emd["ModelType"] == "ObjectDetection"
     assert emd["ModelConfiguration"] == "_model_extension_inferencing" and emd["DatasetType"] == "PASCAL_VOC_rectangles"
+    assert emd["InferenceFunction"] == "GpjobsObjectDetector.py" and emd["GpjobsInference"]["output"] == "boxes"
     assert set(emd["average_precision_score"]) == {"a", "b"} and "score >= 0.2" in emd["MetricsNote"]
     params = emd["ModelParameters"]
     assert params["num_queries"] == 10 and params["aux_loss"] is True and params["pretrain_epochs"] == 0
-    assert result["metrics"]["average_precision"] > 0.0  # it found the squares
-    predictions = assert_predict_cli_reproduces_ap(folder, result)
-    # the TorchScript module the package's own script runs gives the same boxes as gpjobs predict
-    with zipfile.ZipFile(result["package"]) as zf:
-        zf.extractall(tmp_path / "pkg")
-    chip = predictions[0]["chip"]
-    script = subprocess.run([sys.executable, "-I", "GpjobsInference.py", "model.emd", chip], cwd=tmp_path / "pkg",
-                            capture_output=True, text=True, timeout=120)
-    assert script.returncode == 0, script.stderr
-    theirs = json.loads(script.stdout)
-    assert np.allclose(np.reshape(theirs["boxes"], (-1, 4)), np.reshape(predictions[0]["boxes"], (-1, 4)), atol=1e-2)
-    assert theirs["labels"] == predictions[0]["labels"]
+    assert run.metrics["average_precision"] > 0.0  # it found the squares
+    assert_predict_cli_reproduces_ap(run)
 
 
+@pytest.mark.slow
 def test_detreg_resumes_after_an_interrupt_with_the_same_numbers(tmp_path):
     folder = write_kitti(tmp_path, n=8, size=32)
-    assert_resume_matches_straight_run(tmp_path, [folder], "DETREG", backbone_model="RESNET18", max_epochs=2,
+    assert_resume_matches_straight_run(tmp_path, folder, "DETREG", backbone_model="RESNET18", max_epochs=2,
                                        batch_size=2, learning_rate=1e-3, freeze_model=False, stop_training=False,
                                        arguments=TINY)
 
 
 def test_detreg_pretraining_runs_first_when_asked_and_is_recorded(tmp_path):
     folder = write_pascal_voc(tmp_path, n=8, size=32)
-    spec = make_spec(tmp_path, [folder], "DETREG", backbone_model="RESNET18", max_epochs=1, batch_size=2,
-                     learning_rate=1e-3, arguments={**TINY, "pretrain_epochs": 2, "pretrain_proposals": 10})
-    code, reporter = train(spec)
-    assert code == ExitCode.OK, [e for e in reporter.events if e["type"] in ("failed", "message")]
-    texts = [e["text"] for e in reporter.events if e["type"] == "message"]
-    first_epoch = next(i for i, e in enumerate(reporter.events) if e["type"] == "epoch")
-    pre = [i for i, e in enumerate(reporter.events) if "DETReg pre-training epoch" in e.get("text", "")]
+    run = train_and_package(tmp_path, folder, "DETREG", backbone_model="RESNET18", max_epochs=1, batch_size=2,
+                            learning_rate=1e-3, arguments={**TINY, "pretrain_epochs": 2, "pretrain_proposals": 10})
+    first_epoch = next(i for i, e in enumerate(run.events) if e["type"] == "epoch")
+    pre = [i for i, e in enumerate(run.events) if "DETReg pre-training epoch" in e.get("text", "")]
     assert len(pre) == 2 and pre[-1] < first_epoch  # before the supervised training
-    assert any("class head starts fresh" in t for t in texts)
-    emd = result_of(reporter)["emd"]
+    assert any("class head starts fresh" in t for t in run.messages)
+    emd = run.emd
     assert emd["DETRegPretraining"]["epochs"] == 2 and all(np.isfinite(emd["DETRegPretraining"]["loss"]))
     assert emd["ModelParameters"]["pretrain_epochs"] == 2
 
 
-def test_detreg_refuses_pixel_classification_data_with_a_fix_it_error(tmp_path):
+def test_detreg_refuses_pixel_classification_data_at_submit(tmp_path):
     folder = write_classified_tiles(tmp_path, n=4, size=32)
-    code, reporter = train(make_spec(tmp_path, [folder], "DETREG", max_epochs=1))
-    assert code == ExitCode.BAD_INPUT
-    failed = next(e for e in reporter.events if e["type"] == "failed")
-    assert "PASCAL_VOC_rectangles" in failed["text"] and "Classified_Tiles" in failed["text"]
-    assert "Export the training data" in failed["text"]
+    with pytest.raises(ParameterError) as err:
+        make_spec(tmp_path, [folder], "DETREG")
+    assert "Classified_Tiles cannot train model_type DETREG" in str(err.value)
+    assert "PASCAL_VOC_rectangles" in str(err.value)
 
 
 def test_detreg_refuses_an_impossible_transformer_with_a_fix_it_error(tmp_path):
     folder = write_pascal_voc(tmp_path, n=4, size=32)
-    code, reporter = train(make_spec(tmp_path, [folder], "DETREG", max_epochs=1,
-                                     arguments={"hidden_dim": 60, "num_queries": 0}))
-    assert code == ExitCode.BAD_INPUT
-    failed = next(e for e in reporter.events if e["type"] == "failed")["text"]
-    assert "hidden_dim must be a multiple of 8" in failed and "num_queries must be at least 1" in failed
+    run = train_and_package(tmp_path, folder, "DETREG", max_epochs=1, arguments={"hidden_dim": 60},
+                            expect=ExitCode.BAD_INPUT)
+    assert "hidden_dim must be a multiple of 8" in run.failure and "56 or 64" in run.failure
+    with pytest.raises(ParameterError, match="num_queries"):  # out of its range: refused when the job is submitted
+        make_spec(tmp_path, [folder], "DETREG", arguments={"num_queries": 0})
 
 
 def test_detreg_accepts_resnets_only():
@@ -176,12 +136,9 @@ def test_detreg_accepts_resnets_only():
 @pytest.mark.timeout(900)
 def test_detreg_reaches_a_meaningful_esri_ap(tmp_path):
     folder = write_pascal_voc(tmp_path, n=32, size=64)
-    spec = make_spec(tmp_path, [folder], "DETREG", backbone_model="RESNET18", max_epochs=12, learning_rate=1e-3,
-                     freeze_model=False, stop_training=False,
-                     arguments={"hidden_dim": 64, "enc_layers": 2, "dec_layers": 2, "dim_feedforward": 128,
-                                "num_queries": 20})
-    code, reporter = train(spec)
-    assert code == ExitCode.OK, [e for e in reporter.events if e["type"] in ("failed", "message")]
-    trace = [(e["epoch"], round(e["valid_loss"], 3), round(e["metrics"]["average_precision"], 3))
-             for e in epochs_of(reporter)]
-    assert result_of(reporter)["metrics"]["average_precision"] >= 0.3, trace
+    run = train_and_package(tmp_path, folder, "DETREG", backbone_model="RESNET18", max_epochs=12, learning_rate=1e-3,
+                            freeze_model=False, stop_training=False,
+                            arguments={"hidden_dim": 64, "enc_layers": 2, "dec_layers": 2, "dim_feedforward": 128,
+                                       "num_queries": 20})
+    trace = [(e["epoch"], round(e["valid_loss"], 3), round(e["metrics"]["average_precision"], 3)) for e in run.epochs]
+    assert run.metrics["average_precision"] >= 0.3, trace

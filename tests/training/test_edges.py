@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import zipfile
-
 import numpy as np
 import pytest
 import torch
 
-from gpjobs.training.protocol import ExitCode
 from tests.builders.exports import write_classified_tiles
-from tests.training.helpers import dlpk_members, epochs_of, gpjobs, make_spec, result_of, train
+from tests.training.helpers import build_family, predict_json, train_and_package
 
 torch.set_num_threads(1)
 
@@ -31,20 +27,11 @@ def test_edge_targets_modes():
     assert torch.equal(edge_targets(mask, "labels"), mask > 0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", ["HED_EDGEDETECTOR", "BDCN_EDGEDETECTOR"])
 def test_builds_and_steps_on_resnet_and_vgg(model_type):
-    from types import SimpleNamespace
-
-    from gpjobs.catalog import lookup_model_type, parse_arguments
-    from gpjobs.export import ClassInfo
-    from gpjobs.training.models import family_for
-    from gpjobs.training.weights import WeightsPolicy
-
-    info = SimpleNamespace(bands=4, extract_bands=[0, 1, 2, 3], classes=[ClassInfo(1, "edge")],
-                           chip_size=(32, 32), task="segmentation")
-    mt = lookup_model_type(model_type)
     for backbone in ("RESNET18", "VGG11"):
-        fam = family_for(model_type)(mt, info, backbone, parse_arguments(mt, {}), WeightsPolicy(), lambda l, t: None)
+        fam = build_family(model_type, backbone, bands=4, classes=("edge",))
         model = fam.build()
         images, masks = torch.randn(2, 4, 32, 32), torch.zeros(2, 32, 32, dtype=torch.long)
         masks[:, 8:20, 8:20] = 1
@@ -59,45 +46,36 @@ def test_builds_and_steps_on_resnet_and_vgg(model_type):
 @pytest.fixture(scope="module")
 def hed_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("hed")
-    folder = write_classified_tiles(tmp, n=16, size=32)
-    spec = make_spec(tmp, [folder], "HED_EDGEDETECTOR", backbone_model="RESNET18", max_epochs=6,
-                     stop_training=False, freeze_model=False)
-    code, reporter = train(spec)
-    assert code == ExitCode.OK, [e for e in reporter.events if e["type"] in ("failed", "message")]
-    return spec, folder, reporter
+    return train_and_package(tmp, write_classified_tiles(tmp, n=16, size=32), "HED_EDGEDETECTOR",
+                             backbone_model="RESNET18", max_epochs=6, stop_training=False, freeze_model=False)
 
 
+@pytest.mark.slow
 def test_hed_learns_edges_and_packages(hed_run):
-    _, _, reporter = hed_run
-    epochs = epochs_of(reporter)
+    epochs = hed_run.epochs
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
-    metrics = result_of(reporter)["metrics"]
+    metrics = hed_run.metrics
     assert 0.0 <= metrics["accuracy"] <= 1.0 and 0.0 <= metrics["f1_score"] <= 1.0
     # edges are ~14% of the pixels: "no edge" everywhere gives f1 0, "edge" everywhere ~0.25
     assert metrics["f1_score"] > 0.4, metrics
-    result = result_of(reporter)
-    assert {"model.emd", "model.pth", "model.pt", "GpjobsInference.py", "model_metrics.html",
-            "ModelCharacteristics/show_results.png"} <= dlpk_members(result["package"])
-    emd = result["emd"]
+    assert {"model.emd", "model.pth", "model.pt", "GpjobsPixelClassifier.py", "gpjobs_prf_core.py",
+            "model_metrics.html",
+            "ModelCharacteristics/show_results.png"} <= hed_run.members
+    emd = hed_run.emd
     assert emd["ModelName"] == "HEDEdgeDetector" and emd["ModelType"] == "ImageClassification"
     assert emd["ModelConfiguration"] == "_model_extension_inferencing"
     assert emd["Classes"][0]["Name"] == "edge" and len(emd["Classes"]) == 1  # two export classes -> one edge class
     assert float(emd["f1_score"]) == pytest.approx(metrics["f1_score"], rel=1e-3)
-    texts = " ".join(e.get("text", "") for e in reporter.events if e["type"] == "message")
-    assert "become one class 'edge'" in texts
+    assert any("become one class 'edge'" in t for t in hed_run.messages)
 
 
+@pytest.mark.slow
 def test_hed_predict_from_package_alone(hed_run, tmp_path):
-    from gpjobs.training.data import open_training_data
     from gpjobs.training.models.edges import edge_targets
 
-    spec, folder, reporter = hed_run
-    data = open_training_data([folder], task="segmentation", validation_percent=spec.validation_percent,
-                              seed=42, augment=False)
-    chips = [str(r.image) for r in data.valid.records]
-    done = gpjobs("predict", result_of(reporter)["package"], *chips, "--json", "--masks-dir", str(tmp_path))
-    assert done.returncode == 0, done.stderr
-    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    data = hed_run.validation_data("segmentation")
+    chips = [r.image for r in data.valid.records]
+    lines = predict_json(hed_run.package, *chips, "--masks-dir", tmp_path)
     assert len(lines) == len(chips) and all(0.0 <= line["edge_fraction"] <= 1.0 for line in lines)
     import tifffile
 
@@ -109,25 +87,22 @@ def test_hed_predict_from_package_alone(hed_run, tmp_path):
         fp += int((~truth & pred).sum())
         fn += int((truth & ~pred).sum())
     f1 = 2 * tp / max(2 * tp + fp + fn, 1)
-    assert f1 == pytest.approx(result_of(reporter)["metrics"]["f1_score"], abs=1e-6)
+    assert f1 == pytest.approx(hed_run.metrics["f1_score"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_bdcn_trains_vgg_with_labels_as_edges(tmp_path):
     # one class: the export's class is the edge class; filled rectangles -> explicit boundaries
     folder = write_classified_tiles(tmp_path, n=12, size=32, classes=((1, "boundary"),))
-    spec = make_spec(tmp_path, [folder], "BDCN_EDGEDETECTOR", backbone_model="VGG11_BN", max_epochs=3,
-                     stop_training=False, freeze_model=False, arguments={"edge_targets": "boundaries"})
-    code, reporter = train(spec)
-    assert code == ExitCode.OK, [e for e in reporter.events if e["type"] in ("failed", "message")]
-    epochs = epochs_of(reporter)
-    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
-    emd = result_of(reporter)["emd"]
+    run = train_and_package(tmp_path, folder, "BDCN_EDGEDETECTOR", backbone_model="VGG11_BN", max_epochs=3,
+                            stop_training=False, freeze_model=False, arguments={"edge_targets": "boundaries"})
+    assert run.epochs[-1]["train_loss"] < run.epochs[0]["train_loss"]
+    emd = run.emd
     assert emd["ModelName"] == "BDCNEdgeDetector" and emd["ModelParameters"]["backbone"] == "vgg11_bn"
     assert emd["ModelParameters"]["edge_targets"] == "boundaries"
     assert [c["Name"] for c in emd["Classes"]] == ["boundary"]
-    assert np.isfinite(result_of(reporter)["metrics"]["valid_loss"])
-    with zipfile.ZipFile(result_of(reporter)["package"]) as zf:
-        assert "model.pt" in zf.namelist()
+    assert np.isfinite(run.metrics["valid_loss"])
+    assert "model.pt" in run.members
 
 
 def test_unknown_edge_targets_is_a_submit_error():

@@ -11,9 +11,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from gpjobs.catalog import lookup_model_type
-from gpjobs.training.engine import FitConfig, NaNLossError, fit
+from gpjobs.training.checkpoint import load_checkpoint
+from gpjobs.training.engine import BackbonePolicy, FitConfig, NaNLossError, backbone_policy, fit
 from gpjobs.training.events import ListReporter, StopRequested
-from gpjobs.training.lr_finder import lr_range_test, pick_learning_rate
+from gpjobs.training.lr_finder import lr_range_test, pick_learning_rate, sweep_points
 from gpjobs.training.models.base import ModelFamily
 from gpjobs.training.protocol import ExitCode
 from gpjobs.training.weights import WeightsPolicy
@@ -91,45 +92,82 @@ def run(fam, cfg, reporter=None):
     return model, fit(fam, model, TinyData(), cfg, reporter), reporter
 
 
-def test_arcgis_lr_rule_known_answer():
-    lrs = [10 ** (-7 + i * 0.25) for i in range(30)]
-    losses = [5.0] * 5 + [3.0 - 0.1 * i for i in range(16)] + [2.0 + i for i in range(9)]
-    # after dropping 5 points at each end the decreasing run spans trimmed 0..15: 0 + int(15/3) + int(15/6) = 7
-    assert pick_learning_rate(lrs, losses) == lrs[5 + 7]
+def _sweep(points: int = 60):
+    lrs = [1e-7 * (1e8) ** (i / (points - 1)) for i in range(points)]
+    return lrs, torch.Generator().manual_seed(0)
 
 
-def test_lr_range_test_restores_weights_and_picks_in_range():
-    fam = family()
-    model = fam.build()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    loader = TinyData().loaders(8)[0]
+def test_lr_rule_takes_a_tenth_of_where_the_fall_ends():
+    lrs, g = _sweep()
+    # flat at 1.0 up to 1e-4, falls linearly in log10(lr) to 0.2 at 1e-2, then a noisy plateau
+    clean = [1.0 if lr <= 1e-4 else max(0.2, 1.0 - 0.4 * math.log10(lr / 1e-4)) for lr in lrs]
+    raw = [v + 0.01 * float(torch.randn(1, generator=g)) for v in clean]
+    chosen, why = pick_learning_rate(lrs, raw)
+    assert 5e-4 <= chosen <= 2e-3 and "stopped falling" in why  # a tenth of ~1e-2
+    raw[45] = 50.0  # one wild batch in the plateau moves nothing (running median)
+    assert pick_learning_rate(lrs, raw)[0] == chosen
+    still_falling = [1.0 if lr <= 1e-4 else 1.0 - 0.1 * math.log10(lr / 1e-4) for lr in lrs]  # down to lr 10
+    chosen, why = pick_learning_rate(lrs, still_falling)
+    assert chosen == 0.01 and why.endswith("capped at 1e-02")
+
+
+def test_lr_rule_on_noise_keeps_the_default_or_a_tenth_of_the_rise():
+    lrs, g = _sweep()
+    noise = [0.8 + 0.2 * float(torch.randn(1, generator=g)) for _ in lrs]  # batch 8 on a model that barely moves
+    chosen, why = pick_learning_rate(lrs, noise)
+    assert chosen == 1e-3 and "default" in why  # arcgis.learn's rule picked ~1e-5 on such curves (issue #17)
+    rising = [v + (0.0 if lr < 1e-4 else 5.0 * math.log10(lr / 1e-4)) for v, lr in zip(noise, lrs)]
+    chosen, why = pick_learning_rate(lrs, rising)
+    assert 1e-6 < chosen < 1e-4 and "rose" in why  # diverges from ~1e-4 on: a tenth of that
+
+
+def test_range_test_gets_a_share_of_the_job():
+    assert sweep_points(5000) == 100 and sweep_points(400) == 40  # at most 100, at most 10 % of the steps
+    assert sweep_points(150) == 0  # 15 points cannot tell a minimum from noise: no sweep
+
+
+def test_lr_range_test_restores_weights_and_stops_on_divergence():
+    bowl = nn.Linear(1, 1, bias=False)  # loss 50 w^2: SGD diverges once lr > 0.02
+    before = bowl.weight.detach().clone()
 
     def step(batch):
-        loss = fam.training_loss(model, batch, torch.device("cpu"))
+        loss = 50 * bowl.weight.pow(2).sum()
         loss.backward()
         return loss
 
-    curve = lr_range_test(model, lambda: torch.optim.AdamW(model.parameters(), lr=1e-7), step, lambda: loader,
+    curve = lr_range_test(bowl, lambda: torch.optim.SGD(bowl.parameters(), lr=1e-7), step, lambda: [None] * 4,
                           num_it=60)
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert curve["lrs"][0] == pytest.approx(1e-7) and 1e-7 <= curve["chosen"] <= 10
-    assert len(curve["lrs"]) == len(curve["losses"]) >= 10
+    assert torch.equal(bowl.weight, before)
+    assert curve["lrs"][0] == pytest.approx(1e-7) and curve["diverged"]
+    assert 0.02 < curve["lrs"][-1] < 1.0 and len(curve["lrs"]) < 60  # stopped soon after lr passed 0.02
+    assert curve["chosen"] < 0.02 and len(curve["raw"]) == len(curve["losses"])
 
 
-def test_lr_finder_runs_when_no_learning_rate(tmp_path):
-    _, result, reporter = run(family(), FitConfig(max_epochs=1, batch_size=8, learning_rate=None,
-                                                  lr_find_iterations=40))
+def test_lr_finder_runs_within_its_share_of_the_job():
+    fam = family()
+    _, result, reporter = run(fam, FitConfig(max_epochs=2, batch_size=8, learning_rate=None, lr_find_share=2.5))
     assert result.lr_find is not None and result.learning_rate == result.lr_find["chosen"]
+    assert result.lr_find["points"] == 30  # 2.5 x the 12 planned steps
+    assert fam.steps == len(result.lr_find["lrs"]) + 12  # the sweep's steps, then the job's
+    assert result.lr_how.startswith("LR range test: ")
     texts = [e["text"] for e in reporter.events if e["type"] == "message"]
     assert any(t.startswith("LR finder:") and "chosen learning rate" in t for t in texts)
+
+
+def test_a_job_too_short_for_a_range_test_trains_at_the_default_and_says_so():
+    fam = family()
+    _, result, reporter = run(fam, FitConfig(max_epochs=2, batch_size=8, learning_rate=None))
+    assert result.lr_find is None and result.learning_rate == 1e-3 and fam.steps == 12  # no sweep steps
+    assert any("too few for a learning-rate range test" in e.get("text", "") for e in reporter.events)
+    assert result.schedule["learning_rate_how"].startswith("default: the job plans 12 training steps")
 
 
 def test_lr_finder_takes_the_start_of_the_progress_bar():
     """Pollers see progress move through the sweep, then training continues from there, never backwards."""
     from gpjobs.training.engine import LR_FIND_SHARE
 
-    _, result, reporter = run(family(), FitConfig(max_epochs=2, batch_size=8, learning_rate=None,
-                                                  lr_find_iterations=30))
+    run(family(), FitConfig(max_epochs=2, batch_size=8, learning_rate=None, lr_find_share=2.5))
+    _, _, reporter = run(family(), FitConfig(max_epochs=2, batch_size=8, learning_rate=None, lr_find_share=2.5))
     percents = [(e["phase"], e["percent"]) for e in reporter.events if e["type"] == "progress"]
     assert [p for _, p in percents] == sorted(p for _, p in percents)
     assert all(p >= LR_FIND_SHARE for phase, p in percents if phase == "train")
@@ -138,6 +176,33 @@ def test_lr_finder_takes_the_start_of_the_progress_bar():
                   lambda b: torch.tensor(1.0, requires_grad=True) * 1, lambda: [None] * 5, num_it=7,
                   on_step=lambda i, total: steps.append((i, total)))
     assert steps and steps[-1][1] == 7 and [i for i, _ in steps] == list(range(len(steps)))
+
+
+def test_backbone_policy():
+    random_frozen = backbone_policy("RESNET18", pretrained=False, freeze_model=True)
+    assert (random_frozen.frozen, random_frozen.lr_factor) == (False, 1.0)
+    assert "freeze_model=true is ignored" in random_frozen.reason and "full learning rate" in random_frozen.reason
+    assert backbone_policy("RESNET18", pretrained=False, freeze_model=False).lr_factor == 1.0
+    pretrained = backbone_policy("RESNET18", pretrained=True, freeze_model=True)
+    assert (pretrained.frozen, pretrained.lr_factor) == (True, 0.1)  # Esri's semantics
+    assert (backbone_policy("RESNET18", pretrained=True, freeze_model=False).frozen) is False
+
+
+@pytest.mark.parametrize("factor", [0.1, 1.0])
+def test_backbone_group_trains_at_its_share_of_the_rate(tmp_path, factor):
+    path = tmp_path / "c.pt"
+    _, result, _ = run(family(), FitConfig(max_epochs=1, batch_size=8, learning_rate=0.02, checkpoint_path=path,
+                                           backbone=BackbonePolicy(False, factor)))
+    groups = load_checkpoint(path)["stepper"]["optimizer"]["param_groups"]
+    assert [g["max_lr"] for g in groups] == pytest.approx([0.02 * factor, 0.02])  # backbone, head
+    assert result.backbone_learning_rate == pytest.approx(0.02 * factor)
+
+
+def test_warmup_share_sets_where_the_rate_peaks(tmp_path):
+    path = tmp_path / "c.pt"
+    run(family(), FitConfig(max_epochs=4, batch_size=8, learning_rate=0.02, checkpoint_path=path, warmup_share=0.25))
+    scheduler = load_checkpoint(path)["stepper"]["scheduler"]
+    assert scheduler["total_steps"] == 24 and scheduler["_schedule_phases"][0]["end_step"] == pytest.approx(5.0)
 
 
 def test_early_stopping_restores_best_epoch():
@@ -174,7 +239,7 @@ def test_unknown_monitor_falls_back_to_valid_loss():
 
 
 def test_interrupted_run_resumes_to_the_same_result(tmp_path):
-    cfg = dict(max_epochs=4, batch_size=8, learning_rate=0.02, stop_training=False)
+    cfg = {"max_epochs": 4, "batch_size": 8, "learning_rate": 0.02, "stop_training": False}
     straight_model, straight, _ = run(family(), FitConfig(**cfg))
 
     class StopAfterFirstCheckpoint(ListReporter):

@@ -4,15 +4,18 @@ cascade_rcnn are implementations of their own, the other names train as the clos
 from __future__ import annotations
 
 import functools
-from types import SimpleNamespace
 
 import pytest
 import torch
 
-from gpjobs.training.protocol import ExitCode
+from gpjobs.tasks.params import ParameterError
 from tests.builders.exports import write_classified_tiles, write_pascal_voc
-from tests.training.helpers import dlpk_members, epochs_of, make_spec, result_of, train
-from tests.training.lifecycle_checks import assert_predict_cli_reproduces_ap, assert_resume_matches_straight_run
+from tests.training.helpers import build_family, make_spec, predict_json, train_and_package
+from tests.training.lifecycle_checks import (
+    CARD,
+    assert_predict_cli_reproduces_ap,
+    assert_resume_matches_straight_run,
+)
 
 torch.set_num_threads(1)
 
@@ -55,16 +58,8 @@ def test_the_catalog_and_the_implementation_table_list_the_same_names():
 
 
 def _family(model: str, messages: list, **args):
-    from gpjobs.catalog import lookup_model_type, parse_arguments
-    from gpjobs.export import ClassInfo
-    from gpjobs.training.models import family_for
-    from gpjobs.training.weights import WeightsPolicy
-
-    info = SimpleNamespace(bands=3, extract_bands=[0, 1, 2], classes=[ClassInfo(1, "a"), ClassInfo(2, "b")],
-                           chip_size=(64, 64), task="detection", format="PASCAL_VOC_rectangles")
-    mt = lookup_model_type("MMDETECTION")
-    return family_for("MMDETECTION")(mt, info, "RESNET18", parse_arguments(mt, {"model": model, **args}),
-                                     WeightsPolicy(), lambda level, text: messages.append((level, text)))
+    return build_family("MMDETECTION", chip_size=(64, 64), export_format="PASCAL_VOC_rectangles",
+                        arguments={"model": model, **args}, messages=messages)
 
 
 @pytest.mark.parametrize("model", ARCGIS_NAMES + EARLIER_NAMES)
@@ -94,7 +89,7 @@ def _architecture(net) -> tuple[str, ...]:
     return type(net).__name__, type(inner).__name__, type(getattr(inner, "roi_heads", None)).__name__
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _implementation_architecture(trains: str) -> tuple[str, ...]:
     return _architecture(_family(trains, [], **TINY_RCNN).build())
 
@@ -113,68 +108,46 @@ def test_every_implementation_steps_once(model):
     assert len(predictions) == 2 and all(len(p["boxes"]) == len(p["scores"]) == len(p["labels"]) for p in predictions)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model, arguments, cli", [  # one goes through `gpjobs predict`, the others load_model
     ("fcos", {}, True), ("atss", {}, False), ("vfnet", {}, False), ("cascade_rcnn", TINY_RCNN, False)])
 @pytest.mark.timeout(300)
 def test_own_implementation_trains_packages_predicts_and_resumes(tmp_path, model, arguments, cli):
     folder = write_pascal_voc(tmp_path, n=8, size=32)
     straight = assert_resume_matches_straight_run(
-        tmp_path, [folder], "MMDETECTION", backbone_model="RESNET18", max_epochs=2, batch_size=2, learning_rate=1e-3,
+        tmp_path, folder, "MMDETECTION", backbone_model="RESNET18", max_epochs=2, batch_size=2, learning_rate=1e-3,
         freeze_model=False, stop_training=False, arguments={"model": model, **arguments})
-    epochs = epochs_of(straight)
+    epochs = straight.epochs
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"], [e["train_loss"] for e in epochs]
     for epoch in epochs:
         assert all(0.0 <= epoch["metrics"][k] <= 1.0 for k in ("average_precision", "map_50", "map_50_95"))
-    result = result_of(straight)
-    assert {"model.emd", "model.pth", "model.pt", "GpjobsInference.py", "model_metrics.html",
-            "ModelCharacteristics/loss_graph.png", "ModelCharacteristics/show_results.png"} <= \
-        dlpk_members(result["package"])
-    emd = result["emd"]
+    assert {"model.emd", "model.pth", "model.pt", "GpjobsObjectDetector.py"} | CARD <= straight.members
+    emd = straight.emd
     assert emd["ModelName"] == "MMDetection" and emd["ModelType"] == "ObjectDetection"
+    assert emd["InferenceFunction"] == "GpjobsObjectDetector.py" and emd["GpjobsInference"]["output"] == "boxes"
     assert emd["ModelParameters"]["trained_as"] == model and "mapping_note" not in emd["ModelParameters"]
     assert emd["DatasetType"] == "PASCAL_VOC_rectangles" and emd["Kwargs"]["model"] == model
     assert set(emd["average_precision_score"]) == {"a", "b"}
-    predictions = assert_predict_cli_reproduces_ap(folder, result, cli=cli)
-    _torchscript_gives_the_same_boxes(folder, result, predictions)
-
-
-def _torchscript_gives_the_same_boxes(folder, result, predictions):
-    """The package's TorchScript module (what GpjobsInference.py runs) detects what `predict` detected."""
-    import io
-    import warnings
-    import zipfile
-
-    from gpjobs.training.data import open_training_data
-
-    data = open_training_data([folder], task="detection", validation_percent=25.0, seed=42)
-    with zipfile.ZipFile(result["package"]) as zf, warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
-        module = torch.jit.load(io.BytesIO(zf.read("model.pt")))
-    for i, pred in enumerate(predictions):
-        boxes, scores, _ = module(data.valid[i][0][None])
-        assert torch.allclose(boxes, torch.tensor(pred["boxes"]).reshape(-1, 4), atol=0.01)
-        assert torch.allclose(scores, torch.tensor(pred["scores"]), atol=1e-4)
+    assert_predict_cli_reproduces_ap(straight, cli=cli)
 
 
 def test_a_mapped_name_trains_and_its_package_says_what_was_trained(tmp_path):
     folder = write_pascal_voc(tmp_path, n=8, size=32)
-    spec = make_spec(tmp_path, [folder], "MMDETECTION", backbone_model="RESNET18", max_epochs=1, batch_size=2,
-                     learning_rate=1e-3, arguments={"model": "foveabox"})
-    code, reporter = train(spec)
-    assert code == ExitCode.OK, [e for e in reporter.events if e["type"] in ("failed", "message")]
+    run = train_and_package(tmp_path, folder, "MMDETECTION", backbone_model="RESNET18", max_epochs=1, batch_size=2,
+                            learning_rate=1e-3, arguments={"model": "foveabox"})
     assert any(e["type"] == "message" and e["level"] == "warning" and "model=foveabox" in e["text"]
-               and "FCOS" in e["text"] for e in reporter.events)
-    params = result_of(reporter)["emd"]["ModelParameters"]
+               and "FCOS" in e["text"] for e in run.events)
+    params = run.emd["ModelParameters"]
     assert params["model"] == "foveabox" and params["trained_as"] == "fcos"
     assert params["mapping_note"].startswith("foveabox: FoveaBox") and "torchvision FCOS" in params["implementation"]
 
 
-def test_mmdetection_refuses_pixel_classification_data_with_a_fix_it_error(tmp_path):
+def test_mmdetection_refuses_pixel_classification_data_at_submit(tmp_path):
     folder = write_classified_tiles(tmp_path, n=4, size=32)
-    code, reporter = train(make_spec(tmp_path, [folder], "MMDETECTION", max_epochs=1, arguments={"model": "atss"}))
-    assert code == ExitCode.BAD_INPUT
-    failed = next(e for e in reporter.events if e["type"] == "failed")
-    assert "PASCAL_VOC_rectangles" in failed["text"] and "Export the training data" in failed["text"]
+    with pytest.raises(ParameterError) as err:
+        make_spec(tmp_path, [folder], "MMDETECTION", arguments={"model": "atss"})
+    assert "Classified_Tiles cannot train model_type MMDETECTION" in str(err.value)
+    assert "PASCAL_VOC_rectangles" in str(err.value)
 
 
 @pytest.mark.slow
@@ -187,10 +160,22 @@ def test_mmdetection_refuses_pixel_classification_data_with_a_fix_it_error(tmp_p
                       "box_batch_size_per_image": 64, "box_detections_per_img": 20})])
 def test_own_implementation_reaches_a_meaningful_esri_ap(tmp_path, model, arguments):
     folder = write_pascal_voc(tmp_path, n=32, size=64)
-    spec = make_spec(tmp_path, [folder], "MMDETECTION", backbone_model="RESNET18", max_epochs=10, learning_rate=2e-3,
-                     freeze_model=False, stop_training=False, arguments={"model": model, **arguments})
-    code, reporter = train(spec)
-    assert code == ExitCode.OK, [e for e in reporter.events if e["type"] in ("failed", "message")]
-    trace = [(e["epoch"], round(e["valid_loss"], 3), round(e["metrics"]["average_precision"], 3))
-             for e in epochs_of(reporter)]
-    assert max(e["metrics"]["average_precision"] for e in epochs_of(reporter)) >= 0.3, trace
+    run = train_and_package(tmp_path, folder, "MMDETECTION", backbone_model="RESNET18", max_epochs=10,
+                            learning_rate=2e-3, freeze_model=False, stop_training=False,
+                            arguments={"model": model, **arguments})
+    trace = [(e["epoch"], round(e["valid_loss"], 3), round(e["metrics"]["average_precision"], 3)) for e in run.epochs]
+    assert max(e["metrics"]["average_precision"] for e in run.epochs) >= 0.3, trace
+
+
+@pytest.mark.slow
+def test_mmdet_ssd_trains_packages_and_predicts(tmp_path):
+    voc = write_pascal_voc(tmp_path, n=8, size=32)
+    run = train_and_package(tmp_path, voc, "MMDETECTION", backbone_model="RESNET18", max_epochs=4, batch_size=2,
+                            learning_rate=0.003, freeze_model=False, stop_training=False, arguments={"model": "ssd"})
+    assert run.epochs[-1]["train_loss"] < run.epochs[0]["train_loss"]
+    assert 0.0 <= run.metrics["average_precision"] <= 1.0
+    emd = run.emd
+    assert emd["ModelName"] == "MMDetection" and emd["ModelType"] == "ObjectDetection"
+    assert emd["ModelParameters"]["model"] == "ssd"
+    lines = predict_json(run.package, *sorted((voc / "images").iterdir())[:2])
+    assert len(lines) == 2 and all("boxes" in line for line in lines)

@@ -3,17 +3,14 @@ implementation of their own train as the closest one and say so."""
 
 from __future__ import annotations
 
-import json
-from types import SimpleNamespace
-
 import pytest
 import torch
 
 from gpjobs.training.models.mmseg import IMPLEMENTATIONS
-from gpjobs.training.protocol import ExitCode
+from gpjobs.tasks.params import ParameterError
 from tests.builders.exports import write_classified_tiles, write_pascal_voc
-from tests.training.helpers import dlpk_members, epochs_of, gpjobs, make_spec, result_of, train
-from tests.training.lifecycle_checks import assert_resume_matches_straight_run
+from tests.training.helpers import build_family, make_spec, predict_json, train_and_package
+from tests.training.lifecycle_checks import CARD, assert_resume_matches_straight_run
 
 torch.set_num_threads(1)
 
@@ -47,18 +44,9 @@ def test_the_catalog_and_the_implementation_table_list_the_same_names():
         assert trains == name or note, name
 
 
-def _family(model: str, messages: list | None = None, size: int = 32):
-    from gpjobs.catalog import lookup_model_type, parse_arguments
-    from gpjobs.export import ClassInfo
-    from gpjobs.training.models import family_for
-    from gpjobs.training.weights import WeightsPolicy
-
-    info = SimpleNamespace(bands=3, extract_bands=[0, 1, 2], classes=[ClassInfo(1, "a"), ClassInfo(2, "b")],
-                           chip_size=(size, size), task="segmentation", format="Classified_Tiles")
-    mt = lookup_model_type("MMSEGMENTATION")
-    say = (lambda level, text: messages.append((level, text))) if messages is not None else (lambda *_: None)
-    return family_for("MMSEGMENTATION")(mt, info, "RESNET18", parse_arguments(mt, {"model": model}),
-                                        WeightsPolicy(), say)
+def _family(model: str, messages: list | None = None):
+    return build_family("MMSEGMENTATION", export_format="Classified_Tiles", arguments={"model": model},
+                        messages=messages)
 
 
 @pytest.mark.parametrize("model", ARCGIS_NAMES)
@@ -92,46 +80,43 @@ def test_every_implementation_builds_and_steps(model):
     assert net.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 3, 32, 32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model, cli", [("upernet", True), ("ocrnet", False)])  # gpjobs predict, load_model
 @pytest.mark.timeout(300)
 def test_upernet_and_ocrnet_train_package_predict_and_resume(tmp_path, model, cli):
     folder = write_classified_tiles(tmp_path, n=16, size=32)
     straight = assert_resume_matches_straight_run(
-        tmp_path, [folder], "MMSEGMENTATION", backbone_model="RESNET18", max_epochs=3, stop_training=False,
+        tmp_path, folder, "MMSEGMENTATION", backbone_model="RESNET18", max_epochs=3, stop_training=False,
         arguments={"model": model, "class_balancing": True})
-    epochs = epochs_of(straight)
+    epochs = straight.epochs
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
-    result = result_of(straight)
-    assert 0.0 <= result["metrics"]["accuracy"] <= 1.0 and 0.0 <= result["metrics"]["miou"] <= 1.0
-    assert {"model.emd", "model.pth", "model.pt", "GpjobsInference.py", "model_metrics.html",
-            "ModelCharacteristics/loss_graph.png", "ModelCharacteristics/show_results.png"} <= \
-        dlpk_members(result["package"])
-    emd = result["emd"]
+    metrics = straight.metrics
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and 0.0 <= metrics["miou"] <= 1.0
+    assert {"model.emd", "model.pth", "model.pt", "GpjobsPixelClassifier.py"} | CARD <= straight.members
+    emd = straight.emd
     assert emd["ModelName"] == "MMSegmentation" and emd["ModelConfiguration"] == "_model_extension_inferencing"
+    assert emd["InferenceFunction"] == "GpjobsPixelClassifier.py"
     assert emd["ModelParameters"]["trained_as"] == model and emd["DatasetType"] == "Classified_Tiles"
-    assert float(emd["accuracy"]) == pytest.approx(result["metrics"]["accuracy"], rel=1e-3)
-    _predict_reproduces_accuracy(tmp_path, folder, result, cli)
+    assert float(emd["accuracy"]) == pytest.approx(metrics["accuracy"], rel=1e-3)
+    _predict_reproduces_accuracy(tmp_path, straight, cli)
 
 
-def _predict_reproduces_accuracy(tmp_path, folder, result, cli: bool):
+def _predict_reproduces_accuracy(tmp_path, run, cli: bool):
     """`gpjobs predict` (or load_model in this process) on the validation chips gives the validation accuracy."""
     import numpy as np
     import tifffile
 
     from gpjobs.export import read_label_raster
-    from gpjobs.training.data import open_training_data
     from gpjobs.training.package import load_model, open_package
 
-    data = open_training_data([folder], task="segmentation", validation_percent=25.0, seed=42, augment=False)
+    data = run.validation_data("segmentation")
     if cli:
         masks = tmp_path / "masks"
-        done = gpjobs("predict", result["package"], *[str(r.image) for r in data.valid.records], "--json",
-                      "--masks-dir", str(masks))
-        assert done.returncode == 0, done.stderr
-        assert all("class_pixels" in json.loads(line) for line in done.stdout.splitlines())
+        lines = predict_json(run.package, *[r.image for r in data.valid.records], "--masks-dir", masks)
+        assert len(lines) == len(data.valid) and all("class_pixels" in line for line in lines)
         predicted = [tifffile.imread(masks / f"{rec.image.stem}.tif") for rec in data.valid.records]
     else:
-        with open_package(result["package"]) as package:
+        with open_package(run.package) as package:
             family, model = load_model(package)
             images = torch.stack([data.valid[i][0] for i in range(len(data.valid))])
             predicted = [p["_mask"] for p in family.predict(model, images)]
@@ -141,34 +126,46 @@ def _predict_reproduces_accuracy(tmp_path, folder, result, cli: bool):
         truth = truth[..., 0] if truth.ndim == 3 else truth
         correct += int((np.asarray(pred) == np.asarray(truth)).sum())
         total += truth.size
-    assert correct / total == pytest.approx(result["metrics"]["accuracy"], abs=1e-6)
+    assert correct / total == pytest.approx(run.metrics["accuracy"], abs=1e-6)
 
 
 def test_a_mapped_name_trains_and_its_package_says_what_was_trained(tmp_path):
     folder = write_classified_tiles(tmp_path, n=8, size=32)
-    code, reporter = train(make_spec(tmp_path, [folder], "MMSEGMENTATION", backbone_model="RESNET18", max_epochs=1,
-                                     arguments={"model": "emanet"}))
-    assert code == ExitCode.OK, [e for e in reporter.events if e["type"] in ("failed", "message")]
-    assert any(e["type"] == "message" and "model=emanet" in e["text"] for e in reporter.events)
-    params = result_of(reporter)["emd"]["ModelParameters"]
+    run = train_and_package(tmp_path, folder, "MMSEGMENTATION", backbone_model="RESNET18", max_epochs=1,
+                            arguments={"model": "emanet"})
+    assert any("model=emanet" in text for text in run.messages)
+    params = run.emd["ModelParameters"]
     assert params["trained_as"] == "nonlocal_net" and params["mapping_note"].startswith("emanet: EMANet")
 
 
-def test_mmsegmentation_refuses_detection_data_with_a_fix_it_error(tmp_path):
+def test_mmsegmentation_refuses_detection_data_at_submit(tmp_path):
     folder = write_pascal_voc(tmp_path, n=4, size=32)
-    code, reporter = train(make_spec(tmp_path, [folder], "MMSEGMENTATION", max_epochs=1,
-                                     arguments={"model": "upernet"}))
-    assert code == ExitCode.BAD_INPUT
-    failed = next(e for e in reporter.events if e["type"] == "failed")
-    assert "Classified_Tiles" in failed["text"] and "Export the training data" in failed["text"]
+    with pytest.raises(ParameterError) as err:
+        make_spec(tmp_path, [folder], "MMSEGMENTATION", arguments={"model": "upernet"})
+    assert "PASCAL_VOC_rectangles cannot train model_type MMSEGMENTATION" in str(err.value)
+    assert "Classified_Tiles" in str(err.value)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["upernet", "ocrnet", "sem_fpn", "hrnet"])  # the heads that read stride 4-8
 def test_own_heads_learn_the_rectangles(tmp_path, model):
     folder = write_classified_tiles(tmp_path, n=24, size=32)
-    code, reporter = train(make_spec(tmp_path, [folder], "MMSEGMENTATION", backbone_model="RESNET18", max_epochs=6,
-                                     stop_training=False, arguments={"model": model}))
-    assert code == ExitCode.OK, [e for e in reporter.events if e["type"] in ("failed", "message")]
+    run = train_and_package(tmp_path, folder, "MMSEGMENTATION", backbone_model="RESNET18", max_epochs=6,
+                            stop_training=False, arguments={"model": model})
     # background is ~70% of the pixels: above that the rectangles were learned
-    assert result_of(reporter)["metrics"]["accuracy"] > 0.75, [e["metrics"] for e in epochs_of(reporter)]
+    assert run.metrics["accuracy"] > 0.75, [e["metrics"] for e in run.epochs]
+
+
+@pytest.mark.slow
+def test_mmseg_deeplabv3plus_trains_packages_and_predicts(tmp_path):
+    folder = write_classified_tiles(tmp_path, n=16, size=32)
+    run = train_and_package(tmp_path, folder, "MMSEGMENTATION", backbone_model="RESNET18", max_epochs=3,
+                            stop_training=False, arguments={"model": "deeplabv3plus", "class_balancing": True})
+    assert run.epochs[-1]["train_loss"] < run.epochs[0]["train_loss"]
+    assert 0.0 <= run.metrics["accuracy"] <= 1.0 and 0.0 <= run.metrics["miou"] <= 1.0
+    emd = run.emd
+    assert emd["ModelName"] == "MMSegmentation" and emd["ModelConfiguration"] == "_model_extension_inferencing"
+    assert emd["ModelParameters"]["model"] == "deeplabv3plus" and "not OpenMMLab" in emd["ModelParameters"][
+        "implementation"]
+    lines = predict_json(run.package, *sorted((folder / "images").iterdir())[:2])
+    assert len(lines) == 2 and all(sum(line["class_pixels"].values()) == 32 * 32 for line in lines)

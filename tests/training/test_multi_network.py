@@ -114,7 +114,7 @@ def test_only_families_with_both_hooks_are_multi_network():
 
 
 def test_both_networks_learn_with_their_own_optimizer_and_schedule():
-    model, result, reporter = run(family(), FitConfig(max_epochs=6, batch_size=8, learning_rate=None,
+    _model, result, reporter = run(family(), FitConfig(max_epochs=6, batch_size=8, learning_rate=None,
                                                       stop_training=False))
     # no LR range test for multi-network families: their default rate, and the job says so
     assert result.lr_find is None and result.learning_rate == 0.3
@@ -131,7 +131,7 @@ def test_both_networks_learn_with_their_own_optimizer_and_schedule():
 def test_one_cycle_per_optimizer_without_touching_beta1(tmp_path):
     path = tmp_path / "c.pt"
     run(family(), FitConfig(max_epochs=2, batch_size=8, learning_rate=0.04, checkpoint_path=path))
-    state = load_checkpoint(path)["multi"]
+    state = load_checkpoint(path)["stepper"]
     assert set(state["optimizers"]) == set(state["schedulers"]) == {"first", "second"}
     for name, peak in (("first", 0.04), ("second", 0.02)):
         group = state["optimizers"][name]["param_groups"][0]
@@ -142,7 +142,7 @@ def test_one_cycle_per_optimizer_without_touching_beta1(tmp_path):
 
 
 def test_interrupted_multi_network_run_resumes_to_the_same_result(tmp_path):
-    cfg = dict(max_epochs=4, batch_size=8, learning_rate=0.03, stop_training=False)
+    cfg = {"max_epochs": 4, "batch_size": 8, "learning_rate": 0.03, "stop_training": False}
     straight_model, straight, _ = run(family(), FitConfig(**cfg))
 
     class StopAfterEpochOne(ListReporter):

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from gpjobs.training.protocol import ExitCode
 from tests.training.helpers import dlpk_members, gpjobs
+
+pytestmark = pytest.mark.slow  # `gpjobs train` in a fresh interpreter on the real exports
 
 
 def test_real_kitti_6band_uint16_trains_and_packages(samples_dir, tmp_path):
@@ -28,5 +32,5 @@ def test_metadata_only_sample_fails_with_a_fix_it_message(samples_dir, tmp_path)
     done = gpjobs("train", "--in-folder", str(samples_dir / "building-unet-classified-tiles"), "--model-type",
                   "UNET", "--backbone-model", "RESNET18", "--output", str(tmp_path / "b.dlpk"))
     assert done.returncode == ExitCode.BAD_INPUT
-    assert "no usable chips" in done.stderr and "re-export" in done.stderr
+    assert "has no image chips" in done.stderr and "re-export" in done.stderr
     assert not (tmp_path / "b.dlpk").exists()

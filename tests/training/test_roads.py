@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
-from gpjobs.training.protocol import ExitCode
 from tests.builders.exports import write_classified_tiles
-from tests.training.helpers import dlpk_members, epochs_of, gpjobs, make_spec, result_of, train
+from tests.training.helpers import predict_json, train_and_package
 
 torch.set_num_threads(1)
 
@@ -41,55 +38,44 @@ def test_orientation_labels_follow_the_road_direction():
 def road_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("roads")
     folder = write_classified_tiles(tmp, n=16, size=32, classes=((1, "road"),))
-    spec = make_spec(tmp, [folder], "MULTITASK_ROADEXTRACTOR", backbone_model="RESNET18", max_epochs=4,
-                     stop_training=False, freeze_model=False, arguments={"orient_bin_size": 30})
-    code, reporter = train(spec)
-    assert code == ExitCode.OK, [e for e in reporter.events if e["type"] in ("failed", "message")]
-    return spec, folder, reporter
+    return train_and_package(tmp, folder, "MULTITASK_ROADEXTRACTOR", backbone_model="RESNET18", max_epochs=4,
+                             stop_training=False, freeze_model=False, arguments={"orient_bin_size": 30})
 
 
+@pytest.mark.slow
 def test_road_extractor_learns_and_monitors_miou(road_run):
-    _, _, reporter = road_run
-    epochs = epochs_of(reporter)
+    epochs = road_run.epochs
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
-    result = result_of(reporter)
-    metrics = result["metrics"]
+    metrics = road_run.metrics
     assert {"miou", "accuracy", "dice", "orientation_accuracy"} <= set(metrics)
     assert all(0.0 <= metrics[k] <= 1.0 for k in ("miou", "accuracy", "dice", "orientation_accuracy"))
     assert metrics["accuracy"] > 0.75  # background is ~70%: above it the road pixels are being found
-    emd = result["emd"]
+    emd = road_run.emd
     # default monitor miou: the packaged epoch is the best miou
     assert emd["monitored_miou"] == pytest.approx(max(e["metrics"]["miou"] for e in epochs))
     assert emd["ModelName"] == "MultiTaskRoadExtractor" and emd["ModelConfiguration"] == "_road_infrencing"
     params = emd["ModelParameters"]
     assert params["mtl_model"] == "linknet" and params["requested_mtl_model"] == "hourglass"
     assert params["orient_bin_size"] == 30 and params["loss_weights"] == [1.0, 1.0]
-    texts = " ".join(e.get("text", "") for e in reporter.events if e["type"] == "message")
-    assert "mtl_model=hourglass is trained as LinkNet" in texts
-    assert {"model.emd", "model.pth", "model.pt", "ModelCharacteristics/show_results.png"} <= dlpk_members(
-        result["package"])
+    assert any("mtl_model=hourglass is trained as LinkNet" in t for t in road_run.messages)
+    assert {"model.emd", "model.pth", "model.pt", "ModelCharacteristics/show_results.png"} <= road_run.members
 
 
+@pytest.mark.slow
 def test_road_predict_from_package(road_run):
-    spec, folder, reporter = road_run
-    chips = [str(p) for p in sorted((folder / "images").iterdir())[:3]]
-    done = gpjobs("predict", result_of(reporter)["package"], *chips, "--json")
-    assert done.returncode == 0, done.stderr
-    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    lines = predict_json(road_run.package, *sorted((road_run.folder / "images").iterdir())[:3])
     assert len(lines) == 3 and all(sum(line["class_pixels"].values()) == 32 * 32 for line in lines)
 
 
+@pytest.mark.slow
 def test_connectnet_alias_with_linknet_and_weights(tmp_path):
     folder = write_classified_tiles(tmp_path, n=8, size=32, classes=((1, "road"), (2, "track")))
-    spec = make_spec(tmp_path, [folder], "CONNECTNET", backbone_model="RESNET18", max_epochs=1,
-                     arguments={"mtl_model": "linknet", "loss_weights": "[1.0, 0.5]", "ignore_classes": [2]})
-    code, reporter = train(spec)
-    assert code == ExitCode.OK, [e for e in reporter.events if e["type"] in ("failed", "message")]
-    emd = result_of(reporter)["emd"]
+    run = train_and_package(tmp_path, folder, "CONNECTNET", backbone_model="RESNET18", max_epochs=1,
+                            arguments={"mtl_model": "linknet", "loss_weights": "[1.0, 0.5]", "ignore_classes": [2]})
+    emd = run.emd
     assert emd["ModelName"] == "ConnectNet" and emd["ModelParameters"]["loss_weights"] == [1.0, 0.5]
     assert emd["ignore_mapped_class"] == [2]
-    texts = " ".join(e.get("text", "") for e in reporter.events if e["type"] == "message")
-    assert "hourglass" not in texts
+    assert not any("hourglass" in t for t in run.messages)
 
 
 def test_bad_road_arguments_fail_at_submit():

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import zipfile
-
 import numpy as np
 import pytest
 import torch
@@ -12,11 +9,9 @@ import torch.nn.functional as F
 
 from gpjobs.catalog import lookup_model_type, parse_arguments, resolve_backbone
 from gpjobs.export import read_chip
-from gpjobs.training.data import open_training_data
 from gpjobs.training.models.image_quality import degrade, psnr, ssim
-from gpjobs.training.protocol import ExitCode
 from tests.builders.exports import write_export_tiles
-from tests.training.helpers import dlpk_members, epochs_of, gpjobs, make_spec, result_of, train
+from tests.training.helpers import predict_json, train_and_package
 
 torch.set_num_threads(1)
 
@@ -62,7 +57,7 @@ def test_degrade_removes_detail_only():
 
 def test_catalog_superresolution_is_a_real_model_type():
     info = lookup_model_type("superresolution")
-    assert info.implemented and info.family == "translation" and info.formats == {"Export_Tiles"}
+    assert info.family == "translation" and info.formats == {"Export_Tiles"}
     assert resolve_backbone(info, None) == "RESNET34"
     assert parse_arguments(info, {"downsample_factor": "4"})["downsample_factor"] == 4
 
@@ -70,49 +65,43 @@ def test_catalog_superresolution_is_a_real_model_type():
 @pytest.fixture(scope="module")
 def superres_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("superres")
-    folder = write_export_tiles(tmp, n=24, size=32)
-    spec = make_spec(tmp, [folder], "SUPERRESOLUTION", backbone_model="RESNET18", max_epochs=6,
-                     stop_training=False, learning_rate=0.01, freeze_model=False)
-    code, reporter = train(spec)
-    assert code == ExitCode.OK, [e for e in reporter.events if e["type"] in ("failed", "message")]
-    return spec, folder, reporter
+    return train_and_package(tmp, write_export_tiles(tmp, n=24, size=32), "SUPERRESOLUTION",
+                             backbone_model="RESNET18", max_epochs=6, stop_training=False, learning_rate=0.01,
+                             freeze_model=False)
 
 
+@pytest.mark.slow
 def test_superres_learns_beyond_bilinear_upsampling(superres_run):
-    _, _, reporter = superres_run
-    epochs = epochs_of(reporter)
+    epochs = superres_run.epochs
     assert len(epochs) == 6
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
     assert epochs[-1]["valid_loss"] < epochs[0]["valid_loss"]
-    best = result_of(reporter)["metrics"]
+    best = superres_run.metrics
     assert 0 < best["PSNR"] < 100 and 0 < best["SSIM"] <= 1
     # the untrained net returns its bilinear input; the trained one restores edges the shrink blurred
     assert best["PSNR"] > best["PSNR_upsampled"] + 0.3
     assert best["SSIM"] > best["SSIM_upsampled"]
-    texts = [e["text"] for e in reporter.events if e["type"] == "message"]
-    assert any("feature loss" in t and "VGG16_BN" in t for t in texts)  # says which feature loss it used
+    # it says which feature loss it used
+    assert any("feature loss" in t and "VGG16_BN" in t for t in superres_run.messages)
 
 
+@pytest.mark.slow
 def test_superres_package_emd(superres_run):
-    _, _, reporter = superres_run
-    result = result_of(reporter)
-    members = dlpk_members(result["package"])
-    assert {"model.emd", "model.pth", "model.pt", "GpjobsInference.py", "model_metrics.html",
-            "ModelCharacteristics/loss_graph.png", "ModelCharacteristics/show_results.png"} <= members
-    with zipfile.ZipFile(result["package"]) as zf:
-        emd = json.loads(zf.read("model.emd"))
+    assert {"model.emd", "model.pth", "model.pt", "GpjobsImageTranslator.py", "gpjobs_prf_core.py",
+            "model_metrics.html",
+            "ModelCharacteristics/loss_graph.png", "ModelCharacteristics/show_results.png"} <= superres_run.members
+    emd = superres_run.packaged_json("model.emd")
     assert emd["ModelType"] == "SuperResolution" and emd["ModelName"] == "SuperResolution"
     assert emd["ModelConfiguration"] == "_superres"
     assert emd["ModelParameters"] == {"backbone": "resnet18", "backend": "pytorch", "downsample_factor": 2}
     assert emd["MetaDataMode"] == "Export_Tiles" and emd["ImageHeight"] == 32
-    assert float(emd["PSNR"]) == pytest.approx(result["metrics"]["PSNR"], rel=1e-3)  # a string, as arcgis writes it
+    assert float(emd["PSNR"]) == pytest.approx(superres_run.metrics["PSNR"], rel=1e-3)  # a string, as arcgis writes it
     assert isinstance(emd["SSIM"], str) and 0 < float(emd["SSIM"]) <= 1
 
 
+@pytest.mark.slow
 def test_predict_upscales_low_resolution_chips_from_the_package_alone(superres_run, tmp_path):
-    spec, folder, reporter = superres_run
-    data = open_training_data([folder], task="translation", validation_percent=spec.validation_percent, seed=42,
-                              augment=False)
+    data = superres_run.validation_data("translation")
     import tifffile
 
     originals, lows = [], []
@@ -126,9 +115,7 @@ def test_predict_upscales_low_resolution_chips_from_the_package_alone(superres_r
         originals.append(original)
         lows.append(path)
     out = tmp_path / "out"
-    done = gpjobs("predict", result_of(reporter)["package"], *map(str, lows), "--json", "--out-dir", str(out))
-    assert done.returncode == 0, done.stderr
-    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    lines = predict_json(superres_run.package, *lows, "--out-dir", out)
     assert len(lines) == len(lows)
     model_db, bilinear_db = [], []
     for line, original, low in zip(lines, originals, lows):

@@ -99,3 +99,29 @@ def test_malformed_in_folder_values_are_rejected(value) -> None:
 def test_resolve_folders_resolves_each(roots: StoreRoots) -> None:
     got = resolve_folders('{"uris": ["/fileShares/default/exports/a", "/fileShares/default/exports/b"]}', roots)
     assert [r.local.name for r in got] == ["a", "b"]
+
+
+def test_unc_paths_resolve_through_configured_mounts_inside_the_stores(tmp_path: Path) -> None:
+    share = tmp_path / "mnt" / "gis"
+    (share / "exports" / "a").mkdir(parents=True)
+    (tmp_path / "mnt" / "other").mkdir()
+    roots = StoreRoots(file_shares={"gis": share},
+                       unc_paths={"\\\\fileserver\\gis": share, "//fileserver/other": tmp_path / "mnt" / "other"})
+    for text in ("\\\\fileserver\\gis\\exports\\a", "//FILESERVER/gis/exports/a", "\\\\fileserver/gis/exports/a"):
+        r = resolve_path(text, roots)
+        assert r.local == (share / "exports" / "a").resolve() and r.alias == "/fileShares/gis/exports/a"
+    with pytest.raises(PathError, match="not inside a registered data store"):
+        resolve_path("\\\\fileserver\\other\\x", roots)  # mapped, but no store holds it
+    with pytest.raises(PathError, match=r"\[unc_paths\]"):
+        resolve_path("\\\\elsewhere\\share\\x", roots)
+    with pytest.raises(PathError, match="'..'"):
+        resolve_path("\\\\fileserver\\gis\\..\\..\\etc", roots)
+
+
+def test_unc_paths_setting(tmp_path: Path) -> None:
+    from gpjobs.config import ConfigError, load_config
+
+    config = load_config(overrides={"data_dir": str(tmp_path), "unc_paths": {"\\\\srv\\gis": str(tmp_path)}})
+    assert StoreRoots.from_config(config).unc_paths == {"\\\\srv\\gis": tmp_path}
+    with pytest.raises(ConfigError, match="UNC share"):
+        load_config(overrides={"data_dir": str(tmp_path), "unc_paths": {"gis": str(tmp_path)}})

@@ -23,6 +23,7 @@ from torch.utils.data._utils.collate import default_collate
 
 from gpjobs.training.data.datasets import ExportDataset, collate_detection
 from gpjobs.export.chips import ChipReadError, chip_header
+from gpjobs.paths import PathError
 from gpjobs.training.data.packing import Packed, Packer, SlotRing, in_worker
 
 __all__ = ["FinishingLoader", "RawCollate", "RawSamples", "sample_collate"]
@@ -239,8 +240,8 @@ def _ring_for(dataset: ExportDataset, batch_size: int, workers: int, prefetch: i
     if not len(dataset):
         return None
     try:
-        h, w, bands, dtype = chip_header(dataset.records[0].image)
-    except ChipReadError:
+        h, w, bands, dtype = chip_header(dataset.records[0].image, root=dataset.records[0].root)
+    except (ChipReadError, PathError):
         return None
     itemsize = np.dtype(dtype).itemsize
     images = 2 if dataset.task in ("change", "translation") else 1

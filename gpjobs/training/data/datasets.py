@@ -78,14 +78,14 @@ class ExportDataset(Dataset):
         code = int(torch.randint(8, ()))  # one RNG call for the three flips
         return code if h == w else code & ~TRANSPOSE
 
-    def _pixels(self, path) -> np.ndarray:
-        """Decoded chip (H, W, C) in its native dtype, ExtractBands applied."""
-        return read_chip(path, self.info.extract_bands)
+    def _pixels(self, path, root) -> np.ndarray:
+        """Decoded chip (H, W, C) in its native dtype, ExtractBands applied (read inside store `root`)."""
+        return read_chip(path, self.info.extract_bands, root=root)
 
-    def _label_values(self, path) -> np.ndarray:
+    def _label_values(self, path, root) -> np.ndarray:
         """The label raster's class values (H, W): uint8/uint16 as decoded (the table covers their whole
         range); other dtypes with values outside the classes set to NoData, in the narrowest dtype."""
-        raw = read_label_raster(path, native=True)
+        raw = read_label_raster(path, native=True, root=root)
         if raw.dtype in (np.uint8, np.uint16):
             return raw
         values = raw.astype(np.int64)
@@ -115,7 +115,8 @@ class ExportDataset(Dataset):
     def _objects(self, rec: ChipRecord) -> list[tuple[int, tuple[float, float, float, float]]]:
         if rec.objects is not None:
             return rec.objects
-        parsed = parse_kitti(rec.label) if self.info.format == "KITTI_rectangles" else parse_voc(rec.label)
+        parse = parse_kitti if self.info.format == "KITTI_rectangles" else parse_voc
+        parsed = parse(rec.label, rec.root)
         out = []
         for text, box in parsed:
             for part in text.split(",") if self.task == "multilabel" else [text]:
@@ -153,7 +154,7 @@ class ExportDataset(Dataset):
         rec = self.records[index]
         code = self._geometry()
         task = self.task
-        pixels = self._pixels(rec.image)
+        pixels = self._pixels(rec.image, rec.root)
         if task == "classification":
             value = rec.value if rec.value is not None else self._objects(rec)[0][0]
             return code, pixels, torch.tensor(self._index[value], dtype=torch.int64)
@@ -163,19 +164,19 @@ class ExportDataset(Dataset):
                 target[self._index[value]] = 1.0
             return code, pixels, target
         if task == "segmentation":
-            return code, pixels, self._label_values(rec.label)
+            return code, pixels, self._label_values(rec.label, rec.root)
         if task == "change":
-            return code, pixels, self._pixels(rec.image2), self._label_values(rec.label)
+            return code, pixels, self._pixels(rec.image2, rec.root), self._label_values(rec.label, rec.root)
         if task == "translation":
             # Export_Tiles alone (super-resolution): the target is the chip itself; the model degrades it.
-            return code, pixels, None if rec.image2 is None else self._pixels(rec.image2)
+            return code, pixels, None if rec.image2 is None else self._pixels(rec.image2, rec.root)
         if task == "instance":
             masks, labels = self._instances(rec, code)
             return code, pixels, {"boxes": _boxes_of(masks), "labels": labels, "masks": masks}
         if task == "panoptic":
             masks, labels = self._instances(rec, code)
-            return code, pixels, {"semantic": self._label_values(rec.label), "masks": masks, "labels": labels,
-                                  "boxes": _boxes_of(masks)}
+            return code, pixels, {"semantic": self._label_values(rec.label, rec.root), "masks": masks,
+                                  "labels": labels, "boxes": _boxes_of(masks)}
         # detection: boxes are in source-chip pixels; scale to chip_size, then the same flips as the image
         objects = self._objects(rec)
         boxes = torch.tensor([b for _, b in objects], dtype=torch.float32).reshape(-1, 4)
@@ -191,7 +192,7 @@ class ExportDataset(Dataset):
         for value, path in rec.masks:
             if value not in self._index:
                 continue
-            for inst in instances_from_mask(read_label_raster(path)):
+            for inst in instances_from_mask(read_label_raster(path, root=rec.root)):
                 masks.append(inst)
                 labels.append(self._index[value] + 1)
         size = tuple(self.info.chip_size)

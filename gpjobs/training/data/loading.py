@@ -88,7 +88,7 @@ def _sampled_band_stats(records: list[ChipRecord], seed: int) -> list[dict[str, 
     lo = hi = None
     n = 0
     for i in picks:
-        chip = read_chip(records[i].image)
+        chip = read_chip(records[i].image, root=records[i].root)
         flat = chip.reshape(-1, chip.shape[2]).astype(np.float64)
         s1, s2 = flat.sum(0), (flat ** 2).sum(0)
         total = (s1, s2) if total is None else (total[0] + s1, total[1] + s2)
@@ -140,9 +140,12 @@ def _class_weights(metas: list[ExportMeta], info: DataInfo) -> list[float] | Non
 
 def open_training_data(folders: Sequence[str | Path], *, task: str, chip_size: int | None = None,
                        validation_percent: float = 10.0, seed: int = 42, extract_bands: Sequence[int] | None = None,
-                       augment: bool = True) -> TrainingData:
-    """Validate every chip and label (full check), then build the split datasets; DataError when unusable."""
-    scan = scan_folders(folders, full=True)
+                       augment: bool = True, roots: Sequence[str | Path] | None = None) -> TrainingData:
+    """Validate every chip and label (full check), then build the split datasets; DataError when unusable.
+
+    `roots[i]`: the root of folder i's store; every file is read inside it (None: local folders, root `/`).
+    """
+    scan = scan_folders(folders, roots=roots, full=True)
     report = scan.report
     if not report.ok:
         raise DataError(report)
@@ -169,6 +172,12 @@ def open_training_data(folders: Sequence[str | Path], *, task: str, chip_size: i
                     chip_size=size, extract_bands=extract, normalization=normalization,
                     is_multispectral=normalization.kind != "imagenet", source_bands=source_bands, dtype=dtype,
                     cell_size=scan.metas[0].emd.get("MinCellSize") or scan.metas[0].stats.get("MinCellSize"))
+    if info.task in ("captioning", "tracking"):  # their own samples, datasets and loaders
+        from gpjobs.training.data.captions import open_caption_data
+        from gpjobs.training.data.tracking import open_tracking_data
+
+        opener = open_caption_data if info.task == "captioning" else open_tracking_data
+        return opener(scan, info, validation_percent=validation_percent, seed=seed)
     stratify = None
     if info.task == "classification":
         stratify = [r.value if r.value is not None else (r.objects[0][0] if r.objects else -1) for r in scan.records]

@@ -9,15 +9,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from gpjobs.catalog import ArgumentError, lookup_model_type
+from gpjobs.catalog import ArgumentError, ModelTypeInfo, lookup_model_type
 
 if TYPE_CHECKING:
     from gpjobs.training.models.base import ModelFamily
 
 
-def family_for(model_type_name: str) -> "type[ModelFamily]":
-    """The ModelFamily subclass for a model_type (ArgumentError when it is unknown or not implemented)."""
-    info = lookup_model_type(model_type_name)
+def family_for(model_type: ModelTypeInfo | str) -> "type[ModelFamily]":
+    """The ModelFamily subclass for a model type (ArgumentError when it is unknown or not implemented)."""
+    info = model_type if isinstance(model_type, ModelTypeInfo) else lookup_model_type(model_type)
     if not info.family:
         raise ArgumentError(f"model_type {info.name} has no training implementation")
     module = importlib.import_module(f"gpjobs.training.models.{info.family}")

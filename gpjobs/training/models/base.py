@@ -38,7 +38,7 @@ class ModelFamily(ABC):
     default_monitor: str = "valid_loss"
     emd_model_type: str = ""
     emd_model_configuration: str = ""
-    inference_function: str = "GpjobsInference.py"
+    inference_function: str = "GpjobsPixelClassifier.py"  # the package's PRF (gpjobs/training/inference/)
     supports_variable_tile_size: bool = False
 
     def __init__(self, model_type: "ModelTypeInfo", info: "DataInfo", backbone: str, args: dict[str, Any],
@@ -55,6 +55,10 @@ class ModelFamily(ABC):
     def attach_data(self, data: Any) -> None:
         """Called with the TrainingData before build() when training (not when loading a package):
         families take what they need from it (e.g. class weights)."""
+
+    def load_emd(self, emd: dict[str, Any]) -> None:
+        """Called with a package's .emd before build() when a model is rebuilt from its package (not when
+        training): families take back what they learned from the training data (e.g. a vocabulary)."""
 
     @abstractmethod
     def build(self) -> nn.Module:
@@ -145,3 +149,23 @@ class ModelFamily(ABC):
         """A batch for TorchScript tracing; None skips TorchScript for this family."""
         h, w = self.info.chip_size
         return torch.zeros(1, self.in_channels, int(h), int(w))
+
+    def deployable(self, model: nn.Module) -> nn.Module:
+        """The network the package's PRF runs, traced to TorchScript on `example_input()`: dense layers only,
+        its outputs as `inference_spec()` describes them (the model itself by default). A network with a
+        `trace(example)` method traces itself (several entry points)."""
+        return model
+
+    def trace(self, network: nn.Module) -> torch.jit.ScriptModule | None:
+        """`network` (from deployable()) as TorchScript, or None when this family has no example input."""
+        example = self.example_input()
+        if example is None:
+            return None
+        if hasattr(network, "trace"):
+            return network.trace(example)
+        return torch.jit.trace(network, example, check_trace=False, strict=False)
+
+    def inference_spec(self, network: nn.Module) -> dict[str, Any]:
+        """The `.emd`'s GpjobsInference section: what the deployable network outputs and how the PRF reads it.
+        Default: class scores per pixel, model index i -> class value (index 0 = NoData, value 0)."""
+        return {"output": "pixel_classes", "index_values": [0] + [int(c.value) for c in self.info.classes]}

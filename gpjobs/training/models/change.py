@@ -134,6 +134,7 @@ def contrastive_loss(distance: torch.Tensor, changed: torch.Tensor, margin: floa
 class ChangeDetectorFamily(ModelFamily):
     emd_model_type = "ImageClassification"
     emd_model_configuration = "change_detection"
+    inference_function = "GpjobsChangeDetector.py"
     paired_input = True  # predict input = before and after chips stacked on the channel axis
 
     def __init__(self, *a: Any, **kw: Any) -> None:
@@ -206,6 +207,11 @@ class ChangeDetectorFamily(ModelFamily):
     def example_input(self) -> torch.Tensor | None:
         h, w = self.info.chip_size
         return torch.zeros(1, 2 * self.in_channels, int(h), int(w))
+
+    def inference_spec(self, network: nn.Module) -> dict[str, Any]:
+        """forward() of the stacked before|after chips gives [unchanged, changed] scores (argmax: d > margin/2)."""
+        value = int(self.change_class.value) if self.change_class else 1
+        return {"output": "change", "index_values": [0, value], "inputs": 2}
 
     def model_parameters(self) -> dict[str, Any]:
         return {**super().model_parameters(), "attention_type": self.attention, "margin": MARGIN,

@@ -42,6 +42,7 @@ class FeatureClassifierNet(nn.Module):
 class FeatureClassifierFamily(ModelFamily):
     emd_model_type = "ObjectClassification"
     emd_model_configuration = "_FeatureClassifier"
+    inference_function = "GpjobsObjectClassifier.py"
     default_monitor = "valid_loss"
 
     def __init__(self, *a: Any, **kw: Any) -> None:
@@ -144,6 +145,11 @@ class FeatureClassifierFamily(ModelFamily):
                             "score": round(float(probs[best]), 6),
                             "scores": {n: round(float(p), 6) for n, p in zip(self.class_names, probs)}})
         return results
+
+    def inference_spec(self, network: nn.Module) -> dict[str, Any]:
+        """forward() gives one logit per class: softmax (sigmoid when multi-label) in the PRF."""
+        return {"output": "labels", "multilabel": self.multilabel,
+                "index_values": [int(c.value) for c in self.info.classes]}
 
     def emd_fields(self, metrics: dict[str, Any]) -> dict[str, Any]:
         fields = super().emd_fields(metrics)

@@ -19,7 +19,7 @@ from torch import nn
 from gpjobs.training.backbones import build_backbone
 from gpjobs.training.models.base import ModelFamily
 from gpjobs.training.models.detection.common import DetectionFamily
-from gpjobs.training.models.detr_model import DeformableDETR
+from gpjobs.training.models.detr_model import DECODER_SPEC, DeformableDETR
 from gpjobs.training.models.detr_pretrain import pretrain
 
 PRETRAIN_BATCH = 4  # chips per pre-training step (the job's batch_size is the engine's, not the family's)
@@ -35,20 +35,13 @@ class DETRegFamily(DetectionFamily):
         super().__init__(*a, **kw)
         self._data: Any = None
         self.pretrain_history: list[float] = []
-        arch = self.architecture()
-        problems = [f"{name} must be at least 1 (got {arch[name]})"
-                    for name in ("num_queries", "dec_layers", "dim_feedforward") if arch[name] < 1]
-        if arch["enc_layers"] < 0:
-            problems.append(f"enc_layers must be 0 or more (got {arch['enc_layers']})")
-        if arch["hidden_dim"] < 8 or arch["hidden_dim"] % 8:
-            problems.append(f"hidden_dim must be a multiple of 8 (8 attention heads, sine position encoding), "
-                            f"got {arch['hidden_dim']}")
-        if int(self.args.get("pretrain_epochs") or 0) > 0 and int(self.args.get("pretrain_proposals") or 30) < 1:
-            problems.append("pretrain_proposals must be at least 1")
-        if problems:
+        hidden = self.architecture()["hidden_dim"]  # the catalog checks the ranges; this is the one rule beyond
+        if hidden % 8:
             from gpjobs.catalog import ArgumentError
 
-            raise ArgumentError("DETREG arguments: " + "; ".join(problems))
+            raise ArgumentError(f"DETREG arguments: hidden_dim must be a multiple of 8 (8 attention heads, sine "
+                                f"position encoding), got {hidden}; use e.g. {hidden // 8 * 8 or 8} or "
+                                f"{(hidden // 8 + 1) * 8}")
 
     def attach_data(self, data: Any) -> None:
         self._data = data  # the chips DETReg's pre-training looks at (when pretrain_epochs > 0)
@@ -88,6 +81,11 @@ class DETRegFamily(DetectionFamily):
         self.say("info", f"DETReg pre-training done: the detector starts from it ({len(state)} tensors); the class "
                          f"head starts fresh ({len(missing)} tensors)")
         return model.train()
+
+    def deployable(self, model: nn.Module) -> nn.Module:
+        from gpjobs.training.models.detection.deploy import CandidateDetections
+
+        return CandidateDetections(model, DECODER_SPEC)
 
     def extra_parameters(self) -> dict[str, Any]:
         return {**self.architecture(), "num_feature_levels": 4, "aux_loss": True, "with_box_refine": False,

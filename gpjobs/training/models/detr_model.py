@@ -197,12 +197,11 @@ class DeformableDETR(nn.Module):
         return loss, postprocess(out["logits"][-1], out["boxes"][-1], images.shape[-2:])
 
     def forward(self, images: torch.Tensor):
-        """Eval: (boxes, scores, labels) of the batch's detections, for TorchScript export."""
+        """Train mode: forward_raw's outputs. Eval: the batch's top-k candidates (`candidates`)."""
         if self.training:
             return self.forward_raw(images)
-        found = self.detect(images)
-        return (torch.cat([d["boxes"] for d in found]), torch.cat([d["scores"] for d in found]),
-                torch.cat([d["labels"] for d in found]))
+        out = self.forward_raw(images)
+        return candidates(out["logits"][-1], out["boxes"][-1], images.shape[-2:])
 
 
 def normalised_targets(targets: list[dict[str, torch.Tensor]], h: int, w: int) -> list[dict[str, torch.Tensor]]:
@@ -250,19 +249,28 @@ def set_loss(logits: torch.Tensor, boxes: torch.Tensor, targets: list[dict[str, 
     return total
 
 
-def postprocess(logits: torch.Tensor, boxes: torch.Tensor, size: Any,
-                top_k: int = 100) -> list[dict[str, torch.Tensor]]:
-    """Deformable DETR's top-k over (query, class) scores; boxes in pixels of the input, labels 1..K."""
+def candidates(logits: torch.Tensor, boxes: torch.Tensor, size: Any,
+               top_k: int = 100) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Deformable DETR's top-k over (query, class) scores before the score threshold: boxes [B, k, 4] in pixels
+    of the input, scores [B, k], labels [B, k] 0..K-1. What the package's traced network gives its PRF."""
     h, w = int(size[0]), int(size[1])
     prob = logits.float().sigmoid()
-    b, q, k = prob.shape
+    _, q, k = prob.shape
     scores, index = prob.flatten(1).topk(min(top_k, q * k), dim=1)
-    labels = index % k + 1
-    picked = torch.gather(boxes.float(), 1, (index // k)[..., None].expand(-1, -1, 4))
+    picked = torch.gather(boxes.float(), 1, torch.div(index, k, rounding_mode="floor")[..., None].expand(-1, -1, 4))
     scale = torch.tensor([w, h, w, h], dtype=picked.dtype, device=picked.device)
-    pixels = box_cxcywh_to_xyxy(picked) * scale
+    return box_cxcywh_to_xyxy(picked) * scale, scores, index % k
+
+
+# what the PRF's dense decoder does after `candidates` (no NMS: DETR's set loss makes duplicates rare)
+DECODER_SPEC = {"decoder": "dense", "score_thresh": SCORE_THRESH, "nms_thresh": 1.0, "max_detections": 100}
+
+
+def postprocess(logits: torch.Tensor, boxes: torch.Tensor, size: Any) -> list[dict[str, torch.Tensor]]:
+    """The candidates above the score threshold, per image; labels 1..K."""
+    pixels, scores, labels = candidates(logits, boxes, size)
     out = []
-    for i in range(b):
+    for i in range(pixels.shape[0]):
         keep = scores[i] > SCORE_THRESH
-        out.append({"boxes": pixels[i][keep], "scores": scores[i][keep], "labels": labels[i][keep]})
+        out.append({"boxes": pixels[i][keep], "scores": scores[i][keep], "labels": labels[i][keep] + 1})
     return out

@@ -200,6 +200,10 @@ class EdgeFamily(ModelFamily):
     def model_parameters(self) -> dict[str, Any]:
         return {**super().model_parameters(), "edge_targets": self.mode}
 
+    def inference_spec(self, network: nn.Module) -> dict[str, Any]:
+        """forward() gives [0, fuse logit]: its argmax is "edge probability > 0.5", as predict() decides."""
+        return {"output": "pixel_classes", "index_values": [0, int(self.edge_class.value)]}
+
     def emd_fields(self, metrics: dict[str, Any]) -> dict[str, Any]:
         fields = super().emd_fields(metrics)
         for key in ("accuracy", "f1_score", "precision", "recall"):

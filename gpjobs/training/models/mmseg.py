@@ -6,8 +6,8 @@ over a torchvision backbone (`backbone_model`, default resnet50 as in the mmseg 
 
   unet           U-Net decoder over the backbone (mmseg's UNet has its own encoder; ours is the backbone)
   pspnet         pyramid pooling (1, 2, 3, 6) head + auxiliary FCN head (weight 0.4), no U-Net decoder
-  deeplabv3      ASPP head + auxiliary FCN head
-  deeplabv3plus  ASPP (rates 6/12/18 on the undilated stride-32 map) + low-level (stride 4) decoder + aux
+  deeplabv3      ASPP head (rates 6/12/18) + auxiliary FCN head
+  deeplabv3plus  ASPP (rates 6/12/18) + low-level (stride 4) decoder + aux
   fcn            FCN head on the deepest map + auxiliary FCN head
   mobilenet_v2   deeplabv3 on a MobileNetV2 backbone (mmseg's m-v2 configs)
   upernet        UPerNet: pyramid pooling + FPN fusion (segmentation_heads.py) + aux
@@ -16,11 +16,16 @@ over a torchvision backbone (`backbone_model`, default resnet50 as in the mmseg 
   sem_fpn        Semantic FPN (Panoptic FPN's semantic branch) + aux
   hrnet          HRNetV2's head (all taps resized and concatenated) over backbone_model + aux
   nonlocal_net, dnlnet, gcnet, ccnet   non-local / disentangled non-local / global context / criss-cross
-                 attention heads (segmentation_attention.py) + aux, on the deepest tap (stride 32: our
-                 backbones are undilated, mmseg's configs dilate to stride 8; coarse on small chips)
+                 attention heads (segmentation_attention.py) + aux, on the deepest tap (stride 16)
+
+pspnet, deeplabv3(plus), fcn, mobilenet_v2 and the attention heads run on the backbone dilated to output stride
+16 (mmseg's `-d8` configs use 8: a simplification that quarters the cost of the deep layers). unet and the
+multi-scale heads (upernet, sem_fpn, hrnet, ocrnet) read the undilated stride-4..32 taps, as mmseg's UPerNet,
+Semantic FPN and HRNet configs do.
 
 The other names arcgis.learn lists train as the closest of these; a job message and the `.emd`
-(ModelParameters `trained_as`, `mapping_note`) say exactly what was trained.
+(ModelParameters `trained_as`, `mapping_note`) say exactly what was trained. A config path or an unknown name
+is refused at submit time by the catalog, which lists the names.
 Training, losses (class_balancing, ignore_classes, ...), metrics and predictions are the segmentation family's.
 """
 
@@ -40,6 +45,8 @@ from gpjobs.training.models.segmentation_heads import HRNetV2Head, OCRNet, Seman
 
 IMPLEMENTATIONS = ("unet", "pspnet", "deeplabv3", "deeplabv3plus", "fcn", "mobilenet_v2", "upernet", "ocrnet",
                    "sem_fpn", "hrnet", "nonlocal_net", "dnlnet", "gcnet", "ccnet")
+# these read the stride-4..32 taps themselves (FPN fusion, concatenation); the others get a dilated backbone
+UNDILATED = ("unet", "upernet", "sem_fpn", "hrnet", "ocrnet")
 # every accepted name -> (implementation, what the OpenMMLab model is and what this server trains instead)
 MODELS: dict[str, tuple[str, str]] = {name: (name, "") for name in IMPLEMENTATIONS}
 MODELS.update({
@@ -107,7 +114,7 @@ class MMSegmentationFamily(SegmentationFamily):
             self.say("warning", "model_weight: OpenMMLab checkpoints are not available on this server; the "
                                 "backbone starts from the weights directory (or random) instead")
         name = self.implementation
-        backbone = self._backbone()
+        backbone = self._backbone(32 if name in UNDILATED else 16)
         channels = backbone.out_channels
         if name == "ocrnet":  # its head needs the aux head's regions: a network of its own
             return OCRNet(backbone, self.num_outputs)
@@ -128,7 +135,8 @@ class MMSegmentationFamily(SegmentationFamily):
             head = nn.Sequential(nn.Dropout(0.1), nn.Conv2d(context.out_channels, self.num_outputs, 1))
             return SegmentationNet(backbone, head, context=context, aux=aux, unet=False)
         if name in ("deeplabv3", "mobilenet_v2"):
-            return SegmentationNet(backbone, DeepLabHead(channels[-1], self.num_outputs), aux=aux, unet=False)
+            head = DeepLabHead(channels[-1], self.num_outputs, atrous_rates=(6, 12, 18))
+            return SegmentationNet(backbone, head, aux=aux, unet=False)
         if name == "deeplabv3plus":
             return SegmentationNet(backbone, DeepLabV3PlusHead(channels, self.num_outputs), aux=aux, unet=True)
         if name == "fcn":

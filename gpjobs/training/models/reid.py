@@ -104,11 +104,6 @@ class DeepSortFamily(FeatureClassifierFamily):
         self.weights.outcome = f"none: {self.backbone.lower()} has no pretrained weights on this server"
         return ReidNet(self.in_channels, self.num_classes, _WIDTHS[self.backbone])
 
-    def freeze(self, model: nn.Module, frozen: bool = True) -> None:
-        """Never freezes: the Re-ID trunk always starts random, so fixed random features would learn nothing."""
-        if frozen:
-            self.say("info", "freeze_model: the Re-ID network starts random, so it is trained whole")
-
     def train_loader(self, data: Any, batch_size: int, **loader_kw: Any):
         return None  # oversample is a FEATURE_CLASSIFIER argument; identities stay as drawn
 

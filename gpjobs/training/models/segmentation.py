@@ -1,4 +1,19 @@
-"""Pixel classification: UNET, PSPNET and DEEPLAB on Classified_Tiles (model index 0 = NoData)."""
+"""Pixel classification: UNET, PSPNET and DEEPLAB on Classified_Tiles (model index 0 = NoData).
+
+How the networks compare with arcgis.learn's and the papers' (also said in each job's messages):
+- UNET is our light U-Net decoder (decoders.UnetDecoder), not fastai's DynamicUnet that arcgis.learn's
+  UnetClassifier trains: side by side on real chips (bench/unet_decoder.py) DynamicUnet reached a lower mIoU
+  (ratio 0.91 over two seeds) at 3.1x the cost of a training step, so an arcgis.learn U-Net package fine-tunes
+  its backbone only (decoders.DynamicUnetDecoder keeps fastai's layout for that comparison).
+- DEEPLAB is DeepLabV3 (torchvision's ASPP head and an FCN auxiliary head on the stride-16 tap, loss weight 0.4)
+  on a dilated backbone of output stride 16 with ASPP rates 6/12/18, the DeepLabV3 paper's training setting and
+  arcgis.learn's for PointRend models; keep_dilation=true gives output stride 8 with rates 12/24/36, what
+  arcgis.learn uses otherwise (about 3x the compute of the deep layers).
+- PSPNET runs its pyramid pooling module on a dilated backbone of output stride 16; keep_dilation=true gives
+  output stride 8 as in the PSPNet paper and arcgis.learn. With use_unet (the default) our light U-Net decoder
+  (decoders.UnetDecoder, not fastai's DynamicUnet) upsamples it; the auxiliary head is an FCN head.
+- pointrend is not implemented (a warning says so).
+"""
 
 from __future__ import annotations
 
@@ -64,8 +79,18 @@ class SegmentationFamily(ModelFamily):
             dice_average=str(self.args.get("dice_loss_average") or "micro"),
             weighted_dice=bool(self.args.get("weighted_dice")))
 
-    def _backbone(self) -> nn.Module:
-        return build_backbone(self.backbone, self.in_channels, weights=self.weights, say=self.say)
+    def _backbone(self, output_stride: int = 32) -> nn.Module:
+        return build_backbone(self.backbone, self.in_channels, weights=self.weights, say=self.say,
+                              output_stride=output_stride)
+
+    def _dilated_backbone(self) -> nn.Module:
+        """The backbone at output stride 16, or 8 with keep_dilation (see the module docstring)."""
+        output_stride = 8 if self.args.get("keep_dilation") else 16
+        backbone = self._backbone(output_stride)
+        self.say("info", f"{self.model_type.name}: {self.backbone} dilated to output stride {output_stride}"
+                         + ("" if output_stride == 8 else " (keep_dilation=true gives 8, as arcgis.learn and the "
+                                                         "papers use, at about 3x the compute)"))
+        return backbone
 
     # --- training ---
 
@@ -125,9 +150,6 @@ class SegmentationFamily(ModelFamily):
             })
         return results
 
-    def model_parameters(self) -> dict[str, Any]:
-        return super().model_parameters()
-
     def emd_fields(self, metrics: dict[str, Any]) -> dict[str, Any]:
         fields = super().emd_fields(metrics)
         fields["ignore_mapped_class"] = list(self.ignore_values)
@@ -156,6 +178,8 @@ class UnetFamily(SegmentationFamily):
 
     def build(self) -> nn.Module:
         backbone = self._backbone()
+        self.say("info", "UNET: gpjobs' light U-Net decoder over the backbone (arcgis.learn trains fastai's "
+                         "DynamicUnet; ours scored a higher mIoU side by side)")
         return SegmentationNet(backbone, UnetDecoder(backbone.out_channels, self.num_outputs))
 
 
@@ -165,9 +189,7 @@ class PSPNetFamily(SegmentationFamily):
     def build(self) -> nn.Module:
         if self.args.get("pointrend"):
             self.say("warning", "pointrend is not implemented; training without it")
-        if self.args.get("keep_dilation"):
-            self.say("warning", "keep_dilation has no effect: this PSPNet runs on the undilated backbone")
-        backbone = self._backbone()
+        backbone = self._dilated_backbone()
         sizes = [int(s) for s in self.args.get("pyramid_sizes") or [1, 2, 3, 6]]
         context = PyramidPooling(backbone.out_channels[-1], sizes, cout=min(512, backbone.out_channels[-1]))
         use_unet = bool(self.args.get("use_unet", True))
@@ -175,6 +197,8 @@ class PSPNetFamily(SegmentationFamily):
         if not use_unet or self.args.get("unet_aux_loss"):
             aux = FCNHead(backbone.out_channels[-2], self.num_outputs)
         if use_unet:
+            self.say("info", "PSPNET: pyramid pooling, then gpjobs' light U-Net decoder (arcgis.learn uses fastai's "
+                             "DynamicUnet here)")
             head: nn.Module = UnetDecoder(backbone.out_channels, self.num_outputs, context.out_channels)
         else:
             head = nn.Sequential(nn.Dropout(0.1), nn.Conv2d(context.out_channels, self.num_outputs, 1))
@@ -184,7 +208,8 @@ class PSPNetFamily(SegmentationFamily):
         return {**super().model_parameters(),
                 "pyramid_sizes": list(self.args.get("pyramid_sizes") or [1, 2, 3, 6]),
                 "use_unet": bool(self.args.get("use_unet", True)),
-                "pointrend": bool(self.args.get("pointrend")), "keep_dilation": bool(self.args.get("keep_dilation"))}
+                "pointrend": bool(self.args.get("pointrend")), "keep_dilation": bool(self.args.get("keep_dilation")),
+                "output_stride": 8 if self.args.get("keep_dilation") else 16}
 
 
 class DeepLabFamily(SegmentationFamily):
@@ -195,14 +220,17 @@ class DeepLabFamily(SegmentationFamily):
 
         if self.args.get("pointrend"):
             self.say("warning", "pointrend is not implemented; training without it")
-        backbone = self._backbone()
-        head = DeepLabHead(backbone.out_channels[-1], self.num_outputs)
+        backbone = self._dilated_backbone()
+        rates = (12, 24, 36) if backbone.output_stride == 8 else (6, 12, 18)
+        head = DeepLabHead(backbone.out_channels[-1], self.num_outputs, atrous_rates=rates)
         aux = FCNHead(backbone.out_channels[-2], self.num_outputs)
         return SegmentationNet(backbone, head, aux=aux, unet=False)
 
     def model_parameters(self) -> dict[str, Any]:
         return {**super().model_parameters(), "pointrend": bool(self.args.get("pointrend")),
-                "keep_dilation": bool(self.args.get("keep_dilation"))}
+                "keep_dilation": bool(self.args.get("keep_dilation")),
+                "output_stride": 8 if self.args.get("keep_dilation") else 16,
+                "atrous_rates": [12, 24, 36] if self.args.get("keep_dilation") else [6, 12, 18]}
 
 
 FAMILIES: dict[str, type[ModelFamily]] = {"UNET": UnetFamily, "PSPNET": PSPNetFamily, "DEEPLAB": DeepLabFamily}

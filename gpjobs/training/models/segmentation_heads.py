@@ -5,8 +5,8 @@ deepest width so small backbones get thin heads). Each pyramid-style head takes 
 returns logits at the input size; OCRNet is a whole network because its head needs the auxiliary head's
 soft object regions at inference too.
 
-Our backbones are undilated (stride 32), where mmsegmentation's ResNet configs dilate to stride 8: these heads
-read the finer taps themselves (FPN fusion, stride-8 concatenation) instead.
+These heads get the undilated backbone (stride 32), where mmsegmentation's ResNet-OCR config dilates to stride
+8: they read the finer taps themselves (FPN fusion, stride-8 concatenation) instead.
 """
 
 from __future__ import annotations
@@ -140,8 +140,8 @@ class ObjectContext(nn.Module):
 
 class OCRNet(nn.Module):
     """OCRNet (Yuan et al. 2020) as mmsegmentation's HRNet-OCR: the stride-8, 16 and 32 taps resized to stride
-    8 and concatenated form the pixel representation (the resolution mmseg's dilated ResNet-OCR works at; our
-    backbones are undilated); an FCN head on it gives the soft object regions (and the auxiliary loss, weight
+    8 and concatenated form the pixel representation (the resolution mmseg's dilated ResNet-OCR works at; the
+    backbone here is undilated); an FCN head on it gives the soft object regions (and the auxiliary loss, weight
     0.4), which the OCR head then uses. Same interface as SegmentationNet."""
 
     def __init__(self, backbone: nn.Module, num_outputs: int) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from gpjobs.training.backbones import build_backbone
@@ -30,7 +31,7 @@ class TranslationFamily(ModelFamily):
     """Shared parts of the image-to-image families: pixel scale, predict summary, show_results."""
 
     emd_model_configuration = ""
-    inference_function = "GpjobsInference.py"
+    inference_function = "GpjobsImageTranslator.py"
 
     def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
@@ -40,6 +41,13 @@ class TranslationFamily(ModelFamily):
     @abc.abstractmethod
     def output01(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """The model's translation of a normalised batch as 0..1 scaled band values."""
+
+    def deployable(self, model: nn.Module) -> nn.Module:
+        """The translation in band units, as predict() gives it (the PRF only casts)."""
+        return _NativeOutput(self, model)
+
+    def inference_spec(self, network: nn.Module) -> dict[str, Any]:
+        return {"output": "image", "bands": int(self.in_channels), "upscale": 1}
 
     @torch.no_grad()
     def predict(self, model: nn.Module, images: torch.Tensor) -> list[dict[str, Any]]:
@@ -80,6 +88,28 @@ class TranslationFamily(ModelFamily):
     def metric_strings(metrics: dict[str, Any], names: Iterable[str]) -> dict[str, str]:
         """arcgis.learn writes translation metrics into the .emd as strings ("2.7812e+01")."""
         return {name: f"{float(metrics[name]):.4e}" for name in names if name in metrics}
+
+
+class _NativeOutput(nn.Module):
+    """A translation network followed by predict()'s conversion to band units."""
+
+    def __init__(self, family: TranslationFamily, model: nn.Module) -> None:
+        super().__init__()
+        self.family = family
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.family.scale.to_native(self.family.output01(self.model, images).float().clamp(0, 1))
+
+
+class _Upsampled(nn.Module):
+    def __init__(self, model: nn.Module, size: tuple[int, ...]) -> None:
+        super().__init__()
+        self.model = model
+        self.size = size
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(F.interpolate(images, size=self.size, mode="bilinear", align_corners=False))
 
 
 class FeatureLoss(nn.Module):
@@ -215,6 +245,18 @@ class SuperResolutionFamily(TranslationFamily):
 
     def model_parameters(self) -> dict[str, Any]:
         return {**super().model_parameters(), "downsample_factor": self.factor}
+
+    def example_input(self) -> torch.Tensor | None:
+        """The PRF feeds tiles at the raster's own (coarse) cell size: chip_size / downsample_factor."""
+        h, w = self.info.chip_size
+        return torch.zeros(1, self.in_channels, max(1, int(h) // self.factor), max(1, int(w) // self.factor))
+
+    def deployable(self, model: nn.Module) -> nn.Module:
+        """Coarse tile -> bilinear upsampling to the chip size (as predict resizes a small chip) -> network."""
+        return _Upsampled(super().deployable(model), tuple(int(v) for v in self.info.chip_size))
+
+    def inference_spec(self, network: nn.Module) -> dict[str, Any]:
+        return {**super().inference_spec(network), "upscale": self.factor}
 
     def emd_fields(self, metrics: dict[str, Any]) -> dict[str, Any]:
         return {**super().emd_fields(metrics), "downsample_factor": self.factor,

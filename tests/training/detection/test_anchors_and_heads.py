@@ -18,7 +18,7 @@ from gpjobs.training.models.detection.anchors import (
 )
 from gpjobs.training.models.detection.darknet import darknet53_features
 from gpjobs.training.models.detection.ssd_net import SSDNet, match_anchors, ssd_loss
-from gpjobs.training.models.detection.yolo_net import YOLOv3Net, check_chip_multiple, yolo_loss
+from gpjobs.training.models.detection.yolo_net import YOLOv3Net, _assign, check_chip_multiple, decode_boxes, yolo_loss
 
 
 def test_ssd_anchors_follow_grid_zoom_ratio_order():
@@ -67,6 +67,7 @@ def test_darknet53_taps_any_band_count():
     assert net.first_conv().in_channels == 6
 
 
+@pytest.mark.slow  # builds, saves and reloads Darknet-53 three times
 def test_darknet53_loads_local_weights_for_any_band_count(tmp_path):
     from gpjobs.training.weights import WeightsPolicy
 
@@ -158,12 +159,33 @@ def test_yolo_head_shapes_and_learning():
     outs = model(torch.zeros(2, 3, 64, 64))
     assert [tuple(o.shape) for o in outs] == [(2, 3, 7, 8, 8), (2, 3, 7, 4, 4), (2, 3, 7, 2, 2)]
     losses, images, targets = _overfit(
-        model, lambda out, t: yolo_loss(out, t, model.anchors, model.strides, (64, 64)))
+        model, lambda out, t: yolo_loss(out, t, model.anchors, model.strides))
     assert losses[-1] < 0.5 * losses[0]
     model.eval()
     with torch.no_grad():
         found = model.detect(images)
     assert len(found) == 4 and all(d["boxes"].shape[-1] == 4 for d in found)
+
+
+def test_yolo_truth_goes_to_every_fitting_anchor_in_its_cell_and_two_nearest_neighbours():
+    # one 12x10 px box centred at (21, 13) px on a stride-8 grid of 4x4 cells: centre cell (x 2, y 1), in its right
+    # and lower half (fractions 0.625 -> the right and lower neighbours); anchors 10x10 and 30x30 fit (< 4x), 50x8
+    # does not (50/12 > 4)
+    gt = torch.tensor([[0.0, 0.0, 15.0, 8.0, 27.0, 18.0]])
+    truth, anchor, cy, cx = _assign(gt, torch.tensor([[10.0, 10.0], [30.0, 30.0], [50.0, 8.0]]), 8, 4, 4)
+    cells = sorted(zip(anchor.tolist(), cy.tolist(), cx.tolist()))
+    assert cells == [(0, 1, 2), (0, 1, 3), (0, 2, 2), (1, 1, 2), (1, 1, 3), (1, 2, 2)]
+    assert truth.tolist() == [0] * 6
+
+
+def test_yolo_decoding_is_bounded_around_its_cell_and_anchor():
+    raw = torch.full((1, 3, 6, 2, 2), -50.0)  # every sigmoid at 0
+    low = decode_boxes(raw, torch.tensor([[8.0, 8.0]] * 3), 8)
+    raw.fill_(50.0)  # every sigmoid at 1
+    high = decode_boxes(raw, torch.tensor([[8.0, 8.0]] * 3), 8)
+    # centre of cell (0, 0) within -0.5..1.5 cells; size within 0..4x the anchor
+    assert low[0, 0, 0, 0].tolist() == pytest.approx([-4.0, -4.0, -4.0, -4.0])
+    assert high[0, 0, 0, 0].tolist() == pytest.approx([-4.0, -4.0, 28.0, 28.0])
 
 
 def test_ssd_state_dict_rebuilds_the_head_it_belongs_to():

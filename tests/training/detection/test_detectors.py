@@ -14,32 +14,29 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpjobs.training.data import open_training_data
 from gpjobs.training.metrics_detection import DetectionEvaluator
 from gpjobs.training.protocol import ExitCode
 from tests.builders.exports import write_kitti, write_pascal_voc, write_rcnn_masks
-from tests.training.helpers import dlpk_members, epochs_of, gpjobs, make_spec, result_of, train
+from tests.training.helpers import TrainedModel, dlpk_members, gpjobs, predict_json, train_and_package
 
 SMALL_RCNN = {"rpn_pre_nms_top_n_train": 200, "rpn_post_nms_top_n_train": 100, "rpn_pre_nms_top_n_test": 200,
               "rpn_post_nms_top_n_test": 100, "rpn_batch_size_per_image": 64, "box_batch_size_per_image": 64,
               "box_detections_per_img": 20}
-MEMBERS = {"model.emd", "model.pth", "model.pt", "GpjobsInference.py", "model_metrics.html",
+MEMBERS = {"model.emd", "model.pth", "model.pt", "GpjobsObjectDetector.py", "gpjobs_prf_core.py",
+            "model_metrics.html",
            "ModelCharacteristics/loss_graph.png", "ModelCharacteristics/show_results.png"}
 
 
-def _train_ok(tmp: Path, folder: Path, model_type: str, falling: str = "valid_loss", **kw):
-    spec = make_spec(tmp, [folder], model_type, **kw)
-    code, reporter = train(spec)
-    assert code == ExitCode.OK, [e for e in reporter.events if e["type"] in ("failed", "message")]
-    result = result_of(reporter)
-    epochs = epochs_of(reporter)
+def _train_ok(tmp: Path, folder: Path, model_type: str, falling: str = "valid_loss", **kw) -> TrainedModel:
+    run = train_and_package(tmp, folder, model_type, **kw)
+    epochs = run.epochs
     # the validation loss (fixed chips, no augmentation) is the steady signal over a handful of noisy steps
     assert epochs[-1][falling] < epochs[0][falling], [(e["train_loss"], e["valid_loss"]) for e in epochs]
     for epoch in epochs:
         for key in ("average_precision", "map_50", "map_50_95"):
             assert 0.0 <= epoch["metrics"][key] <= 1.0
-    assert MEMBERS <= dlpk_members(result["package"])
-    return spec, result
+    assert MEMBERS <= run.members
+    return run
 
 
 def _check_emd(emd: dict, model_type: str, names: list[str]) -> None:
@@ -51,8 +48,8 @@ def _check_emd(emd: dict, model_type: str, names: list[str]) -> None:
     assert "IoU" in emd["MetricsNote"]
 
 
-def _validation_truth(spec, folder: Path, task: str = "detection"):
-    data = open_training_data([folder], task=task, validation_percent=spec.validation_percent, seed=42)
+def _validation_truth(run: TrainedModel, task: str = "detection"):
+    data = run.validation_data(task, augment=True)  # as before: only the training split augments
     return data, [(rec.image, data.valid[i][1]) for i, rec in enumerate(data.valid.records)]
 
 
@@ -66,13 +63,11 @@ def _ap_of(predictions: list[dict], truths: list[dict], names: list[str], emd: d
     return ev.compute(names)
 
 
-def _predict_cli_reproduces_ap(tmp: Path, spec, folder: Path, result: dict) -> None:
-    emd = result["emd"]
+def _predict_cli_reproduces_ap(run: TrainedModel) -> None:
+    emd = run.emd
     names = [c["Name"] for c in emd["Classes"]]
-    _, valid = _validation_truth(spec, folder)
-    run = gpjobs("predict", result["package"], *[str(p) for p, _ in valid], "--json")
-    assert run.returncode == 0, run.stderr
-    predictions = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    _, valid = _validation_truth(run)
+    predictions = predict_json(run.package, *(p for p, _ in valid))
     assert len(predictions) == len(valid)
     assert all(set(p) >= {"boxes", "scores", "labels", "class_values"} for p in predictions)
     ap = _ap_of(predictions, [t for _, t in valid], names, emd)
@@ -80,17 +75,18 @@ def _predict_cli_reproduces_ap(tmp: Path, spec, folder: Path, result: dict) -> N
     assert ap["map_50"] == pytest.approx(emd["map_50"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_ssd_learns_packages_and_predict_reproduces_ap(tmp_path):
     folder = write_pascal_voc(tmp_path, n=24, size=64)
-    spec, result = _train_ok(tmp_path, folder, "SSD", backbone_model="RESNET18", max_epochs=6,
-                             learning_rate=0.01, freeze_model=False)
-    emd = result["emd"]
+    run = _train_ok(tmp_path, folder, "SSD", backbone_model="RESNET18", max_epochs=6, learning_rate=0.01,
+                    freeze_model=False)
+    emd = run.emd
     _check_emd(emd, "SSD", ["a", "b"])
     assert emd["ModelConfiguration"] == "_DynamicSSD" and emd["ModelName"] == "SingleShotDetector"
     assert emd["Grids"] and emd["Grids"] == emd["ModelParameters"]["grids"]  # chosen from the boxes
     assert emd["Zooms"] == [1.0] and emd["Ratios"] == [[1.0, 1.0]] and emd["SSDVersion"] == 2
     assert emd["average_precision"] > 0.0
-    _predict_cli_reproduces_ap(tmp_path, spec, folder, result)
+    _predict_cli_reproduces_ap(run)
 
 
 @pytest.mark.slow  # ~80 s: Darknet-53 from random weights needs ~36 steps before its loss turns down
@@ -98,15 +94,16 @@ def test_yolov3_learns_with_kmeans_anchors_and_predict_reproduces_ap(tmp_path):
     folder = write_pascal_voc(tmp_path, n=16, size=32)
     # from random Darknet-53 weights the valid loss is still above its first value after the one-cycle
     # warm-up overshoot at this budget; the training loss is back below its start
-    spec, result = _train_ok(tmp_path, folder, "YOLOV3", falling="train_loss", max_epochs=6, batch_size=2,
-                             learning_rate=0.003, freeze_model=False)
-    emd = result["emd"]
+    run = _train_ok(tmp_path, folder, "YOLOV3", falling="train_loss", max_epochs=6, batch_size=2,
+                    learning_rate=0.003, freeze_model=False)
+    emd = run.emd
     _check_emd(emd, "YOLOV3", ["a", "b"])
     anchors = emd["ModelParameters"]["anchors"]
     assert len(anchors) == 9 and all(4 <= w <= 32 and 4 <= h <= 32 for w, h in anchors)  # from the 8-16 px boxes
-    _predict_cli_reproduces_ap(tmp_path, spec, folder, result)
+    _predict_cli_reproduces_ap(run)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", ["FASTERRCNN", "RETINANET", "MASKRCNN"])
 @pytest.mark.timeout(300)
 def test_torchvision_detectors_train_package_and_reload(tmp_path, model_type):
@@ -116,9 +113,9 @@ def test_torchvision_detectors_train_package_and_reload(tmp_path, model_type):
     folder = (write_rcnn_masks if masks else write_pascal_voc)(tmp_path, n=12, size=32)
     args = SMALL_RCNN if model_type != "RETINANET" else {"scales": [1.0, 0.5], "ratios": [1.0]}
     # train loss: 3 tiny epochs leave the validation loss noisy; test_detectors_learn.py pins real learning
-    spec, result = _train_ok(tmp_path, folder, model_type, falling="train_loss", backbone_model="RESNET18",
-                             max_epochs=3, learning_rate=0.0002, arguments=args)
-    emd = result["emd"]
+    run = _train_ok(tmp_path, folder, model_type, falling="train_loss", backbone_model="RESNET18", max_epochs=3,
+                    learning_rate=0.0002, arguments=args)
+    emd = run.emd
     _check_emd(emd, model_type, ["a", "b"])
     if masks:
         assert emd["MaskRCNNkwargs"]["box_batch_size_per_image"] == 64 and emd["SupportsVariableTileSize"]
@@ -126,8 +123,8 @@ def test_torchvision_detectors_train_package_and_reload(tmp_path, model_type):
     if model_type == "RETINANET":
         assert emd["ModelParameters"]["scales"] == [1.0, 0.5]
     # the package alone rebuilds the model, and its predictions give the validation AP again
-    data, valid = _validation_truth(spec, folder, "instance" if masks else "detection")
-    with open_package(result["package"]) as package:
+    data, valid = _validation_truth(run, "instance" if masks else "detection")
+    with open_package(run.package) as package:
         family, model = load_model(package)
         images = torch.stack([data.valid[i][0] for i in range(len(valid))])
         predictions = family.predict(model, images)
@@ -138,21 +135,19 @@ def test_torchvision_detectors_train_package_and_reload(tmp_path, model_type):
     assert ap["map_50"] == pytest.approx(emd["map_50"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_multispectral_uint16_kitti_trains(tmp_path):
     folder = write_kitti(tmp_path, n=12, size=32, bands=6, dtype="uint16")
-    _, result = _train_ok(tmp_path, folder, "SSD", backbone_model="MOBILENET_V2", max_epochs=3,
-                          learning_rate=0.01, freeze_model=False)
-    emd = result["emd"]
+    emd = _train_ok(tmp_path, folder, "SSD", backbone_model="MOBILENET_V2", max_epochs=3, learning_rate=0.01,
+                    freeze_model=False).emd
     assert emd["IsMultispectral"] is True and len(emd["ExtractBands"]) == 6
     _check_emd(emd, "SSD", ["a", "b"])
 
 
 def test_yolov3_refuses_chips_that_are_not_a_multiple_of_32(tmp_path):
     folder = write_pascal_voc(tmp_path, n=4, size=48)
-    code, reporter = train(make_spec(tmp_path, [folder], "YOLOV3", max_epochs=1))
-    assert code == ExitCode.BAD_INPUT
-    failed = [e for e in reporter.events if e["type"] == "failed"][0]
-    assert "multiple of 32" in failed["text"] and "chip_size" in failed["text"]
+    failure = train_and_package(tmp_path, folder, "YOLOV3", max_epochs=1, expect=ExitCode.BAD_INPUT).failure
+    assert "multiple of 32" in failure and "chip_size" in failure
 
 
 @pytest.mark.slow

@@ -8,21 +8,29 @@ import torch
 
 from gpjobs.catalog import lookup_model_type, parse_arguments
 from gpjobs.training.data import open_training_data
-from gpjobs.training.engine import FitConfig, Trainer
+from gpjobs.training.engine import FitConfig, clip_norm, fit
 from gpjobs.training.events import ListReporter
 from gpjobs.training.models import family_for
 from gpjobs.training.weights import WeightsPolicy
 from tests.builders.exports import write_pascal_voc
 
 
-def _trainer(model_type: str, folder, config: FitConfig | None = None, **arguments) -> Trainer:
+def _family(model_type: str, folder, **arguments):
     info = lookup_model_type(model_type)
     data = open_training_data([folder], task=info.task, validation_percent=25.0, augment=False)
     family = family_for(model_type)(info, data.info, "RESNET18", parse_arguments(info, arguments),
                                     WeightsPolicy(None, "random"), lambda level, text: None)
     family.attach_data(data)
-    return Trainer(family, family.build(), data, config or FitConfig(max_epochs=1, batch_size=2, learning_rate=1e-3),
-                   ListReporter())
+    return family, data
+
+
+def _clip(model_type: str, folder, config: FitConfig | None = None, **arguments) -> float:
+    return clip_norm(_family(model_type, folder, **arguments)[0], config or FitConfig())
+
+
+def _fit(model_type: str, folder, **arguments) -> None:
+    family, data = _family(model_type, folder, **arguments)
+    fit(family, family.build(), data, FitConfig(max_epochs=1, batch_size=2, learning_rate=1e-3), ListReporter())
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +39,13 @@ def voc(tmp_path_factory):
 
 
 def test_clip_norm_resolution(voc):
-    assert _trainer("SSD", voc).clip == 10.0
-    assert _trainer("SSD", voc, clip_grad_norm="2.5").clip == 2.5
-    assert _trainer("SSD", voc, clip_grad_norm=0).clip == 0.0
-    assert _trainer("SSD", voc, FitConfig(clip_grad_norm=1.0), clip_grad_norm=3).clip == 1.0  # config wins
+    assert _clip("SSD", voc) == 10.0
+    assert _clip("SSD", voc, clip_grad_norm="2.5") == 2.5
+    assert _clip("SSD", voc, clip_grad_norm=0) == 0.0
+    assert _clip("SSD", voc, FitConfig(clip_grad_norm=1.0), clip_grad_norm=3) == 1.0  # config wins
 
 
+@pytest.mark.slow
 def test_training_steps_clip_the_gradient(voc, monkeypatch):
     seen: list[float] = []
     original = torch.nn.utils.clip_grad_norm_
@@ -47,9 +56,8 @@ def test_training_steps_clip_the_gradient(voc, monkeypatch):
         return norm
 
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording)
-    trainer = _trainer("SSD", voc, clip_grad_norm=0.5)
-    trainer.fit()
+    _fit("SSD", voc, clip_grad_norm=0.5)
     assert seen and set(seen) == {0.5}  # once per training step, with the requested norm
     seen.clear()
-    _trainer("SSD", voc, clip_grad_norm=0).fit()
+    _fit("SSD", voc, clip_grad_norm=0)
     assert seen == []

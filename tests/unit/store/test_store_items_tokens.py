@@ -7,7 +7,6 @@ import sqlite3
 import pytest
 
 from gpjobs.domain import InvalidTransition, Item, ItemExists, JobStatus, new_item_id
-from gpjobs.store import Store
 from gpjobs.store.tokens import hash_token
 
 

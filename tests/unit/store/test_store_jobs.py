@@ -8,7 +8,7 @@ import contextlib
 import pytest
 
 from gpjobs.domain import InvalidTransition, JobStatus, MessageType, QuotaExceeded
-from gpjobs.store import Store
+from gpjobs.store import Store, sql
 
 S = JobStatus
 
@@ -44,6 +44,16 @@ async def test_claim_is_fifo_and_sets_boot_device_attempts(store, make_job):
     assert [m.description for m in await store.get_messages(first.job_id)] == ["Submitted.", "Executing..."]
     assert (await store.claim_next_job("cpu", "boot-a")).job_id == second.job_id
     assert await store.claim_next_job("cpu", "boot-a") is None
+
+
+async def test_claim_gives_a_job_asking_for_a_processor_type_only_a_slot_of_that_kind(store, make_job):
+    gpu = await store.create_job(make_job(spec={"context": {"processor_type": "GPU"}}))
+    cpu = await store.create_job(make_job(spec={"context": {"processor_type": "CPU"}}))
+    anything = await store.create_job(make_job(spec={"context": {"processor_type": None}}))
+    assert (await store.claim_next_job("cpu", "b")).job_id == cpu.job_id  # the older GPU job is passed over
+    assert (await store.claim_next_job("cpu", "b")).job_id == anything.job_id
+    assert await store.claim_next_job("cpu", "b") is None
+    assert (await store.claim_next_job("cuda:0", "b")).job_id == gpu.job_id
 
 
 async def test_claim_respects_run_after(store, make_job):
@@ -200,3 +210,42 @@ async def test_cancelled_writer_leaves_no_open_transaction(store, make_job):
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await store.create_job(make_job())  # would fail with "within a transaction"
+
+
+def test_every_status_has_one_named_statement_without_status_literals():
+    assert set(sql.TRANSITIONS) == set(S)
+    statements = [v for k, v in vars(sql).items() if k.isupper() and isinstance(v, str)]
+    statements += [statement for statement, _ in sql.TRANSITIONS.values()] + list(sql.LIST_JOBS.values())
+    assert not [s for s in statements if "esriJob" in s]  # statuses come from domain, as parameters
+
+
+async def test_guard_takes_sources_from_the_domain_and_refuses_to_widen_them(store, make_job):
+    job = await store.create_job(make_job())
+    await store.claim_next_job("cpu", "b")
+    with pytest.raises(ValueError, match="esriJobCancelling -> esriJobSubmitted is not an edge"):
+        await store.transition(job.job_id, S.SUBMITTED, sources={S.EXECUTING, S.CANCELLING})
+    with pytest.raises(ValueError, match="cannot set"):
+        await store.transition(job.job_id, S.CANCELLING, attempts=0)  # a column the target does not own
+    with pytest.raises(InvalidTransition) as err:  # narrowed to a source the job is not in
+        await store.transition(job.job_id, S.SUBMITTED, sources={S.WAITING})
+    assert err.value.current is S.EXECUTING
+    requeued = await store.transition(job.job_id, S.SUBMITTED, attempts=0, server_crashes=1, run_after_ms=7)
+    assert (requeued.status, requeued.attempts, requeued.server_crashes) == (S.SUBMITTED, 0, 1)
+    assert requeued.run_after_ms == 7
+    assert await store.job_pid(job.job_id) is None
+
+
+async def test_publish_of_a_queued_job_is_refused_with_its_status(store, make_job):
+    job = await store.create_job(make_job())
+    with pytest.raises(InvalidTransition) as err:
+        await store.publish_job(job.job_id, result={"uri": "/x"})
+    assert err.value.current is S.SUBMITTED and err.value.target is S.SUCCEEDED
+
+
+async def test_list_filters_are_parameters_not_sql(store, make_job):
+    await store.create_job(make_job("o'brien"))
+    page, total = await store.list_jobs(owner="o'brien) OR 1=1 --")
+    assert (page, total) == ([], 0)
+    _, total = await store.list_jobs(owner="o'brien", statuses=[S.SUBMITTED, S.WAITING])
+    assert total == 1
+    assert await store.list_jobs(statuses=[]) == ([], 0)

@@ -1,4 +1,5 @@
-"""An aiohttp test client over the web layer with a real SQLite store and a fake scheduler."""
+"""An aiohttp test client over the web layer with a real SQLite store and a recording scheduler
+(tests/harness/app.py)."""
 
 from __future__ import annotations
 
@@ -7,42 +8,30 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from gpjobs.appkeys import CONFIG_KEY, SCHEDULER_KEY, STORE_KEY
-from gpjobs.config import load_config
+from gpjobs.appkeys import SCHEDULER_KEY, STORE_KEY
 from gpjobs.store import Store
-from gpjobs.web import setup_web
 from tests.builders.exports import write_classified_tiles, write_kitti
+from tests.harness.app import RecordingScheduler, app_config, make_app, start_app
 
 TASK = "/arcgis/rest/services/System/RasterAnalysisTools/GPServer/TrainDeepLearningModel"
 
 
-class FakeScheduler:
-    """Records wake-ups; cancels through the store's guarded request_cancel like the real one."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.wakeups = 0
-
-    def submitted(self) -> None:
-        self.wakeups += 1
-
-    async def cancel(self, job_id: str):
-        job, _changed = await self.store.request_cancel(job_id)
-        return job
-
-
 class Server:
-    def __init__(self, client: TestClient, app: web.Application, share: Path) -> None:
-        self.client, self.app, self.share = client, app, share
+    def __init__(self, client: TestClient, share: Path) -> None:
+        self.client, self.share = client, share
+
+    @property
+    def app(self) -> web.Application:
+        return self.client.app
 
     @property
     def store(self) -> Store:
         return self.app[STORE_KEY]
 
     @property
-    def scheduler(self) -> FakeScheduler:
+    def scheduler(self) -> RecordingScheduler:
         return self.app[SCHEDULER_KEY]
 
     async def json(self, method: str, path: str, **kw: Any) -> Any:
@@ -58,22 +47,14 @@ class Server:
 
 
 async def start_server(tmp_path: Path, *, anonymous: bool = True, **settings: Any) -> Server:
+    """A started server (the caller closes `.client`); exports `seg` and `det` in the default file share."""
     share = tmp_path / "share"
     if not (share / "exports").exists():
         write_classified_tiles(share / "exports", n=2, name="seg")
         write_kitti(share / "exports", n=2, name="det")
-    config = load_config(overrides={"data_dir": str(tmp_path / "var"), "file_shares": {"default": str(share)},
-                                    "devices": ["cpu"], "anonymous": anonymous, **settings}, env={})
-    store = await Store.open(config.database)
-    app = web.Application()
-    app[CONFIG_KEY] = config
-    app[STORE_KEY] = store
-    app[SCHEDULER_KEY] = FakeScheduler(store)
-    setup_web(app)
-    app.on_cleanup.append(lambda _app: store.close())
-    client = TestClient(TestServer(app))
-    await client.start_server()
-    return Server(client, app, share)
+    app = make_app(app_config(tmp_path, file_shares={"default": str(share)}, anonymous=anonymous, **settings),
+                   portal=False)
+    return Server(await start_app(app), share)
 
 
 @pytest.fixture()

@@ -6,7 +6,7 @@ import re
 
 import aiohttp
 
-from gpjobs.domain import Item, JobStatus, new_item_id
+from gpjobs.domain import Item, new_item_id
 from tests.unit.web.conftest import TASK, Server
 
 SERVICE = "/arcgis/rest/services/System/RasterAnalysisTools/GPServer"
@@ -88,7 +88,6 @@ async def test_submit_then_poll_then_results(server: Server) -> None:
     early = await server.json("GET", f"{job_url}/results/out_item", params={"f": "json"})
     assert early["error"]["code"] == 400
 
-    await server.store.transition(sub["jobId"], JobStatus.EXECUTING, sources=[JobStatus.EXECUTING])
     claimed_item = Item(id=new_item_id(), owner="anonymous", title="m1", name="m1.dlpk", path="/x", job_id=sub["jobId"])
     await server.store.publish_job(sub["jobId"], result={"id": claimed_item.id}, item=claimed_item)
     done = await server.json("GET", job_url, params={"f": "json"})
@@ -154,7 +153,7 @@ async def test_pretrained_item_must_be_readable(server: Server) -> None:
     item = await run_to_success(server, sub["jobId"])
     ok = await server.submit(output_name="m2", pretrained_model=f'{{"itemId": "{item.id}"}}')
     stored = await server.store.get_job(ok["jobId"])
-    assert stored.spec["pretrained_model"] == item.path
+    assert stored.spec["pretrained"]["path"] == item.path
     missing = await server.submit(output_name="m3", pretrained_model='{"itemId": "' + "a" * 32 + '"}')
     assert "does not exist or is not accessible" in " ".join(missing["error"]["details"])
 
@@ -204,11 +203,10 @@ async def test_execute_points_to_submit_job(server: Server) -> None:
     assert "submitJob" in body["error"]["message"]
 
 
-async def test_gpu_request_on_a_cpu_server_is_warned_at_submit(server: Server) -> None:
+async def test_gpu_request_on_a_cpu_server_is_refused_at_submit(server: Server) -> None:
     sub = await server.submit(context='{"processorType": "GPU"}')
-    body = await server.json("GET", f"{TASK}/jobs/{sub['jobId']}", params={"f": "json"})
-    assert body["messages"][0]["description"] == "Submitted."
-    assert body["messages"][1]["type"] == "esriJobMessageTypeWarning" and "GPU" in body["messages"][1]["description"]
+    assert "jobId" not in sub and "no GPU slot" in " ".join(sub["error"]["details"])
+    assert "jobId" in await server.submit(context='{"processorType": "CPU"}')
 
 
 async def test_internal_errors_reach_no_client(server: Server, monkeypatch) -> None:

@@ -43,7 +43,7 @@ async def test_html_submit_redirects_to_a_refreshing_job_page(server: Server) ->
     await server.store.claim_next_job("cpu", "b")
     await server.store.record_progress(job_id, progress=37.0)
     page = await html(server, location)
-    assert '<progress max="100" value="37' in page
+    assert 'role="progressbar"' in page and 'aria-valuenow="37' in page and "width: 37.0%" in page
 
 
 async def test_succeeded_job_page_links_the_package_and_stops_refreshing(server: Server) -> None:

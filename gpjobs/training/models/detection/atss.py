@@ -21,7 +21,7 @@ from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from gpjobs.training.backbones import build_backbone
 from gpjobs.training.models.detection.common import DetectionFamily
-from gpjobs.training.models.detection.dense import PRIOR, DenseDetector, flatten_levels, tower
+from gpjobs.training.models.detection.dense import DECODER_SPEC, PRIOR, DenseDetector, flatten_levels, tower
 
 BOX_CODER = BoxCoder(weights=(10.0, 10.0, 5.0, 5.0))
 
@@ -92,6 +92,11 @@ class ATSSFamily(DetectionFamily):
 
     emd_model_configuration = "_model_extension_inferencing"
     detect_thresh = 0.2
+
+    def deployable(self, model: nn.Module) -> nn.Module:
+        from gpjobs.training.models.detection.deploy import CandidateDetections
+
+        return CandidateDetections(model, DECODER_SPEC)
 
     def build(self) -> nn.Module:
         body = build_backbone(self.backbone, self.in_channels, weights=self.weights, say=self.say)

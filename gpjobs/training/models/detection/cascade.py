@@ -132,6 +132,11 @@ def build_cascade_rcnn(body: nn.Module, num_classes: int, chip: int, bands: int,
 class CascadeRCNNFamily(FasterRCNNFamily):
     """Only reachable as MMDETECTION model=cascade_rcnn (mmdet.py gives it MMDetection's `.emd` identity)."""
 
+    def deployable(self, model: nn.Module) -> nn.Module:
+        from gpjobs.training.models.detection.deploy import CascadeNetwork
+
+        return CascadeNetwork(model, tuple(int(v) for v in self.info.chip_size))
+
     def build(self) -> nn.Module:
         body = build_backbone(self.backbone, self.in_channels, weights=self.weights, say=self.say)
         return build_cascade_rcnn(body, self.num_classes, self.chip, self.in_channels, self.args)

@@ -59,9 +59,10 @@ class DetectionFamily(ModelFamily):
     """Base of the detector families; subclasses implement `build()` and set the `.emd` identity."""
 
     emd_model_type = "ObjectDetection"
+    inference_function = "GpjobsObjectDetector.py"
     default_monitor = "valid_loss"
     detect_thresh = 0.2  # arcgis' per-model score threshold for its AP (models.md §1C)
-    default_clip_grad_norm = 10.0  # the engine clips each step's gradient norm (see Trainer.clip_norm)
+    default_clip_grad_norm = 10.0  # the engine clips each step's gradient norm (see engine.schedule.clip_norm)
     uses_masks = False
 
     def __init__(self, *a: Any, **kw: Any) -> None:
@@ -157,6 +158,12 @@ class DetectionFamily(ModelFamily):
         return out
 
     # --- package ---
+
+    def inference_spec(self, network: nn.Module) -> dict[str, Any]:
+        """Boxes (or instance masks) from the deployable network's outputs: `network.spec()` or the dense decoder."""
+        decoder = network.spec() if hasattr(network, "spec") else {}
+        return {"output": "instances" if self.uses_masks else "boxes",
+                "index_values": [int(c.value) for c in self.info.classes], **decoder}
 
     def model_parameters(self) -> dict[str, Any]:
         return {**super().model_parameters(), **self.extra_parameters()}

@@ -26,6 +26,9 @@ class DarknetResidual(nn.Module):
         super().__init__()
         self.reduce = conv_bn(channels, channels // 2, 1)
         self.expand = conv_bn(channels // 2, channels, 3)
+        # Each block starts as the identity: a randomly initialised 53-layer body then trains like a shallow
+        # one (zero-initialised residual branches, Goyal et al. 2017); loaded weights overwrite this.
+        nn.init.zeros_(self.expand.bn.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.expand(self.reduce(x))
@@ -34,7 +37,7 @@ class DarknetResidual(nn.Module):
 BLOCKS = (1, 2, 8, 8, 4)
 
 
-def darknet53_stages(in_channels: int = 3) -> "OrderedDict[str, nn.Module]":
+def darknet53_stages(in_channels: int = 3) -> OrderedDict[str, nn.Module]:
     """Darknet-53 as five stages (64, 128, 256, 512, 1024 channels at strides 2, 4, 8, 16, 32)."""
     stages: OrderedDict[str, nn.Module] = OrderedDict()
     channels = 32
@@ -47,14 +50,13 @@ def darknet53_stages(in_channels: int = 3) -> "OrderedDict[str, nn.Module]":
     return stages
 
 
-
 def darknet53_features(in_channels: int = 3, *, weights=None, say=None):
     """The Darknet-53 FeatureBackbone for `backbones.build_backbone('DARKNET53', ...)`.
 
     Local `darknet53.pth` weights (a state dict of this 3-band module) load through the WeightsPolicy; for
     another band count the first conv is then rebuilt from the RGB filters, as for torchvision backbones.
     """
-    from gpjobs.training.backbones import FeatureBackbone, _adapt_conv
+    from gpjobs.training.feature_backbone import FeatureBackbone, adapt_first_conv
 
     stages = darknet53_stages(3)
     pretrained = False
@@ -62,7 +64,7 @@ def darknet53_features(in_channels: int = 3, *, weights=None, say=None):
         probe = nn.ModuleDict(stages)  # same key names as the stages of the FeatureBackbone
         pretrained = weights.load_into("DARKNET53", _StagesModule(probe), say)
     stem = stages["stage1"][0]
-    stem.conv, adapted = _adapt_conv(stem.conv, in_channels, pretrained)
+    stem.conv, adapted = adapt_first_conv(stem.conv, in_channels, pretrained)
     if adapted and say is not None:
         say("info", f"DARKNET53: first convolution rebuilt for {in_channels} bands")
     return FeatureBackbone("DARKNET53", stages, in_channels, "stages.stage1.0.conv", adapted)

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image
+from torchvision.ops import batched_nms, box_iou
 
 from gpjobs.training.models.detection.fpn_adapter import FeaturePyramid, group_norm
 
@@ -138,32 +138,47 @@ class DenseDetector(nn.Module, abc.ABC):
         return loss, self._detections(outputs, anchors, images.shape[-2:])
 
     def _detections(self, outputs: Any, anchors: list[torch.Tensor], size: Any) -> list[dict[str, torch.Tensor]]:
-        scores, boxes = self.scores_and_boxes(outputs, torch.cat(anchors))
-        sizes = [a.shape[0] for a in anchors]
-        return [self._postprocess(s.split(sizes), b.split(sizes), size) for s, b in zip(scores, boxes)]
+        boxes, scores, labels = self._candidates(outputs, anchors, size)
+        found = []
+        for b, s, lab in zip(boxes, scores, labels):
+            keep = s > SCORE_THRESH
+            b, s, lab = b[keep], s[keep], lab[keep] + 1
+            kept = batched_nms(b, s, lab, NMS_THRESH)[:MAX_DETECTIONS]
+            found.append({"boxes": b[kept], "scores": s[kept], "labels": lab[kept]})
+        return found
 
-    @staticmethod
-    def _postprocess(scores: tuple[torch.Tensor, ...], boxes: tuple[torch.Tensor, ...],
-                     size: Any) -> dict[str, torch.Tensor]:
-        kept_boxes, kept_scores, kept_labels = [], [], []
-        for level_scores, level_boxes in zip(scores, boxes):  # [N, K], [N, 4]
-            k = level_scores.shape[1]
-            flat = level_scores.flatten()
-            # top-k first, threshold after: k then depends on shapes only, so a traced module keeps it right
-            top, index = flat.topk(min(TOP_K, flat.numel()))
-            index = index[top > SCORE_THRESH]
-            kept_scores.append(flat[index])
-            kept_boxes.append(level_boxes[index // k])
-            kept_labels.append(index % k + 1)
-        boxes_ = clip_boxes_to_image(torch.cat(kept_boxes), (int(size[0]), int(size[1])))
-        scores_, labels_ = torch.cat(kept_scores), torch.cat(kept_labels)
-        keep = batched_nms(boxes_, scores_, labels_, NMS_THRESH)[:MAX_DETECTIONS]
-        return {"boxes": boxes_[keep], "scores": scores_[keep], "labels": labels_[keep]}
+    def _candidates(self, outputs: Any, anchors: list[torch.Tensor],
+                    size: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per level the TOP_K best (cell, class) scores, before the score threshold and NMS: boxes [B, N, 4]
+        clipped to the image, scores [B, N], labels [B, N] 0..K-1 (top-k first: k depends on shapes only, so
+        a traced network keeps it right)."""
+        scores, boxes = self.scores_and_boxes(outputs, torch.cat(anchors))
+        h, w = int(size[0]), int(size[1])
+        kept_boxes, kept_scores, kept_labels, start = [], [], [], 0
+        for level in anchors:
+            n = level.shape[0]
+            level_scores, level_boxes = scores[:, start:start + n], boxes[:, start:start + n]  # [B, n, K], [B, n, 4]
+            start += n
+            k = level_scores.shape[2]
+            top, index = level_scores.flatten(1).topk(min(TOP_K, n * k), dim=1)
+            cell = torch.div(index, k, rounding_mode="floor")
+            kept_boxes.append(torch.gather(level_boxes, 1, cell[..., None].expand(-1, -1, 4)))
+            kept_scores.append(top)
+            kept_labels.append(index % k)
+        picked = torch.cat(kept_boxes, 1)
+        clipped = torch.stack([picked[..., 0].clamp(0, w), picked[..., 1].clamp(0, h),
+                               picked[..., 2].clamp(0, w), picked[..., 3].clamp(0, h)], -1)
+        return clipped, torch.cat(kept_scores, 1), torch.cat(kept_labels, 1)
 
     def forward(self, images: torch.Tensor):
-        """Eval: (boxes, scores, labels) of the batch's detections, for TorchScript export."""
+        """Train mode: the head's outputs. Eval: the batch's candidates (`_candidates`), what the package's
+        traced network gives its PRF."""
+        outputs, anchors = self.run(images)
         if self.training:
-            return self.run(images)[0]
-        found = self.detect(images)
-        return (torch.cat([d["boxes"] for d in found]), torch.cat([d["scores"] for d in found]),
-                torch.cat([d["labels"] for d in found]))
+            return outputs
+        return self._candidates(outputs, anchors, images.shape[-2:])
+
+
+# what the PRF's dense decoder does after the candidates, as _detections does
+DECODER_SPEC = {"decoder": "dense", "score_thresh": SCORE_THRESH, "nms_thresh": NMS_THRESH,
+                "max_detections": MAX_DETECTIONS}

@@ -33,6 +33,11 @@ class FCOSFamily(DetectionFamily):
     emd_model_configuration = "_model_extension_inferencing"
     detect_thresh = 0.2
 
+    def deployable(self, model: nn.Module) -> nn.Module:
+        from gpjobs.training.models.detection.deploy import FCOSNetwork
+
+        return FCOSNetwork(model, tuple(int(v) for v in self.info.chip_size))
+
     def build(self) -> nn.Module:
         body = build_backbone(self.backbone, self.in_channels, weights=self.weights, say=self.say)
         return build_fcos(body, self.num_classes, self.chip, self.in_channels)

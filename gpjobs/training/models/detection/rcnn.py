@@ -25,6 +25,11 @@ class FasterRCNNFamily(DetectionFamily):
     def extra_parameters(self) -> dict[str, Any]:
         return {"rcnn_kwargs": rcnn_kwargs(self.args)}
 
+    def deployable(self, model: nn.Module) -> nn.Module:
+        from gpjobs.training.models.detection.deploy import TwoStageNetwork
+
+        return TwoStageNetwork(model, tuple(int(v) for v in self.info.chip_size))
+
     def emd_fields(self, metrics: dict[str, Any]) -> dict[str, Any]:
         fields = super().emd_fields(metrics)
         fields.update({"DatasetType": self.info.format, "Kwargs": rcnn_kwargs(self.args)})

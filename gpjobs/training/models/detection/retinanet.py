@@ -15,6 +15,11 @@ class RetinaNetFamily(DetectionFamily):
     emd_model_configuration = "_RetinaNet_Inference"
     detect_thresh = 0.5  # arcgis' RetinaNet AP: average_precision_score(detect_thresh=0.5, iou_thresh=0.1)
 
+    def deployable(self, model: nn.Module) -> nn.Module:
+        from gpjobs.training.models.detection.deploy import RetinaNetNetwork
+
+        return RetinaNetNetwork(model, tuple(int(v) for v in self.info.chip_size))
+
     def build(self) -> nn.Module:
         body = build_backbone(self.backbone, self.in_channels, weights=self.weights, say=self.say)
         return build_retinanet(body, self.num_classes, self.chip, self.in_channels,

@@ -27,6 +27,16 @@ class SSDFamily(DetectionFamily):
     def grids(self) -> list[int]:
         return [int(g) for g in (self.args.get("grids") or [4])]
 
+    def deployable(self, model: nn.Module) -> nn.Module:
+        from gpjobs.training.models.detection.deploy import DenseDetections
+
+        return DenseDetections(model, "ssd")
+
+    def inference_spec(self, network: nn.Module) -> dict[str, Any]:
+        from gpjobs.training.models.detection.deploy import dense_spec
+
+        return {**super().inference_spec(network), **dense_spec("ssd")}
+
     def build(self) -> nn.Module:
         body = build_backbone(self.backbone, self.in_channels, weights=self.weights, say=self.say)
         factor = self.args.get("location_loss_factor")

@@ -22,7 +22,7 @@ from torchvision.ops import DeformConv2d, box_area, generalized_box_iou_loss
 
 from gpjobs.training.backbones import build_backbone
 from gpjobs.training.models.detection.common import DetectionFamily
-from gpjobs.training.models.detection.dense import PRIOR, DenseDetector, flatten_levels, tower
+from gpjobs.training.models.detection.dense import DECODER_SPEC, PRIOR, DenseDetector, flatten_levels, tower
 from gpjobs.training.models.detection.fpn_adapter import group_norm
 
 GRADIENT_MUL = 0.1  # share of the offsets' gradient that flows back into the initial boxes
@@ -133,6 +133,11 @@ class VFNetFamily(DetectionFamily):
 
     emd_model_configuration = "_model_extension_inferencing"
     detect_thresh = 0.2
+
+    def deployable(self, model: nn.Module) -> nn.Module:
+        from gpjobs.training.models.detection.deploy import CandidateDetections
+
+        return CandidateDetections(model, DECODER_SPEC)
 
     def build(self) -> nn.Module:
         body = build_backbone(self.backbone, self.in_channels, weights=self.weights, say=self.say)

@@ -1,29 +1,45 @@
 """YOLOv3 network (three-scale heads over a feature backbone), its loss and its box decoding.
 
-Follows the YOLOv3 paper as arcgis.learn's DeNA port does: 9 anchors, 3 per scale (strides 8, 16, 32, smallest
-anchors on the finest scale); each ground truth is assigned to the single anchor (of 9) whose shape fits it
-best, in the cell holding its centre. Loss = BCE(x, y) + MSE(w, h)/2 (both weighted by 2 - relative box area)
-+ BCE(objectness, ignoring predictions that already overlap a truth by IoU > 0.7) + BCE(classes).
+The network is YOLOv3's, as arcgis.learn's DeNA port builds it: 9 anchors, 3 per scale (strides 8, 16, 32,
+smallest anchors on the finest scale), five-convolution sets and upsampling laterals; the head normalises with
+GroupNorm (BatchNorm statistics over the few cells of a small chip's stride-32 map, batch after batch of a
+handful of chips, made the original head's training diverge).
+Training targets and loss are YOLOv5's, which learn from random weights within a few dozen steps where the
+YOLOv3 paper's (one anchor of 9 per truth, exp-decoded sizes, MSE/BCE coordinates) did not learn at all in
+the same budget (measured: Esri AP 0.0 -> 0.6-0.8 on the tiny detection test; issue #17):
+- every anchor whose shape is within 4x of a truth's takes it, in the truth's cell and its two nearest cells;
+- centres decode to (2 sigmoid - 0.5 + cell) x stride, sizes to (2 sigmoid)^2 x anchor (bounded);
+- loss = 0.05 (1 - CIoU) + 1.0 BCE(objectness, per-level weights 4, 1, 0.4) + 0.5 BCE(classes), each a mean.
 """
 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import batched_nms, box_iou
+from torchvision.ops import batched_nms
 
-from gpjobs.training.models.detection.darknet import conv_bn
+ANCHOR_RATIO = 4.0  # an anchor takes a box when neither side differs from it by this factor or more
+LEVEL_BALANCE = (4.0, 1.0, 0.4)  # objectness weight of strides 8, 16, 32 (fine levels have most negatives)
+GAINS = (0.05, 1.0, 0.5)  # box, objectness, class
 
-IGNORE_IOU = 0.7
+
+def conv_gn(in_ch: int, out_ch: int, kernel: int) -> nn.Sequential:
+    """The head's unit: conv (no bias) + GroupNorm (up to 32 groups) + LeakyReLU(0.1)."""
+    return nn.Sequential(OrderedDict(
+        conv=nn.Conv2d(in_ch, out_ch, kernel, 1, kernel // 2, bias=False),
+        norm=nn.GroupNorm(math.gcd(32, out_ch), out_ch),
+        act=nn.LeakyReLU(0.1, inplace=True),
+    ))
 
 
 def _conv_set(in_ch: int, mid: int) -> nn.Sequential:
     """The five alternating 1x1 / 3x3 convolutions before each YOLO output."""
-    return nn.Sequential(conv_bn(in_ch, mid, 1), conv_bn(mid, mid * 2, 3), conv_bn(mid * 2, mid, 1),
-                         conv_bn(mid, mid * 2, 3), conv_bn(mid * 2, mid, 1))
+    return nn.Sequential(conv_gn(in_ch, mid, 1), conv_gn(mid, mid * 2, 3), conv_gn(mid * 2, mid, 1),
+                         conv_gn(mid, mid * 2, 3), conv_gn(mid * 2, mid, 1))
 
 
 class YOLOv3Net(nn.Module):
@@ -40,13 +56,13 @@ class YOLOv3Net(nn.Module):
         n_out = 3 * (5 + num_classes)
         w5, w4, w3 = width, width // 2, width // 4
         self.set5 = _conv_set(c5, w5)
-        self.out5 = nn.Sequential(conv_bn(w5, w5 * 2, 3), nn.Conv2d(w5 * 2, n_out, 1))
-        self.lat5 = conv_bn(w5, w4, 1)
+        self.out5 = nn.Sequential(conv_gn(w5, w5 * 2, 3), nn.Conv2d(w5 * 2, n_out, 1))
+        self.lat5 = conv_gn(w5, w4, 1)
         self.set4 = _conv_set(c4 + w4, w4)
-        self.out4 = nn.Sequential(conv_bn(w4, w4 * 2, 3), nn.Conv2d(w4 * 2, n_out, 1))
-        self.lat4 = conv_bn(w4, w3, 1)
+        self.out4 = nn.Sequential(conv_gn(w4, w4 * 2, 3), nn.Conv2d(w4 * 2, n_out, 1))
+        self.lat4 = conv_gn(w4, w3, 1)
         self.set3 = _conv_set(c3 + w3, w3)
-        self.out3 = nn.Sequential(conv_bn(w3, w3 * 2, 3), nn.Conv2d(w3 * 2, n_out, 1))
+        self.out3 = nn.Sequential(conv_gn(w3, w3 * 2, 3), nn.Conv2d(w3 * 2, n_out, 1))
         ordered = sorted((float(w), float(h)) for w, h in anchors)
         ordered.sort(key=lambda wh: wh[0] * wh[1])
         self.register_buffer("anchors", torch.tensor(ordered, dtype=torch.float32))  # [9, 2] pixels
@@ -56,7 +72,7 @@ class YOLOv3Net(nn.Module):
             head[-1].bias.data.view(3, 5 + num_classes)[:, 4] = -4.0
 
     def losses(self, images: torch.Tensor, targets: list[dict]) -> torch.Tensor:
-        return yolo_loss(self.raw(images), targets, self.anchors, self.strides, tuple(images.shape[-2:]))
+        return yolo_loss(self.raw(images), targets, self.anchors, self.strides)
 
     def detect(self, images: torch.Tensor) -> list[dict]:
         return yolo_detect(self.raw(images), self.anchors, self.strides)
@@ -85,78 +101,85 @@ def _grid(h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Ten
 
 
 def decode_boxes(raw: torch.Tensor, anchors: torch.Tensor, stride: int) -> torch.Tensor:
-    """Boxes [B, 3, H, W, 4] xyxy in pixels from one scale's raw output and its 3 anchors."""
+    """Boxes [B, 3, H, W, 4] xyxy in pixels from one scale's raw output and its 3 anchors: the centre lies
+    within half a cell around its own cell, the size within 0..4x its anchor (bounded, unlike exp)."""
     gx, gy = _grid(raw.shape[-2], raw.shape[-1], raw.device)
-    cx = (torch.sigmoid(raw[:, :, 0]) + gx) * stride
-    cy = (torch.sigmoid(raw[:, :, 1]) + gy) * stride
-    bw = torch.exp(raw[:, :, 2].clamp(max=8.0)) * anchors[:, 0].view(1, 3, 1, 1)
-    bh = torch.exp(raw[:, :, 3].clamp(max=8.0)) * anchors[:, 1].view(1, 3, 1, 1)
+    cx = (torch.sigmoid(raw[:, :, 0]) * 2 - 0.5 + gx) * stride
+    cy = (torch.sigmoid(raw[:, :, 1]) * 2 - 0.5 + gy) * stride
+    bw = (torch.sigmoid(raw[:, :, 2]) * 2) ** 2 * anchors[:, 0].view(1, 3, 1, 1)
+    bh = (torch.sigmoid(raw[:, :, 3]) * 2) ** 2 * anchors[:, 1].view(1, 3, 1, 1)
     return torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], dim=-1)
 
 
-def _wh_iou(wh: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
-    inter = torch.min(wh[:, None, 0], anchors[None, :, 0]) * torch.min(wh[:, None, 1], anchors[None, :, 1])
-    return inter / (wh[:, 0:1] * wh[:, 1:2] + (anchors[:, 0] * anchors[:, 1])[None] - inter).clamp(min=1e-9)
+def _ciou(pred: torch.Tensor, truth: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Complete IoU of matched xyxy box pairs [N, 4]: IoU minus the centre-distance and aspect-ratio penalties."""
+    iw = (torch.min(pred[:, 2], truth[:, 2]) - torch.max(pred[:, 0], truth[:, 0])).clamp(min=0)
+    ih = (torch.min(pred[:, 3], truth[:, 3]) - torch.max(pred[:, 1], truth[:, 1])).clamp(min=0)
+    inter = iw * ih
+    w1, h1 = pred[:, 2] - pred[:, 0], pred[:, 3] - pred[:, 1] + eps
+    w2, h2 = truth[:, 2] - truth[:, 0], truth[:, 3] - truth[:, 1] + eps
+    iou = inter / (w1 * h1 + w2 * h2 - inter + eps)
+    hull_w = torch.max(pred[:, 2], truth[:, 2]) - torch.min(pred[:, 0], truth[:, 0])
+    hull_h = torch.max(pred[:, 3], truth[:, 3]) - torch.min(pred[:, 1], truth[:, 1])
+    centre = ((truth[:, 0] + truth[:, 2] - pred[:, 0] - pred[:, 2]) ** 2
+              + (truth[:, 1] + truth[:, 3] - pred[:, 1] - pred[:, 3]) ** 2) / 4
+    v = (4 / math.pi ** 2) * (torch.atan(w2 / h2) - torch.atan(w1 / h1)) ** 2
+    with torch.no_grad():
+        alpha = v / (v - iou + 1 + eps)
+    return iou - centre / (hull_w ** 2 + hull_h ** 2 + eps) - alpha * v
+
+
+def _assign(gt: torch.Tensor, level_anchors: torch.Tensor, stride: int, h: int, w: int) -> tuple[torch.Tensor, ...]:
+    """Positives of one level: (truth row, anchor 0..2, cell y, cell x) for every anchor whose shape fits the
+    box (neither side off by ANCHOR_RATIO or more), in the cell of the box centre and its two nearest
+    neighbour cells (the decoded centre reaches half a cell beyond its own). gt: [G, 6] (image, class, xyxy)."""
+    wh = torch.stack([gt[:, 4] - gt[:, 2], gt[:, 5] - gt[:, 3]], 1).clamp(min=1e-3)
+    ratio = wh[:, None, :] / level_anchors[None]
+    truth, anchor = (torch.max(ratio, 1 / ratio).max(2).values < ANCHOR_RATIO).nonzero(as_tuple=True)
+    centre = torch.stack([gt[truth, 2] + gt[truth, 4], gt[truth, 3] + gt[truth, 5]], 1) / (2 * stride)
+    frac = centre % 1
+    shifts = [(torch.ones_like(frac[:, 0], dtype=torch.bool), 0, 0),
+              ((frac[:, 0] < 0.5) & (centre[:, 0] > 1), -1, 0), ((frac[:, 0] > 0.5) & (centre[:, 0] < w - 1), 1, 0),
+              ((frac[:, 1] < 0.5) & (centre[:, 1] > 1), 0, -1), ((frac[:, 1] > 0.5) & (centre[:, 1] < h - 1), 0, 1)]
+    rows, anchors, cy, cx = [], [], [], []
+    for keep, dx, dy in shifts:
+        rows.append(truth[keep])
+        anchors.append(anchor[keep])
+        cx.append((centre[keep, 0].floor().long() + dx).clamp(0, w - 1))
+        cy.append((centre[keep, 1].floor().long() + dy).clamp(0, h - 1))
+    return torch.cat(rows), torch.cat(anchors), torch.cat(cy), torch.cat(cx)
 
 
 def yolo_loss(outputs: tuple[torch.Tensor, ...], targets: list[dict], anchors: torch.Tensor,
-              strides: tuple[int, ...], image_size: tuple[int, int]) -> torch.Tensor:
-    """YOLOv3 loss summed over scales and divided by the batch size. Labels in targets are 1..C."""
+              strides: tuple[int, ...]) -> torch.Tensor:
+    """The loss of a batch (labels in targets are 1..C): per level, 1 - CIoU of the positives' decoded boxes,
+    BCE of objectness over every prediction (target 1 at positives) weighted by LEVEL_BALANCE, BCE of the
+    positives' classes; each a mean, weighted by the GAINS and scaled by the batch size."""
+    device = outputs[0].device
     batch = outputs[0].shape[0]
-    img_h, img_w = image_size
-    total = outputs[0].new_zeros(())
-    gt_boxes = [t["boxes"].to(outputs[0].device, torch.float32) for t in targets]
-    gt_labels = [t["labels"].to(outputs[0].device) for t in targets]
-    best_anchor = [
-        _wh_iou(torch.stack([b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], 1).clamp(min=1e-3), anchors).argmax(1)
-        if len(b) else b.new_zeros(0, dtype=torch.long) for b in gt_boxes]
+    rows = [torch.cat([torch.full((len(t["boxes"]), 1), float(b), device=device),
+                       t["labels"].to(device, torch.float32).view(-1, 1) - 1,
+                       t["boxes"].to(device, torch.float32).view(-1, 4)], 1) for b, t in enumerate(targets)]
+    gt = torch.cat(rows) if rows else torch.zeros(0, 6, device=device)
+    box_loss, obj_loss, cls_loss = (outputs[0].new_zeros(()) for _ in range(3))
     for level, (raw, stride) in enumerate(zip(outputs, strides)):
         level_anchors = anchors[3 * level:3 * level + 3]
         _, _, n_attr, h, w = raw.shape
-        n_cls = n_attr - 5
-        with torch.no_grad():
-            pred_boxes = decode_boxes(raw.detach(), level_anchors, stride)
-        obj_target = torch.zeros(batch, 3, h, w, device=raw.device)
-        obj_weight = torch.ones(batch, 3, h, w, device=raw.device)
-        xy_t, wh_t, scale_t, cls_t, index = [], [], [], [], []
-        for b in range(batch):
-            boxes = gt_boxes[b]
-            if len(boxes) == 0:
-                continue
-            ious = box_iou(pred_boxes[b].reshape(-1, 4), boxes).max(1).values.view(3, h, w)
-            obj_weight[b][ious > IGNORE_IOU] = 0.0  # already good predictions are not pushed to "no object"
-            here = (best_anchor[b] >= 3 * level) & (best_anchor[b] < 3 * level + 3)
-            if not bool(here.any()):
-                continue
-            sel = boxes[here]
-            a = best_anchor[b][here] - 3 * level
-            cx = (sel[:, 0] + sel[:, 2]) / 2 / stride
-            cy = (sel[:, 1] + sel[:, 3]) / 2 / stride
-            gi = cx.long().clamp(0, w - 1)
-            gj = cy.long().clamp(0, h - 1)
-            bw = (sel[:, 2] - sel[:, 0]).clamp(min=1e-3)
-            bh = (sel[:, 3] - sel[:, 1]).clamp(min=1e-3)
-            obj_target[b, a, gj, gi] = 1.0
-            obj_weight[b, a, gj, gi] = 1.0
-            index.append(torch.stack([torch.full_like(a, b), a, gj, gi], 1))
-            xy_t.append(torch.stack([cx - gi.float(), cy - gj.float()], 1).clamp(0, 1))
-            wh_t.append(torch.stack([torch.log(bw / level_anchors[a, 0]), torch.log(bh / level_anchors[a, 1])], 1))
-            scale_t.append(2.0 - (bw * bh) / (img_w * img_h))
-            one_hot = torch.zeros(len(sel), n_cls, device=raw.device)
-            one_hot[torch.arange(len(sel)), (gt_labels[b][here] - 1).clamp(0, n_cls - 1)] = 1.0
-            cls_t.append(one_hot)
-        obj_logits = raw[:, :, 4]
-        total = total + F.binary_cross_entropy_with_logits(obj_logits, obj_target, weight=obj_weight,
-                                                           reduction="sum")
-        if index:
-            idx = torch.cat(index)
-            picked = raw[idx[:, 0], idx[:, 1], :, idx[:, 2], idx[:, 3]]  # [N, 5 + C]
-            scale = torch.cat(scale_t)[:, None]
-            total = total + F.binary_cross_entropy_with_logits(
-                picked[:, :2], torch.cat(xy_t), weight=scale * scale, reduction="sum")
-            total = total + 0.5 * ((picked[:, 2:4] - torch.cat(wh_t)) ** 2 * scale * scale).sum()
-            total = total + F.binary_cross_entropy_with_logits(picked[:, 5:], torch.cat(cls_t), reduction="sum")
-    return total / batch
+        obj_target = torch.zeros_like(raw[:, :, 4])
+        truth, a, gy, gx = _assign(gt, level_anchors, stride, h, w)
+        if len(truth):
+            image = gt[truth, 0].long()
+            picked = raw[image, a, :, gy, gx]  # [N, 5 + C]
+            xy = (torch.sigmoid(picked[:, :2]) * 2 - 0.5 + torch.stack([gx, gy], 1).to(raw.dtype)) * stride
+            wh = (torch.sigmoid(picked[:, 2:4]) * 2) ** 2 * level_anchors[a]
+            box_loss = box_loss + (1.0 - _ciou(torch.cat([xy - wh / 2, xy + wh / 2], 1), gt[truth, 2:])).mean()
+            obj_target[image, a, gy, gx] = 1.0
+            classes = torch.zeros_like(picked[:, 5:])
+            classes[torch.arange(len(truth), device=device), gt[truth, 1].long().clamp(0, n_attr - 6)] = 1.0
+            cls_loss = cls_loss + F.binary_cross_entropy_with_logits(picked[:, 5:], classes)
+        obj_loss = obj_loss + LEVEL_BALANCE[level] * F.binary_cross_entropy_with_logits(raw[:, :, 4], obj_target)
+    box_gain, obj_gain, cls_gain = GAINS
+    return (box_gain * box_loss + obj_gain * obj_loss + cls_gain * cls_loss) * batch
 
 
 def yolo_detect(outputs: tuple[torch.Tensor, ...], anchors: torch.Tensor, strides: tuple[int, ...], *,
@@ -185,5 +208,5 @@ def check_chip_multiple(chip: int) -> None:
     """YOLOv3 needs chips that are a multiple of 32 (its coarsest stride)."""
     if chip % 32:
         raise ValueError(f"YOLOV3 needs a chip size that is a multiple of 32, got {chip}; "
-                         f"pass chip_size {max(32, int(math.floor(chip / 32)) * 32)} or "
-                         f"{int(math.ceil(chip / 32)) * 32} in arguments")
+                         f"pass chip_size {max(32, math.floor(chip / 32) * 32)} or "
+                         f"{math.ceil(chip / 32) * 32} in arguments")

@@ -1,4 +1,4 @@
-"""YOLOV3: Darknet-53 + three-scale YOLO heads, anchors from k-means over the training boxes."""
+"""YOLOV3: Darknet-53 + three-scale YOLO heads, anchors from k-means over the training boxes (yolo_net.py)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from gpjobs.training.models.detection.yolo_net import YOLOv3Net, check_chip_mult
 
 
 class YOLOv3Family(DetectionFamily):
-    # YOLO's early gradient norms are ~5e4 (BatchNorm on 1x1 maps at stride 32): clipping at the detectors'
-    # default of 10 freezes it. Off unless the clip_grad_norm argument asks for it.
+    # Off unless the clip_grad_norm argument asks for it: YOLO learns without it (its early gradient norms are
+    # 50-160 with the GroupNorm head, ~5e4 with the former BatchNorm one; the detectors' default clips at 10).
     default_clip_grad_norm = 0.0
     emd_model_configuration = "_yolov3_inference"
     detect_thresh = 0.1  # arcgis' YOLOv3 AP: average_precision_score(detect_thresh=0.1, iou_thresh=0.1)
@@ -45,6 +45,16 @@ class YOLOv3Family(DetectionFamily):
     def anchors(self) -> list[list[float]]:
         # Without data (rebuilding a package) any 9 anchors do: the saved state dict carries the real ones.
         return self.args.get("anchors") or yolo_anchors([], fallback_chip=self.chip)
+
+    def deployable(self, model: nn.Module) -> nn.Module:
+        from gpjobs.training.models.detection.deploy import DenseDetections
+
+        return DenseDetections(model, "yolo")
+
+    def inference_spec(self, network: nn.Module) -> dict[str, Any]:
+        from gpjobs.training.models.detection.deploy import dense_spec
+
+        return {**super().inference_spec(network), **dense_spec("yolo")}
 
     def build(self) -> nn.Module:
         if self.args.get("pretrained_backbone") is False and self.weights.skip_reason is None:

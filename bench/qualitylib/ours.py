@@ -1,0 +1,33 @@
+"""Our side: `gpjobs train` with the task's defaults, in its own process, timed from after the imports.
+
+    python bench/qualitylib/ours.py -- <gpjobs train flags...>
+
+Prints one JSON line {"code", "wall"} on stdout (the command's own --json result goes there too);
+the command's messages (LR finder, epochs) go to stderr, which the bench keeps as the run's log.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+import gpjobs.cli
+import gpjobs.training.run_job  # torch and the training code: imports are not the job
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    started = time.perf_counter()
+    code = gpjobs.cli.main(["train", *argv])
+    print(json.dumps({"code": code, "wall": time.perf_counter() - started}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

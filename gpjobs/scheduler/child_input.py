@@ -1,0 +1,112 @@
+"""Building a training child's input: the JobSpec file it reads, written into the job's work folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from gpjobs.config import Config
+from gpjobs.domain import Job
+from gpjobs.store import Store
+from gpjobs.tasks.train import TrainingRequest
+from gpjobs.training.protocol import ChildRuntime, JobSpec
+
+GPU_MAX_WORKERS = 8  # a GPU slot: the CPU's whole job is to feed the device
+CPU_MAX_WORKERS = 4  # a CPU slot: decoding in parallel helps until the trainer's own threads want the cores
+
+
+@dataclass(frozen=True)
+class CpuSplit:
+    """How a job's slot spends its CPU share: trainer threads and data loader worker processes."""
+
+    cpus: int  # the slot's share of this machine's CPUs
+    threads: int  # torch threads in the training process
+    workers: int  # loader worker processes for this job
+    source: str  # what decided `workers`: "auto", "loader_workers setting" or "num_workers argument"
+
+
+def slot_cpus(slots: int, cpus: int | None = None) -> int:
+    """The CPUs one of `slots` slots may count on (this process' CPU affinity shared evenly)."""
+    total = cpus if cpus is not None else len(os.sched_getaffinity(0))
+    return max(1, total // max(1, slots))
+
+
+def auto_loader_workers(device: str, share: int, threads: int) -> int:
+    """`loader_workers = "auto"`: on a GPU slot every core but the trainer's feeds the device (at most
+    GPU_MAX_WORKERS); on a CPU slot the cores the trainer's threads leave free decode (at most CPU_MAX_WORKERS)."""
+    if device.startswith("cuda"):
+        return min(GPU_MAX_WORKERS, max(1, share - 1))
+    return min(CPU_MAX_WORKERS, max(0, share - max(1, threads)))
+
+
+def cpu_split(config: Config, device: str, request: TrainingRequest, cpus: int | None = None) -> CpuSplit:
+    """The split a job runs with: its num_workers argument, else the server's loader_workers setting."""
+    share = slot_cpus(len(config.devices), cpus)
+    threads = config.child_threads
+    given = request.given_arguments.get("num_workers")
+    if given is not None:
+        return CpuSplit(share, threads, int(given), "num_workers argument")
+    if config.loader_workers == "auto":
+        return CpuSplit(share, threads, auto_loader_workers(device, share, threads), "auto")
+    return CpuSplit(share, threads, int(config.loader_workers), "loader_workers setting")
+
+
+class BadJob(Exception):
+    """The job cannot even start (e.g. its pretrained item is gone): Failed without retry."""
+
+
+def work_dir(config: Config, job_id: str) -> Path:
+    """A job's work folder: its spec, checkpoints, logs and scratch (job ids are validated: no user path)."""
+    assert config.jobs_dir is not None
+    return config.jobs_dir / job_id
+
+
+class ChildInput:
+    """What one attempt's child is given: the spec file (the device travels in its environment, see child.py)."""
+
+    def __init__(self, store: Store, config: Config, job: Job, device: str) -> None:
+        self.store = store
+        self.config = config
+        self.job = job
+        self.device = device
+        self.split: CpuSplit | None = None  # known once the spec is written
+
+    @property
+    def job_id(self) -> str:
+        return self.job.job_id
+
+    @property
+    def work_dir(self) -> Path:
+        return work_dir(self.config, self.job.job_id)
+
+    async def write_spec(self) -> Path:
+        """Write <work_dir>/spec.json atomically and return its path; BadJob when the job cannot run.
+
+        The spec is the job's stored request, unchanged, and how this attempt runs it."""
+        try:
+            request = TrainingRequest.from_json_dict(self.job.spec)
+        except ValueError as exc:
+            raise BadJob(f"This job cannot run on this server version: {exc}. Submit it again.") from None
+        pretrained = request.pretrained
+        if pretrained is not None and pretrained.item_id:
+            item = await self.store.get_item(pretrained.item_id)  # the item may be gone or replaced since submit
+            if item is None or not Path(item.path).is_file():
+                raise BadJob(f"pretrained_model: item {pretrained.item_id} no longer exists; "
+                             "submit again with an existing model item")
+            request = request.replace(pretrained=dataclasses.replace(pretrained, path=item.path))
+        self.split = cpu_split(self.config, self.device, request)
+        runtime = ChildRuntime(
+            device="cuda:0" if self.device.startswith("cuda:") else "cpu",  # CUDA_VISIBLE_DEVICES masks the rest
+            weights_dir=str(self.config.weights_dir) if self.config.weights_dir else None,
+            missing_weights=self.config.missing_weights, num_threads=self.config.child_threads, resume=True,
+            loader_workers=self.split.workers,
+            heartbeat_seconds=max(0.5, min(5.0, self.config.heartbeat_timeout_s / 4)))
+        spec = JobSpec(job_id=self.job_id, work_dir=str(self.work_dir), request=request, runtime=runtime)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        path = self.work_dir / "spec.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(spec.to_json(), encoding="utf-8")
+        tmp.replace(path)
+        return path

@@ -1,0 +1,29 @@
+"""What trains how fast: the backbone's policy (frozen or not, its share of the learning rate)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class BackbonePolicy:
+    """How the backbone trains: frozen or not, its learning rate as a share of the head's, and why."""
+
+    frozen: bool
+    lr_factor: float
+    reason: str = ""
+
+
+def backbone_policy(backbone: str, *, pretrained: bool, freeze_model: bool) -> BackbonePolicy:
+    """Esri's semantics for a pretrained backbone (frozen when freeze_model=true; discriminative learning rate,
+    backbone at lr/10); a backbone without pretrained weights is never frozen and trains at the full rate:
+    fixed random features learn nothing, and a tenth of the rate only slows the part that must learn most."""
+    if not pretrained:
+        ignored = "freeze_model=true is ignored: " if freeze_model else ""
+        return BackbonePolicy(False, 1.0, f"{ignored}the {backbone} backbone has no pretrained weights, so it is "
+                                          "trained whole at the full learning rate")
+    if freeze_model:
+        return BackbonePolicy(True, 0.1, f"freeze_model=true: the pretrained {backbone} backbone stays frozen "
+                                         "(its BatchNorm layers train, at a tenth of the learning rate)")
+    return BackbonePolicy(False, 0.1, f"freeze_model=false: the pretrained {backbone} backbone is trained whole, "
+                                      "at a tenth of the learning rate")

@@ -1,0 +1,67 @@
+"""Where a fit runs: device, mixed precision, data loaders and the per-epoch seeding that makes resume exact."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from gpjobs.training.engine.config import FitConfig
+from gpjobs.training.models.base import ModelFamily
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def seed_epoch(seed: int, epoch: int, loader: Any) -> None:
+    """Reseed every RNG (and the loader's shuffling generators) from (seed, epoch): an epoch trains the same
+    whether the run got there straight or resumed from a checkpoint."""
+    epoch_seed = seed * 1000 + epoch
+    seed_everything(epoch_seed)
+    for generator in (getattr(loader, "generator", None), getattr(getattr(loader, "sampler", None), "generator", None)):
+        if isinstance(generator, torch.Generator):
+            generator.manual_seed(epoch_seed)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The device and the precision the fit computes in."""
+
+    device: torch.device
+    use_amp: bool
+    amp_dtype: torch.dtype
+    sync_every: int  # batches between host syncs of the losses (each sync stalls a CUDA stream)
+
+    @classmethod
+    def for_config(cls, config: FitConfig) -> Runtime:
+        device = torch.device(config.device)
+        use_amp = device.type == "cuda" and config.mixed_precision
+        amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+        return cls(device, use_amp, amp_dtype, 1 if device.type == "cpu" else 25)
+
+    def autocast(self):
+        if self.use_amp:
+            return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+        return contextlib.nullcontext()
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """Loss scaling for float16 autocast (bfloat16 and float32 need none: the scaler is then a no-op)."""
+        return torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+
+    def describe(self) -> str:
+        return f"{self.device}" + (f" with {str(self.amp_dtype).split('.')[-1]} autocast" if self.use_amp else "")
+
+
+def make_loaders(family: ModelFamily, data: Any, config: FitConfig, runtime: Runtime) -> tuple[Any, Any]:
+    """(train, valid) loaders; a family may supply its own training loader (e.g. oversampling)."""
+    pin = runtime.device.type == "cuda"
+    train, valid = data.loaders(config.batch_size, num_workers=config.num_workers, pin_memory=pin)
+    custom = family.train_loader(data, config.batch_size, num_workers=config.num_workers, pin_memory=pin)
+    return (custom or train), valid

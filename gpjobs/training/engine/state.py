@@ -1,0 +1,114 @@
+"""The training state: everything a run has learnt about itself, and the checkpoint that carries it.
+
+`TrainState` is written to the checkpoint and read back from it in one place (`checkpoint` / `resume`), with
+the weights, the stepper's optimizers/schedules/scaler and the RNG states beside it: a resumed run continues
+exactly where the interrupted one stopped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from gpjobs.training.checkpoint import cpu_state_dict, rng_state, set_rng_state
+from gpjobs.training.engine.config import FitResult
+
+CHECKPOINT_VERSION = 2  # bumped when the keys change: an older checkpoint is then not resumed
+
+
+@dataclass
+class TrainState:
+    monitor: str  # what early stopping and the best epoch follow
+    lr: float  # the peak learning rate of the run
+    lr_how: str = ""  # how it was chosen
+    lr_find: dict[str, Any] | None = None  # the LR range test's curve, when it chose `lr`
+    epoch: int = 0  # epochs finished
+    history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch
+    batch_losses: list[float] = field(default_factory=list)  # every training batch's loss
+    best_epoch: int = 0
+    best_score: float = math.nan
+    best_metrics: dict[str, Any] = field(default_factory=dict)
+    best_valid_loss: float = math.nan
+    best_state: dict[str, torch.Tensor] | None = None  # the best epoch's weights (CPU copy)
+    bad_epochs: int = 0  # epochs since the monitor last improved by min_delta
+    stopped: bool = False  # early stopping fired
+    resumed_from_epoch: int = 0
+
+    def __post_init__(self) -> None:
+        if math.isnan(self.best_score):
+            self.best_score = math.inf if self.minimise else -math.inf
+
+    @property
+    def minimise(self) -> bool:
+        """fastai's 'auto' mode: a monitored loss goes down, any other metric up."""
+        return "loss" in self.monitor
+
+    # --- one epoch's record ----------------------------------------------------------------------
+
+    def fall_back_to_valid_loss(self, valid_loss: float) -> None:
+        """The monitor is not a metric of this family: follow valid_loss from here on."""
+        self.monitor = "valid_loss"
+        self.best_score = valid_loss + 1.0 if self.best_state is None else self.best_valid_loss
+
+    def end_epoch(self, record: dict[str, Any], metrics: dict[str, Any], score: float, model: torch.nn.Module,
+                  min_delta: float) -> bool:
+        """Add the epoch's record; keep its weights when the monitor improved. Returns whether it did."""
+        self.epoch = record["epoch"]
+        self.history.append(record)
+        better = (score < self.best_score - min_delta) if self.minimise else (score > self.best_score + min_delta)
+        improved = self.best_state is None or better
+        if improved:
+            self.best_state, self.best_score, self.best_epoch = cpu_state_dict(model), score, self.epoch
+            self.best_metrics, self.best_valid_loss, self.bad_epochs = metrics, record["valid_loss"], 0
+        else:
+            self.bad_epochs += 1
+        return improved
+
+    # --- checkpoint ------------------------------------------------------------------------------
+
+    def checkpoint(self, fingerprint: dict[str, Any], model: torch.nn.Module, stepper: Any) -> dict[str, Any]:
+        """The checkpoint's contents (the writer copies the tensors before training goes on)."""
+        return {
+            "version": CHECKPOINT_VERSION, "fingerprint": fingerprint,
+            "epoch": self.epoch, "lr": self.lr, "lr_how": self.lr_how, "lr_find": self.lr_find, "monitor": self.monitor,
+            "history": self.history, "batch_losses": self.batch_losses,
+            "best_epoch": self.best_epoch, "best_score": self.best_score, "best_metrics": self.best_metrics,
+            "best_valid_loss": self.best_valid_loss, "bad_epochs": self.bad_epochs, "stopped": self.stopped,
+            # the best epoch is usually this one: don't write the same weights twice
+            "best_state": None if self.best_epoch == self.epoch else self.best_state,
+            "model": model.state_dict(), "stepper": stepper.state_dict(), "rng": rng_state(),
+        }
+
+    @staticmethod
+    def resumable(saved: dict[str, Any] | None, fingerprint: dict[str, Any]) -> bool:
+        """Whether `saved` is a checkpoint of this very job, in this checkpoint format."""
+        return saved is not None and saved.get("version") == CHECKPOINT_VERSION \
+            and saved.get("fingerprint") == fingerprint
+
+    @classmethod
+    def resume(cls, saved: dict[str, Any], model: torch.nn.Module, stepper: Any) -> TrainState:
+        """Load the weights, the stepper and the RNG states from `saved`; the state it recorded."""
+        model.load_state_dict(saved["model"])
+        stepper.load_state_dict(saved["stepper"])
+        set_rng_state(saved["rng"])
+        return cls(
+            monitor=saved["monitor"], lr=float(saved["lr"]), lr_how=saved["lr_how"], lr_find=saved["lr_find"],
+            epoch=saved["epoch"],
+            history=saved["history"], batch_losses=saved["batch_losses"],
+            best_epoch=saved["best_epoch"], best_score=saved["best_score"], best_metrics=saved["best_metrics"],
+            best_valid_loss=saved["best_valid_loss"], bad_epochs=saved["bad_epochs"], stopped=saved["stopped"],
+            best_state=saved["best_state"] if saved["best_state"] is not None else saved["model"],
+            resumed_from_epoch=saved["epoch"])
+
+    # --- the run's record --------------------------------------------------------------------------
+
+    def result(self, backbone_learning_rate: float | None, schedule: dict[str, Any]) -> FitResult:
+        return FitResult(history=self.history, batch_losses=self.batch_losses, best_epoch=self.best_epoch,
+                         best_metrics=self.best_metrics, best_valid_loss=self.best_valid_loss,
+                         best_score=self.best_score, monitor=self.monitor, learning_rate=self.lr,
+                         lr_find=self.lr_find, stopped_early=self.stopped, epochs_run=self.epoch,
+                         resumed_from_epoch=self.resumed_from_epoch, lr_how=self.lr_how,
+                         backbone_learning_rate=backbone_learning_rate, schedule=schedule)
