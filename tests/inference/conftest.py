@@ -61,16 +61,12 @@ RECIPES: dict[str, tuple[Callable[..., Path], dict[str, Any], dict[str, Any]]] =
         "arguments": {"decoder_params": {"embed_size": 16, "hidden_size": 16, "attention_size": 16}}}),
     "SIAMMASK": (exports.write_object_tracking, {"n": 4, "size": 32, "frames": 3}, {
         "arguments": {"exemplar_size": 24, "instance_size": 48}}),
-    # DETR's and the focal-loss detectors' scores start at ~0.01: a few epochs lift some over their thresholds
-    "DETREG": (exports.write_pascal_voc, {"n": 8, "size": 32}, {
-        "arguments": {"hidden_dim": 32, "enc_layers": 1, "dec_layers": 1, "dim_feedforward": 64, "num_queries": 10},
-        "max_epochs": 4, "learning_rate": 0.003, "freeze_model": False}),
+    # DETR's scores start at ~0.01: a few epochs on 16 chips lift some over its 0.05 floor
+    "DETREG": (exports.write_pascal_voc, {"n": 16, "size": 32}, {
+        "arguments": {"hidden_dim": 64, "enc_layers": 1, "dec_layers": 2, "dim_feedforward": 128, "num_queries": 10},
+        "max_epochs": 4, "learning_rate": 0.002, "freeze_model": False}),
     # "MODEL_TYPE/model": an MMDETECTION / MMSEGMENTATION implementation of our own
     "MMDETECTION/fcos": (exports.write_pascal_voc, {"n": 8, "size": 32}, {
-        "max_epochs": 4, "learning_rate": 0.003, "freeze_model": False}),
-    "MMDETECTION/atss": (exports.write_pascal_voc, {"n": 8, "size": 32}, {
-        "max_epochs": 4, "learning_rate": 0.003, "freeze_model": False}),
-    "MMDETECTION/vfnet": (exports.write_pascal_voc, {"n": 8, "size": 32}, {
         "max_epochs": 4, "learning_rate": 0.003, "freeze_model": False}),
     "MMDETECTION/cascade_rcnn": (exports.write_pascal_voc, {"n": 8, "size": 32}, {"arguments": SMALL_RCNN}),
     "MMSEGMENTATION/upernet": (exports.write_classified_tiles, {"n": 8, "size": 32}, {}),
