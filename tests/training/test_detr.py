@@ -63,6 +63,30 @@ def test_region_proposals_find_a_bright_square():
     assert torch.equal(boxes, region_proposals(image, k=30))  # seeded
 
 
+def test_the_packaged_network_gives_the_candidates_detect_keeps():
+    """The package's traced network (torch only: the PRF host has no torchvision operators) gives the top-k
+    candidates; the PRF's dense decoder keeps those over the score floor, which is what detect() returns."""
+    from gpjobs.training.models.detr_model import DECODER_SPEC
+    from tests.training.helpers import build_family
+
+    torch.manual_seed(0)
+    fam = build_family("DETREG", chip_size=(32, 32), export_format="PASCAL_VOC_rectangles", arguments=SMALL)
+    net = fam.build().eval()
+    network = fam.deployable(net).eval()
+    with torch.no_grad():
+        traced = fam.trace(network)
+        images = torch.rand(3, 3, 32, 32)
+        boxes, scores, labels = traced(images)
+        expected = net.detect(images)
+    assert "torchvision::" not in str(traced.inlined_graph)
+    assert fam.inference_spec(network) == {"output": "boxes", "index_values": [1, 2], **DECODER_SPEC}
+    assert boxes.shape == (3, 20, 4) and scores.shape == labels.shape == (3, 20)  # 10 queries x 2 classes
+    for b, want in enumerate(expected):
+        keep = scores[b] >= DECODER_SPEC["score_thresh"]
+        torch.testing.assert_close(boxes[b][keep], want["boxes"], atol=1e-4, rtol=0)
+        assert torch.equal(labels[b][keep] + 1, want["labels"])
+
+
 @pytest.mark.slow
 def test_detreg_trains_packages_and_predict_reproduces_ap(tmp_path):
     folder = write_pascal_voc(tmp_path, n=16, size=32)

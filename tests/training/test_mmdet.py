@@ -108,6 +108,52 @@ def test_every_implementation_steps_once(model):
     assert len(predictions) == 2 and all(len(p["boxes"]) == len(p["scores"]) == len(p["labels"]) for p in predictions)
 
 
+@pytest.mark.parametrize("model", ["atss", "vfnet"])
+def test_the_packaged_network_and_its_prf_decoder_detect_what_detect_does(model):
+    """What GpjobsObjectDetector.py runs for atss / vfnet (the traced candidates, then its dense decoder) gives
+    detect()'s detections. The class biases start at 0 so that an untrained head has detections to compare."""
+    import importlib.util
+
+    from gpjobs.training.package import INFERENCE_DIR
+
+    torch.manual_seed(0)
+    fam = _family(model, [])
+    net = fam.build().eval()
+    with torch.no_grad():
+        net.head.cls_logits.bias.fill_(0.0)
+    network = fam.deployable(net)
+    traced = fam.trace(network)
+    spec = fam.inference_spec(network)
+    assert spec["output"] == "boxes" and spec["decoder"] == "dense"
+    assert "torchvision::" not in str(traced.inlined_graph)  # the PRF host has torch only
+    loader = importlib.util.spec_from_file_location("prf_under_test", INFERENCE_DIR / "GpjobsObjectDetector.py")
+    prf = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(prf)
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        found = prf.decode_dense(tuple(traced(images)), spec)
+        expected = net.detect(images)
+    for got, want in zip(found, expected):
+        assert len(want["boxes"]) > 0
+        torch.testing.assert_close(got["boxes"], want["boxes"], atol=1e-3, rtol=0)
+        torch.testing.assert_close(got["scores"], want["scores"], atol=1e-5, rtol=0)
+        assert torch.equal(got["labels"] + 1, want["labels"])
+
+
+@pytest.mark.parametrize("model", ["fcos", "cascade_rcnn"])
+def test_the_packaged_network_needs_torch_only(model):
+    """The PRF host has torch but not torchvision's compiled operators (nms, roi_align, deform_conv2d)."""
+    fam = _family(model, [], **TINY_RCNN)
+    network = fam.deployable(fam.build().eval())
+    with torch.no_grad():
+        traced = fam.trace(network)
+    graphs = [str(traced.inlined_graph)] + [str(getattr(traced, f"box_stage{i}").graph)
+                                            for i in range(3) if hasattr(traced, f"box_stage{i}")]
+    assert len(graphs) == (4 if model == "cascade_rcnn" else 1)
+    assert not any("torchvision::" in g for g in graphs)
+    assert fam.inference_spec(network)["decoder"] == ("rcnn" if model == "cascade_rcnn" else "dense")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model, arguments, cli", [  # one goes through `gpjobs predict`, the others load_model
     ("fcos", {}, True), ("atss", {}, False), ("vfnet", {}, False), ("cascade_rcnn", TINY_RCNN, False)])

@@ -83,8 +83,9 @@ class ATSS(DenseDetector):
     def scores_and_boxes(self, outputs: Any, anchors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, deltas, ctr = outputs
         scores = logits.float().sigmoid() * ctr.float().sigmoid()[..., None]
-        boxes = torch.stack([BOX_CODER.decode_single(d.float(), anchors) for d in deltas])
-        return scores, boxes
+        # one decode over the batch (no python loop over images: the traced network takes any batch size)
+        boxes = BOX_CODER.decode_single(deltas.float().reshape(-1, 4), anchors[None].expand_as(deltas).reshape(-1, 4))
+        return scores, boxes.reshape(deltas.shape)
 
 
 class ATSSFamily(DetectionFamily):

@@ -13,6 +13,7 @@ initial (weight 1.5) and refined (weight 2.0) boxes, each weighted by its IoU wi
 from __future__ import annotations
 
 import math
+from copy import deepcopy
 from typing import Any
 
 import torch
@@ -84,6 +85,38 @@ class VFNetHead(nn.Module):
         return flatten_levels(cls), flatten_levels(initial), flatten_levels(refined)
 
 
+class PlainDeformConv(nn.Module):
+    """torchvision's deform_conv2d for the head's 3x3 kernels (stride 1, padding 1, one offset group, no mask) in
+    plain torch: bilinear samples by grid_sample (zeros outside, as torchvision), then one weighted sum. The
+    package's network uses it because the PRF host has torch but not torchvision's compiled operators; it
+    shares the trained DeformConv2d's weight and bias."""
+
+    def __init__(self, conv: DeformConv2d) -> None:
+        super().__init__()
+        self.weight, self.bias = conv.weight, conv.bias
+
+    def forward(self, x: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        off = offset.view(b, 9, 2, h, w)
+        ki = torch.arange(3, device=x.device, dtype=x.dtype).repeat_interleave(3).view(1, 9, 1, 1)
+        kj = torch.arange(3, device=x.device, dtype=x.dtype).repeat(3).view(1, 9, 1, 1)
+        py = torch.arange(h, device=x.device, dtype=x.dtype).view(1, 1, h, 1) - 1 + ki + off[:, :, 0]
+        px = torch.arange(w, device=x.device, dtype=x.dtype).view(1, 1, 1, w) - 1 + kj + off[:, :, 1]
+        grid = torch.stack([(2 * px + 1) / w - 1, (2 * py + 1) / h - 1], -1)  # pixel centres, align_corners=False
+        sampled = F.grid_sample(x, grid.view(b, 9 * h, w, 2), mode="bilinear", padding_mode="zeros",
+                                align_corners=False).view(b, c, 9, h, w)
+        out = torch.einsum("bckhw,ock->bohw", sampled, self.weight.reshape(self.weight.shape[0], c, 9))
+        return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
+
+
+def torch_only(model: nn.Module) -> nn.Module:
+    """A copy of a VFNet whose deformable convolutions are PlainDeformConv (same weights)."""
+    copy = deepcopy(model)
+    copy.head.star_reg = PlainDeformConv(copy.head.star_reg)
+    copy.head.star_cls = PlainDeformConv(copy.head.star_cls)
+    return copy
+
+
 def paired_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """IoU of a[i] with b[i] (xyxy)."""
     wh = (torch.min(a[:, 2:], b[:, 2:]) - torch.max(a[:, :2], b[:, :2])).clamp(min=0)
@@ -137,7 +170,7 @@ class VFNetFamily(DetectionFamily):
     def deployable(self, model: nn.Module) -> nn.Module:
         from gpjobs.training.models.detection.deploy import CandidateDetections
 
-        return CandidateDetections(model, DECODER_SPEC)
+        return CandidateDetections(torch_only(model), DECODER_SPEC)
 
     def build(self) -> nn.Module:
         body = build_backbone(self.backbone, self.in_channels, weights=self.weights, say=self.say)
