@@ -147,11 +147,14 @@ def test_mmsegmentation_refuses_detection_data_at_submit(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # near its bar: accuracy over seeds 0-2 at lr 1e-3, 10 epochs: min margin -0.06 (ocrnet),
+# +0.05 (upernet, sem_fpn), +0.09 (hrnet); at the helper's 1e-2 (main's random backbones train whole at the full
+# rate) and at 3e-3 seed 1 fails for all four
 @pytest.mark.parametrize("model", ["upernet", "ocrnet", "sem_fpn", "hrnet"])  # the heads that read stride 4-8
 def test_own_heads_learn_the_rectangles(tmp_path, model):
     folder = write_classified_tiles(tmp_path, n=24, size=32)
-    run = train_and_package(tmp_path, folder, "MMSEGMENTATION", backbone_model="RESNET18", max_epochs=6,
-                            stop_training=False, arguments={"model": model})
+    run = train_and_package(tmp_path, folder, "MMSEGMENTATION", backbone_model="RESNET18", max_epochs=10,
+                            learning_rate=0.001, stop_training=False, arguments={"model": model})
     # background is ~70% of the pixels: above that the rectangles were learned
     assert run.metrics["accuracy"] > 0.75, [e["metrics"] for e in run.epochs]
 
