@@ -17,6 +17,7 @@ import select
 import sys
 import time
 
+from gpjobs.training.events import DIE_WITH_PARENT_ENV, die_with_parent
 from gpjobs.training.protocol import ExitCode, encode_event
 
 
@@ -27,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     what.add_argument("--warm", action="store_true", help="import everything, then wait for the job on stdin")
     parser.add_argument("--no-lifeline", action="store_true", help="do not watch stdin (manual runs)")
     args = parser.parse_args(argv)
+    if os.environ.get(DIE_WITH_PARENT_ENV):
+        die_with_parent()
     if args.warm:
         spec_path = wait_for_job()
         if spec_path is None:

@@ -23,7 +23,6 @@ environment.md §6); once the ending is known the others get STOP_GRACE_S, then 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import os
 import signal
@@ -42,7 +41,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from gpjobs.training.events import Reporter, StopRequested
+from gpjobs.training.events import Reporter, StopRequested, die_with_parent
 from gpjobs.training.protocol import ExitCode, JobSpec, encode_event
 
 # Generous: rank 0 alone runs the LR range test and validation while the others wait in a broadcast.
@@ -51,7 +50,6 @@ PROCESS_GROUP_TIMEOUT = timedelta(hours=3)
 STOP_GRACE_S = 10.0  # once the ending is known, the time the other ranks get to exit before SIGKILL
 POLL_S = 0.25
 STOP_CODES = frozenset({int(ExitCode.CANCELLED), int(ExitCode.LIFELINE_LOST)})
-PR_SET_PDEATHSIG = 1
 
 
 # --- in a rank: who am I, and agreeing with the others ---------------------------------------------------
@@ -295,14 +293,6 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def die_with_parent(parent_pid: int | None = None) -> None:
-    """Ask Linux to SIGKILL this process when its parent dies (a killed launcher takes its ranks along)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
-    if parent_pid is not None and os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(int(ExitCode.LIFELINE_LOST))
 
 
 # --- a rank ---------------------------------------------------------------------------------------------
