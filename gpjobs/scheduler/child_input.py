@@ -6,8 +6,9 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from gpjobs.config import Config
+from gpjobs.config import Config, slot_devices
 from gpjobs.domain import Job
 from gpjobs.store import Store
 from gpjobs.tasks.train import TrainingRequest
@@ -41,16 +42,27 @@ def auto_loader_workers(device: str, share: int, threads: int) -> int:
     return min(CPU_MAX_WORKERS, max(0, share - max(1, threads)))
 
 
-def cpu_split(config: Config, device: str, request: TrainingRequest, cpus: int | None = None) -> CpuSplit:
-    """The split a job runs with: its num_workers argument, else the server's loader_workers setting."""
-    share = slot_cpus(len(config.devices), cpus)
+def cpu_split(config: Config, device: str, request: TrainingRequest, cpus: int | None = None,
+              share: int | None = None) -> CpuSplit:
+    """The split a job runs with: its num_workers argument, else the server's loader_workers setting. `share`:
+    the slot's CPUs when the pool knows them (a Ray job's), else this machine's shared evenly over the slots.
+    On a slot of several devices the workers are per rank, from the rank's part of the share."""
+    share = share if share is not None else slot_cpus(len(config.devices), cpus)
     threads = config.child_threads
     given = request.given_arguments.get("num_workers")
     if given is not None:
         return CpuSplit(share, threads, int(given), "num_workers argument")
     if config.loader_workers == "auto":
-        return CpuSplit(share, threads, auto_loader_workers(device, share, threads), "auto")
+        per_rank = max(1, share // len(slot_devices(device)))
+        return CpuSplit(share, threads, auto_loader_workers(device, per_rank, threads), "auto")
     return CpuSplit(share, threads, int(config.loader_workers), "loader_workers setting")
+
+
+def child_devices(device: str) -> list[str]:
+    """The devices a child on a slot of `device` trains on, as it sees them: CUDA_VISIBLE_DEVICES (or Ray)
+    shows a slot's GPUs as cuda:0, cuda:1, ...; a cpu slot of two entries runs two cpu ranks."""
+    parts = slot_devices(device)
+    return [f"cuda:{i}" if part.startswith("cuda") else "cpu" for i, part in enumerate(parts)]
 
 
 class BadJob(Exception):
@@ -66,11 +78,12 @@ def work_dir(config: Config, job_id: str) -> Path:
 class ChildInput:
     """What one attempt's child is given: the spec file (the device travels in its environment, see child.py)."""
 
-    def __init__(self, store: Store, config: Config, job: Job, device: str) -> None:
+    def __init__(self, store: Store, config: Config, job: Job, device: str, pool: Any = None) -> None:
         self.store = store
         self.config = config
         self.job = job
         self.device = device
+        self.pool = pool  # scheduler.pool.Pool: knows a slot's CPU share (None: this machine's, evenly)
         self.split: CpuSplit | None = None  # known once the spec is written
 
     @property
@@ -96,9 +109,11 @@ class ChildInput:
                 raise BadJob(f"pretrained_model: item {pretrained.item_id} no longer exists; "
                              "submit again with an existing model item")
             request = request.replace(pretrained=dataclasses.replace(pretrained, path=item.path))
-        self.split = cpu_split(self.config, self.device, request)
+        share = self.pool.slot_cpus(self.device, len(os.sched_getaffinity(0))) if self.pool is not None else None
+        self.split = cpu_split(self.config, self.device, request, share=share)
+        devices = child_devices(self.device)
         runtime = ChildRuntime(
-            device="cuda:0" if self.device.startswith("cuda:") else "cpu",  # CUDA_VISIBLE_DEVICES masks the rest
+            device=devices[0], devices=tuple(devices) if len(devices) > 1 else (),
             weights_dir=str(self.config.weights_dir) if self.config.weights_dir else None,
             missing_weights=self.config.missing_weights, num_threads=self.config.child_threads, resume=True,
             loader_workers=self.split.workers,

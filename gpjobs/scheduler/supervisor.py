@@ -20,9 +20,10 @@ from structlog.typing import FilteringBoundLogger
 from gpjobs import messages as texts
 from gpjobs.config import Config
 from gpjobs.domain import Job, MessageType, now_ms
-from gpjobs.scheduler.child import ChildProcess, WarmTrainer
+from gpjobs.scheduler.child import WarmTrainer
 from gpjobs.scheduler.child_input import CpuSplit
 from gpjobs.scheduler.observe import SchedulerObserver
+from gpjobs.scheduler.pool import Child, LocalPool, Pool
 from gpjobs.scheduler.retry import STOP_STALLED
 from gpjobs.store import Store
 from gpjobs.store.jobs import MessageInput
@@ -37,8 +38,9 @@ class ChildSupervisor:
     def __init__(self, store: Store, config: Config, job: Job, device: str, work_dir: Path,
                  log: FilteringBoundLogger,
                  on_result: Callable[[dict[str, Any]], Awaitable[None]], warm: WarmTrainer | None = None,
-                 observer: SchedulerObserver | None = None) -> None:
+                 observer: SchedulerObserver | None = None, pool: Pool | None = None) -> None:
         self.store = store
+        self.pool = pool or LocalPool(config)  # where a child starts when the slot has no warm one
         self.observer = observer or SchedulerObserver()
         self.warm = warm  # the slot's ready child, when the server keeps one (config.warm_trainers)
         self.config = config
@@ -47,7 +49,7 @@ class ChildSupervisor:
         self.work_dir = work_dir
         self.log = log
         self.on_result = on_result
-        self.child: ChildProcess | None = None
+        self.child: Child | None = None
         self.stop_reason: str | None = None
         self.started_mono = time.monotonic()
         self.last_seen_mono = time.monotonic()  # last event of any kind (the heartbeat watchdog reads it)
@@ -78,7 +80,7 @@ class ChildSupervisor:
 
     async def _kill_after(self, grace_s: float) -> None:
         await asyncio.sleep(grace_s)
-        if self.child is not None and self.child.proc.returncode is None:
+        if self.child is not None and self.child.returncode is None:
             self.log.warning("child ignored SIGTERM; killing it", grace_s=grace_s)
             self.child.signal_group(signal.SIGKILL)
 
@@ -101,8 +103,7 @@ class ChildSupervisor:
         child = await self.warm.take(spec_path, log_path) if self.warm is not None else None
         warm = child is not None
         if child is None:
-            child = await ChildProcess.spawn(self.config.trainer_command, spec_path, device=self.device,
-                                             threads=self.config.child_threads, log_path=log_path)
+            child = await self.pool.spawn(spec_path, device=self.device, log_path=log_path)
         self.child = child
         self.log.info("child started", pid=child.pid, attempt=self.job.attempts, warm=warm)
         self.observer.child_started(self.job, self.device, warm=warm)
@@ -119,7 +120,7 @@ class ChildSupervisor:
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
-            if self.warm is not None and self.child.proc.returncode is not None:
+            if self.warm is not None and self.child.returncode is not None:
                 try:
                     await self.warm.start()  # the next job's child, now that this one's is gone
                 except OSError as exc:  # the next job starts cold (and says why if that fails too)

@@ -221,8 +221,10 @@ class JobsMixin:
         """Claim the oldest claimable queued job for `device` (FIFO among the jobs that may run on that kind
         of device), or None. One guarded statement."""
         now = now or now_ms()
+        first, second = sorted(s.value for s in sources_of(JobStatus.EXECUTING))  # sql.CLAIM_NEXT walks each
         async with self.db.write() as conn:
             row = await (await conn.execute(sql.CLAIM_NEXT, {
+                "first": first, "second": second,
                 "target": JobStatus.EXECUTING.value, "sources": guard(JobStatus.EXECUTING), "now": now,
                 "boot_id": boot_id, "device": device,
                 "processor": "GPU" if device.startswith("cuda") else "CPU"})).fetchone()

@@ -83,10 +83,16 @@ _CLAIM_SET = ("status = :target, updated_ms = :now, attempts = attempts + 1, sta
               "heartbeat_ms = :now, boot_id = :boot_id, device = :device, pid = NULL, "
               "progress = coalesce(progress, 0), cancel_requested_ms = NULL")
 # A job whose request names a processor type (context.processorType: CPU | GPU) waits for a slot of that kind.
-CLAIM_NEXT = (f"UPDATE jobs SET {_CLAIM_SET} "
-              f"WHERE job_id = (SELECT job_id FROM jobs WHERE {_IN_SOURCES} AND run_after_ms <= :now "
-              "AND coalesce(json_extract(spec, '$.context.processor_type'), :processor) = :processor "
-              f"ORDER BY created_ms, rowid LIMIT 1) AND {_IN_SOURCES} RETURNING *")
+# One ordered walk per claimable status (:first, :second) over the index jobs_fifo (status, created_ms), each
+# stopping at its first runnable job, then the older of the two: a claim costs the same with 100 or 10,000 jobs
+# queued (bench/queue_scale.py), where one walk over both statuses had to sort every queued row.
+_OLDEST_RUNNABLE = ("SELECT * FROM (SELECT job_id, created_ms, rowid AS row FROM jobs WHERE status = {status} "
+                    "AND +run_after_ms <= :now "  # unary +: filter while walking jobs_fifo, do not pick jobs_queue
+                    "AND coalesce(json_extract(spec, '$.context.processor_type'), :processor) = :processor "
+                    "ORDER BY created_ms, rowid LIMIT 1)")
+CLAIM_NEXT = (f"UPDATE jobs SET {_CLAIM_SET} WHERE job_id = (SELECT job_id FROM ("
+              f"{_OLDEST_RUNNABLE.format(status=':first')} UNION ALL {_OLDEST_RUNNABLE.format(status=':second')}) "
+              f"ORDER BY created_ms, row LIMIT 1) AND {_IN_SOURCES} RETURNING *")
 MARK_WAITING = f"UPDATE jobs SET status = :target, updated_ms = :now WHERE {_IN_SOURCES}"
 
 _GUARD = f"WHERE job_id = :job_id AND {_IN_SOURCES} RETURNING *"

@@ -35,6 +35,9 @@ class ChildRuntime:
     """How this attempt runs, decided by the server (or `gpjobs train`), not by the user's request."""
 
     device: str = "cpu"  # "cpu" or "cuda:N"
+    # Every device of the job, one training process (rank) each, when it has more than one (torch.distributed;
+    # `device` is then rank 0's); empty: the job trains on `device` alone.
+    devices: tuple[str, ...] = ()
     weights_dir: str | None = None  # torchvision-named ImageNet weight files
     missing_weights: str = "random"  # "random": train from scratch and say so; "fail": fail the job
     num_threads: int = 1  # torch.set_num_threads in the child (side-by-side children must not oversubscribe)
@@ -62,7 +65,7 @@ class JobSpec:
         data = json.loads(text)
         return cls(job_id=data["job_id"], work_dir=data["work_dir"],
                    request=TrainingRequest.from_json_dict(data["request"]),
-                   runtime=ChildRuntime(**data.get("runtime", {})))
+                   runtime=_runtime(data.get("runtime", {})))
 
     @classmethod
     def load(cls, path: str | Path) -> "JobSpec":
@@ -79,6 +82,10 @@ class JobSpec:
     @property
     def package_path(self) -> Path:
         return self.output_dir / f"{self.request.output.name}.dlpk"
+
+
+def _runtime(data: dict[str, Any]) -> ChildRuntime:
+    return ChildRuntime(**{**data, "devices": tuple(data.get("devices") or ())})
 
 
 # --- events (child -> server), one JSON object per line with a "type" key ----------------------

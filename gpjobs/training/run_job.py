@@ -15,6 +15,7 @@ from gpjobs.export import DataError
 from gpjobs.paths import PathError
 from gpjobs.tasks.train import TrainingRequest
 from gpjobs.training.data import open_training_data
+from gpjobs.training.distributed import is_main_process
 from gpjobs.training.engine import FitConfig, NaNLossError, OutOfMemory, backbone_policy, fit, seed_everything
 from gpjobs.training.events import Reporter, StopRequested
 from gpjobs.training.metrics import scalar_metrics
@@ -123,6 +124,8 @@ def train_job(spec: JobSpec, reporter: Reporter) -> dict[str, Any]:
             checkpoint_path=spec.checkpoint_path, resume=runtime.resume, fingerprint=_fingerprint(request),
             backbone=backbone_plan)
         result = fit(family, model, data, config, reporter)
+        if not is_main_process():  # on several devices rank 0 alone packages (and reports the result)
+            return {}
 
         # 4. package
         reporter.progress(96.0, "package")

@@ -208,7 +208,8 @@ class FinishingLoader:
         self.ring = _ring_for(dataset, batch_size, num_workers, prefetch) if num_workers > 0 else None
         # Pin the small raw batch when it is going to an accelerator; pin the finished one when the
         # consumer moves it itself (pin_memory asked, no device given).
-        self.loader = DataLoader(RawSamples(dataset), batch_size=batch_size, num_workers=num_workers,
+        sized = loader_kw.get("batch_sampler") is None  # else the batch sampler (a rank's share) makes the batches
+        self.loader = DataLoader(RawSamples(dataset), batch_size=batch_size if sized else 1, num_workers=num_workers,
                                  collate_fn=RawCollate(dataset.task, self.ring), pin_memory=cuda and on_accelerator,
                                  **loader_kw)
         self._finish = _Finisher(dataset, device, pin=cuda and pin_memory and device is None, ring=self.ring)

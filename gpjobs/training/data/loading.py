@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, RandomSampler, Sampler
 
 from gpjobs.training.data.batching import FinishingLoader
 from gpjobs.export.chips import read_chip
@@ -37,25 +37,76 @@ class TrainingData:
     seed: int = 42
 
     def loaders(self, batch_size: int, *, num_workers: int = 0, pin_memory: bool = False,
-                device: torch.device | str | None = None, sampler: Sampler | None = None
-                ) -> tuple[FinishingLoader, FinishingLoader]:
+                device: torch.device | str | None = None, sampler: Sampler | None = None,
+                shard: tuple[int, int] | None = None) -> tuple[FinishingLoader, FinishingLoader]:
         """(train, valid) loaders; workers are persistent, train drops a partial last batch when it has >= 2.
 
         Batches are normalised float32 images and int64 masks / target dicts, as the datasets' samples
         collated; they cross from the workers in the file's dtype and are finished here (batching.py).
         `pin_memory`: finished CPU batches are pinned. `device`: batches arrive on it, finished there.
         `sampler`: a training sampler (e.g. oversampling) instead of the seeded shuffle.
+        `shard=(rank, world)`: the training loader yields rank `rank`'s share of each batch (ShardedBatches).
         """
         common: dict[str, Any] = {"batch_size": batch_size, "num_workers": num_workers, "pin_memory": pin_memory,
                                   "device": device}
         if num_workers > 0:
             common.update(persistent_workers=True, prefetch_factor=4, worker_init_fn=_worker_init)
         batches = math.ceil(len(self.train) / batch_size)
-        order: dict[str, Any] = ({"sampler": sampler} if sampler is not None else
-                                 {"shuffle": True, "generator": torch.Generator().manual_seed(self.seed)})
-        train = FinishingLoader(self.train, drop_last=batches >= 2, **order, **common)
+        generator = torch.Generator().manual_seed(self.seed)
+        if shard is not None:
+            drawn = sampler if sampler is not None else RandomSampler(self.train, generator=generator)
+            share = ShardedBatches(drawn, batch_size, *shard, drop_last=batches >= 2)
+            train = FinishingLoader(self.train, batch_sampler=share, generator=generator,
+                                    **{**common, "batch_size": math.ceil(batch_size / shard[1])})
+        else:
+            order: dict[str, Any] = ({"sampler": sampler} if sampler is not None else
+                                     {"shuffle": True, "generator": generator})
+            train = FinishingLoader(self.train, drop_last=batches >= 2, **order, **common)
         valid = FinishingLoader(self.valid, shuffle=False, drop_last=False, **common)
         return train, valid
+
+
+class ShardedBatches(Sampler):
+    """One rank's share of the batches a one-device run draws: the same sampler (same generator, same seed)
+    cut into global batches of `batch_size`, each split over `world` ranks (rank r takes every world-th
+    index from r). Every rank has the same number of batches, and together they train exactly the chips of
+    the one-device batch (a rank whose share would be empty repeats the batch's first chip)."""
+
+    def __init__(self, sampler: Any, batch_size: int, rank: int, world: int, *, drop_last: bool) -> None:
+        self.sampler, self.batch_size, self.rank, self.world = sampler, batch_size, rank, world
+        self.drop_last = drop_last
+
+    @property
+    def generator(self) -> torch.Generator | None:
+        """The drawing sampler's generator (seed_epoch reseeds it each epoch)."""
+        return getattr(self.sampler, "generator", None)
+
+    def __iter__(self):
+        batch: list[int] = []
+        for index in self.sampler:
+            batch.append(int(index))
+            if len(batch) == self.batch_size:
+                yield self._share(batch)
+                batch = []
+        if batch and not self.drop_last:
+            yield self._share(batch)
+
+    def _share(self, batch: list[int]) -> list[int]:
+        return batch[self.rank::self.world] or batch[:1]
+
+    def __len__(self) -> int:
+        count = len(self.sampler)
+        return count // self.batch_size if self.drop_last else math.ceil(count / self.batch_size)
+
+
+def shard_loader(loader: Any, rank: int, world: int) -> DataLoader:
+    """A family's own training DataLoader (e.g. oversampling) as rank `rank`'s share of its batches."""
+    share = ShardedBatches(loader.sampler, loader.batch_size, rank, world, drop_last=loader.drop_last)
+    extra = {"prefetch_factor": loader.prefetch_factor, "persistent_workers": loader.persistent_workers} \
+        if loader.num_workers else {}
+    return DataLoader(loader.dataset, batch_sampler=share, num_workers=loader.num_workers,
+                      collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, generator=loader.generator,
+                      worker_init_fn=loader.worker_init_fn, **extra)
 
 
 def _worker_init(_: int) -> None:
