@@ -64,6 +64,19 @@ class ItemsMixin:
             await conn.execute(sql.UPDATE_ITEM, {k: values[k] for k in (*sql.ITEM_UPDATABLE, "modified_ms", "id")})
         return item
 
+    async def create_item(self, item: Item) -> Item:
+        """Insert an item without a job (a client's empty service item, filled later by an inference job);
+        ItemExists when the owner has an item of that type and name."""
+        now = now_ms()
+        item = item.replace(created_ms=item.created_ms or now, modified_ms=now)
+        async with self.db.write() as conn:
+            clash = await (await conn.execute(sql.SELECT_ITEM_BY_NAME, {
+                "owner": item.owner, "type": item.type, "name": item.name})).fetchone()
+            if clash is not None:
+                raise ItemExists(texts.output_item_taken(item.name, item.owner))
+            await conn.execute(sql.INSERT_ITEM, _item_values(item))
+        return item
+
     async def delete_item(self, item_id: str) -> Item | None:
         async with self.db.write() as conn:
             row = await (await conn.execute(sql.DELETE_ITEM, {"id": item_id})).fetchone()
