@@ -2,9 +2,9 @@
 
 The scheduler owns the queue and every status change; a pool only says which slots exist and starts one
 attempt's child on a slot. `LocalPool` (the default) runs children on this machine, one slot per entry of
-`devices`. `RayPool` (scheduler/ray_pool.py, `pool = "ray"`, imported only then) runs each child inside a Ray
-actor on a cluster node, with slots counted from the cluster's resources. Either way the supervisor gets a
-`Child`: the same events, signals and exit status as a local subprocess.
+`devices`. `RayPool` (scheduler/ray_pool.py, `pool = "ray"`, imported only then, by the scheduler's `make_pool`)
+runs each child inside a Ray actor on a cluster node, with slots counted from the cluster's resources. Either way
+the supervisor gets a `Child`: the same events, signals and exit status as a local subprocess.
 """
 
 from __future__ import annotations
@@ -81,12 +81,3 @@ class LocalPool(Pool):
 def ranks_of(device: str) -> int:
     """Training processes a job on a slot of `device` runs (one per device)."""
     return len(slot_devices(device))
-
-
-def make_pool(config: Config) -> Pool:
-    """The configured pool; Ray is imported only when `pool = "ray"`."""
-    if config.pool == "ray":
-        from gpjobs.scheduler.ray_pool import RayPool
-
-        return RayPool(config)
-    return LocalPool(config)

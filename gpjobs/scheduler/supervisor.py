@@ -171,14 +171,18 @@ class ChildSupervisor:
     def _resume_news(self, event: dict[str, Any]) -> list[MessageInput]:
         """What a rerun really resumed from: the child names the checkpoint it loaded (the store's
         checkpoint_epoch may lag the disk when the server died)."""
+        rerun = self.job.attempts > 1 or self.job.interruptions or self.job.server_crashes
+        if "resumed_blocks" in event:  # an inference child: its block journal, not a checkpoint
+            with contextlib.suppress(TypeError, ValueError):
+                blocks = int(event.get("resumed_blocks") or 0)
+                if blocks:
+                    return [(INFO, texts.resumed_blocks(blocks))]
+            return [(INFO, texts.BLOCKS_STARTED_OVER)] if rerun else []
         with contextlib.suppress(TypeError, ValueError):
             resumed = int(event.get("resumed_from_epoch") or 0)
             if resumed:
                 return [(INFO, texts.resumed_from(resumed))]
-        job = self.job
-        if job.attempts > 1 or job.interruptions or job.server_crashes:
-            return [(INFO, texts.STARTED_OVER)]
-        return []
+        return [(INFO, texts.STARTED_OVER)] if rerun else []
 
     async def _flush_periodically(self) -> None:
         while True:

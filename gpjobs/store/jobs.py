@@ -147,12 +147,13 @@ class JobsMixin:
 
     async def list_jobs(self, *, owner: str | None = None, statuses: Iterable[JobStatus] | None = None,
                         model_type: str | None = None, since_ms: int | None = None, until_ms: int | None = None,
-                        order: str = "created_desc", limit: int = 100, offset: int = 0) -> tuple[list[Job], int]:
-        """A page of jobs matching the filters, and the total count of matches."""
+                        order: str = "created_desc", limit: int = 100, offset: int = 0,
+                        task: str | None = None) -> tuple[list[Job], int]:
+        """A page of jobs matching the filters (`task`: of that GP task only), and the total count of matches."""
         if order not in sql.LIST_JOBS:
             raise ValueError(f"order must be one of {sorted(sql.LIST_JOBS)}")
         filters = {"owner": owner, "statuses": None if statuses is None else status_list(statuses),
-                   "model_type": model_type, "since_ms": since_ms, "until_ms": until_ms}
+                   "model_type": model_type, "since_ms": since_ms, "until_ms": until_ms, "task": task}
         total = await self.db.fetchone(sql.COUNT_JOBS, filters)
         rows = await self.db.fetchall(sql.LIST_JOBS[order], {**filters, "limit": max(0, int(limit)),
                                                              "offset": max(0, int(offset))})

@@ -21,7 +21,7 @@ from gpjobs.export.info import DataInfo
 from gpjobs.export.readers import ChipRecord
 from gpjobs.export.report import Scan
 from gpjobs.training.data.datasets import to_model_input
-from gpjobs.training.data.loading import TrainingData, _split, _worker_init
+from gpjobs.training.data.loading import TrainingData, _split, _worker_init, shard_loader
 
 CaptionBatch = tuple[torch.Tensor, torch.Tensor, list[list[list[str]]]]
 
@@ -76,7 +76,9 @@ class CaptionData(TrainingData):
         return vocab
 
     def loaders(self, batch_size: int, *, num_workers: int = 0, pin_memory: bool = False,
-                device: torch.device | str | None = None, sampler: Any = None) -> tuple[DataLoader, DataLoader]:
+                device: torch.device | str | None = None, sampler: Any = None,
+                shard: tuple[int, int] | None = None) -> tuple[DataLoader, DataLoader]:
+        """As TrainingData.loaders (`shard=(rank, world)`: this rank's share of each training batch)."""
         common: dict[str, Any] = {"batch_size": batch_size, "num_workers": num_workers, "pin_memory": pin_memory,
                                   "collate_fn": collate_captions}
         if num_workers > 0:
@@ -84,8 +86,8 @@ class CaptionData(TrainingData):
         order: dict[str, Any] = ({"sampler": sampler} if sampler is not None else
                                  {"shuffle": True, "generator": torch.Generator().manual_seed(self.seed)})
         batches = math.ceil(len(self.train) / batch_size)
-        return (DataLoader(self.train, drop_last=batches >= 2, **order, **common),
-                DataLoader(self.valid, shuffle=False, **common))
+        train = DataLoader(self.train, drop_last=batches >= 2, **order, **common)
+        return (shard_loader(train, *shard) if shard else train), DataLoader(self.valid, shuffle=False, **common)
 
 
 def open_caption_data(scan: Scan, info: DataInfo, *, validation_percent: float, seed: int) -> CaptionData:

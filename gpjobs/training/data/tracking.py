@@ -32,7 +32,7 @@ from gpjobs.export.readers import ChipRecord
 from gpjobs.export.report import DataError, Scan
 from gpjobs.export.tracking import frame_objects, sequence_of
 from gpjobs.training.data.datasets import to_model_input
-from gpjobs.training.data.loading import TrainingData, _split, _worker_init
+from gpjobs.training.data.loading import TrainingData, _split, _worker_init, shard_loader
 
 MAX_SHIFT = 0.2  # of the search crop side
 MAX_SCALE = 0.15  # log-scale jitter of the search crop
@@ -224,7 +224,9 @@ class TrackingData(TrainingData):
     """TrainingData of SIAMMASK: training pairs, validation tracks (one per object and sequence)."""
 
     def loaders(self, batch_size: int, *, num_workers: int = 0, pin_memory: bool = False,
-                device: torch.device | str | None = None, sampler: Any = None) -> tuple[DataLoader, DataLoader]:
+                device: torch.device | str | None = None, sampler: Any = None,
+                shard: tuple[int, int] | None = None) -> tuple[DataLoader, DataLoader]:
+        """As TrainingData.loaders (`shard=(rank, world)`: this rank's share of each training batch)."""
         workers: dict[str, Any] = {"num_workers": num_workers}
         if num_workers > 0:
             workers.update(persistent_workers=True, worker_init_fn=_worker_init)
@@ -234,7 +236,7 @@ class TrackingData(TrainingData):
         train = DataLoader(self.train, batch_size=batch_size, drop_last=batches >= 2, pin_memory=pin_memory,
                            **order, **workers)
         valid = DataLoader(self.valid, batch_size=batch_size, shuffle=False, collate_fn=_tracks)
-        return train, valid
+        return (shard_loader(train, *shard) if shard else train), valid
 
 
 def open_tracking_data(scan: Scan, info: DataInfo, *, validation_percent: float, seed: int) -> TrackingData:
