@@ -23,10 +23,6 @@ class ChipReadError(ValueError):
     """A chip or label raster that cannot be decoded (truncated, corrupt, unsupported)."""
 
 
-def is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
-
-
 def _open(path: Path, root: str | Path) -> BinaryIO:
     """The file through the store check (PathError names it when it leads out of `root`)."""
     try:

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from gpjobs.config import Config, slot_devices
+from gpjobs.config import Config
 from gpjobs.scheduler.child import ChildProcess
 
 
@@ -76,11 +76,6 @@ class LocalPool(Pool):
     async def spawn(self, spec_path: Path, *, device: str, log_path: Path) -> Child:
         return await ChildProcess.spawn(self.config.trainer_command, spec_path, device=device,
                                         threads=self.config.child_threads, log_path=log_path)
-
-
-def ranks_of(device: str) -> int:
-    """Training processes a job on a slot of `device` runs (one per device)."""
-    return len(slot_devices(device))
 
 
 def make_pool(config: Config) -> Pool:

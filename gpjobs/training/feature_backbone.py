@@ -36,7 +36,7 @@ class FeatureBackbone(nn.Module):
         self.source_children = list(source_children or [])
         self.source_features = list(source_features or [])
         self.output_stride = output_stride
-        self.out_channels, self.strides = self._probe()
+        self.out_channels, self.strides = self.probe()
 
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         features: OrderedDict[str, torch.Tensor] = OrderedDict()
@@ -56,7 +56,7 @@ class FeatureBackbone(nn.Module):
         return self.first_conv().parameters()
 
     @torch.no_grad()
-    def _probe(self) -> tuple[list[int], list[int]]:
+    def probe(self) -> tuple[list[int], list[int]]:
         # One tiny forward in eval mode (running BN stats untouched) tells channels and strides exactly.
         was_training = self.training
         self.eval()

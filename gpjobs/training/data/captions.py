@@ -21,7 +21,7 @@ from gpjobs.export.info import DataInfo
 from gpjobs.export.readers import ChipRecord
 from gpjobs.export.report import Scan
 from gpjobs.training.data.datasets import to_model_input
-from gpjobs.training.data.loading import TrainingData, _split, _worker_init
+from gpjobs.training.data.loading import TrainingData, split_records, worker_init
 
 CaptionBatch = tuple[torch.Tensor, torch.Tensor, list[list[list[str]]]]
 
@@ -80,7 +80,7 @@ class CaptionData(TrainingData):
         common: dict[str, Any] = {"batch_size": batch_size, "num_workers": num_workers, "pin_memory": pin_memory,
                                   "collate_fn": collate_captions}
         if num_workers > 0:
-            common.update(persistent_workers=True, worker_init_fn=_worker_init)
+            common.update(persistent_workers=True, worker_init_fn=worker_init)
         order: dict[str, Any] = ({"sampler": sampler} if sampler is not None else
                                  {"shuffle": True, "generator": torch.Generator().manual_seed(self.seed)})
         batches = math.ceil(len(self.train) / batch_size)
@@ -92,7 +92,7 @@ def open_caption_data(scan: Scan, info: DataInfo, *, validation_percent: float, 
     """Split the chips into the two datasets (the vocabulary comes later: `build_vocabulary`)."""
     from gpjobs.export.report import DataError
 
-    train_records, valid_records = _split(scan.records, validation_percent, seed, None)
+    train_records, valid_records = split_records(scan.records, validation_percent, seed, None)
     report = scan.report
     if not train_records:
         report.errors.append(f"only {len(scan.records)} chips: nothing left to train on after the validation split")

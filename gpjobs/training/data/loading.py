@@ -50,7 +50,7 @@ class TrainingData:
         common: dict[str, Any] = {"batch_size": batch_size, "num_workers": num_workers, "pin_memory": pin_memory,
                                   "device": device}
         if num_workers > 0:
-            common.update(persistent_workers=True, prefetch_factor=4, worker_init_fn=_worker_init)
+            common.update(persistent_workers=True, prefetch_factor=4, worker_init_fn=worker_init)
         batches = math.ceil(len(self.train) / batch_size)
         generator = torch.Generator().manual_seed(self.seed)
         if shard is not None:
@@ -109,7 +109,7 @@ def shard_loader(loader: Any, rank: int, world: int) -> DataLoader:
                       worker_init_fn=loader.worker_init_fn, **extra)
 
 
-def _worker_init(_: int) -> None:
+def worker_init(_: int) -> None:
     torch.set_num_threads(1)  # workers decode; intra-op threads would only fight the trainer for cores
 
 
@@ -152,7 +152,7 @@ def _sampled_band_stats(records: list[ChipRecord], seed: int) -> list[dict[str, 
             for a, b, m, s in zip(lo, hi, mean, std)]
 
 
-def _split(records: list[ChipRecord], percent: float, seed: int, stratify_by: list[int] | None
+def split_records(records: list[ChipRecord], percent: float, seed: int, stratify_by: list[int] | None
            ) -> tuple[list[ChipRecord], list[ChipRecord]]:
     """Seeded split, independent of directory-listing order; stratified per class when labels are given."""
     order = sorted(range(len(records)), key=lambda i: (records[i].folder, records[i].image.as_posix()))
@@ -232,7 +232,7 @@ def open_training_data(folders: Sequence[str | Path], *, task: str, chip_size: i
     stratify = None
     if info.task == "classification":
         stratify = [r.value if r.value is not None else (r.objects[0][0] if r.objects else -1) for r in scan.records]
-    train_records, valid_records = _split(scan.records, validation_percent, seed, stratify)
+    train_records, valid_records = split_records(scan.records, validation_percent, seed, stratify)
     if not train_records:
         report.errors.append(f"only {len(scan.records)} chips: nothing left to train on after the validation split")
         raise DataError(report)

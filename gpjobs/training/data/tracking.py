@@ -32,7 +32,7 @@ from gpjobs.export.readers import ChipRecord
 from gpjobs.export.report import DataError, Scan
 from gpjobs.export.tracking import frame_objects, sequence_of
 from gpjobs.training.data.datasets import to_model_input
-from gpjobs.training.data.loading import TrainingData, _split, _worker_init
+from gpjobs.training.data.loading import TrainingData, split_records, worker_init
 
 MAX_SHIFT = 0.2  # of the search crop side
 MAX_SCALE = 0.15  # log-scale jitter of the search crop
@@ -227,7 +227,7 @@ class TrackingData(TrainingData):
                 device: torch.device | str | None = None, sampler: Any = None) -> tuple[DataLoader, DataLoader]:
         workers: dict[str, Any] = {"num_workers": num_workers}
         if num_workers > 0:
-            workers.update(persistent_workers=True, worker_init_fn=_worker_init)
+            workers.update(persistent_workers=True, worker_init_fn=worker_init)
         order: dict[str, Any] = ({"sampler": sampler} if sampler is not None else
                                  {"shuffle": True, "generator": torch.Generator().manual_seed(self.seed)})
         batches = math.ceil(len(self.train) / batch_size)
@@ -246,7 +246,7 @@ def open_tracking_data(scan: Scan, info: DataInfo, *, validation_percent: float,
                              "different sequences; add sequences to JPEGImages/ and Annotations/")
         raise DataError(report)
     keys = [ChipRecord(seq, Path(seq), folder) for folder, seq in sequences]  # one split item per sequence
-    _, valid_keys = _split(keys, validation_percent, seed, None)
+    _, valid_keys = split_records(keys, validation_percent, seed, None)
     valid_set = {(k.folder, k.stem) for k in valid_keys}
     train_records = [r for r in scan.records if (r.folder, sequence_of(r)) not in valid_set]
     valid_records = [r for r in scan.records if (r.folder, sequence_of(r)) in valid_set]
