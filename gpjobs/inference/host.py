@@ -62,6 +62,8 @@ def load_prf(folder: Path, emd: dict[str, Any], emd_name: str = ".emd"):
     module_name = f"gpjobs_prf_{path.stem}_{zlib.crc32(str(path.resolve()).encode()):08x}"
     try:
         spec = importlib.util.spec_from_file_location(module_name, path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"Python finds no loader for {path.name}")
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module
         spec.loader.exec_module(module)

@@ -21,8 +21,10 @@ from gpjobs.scheduler.child import ChildProcess
 class Child(Protocol):
     """One attempt's training child as the supervisor drives it."""
 
-    pid: int
     signals_sent: list[int]
+
+    @property
+    def pid(self) -> int: ...
 
     @property
     def returncode(self) -> int | None: ...

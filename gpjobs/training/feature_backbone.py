@@ -70,12 +70,14 @@ def adapt_first_conv(conv: nn.Conv2d, in_channels: int, pretrained: bool) -> tup
     """`conv` for `in_channels` inputs: unchanged for its own band count, else rebuilt from its RGB filters."""
     if in_channels == conv.in_channels:
         return conv, False
-    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                    conv.dilation, conv.groups, conv.bias is not None)
+    # torch annotates a Conv2d's own kernel_size/stride/padding/dilation as tuple[int, ...]; they are pairs
+    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride,  # type: ignore[arg-type]
+                    conv.padding, conv.dilation, conv.groups, conv.bias is not None)  # type: ignore[arg-type]
     if pretrained:
         with torch.no_grad():
             new.weight.copy_(spread_band_filters(conv.weight, in_channels))
             if conv.bias is not None:
+                assert new.bias is not None  # made with a bias just above
                 new.bias.copy_(conv.bias)
     return new, True
 

@@ -120,10 +120,11 @@ def _task_for(fmt: str, requested: str) -> str:
 
 def _merged_band_stats(metas: list[ExportMeta]) -> list[dict[str, float]] | None:
     per_folder = [m.band_stats() for m in metas]
-    if any(s is None for s in per_folder) or len({len(s) for s in per_folder}) != 1:
+    known = [s for s in per_folder if s is not None]
+    if len(known) != len(per_folder) or len({len(s) for s in known}) != 1:
         return None
     merged = []
-    for band in zip(*per_folder):
+    for band in zip(*known):
         weights = [b["num"] or 1.0 for b in band]
         total = sum(weights)
         mean = sum(w * b["mean"] for w, b in zip(weights, band)) / total
@@ -146,6 +147,8 @@ def _sampled_band_stats(records: list[ChipRecord], seed: int) -> list[dict[str, 
         lo = flat.min(0) if lo is None else np.minimum(lo, flat.min(0))
         hi = flat.max(0) if hi is None else np.maximum(hi, flat.max(0))
         n += flat.shape[0]
+    # a validated export (report.ok) has chips, so at least one was read
+    assert total is not None and lo is not None and hi is not None
     mean = total[0] / n
     std = np.sqrt(np.maximum(total[1] / n - mean ** 2, 0.0))
     return [{"min": float(a), "max": float(b), "mean": float(m), "std": float(s), "num": float(n)}
@@ -218,7 +221,7 @@ def open_training_data(folders: Sequence[str | Path], *, task: str, chip_size: i
             report.warnings.append(
                 f"the export has no band statistics; computed them from {min(len(scan.records), STATS_SAMPLE)} chips")
         normalization = Normalization.from_band_stats([stats[b] for b in extract])
-    size = (int(chip_size), int(chip_size)) if chip_size else tuple(report.chip_size or (224, 224))
+    size = (int(chip_size), int(chip_size)) if chip_size else (report.chip_size or (224, 224))
     info = DataInfo(format=fmt, task=_task_for(fmt, task), classes=scan.classes, bands=len(extract),
                     chip_size=size, extract_bands=extract, normalization=normalization,
                     is_multispectral=normalization.kind != "imagenet", source_bands=source_bands, dtype=dtype,

@@ -111,7 +111,7 @@ class _Frames:
 
     def mask(self, i: int, object_id: int) -> torch.Tensor:
         ids = torch.from_numpy(read_label_raster(self.records[i].label) == object_id)
-        size = tuple(self.info.chip_size)
+        size = self.info.chip_size
         if tuple(ids.shape) != size:
             ids = F.interpolate(ids[None, None].float(), size=size, mode="nearest")[0, 0] > 0.5
         return ids
