@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Generic, Iterable, Sequence, TypeVar
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, RandomSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
 from gpjobs.training.data.batching import FinishingLoader
 from gpjobs.export.chips import read_chip
@@ -19,22 +20,38 @@ from gpjobs.export.metadata import ExportMeta
 from gpjobs.export.readers import ChipRecord
 from gpjobs.export.report import DataError, DataReport, scan_folders
 
-__all__ = ["TrainingData", "open_training_data", "to_model_input", "collate_detection"]
+__all__ = ["SplitData", "TrainingData", "open_training_data", "to_model_input", "collate_detection"]
 
 STATS_SAMPLE = 300  # chips read for band statistics when the export has none (arcgis.learn: 30% or <300 all)
 
 
+TrainSet = TypeVar("TrainSet", bound=Dataset)
+ValidSet = TypeVar("ValidSet", bound=Dataset)
+
+
 @dataclass
-class TrainingData:
-    """Validated, split training data for one job."""
+class SplitData(abc.ABC, Generic[TrainSet, ValidSet]):
+    """Validated, split training data for one job; each kind of sample brings its datasets and loaders."""
 
     info: DataInfo
     report: DataReport
-    train: ExportDataset
-    valid: ExportDataset
+    train: TrainSet
+    valid: ValidSet
     class_weights: list[float] | None
     export_emd: dict[str, Any]
     seed: int = 42
+
+    @abc.abstractmethod
+    def loaders(self, batch_size: int, *, num_workers: int = 0, pin_memory: bool = False,
+                device: torch.device | str | None = None, sampler: Sampler | None = None,
+                shard: tuple[int, int] | None = None) -> tuple[Iterable[Any], Iterable[Any]]:
+        """(train, valid) loaders; `shard=(rank, world)`: the training loader yields rank `rank`'s share of
+        each batch (the engine passes it on every call, None on one device)."""
+
+
+@dataclass
+class TrainingData(SplitData[ExportDataset, ExportDataset]):
+    """Chips with their labels as ExportDatasets: every task but captioning and tracking."""
 
     def loaders(self, batch_size: int, *, num_workers: int = 0, pin_memory: bool = False,
                 device: torch.device | str | None = None, sampler: Sampler | None = None,
@@ -194,7 +211,7 @@ def _class_weights(metas: list[ExportMeta], info: DataInfo) -> list[float] | Non
 
 def open_training_data(folders: Sequence[str | Path], *, task: str, chip_size: int | None = None,
                        validation_percent: float = 10.0, seed: int = 42, extract_bands: Sequence[int] | None = None,
-                       augment: bool = True, roots: Sequence[str | Path] | None = None) -> TrainingData:
+                       augment: bool = True, roots: Sequence[str | Path] | None = None) -> SplitData[Any, Any]:
     """Validate every chip and label (full check), then build the split datasets; DataError when unusable.
 
     `roots[i]`: the root of folder i's store; every file is read inside it (None: local folders, root `/`).
