@@ -18,6 +18,7 @@ import importlib.util
 import json
 import sys
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -211,7 +212,7 @@ class _Job:
         self.height, self.width = first.height, first.width
         self.grid = [(r, c) for r in range(0, self.height, self.ty) for c in range(0, self.width, self.tx)]
 
-    def _blocks(self):
+    def _blocks(self) -> Iterator[tuple[int, int, dict[str, Any]]]:
         total = len(self.grid)
         for done, (row0, col0) in enumerate(self.grid):
             if self.cancelled is not None and self.cancelled():

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import abc
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, Iterable, Sequence, TypeVar
+from typing import Any, Generic, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -98,7 +99,7 @@ class ShardedBatches(Sampler):
         """The drawing sampler's generator (seed_epoch reseeds it each epoch)."""
         return getattr(self.sampler, "generator", None)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[list[int]]:
         batch: list[int] = []
         for index in self.sampler:
             batch.append(int(index))
