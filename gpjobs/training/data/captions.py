@@ -90,8 +90,8 @@ class CaptionData(SplitData[CaptionDataset, CaptionDataset]):
                                  {"shuffle": True, "generator": torch.Generator().manual_seed(self.seed)})
         batches = math.ceil(len(self.train) / batch_size)
         train = DataLoader(self.train, drop_last=batches >= 2, **order, **common)
-        return (shard_loader(train, *shard) if shard is not None else train), DataLoader(self.valid, shuffle=False,
-                                                                                        **common)
+        valid = DataLoader(self.valid, shuffle=False, **common)
+        return (shard_loader(train, *shard) if shard is not None else train), valid
 
 
 def open_caption_data(scan: Scan, info: DataInfo, *, validation_percent: float, seed: int) -> CaptionData:
