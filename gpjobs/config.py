@@ -92,10 +92,6 @@ class Config:
 
     # Derived paths are never None after load_config(); these accessors keep callers simple.
     @property
-    def database(self) -> Path:
-        return self.db_path or self.data_dir / "gpjobs.sqlite3"
-
-    @property
     def content(self) -> Path:
         return self.content_dir or self.data_dir / "content"
 
@@ -377,8 +373,3 @@ def _validate_devices(config: Config) -> None:
         raise ConfigError(f"devices {config.devices} lists a GPU twice (each GPU belongs to one slot)")
     if config.ray_cpus_per_job < 0:
         raise ConfigError("ray_cpus_per_job must be 0 (child_threads per device) or more")
-
-
-def default_file_share(config: Config) -> Path:
-    """Where the `default` file share lives when none is configured (created by `gpjobs serve`)."""
-    return config.data_dir / "fileshares" / "default"

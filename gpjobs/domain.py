@@ -54,11 +54,6 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
 }
 
 
-def can_transition(source: JobStatus, target: JobStatus) -> bool:
-    """True when `source -> target` is an allowed edge of the job state machine."""
-    return target in TRANSITIONS[source]
-
-
 def sources_of(target: JobStatus) -> frozenset[JobStatus]:
     """Every status from which `target` may be reached (the WHERE clause of a guarded UPDATE)."""
     return frozenset(s for s, targets in TRANSITIONS.items() if target in targets)

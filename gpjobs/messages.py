@@ -132,7 +132,7 @@ FAILURE_HINTS = {
 def training_failed(rc: int | None, log_tail: str) -> str:
     """A child that failed without saying why: its exit, a hint for the exit code, the end of its log."""
     try:
-        hint = FAILURE_HINTS.get(ExitCode(rc))
+        hint = FAILURE_HINTS.get(ExitCode(rc)) if rc is not None else None
     except ValueError:  # not one of ours (a signal, or None: never started)
         hint = None
     text = f"Training failed ({describe_exit(rc) if rc is not None else 'not started'})"

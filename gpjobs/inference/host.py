@@ -19,6 +19,7 @@ import importlib.util
 import json
 import sys
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -67,6 +68,8 @@ def load_prf(folder: Path, emd: dict[str, Any], emd_name: str = ".emd"):
     module_name = f"gpjobs_prf_{path.stem}_{zlib.crc32(str(path.resolve()).encode()):08x}"
     try:
         spec = importlib.util.spec_from_file_location(module_name, path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"Python finds no loader for {path.name}")
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module
         spec.loader.exec_module(module)
@@ -244,7 +247,7 @@ class _Job:
         if self.cancelled is not None and self.cancelled():
             raise InferenceCancelled(f"cancelled after {done} of {total} blocks")
 
-    def _blocks(self):
+    def _blocks(self) -> Iterator[tuple[int, int, int, dict[str, Any]]]:
         total = len(self.grid)
         pending = self._pending(total)
         for count, index in enumerate(pending):

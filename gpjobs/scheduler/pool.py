@@ -14,15 +14,17 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from gpjobs.config import Config, slot_devices
+from gpjobs.config import Config
 from gpjobs.scheduler.child import ChildProcess
 
 
 class Child(Protocol):
     """One attempt's training child as the supervisor drives it."""
 
-    pid: int
     signals_sent: list[int]
+
+    @property
+    def pid(self) -> int: ...
 
     @property
     def returncode(self) -> int | None: ...
@@ -76,8 +78,3 @@ class LocalPool(Pool):
     async def spawn(self, spec_path: Path, *, device: str, log_path: Path) -> Child:
         return await ChildProcess.spawn(self.config.trainer_command, spec_path, device=device,
                                         threads=self.config.child_threads, log_path=log_path)
-
-
-def ranks_of(device: str) -> int:
-    """Training processes a job on a slot of `device` runs (one per device)."""
-    return len(slot_devices(device))

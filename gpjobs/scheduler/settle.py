@@ -76,8 +76,8 @@ class Settlement:
         failure = self.refusal or end.failure
         reported = None
         if failure is not None:
-            with contextlib.suppress(TypeError, ValueError):
-                reported = int(failure.get("exit_code"))
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                reported = int(failure["exit_code"])
         outcome = classify(end.rc if end.rc is not None else 0, published=self.published,
                            stop_reason=end.stop_reason, reported=reported)
         if outcome is not Outcome.SUCCEEDED:

@@ -119,8 +119,9 @@ def ddp_networks(model: nn.Module, device: torch.device) -> nn.Module:
                          "must keep them in its sub-networks to train on several devices")
     view = object.__new__(type(model))
     view.__dict__.update(model.__dict__)
-    view.__dict__["_modules"] = {name: _ddp(child, device) if any(p.requires_grad for p in child.parameters())
-                                 else child for name, child in model._modules.items()}
+    view.__dict__["_modules"] = {name: _ddp(child, device) if child is not None and any(
+                                     p.requires_grad for p in child.parameters()) else child
+                                 for name, child in model._modules.items()}
     return view
 
 
@@ -187,11 +188,11 @@ class Launcher:
         try:
             self._supervise()
         finally:
-            for rank in self.ranks:  # never leave a rank behind (e.g. the launcher itself failing)
-                if rank.process.is_alive():
-                    rank.killed_by_launcher = True
-                    rank.process.kill()
-                rank.process.join()
+            for launched in self.ranks:  # never leave a rank behind (e.g. the launcher itself failing)
+                if launched.process.is_alive():
+                    launched.killed_by_launcher = True
+                    launched.process.kill()
+                launched.process.join()
         return self._ending()
 
     def _supervise(self) -> None:

@@ -69,8 +69,11 @@ def train_job(spec: JobSpec, reporter: Reporter) -> dict[str, Any]:
 
     with contextlib.ExitStack() as stack:
         # A package to fine-tune from decides the chip size, bands and backbone, as arcgis.learn does.
-        pretrained = request.pretrained
-        package = stack.enter_context(open_package(pretrained.path, pretrained.root)) if pretrained else None
+        package_path = request.pretrained.path if request.pretrained is not None else None
+        package = None
+        if request.pretrained is not None:
+            assert package_path is not None  # submit resolved the item to its package file
+            package = stack.enter_context(open_package(package_path, request.pretrained.root))
         if package is not None:
             backbone = _check_pretrained_fits(package, request, backbone, say)
         chip_size = args["chip_size"]
@@ -99,7 +102,7 @@ def train_job(spec: JobSpec, reporter: Reporter) -> dict[str, Any]:
 
         # 2. model
         if package is not None:
-            weights = WeightsPolicy.skip(f"fine-tuning from {Path(str(request.pretrained.path)).name}")
+            weights = WeightsPolicy.skip(f"fine-tuning from {Path(str(package_path)).name}")
         else:
             weights = WeightsPolicy(runtime.weights_dir, runtime.missing_weights)
         seed_everything(int(args["seed"]))

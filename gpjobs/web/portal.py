@@ -101,8 +101,8 @@ def _esri(handler: Handler) -> Handler:
         except EsriError as err:
             return json_response(err.body(), pretty=output_format(request) == "pjson")
         except ItemNotFound:
-            err = item_missing()
-            return json_response(err.body(), pretty=output_format(request) == "pjson")
+            missing = item_missing()
+            return json_response(missing.body(), pretty=output_format(request) == "pjson")
 
     return wrapper
 

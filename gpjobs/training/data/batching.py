@@ -164,10 +164,13 @@ class _Finisher:
 
     def __call__(self, raw: Any) -> Any:
         if isinstance(raw, Packed) and raw.slot is not None:
+            ring = self.ring
+            assert ring is not None  # only a loader that made a ring packs batches into its slots
+            worker, index = raw.slot
             try:
-                return self._finish(raw.unpack(self.ring))
+                return self._finish(raw.unpack(ring))
             finally:  # everything finished is a copy (or the device's); the worker may refill the slot
-                self.ring.release(tuple(raw.slot))  # type: ignore[union-attr]
+                ring.release((worker, index))
         return self._finish(raw.unpack() if isinstance(raw, Packed) else raw)
 
     def _finish(self, raw: Any) -> Any:

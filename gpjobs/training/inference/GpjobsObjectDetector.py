@@ -15,6 +15,7 @@ import math
 import os
 import sys
 import zlib
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,6 +35,7 @@ def _core():
 
 
 core = _core()
+TiledPRF: Any = core.TiledPRF  # a name mypy accepts as a base class (the module is loaded at run time)
 POLYGON = 4  # ArcGIS geometry type
 
 
@@ -253,7 +255,7 @@ def decode_rcnn(network, outputs, spec: dict, tile: tuple) -> list:
     return found
 
 
-class GpjobsObjectDetector(core.TiledPRF):
+class GpjobsObjectDetector(TiledPRF):
     """Network outputs -> detections per tile -> features in block pixel coordinates."""
 
     def initialize(self, **kwargs) -> None:
@@ -314,7 +316,7 @@ class GpjobsObjectDetector(core.TiledPRF):
         pixels = np.asarray(pixelBlocks["raster_pixels"])
         self.normalizer.check(pixels)
         pixels, _ = core.mask_invalid(pixels, pixelBlocks.get("raster_mask"))
-        features = []
+        features: list[dict] = []
         inner = self.tile - 2 * self.padding
         for index, det in enumerate(self.detect(self.tiles_of(pixels))):
             row, col = divmod(index, self.cols)
