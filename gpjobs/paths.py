@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import json
 import os
 import stat
@@ -302,6 +303,7 @@ def open_in_store(path: str | Path, root: str | Path) -> BinaryIO:
         os.close(fd)
         raise
     handle = os.fdopen(fd, "rb")
+    assert isinstance(handle.raw, io.FileIO)
     handle.raw.name = os.fspath(path)  # readers (tifffile) want the file's name, not its descriptor number
     return handle
 

@@ -74,8 +74,12 @@ class Normalization:
             scaled_std = b_std * scaled_mean / b_mean if b_mean else b_std / (b_hi - b_lo)
             if scaled_std <= 0:
                 scaled_std += 0.01
-            lo.append(b_lo), hi.append(b_hi), mean.append(b_mean), std.append(b_std)
-            smean.append(scaled_mean), sstd.append(abs(scaled_std))
+            lo.append(b_lo)
+            hi.append(b_hi)
+            mean.append(b_mean)
+            std.append(b_std)
+            smean.append(scaled_mean)
+            sstd.append(abs(scaled_std))
         return cls("band_stats", lo, hi, mean, std, smean, sstd)
 
     def affine(self) -> tuple[np.ndarray, np.ndarray]:

@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 import structlog
 
+from gpjobs.config import slot_devices
 from gpjobs.training.protocol import decode_event
 
 log = structlog.get_logger("gpjobs.scheduler")
@@ -33,9 +34,10 @@ EVENT_LINE_LIMIT = 16 * 1024 * 1024  # a result event carries the whole .emd
 
 
 def child_env(device: str, threads: int) -> dict[str, str]:
-    """The child's environment: its one device, and one BLAS/OpenMP pool of `threads` threads."""
+    """The child's environment: its slot's GPUs ("cuda:2+cuda:3" -> CUDA_VISIBLE_DEVICES=2,3; the child sees
+    them as cuda:0 and cuda:1), and one BLAS/OpenMP pool of `threads` threads per training process."""
     env = dict(os.environ)
-    env["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1] if device.startswith("cuda:") else ""
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(d.split(":", 1)[1] for d in slot_devices(device) if d.startswith("cuda:"))
     env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -69,6 +71,10 @@ class ChildProcess:
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         """Events until the child closes stdout; stray lines are ignored (they go to the log anyway)."""

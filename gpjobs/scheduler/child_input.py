@@ -6,10 +6,13 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from gpjobs.config import Config
+from gpjobs.config import Config, slot_devices
 from gpjobs.domain import Job
 from gpjobs.store import Store
+from gpjobs.tasks.inference import InferenceRequest
+from gpjobs.tasks.registry import task_named
 from gpjobs.tasks.train import TrainingRequest
 from gpjobs.training.protocol import ChildRuntime, JobSpec
 
@@ -41,16 +44,27 @@ def auto_loader_workers(device: str, share: int, threads: int) -> int:
     return min(CPU_MAX_WORKERS, max(0, share - max(1, threads)))
 
 
-def cpu_split(config: Config, device: str, request: TrainingRequest, cpus: int | None = None) -> CpuSplit:
-    """The split a job runs with: its num_workers argument, else the server's loader_workers setting."""
-    share = slot_cpus(len(config.devices), cpus)
+def cpu_split(config: Config, device: str, request: TrainingRequest, cpus: int | None = None,
+              share: int | None = None) -> CpuSplit:
+    """The split a job runs with: its num_workers argument, else the server's loader_workers setting. `share`:
+    the slot's CPUs when the pool knows them (a Ray job's), else this machine's shared evenly over the slots.
+    On a slot of several devices the workers are per rank, from the rank's part of the share."""
+    share = share if share is not None else slot_cpus(len(config.devices), cpus)
     threads = config.child_threads
     given = request.given_arguments.get("num_workers")
     if given is not None:
         return CpuSplit(share, threads, int(given), "num_workers argument")
     if config.loader_workers == "auto":
-        return CpuSplit(share, threads, auto_loader_workers(device, share, threads), "auto")
+        per_rank = max(1, share // len(slot_devices(device)))
+        return CpuSplit(share, threads, auto_loader_workers(device, per_rank, threads), "auto")
     return CpuSplit(share, threads, int(config.loader_workers), "loader_workers setting")
+
+
+def child_devices(device: str) -> list[str]:
+    """The devices a child on a slot of `device` trains on, as it sees them: CUDA_VISIBLE_DEVICES (or Ray)
+    shows a slot's GPUs as cuda:0, cuda:1, ...; a cpu slot of two entries runs two cpu ranks."""
+    parts = slot_devices(device)
+    return [f"cuda:{i}" if part.startswith("cuda") else "cpu" for i, part in enumerate(parts)]
 
 
 class BadJob(Exception):
@@ -66,11 +80,12 @@ def work_dir(config: Config, job_id: str) -> Path:
 class ChildInput:
     """What one attempt's child is given: the spec file (the device travels in its environment, see child.py)."""
 
-    def __init__(self, store: Store, config: Config, job: Job, device: str) -> None:
+    def __init__(self, store: Store, config: Config, job: Job, device: str, pool: Any = None) -> None:
         self.store = store
         self.config = config
         self.job = job
         self.device = device
+        self.pool = pool  # scheduler.pool.Pool: knows a slot's CPU share (None: this machine's, evenly)
         self.split: CpuSplit | None = None  # known once the spec is written
 
     @property
@@ -86,22 +101,21 @@ class ChildInput:
 
         The spec is the job's stored request, unchanged, and how this attempt runs it."""
         try:
-            request = TrainingRequest.from_json_dict(self.job.spec)
-        except ValueError as exc:
+            request = task_named(self.job.task).request_from_json(self.job.spec)
+        except (KeyError, ValueError) as exc:
             raise BadJob(f"This job cannot run on this server version: {exc}. Submit it again.") from None
-        pretrained = request.pretrained
-        if pretrained is not None and pretrained.item_id:
-            item = await self.store.get_item(pretrained.item_id)  # the item may be gone or replaced since submit
-            if item is None or not Path(item.path).is_file():
-                raise BadJob(f"pretrained_model: item {pretrained.item_id} no longer exists; "
-                             "submit again with an existing model item")
-            request = request.replace(pretrained=dataclasses.replace(pretrained, path=item.path))
-        self.split = cpu_split(self.config, self.device, request)
+        if isinstance(request, InferenceRequest):  # no data loader: the raster function reads its blocks
+            request = await self._model_file(request)
+        else:
+            request = await self._pretrained_file(request)
+            share = self.pool.slot_cpus(self.device, len(os.sched_getaffinity(0))) if self.pool is not None else None
+            self.split = cpu_split(self.config, self.device, request, share=share)
+        devices = child_devices(self.device)
         runtime = ChildRuntime(
-            device="cuda:0" if self.device.startswith("cuda:") else "cpu",  # CUDA_VISIBLE_DEVICES masks the rest
+            device=devices[0], devices=tuple(devices) if len(devices) > 1 else (),
             weights_dir=str(self.config.weights_dir) if self.config.weights_dir else None,
             missing_weights=self.config.missing_weights, num_threads=self.config.child_threads, resume=True,
-            loader_workers=self.split.workers,
+            loader_workers=self.split.workers if self.split else 0,
             heartbeat_seconds=max(0.5, min(5.0, self.config.heartbeat_timeout_s / 4)))
         spec = JobSpec(job_id=self.job_id, work_dir=str(self.work_dir), request=request, runtime=runtime)
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -110,3 +124,23 @@ class ChildInput:
         tmp.write_text(spec.to_json(), encoding="utf-8")
         tmp.replace(path)
         return path
+
+    async def _pretrained_file(self, request: TrainingRequest) -> TrainingRequest:
+        pretrained = request.pretrained
+        if pretrained is not None and pretrained.item_id:
+            item = await self.store.get_item(pretrained.item_id)  # the item may be gone or replaced since submit
+            if item is None or not Path(item.path).is_file():
+                raise BadJob(f"pretrained_model: item {pretrained.item_id} no longer exists; "
+                             "submit again with an existing model item")
+            request = request.replace(pretrained=dataclasses.replace(pretrained, path=item.path))
+        return request
+
+    async def _model_file(self, request: InferenceRequest) -> InferenceRequest:
+        """The model item's package as it is now (it may have been replaced or deleted since submit)."""
+        model = request.model
+        if model.item_id:
+            item = await self.store.get_item(model.item_id)
+            if item is None or not Path(item.path).is_file():
+                raise BadJob(f"model: item {model.item_id} no longer exists; submit again with an existing model")
+            request = request.replace(model=dataclasses.replace(model, path=item.path))
+        return request

@@ -1,5 +1,6 @@
-"""The scheduler: boot recovery, the claim -> dispatch loop (one slot per device), cancel, the watchdog,
-and graceful shutdown. It owns every status change after submit."""
+"""The scheduler: boot recovery, the claim -> dispatch loop (one slot per device entry, or per job the Ray
+cluster has room for: scheduler/pool.py), cancel, the watchdog, and graceful shutdown. It owns every status
+change after submit."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from gpjobs.domain import Job, JobStatus, MessageType, now_ms
 from gpjobs.scheduler.child import WarmTrainer
 from gpjobs.scheduler.child_input import work_dir
 from gpjobs.scheduler.observe import SchedulerObserver
+from gpjobs.scheduler.pool import LocalPool, Pool
 from gpjobs.scheduler.recovery import recover_orphans
 from gpjobs.scheduler.retry import (
     STOP_CANCEL,
@@ -31,6 +33,15 @@ from gpjobs.store import Store
 log = structlog.get_logger("gpjobs.scheduler")
 
 
+def make_pool(config: Config) -> Pool:
+    """The configured pool; Ray is imported only when `pool = "ray"`."""
+    if config.pool == "ray":
+        from gpjobs.scheduler.ray_pool import RayPool
+
+        return RayPool(config)
+    return LocalPool(config)
+
+
 @dataclass
 class Slot:
     device: str
@@ -42,12 +53,14 @@ class Slot:
 class Scheduler:
     """Runs queued jobs, one child per slot. Use `await start()`, then `await stop()`."""
 
-    def __init__(self, config: Config, store: Store, boot_id: str, observer: SchedulerObserver | None = None) -> None:
+    def __init__(self, config: Config, store: Store, boot_id: str, observer: SchedulerObserver | None = None,
+                 pool: Pool | None = None) -> None:
         self.config = config
         self.store = store
         self.boot_id = boot_id
         self.observer = observer or SchedulerObserver()  # metrics listen here
-        self.slots = [Slot(device) for device in config.devices]
+        self.pool = pool or make_pool(config)  # where children run (this machine, or a Ray cluster)
+        self.slots = [Slot(device) for device in self.pool.slot_devices()]
         self._wake = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task] = []
@@ -57,6 +70,8 @@ class Scheduler:
 
     async def start(self, *, dispatch: bool = True, watchdog: bool = True) -> None:
         """Recover jobs orphaned by an earlier boot, then start dispatching and watching."""
+        await self.pool.start()
+        self.match_slots()
         counts = await recover_orphans(self.store, self.boot_id)
         if any(counts.values()):
             log.info("boot recovery", **counts)
@@ -64,7 +79,7 @@ class Scheduler:
         if tidied:
             log.info("work folders tidied", jobs=tidied, retention=self.config.work_retention)
         if dispatch:
-            if self.config.warm_trainers:
+            if self.pool.warm_trainers:
                 await self._start_warm_trainers()
             self._tasks.append(asyncio.create_task(self._dispatch_loop(), name="gpjobs-dispatch"))
         if watchdog:
@@ -110,6 +125,7 @@ class Scheduler:
         for slot in self.slots:
             if slot.warm is not None:
                 await slot.warm.close()
+        await self.pool.close()
         log.info("scheduler stopped", interrupted=len(running))
 
     # --- queue ------------------------------------------------------------------------------------
@@ -149,8 +165,25 @@ class Scheduler:
             return 30.0
         return min(30.0, max(0.05, (due - now_ms()) / 1000))
 
+    def match_slots(self) -> None:
+        """Follow the pool's slots (a Ray cluster grows and shrinks): add the new ones, drop idle ones that went."""
+        wanted = self.pool.slot_devices()
+        if [slot.device for slot in self.slots] == wanted:
+            return
+        busy = [slot for slot in self.slots if slot.task is not None and not slot.task.done()]
+        idle = [slot for slot in self.slots if slot not in busy]
+        slots = list(busy)
+        for device in wanted[len(busy):]:
+            reuse = next((slot for slot in idle if slot.device == device), None)
+            slots.append(reuse if reuse is not None else Slot(device))
+            if reuse is not None:
+                idle.remove(reuse)
+        self.slots = slots
+        log.info("slots", count=len(slots), devices=sorted(set(wanted)))
+
     async def dispatch_once(self) -> list[Job]:
         """Claim a job for every free slot (FIFO) and start its run; returns the claimed jobs."""
+        self.match_slots()
         claimed = []
         for slot in self.slots:
             if self._stopping:
@@ -163,7 +196,7 @@ class Scheduler:
             claimed.append(job)
             self.observer.job_claimed(job)
             run = JobRun(self.store, self.config, job, slot.device, wake_at=self.wake_at, warm=slot.warm,
-                         observer=self.observer)
+                         observer=self.observer, pool=self.pool)
             slot.run = run
             slot.task = asyncio.create_task(self._run_slot(slot, run), name=f"gpjobs-job-{job.job_id}")
         if not self._stopping and all(slot.task is not None and not slot.task.done() for slot in self.slots):

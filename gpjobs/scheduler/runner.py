@@ -18,6 +18,7 @@ from gpjobs.domain import Job
 from gpjobs.scheduler.child import WarmTrainer
 from gpjobs.scheduler.child_input import BadJob, ChildInput
 from gpjobs.scheduler.observe import SchedulerObserver
+from gpjobs.scheduler.pool import Pool
 from gpjobs.scheduler.settle import AttemptEnd, Settlement
 from gpjobs.scheduler.supervisor import ChildSupervisor
 from gpjobs.scheduler.workdirs import tidy_finished
@@ -31,16 +32,16 @@ class JobRun:
 
     def __init__(self, store: Store, config: Config, job: Job, device: str, *,
                  wake_at: Callable[[float], None], warm: WarmTrainer | None = None,
-                 observer: SchedulerObserver | None = None) -> None:
+                 observer: SchedulerObserver | None = None, pool: Pool | None = None) -> None:
         self.job = job
         self.device = device
         self.store, self.config = store, config
         self.log = log.bind(job_id=job.job_id, device=device)
-        self.child_input = ChildInput(store, config, job, device)
+        self.child_input = ChildInput(store, config, job, device, pool)
         self.settlement = Settlement(store, config, job, self.log, wake_at)
         self.supervisor = ChildSupervisor(store, config, job, device, self.child_input.work_dir, self.log,
                                           on_result=self.settlement.publish, warm=warm,
-                                          observer=observer or SchedulerObserver())
+                                          observer=observer or SchedulerObserver(), pool=pool)
 
     @property
     def job_id(self) -> str:

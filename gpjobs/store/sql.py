@@ -12,7 +12,7 @@ from gpjobs.domain import JobStatus
 
 # --- columns -----------------------------------------------------------------------------------
 
-JOB_COLUMNS = ("job_id", "owner", "status", "model_type", "inputs", "spec", "progress", "attempts", "max_attempts",
+JOB_COLUMNS = ("job_id", "owner", "status", "task", "model_type", "inputs", "spec", "progress", "attempts", "max_attempts",
                "interruptions", "server_crashes", "result", "error", "created_ms", "updated_ms", "started_ms",
                "finished_ms", "run_after_ms", "device", "boot_id", "pid", "heartbeat_ms", "checkpoint_epoch",
                "cancel_requested_ms")
@@ -51,6 +51,7 @@ FIRST_RUN_AFTER_IN = "SELECT min(run_after_ms) FROM jobs WHERE status IN (SELECT
 _JOB_FILTER = ("WHERE (:owner IS NULL OR owner = :owner) "
                "AND (:statuses IS NULL OR status IN (SELECT value FROM json_each(:statuses))) "
                "AND (:model_type IS NULL OR model_type = :model_type) "
+               "AND (:task IS NULL OR task = :task) "
                "AND (:since_ms IS NULL OR created_ms >= :since_ms) "
                "AND (:until_ms IS NULL OR created_ms <= :until_ms)")
 COUNT_JOBS = f"SELECT count(*) FROM jobs {_JOB_FILTER}"
@@ -83,10 +84,16 @@ _CLAIM_SET = ("status = :target, updated_ms = :now, attempts = attempts + 1, sta
               "heartbeat_ms = :now, boot_id = :boot_id, device = :device, pid = NULL, "
               "progress = coalesce(progress, 0), cancel_requested_ms = NULL")
 # A job whose request names a processor type (context.processorType: CPU | GPU) waits for a slot of that kind.
-CLAIM_NEXT = (f"UPDATE jobs SET {_CLAIM_SET} "
-              f"WHERE job_id = (SELECT job_id FROM jobs WHERE {_IN_SOURCES} AND run_after_ms <= :now "
-              "AND coalesce(json_extract(spec, '$.context.processor_type'), :processor) = :processor "
-              f"ORDER BY created_ms, rowid LIMIT 1) AND {_IN_SOURCES} RETURNING *")
+# One ordered walk per claimable status (:first, :second) over the index jobs_fifo (status, created_ms), each
+# stopping at its first runnable job, then the older of the two: a claim costs the same with 100 or 10,000 jobs
+# queued (bench/queue_scale.py), where one walk over both statuses had to sort every queued row.
+_OLDEST_RUNNABLE = ("SELECT * FROM (SELECT job_id, created_ms, rowid AS row FROM jobs WHERE status = {status} "
+                    "AND +run_after_ms <= :now "  # unary +: filter while walking jobs_fifo, do not pick jobs_queue
+                    "AND coalesce(json_extract(spec, '$.context.processor_type'), :processor) = :processor "
+                    "ORDER BY created_ms, rowid LIMIT 1)")
+CLAIM_NEXT = (f"UPDATE jobs SET {_CLAIM_SET} WHERE job_id = (SELECT job_id FROM ("
+              f"{_OLDEST_RUNNABLE.format(status=':first')} UNION ALL {_OLDEST_RUNNABLE.format(status=':second')}) "
+              f"ORDER BY created_ms, row LIMIT 1) AND {_IN_SOURCES} RETURNING *")
 MARK_WAITING = f"UPDATE jobs SET status = :target, updated_ms = :now WHERE {_IN_SOURCES}"
 
 _GUARD = f"WHERE job_id = :job_id AND {_IN_SOURCES} RETURNING *"

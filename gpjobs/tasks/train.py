@@ -298,8 +298,12 @@ def parse_output_name(raw: Any, resolver: PathResolver) -> OutputTarget:
         obj = {"uri": text} if any(m in text.lower() for m in _STORE_MARKERS) else {"name": text}
     if "uri" in obj:
         return _output_folder(obj["uri"], resolver)
-    service = obj.get("serviceProperties") if isinstance(obj.get("serviceProperties"), dict) else {}
-    item_props = obj.get("itemProperties") if isinstance(obj.get("itemProperties"), dict) else {}
+    service = obj.get("serviceProperties")
+    if not isinstance(service, dict):
+        service = {}
+    item_props = obj.get("itemProperties")
+    if not isinstance(item_props, dict):
+        item_props = {}
     name = obj.get("name", service.get("name"))
     if not isinstance(name, str):
         raise ValueError('output_name: expected {"name": "<model>"} or {"uri": "/fileShares/<store>/<folder>"}')

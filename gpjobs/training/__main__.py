@@ -17,6 +17,8 @@ import select
 import sys
 import time
 
+from gpjobs.tasks.train import TASK_NAME as TRAIN_TASK
+from gpjobs.training.events import DIE_WITH_PARENT_ENV, die_with_parent
 from gpjobs.training.protocol import ExitCode, encode_event
 
 
@@ -27,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     what.add_argument("--warm", action="store_true", help="import everything, then wait for the job on stdin")
     parser.add_argument("--no-lifeline", action="store_true", help="do not watch stdin (manual runs)")
     args = parser.parse_args(argv)
+    if os.environ.get(DIE_WITH_PARENT_ENV):
+        die_with_parent()
     if args.warm:
         spec_path = wait_for_job()
         if spec_path is None:
@@ -51,7 +55,9 @@ def warm_up() -> float:
             importlib.import_module(f"gpjobs.training.models.{family}")
         except ImportError as exc:  # the job that needs it will say so; warming must not fail
             print(f"warm start: gpjobs.training.models.{family} not imported: {exc}", file=sys.stderr)
-    device = "cuda" if os.environ.get("CUDA_VISIBLE_DEVICES") and torch.cuda.is_available() else "cpu"
+    # A slot of several GPUs: the ranks start CUDA each on its own device; this launcher holds none.
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    device = "cuda" if visible and "," not in visible and torch.cuda.is_available() else "cpu"
     # One tiny forward and backward pass: creates the CUDA context on a GPU slot and starts the autograd engine
     # and the kernels' lazy set-up now, not in the job's first batch. Nothing of it is kept.
     layer = torch.nn.Conv2d(3, 4, 3).to(device)
@@ -103,9 +109,16 @@ def run_spec(spec_file: str, *, lifeline: bool) -> int:
     # set before torch is imported so OpenMP picks it up (a warm child has it from its environment).
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, spec.runtime.num_threads)))
     reporter = ChildReporter(spec.runtime.heartbeat_seconds, lifeline=lifeline)
+    if spec.task != TRAIN_TASK:  # an inference task: the same child (warm, torch imported) runs it
+        try:
+            return int(_run_inference(spec, reporter))
+        finally:
+            reporter.close()
+            sys.stderr.flush()
     try:
         from gpjobs.training.checkpoint import load_checkpoint
-        from gpjobs.training.run_job import child_environment_summary, run_job
+        from gpjobs.training.distributed import run_training
+        from gpjobs.training.run_job import child_environment_summary
 
         resumed = 0
         if spec.runtime.resume:
@@ -114,12 +127,25 @@ def run_spec(spec_file: str, *, lifeline: bool) -> int:
                 resumed = int(state["epoch"]) if state else 0
             except Exception:  # a corrupt checkpoint is reported by the engine; start info stays truthful
                 resumed = 0
-        reporter.emit("started", **child_environment_summary(spec.runtime.device), resumed_from_epoch=resumed)
-        code = run_job(spec, reporter)
+        reporter.emit("started", **child_environment_summary(spec.runtime.device),
+                      devices=list(spec.runtime.devices or [spec.runtime.device]), resumed_from_epoch=resumed)
+        code = run_training(spec, reporter)
     finally:
         reporter.close()
     sys.stderr.flush()
     return int(code)
+
+
+def _run_inference(spec, reporter) -> int:
+    """An inference job: the PRF host over the request's rasters, resuming from the block journal."""
+    from pathlib import Path
+
+    from gpjobs.inference.blocks import finished_blocks
+    from gpjobs.inference.job import BLOCKS_DIR, environment_summary, run_inference_job
+
+    reporter.emit("started", **environment_summary(spec.runtime.device), resumed_from_epoch=0,
+                  resumed_blocks=finished_blocks(Path(spec.work_dir) / BLOCKS_DIR))
+    return run_inference_job(spec, reporter)
 
 
 if __name__ == "__main__":

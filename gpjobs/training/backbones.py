@@ -123,7 +123,7 @@ def set_output_stride(backbone: FeatureBackbone, output_stride: int) -> FeatureB
     """Dilate an already built backbone to `output_stride` (16 or 8) and re-measure its taps."""
     _dilate(backbone.stages, output_stride)
     backbone.output_stride = output_stride
-    backbone.out_channels, backbone.strides = backbone._probe()
+    backbone.out_channels, backbone.strides = backbone.probe()
     return backbone
 
 

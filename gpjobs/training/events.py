@@ -8,6 +8,8 @@ lifeline: EOF means the server is gone, and the run stops at the next batch boun
 from __future__ import annotations
 
 import abc
+import contextlib
+import ctypes
 import os
 import signal
 import sys
@@ -173,6 +175,19 @@ class ChildReporter(Reporter):
                 os.fsync(self._fd)
             except OSError:
                 pass
+
+
+PR_SET_PDEATHSIG = 1
+DIE_WITH_PARENT_ENV = "GPJOBS_DIE_WITH_PARENT"  # set by a parent that may die without closing our stdin first
+
+
+def die_with_parent(parent_pid: int | None = None) -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (a killed launcher takes its ranks along, a
+    killed Ray worker its training child); exits at once when the parent is already gone."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+    if parent_pid is not None and os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(int(ExitCode.LIFELINE_LOST))
 
 
 def now() -> float:

@@ -36,7 +36,7 @@ class FeatureBackbone(nn.Module):
         self.source_children = list(source_children or [])
         self.source_features = list(source_features or [])
         self.output_stride = output_stride
-        self.out_channels, self.strides = self._probe()
+        self.out_channels, self.strides = self.probe()
 
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         features: OrderedDict[str, torch.Tensor] = OrderedDict()
@@ -56,7 +56,7 @@ class FeatureBackbone(nn.Module):
         return self.first_conv().parameters()
 
     @torch.no_grad()
-    def _probe(self) -> tuple[list[int], list[int]]:
+    def probe(self) -> tuple[list[int], list[int]]:
         # One tiny forward in eval mode (running BN stats untouched) tells channels and strides exactly.
         was_training = self.training
         self.eval()
@@ -70,12 +70,14 @@ def adapt_first_conv(conv: nn.Conv2d, in_channels: int, pretrained: bool) -> tup
     """`conv` for `in_channels` inputs: unchanged for its own band count, else rebuilt from its RGB filters."""
     if in_channels == conv.in_channels:
         return conv, False
-    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                    conv.dilation, conv.groups, conv.bias is not None)
+    # torch annotates a Conv2d's own kernel_size/stride/padding/dilation as tuple[int, ...]; they are pairs
+    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride,  # type: ignore[arg-type]
+                    conv.padding, conv.dilation, conv.groups, conv.bias is not None)  # type: ignore[arg-type]
     if pretrained:
         with torch.no_grad():
             new.weight.copy_(spread_band_filters(conv.weight, in_channels))
             if conv.bias is not None:
+                assert new.bias is not None  # made with a bias just above
                 new.bias.copy_(conv.bias)
     return new, True
 

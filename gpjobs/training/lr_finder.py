@@ -93,7 +93,8 @@ def lr_range_test(model: torch.nn.Module, optimizer_factory: Callable[[], torch.
                   check_stop: Callable[[], None] = lambda: None,
                   on_step: Callable[[int, int], None] = lambda i, total: None) -> dict[str, Any]:
     """Sweep the learning rate exponentially over `num_it` batches (repeating epochs if needed) and stop early
-    when the running smoothed loss exceeds DIVERGED x its best or turns NaN; the model's weights are restored.
+    when the running smoothed loss exceeds DIVERGED x its best or turns NaN; the model's weights are restored
+    and its gradients cleared.
 
     `step(batch)` returns the loss after backward; `batches()` yields training batches (called again when an
     epoch runs out). Returns {"lrs", "raw", "losses" (smoothed), "chosen", "reason", "points", "diverged"}.
@@ -133,8 +134,9 @@ def lr_range_test(model: torch.nn.Module, optimizer_factory: Callable[[], torch.
             if i > 0 and smoothed > DIVERGED * best:
                 diverged = True
                 break
-    finally:
+    finally:  # leave no trace: the weights as they were, and no gradient for the first training step to add to
         model.load_state_dict(saved)
+        model.zero_grad(set_to_none=True)
     if len(lrs) < 3:
         raise FloatingPointError("the learning-rate range test diverged at once; set learning_rate explicitly")
     chosen, reason = pick_learning_rate(lrs, raw, default_lr)

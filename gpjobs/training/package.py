@@ -169,7 +169,8 @@ def load_model(package: Package, *, say: Callable[[str, str], None] | None = Non
     from gpjobs.catalog import parse_arguments
 
     args = parse_arguments(model_type, package.arguments)
-    family = family_for(model_type.name)(model_type, info, package.backbone or model_type.default_backbone, args,
+    backbone = package.backbone or model_type.default_backbone or ""  # "": a fixed network (resolve_backbone)
+    family = family_for(model_type.name)(model_type, info, backbone, args,
                                          WeightsPolicy.skip("weights come from the package"), say)
     family.load_emd(package.emd)
     model = family.build()

@@ -15,6 +15,9 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
+from gpjobs.tasks.inference import TASKS as INFERENCE_TASKS
+from gpjobs.tasks.inference import InferenceRequest
+from gpjobs.tasks.train import TASK_NAME as TRAIN_TASK
 from gpjobs.tasks.train import TrainingRequest
 
 
@@ -35,6 +38,9 @@ class ChildRuntime:
     """How this attempt runs, decided by the server (or `gpjobs train`), not by the user's request."""
 
     device: str = "cpu"  # "cpu" or "cuda:N"
+    # Every device of the job, one training process (rank) each, when it has more than one (torch.distributed;
+    # `device` is then rank 0's); empty: the job trains on `device` alone.
+    devices: tuple[str, ...] = ()
     weights_dir: str | None = None  # torchvision-named ImageNet weight files
     missing_weights: str = "random"  # "random": train from scratch and say so; "fail": fail the job
     num_threads: int = 1  # torch.set_num_threads in the child (side-by-side children must not oversubscribe)
@@ -45,24 +51,30 @@ class ChildRuntime:
 
 @dataclass(frozen=True)
 class JobSpec:
-    """Everything a child needs to train one job: the validated request and how to run it."""
+    """Everything a child needs to run one job: the validated request (training, or an inference task's) and
+    how to run it."""
 
     job_id: str
-    work_dir: str  # checkpoints, logs and output live here; survives restarts
-    request: TrainingRequest
+    work_dir: str  # checkpoints, block journals, logs and output live here; survives restarts
+    request: TrainingRequest | InferenceRequest
     runtime: ChildRuntime = field(default_factory=ChildRuntime)
 
+    @property
+    def task(self) -> str:
+        return self.request.task if isinstance(self.request, InferenceRequest) else TRAIN_TASK
+
     def to_json(self) -> str:
-        return json.dumps({"job_id": self.job_id, "work_dir": self.work_dir,
+        return json.dumps({"job_id": self.job_id, "work_dir": self.work_dir, "task": self.task,
                            "request": self.request.to_json_dict(), "runtime": dataclasses.asdict(self.runtime)},
                           indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> "JobSpec":
         data = json.loads(text)
-        return cls(job_id=data["job_id"], work_dir=data["work_dir"],
-                   request=TrainingRequest.from_json_dict(data["request"]),
-                   runtime=ChildRuntime(**data.get("runtime", {})))
+        task = data.get("task") or TRAIN_TASK
+        reader = InferenceRequest.from_json_dict if task in INFERENCE_TASKS else TrainingRequest.from_json_dict
+        return cls(job_id=data["job_id"], work_dir=data["work_dir"], request=reader(data["request"]),
+                   runtime=_runtime(data.get("runtime", {})))
 
     @classmethod
     def load(cls, path: str | Path) -> "JobSpec":
@@ -81,6 +93,10 @@ class JobSpec:
         return self.output_dir / f"{self.request.output.name}.dlpk"
 
 
+def _runtime(data: dict[str, Any]) -> ChildRuntime:
+    return ChildRuntime(**{**data, "devices": tuple(data.get("devices") or ())})
+
+
 # --- events (child -> server), one JSON object per line with a "type" key ----------------------
 #
 #   {"type": "started", "pid": 123, "device": "cpu", "torch": "2.14.1", "resumed_from_epoch": 0}
@@ -93,6 +109,10 @@ class JobSpec:
 #   {"type": "heartbeat"}
 #   {"type": "result", "package": "/abs/out.dlpk", "model_type": "UNET", "backbone": "RESNET18",
 #        "metrics": {...}, "best_epoch": 3, "epochs_run": 5}
+#   inference: {"type": "result", "kind": "raster" | "features", "data": "/abs/out.tif",
+#        "resources": ["/abs/out.tif.aux.xml"], "blocks": 40, "features": 0, "resumed_blocks": 12,
+#        "model_type": "UNET"}
+#   inference `started` adds "resumed_blocks": the blocks its journal already holds
 #   {"type": "failed", "exit_code": 2, "text": "what went wrong and how to fix it", "details": ["..."]}
 
 EVENT_TYPES = frozenset(

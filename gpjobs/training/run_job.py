@@ -15,6 +15,7 @@ from gpjobs.export import DataError
 from gpjobs.paths import PathError
 from gpjobs.tasks.train import TrainingRequest
 from gpjobs.training.data import open_training_data
+from gpjobs.training.distributed import is_main_process
 from gpjobs.training.engine import FitConfig, NaNLossError, OutOfMemory, backbone_policy, fit, seed_everything
 from gpjobs.training.events import Reporter, StopRequested
 from gpjobs.training.metrics import scalar_metrics
@@ -68,8 +69,11 @@ def train_job(spec: JobSpec, reporter: Reporter) -> dict[str, Any]:
 
     with contextlib.ExitStack() as stack:
         # A package to fine-tune from decides the chip size, bands and backbone, as arcgis.learn does.
-        pretrained = request.pretrained
-        package = stack.enter_context(open_package(pretrained.path, pretrained.root)) if pretrained else None
+        package_path = request.pretrained.path if request.pretrained is not None else None
+        package = None
+        if request.pretrained is not None:
+            assert package_path is not None  # submit resolved the item to its package file
+            package = stack.enter_context(open_package(package_path, request.pretrained.root))
         if package is not None:
             backbone = _check_pretrained_fits(package, request, backbone, say)
         chip_size = args["chip_size"]
@@ -98,7 +102,7 @@ def train_job(spec: JobSpec, reporter: Reporter) -> dict[str, Any]:
 
         # 2. model
         if package is not None:
-            weights = WeightsPolicy.skip(f"fine-tuning from {Path(str(request.pretrained.path)).name}")
+            weights = WeightsPolicy.skip(f"fine-tuning from {Path(str(package_path)).name}")
         else:
             weights = WeightsPolicy(runtime.weights_dir, runtime.missing_weights)
         seed_everything(int(args["seed"]))
@@ -123,6 +127,8 @@ def train_job(spec: JobSpec, reporter: Reporter) -> dict[str, Any]:
             checkpoint_path=spec.checkpoint_path, resume=runtime.resume, fingerprint=_fingerprint(request),
             backbone=backbone_plan)
         result = fit(family, model, data, config, reporter)
+        if not is_main_process():  # on several devices rank 0 alone packages (and reports the result)
+            return {}
 
         # 4. package
         reporter.progress(96.0, "package")

@@ -87,7 +87,8 @@ def main() -> int:
     resumed = json.loads(ckpt.read_text())["epoch"] if runtime.resume and ckpt.exists() else 0
     with open(work / "fake_runs.jsonl", "a") as fh:
         fh.write(json.dumps({"pid": os.getpid(), "resumed_from_epoch": resumed, "behaviour": behaviour,
-                             "device": runtime.device, "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                             "device": runtime.device, "devices": list(runtime.devices),
+                             "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
                              "warm": "--warm" in sys.argv, "loader_workers": runtime.loader_workers}) + "\n")
     print(f"fake trainer {os.getpid()} runs {spec.job_id}", file=sys.stderr, flush=True)
     emit("started", pid=os.getpid(), device=runtime.device, torch="fake", resumed_from_epoch=resumed)

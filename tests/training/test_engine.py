@@ -137,7 +137,7 @@ def test_lr_range_test_restores_weights_and_stops_on_divergence():
 
     curve = lr_range_test(bowl, lambda: torch.optim.SGD(bowl.parameters(), lr=1e-7), step, lambda: [None] * 4,
                           num_it=60)
-    assert torch.equal(bowl.weight, before)
+    assert torch.equal(bowl.weight, before) and bowl.weight.grad is None
     assert curve["lrs"][0] == pytest.approx(1e-7) and curve["diverged"]
     assert 0.02 < curve["lrs"][-1] < 1.0 and len(curve["lrs"]) < 60  # stopped soon after lr passed 0.02
     assert curve["chosen"] < 0.02 and len(curve["raw"]) == len(curve["losses"])
@@ -152,6 +152,16 @@ def test_lr_finder_runs_within_its_share_of_the_job():
     assert result.lr_how.startswith("LR range test: ")
     texts = [e["text"] for e in reporter.events if e["type"] == "message"]
     assert any(t.startswith("LR finder:") and "chosen learning rate" in t for t in texts)
+
+
+def test_the_range_test_leaves_no_trace_on_training():
+    """Training after the sweep is training at the chosen rate from the start: weights, buffers and gradients
+    (the sweep's last gradient once leaked into the first training step) are as before the sweep."""
+    swept_model, swept, _ = run(family(), FitConfig(max_epochs=2, batch_size=8, learning_rate=None,
+                                                    lr_find_share=2.5))
+    given_model, given, _ = run(family(), FitConfig(max_epochs=2, batch_size=8, learning_rate=swept.learning_rate))
+    assert swept.batch_losses == given.batch_losses
+    assert all(torch.equal(v, given_model.state_dict()[k]) for k, v in swept_model.state_dict().items())
 
 
 def test_a_job_too_short_for_a_range_test_trains_at_the_default_and_says_so():

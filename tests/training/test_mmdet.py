@@ -216,8 +216,10 @@ def test_own_implementation_reaches_a_meaningful_esri_ap(tmp_path, model, argume
 @pytest.mark.slow
 def test_mmdet_ssd_trains_packages_and_predicts(tmp_path):
     voc = write_pascal_voc(tmp_path, n=8, size=32)
+    # 1e-3 now that the random backbone trains at the full rate (3e-3: train-loss margin 3 % at worst over 10 seeds;
+    # 1e-3: 14 %; tests/learning_margins.py)
     run = train_and_package(tmp_path, voc, "MMDETECTION", backbone_model="RESNET18", max_epochs=4, batch_size=2,
-                            learning_rate=0.003, freeze_model=False, stop_training=False, arguments={"model": "ssd"})
+                            learning_rate=0.001, freeze_model=False, stop_training=False, arguments={"model": "ssd"})
     assert run.epochs[-1]["train_loss"] < run.epochs[0]["train_loss"]
     assert 0.0 <= run.metrics["average_precision"] <= 1.0
     emd = run.emd

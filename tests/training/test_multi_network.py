@@ -114,8 +114,9 @@ def test_only_families_with_both_hooks_are_multi_network():
 
 
 def test_both_networks_learn_with_their_own_optimizer_and_schedule():
-    _model, result, reporter = run(family(), FitConfig(max_epochs=6, batch_size=8, learning_rate=None,
-                                                      stop_training=False))
+    # 8 epochs: over seeds 0-9 the second network's MSE ends at <= 0.13x its first (6 epochs: 0.23x, close to 1/4)
+    _model, result, reporter = run(family(), FitConfig(max_epochs=8, batch_size=8, learning_rate=None,
+                                                       stop_training=False))
     # no LR range test for multi-network families: their default rate, and the job says so
     assert result.lr_find is None and result.learning_rate == 0.3
     assert any("learning_rate not set" in e.get("text", "") for e in reporter.events)
@@ -123,7 +124,7 @@ def test_both_networks_learn_with_their_own_optimizer_and_schedule():
     assert last["valid_loss"] < first["valid_loss"] / 4
     assert last["second_mse"] < first["second_mse"] / 4  # the second network trained too
     assert last["train_second"] < first["train_second"]  # per-part training means are recorded per epoch
-    assert len(result.batch_losses) == 6 * 6 and all(math.isfinite(v) for v in result.batch_losses)
+    assert len(result.batch_losses) == 8 * 6 and all(math.isfinite(v) for v in result.batch_losses)
     progress = [e["percent"] for e in reporter.events if e["type"] == "progress"]
     assert progress == sorted(progress) and progress[-1] == pytest.approx(95.0)
 

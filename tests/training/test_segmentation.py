@@ -81,8 +81,10 @@ def test_predict_reproduces_validation_accuracy_from_package_alone(unet_run, tmp
 ])
 def test_pspnet_and_deeplab_learn(tmp_path, model_type, arguments):
     folder = write_classified_tiles(tmp_path, n=16, size=32, classes=((1, "a"), (2, "b"), (3, "c")))
+    # 1e-3: the random backbone trains at the full rate; min margin over 10 seeds 0.13 (PSPNET focal_loss failed
+    # 2/10 at the helper's 1e-2, before and after that change: tests/learning_margins.py)
     run = train_and_package(tmp_path, folder, model_type, backbone_model="RESNET18", max_epochs=3,
-                            stop_training=False, arguments=arguments)
+                            stop_training=False, arguments=arguments, learning_rate=0.001)
     assert run.epochs[-1]["train_loss"] < run.epochs[0]["train_loss"]
     assert 0.0 <= run.metrics["accuracy"] <= 1.0 and 0.0 <= run.metrics["miou"] <= 1.0
     emd = run.emd

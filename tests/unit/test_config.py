@@ -47,7 +47,13 @@ def test_env_lists_and_shares(tmp_path):
     ({"host": "0.0.0.0"}, "loopback"),
     ({"prot": 1}, "did you mean 'port'"),
     ({"port": 70000}, "out of range"),
-    ({"devices": ["gpu0"]}, "cpu, cuda:N or auto"),
+    ({"devices": ["gpu0"]}, "is not cpu, cuda:N"),
+    ({"devices": ["cuda:0+gpu1"]}, "is not cpu, cuda:N"),
+    ({"devices": ["cuda:0+cuda:1", "cuda:1"]}, "twice"),
+    ({"devices": ["cpu+cuda:0"]}, "mixes cpu and cuda"),
+    ({"pool": "slurm"}, "ray"),
+    ({"pool": "ray"}, "name the shape"),
+    ({"pool": "ray", "devices": ["cpu", "cpu"]}, "one entry"),
     ({"devices": ["cuda:0", "cuda:0"]}, "twice"),
     ({"missing_weights": "download"}, "random"),
     ({"max_attempts": 0}, "at least 1"),
@@ -79,3 +85,21 @@ def test_example_config_is_valid(repo_root):
         pytest.fail("config.example.toml is missing")
     config = load_config(example, env={})
     assert config.port == 8765
+
+
+def test_slots_of_several_devices(monkeypatch):
+    import gpjobs.config as config_module
+
+    monkeypatch.setattr(config_module, "_cuda_devices", lambda: ["cuda:0", "cuda:1"])
+    assert load_config(overrides={"devices": ["auto"]}, env={}).devices == ["cuda:0", "cuda:1"]
+    assert load_config(overrides={"devices": ["auto:all"]}, env={}).devices == ["cuda:0+cuda:1"]
+    assert load_config(env={"GPJOBS_DEVICES": "cpu+cpu,cuda:0"}).devices == ["cpu+cpu", "cuda:0"]
+    monkeypatch.setattr(config_module, "_cuda_devices", lambda: [])
+    assert load_config(overrides={"devices": ["auto:all"]}, env={}).devices == ["cpu"]
+    assert config_module.slot_devices("cuda:2+cuda:3") == ["cuda:2", "cuda:3"]
+
+
+def test_ray_pool_keeps_the_job_shape():
+    config = load_config(overrides={"pool": "ray", "devices": ["cuda:0+cuda:1"], "ray_address": "10.0.0.1:6379"},
+                         env={})
+    assert (config.pool, config.devices, config.ray_address) == ("ray", ["cuda:0+cuda:1"], "10.0.0.1:6379")

@@ -164,10 +164,13 @@ class _Finisher:
 
     def __call__(self, raw: Any) -> Any:
         if isinstance(raw, Packed) and raw.slot is not None:
+            ring = self.ring
+            assert ring is not None  # only a loader that made a ring packs batches into its slots
+            worker, index = raw.slot
             try:
-                return self._finish(raw.unpack(self.ring))
+                return self._finish(raw.unpack(ring))
             finally:  # everything finished is a copy (or the device's); the worker may refill the slot
-                self.ring.release(tuple(raw.slot))  # type: ignore[union-attr]
+                ring.release((worker, index))
         return self._finish(raw.unpack() if isinstance(raw, Packed) else raw)
 
     def _finish(self, raw: Any) -> Any:
@@ -208,7 +211,8 @@ class FinishingLoader:
         self.ring = _ring_for(dataset, batch_size, num_workers, prefetch) if num_workers > 0 else None
         # Pin the small raw batch when it is going to an accelerator; pin the finished one when the
         # consumer moves it itself (pin_memory asked, no device given).
-        self.loader = DataLoader(RawSamples(dataset), batch_size=batch_size, num_workers=num_workers,
+        sized = loader_kw.get("batch_sampler") is None  # else the batch sampler (a rank's share) makes the batches
+        self.loader = DataLoader(RawSamples(dataset), batch_size=batch_size if sized else 1, num_workers=num_workers,
                                  collate_fn=RawCollate(dataset.task, self.ring), pin_memory=cuda and on_accelerator,
                                  **loader_kw)
         self._finish = _Finisher(dataset, device, pin=cuda and pin_memory and device is None, ring=self.ring)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from gpjobs.training.checkpoint import CheckpointWriter, load_checkpoint
+from gpjobs.training.distributed import broadcast_from_main, mean_over_ranks
 from gpjobs.training.engine.config import FitConfig, FitResult, NaNLossError, OutOfMemory, is_out_of_memory
 from gpjobs.training.engine.runtime import Runtime, make_loaders, seed_epoch
 from gpjobs.training.engine.schedule import (
@@ -54,10 +55,11 @@ class Progress:
 
 
 def record_losses(pending: list[torch.Tensor], batch_losses: list[float], epoch: int, index: int) -> None:
-    """Move the pending batch losses to the host (one sync) and append them; a non-finite one is a NaNLossError."""
+    """Move the pending batch losses to the host (one sync) and append them; a non-finite one is a NaNLossError.
+    On several ranks each loss is the mean over the ranks (the whole batch's), so every rank stops together."""
     if not pending:
         return
-    values = torch.stack(pending).float().cpu().tolist()
+    values = mean_over_ranks(torch.stack(pending).float()).cpu().tolist()
     pending.clear()
     for value in values:
         if not math.isfinite(value):
@@ -96,6 +98,26 @@ def evaluate(family: ModelFamily, model: torch.nn.Module, loader: Any, epoch: in
     return valid_loss, metrics
 
 
+def validate_on_main(family: ModelFamily, model: torch.nn.Module, loader: Any, epoch: int,
+                     runtime: Runtime) -> tuple[float, dict[str, Any]]:
+    """`evaluate` on rank 0 (the whole validation set), its results broadcast: every rank takes the same
+    early-stopping and best-epoch decisions."""
+    results = evaluate(family, model, loader, epoch, runtime) if runtime.is_main else None
+    return broadcast_from_main(results)
+
+
+def learning_rate(family: ModelFamily, model: torch.nn.Module, config: FitConfig, runtime: Runtime, data: Any,
+                  train_loader: Any, reporter: Reporter) -> RateChoice:
+    """choose_learning_rate; on several ranks rank 0 runs it on the one-device batches and broadcasts the choice."""
+    if not runtime.distributed:
+        return choose_learning_rate(family, model, config, runtime, train_loader, reporter)
+    choice = None
+    if runtime.is_main:
+        whole, _ = make_loaders(family, data, config, runtime, shard=False)
+        choice = choose_learning_rate(family, model, config, runtime, whole, reporter)
+    return broadcast_from_main(choice)
+
+
 def read_checkpoint(config: FitConfig, reporter: Reporter) -> dict[str, Any] | None:
     """This job's checkpoint when there is one to resume; another job's (or format's) is ignored, and said so."""
     if not (config.checkpoint_path and config.resume):
@@ -118,7 +140,7 @@ def fit(family: ModelFamily, model: torch.nn.Module, data: Any, config: FitConfi
 
     saved = read_checkpoint(config, reporter)
     rate = (RateChoice(float(saved["lr"]), saved["lr_how"], saved["lr_find"]) if saved is not None
-            else choose_learning_rate(family, model, config, runtime, train_loader, reporter))
+            else learning_rate(family, model, config, runtime, data, train_loader, reporter))
     lr = rate.lr
     stepper = make_stepper(family, model, lr, config.max_epochs * steps, config, runtime)
     if saved is not None:
@@ -134,7 +156,7 @@ def fit(family: ModelFamily, model: torch.nn.Module, data: Any, config: FitConfi
                           + f", on {runtime.describe()}"))
     progress = Progress(reporter, config.max_epochs, steps, rate.curve is not None)
     writer = (CheckpointWriter(config.checkpoint_path, lambda e: reporter.emit("checkpoint", epoch=e))
-              if config.checkpoint_path else None)
+              if config.checkpoint_path and runtime.is_main else None)  # rank 0 alone writes the checkpoints
     try:
         while not state.stopped and state.epoch < config.max_epochs:
             epoch = state.epoch + 1
@@ -143,7 +165,7 @@ def fit(family: ModelFamily, model: torch.nn.Module, data: Any, config: FitConfi
             train_loss = train_one_epoch(stepper, train_loader, epoch, state.batch_losses, runtime=runtime,
                                          reporter=reporter, progress=progress)
             reporter.check_stop()
-            valid_loss, metrics = evaluate(family, model, valid_loader, epoch, runtime)
+            valid_loss, metrics = validate_on_main(family, model, valid_loader, epoch, runtime)
             end_epoch(family, model, state, config, reporter, epoch=epoch, train_loss=train_loss,
                       valid_loss=valid_loss, metrics=metrics, extra=stepper.epoch_means(),
                       seconds=time.perf_counter() - started)

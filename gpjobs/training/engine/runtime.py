@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gpjobs.training.distributed import rank_and_world
 from gpjobs.training.engine.config import FitConfig
 from gpjobs.training.models.base import ModelFamily
 
@@ -25,26 +26,39 @@ def seed_epoch(seed: int, epoch: int, loader: Any) -> None:
     whether the run got there straight or resumed from a checkpoint."""
     epoch_seed = seed * 1000 + epoch
     seed_everything(epoch_seed)
-    for generator in (getattr(loader, "generator", None), getattr(getattr(loader, "sampler", None), "generator", None)):
+    samplers = (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None))  # a rank's share: the latter
+    for generator in (getattr(loader, "generator", None), *(getattr(s, "generator", None) for s in samplers)):
         if isinstance(generator, torch.Generator):
             generator.manual_seed(epoch_seed)
 
 
 @dataclass(frozen=True)
 class Runtime:
-    """The device and the precision the fit computes in."""
+    """The device and the precision the fit computes in, and this process' rank among the job's ranks."""
 
     device: torch.device
     use_amp: bool
     amp_dtype: torch.dtype
     sync_every: int  # batches between host syncs of the losses (each sync stalls a CUDA stream)
+    rank: int = 0
+    world: int = 1  # processes (devices) training the job together (gpjobs.training.distributed)
 
     @classmethod
     def for_config(cls, config: FitConfig) -> Runtime:
         device = torch.device(config.device)
         use_amp = device.type == "cuda" and config.mixed_precision
         amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-        return cls(device, use_amp, amp_dtype, 1 if device.type == "cpu" else 25)
+        rank, world = rank_and_world()
+        return cls(device, use_amp, amp_dtype, 1 if device.type == "cpu" else 25, rank, world)
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 (or the only process): it reports, validates, checkpoints and packages."""
+        return self.rank == 0
 
     def autocast(self):
         if self.use_amp:
@@ -56,12 +70,22 @@ class Runtime:
         return torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
 
     def describe(self) -> str:
-        return f"{self.device}" + (f" with {str(self.amp_dtype).split('.')[-1]} autocast" if self.use_amp else "")
+        where = (f"{self.world} {self.device.type} devices (torch.distributed, "
+                 f"{'nccl' if self.device.type == 'cuda' else 'gloo'}; each batch split over them)"
+                 if self.distributed else f"{self.device}")
+        return where + (f" with {str(self.amp_dtype).split('.')[-1]} autocast" if self.use_amp else "")
 
 
-def make_loaders(family: ModelFamily, data: Any, config: FitConfig, runtime: Runtime) -> tuple[Any, Any]:
-    """(train, valid) loaders; a family may supply its own training loader (e.g. oversampling)."""
+def make_loaders(family: ModelFamily, data: Any, config: FitConfig, runtime: Runtime, *,
+                 shard: bool = True) -> tuple[Any, Any]:
+    """(train, valid) loaders; a family may supply its own training loader (e.g. oversampling). On several
+    ranks (and `shard`), the training loader yields this rank's share of the batches a one-device run draws."""
+    from gpjobs.training.data.loading import shard_loader
+
     pin = runtime.device.type == "cuda"
-    train, valid = data.loaders(config.batch_size, num_workers=config.num_workers, pin_memory=pin)
+    part = (runtime.rank, runtime.world) if runtime.distributed and shard else None
+    train, valid = data.loaders(config.batch_size, num_workers=config.num_workers, pin_memory=pin, shard=part)
     custom = family.train_loader(data, config.batch_size, num_workers=config.num_workers, pin_memory=pin)
+    if custom is not None and part is not None:
+        custom = shard_loader(custom, *part)
     return (custom or train), valid

@@ -2,7 +2,10 @@
 
 `SingleNetworkStepper` drives the usual one-optimizer families; `MultiNetworkStepper` the families that step
 several networks themselves (`gpjobs.training.multi_network`). Both return the batch's detached loss, keep
-per-part means for the epoch record, and save/restore everything they own for the checkpoint.
+per-part means for the epoch record, and save/restore everything they own for the checkpoint. On several
+ranks both step through DistributedDataParallel (gpjobs.training.distributed): the single-network stepper
+runs the family's whole loss as one DDP forward, the multi-network one hands the family a view of the model
+whose sub-networks are each DDP-wrapped; gradients are averaged over the ranks before any optimizer steps.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from typing import Any
 
 import torch
 
+from gpjobs.training.distributed import ddp_networks, ddp_training_loss
 from gpjobs.training.engine.config import FitConfig
 from gpjobs.training.engine.runtime import Runtime
 from gpjobs.training.engine.schedule import clip_norm, make_optimizer, one_cycle
@@ -27,10 +31,14 @@ class SingleNetworkStepper:
         self.optimizer = make_optimizer(family, model, lr, backbone_lr_factor)
         self.scheduler = one_cycle(self.optimizer, total_steps, warmup_share=warmup_share)
         self.scaler = runtime.grad_scaler()
+        self.ddp = ddp_training_loss(family, model, runtime.device) if runtime.distributed else None
 
     def step(self, batch: Any) -> torch.Tensor:
         with self.runtime.autocast():
-            loss = self.family.training_loss(self.model, batch, self.runtime.device)
+            if self.ddp is not None:
+                loss = self.ddp(batch)
+            else:
+                loss = self.family.training_loss(self.model, batch, self.runtime.device)
         self.scaler.scale(loss).backward()
         if self.clip > 0:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the loss-scaled ones
@@ -61,6 +69,7 @@ class MultiNetworkStepper:
     def __init__(self, family: Any, model: torch.nn.Module, lr: float, total_steps: int, runtime: Runtime,
                  warmup_share: float) -> None:
         self.family, self.model, self.runtime = family, model, runtime
+        self.networks = ddp_networks(model, runtime.device) if runtime.distributed else model  # what steps
         self.scaler = runtime.grad_scaler()
         self.optimizers: dict[str, torch.optim.Optimizer] = dict(family.configure_optimizers(model, lr))
         if not self.optimizers:
@@ -77,7 +86,8 @@ class MultiNetworkStepper:
         diverging discriminator too (NaN * 0 stays NaN; finite parts add exactly 0).
         """
         with self.runtime.autocast():
-            losses = self.family.training_step(self.model, batch, self.runtime.device, self.optimizers, self.scaler)
+            losses = self.family.training_step(self.networks, batch, self.runtime.device, self.optimizers,
+                                               self.scaler)
         if "loss" not in losses:
             raise KeyError(f"{type(self.family).__name__}.training_step must return a 'loss' entry")
         self.scaler.update()

@@ -15,6 +15,7 @@ import math
 import os
 import sys
 import zlib
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,6 +35,7 @@ def _core():
 
 
 core = _core()
+TiledPRF: Any = core.TiledPRF  # a name mypy accepts as a base class (the module is loaded at run time)
 POLYGON = 4  # ArcGIS geometry type
 
 
@@ -271,7 +273,7 @@ def cascade_stages(network, image_maps: list, proposals: torch.Tensor, spec: dic
     return proposals[:, None].expand(-1, probs.shape[1], -1), probs
 
 
-class GpjobsObjectDetector(core.TiledPRF):
+class GpjobsObjectDetector(TiledPRF):
     """Network outputs -> detections per tile -> features in block pixel coordinates."""
 
     def initialize(self, **kwargs) -> None:
@@ -332,7 +334,7 @@ class GpjobsObjectDetector(core.TiledPRF):
         pixels = np.asarray(pixelBlocks["raster_pixels"])
         self.normalizer.check(pixels)
         pixels, _ = core.mask_invalid(pixels, pixelBlocks.get("raster_mask"))
-        features = []
+        features: list[dict] = []
         inner = self.tile - 2 * self.padding
         for index, det in enumerate(self.detect(self.tiles_of(pixels))):
             row, col = divmod(index, self.cols)

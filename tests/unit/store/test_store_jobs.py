@@ -249,3 +249,15 @@ async def test_list_filters_are_parameters_not_sql(store, make_job):
     _, total = await store.list_jobs(owner="o'brien", statuses=[S.SUBMITTED, S.WAITING])
     assert total == 1
     assert await store.list_jobs(statuses=[]) == ([], 0)
+
+
+async def test_the_claim_walks_the_claimable_index_not_the_whole_queue(store):
+    """A claim costs the same with 100 or 10,000 jobs queued (bench/queue_scale.py): SQLite walks each claimable
+    status's jobs in FIFO order (index jobs_fifo) and stops at the first runnable one, instead of sorting every
+    queued row (and parsing its request) to find the oldest."""
+    plan = await store.db.fetchall("EXPLAIN QUERY PLAN " + sql.CLAIM_NEXT, {
+        "first": S.SUBMITTED.value, "second": S.WAITING.value, "target": S.EXECUTING.value,
+        "sources": '["esriJobSubmitted"]', "now": 0, "boot_id": "b", "device": "cpu", "processor": "CPU"})
+    details = " | ".join(str(row[-1]) for row in plan)
+    assert details.count("USING INDEX jobs_fifo (status=?)") == 2, details
+    assert details.count("TEMP B-TREE") <= 1, details  # only the final choice between the two oldest

@@ -30,10 +30,6 @@ def ssd_anchors(grids: Sequence[int], zooms: Sequence[float], ratios: Sequence[S
     return np.asarray(out, dtype=np.float32).reshape(-1, 4)
 
 
-def anchors_per_cell(zooms: Sequence[float], ratios: Sequence[Sequence[float]]) -> int:
-    return len(zooms) * len(ratios)
-
-
 def wh_iou(wh: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """IoU of boxes and centroids given only (w, h), both centred at the origin: [N, K]."""
     wh = np.asarray(wh, dtype=np.float64).reshape(-1, 2)

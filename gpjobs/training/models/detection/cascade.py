@@ -26,7 +26,7 @@ from gpjobs.training.models.detection.fpn_adapter import FeaturePyramid, level_a
 from gpjobs.training.models.detection.rcnn import FasterRCNNFamily
 from gpjobs.training.models.detection.torchvision_detectors import (
     TorchvisionDetector,
-    _transform_kwargs,
+    transform_kwargs,
     rcnn_kwargs,
     resized_sizes,
 )
@@ -122,7 +122,7 @@ def build_cascade_rcnn(body: nn.Module, num_classes: int, chip: int, bands: int,
     sizes = level_anchor_sizes(resized_sizes(chip)[0], pyramid.level_strides)
     anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
     net = FasterRCNN(pyramid, num_classes=num_classes + 1, rpn_anchor_generator=anchors,
-                     **_transform_kwargs(chip, bands), **rcnn_kwargs(args))
+                     **transform_kwargs(chip, bands), **rcnn_kwargs(args))
     pool = net.roi_heads.box_roi_pool
     pooled = pyramid.out_channels * pool.output_size[0] * pool.output_size[1]
     net.roi_heads = CascadeRoIHeads(net.roi_heads, pooled, num_classes + 1)

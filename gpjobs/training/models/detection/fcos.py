@@ -15,7 +15,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from gpjobs.training.backbones import build_backbone
 from gpjobs.training.models.detection.common import DetectionFamily
 from gpjobs.training.models.detection.fpn_adapter import FeaturePyramid
-from gpjobs.training.models.detection.torchvision_detectors import TorchvisionDetector, _transform_kwargs
+from gpjobs.training.models.detection.torchvision_detectors import TorchvisionDetector, transform_kwargs
 
 
 def build_fcos(body: nn.Module, num_classes: int, chip: int, bands: int) -> nn.Module:
@@ -24,7 +24,7 @@ def build_fcos(body: nn.Module, num_classes: int, chip: int, bands: int) -> nn.M
     points = AnchorGenerator(tuple((float(s),) for s in pyramid.level_strides), ((1.0,),) * pyramid.num_levels)
     # score 0.05 as mmdetection's test config (torchvision's 0.2 would hide low-score boxes from COCO mAP)
     return TorchvisionDetector(FCOS(pyramid, num_classes=num_classes + 1, anchor_generator=points,
-                                    score_thresh=0.05, nms_thresh=0.6, **_transform_kwargs(chip, bands)))
+                                    score_thresh=0.05, nms_thresh=0.6, **transform_kwargs(chip, bands)))
 
 
 class FCOSFamily(DetectionFamily):

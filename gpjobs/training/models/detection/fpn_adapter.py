@@ -51,10 +51,6 @@ class FeaturePyramid(nn.Module):
             [strides[self.taps[-1]] * 2] if extra == "maxpool" else [strides[self.taps[-1]] * 2,
                                                                      strides[self.taps[-1]] * 4])
 
-    @property
-    def num_levels(self) -> int:
-        return len(self.level_strides)
-
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         feats = list(self.body(x).values())
         return self.fpn(OrderedDict((str(k), feats[i]) for k, i in enumerate(self.taps)))

@@ -1,0 +1,78 @@
+"""Acceptance: `gpjobs serve` with `pool = "ray"` on a local Ray head (2 CPUs, one job per CPU): a real tiny
+training runs in a Ray actor and is published, a cancel kills the actor and its child, and a Ray worker killed
+mid-epoch is a lost child that resumes from its checkpoint."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.builders.exports import write_classified_tiles
+from tests.harness.server import TASK, GpjobsServer, process_alive
+
+
+def _column(server: GpjobsServer, job_id: str, column: str) -> int | None:
+    row = sqlite3.connect(server.data_dir / "gpjobs.sqlite3").execute(
+        f"SELECT {column} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+    return row[0] if row else None
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _until(condition, timeout: float, what: str, server: GpjobsServer, job_id: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"{what} within {timeout} s\n{server.diagnose(job_id)}")
+
+
+def _said(server: GpjobsServer, job_id: str, fragment: str) -> bool:
+    return any(fragment in m["description"] for m in server.job(job_id).get("messages", []))
+
+
+@pytest.mark.slow
+def test_ray_pool_trains_cancels_and_resumes_after_a_killed_worker(tmp_path, ray_cluster):
+    write_classified_tiles(tmp_path / "share" / "exports", n=32, size=32, name="seg")
+    server = GpjobsServer(tmp_path, trainer="real", env=ray_cluster["env"], settings={
+        "pool": "ray", "ray_address": ray_cluster["address"], "devices": ["cpu"], "heartbeat_timeout_s": 60,
+        "cancel_grace_s": 5}).start()
+    fields = {"in_folder": "/fileShares/default/exports/seg", "model_type": "UNET", "backbone_model": "RESNET18",
+              "batch_size": "4", "learning_rate": "0.001"}
+    try:
+        doomed = server.submit(**fields, output_name='{"name": "doomed"}', max_epochs="50")["jobId"]
+        job_id = server.submit(**fields, output_name='{"name": "survivor"}', max_epochs="3")["jobId"]
+
+        # cancel: the actor's child (on the Ray worker) goes, the job ends Cancelled
+        _until(lambda: _said(server, doomed, "Training UNET"), 240, "the first job did not start training",
+               server, doomed)
+        child = _column(server, doomed, "pid")
+        assert child and process_alive(child) and child != server.process.pid
+        server.post_json(f"{TASK}/jobs/{doomed}/cancel")
+        assert server.wait(doomed, timeout=60)["jobStatus"] == "esriJobCancelled"
+        _until(lambda: not process_alive(child), 20, "the cancelled job's child is still running", server, doomed)
+
+        # kill -9 the Ray worker (the actor process) mid-epoch, after the first checkpoint
+        _until(lambda: (_column(server, job_id, "checkpoint_epoch") or 0) >= 1, 240, "no first checkpoint", server,
+               job_id)
+        worker = _parent(_column(server, job_id, "pid"))
+        os.kill(worker, signal.SIGKILL)
+        info = server.wait(job_id, timeout=300)
+        texts = [m["description"] for m in info["messages"]]
+        assert info["jobStatus"] == "esriJobSucceeded", server.diagnose(job_id)
+        assert any(t.startswith("Lost: ") for t in texts), texts
+        assert any("Ray worker running the job was lost" in t or "signal 9" in t for t in texts), texts
+        assert any(t.startswith("Resumed training from the checkpoint of epoch") for t in texts), "\n".join(texts)
+        assert sum(t.startswith("Epoch 1/3") for t in texts) == 1  # the resumed attempt did not train it again
+        assert server.get_json(f"{TASK}/jobs/{job_id}/results/out_item")["value"]["id"]
+    finally:
+        server.terminate()
