@@ -7,9 +7,10 @@ dispatch against the local pool's, each side by side in one run.
 1. What DDP costs on the CPU: `gpjobs train` of UNET-RESNET18 on a generated Classified_Tiles export
    (`--chips` chips of 64 px, batch 8, no augmentation, seed 7) with `--devices cpu,cpu --threads 1` (two gloo
    ranks, one thread each) and with `--devices cpu --threads 2` (one process, two threads): the same two cores
-   either way. Epoch time is what the epoch line reports (training, then rank 0's validation), the median over
-   epochs 2.. of `--repeats` alternating runs. Printed: 2 ranks / 1 process (> 1: DDP costs that much here;
-   no goal: gloo on two shared cores is not where DDP pays).
+   either way; and one process with one thread as the reference. Epoch time is what the epoch line reports
+   (training, then rank 0's validation), the median over epochs 2.. of `--repeats` runs in alternating order.
+   Printed: 2 ranks / 1 process x 2 threads (> 1: DDP costs that much here; no goal: gloo on two shared cores is
+   not where DDP pays), and each side's speed-up over one thread (ideal 2).
 2. N GPUs against one (only when `torch.cuda.device_count() >= 2`): the same training on `--gpu-chips` chips of
    128 px with batch 16 per GPU, `--devices cuda:0,...` against `--devices cuda:0`; images/s on N GPUs / (N x
    images/s on one). Goal >= 0.85.
@@ -92,10 +93,14 @@ def ddp_on_cpu(root: Path, chips: int, epochs: int, repeats: int) -> None:
     print(f"1. UNET-RESNET18, {chips} chips of 64 px, batch 8, {epochs} epochs x {repeats} run(s) each, two cores")
     folder = write_classified_tiles(root / "exports", n=chips, size=64, name="seg")
     median = compare(folder, root, {"2 ranks x 1 thread": ("cpu,cpu", 1, 8, None),
-                                    "1 process x 2 threads": ("cpu", 2, 8, None)}, epochs, repeats)
+                                    "1 process x 2 threads": ("cpu", 2, 8, None),
+                                    "1 process x 1 thread": ("cpu", 1, 8, None)}, epochs, repeats)
     ratio = median["2 ranks x 1 thread"] / median["1 process x 2 threads"]
-    print(f"  epoch time 2 ranks / 1 process: {ratio:.2f} (> 1: what DDP costs here: gloo all-reduce of every "
-          "gradient, rank 0 validating alone; no goal on CPU)")
+    print(f"  epoch time 2 ranks / 1 process x 2 threads: {ratio:.2f} (> 1: what DDP costs here against intra-op "
+          "threads: gloo all-reduce of every gradient, rank 0 validating alone; no goal on CPU)")
+    one = median["1 process x 1 thread"]
+    print(f"  speed-up over 1 process x 1 thread: 2 ranks {one / median['2 ranks x 1 thread']:.2f}, "
+          f"1 process x 2 threads {one / median['1 process x 2 threads']:.2f} (ideal 2 each)")
 
 
 def cuda_devices() -> int:
