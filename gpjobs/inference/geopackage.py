@@ -30,7 +30,7 @@ def output_fields(declared: list[dict[str, Any]], features: list[dict[str, Any]]
         kind = spec.get("type")
         if kind in SKIPPED or spec.get("name") in ("OID", "FID", "Shape"):
             continue
-        columns.append((str(spec["name"]), FIELD_TYPES.get(kind, object)))
+        columns.append((str(spec["name"]), FIELD_TYPES.get(str(kind), object)))
         seen.add(str(spec["name"]))
     for feature in features:
         for key, value in (feature.get("properties") or {}).items():

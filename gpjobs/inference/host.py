@@ -334,7 +334,11 @@ class _Job:
         """Every block's features in block order: the ones just found, the journal's for the others."""
         out: list[dict[str, Any]] = []
         for index in range(total):
-            out.extend(found[index] if index in found else self.journal.load_features(index))
+            if index in found:
+                out.extend(found[index])
+            else:  # only a journal skips blocks
+                assert self.journal is not None
+                out.extend(self.journal.load_features(index))
         return out
 
     def _keep(self, found: dict[int, list[dict[str, Any]]], index: int, features: list[dict[str, Any]]) -> None:

@@ -20,7 +20,6 @@ from gpjobs.tasks.inference import (
     InferenceRequest,
     Problems,
     check_grid,
-    finish_request,
     output_parameter,
     output_target_parameter,
     parse_common,
@@ -78,7 +77,4 @@ def parse_request(values: Mapping[str, Any], resolver: PathResolver, *,
         problems.lines.append("inputFeatures: polygons go with one raster; leave processingMode at "
                               "PROCESS_AS_MOSAICKED_IMAGE when you give inputFeatures")
     problems.raise_if_any()
-    return finish_request(InferenceRequest(
-        task=TASK_NAME, model=common.model, rasters=(raster,), output=output, arguments=common.arguments,
-        context=common.context, extent=common.extent, cell_size=common.cell_size,
-        process_separately=common.separately, features=features, class_label_field=label))
+    return common.request(TASK_NAME, rasters=(raster,), output=output, features=features, class_label_field=label)

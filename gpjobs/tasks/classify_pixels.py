@@ -18,7 +18,6 @@ from gpjobs.tasks.inference import (
     InferenceRequest,
     Problems,
     check_grid,
-    finish_request,
     output_parameter,
     output_target_parameter,
     parse_common,
@@ -54,7 +53,4 @@ def parse_request(values: Mapping[str, Any], resolver: PathResolver, *,
     if raster is not None and common.context is not None:
         problems.attempt(check_grid, "inputRaster", raster, common.extent, common.cell_size)
     problems.raise_if_any()
-    return finish_request(InferenceRequest(
-        task=TASK_NAME, model=common.model, rasters=(raster,), output=output, arguments=common.arguments,
-        context=common.context, extent=common.extent, cell_size=common.cell_size,
-        process_separately=common.separately))
+    return common.request(TASK_NAME, rasters=(raster,), output=output)

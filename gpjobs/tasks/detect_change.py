@@ -15,7 +15,6 @@ from gpjobs.tasks.inference import (
     InferenceRequest,
     Problems,
     check_grid,
-    finish_request,
     first_set,
     output_parameter,
     output_target_parameter,
@@ -63,6 +62,4 @@ def parse_request(values: Mapping[str, Any], resolver: PathResolver, *,
             if raster is not None:
                 problems.attempt(check_grid, name, raster, common.extent, common.cell_size)
     problems.raise_if_any()
-    return finish_request(InferenceRequest(
-        task=TASK_NAME, model=common.model, rasters=rasters, output=output, arguments=common.arguments,
-        context=common.context, extent=common.extent, cell_size=common.cell_size))
+    return common.request(TASK_NAME, rasters=rasters, output=output)

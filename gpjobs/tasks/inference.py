@@ -317,14 +317,15 @@ def parse_output(name: str, raw: Any, resolver: PathResolver, suffix: str) -> Ou
     a plain name) or a file on a share ({"uri": "/fileShares/<store>/<folder>/<name>[.tif|.geojson]"})."""
     if is_unset(raw):
         raise ValueError(f'{name}: required; use {{"name": "<output>"}} or {{"uri": "/fileShares/<store>/<file>"}}')
-    obj = _object(name, raw)
-    if obj is None:
+    parsed = _object(name, raw)
+    if parsed is None:
         text = str(raw).strip()
-        obj = {"uri": text} if any(m in text.lower() for m in _STORE_MARKERS) else {"name": text}
+        parsed = {"uri": text} if any(m in text.lower() for m in _STORE_MARKERS) else {"name": text}
+    obj: dict[str, Any] = parsed
     if "uri" in obj:
         return _output_file(name, obj["uri"], resolver, suffix)
-    service = obj.get("serviceProperties") if isinstance(obj.get("serviceProperties"), dict) else {}
-    item_props = obj.get("itemProperties") if isinstance(obj.get("itemProperties"), dict) else {}
+    service: dict[str, Any] = obj["serviceProperties"] if isinstance(obj.get("serviceProperties"), dict) else {}
+    item_props: dict[str, Any] = obj["itemProperties"] if isinstance(obj.get("itemProperties"), dict) else {}
     item_id = item_props.get("itemId", obj.get("itemId"))
     title = obj.get("name", service.get("name"))
     if is_unset(item_id):
@@ -394,16 +395,16 @@ def parse_inference_context(raw: Any) -> tuple[Context, Extent | None, float | N
             raise ValueError('context: extent must be {"xmin", "ymin", "xmax", "ymax", "spatialReference": '
                              '{"wkid": <n>}}')
         try:
-            coords = [parse_float(box.get(k)) for k in ("xmin", "ymin", "xmax", "ymax")]
+            xmin, ymin, xmax, ymax = (parse_float(box.get(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
         except ValueError:
             raise ValueError("context: extent needs numbers xmin, ymin, xmax and ymax") from None
-        if not (coords[0] < coords[2] and coords[1] < coords[3]):
+        if not (xmin < xmax and ymin < ymax):
             raise ValueError("context: extent is empty (xmin must be below xmax and ymin below ymax)")
         reference = box.get("spatialReference") or {}
         wkid = reference.get("latestWkid") or reference.get("wkid") if isinstance(reference, Mapping) else None
         if wkid is not None and not (isinstance(wkid, int) or str(wkid).isdigit()):
             raise ValueError(f"context: extent spatialReference wkid '{wkid}' is not a number")
-        extent = Extent(*coords, wkid=int(wkid) if wkid is not None else None)
+        extent = Extent(xmin, ymin, xmax, ymax, wkid=int(wkid) if wkid is not None else None)
     cell_size = None
     if not is_unset(values.get("cellSize")):
         try:
@@ -456,7 +457,7 @@ def parse_features(name: str, raw: Any, resolver: PathResolver) -> FeatureInput 
     for index, feature in enumerate(features):
         geometry = feature.get("geometry") if isinstance(feature, dict) else None
         kind = geometry.get("type") if isinstance(geometry, dict) else None
-        if kind not in ("Polygon", "MultiPolygon") or not geometry.get("coordinates"):
+        if kind not in ("Polygon", "MultiPolygon") or not (geometry or {}).get("coordinates"):
             what = "no geometry" if not kind else f"a {kind} geometry"
             raise ValueError(f"{name}: feature {index} of '{resolved.alias}' has {what}; Classify Objects needs "
                              "a polygon around each object")
@@ -548,6 +549,14 @@ class CommonInputs:
     extent: Extent | None = None
     cell_size: float | None = None
     separately: bool = False
+
+    def request(self, task: str, **fields: Any) -> InferenceRequest:
+        """The task's request once every parameter parsed (after `problems.raise_if_any()`), with the checks
+        that need the model file when it is known already."""
+        assert self.model is not None and self.arguments is not None and self.context is not None, "unchecked"
+        return finish_request(InferenceRequest(
+            task=task, model=self.model, arguments=self.arguments, context=self.context, extent=self.extent,
+            cell_size=self.cell_size, process_separately=self.separately, **fields))
 
 
 def parse_common(values: Mapping[str, Any], resolver: PathResolver, problems: Problems, *,

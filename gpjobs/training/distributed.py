@@ -132,9 +132,9 @@ def run_training(spec: JobSpec, reporter: Reporter) -> int:
     from gpjobs.training.run_job import run_job
 
     devices = list(spec.runtime.devices) or [spec.runtime.device]
-    world = min(len(devices), max(1, spec.request.batch_size))
+    world = min(len(devices), max(1, spec.training.batch_size))
     if world < len(devices):
-        reporter.say("warning", f"batch_size {spec.request.batch_size} cannot be split over {len(devices)} devices; "
+        reporter.say("warning", f"batch_size {spec.training.batch_size} cannot be split over {len(devices)} devices; "
                                 f"training on {world} of them ({', '.join(devices[:world])})")
     if world == 1:
         return int(run_job(dataclasses.replace(spec, runtime=dataclasses.replace(

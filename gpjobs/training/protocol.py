@@ -63,6 +63,13 @@ class JobSpec:
     def task(self) -> str:
         return self.request.task if isinstance(self.request, InferenceRequest) else TRAIN_TASK
 
+    @property
+    def training(self) -> TrainingRequest:
+        """The request of a training job (the child sends an inference spec elsewhere before training starts)."""
+        if not isinstance(self.request, TrainingRequest):
+            raise TypeError(f"job {self.job_id} runs {self.task}, not training")
+        return self.request
+
     def to_json(self) -> str:
         return json.dumps({"job_id": self.job_id, "work_dir": self.work_dir, "task": self.task,
                            "request": self.request.to_json_dict(), "runtime": dataclasses.asdict(self.runtime)},

@@ -43,7 +43,7 @@ def run_job(spec: JobSpec, reporter: Reporter) -> ExitCode:
         return _failed(reporter, ExitCode.NAN_LOSS, f"Training diverged: {exc}")
     except OutOfMemory as exc:
         return _failed(reporter, ExitCode.OUT_OF_MEMORY,
-                       f"Out of memory ({exc}). Lower batch_size (now {spec.request.batch_size}) or chip_size, "
+                       f"Out of memory ({exc}). Lower batch_size (now {spec.training.batch_size}) or chip_size, "
                        "or choose a smaller backbone_model.")
     except Exception as exc:  # noqa: BLE001 - last line of defence; the trace goes to stderr (the log)
         traceback.print_exc()
@@ -61,7 +61,7 @@ def train_job(spec: JobSpec, reporter: Reporter) -> dict[str, Any]:
     """The work of one job, as a recipe: data -> model -> fit (resumes itself) -> package. Raises on failure;
     returns the `result` event's fields."""
     say = reporter.say
-    request, runtime = spec.request, spec.runtime
+    request, runtime = spec.training, spec.runtime
     model_type, backbone, args = request.model_type, request.backbone, request.arguments
     torch.set_num_threads(max(1, int(runtime.num_threads)))
     for note in request.notes:
