@@ -33,8 +33,8 @@ def deformable_sample(value: torch.Tensor, shapes: Sequence[tuple[int, int]], lo
         g = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)  # [N*H, Lq, P, 2]
         sampled.append(F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False))
     stacked = torch.stack(sampled, dim=-2).flatten(-2)  # [N*H, D, Lq, L*P]
-    w = weights.transpose(1, 2).reshape(n * heads, 1, lq, levels * points)
-    return (stacked * w).sum(-1).view(n, heads * dim, lq).transpose(1, 2)
+    attention = weights.transpose(1, 2).reshape(n * heads, 1, lq, levels * points)
+    return (stacked * attention).sum(-1).view(n, heads * dim, lq).transpose(1, 2)
 
 
 class MSDeformAttn(nn.Module):

@@ -87,11 +87,12 @@ class _MMDetectionMixin:
 
     emd_model_configuration = "_model_extension_inferencing"
     mmdet_model = ""
+    args: dict[str, Any]  # the ModelFamily's, which this mixes into
 
     def model_parameters(self) -> dict[str, Any]:
         trains, note = MODELS[self.mmdet_model]
         params = {**super().model_parameters(), "model": self.mmdet_model,  # type: ignore[misc]
-                  "model_weight": bool(self.args.get("model_weight")),  # type: ignore[attr-defined]
+                  "model_weight": bool(self.args.get("model_weight")),
                   "trained_as": trains,
                   "implementation": f"{IMPLEMENTATIONS[trains][2]} over {self.backbone.lower()} "  # type: ignore
                                     "(not OpenMMLab)"}

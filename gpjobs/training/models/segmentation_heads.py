@@ -146,9 +146,10 @@ class OCRNet(nn.Module):
 
     def __init__(self, backbone: nn.Module, num_outputs: int) -> None:
         super().__init__()
-        strides = list(backbone.strides)
+        strides = [int(s) for s in backbone.strides]
         self.taps = [i for i, s in enumerate(strides) if s >= 8] or [len(strides) - 1]
-        concat = int(sum(backbone.out_channels[i] for i in self.taps))
+        channels = [int(c) for c in backbone.out_channels]
+        concat = sum(channels[i] for i in self.taps)
         width = head_width(backbone.out_channels)
         self.backbone = backbone
         self.aux = FCNHead(concat, num_outputs)
