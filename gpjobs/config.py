@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import ipaddress
 import os
 import re
@@ -356,6 +357,8 @@ def _validate_devices(config: Config) -> None:
         raise ConfigError(f"pool = {config.pool!r}: use \"local\" (this machine) or \"ray\" (a Ray cluster)")
     if not config.devices:
         raise ConfigError("devices is empty: list at least one of cpu, cuda:N, cuda:0+cuda:1, auto or auto:all")
+    if config.pool == "ray" and importlib.util.find_spec("ray") is None:
+        raise ConfigError("pool = \"ray\" needs Ray on this host: pip install 'gpjobs[ray]' (docs/deploy.md)")
     if config.pool == "ray" and len(config.devices) != 1:
         raise ConfigError(f"pool = \"ray\": devices = {config.devices} must be one entry, what one job gets on a "
                           "Ray node (\"cpu\", \"cuda:0\" or \"cuda:0+cuda:1\"); the slots come from the cluster")
