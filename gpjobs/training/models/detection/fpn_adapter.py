@@ -51,6 +51,10 @@ class FeaturePyramid(nn.Module):
             [strides[self.taps[-1]] * 2] if extra == "maxpool" else [strides[self.taps[-1]] * 2,
                                                                      strides[self.taps[-1]] * 4])
 
+    @property
+    def num_levels(self) -> int:  # FCOS's points and ATSS's per-level scales
+        return len(self.level_strides)
+
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         feats = list(self.body(x).values())
         return self.fpn(OrderedDict((str(k), feats[i]) for k, i in enumerate(self.taps)))
