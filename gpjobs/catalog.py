@@ -7,8 +7,9 @@ training child (building the model). It imports nothing heavy: the server proces
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from gpjobs.parsing import list_parser, loads_json, parse_bool, parse_float, parse_int, parse_str
 

@@ -17,9 +17,10 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from gpjobs.catalog import MAX_LOADER_WORKERS
 from gpjobs.parsing import parse_bool

@@ -6,8 +6,9 @@ Pillow handles PNG/JPEG, which Esri writes with at most three bands.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO, Sequence, cast
+from typing import BinaryIO, cast
 
 import numpy as np
 

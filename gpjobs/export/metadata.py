@@ -47,7 +47,8 @@ def read_json(path: Path, root: str | Path = "/") -> dict[str, Any]:
     except PathError as exc:
         raise MetadataError(str(exc)) from None
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise MetadataError(f"{path.name} in {path.parent} is not valid JSON ({exc}); re-export the training data")
+        raise MetadataError(
+            f"{path.name} in {path.parent} is not valid JSON ({exc}); re-export the training data") from None
     if not isinstance(data, dict):
         raise MetadataError(f"{path.name} in {path.parent} does not hold a JSON object")
     return data

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -96,7 +96,7 @@ def list_records(meta: ExportMeta, folder_index: int, report: Report) -> list[Ch
                 for i, (stem, path) in enumerate(a.items())]
     if fmt == "Imagenet":
         records = []
-        for key, path in _images(folder, root, report, recursive=True).items():
+        for path in _images(folder, root, report, recursive=True).values():
             sub = path.parent.name
             if path.parent == folder / "images":
                 report("image_without_class", path, "")

@@ -6,9 +6,10 @@ import contextlib
 import json
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO
 
 from gpjobs.catalog import MODEL_TYPES
 from gpjobs.paths import PathError, open_in_store, read_bytes_in_store

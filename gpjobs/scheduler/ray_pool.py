@@ -239,7 +239,7 @@ class RayPool(Pool):
             info = await asyncio.wait_for(actor.start.remote(list(self.config.trainer_command), str(spec_path),
                                                              str(log_path), self.config.child_threads),
                                           timeout=self.config.heartbeat_timeout_s)
-        except (RayError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, RayError) as exc:
             with contextlib.suppress(Exception):
                 ray.kill(actor, no_restart=True)
             why = (f"Ray found no node with {self.cpus:g} CPUs and {self.gpus} GPUs free within "

@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from gpjobs.inference.grid import Extent, GridError, describe_raster, target_grid
 from gpjobs.inference.package import PackageError, read_package_emd
@@ -178,7 +178,7 @@ class InferenceRequest:
         return data
 
     @classmethod
-    def from_json_dict(cls, data: Mapping[str, Any]) -> "InferenceRequest":
+    def from_json_dict(cls, data: Mapping[str, Any]) -> InferenceRequest:
         """The request as stored (ValueError when the stored form is not one this version wrote)."""
         try:
             context = dict(data["context"])
@@ -196,7 +196,7 @@ class InferenceRequest:
         except (KeyError, TypeError) as exc:
             raise ValueError(f"the stored inference request is incomplete or of another version ({exc})") from None
 
-    def replace(self, **changes: Any) -> "InferenceRequest":
+    def replace(self, **changes: Any) -> InferenceRequest:
         return replace(self, **changes)
 
 

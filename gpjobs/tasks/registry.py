@@ -6,16 +6,16 @@ stored job's request back with `request_from_json`; adding a task is adding its 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Union
+from typing import Any
 
 from gpjobs.tasks import classify_objects, classify_pixels, detect_change, detect_objects, train
 from gpjobs.tasks.inference import InferenceRequest
 from gpjobs.tasks.params import GPParameter
 from gpjobs.tasks.train import TrainingRequest
 
-Request = Union[TrainingRequest, InferenceRequest]
+Request = TrainingRequest | InferenceRequest
 TRAIN, INFERENCE = "train", "inference"
 DEFAULT_TASK = train.TASK_NAME  # the task of every job stored before tasks were recorded
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 from gpjobs import catalog
 from gpjobs.export import ExportFolderError, check_export
@@ -151,7 +151,7 @@ class TrainingRequest:
         return data
 
     @classmethod
-    def from_json_dict(cls, data: Mapping[str, Any]) -> "TrainingRequest":
+    def from_json_dict(cls, data: Mapping[str, Any]) -> TrainingRequest:
         """The request as stored (ValueError when the stored form is not one this version wrote)."""
         try:
             context = dict(data["context"])
@@ -170,7 +170,7 @@ class TrainingRequest:
         except (KeyError, TypeError) as exc:
             raise ValueError(f"the stored training request is incomplete or of an older version ({exc})") from None
 
-    def replace(self, **changes: Any) -> "TrainingRequest":
+    def replace(self, **changes: Any) -> TrainingRequest:
         return replace(self, **changes)
 
 

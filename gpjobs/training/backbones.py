@@ -16,7 +16,7 @@ VGG and MobileNetV2: a strided pooling becomes a 3x3 pooling of stride 1.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 
@@ -107,7 +107,7 @@ def build_backbone(name: str, in_channels: int = 3, *, weights: WeightsPolicy | 
                            source_children=children, source_features=features, output_stride=output_stride)
 
 
-def _source_names(stages: "OrderedDict[str, nn.Module]", source_ids: dict[int, str], first: str,
+def _source_names(stages: OrderedDict[str, nn.Module], source_ids: dict[int, str], first: str,
                   source_first: str) -> dict[str, str]:
     """Our state-dict key -> torchvision's key of the same tensor (the rebuilt first conv by position)."""
     names = {}

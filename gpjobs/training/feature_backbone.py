@@ -7,7 +7,7 @@ on it, so neither has to import the other.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -22,7 +22,7 @@ class FeatureBackbone(nn.Module):
     under other layouts (fastai's `create_body`, torchvision detectors) onto these stages.
     """
 
-    def __init__(self, name: str, stages: "OrderedDict[str, nn.Module]", in_channels: int,
+    def __init__(self, name: str, stages: OrderedDict[str, nn.Module], in_channels: int,
                  first_conv_name: str, first_conv_adapted: bool, *, source_names: dict[str, str] | None = None,
                  source_children: list[str] | None = None, source_features: list[str] | None = None,
                  output_stride: int = 32) -> None:
@@ -38,7 +38,7 @@ class FeatureBackbone(nn.Module):
         self.output_stride = output_stride
         self.out_channels, self.strides = self.probe()
 
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         features: OrderedDict[str, torch.Tensor] = OrderedDict()
         for tap, stage in self.stages.items():
             x = stage(x)

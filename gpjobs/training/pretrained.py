@@ -31,9 +31,10 @@ arcgis.learn does: backbone, FPN, RPN and heads load; the layers whose shape dep
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn

@@ -76,7 +76,7 @@ class JobSpec:
                           indent=2)
 
     @classmethod
-    def from_json(cls, text: str) -> "JobSpec":
+    def from_json(cls, text: str) -> JobSpec:
         data = json.loads(text)
         task = data.get("task") or TRAIN_TASK
         reader = InferenceRequest.from_json_dict if task in INFERENCE_TASKS else TrainingRequest.from_json_dict
@@ -84,7 +84,7 @@ class JobSpec:
                    runtime=_runtime(data.get("runtime", {})))
 
     @classmethod
-    def load(cls, path: str | Path) -> "JobSpec":
+    def load(cls, path: str | Path) -> JobSpec:
         return cls.from_json(Path(path).read_text(encoding="utf-8"))
 
     @property

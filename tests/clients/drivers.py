@@ -32,7 +32,7 @@ async def _node(script: str, *args: str, env: dict[str, str], timeout: float) ->
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         proc.kill()
         out, err = await proc.communicate()
     lines = [line for line in out.decode(errors="replace").splitlines() if line.startswith("{")]

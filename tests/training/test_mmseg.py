@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gpjobs.training.models.mmseg import IMPLEMENTATIONS
 from gpjobs.tasks.params import ParameterError
+from gpjobs.training.models.mmseg import IMPLEMENTATIONS
 from tests.builders.exports import write_classified_tiles, write_pascal_voc
 from tests.training.helpers import build_family, make_spec, predict_json, train_and_package
 from tests.training.lifecycle_checks import CARD, assert_resume_matches_straight_run

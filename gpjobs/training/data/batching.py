@@ -14,16 +14,17 @@ batch is moved first (pinned, non-blocking) and finished there: a quarter of the
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data._utils.collate import default_collate
 
-from gpjobs.training.data.datasets import ExportDataset, collate_detection
 from gpjobs.export.chips import ChipReadError, chip_header
 from gpjobs.paths import PathError
+from gpjobs.training.data.datasets import ExportDataset, collate_detection
 from gpjobs.training.data.packing import Packed, Packer, SlotRing, in_worker
 
 __all__ = ["FinishingLoader", "RawCollate", "RawSamples", "sample_collate"]

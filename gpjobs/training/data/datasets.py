@@ -15,7 +15,8 @@ with the same functions (pixels.py).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,9 +25,8 @@ from torch.utils.data import Dataset
 from gpjobs.export.chips import read_chip, read_label_raster
 from gpjobs.export.info import DataInfo
 from gpjobs.export.metadata import RawClass
-from gpjobs.training.data.pixels import (TRANSPOSE, dihedral, dihedral_boxes, finish_images, finish_masks,
-                                         resize_masks)
 from gpjobs.export.readers import ChipRecord, box_of, instances_from_mask, parse_kitti, parse_voc, value_of
+from gpjobs.training.data.pixels import TRANSPOSE, dihedral, dihedral_boxes, finish_images, finish_masks, resize_masks
 
 
 def affine_tensors(info: DataInfo) -> tuple[torch.Tensor, torch.Tensor]:

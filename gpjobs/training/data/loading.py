@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, Sequence, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
-from gpjobs.training.data.batching import FinishingLoader
 from gpjobs.export.chips import read_chip
-from gpjobs.training.data.datasets import ExportDataset, collate_detection, to_model_input
 from gpjobs.export.info import FORMAT_TASKS, DataInfo, Normalization
 from gpjobs.export.metadata import ExportMeta
 from gpjobs.export.readers import ChipRecord
 from gpjobs.export.report import DataError, DataReport, scan_folders
+from gpjobs.training.data.batching import FinishingLoader
+from gpjobs.training.data.datasets import ExportDataset, collate_detection, to_model_input
 
 __all__ = ["SplitData", "TrainingData", "open_training_data", "to_model_input", "collate_detection"]
 

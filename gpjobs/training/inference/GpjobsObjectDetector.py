@@ -359,7 +359,7 @@ class GpjobsObjectDetector(TiledPRF):
                     if not rings:
                         continue
                 else:
-                    rings = core.box_rings((boxes[i:i + 1] + offset))[0]
+                    rings = core.box_rings(boxes[i:i + 1] + offset)[0]
                 features.append({"attributes": {"OID": len(features) + 1, "Class": self.names.get(value, str(value)),
                                                 "Confidence": round(100.0 * float(det["scores"][i]), 4),
                                                 "ClassValue": value},

@@ -9,7 +9,7 @@ same code runs on CPU and GPU and traces to TorchScript.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

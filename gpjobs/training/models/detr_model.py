@@ -10,7 +10,8 @@ arcgis.learn does for DETReg. Boxes are normalised (cx, cy, w, h) inside; `detec
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F

@@ -31,7 +31,8 @@ Training, losses (class_balancing, ignore_classes, ...), metrics and predictions
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F

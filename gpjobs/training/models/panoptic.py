@@ -21,7 +21,8 @@ but not scored).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -157,5 +158,8 @@ class PanopticQuality:
             per_class[self.names[c]] = {"pq": round(float(sq * rq), 10), "sq": round(float(sq), 10),
                                         "rq": round(float(rq), 10)}
             pqs.append(sq * rq), sqs.append(sq), rqs.append(rq)
-        mean = (lambda xs: float(np.mean(xs)) if xs else 0.0)
-        return {"PQ": mean(pqs), "SQ": mean(sqs), "RQ": mean(rqs), "per_class_metrics": per_class}
+        return {"PQ": _mean(pqs), "SQ": _mean(sqs), "RQ": _mean(rqs), "per_class_metrics": per_class}
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else 0.0

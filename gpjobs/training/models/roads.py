@@ -21,7 +21,8 @@ orientation CE. Metrics: accuracy, miou, dice (mean foreground F1), orientation 
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F

@@ -18,8 +18,9 @@ How the networks compare with arcgis.learn's and the papers' (also said in each 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import nn

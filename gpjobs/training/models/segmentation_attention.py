@@ -8,8 +8,8 @@ or gain is zero-initialised), so a pretrained backbone's features pass through u
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
 
 import torch
 from torch import nn

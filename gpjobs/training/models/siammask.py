@@ -19,8 +19,9 @@ is used from Python the way arcgis.learn's SiamMask is, `init(frame, [[x, y, w, 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F

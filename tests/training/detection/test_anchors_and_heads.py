@@ -18,7 +18,13 @@ from gpjobs.training.models.detection.anchors import (
 )
 from gpjobs.training.models.detection.darknet import darknet53_features
 from gpjobs.training.models.detection.ssd_net import SSDNet, match_anchors, ssd_loss
-from gpjobs.training.models.detection.yolo_net import YOLOv3Net, assign_targets, check_chip_multiple, decode_boxes, yolo_loss
+from gpjobs.training.models.detection.yolo_net import (
+    YOLOv3Net,
+    assign_targets,
+    check_chip_multiple,
+    decode_boxes,
+    yolo_loss,
+)
 
 
 def test_ssd_anchors_follow_grid_zoom_ratio_order():

@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 
 from gpjobs.store import Store, StoreError
-from gpjobs.store.migrate import MIGRATIONS_DIR, split_statements, available_migrations
+from gpjobs.store.migrate import MIGRATIONS_DIR, available_migrations, split_statements
 
 
 def test_migration_files_are_numbered_and_split_into_statements():

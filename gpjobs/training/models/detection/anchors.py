@@ -6,7 +6,7 @@ Pure numpy so the shapes can be pinned by tests without a model. Coordinates are
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 

@@ -26,9 +26,9 @@ from gpjobs.training.models.detection.fpn_adapter import FeaturePyramid, level_a
 from gpjobs.training.models.detection.rcnn import FasterRCNNFamily
 from gpjobs.training.models.detection.torchvision_detectors import (
     TorchvisionDetector,
-    transform_kwargs,
     rcnn_kwargs,
     resized_sizes,
+    transform_kwargs,
 )
 
 STAGE_IOUS = (0.5, 0.6, 0.7)
