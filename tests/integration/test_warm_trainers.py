@@ -1,6 +1,7 @@
 """Warm trainers (config.warm_trainers): each slot keeps one child started ahead; a claimed job is handed to it,
-a fresh one replaces it once that job's child has exited, no child runs two jobs, and supervision (events, cancel, kill -9, stall, lifeline)
-behaves as with a cold child. The fake child speaks the warm protocol (tests/fakes/fake_trainer.py)."""
+a fresh one replaces it once that job's child has exited, no child runs two jobs, and supervision (events, cancel,
+kill -9, stall, lifeline) behaves as with a cold child. The fake child speaks the warm protocol
+(tests/fakes/fake_trainer.py)."""
 
 from __future__ import annotations
 
@@ -105,10 +106,10 @@ def test_a_stray_child_is_recognised_by_its_working_folder(tmp_path):
     job_id = "j" + "a" * 32
     work = tmp_path / "jobs" / job_id
     work.mkdir(parents=True)
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], cwd=tmp_path,
-                             start_new_session=True)
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], cwd=work,
-                             start_new_session=True)
+    other = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], cwd=tmp_path, start_new_session=True
+    )
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], cwd=work, start_new_session=True)
     try:
         assert runs_job(child.pid, job_id) and not runs_job(other.pid, job_id)
         assert not kill_stray_group(other.pid, job_id) and other.poll() is None

@@ -20,10 +20,21 @@ def backbone_policy(backbone: str, *, pretrained: bool, freeze_model: bool) -> B
     fixed random features learn nothing, and a tenth of the rate only slows the part that must learn most."""
     if not pretrained:
         ignored = "freeze_model=true is ignored: " if freeze_model else ""
-        return BackbonePolicy(False, 1.0, f"{ignored}the {backbone} backbone has no pretrained weights, so it is "
-                                          "trained whole at the full learning rate")
+        return BackbonePolicy(
+            False,
+            1.0,
+            f"{ignored}the {backbone} backbone has no pretrained weights, so it is "
+            "trained whole at the full learning rate",
+        )
     if freeze_model:
-        return BackbonePolicy(True, 0.1, f"freeze_model=true: the pretrained {backbone} backbone stays frozen "
-                                         "(its BatchNorm layers train, at a tenth of the learning rate)")
-    return BackbonePolicy(False, 0.1, f"freeze_model=false: the pretrained {backbone} backbone is trained whole, "
-                                      "at a tenth of the learning rate")
+        return BackbonePolicy(
+            True,
+            0.1,
+            f"freeze_model=true: the pretrained {backbone} backbone stays frozen "
+            "(its BatchNorm layers train, at a tenth of the learning rate)",
+        )
+    return BackbonePolicy(
+        False,
+        0.1,
+        f"freeze_model=false: the pretrained {backbone} backbone is trained whole, at a tenth of the learning rate",
+    )
