@@ -16,7 +16,8 @@ from gpjobs.paths import PathError
 from gpjobs.tasks.train import TrainingRequest
 from gpjobs.training.data import open_training_data
 from gpjobs.training.distributed import is_main_process
-from gpjobs.training.engine import FitConfig, NaNLossError, OutOfMemory, backbone_policy, fit, seed_everything
+from gpjobs.training.engine import (FitConfig, NaNLossError, OutOfMemory, augment_policy, backbone_policy, fit,
+                                   seed_everything)
 from gpjobs.training.events import Reporter, StopRequested
 from gpjobs.training.metrics import scalar_metrics
 from gpjobs.training.models import family_for
@@ -84,7 +85,7 @@ def train_job(spec: JobSpec, reporter: Reporter) -> dict[str, Any]:
         reporter.progress(0.0, "prepare")
         data = open_training_data([f.local for f in request.in_folders], task=model_type.task, chip_size=chip_size,
                                   validation_percent=request.validation_percent, seed=int(args["seed"]),
-                                  extract_bands=extract, augment=bool(args["augment"]),
+                                  extract_bands=extract, augment=False,
                                   roots=[f.root for f in request.in_folders])
         info = data.info
         if info.format not in model_type.formats:  # the folder changed since submit
@@ -112,6 +113,9 @@ def train_job(spec: JobSpec, reporter: Reporter) -> dict[str, Any]:
         family.freeze(model, backbone_plan.frozen)
         if family.backbone_module(model) is not None:  # the GANs have none to freeze
             say("warning" if request.freeze_model and not pretrained else "info", backbone_plan.reason)
+        augment_plan = augment_policy(args["augment"], pretrained=pretrained, max_epochs=request.max_epochs)
+        data.train.augment = augment_plan.on  # the loaders are made in fit, after this
+        say("info", augment_plan.reason)
 
         # 3. fit (resumes from the job's checkpoint when there is one)
         num_workers = args["num_workers"]
