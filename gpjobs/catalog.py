@@ -180,8 +180,7 @@ COMMON_ARGUMENTS: dict[str, ArgSpec] = {
                            minimum=0, maximum=MAX_LOADER_WORKERS),
     "mixed_precision": ArgSpec("bool", True, "autocast + grad scaling on CUDA (ignored on CPU)"),
     "augment": ArgSpec("bool", None, "flips and 90-degree rotations on training chips (default: on for a "
-                                     "pretrained backbone and for jobs of 10 or more epochs, off for shorter "
-                                     "jobs from random weights)"),
+                                     "pretrained backbone, off when training from random weights)"),
     "extract_bands": ArgSpec("int_list", None, "band indices fed to the model (default: all bands)",
                              minimum=0, maximum=1023),
     "iou_thresh": ArgSpec("float", 0.1, "detection: IoU threshold of the Esri-style average precision",

@@ -113,7 +113,7 @@ def train_job(spec: JobSpec, reporter: Reporter) -> dict[str, Any]:
         family.freeze(model, backbone_plan.frozen)
         if family.backbone_module(model) is not None:  # the GANs have none to freeze
             say("warning" if request.freeze_model and not pretrained else "info", backbone_plan.reason)
-        augment_plan = augment_policy(args["augment"], pretrained=pretrained, max_epochs=request.max_epochs)
+        augment_plan = augment_policy(args["augment"], pretrained=pretrained)
         data.train.augment = augment_plan.on  # the loaders are made in fit, after this
         say("info", augment_plan.reason)
 

@@ -14,7 +14,6 @@ from gpjobs.catalog import lookup_model_type
 from gpjobs.training.checkpoint import load_checkpoint
 from gpjobs.training.engine import (BackbonePolicy, FitConfig, NaNLossError, augment_policy, backbone_policy,
                                    fit)
-from gpjobs.training.engine.policy import AUGMENT_FROM_EPOCHS
 from gpjobs.training.events import ListReporter, StopRequested
 from gpjobs.training.lr_finder import lr_range_test, pick_learning_rate, sweep_points
 from gpjobs.training.models.base import ModelFamily
@@ -201,12 +200,11 @@ def test_backbone_policy():
 
 
 def test_augment_policy():
-    short = augment_policy(None, pretrained=False, max_epochs=AUGMENT_FROM_EPOCHS - 1)
-    assert short.on is False and "augment=true" in short.reason  # the message says how to turn it on
-    assert augment_policy(None, pretrained=False, max_epochs=AUGMENT_FROM_EPOCHS).on is True
-    assert augment_policy(None, pretrained=True, max_epochs=1).on is True  # arcgis.learn's default
-    assert augment_policy(True, pretrained=False, max_epochs=1).on is True  # given wins either way
-    assert augment_policy(False, pretrained=True, max_epochs=100).on is False
+    scratch = augment_policy(None, pretrained=False)
+    assert scratch.on is False and "augment=true" in scratch.reason  # the message says how to turn it on
+    assert augment_policy(None, pretrained=True).on is True  # arcgis.learn's default
+    assert augment_policy(True, pretrained=False).on is True  # given wins either way
+    assert augment_policy(False, pretrained=True).on is False
 
 
 @pytest.mark.parametrize("factor", [0.1, 1.0])
