@@ -90,6 +90,7 @@ def describe_schedule(family: ModelFamily, config: FitConfig, state: Any, steps:
         "batch_size": config.batch_size, "batches_per_epoch": steps,
         "training_chips": _length(getattr(data, "train", None)),
         "validation_chips": _length(getattr(data, "valid", None)),
+        "augment": getattr(getattr(data, "train", None), "augment", None),  # flips and 90-degree turns
         "max_epochs": config.max_epochs, "epochs_run": state.epoch, "best_epoch": state.best_epoch,
         "early_stopping": {"enabled": config.stop_training, "monitor": state.monitor, "patience": config.patience,
                            "min_delta": config.min_delta, "stopped": state.stopped},
