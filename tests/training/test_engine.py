@@ -72,7 +72,8 @@ class TinyData:
         y = (x[:, 0] + x[:, 1] > 0).long()
         self.train, self.valid = TensorDataset(x[:48], y[:48]), TensorDataset(x[48:], y[48:])
 
-    def loaders(self, batch_size, *, num_workers=0, pin_memory=False):
+    def loaders(self, batch_size, *, num_workers=0, pin_memory=False, shard=None):
+        assert shard is None  # one device: the engine shards only on several ranks
         gen = torch.Generator().manual_seed(1)
         return (DataLoader(self.train, batch_size, shuffle=True, drop_last=True, generator=gen),
                 DataLoader(self.valid, batch_size))
