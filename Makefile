@@ -9,7 +9,7 @@ TORCH20_CUDA := nvidia-cuda-nvrtc-cu11==11.7.99 nvidia-cuda-runtime-cu11==11.7.9
   nvidia-curand-cu11==10.2.10.91 nvidia-cusolver-cu11==11.4.0.1 nvidia-cusparse-cu11==11.7.4.91 \
   nvidia-nccl-cu11==2.14.3 nvidia-nvtx-cu11==11.7.91
 
-.PHONY: run test test-heavy test-fast test-gpu setup demo-data client-tools bench docs clean
+.PHONY: run test test-heavy test-fast test-gpu lint typecheck setup demo-data client-tools bench docs clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,15 @@ test-fast: $(STAMP)
 test-gpu: $(STAMP)
 	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS)
 
+# ruff (lint and format) and mypy with the configuration in pyproject.toml; both come with the test extra.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check gpjobs tests bench
+	$(VENV)/bin/ruff format --check gpjobs tests bench
+	$(VENV)/bin/mypy gpjobs
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy gpjobs
+
 # Optional: the real third-party clients that tests/clients drives (marked `clients`; they skip with a
 # reason when these are missing). Never runtime dependencies of gpjobs. Best effort: each step may fail.
 client-tools: $(STAMP)
@@ -61,8 +70,11 @@ client-tools: $(STAMP)
 docs: $(STAMP)
 	$(PY) -m gpjobs.tasks.reference > docs/parameters.md
 
+# Every benchmark once; bench/quality.py in its quick mode (the full 3-seed table takes hours on CPU:
+# run `.venv/bin/python bench/quality.py` for it).
 bench: $(STAMP)
-	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	for b in bench/*.py; do echo "== $$b"; \
+	  if [ $$b = bench/quality.py ]; then $(PY) $$b --quick || exit 1; else $(PY) $$b || exit 1; fi; done
 
 clean:
 	rm -rf $(VENV) $(TORCH20) var .pytest_cache

@@ -3,6 +3,11 @@
 A benchmark script supplies `setup(args) -> (torch, family, model, data)` and `run_bare(args) -> dict`;
 this module runs each variant in its own process (peak RSS is per process), alternating bare/engine for
 `--rounds`, drops each process's first epoch as warm-up, and prints medians and ratios.
+
+Besides wall time per epoch, a variant may report `epoch_cpu` (the process's CPU seconds per epoch, every
+thread, `EpochClock` below): on a shared, loaded machine wall time mostly measures the neighbours, CPU time
+the work done, so its ratio is the one to trust there — with `--threads 1`: several intra-op threads
+spin-wait for each other when the cores are oversubscribed, and that spinning counts as CPU time too.
 """
 
 from __future__ import annotations
@@ -15,8 +20,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,6 +49,25 @@ def bare_optimizer(torch, family, model, *, lr: float, total_steps: int):
     return opt, sched
 
 
+class EpochClock:
+    """Wall and process-CPU seconds of each epoch: `start()` before it, `stop()` after it."""
+
+    def __init__(self) -> None:
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+        self._wall = self._cpu = 0.0
+
+    def start(self) -> None:
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+
+    def stop(self) -> None:
+        self.wall.append(time.perf_counter() - self._wall)
+        self.cpu.append(time.process_time() - self._cpu)
+
+    def result(self) -> dict:
+        return {"epoch_times": self.wall, "epoch_cpu": self.cpu}
+
+
 def sync(torch, device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -68,20 +92,23 @@ def run_engine(setup: Callable, args) -> dict:
         def __init__(self) -> None:
             super().__init__()
             self.marks: list[float] = []
+            self.cpu_marks: list[float] = []
 
         def emit(self, event_type, **fields):
             super().emit(event_type, **fields)
             if event_type == "checkpoint":
                 self.marks.append(time.perf_counter())
+                self.cpu_marks.append(time.process_time())
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = FitConfig(max_epochs=args.epochs, batch_size=args.batch, learning_rate=1e-3, stop_training=False,
                         device=args.device, checkpoint_path=Path(tmp) / "checkpoint.pt")
         clock = Clock()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         fit(family, model, data, cfg, clock)
-    marks = [start, *clock.marks]
-    return {"epoch_times": [b - a for a, b in zip(marks, marks[1:])], **memory(torch, torch.device(args.device))}
+    marks, cpu = [start, *clock.marks], [cpu_start, *clock.cpu_marks]
+    return {"epoch_times": [b - a for a, b in zip(marks, marks[1:])],
+            "epoch_cpu": [b - a for a, b in zip(cpu, cpu[1:])], **memory(torch, torch.device(args.device))}
 
 
 def main(script: str, args, label: str, setup: Callable, run_bare: Callable) -> int:
@@ -99,9 +126,14 @@ def main(script: str, args, label: str, setup: Callable, run_bare: Callable) -> 
     epoch = {v: statistics.median(t for r in rs for t in r["epoch_times"][1:]) for v, rs in runs.items()}
     rss = {v: max(r["peak_rss_mb"] for r in rs) for v, rs in runs.items()}
     print(f"{label}, {args.chips} chips {args.size}px, batch {args.batch}, {args.epochs} epochs "
-          f"(first = warm-up), device {args.device}, {args.threads} threads, {args.rounds} rounds")
+          f"(first = warm-up), device {args.device}, {args.threads} threads, {args.rounds} rounds, "
+          f"load {os.getloadavg()[0]:.1f}")
     print(f"epoch time  bare {epoch['bare']:.3f} s   engine {epoch['engine']:.3f} s   "
           f"ratio {epoch['engine'] / epoch['bare']:.3f} (target <= 1.10)")
+    if all("epoch_cpu" in r for rs in runs.values() for r in rs):
+        cpu = {v: statistics.median(t for r in rs for t in r["epoch_cpu"][1:]) for v, rs in runs.items()}
+        print(f"epoch CPU   bare {cpu['bare']:.3f} s   engine {cpu['engine']:.3f} s   "
+              f"ratio {cpu['engine'] / cpu['bare']:.3f} (process CPU seconds: load-independent)")
     print(f"peak RSS    bare {rss['bare']:.0f} MB   engine {rss['engine']:.0f} MB   "
           f"ratio {rss['engine'] / rss['bare']:.3f}")
     if all("peak_cuda_mb" in r for rs in runs.values() for r in rs):

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gpjobs.domain import Job, JobStatus, new_job_id, now_ms  # noqa: E402
+from gpjobs.domain import Job, JobStatus, new_job_id  # noqa: E402
 from gpjobs.store import Store, sql  # noqa: E402
 from tests.fakes.fake_jobs import fake_request  # noqa: E402
 

@@ -1,12 +1,15 @@
 """Engine overhead: our training engine's epoch time vs a bare hand-written PyTorch loop, same run.
 
-Same model (UNET over RESNET18, built by our family), same in-memory data tensors, batch size, optimizer
-(AdamW + one-cycle, discriminative LR) and device. The bare loop does forward/backward/step plus a
-validation forward pass; the engine adds what a job needs (metrics, events, NaN checks, best-epoch copy
-and an atomic fsynced full-state checkpoint per epoch). Each variant runs in its own process (peak RSS is
-per process), alternating bare/engine twice; the first epoch of each process is warm-up.
+Same model (UNET over RESNET18 by default, built by our family; `--model-type MMSEGMENTATION --model upernet`
+for an MMSegmentation head), same in-memory data tensors, batch size, optimizer (AdamW + one-cycle,
+discriminative LR) and device. The bare loop does forward/backward/step (cross-entropy, plus 0.4 x the
+auxiliary head's when the network has one) plus a validation forward pass; the engine adds what a job needs
+(metrics, events, NaN checks, best-epoch copy and an atomic fsynced full-state checkpoint per epoch). Each
+variant runs in its own process (peak RSS is per process), alternating bare/engine twice; the first epoch of
+each process is warm-up.
 
-    python bench/train_overhead.py [--epochs 4] [--chips 64] [--size 64] [--batch 8] [--device cpu]
+    python bench/train_overhead.py [--model-type UNET] [--model upernet] [--epochs 4] [--chips 64] [--size 64]
+        [--batch 8] [--device cpu]
 
 Target: engine / bare epoch time <= 1.10. Prints both peak memories and their ratio.
 """
@@ -15,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import overhead_harness as harness
 
@@ -29,7 +31,7 @@ def setup(args):
 
     from gpjobs.catalog import lookup_model_type, parse_arguments
     from gpjobs.export.info import ClassInfo, DataInfo, Normalization
-    from gpjobs.training.models.segmentation import UnetFamily
+    from gpjobs.training.models import family_for
     from gpjobs.training.weights import WeightsPolicy
 
     torch.set_num_threads(args.threads)
@@ -41,8 +43,10 @@ def setup(args):
     valid_set = TensorDataset(images[args.chips:], masks[args.chips:])
     info = DataInfo("Classified_Tiles", "segmentation", [ClassInfo(1, "a"), ClassInfo(2, "b")], 3,
                     (args.size, args.size), [0, 1, 2], Normalization.imagenet(), False, 3)
-    mt = lookup_model_type("UNET")
-    family = UnetFamily(mt, info, "RESNET18", parse_arguments(mt, {}), WeightsPolicy(), lambda l, t: None)
+    mt = lookup_model_type(args.model_type)
+    arguments = {"model": args.model} if args.model else {}
+    family = family_for(mt.name)(mt, info, "RESNET18", parse_arguments(mt, arguments), WeightsPolicy(),
+                                 lambda level, text: None)
     torch.manual_seed(0)
     model = family.build()
     family.freeze(model, True)
@@ -67,14 +71,17 @@ def run_bare(args) -> dict:
     train_loader, valid_loader = data.loaders(args.batch, pin_memory=device.type == "cuda")
     opt, sched = harness.bare_optimizer(torch, family, model, lr=1e-3,
                                         total_steps=args.epochs * len(train_loader))
-    times = []
+    clock = harness.EpochClock()
     for _ in range(args.epochs):
         harness.sync(torch, device)
-        start = time.perf_counter()
+        clock.start()
         model.train()
         for x, y in train_loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss = F.cross_entropy(model(x), y)
+            logits, aux = model.forward_train(x)
+            loss = F.cross_entropy(logits, y)
+            if aux is not None:
+                loss = loss + 0.4 * F.cross_entropy(aux, y)
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -84,15 +91,18 @@ def run_bare(args) -> dict:
             for x, y in valid_loader:
                 F.cross_entropy(model(x.to(device)), y.to(device))
         harness.sync(torch, device)
-        times.append(time.perf_counter() - start)
-    return {"epoch_times": times, **harness.memory(torch, device)}
+        clock.stop()
+    return {**clock.result(), **harness.memory(torch, device)}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-type", default="UNET", choices=("UNET", "MMSEGMENTATION"))
+    parser.add_argument("--model", help="MMSEGMENTATION model name (upernet, ocrnet, ...)")
     harness.add_common_arguments(parser, epochs=4, chips=64, size=64, batch=8)
     args = parser.parse_args()
-    return harness.main(__file__, args, "UNET/RESNET18", setup, run_bare)
+    label = f"{args.model_type}{'(' + args.model + ')' if args.model else ''}/RESNET18"
+    return harness.main(__file__, args, label, setup, run_bare)
 
 
 if __name__ == "__main__":

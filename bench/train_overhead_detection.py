@@ -1,13 +1,19 @@
-"""Engine overhead for a detector: our engine's epoch time vs a bare torchvision loop, same run.
+"""Engine overhead for a detector: our engine's epoch time vs a bare PyTorch loop, same run.
 
-Same model (RETINANET over RESNET18, built by our detection family: torchvision's RetinaNet on our FPN),
-same in-memory chips with 1-3 boxes each, batch size, optimizer (AdamW + one-cycle, discriminative LR) and
-device. The bare loop calls torchvision directly (`sum(model(images, targets).values())`, backward, step)
-and runs the eval-mode detections over the validation chips; the engine adds what a job needs (validation
-loss, Esri AP + COCO mAP, events, NaN checks, best-epoch copy, an fsynced full-state checkpoint per epoch).
+Same model (RETINANET over RESNET18 by default, built by our detection family: torchvision's RetinaNet on our
+FPN), same in-memory chips with 1-3 boxes each, batch size, optimizer (AdamW + one-cycle, discriminative LR)
+and device. The bare loop calls the network directly (torchvision's `sum(model(images, targets).values())`;
+for our own networks — DETREG's Deformable DETR, MMDETECTION's atss / vfnet — their `losses(images,
+targets)`, which is the set loss or the dense loss itself), backward, step, and runs the eval-mode detections
+over the validation chips; the engine adds what a job needs (validation loss, Esri AP + COCO mAP, events,
+NaN checks, gradient clipping, best-epoch copy, an fsynced full-state checkpoint per epoch).
 Each variant runs in its own process, alternating bare/engine; the first epoch of each process is warm-up.
 
-    python bench/train_overhead_detection.py [--epochs 3] [--chips 32] [--size 64] [--batch 4] [--device cpu]
+    python bench/train_overhead_detection.py [--model-type RETINANET] [--model fcos] [--arguments JSON]
+        [--epochs 3] [--chips 32] [--size 64] [--batch 4] [--device cpu]
+
+--model is MMDETECTION's model name (fcos, atss, vfnet, cascade_rcnn, ...), --arguments the job arguments
+(e.g. DETREG's transformer size).
 
 Target: engine / bare epoch time <= 1.10. Prints both peak memories and their ratio.
 """
@@ -15,8 +21,8 @@ Target: engine / bare epoch time <= 1.10. Prints both peak memories and their ra
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-import time
 
 import overhead_harness as harness
 
@@ -30,7 +36,7 @@ def setup(args):
 
     from gpjobs.catalog import lookup_model_type, parse_arguments
     from gpjobs.export.info import ClassInfo, DataInfo, Normalization
-    from gpjobs.training.models.detection import FAMILIES
+    from gpjobs.training.models import family_for
     from gpjobs.training.weights import WeightsPolicy
 
     torch.set_num_threads(args.threads)
@@ -53,8 +59,9 @@ def setup(args):
     info = DataInfo("PASCAL_VOC_rectangles", "detection", [ClassInfo(1, "a"), ClassInfo(2, "b")], 3,
                     (args.size, args.size), [0, 1, 2], Normalization.imagenet(), False, 3)
     mt = lookup_model_type(args.model_type)
-    family = FAMILIES[mt.name](mt, info, args.backbone, parse_arguments(mt, {}), WeightsPolicy(),
-                               lambda level, text: None)
+    arguments = {**json.loads(args.arguments or "{}"), **({"model": args.model} if args.model else {})}
+    family = family_for(mt.name)(mt, info, args.backbone, parse_arguments(mt, arguments), WeightsPolicy(),
+                                 lambda level, text: None)
     torch.manual_seed(0)
     model = family.build()
     family.freeze(model, True)
@@ -77,38 +84,48 @@ def run_bare(args) -> dict:
     torch, family, model, data = setup(args)
     device = torch.device(args.device)
     model.to(device)
-    net = model.net  # the torchvision detector itself
+    net = getattr(model, "net", None)  # the torchvision detector itself, when it is one
     train_loader, valid_loader = data.loaders(args.batch)
     opt, sched = harness.bare_optimizer(torch, family, model, lr=1e-3,
                                         total_steps=args.epochs * len(train_loader))
-    times = []
+    clock = harness.EpochClock()
     for _ in range(args.epochs):
         harness.sync(torch, device)
-        start = time.perf_counter()
-        net.train()
+        clock.start()
+        model.train()
         for x, targets in train_loader:
             targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-            loss = sum(net(list(x.to(device)), targets).values())
+            if net is not None:
+                loss = sum(net(list(x.to(device)), targets).values())
+            else:  # our own network: its loss is its own method
+                loss = model.losses(x.to(device), targets)
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
             sched.step()
-        net.eval()
+        model.eval()
         with torch.no_grad():
             for x, _ in valid_loader:
-                net(list(x.to(device)))
+                if net is not None:
+                    net(list(x.to(device)))
+                else:
+                    model.detect(x.to(device))
         harness.sync(torch, device)
-        times.append(time.perf_counter() - start)
-    return {"epoch_times": times, **harness.memory(torch, device)}
+        clock.stop()
+    return {**clock.result(), **harness.memory(torch, device)}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-type", default="RETINANET", choices=("RETINANET", "FASTERRCNN"))
+    parser.add_argument("--model-type", default="RETINANET", choices=("RETINANET", "FASTERRCNN", "DETREG",
+                                                                          "MMDETECTION"))
+    parser.add_argument("--model", help="MMDETECTION model name (fcos, atss, vfnet, cascade_rcnn, ...)")
+    parser.add_argument("--arguments", help="job arguments as JSON, e.g. DETREG's transformer size")
     parser.add_argument("--backbone", default="RESNET18")
     harness.add_common_arguments(parser, epochs=3, chips=32, size=64, batch=4)
     args = parser.parse_args()
-    return harness.main(__file__, args, f"{args.model_type}/{args.backbone}", setup, run_bare)
+    label = f"{args.model_type}{'(' + args.model + ')' if args.model else ''}/{args.backbone}"
+    return harness.main(__file__, args, label, setup, run_bare)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import importlib
 import uuid
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import structlog
 from aiohttp import web

@@ -14,6 +14,6 @@ if TYPE_CHECKING:  # the store and scheduler import aiosqlite/asyncio machinery;
     from gpjobs.store import Store
 
 CONFIG_KEY: web.AppKey[Config] = web.AppKey("gpjobs_config", Config)
-STORE_KEY: web.AppKey["Store"] = web.AppKey("gpjobs_store")
-SCHEDULER_KEY: web.AppKey["Scheduler"] = web.AppKey("gpjobs_scheduler")
+STORE_KEY: web.AppKey[Store] = web.AppKey("gpjobs_store")
+SCHEDULER_KEY: web.AppKey[Scheduler] = web.AppKey("gpjobs_scheduler")
 BOOT_ID_KEY: web.AppKey[str] = web.AppKey("gpjobs_boot_id", str)

@@ -7,8 +7,9 @@ training child (building the model). It imports nothing heavy: the server proces
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from gpjobs.parsing import list_parser, loads_json, parse_bool, parse_float, parse_int, parse_str
 
@@ -128,10 +129,10 @@ class ArgSpec:
         if self.kind == "bool":
             return parse_bool(raw)
         if self.kind == "str":
-            value = parse_str(raw)
-            if self.choices and value not in self.choices:
-                raise ValueError(f"'{value}' is not one of {', '.join(self.choices)}")
-            return value
+            text = parse_str(raw)
+            if self.choices and text not in self.choices:
+                raise ValueError(f"'{text}' is not one of {', '.join(self.choices)}")
+            return text
         if self.kind in ("int", "int_list"):
             item: Callable[[Any], Any] = lambda v: parse_int(v, _whole(low), _whole(high))  # noqa: E731
         elif self.kind in ("float", "float_list"):
@@ -239,14 +240,13 @@ class ModelTypeInfo:
     backbones: tuple[str, ...]
     default_backbone: str | None
     arguments: dict[str, ArgSpec] = field(default_factory=dict)
-    implemented: bool = True
     esri_model_name: str = ""  # .emd ModelName (arcgis.learn class name)
 
 
-def _mt(name: str, family: str, task: str, formats, backbones, default, arguments=None, *, implemented=True,
+def _mt(name: str, family: str, task: str, formats, backbones, default, arguments=None, *,
         esri_model_name: str = "") -> ModelTypeInfo:
     return ModelTypeInfo(name, family, task, frozenset(formats), tuple(backbones), default,
-                         {**COMMON_ARGUMENTS, **(arguments or {})}, implemented, esri_model_name)
+                         {**COMMON_ARGUMENTS, **(arguments or {})}, esri_model_name)
 
 
 MODEL_TYPES: dict[str, ModelTypeInfo] = {m.name: m for m in (
@@ -348,11 +348,21 @@ MODEL_TYPES: dict[str, ModelTypeInfo] = {m.name: m for m in (
     }, esri_model_name="Pix2PixHD"),
 )}
 
-# Model types the task lists that this server does not train yet: submit answers with a clear error.
-for _name, _task, _formats, _esri in (
-    ("DETREG", "detection", DETECTION_FORMATS, "DETReg"),
-):
-    MODEL_TYPES[_name] = _mt(_name, "", _task, _formats, (), None, implemented=False, esri_model_name=_esri)
+# DETREG (gpjobs.training.models.detr): Deformable DETR with DETReg's optional self-supervised pre-training.
+MODEL_TYPES["DETREG"] = _mt("DETREG", "detr", "detection", DETECTION_FORMATS, RESNETS, "RESNET50", {
+    "num_queries": ArgSpec("int", 100, "object queries (the most objects one chip can have)", minimum=1,
+                           maximum=1000),
+    "hidden_dim": ArgSpec("int", 256, "transformer width (a multiple of 8: 8 attention heads)", minimum=8,
+                          maximum=2048),
+    "enc_layers": ArgSpec("int", 6, "deformable encoder layers", minimum=0, maximum=24),
+    "dec_layers": ArgSpec("int", 6, "decoder layers (each adds an auxiliary loss)", minimum=1, maximum=24),
+    "dim_feedforward": ArgSpec("int", 1024, "feed-forward width of the transformer layers", minimum=8,
+                               maximum=16384),
+    "pretrain_epochs": ArgSpec("int", 0, "DETReg self-supervised pre-training epochs on the training chips "
+                                         "without labels, before training (0: off)", minimum=0, maximum=1000),
+    "pretrain_proposals": ArgSpec("int", 30, "region proposals per chip used as pseudo-objects by the "
+                                             "pre-training", minimum=1, maximum=1000),
+}, esri_model_name="DETReg")
 
 # Edge, road, change and MMSegmentation types (gpjobs.training.models.edges / roads / change / mmseg).
 _EDGE_ARGUMENTS: dict[str, ArgSpec] = {
@@ -376,13 +386,43 @@ _ROAD_ARGUMENTS: dict[str, ArgSpec] = {
 }
 MODEL_TYPES["DEEPSORT"] = _mt("DEEPSORT", "reid", "classification", {"Imagenet"}, ("REID_V1", "REID_V2"),
                               "REID_V1", esri_model_name="DeepSort")
+# The `model` names arcgis.learn documents for MMDetection / MMSegmentation, plus the ones we accepted before
+# (gpjobs.training.models.mmdet / mmseg say which implementation trains each).
+_MMDET_MODELS = (
+    "atss", "carafe", "cascade_rcnn", "cascade_rpn", "dcn", "detectors", "double_heads", "dynamic_rcnn",
+    "empirical_attention", "faster_rcnn", "fcos", "foveabox", "fsaf", "ghm", "hrnet", "libra_rcnn", "nas_fcos",
+    "pafpn", "pisa", "regnet", "reppoints", "res2net", "retinanet", "sabl", "ssd", "vfnet", "yolo", "yolov3")
+_MMSEG_MODELS = (
+    "ann", "apcnet", "ccnet", "cgnet", "deeplabv3", "deeplabv3plus", "dmnet", "dnlnet", "emanet", "fastscnn",
+    "fcn", "gcnet", "hrnet", "mobilenet_v2", "nonlocal_net", "ocrnet", "psanet", "pspnet", "resnest", "sem_fpn",
+    "unet", "upernet")
+
+
+def _openmmlab_model_name(toolbox: str, names: tuple[str, ...]) -> Callable[[Any], str]:
+    """Parser of an MMDetection / MMSegmentation `model`: a name (any case); a config file path is refused."""
+
+    def parse(raw: Any) -> str:
+        name = str(raw).strip()
+        if name.lower() in names:
+            return name.lower()
+        if "/" in name or "\\" in name or name.lower().endswith(".py"):
+            raise ValueError(f"a config file path; this server trains the {toolbox} models by name with its own "
+                             f"implementations and cannot read OpenMMLab config files: use one of {', '.join(names)}")
+        raise ValueError(f"not a {toolbox} model this server trains{_did_you_mean(name.lower(), names)}; "
+                         f"use one of {', '.join(names)}")
+
+    return parse
+
+
 MODEL_TYPES["MMDETECTION"] = _mt("MMDETECTION", "mmdet", "detection", DETECTION_FORMATS, FPN_BACKBONES, "RESNET50", {
-    "model": ArgSpec("str", "faster_rcnn", "detector (OpenMMLab names that have an equivalent here; other mmdet "
-                                           "models and config paths are not supported)",
-                     ("faster_rcnn", "retinanet", "ssd", "yolov3", "yolo")),
+    **DETECTION_RCNN_ARGUMENTS,  # read by the R-CNN implementations (faster_rcnn, cascade_rcnn and their variants)
+    "model": ArgSpec("str", "faster_rcnn",
+                     "detector: an mmdetection model name arcgis.learn documents (config file paths are not "
+                     "supported); names without an implementation here train as the closest one, and the job "
+                     "messages and the .emd say which", _MMDET_MODELS,
+                     parser=_openmmlab_model_name("mmdetection", _MMDET_MODELS)),
     "model_weight": ArgSpec("bool", False, "OpenMMLab checkpoint: not available offline (warns)"),
 }, esri_model_name="MMDetection")
-_MMSEG_MODELS = ("unet", "pspnet", "deeplabv3", "deeplabv3plus", "fcn", "mobilenet_v2")
 MODEL_TYPES.update({m.name: m for m in (
     _mt("HED_EDGEDETECTOR", "edges", "segmentation", SEGMENTATION_FORMATS, RESNETS + VGGS, "VGG19",
         _EDGE_ARGUMENTS, esri_model_name="HEDEdgeDetector"),
@@ -400,9 +440,11 @@ MODEL_TYPES.update({m.name: m for m in (
     }, esri_model_name="ChangeDetector"),
     _mt("MMSEGMENTATION", "mmseg", "segmentation", SEGMENTATION_FORMATS, CLASSIFICATION_BACKBONES, "RESNET50", {
         **SEGMENTATION_ARGUMENTS,
-        "model": ArgSpec("str", "deeplabv3", "segmentation network (OpenMMLab names that have an equivalent "
-                                             "here; other mmseg models and config paths are not supported)",
-                         _MMSEG_MODELS),
+        "model": ArgSpec("str", "deeplabv3",
+                         "segmentation network: an mmsegmentation model name arcgis.learn documents (config file "
+                         "paths are not supported); names without an implementation here train as the closest "
+                         "one, and the job messages and the .emd say which", _MMSEG_MODELS,
+                         parser=_openmmlab_model_name("mmsegmentation", _MMSEG_MODELS)),
         "model_weight": ArgSpec("bool", False, "OpenMMLab checkpoint: not available offline (warns)"),
     }, esri_model_name="MMSegmentation"),
 )})
@@ -489,12 +531,13 @@ def chip_size_problem(info: ModelTypeInfo, chip_size: int | tuple[int, int] | No
 
 
 def implemented_model_types() -> list[str]:
-    return [name for name, info in MODEL_TYPES.items() if info.implemented]
+    """Every model type the task lists, in catalog order (this server trains all of them)."""
+    return list(MODEL_TYPES)
 
 
 def backbone_choices() -> tuple[str, ...]:
-    """Every backbone some implemented model type accepts (the task's backbone_model choice list)."""
-    seen = dict.fromkeys(b for info in MODEL_TYPES.values() if info.implemented for b in info.backbones)
+    """Every backbone some model type accepts (the task's backbone_model choice list)."""
+    seen = dict.fromkeys(b for info in MODEL_TYPES.values() for b in info.backbones)
     return tuple(seen)
 
 
@@ -506,10 +549,6 @@ def lookup_model_type(name: str) -> ModelTypeInfo:
             f"model_type '{name}' is not a TrainDeepLearningModel model type"
             f"{_did_you_mean(str(name).strip().upper(), MODEL_TYPES)}. "
             f"Use one of: {', '.join(implemented_model_types())}.")
-    if not info.implemented:
-        raise ArgumentError(
-            f"model_type '{info.name}' is not supported by this server yet. "
-            f"Supported model types: {', '.join(implemented_model_types())}.")
     return info
 
 

@@ -18,25 +18,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpjobs", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"gpjobs.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"gpjobs.commands.{name}":
-                raise
-            continue  # command not built yet
+        module = importlib.import_module(f"gpjobs.commands.{name}")
         command = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(command)
-        command.set_defaults(_run=module.run)
+        command.set_defaults(handler=module.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not getattr(args, "_run", None):
+    if not getattr(args, "handler", None):
         parser.print_help()
         return 2
-    return int(args._run(args) or 0)
+    return int(args.handler(args) or 0)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import ipaddress
 import os
 import re
@@ -16,9 +17,10 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from gpjobs.catalog import MAX_LOADER_WORKERS
 from gpjobs.parsing import parse_bool
@@ -91,10 +93,6 @@ class Config:
     db_synchronous: str = "FULL"  # "FULL" | "NORMAL"
 
     # Derived paths are never None after load_config(); these accessors keep callers simple.
-    @property
-    def database(self) -> Path:
-        return self.db_path or self.data_dir / "gpjobs.sqlite3"
-
     @property
     def content(self) -> Path:
         return self.content_dir or self.data_dir / "content"
@@ -360,6 +358,8 @@ def _validate_devices(config: Config) -> None:
         raise ConfigError(f"pool = {config.pool!r}: use \"local\" (this machine) or \"ray\" (a Ray cluster)")
     if not config.devices:
         raise ConfigError("devices is empty: list at least one of cpu, cuda:N, cuda:0+cuda:1, auto or auto:all")
+    if config.pool == "ray" and importlib.util.find_spec("ray") is None:
+        raise ConfigError("pool = \"ray\" needs Ray on this host: pip install 'gpjobs[ray]' (docs/deploy.md)")
     if config.pool == "ray" and len(config.devices) != 1:
         raise ConfigError(f"pool = \"ray\": devices = {config.devices} must be one entry, what one job gets on a "
                           "Ray node (\"cpu\", \"cuda:0\" or \"cuda:0+cuda:1\"); the slots come from the cluster")
@@ -377,8 +377,3 @@ def _validate_devices(config: Config) -> None:
         raise ConfigError(f"devices {config.devices} lists a GPU twice (each GPU belongs to one slot)")
     if config.ray_cpus_per_job < 0:
         raise ConfigError("ray_cpus_per_job must be 0 (child_threads per device) or more")
-
-
-def default_file_share(config: Config) -> Path:
-    """Where the `default` file share lives when none is configured (created by `gpjobs serve`)."""
-    return config.data_dir / "fileshares" / "default"

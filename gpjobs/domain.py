@@ -54,11 +54,6 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
 }
 
 
-def can_transition(source: JobStatus, target: JobStatus) -> bool:
-    """True when `source -> target` is an allowed edge of the job state machine."""
-    return target in TRANSITIONS[source]
-
-
 def sources_of(target: JobStatus) -> frozenset[JobStatus]:
     """Every status from which `target` may be reached (the WHERE clause of a guarded UPDATE)."""
     return frozenset(s for s, targets in TRANSITIONS.items() if target in targets)
@@ -88,6 +83,12 @@ class MessageType(str, Enum):
 ITEM_TYPE_DLPK = "Deep Learning Package"
 ITEM_TYPE_KEYWORDS = ["Deep Learning", "Raster"]  # Esri's TrainDeepLearningModel.py (protocol.md §5.2)
 ITEM_TAGS = ["imagery"]
+# What the inference tasks publish (a GeoTIFF; GeoJSON with a GeoPackage beside it), and the empty service items
+# a client creates first (content/users/<u>/createService) for a task to fill.
+ITEM_TYPE_IMAGE = "Image"
+ITEM_TYPE_GEOJSON = "GeoJson"
+ITEM_TYPE_IMAGE_SERVICE = "Image Service"
+ITEM_TYPE_FEATURE_SERVICE = "Feature Service"
 
 
 def now_ms() -> int:
@@ -115,10 +116,11 @@ def is_item_id(value: str) -> bool:
 
 @dataclass(frozen=True)
 class Job:
-    """One TrainDeepLearningModel job as stored.
+    """One job of a GP task as stored (TrainDeepLearningModel, or an inference task).
 
     `inputs` are the raw submitted values by parameter name (served back by `jobs/<id>/inputs/<name>`);
-    `spec` is the normalised parameter set that becomes the child's `JobSpec` (resolved paths, parsed numbers).
+    `spec` is the normalised parameter set that becomes the child's `JobSpec` (resolved paths, parsed numbers);
+    `model_type` is the trained model type, or for an inference job the model type of its package.
     """
 
     job_id: str
@@ -126,6 +128,7 @@ class Job:
     status: JobStatus
     model_type: str
     inputs: dict[str, Any] = field(default_factory=dict)
+    task: str = "TrainDeepLearningModel"  # the GP task it was submitted to (gpjobs.tasks.registry)
     spec: dict[str, Any] = field(default_factory=dict)
     progress: float | None = None  # percent 0..100 while executing
     attempts: int = 0  # claims so far (a graceful shutdown or a server crash gives its attempt back)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -82,12 +82,8 @@ class AccessLogger(AbstractAccessLogger):
                 "status": response.status, "ms": round(time * 1000, 2), "remote": request.remote,
                 "bytes": response.body_length, "request_id": response.headers.get("X-Request-Id"),
                 "level": "info", "logger": "gpjobs.access",
-                "timestamp": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")}
+                "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z")}
         try:
             _STATE["stream"].write(orjson.dumps(line).decode("utf-8") + "\n")
         except (OSError, ValueError):  # a closed stream must not fail the request
             pass
-
-    @property
-    def enabled(self) -> bool:
-        return _STATE["access"]

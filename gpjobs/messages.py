@@ -19,7 +19,6 @@ EXECUTING = "Executing..."
 CANCEL_REQUESTED = "Cancel requested."
 CANCEL_COMPLETE = "Cancel complete."
 TRAINING_FINISHED = "Training Finished"
-TOOL_FAILED = "TrainDeepLearningModel failed."  # the last line of every failed job, as Esri's tool writes it
 
 def succeeded_at(ms: int) -> str:
     """Esri's 'Succeeded at <time>' line, e.g. 'Succeeded at Wednesday, June 5, 2024 10:01:02 AM' (local time)."""
@@ -133,7 +132,7 @@ FAILURE_HINTS = {
 def training_failed(rc: int | None, log_tail: str) -> str:
     """A child that failed without saying why: its exit, a hint for the exit code, the end of its log."""
     try:
-        hint = FAILURE_HINTS.get(ExitCode(rc))
+        hint = FAILURE_HINTS.get(ExitCode(rc)) if rc is not None else None
     except ValueError:  # not one of ours (a signal, or None: never started)
         hint = None
     text = f"Training failed ({describe_exit(rc) if rc is not None else 'not started'})"
@@ -172,3 +171,55 @@ def describe_exit(rc: int) -> str:
             name = "unknown"
         return f"killed by signal {-rc} ({name})"
     return f"exit code {rc}"
+
+
+# --- inference tasks (gpjobs/tasks/inference.py): their own words where training's would mislead --------------
+
+
+def tool_failed(task: str) -> str:
+    """The last line of a failed job, as Esri's tools write it: '<Task> failed.'"""
+    return f"{task} failed."
+
+
+def inference_finished(blocks: int, features: int | None) -> str:
+    found = f"; {features} feature{'' if features == 1 else 's'}" if features is not None else ""
+    return f"Inference finished: {blocks} block{'' if blocks == 1 else 's'}{found}."
+
+
+def resumed_blocks(blocks: int) -> str:
+    return f"Resumed: {blocks} block{'' if blocks == 1 else 's'} written before the interruption are kept."
+
+
+BLOCKS_STARTED_OVER = "No block was written before the interruption; inference starts again from the first block."
+
+
+def output_written(uri: str) -> str:
+    return f"Output written to {uri}."
+
+
+def output_published(item_type: str, *, replaced: bool) -> str:
+    verb = "Updating existing" if replaced else "Adding new"
+    return f"{verb} {item_type} item to the portal succeeded."
+
+
+def output_missing(path: str) -> str:
+    return f"the inference child reported output {path} but it does not exist"
+
+
+def output_item_taken(name: str, owner: str) -> str:
+    return (f"another item named {name!r} already exists for user {owner!r}; choose another output name or give "
+            "that item's itemId to replace it")
+
+
+def output_item_gone(item_id: str) -> str:
+    return f"the output item {item_id} was deleted while the job ran; submit again with another output"
+
+
+def interrupted_inference(by: str) -> str:
+    """A shutdown or a lost child: the job runs again and computes only the blocks not yet written."""
+    return f"Interrupted by {by}; the job is queued again and keeps the blocks already written."
+
+
+def lost_retrying_blocks(reason: str, delay_s: float, attempt: int, max_attempts: int) -> str:
+    return (f"Lost: {reason}. Retrying in {delay_s:.0f} s with the blocks already written (attempt {attempt} of "
+            f"{max_attempts}).")

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 TRUE_WORDS = frozenset({"true", "1", "yes", "y", "t", "on"})
 FALSE_WORDS = frozenset({"false", "0", "no", "n", "f", "off"})

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import json
 import os
 import stat
@@ -48,14 +49,14 @@ class StoreRoots:
     unc_paths: Mapping[str, Path] = field(default_factory=dict)  # \\server\share -> local mount
 
     @classmethod
-    def from_config(cls, config: Any) -> "StoreRoots":
+    def from_config(cls, config: Any) -> StoreRoots:
         """Roots from a Config (any object with `file_shares` / `raster_stores` / `unc_paths` mappings)."""
         def paths(name: str) -> dict[str, Path]:
             return {k: Path(v) for k, v in (getattr(config, name, None) or {}).items()}
         return cls(file_shares=paths("file_shares"), raster_stores=paths("raster_stores"),
                    unc_paths=paths("unc_paths"))
 
-    def resolve(self, user_path: str) -> "ResolvedPath":
+    def resolve(self, user_path: str) -> ResolvedPath:
         return resolve_path(user_path, self)
 
     def describe(self) -> str:
@@ -85,7 +86,7 @@ class LocalPaths:
     the way. Files are still opened through `open_in_store` (regular files only).
     """
 
-    def resolve(self, user_path: str) -> "ResolvedPath":
+    def resolve(self, user_path: str) -> ResolvedPath:
         text = str(user_path).strip()
         if not text:
             raise PathError("empty path")
@@ -99,7 +100,7 @@ class LocalPaths:
 class PathResolver(Protocol):
     """What parameter parsing needs from a resolver: StoreRoots on the server, LocalPaths on the CLI."""
 
-    def resolve(self, user_path: str) -> "ResolvedPath": ...
+    def resolve(self, user_path: str) -> ResolvedPath: ...
 
     def describe(self) -> str: ...
 
@@ -302,6 +303,7 @@ def open_in_store(path: str | Path, root: str | Path) -> BinaryIO:
         os.close(fd)
         raise
     handle = os.fdopen(fd, "rb")
+    assert isinstance(handle.raw, io.FileIO)
     handle.raw.name = os.fspath(path)  # readers (tifffile) want the file's name, not its descriptor number
     return handle
 

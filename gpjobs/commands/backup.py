@@ -30,13 +30,15 @@ def run(args: argparse.Namespace) -> int:
     dest = Path(args.dest)
     if dest.is_dir() or args.dest.endswith("/"):
         dest = dest / time.strftime("gpjobs-%Y%m%d-%H%M%S.sqlite3")
-    if not Path(config.db_path).exists():
-        print(f"gpjobs backup: no database at {config.db_path}")
+    db_path = config.db_path
+    assert db_path is not None  # load_config resolves it
+    if not db_path.exists():
+        print(f"gpjobs backup: no database at {db_path}")
         return 1
 
     async def main() -> int:
         try:
-            store = await Store.open(config.db_path, migrate_schema=False)
+            store = await Store.open(db_path, migrate_schema=False)
         except StoreError as exc:
             print(f"gpjobs backup: {exc}")
             return 1

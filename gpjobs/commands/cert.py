@@ -101,7 +101,7 @@ def _write_with_cryptography(out: Path, hosts: list[str], days: int) -> None:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0]),
                       x509.NameAttribute(NameOID.ORGANIZATION_NAME, "gpjobs (self-signed)")])
     alt = [x509.IPAddress(ipaddress.ip_address(h)) if _is_ip(h) else x509.DNSName(h) for h in hosts]
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (x509.CertificateBuilder()
             .subject_name(name).issuer_name(name)
             .public_key(key.public_key())

@@ -55,11 +55,12 @@ def run(args: argparse.Namespace) -> int:
             else:
                 note = "readable" if ok else "missing or not readable"
             add(f"{kind}:{name}", ok, {"path": str(path), "status": note})
-    for label, path in (("data_dir", config.data_dir), ("content_dir", config.content_dir),
-                        ("jobs_dir", config.jobs_dir)):
-        assert path is not None
-        parent = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
-        add(label, os.access(parent, os.W_OK), {"path": str(path), "writable": os.access(parent, os.W_OK)})
+    directories: tuple[tuple[str, Path | None], ...] = (
+        ("data_dir", config.data_dir), ("content_dir", config.content_dir), ("jobs_dir", config.jobs_dir))
+    for label, directory in directories:
+        assert directory is not None
+        parent = next((p for p in (directory, *directory.parents) if p.exists()), Path("/"))
+        add(label, os.access(parent, os.W_OK), {"path": str(directory), "writable": os.access(parent, os.W_OK)})
     add(*asyncio.run(check_database(config)))
 
     if args.json:

@@ -21,9 +21,12 @@ def run(args: argparse.Namespace) -> int:
     from gpjobs.store import Store, StoreError
     from gpjobs.store.migrate import available_migrations
 
+    assert config.db_path is not None  # load_config resolves it
+    db_path = config.db_path
+
     async def main() -> int:
         try:
-            store = await Store.open(config.db_path, synchronous=config.db_synchronous.upper())
+            store = await Store.open(db_path, synchronous=config.db_synchronous.upper())
         except StoreError as exc:
             print(f"gpjobs migrate: {exc}")
             return 1

@@ -28,9 +28,12 @@ def run(args: argparse.Namespace) -> int:
     from gpjobs.app import prepare_directories
     from gpjobs.store import Store
 
+    assert config.db_path is not None  # load_config resolves it
+    db_path = config.db_path
+
     async def main() -> int:
         prepare_directories(config)
-        store = await Store.open(config.db_path, synchronous=config.db_synchronous.upper())
+        store = await Store.open(db_path, synchronous=config.db_synchronous.upper())
         try:
             if args.action == "create":
                 ttl = args.ttl_days * 86400 if args.ttl_days else None

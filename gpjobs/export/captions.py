@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from gpjobs.export.readers import LabelError, parse_voc
 from gpjobs.paths import PathError
@@ -46,7 +46,7 @@ class Vocabulary:
         self.stoi = {t: i for i, t in enumerate(self.itos)}
 
     @classmethod
-    def build(cls, captions: Iterable[str], min_freq: int = 4, max_size: int = 100_000) -> "Vocabulary":
+    def build(cls, captions: Iterable[str], min_freq: int = 4, max_size: int = 100_000) -> Vocabulary:
         counts = Counter(t for c in captions for t in tokenize(c))
         words = sorted((w for w, n in counts.items() if n >= min_freq), key=lambda w: (-counts[w], w))
         return cls([*SPECIALS, *words[: max(0, max_size - len(SPECIALS))]])

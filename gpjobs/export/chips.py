@@ -6,8 +6,9 @@ Pillow handles PNG/JPEG, which Esri writes with at most three bands.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO, Sequence
+from typing import BinaryIO, cast
 
 import numpy as np
 
@@ -21,10 +22,6 @@ TIFF_EXTENSIONS = frozenset({".tif", ".tiff"})
 
 class ChipReadError(ValueError):
     """A chip or label raster that cannot be decoded (truncated, corrupt, unsupported)."""
-
-
-def is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
 
 
 def _open(path: Path, root: str | Path) -> BinaryIO:
@@ -50,7 +47,7 @@ def read_chip(path: str | Path, extract_bands: Sequence[int] | None = None, *, r
                 import tifffile
 
                 with tifffile.TiffFile(fh) as tif:
-                    page = tif.pages[0]
+                    page = cast(tifffile.TiffPage, tif.pages[0])  # the first page is never a TiffFrame
                     array = page.asarray()
                     if page.planarconfig == 2 and array.ndim == 3:  # separate planes: (C, H, W)
                         array = np.moveaxis(array, 0, -1)
@@ -103,7 +100,7 @@ def chip_header(path: str | Path, *, root: str | Path = "/") -> tuple[int, int, 
                 import tifffile
 
                 with tifffile.TiffFile(fh) as tif:
-                    page = tif.pages[0]
+                    page = cast(tifffile.TiffPage, tif.pages[0])  # the first page is never a TiffFrame
                     shape = page.shape
                     if len(shape) == 2:
                         return shape[0], shape[1], 1, str(page.dtype)

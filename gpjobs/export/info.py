@@ -7,8 +7,9 @@ chips, per-band statistics (scaled to 0..1 by band min/max) for everything else.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -57,12 +58,12 @@ class Normalization:
     std: list[float]
 
     @classmethod
-    def imagenet(cls) -> "Normalization":
+    def imagenet(cls) -> Normalization:
         return cls("imagenet", [0.0] * 3, [255.0] * 3, [m * 255 for m in IMAGENET_MEAN],
                    [s * 255 for s in IMAGENET_STD], list(IMAGENET_MEAN), list(IMAGENET_STD))
 
     @classmethod
-    def from_band_stats(cls, stats: Sequence[dict[str, float]]) -> "Normalization":
+    def from_band_stats(cls, stats: Sequence[dict[str, float]]) -> Normalization:
         """arcgis.learn's scaled statistics from per-band {min, max, mean, std} (§2.6)."""
         lo, hi, mean, std, smean, sstd = [], [], [], [], [], []
         for s in stats:
@@ -74,8 +75,12 @@ class Normalization:
             scaled_std = b_std * scaled_mean / b_mean if b_mean else b_std / (b_hi - b_lo)
             if scaled_std <= 0:
                 scaled_std += 0.01
-            lo.append(b_lo), hi.append(b_hi), mean.append(b_mean), std.append(b_std)
-            smean.append(scaled_mean), sstd.append(abs(scaled_std))
+            lo.append(b_lo)
+            hi.append(b_hi)
+            mean.append(b_mean)
+            std.append(b_std)
+            smean.append(scaled_mean)
+            sstd.append(abs(scaled_std))
         return cls("band_stats", lo, hi, mean, std, smean, sstd)
 
     def affine(self) -> tuple[np.ndarray, np.ndarray]:
@@ -103,7 +108,7 @@ class Normalization:
             "scaled_mean_values": self.mean, "scaled_std_values": self.std}}
 
     @classmethod
-    def from_emd(cls, emd: dict[str, Any]) -> "Normalization":
+    def from_emd(cls, emd: dict[str, Any]) -> Normalization:
         stats = emd.get("NormalizationStats")
         if isinstance(stats, dict) and stats.get("band_min_values"):
             return cls("band_stats", *(list(map(float, stats[k])) for k in (
@@ -151,7 +156,7 @@ class DataInfo:
         return emd
 
     @classmethod
-    def from_emd(cls, emd: dict[str, Any]) -> "DataInfo":
+    def from_emd(cls, emd: dict[str, Any]) -> DataInfo:
         """Rebuild from a trained .emd (ours or arcgis.learn's)."""
         fmt = emd.get("MetaDataMode") or emd.get("DatasetType") or _EMD_MODEL_TYPE_FORMATS.get(
             str(emd.get("ModelType")), "Classified_Tiles")

@@ -47,7 +47,8 @@ def read_json(path: Path, root: str | Path = "/") -> dict[str, Any]:
     except PathError as exc:
         raise MetadataError(str(exc)) from None
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise MetadataError(f"{path.name} in {path.parent} is not valid JSON ({exc}); re-export the training data")
+        raise MetadataError(
+            f"{path.name} in {path.parent} is not valid JSON ({exc}); re-export the training data") from None
     if not isinstance(data, dict):
         raise MetadataError(f"{path.name} in {path.parent} does not hold a JSON object")
     return data
@@ -91,12 +92,13 @@ class ExportMeta:
     def band_stats(self) -> list[dict[str, float]] | None:
         """Per-band {min, max, mean, std, num} from the .emd AllTilesStats or the stats BandStatsState."""
         state = self.stats.get("BandStatsState")
+        out: list[dict[str, float]]
         if isinstance(state, list) and state and all(isinstance(s, dict) for s in state):
             out = []
             for s in state:
                 num, m1, m2 = real_number(s.get("Num")), real_number(s.get("M1")), real_number(s.get("M2"))
                 lo, hi = real_number(s.get("Min")), real_number(s.get("Max"))
-                if None in (num, m1, m2, lo, hi) or not num:
+                if num is None or m1 is None or m2 is None or lo is None or hi is None or not num:
                     break
                 out.append({"min": lo, "max": hi, "mean": m1, "std": math.sqrt(max(m2, 0.0) / num), "num": num})
             else:
@@ -105,10 +107,10 @@ class ExportMeta:
         if isinstance(tiles, list) and tiles and all(isinstance(s, dict) for s in tiles):
             out = []
             for s in tiles:
-                vals = [real_number(s.get(k)) for k in ("Min", "Max", "Mean", "StdDev")]
-                if None in vals:
+                low, high, mean, std = (real_number(s.get(k)) for k in ("Min", "Max", "Mean", "StdDev"))
+                if low is None or high is None or mean is None or std is None:
                     return None
-                out.append({"min": vals[0], "max": vals[1], "mean": vals[2], "std": vals[3], "num": 0.0})
+                out.append({"min": low, "max": high, "mean": mean, "std": std, "num": 0.0})
             return out
         return None
 
@@ -184,10 +186,11 @@ def read_tracking_meta(folder: Path, root: str | Path = "/") -> ExportMeta:
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise MetadataError(f"{meta_path} is not valid JSON ({exc}); fix it or remove it (then every "
                                 f"object is of class '{DEFAULT_CATEGORY}')") from None
-        videos = data.get("videos") if isinstance(data, dict) else None
-        if not isinstance(videos, dict):
+        found = data.get("videos") if isinstance(data, dict) else None
+        if not isinstance(found, dict):
             raise MetadataError(f"{meta_path} has no \"videos\" object (YouTube-VOS meta.json: "
                                 '{"videos": {"<sequence>": {"objects": {"1": {"category": "car"}}}}})')
+        videos = found
     names = sorted({str(obj.get("category") or DEFAULT_CATEGORY)
                     for video in videos.values() if isinstance(video, dict)
                     for obj in (video.get("objects") or {}).values() if isinstance(obj, dict)})

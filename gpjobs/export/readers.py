@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -96,7 +96,7 @@ def list_records(meta: ExportMeta, folder_index: int, report: Report) -> list[Ch
                 for i, (stem, path) in enumerate(a.items())]
     if fmt == "Imagenet":
         records = []
-        for key, path in _images(folder, root, report, recursive=True).items():
+        for path in _images(folder, root, report, recursive=True).values():
             sub = path.parent.name
             if path.parent == folder / "images":
                 report("image_without_class", path, "")
@@ -174,17 +174,18 @@ def parse_voc(path: Path, root: str | Path = "/") -> list[tuple[str, Box]]:
     if not data.strip():
         raise LabelError("the label file is empty")
     try:
-        root = ET.fromstring(data)
+        document = ET.fromstring(data)
     except ET.ParseError as exc:
         raise LabelError(f"not valid XML ({exc})") from exc
-    objects = []
-    for obj in root.iter("object"):
+    objects: list[tuple[str, Box]] = []
+    for obj in document.iter("object"):
         name = (obj.findtext("name") or "").strip()
         box = obj.find("bndbox")
         coords: Box = (0.0, 0.0, 0.0, 0.0)
         if box is not None:
             try:
-                coords = tuple(float(box.findtext(k) or "nan") for k in ("xmin", "ymin", "xmax", "ymax"))
+                x0, y0, x1, y1 = (float(box.findtext(k) or "nan") for k in ("xmin", "ymin", "xmax", "ymax"))
+                coords = (x0, y0, x1, y1)
             except ValueError as exc:
                 raise LabelError(f"a <bndbox> coordinate is not a number ({exc})") from exc
         objects.append((name, coords))
@@ -199,7 +200,7 @@ def parse_kitti(path: Path, root: str | Path = "/") -> list[tuple[str, Box]]:
     text = read_bytes_in_store(path, root).decode("utf-8", "replace")
     if not text.strip():
         raise LabelError("the label file is empty")
-    objects = []
+    objects: list[tuple[str, Box]] = []
     for number, line in enumerate(text.splitlines(), 1):
         cols = _SPACES.split(line.strip())
         if cols == [""]:
@@ -207,7 +208,8 @@ def parse_kitti(path: Path, root: str | Path = "/") -> list[tuple[str, Box]]:
         if len(cols) < 8:
             raise LabelError(f"line {number} has {len(cols)} columns, KITTI needs at least 8")
         try:
-            objects.append((cols[0], tuple(float(c) for c in cols[4:8])))
+            x0, y0, x1, y1 = (float(c) for c in cols[4:8])
+            objects.append((cols[0], (x0, y0, x1, y1)))
         except ValueError as exc:
             raise LabelError(f"line {number}: box is not numeric ({exc})") from exc
     return objects
@@ -245,7 +247,7 @@ def list_tracking_frames(meta: ExportMeta, folder_index: int, report: Report) ->
     root = Path(meta.emd.get("root") or meta.folder)
     store_root = meta.root
     frames_dir, masks_dir = root / FRAMES_DIR, root / MASKS_DIR
-    records = []
+    records: list[ChipRecord] = []
     if not _listable(frames_dir, store_root, report):
         return records
     for seq in sorted(p for p in frames_dir.iterdir() if p.is_dir()):

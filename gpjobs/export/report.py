@@ -9,9 +9,10 @@ training child runs it before training and `gpjobs inspect` uses it by default.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -201,7 +202,9 @@ class _Checker:
         self.values = {c.value for c in classes}
         self.raw_classes = raw_classes
         self.counts: dict[int, int] = defaultdict(int)
-        self.bands, self.dtype, self.sizes = expected_bands, None, defaultdict(int)
+        self.bands = expected_bands
+        self.dtype: str | None = None
+        self.sizes: dict[tuple[int, int], int] = defaultdict(int)
         self.metas: list[ExportMeta] = []  # per-folder metadata (ObjectTracking checks against meta.json)
 
     def chip(self, path: Path, root: Path) -> tuple[int, int] | None:
@@ -240,30 +243,34 @@ class _Checker:
         return mask
 
     def class_raster(self, rec: ChipRecord, shape: tuple[int, int] | None) -> None:
-        mask = self.raster(rec.label, shape, rec.root)
+        label = rec.label
+        assert label is not None  # list_records keeps only the chips that have a label
+        mask = self.raster(label, shape, rec.root)
         if mask is None:
             return
         values, counts = np.unique(mask, return_counts=True)
         unknown = [int(v) for v in values if v != 0 and int(v) not in self.values]
         if unknown:
-            self.problems("unknown_value", rec.label, "values " + ", ".join(map(str, unknown[:5])))
+            self.problems("unknown_value", label, "values " + ", ".join(map(str, unknown[:5])))
         for v, n in zip(values, counts):
             if int(v) in self.values:
                 self.counts[int(v)] += int(n)
 
     def text_objects(self, rec: ChipRecord, shape: tuple[int, int] | None) -> None:
+        label = rec.label
+        assert label is not None  # list_records keeps only the chips that have a label
         try:
             parse = parse_kitti if self.fmt == "KITTI_rectangles" else parse_voc
-            parsed = parse(rec.label, rec.root)
+            parsed = parse(label, rec.root)
         except LabelError as exc:
-            self.problems("empty_label" if "empty" in str(exc) else "bad_label", rec.label,
+            self.problems("empty_label" if "empty" in str(exc) else "bad_label", label,
                           "" if "empty" in str(exc) else str(exc)[:80])
             return
         except PathError:
-            self.problems("outside_store", rec.label, "")
+            self.problems("outside_store", label, "")
             return
         except OSError as exc:
-            self.problems("bad_label", rec.label, f"cannot be read ({exc.strerror or type(exc).__name__})")
+            self.problems("bad_label", label, f"cannot be read ({exc.strerror or type(exc).__name__})")
             return
         objects: list[tuple[int, tuple[float, float, float, float]]] = []
         if self.fmt == "MultiLabeled_Tiles":
@@ -272,33 +279,33 @@ class _Checker:
         for text, box in parsed:
             value = value_of(text, self.raw_classes)
             if value is None or value not in self.values:
-                self.problems("unknown_value", rec.label, f"value {text!r}")
+                self.problems("unknown_value", label, f"value {text!r}")
                 continue
             if self.fmt in ("Labeled_Tiles", "MultiLabeled_Tiles"):
                 objects.append((value, box))
                 continue
-            fixed = self._box(rec, box, shape)
+            fixed = self._box(label, box, shape)
             if fixed is not None:
                 objects.append((value, fixed))
         if self.fmt == "Labeled_Tiles":
             objects = objects[:1]  # arcgis.learn takes the first object's class
             if not objects and not parsed:
-                self.problems("no_class_in_label", rec.label, "")
+                self.problems("no_class_in_label", label, "")
         elif not parsed:
-            self.problems("no_objects", rec.label, "")
+            self.problems("no_objects", label, "")
         for value, _ in objects:
             self.counts[value] += 1
         rec.objects = objects
 
-    def _box(self, rec: ChipRecord, box, shape) -> tuple[float, float, float, float] | None:
+    def _box(self, label: Path, box, shape) -> tuple[float, float, float, float] | None:
         x0, y0, x1, y1 = box
         if not all(np.isfinite(box)) or x1 - x0 < 1e-3 or y1 - y0 < 1e-3:
-            self.problems("degenerate_box", rec.label, f"{x0:g},{y0:g},{x1:g},{y1:g}")
+            self.problems("degenerate_box", label, f"{x0:g},{y0:g},{x1:g},{y1:g}")
             return None
         if shape is not None:
             h, w = shape
             if x0 < -BOX_TOLERANCE or y0 < -BOX_TOLERANCE or x1 > w + BOX_TOLERANCE or y1 > h + BOX_TOLERANCE:
-                self.problems("box_outside", rec.label, f"box {x0:g},{y0:g},{x1:g},{y1:g} in a {w}x{h} chip")
+                self.problems("box_outside", label, f"box {x0:g},{y0:g},{x1:g},{y1:g} in a {w}x{h} chip")
                 return None
             x0, y0, x1, y1 = max(x0, 0.0), max(y0, 0.0), min(x1, float(w)), min(y1, float(h))
         return float(x0), float(y0), float(x1), float(y1)
@@ -331,6 +338,7 @@ def _check_record(checker: _Checker, rec: ChipRecord) -> None:
     elif fmt == "Imagenet" and rec.value is not None:
         checker.counts[rec.value] += 1
     elif fmt == "ImageCaptioning":
+        assert rec.label is not None  # list_records keeps only the chips that have a label
         problem = caption_problem(rec.label, rec.root)
         if problem is not None:
             checker.problems(problem[0], rec.label, problem[1])

@@ -24,6 +24,7 @@ from gpjobs.export.chips import IMAGE_EXTENSIONS, read_label_raster
 from gpjobs.export.metadata import DEFAULT_CATEGORY, FRAMES_DIR, MASKS_DIR, ExportMeta
 from gpjobs.export.readers import ChipRecord, box_of
 
+
 def sequence_of(record: ChipRecord) -> str:
     return record.stem.split("/", 1)[0]
 

@@ -8,8 +8,9 @@ on every side, read with the band selection `extractBands`; outside the raster a
 block is zero with `raster_mask` 0.
 
 This module never imports torch: the PRF does, from the unzipped package, when it is loaded.
-Server jobs (issue #14) can call `run_inference` with a progress callback and a cancel check that runs
-between blocks.
+Server jobs (gpjobs/inference/job.py) call `run_inference` with a progress callback, a stop check that runs
+between blocks, the job's processing grid (context extent / cell size) and a block journal folder: every
+finished block is kept there, and a run over the same journal computes only the blocks still missing.
 """
 
 from __future__ import annotations
@@ -18,13 +19,16 @@ import importlib.util
 import json
 import sys
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from gpjobs.inference import outputs
+from gpjobs.inference.blocks import BlockJournal
+from gpjobs.inference.grid import Grid, open_on_grid
 from gpjobs.inference.package import PackageError, open_package
 
 Progress = Callable[[int, int], None]
@@ -47,6 +51,8 @@ class InferenceResult:
     features: int = 0
     configuration: dict[str, Any] = field(default_factory=dict)
     sidecars: list[Path] = field(default_factory=list)
+    fields: list[dict[str, Any]] = field(default_factory=list)  # features: the PRF's getFields
+    resumed_blocks: int = 0  # blocks a journal already held
 
 
 def load_prf(folder: Path, emd: dict[str, Any], emd_name: str = ".emd"):
@@ -62,6 +68,8 @@ def load_prf(folder: Path, emd: dict[str, Any], emd_name: str = ".emd"):
     module_name = f"gpjobs_prf_{path.stem}_{zlib.crc32(str(path.resolve()).encode()):08x}"
     try:
         spec = importlib.util.spec_from_file_location(module_name, path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"Python finds no loader for {path.name}")
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module
         spec.loader.exec_module(module)
@@ -105,11 +113,9 @@ def scalars_of(parameters: list[dict[str, Any]], arguments: dict[str, Any] | Non
 class RasterSource:
     """Reads padded blocks of chosen bands; outside the raster and nodata -> 0 with mask 0."""
 
-    def __init__(self, path: Path, bands: list[int]) -> None:
-        import rasterio
-
+    def __init__(self, path: Path, bands: list[int], grid: Grid | None = None) -> None:
         try:
-            self.dataset = rasterio.open(path)
+            self.dataset = open_on_grid(path, grid)
         except Exception as exc:
             raise InferenceError(f"{path}: not a raster rasterio can read ({exc})") from exc
         self.path = Path(path)
@@ -156,10 +162,12 @@ def _mode(parameters: list[dict[str, Any]], prf, out: Path) -> str:
 
 def run_inference(package: str | Path, rasters: list[str | Path], out: str | Path, *,
                   arguments: dict[str, Any] | None = None, device: int = -1, features: str | Path | None = None,
-                  progress: Progress | None = None, cancelled: Callable[[], bool] | None = None) -> InferenceResult:
+                  progress: Progress | None = None, cancelled: Callable[[], bool] | None = None,
+                  grid: Grid | None = None, journal_dir: str | Path | None = None) -> InferenceResult:
     """Run `package` over `rasters` (two for change detection) and write `out` (.tif for pixel outputs,
     .geojson for features; a panoptic package gives either, as `out` says). `progress(done, total)` after every
-    block; `cancelled()` is asked between blocks."""
+    block; `cancelled()` is asked between blocks (it may also raise to stop). `grid`: read the rasters on this
+    grid (window and cell size). `journal_dir`: keep every finished block there and skip the blocks it holds."""
     try:
         with open_package(package) as pkg:
             prf = load_prf(pkg.folder, pkg.emd, pkg.emd_path.name)
@@ -173,10 +181,14 @@ def run_inference(package: str | Path, rasters: list[str | Path], out: str | Pat
                 raise InferenceError(f"this model takes {len(names)} raster(s) ({', '.join(names)}); "
                                      f"{len(rasters)} given")
             bands = [int(b) for b in config.get("extractBands") or pkg.emd.get("ExtractBands") or [0, 1, 2]]
-            sources = [RasterSource(Path(r), bands) for r in rasters]
+            sources = [RasterSource(Path(r), bands, grid) for r in rasters]
             try:
                 _same_grid(sources)
-                job = _Job(prf, config, sources, names, Path(out), progress, cancelled)
+                journal = None
+                if journal_dir is not None:
+                    journal = BlockJournal(Path(journal_dir), _fingerprint(package, rasters, grid, config, scalars,
+                                                                           mode))
+                job = _Job(prf, config, sources, names, Path(out), progress, cancelled, journal)
                 if mode == "pixels":
                     return job.pixels()
                 if mode == "features":
@@ -187,6 +199,19 @@ def run_inference(package: str | Path, rasters: list[str | Path], out: str | Pat
                     source.close()
     except PackageError as exc:
         raise InferenceError(str(exc)) from exc
+
+
+def _fingerprint(package: str | Path, rasters: list[str | Path], grid: Grid | None, config: dict[str, Any],
+                 scalars: dict[str, str], mode: str) -> dict[str, Any]:
+    """What a journal's blocks were computed from: blocks of another package file, raster, grid or tiling
+    are not reused."""
+    def stamp(path: str | Path) -> list[Any]:
+        st = Path(path).stat()
+        return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
+    return {"package": stamp(package), "rasters": [stamp(r) for r in rasters],
+            "grid": None if grid is None else [list(grid.transform), grid.width, grid.height],
+            "tile": [int(config["tx"]), int(config["ty"]), int(config.get("padding", 0))],
+            "arguments": scalars, "mode": mode}
 
 
 def _same_grid(sources: list[RasterSource]) -> None:
@@ -200,28 +225,42 @@ def _same_grid(sources: list[RasterSource]) -> None:
 
 class _Job:
     def __init__(self, prf, config: dict[str, Any], sources: list[RasterSource], names: list[str], out: Path,
-                 progress: Progress | None, cancelled: Callable[[], bool] | None) -> None:
+                 progress: Progress | None, cancelled: Callable[[], bool] | None,
+                 journal: BlockJournal | None = None) -> None:
         self.prf, self.config, self.sources, self.names, self.out = prf, config, sources, names, out
-        self.progress, self.cancelled = progress, cancelled
+        self.progress, self.cancelled, self.journal = progress, cancelled, journal
+        self.resumed = len(journal) if journal is not None else 0
         self.padding = int(config.get("padding", 0))
         self.tx, self.ty = int(config["tx"]), int(config["ty"])
         first = sources[0]
         self.height, self.width = first.height, first.width
         self.grid = [(r, c) for r in range(0, self.height, self.ty) for c in range(0, self.width, self.tx)]
 
-    def _blocks(self):
+    def _pending(self, total: int) -> list[int]:
+        """Indexes of the blocks (or batches) still to compute; reports the journal's ones as done."""
+        pending = [i for i in range(total) if self.journal is None or not self.journal.done(i)]
+        if self.progress is not None and len(pending) < total:
+            self.progress(total - len(pending), total)
+        return pending
+
+    def _stop_check(self, done: int, total: int) -> None:
+        if self.cancelled is not None and self.cancelled():
+            raise InferenceCancelled(f"cancelled after {done} of {total} blocks")
+
+    def _blocks(self) -> Iterator[tuple[int, int, int, dict[str, Any]]]:
         total = len(self.grid)
-        for done, (row0, col0) in enumerate(self.grid):
-            if self.cancelled is not None and self.cancelled():
-                raise InferenceCancelled(f"cancelled after {done} of {total} blocks")
+        pending = self._pending(total)
+        for count, index in enumerate(pending):
+            self._stop_check(total - len(pending) + count, total)
+            row0, col0 = self.grid[index]
             p = self.padding
             blocks: dict[str, Any] = {}
             for name, source in zip(self.names, self.sources):
                 pixels, mask = source.read(row0 - p, col0 - p, self.ty + 2 * p, self.tx + 2 * p)
                 blocks[f"{name}_pixels"], blocks[f"{name}_mask"] = pixels, mask
-            yield row0, col0, blocks
+            yield index, row0, col0, blocks
             if self.progress is not None:
-                self.progress(done + 1, total)
+                self.progress(total - len(pending) + count + 1, total)
 
     def pixels(self) -> InferenceResult:
         from rasterio.transform import Affine
@@ -250,7 +289,7 @@ class _Job:
             raise
         sidecar = outputs.write_rat_sidecar(self.out, rows)
         return InferenceResult(self.out, "pixels", len(self.grid), configuration=self.config,
-                               sidecars=[sidecar] if sidecar else [])
+                               sidecars=[sidecar] if sidecar else [], resumed_blocks=self.resumed)
 
     def _write_pixels(self, profile: dict[str, Any], rows: list, info: dict[str, Any], upscale: int,
                       dtype: np.dtype) -> None:
@@ -261,7 +300,7 @@ class _Job:
         with rasterio.open(self.out, "w", **profile) as dst:
             outputs.write_class_metadata(dst, rows)
             props = {"pixelType": info.get("pixelType", dtype.str[1:]), "cellSize": info.get("cellSize")}
-            for row0, col0, blocks in self._blocks():
+            for index, row0, col0, blocks in self._blocks():
                 shape = (profile["count"], self.ty * upscale, self.tx * upscale)
                 tlc = src.transform @ (col0, row0)
                 result = _call(self.prf, "updatePixels", tlc, shape, props, **blocks)
@@ -270,50 +309,81 @@ class _Job:
                     block = block[None]
                 h = min(block.shape[1], (self.height - row0) * upscale)
                 w = min(block.shape[2], (self.width - col0) * upscale)
-                dst.write(block[:, :h, :w].astype(dtype, copy=False),
-                          window=Window(col0 * upscale, row0 * upscale, w, h))
+                block = block[:, :h, :w].astype(dtype, copy=False)
+                if self.journal is not None:
+                    self.journal.save_pixels(index, block)  # the GeoTIFF is written from the journal at the end
+                else:
+                    dst.write(block, window=Window(col0 * upscale, row0 * upscale, w, h))
+            if self.journal is not None:
+                for index, (row0, col0) in enumerate(self.grid):
+                    block = self.journal.load_pixels(index)
+                    dst.write(block, window=Window(col0 * upscale, row0 * upscale, block.shape[2], block.shape[1]))
 
-    def _declare_features(self) -> None:
-        """getFields / getGeometryType, as the feature tools ask before the first block: polygons only here."""
-        _call(self.prf, "getFields")
+    def _declare_features(self) -> list[dict[str, Any]]:
+        """getFields / getGeometryType, as the feature tools ask before the first block: polygons only here.
+        Returns the declared fields."""
+        declared = _call(self.prf, "getFields")
         kind = _call(self.prf, "getGeometryType")
         if int(kind) != POLYGON:
             raise InferenceError(f"{type(self.prf).__name__} gives geometry type {kind}; the host writes polygons "
                                  f"(type {POLYGON}) only")
+        fields = json.loads(declared) if isinstance(declared, str) else declared or {}
+        return list(fields.get("fields", []))
+
+    def _collect(self, total: int, found: dict[int, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        """Every block's features in block order: the ones just found, the journal's for the others."""
+        out: list[dict[str, Any]] = []
+        for index in range(total):
+            if index in found:
+                out.extend(found[index])
+            else:  # only a journal skips blocks
+                assert self.journal is not None
+                out.extend(self.journal.load_features(index))
+        return out
+
+    def _keep(self, found: dict[int, list[dict[str, Any]]], index: int, features: list[dict[str, Any]]) -> None:
+        if self.journal is not None:
+            self.journal.save_features(index, features)
+        found[index] = features
 
     def detections(self) -> InferenceResult:
-        self._declare_features()
+        fields = self._declare_features()
         src = self.sources[0].dataset
-        features: list[dict[str, Any]] = []
-        for row0, col0, blocks in self._blocks():
+        found: dict[int, list[dict[str, Any]]] = {}
+        for index, row0, col0, blocks in self._blocks():
             result = _call(self.prf, "vectorize", **blocks)
-            found = json.loads(result["output_vectors"]) if isinstance(result.get("output_vectors"), str) \
+            vectors = json.loads(result["output_vectors"]) if isinstance(result.get("output_vectors"), str) \
                 else result.get("output_vectors", {})
-            for feature in found.get("features", []):
-                rings = outputs.rings_to_map(feature["geometry"]["rings"], src.transform, row0, col0)
-                features.append(outputs.geojson_feature(feature.get("attributes", {}), rings))
+            self._keep(found, index, [
+                outputs.geojson_feature(f.get("attributes", {}),
+                                        outputs.rings_to_map(f["geometry"]["rings"], src.transform, row0, col0))
+                for f in vectors.get("features", [])])
+        features = self._collect(len(self.grid), found)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         outputs.write_geojson(self.out, features, src.crs)
-        return InferenceResult(self.out, "features", len(self.grid), len(features), self.config)
+        return InferenceResult(self.out, "features", len(self.grid), len(features), self.config, fields=fields,
+                               resumed_blocks=self.resumed)
 
     def objects(self, features_path: str | Path | None) -> InferenceResult:
         """Classify Objects: one chip per input polygon (centred on it), or per tile of the raster without one."""
-        self._declare_features()
+        fields = self._declare_features()
         src = self.sources[0]
         size_y, size_x = int(self.config["ty"]), int(self.config["tx"])
         batch = max(1, int(self.config.get("batch_size", 1)))
         regions = _object_regions(features_path, src, size_y, size_x)
-        out: list[dict[str, Any]] = []
+        found: dict[int, list[dict[str, Any]]] = {}
         total = (len(regions) + batch - 1) // batch
-        for index, start in enumerate(range(0, len(regions), batch)):
-            if self.cancelled is not None and self.cancelled():
-                raise InferenceCancelled(f"cancelled after {index} of {total} batches")
+        pending = self._pending(total)
+        for count, index in enumerate(pending):
+            self._stop_check(total - len(pending) + count, total)
+            start = index * batch
+            out: list[dict[str, Any]] = []
             group = regions[start:start + batch]
             chips = [src.read(r, c, size_y, size_x) for r, c, _ in group]
             result = _call(self.prf, "vectorize", rasters_pixels=[p for p, _ in chips],
                            rasters_mask=[m for _, m in chips])
-            found = json.loads(result["output_vectors"]).get("features", [])
-            for (row0, col0, original), feature in zip(group, found):
+            classified = json.loads(result["output_vectors"]).get("features", [])
+            for (row0, col0, original), feature in zip(group, classified):
                 attributes = feature.get("attributes", {})
                 if original is None:
                     rings = outputs.rings_to_map(feature["geometry"]["rings"], src.dataset.transform, row0, col0)
@@ -321,11 +391,14 @@ class _Job:
                 else:  # the input polygon, its attributes and the model's
                     props = {**original["properties"], **outputs.geojson_feature(attributes, [])["properties"]}
                     out.append({"type": "Feature", "properties": props, "geometry": original["geometry"]})
+            self._keep(found, index, out)
             if self.progress is not None:
-                self.progress(index + 1, total)
+                self.progress(total - len(pending) + count + 1, total)
+        features = self._collect(total, found)
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        outputs.write_geojson(self.out, out, src.dataset.crs)
-        return InferenceResult(self.out, "features", total, len(out), self.config)
+        outputs.write_geojson(self.out, features, src.dataset.crs)
+        return InferenceResult(self.out, "features", total, len(features), self.config, fields=fields,
+                               resumed_blocks=self.resumed)
 
 
 def _object_regions(features_path, src: RasterSource, size_y: int, size_x: int) -> list[tuple[int, int, Any]]:

@@ -6,9 +6,10 @@ import contextlib
 import json
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO
 
 from gpjobs.catalog import MODEL_TYPES
 from gpjobs.paths import PathError, open_in_store, read_bytes_in_store
@@ -104,3 +105,21 @@ def open_package(path: str | Path, root: str | Path | None = None) -> Iterator[P
         if not isinstance(emd, dict):
             raise PackageError(f"{emds[0].name}: not a readable .emd (it does not hold a JSON object)")
         yield Package(folder, emds[0], emd, confine)
+
+
+def read_package_emd(path: str | Path) -> dict[str, Any]:
+    """The .emd of a .dlpk, read from the archive without extracting the package (submit-time checks)."""
+    path = Path(path)
+    if path.suffix.lower() != ".dlpk" or not path.is_file():
+        raise PackageError(f"{path.name} is not a .dlpk file")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            emds = [n for n in zf.namelist() if n.lower().endswith(".emd") and "/" not in n.strip("/")]
+            if len(emds) != 1:
+                raise PackageError(f"{path.name}: a package needs exactly one .emd at its top level, found {len(emds)}")
+            emd = json.loads(zf.read(emds[0]).decode("utf-8-sig"))
+    except (OSError, zipfile.BadZipFile, ValueError, RecursionError) as exc:
+        raise PackageError(f"{path.name} is not a readable .dlpk (ZIP with an .emd): {exc}") from None
+    if not isinstance(emd, dict):
+        raise PackageError(f"{path.name}: its .emd does not hold a JSON object")
+    return emd

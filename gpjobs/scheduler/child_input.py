@@ -11,6 +11,8 @@ from typing import Any
 from gpjobs.config import Config, slot_devices
 from gpjobs.domain import Job
 from gpjobs.store import Store
+from gpjobs.tasks.inference import InferenceRequest
+from gpjobs.tasks.registry import task_named
 from gpjobs.tasks.train import TrainingRequest
 from gpjobs.training.protocol import ChildRuntime, JobSpec
 
@@ -99,24 +101,21 @@ class ChildInput:
 
         The spec is the job's stored request, unchanged, and how this attempt runs it."""
         try:
-            request = TrainingRequest.from_json_dict(self.job.spec)
-        except ValueError as exc:
+            request = task_named(self.job.task).request_from_json(self.job.spec)
+        except (KeyError, ValueError) as exc:
             raise BadJob(f"This job cannot run on this server version: {exc}. Submit it again.") from None
-        pretrained = request.pretrained
-        if pretrained is not None and pretrained.item_id:
-            item = await self.store.get_item(pretrained.item_id)  # the item may be gone or replaced since submit
-            if item is None or not Path(item.path).is_file():
-                raise BadJob(f"pretrained_model: item {pretrained.item_id} no longer exists; "
-                             "submit again with an existing model item")
-            request = request.replace(pretrained=dataclasses.replace(pretrained, path=item.path))
-        share = self.pool.slot_cpus(self.device, len(os.sched_getaffinity(0))) if self.pool is not None else None
-        self.split = cpu_split(self.config, self.device, request, share=share)
+        if isinstance(request, InferenceRequest):  # no data loader: the raster function reads its blocks
+            request = await self._model_file(request)
+        else:
+            request = await self._pretrained_file(request)
+            share = self.pool.slot_cpus(self.device, len(os.sched_getaffinity(0))) if self.pool is not None else None
+            self.split = cpu_split(self.config, self.device, request, share=share)
         devices = child_devices(self.device)
         runtime = ChildRuntime(
             device=devices[0], devices=tuple(devices) if len(devices) > 1 else (),
             weights_dir=str(self.config.weights_dir) if self.config.weights_dir else None,
             missing_weights=self.config.missing_weights, num_threads=self.config.child_threads, resume=True,
-            loader_workers=self.split.workers,
+            loader_workers=self.split.workers if self.split else 0,
             heartbeat_seconds=max(0.5, min(5.0, self.config.heartbeat_timeout_s / 4)))
         spec = JobSpec(job_id=self.job_id, work_dir=str(self.work_dir), request=request, runtime=runtime)
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -125,3 +124,23 @@ class ChildInput:
         tmp.write_text(spec.to_json(), encoding="utf-8")
         tmp.replace(path)
         return path
+
+    async def _pretrained_file(self, request: TrainingRequest) -> TrainingRequest:
+        pretrained = request.pretrained
+        if pretrained is not None and pretrained.item_id:
+            item = await self.store.get_item(pretrained.item_id)  # the item may be gone or replaced since submit
+            if item is None or not Path(item.path).is_file():
+                raise BadJob(f"pretrained_model: item {pretrained.item_id} no longer exists; "
+                             "submit again with an existing model item")
+            request = request.replace(pretrained=dataclasses.replace(pretrained, path=item.path))
+        return request
+
+    async def _model_file(self, request: InferenceRequest) -> InferenceRequest:
+        """The model item's package as it is now (it may have been replaced or deleted since submit)."""
+        model = request.model
+        if model.item_id:
+            item = await self.store.get_item(model.item_id)
+            if item is None or not Path(item.path).is_file():
+                raise BadJob(f"model: item {model.item_id} no longer exists; submit again with an existing model")
+            request = request.replace(model=dataclasses.replace(model, path=item.path))
+        return request

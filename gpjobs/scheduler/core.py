@@ -18,7 +18,7 @@ from gpjobs.domain import Job, JobStatus, MessageType, now_ms
 from gpjobs.scheduler.child import WarmTrainer
 from gpjobs.scheduler.child_input import work_dir
 from gpjobs.scheduler.observe import SchedulerObserver
-from gpjobs.scheduler.pool import Pool, make_pool
+from gpjobs.scheduler.pool import LocalPool, Pool
 from gpjobs.scheduler.recovery import recover_orphans
 from gpjobs.scheduler.retry import (
     STOP_CANCEL,
@@ -31,6 +31,15 @@ from gpjobs.scheduler.workdirs import tidy_all_finished, tidy_finished
 from gpjobs.store import Store
 
 log = structlog.get_logger("gpjobs.scheduler")
+
+
+def make_pool(config: Config) -> Pool:
+    """The configured pool; Ray is imported only when `pool = "ray"`."""
+    if config.pool == "ray":
+        from gpjobs.scheduler.ray_pool import RayPool
+
+        return RayPool(config)
+    return LocalPool(config)
 
 
 @dataclass

@@ -2,9 +2,9 @@
 
 The scheduler owns the queue and every status change; a pool only says which slots exist and starts one
 attempt's child on a slot. `LocalPool` (the default) runs children on this machine, one slot per entry of
-`devices`. `RayPool` (scheduler/ray_pool.py, `pool = "ray"`, imported only then) runs each child inside a Ray
-actor on a cluster node, with slots counted from the cluster's resources. Either way the supervisor gets a
-`Child`: the same events, signals and exit status as a local subprocess.
+`devices`. `RayPool` (scheduler/ray_pool.py, `pool = "ray"`, imported only then, by the scheduler's `make_pool`)
+runs each child inside a Ray actor on a cluster node, with slots counted from the cluster's resources. Either way
+the supervisor gets a `Child`: the same events, signals and exit status as a local subprocess.
 """
 
 from __future__ import annotations
@@ -14,15 +14,17 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from gpjobs.config import Config, slot_devices
+from gpjobs.config import Config
 from gpjobs.scheduler.child import ChildProcess
 
 
 class Child(Protocol):
     """One attempt's training child as the supervisor drives it."""
 
-    pid: int
     signals_sent: list[int]
+
+    @property
+    def pid(self) -> int: ...
 
     @property
     def returncode(self) -> int | None: ...
@@ -76,17 +78,3 @@ class LocalPool(Pool):
     async def spawn(self, spec_path: Path, *, device: str, log_path: Path) -> Child:
         return await ChildProcess.spawn(self.config.trainer_command, spec_path, device=device,
                                         threads=self.config.child_threads, log_path=log_path)
-
-
-def ranks_of(device: str) -> int:
-    """Training processes a job on a slot of `device` runs (one per device)."""
-    return len(slot_devices(device))
-
-
-def make_pool(config: Config) -> Pool:
-    """The configured pool; Ray is imported only when `pool = "ray"`."""
-    if config.pool == "ray":
-        from gpjobs.scheduler.ray_pool import RayPool
-
-        return RayPool(config)
-    return LocalPool(config)

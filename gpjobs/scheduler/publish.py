@@ -61,6 +61,21 @@ def content_path(config: Config, job: Job, name: str) -> Path:
     return config.content_dir / job.job_id / f"{name}.dlpk"
 
 
+def copy_into_share(config: Config, copies: list[tuple[Path, Path]], uri: str) -> None:
+    """Copy each (source, dest) into the registered file share that holds the destination folder (one folder).
+    Re-checked now, not only at submit: the share may have been unregistered or the folder replaced since;
+    OutputRefused names `uri` and why."""
+    folder = copies[0][1].parent
+    root = StoreRoots.from_config(config).root_containing(folder)
+    try:
+        if root is None:
+            raise PathError("it is no longer inside a registered file share")
+        for source, dest in copies:
+            atomic_copy(source, root, dest)
+    except PathError as exc:
+        raise OutputRefused(texts.output_refused(uri, str(exc))) from None
+
+
 async def publish(store: Store, config: Config, job: Job, event: dict[str, Any]) -> Job:
     """Publish the package named by a child's `result` event. Raises ItemExists, FileNotFoundError, ..."""
     request = TrainingRequest.from_json_dict(job.spec)
@@ -71,15 +86,7 @@ async def publish(store: Store, config: Config, job: Job, event: dict[str, Any])
     finished = [(MessageType.INFORMATIVE, texts.TRAINING_FINISHED)]
     if output.kind == "uri":
         assert output.path is not None
-        folder = Path(output.path)
-        # Re-checked now, not only at submit: the share may have been unregistered or the folder replaced.
-        root = StoreRoots.from_config(config).root_containing(folder)
-        try:
-            if root is None:
-                raise PathError("it is no longer inside a registered file share")
-            atomic_copy(package, root, folder / f"{name}.dlpk")
-        except PathError as exc:
-            raise OutputRefused(texts.output_refused(output.package_uri, str(exc))) from None
+        copy_into_share(config, [(package, Path(output.path) / f"{name}.dlpk")], output.package_uri)
         done, _, _ = await store.publish_job(job.job_id, result={"uri": output.package_uri}, messages=[
             *finished, (MessageType.INFORMATIVE, texts.package_written(output.package_uri))])
         return done

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import os
 import signal
@@ -121,8 +122,8 @@ class RayChild:
         return self._returncode
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
-        for event in self._news:
-            yield event
+        for news in self._news:
+            yield news
         if self._returncode is not None:
             return
         while True:
@@ -190,7 +191,7 @@ class RayPool(Pool):
 
     async def start(self) -> None:
         await asyncio.to_thread(ray.init, address=self.config.ray_address, namespace=NAMESPACE,
-                                log_to_driver=False, logging_level="warning", configure_logging=False)
+                                log_to_driver=False, logging_level=logging.WARNING, configure_logging=False)
         await self._refresh()
         log.info("ray pool", address=self.config.ray_address, slots=self._slots, job_cpus=self.cpus,
                  job_gpus=self.gpus)
@@ -230,14 +231,15 @@ class RayPool(Pool):
         return max(0, min(counts)) if counts else 0
 
     async def spawn(self, spec_path: Path, *, device: str, log_path: Path) -> Child:
-        actor = TrainingActor.options(num_cpus=self.cpus, num_gpus=self.gpus).remote()
+        # mypy keeps a decorated class's own type; @ray.remote has made TrainingActor an ActorClass
+        actor = TrainingActor.options(num_cpus=self.cpus, num_gpus=self.gpus).remote()  # type: ignore[attr-defined]
         started = time.monotonic()
         try:
             # Placing the actor waits for room; a cluster that has none for this long is a lost attempt.
             info = await asyncio.wait_for(actor.start.remote(list(self.config.trainer_command), str(spec_path),
                                                              str(log_path), self.config.child_threads),
                                           timeout=self.config.heartbeat_timeout_s)
-        except (RayError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, RayError) as exc:
             with contextlib.suppress(Exception):
                 ray.kill(actor, no_restart=True)
             why = (f"Ray found no node with {self.cpus:g} CPUs and {self.gpus} GPUs free within "

@@ -30,7 +30,7 @@ async def recover_orphans(store: Store, boot_id: str) -> dict[str, int]:
         if crashes > SERVER_CRASH_LIMIT:
             text = texts.crash_limit_reached(crashes, SERVER_CRASH_LIMIT)
             await store.transition(job.job_id, S.FAILED, error=text,
-                                   messages=[(MessageType.ERROR, text), (MessageType.ERROR, texts.TOOL_FAILED)])
+                                   messages=[(MessageType.ERROR, text), (MessageType.ERROR, texts.tool_failed(job.task))])
             counts["failed"] += 1
         else:
             # No epoch from the store here: its checkpoint_epoch may lag what reached the disk before the

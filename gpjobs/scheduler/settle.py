@@ -12,10 +12,20 @@ from structlog.typing import FilteringBoundLogger
 
 from gpjobs import messages as texts
 from gpjobs.config import Config
-from gpjobs.domain import InvalidTransition, ItemExists, Job, JobStatus, MessageType, now_ms
+from gpjobs.domain import (
+    InvalidTransition,
+    ItemExists,
+    ItemNotFound,
+    Job,
+    JobStatus,
+    MessageType,
+    now_ms,
+)
 from gpjobs.scheduler.publish import OutputRefused, publish
+from gpjobs.scheduler.publish_inference import publish_inference
 from gpjobs.scheduler.retry import STOP_STALLED, Outcome, backoff_s, classify
 from gpjobs.store import Store
+from gpjobs.tasks.registry import TRAIN, task_named
 from gpjobs.training.protocol import ExitCode
 
 S = JobStatus
@@ -45,14 +55,16 @@ class Settlement:
         self.wake_at = wake_at  # the dispatcher looks again when a retry's backoff ends
         self.published = False
         self.refusal: dict[str, Any] | None = None  # a publish that could not be done, as a `failed` event
+        self.trains = task_named(job.task).kind == TRAIN  # else an inference task: its outputs, its words
 
     async def publish(self, event: dict[str, Any]) -> None:
-        """Publish the package a child's `result` event names (the job is Succeeded when this returns)."""
+        """Publish what a child's `result` event names (the job is Succeeded when this returns)."""
         try:
-            self.job = await publish(self.store, self.config, self.job, event)
+            publisher = publish if self.trains else publish_inference
+            self.job = await publisher(self.store, self.config, self.job, event)
             self.published = True
             self.log.info("published", result=self.job.result)
-        except (ItemExists, OutputRefused) as exc:
+        except (ItemExists, ItemNotFound, OutputRefused) as exc:
             self.refusal = {"exit_code": int(ExitCode.BAD_INPUT), "text": str(exc)}
         except InvalidTransition as exc:
             self.log.info("not published: job changed state", current=str(exc.current))
@@ -64,8 +76,8 @@ class Settlement:
         failure = self.refusal or end.failure
         reported = None
         if failure is not None:
-            with contextlib.suppress(TypeError, ValueError):
-                reported = int(failure.get("exit_code"))
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                reported = int(failure["exit_code"])
         outcome = classify(end.rc if end.rc is not None else 0, published=self.published,
                            stop_reason=end.stop_reason, reported=reported)
         if outcome is not Outcome.SUCCEEDED:
@@ -92,7 +104,8 @@ class Settlement:
                 await self.store.transition(
                     job_id, S.SUBMITTED, sources={S.EXECUTING}, attempts=max(0, self.job.attempts - 1),
                     interruptions=self.job.interruptions + 1, run_after_ms=0, checkpoint_epoch=end.checkpoint_epoch,
-                    messages=[(WARN, texts.interrupted_by_shutdown(end.checkpoint_epoch or 0))])
+                    messages=[(WARN, texts.interrupted_by_shutdown(end.checkpoint_epoch or 0) if self.trains
+                               else texts.interrupted_inference("a server shutdown"))])
             elif outcome is Outcome.LOST:
                 await self._retry_or_fail(self._lost_reason(end), end)
             else:
@@ -117,7 +130,8 @@ class Settlement:
             job.job_id, S.SUBMITTED, sources={S.EXECUTING}, run_after_ms=now_ms() + int(delay * 1000),
             checkpoint_epoch=end.checkpoint_epoch,
             messages=[(WARN, texts.lost_retrying(reason, end.checkpoint_epoch or 0, delay, job.attempts + 1,
-                                                 job.max_attempts))])
+                                                 job.max_attempts) if self.trains
+                       else texts.lost_retrying_blocks(reason, delay, job.attempts + 1, job.max_attempts))])
         self.wake_at(delay)
 
     @staticmethod
@@ -132,4 +146,4 @@ class Settlement:
 
     async def _failed(self, text: str) -> None:
         await self.store.transition(self.job.job_id, S.FAILED, error=text,
-                                    messages=[(ERROR, text), (ERROR, texts.TOOL_FAILED)])
+                                    messages=[(ERROR, text), (ERROR, texts.tool_failed(self.job.task))])

@@ -100,27 +100,27 @@ class ChildSupervisor:
         exits, write what is pending; its exit status. `split`: the CPU split the job is told when it starts."""
         self._split = split
         log_path = self.work_dir / "logs" / f"attempt-{self.job.attempts}.log"
-        child = await self.warm.take(spec_path, log_path) if self.warm is not None else None
+        child: Child | None = await self.warm.take(spec_path, log_path) if self.warm is not None else None
         warm = child is not None
         if child is None:
             child = await self.pool.spawn(spec_path, device=self.device, log_path=log_path)
         self.child = child
         self.log.info("child started", pid=child.pid, attempt=self.job.attempts, warm=warm)
         self.observer.child_started(self.job, self.device, warm=warm)
-        await self.store.record_progress(self.job.job_id, pid=self.child.pid, heartbeat_ms=now_ms())
+        await self.store.record_progress(self.job.job_id, pid=child.pid, heartbeat_ms=now_ms())
         if self.stop_reason is not None:  # a cancel that landed while spawning
             self.stop(self.stop_reason, self.config.cancel_grace_s)
         flusher = asyncio.create_task(self._flush_periodically())
         try:
-            async for event in self.child.events():
+            async for event in child.events():
                 self.last_seen_mono = time.monotonic()
                 await self.on_event(event)
-            rc = await self.child.wait()
+            rc = await child.wait()
         finally:
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
-            if self.warm is not None and self.child.returncode is not None:
+            if self.warm is not None and child.returncode is not None:
                 try:
                     await self.warm.start()  # the next job's child, now that this one's is gone
                 except OSError as exc:  # the next job starts cold (and says why if that fails too)
@@ -136,8 +136,8 @@ class ChildSupervisor:
             self._dirty = True
         elif kind == "progress":
             first = self._progress is None
-            with contextlib.suppress(TypeError, ValueError):
-                self._progress = max(0.0, min(100.0, float(event.get("percent"))))
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                self._progress = max(0.0, min(100.0, float(event["percent"])))
                 self._dirty = True
             if first:  # the first sign of training shows at once; later ones are batched
                 await self.flush()
@@ -154,8 +154,8 @@ class ChildSupervisor:
             self._pending.append((INFO, texts.epoch_line(event)))
             self.observer.epoch_done(self.job)
         elif kind == "checkpoint":
-            with contextlib.suppress(TypeError, ValueError):
-                self.checkpoint_epoch = int(event.get("epoch"))
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                self.checkpoint_epoch = int(event["epoch"])
             # Acknowledge it together with the epoch lines before it: a resume never repeats that epoch,
             # so a line still pending here would be lost for good if the server died before the next flush.
             self._dirty = True
@@ -171,14 +171,18 @@ class ChildSupervisor:
     def _resume_news(self, event: dict[str, Any]) -> list[MessageInput]:
         """What a rerun really resumed from: the child names the checkpoint it loaded (the store's
         checkpoint_epoch may lag the disk when the server died)."""
+        rerun = self.job.attempts > 1 or self.job.interruptions or self.job.server_crashes
+        if "resumed_blocks" in event:  # an inference child: its block journal, not a checkpoint
+            with contextlib.suppress(TypeError, ValueError):
+                blocks = int(event.get("resumed_blocks") or 0)
+                if blocks:
+                    return [(INFO, texts.resumed_blocks(blocks))]
+            return [(INFO, texts.BLOCKS_STARTED_OVER)] if rerun else []
         with contextlib.suppress(TypeError, ValueError):
             resumed = int(event.get("resumed_from_epoch") or 0)
             if resumed:
                 return [(INFO, texts.resumed_from(resumed))]
-        job = self.job
-        if job.attempts > 1 or job.interruptions or job.server_crashes:
-            return [(INFO, texts.STARTED_OVER)]
-        return []
+        return [(INFO, texts.STARTED_OVER)] if rerun else []
 
     async def _flush_periodically(self) -> None:
         while True:

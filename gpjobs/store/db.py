@@ -79,6 +79,7 @@ class Database:
         writer = await _connect(path, synchronous=synchronous, read_only=False)
         try:
             mode = await (await writer.execute("PRAGMA journal_mode = WAL")).fetchone()
+            assert mode is not None  # the pragma answers with the journal mode now in force
             if mode[0].lower() != "wal":
                 raise StoreError(f"{path}: cannot switch to WAL (journal_mode={mode[0]}); use a local disk")
             try:  # status lists are one JSON-array parameter (store/sql.py)

@@ -67,6 +67,7 @@ async def append_messages(conn: aiosqlite.Connection, job_id: str, messages: Seq
         return
     time_ms = time_ms or now_ms()
     row = await (await conn.execute(sql.LAST_MESSAGE_SEQ, {"job_id": job_id})).fetchone()
+    assert row is not None  # an aggregate query returns one row
     start = int(row[0]) + 1
     await conn.executemany(sql.INSERT_MESSAGE, [
         {"job_id": job_id, "seq": start + i, "type": MessageType(t).value, "description": text, "time_ms": time_ms}
@@ -122,6 +123,7 @@ class JobsMixin:
             if max_queued_per_user > 0:
                 row = await (await conn.execute(sql.COUNT_OWNER_JOBS_IN, {
                     "owner": job.owner, "statuses": status_list(QUEUED_STATUSES | ACTIVE_STATUSES)})).fetchone()
+                assert row is not None  # an aggregate query returns one row
                 if row[0] >= max_queued_per_user:
                     raise QuotaExceeded(
                         f"user {job.owner!r} already has {row[0]} queued or running jobs (limit "
@@ -147,13 +149,15 @@ class JobsMixin:
 
     async def list_jobs(self, *, owner: str | None = None, statuses: Iterable[JobStatus] | None = None,
                         model_type: str | None = None, since_ms: int | None = None, until_ms: int | None = None,
-                        order: str = "created_desc", limit: int = 100, offset: int = 0) -> tuple[list[Job], int]:
-        """A page of jobs matching the filters, and the total count of matches."""
+                        order: str = "created_desc", limit: int = 100, offset: int = 0,
+                        task: str | None = None) -> tuple[list[Job], int]:
+        """A page of jobs matching the filters (`task`: of that GP task only), and the total count of matches."""
         if order not in sql.LIST_JOBS:
             raise ValueError(f"order must be one of {sorted(sql.LIST_JOBS)}")
         filters = {"owner": owner, "statuses": None if statuses is None else status_list(statuses),
-                   "model_type": model_type, "since_ms": since_ms, "until_ms": until_ms}
+                   "model_type": model_type, "since_ms": since_ms, "until_ms": until_ms, "task": task}
         total = await self.db.fetchone(sql.COUNT_JOBS, filters)
+        assert total is not None  # an aggregate query returns one row
         rows = await self.db.fetchall(sql.LIST_JOBS[order], {**filters, "limit": max(0, int(limit)),
                                                              "offset": max(0, int(offset))})
         return [job_from_row(r) for r in rows], int(total[0])
@@ -273,6 +277,7 @@ class JobsMixin:
                                           messages=_info(texts.CANCEL_REQUESTED))
                 return job, True
             found = await (await conn.execute(sql.SELECT_JOB, {"job_id": job_id})).fetchone()
+            assert found is not None  # its status was read above, in this transaction
             return job_from_row(found), False
 
     async def active_jobs(self) -> list[Job]:
@@ -285,6 +290,7 @@ class JobsMixin:
 
     async def queued_count(self) -> int:
         row = await self.db.fetchone(sql.COUNT_JOBS_IN, {"statuses": status_list(QUEUED_STATUSES)})
+        assert row is not None  # an aggregate query returns one row
         return int(row[0])
 
     async def job_counts(self) -> list[tuple[str, str, int]]:

@@ -73,7 +73,7 @@ async def migrate(db: Database, directory: Path = MIGRATIONS_DIR) -> list[int]:
             continue
         async with db.write() as conn:
             # executescript would COMMIT our BEGIN IMMEDIATE; run the statements one by one instead.
-            for statement in _statements(migration.sql):
+            for statement in split_statements(migration.sql):
                 await conn.execute(statement)
             await conn.execute(sql.RECORD_MIGRATION, {"version": migration.version, "name": migration.name,
                                                       "sha256": migration.sha256, "applied_ms": now_ms()})
@@ -81,7 +81,7 @@ async def migrate(db: Database, directory: Path = MIGRATIONS_DIR) -> list[int]:
     return done
 
 
-def _statements(sql: str) -> list[str]:
+def split_statements(sql: str) -> list[str]:
     """Split a migration into complete statements (sqlite3.complete_statement handles ';' in strings)."""
     out, buf = [], ""
     for line in sql.splitlines(keepends=True):

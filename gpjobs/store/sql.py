@@ -12,7 +12,7 @@ from gpjobs.domain import JobStatus
 
 # --- columns -----------------------------------------------------------------------------------
 
-JOB_COLUMNS = ("job_id", "owner", "status", "model_type", "inputs", "spec", "progress", "attempts", "max_attempts",
+JOB_COLUMNS = ("job_id", "owner", "status", "task", "model_type", "inputs", "spec", "progress", "attempts", "max_attempts",
                "interruptions", "server_crashes", "result", "error", "created_ms", "updated_ms", "started_ms",
                "finished_ms", "run_after_ms", "device", "boot_id", "pid", "heartbeat_ms", "checkpoint_epoch",
                "cancel_requested_ms")
@@ -51,6 +51,7 @@ FIRST_RUN_AFTER_IN = "SELECT min(run_after_ms) FROM jobs WHERE status IN (SELECT
 _JOB_FILTER = ("WHERE (:owner IS NULL OR owner = :owner) "
                "AND (:statuses IS NULL OR status IN (SELECT value FROM json_each(:statuses))) "
                "AND (:model_type IS NULL OR model_type = :model_type) "
+               "AND (:task IS NULL OR task = :task) "
                "AND (:since_ms IS NULL OR created_ms >= :since_ms) "
                "AND (:until_ms IS NULL OR created_ms <= :until_ms)")
 COUNT_JOBS = f"SELECT count(*) FROM jobs {_JOB_FILTER}"

@@ -5,9 +5,9 @@ the `gpjobs` command-line flags and the parameter docs.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from gpjobs.parsing import is_unset, parse_bool, parse_float, parse_int, parse_str
 

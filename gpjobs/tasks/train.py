@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 from gpjobs import catalog
 from gpjobs.export import ExportFolderError, check_export
@@ -151,7 +151,7 @@ class TrainingRequest:
         return data
 
     @classmethod
-    def from_json_dict(cls, data: Mapping[str, Any]) -> "TrainingRequest":
+    def from_json_dict(cls, data: Mapping[str, Any]) -> TrainingRequest:
         """The request as stored (ValueError when the stored form is not one this version wrote)."""
         try:
             context = dict(data["context"])
@@ -170,7 +170,7 @@ class TrainingRequest:
         except (KeyError, TypeError) as exc:
             raise ValueError(f"the stored training request is incomplete or of an older version ({exc})") from None
 
-    def replace(self, **changes: Any) -> "TrainingRequest":
+    def replace(self, **changes: Any) -> TrainingRequest:
         return replace(self, **changes)
 
 
@@ -298,8 +298,12 @@ def parse_output_name(raw: Any, resolver: PathResolver) -> OutputTarget:
         obj = {"uri": text} if any(m in text.lower() for m in _STORE_MARKERS) else {"name": text}
     if "uri" in obj:
         return _output_folder(obj["uri"], resolver)
-    service = obj.get("serviceProperties") if isinstance(obj.get("serviceProperties"), dict) else {}
-    item_props = obj.get("itemProperties") if isinstance(obj.get("itemProperties"), dict) else {}
+    service = obj.get("serviceProperties")
+    if not isinstance(service, dict):
+        service = {}
+    item_props = obj.get("itemProperties")
+    if not isinstance(item_props, dict):
+        item_props = {}
     name = obj.get("name", service.get("name"))
     if not isinstance(name, str):
         raise ValueError('output_name: expected {"name": "<model>"} or {"uri": "/fileShares/<store>/<folder>"}')

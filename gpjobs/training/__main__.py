@@ -17,6 +17,7 @@ import select
 import sys
 import time
 
+from gpjobs.tasks.train import TASK_NAME as TRAIN_TASK
 from gpjobs.training.events import DIE_WITH_PARENT_ENV, die_with_parent
 from gpjobs.training.protocol import ExitCode, encode_event
 
@@ -108,6 +109,12 @@ def run_spec(spec_file: str, *, lifeline: bool) -> int:
     # set before torch is imported so OpenMP picks it up (a warm child has it from its environment).
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, spec.runtime.num_threads)))
     reporter = ChildReporter(spec.runtime.heartbeat_seconds, lifeline=lifeline)
+    if spec.task != TRAIN_TASK:  # an inference task: the same child (warm, torch imported) runs it
+        try:
+            return int(_run_inference(spec, reporter))
+        finally:
+            reporter.close()
+            sys.stderr.flush()
     try:
         from gpjobs.training.checkpoint import load_checkpoint
         from gpjobs.training.distributed import run_training
@@ -127,6 +134,18 @@ def run_spec(spec_file: str, *, lifeline: bool) -> int:
         reporter.close()
     sys.stderr.flush()
     return int(code)
+
+
+def _run_inference(spec, reporter) -> int:
+    """An inference job: the PRF host over the request's rasters, resuming from the block journal."""
+    from pathlib import Path
+
+    from gpjobs.inference.blocks import finished_blocks
+    from gpjobs.inference.job import BLOCKS_DIR, environment_summary, run_inference_job
+
+    reporter.emit("started", **environment_summary(spec.runtime.device), resumed_from_epoch=0,
+                  resumed_blocks=finished_blocks(Path(spec.work_dir) / BLOCKS_DIR))
+    return run_inference_job(spec, reporter)
 
 
 if __name__ == "__main__":

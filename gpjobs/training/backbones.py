@@ -16,7 +16,7 @@ VGG and MobileNetV2: a strided pooling becomes a 3x3 pooling of stride 1.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 
@@ -107,7 +107,7 @@ def build_backbone(name: str, in_channels: int = 3, *, weights: WeightsPolicy | 
                            source_children=children, source_features=features, output_stride=output_stride)
 
 
-def _source_names(stages: "OrderedDict[str, nn.Module]", source_ids: dict[int, str], first: str,
+def _source_names(stages: OrderedDict[str, nn.Module], source_ids: dict[int, str], first: str,
                   source_first: str) -> dict[str, str]:
     """Our state-dict key -> torchvision's key of the same tensor (the rebuilt first conv by position)."""
     names = {}
@@ -123,7 +123,7 @@ def set_output_stride(backbone: FeatureBackbone, output_stride: int) -> FeatureB
     """Dilate an already built backbone to `output_stride` (16 or 8) and re-measure its taps."""
     _dilate(backbone.stages, output_stride)
     backbone.output_stride = output_stride
-    backbone.out_channels, backbone.strides = backbone._probe()
+    backbone.out_channels, backbone.strides = backbone.probe()
     return backbone
 
 

@@ -119,8 +119,9 @@ def ddp_networks(model: nn.Module, device: torch.device) -> nn.Module:
                          "must keep them in its sub-networks to train on several devices")
     view = object.__new__(type(model))
     view.__dict__.update(model.__dict__)
-    view.__dict__["_modules"] = {name: _ddp(child, device) if any(p.requires_grad for p in child.parameters())
-                                 else child for name, child in model._modules.items()}
+    view.__dict__["_modules"] = {name: _ddp(child, device) if child is not None and any(
+                                     p.requires_grad for p in child.parameters()) else child
+                                 for name, child in model._modules.items()}
     return view
 
 
@@ -131,9 +132,9 @@ def run_training(spec: JobSpec, reporter: Reporter) -> int:
     from gpjobs.training.run_job import run_job
 
     devices = list(spec.runtime.devices) or [spec.runtime.device]
-    world = min(len(devices), max(1, spec.request.batch_size))
+    world = min(len(devices), max(1, spec.training.batch_size))
     if world < len(devices):
-        reporter.say("warning", f"batch_size {spec.request.batch_size} cannot be split over {len(devices)} devices; "
+        reporter.say("warning", f"batch_size {spec.training.batch_size} cannot be split over {len(devices)} devices; "
                                 f"training on {world} of them ({', '.join(devices[:world])})")
     if world == 1:
         return int(run_job(dataclasses.replace(spec, runtime=dataclasses.replace(
@@ -187,11 +188,11 @@ class Launcher:
         try:
             self._supervise()
         finally:
-            for rank in self.ranks:  # never leave a rank behind (e.g. the launcher itself failing)
-                if rank.process.is_alive():
-                    rank.killed_by_launcher = True
-                    rank.process.kill()
-                rank.process.join()
+            for launched in self.ranks:  # never leave a rank behind (e.g. the launcher itself failing)
+                if launched.process.is_alive():
+                    launched.killed_by_launcher = True
+                    launched.process.kill()
+                launched.process.join()
         return self._ending()
 
     def _supervise(self) -> None:

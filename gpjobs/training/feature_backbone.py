@@ -7,7 +7,7 @@ on it, so neither has to import the other.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -22,7 +22,7 @@ class FeatureBackbone(nn.Module):
     under other layouts (fastai's `create_body`, torchvision detectors) onto these stages.
     """
 
-    def __init__(self, name: str, stages: "OrderedDict[str, nn.Module]", in_channels: int,
+    def __init__(self, name: str, stages: OrderedDict[str, nn.Module], in_channels: int,
                  first_conv_name: str, first_conv_adapted: bool, *, source_names: dict[str, str] | None = None,
                  source_children: list[str] | None = None, source_features: list[str] | None = None,
                  output_stride: int = 32) -> None:
@@ -36,9 +36,9 @@ class FeatureBackbone(nn.Module):
         self.source_children = list(source_children or [])
         self.source_features = list(source_features or [])
         self.output_stride = output_stride
-        self.out_channels, self.strides = self._probe()
+        self.out_channels, self.strides = self.probe()
 
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         features: OrderedDict[str, torch.Tensor] = OrderedDict()
         for tap, stage in self.stages.items():
             x = stage(x)
@@ -56,7 +56,7 @@ class FeatureBackbone(nn.Module):
         return self.first_conv().parameters()
 
     @torch.no_grad()
-    def _probe(self) -> tuple[list[int], list[int]]:
+    def probe(self) -> tuple[list[int], list[int]]:
         # One tiny forward in eval mode (running BN stats untouched) tells channels and strides exactly.
         was_training = self.training
         self.eval()
@@ -70,12 +70,14 @@ def adapt_first_conv(conv: nn.Conv2d, in_channels: int, pretrained: bool) -> tup
     """`conv` for `in_channels` inputs: unchanged for its own band count, else rebuilt from its RGB filters."""
     if in_channels == conv.in_channels:
         return conv, False
-    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                    conv.dilation, conv.groups, conv.bias is not None)
+    # torch annotates a Conv2d's own kernel_size/stride/padding/dilation as tuple[int, ...]; they are pairs
+    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride,  # type: ignore[arg-type]
+                    conv.padding, conv.dilation, conv.groups, conv.bias is not None)  # type: ignore[arg-type]
     if pretrained:
         with torch.no_grad():
             new.weight.copy_(spread_band_filters(conv.weight, in_channels))
             if conv.bias is not None:
+                assert new.bias is not None  # made with a bias just above
                 new.bias.copy_(conv.bias)
     return new, True
 

@@ -6,7 +6,8 @@ and turned into numbers once per validation pass.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 

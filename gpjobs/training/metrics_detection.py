@@ -15,8 +15,9 @@ Matching is greedy in descending score order, per image and class; each ground t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

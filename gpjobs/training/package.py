@@ -13,8 +13,9 @@ import json
 import shutil
 import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -41,8 +42,8 @@ def _lr_text(lr: float, backbone_lr: float | None) -> str:
     return f"slice('{backbone_lr:.4e}', '{lr:.4e}', None)"
 
 
-def write_package(output_dir: Path, name: str, *, family: "ModelFamily", model: torch.nn.Module,
-                  fit: "FitResult", show_batch: Any, weights_outcome: str, arguments: dict[str, Any],
+def write_package(output_dir: Path, name: str, *, family: ModelFamily, model: torch.nn.Module,
+                  fit: FitResult, show_batch: Any, weights_outcome: str, arguments: dict[str, Any],
                   export_emd: dict[str, Any] | None = None, say: Callable[[str, str], None] | None = None,
                   extra_emd: dict[str, Any] | None = None) -> Path:
     """Write the model folder and `<output_dir>/<name>.dlpk`; returns the .dlpk path."""
@@ -131,7 +132,7 @@ def write_package(output_dir: Path, name: str, *, family: "ModelFamily", model: 
     return dlpk
 
 
-def _write_network(folder: Path, name: str, family: "ModelFamily", model: torch.nn.Module,
+def _write_network(folder: Path, name: str, family: ModelFamily, model: torch.nn.Module,
                    say: Callable[[str, str], None]) -> tuple[str | None, dict[str, Any] | None]:
     """`<name>.pt`: the family's deployable network traced; returns (file name, GpjobsInference spec)."""
     try:
@@ -169,7 +170,8 @@ def load_model(package: Package, *, say: Callable[[str, str], None] | None = Non
     from gpjobs.catalog import parse_arguments
 
     args = parse_arguments(model_type, package.arguments)
-    family = family_for(model_type.name)(model_type, info, package.backbone or model_type.default_backbone, args,
+    backbone = package.backbone or model_type.default_backbone or ""  # "": a fixed network (resolve_backbone)
+    family = family_for(model_type.name)(model_type, info, backbone, args,
                                          WeightsPolicy.skip("weights come from the package"), say)
     family.load_emd(package.emd)
     model = family.build()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -29,6 +30,7 @@ def run_predict(args: argparse.Namespace) -> int:
             if out_dir:
                 out_dir.mkdir(parents=True, exist_ok=True)
             chips = [Path(c) for c in args.chips]
+            groups: Iterable[tuple[list[Path], list[dict] | None]]
             if getattr(family, "sequence_input", False):  # a tracker: the chips are the frames of one sequence
                 groups = [(chips, _track(family, model, chips, args, info))]
             else:

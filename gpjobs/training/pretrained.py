@@ -31,9 +31,10 @@ arcgis.learn does: backbone, FPN, RPN and heads load; the layers whose shape dep
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
@@ -88,9 +89,9 @@ def start_from_pretrained(model: nn.Module, family: Any, package: Package | None
     WeightsMissing when missing_weights = "fail" had waited for COCO weights that do not fit this job.
     """
     if package is not None:
-        report = load_package_weights(model, family, package, say)
-        weights.outcome = f"fine-tuned from {report.source}: {report.counts()} tensors"
-        return report
+        loaded = load_package_weights(model, family, package, say)
+        weights.outcome = f"fine-tuned from {loaded.source}: {loaded.counts()} tensors"
+        return loaded
     report = load_coco_weights(model, family, weights, say)
     weights.settle_pending(say)
     return report
@@ -190,7 +191,7 @@ def map_foreign_state(source: State, model: nn.Module, family: Any) -> tuple[Sta
         mapped.update({prefix + k: v for k, v in body.items()})
         rules = dict(HEAD_RULES.get(family.model_type.name, {}))
         decoder = getattr(model, "head", None)
-        if hasattr(decoder, "fastai_layers") and body_prefix.endswith("0."):
+        if decoder is not None and hasattr(decoder, "fastai_layers") and body_prefix.endswith("0."):
             parent = body_prefix[:-2]  # DynamicUnet: layers.0 is the body, layers.<i> the decoder
             rules.update({f"{parent}{i}.": f"head.{attr}." for i, attr in decoder.fastai_layers()})
         own = model.state_dict()

@@ -15,6 +15,9 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
+from gpjobs.tasks.inference import TASKS as INFERENCE_TASKS
+from gpjobs.tasks.inference import InferenceRequest
+from gpjobs.tasks.train import TASK_NAME as TRAIN_TASK
 from gpjobs.tasks.train import TrainingRequest
 
 
@@ -48,27 +51,40 @@ class ChildRuntime:
 
 @dataclass(frozen=True)
 class JobSpec:
-    """Everything a child needs to train one job: the validated request and how to run it."""
+    """Everything a child needs to run one job: the validated request (training, or an inference task's) and
+    how to run it."""
 
     job_id: str
-    work_dir: str  # checkpoints, logs and output live here; survives restarts
-    request: TrainingRequest
+    work_dir: str  # checkpoints, block journals, logs and output live here; survives restarts
+    request: TrainingRequest | InferenceRequest
     runtime: ChildRuntime = field(default_factory=ChildRuntime)
 
+    @property
+    def task(self) -> str:
+        return self.request.task if isinstance(self.request, InferenceRequest) else TRAIN_TASK
+
+    @property
+    def training(self) -> TrainingRequest:
+        """The request of a training job (the child sends an inference spec elsewhere before training starts)."""
+        if not isinstance(self.request, TrainingRequest):
+            raise TypeError(f"job {self.job_id} runs {self.task}, not training")
+        return self.request
+
     def to_json(self) -> str:
-        return json.dumps({"job_id": self.job_id, "work_dir": self.work_dir,
+        return json.dumps({"job_id": self.job_id, "work_dir": self.work_dir, "task": self.task,
                            "request": self.request.to_json_dict(), "runtime": dataclasses.asdict(self.runtime)},
                           indent=2)
 
     @classmethod
-    def from_json(cls, text: str) -> "JobSpec":
+    def from_json(cls, text: str) -> JobSpec:
         data = json.loads(text)
-        return cls(job_id=data["job_id"], work_dir=data["work_dir"],
-                   request=TrainingRequest.from_json_dict(data["request"]),
+        task = data.get("task") or TRAIN_TASK
+        reader = InferenceRequest.from_json_dict if task in INFERENCE_TASKS else TrainingRequest.from_json_dict
+        return cls(job_id=data["job_id"], work_dir=data["work_dir"], request=reader(data["request"]),
                    runtime=_runtime(data.get("runtime", {})))
 
     @classmethod
-    def load(cls, path: str | Path) -> "JobSpec":
+    def load(cls, path: str | Path) -> JobSpec:
         return cls.from_json(Path(path).read_text(encoding="utf-8"))
 
     @property
@@ -100,6 +116,10 @@ def _runtime(data: dict[str, Any]) -> ChildRuntime:
 #   {"type": "heartbeat"}
 #   {"type": "result", "package": "/abs/out.dlpk", "model_type": "UNET", "backbone": "RESNET18",
 #        "metrics": {...}, "best_epoch": 3, "epochs_run": 5}
+#   inference: {"type": "result", "kind": "raster" | "features", "data": "/abs/out.tif",
+#        "resources": ["/abs/out.tif.aux.xml"], "blocks": 40, "features": 0, "resumed_blocks": 12,
+#        "model_type": "UNET"}
+#   inference `started` adds "resumed_blocks": the blocks its journal already holds
 #   {"type": "failed", "exit_code": 2, "text": "what went wrong and how to fix it", "details": ["..."]}
 
 EVENT_TYPES = frozenset(

@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import os
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -44,7 +45,7 @@ def run_job(spec: JobSpec, reporter: Reporter) -> ExitCode:
         return _failed(reporter, ExitCode.NAN_LOSS, f"Training diverged: {exc}")
     except OutOfMemory as exc:
         return _failed(reporter, ExitCode.OUT_OF_MEMORY,
-                       f"Out of memory ({exc}). Lower batch_size (now {spec.request.batch_size}) or chip_size, "
+                       f"Out of memory ({exc}). Lower batch_size (now {spec.training.batch_size}) or chip_size, "
                        "or choose a smaller backbone_model.")
     except Exception as exc:  # noqa: BLE001 - last line of defence; the trace goes to stderr (the log)
         traceback.print_exc()
@@ -62,7 +63,7 @@ def train_job(spec: JobSpec, reporter: Reporter) -> dict[str, Any]:
     """The work of one job, as a recipe: data -> model -> fit (resumes itself) -> package. Raises on failure;
     returns the `result` event's fields."""
     say = reporter.say
-    request, runtime = spec.request, spec.runtime
+    request, runtime = spec.training, spec.runtime
     model_type, backbone, args = request.model_type, request.backbone, request.arguments
     torch.set_num_threads(max(1, int(runtime.num_threads)))
     for note in request.notes:
@@ -70,8 +71,11 @@ def train_job(spec: JobSpec, reporter: Reporter) -> dict[str, Any]:
 
     with contextlib.ExitStack() as stack:
         # A package to fine-tune from decides the chip size, bands and backbone, as arcgis.learn does.
-        pretrained = request.pretrained
-        package = stack.enter_context(open_package(pretrained.path, pretrained.root)) if pretrained else None
+        package_path = request.pretrained.path if request.pretrained is not None else None
+        package = None
+        if request.pretrained is not None:
+            assert package_path is not None  # submit resolved the item to its package file
+            package = stack.enter_context(open_package(package_path, request.pretrained.root))
         if package is not None:
             backbone = _check_pretrained_fits(package, request, backbone, say)
         chip_size = args["chip_size"]
@@ -100,7 +104,7 @@ def train_job(spec: JobSpec, reporter: Reporter) -> dict[str, Any]:
 
         # 2. model
         if package is not None:
-            weights = WeightsPolicy.skip(f"fine-tuning from {Path(str(request.pretrained.path)).name}")
+            weights = WeightsPolicy.skip(f"fine-tuning from {Path(str(package_path)).name}")
         else:
             weights = WeightsPolicy(runtime.weights_dir, runtime.missing_weights)
         seed_everything(int(args["seed"]))

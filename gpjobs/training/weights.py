@@ -10,9 +10,9 @@ for it (`pending`) instead of failing at once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from gpjobs.catalog import TORCHVISION_COCO_WEIGHT_FILES, TORCHVISION_WEIGHT_FILES
 
@@ -39,7 +39,7 @@ class WeightsPolicy:
     pending: str | None = None  # a "fail" deferred to COCO weights (pretrained.start_from_pretrained settles it)
 
     @classmethod
-    def skip(cls, reason: str) -> "WeightsPolicy":
+    def skip(cls, reason: str) -> WeightsPolicy:
         """A policy that never loads ImageNet weights (e.g. the weights come from a pretrained package)."""
         policy = cls(None, "random", skip_reason=reason)
         policy.outcome = f"none: {reason}"

@@ -159,6 +159,12 @@ def package_weight_files(distribution: str) -> list[Path]:
     return sorted(files)
 
 
+def _arch_of(name: str) -> str | None:
+    """The architecture part of a torchvision-named weights file ("resnet50" of resnet50-0676ba61.pth)."""
+    match = _NAME.match(name)
+    return match.group("arch") if match else None
+
+
 def inventory(weights_dir: Path | None, *, verify: bool = True) -> list[dict[str, Any]]:
     """One row per backbone (ImageNet) and per COCO model: the expected file, whether a file is present, and
     whether its checksum matches its name (verify=False skips reading the files)."""
@@ -168,8 +174,7 @@ def inventory(weights_dir: Path | None, *, verify: bool = True) -> list[dict[str
     wanted += [("coco", f"{mt} on {bb}", f) for (mt, bb), f in TORCHVISION_COCO_WEIGHT_FILES.items()]
     for kind, used_by, expected in wanted:
         arch = expected.split("-")[0].removesuffix(".pth")
-        found = present.get(expected) or next((p for n, p in sorted(present.items())
-                                               if _NAME.match(n) and _NAME.match(n).group("arch") == arch), None)
+        found = present.get(expected) or next((p for n, p in sorted(present.items()) if _arch_of(n) == arch), None)
         row: dict[str, Any] = {"kind": kind, "for": used_by, "expected": expected,
                                "file": found.name if found else None, "present": found is not None}
         if found is not None and verify:

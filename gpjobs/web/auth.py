@@ -16,7 +16,7 @@ from gpjobs.domain import ANONYMOUS, Principal
 from gpjobs.web.render import EsriError, forbidden, invalid_token, params, token_required
 
 # Principal | None of the request (None: no token on a secured server). gpjobs.web.portal should import it.
-PRINCIPAL_KEY: web.RequestKey[Principal | None] = web.RequestKey("gpjobs_principal", object)
+PRINCIPAL_KEY = web.RequestKey[Principal | None]("gpjobs_principal")
 TOKEN_HEADERS = ("X-Esri-Authorization", "Authorization")
 
 

@@ -1,4 +1,5 @@
-"""GP task and job handlers: submitJob, jobs/<id>, results, inputs, cancel (protocol.md §2.3-2.6).
+"""GP task and job handlers: submitJob, jobs/<id>, results, inputs, cancel (protocol.md §2.3-2.6), for every
+task of the registry (the task is the URL's `{task}` segment; a job is only visible under its own task).
 
 Handlers are thin: parse, call one store/scheduler function, render. The job JSON builders below are
 pure so the wire shape is tested without a server.
@@ -18,8 +19,9 @@ from gpjobs.appkeys import CONFIG_KEY, SCHEDULER_KEY, STORE_KEY
 from gpjobs.catalog import COMMON_ARGUMENTS
 from gpjobs.domain import Job, JobStatus, Message, QuotaExceeded, is_job_id, new_job_id
 from gpjobs.paths import PathError, StoreRoots
+from gpjobs.tasks.inference import InferenceRequest
 from gpjobs.tasks.params import ParameterError
-from gpjobs.tasks.train import INPUT_PARAMETERS, OUTPUT_PARAMETER
+from gpjobs.tasks.registry import DEFAULT_TASK, TASKS, TRAIN, TaskSpec, task_named
 from gpjobs.web import charts, gp_service, model_card
 from gpjobs.web.auth import require_principal, token_query
 from gpjobs.web.gp_params import (
@@ -41,9 +43,6 @@ from gpjobs.web.render import (
 
 if TYPE_CHECKING:
     from gpjobs.store import Store
-
-INPUT_NAMES = tuple(p.name for p in INPUT_PARAMETERS)
-_INPUTS_BY_NAME = {p.name: p for p in INPUT_PARAMETERS}
 
 # --- pure JSON builders --------------------------------------------------------------------------
 
@@ -68,8 +67,9 @@ def job_json(job: Job, messages: Sequence[Message] | None, *, recent: Sequence[M
     (`messageStart`, 1-based) and, for a page, where the next page starts (`messageNextStart`, -1: none)."""
     body: dict[str, Any] = {"jobId": job.job_id, "jobStatus": JobStatus(job.status).value}
     if job.status is JobStatus.SUCCEEDED:
-        body["results"] = {OUTPUT_PARAMETER.name: {"paramUrl": f"results/{OUTPUT_PARAMETER.name}"}}
-        body["inputs"] = {name: {"paramUrl": f"inputs/{name}"} for name in INPUT_NAMES}
+        task = task_named(job.task)
+        body["results"] = {task.output.name: {"paramUrl": f"results/{task.output.name}"}}
+        body["inputs"] = {name: {"paramUrl": f"inputs/{name}"} for name in task.input_names}
     if job.status is JobStatus.EXECUTING:
         body["progress"] = progress_json(job, recent if recent is not None else messages or ())
     if messages is not None:
@@ -140,7 +140,7 @@ async def job_body(store: Store, job_id: str, view: MessageView) -> dict[str, An
 
 
 def result_value(job: Job) -> dict[str, Any] | None:
-    """`out_item`'s value: {"itemId", "id"} for a published item, {"uri"} for a file-share output.
+    """The output's value: {"itemId", "id"} for a published item, {"uri"} for a file-share output.
 
     Never a `url` key (the arcgis client would return it as a bare string, protocol.md §5.2).
     """
@@ -152,29 +152,47 @@ def result_value(job: Job) -> dict[str, Any] | None:
 
 
 def result_json(job: Job) -> dict[str, Any]:
-    return {"paramName": OUTPUT_PARAMETER.name, "dataType": OUTPUT_PARAMETER.data_type, "value": result_value(job)}
+    output = task_named(job.task).output
+    return {"paramName": output.name, "dataType": output.data_type, "value": result_value(job)}
 
 
 def input_json(job: Job, name: str) -> dict[str, Any]:
-    param = _INPUTS_BY_NAME[name]
+    param = task_named(job.task).input_parameter(name)
+    assert param is not None, name
     return {"paramName": name, "dataType": param.data_type, "value": served_value(job.inputs.get(name))}
 
 
 # --- helpers ---------------------------------------------------------------------------------------
 
 
+def task_of(request: web.Request) -> TaskSpec:
+    """The task named in the URL (routes match registered task names only)."""
+    try:
+        return TASKS[request.match_info.get("task", DEFAULT_TASK)]
+    except KeyError:
+        raise invalid_url() from None
+
+
 async def visible_job(request: web.Request) -> Job:
-    """The job named in the URL if the caller may see it; else the same 'Invalid URL' as for no job."""
+    """The job named in the URL if the caller may see it and it belongs to the URL's task; else the same
+    'Invalid URL' as for no job."""
     principal = require_principal(request)
     job_id = request.match_info["job_id"]
     job = await request.app[STORE_KEY].get_job(job_id) if is_job_id(job_id) else None
-    if job is None or not principal.can_see(job.owner):
+    if job is None or not principal.can_see(job.owner) or job.task != task_of(request).name:
         raise invalid_url()
     return job
 
 
 def _context(request: web.Request, **extra: Any) -> dict[str, Any]:
-    return {"token_query": token_query(request), "task_path": gp_service.TASK_PATH, **extra}
+    task = task_of(request)
+    return {"token_query": token_query(request), "task_path": gp_service.task_path(task.name), "task": task,
+            **extra}
+
+
+def _job_page_url(request: web.Request, job: Job) -> str:
+    query = "f=html" + (f"&{token_query(request)}" if token_query(request) else "")
+    return f"{gp_service.task_path(job.task)}/jobs/{job.job_id}?{query}"
 
 
 # --- handlers --------------------------------------------------------------------------------------
@@ -185,16 +203,18 @@ async def submit_job(request: web.Request) -> web.StreamResponse:
     principal = require_principal(request)
     app = request.app
     config = app[CONFIG_KEY]
+    task = task_of(request)
     try:
-        # Filesystem checks (stores, export folders) may touch slow shares: keep them off the event loop.
+        # Filesystem checks (stores, export folders, rasters) may touch slow shares: keep them off the event loop.
         submission = await asyncio.to_thread(parse_submit, dict(params(request)), StoreRoots.from_config(config),
-                                             max_arguments_bytes=config.max_arguments_bytes)
+                                             max_arguments_bytes=config.max_arguments_bytes, task=task)
         check_devices(submission.request, config.devices)
-        training = await check_with_store(submission.request, app[STORE_KEY], principal)
+        checked = await check_with_store(submission.request, app[STORE_KEY], principal)
     except ParameterError as exc:
         raise invalid_parameters(exc.details) from None
-    job = Job(job_id=new_job_id(), owner=principal.username, status=JobStatus.SUBMITTED,
-              model_type=training.model_type.name, inputs=submission.inputs, spec=training.to_json_dict(),
+    model_type = checked.model_type if isinstance(checked, InferenceRequest) else checked.model_type.name
+    job = Job(job_id=new_job_id(), owner=principal.username, status=JobStatus.SUBMITTED, task=task.name,
+              model_type=model_type, inputs=submission.inputs, spec=checked.to_json_dict(),
               max_attempts=config.max_attempts)
     try:
         job = await app[STORE_KEY].create_job(job, [texts.SUBMITTED], max_queued_per_user=config.max_queued_per_user)
@@ -204,8 +224,7 @@ async def submit_job(request: web.Request) -> web.StreamResponse:
     if scheduler is not None:
         scheduler.submitted()
     if output_format(request, default="json") == "html":
-        query = "f=html" + (f"&{token_query(request)}" if token_query(request) else "")
-        raise web.HTTPSeeOther(f"{gp_service.TASK_PATH}/jobs/{job.job_id}?{query}")
+        raise web.HTTPSeeOther(_job_page_url(request, job))
     return render(request, {"jobId": job.job_id, "jobStatus": job.status.value})
 
 
@@ -231,22 +250,25 @@ async def job_status(request: web.Request) -> web.Response:
 
 
 async def job_page(request: web.Request, job: Job) -> web.Response:
-    """The job page for people: status, progress bar, the live loss chart, recent messages, the model card."""
+    """The job page for people: status, progress bar, the live loss chart, recent messages, the model card
+    (training); the output item and its files (inference)."""
     store = request.app[STORE_KEY]
     body = await job_body(store, job.job_id, MessageView("recent"))
     recent = await store.last_messages(job.job_id, RECENT_MESSAGES)
-    history = charts.epoch_history(await store.epoch_messages(job.job_id))
+    training = task_named(job.task).kind == TRAIN
+    history = charts.epoch_history(await store.epoch_messages(job.job_id)) if training else []
     monitor = str((job.spec.get("given_arguments") or {}).get("monitor") or MONITOR_DEFAULT)
     context = _context(request, job=job, messages=recent, message_count=await store.message_count(job.job_id),
-                       result=result_value(job), chart=charts.job_charts(history, monitor),
-                       epochs=charts.epoch_progress(history, job), card=model_card.card_links(job))
+                       result=result_value(job), chart=charts.job_charts(history, monitor) if training else [],
+                       epochs=charts.epoch_progress(history, job),
+                       card=model_card.card_links(job) if training else None, training=training)
     return render(request, body, page="job.html", context=context)
 
 
 async def job_result(request: web.Request) -> web.Response:
     job = await visible_job(request)
     name = request.match_info["name"]
-    if name != OUTPUT_PARAMETER.name:
+    if name != task_of(request).output.name:
         raise invalid_url()
     if job.status is not JobStatus.SUCCEEDED:
         raise EsriError(400, f"Job {job.job_id} has no results: it is {job.status.value}.",
@@ -264,14 +286,14 @@ async def job_results(request: web.Request) -> web.Response:
 async def job_input(request: web.Request) -> web.Response:
     job = await visible_job(request)
     name = request.match_info["name"]
-    if name not in INPUT_NAMES:
+    if name not in task_of(request).input_names:
         raise invalid_url()
     return render(request, input_json(job, name), page="param.html", context=_context(request, job=job))
 
 
 async def job_inputs(request: web.Request) -> web.Response:
     job = await visible_job(request)
-    body = [input_json(job, name) for name in INPUT_NAMES]
+    body = [input_json(job, name) for name in task_of(request).input_names]
     return render(request, body, page="params.html", context=_context(request, job=job, kind="inputs"))
 
 
@@ -280,8 +302,7 @@ async def cancel_job(request: web.Request) -> web.StreamResponse:
     job = await visible_job(request)
     job = await cancel(request.app, job)
     if output_format(request, default="json") == "html":
-        query = "f=html" + (f"&{token_query(request)}" if token_query(request) else "")
-        raise web.HTTPSeeOther(f"{gp_service.TASK_PATH}/jobs/{job.job_id}?{query}")
+        raise web.HTTPSeeOther(_job_page_url(request, job))
     return render(request, {"jobId": job.job_id, "jobStatus": job.status.value})
 
 
@@ -300,15 +321,17 @@ async def cancel(app: web.Application, job: Job) -> Job:
 
 async def execute(request: web.Request) -> web.Response:
     """The synchronous `execute` operation does not exist on an asynchronous service: say what to use."""
-    raise EsriError(400, "TrainDeepLearningModel is an asynchronous task: use submitJob.",
-                    [f"POST {gp_service.TASK_PATH}/submitJob, then poll jobs/<jobId>."])
+    task = task_of(request)
+    raise EsriError(400, f"{task.name} is an asynchronous task: use submitJob.",
+                    [f"POST {gp_service.task_path(task.name)}/submitJob, then poll jobs/<jobId>."])
 
 
 async def job_card(request: web.Request) -> web.Response:
     """`jobs/<id>/card/<name>`: the model card of a finished job whose package went to a file share (an item's
     card is served by the portal: content/items/<id>/card/<name>)."""
     job = await visible_job(request)
-    uri = (job.result or {}).get("uri") if job.status is JobStatus.SUCCEEDED else None
+    trained = task_named(job.task).kind == TRAIN
+    uri = (job.result or {}).get("uri") if job.status is JobStatus.SUCCEEDED and trained else None
     if not uri:
         raise EsriError(400, f"Job {job.job_id} has no model card here.",
                         ["A job has a card once it has succeeded; a published item's card is on the item."])

@@ -17,7 +17,7 @@ TEMPLATES_DIR = Path(__file__).with_name("templates")
 def _time(ms: int | None) -> str:
     if not ms:
         return ""
-    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _pretty(value: Any) -> str:

@@ -9,19 +9,32 @@ Handlers are thin: authenticate, call one store function, render with `gpjobs.we
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 from urllib.parse import quote
 
 import orjson
 from aiohttp import web
 
 from gpjobs.appkeys import CONFIG_KEY, STORE_KEY
-from gpjobs.domain import Item, ItemNotFound, Principal, is_item_id, now_ms
+from gpjobs.domain import (
+    ITEM_TYPE_DLPK,
+    ITEM_TYPE_FEATURE_SERVICE,
+    ITEM_TYPE_IMAGE_SERVICE,
+    Item,
+    ItemExists,
+    ItemNotFound,
+    Principal,
+    is_item_id,
+    new_item_id,
+    now_ms,
+)
 from gpjobs.web import model_card, portal_json
 from gpjobs.web.auth import PRINCIPAL_KEY, identify, request_token, token_query
-from gpjobs.web.gp_service import TASK_PATH as GP_TASK_PATH
+from gpjobs.web.gp_service import task_path
 from gpjobs.web.render import (
     PARAMS_KEY,
     EsriError,
@@ -57,6 +70,12 @@ def setup_portal(app: web.Application) -> None:
         ("/content/items/{item_id}", content_item),
         ("/content/items/{item_id}/data", content_item_data),
         ("/content/items/{item_id}/card/{name}", content_item_card),
+        ("/content/items/{item_id}/resources/{name}", content_item_resource),
+        ("/portals/self/isServiceNameAvailable", service_name_available),
+        ("/content/users/{username}/createService", create_service),
+        ("/content/users/{username}/{folder}/createService", create_service),
+        ("/content/users/{username}/items/{item_id}/delete", delete_item),
+        ("/content/users/{username}/{folder}/items/{item_id}/delete", delete_item),
         ("/content/users/{username}", user_content),
         ("/content/users/{username}/items/{item_id}", user_item),
         ("/content/users/{username}/items/{item_id}/update", update_item),
@@ -83,8 +102,8 @@ def _esri(handler: Handler) -> Handler:
         except EsriError as err:
             return json_response(err.body(), pretty=output_format(request) == "pjson")
         except ItemNotFound:
-            err = item_missing()
-            return json_response(err.body(), pretty=output_format(request) == "pjson")
+            missing = item_missing()
+            return json_response(missing.body(), pretty=output_format(request) == "pjson")
 
     return wrapper
 
@@ -174,8 +193,10 @@ async def content_item(request: web.Request) -> web.Response:
     body = portal_json.item(record, base_url(request))
     if output_format(request) == "html":
         card = f"{portal_json.SHARING_PREFIXES[0]}/content/items/{record.id}/card"
+        job = await request.app[STORE_KEY].get_job(record.job_id) if record.job_id else None
         return render(request, body, page="item.html", context={
-            "item": record, "token_query": token_query(request), "task_path": GP_TASK_PATH,
+            "item": record, "token_query": token_query(request), "is_model": record.type == ITEM_TYPE_DLPK,
+            "task_path": task_path(job.task) if job else None,
             "card": {"metrics": f"{card}/{model_card.METRICS_HTML}", "results": f"{card}/{model_card.SAMPLE_RESULTS}"},
             "metrics": {k: v for k, v in (record.properties.get("metrics") or {}).items()
                         if isinstance(v, (int, float)) and not isinstance(v, bool)}})
@@ -191,6 +212,8 @@ async def content_item_card(request: web.Request) -> web.Response:
 async def content_item_data(request: web.Request) -> web.StreamResponse:
     """The .dlpk itself, as a download named after the item."""
     record = await readable_item(request, request.match_info["item_id"])
+    if not record.path:  # an empty service item that no task has filled yet
+        raise EsriError(400, "The item has no data yet.", [f"item {record.id} ({record.type}) holds no file"])
     ascii_name = record.name.encode("ascii", "replace").decode("ascii").replace('"', "_")
     disposition = f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(record.name)}"
     try:
@@ -317,3 +340,88 @@ async def generate_token(request: web.Request) -> web.Response:
     token = await store.create_token(principal.username, principal.role, ttl_s=minutes * 60)
     return _render(request, {"token": token, "expires": now_ms() + minutes * 60_000,
                              "ssl": request.url.scheme == "https"})
+
+
+# --- what arcgis' raster analysis functions need before and after an inference task -----------------------------
+
+SERVICE_ITEM_TYPES = {"imageservice": ITEM_TYPE_IMAGE_SERVICE, "image service": ITEM_TYPE_IMAGE_SERVICE,
+                      "featureservice": ITEM_TYPE_FEATURE_SERVICE, "feature service": ITEM_TYPE_FEATURE_SERVICE}
+
+
+def _service_type(value: str | None) -> str:
+    kind = SERVICE_ITEM_TYPES.get(str(value or "").strip().lower())
+    if kind is None:
+        raise EsriError(400, "Invalid or missing input parameters.",
+                        [f"type {value!r} is not supported; use imageService or featureService"])
+    return kind
+
+
+async def service_name_available(request: web.Request) -> web.Response:
+    """`portals/self/isServiceNameAvailable?name=&type=`: free unless the caller has a service item of that name."""
+    principal = await signed_in(request)
+    form = params(request)
+    name = str(form.get("name") or "").strip()
+    if not name:
+        raise EsriError(400, "Invalid or missing input parameters.", ["'name' is required"])
+    taken = await request.app[STORE_KEY].find_item(principal.username, name, _service_type(form.get("type")))
+    return _render(request, {"available": taken is None})
+
+
+async def create_service(request: web.Request) -> web.Response:
+    """`content/users/<u>[/<folder>]/createService`: an empty Image / Feature Service item that an inference task
+    then fills (arcgis' classify_pixels / detect_objects create it first and name it in the task's output).
+    Nothing is served at its URL: the filled item holds a GeoTIFF or GeoJSON file."""
+    if request.method != "POST":
+        raise EsriError(405, "This operation requires a POST request.", [])
+    principal, username = await _owned_listing(request)
+    form = params(request)
+    try:
+        create = orjson.loads(form.get("createParameters") or "{}")
+    except orjson.JSONDecodeError:
+        raise EsriError(400, "Unable to create service.", ["'createParameters' must be a JSON object"]) from None
+    name = str(create.get("name") or "").strip() if isinstance(create, dict) else ""
+    if not name or len(name) > 128 or any(c in name for c in '/\\<>:"|?*'):
+        raise EsriError(400, "Unable to create service.", ["createParameters needs a 'name' (letters, digits, _)"])
+    kind = _service_type(form.get("outputType"))
+    folder = request.match_info.get("folder")
+    item = Item(id=new_item_id(), owner=username, title=name, name=name, type=kind, path="",
+                type_keywords=["Raster Analysis", "Service"], tags=[], folder_id=folder if folder else None)
+    try:
+        item = await request.app[STORE_KEY].create_item(item)
+    except ItemExists:
+        raise EsriError(400, "Unable to create service.", [f"A {kind} named '{name}' already exists."]) from None
+    return _render(request, {"success": True, "itemId": item.id, "serviceItemId": item.id, "name": name,
+                             "type": kind, "serviceurl": None, "encodedServiceURL": None, "size": -1,
+                             "isView": False})
+
+
+async def delete_item(request: web.Request) -> web.Response:
+    """`content/users/<u>/items/<id>/delete`: the owner's item and its files (arcgis deletes the empty service
+    item of a failed raster analysis job)."""
+    if request.method != "POST":
+        raise EsriError(405, "This operation requires a POST request.", [])
+    _, username = await _owned_listing(request)
+    record = await readable_item(request, request.match_info["item_id"])
+    if record.owner != username:
+        raise item_missing()
+    deleted = await request.app[STORE_KEY].delete_item(record.id)
+    if deleted is not None and deleted.path:
+        folder = Path(deleted.path).parent
+        for name in [Path(deleted.path).name, *(deleted.properties.get("resources") or [])]:
+            with contextlib.suppress(OSError):
+                (folder / Path(str(name)).name).unlink()
+    return _render(request, {"success": True, "itemId": record.id})
+
+
+async def content_item_resource(request: web.Request) -> web.StreamResponse:
+    """`content/items/<id>/resources/<name>`: a file published beside the item's data (the GeoPackage beside a
+    GeoJSON item, the raster attribute table beside a GeoTIFF). Only the names the item lists are served."""
+    record = await readable_item(request, request.match_info["item_id"])
+    name = request.match_info["name"]
+    if not record.path or name not in (record.properties.get("resources") or []):
+        raise EsriError(400, "Resource does not exist or is inaccessible.", [name])
+    path = Path(record.path).parent / Path(name).name
+    if not path.is_file():
+        raise EsriError(500, "The item's resource is missing from the content store.", [record.id, name])
+    return web.FileResponse(path, headers={"Content-Disposition": f"attachment; filename=\"{quote(name)}\"",
+                                           "Content-Type": "application/octet-stream"})

@@ -5,22 +5,26 @@ from __future__ import annotations
 from aiohttp import web
 
 from gpjobs.appkeys import CONFIG_KEY, STORE_KEY
+from gpjobs.tasks.registry import TASKS
 from gpjobs.web import admin, gp_jobs, gp_service
 from gpjobs.web.auth import current_principal, token_query
+from gpjobs.web.gp_jobs import task_of
 from gpjobs.web.render import json_response, output_format, render
 
 SERVICES = gp_service.SERVICES_ROOT
 FOLDER = f"{SERVICES}/{gp_service.SERVICE_FOLDER}"
 SERVICE = gp_service.SERVICE_PATH
-TASK = gp_service.TASK_PATH
+# One set of routes for every task of the registry: the task name is a path segment that matches only them.
+TASK = SERVICE + "/{task:" + "|".join(TASKS) + "}"
 JOB = TASK + "/jobs/{job_id}"
 RECENT_JOBS = 10
 
 
 def _ctx(request: web.Request) -> dict:
     config = request.app[CONFIG_KEY]
-    return {"token_query": token_query(request), "task_path": TASK, "service_path": SERVICE,
-            "anonymous": config.auth.anonymous}
+    task = request.match_info.get("task")
+    return {"token_query": token_query(request), "task_path": gp_service.task_path(task) if task else None,
+            "service_path": SERVICE, "anonymous": config.auth.anonymous}
 
 
 async def rest_info(request: web.Request) -> web.Response:
@@ -45,16 +49,17 @@ async def service(request: web.Request) -> web.Response:
 
 
 async def task(request: web.Request) -> web.Response:
+    spec = task_of(request)
     context = _ctx(request)
     if output_format(request) == "html":
-        # A person on the task page sees their own recent jobs (admins: everyone's).
+        # A person on the task page sees their own recent jobs of this task (admins: everyone's).
         principal = current_principal(request)
         recent: list = []
         if principal is not None:
             owner = None if principal.is_admin else principal.username
-            recent, _total = await request.app[STORE_KEY].list_jobs(owner=owner, limit=RECENT_JOBS)
+            recent, _total = await request.app[STORE_KEY].list_jobs(owner=owner, task=spec.name, limit=RECENT_JOBS)
         context["recent_jobs"] = recent
-    return render(request, gp_service.task_description(), page="task.html", context=context)
+    return render(request, gp_service.task_description(spec), page="task.html", context=context)
 
 
 async def health(request: web.Request) -> web.Response:

@@ -64,7 +64,9 @@ async def wait_for(client: TestClient, job_id: str, statuses: set[str], timeout:
 async def test_submit_poll_result_download(tmp_path: Path) -> None:
     client = await start(tmp_path)
     try:
-        assert (await get_json(client, SERVICE, params={"f": "json"}))["tasks"] == ["TrainDeepLearningModel"]
+        assert (await get_json(client, SERVICE, params={"f": "json"}))["tasks"] == [
+            "TrainDeepLearningModel", "ClassifyPixelsUsingDeepLearning", "DetectObjectsUsingDeepLearning",
+            "ClassifyObjectsUsingDeepLearning", "DetectChangeUsingDeepLearning"]
         resp = await client.post(f"{TASK}/submitJob", data=client_form(**{"env:outSR": "4326"}))
         sub = await resp.json()
         assert sub["jobStatus"] == "esriJobSubmitted", sub

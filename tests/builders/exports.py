@@ -19,8 +19,8 @@ re-exported here.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -406,7 +406,7 @@ def write_export_tiles(root: Path | str, n: int = 8, size: int = 32, bands: int 
                        mode: str = "Export_Tiles", **kw) -> Path:
     """Export_Tiles (no labels). `images2=True`: Pix2Pix pairs, images2 = the chip with bright squares."""
     ex = _Export(root, name, n=n, size=size, bands=bands, dtype=dtype, ext=ext, **_common(kw))
-    for i, stem in enumerate(ex.stems()):
+    for stem in ex.stems():
         canvas = _canvas(size, bands, dtype)
         x0, y0, x1, y1 = _rect(ex.rng, size)
         canvas[y0:y1, x0:x1] = class_level(0, 2, dtype)
@@ -476,7 +476,14 @@ WRITERS = {
 }
 
 from tests.builders.broken import (  # noqa: E402  (re-exported: one import line for test authors)
-    box_outside_chip, corrupt_chip, empty_label_file, mismatch_stem, remove_file, set_label_value, truncate_chip)
+    box_outside_chip,
+    corrupt_chip,
+    empty_label_file,
+    mismatch_stem,
+    remove_file,
+    set_label_value,
+    truncate_chip,
+)
 from tests.builders.media import write_image_captioning, write_object_tracking  # noqa: E402  (builds on this)
 
 WRITERS.update({"ImageCaptioning": write_image_captioning, "ObjectTracking": write_object_tracking})

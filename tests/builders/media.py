@@ -79,7 +79,7 @@ def write_object_tracking(root: Path | str, n: int = 8, size: int = 32, frames: 
         for f in range(frames):
             canvas = background.copy()
             ids = np.zeros((size, size), np.uint8)
-            for (oid, cat, colour, side), (start, velocity) in zip(objects, tracks):
+            for (oid, _cat, colour, side), (start, velocity) in zip(objects, tracks):
                 x0, y0 = np.clip(start + velocity * f, 0, size - side).round().astype(int)
                 canvas[y0:y0 + side, x0:x0 + side] = colour
                 ids[y0:y0 + side, x0:x0 + side] = oid

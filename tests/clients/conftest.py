@@ -3,7 +3,7 @@ real `gpjobs serve` subprocesses (tests/harness/server.py) training for real, on
 
 from __future__ import annotations
 
-from typing import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from aiohttp import web

@@ -32,7 +32,7 @@ async def _node(script: str, *args: str, env: dict[str, str], timeout: float) ->
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         proc.kill()
         out, err = await proc.communicate()
     lines = [line for line in out.decode(errors="replace").splitlines() if line.startswith("{")]
@@ -40,12 +40,12 @@ async def _node(script: str, *args: str, env: dict[str, str], timeout: float) ->
 
 
 async def run_rest_job(task_url: str, token: str | None, params: dict, *, cert: Path | None = None,
-                       timeout: float = 840) -> tuple[int, dict, str]:
-    """@esri/arcgis-rest-request's Job: submit, poll every 0.5 s, fetch all results and `out_item`."""
+                       timeout: float = 840, result: str = "out_item") -> tuple[int, dict, str]:
+    """@esri/arcgis-rest-request's Job: submit, poll every 0.5 s, fetch all results and the `result` output."""
     env = dict(os.environ)
     if cert is not None:
         env["NODE_EXTRA_CA_CERTS"] = str(cert)  # full TLS verification against our own certificate
-    return await _node("rest_job.mjs", task_url, token or "", json.dumps(params), env=env, timeout=timeout)
+    return await _node("rest_job.mjs", task_url, token or "", json.dumps(params), result, env=env, timeout=timeout)
 
 
 async def run_browser_job(task_url: str, fields: dict, artifacts: Path, *, timeout: float = 840

@@ -1,10 +1,10 @@
 // Drive a gpjobs GP task with @esri/arcgis-rest-request's Job helper, unchanged.
-// usage: node rest_job.mjs <taskUrl> <token|""> '<params json>'
-// Prints one JSON line: {id, status, statuses, results, messages} or {error, ...}; exit 1 on failure.
+// usage: node rest_job.mjs <taskUrl> <token|""> '<params json>' [<result name, default out_item>]
+// Prints one JSON line: {id, status, statuses, results, result, messages} or {error, ...}; exit 1 on failure.
 // HTTPS: pass the server's certificate in NODE_EXTRA_CA_CERTS (full verification, no insecure flag).
 import { Job, JOB_STATUSES } from "@esri/arcgis-rest-request";
 
-const [taskUrl, token, paramsJson] = process.argv.slice(2);
+const [taskUrl, token, paramsJson, resultName = "out_item"] = process.argv.slice(2);
 const statuses = [];
 let job;
 try {
@@ -22,8 +22,8 @@ try {
   });
   const info = await job.waitForCompletion();
   const results = await job.getAllResults();
-  const out_item = await job.getResult("out_item");
-  console.log(JSON.stringify({ id: job.id, status: info.status, statuses, results, out_item,
+  const result = await job.getResult(resultName);
+  console.log(JSON.stringify({ id: job.id, status: info.status, statuses, results, out_item: result, result,
                                messages: info.messages }));
 } catch (err) {
   console.log(JSON.stringify({ error: String(err && err.message || err), name: err && err.name,

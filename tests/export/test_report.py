@@ -12,9 +12,20 @@ import pytest
 from gpjobs.export import DataError, inspect_folders, read_chip, scan_folders
 from gpjobs.export.metadata import parse_map_txt, read_export_meta
 from tests.builders.exports import (
-    WRITERS, box_outside_chip, corrupt_chip, empty_label_file, mismatch_stem, remove_file, set_label_value,
-    truncate_chip, write_classified_tiles, write_kitti, write_labeled_tiles, write_multilabeled_tiles,
-    write_pascal_voc)
+    WRITERS,
+    box_outside_chip,
+    corrupt_chip,
+    empty_label_file,
+    mismatch_stem,
+    remove_file,
+    set_label_value,
+    truncate_chip,
+    write_classified_tiles,
+    write_kitti,
+    write_labeled_tiles,
+    write_multilabeled_tiles,
+    write_pascal_voc,
+)
 
 
 @pytest.mark.parametrize("fmt", sorted(WRITERS))

@@ -44,12 +44,14 @@ class GpjobsServer:
 
     def __init__(self, root: Path, *, trainer: Literal["fake", "real"] = "fake", shares: dict[str, Path] | None = None,
                  tls: bool = False, auth: bool = False, settings: dict[str, Any] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, raster_stores: dict[str, Path] | None = None) -> None:
         """`settings`: config-file keys over the defaults (cpu slot, no retry backoff, fast progress flush);
-        `env`: extra environment for the server and its children (e.g. GPJOBS_FAKE_BEHAVIOUR)."""
+        `env`: extra environment for the server and its children (e.g. GPJOBS_FAKE_BEHAVIOUR);
+        `raster_stores`: registered raster stores (name -> folder), besides the file shares."""
         self.root = root
         self.data_dir = root / "var"
         self.shares = shares if shares is not None else {"default": root / "share"}
+        self.raster_stores = dict(raster_stores or {})
         self.cert: Path | None = root / "tls" / CERT_NAME if tls else None
         self.auth = auth
         self.settings = {"host": "127.0.0.1", "port": 0, "data_dir": str(self.data_dir), "devices": ["cpu"],
@@ -67,7 +69,7 @@ class GpjobsServer:
     def start(self, timeout: float = START_TIMEOUT_S) -> GpjobsServer:
         """Starts (or restarts) the server; returns once it listens. The caller stops it."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        for share in self.shares.values():
+        for share in (*self.shares.values(), *self.raster_stores.values()):
             share.mkdir(parents=True, exist_ok=True)
         self._write_config()
         if self.auth and self.token is None:
@@ -152,15 +154,26 @@ class GpjobsServer:
     def submit(self, **fields: str) -> dict[str, Any]:
         return self.post_json(f"{TASK}/submitJob", fields)
 
-    def job(self, job_id: str) -> dict[str, Any]:
-        return self.get_json(f"{TASK}/jobs/{job_id}")
+    def submit_to(self, task: str, **fields: str) -> dict[str, Any]:
+        """submitJob of another task of the service (ClassifyPixelsUsingDeepLearning, ...)."""
+        return self.post_json(f"{GP_SERVICE}/{task}/submitJob", fields)
 
-    def wait(self, job_id: str, statuses: frozenset[str] | set[str] = TERMINAL, timeout: float = 60.0
-             ) -> dict[str, Any]:
-        """Polls the job until its status is one of `statuses`."""
+    def job(self, job_id: str, task: str | None = None) -> dict[str, Any]:
+        """The job resource, under its task (default: the task its work folder's spec names, else training)."""
+        return self.get_json(f"{GP_SERVICE}/{task or self.task_of(job_id)}/jobs/{job_id}")
+
+    def task_of(self, job_id: str) -> str:
+        try:
+            return json.loads((self.data_dir / "jobs" / job_id / "spec.json").read_text())["task"]
+        except (OSError, ValueError, KeyError):
+            return "TrainDeepLearningModel"
+
+    def wait(self, job_id: str, statuses: frozenset[str] | set[str] = TERMINAL, timeout: float = 60.0,
+             task: str | None = None) -> dict[str, Any]:
+        """Polls the job (of `task`) until its status is one of `statuses`."""
         deadline = time.monotonic() + timeout
         while True:
-            info = self.job(job_id)
+            info = self.job(job_id, task)
             if info.get("jobStatus") in statuses:
                 return info
             if time.monotonic() > deadline:
@@ -210,8 +223,11 @@ class GpjobsServer:
                 write_self_signed(self.cert.parent, ["127.0.0.1", "localhost"])
             lines += [f"tls_cert = {json.dumps(str(self.cert))}",
                       f"tls_key = {json.dumps(str(self.cert.parent / KEY_NAME))}"]
-        lines += ["[file_shares]", *(f"{name} = {json.dumps(str(path))}" for name, path in self.shares.items()),
-                  "[auth]", f"anonymous = {'false' if self.auth else 'true'}"]
+        lines += ["[file_shares]", *(f"{name} = {json.dumps(str(path))}" for name, path in self.shares.items())]
+        if self.raster_stores:
+            lines += ["[raster_stores]",
+                      *(f"{name} = {json.dumps(str(path))}" for name, path in self.raster_stores.items())]
+        lines += ["[auth]", f"anonymous = {'false' if self.auth else 'true'}"]
         (self.root / "gpjobs.toml").write_text("\n".join(lines) + "\n")
 
     def _serving_url(self, offset: int) -> str | None:

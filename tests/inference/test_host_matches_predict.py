@@ -24,12 +24,14 @@ from gpjobs.inference.host import run_inference
 from tests.inference.conftest import chip_paths, read_chips, write_mosaic
 
 PIXEL_TYPES = ["UNET", "PSPNET", "DEEPLAB", "MMSEGMENTATION", "HED_EDGEDETECTOR", "BDCN_EDGEDETECTOR",
-               "MULTITASK_ROADEXTRACTOR", "CONNECTNET"]
-BOX_TYPES = ["SSD", "RETINANET", "FASTERRCNN", "YOLOV3", "MMDETECTION"]
+               "MULTITASK_ROADEXTRACTOR", "CONNECTNET", "MMSEGMENTATION/upernet", "MMSEGMENTATION/ocrnet"]
+BOX_TYPES = ["SSD", "RETINANET", "FASTERRCNN", "YOLOV3", "MMDETECTION", "DETREG", "MMDETECTION/fcos",
+             "MMDETECTION/cascade_rcnn"]
 LABEL_TYPES = ["FEATURE_CLASSIFIER", "DEEPSORT"]
 TRANSLATION_TYPES = ["PIX2PIX", "PIX2PIXHD", "CYCLEGAN"]
 CORE = {"UNET", "SSD", "FASTERRCNN", "MASKRCNN", "FEATURE_CLASSIFIER", "PIX2PIX", "SUPERRESOLUTION",
-        "CHANGEDETECTOR", "MAXDEEPLAB", "IMAGECAPTIONER"}  # one per PRF and decoder; the rest of the sweep is `slow`
+        "CHANGEDETECTOR", "MAXDEEPLAB", "IMAGECAPTIONER", "DETREG", "MMDETECTION/cascade_rcnn",
+        "MMSEGMENTATION/upernet"}  # one per PRF and decoder; the rest of the sweep is `slow`
 
 
 def _marks(types: list[str]) -> list:

@@ -23,9 +23,9 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("standalone_prf.py")
 TORCH20 = Path(os.environ.get("GPJOBS_TORCH20_PYTHON", REPO / ".venv-torch20" / "bin" / "python"))
 KINDS = ["UNET", "SSD", "FASTERRCNN", "MASKRCNN", "FEATURE_CLASSIFIER", "PIX2PIX", "SUPERRESOLUTION",
-         "CHANGEDETECTOR", "MAXDEEPLAB", "IMAGECAPTIONER", "SIAMMASK"]  # every PRF and detector decoder but the
-# cheap retinanet one, and the tracker
-DETECTORS = {"SSD", "FASTERRCNN", "MASKRCNN"}
+         "CHANGEDETECTOR", "MAXDEEPLAB", "IMAGECAPTIONER", "SIAMMASK", "DETREG",
+         "MMDETECTION/cascade_rcnn"]  # every PRF and detector decoder but the cheap retinanet one, and the tracker
+DETECTORS = {"SSD", "FASTERRCNN", "MASKRCNN", "DETREG", "MMDETECTION/cascade_rcnn"}
 OBJECTS = {"FEATURE_CLASSIFIER", "IMAGECAPTIONER"}  # Classify Objects: one chip per object
 
 
@@ -133,7 +133,7 @@ def standalone(trained, tmp_path_factory) -> dict:
     runs: dict[str, dict] = {}
     for model_type in KINDS:
         run = trained(model_type)
-        here = tmp / model_type.lower()
+        here = tmp / model_type.lower().replace("/", "_")
         here.mkdir()
         blocks, rasters = _blocks(run, model_type, here)
         arguments = _arguments(model_type)

@@ -15,6 +15,7 @@ from gpjobs.domain import Job, JobStatus, new_job_id
 from tests.fakes.fake_jobs import fake_request
 
 TASK = "/arcgis/rest/services/System/RasterAnalysisTools/GPServer/TrainDeepLearningModel"
+JOB_ROUTE = "/arcgis/rest/services/System/RasterAnalysisTools/GPServer/{task}/jobs/{job_id}"  # one label, every task
 
 
 def samples(text: str) -> dict[tuple[str, frozenset], float]:
@@ -74,9 +75,9 @@ async def test_metrics_follow_a_job_from_queue_to_finish(make_config):
     assert value(found, "gpjobs_slot_busy_seconds_total", device="cpu") > 0
     assert value(found, "gpjobs_slot_busy", device="cpu") == 0 and value(found, "gpjobs_queue_depth") == 0
     assert value(found, "gpjobs_sqlite_write_seconds_count") >= 5  # claim, progress, publish, ...
-    polls = value(found, "gpjobs_http_requests_total", route=TASK + "/jobs/{job_id}", method="GET", status="200")
+    polls = value(found, "gpjobs_http_requests_total", route=JOB_ROUTE, method="GET", status="200")
     assert polls >= 1
-    assert value(found, "gpjobs_http_request_seconds_count", route=TASK + "/jobs/{job_id}", method="GET") == polls
+    assert value(found, "gpjobs_http_request_seconds_count", route=JOB_ROUTE, method="GET") == polls
     assert value(found, "gpjobs_http_requests_total", route="unmatched", method="GET", status="404") == 1
     assert value(found, "process_cpu_seconds_total") > 0
 
@@ -92,4 +93,4 @@ async def test_request_labels_stay_bounded_whatever_clients_send(make_config):
         await client.close()
     routes = {dict(labels).get("route") for name, labels in found if name == "gpjobs_http_requests_total"}
     methods = {dict(labels).get("method") for name, labels in found if name == "gpjobs_http_requests_total"}
-    assert routes == {"unmatched", TASK + "/jobs/{job_id}"} and methods == {"other", "GET"}
+    assert routes == {"unmatched", JOB_ROUTE} and methods == {"other", "GET"}

@@ -149,7 +149,7 @@ async def test_job_whose_pretrained_item_is_gone_fails_without_a_child(harness):
     await harness.start()
     done = await harness.wait(job.job_id, *TERMINAL)
     assert done.status is S.FAILED and done.attempts == 1 and "pretrained_model" in done.error
-    assert (await harness.descriptions(job.job_id))[-1] == texts.TOOL_FAILED
+    assert (await harness.descriptions(job.job_id))[-1] == texts.tool_failed("TrainDeepLearningModel")
     assert harness.runs(job.job_id) == []
 
 

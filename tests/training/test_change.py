@@ -101,9 +101,8 @@ def test_bam_attention_trains(tmp_path):
 
 
 def test_change_detector_refuses_plain_classified_tiles(tmp_path):
-    from tests.builders.exports import write_classified_tiles
-
     from gpjobs.tasks.params import ParameterError
+    from tests.builders.exports import write_classified_tiles
 
     folder = write_classified_tiles(tmp_path, n=8, size=32)
     with pytest.raises(ParameterError, match="cannot train model_type CHANGEDETECTOR .it needs ChangeDetection"):

@@ -17,7 +17,15 @@ from gpjobs.tasks.params import ParameterError
 from gpjobs.training.protocol import ExitCode, decode_event
 from tests.builders.exports import write_classified_tiles, write_labeled_tiles
 from tests.training.helpers import (
-    REPO, dlpk_members, emd_of, gpjobs, interrupted_and_resumed, make_spec, train, train_and_package)
+    REPO,
+    dlpk_members,
+    emd_of,
+    gpjobs,
+    interrupted_and_resumed,
+    make_spec,
+    train,
+    train_and_package,
+)
 
 torch.set_num_threads(1)
 

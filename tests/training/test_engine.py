@@ -81,7 +81,7 @@ class TinyData:
 
 def family(**attrs) -> TinyFamily:
     info = SimpleNamespace(bands=4, extract_bands=None, classes=[1, 2], chip_size=(1, 1), task="classification")
-    fam = TinyFamily(lookup_model_type("FEATURE_CLASSIFIER"), info, "RESNET18", {}, WeightsPolicy(), lambda l, t: None)
+    fam = TinyFamily(lookup_model_type("FEATURE_CLASSIFIER"), info, "RESNET18", {}, WeightsPolicy(), lambda level, text: None)
     for key, value in attrs.items():
         setattr(fam, key, value)
     return fam

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from gpjobs.training.events import ListReporter
 from gpjobs.tasks.params import ParameterError
+from gpjobs.training.events import ListReporter
 from gpjobs.training.protocol import ExitCode
 from tests.builders.exports import write_panoptic
 from tests.training.helpers import dlpk_members, emd_of, epochs_of, make_spec, result_of, train

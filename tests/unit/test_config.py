@@ -103,3 +103,13 @@ def test_ray_pool_keeps_the_job_shape():
     config = load_config(overrides={"pool": "ray", "devices": ["cuda:0+cuda:1"], "ray_address": "10.0.0.1:6379"},
                          env={})
     assert (config.pool, config.devices, config.ray_address) == ("ray", ["cuda:0+cuda:1"], "10.0.0.1:6379")
+
+
+def test_ray_pool_without_ray_installed_is_a_configuration_error(monkeypatch):
+    import gpjobs.config as config_module
+
+    real_find_spec = config_module.importlib.util.find_spec
+    monkeypatch.setattr(config_module.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "ray" else real_find_spec(name, *a))
+    with pytest.raises(ConfigError, match=r"pip install 'gpjobs\[ray\]'"):
+        load_config(overrides={"pool": "ray", "devices": ["cpu"]}, env={})

@@ -14,16 +14,17 @@ batch is moved first (pinned, non-blocking) and finished there: a quarter of the
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data._utils.collate import default_collate
 
-from gpjobs.training.data.datasets import ExportDataset, collate_detection
 from gpjobs.export.chips import ChipReadError, chip_header
 from gpjobs.paths import PathError
+from gpjobs.training.data.datasets import ExportDataset, collate_detection
 from gpjobs.training.data.packing import Packed, Packer, SlotRing, in_worker
 
 __all__ = ["FinishingLoader", "RawCollate", "RawSamples", "sample_collate"]
@@ -164,10 +165,13 @@ class _Finisher:
 
     def __call__(self, raw: Any) -> Any:
         if isinstance(raw, Packed) and raw.slot is not None:
+            ring = self.ring
+            assert ring is not None  # only a loader that made a ring packs batches into its slots
+            worker, index = raw.slot
             try:
-                return self._finish(raw.unpack(self.ring))
+                return self._finish(raw.unpack(ring))
             finally:  # everything finished is a copy (or the device's); the worker may refill the slot
-                self.ring.release(tuple(raw.slot))  # type: ignore[union-attr]
+                ring.release((worker, index))
         return self._finish(raw.unpack() if isinstance(raw, Packed) else raw)
 
     def _finish(self, raw: Any) -> Any:

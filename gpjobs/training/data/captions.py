@@ -9,11 +9,12 @@ are not flipped or rotated: captions may name positions ("in the top left corner
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from gpjobs.export.captions import Vocabulary, parse_captions, tokenize
 from gpjobs.export.chips import read_chip
@@ -21,7 +22,7 @@ from gpjobs.export.info import DataInfo
 from gpjobs.export.readers import ChipRecord
 from gpjobs.export.report import Scan
 from gpjobs.training.data.datasets import to_model_input
-from gpjobs.training.data.loading import TrainingData, _split, _worker_init
+from gpjobs.training.data.loading import SplitData, shard_loader, split_records, worker_init
 
 CaptionBatch = tuple[torch.Tensor, torch.Tensor, list[list[list[str]]]]
 
@@ -33,7 +34,10 @@ class CaptionDataset(Dataset):
         self.records = list(records)
         self.info, self.train = info, train
         self.vocab: Vocabulary | None = None  # set by CaptionData.build_vocabulary
-        self.captions = [parse_captions(r.label, r.root) for r in self.records]
+        self.captions: list[list[str]] = []
+        for rec in self.records:
+            assert rec.label is not None  # list_records keeps only the chips that have a label
+            self.captions.append(parse_captions(rec.label, rec.root))
 
     def __len__(self) -> int:
         return len(self.records)
@@ -42,6 +46,7 @@ class CaptionDataset(Dataset):
         image = to_model_input(read_chip(self.records[index].image), self.info)
         captions = self.captions[index]
         pick = int(torch.randint(len(captions), ())) if self.train and len(captions) > 1 else 0
+        assert self.vocab is not None, "CaptionData.build_vocabulary comes before the first sample"
         ids = torch.tensor(self.vocab.encode(captions[pick]), dtype=torch.int64)
         return image, ids, [tokenize(c) for c in captions]
 
@@ -57,8 +62,8 @@ def collate_captions(samples: list[tuple[torch.Tensor, torch.Tensor, list[list[s
 
 
 @dataclass
-class CaptionData(TrainingData):
-    """TrainingData whose datasets are CaptionDatasets; `vocab` is built from the training captions."""
+class CaptionData(SplitData[CaptionDataset, CaptionDataset]):
+    """Training data whose datasets are CaptionDatasets; `vocab` is built from the training captions."""
 
     vocab: Vocabulary | None = None
 
@@ -76,23 +81,25 @@ class CaptionData(TrainingData):
         return vocab
 
     def loaders(self, batch_size: int, *, num_workers: int = 0, pin_memory: bool = False,
-                device: torch.device | str | None = None, sampler: Any = None) -> tuple[DataLoader, DataLoader]:
+                device: torch.device | str | None = None, sampler: Sampler | None = None,
+                shard: tuple[int, int] | None = None) -> tuple[DataLoader, DataLoader]:
         common: dict[str, Any] = {"batch_size": batch_size, "num_workers": num_workers, "pin_memory": pin_memory,
                                   "collate_fn": collate_captions}
         if num_workers > 0:
-            common.update(persistent_workers=True, worker_init_fn=_worker_init)
+            common.update(persistent_workers=True, worker_init_fn=worker_init)
         order: dict[str, Any] = ({"sampler": sampler} if sampler is not None else
                                  {"shuffle": True, "generator": torch.Generator().manual_seed(self.seed)})
         batches = math.ceil(len(self.train) / batch_size)
-        return (DataLoader(self.train, drop_last=batches >= 2, **order, **common),
-                DataLoader(self.valid, shuffle=False, **common))
+        train = DataLoader(self.train, drop_last=batches >= 2, **order, **common)
+        valid = DataLoader(self.valid, shuffle=False, **common)
+        return (shard_loader(train, *shard) if shard is not None else train), valid
 
 
 def open_caption_data(scan: Scan, info: DataInfo, *, validation_percent: float, seed: int) -> CaptionData:
     """Split the chips into the two datasets (the vocabulary comes later: `build_vocabulary`)."""
     from gpjobs.export.report import DataError
 
-    train_records, valid_records = _split(scan.records, validation_percent, seed, None)
+    train_records, valid_records = split_records(scan.records, validation_percent, seed, None)
     report = scan.report
     if not train_records:
         report.errors.append(f"only {len(scan.records)} chips: nothing left to train on after the validation split")

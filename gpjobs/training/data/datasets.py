@@ -15,7 +15,8 @@ with the same functions (pixels.py).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,9 +25,8 @@ from torch.utils.data import Dataset
 from gpjobs.export.chips import read_chip, read_label_raster
 from gpjobs.export.info import DataInfo
 from gpjobs.export.metadata import RawClass
-from gpjobs.training.data.pixels import (TRANSPOSE, dihedral, dihedral_boxes, finish_images, finish_masks,
-                                         resize_masks)
 from gpjobs.export.readers import ChipRecord, box_of, instances_from_mask, parse_kitti, parse_voc, value_of
+from gpjobs.training.data.pixels import TRANSPOSE, dihedral, dihedral_boxes, finish_images, finish_masks, resize_masks
 
 
 def affine_tensors(info: DataInfo) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,7 +45,7 @@ def to_model_input(array: np.ndarray, info: DataInfo) -> torch.Tensor:
         array = array[:, :, info.extract_bands]
     scale, offset = affine_tensors(info)
     return finish_images(torch.from_numpy(np.ascontiguousarray(array))[None], None, scale, offset,
-                         tuple(info.chip_size))[0]
+                         info.chip_size)[0]
 
 
 class ExportDataset(Dataset):
@@ -106,16 +106,17 @@ class ExportDataset(Dataset):
                       ) -> torch.Tensor:
         """Raw (B, H, W, C) chips -> normalised float32 (B, C, H, W) at chip_size (on raw's device)."""
         scale, offset = self.scale.to(raw.device), self.offset.to(raw.device)
-        return finish_images(raw, codes, scale, offset, tuple(self.info.chip_size), pin_memory=pin_memory)
+        return finish_images(raw, codes, scale, offset, self.info.chip_size, pin_memory=pin_memory)
 
     def finish_masks(self, raw: torch.Tensor, codes: Sequence[int] | None) -> torch.Tensor:
         """Raw (B, H, W) label values -> int64 model indices (B, H, W) at chip_size (on raw's device)."""
-        return finish_masks(raw, codes, self.lut(raw.dtype, raw.device), tuple(self.info.chip_size))
+        return finish_masks(raw, codes, self.lut(raw.dtype, raw.device), self.info.chip_size)
 
     def _objects(self, rec: ChipRecord) -> list[tuple[int, tuple[float, float, float, float]]]:
         if rec.objects is not None:
             return rec.objects
         parse = parse_kitti if self.info.format == "KITTI_rectangles" else parse_voc
+        assert rec.label is not None  # list_records keeps only the chips that have a label
         parsed = parse(rec.label, rec.root)
         out = []
         for text, box in parsed:
@@ -195,7 +196,7 @@ class ExportDataset(Dataset):
             for inst in instances_from_mask(read_label_raster(path, root=rec.root)):
                 masks.append(inst)
                 labels.append(self._index[value] + 1)
-        size = tuple(self.info.chip_size)
+        size = self.info.chip_size
         if not masks:
             return torch.zeros((0, *size), dtype=torch.uint8), torch.zeros(0, dtype=torch.int64)
         stacked = dihedral(torch.from_numpy(np.stack(masks).astype(np.uint8)), code, 1).contiguous()

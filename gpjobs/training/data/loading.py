@@ -2,39 +2,57 @@
 
 from __future__ import annotations
 
+import abc
 import math
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, RandomSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
-from gpjobs.training.data.batching import FinishingLoader
 from gpjobs.export.chips import read_chip
-from gpjobs.training.data.datasets import ExportDataset, collate_detection, to_model_input
 from gpjobs.export.info import FORMAT_TASKS, DataInfo, Normalization
 from gpjobs.export.metadata import ExportMeta
 from gpjobs.export.readers import ChipRecord
 from gpjobs.export.report import DataError, DataReport, scan_folders
+from gpjobs.training.data.batching import FinishingLoader
+from gpjobs.training.data.datasets import ExportDataset, collate_detection, to_model_input
 
-__all__ = ["TrainingData", "open_training_data", "to_model_input", "collate_detection"]
+__all__ = ["SplitData", "TrainingData", "open_training_data", "to_model_input", "collate_detection"]
 
 STATS_SAMPLE = 300  # chips read for band statistics when the export has none (arcgis.learn: 30% or <300 all)
 
 
+TrainSet = TypeVar("TrainSet", bound=Dataset)
+ValidSet = TypeVar("ValidSet", bound=Dataset)
+
+
 @dataclass
-class TrainingData:
-    """Validated, split training data for one job."""
+class SplitData(abc.ABC, Generic[TrainSet, ValidSet]):
+    """Validated, split training data for one job; each kind of sample brings its datasets and loaders."""
 
     info: DataInfo
     report: DataReport
-    train: ExportDataset
-    valid: ExportDataset
+    train: TrainSet
+    valid: ValidSet
     class_weights: list[float] | None
     export_emd: dict[str, Any]
     seed: int = 42
+
+    @abc.abstractmethod
+    def loaders(self, batch_size: int, *, num_workers: int = 0, pin_memory: bool = False,
+                device: torch.device | str | None = None, sampler: Sampler | None = None,
+                shard: tuple[int, int] | None = None) -> tuple[Iterable[Any], Iterable[Any]]:
+        """(train, valid) loaders; `shard=(rank, world)`: the training loader yields rank `rank`'s share of
+        each batch (the engine passes it on every call, None on one device)."""
+
+
+@dataclass
+class TrainingData(SplitData[ExportDataset, ExportDataset]):
+    """Chips with their labels as ExportDatasets: every task but captioning and tracking."""
 
     def loaders(self, batch_size: int, *, num_workers: int = 0, pin_memory: bool = False,
                 device: torch.device | str | None = None, sampler: Sampler | None = None,
@@ -50,7 +68,7 @@ class TrainingData:
         common: dict[str, Any] = {"batch_size": batch_size, "num_workers": num_workers, "pin_memory": pin_memory,
                                   "device": device}
         if num_workers > 0:
-            common.update(persistent_workers=True, prefetch_factor=4, worker_init_fn=_worker_init)
+            common.update(persistent_workers=True, prefetch_factor=4, worker_init_fn=worker_init)
         batches = math.ceil(len(self.train) / batch_size)
         generator = torch.Generator().manual_seed(self.seed)
         if shard is not None:
@@ -81,7 +99,7 @@ class ShardedBatches(Sampler):
         """The drawing sampler's generator (seed_epoch reseeds it each epoch)."""
         return getattr(self.sampler, "generator", None)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[list[int]]:
         batch: list[int] = []
         for index in self.sampler:
             batch.append(int(index))
@@ -109,7 +127,7 @@ def shard_loader(loader: Any, rank: int, world: int) -> DataLoader:
                       worker_init_fn=loader.worker_init_fn, **extra)
 
 
-def _worker_init(_: int) -> None:
+def worker_init(_: int) -> None:
     torch.set_num_threads(1)  # workers decode; intra-op threads would only fight the trainer for cores
 
 
@@ -120,10 +138,11 @@ def _task_for(fmt: str, requested: str) -> str:
 
 def _merged_band_stats(metas: list[ExportMeta]) -> list[dict[str, float]] | None:
     per_folder = [m.band_stats() for m in metas]
-    if any(s is None for s in per_folder) or len({len(s) for s in per_folder}) != 1:
+    known = [s for s in per_folder if s is not None]
+    if len(known) != len(per_folder) or len({len(s) for s in known}) != 1:
         return None
     merged = []
-    for band in zip(*per_folder):
+    for band in zip(*known):
         weights = [b["num"] or 1.0 for b in band]
         total = sum(weights)
         mean = sum(w * b["mean"] for w, b in zip(weights, band)) / total
@@ -146,13 +165,15 @@ def _sampled_band_stats(records: list[ChipRecord], seed: int) -> list[dict[str, 
         lo = flat.min(0) if lo is None else np.minimum(lo, flat.min(0))
         hi = flat.max(0) if hi is None else np.maximum(hi, flat.max(0))
         n += flat.shape[0]
+    # a validated export (report.ok) has chips, so at least one was read
+    assert total is not None and lo is not None and hi is not None
     mean = total[0] / n
     std = np.sqrt(np.maximum(total[1] / n - mean ** 2, 0.0))
     return [{"min": float(a), "max": float(b), "mean": float(m), "std": float(s), "num": float(n)}
             for a, b, m, s in zip(lo, hi, mean, std)]
 
 
-def _split(records: list[ChipRecord], percent: float, seed: int, stratify_by: list[int] | None
+def split_records(records: list[ChipRecord], percent: float, seed: int, stratify_by: list[int] | None
            ) -> tuple[list[ChipRecord], list[ChipRecord]]:
     """Seeded split, independent of directory-listing order; stratified per class when labels are given."""
     order = sorted(range(len(records)), key=lambda i: (records[i].folder, records[i].image.as_posix()))
@@ -191,7 +212,7 @@ def _class_weights(metas: list[ExportMeta], info: DataInfo) -> list[float] | Non
 
 def open_training_data(folders: Sequence[str | Path], *, task: str, chip_size: int | None = None,
                        validation_percent: float = 10.0, seed: int = 42, extract_bands: Sequence[int] | None = None,
-                       augment: bool = True, roots: Sequence[str | Path] | None = None) -> TrainingData:
+                       augment: bool = True, roots: Sequence[str | Path] | None = None) -> SplitData[Any, Any]:
     """Validate every chip and label (full check), then build the split datasets; DataError when unusable.
 
     `roots[i]`: the root of folder i's store; every file is read inside it (None: local folders, root `/`).
@@ -218,7 +239,7 @@ def open_training_data(folders: Sequence[str | Path], *, task: str, chip_size: i
             report.warnings.append(
                 f"the export has no band statistics; computed them from {min(len(scan.records), STATS_SAMPLE)} chips")
         normalization = Normalization.from_band_stats([stats[b] for b in extract])
-    size = (int(chip_size), int(chip_size)) if chip_size else tuple(report.chip_size or (224, 224))
+    size = (int(chip_size), int(chip_size)) if chip_size else (report.chip_size or (224, 224))
     info = DataInfo(format=fmt, task=_task_for(fmt, task), classes=scan.classes, bands=len(extract),
                     chip_size=size, extract_bands=extract, normalization=normalization,
                     is_multispectral=normalization.kind != "imagenet", source_bands=source_bands, dtype=dtype,
@@ -232,7 +253,7 @@ def open_training_data(folders: Sequence[str | Path], *, task: str, chip_size: i
     stratify = None
     if info.task == "classification":
         stratify = [r.value if r.value is not None else (r.objects[0][0] if r.objects else -1) for r in scan.records]
-    train_records, valid_records = _split(scan.records, validation_percent, seed, stratify)
+    train_records, valid_records = split_records(scan.records, validation_percent, seed, stratify)
     if not train_records:
         report.errors.append(f"only {len(scan.records)} chips: nothing left to train on after the validation split")
         raise DataError(report)

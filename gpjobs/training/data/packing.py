@@ -89,7 +89,13 @@ class Packed(NamedTuple):
     def unpack(self, ring: SlotRing | None = None) -> Any:
         """The structure with every Ref replaced by a tensor view of the buffer (a copy where `keep`).
         The views of a ring slot are valid until the slot is released."""
-        buffer = self.buffer if self.slot is None else ring.buffer(tuple(self.slot))  # type: ignore[union-attr]
+        if self.slot is None:
+            buffer = self.buffer
+        else:
+            assert ring is not None  # a batch in a ring slot is unpacked with that ring
+            worker, index = self.slot
+            buffer = ring.buffer((worker, index))
+        assert buffer is not None  # a Packed has either its own buffer or a slot
         views = []
         for offset, dtype, shape in self.specs:
             nbytes = math.prod(shape) * np.dtype(dtype).itemsize

@@ -8,7 +8,7 @@ flip up-down, bit 2: transpose, after the flips); together they are the 8 flips/
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

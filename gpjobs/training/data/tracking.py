@@ -17,14 +17,15 @@ frame, later frame) with a fixed jitter.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from gpjobs.export.chips import read_chip, read_label_raster
 from gpjobs.export.info import DataInfo
@@ -32,7 +33,7 @@ from gpjobs.export.readers import ChipRecord
 from gpjobs.export.report import DataError, Scan
 from gpjobs.export.tracking import frame_objects, sequence_of
 from gpjobs.training.data.datasets import to_model_input
-from gpjobs.training.data.loading import TrainingData, _split, _worker_init
+from gpjobs.training.data.loading import SplitData, shard_loader, split_records, worker_init
 
 MAX_SHIFT = 0.2  # of the search crop side
 MAX_SCALE = 0.15  # log-scale jitter of the search crop
@@ -110,8 +111,10 @@ class _Frames:
         return to_model_input(read_chip(self.records[i].image), self.info)
 
     def mask(self, i: int, object_id: int) -> torch.Tensor:
-        ids = torch.from_numpy(read_label_raster(self.records[i].label) == object_id)
-        size = tuple(self.info.chip_size)
+        label = self.records[i].label
+        assert label is not None  # list_tracking_frames pairs every frame with its mask
+        ids = torch.from_numpy(read_label_raster(label) == object_id)
+        size = self.info.chip_size
         if tuple(ids.shape) != size:
             ids = F.interpolate(ids[None, None].float(), size=size, mode="nearest")[0, 0] > 0.5
         return ids
@@ -119,6 +122,7 @@ class _Frames:
     def objects(self, i: int) -> list[int]:
         rec = self.records[i]
         if rec.objects is None:
+            assert rec.label is not None  # list_tracking_frames pairs every frame with its mask
             rec.objects = frame_objects(rec.label, rec.root)
         return [oid for oid, _ in rec.objects]
 
@@ -220,21 +224,22 @@ def _tracks(batch: list[Track]) -> list[Track]:
 
 
 @dataclass
-class TrackingData(TrainingData):
-    """TrainingData of SIAMMASK: training pairs, validation tracks (one per object and sequence)."""
+class TrackingData(SplitData[PairDataset, TrackDataset]):
+    """Training data of SIAMMASK: training pairs, validation tracks (one per object and sequence)."""
 
     def loaders(self, batch_size: int, *, num_workers: int = 0, pin_memory: bool = False,
-                device: torch.device | str | None = None, sampler: Any = None) -> tuple[DataLoader, DataLoader]:
+                device: torch.device | str | None = None, sampler: Sampler | None = None,
+                shard: tuple[int, int] | None = None) -> tuple[DataLoader, DataLoader]:
         workers: dict[str, Any] = {"num_workers": num_workers}
         if num_workers > 0:
-            workers.update(persistent_workers=True, worker_init_fn=_worker_init)
+            workers.update(persistent_workers=True, worker_init_fn=worker_init)
         order: dict[str, Any] = ({"sampler": sampler} if sampler is not None else
                                  {"shuffle": True, "generator": torch.Generator().manual_seed(self.seed)})
         batches = math.ceil(len(self.train) / batch_size)
         train = DataLoader(self.train, batch_size=batch_size, drop_last=batches >= 2, pin_memory=pin_memory,
                            **order, **workers)
         valid = DataLoader(self.valid, batch_size=batch_size, shuffle=False, collate_fn=_tracks)
-        return train, valid
+        return (shard_loader(train, *shard) if shard is not None else train), valid
 
 
 def open_tracking_data(scan: Scan, info: DataInfo, *, validation_percent: float, seed: int) -> TrackingData:
@@ -246,7 +251,7 @@ def open_tracking_data(scan: Scan, info: DataInfo, *, validation_percent: float,
                              "different sequences; add sequences to JPEGImages/ and Annotations/")
         raise DataError(report)
     keys = [ChipRecord(seq, Path(seq), folder) for folder, seq in sequences]  # one split item per sequence
-    _, valid_keys = _split(keys, validation_percent, seed, None)
+    _, valid_keys = split_records(keys, validation_percent, seed, None)
     valid_set = {(k.folder, k.stem) for k in valid_keys}
     train_records = [r for r in scan.records if (r.folder, sequence_of(r)) not in valid_set]
     valid_records = [r for r in scan.records if (r.folder, sequence_of(r)) in valid_set]

@@ -84,7 +84,8 @@ def make_loaders(family: ModelFamily, data: Any, config: FitConfig, runtime: Run
 
     pin = runtime.device.type == "cuda"
     part = (runtime.rank, runtime.world) if runtime.distributed and shard else None
-    train, valid = data.loaders(config.batch_size, num_workers=config.num_workers, pin_memory=pin, shard=part)
+    sharded = {"shard": part} if part is not None else {}  # one device: the data's plain loaders API
+    train, valid = data.loaders(config.batch_size, num_workers=config.num_workers, pin_memory=pin, **sharded)
     custom = family.train_loader(data, config.batch_size, num_workers=config.num_workers, pin_memory=pin)
     if custom is not None and part is not None:
         custom = shard_loader(custom, *part)

@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import zlib
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,9 +32,10 @@ def _core():
 
 
 core = _core()
+TiledPRF: Any = core.TiledPRF  # a name mypy accepts as a base class (the module is loaded at run time)
 
 
-class GpjobsChangeDetector(core.TiledPRF):
+class GpjobsChangeDetector(TiledPRF):
     """Before and after tiles stacked on the band axis -> [unchanged, changed] scores -> class values."""
 
     raster_names = ("raster", "raster2")

@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import zlib
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,6 +35,7 @@ def _core():
 
 
 core = _core()
+TiledPRF: Any = core.TiledPRF  # a name mypy accepts as a base class (the module is loaded at run time)
 POLYGON = 4
 UNKNOWN = "xxunk"
 
@@ -86,10 +88,11 @@ def beam_search(network, x: torch.Tensor, beam_width: int, max_len: int, bos: in
     return chosen, score.gather(1, pick[:, None])[:, 0]
 
 
-class GpjobsImageCaptioner(core.TiledPRF):
+class GpjobsImageCaptioner(TiledPRF):
     """One chip per object, centred on it, at the model's chip size (CropSizeFixed)."""
 
     raster_names = ()
+    default_batch_size: int  # TiledPRF's (typed here: mypy sees the run-time-loaded base as Any)
 
     def initialize(self, **kwargs) -> None:
         super().initialize(**kwargs)
@@ -169,7 +172,7 @@ class GpjobsImageCaptioner(core.TiledPRF):
         for chip in chips:
             self.normalizer.check(chip, "object chip")
         chips = [core.mask_invalid(c, m)[0] for c, m in zip(chips, masks)]
-        features = []
+        features: list[dict] = []
         for chip, (text, score) in zip(chips, self.caption(np.stack(chips))):
             height, width = chip.shape[-2:]
             ring = [[0, 0], [width, 0], [width, height], [0, height], [0, 0]]

@@ -12,6 +12,7 @@ import importlib.util
 import os
 import sys
 import zlib
+from typing import Any
 
 import numpy as np
 
@@ -29,9 +30,10 @@ def _core():
 
 
 core = _core()
+TiledPRF: Any = core.TiledPRF  # a name mypy accepts as a base class (the module is loaded at run time)
 
 
-class GpjobsImageTranslator(core.TiledPRF):
+class GpjobsImageTranslator(TiledPRF):
     """Tiles of the input -> translated tiles (x upscale), padding cropped, stitched."""
 
     def initialize(self, **kwargs) -> None:

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import zlib
+from typing import Any
 
 import numpy as np
 
@@ -29,13 +30,15 @@ def _core():
 
 
 core = _core()
+TiledPRF: Any = core.TiledPRF  # a name mypy accepts as a base class (the module is loaded at run time)
 POLYGON = 4
 
 
-class GpjobsObjectClassifier(core.TiledPRF):
+class GpjobsObjectClassifier(TiledPRF):
     """One chip per object, centred on it, at the model's chip size (CropSizeFixed)."""
 
     raster_names = ()
+    default_batch_size: int  # TiledPRF's (typed here: mypy sees the run-time-loaded base as Any)
 
     def initialize(self, **kwargs) -> None:
         super().initialize(**kwargs)
@@ -95,7 +98,7 @@ class GpjobsObjectClassifier(core.TiledPRF):
         for chip in chips:
             self.normalizer.check(chip, "object chip")
         chips = [core.mask_invalid(c, m)[0] for c, m in zip(chips, masks)]
-        features = []
+        features: list[dict] = []
         for chip, found in zip(chips, self.classify(np.stack(chips))):
             height, width = chip.shape[-2:]
             ring = [[0, 0], [width, 0], [width, height], [0, height], [0, 0]]

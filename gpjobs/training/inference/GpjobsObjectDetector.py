@@ -1,5 +1,5 @@
 """Detect Objects Using Deep Learning with a gpjobs package (SSD, YOLOV3, RETINANET, FASTERRCNN, MMDETECTION,
-and MASKRCNN, whose instances come out as mask outlines): polygons with Class, Confidence (0-100), ClassValue.
+DETREG, and MASKRCNN, whose instances come out as mask outlines): polygons with Class, Confidence (0-100), ClassValue.
 
 A Python raster function: initialize, getParameterInfo, getConfiguration, getFields, getGeometryType, then
 vectorize per block. Imports only the standard library, numpy and torch. The package's TorchScript network
@@ -15,6 +15,7 @@ import math
 import os
 import sys
 import zlib
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,6 +35,7 @@ def _core():
 
 
 core = _core()
+TiledPRF: Any = core.TiledPRF  # a name mypy accepts as a base class (the module is loaded at run time)
 POLYGON = 4  # ArcGIS geometry type
 
 
@@ -229,11 +231,14 @@ def decode_rcnn(network, outputs, spec: dict, tile: tuple) -> list:
         keep = core.batched_nms(boxes, scores, levels, rpn["nms_thresh"])[:rpn["post_nms_top_n"]]
         proposals = boxes[keep]
         image_maps = [m[b] for m in maps]
-        with torch.no_grad():
-            logits, regression = network.box_stage(multiscale_roi_align(image_maps, proposals, spec,
-                                                                        spec["box_pool"]))
-        pred = clip_boxes(decode_boxes(regression, proposals, box["weights"], box["clip"]), resized)
-        probs = F.softmax(logits, -1)
+        if "cascade" in spec:
+            pred, probs = cascade_stages(network, image_maps, proposals, spec)
+        else:
+            with torch.no_grad():
+                logits, regression = network.box_stage(multiscale_roi_align(image_maps, proposals, spec,
+                                                                            spec["box_pool"]))
+            pred = clip_boxes(decode_boxes(regression, proposals, box["weights"], box["clip"]), resized)
+            probs = F.softmax(logits, -1)
         k = probs.shape[1]
         labels = torch.arange(k).view(1, -1).expand_as(probs)
         pred, probs, labels = pred[:, 1:].reshape(-1, 4), probs[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
@@ -253,7 +258,22 @@ def decode_rcnn(network, outputs, spec: dict, tile: tuple) -> list:
     return found
 
 
-class GpjobsObjectDetector(core.TiledPRF):
+def cascade_stages(network, image_maps: list, proposals: torch.Tensor, spec: dict) -> tuple:
+    """Cascade R-CNN's box stages: each pools the boxes the previous stage refined and regresses class-agnostic
+    deltas with its own coder weights. Returns the last stage's boxes (one per class, [N, K, 4]) and the class
+    probabilities averaged over the stages [N, K]."""
+    probabilities = []
+    for stage, weights in enumerate(spec["cascade"]):
+        with torch.no_grad():
+            logits, deltas = getattr(network, f"box_stage{stage}")(
+                multiscale_roi_align(image_maps, proposals, spec, spec["box_pool"]))
+        probabilities.append(F.softmax(logits, -1))
+        proposals = clip_boxes(decode_boxes(deltas, proposals, weights, spec["box"]["clip"])[:, 0], spec["resized"])
+    probs = torch.stack(probabilities).mean(0)
+    return proposals[:, None].expand(-1, probs.shape[1], -1), probs
+
+
+class GpjobsObjectDetector(TiledPRF):
     """Network outputs -> detections per tile -> features in block pixel coordinates."""
 
     def initialize(self, **kwargs) -> None:
@@ -314,7 +334,7 @@ class GpjobsObjectDetector(core.TiledPRF):
         pixels = np.asarray(pixelBlocks["raster_pixels"])
         self.normalizer.check(pixels)
         pixels, _ = core.mask_invalid(pixels, pixelBlocks.get("raster_mask"))
-        features = []
+        features: list[dict] = []
         inner = self.tile - 2 * self.padding
         for index, det in enumerate(self.detect(self.tiles_of(pixels))):
             row, col = divmod(index, self.cols)
@@ -339,7 +359,7 @@ class GpjobsObjectDetector(core.TiledPRF):
                     if not rings:
                         continue
                 else:
-                    rings = core.box_rings((boxes[i:i + 1] + offset))[0]
+                    rings = core.box_rings(boxes[i:i + 1] + offset)[0]
                 features.append({"attributes": {"OID": len(features) + 1, "Class": self.names.get(value, str(value)),
                                                 "Confidence": round(100.0 * float(det["scores"][i]), 4),
                                                 "ClassValue": value},

@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import zlib
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,10 +37,11 @@ def _core():
 
 
 core = _core()
+TiledPRF: Any = core.TiledPRF  # a name mypy accepts as a base class (the module is loaded at run time)
 POLYGON = 4  # ArcGIS geometry type
 
 
-class GpjobsPanopticSegmenter(core.TiledPRF):
+class GpjobsPanopticSegmenter(TiledPRF):
     """The traced network gives per tile a class index map, an instance map (slot + 1 on thing pixels) and each
     slot's class probability; this function turns them into class values or instance polygons."""
 
@@ -78,7 +80,8 @@ class GpjobsPanopticSegmenter(core.TiledPRF):
         with torch.no_grad():
             for start in range(0, x.shape[0], self.batch_size):
                 parts.append([o.cpu() for o in self.network(x[start:start + self.batch_size], threshold)])
-        return tuple(torch.cat([p[i] for p in parts]).numpy() for i in range(3))
+        index, instances, scores = (torch.cat([p[i] for p in parts]).numpy() for i in range(3))
+        return index, instances, scores
 
     def updateRasterInfo(self, **kwargs) -> dict:
         info = kwargs["output_info"]
@@ -121,7 +124,7 @@ class GpjobsPanopticSegmenter(core.TiledPRF):
         pixels, _ = core.mask_invalid(pixels, pixelBlocks.get("raster_mask"))
         index, instances, scores = self.segment(pixels)
         inner = self.tile - 2 * self.padding
-        features = []
+        features: list[dict] = []
         for tile in range(index.shape[0]):
             row, col = divmod(tile, self.cols)
             dx, dy = col * inner - self.padding, row * inner - self.padding

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import zlib
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,9 +31,10 @@ def _core():
 
 
 core = _core()
+TiledPRF: Any = core.TiledPRF  # a name mypy accepts as a base class (the module is loaded at run time)
 
 
-class GpjobsPixelClassifier(core.TiledPRF):
+class GpjobsPixelClassifier(TiledPRF):
     """Network scores per class index -> class values; index 0 is NoData (written as 0)."""
 
     def initialize(self, **kwargs) -> None:

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from gpjobs.training.models.base import ModelFamily
 
 
-def family_for(model_type: ModelTypeInfo | str) -> "type[ModelFamily]":
+def family_for(model_type: ModelTypeInfo | str) -> type[ModelFamily]:
     """The ModelFamily subclass for a model type (ArgumentError when it is unknown or not implemented)."""
     info = model_type if isinstance(model_type, ModelTypeInfo) else lookup_model_type(model_type)
     if not info.family:

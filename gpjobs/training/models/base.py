@@ -8,8 +8,9 @@ its training loss, validate it (loss + metrics), predict with it, and describe i
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -41,7 +42,7 @@ class ModelFamily(ABC):
     inference_function: str = "GpjobsPixelClassifier.py"  # the package's PRF (gpjobs/training/inference/)
     supports_variable_tile_size: bool = False
 
-    def __init__(self, model_type: "ModelTypeInfo", info: "DataInfo", backbone: str, args: dict[str, Any],
+    def __init__(self, model_type: ModelTypeInfo, info: DataInfo, backbone: str, args: dict[str, Any],
                  weights: WeightsPolicy, say: Say) -> None:
         self.model_type = model_type
         self.info = info

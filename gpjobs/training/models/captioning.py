@@ -13,8 +13,9 @@ encoder and one decoder step are traced, the beam search runs in plain torch the
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import nn

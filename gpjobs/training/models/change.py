@@ -24,8 +24,9 @@ package's TorchScript module takes one tensor. `gpjobs predict` pairs chips thro
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F

@@ -22,8 +22,9 @@ script, ArcGIS-style classifiers) see class index 1 = edge.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,8 +32,7 @@ from torch import nn
 
 from gpjobs.training.backbones import build_backbone
 from gpjobs.training.models.base import ModelFamily
-from gpjobs.training.models.binary import (BinaryCounts, balanced_bce, binary_picture, morph_range,
-                                           save_panels)
+from gpjobs.training.models.binary import BinaryCounts, balanced_bce, binary_picture, morph_range, save_panels
 
 EDGE_TARGETS = ("auto", "labels", "boundaries")
 

@@ -11,15 +11,25 @@ offline server cannot download and the task's weights directory does not hold.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
-from gpjobs.training.models.gan_nets import (GanLoss, ImagePool, LocalEnhancer, MultiscaleDiscriminator,
-                                             PatchDiscriminator, ResnetGenerator, UnetGenerator, init_gan_weights,
-                                             patch_layers, unet_depth)
+from gpjobs.training.models.gan_nets import (
+    GanLoss,
+    ImagePool,
+    LocalEnhancer,
+    MultiscaleDiscriminator,
+    PatchDiscriminator,
+    ResnetGenerator,
+    UnetGenerator,
+    init_gan_weights,
+    patch_layers,
+    unet_depth,
+)
 from gpjobs.training.models.image_quality import QualityMeter
 from gpjobs.training.models.translation import FeatureLoss, TranslationFamily, vgg_feature_loss
 

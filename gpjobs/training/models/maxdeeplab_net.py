@@ -23,7 +23,7 @@ below `score_thresh` are dropped, each pixel takes the kept slot with the highes
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -1,17 +1,16 @@
-"""MMDETECTION: the `model` names that have an equivalent here, trained by our detector families.
+"""MMDETECTION: every `model` name arcgis.learn documents, trained by our own detectors.
 
 arcgis.learn wraps OpenMMLab mmdetection configs; that stack (mmcv, CUDA-ABI pinned wheels, downloaded
-checkpoints) is not available offline, so the names map onto the detector families of
-`gpjobs.training.models.detection`:
+checkpoints) is not available offline, so each name is trained by one of these implementations:
 
-  faster_rcnn   FASTERRCNN (FPN over the backbone)
-  retinanet     RETINANET
-  ssd           SSD
-  yolov3        YOLOV3 (always Darknet53, whatever backbone_model says; a job message tells)
+  faster_rcnn   torchvision Faster R-CNN over our FPN (FASTERRCNN)      fcos          torchvision FCOS (fcos.py)
+  retinanet     torchvision RetinaNet (RETINANET)                        atss          ATSS (atss.py)
+  ssd           our SSD (SSD)                                            vfnet         VarifocalNet (vfnet.py)
+  yolov3        our YOLOv3 on Darknet-53 (YOLOV3)                        cascade_rcnn  Cascade R-CNN (cascade.py)
 
-mask_rcnn is not offered: MMDETECTION trains on box formats (PASCAL_VOC_rectangles, KITTI_rectangles), and
-instance masks need RCNN_Masks (use MASKRCNN). Any other name is refused at submit time by the catalog.
-The `.emd` keeps ModelName MMDetection and records the mapping in ModelParameters.
+Names with an implementation of their own train as themselves. The other names arcgis.learn lists are
+variants of these (a different neck, backbone, sampler or loss): they train as the closest one, and a job
+message and the `.emd` (ModelParameters `trained_as` and `mapping_note`) say exactly what was trained.
 """
 
 from __future__ import annotations
@@ -20,9 +19,67 @@ from typing import Any
 
 from gpjobs.training.models.base import ModelFamily
 from gpjobs.training.models.detection import FAMILIES as DETECTION_FAMILIES
+from gpjobs.training.models.detection.atss import ATSSFamily
+from gpjobs.training.models.detection.cascade import CascadeRCNNFamily
+from gpjobs.training.models.detection.fcos import FCOSFamily
+from gpjobs.training.models.detection.vfnet import VFNetFamily
 
-MODEL_TO_TYPE = {"faster_rcnn": "FASTERRCNN", "retinanet": "RETINANET", "ssd": "SSD", "yolov3": "YOLOV3"}
-_MAPPED: dict[str, type[ModelFamily]] = {}
+# implementation -> (family, the model type whose argument defaults it reads, description for the .emd)
+IMPLEMENTATIONS: dict[str, tuple[type[ModelFamily], str | None, str]] = {
+    "faster_rcnn": (DETECTION_FAMILIES["FASTERRCNN"], "FASTERRCNN", "torchvision Faster R-CNN over an FPN"),
+    "retinanet": (DETECTION_FAMILIES["RETINANET"], "RETINANET", "torchvision RetinaNet over P3-P7"),
+    "ssd": (DETECTION_FAMILIES["SSD"], "SSD", "gpjobs SSD"),
+    "yolov3": (DETECTION_FAMILIES["YOLOV3"], "YOLOV3", "gpjobs YOLOv3 on Darknet-53"),
+    "fcos": (FCOSFamily, None, "torchvision FCOS over P3-P7"),
+    "atss": (ATSSFamily, None, "gpjobs ATSS (adaptive training sample selection) over P3-P7"),
+    "vfnet": (VFNetFamily, None, "gpjobs VarifocalNet (IACS, varifocal loss, star deformable convolution) "
+                                 "over P3-P7"),
+    "cascade_rcnn": (CascadeRCNNFamily, "FASTERRCNN", "gpjobs Cascade R-CNN (3 stages, IoU 0.5/0.6/0.7) on "
+                                                      "torchvision Faster R-CNN over an FPN"),
+}
+
+# every accepted name -> (implementation, what the OpenMMLab model is and what this server trains instead)
+MODELS: dict[str, tuple[str, str]] = {name: (name, "") for name in IMPLEMENTATIONS}
+MODELS.update({
+    "yolo": ("yolov3", ""),
+    "carafe": ("faster_rcnn", "Faster R-CNN whose FPN upsamples with CARAFE (content-aware reassembly); "
+                              "trained with the FPN's nearest-neighbour upsampling"),
+    "cascade_rpn": ("faster_rcnn", "Faster R-CNN with a two-stage Cascade RPN (adaptive convolution); trained "
+                                   "with torchvision's one-stage RPN"),
+    "dcn": ("faster_rcnn", "Faster R-CNN with deformable convolutions in backbone stages 3-5; trained with the "
+                           "backbone's regular convolutions"),
+    "detectors": ("cascade_rcnn", "DetectoRS (recursive feature pyramid, switchable atrous convolution) on a "
+                                  "cascade detector; trained as Cascade R-CNN over a plain FPN"),
+    "double_heads": ("faster_rcnn", "Faster R-CNN classifying with fully-connected and regressing with "
+                                    "convolutional RoI layers; trained with the fully-connected head for both"),
+    "dynamic_rcnn": ("faster_rcnn", "Faster R-CNN whose IoU threshold and SmoothL1 beta follow the proposals' "
+                                    "quality during training; trained with fixed ones"),
+    "empirical_attention": ("faster_rcnn", "Faster R-CNN with spatial attention modules in the backbone; "
+                                           "trained without them"),
+    "foveabox": ("fcos", "FoveaBox, an anchor-free detector; trained as FCOS, the anchor-free detector here"),
+    "fsaf": ("fcos", "RetinaNet with feature-selective anchor-free heads (mmdetection's config keeps the "
+                     "anchor-free ones); trained as FCOS"),
+    "ghm": ("retinanet", "RetinaNet with gradient-harmonizing losses (GHM-C, GHM-R); trained with focal and "
+                         "smooth-L1 losses"),
+    "hrnet": ("faster_rcnn", "Faster R-CNN over an HRNet backbone, which is not available here; trained over "
+                             "backbone_model"),
+    "libra_rcnn": ("faster_rcnn", "Faster R-CNN with a balanced feature pyramid, IoU-balanced sampling and "
+                                  "balanced L1 loss; trained with the plain ones"),
+    "nas_fcos": ("fcos", "FCOS with an architecture-searched neck and head; trained with FCOS's own"),
+    "pafpn": ("faster_rcnn", "Faster R-CNN with PAFPN (an extra bottom-up path in the neck); trained with a "
+                             "plain FPN"),
+    "pisa": ("faster_rcnn", "Faster R-CNN with prime-sample attention (PISA) loss re-weighting; trained "
+                            "without it"),
+    "regnet": ("faster_rcnn", "Faster R-CNN over a RegNet backbone, which is not available here; trained over "
+                              "backbone_model"),
+    "reppoints": ("vfnet", "RepPoints (point sets refined by deformable convolution); trained as VarifocalNet, "
+                           "whose star-shaped deformable convolution derives from it"),
+    "res2net": ("faster_rcnn", "Faster R-CNN over a Res2Net backbone, which is not available here; trained "
+                               "over backbone_model"),
+    "sabl": ("faster_rcnn", "Faster R-CNN with side-aware boundary localisation (bucketed box sides); "
+                            "trained with delta box regression"),
+})
+_FAMILIES: dict[str, type[ModelFamily]] = {}
 
 
 class _MMDetectionMixin:
@@ -30,47 +87,60 @@ class _MMDetectionMixin:
 
     emd_model_configuration = "_model_extension_inferencing"
     mmdet_model = ""
+    args: dict[str, Any]  # the ModelFamily's, which this mixes into
 
     def model_parameters(self) -> dict[str, Any]:
-        target = MODEL_TO_TYPE[self.mmdet_model]
-        return {**super().model_parameters(), "model": self.mmdet_model,  # type: ignore[misc]
-                "model_weight": bool(self.args.get("model_weight")),  # type: ignore[attr-defined]
-                "implementation": f"gpjobs {target} over {self.backbone.lower()} (not OpenMMLab)"}  # type: ignore
+        trains, note = MODELS[self.mmdet_model]
+        params = {**super().model_parameters(), "model": self.mmdet_model,  # type: ignore[misc]
+                  "model_weight": bool(self.args.get("model_weight")),
+                  "trained_as": trains,
+                  "implementation": f"{IMPLEMENTATIONS[trains][2]} over {self.backbone.lower()} "  # type: ignore
+                                    "(not OpenMMLab)"}
+        if note:
+            params["mapping_note"] = f"{self.mmdet_model}: {note}"
+        return params
+
+    def emd_fields(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        fields = super().emd_fields(metrics)  # type: ignore[misc]
+        fields.update({"DatasetType": self.info.format,  # type: ignore[attr-defined]
+                       "Kwargs": {"model": self.mmdet_model, "model_weight": bool(self.args.get("model_weight"))}})
+        return fields
 
 
-def _mapped_family(model: str) -> type[ModelFamily]:
-    """A subclass of the detector family that `model` maps onto, with MMDetection's identity."""
-    if model not in _MAPPED:
-        base = DETECTION_FAMILIES[MODEL_TO_TYPE[model]]
-        _MAPPED[model] = type(f"MMDetection_{base.__name__}", (_MMDetectionMixin, base), {"mmdet_model": model})
-    return _MAPPED[model]
+def family_class(model: str) -> type[ModelFamily]:
+    """The family that trains `model`: its implementation's family with MMDetection's identity."""
+    if model not in _FAMILIES:
+        base = IMPLEMENTATIONS[MODELS[model][0]][0]
+        _FAMILIES[model] = type(f"MMDetection_{model}", (_MMDetectionMixin, base), {"mmdet_model": model})
+    return _FAMILIES[model]
 
 
 class MMDetectionFamily(ModelFamily):
-    """Dispatcher: constructing it returns the mapped detector family (never an MMDetectionFamily itself)."""
+    """Dispatcher: constructing it returns the family of the `model` name (never an MMDetectionFamily)."""
 
     def __new__(cls, model_type: Any, info: Any, backbone: str, args: dict[str, Any], weights: Any,
                 say: Any) -> ModelFamily:  # type: ignore[misc]
         from gpjobs.catalog import ArgumentError, lookup_model_type, parse_arguments
 
-        model = str(args.get("model") or "faster_rcnn").lower()
-        if model == "yolo":
-            model = "yolov3"
-        if model not in MODEL_TO_TYPE:  # the catalog's choices make this unreachable from submit
-            raise ArgumentError(f"MMDETECTION model '{model}' has no equivalent on this server; "
-                                f"use one of: {', '.join(MODEL_TO_TYPE)}")
-        target = lookup_model_type(MODEL_TO_TYPE[model])
-        # The mapped family reads its own arguments (anchors, grids, ...): start from its defaults.
-        merged = {**parse_arguments(target, {}), **args, "model": model}
+        model = str(args.get("model") or "faster_rcnn").strip().lower()
+        if model not in MODELS:  # the catalog's choices make this unreachable from submit
+            raise ArgumentError(f"MMDETECTION model '{model}' is not an mmdetection model this server trains; "
+                                f"use one of: {', '.join(sorted(MODELS))}")
+        trains, note = MODELS[model]
+        defaults_of = IMPLEMENTATIONS[trains][1]
+        # the implementation reads its own arguments (anchors, grids, rpn sizes): start from its defaults
+        merged = {**(parse_arguments(lookup_model_type(defaults_of), {}) if defaults_of else {}), **args,
+                  "model": model}
+        if note:
+            say("warning", f"model={model}: {note}. This server trains {IMPLEMENTATIONS[trains][2]} "
+                           f"(model {trains}); the .emd records it")
         if args.get("model_weight"):
             say("warning", "model_weight: OpenMMLab checkpoints are not available on this server; the "
                            "backbone starts from the weights directory (or random) instead")
-        if target.backbones and backbone not in target.backbones:
-            say("info", f"model={model} uses backbone {target.default_backbone}; backbone_model {backbone} "
-                        "is not used")
-            backbone = str(target.default_backbone)
-        family = _mapped_family(model)(model_type, info, backbone, merged, weights, say)
-        return family
+        if trains == "yolov3" and backbone != "DARKNET53":
+            say("info", f"model={model} uses backbone DARKNET53; backbone_model {backbone} is not used")
+            backbone = "DARKNET53"
+        return family_class(model)(model_type, info, backbone, merged, weights, say)
 
 
 FAMILIES: dict[str, type[ModelFamily]] = {"MMDETECTION": MMDetectionFamily}

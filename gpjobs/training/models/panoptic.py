@@ -21,57 +21,18 @@ but not scored).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gpjobs.training.models.matching import linear_sum_assignment
+
 WEIGHTS = {"pq": 3.0, "instance": 1.0, "mask_id": 0.3, "semantic": 1.0}
 POSITIVE_SHARE = 0.75
 TEMPERATURE = 0.3
-
-
-def hungarian(cost: np.ndarray) -> np.ndarray:
-    """For an (M, N) cost with M <= N: the column assigned to each row at minimum total cost.
-
-    Kuhn-Munkres with row/column potentials, O(M^2 N).
-    """
-    m, n = cost.shape
-    u, v = np.zeros(m + 1), np.zeros(n + 1)
-    owner = np.zeros(n + 1, dtype=np.int64)  # owner[j]: row (1-based) holding column j; column 0 is virtual
-    for i in range(1, m + 1):
-        owner[0] = i
-        j0 = 0
-        shortest = np.full(n + 1, np.inf)
-        used = np.zeros(n + 1, dtype=bool)
-        way = np.zeros(n + 1, dtype=np.int64)
-        while True:
-            used[j0] = True
-            i0 = owner[j0]
-            free = ~used[1:]
-            reduced = cost[i0 - 1] - u[i0] - v[1:]
-            better = free & (reduced < shortest[1:])
-            shortest[1:][better] = reduced[better]
-            way[1:][better] = j0
-            candidates = np.flatnonzero(free) + 1
-            j1 = int(candidates[np.argmin(shortest[candidates])])
-            delta = shortest[j1]
-            u[owner[used]] += delta
-            v[used] -= delta
-            shortest[~used] -= delta
-            j0 = j1
-            if owner[j0] == 0:
-                break
-        while j0:
-            j1 = way[j0]
-            owner[j0] = owner[j1]
-            j0 = j1
-    cols = np.zeros(m, dtype=np.int64)
-    for j in range(1, n + 1):
-        if owner[j]:
-            cols[owner[j] - 1] = j - 1
-    return cols
 
 
 def segments(target: dict[str, torch.Tensor], is_thing: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,13 +87,9 @@ def panoptic_loss(out: dict[str, torch.Tensor], targets: Sequence[dict[str, torc
         dice = 2 * probs @ truth.T / (probs.sum(1)[:, None] + truth.sum(1)[None] + 1e-6)  # (N, M)
         p_class = class_logp[:, classes].exp()  # (N, M)
         similarity = (p_class * dice).detach().cpu().numpy()
-        rows = np.arange(min(m, n))
-        if m <= n:
-            cols = hungarian(-similarity.T)
-        else:  # more segments than slots: the best n segments get one each
-            picked = hungarian(-similarity)
-            rows, cols = picked, np.arange(n)
-        seg, slot = torch.as_tensor(rows, device=ids.device), torch.as_tensor(cols, device=ids.device)
+        # every segment gets a slot (the best n segments when there are more segments than slots)
+        slots, segs = linear_sum_assignment(-similarity)  # similarity is (N slots, M segments)
+        seg, slot = torch.as_tensor(segs, device=ids.device), torch.as_tensor(slots, device=ids.device)
         d, logp = dice[slot, seg], class_logp[slot, classes[seg]]
         positive = -(logp.exp().detach() * d + d.detach() * logp).mean()
         unmatched = torch.ones(n, dtype=torch.bool, device=ids.device)
@@ -201,5 +158,8 @@ class PanopticQuality:
             per_class[self.names[c]] = {"pq": round(float(sq * rq), 10), "sq": round(float(sq), 10),
                                         "rq": round(float(rq), 10)}
             pqs.append(sq * rq), sqs.append(sq), rqs.append(rq)
-        mean = (lambda xs: float(np.mean(xs)) if xs else 0.0)
-        return {"PQ": mean(pqs), "SQ": mean(sqs), "RQ": mean(rqs), "per_class_metrics": per_class}
+        return {"PQ": _mean(pqs), "SQ": _mean(sqs), "RQ": _mean(rqs), "per_class_metrics": per_class}
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else 0.0

@@ -21,7 +21,8 @@ orientation CE. Metrics: accuracy, miou, dice (mean foreground F1), orientation 
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -170,8 +171,6 @@ class RoadExtractorFamily(SegmentationFamily):
         if str(self.args.get("mtl_model") or "hourglass") == "hourglass":
             self.say("info", "mtl_model=hourglass is trained as LinkNet over the "
                              f"{self.backbone} encoder (same two heads: road segmentation and orientation)")
-        if float(self.args.get("gaussian_thresh") or 0.76) != 0.76:
-            self.say("warning", "gaussian_thresh has no effect here: the road width comes from the labels")
         return MultiTaskLinkNet(self._backbone(), self.num_outputs, self.n_bins + 1)
 
     def _parts(self, model: nn.Module, images: torch.Tensor, masks: torch.Tensor

@@ -12,14 +12,15 @@ How the networks compare with arcgis.learn's and the papers' (also said in each 
 - PSPNET runs its pyramid pooling module on a dilated backbone of output stride 16; keep_dilation=true gives
   output stride 8 as in the PSPNet paper and arcgis.learn. With use_unet (the default) our light U-Net decoder
   (decoders.UnetDecoder, not fastai's DynamicUnet) upsamples it; the auxiliary head is an FCN head.
-- pointrend is not implemented (a warning says so).
+- pointrend is not implemented (the submit notes say so in the job messages).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -187,8 +188,6 @@ class PSPNetFamily(SegmentationFamily):
     emd_model_configuration = "_psp"
 
     def build(self) -> nn.Module:
-        if self.args.get("pointrend"):
-            self.say("warning", "pointrend is not implemented; training without it")
         backbone = self._dilated_backbone()
         sizes = [int(s) for s in self.args.get("pyramid_sizes") or [1, 2, 3, 6]]
         context = PyramidPooling(backbone.out_channels[-1], sizes, cout=min(512, backbone.out_channels[-1]))
@@ -218,8 +217,6 @@ class DeepLabFamily(SegmentationFamily):
     def build(self) -> nn.Module:
         from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 
-        if self.args.get("pointrend"):
-            self.say("warning", "pointrend is not implemented; training without it")
         backbone = self._dilated_backbone()
         rates = (12, 24, 36) if backbone.output_stride == 8 else (6, 12, 18)
         head = DeepLabHead(backbone.out_channels[-1], self.num_outputs, atrous_rates=rates)

@@ -19,8 +19,9 @@ is used from Python the way arcgis.learn's SiamMask is, `init(frame, [[x, y, w, 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -88,7 +89,7 @@ class SiamMaskFamily(ModelFamily):
         trunk = build_backbone(self.backbone, self.in_channels, weights=self.weights, say=self.say)
         del trunk.stages["layer4"]  # SiamMask's trunk ends with layer 3
         stride8_layer3(trunk.stages["layer3"])
-        trunk.out_channels, trunk.strides = trunk._probe()
+        trunk.out_channels, trunk.strides = trunk.probe()
         return SiamMaskNet(trunk, self.exemplar, self.instance, seg_thr=self.seg_thr,
                            penalty_k=float(self.args.get("penalty_k", 0.04)),
                            window_influence=float(self.args.get("window_influence", 0.4)))

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import abc
 import copy
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -127,7 +128,7 @@ class FeatureLoss(nn.Module):
             p.requires_grad_(False)
         self.layers.eval()
 
-    def train(self, mode: bool = True) -> "FeatureLoss":
+    def train(self, mode: bool = True) -> FeatureLoss:
         return super().train(False)  # frozen BatchNorm statistics, always
 
     def _features(self, x: torch.Tensor) -> list[torch.Tensor]:

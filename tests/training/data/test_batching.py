@@ -15,13 +15,22 @@ import torch
 from torch.utils.data import DataLoader
 
 from gpjobs.export import read_chip
-
 from gpjobs.training.data import open_training_data
 from gpjobs.training.data.batching import RawCollate, RawSamples, _Finisher
 from gpjobs.training.data.pixels import dihedral, dihedral_boxes
 from tests.builders.exports import (
-    write_change_detection, write_classified_tiles, write_image, write_kitti, write_label_raster, write_labeled_tiles,
-    write_multilabeled_tiles, write_panoptic, write_pascal_voc, write_pix2pix, write_rcnn_masks)
+    write_change_detection,
+    write_classified_tiles,
+    write_image,
+    write_kitti,
+    write_label_raster,
+    write_labeled_tiles,
+    write_multilabeled_tiles,
+    write_panoptic,
+    write_pascal_voc,
+    write_pix2pix,
+    write_rcnn_masks,
+)
 
 torch.set_num_threads(1)
 

@@ -9,11 +9,18 @@ import pytest
 import torch
 
 from gpjobs.export import DataError, DataInfo, Normalization, read_chip
-
 from gpjobs.training.data import open_training_data, to_model_input
 from tests.builders.exports import (
-    class_level, set_label_value, write_classified_tiles, write_imagenet, write_kitti, write_labeled_tiles,
-    write_multilabeled_tiles, write_pascal_voc, write_rcnn_masks)
+    class_level,
+    set_label_value,
+    write_classified_tiles,
+    write_imagenet,
+    write_kitti,
+    write_labeled_tiles,
+    write_multilabeled_tiles,
+    write_pascal_voc,
+    write_rcnn_masks,
+)
 
 torch.set_num_threads(1)
 

@@ -18,7 +18,13 @@ from gpjobs.training.models.detection.anchors import (
 )
 from gpjobs.training.models.detection.darknet import darknet53_features
 from gpjobs.training.models.detection.ssd_net import SSDNet, match_anchors, ssd_loss
-from gpjobs.training.models.detection.yolo_net import YOLOv3Net, _assign, check_chip_multiple, decode_boxes, yolo_loss
+from gpjobs.training.models.detection.yolo_net import (
+    YOLOv3Net,
+    assign_targets,
+    check_chip_multiple,
+    decode_boxes,
+    yolo_loss,
+)
 
 
 def test_ssd_anchors_follow_grid_zoom_ratio_order():
@@ -172,7 +178,7 @@ def test_yolo_truth_goes_to_every_fitting_anchor_in_its_cell_and_two_nearest_nei
     # and lower half (fractions 0.625 -> the right and lower neighbours); anchors 10x10 and 30x30 fit (< 4x), 50x8
     # does not (50/12 > 4)
     gt = torch.tensor([[0.0, 0.0, 15.0, 8.0, 27.0, 18.0]])
-    truth, anchor, cy, cx = _assign(gt, torch.tensor([[10.0, 10.0], [30.0, 30.0], [50.0, 8.0]]), 8, 4, 4)
+    truth, anchor, cy, cx = assign_targets(gt, torch.tensor([[10.0, 10.0], [30.0, 30.0], [50.0, 8.0]]), 8, 4, 4)
     cells = sorted(zip(anchor.tolist(), cy.tolist(), cx.tolist()))
     assert cells == [(0, 1, 2), (0, 1, 3), (0, 2, 2), (1, 1, 2), (1, 1, 3), (1, 2, 2)]
     assert truth.tolist() == [0] * 6

@@ -11,7 +11,7 @@ from gpjobs.store.tokens import hash_token
 
 
 async def running_job(store, make_job, owner="alice"):
-    job = await store.create_job(make_job(owner))
+    await store.create_job(make_job(owner))
     return await store.claim_next_job("cpu", "boot")
 
 

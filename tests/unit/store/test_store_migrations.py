@@ -8,13 +8,13 @@ import sqlite3
 import pytest
 
 from gpjobs.store import Store, StoreError
-from gpjobs.store.migrate import MIGRATIONS_DIR, _statements, available_migrations
+from gpjobs.store.migrate import MIGRATIONS_DIR, available_migrations, split_statements
 
 
 def test_migration_files_are_numbered_and_split_into_statements():
     migrations = available_migrations()
     assert [m.version for m in migrations] == list(range(1, len(migrations) + 1))
-    statements = _statements(migrations[0].sql)
+    statements = split_statements(migrations[0].sql)
     assert any(s.startswith("CREATE TABLE jobs") for s in statements)
     assert all(sqlite3.complete_statement(s) for s in statements)
 

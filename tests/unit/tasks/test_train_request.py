@@ -187,7 +187,7 @@ def test_pretrained_forms(roots: StoreRoots, share: Path) -> None:
 @pytest.mark.parametrize("overrides, expected", [
     ({"model_type": ""}, "model_type: required"),
     ({"model_type": "NOPE"}, "model_type 'NOPE'"),
-    ({"model_type": "DETREG"}, "not supported by this server yet"),
+    ({"model_type": "DETREG", "arguments": '{"num_queries": 0}'}, "argument 'num_queries'"),
     ({"backbone_model": "DARKNET53"}, "backbone_model 'DARKNET53' cannot be used with model_type UNET"),
     ({"arguments": '{"nope": 1}'}, "unknown argument 'nope'"),
     ({"arguments": '{"chip_size": "abc"}'}, "argument 'chip_size'"),

@@ -28,9 +28,28 @@ async def run_to_success(server: Server, job_id: str, *, title: str = "m1", owne
 async def test_service_json_has_what_clients_read(server: Server) -> None:
     for method in ("GET", "POST"):
         body = await server.json(method, SERVICE, params={"f": "json"})
-        assert body["tasks"] == ["TrainDeepLearningModel"]
+        assert body["tasks"] == ["TrainDeepLearningModel", "ClassifyPixelsUsingDeepLearning",
+                                 "DetectObjectsUsingDeepLearning", "ClassifyObjectsUsingDeepLearning",
+                                 "DetectChangeUsingDeepLearning"]
         assert body["executionType"] == "esriExecutionTypeAsynchronous"
         assert body["resultMapServerName"] == "" and body["currentVersion"] < 12
+
+
+async def test_every_listed_task_answers_with_its_resource(server: Server) -> None:
+    """arcgis' import_toolbox fetches every task the service lists: each must be a complete task resource,
+    with the defaults Python literals (the client writes them into generated source)."""
+    service = await server.json("GET", SERVICE, params={"f": "json"})
+    for name in service["tasks"]:
+        body = await server.json("POST", f"{SERVICE}/{name}", data={"f": "json"})
+        assert body["name"] == name and body["executionType"] == "esriExecutionTypeAsynchronous"
+        outputs = [p for p in body["parameters"] if p["direction"] == "esriGPParameterDirectionOutput"]
+        assert len(outputs) == 1 and outputs[0]["dataType"] == "GPString"
+        for p in body["parameters"]:
+            assert {"name", "dataType", "displayName", "direction", "defaultValue", "parameterType"} <= set(p)
+            if p["dataType"] != "GPString" and p["defaultValue"] is not None:
+                compile(str(p["defaultValue"]), "<default>", "eval")
+    missing = await server.json("GET", f"{SERVICE}/NoSuchTask", params={"f": "json"})
+    assert "error" in missing
 
 
 async def test_task_json_declares_all_inputs_and_output(server: Server) -> None:

@@ -6,7 +6,7 @@ Pure numpy so the shapes can be pinned by tests without a model. Coordinates are
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -28,10 +28,6 @@ def ssd_anchors(grids: Sequence[int], zooms: Sequence[float], ratios: Sequence[S
             for w, h in shapes:
                 out.append((cell[0], cell[1], w / g, h / g))
     return np.asarray(out, dtype=np.float32).reshape(-1, 4)
-
-
-def anchors_per_cell(zooms: Sequence[float], ratios: Sequence[Sequence[float]]) -> int:
-    return len(zooms) * len(ratios)
 
 
 def wh_iou(wh: np.ndarray, centroids: np.ndarray) -> np.ndarray:

@@ -6,13 +6,16 @@ Every detector model is an `nn.Module` with:
     BatchNorm in eval so the validation loss does not move the running statistics);
   - `model.detect(images) -> list[{boxes xyxy px, scores, labels 1..K, (masks)}]`;
   - `forward(images)`: raw outputs in train mode; in eval mode `(boxes, scores, labels)` of the batch, which is
-    what the TorchScript file holds and the package's standalone inference script reads.
+    what the TorchScript file holds and the package's standalone inference script reads;
+  - optionally `losses_and_detections(images, targets)`: both from one forward pass, for networks whose forward
+    is the same in loss mode (BatchNorm and Dropout in eval) and in eval mode; validation then runs it once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -104,11 +107,16 @@ class DetectionFamily(ModelFamily):
         for batch in loader:
             images, targets = self.to_device(batch, device)
             set_loss_mode(model)
-            loss = model.losses(images, targets)
-            model.eval()
+            if hasattr(model, "losses_and_detections"):  # one forward gives both (see the module docstring)
+                loss, found = model.losses_and_detections(images, targets)
+                model.eval()
+            else:
+                loss = model.losses(images, targets)
+                model.eval()
+                found = model.detect(images)
             total += float(loss) * images.shape[0]
             count += images.shape[0]
-            for pred, target in zip(model.detect(images), targets):
+            for pred, target in zip(found, targets):
                 boxes.add(pred, target)
                 if masks is not None:
                     masks.add({**pred, "masks": pred["masks"].squeeze(1) > 0.5}, target)

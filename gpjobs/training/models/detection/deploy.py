@@ -189,3 +189,96 @@ class RetinaNetNetwork(nn.Module):
                 "score_thresh": float(net.score_thresh), "nms_thresh": float(net.nms_thresh),
                 "topk_candidates": int(net.topk_candidates), "detections_per_img": int(net.detections_per_img),
                 "weights": list(net.box_coder.weights), "clip": float(net.box_coder.bbox_xform_clip)}
+
+
+class CandidateDetections(nn.Module):
+    """DETREG, ATSS, VFNet: networks whose eval forward already gives the batch's candidates, (boxes [B, N, 4]
+    px, scores [B, N], labels [B, N] 0-based) before the score threshold and NMS; `decoder` is the "dense"
+    spec that finishes them as the model's detect() does."""
+
+    def __init__(self, model: nn.Module, decoder: dict[str, Any]) -> None:
+        super().__init__()
+        self.model = model
+        self.decoder = dict(decoder)
+
+    def forward(self, images: torch.Tensor):
+        return self.model(images)
+
+    def spec(self) -> dict[str, Any]:
+        return dict(self.decoder)
+
+
+class FCOSNetwork(nn.Module):
+    """torchvision FCOS up to its per-level top-k: the "dense" candidates in the tile's pixels (resize, head,
+    sqrt(class x centre-ness) scores, box decoding and clipping as its postprocess_detections does)."""
+
+    def __init__(self, detector: nn.Module, chip: tuple[int, int]) -> None:
+        super().__init__()
+        net = detector.net
+        self.net = net
+        self.resize = _Resized(net, chip)
+        with torch.no_grad():
+            x = self.resize(torch.zeros(1, len(net.transform.image_mean), *chip))
+            features = list(net.backbone(x).values())
+            anchors = net.anchor_generator(ImageList(x, [self.resize.resized]), features)[0]
+        self.register_buffer("anchors", anchors)
+        self.level_sizes = [int(f.shape[-2] * f.shape[-1]) for f in features]  # one point per cell
+        self.register_buffer("scale", torch.tensor([chip[1] / self.resize.resized[1], chip[0] / self.resize.resized[0]]
+                                                   * 2, dtype=torch.float32))
+
+    def forward(self, images: torch.Tensor):
+        net = self.net
+        head = net.head(list(net.backbone(self.resize(images)).values()))
+        scores = torch.sqrt(torch.sigmoid(head["cls_logits"]) * torch.sigmoid(head["bbox_ctrness"]))  # [B, N, K]
+        boxes_all, scores_all, labels_all, start = [], [], [], 0
+        for n in self.level_sizes:
+            level = scores[:, start:start + n]
+            k = level.shape[2]
+            top, index = level.flatten(1).topk(min(int(net.topk_candidates), n * k), dim=1)
+            cell = torch.div(index, k, rounding_mode="floor") + start
+            start += n
+            deltas = torch.gather(head["bbox_regression"], 1, cell[..., None].expand(-1, -1, 4))
+            boxes = net.box_coder.decode(deltas.reshape(-1, 4), self.anchors[cell.reshape(-1)]).reshape(deltas.shape)
+            h, w = self.resize.resized
+            boxes = torch.stack([boxes[..., 0].clamp(0, w), boxes[..., 1].clamp(0, h), boxes[..., 2].clamp(0, w),
+                                 boxes[..., 3].clamp(0, h)], -1)
+            boxes_all.append(boxes * self.scale)
+            scores_all.append(top)
+            labels_all.append(index % k - 1)  # class outputs are 1..K (index 0 is never a class)
+        return torch.cat(boxes_all, 1), torch.cat(scores_all, 1), torch.cat(labels_all, 1)
+
+    def spec(self) -> dict[str, Any]:
+        net = self.net
+        return {"decoder": "dense", "score_thresh": float(net.score_thresh), "nms_thresh": float(net.nms_thresh),
+                "max_detections": int(net.detections_per_img)}
+
+
+class CascadeNetwork(TwoStageNetwork):
+    """Cascade R-CNN: Faster R-CNN's stage 1, then one traced box stage per cascade stage (`box_stage0`..), each
+    pooling the boxes the previous one refined; the PRF averages the stages' class probabilities and keeps the
+    last stage's class-agnostic boxes (cascade.py's CascadeRoIHeads)."""
+
+    def box_stage0(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._stage(0, pooled)
+
+    def box_stage1(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._stage(1, pooled)
+
+    def box_stage2(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._stage(2, pooled)
+
+    def _stage(self, stage: int, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        heads = self.net.roi_heads
+        return heads.stage_predictors[stage](heads.stage_heads[stage](pooled))
+
+    def spec(self) -> dict[str, Any]:
+        spec = super().spec()
+        spec["cascade"] = [list(coder.weights) for coder in self.net.roi_heads.coders]
+        return spec
+
+    def trace(self, example: torch.Tensor) -> torch.jit.ScriptModule:
+        channels = self.net.backbone.out_channels
+        pool = self.net.roi_heads.box_roi_pool.output_size[0]
+        pooled = (torch.zeros(2, channels, pool, pool),)
+        methods = {"forward": (example,), **{f"box_stage{i}": pooled for i in range(len(self.net.roi_heads.coders))}}
+        return torch.jit.trace_module(self, methods, check_trace=False, strict=False)

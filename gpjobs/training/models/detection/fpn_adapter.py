@@ -10,7 +10,7 @@ narrower than 4 strides of their level (see `level_anchor_sizes`), not torchvisi
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -52,10 +52,10 @@ class FeaturePyramid(nn.Module):
                                                                      strides[self.taps[-1]] * 4])
 
     @property
-    def num_levels(self) -> int:
+    def num_levels(self) -> int:  # FCOS's points and ATSS's per-level scales
         return len(self.level_strides)
 
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         feats = list(self.body(x).values())
         return self.fpn(OrderedDict((str(k), feats[i]) for k, i in enumerate(self.taps)))
 

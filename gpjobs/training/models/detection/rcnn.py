@@ -46,11 +46,6 @@ class MaskRCNNFamily(FasterRCNNFamily):
     masks = True
     uses_masks = True
 
-    def __init__(self, *a: Any, **kw: Any) -> None:
-        super().__init__(*a, **kw)
-        if self.args.get("pointrend"):
-            self.say("warning", "pointrend is not implemented; MASKRCNN trains without it")
-
     def emd_fields(self, metrics: dict[str, Any]) -> dict[str, Any]:
         fields = super().emd_fields(metrics)
         fields.pop("Kwargs", None)

@@ -30,7 +30,7 @@ def resized_sizes(chip: int) -> tuple[int, int]:
     return int(round(1.5 * chip)), int(round(2 * chip))
 
 
-def _transform_kwargs(chip: int, bands: int) -> dict[str, Any]:
+def transform_kwargs(chip: int, bands: int) -> dict[str, Any]:
     min_size, max_size = resized_sizes(chip)
     return {"min_size": min_size, "max_size": max_size, "image_mean": [0.0] * bands, "image_std": [1.0] * bands}
 
@@ -48,7 +48,7 @@ def build_rcnn(body: nn.Module, num_classes: int, chip: int, bands: int, args: d
     anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
     cls = MaskRCNN if masks else FasterRCNN
     return TorchvisionDetector(cls(pyramid, num_classes=num_classes + 1, rpn_anchor_generator=anchors,
-               **_transform_kwargs(chip, bands), **rcnn_kwargs(args)))
+               **transform_kwargs(chip, bands), **rcnn_kwargs(args)))
 
 
 def build_retinanet(body: nn.Module, num_classes: int, chip: int, bands: int, *, scales: list[float],
@@ -62,7 +62,7 @@ def build_retinanet(body: nn.Module, num_classes: int, chip: int, bands: int, *,
     head = RetinaNetHead(pyramid.out_channels, anchors.num_anchors_per_location()[0], num_classes + 1,
                          norm_layer=group_norm)  # torchvision's RetinaNet v2 head: stable from random weights
     return TorchvisionDetector(RetinaNet(pyramid, num_classes=num_classes + 1, anchor_generator=anchors,
-                                         head=head, **_transform_kwargs(chip, bands)))
+                                         head=head, **transform_kwargs(chip, bands)))
 
 
 def loss_total(loss_dict: dict[str, torch.Tensor]) -> torch.Tensor:

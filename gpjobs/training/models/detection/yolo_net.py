@@ -129,7 +129,7 @@ def _ciou(pred: torch.Tensor, truth: torch.Tensor, eps: float = 1e-7) -> torch.T
     return iou - centre / (hull_w ** 2 + hull_h ** 2 + eps) - alpha * v
 
 
-def _assign(gt: torch.Tensor, level_anchors: torch.Tensor, stride: int, h: int, w: int) -> tuple[torch.Tensor, ...]:
+def assign_targets(gt: torch.Tensor, level_anchors: torch.Tensor, stride: int, h: int, w: int) -> tuple[torch.Tensor, ...]:
     """Positives of one level: (truth row, anchor 0..2, cell y, cell x) for every anchor whose shape fits the
     box (neither side off by ANCHOR_RATIO or more), in the cell of the box centre and its two nearest
     neighbour cells (the decoded centre reaches half a cell beyond its own). gt: [G, 6] (image, class, xyxy)."""
@@ -166,7 +166,7 @@ def yolo_loss(outputs: tuple[torch.Tensor, ...], targets: list[dict], anchors: t
         level_anchors = anchors[3 * level:3 * level + 3]
         _, _, n_attr, h, w = raw.shape
         obj_target = torch.zeros_like(raw[:, :, 4])
-        truth, a, gy, gx = _assign(gt, level_anchors, stride, h, w)
+        truth, a, gy, gx = assign_targets(gt, level_anchors, stride, h, w)
         if len(truth):
             image = gt[truth, 0].long()
             picked = raw[image, a, :, gy, gx]  # [N, 5 + C]
