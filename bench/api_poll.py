@@ -107,55 +107,94 @@ async def hammer(url: str, pollers: int, seconds: float, pid: int) -> dict[str, 
         await asyncio.gather(*(poller(session) for _ in range(pollers)))
         elapsed, cpu = time.perf_counter() - start, cpu_seconds(pid) - cpu
     latencies.sort()
-    return {"rps": len(latencies) / elapsed, "p50_ms": 1000 * statistics.median(latencies),
-            "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))], "errors": errors, "n": len(latencies),
-            "bytes": statistics.median(sizes), "cpu_ms": 1000 * cpu / max(1, len(latencies))}
+    return {
+        "rps": len(latencies) / elapsed,
+        "p50_ms": 1000 * statistics.median(latencies),
+        "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
+        "errors": errors,
+        "n": len(latencies),
+        "bytes": statistics.median(sizes),
+        "cpu_ms": 1000 * cpu / max(1, len(latencies)),
+    }
 
 
 def show(name: str, r: dict[str, float]) -> None:
-    print(f"  {name:>16}: {r['rps']:7.0f} polls/s  p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  "
-          f"{r['bytes']:7.0f} B/poll  server CPU {r['cpu_ms']:.3f} ms/poll  errors {r['errors']}  (n={r['n']})")
+    print(
+        f"  {name:>16}: {r['rps']:7.0f} polls/s  p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  "
+        f"{r['bytes']:7.0f} B/poll  server CPU {r['cpu_ms']:.3f} ms/poll  errors {r['errors']}  (n={r['n']})"
+    )
 
 
 def seed_finished_jobs(db_path: Path, long_epochs: int) -> tuple[str, str]:
     """A finished job with `long_epochs` epoch lines and a finished one-epoch job, written before the server
     starts (through the store, as the scheduler would have written them)."""
+
     async def seed() -> tuple[str, str]:
         store = await Store.open(db_path)
         ids = []
         try:
             for epochs in (long_epochs, 1):
-                job = await store.create_job(Job(job_id="j" + os.urandom(16).hex(), owner="anonymous",
-                                                 status=JobStatus.SUBMITTED, model_type="UNET", spec={}))
+                job = await store.create_job(
+                    Job(
+                        job_id="j" + os.urandom(16).hex(),
+                        owner="anonymous",
+                        status=JobStatus.SUBMITTED,
+                        model_type="UNET",
+                        spec={},
+                    )
+                )
                 await store.claim_next_job("cpu", "bench-seed")
-                lines = [(MessageType.INFORMATIVE, (f"Epoch {e}/{epochs}, train_loss {1 / e:.4f}, valid_loss "
-                                                    f"{1.1 / e:.4f}, accuracy {1 - 0.5 / e:.4f}, dice "
-                                                    f"{1 - 0.6 / e:.4f}, time 1.2 s")) for e in range(1, epochs + 1)]
+                lines = [
+                    (
+                        MessageType.INFORMATIVE,
+                        (
+                            f"Epoch {e}/{epochs}, train_loss {1 / e:.4f}, valid_loss "
+                            f"{1.1 / e:.4f}, accuracy {1 - 0.5 / e:.4f}, dice "
+                            f"{1 - 0.6 / e:.4f}, time 1.2 s"
+                        ),
+                    )
+                    for e in range(1, epochs + 1)
+                ]
                 for start in range(0, len(lines), 1000):
-                    await store.record_progress(job.job_id, messages=lines[start:start + 1000], progress=50.0)
-                await store.transition(job.job_id, JobStatus.SUCCEEDED, result={"uri": "/fileShares/default/m.dlpk"},
-                                       messages=[(MessageType.INFORMATIVE, "Training Finished")])
+                    await store.record_progress(job.job_id, messages=lines[start : start + 1000], progress=50.0)
+                await store.transition(
+                    job.job_id,
+                    JobStatus.SUCCEEDED,
+                    result={"uri": "/fileShares/default/m.dlpk"},
+                    messages=[(MessageType.INFORMATIVE, "Training Finished")],
+                )
                 ids.append(job.job_id)
         finally:
             await store.close()
         return ids[0], ids[1]
+
     return asyncio.run(seed())
 
 
 def polls_at_scale(root: Path, args) -> None:
-    print(f"1. polls at scale: {args.pollers} concurrent pollers, {args.seconds:g} s per measurement, "
-          f"{args.rounds} alternating round(s)")
+    print(
+        f"1. polls at scale: {args.pollers} concurrent pollers, {args.seconds:g} s per measurement, "
+        f"{args.rounds} alternating round(s)"
+    )
     long_id, short_id = seed_finished_jobs(root / "var" / "gpjobs.sqlite3", args.long_epochs)
-    server = GpjobsServer(root, env={"GPJOBS_FAKE_BEHAVIOUR": "slow", "GPJOBS_FAKE_EPOCH_S": "2"},
-                          settings={"max_queued_per_user": 0, "progress_flush_s": 2.0})
+    server = GpjobsServer(
+        root,
+        env={"GPJOBS_FAKE_BEHAVIOUR": "slow", "GPJOBS_FAKE_EPOCH_S": "2"},
+        settings={"max_queued_per_user": 0, "progress_flush_s": 2.0},
+    )
     server.start()
     port = free_port()
-    bare = subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(port)], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL)
+    bare = subprocess.Popen(
+        [sys.executable, "-c", BARE_SERVER, str(port)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
     try:
         assert bare.stdout is not None and b"ready" in bare.stdout.readline()
-        job = server.submit(in_folder="/fileShares/default/exports/seg", model_type="UNET",
-                            output_name='{"name": "bench_long"}', max_epochs="1000")
+        job = server.submit(
+            in_folder="/fileShares/default/exports/seg",
+            model_type="UNET",
+            output_name='{"name": "bench_long"}',
+            max_epochs="1000",
+        )
         server.wait(job["jobId"], statuses={"esriJobExecuting"})
         running_url = f"{server.base_url}{TASK}/jobs/{job['jobId']}?f=json"
         bare_url = f"http://127.0.0.1:{port}/jobs/x?f=json"
@@ -174,12 +213,16 @@ def polls_at_scale(root: Path, args) -> None:
         ours_p99 = statistics.mean(r["p99_ms"] for r in runs["gpjobs"])
         bare_cpu = statistics.mean(r["cpu_ms"] for r in runs["bare"])
         ours_cpu = statistics.mean(r["cpu_ms"] for r in runs["gpjobs"])
-        print(f"  polls/s gpjobs / bare: {ours_rps / bare_rps:.2f} (goal >= 0.8); "
-              f"p99 gpjobs / bare: {ours_p99 / bare_p99:.2f} (goal <= 1.5); "
-              f"server CPU per poll gpjobs / bare: {ours_cpu / bare_cpu:.2f}")
+        print(
+            f"  polls/s gpjobs / bare: {ours_rps / bare_rps:.2f} (goal >= 0.8); "
+            f"p99 gpjobs / bare: {ours_p99 / bare_p99:.2f} (goal <= 1.5); "
+            f"server CPU per poll gpjobs / bare: {ours_cpu / bare_cpu:.2f}"
+        )
 
-        print(f"2. poll cost in the job's length: a finished {args.long_epochs}-epoch job vs a 1-epoch job, "
-              f"{args.pollers} pollers")
+        print(
+            f"2. poll cost in the job's length: a finished {args.long_epochs}-epoch job vs a 1-epoch job, "
+            f"{args.pollers} pollers"
+        )
         long_url = f"{server.base_url}{TASK}/jobs/{long_id}?f=json"
         short_url = f"{server.base_url}{TASK}/jobs/{short_id}?f=json"
         long_r = asyncio.run(hammer(long_url, args.pollers, args.seconds, server.process.pid))
@@ -187,11 +230,13 @@ def polls_at_scale(root: Path, args) -> None:
         show(f"{args.long_epochs}-epoch job", long_r)
         show("1-epoch job", short_r)
         page = server.get_json(f"{TASK}/jobs/{long_id}", returnMessages="true")
-        print(f"  long / short: {long_r['bytes'] / short_r['bytes']:.1f}x bytes per poll, "
-              f"{long_r['rps'] / short_r['rps']:.2f}x polls/s, {long_r['cpu_ms'] / short_r['cpu_ms']:.2f}x server "
-              f"CPU per poll; returnMessages=true: {len(page['messages'])} of "
-              f"{page['messageCount']} messages per page ({len(json.dumps(page)):,} B), next page at "
-              f"messageStart={page['messageNextStart']}")
+        print(
+            f"  long / short: {long_r['bytes'] / short_r['bytes']:.1f}x bytes per poll, "
+            f"{long_r['rps'] / short_r['rps']:.2f}x polls/s, {long_r['cpu_ms'] / short_r['cpu_ms']:.2f}x server "
+            f"CPU per poll; returnMessages=true: {len(page['messages'])} of "
+            f"{page['messageCount']} messages per page ({len(json.dumps(page)):,} B), next page at "
+            f"messageStart={page['messageNextStart']}"
+        )
         server.post_json(f"{TASK}/jobs/{job['jobId']}/cancel")
         server.wait(job["jobId"], timeout=60)
     finally:
@@ -207,9 +252,15 @@ def first_events(server: GpjobsServer, runs: int, warm: bool) -> list[tuple[floa
         if warm:
             wait_warm_ready(server, i + 1)
         t0 = time.perf_counter()
-        job_id = server.submit(in_folder="/fileShares/default/exports/seg", model_type="UNET",
-                               backbone_model="RESNET18", output_name=f'{{"name": "latency_{int(warm)}_{i}"}}',
-                               max_epochs="1", learning_rate="0.001", batch_size="4")["jobId"]
+        job_id = server.submit(
+            in_folder="/fileShares/default/exports/seg",
+            model_type="UNET",
+            backbone_model="RESNET18",
+            output_name=f'{{"name": "latency_{int(warm)}_{i}"}}',
+            max_epochs="1",
+            learning_rate="0.001",
+            batch_size="4",
+        )["jobId"]
         up = fit = epoch = None
         while epoch is None:
             info = server.job(job_id)
@@ -252,8 +303,12 @@ def warm_vs_cold(root: Path, runs: int) -> None:
     print("  seconds after submit: child up / fit loop starts / first epoch line")
     for warm, times in results.items():
         medians = [statistics.median(t[k] for t in times) for k in range(3)]
-        print(f"  {'warm' if warm else 'cold'}: " + ", ".join(" / ".join(f"{v:.2f}" for v in t) for t in times)
-              + "; median " + " / ".join(f"{v:.2f} s" for v in medians))
+        print(
+            f"  {'warm' if warm else 'cold'}: "
+            + ", ".join(" / ".join(f"{v:.2f}" for v in t) for t in times)
+            + "; median "
+            + " / ".join(f"{v:.2f} s" for v in medians)
+        )
     cold, warm = (statistics.median(t[1] for t in results[k]) for k in (False, True))
     print(f"  fit loop starts: warm {warm:.2f} s, cold {cold:.2f} s, warm / cold {warm / cold:.2f} (goal warm < 1 s)")
 

@@ -79,8 +79,10 @@ def default_workers() -> tuple[int, str]:
 
     config = load_config(env={})
     split = cpu_split(config, config.devices[0], fake_request())
-    return split.workers, (f"default ({split.workers}: {split.source}, {config.devices[0]} slot with "
-                           f"{split.cpus} CPU(s), {split.threads} trainer thread(s))")
+    return split.workers, (
+        f"default ({split.workers}: {split.source}, {config.devices[0]} slot with "
+        f"{split.cpus} CPU(s), {split.threads} trainer thread(s))"
+    )
 
 
 def load() -> str:
@@ -98,11 +100,11 @@ def breakdown(data, batch: int, repeats: int) -> None:
     n = len(ds)
     collate, finish = RawCollate(ds.task), _Finisher(ds, None, pin=False)
     raws = [ds.raw(i) for i in range(n)]
-    batches = [collate(raws[i:i + batch]) for i in range(0, n, batch)]
+    batches = [collate(raws[i : i + batch]) for i in range(0, n, batch)]
     stages = {
         "bare decode (tifffile.imread x2)": lambda: bare_decode(ds.records),
         "dataset.raw (decode + class LUT + draw)": lambda: [ds.raw(i) for i in range(n)],
-        "collate raw batch (memcpy)": lambda: [collate(raws[i:i + batch]) for i in range(0, n, batch)],
+        "collate raw batch (memcpy)": lambda: [collate(raws[i : i + batch]) for i in range(0, n, batch)],
         "finish (flip/rotate, normalise, int64)": lambda: [finish(b) for b in batches],
         "dataset[i] one by one (old per-sample path)": lambda: [ds[i] for i in range(n)],
     }
@@ -124,8 +126,12 @@ def main() -> int:
     parser.add_argument("--bands", type=int, default=3)
     parser.add_argument("--dtype", default="uint8")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--workers", nargs="+", default=["default"],
-                        help="worker counts to measure; 'default' = the server's default for this machine")
+    parser.add_argument(
+        "--workers",
+        nargs="+",
+        default=["default"],
+        help="worker counts to measure; 'default' = the server's default for this machine",
+    )
     parser.add_argument("--repeats", type=int, default=7, help="paired timed passes per variant (>= 5)")
     parser.add_argument("--breakdown", action="store_true", help="also time each stage per chip")
     args = parser.parse_args()
@@ -141,8 +147,10 @@ def main() -> int:
         data = open_training_data([folder], task="segmentation", validation_percent=0, augment=True)
         records = data.train.records
         n = len(records)
-        print(f"{n} chips {args.size}x{args.size}x{args.bands} {args.dtype} LZW TIFF + label, batch {args.batch}, "
-              f"{os.cpu_count()} CPUs, load {load()} (1/5 min), torch threads 1")
+        print(
+            f"{n} chips {args.size}x{args.size}x{args.bands} {args.dtype} LZW TIFF + label, batch {args.batch}, "
+            f"{os.cpu_count()} CPUs, load {load()} (1/5 min), torch threads 1"
+        )
         bare_decode(records)  # warm the page cache for both sides
         if args.breakdown:
             breakdown(data, args.batch, args.repeats)
@@ -162,14 +170,21 @@ def main() -> int:
                 main_cpu, work_cpu, chips = main_cpu + c2 - c1, work_cpu + w2 - w1, chips + used
                 pairs.append((bare_rate, used / seconds))
             ratios = sorted(ours / bare for bare, ours in pairs)
-            per_bare, per_main, per_work = (1e3 * bare_cpu / (n * args.repeats), 1e3 * main_cpu / chips,
-                                            1e3 * work_cpu / chips)
-            print(f"workers={label}: ratio {statistics.median(ratios):.2f} (median of {len(ratios)} paired runs, "
-                  f"range {ratios[0]:.2f}..{ratios[-1]:.2f}); loader {statistics.median(p[1] for p in pairs):6.1f} "
-                  f"chips/s, bare decode {statistics.median(p[0] for p in pairs):6.1f} chips/s (medians); "
-                  f"load {before} -> {load()}")
-            print(f"           CPU ms/chip: bare {per_bare:.2f}, loader {per_main + per_work:.2f} (consumer "
-                  f"{per_main:.2f} + workers {per_work:.2f}); CPU efficiency {per_bare / (per_main + per_work):.2f}")
+            per_bare, per_main, per_work = (
+                1e3 * bare_cpu / (n * args.repeats),
+                1e3 * main_cpu / chips,
+                1e3 * work_cpu / chips,
+            )
+            print(
+                f"workers={label}: ratio {statistics.median(ratios):.2f} (median of {len(ratios)} paired runs, "
+                f"range {ratios[0]:.2f}..{ratios[-1]:.2f}); loader {statistics.median(p[1] for p in pairs):6.1f} "
+                f"chips/s, bare decode {statistics.median(p[0] for p in pairs):6.1f} chips/s (medians); "
+                f"load {before} -> {load()}"
+            )
+            print(
+                f"           CPU ms/chip: bare {per_bare:.2f}, loader {per_main + per_work:.2f} (consumer "
+                f"{per_main:.2f} + workers {per_work:.2f}); CPU efficiency {per_bare / (per_main + per_work):.2f}"
+            )
             del train
     return 0
 

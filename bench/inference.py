@@ -39,8 +39,17 @@ def make_package(tmp: Path, chip: int) -> Path:
     from tests.training.helpers import make_spec, train
 
     folder = write_classified_tiles(tmp, n=8, size=chip)
-    spec = make_spec(tmp, [folder], "UNET", batch_size=4, max_epochs=1, learning_rate=0.01,
-                     validation_percent=25.0, backbone_model="RESNET18", output_name="unet")
+    spec = make_spec(
+        tmp,
+        [folder],
+        "UNET",
+        batch_size=4,
+        max_epochs=1,
+        learning_rate=0.01,
+        validation_percent=25.0,
+        backbone_model="RESNET18",
+        output_name="unet",
+    )
     _code, reporter = train(spec)
     result = [e for e in reporter.events if e["type"] == "result"]
     if not result:
@@ -57,9 +66,18 @@ def make_raster(path: Path, size: int, chip: int) -> np.ndarray:
     coarse = rng.integers(0, 256, (3, size // 16 + 1, size // 16 + 1), dtype=np.uint8)
     pixels = np.repeat(np.repeat(coarse, 16, axis=1), 16, axis=2)[:, :size, :size]
     pixels = (pixels.astype(np.int16) + rng.integers(-10, 10, pixels.shape)).clip(0, 255).astype(np.uint8)
-    profile = {"driver": "GTiff", "width": size, "height": size, "count": 3, "dtype": "uint8", "crs": "EPSG:32617",
-               "transform": from_origin(500000.0, 4000000.0, 0.5, 0.5), "tiled": True, "blockxsize": 256,
-               "blockysize": 256}
+    profile = {
+        "driver": "GTiff",
+        "width": size,
+        "height": size,
+        "count": 3,
+        "dtype": "uint8",
+        "crs": "EPSG:32617",
+        "transform": from_origin(500000.0, 4000000.0, 0.5, 0.5),
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+    }
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(pixels)
     return pixels
@@ -77,14 +95,15 @@ def bare_loop(package: Path, pixels: np.ndarray, chip: int, batch: int, tmp: Pat
     mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
     std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
     n = pixels.shape[1] // chip
-    chips = torch.from_numpy(pixels.reshape(3, n, chip, n, chip).transpose(1, 3, 0, 2, 4).reshape(-1, 3, chip, chip)
-                             .astype(np.float32))
+    chips = torch.from_numpy(
+        pixels.reshape(3, n, chip, n, chip).transpose(1, 3, 0, 2, 4).reshape(-1, 3, chip, chip).astype(np.float32)
+    )
     chips = (chips / 255 - mean) / std
     with torch.no_grad():
         network(chips[:batch]).argmax(1)  # warm-up
         start = time.perf_counter()
         for i in range(0, chips.shape[0], batch):
-            network(chips[i:i + batch]).argmax(1)
+            network(chips[i : i + batch]).argmax(1)
     return time.perf_counter() - start, chips.shape[0]
 
 
@@ -105,9 +124,12 @@ class TaskServer:
 
         (tmp / "server" / "share").mkdir(parents=True)
         shutil.copy(package, tmp / "server" / "share" / "unet.dlpk")
-        self.server = GpjobsServer(tmp / "server", trainer="real", raster_stores={"imagery": raster.parent},
-                                   settings={"child_threads": threads, "max_attempts": 1,
-                                             "progress_flush_s": 2.0}).start()  # the server's default
+        self.server = GpjobsServer(
+            tmp / "server",
+            trainer="real",
+            raster_stores={"imagery": raster.parent},
+            settings={"child_threads": threads, "max_attempts": 1, "progress_flush_s": 2.0},
+        ).start()  # the server's default
         self.runs = 0
 
     def wait_warm(self, timeout: float = 300) -> None:
@@ -122,10 +144,13 @@ class TaskServer:
         """Seconds from submitJob to the first poll that sees esriJobSucceeded."""
         self.wait_warm()
         start = time.perf_counter()
-        answer = self.server.submit_to(TASK, inputRaster=json.dumps({"uri": f"/rasterStores/imagery/{raster.name}"}),
-                                       model=json.dumps({"uri": "/fileShares/default/unet.dlpk"}),
-                                       outputClassifiedRaster=json.dumps({"name": f"bench{self.runs}"}),
-                                       modelArguments=json.dumps({"padding": 0, "batch_size": batch}))
+        answer = self.server.submit_to(
+            TASK,
+            inputRaster=json.dumps({"uri": f"/rasterStores/imagery/{raster.name}"}),
+            model=json.dumps({"uri": "/fileShares/default/unet.dlpk"}),
+            outputClassifiedRaster=json.dumps({"name": f"bench{self.runs}"}),
+            modelArguments=json.dumps({"padding": 0, "batch_size": batch}),
+        )
         while (info := self.server.job(answer["jobId"], TASK))["jobStatus"] not in TERMINAL:
             time.sleep(POLL_S)
         seconds = time.perf_counter() - start
@@ -149,11 +174,19 @@ def main() -> int:
     parser.add_argument("--chip", type=int, default=256, help="model chip size")
     parser.add_argument("--batch", type=int, default=4, help="batch size (host: batch_size argument)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    parser.add_argument("--repeats", type=int, default=1,
-                        help="alternate the runs this many times and keep each one's best (a busy machine's noise "
-                             "only ever slows a run down)")
-    parser.add_argument("--compare", choices=("bare", "server", "both"), default="both",
-                        help="host / bare loop, server task / host, or both")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="alternate the runs this many times and keep each one's best (a busy machine's noise "
+        "only ever slows a run down)",
+    )
+    parser.add_argument(
+        "--compare",
+        choices=("bare", "server", "both"),
+        default="both",
+        help="host / bare loop, server task / host, or both",
+    )
     args = parser.parse_args()
     if args.size % args.chip:
         raise SystemExit("--size must be a multiple of --chip")
@@ -179,8 +212,10 @@ def main() -> int:
         finally:
             if server is not None:
                 server.stop()
-    print(f"raster {args.size}x{args.size}x3, {chips} chips of {args.chip}, batch {args.batch}, "
-          f"{args.threads} threads, best of {max(1, args.repeats)}")
+    print(
+        f"raster {args.size}x{args.size}x3, {chips} chips of {args.chip}, batch {args.batch}, "
+        f"{args.threads} threads, best of {max(1, args.repeats)}"
+    )
     host_rate = chips / host_s
     print(f"host      : {host_rate:8.2f} chips/s, {host_s:.1f} s (package load, rasterio blocks, PRF, GeoTIFF)")
     if args.compare != "server":
@@ -188,8 +223,10 @@ def main() -> int:
         print(f"bare loop : {bare_rate:8.2f} chips/s")
         print(f"ratio host / bare = {host_rate / bare_rate:.3f} (goal >= 0.9)")
     if server is not None:
-        print(f"server    : {chips / server_s:8.2f} chips/s, {server_s:.1f} s (submit -> succeeded: queue, warm "
-              "child, block journal, GeoTIFF, item)")
+        print(
+            f"server    : {chips / server_s:8.2f} chips/s, {server_s:.1f} s (submit -> succeeded: queue, warm "
+            "child, block journal, GeoTIFF, item)"
+        )
         print(f"ratio server / host = {host_s / server_s:.3f} (goal >= 0.9 where the host needs >= 30 s)")
     return 0
 

@@ -42,10 +42,12 @@ def bare_optimizer(torch, family, model, *, lr: float, total_steps: int):
     backbone = list(family.backbone_parameters(model))
     ids = {id(p) for p in backbone}
     head = [p for p in model.parameters() if id(p) not in ids]
-    opt = torch.optim.AdamW([{"params": backbone, "lr": lr / 10}, {"params": head, "lr": lr}],
-                            betas=(0.9, 0.99), weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[lr / 10, lr], total_steps=total_steps,
-                                                pct_start=0.3, div_factor=25.0, final_div_factor=1e4)
+    opt = torch.optim.AdamW(
+        [{"params": backbone, "lr": lr / 10}, {"params": head, "lr": lr}], betas=(0.9, 0.99), weight_decay=0.01
+    )
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=[lr / 10, lr], total_steps=total_steps, pct_start=0.3, div_factor=25.0, final_div_factor=1e4
+    )
     return opt, sched
 
 
@@ -78,7 +80,7 @@ def memory(torch, device) -> dict:
 
     out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if device.type == "cuda":
-        out["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
+        out["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out
 
 
@@ -101,14 +103,23 @@ def run_engine(setup: Callable, args) -> dict:
                 self.cpu_marks.append(time.process_time())
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = FitConfig(max_epochs=args.epochs, batch_size=args.batch, learning_rate=1e-3, stop_training=False,
-                        device=args.device, checkpoint_path=Path(tmp) / "checkpoint.pt")
+        cfg = FitConfig(
+            max_epochs=args.epochs,
+            batch_size=args.batch,
+            learning_rate=1e-3,
+            stop_training=False,
+            device=args.device,
+            checkpoint_path=Path(tmp) / "checkpoint.pt",
+        )
         clock = Clock()
         start, cpu_start = time.perf_counter(), time.process_time()
         fit(family, model, data, cfg, clock)
     marks, cpu = [start, *clock.marks], [cpu_start, *clock.cpu_marks]
-    return {"epoch_times": [b - a for a, b in zip(marks, marks[1:])],
-            "epoch_cpu": [b - a for a, b in zip(cpu, cpu[1:])], **memory(torch, torch.device(args.device))}
+    return {
+        "epoch_times": [b - a for a, b in zip(marks, marks[1:])],
+        "epoch_cpu": [b - a for a, b in zip(cpu, cpu[1:])],
+        **memory(torch, torch.device(args.device)),
+    }
 
 
 def main(script: str, args, label: str, setup: Callable, run_bare: Callable) -> int:
@@ -119,25 +130,40 @@ def main(script: str, args, label: str, setup: Callable, run_bare: Callable) -> 
     runs: dict[str, list[dict]] = {"bare": [], "engine": []}
     for _ in range(args.rounds):
         for variant in ("bare", "engine"):
-            done = subprocess.run([sys.executable, script, *sys.argv[1:], "--variant", variant], cwd=REPO,
-                                  capture_output=True, text=True, check=True,
-                                  env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+            done = subprocess.run(
+                [sys.executable, script, *sys.argv[1:], "--variant", variant],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                check=True,
+                env={**os.environ, "OMP_NUM_THREADS": str(args.threads)},
+            )
             runs[variant].append(json.loads(done.stdout.strip().splitlines()[-1]))
     epoch = {v: statistics.median(t for r in rs for t in r["epoch_times"][1:]) for v, rs in runs.items()}
     rss = {v: max(r["peak_rss_mb"] for r in rs) for v, rs in runs.items()}
-    print(f"{label}, {args.chips} chips {args.size}px, batch {args.batch}, {args.epochs} epochs "
-          f"(first = warm-up), device {args.device}, {args.threads} threads, {args.rounds} rounds, "
-          f"load {os.getloadavg()[0]:.1f}")
-    print(f"epoch time  bare {epoch['bare']:.3f} s   engine {epoch['engine']:.3f} s   "
-          f"ratio {epoch['engine'] / epoch['bare']:.3f} (target <= 1.10)")
+    print(
+        f"{label}, {args.chips} chips {args.size}px, batch {args.batch}, {args.epochs} epochs "
+        f"(first = warm-up), device {args.device}, {args.threads} threads, {args.rounds} rounds, "
+        f"load {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"epoch time  bare {epoch['bare']:.3f} s   engine {epoch['engine']:.3f} s   "
+        f"ratio {epoch['engine'] / epoch['bare']:.3f} (target <= 1.10)"
+    )
     if all("epoch_cpu" in r for rs in runs.values() for r in rs):
         cpu = {v: statistics.median(t for r in rs for t in r["epoch_cpu"][1:]) for v, rs in runs.items()}
-        print(f"epoch CPU   bare {cpu['bare']:.3f} s   engine {cpu['engine']:.3f} s   "
-              f"ratio {cpu['engine'] / cpu['bare']:.3f} (process CPU seconds: load-independent)")
-    print(f"peak RSS    bare {rss['bare']:.0f} MB   engine {rss['engine']:.0f} MB   "
-          f"ratio {rss['engine'] / rss['bare']:.3f}")
+        print(
+            f"epoch CPU   bare {cpu['bare']:.3f} s   engine {cpu['engine']:.3f} s   "
+            f"ratio {cpu['engine'] / cpu['bare']:.3f} (process CPU seconds: load-independent)"
+        )
+    print(
+        f"peak RSS    bare {rss['bare']:.0f} MB   engine {rss['engine']:.0f} MB   "
+        f"ratio {rss['engine'] / rss['bare']:.3f}"
+    )
     if all("peak_cuda_mb" in r for rs in runs.values() for r in rs):
         cuda = {v: max(r["peak_cuda_mb"] for r in rs) for v, rs in runs.items()}
-        print(f"peak CUDA   bare {cuda['bare']:.0f} MB   engine {cuda['engine']:.0f} MB   "
-              f"ratio {cuda['engine'] / cuda['bare']:.3f}")
+        print(
+            f"peak CUDA   bare {cuda['bare']:.0f} MB   engine {cuda['engine']:.0f} MB   "
+            f"ratio {cuda['engine'] / cuda['bare']:.3f}"
+        )
     return 0

@@ -65,8 +65,9 @@ ROWS = {
     # Diagnostics: handwritten digits, which our default augmentation (flips, 90-degree turns) does not suit
     # (6 vs 9); -noaug turns it off.
     "classifier-digits": Row("FEATURE_CLASSIFIER", "RESNET18", "digits", epochs=2, batch=32),
-    "classifier-digits-noaug": Row("FEATURE_CLASSIFIER", "RESNET18", "digits", epochs=2, batch=32,
-                                   arguments=(("augment", False),)),
+    "classifier-digits-noaug": Row(
+        "FEATURE_CLASSIFIER", "RESNET18", "digits", epochs=2, batch=32, arguments=(("augment", False),)
+    ),
     "fasterrcnn": Row("FASTERRCNN", "RESNET18", "palms", epochs=5, batch=4),
     "yolov3": Row("YOLOV3", None, "palms", epochs=5, batch=4, detect_thresh=0.1),
 }
@@ -86,10 +87,20 @@ def _last_json(text: str) -> dict:
 
 def run_peer(data: DataSet, seed: int, epochs: int, batch: int, work: Path) -> dict:
     out = work / "peer.pt"
-    cmd = [PYTHON, str(REPO / "bench/qualitylib/peers.py"), str(data.folder), "--seed", str(seed),
-           "--epochs", str(epochs), "--batch", str(batch), "--out", str(out)]
-    done = subprocess.run(cmd, check=False, capture_output=True, text=True, env=_env(),
-                          cwd=REPO)
+    cmd = [
+        PYTHON,
+        str(REPO / "bench/qualitylib/peers.py"),
+        str(data.folder),
+        "--seed",
+        str(seed),
+        "--epochs",
+        str(epochs),
+        "--batch",
+        str(batch),
+        "--out",
+        str(out),
+    ]
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True, env=_env(), cwd=REPO)
     (work / "peer.log").write_text(done.stdout + done.stderr)
     if done.returncode != 0:
         raise RuntimeError(f"peer failed ({done.returncode}), see {work / 'peer.log'}:\n{done.stderr[-2000:]}")
@@ -99,14 +110,35 @@ def run_peer(data: DataSet, seed: int, epochs: int, batch: int, work: Path) -> d
 def run_ours(row: Row, data: DataSet, seed: int, epochs: int, batch: int, work: Path, extra: list[str]) -> dict:
     package = work / "ours.dlpk"
     arguments = {"seed": seed, **dict(row.arguments)}
-    flags = ["--in-folder", str(data.export), "--model-type", row.model_type, "--output", str(package),
-             "--batch-size", str(batch), "--max-epochs", str(epochs), "--arguments", json.dumps(arguments),
-             "--work-dir", str(work / "job"), "--threads", "1"]
+    flags = [
+        "--in-folder",
+        str(data.export),
+        "--model-type",
+        row.model_type,
+        "--output",
+        str(package),
+        "--batch-size",
+        str(batch),
+        "--max-epochs",
+        str(epochs),
+        "--arguments",
+        json.dumps(arguments),
+        "--work-dir",
+        str(work / "job"),
+        "--threads",
+        "1",
+    ]
     if row.backbone:
         flags += ["--backbone-model", row.backbone]
     flags += extra
-    done = subprocess.run([PYTHON, str(REPO / "bench/qualitylib/ours.py"), "--", *flags], check=False,
-                          capture_output=True, text=True, env=_env(), cwd=REPO)
+    done = subprocess.run(
+        [PYTHON, str(REPO / "bench/qualitylib/ours.py"), "--", *flags],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=REPO,
+    )
     log = done.stdout + done.stderr
     (work / "ours.log").write_text(log)
     result = _last_json(done.stdout) if done.returncode == 0 else {"code": done.returncode}
@@ -114,8 +146,12 @@ def run_ours(row: Row, data: DataSet, seed: int, epochs: int, batch: int, work: 
         raise RuntimeError(f"our job failed, see {work / 'ours.log'}:\n{log[-3000:]}")
     chosen = re.search(r"chosen learning rate ([0-9.e+-]+)", log)
     epochs_run = re.findall(r"^Epoch (\d+)/", log, re.MULTILINE)
-    return {**result, "package": str(package), "lr": float(chosen.group(1)) if chosen else None,
-            "epochs_run": int(epochs_run[-1]) if epochs_run else None}
+    return {
+        **result,
+        "package": str(package),
+        "lr": float(chosen.group(1)) if chosen else None,
+        "epochs_run": int(epochs_run[-1]) if epochs_run else None,
+    }
 
 
 def _stats(values: list[float]) -> tuple[float, float, float]:
@@ -135,8 +171,12 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=None, help="override every row's epochs")
     parser.add_argument("--json", type=Path, default=None, help="also write every run's numbers here")
     parser.add_argument("--keep", action="store_true", help="keep the trained models (else only logs stay)")
-    parser.add_argument("--ours-learning-rate", type=float, default=None,
-                        help="diagnostic: give our jobs this learning_rate (no LR range test)")
+    parser.add_argument(
+        "--ours-learning-rate",
+        type=float,
+        default=None,
+        help="diagnostic: give our jobs this learning_rate (no LR range test)",
+    )
     parser.add_argument("--ours-no-freeze", action="store_true", help="diagnostic: our jobs with freeze_model=false")
     args = parser.parse_args()
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
@@ -145,7 +185,8 @@ def main() -> int:
         parser.error(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
     seeds = [42 + i for i in range(args.seeds or (1 if args.quick else 3))]
     extra = (["--learning-rate", str(args.ours_learning_rate)] if args.ours_learning_rate else []) + (
-        ["--no-freeze-model"] if args.ours_no_freeze else [])
+        ["--no-freeze-model"] if args.ours_no_freeze else []
+    )
     if extra:
         print(f"DIAGNOSTIC: our jobs are not at the task's defaults: {' '.join(extra)}", flush=True)
     run_dir = CACHE / "runs" / time.strftime("%Y%m%d-%H%M%S")
@@ -157,8 +198,14 @@ def main() -> int:
         row = ROWS[key]
         data = dataset(row.data, args.quick)
         epochs = args.epochs or row.epochs
-        record = results[key] = {"row": key, "model_type": row.model_type, "data": row.data, "epochs": epochs,
-                                 "batch": row.batch, "runs": []}
+        record = results[key] = {
+            "row": key,
+            "model_type": row.model_type,
+            "data": row.data,
+            "epochs": epochs,
+            "batch": row.batch,
+            "runs": [],
+        }
         for seed in seeds:
             work = run_dir / key / str(seed)
             work.mkdir(parents=True, exist_ok=True)
@@ -175,20 +222,30 @@ def main() -> int:
                     Path(peer["saved"]).unlink()
             peer = peers[peer_key]
             ours = run_ours(row, data, seed, epochs, row.batch, work, extra)
-            run = {"seed": seed, "ours_wall": ours["wall"], "peer_wall": peer["wall"], "lr": ours["lr"],
-                   "epochs_run": ours["epochs_run"],
-                   "ours": scoring.score(data, scoring.predict_ours(Path(ours["package"]), data), row.detect_thresh),
-                   "peer": scoring.score(data, peer["predictions"], row.detect_thresh)}
+            run = {
+                "seed": seed,
+                "ours_wall": ours["wall"],
+                "peer_wall": peer["wall"],
+                "lr": ours["lr"],
+                "epochs_run": ours["epochs_run"],
+                "ours": scoring.score(data, scoring.predict_ours(Path(ours["package"]), data), row.detect_thresh),
+                "peer": scoring.score(data, peer["predictions"], row.detect_thresh),
+            }
             record["runs"].append(run)
             if not args.keep:  # a package and its checkpoints are 100+ MB a run
                 Path(ours["package"]).unlink()
                 shutil.rmtree(work / "job", ignore_errors=True)
-            print(f"{key} seed {seed}: ours {run['ours']} ({run['ours_wall']:.0f} s, lr {run['lr']}, "
-                  f"{run['epochs_run']} epochs) | peer {run['peer']} ({run['peer_wall']:.0f} s)", flush=True)
+            print(
+                f"{key} seed {seed}: ours {run['ours']} ({run['ours_wall']:.0f} s, lr {run['lr']}, "
+                f"{run['epochs_run']} epochs) | peer {run['peer']} ({run['peer_wall']:.0f} s)",
+                flush=True,
+            )
 
     print()
-    head = (f"{'row':<16} {'data':<9} {'metric':<14} {'ours mean [min..max]':<24} {'peer mean [min..max]':<24} "
-            f"{'ratio':>6} {'wall s ours/peer':>17} {'ratio':>6}  goal")
+    head = (
+        f"{'row':<16} {'data':<9} {'metric':<14} {'ours mean [min..max]':<24} {'peer mean [min..max]':<24} "
+        f"{'ratio':>6} {'wall s ours/peer':>17} {'ratio':>6}  goal"
+    )
     print(head)
     print("-" * len(head))
     failed = 0
@@ -203,10 +260,14 @@ def main() -> int:
             ratio = f"{_stats(ours)[0] / _stats(peer)[0]:>6.2f}" if _stats(peer)[0] > 0 else "     -"
             ok = _stats(ours)[0] >= _stats(peer)[0] and wall_ratio <= WALL_GOAL
             failed += not ok
-            print(f"{key:<16} {record['data']:<9} {metric:<14} {_fmt(ours):<24} {_fmt(peer):<24} {ratio} "
-                  f"{f'{ours_wall:.0f}/{peer_wall:.0f}':>17} {wall_ratio:>6.2f}  {'PASS' if ok else 'FAIL'}")
-    print(f"\nseeds {seeds}; {'quick' if args.quick else 'full'} data; goal: ours >= peer and wall ratio <= "
-          f"{WALL_GOAL}" + (f"; DIAGNOSTIC ours with {' '.join(extra)}" if extra else ""))
+            print(
+                f"{key:<16} {record['data']:<9} {metric:<14} {_fmt(ours):<24} {_fmt(peer):<24} {ratio} "
+                f"{f'{ours_wall:.0f}/{peer_wall:.0f}':>17} {wall_ratio:>6.2f}  {'PASS' if ok else 'FAIL'}"
+            )
+    print(
+        f"\nseeds {seeds}; {'quick' if args.quick else 'full'} data; goal: ours >= peer and wall ratio <= "
+        f"{WALL_GOAL}" + (f"; DIAGNOSTIC ours with {' '.join(extra)}" if extra else "")
+    )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 1 if failed else 0

@@ -34,8 +34,15 @@ S = JobStatus
 
 def _job(i: int) -> Job:
     request = fake_request(name=f"m{i}")
-    return Job(job_id=new_job_id(), owner=f"user{i % 50}", status=S.SUBMITTED, model_type="FEATURE_CLASSIFIER",
-               inputs={"output_name": f'{{"name": "m{i}"}}'}, spec=request.to_json_dict(), max_attempts=3)
+    return Job(
+        job_id=new_job_id(),
+        owner=f"user{i % 50}",
+        status=S.SUBMITTED,
+        model_type="FEATURE_CLASSIFIER",
+        inputs={"output_name": f'{{"name": "m{i}"}}'},
+        spec=request.to_json_dict(),
+        max_attempts=3,
+    )
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -83,8 +90,9 @@ async def run_depth(depth: int, rounds: int, slots: int, polls: int, root: Path)
                 start = time.perf_counter()
                 await store.db.fetchone(sql.SELECT_JOB, {"job_id": job_id})
                 out["poll_sql"].append(time.perf_counter() - start)
-        queued = await store.db.fetchone("SELECT count(*) FROM jobs WHERE status IN (?, ?)",
-                                         (S.SUBMITTED.value, S.WAITING.value))
+        queued = await store.db.fetchone(
+            "SELECT count(*) FROM jobs WHERE status IN (?, ?)", (S.SUBMITTED.value, S.WAITING.value)
+        )
         assert abs(queued[0] - depth) <= slots, queued[0]
     finally:
         await store.close()
@@ -110,12 +118,14 @@ async def main() -> None:
     print(f"{'queued':>8}  {'claim':>17}  {'poll (get_job)':>17}  {'poll (SQL)':>17}")
     for depth in depths:
         row = results[depth]
-        cells = [f"{_pct(row[k], .5) * 1e3:7.3f} / {_pct(row[k], .99) * 1e3:7.3f}" for k in ("claim", "poll", "poll_sql")]
+        cells = [
+            f"{_pct(row[k], 0.5) * 1e3:7.3f} / {_pct(row[k], 0.99) * 1e3:7.3f}" for k in ("claim", "poll", "poll_sql")
+        ]
         print(f"{depth:>8}  " + "  ".join(cells))
     first, last = depths[0], depths[-1]
     for key in ("claim", "poll", "poll_sql"):
         p50 = statistics.median(results[last][key]) / statistics.median(results[first][key])
-        p99 = _pct(results[last][key], .99) / _pct(results[first][key], .99)
+        p99 = _pct(results[last][key], 0.99) / _pct(results[first][key], 0.99)
         print(f"{key}: {last} / {first} queued: p50 x{p50:.2f}, p99 x{p99:.2f} (goal: flat, <= 2)")
 
 

@@ -57,14 +57,40 @@ POLL_S = 0.01
 
 # --- 1 and 2: `gpjobs train` on several devices against one -----------------------------------------------
 
-def train_epochs(folder: Path, work: Path, devices: str, threads: int, batch: int, epochs: int,
-                 workers: int | None = None) -> list[float]:
+
+def train_epochs(
+    folder: Path, work: Path, devices: str, threads: int, batch: int, epochs: int, workers: int | None = None
+) -> list[float]:
     """Run `gpjobs train` once; the seconds of each epoch after the first (all of them when there is one)."""
     arguments = {"augment": False, "seed": 7, **({"num_workers": workers} if workers is not None else {})}
-    command = [sys.executable, "-m", "gpjobs.cli", "train", "--in-folder", str(folder), "--model-type", "UNET",
-               "--backbone-model", "RESNET18", "--max-epochs", str(epochs), "--batch-size", str(batch),
-               "--learning-rate", "0.001", "--arguments", json.dumps(arguments), "--output", str(work / "m.dlpk"),
-               "--devices", devices, "--threads", str(threads), "--work-dir", str(work / devices.replace(",", "_"))]
+    command = [
+        sys.executable,
+        "-m",
+        "gpjobs.cli",
+        "train",
+        "--in-folder",
+        str(folder),
+        "--model-type",
+        "UNET",
+        "--backbone-model",
+        "RESNET18",
+        "--max-epochs",
+        str(epochs),
+        "--batch-size",
+        str(batch),
+        "--learning-rate",
+        "0.001",
+        "--arguments",
+        json.dumps(arguments),
+        "--output",
+        str(work / "m.dlpk"),
+        "--devices",
+        devices,
+        "--threads",
+        str(threads),
+        "--work-dir",
+        str(work / devices.replace(",", "_")),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO)}
     done = subprocess.run(command, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)
     if done.returncode != 0:
@@ -75,8 +101,9 @@ def train_epochs(folder: Path, work: Path, devices: str, threads: int, batch: in
     return [s for e, s in sorted(seconds.items()) if e > 1] or list(seconds.values())
 
 
-def compare(folder: Path, work: Path, runs: dict[str, tuple[str, int, int, int | None]], epochs: int,
-            repeats: int) -> dict[str, float]:
+def compare(
+    folder: Path, work: Path, runs: dict[str, tuple[str, int, int, int | None]], epochs: int, repeats: int
+) -> dict[str, float]:
     """Median epoch seconds per named run (devices, threads, batch, loader workers), alternating the order."""
     times: dict[str, list[float]] = {name: [] for name in runs}
     for repeat in range(repeats):
@@ -85,41 +112,68 @@ def compare(folder: Path, work: Path, runs: dict[str, tuple[str, int, int, int |
             devices, threads, batch, workers = runs[name]
             times[name] += train_epochs(folder, work / f"{name}-{repeat}", devices, threads, batch, epochs, workers)
     for name, seconds in times.items():
-        print(f"  {name}: epoch seconds " + ", ".join(f"{s:.1f}" for s in seconds)
-              + f"; median {statistics.median(seconds):.1f} s")
+        print(
+            f"  {name}: epoch seconds "
+            + ", ".join(f"{s:.1f}" for s in seconds)
+            + f"; median {statistics.median(seconds):.1f} s"
+        )
     return {name: statistics.median(seconds) for name, seconds in times.items()}
 
 
 def ddp_on_cpu(root: Path, chips: int, epochs: int, repeats: int) -> None:
     print(f"1. UNET-RESNET18, {chips} chips of 64 px, batch 8, {epochs} epochs x {repeats} run(s) each, two cores")
     folder = write_classified_tiles(root / "exports", n=chips, size=64, name="seg")
-    median = compare(folder, root, {"2 ranks x 1 thread": ("cpu,cpu", 1, 8, None),
-                                    "1 process x 2 threads": ("cpu", 2, 8, None),
-                                    "1 process x 1 thread": ("cpu", 1, 8, None)}, epochs, repeats)
+    median = compare(
+        folder,
+        root,
+        {
+            "2 ranks x 1 thread": ("cpu,cpu", 1, 8, None),
+            "1 process x 2 threads": ("cpu", 2, 8, None),
+            "1 process x 1 thread": ("cpu", 1, 8, None),
+        },
+        epochs,
+        repeats,
+    )
     ratio = median["2 ranks x 1 thread"] / median["1 process x 2 threads"]
-    print(f"  epoch time 2 ranks / 1 process x 2 threads: {ratio:.2f} (> 1: what DDP costs here against intra-op "
-          "threads: gloo all-reduce of every gradient, rank 0 validating alone; no goal on CPU)")
+    print(
+        f"  epoch time 2 ranks / 1 process x 2 threads: {ratio:.2f} (> 1: what DDP costs here against intra-op "
+        "threads: gloo all-reduce of every gradient, rank 0 validating alone; no goal on CPU)"
+    )
     one = median["1 process x 1 thread"]
-    print(f"  speed-up over 1 process x 1 thread: 2 ranks {one / median['2 ranks x 1 thread']:.2f}, "
-          f"1 process x 2 threads {one / median['1 process x 2 threads']:.2f} (ideal 2 each)")
+    print(
+        f"  speed-up over 1 process x 1 thread: 2 ranks {one / median['2 ranks x 1 thread']:.2f}, "
+        f"1 process x 2 threads {one / median['1 process x 2 threads']:.2f} (ideal 2 each)"
+    )
 
 
 def cuda_devices() -> int:
     """torch.cuda.device_count(), asked in a child so that this process never imports torch."""
-    done = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.device_count())"],
-                          check=False, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.cuda.device_count())"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return int(done.stdout.strip() or 0) if done.returncode == 0 else 0
 
 
 def gpus_against_one(root: Path, gpus: int, chips: int, epochs: int, repeats: int) -> None:
     per_gpu = 16
     chips = max(chips, 16 * per_gpu * gpus)  # enough steps per epoch that the N-GPU epoch is not all start-up
-    print(f"2. UNET-RESNET18, {chips} chips of 128 px, batch {per_gpu} per GPU, {epochs} epochs x {repeats} "
-          f"run(s): {gpus} GPUs against one")
+    print(
+        f"2. UNET-RESNET18, {chips} chips of 128 px, batch {per_gpu} per GPU, {epochs} epochs x {repeats} "
+        f"run(s): {gpus} GPUs against one"
+    )
     folder = write_classified_tiles(root / "exports", n=chips, size=128, name="seg")
     many = ",".join(f"cuda:{i}" for i in range(gpus))
-    median = compare(folder, root, {f"{gpus} GPUs": (many, 1, per_gpu * gpus, 4), "1 GPU": ("cuda:0", 1, per_gpu, 4)},
-                     epochs, repeats)
+    median = compare(
+        folder,
+        root,
+        {f"{gpus} GPUs": (many, 1, per_gpu * gpus, 4), "1 GPU": ("cuda:0", 1, per_gpu, 4)},
+        epochs,
+        repeats,
+    )
     # The same chips each epoch: images/s is chips / epoch seconds, so the chips cancel out of the ratio.
     ratio = median["1 GPU"] / (gpus * median[f"{gpus} GPUs"])
     print(f"  images/s {gpus} GPUs / ({gpus} x 1 GPU): {ratio:.2f} (goal >= 0.85)")
@@ -127,14 +181,25 @@ def gpus_against_one(root: Path, gpus: int, chips: int, epochs: int, repeats: in
 
 # --- 3: submit -> first training event, Ray pool against the local pool ----------------------------------
 
+
 @contextlib.contextmanager
 def ray_head(cpus: int = 2) -> Iterator[dict[str, str]]:
     """A local Ray head as the tests' `ray_cluster` fixture starts it: {"address", "env"}; shut down after."""
-    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0",
-           "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    head = subprocess.Popen([sys.executable, str(REPO / "tests" / "harness" / "ray_head.py"), str(cpus)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            env={**os.environ, **env}, cwd=REPO)
+    env = {
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    }
+    head = subprocess.Popen(
+        [sys.executable, str(REPO / "tests" / "harness" / "ray_head.py"), str(cpus)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, **env},
+        cwd=REPO,
+    )
     try:
         deadline = time.monotonic() + 180
         line = ""
@@ -155,9 +220,15 @@ def ray_head(cpus: int = 2) -> Iterator[dict[str, str]]:
 def first_event(server: GpjobsServer, name: str) -> tuple[float, float]:
     """Seconds from the submitJob answer to the child's first message and to its first epoch line."""
     t0 = time.perf_counter()
-    job_id = server.submit(in_folder="/fileShares/default/exports/seg", model_type="UNET", backbone_model="RESNET18",
-                           output_name=json.dumps({"name": name}), max_epochs="1", learning_rate="0.001",
-                           batch_size="4")["jobId"]
+    job_id = server.submit(
+        in_folder="/fileShares/default/exports/seg",
+        model_type="UNET",
+        backbone_model="RESNET18",
+        output_name=json.dumps({"name": name}),
+        max_epochs="1",
+        learning_rate="0.001",
+        batch_size="4",
+    )["jobId"]
     up = epoch = None
     while epoch is None:
         info = server.job(job_id)
@@ -186,8 +257,10 @@ def ray_against_local(root: Path, repeats: int) -> None:
     print(f"3. submit -> first training event: 1 + {repeats} tiny UNET jobs per server (8 chips of 64 px, 1 epoch)")
     with ray_head() as cluster:
         settings = {
-            "ray": ({"pool": "ray", "ray_address": cluster["address"], "devices": ["cpu"],
-                     "max_queued_per_user": 0}, cluster["env"]),
+            "ray": (
+                {"pool": "ray", "ray_address": cluster["address"], "devices": ["cpu"], "max_queued_per_user": 0},
+                cluster["env"],
+            ),
             "local, warm": ({"warm_trainers": True, "max_queued_per_user": 0}, {"PYTHONPATH": str(REPO)}),
             "local, cold": ({"warm_trainers": False, "max_queued_per_user": 0}, {"PYTHONPATH": str(REPO)}),
         }
@@ -211,9 +284,11 @@ def ray_against_local(root: Path, repeats: int) -> None:
     for name, runs in times.items():
         first, rest = runs[0], runs[1:]
         medians[name] = tuple(statistics.median(r[k] for r in rest) for k in range(2))
-        print(f"  {name}: first job {first[0]:.2f} / {first[1]:.2f}; then "
-              + ", ".join(f"{u:.2f} / {e:.2f}" for u, e in rest)
-              + f"; median {medians[name][0]:.2f} / {medians[name][1]:.2f} s")
+        print(
+            f"  {name}: first job {first[0]:.2f} / {first[1]:.2f}; then "
+            + ", ".join(f"{u:.2f} / {e:.2f}" for u, e in rest)
+            + f"; median {medians[name][0]:.2f} / {medians[name][1]:.2f} s"
+        )
     for local in ("local, warm", "local, cold"):
         up, epoch = (medians["ray"][k] / medians[local][k] for k in range(2))
         goal = " (goal <= 1.5)" if local == "local, warm" else ""

@@ -40,8 +40,12 @@ sys.path.insert(0, str(REPO))
 PALM = Path(os.environ.get("GPJOBS_SAMPLES_DIR", REPO.parent / "shared" / "samples")) / "palm-pascal-voc"
 HELD_OUT_FROM = 110
 
-MODEL = {"classification": ("FEATURE_CLASSIFIER", "accuracy"), "segmentation": ("UNET", "miou"),
-         "detection": ("FASTERRCNN", "average_precision"), "demo-segmentation": ("UNET", "miou")}
+MODEL = {
+    "classification": ("FEATURE_CLASSIFIER", "accuracy"),
+    "segmentation": ("UNET", "miou"),
+    "detection": ("FASTERRCNN", "average_precision"),
+    "demo-segmentation": ("UNET", "miou"),
+}
 
 # name -> engine settings (None = the job's defaults; "bare" is the plain loop). A variant on the command line
 # may add settings: "full-1e-3+lr=3e-3+warmup=0.1" (lr, warmup, freeze, factor).
@@ -74,8 +78,12 @@ def palm_chips() -> list[tuple[np.ndarray, list[tuple[float, float, float, float
     chips = []
     for xml in sorted((PALM / "labels").glob("*.xml")):
         text = xml.read_text()
-        boxes = [tuple(float(v) for v in m) for m in re.findall(
-            r"<xmin>([\d.]+)</xmin>\s*<ymin>([\d.]+)</ymin>\s*<xmax>([\d.]+)</xmax>\s*<ymax>([\d.]+)</ymax>", text)]
+        boxes = [
+            tuple(float(v) for v in m)
+            for m in re.findall(
+                r"<xmin>([\d.]+)</xmin>\s*<ymin>([\d.]+)</ymin>\s*<xmax>([\d.]+)</xmax>\s*<ymax>([\d.]+)</ymax>", text
+            )
+        ]
         image = np.asarray(Image.open(PALM / "images" / f"{xml.stem}.jpg").convert("RGB"))
         chips.append((image, boxes))
     return chips
@@ -94,8 +102,10 @@ def build_exports(root: Path, task: str) -> tuple[Path, Path]:
 
     if task == "demo-segmentation":
         classes = ((1, "building"), (2, "road"))
-        return (write_classified_tiles(root / "job", n=48, size=64, classes=classes, seed=0),
-                write_classified_tiles(root / "held_out", n=16, size=64, classes=classes, seed=1))
+        return (
+            write_classified_tiles(root / "job", n=48, size=64, classes=classes, seed=0),
+            write_classified_tiles(root / "held_out", n=16, size=64, classes=classes, seed=1),
+        )
 
     chips = palm_chips()
     folders = []
@@ -116,12 +126,13 @@ def build_exports(root: Path, task: str) -> tuple[Path, Path]:
                         break
                 for value, (cx, cy) in crops:
                     x0, y0 = int(np.clip(cx - 48, 0, 352)), int(np.clip(cy - 48, 0, 352))
-                    pixels = _resize(np.ascontiguousarray(image[y0:y0 + 96, x0:x0 + 96]), size)
+                    pixels = _resize(np.ascontiguousarray(image[y0 : y0 + 96, x0 : x0 + 96]), size)
                     stem = f"{count:09d}"
                     write_image(folder / f"images/{stem}.tif", pixels)
                     (folder / "labels").mkdir(exist_ok=True)
-                    (folder / f"labels/{stem}.xml").write_text(_voc_xml(stem, ".tif", size, 3,
-                                                                        [(value, (0, 0, size, size))]))
+                    (folder / f"labels/{stem}.xml").write_text(
+                        _voc_xml(stem, ".tif", size, 3, [(value, (0, 0, size, size))])
+                    )
                     rows.append([f"images/{stem}.tif", f"labels/{stem}.xml"])
                     images.append(pixels)
                     count += 1
@@ -173,12 +184,12 @@ class Job:
         self.info = lookup_model_type(self.model_type)
         self.args = parse_arguments(self.info, {})
         self.data = open_training_data([job_folder], task=self.info.task, validation_percent=10.0, seed=42)
-        scored = open_training_data([held_out], task=self.info.task, validation_percent=10.0, seed=42,
-                                    augment=False)
+        scored = open_training_data([held_out], task=self.info.task, validation_percent=10.0, seed=42, augment=False)
         from gpjobs.training.data.datasets import ExportDataset
 
-        self.held_out = ExportDataset(list(scored.train.records) + list(scored.valid.records), self.data.info,
-                                      augment=False)
+        self.held_out = ExportDataset(
+            list(scored.train.records) + list(scored.valid.records), self.data.info, augment=False
+        )
         self.family_type = family_for(self.model_type)
 
     def family_and_model(self, seed: int):
@@ -186,8 +197,9 @@ class Job:
 
         from gpjobs.training.weights import WeightsPolicy
 
-        family = self.family_type(self.info, self.data.info, "RESNET18", self.args, WeightsPolicy(None, "random"),
-                                  lambda level, text: None)
+        family = self.family_type(
+            self.info, self.data.info, "RESNET18", self.args, WeightsPolicy(None, "random"), lambda level, text: None
+        )
         family.attach_data(self.data)
         torch.manual_seed(seed)
         return family, family.build()
@@ -261,8 +273,9 @@ def arcgis_sweep(job: Job, family, model, seed: int) -> float:
     seed_everything(seed)
     model.train()
     train_loader, _ = job.data.loaders(job.batch)
-    curve = lr_range_test(model, lambda: make_optimizer(family, model, 1e-7, 1.0), step, lambda: train_loader,
-                          num_it=100)
+    curve = lr_range_test(
+        model, lambda: make_optimizer(family, model, 1e-7, 1.0), step, lambda: train_loader, num_it=100
+    )
     return arcgis_rule(curve["lrs"], curve["raw"])
 
 
@@ -277,12 +290,15 @@ def run_engine(job: Job, seed: int, epochs: int, settings: dict, reporter=None) 
     start = time.perf_counter()
     if rest.get("learning_rate") == "arcgis":
         rest["learning_rate"] = arcgis_sweep(job, family, model, seed)
-    config = FitConfig(max_epochs=epochs, batch_size=job.batch, stop_training=False, seed=seed, backbone=policy,
-                       **rest)
+    config = FitConfig(max_epochs=epochs, batch_size=job.batch, stop_training=False, seed=seed, backbone=policy, **rest)
     reporter = reporter or ListReporter()
     result = fit(family, model, job.data, config, reporter)
-    return {"score": job.score(family, model), "seconds": time.perf_counter() - start, "lr": result.learning_rate,
-            "lr_how": result.lr_how}
+    return {
+        "score": job.score(family, model),
+        "seconds": time.perf_counter() - start,
+        "lr": result.learning_rate,
+        "lr_how": result.lr_how,
+    }
 
 
 def summary(values: list[float]) -> str:
@@ -307,23 +323,32 @@ def main() -> int:
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         job = Job(args.task, *build_exports(Path(tmp), args.task), batch=args.batch)
-        print(f"{args.task}: {job.model_type}-RESNET18 (random init), {len(job.data.train)} training / "
-              f"{len(job.data.valid)} validation chips, {len(job.held_out)} held-out chips scored, "
-              f"{args.epochs} epochs, batch {args.batch}, seeds 0..{args.seeds - 1}; held-out {job.metric}")
+        print(
+            f"{args.task}: {job.model_type}-RESNET18 (random init), {len(job.data.train)} training / "
+            f"{len(job.data.valid)} validation chips, {len(job.held_out)} held-out chips scored, "
+            f"{args.epochs} epochs, batch {args.batch}, seeds 0..{args.seeds - 1}; held-out {job.metric}"
+        )
         for name in args.variants.split(","):
             runs = []
             for seed in range(args.seeds):
-                run = (run_bare(job, seed, args.epochs) if name == "bare"
-                       else run_engine(job, seed, args.epochs, variant_settings(name)))
+                run = (
+                    run_bare(job, seed, args.epochs)
+                    if name == "bare"
+                    else run_engine(job, seed, args.epochs, variant_settings(name))
+                )
                 runs.append(run)
                 if args.json:
                     with open(args.json, "a") as out:
-                        out.write(json.dumps({"task": args.task, "variant": name, "seed": seed, "epochs": args.epochs,
-                                              **run}) + "\n")
+                        out.write(
+                            json.dumps({"task": args.task, "variant": name, "seed": seed, "epochs": args.epochs, **run})
+                            + "\n"
+                        )
             lrs = sorted({f"{r['lr']:.1e}" for r in runs if "lr" in r})
-            print(f"  {name:<24} {job.metric} {summary([r['score'] for r in runs])}   "
-                  f"time {summary([r['seconds'] for r in runs])} s" + (f"   lr {', '.join(lrs)}" if lrs else ""),
-                  flush=True)
+            print(
+                f"  {name:<24} {job.metric} {summary([r['score'] for r in runs])}   "
+                f"time {summary([r['seconds'] for r in runs])} s" + (f"   lr {', '.join(lrs)}" if lrs else ""),
+                flush=True,
+            )
     return 0
 
 

@@ -39,14 +39,24 @@ def setup(args):
     n_valid = max(args.batch, args.chips // 8)
     images = torch.randn(args.chips + n_valid, 3, args.size, args.size, generator=g)
     masks = (images[:, 0] > 0.5).long() + (images[:, 1] > 1.0).long()
-    train_set = TensorDataset(images[:args.chips], masks[:args.chips])
-    valid_set = TensorDataset(images[args.chips:], masks[args.chips:])
-    info = DataInfo("Classified_Tiles", "segmentation", [ClassInfo(1, "a"), ClassInfo(2, "b")], 3,
-                    (args.size, args.size), [0, 1, 2], Normalization.imagenet(), False, 3)
+    train_set = TensorDataset(images[: args.chips], masks[: args.chips])
+    valid_set = TensorDataset(images[args.chips :], masks[args.chips :])
+    info = DataInfo(
+        "Classified_Tiles",
+        "segmentation",
+        [ClassInfo(1, "a"), ClassInfo(2, "b")],
+        3,
+        (args.size, args.size),
+        [0, 1, 2],
+        Normalization.imagenet(),
+        False,
+        3,
+    )
     mt = lookup_model_type(args.model_type)
     arguments = {"model": args.model} if args.model else {}
-    family = family_for(mt.name)(mt, info, "RESNET18", parse_arguments(mt, arguments), WeightsPolicy(),
-                                 lambda level, text: None)
+    family = family_for(mt.name)(
+        mt, info, "RESNET18", parse_arguments(mt, arguments), WeightsPolicy(), lambda level, text: None
+    )
     torch.manual_seed(0)
     model = family.build()
     family.freeze(model, True)
@@ -55,9 +65,17 @@ def setup(args):
         train, valid = train_set, valid_set
 
         def loaders(self, batch_size, *, num_workers=0, pin_memory=False):
-            return (DataLoader(train_set, batch_size, shuffle=True, drop_last=True,
-                               generator=torch.Generator().manual_seed(1), pin_memory=pin_memory),
-                    DataLoader(valid_set, batch_size, pin_memory=pin_memory))
+            return (
+                DataLoader(
+                    train_set,
+                    batch_size,
+                    shuffle=True,
+                    drop_last=True,
+                    generator=torch.Generator().manual_seed(1),
+                    pin_memory=pin_memory,
+                ),
+                DataLoader(valid_set, batch_size, pin_memory=pin_memory),
+            )
 
     return torch, family, model, Data()
 
@@ -69,8 +87,7 @@ def run_bare(args) -> dict:
     device = torch.device(args.device)
     model.to(device)
     train_loader, valid_loader = data.loaders(args.batch, pin_memory=device.type == "cuda")
-    opt, sched = harness.bare_optimizer(torch, family, model, lr=1e-3,
-                                        total_steps=args.epochs * len(train_loader))
+    opt, sched = harness.bare_optimizer(torch, family, model, lr=1e-3, total_steps=args.epochs * len(train_loader))
     clock = harness.EpochClock()
     for _ in range(args.epochs):
         harness.sync(torch, device)

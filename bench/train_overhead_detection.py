@@ -50,18 +50,32 @@ def setup(args):
             side = int(args.size * (0.2 + 0.1 * ((i + j) % 3)))
             x0, y0 = [int(v) for v in torch.randint(0, args.size - side, (2,), generator=g)]
             label = 1 + (i + j) % 2
-            image[label - 1, y0:y0 + side, x0:x0 + side] += 2.0
+            image[label - 1, y0 : y0 + side, x0 : x0 + side] += 2.0
             boxes.append([x0, y0, x0 + side, y0 + side])
             labels.append(label)
-        samples.append((image, {"boxes": torch.tensor(boxes, dtype=torch.float32),
-                                "labels": torch.tensor(labels, dtype=torch.int64)}))
-    train_set, valid_set = samples[:args.chips], samples[args.chips:]
-    info = DataInfo("PASCAL_VOC_rectangles", "detection", [ClassInfo(1, "a"), ClassInfo(2, "b")], 3,
-                    (args.size, args.size), [0, 1, 2], Normalization.imagenet(), False, 3)
+        samples.append(
+            (
+                image,
+                {"boxes": torch.tensor(boxes, dtype=torch.float32), "labels": torch.tensor(labels, dtype=torch.int64)},
+            )
+        )
+    train_set, valid_set = samples[: args.chips], samples[args.chips :]
+    info = DataInfo(
+        "PASCAL_VOC_rectangles",
+        "detection",
+        [ClassInfo(1, "a"), ClassInfo(2, "b")],
+        3,
+        (args.size, args.size),
+        [0, 1, 2],
+        Normalization.imagenet(),
+        False,
+        3,
+    )
     mt = lookup_model_type(args.model_type)
     arguments = {**json.loads(args.arguments or "{}"), **({"model": args.model} if args.model else {})}
-    family = family_for(mt.name)(mt, info, args.backbone, parse_arguments(mt, arguments), WeightsPolicy(),
-                                 lambda level, text: None)
+    family = family_for(mt.name)(
+        mt, info, args.backbone, parse_arguments(mt, arguments), WeightsPolicy(), lambda level, text: None
+    )
     torch.manual_seed(0)
     model = family.build()
     family.freeze(model, True)
@@ -73,9 +87,17 @@ def setup(args):
         train, valid = train_set, valid_set
 
         def loaders(self, batch_size, *, num_workers=0, pin_memory=False):
-            return (DataLoader(train_set, batch_size, shuffle=True, drop_last=True, collate_fn=collate,
-                               generator=torch.Generator().manual_seed(1)),
-                    DataLoader(valid_set, batch_size, collate_fn=collate))
+            return (
+                DataLoader(
+                    train_set,
+                    batch_size,
+                    shuffle=True,
+                    drop_last=True,
+                    collate_fn=collate,
+                    generator=torch.Generator().manual_seed(1),
+                ),
+                DataLoader(valid_set, batch_size, collate_fn=collate),
+            )
 
     return torch, family, model, Data()
 
@@ -86,8 +108,7 @@ def run_bare(args) -> dict:
     model.to(device)
     net = getattr(model, "net", None)  # the torchvision detector itself, when it is one
     train_loader, valid_loader = data.loaders(args.batch)
-    opt, sched = harness.bare_optimizer(torch, family, model, lr=1e-3,
-                                        total_steps=args.epochs * len(train_loader))
+    opt, sched = harness.bare_optimizer(torch, family, model, lr=1e-3, total_steps=args.epochs * len(train_loader))
     clock = harness.EpochClock()
     for _ in range(args.epochs):
         harness.sync(torch, device)
@@ -117,8 +138,9 @@ def run_bare(args) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-type", default="RETINANET", choices=("RETINANET", "FASTERRCNN", "DETREG",
-                                                                          "MMDETECTION"))
+    parser.add_argument(
+        "--model-type", default="RETINANET", choices=("RETINANET", "FASTERRCNN", "DETREG", "MMDETECTION")
+    )
     parser.add_argument("--model", help="MMDETECTION model name (fcos, atss, vfnet, cascade_rcnn, ...)")
     parser.add_argument("--arguments", help="job arguments as JSON, e.g. DETREG's transformer size")
     parser.add_argument("--backbone", default="RESNET18")

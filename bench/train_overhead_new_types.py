@@ -40,7 +40,7 @@ def _captioner(torch, args, n_valid):
         words = [4 + int(v) for v in torch.randint(20, (8 + i % 4,), generator=g)]
         ids = torch.tensor([vocab.bos, *words, vocab.eos])
         samples.append((torch.randn(3, args.size, args.size, generator=g), ids, [[vocab.itos[w] for w in words]]))
-    return samples[:args.chips], samples[args.chips:], collate_captions, {"vocab": vocab}
+    return samples[: args.chips], samples[args.chips :], collate_captions, {"vocab": vocab}
 
 
 class _Track:
@@ -73,7 +73,7 @@ def _tracker(torch, args, n_valid):
         x = torch.randn(3, s, s, generator=g)
         x0, y0 = (int(v) for v in torch.randint(s // 4, s // 2, (2,), generator=g))
         mask = torch.zeros(s, s)
-        mask[y0:y0 + e // 2, x0:x0 + e // 2] = 1.0
+        mask[y0 : y0 + e // 2, x0 : x0 + e // 2] = 1.0
         x[:, mask > 0] += 2.0
         return (torch.randn(3, e, e, generator=g), x, torch.tensor([x0, y0, x0 + e // 2, y0 + e // 2]).float(), mask)
 
@@ -83,9 +83,10 @@ def _tracker(torch, args, n_valid):
         frames = [torch.randn(3, s, s, generator=g) for _ in range(5)]
         masks = [torch.zeros(s, s, dtype=torch.bool) for _ in range(5)]
         for m in masks:
-            m[8:8 + e // 2, 8:8 + e // 2] = True
-        tracks.append(_Track(frames, masks, torch.tensor([8.0, 8.0, 8.0 + e // 2, 8.0 + e // 2]),
-                             [pair() for _ in range(4)]))
+            m[8 : 8 + e // 2, 8 : 8 + e // 2] = True
+        tracks.append(
+            _Track(frames, masks, torch.tensor([8.0, 8.0, 8.0 + e // 2, 8.0 + e // 2]), [pair() for _ in range(4)])
+        )
     return train_set, tracks, None, {"exemplar": e, "instance": s}
 
 
@@ -101,14 +102,14 @@ def _panoptic(torch, args, n_valid):
         masks = []
         for j in range(2):
             x0, y0 = (int(v) for v in torch.randint(0, s // 2, (2,), generator=g))
-            semantic[y0:y0 + s // 3, x0:x0 + s // 3] = 1 + j
-            image[j, y0:y0 + s // 3, x0:x0 + s // 3] += 2.0
+            semantic[y0 : y0 + s // 3, x0 : x0 + s // 3] = 1 + j
+            image[j, y0 : y0 + s // 3, x0 : x0 + s // 3] += 2.0
             if j == 1:
                 m = torch.zeros(s, s, dtype=torch.uint8)
-                m[y0:y0 + s // 3, x0:x0 + s // 3] = 1
+                m[y0 : y0 + s // 3, x0 : x0 + s // 3] = 1
                 masks.append(m)
         samples.append((image, {"semantic": semantic, "masks": torch.stack(masks), "labels": torch.tensor([2])}))
-    return samples[:args.chips], samples[args.chips:], collate_detection, {"things": [2]}
+    return samples[: args.chips], samples[args.chips :], collate_detection, {"things": [2]}
 
 
 def setup(args):
@@ -124,16 +125,29 @@ def setup(args):
     n_valid = max(args.batch, args.chips // 8)
     build = {"IMAGECAPTIONER": _captioner, "SIAMMASK": _tracker, "MAXDEEPLAB": _panoptic}[args.model_type]
     train_set, valid_set, collate, extra = build(torch, args, n_valid)
-    fmt = {"IMAGECAPTIONER": "ImageCaptioning", "SIAMMASK": "ObjectTracking",
-           "MAXDEEPLAB": "Panoptic_Segmentation"}[args.model_type]
-    info = DataInfo(fmt, "", [ClassInfo(1, "a"), ClassInfo(2, "b")], 3, (args.size, args.size), [0, 1, 2],
-                    Normalization.imagenet(), False, 3)
+    fmt = {"IMAGECAPTIONER": "ImageCaptioning", "SIAMMASK": "ObjectTracking", "MAXDEEPLAB": "Panoptic_Segmentation"}[
+        args.model_type
+    ]
+    info = DataInfo(
+        fmt,
+        "",
+        [ClassInfo(1, "a"), ClassInfo(2, "b")],
+        3,
+        (args.size, args.size),
+        [0, 1, 2],
+        Normalization.imagenet(),
+        False,
+        3,
+    )
     mt = lookup_model_type(args.model_type)
-    raw = {"IMAGECAPTIONER": {"max_len": 12},
-           "SIAMMASK": {"exemplar_size": extra.get("exemplar"), "instance_size": extra.get("instance")},
-           "MAXDEEPLAB": {"n_masks": 6}}[args.model_type]
-    family = family_for(mt.name)(mt, info, BACKBONES[mt.name], parse_arguments(mt, raw), WeightsPolicy(),
-                                 lambda level, text: None)
+    raw = {
+        "IMAGECAPTIONER": {"max_len": 12},
+        "SIAMMASK": {"exemplar_size": extra.get("exemplar"), "instance_size": extra.get("instance")},
+        "MAXDEEPLAB": {"n_masks": 6},
+    }[args.model_type]
+    family = family_for(mt.name)(
+        mt, info, BACKBONES[mt.name], parse_arguments(mt, raw), WeightsPolicy(), lambda level, text: None
+    )
     family.vocab = extra.get("vocab")
     family.thing_values = extra.get("things", [])
     torch.manual_seed(0)
@@ -144,10 +158,19 @@ def setup(args):
         train, valid = train_set, valid_set
 
         def loaders(self, batch_size, *, num_workers=0, pin_memory=False):
-            train = DataLoader(train_set, batch_size, shuffle=True, drop_last=True, collate_fn=collate,
-                               generator=torch.Generator().manual_seed(1))
-            valid = (DataLoader(valid_set, batch_size, collate_fn=collate) if collate is not None else
-                     DataLoader(valid_set, batch_size, collate_fn=lambda b: b))
+            train = DataLoader(
+                train_set,
+                batch_size,
+                shuffle=True,
+                drop_last=True,
+                collate_fn=collate,
+                generator=torch.Generator().manual_seed(1),
+            )
+            valid = (
+                DataLoader(valid_set, batch_size, collate_fn=collate)
+                if collate is not None
+                else DataLoader(valid_set, batch_size, collate_fn=lambda b: b)
+            )
             return train, valid
 
     return torch, family, model, Data()

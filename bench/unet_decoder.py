@@ -44,25 +44,39 @@ def palm_classified_tiles(samples: Path, out: Path, size: int, window: int = 448
             continue
         image = Image.open(chip).convert("RGB")
         full = np.zeros((image.height, image.width), np.int64)
-        yy, xx = np.mgrid[0:image.height, 0:image.width] + 0.5
+        yy, xx = np.mgrid[0 : image.height, 0 : image.width] + 0.5
         for box in ET.parse(label).getroot().iter("bndbox"):
             x0, y0, x1, y1 = (float(box.find(k).text) for k in ("xmin", "ymin", "xmax", "ymax"))
             cx, cy, rx, ry = (x0 + x1) / 2, (y0 + y1) / 2, max((x1 - x0) / 2, 0.5), max((y1 - y0) / 2, 0.5)
             full[((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1.0] = 1
         steps = range(0, image.width - window + 1, max(1, window // 2))
-        top, left = max(((t, x) for t in steps for x in steps),
-                        key=lambda tx: full[tx[0]:tx[0] + window, tx[1]:tx[1] + window].sum())
+        top, left = max(
+            ((t, x) for t in steps for x in steps),
+            key=lambda tx: full[tx[0] : tx[0] + window, tx[1] : tx[1] + window].sum(),
+        )
         crop = image.crop((left, top, left + window, top + window))
         array = np.asarray(crop.resize((size, size), Image.BILINEAR))
-        mask = np.asarray(Image.fromarray(full[top:top + window, left:left + window].astype(np.uint8))
-                          .resize((size, size), Image.NEAREST)).astype(np.int64)
+        mask = np.asarray(
+            Image.fromarray(full[top : top + window, left : left + window].astype(np.uint8)).resize(
+                (size, size), Image.NEAREST
+            )
+        ).astype(np.int64)
         write_image(folder / f"images/{label.stem}.tif", array)
         write_label_raster(folder / f"labels/{label.stem}.tif", mask)
         rows.append([f"images/{label.stem}.tif", f"labels/{label.stem}.tif"])
         images.append(array)
         pixels += int(mask.sum())
-    write_metadata(folder, "Classified_Tiles", classes=[(1, "Palm")], size=size, bands=3, rows=rows, images=images,
-                   per_class=[pixels], pixel_stats=True)
+    write_metadata(
+        folder,
+        "Classified_Tiles",
+        classes=[(1, "Palm")],
+        size=size,
+        bands=3,
+        rows=rows,
+        images=images,
+        per_class=[pixels],
+        pixel_stats=True,
+    )
     return folder
 
 
@@ -78,21 +92,35 @@ def run(folder: Path, work: Path, decoder: str, seed: int, args: argparse.Namesp
         if decoder == "gpjobs":
             head = UnetDecoder(backbone.out_channels, family.num_outputs)
         else:
-            head = DynamicUnetDecoder(backbone.out_channels, backbone.strides, family.num_outputs,
-                                      family.in_channels)
+            head = DynamicUnetDecoder(backbone.out_channels, backbone.strides, family.num_outputs, family.in_channels)
         return SegmentationNet(backbone, head)
 
     segmentation.UnetFamily.build = build
     torch.set_num_threads(1)
-    spec = make_spec(work / f"{decoder}-{seed}", [folder], "UNET", backbone_model=args.backbone,
-                     max_epochs=args.epochs, batch_size=8, learning_rate=args.lr, validation_percent=20.0,
-                     stop_training=False, freeze_model=bool(args.freeze), arguments={"seed": seed},
-                     weights_dir=args.weights_dir)
+    spec = make_spec(
+        work / f"{decoder}-{seed}",
+        [folder],
+        "UNET",
+        backbone_model=args.backbone,
+        max_epochs=args.epochs,
+        batch_size=8,
+        learning_rate=args.lr,
+        validation_percent=20.0,
+        stop_training=False,
+        freeze_model=bool(args.freeze),
+        arguments={"seed": seed},
+        weights_dir=args.weights_dir,
+    )
     _, reporter = train(spec)
     best = result_of(reporter)["metrics"]
     last = epochs_of(reporter)[-1]
-    return {"miou": best["miou"], "accuracy": best["accuracy"], "valid_loss": best["valid_loss"],
-            "seconds": sum(e.get("seconds", 0.0) for e in epochs_of(reporter)), "last_epoch_loss": last["valid_loss"]}
+    return {
+        "miou": best["miou"],
+        "accuracy": best["accuracy"],
+        "valid_loss": best["valid_loss"],
+        "seconds": sum(e.get("seconds", 0.0) for e in epochs_of(reporter)),
+        "last_epoch_loss": last["valid_loss"],
+    }
 
 
 def main() -> None:
@@ -119,16 +147,23 @@ def main() -> None:
             for decoder in results:  # interleaved, so machine load drifts hit both alike
                 out = run(folder, Path(tmp), decoder, seed, args)
                 results[decoder].append(out)
-                print(f"seed {seed} {decoder:>12}: miou {out['miou']:.4f} accuracy {out['accuracy']:.4f} "
-                      f"valid_loss {out['valid_loss']:.4f}", flush=True)
-    means = {d: {k: statistics.mean(r[k] for r in rs) for k in ("miou", "accuracy", "valid_loss")}
-             for d, rs in results.items()}
+                print(
+                    f"seed {seed} {decoder:>12}: miou {out['miou']:.4f} accuracy {out['accuracy']:.4f} "
+                    f"valid_loss {out['valid_loss']:.4f}",
+                    flush=True,
+                )
+    means = {
+        d: {k: statistics.mean(r[k] for r in rs) for k in ("miou", "accuracy", "valid_loss")}
+        for d, rs in results.items()
+    }
     for d, m in means.items():
         print(f"mean {d:>12}: miou {m['miou']:.4f} accuracy {m['accuracy']:.4f} valid_loss {m['valid_loss']:.4f}")
     wins = sum(b["miou"] >= a["miou"] for a, b in zip(results["gpjobs"], results["dynamic_unet"]))
-    print(f"ratio dynamic_unet/gpjobs: miou {means['dynamic_unet']['miou'] / means['gpjobs']['miou']:.3f}, "
-          f"valid_loss {means['dynamic_unet']['valid_loss'] / means['gpjobs']['valid_loss']:.3f}; "
-          f"dynamic_unet miou >= gpjobs in {wins}/{len(args.seeds)} seeds")
+    print(
+        f"ratio dynamic_unet/gpjobs: miou {means['dynamic_unet']['miou'] / means['gpjobs']['miou']:.3f}, "
+        f"valid_loss {means['dynamic_unet']['valid_loss'] / means['gpjobs']['valid_loss']:.3f}; "
+        f"dynamic_unet miou >= gpjobs in {wins}/{len(args.seeds)} seeds"
+    )
 
 
 if __name__ == "__main__":

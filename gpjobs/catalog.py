@@ -91,9 +91,11 @@ def _pairs(minimum: float | None, maximum: float | None) -> Callable[[Any], list
         items = list_parser(lambda v: v)(raw)
         if items and all(not isinstance(v, (list, tuple)) for v in items):
             if len(items) % 2:
-                raise ValueError(f"{len(items)} numbers cannot be read as [w, h] pairs; give pairs such as "
-                                 "[[1.0, 1.0], [1.0, 0.5]] (or an even count of numbers, read two by two)")
-            items = [items[i:i + 2] for i in range(0, len(items), 2)]
+                raise ValueError(
+                    f"{len(items)} numbers cannot be read as [w, h] pairs; give pairs such as "
+                    "[[1.0, 1.0], [1.0, 0.5]] (or an even count of numbers, read two by two)"
+                )
+            items = [items[i : i + 2] for i in range(0, len(items), 2)]
         pairs = [number(v) for v in items]
         if any(len(pair) != 2 for pair in pairs):
             raise ValueError("each entry must be a [w, h] pair such as [1.0, 0.5]")
@@ -155,49 +157,85 @@ def _whole(value: float | None) -> int | None:
     return None if value is None else int(value)
 
 
-def _arg(kind: str, default: Any, help: str, low: float | None = None, high: float | None = None, *,
-         choices: tuple[str, ...] = (), no_effect: str = "") -> ArgSpec:
+def _arg(
+    kind: str,
+    default: Any,
+    help: str,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    choices: tuple[str, ...] = (),
+    no_effect: str = "",
+) -> ArgSpec:
     return ArgSpec(kind, default, help, choices, low, high, no_effect)
 
 
 MAX_LOADER_WORKERS = 16  # data loader processes one job may ask for
 
-_POINTREND = ArgSpec("bool", False, "PointRend refinement of mask boundaries",
-                     no_effect="PointRend is not implemented here; the model trains without it")
+_POINTREND = ArgSpec(
+    "bool",
+    False,
+    "PointRend refinement of mask boundaries",
+    no_effect="PointRend is not implemented here; the model trains without it",
+)
 _PYRAMID_NOTE = "{} has no pyramid pooling module (PSPNET has); Esri's pixel-classification form sends it anyway"
 
 # Arguments every model type accepts (ours and Esri's common ones).
 COMMON_ARGUMENTS: dict[str, ArgSpec] = {
-    "chip_size": ArgSpec("int", None, "train at this chip size (resize); default: the export's tile size",
-                         minimum=8, maximum=4096),
+    "chip_size": ArgSpec(
+        "int", None, "train at this chip size (resize); default: the export's tile size", minimum=8, maximum=4096
+    ),
     "monitor": ArgSpec("str", "valid_loss", "metric watched by early stopping and best-epoch selection"),
     "patience": ArgSpec("int", 5, "epochs without improvement before early stopping", minimum=1, maximum=10_000),
-    "min_delta": ArgSpec("float", 0.001, "smallest change of the monitored value that counts as improvement",
-                         minimum=0, maximum=1e6),
-    "seed": ArgSpec("int", 42, "seed for the train/validation split, augmentation and initialisation",
-                    minimum=0, maximum=2**31 - 1),
-    "num_workers": ArgSpec("int", None, "data loader worker processes (default: the server's loader_workers "
-                                         "setting; auto: from the slot's CPU share and device kind)",
-                           minimum=0, maximum=MAX_LOADER_WORKERS),
+    "min_delta": ArgSpec(
+        "float", 0.001, "smallest change of the monitored value that counts as improvement", minimum=0, maximum=1e6
+    ),
+    "seed": ArgSpec(
+        "int", 42, "seed for the train/validation split, augmentation and initialisation", minimum=0, maximum=2**31 - 1
+    ),
+    "num_workers": ArgSpec(
+        "int",
+        None,
+        "data loader worker processes (default: the server's loader_workers "
+        "setting; auto: from the slot's CPU share and device kind)",
+        minimum=0,
+        maximum=MAX_LOADER_WORKERS,
+    ),
     "mixed_precision": ArgSpec("bool", True, "autocast + grad scaling on CUDA (ignored on CPU)"),
-    "augment": ArgSpec("bool", None, "flips and 90-degree rotations on training chips (default: on for a "
-                                     "pretrained backbone, off when training from random weights)"),
-    "extract_bands": ArgSpec("int_list", None, "band indices fed to the model (default: all bands)",
-                             minimum=0, maximum=1023),
-    "iou_thresh": ArgSpec("float", 0.1, "detection: IoU threshold of the Esri-style average precision",
-                          minimum=0.01, maximum=1),
-    "allow_partial_pretrained": ArgSpec("bool", False, "train even when pretrained_model fills only part of the "
-                                                       "backbone (the rest starts random; use freeze_model=false)"),
-    "clip_grad_norm": ArgSpec("float", None, "clip the gradient norm of each step to this value (0: off; "
-                                             "default: 10 for detectors, off otherwise)", minimum=0, maximum=1e6),
+    "augment": ArgSpec(
+        "bool",
+        None,
+        "flips and 90-degree rotations on training chips (default: on for a "
+        "pretrained backbone, off when training from random weights)",
+    ),
+    "extract_bands": ArgSpec(
+        "int_list", None, "band indices fed to the model (default: all bands)", minimum=0, maximum=1023
+    ),
+    "iou_thresh": ArgSpec(
+        "float", 0.1, "detection: IoU threshold of the Esri-style average precision", minimum=0.01, maximum=1
+    ),
+    "allow_partial_pretrained": ArgSpec(
+        "bool",
+        False,
+        "train even when pretrained_model fills only part of the "
+        "backbone (the rest starts random; use freeze_model=false)",
+    ),
+    "clip_grad_norm": ArgSpec(
+        "float",
+        None,
+        "clip the gradient norm of each step to this value (0: off; default: 10 for detectors, off otherwise)",
+        minimum=0,
+        maximum=1e6,
+    ),
 }
 
 SEGMENTATION_ARGUMENTS: dict[str, ArgSpec] = {
     "class_balancing": ArgSpec("bool", False, "weight the loss by inverse pixel frequency per class"),
     "mixup": ArgSpec("bool", False, "mixup augmentation (alpha 0.4) on training batches"),
     "focal_loss": ArgSpec("bool", False, "per-pixel focal loss (gamma 2) instead of cross-entropy"),
-    "ignore_classes": ArgSpec("int_list", [], "class values left out of the loss and metrics", minimum=0,
-                              maximum=65535),
+    "ignore_classes": ArgSpec(
+        "int_list", [], "class values left out of the loss and metrics", minimum=0, maximum=65535
+    ),
     "dice_loss_fraction": ArgSpec("float", 0.0, "share of dice loss mixed into the loss", minimum=0, maximum=1),
     "dice_loss_average": ArgSpec("str", "micro", "dice averaging", ("micro", "macro")),
     "weighted_dice": ArgSpec("bool", False, "weight dice by class weights"),
@@ -205,8 +243,13 @@ SEGMENTATION_ARGUMENTS: dict[str, ArgSpec] = {
 
 DETECTION_RCNN_ARGUMENTS: dict[str, ArgSpec] = {
     # counts 1..100000, thresholds and fractions 0..1
-    name: ArgSpec(kind, default, f"torchvision {name}", minimum=0 if kind == "float" else 1,
-                  maximum=1 if kind == "float" else 100_000)
+    name: ArgSpec(
+        kind,
+        default,
+        f"torchvision {name}",
+        minimum=0 if kind == "float" else 1,
+        maximum=1 if kind == "float" else 100_000,
+    )
     for name, kind, default in (
         ("rpn_pre_nms_top_n_train", "int", 2000),
         ("rpn_pre_nms_top_n_test", "int", 1000),
@@ -243,159 +286,425 @@ class ModelTypeInfo:
     esri_model_name: str = ""  # .emd ModelName (arcgis.learn class name)
 
 
-def _mt(name: str, family: str, task: str, formats, backbones, default, arguments=None, *,
-        esri_model_name: str = "") -> ModelTypeInfo:
-    return ModelTypeInfo(name, family, task, frozenset(formats), tuple(backbones), default,
-                         {**COMMON_ARGUMENTS, **(arguments or {})}, esri_model_name)
+def _mt(
+    name: str, family: str, task: str, formats, backbones, default, arguments=None, *, esri_model_name: str = ""
+) -> ModelTypeInfo:
+    return ModelTypeInfo(
+        name,
+        family,
+        task,
+        frozenset(formats),
+        tuple(backbones),
+        default,
+        {**COMMON_ARGUMENTS, **(arguments or {})},
+        esri_model_name,
+    )
 
 
-MODEL_TYPES: dict[str, ModelTypeInfo] = {m.name: m for m in (
-    _mt("FEATURE_CLASSIFIER", "classification", "classification", CLASSIFICATION_FORMATS,
-        CLASSIFICATION_BACKBONES, "RESNET34", {
-            "mixup": ArgSpec("bool", False, "mixup augmentation on training batches"),
-            "oversample": ArgSpec("bool", False, "oversample rare classes (single-label only)"),
-        }, esri_model_name="FeatureClassifier"),
-    _mt("UNET", "segmentation", "segmentation", SEGMENTATION_FORMATS, RESNETS, "RESNET34", {
-        **SEGMENTATION_ARGUMENTS,
-        "use_unet": ArgSpec("bool", True, "U-Net decoder", no_effect="UNET always has its U-Net decoder"),
-        "pyramid_sizes": ArgSpec("int_list", [1, 2, 3, 6], "PSPNET's pooling sizes", minimum=1, maximum=64,
-                                 no_effect=_PYRAMID_NOTE.format("UNET")),
-    }, esri_model_name="UnetClassifier"),
-    _mt("PSPNET", "segmentation", "segmentation", SEGMENTATION_FORMATS, RESNETS + DENSENETS + VGGS, "RESNET50", {
-        **SEGMENTATION_ARGUMENTS,
-        "use_unet": ArgSpec("bool", True, "add a U-Net decoder over the backbone features"),
-        "pyramid_sizes": ArgSpec("int_list", [1, 2, 3, 6], "pooling sizes of the pyramid pooling module",
-                                 minimum=1, maximum=64),
-        "unet_aux_loss": ArgSpec("bool", False, "auxiliary loss also when the U-Net decoder is used"),
-        "pointrend": _POINTREND,
-        "keep_dilation": ArgSpec("bool", False, "keep the dilated backbone at inference"),
-    }, esri_model_name="PSPNetClassifier"),
-    _mt("DEEPLAB", "segmentation", "segmentation", SEGMENTATION_FORMATS,
-        RESNETS + DENSENETS + VGGS + MOBILENETS, "RESNET101", {
-            **SEGMENTATION_ARGUMENTS,
-            "use_unet": ArgSpec("bool", True, "PSPNET's U-Net decoder",
-                                no_effect="DEEPLAB decodes with ASPP, not a U-Net decoder"),
-            "pyramid_sizes": ArgSpec("int_list", [1, 2, 3, 6], "PSPNET's pooling sizes", minimum=1, maximum=64,
-                                     no_effect=_PYRAMID_NOTE.format("DEEPLAB") + "; ASPP plays that role"),
-            "pointrend": _POINTREND,
-            "keep_dilation": ArgSpec("bool", False, "keep the dilated backbone at inference"),
-        }, esri_model_name="DeepLab"),
-    _mt("FASTERRCNN", "detection", "detection", DETECTION_FORMATS, FPN_BACKBONES, "RESNET50",
-        DETECTION_RCNN_ARGUMENTS, esri_model_name="FasterRCNN"),
-    _mt("RETINANET", "detection", "detection", DETECTION_FORMATS, FPN_BACKBONES, "RESNET50", {
-        "scales": ArgSpec("float_list", [1.0, 2 ** (-1 / 3), 2 ** (-2 / 3)], "anchor scales per level",
-                          minimum=0.01, maximum=10),
-        "ratios": ArgSpec("float_list", [0.5, 1.0, 2.0], "anchor aspect ratios", minimum=0.01, maximum=100),
-    }, esri_model_name="RetinaNet"),
-    _mt("SSD", "detection", "detection", DETECTION_FORMATS, CLASSIFICATION_BACKBONES, "RESNET34", {
-        "grids": ArgSpec("int_list", None, "grid sizes of the anchor levels (default: chosen from the boxes)",
-                         minimum=1, maximum=256),
-        "zooms": ArgSpec("float_list", [1.0], "anchor zooms", minimum=0.01, maximum=10),
-        "ratios": ArgSpec("pair_list", [[1.0, 1.0]], "anchor aspect ratios as [w, h] pairs; a flat list "
-                                                     "[1.0, 1.0, 1.0, 0.5] is read two by two",
-                          minimum=0.01, maximum=100),
-        "drop": ArgSpec("float", 0.3, "dropout in the head", minimum=0, maximum=0.99),
-        "bias": ArgSpec("float", -4.0, "initial bias of the classification output", minimum=-100, maximum=100),
-        "focal_loss": ArgSpec("bool", False, "sigmoid focal loss for classification"),
-        "location_loss_factor": ArgSpec("float", None, "weight of the box loss against the class loss",
-                                        minimum=0, maximum=1),
-        "ssd_version": ArgSpec("int", 2, "anchor-matching version", ("1", "2"), minimum=1, maximum=2),
-    }, esri_model_name="SingleShotDetector"),
-    _mt("YOLOV3", "detection", "detection", DETECTION_FORMATS, ("DARKNET53",), "DARKNET53", {
-        "anchors": ArgSpec("pair_list", None, "9 anchors [w, h] in pixels (default: k-means on the boxes)",
-                           minimum=1, maximum=4096),
-        "pretrained_backbone": ArgSpec("bool", True, "start Darknet53 from local weights when present"),
-    }, esri_model_name="YOLOv3"),
-    _mt("MASKRCNN", "detection", "instance", {"RCNN_Masks"}, FPN_BACKBONES, "RESNET50", {
-        **DETECTION_RCNN_ARGUMENTS,
-        "pointrend": _POINTREND,
-    }, esri_model_name="MaskRCNN"),
-    _mt("SUPERRESOLUTION", "translation", "translation", {"Export_Tiles"}, RESNETS, "RESNET34", {
-        "downsample_factor": ArgSpec("int", 2, "training inputs are the chips shrunk by this factor and "
-                                               "upsampled back; the model restores the detail",
-                                     minimum=2, maximum=8),
-    }, esri_model_name="SuperResolution"),
-    _mt("PIX2PIX", "gan", "translation", {"Pix2Pix"}, (), None, {
-        "perceptual_loss": ArgSpec("bool", False, "add a VGG16-BN feature loss (needs its weights file)"),
-        "lambda_l1": ArgSpec("float", 100.0, "weight of the L1 term beside the GAN loss", minimum=0, maximum=1e4),
-        "n_gen_filters": ArgSpec("int", 64, "filters of the first generator layer", minimum=1, maximum=1024),
-        "n_dscr_filters": ArgSpec("int", 64, "filters of the first discriminator layer", minimum=1, maximum=1024),
-    }, esri_model_name="Pix2Pix"),
-    _mt("CYCLEGAN", "gan", "translation", {"CycleGAN"}, (), None, {
-        "gen_blocks": ArgSpec("int", 9, "residual blocks per generator", minimum=1, maximum=32),
-        "lsgan": ArgSpec("bool", True, "least-squares GAN loss (false: binary cross-entropy)"),
-        "n_gen_filters": ArgSpec("int", 64, "filters of the first generator layer", minimum=1, maximum=1024),
-        "n_dscr_filters": ArgSpec("int", 64, "filters of the first discriminator layer", minimum=1, maximum=1024),
-    }, esri_model_name="CycleGAN"),
-    _mt("PIX2PIXHD", "gan", "translation", {"Pix2Pix"}, (), None, {
-        "n_gen_filters": ArgSpec("int", 64, "filters of the first generator layer", minimum=1, maximum=1024),
-        "gen_network": ArgSpec("str", "local", "generator: global, or global + one local enhancer",
-                               ("global", "local")),
-        "n_downsample_global": ArgSpec("int", 4, "downsamplings of the global generator (capped for small chips)",
-                                       minimum=1, maximum=8),
-        "n_blocks_global": ArgSpec("int", 9, "residual blocks of the global generator", minimum=1, maximum=32),
-        "n_local_enhancers": ArgSpec("int", 1, "local enhancers", minimum=0, maximum=1),
-        "n_blocks_local": ArgSpec("int", 3, "residual blocks of the local enhancer", minimum=1, maximum=32),
-        "norm": ArgSpec("str", "instance", "normalisation layers", ("instance", "batch")),
-        "lsgan": ArgSpec("bool", True, "least-squares GAN loss (false: binary cross-entropy)"),
-        "n_dscr_filters": ArgSpec("int", 64, "filters of the first discriminator layer", minimum=1, maximum=1024),
-        "n_layers_dscr": ArgSpec("int", 3, "layers of each PatchGAN discriminator", minimum=1, maximum=8),
-        "lambda_feat": ArgSpec("float", 10.0, "weight of discriminator feature matching (and of the VGG loss)",
-                               minimum=0, maximum=1e4),
-        "lambda_l1": ArgSpec("float", 100.0, "weight of the L1 term when l1_loss is true", minimum=0, maximum=1e4),
-        "vgg_loss": ArgSpec("bool", True, "VGG19 perceptual loss (needs vgg19-dcbb9e9d.pth in the weights dir)"),
-        "l1_loss": ArgSpec("bool", False, "add an L1 term to the generator loss"),
-    }, esri_model_name="Pix2PixHD"),
-)}
+MODEL_TYPES: dict[str, ModelTypeInfo] = {
+    m.name: m
+    for m in (
+        _mt(
+            "FEATURE_CLASSIFIER",
+            "classification",
+            "classification",
+            CLASSIFICATION_FORMATS,
+            CLASSIFICATION_BACKBONES,
+            "RESNET34",
+            {
+                "mixup": ArgSpec("bool", False, "mixup augmentation on training batches"),
+                "oversample": ArgSpec("bool", False, "oversample rare classes (single-label only)"),
+            },
+            esri_model_name="FeatureClassifier",
+        ),
+        _mt(
+            "UNET",
+            "segmentation",
+            "segmentation",
+            SEGMENTATION_FORMATS,
+            RESNETS,
+            "RESNET34",
+            {
+                **SEGMENTATION_ARGUMENTS,
+                "use_unet": ArgSpec("bool", True, "U-Net decoder", no_effect="UNET always has its U-Net decoder"),
+                "pyramid_sizes": ArgSpec(
+                    "int_list",
+                    [1, 2, 3, 6],
+                    "PSPNET's pooling sizes",
+                    minimum=1,
+                    maximum=64,
+                    no_effect=_PYRAMID_NOTE.format("UNET"),
+                ),
+            },
+            esri_model_name="UnetClassifier",
+        ),
+        _mt(
+            "PSPNET",
+            "segmentation",
+            "segmentation",
+            SEGMENTATION_FORMATS,
+            RESNETS + DENSENETS + VGGS,
+            "RESNET50",
+            {
+                **SEGMENTATION_ARGUMENTS,
+                "use_unet": ArgSpec("bool", True, "add a U-Net decoder over the backbone features"),
+                "pyramid_sizes": ArgSpec(
+                    "int_list", [1, 2, 3, 6], "pooling sizes of the pyramid pooling module", minimum=1, maximum=64
+                ),
+                "unet_aux_loss": ArgSpec("bool", False, "auxiliary loss also when the U-Net decoder is used"),
+                "pointrend": _POINTREND,
+                "keep_dilation": ArgSpec("bool", False, "keep the dilated backbone at inference"),
+            },
+            esri_model_name="PSPNetClassifier",
+        ),
+        _mt(
+            "DEEPLAB",
+            "segmentation",
+            "segmentation",
+            SEGMENTATION_FORMATS,
+            RESNETS + DENSENETS + VGGS + MOBILENETS,
+            "RESNET101",
+            {
+                **SEGMENTATION_ARGUMENTS,
+                "use_unet": ArgSpec(
+                    "bool", True, "PSPNET's U-Net decoder", no_effect="DEEPLAB decodes with ASPP, not a U-Net decoder"
+                ),
+                "pyramid_sizes": ArgSpec(
+                    "int_list",
+                    [1, 2, 3, 6],
+                    "PSPNET's pooling sizes",
+                    minimum=1,
+                    maximum=64,
+                    no_effect=_PYRAMID_NOTE.format("DEEPLAB") + "; ASPP plays that role",
+                ),
+                "pointrend": _POINTREND,
+                "keep_dilation": ArgSpec("bool", False, "keep the dilated backbone at inference"),
+            },
+            esri_model_name="DeepLab",
+        ),
+        _mt(
+            "FASTERRCNN",
+            "detection",
+            "detection",
+            DETECTION_FORMATS,
+            FPN_BACKBONES,
+            "RESNET50",
+            DETECTION_RCNN_ARGUMENTS,
+            esri_model_name="FasterRCNN",
+        ),
+        _mt(
+            "RETINANET",
+            "detection",
+            "detection",
+            DETECTION_FORMATS,
+            FPN_BACKBONES,
+            "RESNET50",
+            {
+                "scales": ArgSpec(
+                    "float_list",
+                    [1.0, 2 ** (-1 / 3), 2 ** (-2 / 3)],
+                    "anchor scales per level",
+                    minimum=0.01,
+                    maximum=10,
+                ),
+                "ratios": ArgSpec("float_list", [0.5, 1.0, 2.0], "anchor aspect ratios", minimum=0.01, maximum=100),
+            },
+            esri_model_name="RetinaNet",
+        ),
+        _mt(
+            "SSD",
+            "detection",
+            "detection",
+            DETECTION_FORMATS,
+            CLASSIFICATION_BACKBONES,
+            "RESNET34",
+            {
+                "grids": ArgSpec(
+                    "int_list",
+                    None,
+                    "grid sizes of the anchor levels (default: chosen from the boxes)",
+                    minimum=1,
+                    maximum=256,
+                ),
+                "zooms": ArgSpec("float_list", [1.0], "anchor zooms", minimum=0.01, maximum=10),
+                "ratios": ArgSpec(
+                    "pair_list",
+                    [[1.0, 1.0]],
+                    "anchor aspect ratios as [w, h] pairs; a flat list [1.0, 1.0, 1.0, 0.5] is read two by two",
+                    minimum=0.01,
+                    maximum=100,
+                ),
+                "drop": ArgSpec("float", 0.3, "dropout in the head", minimum=0, maximum=0.99),
+                "bias": ArgSpec("float", -4.0, "initial bias of the classification output", minimum=-100, maximum=100),
+                "focal_loss": ArgSpec("bool", False, "sigmoid focal loss for classification"),
+                "location_loss_factor": ArgSpec(
+                    "float", None, "weight of the box loss against the class loss", minimum=0, maximum=1
+                ),
+                "ssd_version": ArgSpec("int", 2, "anchor-matching version", ("1", "2"), minimum=1, maximum=2),
+            },
+            esri_model_name="SingleShotDetector",
+        ),
+        _mt(
+            "YOLOV3",
+            "detection",
+            "detection",
+            DETECTION_FORMATS,
+            ("DARKNET53",),
+            "DARKNET53",
+            {
+                "anchors": ArgSpec(
+                    "pair_list",
+                    None,
+                    "9 anchors [w, h] in pixels (default: k-means on the boxes)",
+                    minimum=1,
+                    maximum=4096,
+                ),
+                "pretrained_backbone": ArgSpec("bool", True, "start Darknet53 from local weights when present"),
+            },
+            esri_model_name="YOLOv3",
+        ),
+        _mt(
+            "MASKRCNN",
+            "detection",
+            "instance",
+            {"RCNN_Masks"},
+            FPN_BACKBONES,
+            "RESNET50",
+            {
+                **DETECTION_RCNN_ARGUMENTS,
+                "pointrend": _POINTREND,
+            },
+            esri_model_name="MaskRCNN",
+        ),
+        _mt(
+            "SUPERRESOLUTION",
+            "translation",
+            "translation",
+            {"Export_Tiles"},
+            RESNETS,
+            "RESNET34",
+            {
+                "downsample_factor": ArgSpec(
+                    "int",
+                    2,
+                    "training inputs are the chips shrunk by this factor and "
+                    "upsampled back; the model restores the detail",
+                    minimum=2,
+                    maximum=8,
+                ),
+            },
+            esri_model_name="SuperResolution",
+        ),
+        _mt(
+            "PIX2PIX",
+            "gan",
+            "translation",
+            {"Pix2Pix"},
+            (),
+            None,
+            {
+                "perceptual_loss": ArgSpec("bool", False, "add a VGG16-BN feature loss (needs its weights file)"),
+                "lambda_l1": ArgSpec(
+                    "float", 100.0, "weight of the L1 term beside the GAN loss", minimum=0, maximum=1e4
+                ),
+                "n_gen_filters": ArgSpec("int", 64, "filters of the first generator layer", minimum=1, maximum=1024),
+                "n_dscr_filters": ArgSpec(
+                    "int", 64, "filters of the first discriminator layer", minimum=1, maximum=1024
+                ),
+            },
+            esri_model_name="Pix2Pix",
+        ),
+        _mt(
+            "CYCLEGAN",
+            "gan",
+            "translation",
+            {"CycleGAN"},
+            (),
+            None,
+            {
+                "gen_blocks": ArgSpec("int", 9, "residual blocks per generator", minimum=1, maximum=32),
+                "lsgan": ArgSpec("bool", True, "least-squares GAN loss (false: binary cross-entropy)"),
+                "n_gen_filters": ArgSpec("int", 64, "filters of the first generator layer", minimum=1, maximum=1024),
+                "n_dscr_filters": ArgSpec(
+                    "int", 64, "filters of the first discriminator layer", minimum=1, maximum=1024
+                ),
+            },
+            esri_model_name="CycleGAN",
+        ),
+        _mt(
+            "PIX2PIXHD",
+            "gan",
+            "translation",
+            {"Pix2Pix"},
+            (),
+            None,
+            {
+                "n_gen_filters": ArgSpec("int", 64, "filters of the first generator layer", minimum=1, maximum=1024),
+                "gen_network": ArgSpec(
+                    "str", "local", "generator: global, or global + one local enhancer", ("global", "local")
+                ),
+                "n_downsample_global": ArgSpec(
+                    "int", 4, "downsamplings of the global generator (capped for small chips)", minimum=1, maximum=8
+                ),
+                "n_blocks_global": ArgSpec("int", 9, "residual blocks of the global generator", minimum=1, maximum=32),
+                "n_local_enhancers": ArgSpec("int", 1, "local enhancers", minimum=0, maximum=1),
+                "n_blocks_local": ArgSpec("int", 3, "residual blocks of the local enhancer", minimum=1, maximum=32),
+                "norm": ArgSpec("str", "instance", "normalisation layers", ("instance", "batch")),
+                "lsgan": ArgSpec("bool", True, "least-squares GAN loss (false: binary cross-entropy)"),
+                "n_dscr_filters": ArgSpec(
+                    "int", 64, "filters of the first discriminator layer", minimum=1, maximum=1024
+                ),
+                "n_layers_dscr": ArgSpec("int", 3, "layers of each PatchGAN discriminator", minimum=1, maximum=8),
+                "lambda_feat": ArgSpec(
+                    "float",
+                    10.0,
+                    "weight of discriminator feature matching (and of the VGG loss)",
+                    minimum=0,
+                    maximum=1e4,
+                ),
+                "lambda_l1": ArgSpec(
+                    "float", 100.0, "weight of the L1 term when l1_loss is true", minimum=0, maximum=1e4
+                ),
+                "vgg_loss": ArgSpec(
+                    "bool", True, "VGG19 perceptual loss (needs vgg19-dcbb9e9d.pth in the weights dir)"
+                ),
+                "l1_loss": ArgSpec("bool", False, "add an L1 term to the generator loss"),
+            },
+            esri_model_name="Pix2PixHD",
+        ),
+    )
+}
 
 # DETREG (gpjobs.training.models.detr): Deformable DETR with DETReg's optional self-supervised pre-training.
-MODEL_TYPES["DETREG"] = _mt("DETREG", "detr", "detection", DETECTION_FORMATS, RESNETS, "RESNET50", {
-    "num_queries": ArgSpec("int", 100, "object queries (the most objects one chip can have)", minimum=1,
-                           maximum=1000),
-    "hidden_dim": ArgSpec("int", 256, "transformer width (a multiple of 8: 8 attention heads)", minimum=8,
-                          maximum=2048),
-    "enc_layers": ArgSpec("int", 6, "deformable encoder layers", minimum=0, maximum=24),
-    "dec_layers": ArgSpec("int", 6, "decoder layers (each adds an auxiliary loss)", minimum=1, maximum=24),
-    "dim_feedforward": ArgSpec("int", 1024, "feed-forward width of the transformer layers", minimum=8,
-                               maximum=16384),
-    "pretrain_epochs": ArgSpec("int", 0, "DETReg self-supervised pre-training epochs on the training chips "
-                                         "without labels, before training (0: off)", minimum=0, maximum=1000),
-    "pretrain_proposals": ArgSpec("int", 30, "region proposals per chip used as pseudo-objects by the "
-                                             "pre-training", minimum=1, maximum=1000),
-}, esri_model_name="DETReg")
+MODEL_TYPES["DETREG"] = _mt(
+    "DETREG",
+    "detr",
+    "detection",
+    DETECTION_FORMATS,
+    RESNETS,
+    "RESNET50",
+    {
+        "num_queries": ArgSpec(
+            "int", 100, "object queries (the most objects one chip can have)", minimum=1, maximum=1000
+        ),
+        "hidden_dim": ArgSpec(
+            "int", 256, "transformer width (a multiple of 8: 8 attention heads)", minimum=8, maximum=2048
+        ),
+        "enc_layers": ArgSpec("int", 6, "deformable encoder layers", minimum=0, maximum=24),
+        "dec_layers": ArgSpec("int", 6, "decoder layers (each adds an auxiliary loss)", minimum=1, maximum=24),
+        "dim_feedforward": ArgSpec(
+            "int", 1024, "feed-forward width of the transformer layers", minimum=8, maximum=16384
+        ),
+        "pretrain_epochs": ArgSpec(
+            "int",
+            0,
+            "DETReg self-supervised pre-training epochs on the training chips without labels, before training (0: off)",
+            minimum=0,
+            maximum=1000,
+        ),
+        "pretrain_proposals": ArgSpec(
+            "int", 30, "region proposals per chip used as pseudo-objects by the pre-training", minimum=1, maximum=1000
+        ),
+    },
+    esri_model_name="DETReg",
+)
 
 # Edge, road, change and MMSegmentation types (gpjobs.training.models.edges / roads / change / mmseg).
 _EDGE_ARGUMENTS: dict[str, ArgSpec] = {
-    "edge_targets": ArgSpec("str", "auto", "edge labels: the labelled pixels (labels), the class boundaries "
-                                           "(boundaries), or per chip thin labels as-is else boundaries (auto)",
-                            ("auto", "labels", "boundaries")),
+    "edge_targets": ArgSpec(
+        "str",
+        "auto",
+        "edge labels: the labelled pixels (labels), the class boundaries "
+        "(boundaries), or per chip thin labels as-is else boundaries (auto)",
+        ("auto", "labels", "boundaries"),
+    ),
 }
 _ROAD_ARGUMENTS: dict[str, ArgSpec] = {
-    "mtl_model": ArgSpec("str", "hourglass", "network: linknet (ResNet encoder); hourglass is trained as "
-                                             "linknet here", ("hourglass", "linknet")),
-    "gaussian_thresh": ArgSpec("float", 0.76, "road width comes from the labels", minimum=0, maximum=1,
-                               no_effect="road width comes from the labels, not from a Gaussian threshold"),
-    "orient_bin_size": ArgSpec("int", 20, "orientation label bin size in degrees (road direction 0..180)",
-                               minimum=1, maximum=180),
-    "orient_theta": ArgSpec("int", 8, "width in pixels of the orientation label band along the road centre",
-                            minimum=1, maximum=256),
-    "loss_weights": ArgSpec("float_list", [1.0, 1.0], "weights of the segmentation and orientation losses",
-                            minimum=0, maximum=100),
+    "mtl_model": ArgSpec(
+        "str",
+        "hourglass",
+        "network: linknet (ResNet encoder); hourglass is trained as linknet here",
+        ("hourglass", "linknet"),
+    ),
+    "gaussian_thresh": ArgSpec(
+        "float",
+        0.76,
+        "road width comes from the labels",
+        minimum=0,
+        maximum=1,
+        no_effect="road width comes from the labels, not from a Gaussian threshold",
+    ),
+    "orient_bin_size": ArgSpec(
+        "int", 20, "orientation label bin size in degrees (road direction 0..180)", minimum=1, maximum=180
+    ),
+    "orient_theta": ArgSpec(
+        "int", 8, "width in pixels of the orientation label band along the road centre", minimum=1, maximum=256
+    ),
+    "loss_weights": ArgSpec(
+        "float_list", [1.0, 1.0], "weights of the segmentation and orientation losses", minimum=0, maximum=100
+    ),
     "ignore_classes": SEGMENTATION_ARGUMENTS["ignore_classes"],
     "class_balancing": SEGMENTATION_ARGUMENTS["class_balancing"],
 }
-MODEL_TYPES["DEEPSORT"] = _mt("DEEPSORT", "reid", "classification", {"Imagenet"}, ("REID_V1", "REID_V2"),
-                              "REID_V1", esri_model_name="DeepSort")
+MODEL_TYPES["DEEPSORT"] = _mt(
+    "DEEPSORT", "reid", "classification", {"Imagenet"}, ("REID_V1", "REID_V2"), "REID_V1", esri_model_name="DeepSort"
+)
 # The `model` names arcgis.learn documents for MMDetection / MMSegmentation, plus the ones we accepted before
 # (gpjobs.training.models.mmdet / mmseg say which implementation trains each).
 _MMDET_MODELS = (
-    "atss", "carafe", "cascade_rcnn", "cascade_rpn", "dcn", "detectors", "double_heads", "dynamic_rcnn",
-    "empirical_attention", "faster_rcnn", "fcos", "foveabox", "fsaf", "ghm", "hrnet", "libra_rcnn", "nas_fcos",
-    "pafpn", "pisa", "regnet", "reppoints", "res2net", "retinanet", "sabl", "ssd", "vfnet", "yolo", "yolov3")
+    "atss",
+    "carafe",
+    "cascade_rcnn",
+    "cascade_rpn",
+    "dcn",
+    "detectors",
+    "double_heads",
+    "dynamic_rcnn",
+    "empirical_attention",
+    "faster_rcnn",
+    "fcos",
+    "foveabox",
+    "fsaf",
+    "ghm",
+    "hrnet",
+    "libra_rcnn",
+    "nas_fcos",
+    "pafpn",
+    "pisa",
+    "regnet",
+    "reppoints",
+    "res2net",
+    "retinanet",
+    "sabl",
+    "ssd",
+    "vfnet",
+    "yolo",
+    "yolov3",
+)
 _MMSEG_MODELS = (
-    "ann", "apcnet", "ccnet", "cgnet", "deeplabv3", "deeplabv3plus", "dmnet", "dnlnet", "emanet", "fastscnn",
-    "fcn", "gcnet", "hrnet", "mobilenet_v2", "nonlocal_net", "ocrnet", "psanet", "pspnet", "resnest", "sem_fpn",
-    "unet", "upernet")
+    "ann",
+    "apcnet",
+    "ccnet",
+    "cgnet",
+    "deeplabv3",
+    "deeplabv3plus",
+    "dmnet",
+    "dnlnet",
+    "emanet",
+    "fastscnn",
+    "fcn",
+    "gcnet",
+    "hrnet",
+    "mobilenet_v2",
+    "nonlocal_net",
+    "ocrnet",
+    "psanet",
+    "pspnet",
+    "resnest",
+    "sem_fpn",
+    "unet",
+    "upernet",
+)
 
 
 def _openmmlab_model_name(toolbox: str, names: tuple[str, ...]) -> Callable[[Any], str]:
@@ -406,61 +715,142 @@ def _openmmlab_model_name(toolbox: str, names: tuple[str, ...]) -> Callable[[Any
         if name.lower() in names:
             return name.lower()
         if "/" in name or "\\" in name or name.lower().endswith(".py"):
-            raise ValueError(f"a config file path; this server trains the {toolbox} models by name with its own "
-                             f"implementations and cannot read OpenMMLab config files: use one of {', '.join(names)}")
-        raise ValueError(f"not a {toolbox} model this server trains{_did_you_mean(name.lower(), names)}; "
-                         f"use one of {', '.join(names)}")
+            raise ValueError(
+                f"a config file path; this server trains the {toolbox} models by name with its own "
+                f"implementations and cannot read OpenMMLab config files: use one of {', '.join(names)}"
+            )
+        raise ValueError(
+            f"not a {toolbox} model this server trains{_did_you_mean(name.lower(), names)}; "
+            f"use one of {', '.join(names)}"
+        )
 
     return parse
 
 
-MODEL_TYPES["MMDETECTION"] = _mt("MMDETECTION", "mmdet", "detection", DETECTION_FORMATS, FPN_BACKBONES, "RESNET50", {
-    **DETECTION_RCNN_ARGUMENTS,  # read by the R-CNN implementations (faster_rcnn, cascade_rcnn and their variants)
-    "model": ArgSpec("str", "faster_rcnn",
-                     "detector: an mmdetection model name arcgis.learn documents (config file paths are not "
-                     "supported); names without an implementation here train as the closest one, and the job "
-                     "messages and the .emd say which", _MMDET_MODELS,
-                     parser=_openmmlab_model_name("mmdetection", _MMDET_MODELS)),
-    "model_weight": ArgSpec("bool", False, "OpenMMLab checkpoint: not available offline (warns)"),
-}, esri_model_name="MMDetection")
-MODEL_TYPES.update({m.name: m for m in (
-    _mt("HED_EDGEDETECTOR", "edges", "segmentation", SEGMENTATION_FORMATS, RESNETS + VGGS, "VGG19",
-        _EDGE_ARGUMENTS, esri_model_name="HEDEdgeDetector"),
-    _mt("BDCN_EDGEDETECTOR", "edges", "segmentation", SEGMENTATION_FORMATS, RESNETS + VGGS, "VGG19",
-        _EDGE_ARGUMENTS, esri_model_name="BDCNEdgeDetector"),
-    _mt("MULTITASK_ROADEXTRACTOR", "roads", "segmentation", SEGMENTATION_FORMATS, RESNETS, "RESNET34",
-        {**_ROAD_ARGUMENTS, "monitor": ArgSpec("str", "miou", COMMON_ARGUMENTS["monitor"].help)},
-        esri_model_name="MultiTaskRoadExtractor"),
-    _mt("CONNECTNET", "roads", "segmentation", SEGMENTATION_FORMATS, RESNETS, "RESNET34",
-        {**_ROAD_ARGUMENTS, "monitor": ArgSpec("str", "miou", COMMON_ARGUMENTS["monitor"].help)},
-        esri_model_name="ConnectNet"),
-    _mt("CHANGEDETECTOR", "change", "change", {"ChangeDetection"}, RESNETS, "RESNET18", {
-        "attention_type": ArgSpec("str", "PAM", "spatial-temporal attention: PAM (pyramid) or BAM (basic)",
-                                  ("PAM", "BAM")),
-    }, esri_model_name="ChangeDetector"),
-    _mt("MMSEGMENTATION", "mmseg", "segmentation", SEGMENTATION_FORMATS, CLASSIFICATION_BACKBONES, "RESNET50", {
-        **SEGMENTATION_ARGUMENTS,
-        "model": ArgSpec("str", "deeplabv3",
-                         "segmentation network: an mmsegmentation model name arcgis.learn documents (config file "
-                         "paths are not supported); names without an implementation here train as the closest "
-                         "one, and the job messages and the .emd say which", _MMSEG_MODELS,
-                         parser=_openmmlab_model_name("mmsegmentation", _MMSEG_MODELS)),
+MODEL_TYPES["MMDETECTION"] = _mt(
+    "MMDETECTION",
+    "mmdet",
+    "detection",
+    DETECTION_FORMATS,
+    FPN_BACKBONES,
+    "RESNET50",
+    {
+        **DETECTION_RCNN_ARGUMENTS,  # read by the R-CNN implementations (faster_rcnn, cascade_rcnn and their variants)
+        "model": ArgSpec(
+            "str",
+            "faster_rcnn",
+            "detector: an mmdetection model name arcgis.learn documents (config file paths are not "
+            "supported); names without an implementation here train as the closest one, and the job "
+            "messages and the .emd say which",
+            _MMDET_MODELS,
+            parser=_openmmlab_model_name("mmdetection", _MMDET_MODELS),
+        ),
         "model_weight": ArgSpec("bool", False, "OpenMMLab checkpoint: not available offline (warns)"),
-    }, esri_model_name="MMSegmentation"),
-)})
+    },
+    esri_model_name="MMDetection",
+)
+MODEL_TYPES.update(
+    {
+        m.name: m
+        for m in (
+            _mt(
+                "HED_EDGEDETECTOR",
+                "edges",
+                "segmentation",
+                SEGMENTATION_FORMATS,
+                RESNETS + VGGS,
+                "VGG19",
+                _EDGE_ARGUMENTS,
+                esri_model_name="HEDEdgeDetector",
+            ),
+            _mt(
+                "BDCN_EDGEDETECTOR",
+                "edges",
+                "segmentation",
+                SEGMENTATION_FORMATS,
+                RESNETS + VGGS,
+                "VGG19",
+                _EDGE_ARGUMENTS,
+                esri_model_name="BDCNEdgeDetector",
+            ),
+            _mt(
+                "MULTITASK_ROADEXTRACTOR",
+                "roads",
+                "segmentation",
+                SEGMENTATION_FORMATS,
+                RESNETS,
+                "RESNET34",
+                {**_ROAD_ARGUMENTS, "monitor": ArgSpec("str", "miou", COMMON_ARGUMENTS["monitor"].help)},
+                esri_model_name="MultiTaskRoadExtractor",
+            ),
+            _mt(
+                "CONNECTNET",
+                "roads",
+                "segmentation",
+                SEGMENTATION_FORMATS,
+                RESNETS,
+                "RESNET34",
+                {**_ROAD_ARGUMENTS, "monitor": ArgSpec("str", "miou", COMMON_ARGUMENTS["monitor"].help)},
+                esri_model_name="ConnectNet",
+            ),
+            _mt(
+                "CHANGEDETECTOR",
+                "change",
+                "change",
+                {"ChangeDetection"},
+                RESNETS,
+                "RESNET18",
+                {
+                    "attention_type": ArgSpec(
+                        "str", "PAM", "spatial-temporal attention: PAM (pyramid) or BAM (basic)", ("PAM", "BAM")
+                    ),
+                },
+                esri_model_name="ChangeDetector",
+            ),
+            _mt(
+                "MMSEGMENTATION",
+                "mmseg",
+                "segmentation",
+                SEGMENTATION_FORMATS,
+                CLASSIFICATION_BACKBONES,
+                "RESNET50",
+                {
+                    **SEGMENTATION_ARGUMENTS,
+                    "model": ArgSpec(
+                        "str",
+                        "deeplabv3",
+                        "segmentation network: an mmsegmentation model name arcgis.learn documents (config file "
+                        "paths are not supported); names without an implementation here train as the closest "
+                        "one, and the job messages and the .emd say which",
+                        _MMSEG_MODELS,
+                        parser=_openmmlab_model_name("mmsegmentation", _MMSEG_MODELS),
+                    ),
+                    "model_weight": ArgSpec("bool", False, "OpenMMLab checkpoint: not available offline (warns)"),
+                },
+                esri_model_name="MMSegmentation",
+            ),
+        )
+    }
+)
 
 
 # Image captioning, object tracking and panoptic segmentation (gpjobs.training.models.captioning / siammask /
 # maxdeeplab).
-DECODER_PARAMS_DEFAULTS: dict[str, Any] = {"embed_size": 100, "hidden_size": 100, "attention_size": 100,
-                                           "teacher_forcing": 1.0, "dropout": 0.1, "pretrained_emb": False}
+DECODER_PARAMS_DEFAULTS: dict[str, Any] = {
+    "embed_size": 100,
+    "hidden_size": 100,
+    "attention_size": 100,
+    "teacher_forcing": 1.0,
+    "dropout": 0.1,
+    "pretrained_emb": False,
+}
 
 
 def _parse_decoder_params(raw: Any) -> dict[str, Any]:
     """IMAGECAPTIONER `decoder_params`: a JSON object over DECODER_PARAMS_DEFAULTS' keys (the rest default)."""
     value = loads_json(raw) if isinstance(raw, str) else raw
     if not isinstance(value, dict):
-        raise ValueError("expected a JSON object such as {\"embed_size\": 100, \"hidden_size\": 100}")
+        raise ValueError('expected a JSON object such as {"embed_size": 100, "hidden_size": 100}')
     out = dict(DECODER_PARAMS_DEFAULTS)
     for key, item in value.items():
         name = str(key).strip().lower()
@@ -480,39 +870,107 @@ def _parse_decoder_params(raw: Any) -> dict[str, Any]:
 
 # Chip sizes a model type's network needs: the side must be a multiple of this (checked at submit and in the child).
 CHIP_MULTIPLES: dict[str, int] = {"MAXDEEPLAB": 16}
-MODEL_TYPES.update({m.name: m for m in (
-    _mt("IMAGECAPTIONER", "captioning", "captioning", {"ImageCaptioning"}, RESNETS, "RESNET34", {
-        "decoder_params": ArgSpec("object", dict(DECODER_PARAMS_DEFAULTS),
-                                  "attention LSTM decoder: embed_size, hidden_size, attention_size (1..4096), "
-                                  "teacher_forcing (share of steps fed the true word, 0..1), dropout (0..1), "
-                                  "pretrained_emb (fastText embeddings: not available offline, ignored with a warning)",
-                                  parser=_parse_decoder_params),
-        "beam_width": ArgSpec("int", 3, "beam search width when captioning (validation BLEU, predict)",
-                              minimum=1, maximum=32),
-        "max_len": ArgSpec("int", 20, "longest caption generated, in words", minimum=1, maximum=200),
-        "vocab_min_freq": ArgSpec("int", 4, "words seen fewer times in the training captions become 'xxunk'",
-                                  minimum=1, maximum=1_000_000),
-    }, esri_model_name="ImageCaptioner"),
-    _mt("SIAMMASK", "siammask", "tracking", {"ObjectTracking"}, RESNETS, "RESNET50", {
-        "exemplar_size": ArgSpec("int", 128, "side of the template crop around the target, pixels (multiple of 8)",
-                                 minimum=16, maximum=1024),
-        "instance_size": ArgSpec("int", 256, "side of the search crop, pixels (multiple of 8, > exemplar_size)",
-                                 minimum=32, maximum=2048),
-        "seg_thr": ArgSpec("float", 0.35, "mask probability above which a pixel belongs to the target",
-                           minimum=0, maximum=1),
-        "penalty_k": ArgSpec("float", 0.04, "tracker: penalty on changes of box size and aspect ratio",
-                             minimum=0, maximum=10),
-        "window_influence": ArgSpec("float", 0.4, "tracker: weight of the cosine window that favours small moves",
-                                    minimum=0, maximum=1),
-    }, esri_model_name="SiamMask"),
-    _mt("MAXDEEPLAB", "maxdeeplab", "panoptic", {"Panoptic_Segmentation"}, (), None, {
-        "n_masks": ArgSpec("int", None, "mask slots of the memory path (default: the most segments in a "
-                                        "training chip, background included, as arcgis.learn computes)",
-                           minimum=1, maximum=1024),
-        "score_thresh": ArgSpec("float", 0.5, "segments whose class probability is below this are dropped",
-                                minimum=0, maximum=1),
-    }, esri_model_name="MaXDeepLab"),
-)})
+MODEL_TYPES.update(
+    {
+        m.name: m
+        for m in (
+            _mt(
+                "IMAGECAPTIONER",
+                "captioning",
+                "captioning",
+                {"ImageCaptioning"},
+                RESNETS,
+                "RESNET34",
+                {
+                    "decoder_params": ArgSpec(
+                        "object",
+                        dict(DECODER_PARAMS_DEFAULTS),
+                        "attention LSTM decoder: embed_size, hidden_size, attention_size (1..4096), "
+                        "teacher_forcing (share of steps fed the true word, 0..1), dropout (0..1), "
+                        "pretrained_emb (fastText embeddings: not available offline, ignored with a warning)",
+                        parser=_parse_decoder_params,
+                    ),
+                    "beam_width": ArgSpec(
+                        "int", 3, "beam search width when captioning (validation BLEU, predict)", minimum=1, maximum=32
+                    ),
+                    "max_len": ArgSpec("int", 20, "longest caption generated, in words", minimum=1, maximum=200),
+                    "vocab_min_freq": ArgSpec(
+                        "int",
+                        4,
+                        "words seen fewer times in the training captions become 'xxunk'",
+                        minimum=1,
+                        maximum=1_000_000,
+                    ),
+                },
+                esri_model_name="ImageCaptioner",
+            ),
+            _mt(
+                "SIAMMASK",
+                "siammask",
+                "tracking",
+                {"ObjectTracking"},
+                RESNETS,
+                "RESNET50",
+                {
+                    "exemplar_size": ArgSpec(
+                        "int",
+                        128,
+                        "side of the template crop around the target, pixels (multiple of 8)",
+                        minimum=16,
+                        maximum=1024,
+                    ),
+                    "instance_size": ArgSpec(
+                        "int",
+                        256,
+                        "side of the search crop, pixels (multiple of 8, > exemplar_size)",
+                        minimum=32,
+                        maximum=2048,
+                    ),
+                    "seg_thr": ArgSpec(
+                        "float",
+                        0.35,
+                        "mask probability above which a pixel belongs to the target",
+                        minimum=0,
+                        maximum=1,
+                    ),
+                    "penalty_k": ArgSpec(
+                        "float", 0.04, "tracker: penalty on changes of box size and aspect ratio", minimum=0, maximum=10
+                    ),
+                    "window_influence": ArgSpec(
+                        "float",
+                        0.4,
+                        "tracker: weight of the cosine window that favours small moves",
+                        minimum=0,
+                        maximum=1,
+                    ),
+                },
+                esri_model_name="SiamMask",
+            ),
+            _mt(
+                "MAXDEEPLAB",
+                "maxdeeplab",
+                "panoptic",
+                {"Panoptic_Segmentation"},
+                (),
+                None,
+                {
+                    "n_masks": ArgSpec(
+                        "int",
+                        None,
+                        "mask slots of the memory path (default: the most segments in a "
+                        "training chip, background included, as arcgis.learn computes)",
+                        minimum=1,
+                        maximum=1024,
+                    ),
+                    "score_thresh": ArgSpec(
+                        "float", 0.5, "segments whose class probability is below this are dropped", minimum=0, maximum=1
+                    ),
+                },
+                esri_model_name="MaXDeepLab",
+            ),
+        )
+    }
+)
 
 
 def chip_size_problem(info: ModelTypeInfo, chip_size: int | tuple[int, int] | None) -> str | None:
@@ -524,10 +982,13 @@ def chip_size_problem(info: ModelTypeInfo, chip_size: int | tuple[int, int] | No
     bad = sorted(s for s in sides if s % multiple)
     if not bad:
         return None
-    near = sorted({max(multiple, s // multiple * multiple) for s in bad}
-                  | {(s // multiple + 1) * multiple for s in bad})
-    return (f"{info.name} needs chips whose side is a multiple of {multiple}; {bad[0]} px is not. Set the "
-            f"chip_size argument to one (e.g. {' or '.join(map(str, near[:2]))}) or re-export with such a tile size.")
+    near = sorted(
+        {max(multiple, s // multiple * multiple) for s in bad} | {(s // multiple + 1) * multiple for s in bad}
+    )
+    return (
+        f"{info.name} needs chips whose side is a multiple of {multiple}; {bad[0]} px is not. Set the "
+        f"chip_size argument to one (e.g. {' or '.join(map(str, near[:2]))}) or re-export with such a tile size."
+    )
 
 
 def implemented_model_types() -> list[str]:
@@ -548,7 +1009,8 @@ def lookup_model_type(name: str) -> ModelTypeInfo:
         raise ArgumentError(
             f"model_type '{name}' is not a TrainDeepLearningModel model type"
             f"{_did_you_mean(str(name).strip().upper(), MODEL_TYPES)}. "
-            f"Use one of: {', '.join(implemented_model_types())}.")
+            f"Use one of: {', '.join(implemented_model_types())}."
+        )
     return info
 
 
@@ -564,7 +1026,8 @@ def resolve_backbone(info: ModelTypeInfo, backbone: str | None) -> str:
         raise ArgumentError(
             f"backbone_model '{backbone}' cannot be used with model_type {info.name}"
             f"{_did_you_mean(name, info.backbones)}. "
-            f"Valid backbones: {', '.join(info.backbones)}.")
+            f"Valid backbones: {', '.join(info.backbones)}."
+        )
     return name
 
 

@@ -10,8 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("serve", "train", "inspect", "predict", "infer", "weights", "token", "migrate", "backup", "check",
-            "cert")
+COMMANDS = ("serve", "train", "inspect", "predict", "infer", "weights", "token", "migrate", "backup", "check", "cert")
 
 
 def build_parser() -> argparse.ArgumentParser:

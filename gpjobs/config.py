@@ -112,11 +112,26 @@ class Config:
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 _PATH_FIELDS = {"data_dir", "db_path", "content_dir", "jobs_dir", "weights_dir", "tls_cert", "tls_key"}
-_INT_FIELDS = {"port", "max_attempts", "child_threads", "max_queued_per_user", "max_request_bytes",
-               "max_arguments_bytes"}
+_INT_FIELDS = {
+    "port",
+    "max_attempts",
+    "child_threads",
+    "max_queued_per_user",
+    "max_request_bytes",
+    "max_arguments_bytes",
+}
 _BOOL_FIELDS = {"warm_trainers", "metrics_public"}
-_FLOAT_FIELDS = {"ray_cpus_per_job", "retry_backoff_s", "heartbeat_timeout_s", "max_runtime_s", "cancel_grace_s", "shutdown_grace_s",
-                 "watchdog_interval_s", "progress_flush_s", "retention_days"}
+_FLOAT_FIELDS = {
+    "ray_cpus_per_job",
+    "retry_backoff_s",
+    "heartbeat_timeout_s",
+    "max_runtime_s",
+    "cancel_grace_s",
+    "shutdown_grace_s",
+    "watchdog_interval_s",
+    "progress_flush_s",
+    "retention_days",
+}
 
 
 def is_loopback_host(host: str) -> bool:
@@ -128,8 +143,9 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None, *,
-                env: Mapping[str, str] | None = None) -> Config:
+def load_config(
+    path: str | Path | None = None, overrides: Mapping[str, Any] | None = None, *, env: Mapping[str, str] | None = None
+) -> Config:
     """Build the configuration; raises ConfigError naming the bad setting.
 
     `overrides` uses the same keys as the file (`auth.anonymous` may be given as `anonymous`); None values
@@ -167,7 +183,7 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     for key, value in env.items():
         if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG":
             continue
-        name = key[len(ENV_PREFIX):].lower()
+        name = key[len(ENV_PREFIX) :].lower()
         if name in ("anonymous", "auth_anonymous"):
             out["auth"] = {"anonymous": value}
         elif name in ("file_shares", "raster_stores", "unc_paths"):
@@ -233,7 +249,7 @@ def _coerce(key: str, value: Any) -> Any:
             return AuthConfig(anonymous=_to_bool(value.get("anonymous", True)))
         if key in ("file_shares", "raster_stores", "unc_paths"):
             if not isinstance(value, dict):
-                raise ConfigError(f"{key} must be a table of NAME = \"PATH\"")
+                raise ConfigError(f'{key} must be a table of NAME = "PATH"')
             return {str(n): Path(str(p)).expanduser().absolute() for n, p in value.items()}
         if key in ("devices", "trainer_command"):
             if isinstance(value, str):
@@ -268,8 +284,7 @@ def _loader_workers(value: Any) -> int | str:
     if isinstance(value, str) and value.strip().lower() == "auto":
         return "auto"
     if isinstance(value, bool) or not str(value).strip().isdigit() or int(value) > MAX_LOADER_WORKERS:
-        raise ConfigError(f"loader_workers = {value!r}: use \"auto\" or a whole number from 0 to "
-                          f"{MAX_LOADER_WORKERS}")
+        raise ConfigError(f'loader_workers = {value!r}: use "auto" or a whole number from 0 to {MAX_LOADER_WORKERS}')
     return int(value)
 
 
@@ -318,12 +333,13 @@ def validate(config: Config) -> None:
         raise ConfigError(
             f"anonymous access is only allowed on a loopback bind, not host {config.host!r}: set "
             "[auth] anonymous = false (GPJOBS_ANONYMOUS=false) and create tokens with `gpjobs token create`, "
-            "or bind to 127.0.0.1")
+            "or bind to 127.0.0.1"
+        )
     _validate_devices(config)
     if config.work_retention not in WORK_RETENTION:
         raise ConfigError(f"work_retention = {config.work_retention!r}: use {', '.join(map(repr, WORK_RETENTION))}")
     if config.missing_weights not in ("random", "fail"):
-        raise ConfigError(f"missing_weights = {config.missing_weights!r}: use \"random\" or \"fail\"")
+        raise ConfigError(f'missing_weights = {config.missing_weights!r}: use "random" or "fail"')
     if config.db_synchronous.upper() not in ("FULL", "NORMAL"):
         raise ConfigError(f"db_synchronous = {config.db_synchronous!r}: use FULL or NORMAL")
     if config.log_level.lower() not in ("debug", "info", "warning", "error"):
@@ -332,8 +348,16 @@ def validate(config: Config) -> None:
         raise ConfigError("max_attempts must be at least 1")
     if not config.trainer_command:
         raise ConfigError("trainer_command is empty")
-    positive = ("heartbeat_timeout_s", "cancel_grace_s", "shutdown_grace_s", "watchdog_interval_s",
-                "progress_flush_s", "max_request_bytes", "max_arguments_bytes", "child_threads")
+    positive = (
+        "heartbeat_timeout_s",
+        "cancel_grace_s",
+        "shutdown_grace_s",
+        "watchdog_interval_s",
+        "progress_flush_s",
+        "max_request_bytes",
+        "max_arguments_bytes",
+        "child_threads",
+    )
     for name in positive:
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name} must be greater than 0")
@@ -355,21 +379,27 @@ def validate(config: Config) -> None:
 
 def _validate_devices(config: Config) -> None:
     if config.pool not in POOLS:
-        raise ConfigError(f"pool = {config.pool!r}: use \"local\" (this machine) or \"ray\" (a Ray cluster)")
+        raise ConfigError(f'pool = {config.pool!r}: use "local" (this machine) or "ray" (a Ray cluster)')
     if not config.devices:
         raise ConfigError("devices is empty: list at least one of cpu, cuda:N, cuda:0+cuda:1, auto or auto:all")
     if config.pool == "ray" and importlib.util.find_spec("ray") is None:
         raise ConfigError("pool = \"ray\" needs Ray on this host: pip install 'gpjobs[ray]' (docs/deploy.md)")
     if config.pool == "ray" and len(config.devices) != 1:
-        raise ConfigError(f"pool = \"ray\": devices = {config.devices} must be one entry, what one job gets on a "
-                          "Ray node (\"cpu\", \"cuda:0\" or \"cuda:0+cuda:1\"); the slots come from the cluster")
+        raise ConfigError(
+            f'pool = "ray": devices = {config.devices} must be one entry, what one job gets on a '
+            'Ray node ("cpu", "cuda:0" or "cuda:0+cuda:1"); the slots come from the cluster'
+        )
     for slot in config.devices:
         parts = slot_devices(slot)
         if any(not DEVICE.match(part) for part in parts):
-            hint = (" (auto picks the GPUs of this machine; with pool = \"ray\" name the shape, e.g. \"cuda:0\")"
-                    if slot.startswith("auto") else "")
-            raise ConfigError(f"device {slot!r} is not cpu, cuda:N, several joined by '+' (cuda:0+cuda:1), auto "
-                              f"or auto:all{hint}")
+            hint = (
+                ' (auto picks the GPUs of this machine; with pool = "ray" name the shape, e.g. "cuda:0")'
+                if slot.startswith("auto")
+                else ""
+            )
+            raise ConfigError(
+                f"device {slot!r} is not cpu, cuda:N, several joined by '+' (cuda:0+cuda:1), auto or auto:all{hint}"
+            )
         if len(parts) > 1 and len({p == "cpu" for p in parts}) > 1:
             raise ConfigError(f"device slot {slot!r} mixes cpu and cuda devices; a slot is all GPUs or all cpu")
     cuda = [d for slot in config.devices for d in slot_devices(slot) if d != "cpu"]

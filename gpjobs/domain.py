@@ -34,7 +34,8 @@ class JobStatus(str, Enum):
 
 
 TERMINAL_STATUSES: frozenset[JobStatus] = frozenset(
-    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.TIMED_OUT, JobStatus.CANCELLED})
+    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.TIMED_OUT, JobStatus.CANCELLED}
+)
 QUEUED_STATUSES: frozenset[JobStatus] = frozenset({JobStatus.SUBMITTED, JobStatus.WAITING})
 ACTIVE_STATUSES: frozenset[JobStatus] = frozenset({JobStatus.EXECUTING, JobStatus.CANCELLING})
 
@@ -44,8 +45,9 @@ ACTIVE_STATUSES: frozenset[JobStatus] = frozenset({JobStatus.EXECUTING, JobStatu
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.SUBMITTED: frozenset({JobStatus.WAITING, JobStatus.EXECUTING, JobStatus.CANCELLED}),
     JobStatus.WAITING: frozenset({JobStatus.SUBMITTED, JobStatus.EXECUTING, JobStatus.CANCELLED}),
-    JobStatus.EXECUTING: frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.TIMED_OUT,
-                                    JobStatus.CANCELLING, JobStatus.SUBMITTED}),
+    JobStatus.EXECUTING: frozenset(
+        {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.TIMED_OUT, JobStatus.CANCELLING, JobStatus.SUBMITTED}
+    ),
     JobStatus.CANCELLING: frozenset({JobStatus.CANCELLED, JobStatus.SUCCEEDED}),
     JobStatus.SUCCEEDED: frozenset(),
     JobStatus.FAILED: frozenset(),

@@ -56,10 +56,16 @@ def configure_logging(level: str = "info", *, stream: Any = None) -> None:
     numeric = getattr(logging, level.upper(), logging.INFO)
     _STATE.update(stream=stream or sys.stderr, access=numeric <= logging.INFO)
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    structlog.processors.format_exc_info, structlog.processors.JSONRenderer(serializer=_json)],
-        foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *_SHARED]))
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                structlog.processors.JSONRenderer(serializer=_json),
+            ],
+            foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *_SHARED],
+        )
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)
@@ -67,7 +73,8 @@ def configure_logging(level: str = "info", *, stream: Any = None) -> None:
         processors=[*_SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        cache_logger_on_first_use=True)
+        cache_logger_on_first_use=True,
+    )
 
 
 class AccessLogger(AbstractAccessLogger):
@@ -78,11 +85,19 @@ class AccessLogger(AbstractAccessLogger):
     """
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
-        line = {"event": "access", "method": request.method, "path": redact(request.path_qs),
-                "status": response.status, "ms": round(time * 1000, 2), "remote": request.remote,
-                "bytes": response.body_length, "request_id": response.headers.get("X-Request-Id"),
-                "level": "info", "logger": "gpjobs.access",
-                "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z")}
+        line = {
+            "event": "access",
+            "method": request.method,
+            "path": redact(request.path_qs),
+            "status": response.status,
+            "ms": round(time * 1000, 2),
+            "remote": request.remote,
+            "bytes": response.body_length,
+            "request_id": response.headers.get("X-Request-Id"),
+            "level": "info",
+            "logger": "gpjobs.access",
+            "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        }
         try:
             _STATE["stream"].write(orjson.dumps(line).decode("utf-8") + "\n")
         except (OSError, ValueError):  # a closed stream must not fail the request

@@ -20,6 +20,7 @@ CANCEL_REQUESTED = "Cancel requested."
 CANCEL_COMPLETE = "Cancel complete."
 TRAINING_FINISHED = "Training Finished"
 
+
 def succeeded_at(ms: int) -> str:
     """Esri's 'Succeeded at <time>' line, e.g. 'Succeeded at Wednesday, June 5, 2024 10:01:02 AM' (local time)."""
     t = time.localtime(ms / 1000)
@@ -29,10 +30,15 @@ def succeeded_at(ms: int) -> str:
 
 def cpu_split(cpus: int, threads: int, workers: int, source: str) -> str:
     """How the job's slot spends its CPUs: training threads and data loader worker processes."""
+
     def n(count: int, what: str) -> str:
         return f"{count} {what}{'' if count == 1 else 's'}"
-    loader = (f"{n(workers, 'data loader worker')}" if workers
-              else "no data loader workers (the training process reads the chips)")
+
+    loader = (
+        f"{n(workers, 'data loader worker')}"
+        if workers
+        else "no data loader workers (the training process reads the chips)"
+    )
     return f"CPU: {n(threads, 'training thread')} and {loader}, on the slot's share of {n(cpus, 'CPU')} ({source})."
 
 
@@ -74,21 +80,27 @@ STARTED_OVER = "No checkpoint was saved before the interruption; training starts
 
 
 def interrupted_by_shutdown(epoch: int) -> str:
-    return (f"Interrupted by a server shutdown after epoch {epoch}; the job is queued again and will resume from "
-            "its checkpoint.")
+    return (
+        f"Interrupted by a server shutdown after epoch {epoch}; the job is queued again and will resume from "
+        "its checkpoint."
+    )
 
 
 def interrupted_by_crash(crashes: int, limit: int) -> str:
     """Boot recovery requeued a job whose server died under it. No epoch is named: only the child knows which
     checkpoint reached the disk before the crash (it says so when it starts, see `resumed_from`)."""
-    return ("Interrupted: the server stopped unexpectedly while the job ran. The job is queued again and resumes "
-            f"from its last checkpoint; this does not use an attempt (server crash {crashes} of the {limit} a job "
-            "may survive).")
+    return (
+        "Interrupted: the server stopped unexpectedly while the job ran. The job is queued again and resumes "
+        f"from its last checkpoint; this does not use an attempt (server crash {crashes} of the {limit} a job "
+        "may survive)."
+    )
 
 
 def crash_limit_reached(crashes: int, limit: int) -> str:
-    return (f"Lost: the server stopped unexpectedly {crashes} times while this job ran, more than the {limit} a job "
-            "may survive, so it is not queued again. Check the server log, then submit the job again.")
+    return (
+        f"Lost: the server stopped unexpectedly {crashes} times while this job ran, more than the {limit} a job "
+        "may survive, so it is not queued again. Check the server log, then submit the job again."
+    )
 
 
 def no_heartbeat(timeout_s: float) -> str:
@@ -104,8 +116,7 @@ def process_ended(rc: int) -> str:
 
 
 def lost_retrying(reason: str, epoch: int, delay_s: float, attempt: int, max_attempts: int) -> str:
-    return (f"Lost: {reason}. Retrying from epoch {epoch} in {delay_s:.0f} s "
-            f"(attempt {attempt} of {max_attempts}).")
+    return f"Lost: {reason}. Retrying from epoch {epoch} in {delay_s:.0f} s (attempt {attempt} of {max_attempts})."
 
 
 def lost_attempts_used(reason: str, max_attempts: int) -> str:
@@ -149,8 +160,10 @@ def publish_failed(exc: OSError) -> str:
 
 
 def output_refused(package_uri: str, reason: str) -> str:
-    return (f"The model package was not written to {package_uri}: {reason}. The output_name folder must be a "
-            "real folder inside a registered file share when the job finishes; fix it and submit the job again.")
+    return (
+        f"The model package was not written to {package_uri}: {reason}. The output_name folder must be a "
+        "real folder inside a registered file share when the job finishes; fix it and submit the job again."
+    )
 
 
 def package_missing(package: str) -> str:
@@ -158,8 +171,10 @@ def package_missing(package: str) -> str:
 
 
 def item_exists(name: str, owner: str) -> str:
-    return (f"an item named {name!r} already exists for user {owner!r}; choose another output_name or submit "
-            "with overwrite_model=true")
+    return (
+        f"an item named {name!r} already exists for user {owner!r}; choose another output_name or submit "
+        "with overwrite_model=true"
+    )
 
 
 def describe_exit(rc: int) -> str:
@@ -207,8 +222,10 @@ def output_missing(path: str) -> str:
 
 
 def output_item_taken(name: str, owner: str) -> str:
-    return (f"another item named {name!r} already exists for user {owner!r}; choose another output name or give "
-            "that item's itemId to replace it")
+    return (
+        f"another item named {name!r} already exists for user {owner!r}; choose another output name or give "
+        "that item's itemId to replace it"
+    )
 
 
 def output_item_gone(item_id: str) -> str:
@@ -221,5 +238,7 @@ def interrupted_inference(by: str) -> str:
 
 
 def lost_retrying_blocks(reason: str, delay_s: float, attempt: int, max_attempts: int) -> str:
-    return (f"Lost: {reason}. Retrying in {delay_s:.0f} s with the blocks already written (attempt {attempt} of "
-            f"{max_attempts}).")
+    return (
+        f"Lost: {reason}. Retrying in {delay_s:.0f} s with the blocks already written (attempt {attempt} of "
+        f"{max_attempts})."
+    )

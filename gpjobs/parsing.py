@@ -64,8 +64,9 @@ def parse_int(raw: Any, minimum: int | None = None, maximum: int | None = None) 
     return value
 
 
-def parse_float(raw: Any, minimum: float | None = None, maximum: float | None = None,
-                max_exclusive: bool = False) -> float:
+def parse_float(
+    raw: Any, minimum: float | None = None, maximum: float | None = None, max_exclusive: bool = False
+) -> float:
     """A finite number inside [minimum, maximum] (or [minimum, maximum) with `max_exclusive`)."""
     value = _number(raw)
     too_big = maximum is not None and (value >= maximum if max_exclusive else value > maximum)
@@ -122,6 +123,7 @@ def parse_json_object(raw: Any) -> dict[str, Any] | None:
 
 def list_parser(item: Callable[[Any], Any]) -> Callable[[Any], list[Any]]:
     """A parser of lists of `item`: a JSON list, "1,2,3", a single value, or a Python list/tuple."""
+
     def parse(raw: Any) -> list[Any]:
         value = raw
         if isinstance(raw, str):

@@ -51,10 +51,11 @@ class StoreRoots:
     @classmethod
     def from_config(cls, config: Any) -> StoreRoots:
         """Roots from a Config (any object with `file_shares` / `raster_stores` / `unc_paths` mappings)."""
+
         def paths(name: str) -> dict[str, Path]:
             return {k: Path(v) for k, v in (getattr(config, name, None) or {}).items()}
-        return cls(file_shares=paths("file_shares"), raster_stores=paths("raster_stores"),
-                   unc_paths=paths("unc_paths"))
+
+        return cls(file_shares=paths("file_shares"), raster_stores=paths("raster_stores"), unc_paths=paths("unc_paths"))
 
     def resolve(self, user_path: str) -> ResolvedPath:
         return resolve_path(user_path, self)
@@ -73,8 +74,9 @@ class StoreRoots:
 
     def all_roots(self) -> list[tuple[str, str, Path]]:
         """(kind, name, root) of every store, kind as in the URL space (fileShares | rasterStores)."""
-        return ([("fileShares", n, Path(r)) for n, r in self.file_shares.items()]
-                + [("rasterStores", n, Path(r)) for n, r in self.raster_stores.items()])
+        return [("fileShares", n, Path(r)) for n, r in self.file_shares.items()] + [
+            ("rasterStores", n, Path(r)) for n, r in self.raster_stores.items()
+        ]
 
 
 @dataclass(frozen=True)
@@ -158,8 +160,9 @@ def resolve_path(user_path: str, roots: StoreRoots) -> ResolvedPath:
         if root is None:  # store names are case-insensitive in ArcGIS
             root = next((r for n, r in stores.items() if n.lower() == name.lower()), None)
         if root is None:
-            raise PathError(f"unknown data store '{parts[0]}/{name}' in '{text}'. "
-                            f"Registered stores: {roots.describe()}")
+            raise PathError(
+                f"unknown data store '{parts[0]}/{name}' in '{text}'. Registered stores: {roots.describe()}"
+            )
         root_resolved = Path(os.path.realpath(root))
         local = Path(os.path.realpath(root_resolved.joinpath(*parts[2:])))
         if not _inside(local, root_resolved):
@@ -167,12 +170,15 @@ def resolve_path(user_path: str, roots: StoreRoots) -> ResolvedPath:
         alias = "/" + "/".join([parts[0], name, *parts[2:]])
         return ResolvedPath(alias=alias, local=local, root=root_resolved)
     if prefix in _UNSUPPORTED_PREFIXES:
-        raise PathError(f"'{parts[0]}' paths are not supported by this server; "
-                        f"use one of the registered stores: {roots.describe()}")
+        raise PathError(
+            f"'{parts[0]}' paths are not supported by this server; use one of the registered stores: {roots.describe()}"
+        )
     if text.startswith("/"):
         return _resolve_local(Path(text), text, roots)
-    raise PathError(f"path '{text}' is not inside a registered data store. Use /fileShares/<store>/<folder> "
-                    f"or /rasterStores/<store>/<folder>; registered stores: {roots.describe()}")
+    raise PathError(
+        f"path '{text}' is not inside a registered data store. Use /fileShares/<store>/<folder> "
+        f"or /rasterStores/<store>/<folder>; registered stores: {roots.describe()}"
+    )
 
 
 def _resolve_local(path: Path, text: str, roots: StoreRoots) -> ResolvedPath:
@@ -183,8 +189,10 @@ def _resolve_local(path: Path, text: str, roots: StoreRoots) -> ResolvedPath:
         if _inside(local, root_resolved):
             rel = local.relative_to(root_resolved).parts
             return ResolvedPath(alias="/" + "/".join([kind, name, *rel]), local=local, root=root_resolved)
-    raise PathError(f"path '{text}' is not inside a registered data store. Use /fileShares/<store>/<folder> "
-                    f"or /rasterStores/<store>/<folder>; registered stores: {roots.describe()}")
+    raise PathError(
+        f"path '{text}' is not inside a registered data store. Use /fileShares/<store>/<folder> "
+        f"or /rasterStores/<store>/<folder>; registered stores: {roots.describe()}"
+    )
 
 
 def _unc_to_local(text: str, parts: list[str], roots: StoreRoots) -> Path:
@@ -192,15 +200,18 @@ def _unc_to_local(text: str, parts: list[str], roots: StoreRoots) -> Path:
     best: tuple[int, Path] | None = None
     for prefix, mount in roots.unc_paths.items():
         prefix_parts = [p.lower() for p in _components(prefix)]
-        if [p.lower() for p in parts[:len(prefix_parts)]] == prefix_parts and (
-                best is None or len(prefix_parts) > best[0]):
+        if [p.lower() for p in parts[: len(prefix_parts)]] == prefix_parts and (
+            best is None or len(prefix_parts) > best[0]
+        ):
             best = (len(prefix_parts), Path(mount))
     if best is None:
         share = "\\\\" + "\\".join(parts[:2])
-        raise PathError(f"UNC path '{text}' is not mapped to a local folder. Add its share to the [unc_paths] "
-                        f"setting, e.g. '{share}' = \"/mnt/<share>\", and register that folder (or one above "
-                        f"it) as a file share; registered stores: {roots.describe()}")
-    return best[1].joinpath(*parts[best[0]:])
+        raise PathError(
+            f"UNC path '{text}' is not mapped to a local folder. Add its share to the [unc_paths] "
+            f"setting, e.g. '{share}' = \"/mnt/<share>\", and register that folder (or one above "
+            f"it) as a file share; registered stores: {roots.describe()}"
+        )
+    return best[1].joinpath(*parts[best[0] :])
 
 
 def split_folder_value(value: Any) -> list[str]:
@@ -234,8 +245,9 @@ def split_folder_value(value: Any) -> list[str]:
         if not value:
             raise PathError("in_folder list is empty")
         return [p for item in value for p in split_folder_value(item)]
-    raise PathError("in_folder must be a path, a comma-separated list of paths, "
-                    '{"uri": "<path>"} or {"uris": ["<path>", ...]}')
+    raise PathError(
+        'in_folder must be a path, a comma-separated list of paths, {"uri": "<path>"} or {"uris": ["<path>", ...]}'
+    )
 
 
 def resolve_folders(value: Any, resolver: PathResolver) -> list[ResolvedPath]:
@@ -264,8 +276,10 @@ def inside_store(path: str | Path, root: str | Path) -> bool:
 
 
 def _outside(path: str | Path, root: str | Path) -> OutsideStore:
-    return OutsideStore(f"'{shown_in_store(path, root)}' leads outside its data store through a symbolic link; "
-                        "replace the link with the file or folder itself (or a link that stays inside the store)")
+    return OutsideStore(
+        f"'{shown_in_store(path, root)}' leads outside its data store through a symbolic link; "
+        "replace the link with the file or folder itself (or a link that stays inside the store)"
+    )
 
 
 def open_in_store(path: str | Path, root: str | Path) -> BinaryIO:
@@ -280,8 +294,9 @@ def open_in_store(path: str | Path, root: str | Path) -> BinaryIO:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         if exc.errno in (errno.ENXIO, errno.EOPNOTSUPP):  # a socket or a FIFO without writer
-            raise OutsideStore(f"'{shown_in_store(path, root)}' is not a regular file; replace it with the file "
-                               "itself") from None
+            raise OutsideStore(
+                f"'{shown_in_store(path, root)}' is not a regular file; replace it with the file itself"
+            ) from None
         raise
     try:
         opened = os.fstat(fd)
@@ -293,11 +308,12 @@ def open_in_store(path: str | Path, root: str | Path) -> BinaryIO:
         except OSError:
             now = None
         if now is None or (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino):
-            raise OutsideStore(f"'{shown_in_store(path, root)}' changed while it was being opened (a symbolic link "
-                               "replaced?); make it a plain file inside the store")
+            raise OutsideStore(
+                f"'{shown_in_store(path, root)}' changed while it was being opened (a symbolic link "
+                "replaced?); make it a plain file inside the store"
+            )
         if not stat.S_ISREG(opened.st_mode):
-            raise OutsideStore(f"'{shown_in_store(path, root)}' is not a regular file; replace it with the file "
-                               "itself")
+            raise OutsideStore(f"'{shown_in_store(path, root)}' is not a regular file; replace it with the file itself")
         os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
@@ -340,8 +356,10 @@ def open_store_folder(root: str | Path, folder: str | Path, *, create: bool = Fa
                 child = os.open(part, _DIR_FLAGS, dir_fd=fd)
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise OutsideStore(f"'{shown_in_store(walked, real_root)}' is not a plain folder (a symbolic "
-                                       "link or a file); make it a real folder inside the store") from None
+                    raise OutsideStore(
+                        f"'{shown_in_store(walked, real_root)}' is not a plain folder (a symbolic "
+                        "link or a file); make it a real folder inside the store"
+                    ) from None
                 raise
             os.close(fd)
             fd = child

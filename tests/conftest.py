@@ -52,11 +52,21 @@ def ray_cluster() -> dict[str, str]:
     """A local Ray head (loopback, 2 CPUs) for the whole session: {"address": ..., "env": ...}, where env
     is what a server (and the head's workers) need: the session's auth token, and this tree on PYTHONPATH."""
     pytest.importorskip("ray", reason="the Ray pool needs the ray extra: pip install 'gpjobs[ray]'")
-    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0",
-           "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    head = subprocess.Popen([sys.executable, str(REPO_ROOT / "tests" / "harness" / "ray_head.py"), "2"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            env={**os.environ, **env}, cwd=REPO_ROOT)
+    env = {
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    }
+    head = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "tests" / "harness" / "ray_head.py"), "2"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, **env},
+        cwd=REPO_ROOT,
+    )
     try:
         deadline = time.monotonic() + 120
         line = ""

@@ -31,8 +31,10 @@ Check = tuple[str, Callable[[list[dict], dict], float]]  # (what, margin from th
 
 def loss_fell(key: str, factor: float = 1.0) -> Check:
     """last epoch's `key` < first epoch's `key` / factor; margin relative to the first value."""
-    return (f"{key} last < first/{factor:g}",
-            lambda epochs, metrics: (epochs[0][key] / factor - epochs[-1][key]) / abs(epochs[0][key]))
+    return (
+        f"{key} last < first/{factor:g}",
+        lambda epochs, metrics: (epochs[0][key] / factor - epochs[-1][key]) / abs(epochs[0][key]),
+    )
 
 
 def metric_above(key: str, threshold: float) -> Check:
@@ -52,49 +54,166 @@ def _cases() -> dict[str, dict[str, Any]]:
     fell, above = loss_fell("train_loss"), metric_above
     r18 = {"backbone_model": "RESNET18", "stop_training": False}
     return {
-        "unet": _case(lambda t: tiles(t, n=16, size=32), "UNET", [fell, above("accuracy", 0.75)],
-                      **r18, max_epochs=4, learning_rate=0.003),
-        "pspnet": _case(lambda t: tiles(t, n=16, size=32, classes=three), "PSPNET", [fell], **r18, max_epochs=3,
-                        learning_rate=0.001, arguments={"pyramid_sizes": "[1, 2]", "mixup": True}),
-        "pspnet-focal": _case(lambda t: tiles(t, n=16, size=32, classes=three), "PSPNET", [fell], **r18,
-                              max_epochs=3, learning_rate=0.001, arguments={"use_unet": False, "focal_loss": True}),
-        "deeplab": _case(lambda t: tiles(t, n=16, size=32, classes=three), "DEEPLAB", [fell], **r18, max_epochs=3,
-                         learning_rate=0.001, arguments={"class_balancing": True, "dice_loss_fraction": 0.3}),
-        "classifier": _case(lambda t: b.write_labeled_tiles(t, n=48, size=32, classes=three), "FEATURE_CLASSIFIER",
-                            [fell, above("accuracy", 0.6)], **r18, max_epochs=6, learning_rate=0.003, batch_size=8,
-                            freeze_model=False),
-        "change": _case(lambda t: b.write_change_detection(t, n=32, size=32), "CHANGEDETECTOR",
-                        [fell, above("f1", 0.6)], **r18, max_epochs=5, freeze_model=False),
-        "hed": _case(lambda t: tiles(t, n=16, size=32), "HED_EDGEDETECTOR", [fell, above("f1_score", 0.4)], **r18,
-                     max_epochs=10, freeze_model=False, learning_rate=0.003),
-        "bdcn": _case(lambda t: tiles(t, n=12, size=32, classes=((1, "boundary"),)), "BDCN_EDGEDETECTOR", [fell],
-                      backbone_model="VGG11_BN", stop_training=False, max_epochs=3, freeze_model=False,
-                      arguments={"edge_targets": "boundaries"}),
-        "roads": _case(lambda t: tiles(t, n=16, size=32, classes=((1, "road"),)), "MULTITASK_ROADEXTRACTOR",
-                       [fell, above("accuracy", 0.75)], **r18, max_epochs=4, freeze_model=False,
-                       arguments={"orient_bin_size": 30}),
-        "reid": _case(lambda t: b.write_imagenet(t, n=24, size=32), "DEEPSORT", [fell, above("accuracy", 0.8 - 1e-9)],
-                      max_epochs=4, stop_training=False, learning_rate=0.003),
-        "superres": _case(lambda t: b.write_export_tiles(t, n=24, size=32), "SUPERRESOLUTION",
-                          [fell, loss_fell("valid_loss")], **r18, max_epochs=6, learning_rate=0.01,
-                          freeze_model=False),
-        "mmdet-ssd": _case(lambda t: b.write_pascal_voc(t, n=8, size=32), "MMDETECTION", [fell], **r18, max_epochs=4,
-                           batch_size=2, learning_rate=0.001, freeze_model=False, arguments={"model": "ssd"}),
-        "mmseg": _case(lambda t: tiles(t, n=16, size=32), "MMSEGMENTATION", [fell], **r18, max_epochs=3,
-                       arguments={"model": "deeplabv3plus", "class_balancing": True}),
-        "ssd": _case(lambda t: b.write_pascal_voc(t, n=24, size=64), "SSD", [above("average_precision", 0.0)],
-                     backbone_model="RESNET18", max_epochs=6, learning_rate=0.01, freeze_model=False),
-        "pix2pix": _case(lambda t: b.write_pix2pix(t, n=16, size=32), "PIX2PIX",
-                         [loss_fell("train_loss", 2), loss_fell("valid_loss", 2)], max_epochs=20, stop_training=False,
-                         learning_rate=0.002,
-                         arguments={"n_gen_filters": 16, "n_dscr_filters": 16, "perceptual_loss": True}),
-        "cyclegan": _case(lambda t: b.write_cyclegan(t, n=16, size=32), "CYCLEGAN", [loss_fell("valid_loss", 2)],
-                          backbone_model="RESNET34", max_epochs=8, stop_training=False, learning_rate=0.002,
-                          arguments={"gen_blocks": 2, "n_gen_filters": 8, "n_dscr_filters": 8}),
-        "pix2pixhd": _case(lambda t: b.write_pix2pix(t, n=16, size=32), "PIX2PIXHD", [loss_fell("valid_loss", 2)],
-                           max_epochs=20, stop_training=False, learning_rate=0.002,
-                           arguments={"n_gen_filters": 8, "n_dscr_filters": 8, "n_blocks_global": 2,
-                                      "n_blocks_local": 1, "n_layers_dscr": 2}),
+        "unet": _case(
+            lambda t: tiles(t, n=16, size=32),
+            "UNET",
+            [fell, above("accuracy", 0.75)],
+            **r18,
+            max_epochs=4,
+            learning_rate=0.003,
+        ),
+        "pspnet": _case(
+            lambda t: tiles(t, n=16, size=32, classes=three),
+            "PSPNET",
+            [fell],
+            **r18,
+            max_epochs=3,
+            learning_rate=0.001,
+            arguments={"pyramid_sizes": "[1, 2]", "mixup": True},
+        ),
+        "pspnet-focal": _case(
+            lambda t: tiles(t, n=16, size=32, classes=three),
+            "PSPNET",
+            [fell],
+            **r18,
+            max_epochs=3,
+            learning_rate=0.001,
+            arguments={"use_unet": False, "focal_loss": True},
+        ),
+        "deeplab": _case(
+            lambda t: tiles(t, n=16, size=32, classes=three),
+            "DEEPLAB",
+            [fell],
+            **r18,
+            max_epochs=3,
+            learning_rate=0.001,
+            arguments={"class_balancing": True, "dice_loss_fraction": 0.3},
+        ),
+        "classifier": _case(
+            lambda t: b.write_labeled_tiles(t, n=48, size=32, classes=three),
+            "FEATURE_CLASSIFIER",
+            [fell, above("accuracy", 0.6)],
+            **r18,
+            max_epochs=6,
+            learning_rate=0.003,
+            batch_size=8,
+            freeze_model=False,
+        ),
+        "change": _case(
+            lambda t: b.write_change_detection(t, n=32, size=32),
+            "CHANGEDETECTOR",
+            [fell, above("f1", 0.6)],
+            **r18,
+            max_epochs=5,
+            freeze_model=False,
+        ),
+        "hed": _case(
+            lambda t: tiles(t, n=16, size=32),
+            "HED_EDGEDETECTOR",
+            [fell, above("f1_score", 0.4)],
+            **r18,
+            max_epochs=10,
+            freeze_model=False,
+            learning_rate=0.003,
+        ),
+        "bdcn": _case(
+            lambda t: tiles(t, n=12, size=32, classes=((1, "boundary"),)),
+            "BDCN_EDGEDETECTOR",
+            [fell],
+            backbone_model="VGG11_BN",
+            stop_training=False,
+            max_epochs=3,
+            freeze_model=False,
+            arguments={"edge_targets": "boundaries"},
+        ),
+        "roads": _case(
+            lambda t: tiles(t, n=16, size=32, classes=((1, "road"),)),
+            "MULTITASK_ROADEXTRACTOR",
+            [fell, above("accuracy", 0.75)],
+            **r18,
+            max_epochs=4,
+            freeze_model=False,
+            arguments={"orient_bin_size": 30},
+        ),
+        "reid": _case(
+            lambda t: b.write_imagenet(t, n=24, size=32),
+            "DEEPSORT",
+            [fell, above("accuracy", 0.8 - 1e-9)],
+            max_epochs=4,
+            stop_training=False,
+            learning_rate=0.003,
+        ),
+        "superres": _case(
+            lambda t: b.write_export_tiles(t, n=24, size=32),
+            "SUPERRESOLUTION",
+            [fell, loss_fell("valid_loss")],
+            **r18,
+            max_epochs=6,
+            learning_rate=0.01,
+            freeze_model=False,
+        ),
+        "mmdet-ssd": _case(
+            lambda t: b.write_pascal_voc(t, n=8, size=32),
+            "MMDETECTION",
+            [fell],
+            **r18,
+            max_epochs=4,
+            batch_size=2,
+            learning_rate=0.001,
+            freeze_model=False,
+            arguments={"model": "ssd"},
+        ),
+        "mmseg": _case(
+            lambda t: tiles(t, n=16, size=32),
+            "MMSEGMENTATION",
+            [fell],
+            **r18,
+            max_epochs=3,
+            arguments={"model": "deeplabv3plus", "class_balancing": True},
+        ),
+        "ssd": _case(
+            lambda t: b.write_pascal_voc(t, n=24, size=64),
+            "SSD",
+            [above("average_precision", 0.0)],
+            backbone_model="RESNET18",
+            max_epochs=6,
+            learning_rate=0.01,
+            freeze_model=False,
+        ),
+        "pix2pix": _case(
+            lambda t: b.write_pix2pix(t, n=16, size=32),
+            "PIX2PIX",
+            [loss_fell("train_loss", 2), loss_fell("valid_loss", 2)],
+            max_epochs=20,
+            stop_training=False,
+            learning_rate=0.002,
+            arguments={"n_gen_filters": 16, "n_dscr_filters": 16, "perceptual_loss": True},
+        ),
+        "cyclegan": _case(
+            lambda t: b.write_cyclegan(t, n=16, size=32),
+            "CYCLEGAN",
+            [loss_fell("valid_loss", 2)],
+            backbone_model="RESNET34",
+            max_epochs=8,
+            stop_training=False,
+            learning_rate=0.002,
+            arguments={"gen_blocks": 2, "n_gen_filters": 8, "n_dscr_filters": 8},
+        ),
+        "pix2pixhd": _case(
+            lambda t: b.write_pix2pix(t, n=16, size=32),
+            "PIX2PIXHD",
+            [loss_fell("valid_loss", 2)],
+            max_epochs=20,
+            stop_training=False,
+            learning_rate=0.002,
+            arguments={
+                "n_gen_filters": 8,
+                "n_dscr_filters": 8,
+                "n_blocks_global": 2,
+                "n_blocks_local": 1,
+                "n_layers_dscr": 2,
+            },
+        ),
     }
 
 
@@ -125,8 +244,13 @@ def main() -> int:
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--cases", help="comma-separated case names (default: all)")
     parser.add_argument("--json", help="append every run as a JSON line here")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a spec value in every case, e.g. learning_rate=0.003 (JSON values)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec value in every case, e.g. learning_rate=0.003 (JSON values)",
+    )
     args = parser.parse_args()
     overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
 
@@ -145,13 +269,20 @@ def main() -> int:
             times.append(seconds)
             if args.json:
                 with open(args.json, "a") as out:
-                    out.write(json.dumps({"case": name, "seed": seed, "set": overrides, "margins": values,
-                                          "seconds": seconds}) + "\n")
+                    out.write(
+                        json.dumps(
+                            {"case": name, "seed": seed, "set": overrides, "margins": values, "seconds": seconds}
+                        )
+                        + "\n"
+                    )
         for k, (what, _) in enumerate(case["checks"]):
             column = [m[k] for m in margins]
-            print(f"{name:<14} {what:<32} min {min(column):+.3f}  median {statistics.median(column):+.3f}  "
-                  f"failures {sum(v <= 0 for v in column)}/{len(column)}   "
-                  f"({statistics.median(times):.0f} s per run)", flush=True)
+            print(
+                f"{name:<14} {what:<32} min {min(column):+.3f}  median {statistics.median(column):+.3f}  "
+                f"failures {sum(v <= 0 for v in column)}/{len(column)}   "
+                f"({statistics.median(times):.0f} s per run)",
+                flush=True,
+            )
     return 0
 
 

@@ -97,8 +97,12 @@ def _pip_download(requirement: str, *flags: str) -> Path:
         (fake / "gdal-config").write_text("#!/bin/sh\necho 3.6.0\n")
         (fake / "gdal-config").chmod(0o755)
         env["PATH"] = f"{fake}{os.pathsep}{env.get('PATH', '')}"
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", *flags, requirement, "-d", str(target)],
-                   check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", *flags, requirement, "-d", str(target)],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
     return next(p for p in target.iterdir() if p.name.replace("-", "_").lower().startswith(name))
 
 
@@ -121,7 +125,7 @@ def _split(n: int, seed: int, strata: np.ndarray | None = None) -> tuple[np.ndar
     held = []
     for s in np.unique(strata):
         members = np.flatnonzero(strata == s)
-        held += list(rng.permutation(members)[:round(len(members) * HELD_OUT)])
+        held += list(rng.permutation(members)[: round(len(members) * HELD_OUT)])
     held_mask = np.zeros(n, bool)
     held_mask[held] = True
     return np.flatnonzero(~held_mask), np.flatnonzero(held_mask)
@@ -139,14 +143,19 @@ def _voc(stem: str, size: int, bands: int, objects: list[tuple[int, tuple[float,
     body = "".join(
         f"    <object>\n        <name>{v}</name>\n        <bndbox>\n            <xmin>{b[0]:.2f}</xmin>\n"
         f"            <ymin>{b[1]:.2f}</ymin>\n            <xmax>{b[2]:.2f}</xmax>\n"
-        f"            <ymax>{b[3]:.2f}</ymax>\n        </bndbox>\n    </object>\n" for v, b in objects)
-    return (f'<?xml version="1.0"?>\n<annotation>\n    <filename>{stem}.tif</filename>\n'
-            f"    <size>\n        <width>{size}</width>\n        <height>{size}</height>\n"
-            f"        <depth>{bands}</depth>\n    </size>\n{body}</annotation>\n")
+        f"            <ymax>{b[3]:.2f}</ymax>\n        </bndbox>\n    </object>\n"
+        for v, b in objects
+    )
+    return (
+        f'<?xml version="1.0"?>\n<annotation>\n    <filename>{stem}.tif</filename>\n'
+        f"    <size>\n        <width>{size}</width>\n        <height>{size}</height>\n"
+        f"        <depth>{bands}</depth>\n    </size>\n{body}</annotation>\n"
+    )
 
 
-def _write_export(folder: Path, mode: str, classes: list[tuple[int, str]], images: np.ndarray,
-                  labels: list) -> list[str]:
+def _write_export(
+    folder: Path, mode: str, classes: list[tuple[int, str]], images: np.ndarray, labels: list
+) -> list[str]:
     """An export of `images` (N, H, W, C); labels: masks (segmentation), class values, or [(value, box)]."""
     size, bands = images.shape[1], images.shape[3]
     (folder / "images").mkdir(parents=True, exist_ok=True)
@@ -163,19 +172,42 @@ def _write_export(folder: Path, mode: str, classes: list[tuple[int, str]], image
             for k, v in enumerate(values):
                 per_class[k] += int((label == v).sum())
             continue
-        objects = ([(int(label), (0.0, 0.0, float(size), float(size)))] if mode == "Labeled_Tiles"
-                   else [(int(v), tuple(float(c) for c in box)) for v, box in label])
+        objects = (
+            [(int(label), (0.0, 0.0, float(size), float(size)))]
+            if mode == "Labeled_Tiles"
+            else [(int(v), tuple(float(c) for c in box)) for v, box in label]
+        )
         (folder / f"labels/{stem}.xml").write_text(_voc(stem, size, bands, objects))
         rows.append([f"images/{stem}.tif", f"labels/{stem}.xml"])
         for v, _ in objects:
             per_class[values.index(v)] += 1
-    write_metadata(folder, mode, classes=classes, size=size, bands=bands, rows=rows, images=list(images),
-                   newer_metadata=True, per_class=per_class, pixel_stats=mode == "Classified_Tiles")
+    write_metadata(
+        folder,
+        mode,
+        classes=classes,
+        size=size,
+        bands=bands,
+        rows=rows,
+        images=list(images),
+        newer_metadata=True,
+        per_class=per_class,
+        pixel_stats=mode == "Classified_Tiles",
+    )
     return names
 
 
-def _store(name: str, task: str, mode: str, classes, chip: int, images: np.ndarray, labels: list,
-           train: np.ndarray, held: np.ndarray, folder: Path) -> None:
+def _store(
+    name: str,
+    task: str,
+    mode: str,
+    classes,
+    chip: int,
+    images: np.ndarray,
+    labels: list,
+    train: np.ndarray,
+    held: np.ndarray,
+    folder: Path,
+) -> None:
     tmp = folder.with_name(folder.name + ".tmp")
     if tmp.exists():
         import shutil
@@ -198,9 +230,22 @@ def _store(name: str, task: str, mode: str, classes, chip: int, images: np.ndarr
             arrays["box_labels"] = np.asarray([v for objs in part for v, _ in objs], np.int64)
             arrays["box_image"] = np.asarray([k for k, objs in enumerate(part) for _ in objs], np.int64)
         np.savez_compressed(tmp / f"{split}.npz", **arrays)
-    (tmp / "info.json").write_text(json.dumps({
-        "name": name, "task": task, "format": mode, "classes": classes, "chip": chip, "bands": images.shape[3],
-        "train_chips": len(train), "heldout_chips": len(held), "heldout": heldout_names, "version": DATA_VERSION}))
+    (tmp / "info.json").write_text(
+        json.dumps(
+            {
+                "name": name,
+                "task": task,
+                "format": mode,
+                "classes": classes,
+                "chip": chip,
+                "bands": images.shape[3],
+                "train_chips": len(train),
+                "heldout_chips": len(held),
+                "heldout": heldout_names,
+                "version": DATA_VERSION,
+            }
+        )
+    )
     tmp.rename(folder)
 
 
@@ -224,8 +269,8 @@ def _grid_chips(image: np.ndarray, mask: np.ndarray, chip: int, quick: int | Non
     images, masks = [], []
     for y in range(0, image.shape[0] - chip + 1, chip):
         for x in range(0, image.shape[1] - chip + 1, chip):
-            images.append(image[y:y + chip, x:x + chip, None])
-            masks.append(mask[y:y + chip, x:x + chip])
+            images.append(image[y : y + chip, x : x + chip, None])
+            masks.append(mask[y : y + chip, x : x + chip])
     train, held = _split(len(images), seed=17)
     if quick:
         train = _subset(train, quick)
@@ -233,10 +278,20 @@ def _grid_chips(image: np.ndarray, mask: np.ndarray, chip: int, quick: int | Non
 
 
 def _tiles(quick: bool):
-    scenes = [("road", _tiff(_solaris_member("road_mask_input.tif")),
-               _tiff(_solaris_member("sample_road_raster_mask.tif")) > 0, 0.03),
-              ("building", _tiff(_solaris_member("sample_geotiff.tif")),
-               _tiff(_solaris_member("sample_fp_mask_from_geojson.tif")) > 0, 0.10)]
+    scenes = [
+        (
+            "road",
+            _tiff(_solaris_member("road_mask_input.tif")),
+            _tiff(_solaris_member("sample_road_raster_mask.tif")) > 0,
+            0.03,
+        ),
+        (
+            "building",
+            _tiff(_solaris_member("sample_geotiff.tif")),
+            _tiff(_solaris_member("sample_fp_mask_from_geojson.tif")) > 0,
+            0.10,
+        ),
+    ]
     chip, per_scene_background = 32, 150
     values = {"road": 1, "building": 2, "background": 3}
     images, labels = [], []
@@ -245,12 +300,12 @@ def _tiles(quick: bool):
         empty = []
         for y in range(0, image.shape[0] - chip + 1, chip):
             for x in range(0, image.shape[1] - chip + 1, chip):
-                share = mask[y:y + chip, x:x + chip].mean()
+                share = mask[y : y + chip, x : x + chip].mean()
                 if share >= least:
-                    images.append(image[y:y + chip, x:x + chip, None].astype(np.uint16))
+                    images.append(image[y : y + chip, x : x + chip, None].astype(np.uint16))
                     labels.append(values[name])
                 elif share == 0:
-                    empty.append(image[y:y + chip, x:x + chip, None].astype(np.uint16))
+                    empty.append(image[y : y + chip, x : x + chip, None].astype(np.uint16))
         for i in np.sort(rng.permutation(len(empty))[:per_scene_background]):
             images.append(empty[i])
             labels.append(values["background"])
@@ -266,8 +321,9 @@ def _digits(quick: bool):
 
     wheel = _pip_download(SKLEARN, "--only-binary", ":all:")
     with zipfile.ZipFile(wheel) as zf:
-        table = np.loadtxt(io.StringIO(gzip.decompress(zf.read("sklearn/datasets/data/digits.csv.gz")).decode()),
-                           delimiter=",")
+        table = np.loadtxt(
+            io.StringIO(gzip.decompress(zf.read("sklearn/datasets/data/digits.csv.gz")).decode()), delimiter=","
+        )
     table = table[:1000]
     chip = 32
     images = []
@@ -290,8 +346,10 @@ def _palms(quick: bool):
 
     source = SAMPLES / "palm-pascal-voc"
     if not source.is_dir():
-        raise SystemExit(f"{source} is missing: the palm sample (../shared/samples) is needed for the detection rows; "
-                         "set GPJOBS_SAMPLES_DIR to the folder that holds palm-pascal-voc/")
+        raise SystemExit(
+            f"{source} is missing: the palm sample (../shared/samples) is needed for the detection rows; "
+            "set GPJOBS_SAMPLES_DIR to the folder that holds palm-pascal-voc/"
+        )
     chip = 160
     images, labels = [], []
     number = r"<{0}>([-\d.]+)</{0}>"
@@ -330,5 +388,9 @@ if __name__ == "__main__":
     for key in sys.argv[1:] or list(BUILDERS):
         for q in (False, True):
             ds = dataset(key, q)
-            print(ds.name, "quick" if q else "full", ds.folder, json.loads((ds.folder / "info.json").read_text())
-                  ["train_chips"])
+            print(
+                ds.name,
+                "quick" if q else "full",
+                ds.folder,
+                json.loads((ds.folder / "info.json").read_text())["train_chips"],
+            )

@@ -44,11 +44,18 @@ def build(task: str, bands: int, n_classes: int, chip: int) -> nn.Module:
     from torchvision.models.detection import FasterRCNN
     from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
-    backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5,
-                                   norm_layer=nn.BatchNorm2d)
+    backbone = resnet_fpn_backbone(
+        backbone_name="resnet18", weights=None, trainable_layers=5, norm_layer=nn.BatchNorm2d
+    )
     # Images reach the model already normalised: identity mean/std, and no resizing (min = max = chip).
-    return FasterRCNN(backbone, num_classes=n_classes + 1, min_size=chip, max_size=chip,
-                      image_mean=[0.0] * bands, image_std=[1.0] * bands)
+    return FasterRCNN(
+        backbone,
+        num_classes=n_classes + 1,
+        min_size=chip,
+        max_size=chip,
+        image_mean=[0.0] * bands,
+        image_std=[1.0] * bands,
+    )
 
 
 def normalise(images: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
@@ -68,7 +75,7 @@ def predict(saved: Path, images: np.ndarray, batch: int = 16) -> list:
     out: list = []
     with torch.no_grad():
         for start in range(0, len(x), batch):
-            part = x[start:start + batch]
+            part = x[start : start + batch]
             if cfg["task"] == "detection":
                 out += [{k: v.numpy() for k, v in d.items()} for d in model(list(part))]
             else:
@@ -93,9 +100,13 @@ def train(folder: Path, seed: int, epochs: int, batch: int, out: Path) -> dict:
     elif task == "classification":
         y = torch.from_numpy(lut[arrays["labels"]] - 1)
     else:
-        y = [{"boxes": torch.from_numpy(arrays["boxes"][arrays["box_image"] == i]).reshape(-1, 4),
-              "labels": torch.from_numpy(lut[arrays["box_labels"][arrays["box_image"] == i]])}
-             for i in range(len(images))]
+        y = [
+            {
+                "boxes": torch.from_numpy(arrays["boxes"][arrays["box_image"] == i]).reshape(-1, 4),
+                "labels": torch.from_numpy(lut[arrays["box_labels"][arrays["box_image"] == i]]),
+            }
+            for i in range(len(images))
+        ]
 
     random.seed(seed)
     np.random.seed(seed)
@@ -113,7 +124,7 @@ def train(folder: Path, seed: int, epochs: int, batch: int, out: Path) -> dict:
     for _ in range(epochs):
         perm = torch.randperm(len(x), generator=order)
         for start in range(0, len(perm) - batch + 1 if len(perm) >= 2 * batch else len(perm), batch):
-            idx = perm[start:start + batch]
+            idx = perm[start : start + batch]
             if task == "detection":
                 loss = sum(model(list(x[idx]), [y[int(i)] for i in idx]).values())
             else:
@@ -122,11 +133,29 @@ def train(folder: Path, seed: int, epochs: int, batch: int, out: Path) -> dict:
             loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
-    torch.save({"model": model.state_dict(), "mean": mean, "std": std,
-                "config": {"task": task, "bands": int(images.shape[-1]), "n_classes": n_classes, "chip": info["chip"],
-                           "seed": seed, "epochs": epochs, "batch": batch, "lr": lr}}, out)
-    return {"steps": len(losses), "first_loss": losses[0] if losses else None,
-            "last_loss": float(np.mean(losses[-5:])) if losses else None}
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "mean": mean,
+            "std": std,
+            "config": {
+                "task": task,
+                "bands": int(images.shape[-1]),
+                "n_classes": n_classes,
+                "chip": info["chip"],
+                "seed": seed,
+                "epochs": epochs,
+                "batch": batch,
+                "lr": lr,
+            },
+        },
+        out,
+    )
+    return {
+        "steps": len(losses),
+        "first_loss": losses[0] if losses else None,
+        "last_loss": float(np.mean(losses[-5:])) if losses else None,
+    }
 
 
 def main() -> None:

@@ -30,8 +30,10 @@ def truth(data: DataSet) -> dict:
         return {"masks": table[arrays["masks"]]}
     if data.task == "classification":
         return {"labels": table[arrays["labels"]]}
-    return {"boxes": [arrays["boxes"][arrays["box_image"] == i] for i in range(len(arrays["images"]))],
-            "labels": [table[arrays["box_labels"][arrays["box_image"] == i]] for i in range(len(arrays["images"]))]}
+    return {
+        "boxes": [arrays["boxes"][arrays["box_image"] == i] for i in range(len(arrays["images"]))],
+        "labels": [table[arrays["box_labels"][arrays["box_image"] == i]] for i in range(len(arrays["images"]))],
+    }
 
 
 def predict_ours(package: Path, data: DataSet, batch: int = 16) -> list:
@@ -49,17 +51,22 @@ def predict_ours(package: Path, data: DataSet, batch: int = 16) -> list:
     with open_package(package) as pkg, torch.no_grad():
         family, model = load_model(pkg)
         for start in range(0, len(chips), batch):
-            images = torch.stack([to_model_input(read_chip(c), family.info) for c in chips[start:start + batch]])
+            images = torch.stack([to_model_input(read_chip(c), family.info) for c in chips[start : start + batch]])
             for p in family.predict(model, images):
                 if data.task == "segmentation":
                     out.append(table[np.clip(p["_mask"], 0, len(table) - 1)])
                 elif data.task == "classification":
                     out.append(int(table[p["class_value"]]) - 1)
                 else:
-                    out.append({"boxes": np.asarray(p["boxes"], np.float64).reshape(-1, 4),
-                                "scores": np.asarray(p["scores"], np.float64),
-                                "labels": np.asarray([table[v] if v is not None else 0 for v in p["class_values"]],
-                                                     np.int64)})
+                    out.append(
+                        {
+                            "boxes": np.asarray(p["boxes"], np.float64).reshape(-1, 4),
+                            "scores": np.asarray(p["scores"], np.float64),
+                            "labels": np.asarray(
+                                [table[v] if v is not None else 0 for v in p["class_values"]], np.int64
+                            ),
+                        }
+                    )
     return out
 
 

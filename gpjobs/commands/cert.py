@@ -30,12 +30,20 @@ class CertError(RuntimeError):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="folder to write gpjobs.crt and gpjobs.key into")
-    parser.add_argument("--host", action="append", dest="hosts", metavar="NAME",
-                        help="DNS name or IP address the certificate is valid for (repeatable; "
-                             "default: localhost and 127.0.0.1)")
+    parser.add_argument(
+        "--host",
+        action="append",
+        dest="hosts",
+        metavar="NAME",
+        help="DNS name or IP address the certificate is valid for (repeatable; default: localhost and 127.0.0.1)",
+    )
     parser.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
-    parser.add_argument("--backend", choices=("auto", "cryptography", "openssl"), default="auto",
-                        help="how to generate (default: cryptography when installed, else openssl)")
+    parser.add_argument(
+        "--backend",
+        choices=("auto", "cryptography", "openssl"),
+        default="auto",
+        help="how to generate (default: cryptography when installed, else openssl)",
+    )
     parser.add_argument("--force", action="store_true", help="overwrite existing files")
 
 
@@ -45,12 +53,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"gpjobs cert: {cert} or {key} already exists; pass --force to replace them", file=sys.stderr)
         return 1
     try:
-        backend = write_self_signed(args.out, args.hosts or ["localhost", "127.0.0.1"], days=args.days,
-                                    backend=args.backend)
+        backend = write_self_signed(
+            args.out, args.hosts or ["localhost", "127.0.0.1"], days=args.days, backend=args.backend
+        )
     except CertError as exc:
         print(f"gpjobs cert: {exc}", file=sys.stderr)
         return 1
-    print(f"wrote {cert} and {key} ({backend}); set tls_cert = \"{cert}\" and tls_key = \"{key}\"")
+    print(f'wrote {cert} and {key} ({backend}); set tls_cert = "{cert}" and tls_key = "{key}"')
     return 0
 
 
@@ -69,8 +78,10 @@ def write_self_signed(out: Path, hosts: list[str], *, days: int = 365, backend: 
             _write_with_cryptography(out, hosts, days)
             return "cryptography"
     if shutil.which("openssl") is None:
-        raise CertError("neither the cryptography package nor the openssl command is available; "
-                        "install one of them (pip install cryptography)")
+        raise CertError(
+            "neither the cryptography package nor the openssl command is available; "
+            "install one of them (pip install cryptography)"
+        )
     _write_with_openssl(out, hosts, days)
     return "openssl"
 
@@ -98,23 +109,31 @@ def _write_with_cryptography(out: Path, hosts: list[str], days: int) -> None:
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0]),
-                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "gpjobs (self-signed)")])
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, hosts[0]),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "gpjobs (self-signed)"),
+        ]
+    )
     alt = [x509.IPAddress(ipaddress.ip_address(h)) if _is_ip(h) else x509.DNSName(h) for h in hosts]
     now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder()
-            .subject_name(name).issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))  # tolerate small clock skew
-            .not_valid_after(now + dt.timedelta(days=days))
-            .add_extension(x509.SubjectAlternativeName(alt), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(key, hashes.SHA256()))
-    _write_private(out / KEY_NAME, key.private_bytes(serialization.Encoding.PEM,
-                                                     serialization.PrivateFormat.PKCS8,
-                                                     serialization.NoEncryption()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))  # tolerate small clock skew
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    _write_private(
+        out / KEY_NAME,
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    )
     (out / CERT_NAME).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
@@ -122,10 +141,29 @@ def _write_with_openssl(out: Path, hosts: list[str], days: int) -> None:
     san = ",".join(f"IP:{h}" if _is_ip(h) else f"DNS:{h}" for h in hosts)
     with tempfile.TemporaryDirectory() as tmp:
         tmp_key, tmp_cert = Path(tmp) / KEY_NAME, Path(tmp) / CERT_NAME
-        cmd = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-               "-nodes", "-sha256", "-days", str(days), "-subj", f"/CN={hosts[0]}/O=gpjobs (self-signed)",
-               "-addext", f"subjectAltName={san}", "-addext", "extendedKeyUsage=serverAuth",
-               "-keyout", str(tmp_key), "-out", str(tmp_cert)]
+        cmd = [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-sha256",
+            "-days",
+            str(days),
+            "-subj",
+            f"/CN={hosts[0]}/O=gpjobs (self-signed)",
+            "-addext",
+            f"subjectAltName={san}",
+            "-addext",
+            "extendedKeyUsage=serverAuth",
+            "-keyout",
+            str(tmp_key),
+            "-out",
+            str(tmp_cert),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise CertError(f"openssl failed ({proc.returncode}): {proc.stderr.strip()}")

@@ -19,7 +19,8 @@ _TORCH_PROBE = (
     "import json, torch, torchvision;"
     "print(json.dumps({'torch': torch.__version__, 'torchvision': torchvision.__version__,"
     " 'cuda_available': torch.cuda.is_available(), 'cuda_devices': torch.cuda.device_count(),"
-    " 'cuda_build': torch.version.cuda}))")
+    " 'cuda_build': torch.version.cuda}))"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,9 +43,13 @@ def run(args: argparse.Namespace) -> int:
     cuda = [d for d in config.devices if d.startswith("cuda:")]
     add("devices", True, {"slots": config.devices, "gpus": len(cuda)})
     if config.weights_dir is None:
-        add("weights_dir", config.missing_weights == "random",
-            "not configured: models train from random weights" if config.missing_weights == "random"
-            else "not configured but missing_weights = fail: every job needing weights will fail")
+        add(
+            "weights_dir",
+            config.missing_weights == "random",
+            "not configured: models train from random weights"
+            if config.missing_weights == "random"
+            else "not configured but missing_weights = fail: every job needing weights will fail",
+        )
     else:
         add("weights_dir", config.weights_dir.is_dir(), weights_report(config.weights_dir))
     for kind, stores in (("file_share", config.file_shares), ("raster_store", config.raster_stores)):
@@ -56,7 +61,10 @@ def run(args: argparse.Namespace) -> int:
                 note = "readable" if ok else "missing or not readable"
             add(f"{kind}:{name}", ok, {"path": str(path), "status": note})
     directories: tuple[tuple[str, Path | None], ...] = (
-        ("data_dir", config.data_dir), ("content_dir", config.content_dir), ("jobs_dir", config.jobs_dir))
+        ("data_dir", config.data_dir),
+        ("content_dir", config.content_dir),
+        ("jobs_dir", config.jobs_dir),
+    )
     for label, directory in directories:
         assert directory is not None
         parent = next((p for p in (directory, *directory.parents) if p.exists()), Path("/"))
@@ -89,8 +97,13 @@ def probe_torch(trainer_command: list[str]) -> tuple[str, bool, Any]:
     """Import torch in a child interpreter (the one the trainer uses) and report what it sees."""
     python = trainer_command[0]
     try:
-        out = subprocess.run([python, "-c", _TORCH_PROBE], capture_output=True, text=True, timeout=120,
-                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+        out = subprocess.run(
+            [python, "-c", _TORCH_PROBE],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return "torch", False, f"could not run {python}: {exc}"
     if out.returncode != 0:
@@ -119,5 +132,14 @@ async def check_database(config) -> tuple[str, bool, Any]:
         await store.close()
     latest = len(available_migrations())
     ok = integrity == "ok" and version == latest
-    return "database", ok, {"path": str(config.db_path), "integrity": integrity, "schema": f"{version}/{latest}",
-                            "jobs": total, "queued": queued}
+    return (
+        "database",
+        ok,
+        {
+            "path": str(config.db_path),
+            "integrity": integrity,
+            "schema": f"{version}/{latest}",
+            "jobs": total,
+            "queued": queued,
+        },
+    )

@@ -12,15 +12,26 @@ HELP = "Run a .dlpk's raster function over a whole raster, as ArcGIS does (GeoTI
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("package", metavar="MODEL.dlpk", help="a .dlpk, an extracted model folder or its .emd")
-    parser.add_argument("rasters", nargs="+", metavar="RASTER",
-                        help="the input raster (change detection: the before and the after raster)")
-    parser.add_argument("--out", required=True,
-                        help="output: a GeoTIFF for pixel outputs, GeoJSON for detected or classified objects")
-    parser.add_argument("--arguments", default=None,
-                        help='model arguments as JSON, e.g. \'{"padding": 16, "batch_size": 4, "threshold": 0.5}\'')
-    parser.add_argument("--features", default=None,
-                        help="classify objects: polygons (GeoJSON, the raster's coordinates) to classify; "
-                             "default: every chip-sized tile of the raster")
+    parser.add_argument(
+        "rasters",
+        nargs="+",
+        metavar="RASTER",
+        help="the input raster (change detection: the before and the after raster)",
+    )
+    parser.add_argument(
+        "--out", required=True, help="output: a GeoTIFF for pixel outputs, GeoJSON for detected or classified objects"
+    )
+    parser.add_argument(
+        "--arguments",
+        default=None,
+        help='model arguments as JSON, e.g. \'{"padding": 16, "batch_size": 4, "threshold": 0.5}\'',
+    )
+    parser.add_argument(
+        "--features",
+        default=None,
+        help="classify objects: polygons (GeoJSON, the raster's coordinates) to classify; "
+        "default: every chip-sized tile of the raster",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda:N")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -58,22 +69,34 @@ class ProgressBar:
         filled = int(width * done / max(total, 1))
         rate = done / max(time.monotonic() - self.start, 1e-9)
         end = "\n" if done >= total else ""
-        print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {self.unit}  {rate:.1f}/s",
-              end=end, file=sys.stderr, flush=True)
+        print(
+            f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {self.unit}  {rate:.1f}/s",
+            end=end,
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def run(args: argparse.Namespace) -> int:
     from gpjobs.inference.host import InferenceError, run_inference
 
     try:
-        result = run_inference(args.package, args.rasters, args.out, arguments=_arguments(args.arguments),
-                               device=_device(args.device), features=args.features,
-                               progress=None if args.quiet else ProgressBar())
+        result = run_inference(
+            args.package,
+            args.rasters,
+            args.out,
+            arguments=_arguments(args.arguments),
+            device=_device(args.device),
+            features=args.features,
+            progress=None if args.quiet else ProgressBar(),
+        )
     except InferenceError as exc:
         print(f"gpjobs infer: {exc}", file=sys.stderr)
         return 2
     what = f"{result.features} features" if result.kind == "features" else "pixels"
-    print(f"{result.output}: {what} from {result.blocks} blocks "
-          f"(tile {result.configuration.get('tx')}x{result.configuration.get('ty')}, "
-          f"padding {result.configuration.get('padding')})")
+    print(
+        f"{result.output}: {what} from {result.blocks} blocks "
+        f"(tile {result.configuration.get('tx')}x{result.configuration.get('ty')}, "
+        f"padding {result.configuration.get('padding')})"
+    )
     return 0

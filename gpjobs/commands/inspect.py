@@ -12,8 +12,11 @@ HELP = "Check Export Training Data folders and print the report (format, chips, 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folders", nargs="+", metavar="FOLDER", help="export folder(s), trained together")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument("--quick", action="store_true",
-                        help="decode only a sample of the chips (the submit-time check) instead of all of them")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="decode only a sample of the chips (the submit-time check) instead of all of them",
+    )
     parser.add_argument("--sample", type=int, default=64, help="chips decoded with --quick (default 64)")
 
 

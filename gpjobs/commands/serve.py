@@ -18,10 +18,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
     parser.add_argument("--host", help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default 8765; 0 picks a free one)")
-    parser.add_argument("--file-share", action="append", metavar="NAME=PATH",
-                        help="register a file share (/fileShares/NAME/...); repeatable")
-    parser.add_argument("--raster-store", action="append", metavar="NAME=PATH",
-                        help="register a raster store (/rasterStores/NAME/...); repeatable")
+    parser.add_argument(
+        "--file-share",
+        action="append",
+        metavar="NAME=PATH",
+        help="register a file share (/fileShares/NAME/...); repeatable",
+    )
+    parser.add_argument(
+        "--raster-store",
+        action="append",
+        metavar="NAME=PATH",
+        help="register a raster store (/rasterStores/NAME/...); repeatable",
+    )
     parser.add_argument("--devices", help="comma list of training slots: cpu, cuda:N, auto")
 
 
@@ -30,10 +38,13 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         config = config_from_args(
-            args, host=args.host, port=args.port,
+            args,
+            host=args.host,
+            port=args.port,
             file_shares=named_paths(args.file_share, "--file-share"),
             raster_stores=named_paths(args.raster_store, "--raster-store"),
-            devices=args.devices.split(",") if args.devices else None)
+            devices=args.devices.split(",") if args.devices else None,
+        )
     except ConfigError as exc:
         print(f"gpjobs: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -74,8 +85,9 @@ async def serve(config) -> int:
     for address in runner.addresses:
         host, port = address[0], address[1]
         url = f"{config.scheme}://{host if ':' not in host else f'[{host}]'}:{port}"
-        log.info("listening", url=url, data_dir=str(config.data_dir), devices=config.devices,
-                 anonymous=config.auth.anonymous)
+        log.info(
+            "listening", url=url, data_dir=str(config.data_dir), devices=config.devices, anonymous=config.auth.anonymous
+        )
         print(f"gpjobs serving on {url}/arcgis/rest/services/System/RasterAnalysisTools/GPServer", flush=True)
 
     stop = asyncio.Event()

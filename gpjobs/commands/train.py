@@ -25,18 +25,31 @@ EXIT_BAD_INPUT = 2  # = training.protocol.ExitCode.BAD_INPUT (kept torch-free he
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, metavar="PATH.dlpk", help="where to write the package")
     add_flags(parser, INPUT_PARAMETERS, skip=("output_name", "overwrite_model"), repeat=("in_folder",))
-    parser.add_argument("--processor-type", choices=("CPU", "GPU"), type=str.upper, default=None,
-                        help="shorthand for --context '{\"processorType\": ...}' (default: CPU)")
+    parser.add_argument(
+        "--processor-type",
+        choices=("CPU", "GPU"),
+        type=str.upper,
+        default=None,
+        help="shorthand for --context '{\"processorType\": ...}' (default: CPU)",
+    )
     parser.add_argument("--gpu-id", type=int, default=0)
-    parser.add_argument("--devices", default=None, metavar="DEV,DEV",
-                        help="train on several devices at once, one process each (torch.distributed: NCCL on "
-                             "GPUs, gloo on the CPU), e.g. cuda:0,cuda:1 or cpu,cpu; batch_size is split over them")
+    parser.add_argument(
+        "--devices",
+        default=None,
+        metavar="DEV,DEV",
+        help="train on several devices at once, one process each (torch.distributed: NCCL on "
+        "GPUs, gloo on the CPU), e.g. cuda:0,cuda:1 or cpu,cpu; batch_size is split over them",
+    )
     parser.add_argument("--weights-dir", default=None, help="folder with torchvision-named ImageNet weights")
     parser.add_argument("--missing-weights", choices=("random", "fail"), default="random")
-    parser.add_argument("--work-dir", default=None,
-                        help="checkpoints live here; rerun with the same work dir to resume (default: a temp dir)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads per device (default: the cores shared evenly)")
+    parser.add_argument(
+        "--work-dir",
+        default=None,
+        help="checkpoints live here; rerun with the same work dir to resume (default: a temp dir)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads per device (default: the cores shared evenly)"
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
 
@@ -78,8 +91,13 @@ def run(args: argparse.Namespace) -> int:
     work_dir = Path(args.work_dir).resolve() if args.work_dir else Path(str(temp))
     work_dir.mkdir(parents=True, exist_ok=True)
     threads = args.threads or max(1, (os.cpu_count() or 1) // len(devices))
-    runtime = ChildRuntime(device=devices[0], devices=tuple(devices) if len(devices) > 1 else (),
-                           weights_dir=args.weights_dir, missing_weights=args.missing_weights, num_threads=threads)
+    runtime = ChildRuntime(
+        device=devices[0],
+        devices=tuple(devices) if len(devices) > 1 else (),
+        weights_dir=args.weights_dir,
+        missing_weights=args.missing_weights,
+        num_threads=threads,
+    )
     spec = JobSpec(job_id="local", work_dir=str(work_dir), request=request, runtime=runtime)
     reporter = ConsoleReporter(quiet=args.quiet)
     reporter.install_sigint()
@@ -110,7 +128,10 @@ def _devices(text: str) -> list[str]:
     kinds = {d == "cpu" for d in devices}
     cuda = [d for d in devices if d != "cpu"]
     if not devices or bad or len(kinds) > 1 or len(cuda) != len(set(cuda)):
-        print(f"--devices {text!r}: list cpu or cuda:N devices, all of one kind, each GPU once "
-              "(e.g. cuda:0,cuda:1 or cpu,cpu)", file=sys.stderr)
+        print(
+            f"--devices {text!r}: list cpu or cuda:N devices, all of one kind, each GPU once "
+            "(e.g. cuda:0,cuda:1 or cpu,cpu)",
+            file=sys.stderr,
+        )
         return []
     return devices

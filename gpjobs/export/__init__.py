@@ -12,6 +12,20 @@ from gpjobs.export.info import ClassInfo, DataInfo, Normalization
 from gpjobs.export.metadata import MetadataError, read_export_meta
 from gpjobs.export.report import DataError, DataReport, inspect_folders, scan_folders
 
-__all__ = ["ChipReadError", "ClassInfo", "DataError", "DataInfo", "DataReport", "ExportFolderError",
-           "MetadataError", "Normalization", "check_export", "export_format", "inspect_folders", "read_chip",
-           "read_export_meta", "read_label_raster", "scan_folders"]
+__all__ = [
+    "ChipReadError",
+    "ClassInfo",
+    "DataError",
+    "DataInfo",
+    "DataReport",
+    "ExportFolderError",
+    "MetadataError",
+    "Normalization",
+    "check_export",
+    "export_format",
+    "inspect_folders",
+    "read_chip",
+    "read_export_meta",
+    "read_label_raster",
+    "scan_folders",
+]

@@ -38,17 +38,23 @@ def check_export(folder: Path, alias: str | None = None, *, root: str | Path = "
         meta = read_export_meta(folder, root)
     except MetadataError as exc:
         text = str(exc).replace(str(folder), shown)
-        raise ExportFolderError(text[len(shown):].lstrip(" :") if text.startswith(shown) else text) from None
+        raise ExportFolderError(text[len(shown) :].lstrip(" :") if text.startswith(shown) else text) from None
     except OSError as exc:  # unreadable metadata (permissions, a file removed meanwhile): the user's to fix
-        raise ExportFolderError(f"cannot be read ({exc.strerror or type(exc).__name__}); check that the export's "
-                                "files are readable by the server") from None
+        raise ExportFolderError(
+            f"cannot be read ({exc.strerror or type(exc).__name__}); check that the export's "
+            "files are readable by the server"
+        ) from None
     if meta.format == "ObjectTracking":
         if not _has_entries(Path(meta.emd["root"]) / "JPEGImages"):
-            raise ExportFolderError("has no frames: JPEGImages/ is empty (ObjectTracking data holds one folder of "
-                                    "frames per sequence there)")
+            raise ExportFolderError(
+                "has no frames: JPEGImages/ is empty (ObjectTracking data holds one folder of "
+                "frames per sequence there)"
+            )
     elif meta.format != "CycleGAN" and not _has_entries(folder / "images"):
-        raise ExportFolderError("has no image chips: images/ is missing or empty (only the export's metadata is "
-                                "there?); re-export the training data with Export Training Data For Deep Learning")
+        raise ExportFolderError(
+            "has no image chips: images/ is missing or empty (only the export's metadata is "
+            "there?); re-export the training data with Export Training Data For Deep Learning"
+        )
     return meta
 
 

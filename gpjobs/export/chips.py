@@ -34,8 +34,7 @@ def _open(path: Path, root: str | Path) -> BinaryIO:
         raise ChipReadError(f"{path.name}: cannot be read ({type(exc).__name__}: {exc})") from exc
 
 
-def read_chip(path: str | Path, extract_bands: Sequence[int] | None = None, *, root: str | Path = "/"
-              ) -> np.ndarray:
+def read_chip(path: str | Path, extract_bands: Sequence[int] | None = None, *, root: str | Path = "/") -> np.ndarray:
     """The chip as (H, W, C) in its native dtype, optionally keeping only `extract_bands` (0-based).
 
     `root`: the store the chip belongs to (paths.open_in_store); "/" for a user's own local file.

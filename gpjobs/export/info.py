@@ -15,21 +15,46 @@ import numpy as np
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-PALETTE = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255))
+PALETTE = (
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+    (220, 190, 255),
+)
 
 # Export format -> task of the samples it yields (catalog ModelTypeInfo.task names; "multilabel" extra).
 FORMAT_TASKS = {
-    "Classified_Tiles": "segmentation", "PASCAL_VOC_rectangles": "detection", "KITTI_rectangles": "detection",
-    "RCNN_Masks": "instance", "Labeled_Tiles": "classification", "MultiLabeled_Tiles": "multilabel",
-    "Imagenet": "classification", "Export_Tiles": "translation", "Pix2Pix": "translation",
-    "CycleGAN": "translation", "ChangeDetection": "change", "Panoptic_Segmentation": "panoptic",
-    "ImageCaptioning": "captioning", "ObjectTracking": "tracking",
+    "Classified_Tiles": "segmentation",
+    "PASCAL_VOC_rectangles": "detection",
+    "KITTI_rectangles": "detection",
+    "RCNN_Masks": "instance",
+    "Labeled_Tiles": "classification",
+    "MultiLabeled_Tiles": "multilabel",
+    "Imagenet": "classification",
+    "Export_Tiles": "translation",
+    "Pix2Pix": "translation",
+    "CycleGAN": "translation",
+    "ChangeDetection": "change",
+    "Panoptic_Segmentation": "panoptic",
+    "ImageCaptioning": "captioning",
+    "ObjectTracking": "tracking",
 }
 # Formats whose class value 0 means "no class" (model index 0 = NoData/background).
 BACKGROUND_FORMATS = frozenset({"Classified_Tiles", "RCNN_Masks", "Panoptic_Segmentation", "ChangeDetection"})
-_EMD_MODEL_TYPE_FORMATS = {"ImageClassification": "Classified_Tiles", "ObjectDetection": "PASCAL_VOC_rectangles",
-                           "ObjectClassification": "Labeled_Tiles", "InstanceDetection": "RCNN_Masks"}
+_EMD_MODEL_TYPE_FORMATS = {
+    "ImageClassification": "Classified_Tiles",
+    "ObjectDetection": "PASCAL_VOC_rectangles",
+    "ObjectClassification": "Labeled_Tiles",
+    "InstanceDetection": "RCNN_Masks",
+}
 
 
 @dataclass(frozen=True)
@@ -59,8 +84,15 @@ class Normalization:
 
     @classmethod
     def imagenet(cls) -> Normalization:
-        return cls("imagenet", [0.0] * 3, [255.0] * 3, [m * 255 for m in IMAGENET_MEAN],
-                   [s * 255 for s in IMAGENET_STD], list(IMAGENET_MEAN), list(IMAGENET_STD))
+        return cls(
+            "imagenet",
+            [0.0] * 3,
+            [255.0] * 3,
+            [m * 255 for m in IMAGENET_MEAN],
+            [s * 255 for s in IMAGENET_STD],
+            list(IMAGENET_MEAN),
+            list(IMAGENET_STD),
+        )
 
     @classmethod
     def from_band_stats(cls, stats: Sequence[dict[str, float]]) -> Normalization:
@@ -101,19 +133,38 @@ class Normalization:
         """IsImageNetNormalization and, for band statistics, arcgis.learn's eight NormalizationStats vectors."""
         if self.kind == "imagenet":
             return {"IsImageNetNormalization": True}
-        return {"IsImageNetNormalization": False, "NormalizationStats": {
-            "band_min_values": self.band_min, "band_max_values": self.band_max,
-            "band_mean_values": self.band_mean, "band_std_values": self.band_std,
-            "scaled_min_values": [0.0] * len(self.band_min), "scaled_max_values": [1.0] * len(self.band_min),
-            "scaled_mean_values": self.mean, "scaled_std_values": self.std}}
+        return {
+            "IsImageNetNormalization": False,
+            "NormalizationStats": {
+                "band_min_values": self.band_min,
+                "band_max_values": self.band_max,
+                "band_mean_values": self.band_mean,
+                "band_std_values": self.band_std,
+                "scaled_min_values": [0.0] * len(self.band_min),
+                "scaled_max_values": [1.0] * len(self.band_min),
+                "scaled_mean_values": self.mean,
+                "scaled_std_values": self.std,
+            },
+        }
 
     @classmethod
     def from_emd(cls, emd: dict[str, Any]) -> Normalization:
         stats = emd.get("NormalizationStats")
         if isinstance(stats, dict) and stats.get("band_min_values"):
-            return cls("band_stats", *(list(map(float, stats[k])) for k in (
-                "band_min_values", "band_max_values", "band_mean_values", "band_std_values",
-                "scaled_mean_values", "scaled_std_values")))
+            return cls(
+                "band_stats",
+                *(
+                    list(map(float, stats[k]))
+                    for k in (
+                        "band_min_values",
+                        "band_max_values",
+                        "band_mean_values",
+                        "band_std_values",
+                        "scaled_mean_values",
+                        "scaled_std_values",
+                    )
+                ),
+            )
         return cls.imagenet()
 
 
@@ -147,7 +198,8 @@ class DataInfo:
             "MetaDataMode": self.format,
             "ExtractBands": list(self.extract_bands),
             "Classes": [c.to_emd(i) for i, c in enumerate(self.classes)],
-            "ImageHeight": int(self.chip_size[0]), "ImageWidth": int(self.chip_size[1]),
+            "ImageHeight": int(self.chip_size[0]),
+            "ImageWidth": int(self.chip_size[1]),
             "IsMultispectral": bool(self.is_multispectral),
             **self.normalization.to_emd(),
         }
@@ -158,18 +210,35 @@ class DataInfo:
     @classmethod
     def from_emd(cls, emd: dict[str, Any]) -> DataInfo:
         """Rebuild from a trained .emd (ours or arcgis.learn's)."""
-        fmt = emd.get("MetaDataMode") or emd.get("DatasetType") or _EMD_MODEL_TYPE_FORMATS.get(
-            str(emd.get("ModelType")), "Classified_Tiles")
+        fmt = (
+            emd.get("MetaDataMode")
+            or emd.get("DatasetType")
+            or _EMD_MODEL_TYPE_FORMATS.get(str(emd.get("ModelType")), "Classified_Tiles")
+        )
         task = FORMAT_TASKS.get(fmt, "segmentation")
-        classes = [ClassInfo(int(c["Value"]), str(c.get("Name", c["Value"])),
-                             list(c["Color"][:3]) if isinstance(c.get("Color"), list) and min(c["Color"]) >= 0
-                             else None)
-                   for c in emd.get("Classes", []) if isinstance(c, dict) and "Value" in c]
+        classes = [
+            ClassInfo(
+                int(c["Value"]),
+                str(c.get("Name", c["Value"])),
+                list(c["Color"][:3]) if isinstance(c.get("Color"), list) and min(c["Color"]) >= 0 else None,
+            )
+            for c in emd.get("Classes", [])
+            if isinstance(c, dict) and "Value" in c
+        ]
         bands_list = emd.get("ExtractBands")
         extract = [int(b) for b in bands_list] if isinstance(bands_list, list) else [0, 1, 2]
         norm = Normalization.from_emd(emd)
         height = int(emd.get("ImageHeight") or 224)
         width = int(emd.get("ImageWidth") or height)
-        return cls(format=fmt, task=task, classes=classes, bands=len(extract), chip_size=(height, width),
-                   extract_bands=extract, normalization=norm, is_multispectral=bool(emd.get("IsMultispectral")),
-                   source_bands=len(extract), cell_size=emd.get("MinCellSize"))
+        return cls(
+            format=fmt,
+            task=task,
+            classes=classes,
+            bands=len(extract),
+            chip_size=(height, width),
+            extract_bands=extract,
+            normalization=norm,
+            is_multispectral=bool(emd.get("IsMultispectral")),
+            source_bands=len(extract),
+            cell_size=emd.get("MinCellSize"),
+        )

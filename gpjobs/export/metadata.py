@@ -19,10 +19,23 @@ EMD_FILE = "esri_model_definition.emd"
 MAP_FILE = "map.txt"
 REQUIRED_FILES = (EMD_FILE, MAP_FILE, STATS_FILE)
 
-KNOWN_MODES = frozenset({
-    "Classified_Tiles", "PASCAL_VOC_rectangles", "KITTI_rectangles", "RCNN_Masks", "Labeled_Tiles",
-    "MultiLabeled_Tiles", "Imagenet", "Export_Tiles", "CycleGAN", "Panoptic_Segmentation", "ChangeDetection",
-    "Pix2Pix", "ImageCaptioning"})
+KNOWN_MODES = frozenset(
+    {
+        "Classified_Tiles",
+        "PASCAL_VOC_rectangles",
+        "KITTI_rectangles",
+        "RCNN_Masks",
+        "Labeled_Tiles",
+        "MultiLabeled_Tiles",
+        "Imagenet",
+        "Export_Tiles",
+        "CycleGAN",
+        "Panoptic_Segmentation",
+        "ChangeDetection",
+        "Pix2Pix",
+        "ImageCaptioning",
+    }
+)
 
 
 class MetadataError(ValueError):
@@ -48,7 +61,8 @@ def read_json(path: Path, root: str | Path = "/") -> dict[str, Any]:
         raise MetadataError(str(exc)) from None
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise MetadataError(
-            f"{path.name} in {path.parent} is not valid JSON ({exc}); re-export the training data") from None
+            f"{path.name} in {path.parent} is not valid JSON ({exc}); re-export the training data"
+        ) from None
     if not isinstance(data, dict):
         raise MetadataError(f"{path.name} in {path.parent} does not hold a JSON object")
     return data
@@ -125,11 +139,15 @@ def _classes(entries: Any, value_key: str, name_key: str) -> list[RawClass]:
             continue  # placeholder text: not a class
         name = entry.get(name_key, entry.get("ClassName" if name_key == "Name" else "Name"))
         color = entry.get("Color")
-        if not (isinstance(color, list) and len(color) >= 3 and all(isinstance(c, int) and 0 <= c <= 255
-                                                                     for c in color[:3])):
+        if not (
+            isinstance(color, list) and len(color) >= 3 and all(isinstance(c, int) and 0 <= c <= 255 for c in color[:3])
+        ):
             color = None  # [-1, -1, -1] means "no colour" (§1.9)
-        out.append(RawClass(int(value), str(name) if name not in (None, "") else str(int(value)),
-                            list(color[:3]) if color else None))
+        out.append(
+            RawClass(
+                int(value), str(name) if name not in (None, "") else str(int(value)), list(color[:3]) if color else None
+            )
+        )
     return out
 
 
@@ -184,19 +202,38 @@ def read_tracking_meta(folder: Path, root: str | Path = "/") -> ExportMeta:
         except PathError as exc:
             raise MetadataError(str(exc)) from None
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise MetadataError(f"{meta_path} is not valid JSON ({exc}); fix it or remove it (then every "
-                                f"object is of class '{DEFAULT_CATEGORY}')") from None
+            raise MetadataError(
+                f"{meta_path} is not valid JSON ({exc}); fix it or remove it (then every "
+                f"object is of class '{DEFAULT_CATEGORY}')"
+            ) from None
         found = data.get("videos") if isinstance(data, dict) else None
         if not isinstance(found, dict):
-            raise MetadataError(f"{meta_path} has no \"videos\" object (YouTube-VOS meta.json: "
-                                '{"videos": {"<sequence>": {"objects": {"1": {"category": "car"}}}}})')
+            raise MetadataError(
+                f'{meta_path} has no "videos" object (YouTube-VOS meta.json: '
+                '{"videos": {"<sequence>": {"objects": {"1": {"category": "car"}}}}})'
+            )
         videos = found
-    names = sorted({str(obj.get("category") or DEFAULT_CATEGORY)
-                    for video in videos.values() if isinstance(video, dict)
-                    for obj in (video.get("objects") or {}).values() if isinstance(obj, dict)})
+    names = sorted(
+        {
+            str(obj.get("category") or DEFAULT_CATEGORY)
+            for video in videos.values()
+            if isinstance(video, dict)
+            for obj in (video.get("objects") or {}).values()
+            if isinstance(obj, dict)
+        }
+    )
     classes = [RawClass(i + 1, name, None) for i, name in enumerate(names or [DEFAULT_CATEGORY])]
-    return ExportMeta(folder=folder, root=Path(root), mode="ObjectTracking", format="ObjectTracking", classes=classes,
-                      bands=None, tile_size=None, stats={}, emd={"videos": videos, "root": str(frames_root)})
+    return ExportMeta(
+        folder=folder,
+        root=Path(root),
+        mode="ObjectTracking",
+        format="ObjectTracking",
+        classes=classes,
+        bands=None,
+        tile_size=None,
+        stats={},
+        emd={"videos": videos, "root": str(frames_root)},
+    )
 
 
 def read_export_meta(folder: str | Path, root: str | Path = "/") -> ExportMeta:
@@ -207,8 +244,9 @@ def read_export_meta(folder: str | Path, root: str | Path = "/") -> ExportMeta:
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise MetadataError(f"{folder} is not a folder; give the output folder of Export Training Data For Deep "
-                            "Learning")
+        raise MetadataError(
+            f"{folder} is not a folder; give the output folder of Export Training Data For Deep Learning"
+        )
     if tracking_root(folder) is not None:
         return read_tracking_meta(folder, root)  # ObjectTracking (YouTube-VOS layout): no Esri metadata files
     if is_cyclegan_parent(folder):
@@ -220,16 +258,17 @@ def read_export_meta(folder: str | Path, root: str | Path = "/") -> ExportMeta:
         raise MetadataError(
             f"{folder} is not an Export Training Data For Deep Learning folder: {', '.join(missing)} "
             f"missing (an export has {', '.join(REQUIRED_FILES)} at its root); point in_folder at the export "
-            "folder itself or re-export the training data")
+            "folder itself or re-export the training data"
+        )
     stats = read_json(folder / STATS_FILE, root)
     emd = read_json(folder / EMD_FILE, root)
     mode = stats.get("MetaDataMode") or emd.get("MetaDataMode")
     if not isinstance(mode, str) or mode not in KNOWN_MODES:
         raise MetadataError(
             f"{folder / STATS_FILE}: MetaDataMode {mode!r} is not a metadata format this server reads "
-            f"({', '.join(sorted(KNOWN_MODES))})")
-    classes = _classes(emd.get("Classes"), "Value", "Name") or _classes(stats.get("Classes"), "ClassValue",
-                                                                         "ClassName")
+            f"({', '.join(sorted(KNOWN_MODES))})"
+        )
+    classes = _classes(emd.get("Classes"), "Value", "Name") or _classes(stats.get("Classes"), "ClassValue", "ClassName")
     stat_classes = _classes(stats.get("Classes"), "ClassValue", "ClassName")
     # Per-class arrays follow the stats JSON's class order; re-order them to ours by value.
     order = [c.value for c in stat_classes]
@@ -255,10 +294,17 @@ def read_export_meta(folder: str | Path, root: str | Path = "/") -> ExportMeta:
         fmt = "ImageCaptioning"  # arcgis.learn's post-rule (§2.1): captions in the labels' <name>
         classes = []  # a caption export's class list is not what it trains on
     return ExportMeta(
-        folder=folder, root=Path(root), mode=mode, format=fmt, classes=classes,
+        folder=folder,
+        root=Path(root),
+        mode=mode,
+        format=fmt,
+        classes=classes,
         bands=int(bands) if bands else None,
         tile_size=(int(height), int(width)) if height and width else None,
-        stats=stats, emd=emd, map_rows=map_rows,
+        stats=stats,
+        emd=emd,
+        map_rows=map_rows,
         per_class_pixels=reorder(_per_class(stats.get("ClassPixelStats"), "NumPixelsPerClass", n_stat)),
         per_class_features=reorder(_per_class(stats.get("FeatureStats"), "NumFeaturesPerClass", n_stat)),
-        instance_classes=_classes(emd.get("Panoptic_Segmentation_Instance_Classes"), "Value", "Name"))
+        instance_classes=_classes(emd.get("Panoptic_Segmentation_Instance_Classes"), "Value", "Name"),
+    )

@@ -67,8 +67,7 @@ def _images(folder: Path, store_root: Path, report: Report, recursive: bool = Fa
     return found
 
 
-def _by_stem(directory: Path, suffixes: frozenset[str] | set[str], store_root: Path, report: Report
-             ) -> dict[str, Path]:
+def _by_stem(directory: Path, suffixes: frozenset[str] | set[str], store_root: Path, report: Report) -> dict[str, Path]:
     if not _listable(directory, store_root, report):
         return {}
     return {p.stem: p for p in sorted(directory.iterdir()) if p.suffix.lower() in suffixes and p.is_file()}
@@ -92,8 +91,10 @@ def list_records(meta: ExportMeta, folder_index: int, report: Report) -> list[Ch
         b_paths = list(b.values())
         if not b_paths:
             return []
-        return [ChipRecord(stem, path, folder_index, root=root, image2=b_paths[i % len(b_paths)])
-                for i, (stem, path) in enumerate(a.items())]
+        return [
+            ChipRecord(stem, path, folder_index, root=root, image2=b_paths[i % len(b_paths)])
+            for i, (stem, path) in enumerate(a.items())
+        ]
     if fmt == "Imagenet":
         records = []
         for path in _images(folder, root, report, recursive=True).values():
@@ -125,8 +126,13 @@ def list_records(meta: ExportMeta, folder_index: int, report: Report) -> list[Ch
         return records
     if fmt == "RCNN_Masks":
         return _pair_masks(folder / "labels", records, meta.classes, report, root)
-    suffixes = {"PASCAL_VOC_rectangles": {".xml"}, "Labeled_Tiles": {".xml"}, "MultiLabeled_Tiles": {".xml"},
-                "ImageCaptioning": {".xml"}, "KITTI_rectangles": {".txt"}}.get(fmt, IMAGE_EXTENSIONS)
+    suffixes = {
+        "PASCAL_VOC_rectangles": {".xml"},
+        "Labeled_Tiles": {".xml"},
+        "MultiLabeled_Tiles": {".xml"},
+        "ImageCaptioning": {".xml"},
+        "KITTI_rectangles": {".txt"},
+    }.get(fmt, IMAGE_EXTENSIONS)
     labels = _by_stem(folder / "labels", suffixes, root, report)
     for rec in records:
         rec.label = labels.get(rec.stem)
@@ -137,13 +143,18 @@ def list_records(meta: ExportMeta, folder_index: int, report: Report) -> list[Ch
             report("label_without_image", path, "")
     records = [r for r in records if r.label is not None]
     if fmt == "Panoptic_Segmentation":
-        _pair_masks(folder / "labels2", records, meta.instance_classes or meta.classes, report, root,
-                    required=False)
+        _pair_masks(folder / "labels2", records, meta.instance_classes or meta.classes, report, root, required=False)
     return records
 
 
-def _pair_masks(labels: Path, records: list[ChipRecord], classes: list[RawClass], report: Report,
-                store_root: Path, required: bool = True) -> list[ChipRecord]:
+def _pair_masks(
+    labels: Path,
+    records: list[ChipRecord],
+    classes: list[RawClass],
+    report: Report,
+    store_root: Path,
+    required: bool = True,
+) -> list[ChipRecord]:
     by_stem = {r.stem: r for r in records}
     if _listable(labels, store_root, report):
         for sub in sorted(p for p in labels.iterdir() if p.is_dir()):
@@ -254,8 +265,9 @@ def list_tracking_frames(meta: ExportMeta, folder_index: int, report: Report) ->
         frames, masks = _frame_files(seq, store_root, report), _frame_files(masks_dir / seq.name, store_root, report)
         for stem, image in frames.items():
             if stem in masks:
-                records.append(ChipRecord(f"{seq.name}/{stem}", image, folder_index, root=store_root,
-                                          label=masks[stem]))
+                records.append(
+                    ChipRecord(f"{seq.name}/{stem}", image, folder_index, root=store_root, label=masks[stem])
+                )
             else:
                 report("frame_without_annotation", image, "")
         for stem, mask in masks.items():

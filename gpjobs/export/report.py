@@ -30,44 +30,81 @@ BOX_TOLERANCE = 1.0  # pixels a box may stick out of the chip before it is an er
 
 # kind -> (is_error, what is wrong, how to fix it)
 PROBLEMS: dict[str, tuple[bool, str, str]] = {
-    "unreadable_chip": (True, "image chips cannot be decoded (truncated or corrupt)",
-                        "re-export them, or delete each of these chips together with its label file"),
-    "unreadable_label": (True, "label rasters cannot be decoded (truncated or corrupt)",
-                         "re-export them, or delete each of these labels together with its chip"),
-    "empty_label": (True, "label files are empty",
-                    "re-export the training data, or delete these label files together with their chips"),
+    "unreadable_chip": (
+        True,
+        "image chips cannot be decoded (truncated or corrupt)",
+        "re-export them, or delete each of these chips together with its label file",
+    ),
+    "unreadable_label": (
+        True,
+        "label rasters cannot be decoded (truncated or corrupt)",
+        "re-export them, or delete each of these labels together with its chip",
+    ),
+    "empty_label": (
+        True,
+        "label files are empty",
+        "re-export the training data, or delete these label files together with their chips",
+    ),
     "bad_label": (True, "label files cannot be parsed", "re-export the training data or repair these files"),
-    "unknown_value": (True, "label files use class values that are not in the class list of "
-                      "esri_model_definition.emd",
-                      "re-export with a class list that includes every value, or correct these label files"),
-    "box_outside": (True, "boxes lie outside their chip",
-                    "fix the coordinates in these label files (boxes must lie within the chip)"),
+    "unknown_value": (
+        True,
+        "label files use class values that are not in the class list of esri_model_definition.emd",
+        "re-export with a class list that includes every value, or correct these label files",
+    ),
+    "box_outside": (
+        True,
+        "boxes lie outside their chip",
+        "fix the coordinates in these label files (boxes must lie within the chip)",
+    ),
     "no_class_in_label": (True, "label files name no class", "each Labeled_Tiles label needs one <object>"),
-    "outside_store": (True, "files or folders lead outside the data store through a symbolic link (or are not "
-                      "regular files)", "replace each link with the file or folder itself, or with a link that "
-                      "stays inside the store"),
-    "unknown_class_folder": (True, "folders are named after no class in esri_model_definition.emd",
-                             "rename them to a class name or value of the .emd, or add the class"),
-    "band_mismatch": (True, "chips have a different band count than the export",
-                      "all chips of a training set need the same bands; re-export them"),
-    "dtype_mismatch": (True, "chips have a different pixel type than the others",
-                       "all chips need the same pixel type; re-export them"),
+    "outside_store": (
+        True,
+        "files or folders lead outside the data store through a symbolic link (or are not regular files)",
+        "replace each link with the file or folder itself, or with a link that stays inside the store",
+    ),
+    "unknown_class_folder": (
+        True,
+        "folders are named after no class in esri_model_definition.emd",
+        "rename them to a class name or value of the .emd, or add the class",
+    ),
+    "band_mismatch": (
+        True,
+        "chips have a different band count than the export",
+        "all chips of a training set need the same bands; re-export them",
+    ),
+    "dtype_mismatch": (
+        True,
+        "chips have a different pixel type than the others",
+        "all chips need the same pixel type; re-export them",
+    ),
     "label_size_mismatch": (True, "label rasters differ in size from their chips", "re-export these chips"),
     "degenerate_box": (False, "boxes have no area and are ignored", "remove them from the label files"),
     "no_objects": (False, "label files hold no objects; those chips train as background only", ""),
-    "image_without_label": (False, "chips have no label file with the same name and are left out",
-                            "re-export, or add the missing labels"),
+    "image_without_label": (
+        False,
+        "chips have no label file with the same name and are left out",
+        "re-export, or add the missing labels",
+    ),
     "label_without_image": (False, "label files have no chip with the same name and are ignored", ""),
     "missing_image2": (False, "chips have no images2/ counterpart and are left out", ""),
     "orphan_image2": (False, "images2/ chips have no images/ counterpart and are ignored", ""),
     "image_without_class": (False, "chips lie directly in images/ instead of a class folder and are left out", ""),
     "size_mismatch": (False, "chips differ from the export's tile size; they are resized to the chip size", ""),
-    "no_caption": (True, "caption label files hold no caption text",
-                   "each label needs an <object> whose <name> is the caption; re-export or fill them in"),
-    "object_not_in_meta": (True, "annotations hold object ids that meta.json does not list for their sequence",
-                           "add the objects (with their category) to meta.json, or remove meta.json"),
-    "frame_without_annotation": (False, "frames have no annotation of the same name in Annotations/ and are left out",
-                                 ""),
+    "no_caption": (
+        True,
+        "caption label files hold no caption text",
+        "each label needs an <object> whose <name> is the caption; re-export or fill them in",
+    ),
+    "object_not_in_meta": (
+        True,
+        "annotations hold object ids that meta.json does not list for their sequence",
+        "add the objects (with their category) to meta.json, or remove meta.json",
+    ),
+    "frame_without_annotation": (
+        False,
+        "frames have no annotation of the same name in Annotations/ and are left out",
+        "",
+    ),
     "frame_without_objects": (False, "annotations hold no object; those frames are left out", ""),
 }
 
@@ -94,18 +131,30 @@ class DataReport:
         return not self.errors
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": self.format, "folders": self.folders, "chips": self.chips,
-                "chip_size": list(self.chip_size) if self.chip_size else None, "bands": self.bands,
-                "dtype": self.dtype, "classes": self.classes, "count_unit": self.count_unit,
-                "errors": self.errors, "warnings": self.warnings, "checked_chips": self.checked_chips,
-                "listed_in_map": self.listed_in_map, "ok": self.ok}
+        return {
+            "format": self.format,
+            "folders": self.folders,
+            "chips": self.chips,
+            "chip_size": list(self.chip_size) if self.chip_size else None,
+            "bands": self.bands,
+            "dtype": self.dtype,
+            "classes": self.classes,
+            "count_unit": self.count_unit,
+            "errors": self.errors,
+            "warnings": self.warnings,
+            "checked_chips": self.checked_chips,
+            "listed_in_map": self.listed_in_map,
+            "ok": self.ok,
+        }
 
     def to_text(self) -> str:
         size = f"{self.chip_size[0]}x{self.chip_size[1]}" if self.chip_size else "?"
-        lines = [f"format:  {self.format or '?'}", f"folders: {', '.join(self.folders)}",
-                 f"chips:   {self.chips} present (map.txt lists {self.listed_in_map}; "
-                 f"{self.checked_chips} decoded)",
-                 f"chip:    {size} px, {self.bands if self.bands is not None else '?'} bands, {self.dtype or '?'}"]
+        lines = [
+            f"format:  {self.format or '?'}",
+            f"folders: {', '.join(self.folders)}",
+            f"chips:   {self.chips} present (map.txt lists {self.listed_in_map}; {self.checked_chips} decoded)",
+            f"chip:    {size} px, {self.bands if self.bands is not None else '?'} bands, {self.dtype or '?'}",
+        ]
         if self.classes:
             lines.append(f"classes ({self.count_unit}):")
             lines += [f"  {c['value']:>6}  {c['name']:<24} {c['count']}" for c in self.classes]
@@ -170,15 +219,17 @@ def _merge_classes(metas: list[ExportMeta], problems: _Problems) -> list[ClassIn
         for value in sorted(set(a) | set(b)):
             if value not in b or value not in a:
                 has, lacks = (first, other) if value in a else (other, first)
-                cls = (a.get(value) or b[value])
+                cls = a.get(value) or b[value]
                 problems.direct_errors.append(
                     f"class {value} '{cls.name}' is in {has.folder} but not in {lacks.folder}; folders can only be "
-                    "trained together when their class lists agree. Fix: re-export them with the same classes")
+                    "trained together when their class lists agree. Fix: re-export them with the same classes"
+                )
             elif a[value].name != b[value].name:
                 problems.direct_errors.append(
                     f"class {value} is named '{a[value].name}' in {first.folder} but '{b[value].name}' in "
                     f"{other.folder}; folders can only be trained together when their class lists agree. "
-                    "Fix: re-export them with the same class names")
+                    "Fix: re-export them with the same class names"
+                )
     merged: dict[int, RawClass] = {}
     for meta in metas:
         for c in meta.classes:
@@ -196,8 +247,14 @@ def _spread(n: int, k: int | None) -> set[int]:
 class _Checker:
     """Decodes chips and labels, counting per class and recording problems."""
 
-    def __init__(self, fmt: str, classes: list[ClassInfo], raw_classes: list[RawClass], problems: _Problems,
-                 expected_bands: int | None) -> None:
+    def __init__(
+        self,
+        fmt: str,
+        classes: list[ClassInfo],
+        raw_classes: list[RawClass],
+        problems: _Problems,
+        expected_bands: int | None,
+    ) -> None:
         self.fmt, self.problems = fmt, problems
         self.values = {c.value for c in classes}
         self.raw_classes = raw_classes
@@ -263,8 +320,11 @@ class _Checker:
             parse = parse_kitti if self.fmt == "KITTI_rectangles" else parse_voc
             parsed = parse(label, rec.root)
         except LabelError as exc:
-            self.problems("empty_label" if "empty" in str(exc) else "bad_label", label,
-                          "" if "empty" in str(exc) else str(exc)[:80])
+            self.problems(
+                "empty_label" if "empty" in str(exc) else "bad_label",
+                label,
+                "" if "empty" in str(exc) else str(exc)[:80],
+            )
             return
         except PathError:
             self.problems("outside_store", label, "")
@@ -346,14 +406,27 @@ def _check_record(checker: _Checker, rec: ChipRecord) -> None:
         check_frame(checker, rec, shape, checker.metas[rec.folder])
 
 
-COUNT_UNITS = {"Classified_Tiles": "pixels", "ChangeDetection": "pixels", "Panoptic_Segmentation": "pixels",
-               "PASCAL_VOC_rectangles": "objects", "KITTI_rectangles": "objects", "RCNN_Masks": "instances",
-               "Labeled_Tiles": "chips", "MultiLabeled_Tiles": "chips", "Imagenet": "chips",
-               "ObjectTracking": "object frames"}
+COUNT_UNITS = {
+    "Classified_Tiles": "pixels",
+    "ChangeDetection": "pixels",
+    "Panoptic_Segmentation": "pixels",
+    "PASCAL_VOC_rectangles": "objects",
+    "KITTI_rectangles": "objects",
+    "RCNN_Masks": "instances",
+    "Labeled_Tiles": "chips",
+    "MultiLabeled_Tiles": "chips",
+    "Imagenet": "chips",
+    "ObjectTracking": "object frames",
+}
 
 
-def scan_folders(folders: Sequence[str | Path], *, roots: Sequence[str | Path] | None = None, full: bool = True,
-                 sample: int = FAST_SAMPLE) -> Scan:
+def scan_folders(
+    folders: Sequence[str | Path],
+    *,
+    roots: Sequence[str | Path] | None = None,
+    full: bool = True,
+    sample: int = FAST_SAMPLE,
+) -> Scan:
     """Read, pair and check every export folder; `full=False` decodes only `sample` spread chips.
 
     `roots[i]` is the root of folder i's store: nothing outside it is read (paths.open_in_store). None:
@@ -377,11 +450,13 @@ def scan_folders(folders: Sequence[str | Path], *, roots: Sequence[str | Path] |
         if meta.format != fmt:
             problems.direct_errors.append(
                 f"{meta.folder} is {meta.format} but {metas[0].folder} is {fmt}; folders trained together need "
-                "the same metadata format")
+                "the same metadata format"
+            )
         if meta.bands and metas[0].bands and meta.bands != metas[0].bands:
             problems.direct_errors.append(
                 f"{meta.folder} has {meta.bands} bands but {metas[0].folder} has {metas[0].bands}; folders "
-                "trained together need the same bands")
+                "trained together need the same bands"
+            )
     classes = _merge_classes(metas, problems)
     raw_classes = [RawClass(c.value, c.name, c.color) for c in classes]
     records: list[ChipRecord] = []
@@ -406,7 +481,8 @@ def scan_folders(folders: Sequence[str | Path], *, roots: Sequence[str | Path] |
         listed = report.listed_in_map
         problems.direct_errors.append(
             f"no usable chips in {', '.join(str(m.folder / 'images') for m in metas)} (map.txt lists {listed}); "
-            "copy the chips and labels the export wrote into images/ and labels/, or re-export")
+            "copy the chips and labels the export wrote into images/ and labels/, or re-export"
+        )
     sizes = checker.sizes
     tile = metas[0].tile_size
     if sizes:
@@ -415,24 +491,30 @@ def scan_folders(folders: Sequence[str | Path], *, roots: Sequence[str | Path] |
         odd = sum(n for size, n in sizes.items() if size != common)
         if odd:
             problems.direct_warnings.append(
-                f"{odd} chips differ in size from the most common {common[0]}x{common[1]}; they are resized")
+                f"{odd} chips differ in size from the most common {common[0]}x{common[1]}; they are resized"
+            )
     else:
         report.chip_size = tile
     report.bands = checker.bands if checker.bands is not None else metas[0].bands
     report.dtype = checker.dtype
     report.count_unit = COUNT_UNITS.get(fmt, "")
-    report.classes = [{"value": c.value, "name": c.name, "count": int(checker.counts.get(c.value, 0))}
-                      for c in classes]
+    report.classes = [{"value": c.value, "name": c.name, "count": int(checker.counts.get(c.value, 0))} for c in classes]
     if full and records and fmt in COUNT_UNITS:
         empty = [f"{c['value']} '{c['name']}'" for c in report.classes if c["count"] == 0]
         if empty:
             problems.direct_warnings.append(
-                f"classes without any {report.count_unit} in the chips present: {', '.join(empty)}")
+                f"classes without any {report.count_unit} in the chips present: {', '.join(empty)}"
+            )
     problems.render(report)
     return Scan(report, metas, records, classes)
 
 
-def inspect_folders(folders: Sequence[str | Path], *, roots: Sequence[str | Path] | None = None, full: bool = False,
-                    sample: int = FAST_SAMPLE) -> DataReport:
+def inspect_folders(
+    folders: Sequence[str | Path],
+    *,
+    roots: Sequence[str | Path] | None = None,
+    full: bool = False,
+    sample: int = FAST_SAMPLE,
+) -> DataReport:
     """Validate export folders before training. Fast by default (bounded decode); `full=True` decodes all."""
     return scan_folders(folders, roots=roots, full=full, sample=sample).report

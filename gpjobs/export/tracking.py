@@ -71,4 +71,3 @@ def check_frame(checker, rec: ChipRecord, shape: tuple[int, int] | None, meta: E
     if not objects:
         checker.problems("frame_without_objects", rec.label, "")
     rec.objects = objects
-

@@ -33,8 +33,11 @@ class BlockJournal:
             shutil.rmtree(self.folder, ignore_errors=True)
             self.folder.mkdir(parents=True, exist_ok=True)
             _write_atomic(header, json.dumps(fingerprint, sort_keys=True).encode("utf-8"))
-        self._done = {int(p.name.split(".")[0]) for p in self.folder.iterdir()
-                      if p.suffix in (".npy", ".json") and p.name != HEADER and p.name.split(".")[0].isdigit()}
+        self._done = {
+            int(p.name.split(".")[0])
+            for p in self.folder.iterdir()
+            if p.suffix in (".npy", ".json") and p.name != HEADER and p.name.split(".")[0].isdigit()
+        }
 
     def __len__(self) -> int:
         return len(self._done)
@@ -71,5 +74,8 @@ def finished_blocks(root: Path) -> int:
     """How many blocks the journals under `root` hold (what a resumed run will not compute again)."""
     if not root.is_dir():
         return 0
-    return sum(1 for p in root.rglob("*") if p.suffix in (".npy", ".json") and p.name != HEADER
-               and p.name.split(".")[0].isdigit())
+    return sum(
+        1
+        for p in root.rglob("*")
+        if p.suffix in (".npy", ".json") and p.name != HEADER and p.name.split(".")[0].isdigit()
+    )

@@ -14,9 +14,16 @@ from typing import Any
 import numpy as np
 
 # esriFieldType -> numpy dtype of the GeoPackage column (OID and geometry fields are the layer's own).
-FIELD_TYPES = {"esriFieldTypeString": object, "esriFieldTypeDouble": np.float64, "esriFieldTypeSingle": np.float32,
-               "esriFieldTypeInteger": np.int32, "esriFieldTypeSmallInteger": np.int16,
-               "esriFieldTypeBigInteger": np.int64, "esriFieldTypeDate": object, "esriFieldTypeGUID": object}
+FIELD_TYPES = {
+    "esriFieldTypeString": object,
+    "esriFieldTypeDouble": np.float64,
+    "esriFieldTypeSingle": np.float32,
+    "esriFieldTypeInteger": np.int32,
+    "esriFieldTypeSmallInteger": np.int16,
+    "esriFieldTypeBigInteger": np.int64,
+    "esriFieldTypeDate": object,
+    "esriFieldTypeGUID": object,
+}
 SKIPPED = frozenset({"esriFieldTypeOID", "esriFieldTypeGeometry"})
 LAYER = "features"
 
@@ -37,8 +44,13 @@ def output_fields(declared: list[dict[str, Any]], features: list[dict[str, Any]]
             if key in seen:
                 continue
             seen.add(key)
-            kind = np.float64 if isinstance(value, float) else np.int64 if isinstance(value, int) and not \
-                isinstance(value, bool) else object
+            kind = (
+                np.float64
+                if isinstance(value, float)
+                else np.int64
+                if isinstance(value, int) and not isinstance(value, bool)
+                else object
+            )
             columns.append((key, kind))
     return columns
 
@@ -53,21 +65,30 @@ def _column(values: list[Any], dtype: Any) -> np.ndarray:
     return np.asarray([np.nan if v is None else v for v in values], dtype=dtype)
 
 
-def write_geopackage(geojson: Path, out: Path, declared: list[dict[str, Any]], features: list[dict[str, Any]],
-                     crs_wkt: str | None) -> Path:
+def write_geopackage(
+    geojson: Path, out: Path, declared: list[dict[str, Any]], features: list[dict[str, Any]], crs_wkt: str | None
+) -> Path:
     """`out` (.gpkg) from the features of `geojson` (the same list as `features`, in that order)."""
     from pyogrio.raw import read, write
 
     columns = output_fields(declared, features)
-    field_data = [_column([(f.get("properties") or {}).get(name) for f in features], dtype)
-                  for name, dtype in columns]
+    field_data = [_column([(f.get("properties") or {}).get(name) for f in features], dtype) for name, dtype in columns]
     if features:
         _meta, _index, geometry, _fields = read(geojson, read_geometry=True, columns=[])
     else:
         geometry = np.asarray([], dtype=object)
     out.unlink(missing_ok=True)
-    write(out, geometry, field_data, [name for name, _ in columns], driver="GPKG", layer=LAYER,
-          geometry_type="MultiPolygon" if any(f.get("geometry", {}).get("type") == "MultiPolygon"
-                                              for f in features if f.get("geometry")) else "Polygon",
-          crs=crs_wkt, promote_to_multi=False)
+    write(
+        out,
+        geometry,
+        field_data,
+        [name for name, _ in columns],
+        driver="GPKG",
+        layer=LAYER,
+        geometry_type="MultiPolygon"
+        if any(f.get("geometry", {}).get("type") == "MultiPolygon" for f in features if f.get("geometry"))
+        else "Polygon",
+        crs=crs_wkt,
+        promote_to_multi=False,
+    )
     return out

@@ -63,9 +63,17 @@ def describe_raster(path: str | Path) -> RasterInfo:
     try:
         with rasterio.open(path) as ds:
             epsg = ds.crs.to_epsg() if ds.crs is not None else None
-            return RasterInfo(str(path), ds.width, ds.height, ds.count, tuple(ds.dtypes),
-                              ds.crs.to_wkt() if ds.crs is not None else None, epsg, tuple(ds.bounds),
-                              (abs(ds.res[0]), abs(ds.res[1])))
+            return RasterInfo(
+                str(path),
+                ds.width,
+                ds.height,
+                ds.count,
+                tuple(ds.dtypes),
+                ds.crs.to_wkt() if ds.crs is not None else None,
+                epsg,
+                tuple(ds.bounds),
+                (abs(ds.res[0]), abs(ds.res[1])),
+            )
     except rasterio.errors.RasterioError as exc:
         raise GridError(f"not a raster that can be read ({exc})") from None
 
@@ -82,8 +90,9 @@ def extent_in_raster_crs(extent: Extent, info: RasterInfo) -> tuple[float, float
     try:
         return tuple(transform_bounds(CRS.from_epsg(extent.wkid), CRS.from_wkt(info.crs_wkt), *box))
     except CRSError as exc:
-        raise GridError(f"extent spatialReference wkid {extent.wkid} is not a known coordinate system ({exc})"
-                        ) from None
+        raise GridError(
+            f"extent spatialReference wkid {extent.wkid} is not a known coordinate system ({exc})"
+        ) from None
 
 
 def target_grid(info: RasterInfo, extent: Extent | None, cell_size: float | None) -> Grid | None:
@@ -99,9 +108,11 @@ def target_grid(info: RasterInfo, extent: Extent | None, cell_size: float | None
         x0, y0, x1, y1 = extent_in_raster_crs(extent, info)
         left, bottom, right, top = max(left, x0), max(bottom, y0), min(right, x1), min(top, y1)
         if right <= left or top <= bottom:
-            raise GridError(f"extent ({x0:g}, {y0:g}, {x1:g}, {y1:g}) lies outside the raster, whose extent is "
-                            f"({info.bounds[0]:g}, {info.bounds[1]:g}, {info.bounds[2]:g}, {info.bounds[3]:g}); "
-                            "give an extent that overlaps it (in the raster's coordinates, or name its wkid)")
+            raise GridError(
+                f"extent ({x0:g}, {y0:g}, {x1:g}, {y1:g}) lies outside the raster, whose extent is "
+                f"({info.bounds[0]:g}, {info.bounds[1]:g}, {info.bounds[2]:g}, {info.bounds[3]:g}); "
+                "give an extent that overlaps it (in the raster's coordinates, or name its wkid)"
+            )
     cx, cy = info.cell
     if cell_size is None:
         # snap outwards to whole pixels of the raster
@@ -127,8 +138,14 @@ def open_on_grid(path: str | Path, grid: Grid | None) -> Any:
     from rasterio.vrt import WarpedVRT
 
     try:
-        vrt = WarpedVRT(dataset, crs=dataset.crs, transform=Affine(*grid.transform), width=grid.width,
-                        height=grid.height, resampling=Resampling[RESAMPLING])
+        vrt = WarpedVRT(
+            dataset,
+            crs=dataset.crs,
+            transform=Affine(*grid.transform),
+            width=grid.width,
+            height=grid.height,
+            resampling=Resampling[RESAMPLING],
+        )
     except Exception:
         dataset.close()
         raise

@@ -59,12 +59,16 @@ def load_prf(folder: Path, emd: dict[str, Any], emd_name: str = ".emd"):
     """The PRF instance the .emd's InferenceFunction names, loaded from the package folder."""
     name = str(emd.get("InferenceFunction") or "")
     if not name.endswith(".py"):
-        raise InferenceError(f"{emd_name}: InferenceFunction is {name or 'missing'}; a gpjobs package names its "
-                             "Python raster function there (e.g. GpjobsPixelClassifier.py)")
+        raise InferenceError(
+            f"{emd_name}: InferenceFunction is {name or 'missing'}; a gpjobs package names its "
+            "Python raster function there (e.g. GpjobsPixelClassifier.py)"
+        )
     path = folder / name
     if not path.is_file():
-        raise InferenceError(f"{emd_name}: InferenceFunction {name} is not in the package; repackage the model "
-                             "with a current gpjobs (every package ships its raster function)")
+        raise InferenceError(
+            f"{emd_name}: InferenceFunction {name} is not in the package; repackage the model "
+            "with a current gpjobs (every package ships its raster function)"
+        )
     module_name = f"gpjobs_prf_{path.stem}_{zlib.crc32(str(path.resolve()).encode()):08x}"
     try:
         spec = importlib.util.spec_from_file_location(module_name, path)
@@ -77,12 +81,15 @@ def load_prf(folder: Path, emd: dict[str, Any], emd_name: str = ".emd"):
         raise InferenceError(f"{name} could not be loaded: {type(exc).__name__}: {exc}") from exc
     cls = getattr(module, path.stem, None)
     if cls is None:
-        raise InferenceError(f"{name} defines no class {path.stem} (ArcGIS instantiates the class named after "
-                             "the file)")
+        raise InferenceError(
+            f"{name} defines no class {path.stem} (ArcGIS instantiates the class named after the file)"
+        )
     if not callable(getattr(cls, "getParameterInfo", None)):
-        raise InferenceError(f"{name} is not a raster function (it has no getParameterInfo), so it does not run "
-                             f"over a raster: use it from Python as {name} describes (object trackers: "
-                             "init(frame, boxes), then update(frame)), or `gpjobs predict` on chips or frames")
+        raise InferenceError(
+            f"{name} is not a raster function (it has no getParameterInfo), so it does not run "
+            f"over a raster: use it from Python as {name} describes (object trackers: "
+            "init(frame, boxes), then update(frame)), or `gpjobs predict` on chips or frames"
+        )
     return cls()
 
 
@@ -121,9 +128,11 @@ class RasterSource:
         self.path = Path(path)
         if not bands or max(bands) >= self.dataset.count:
             self.dataset.close()
-            raise InferenceError(f"{self.path.name} has {self.dataset.count} band(s) but the model reads bands "
-                                 f"{[b + 1 for b in bands]} (ExtractBands {bands}, 0-based); use a raster with "
-                                 "the bands the model was trained on")
+            raise InferenceError(
+                f"{self.path.name} has {self.dataset.count} band(s) but the model reads bands "
+                f"{[b + 1 for b in bands]} (ExtractBands {bands}, 0-based); use a raster with "
+                "the bands the model was trained on"
+            )
         self.bands = [b + 1 for b in bands]
         self.height, self.width = self.dataset.height, self.dataset.width
         self.dtype = np.dtype(self.dataset.dtypes[bands[0]])
@@ -160,10 +169,19 @@ def _mode(parameters: list[dict[str, Any]], prf, out: Path) -> str:
     return "features" if hasattr(prf, "vectorize") else "pixels"
 
 
-def run_inference(package: str | Path, rasters: list[str | Path], out: str | Path, *,
-                  arguments: dict[str, Any] | None = None, device: int = -1, features: str | Path | None = None,
-                  progress: Progress | None = None, cancelled: Callable[[], bool] | None = None,
-                  grid: Grid | None = None, journal_dir: str | Path | None = None) -> InferenceResult:
+def run_inference(
+    package: str | Path,
+    rasters: list[str | Path],
+    out: str | Path,
+    *,
+    arguments: dict[str, Any] | None = None,
+    device: int = -1,
+    features: str | Path | None = None,
+    progress: Progress | None = None,
+    cancelled: Callable[[], bool] | None = None,
+    grid: Grid | None = None,
+    journal_dir: str | Path | None = None,
+) -> InferenceResult:
     """Run `package` over `rasters` (two for change detection) and write `out` (.tif for pixel outputs,
     .geojson for features; a panoptic package gives either, as `out` says). `progress(done, total)` after every
     block; `cancelled()` is asked between blocks (it may also raise to stop). `grid`: read the rasters on this
@@ -178,16 +196,18 @@ def run_inference(package: str | Path, rasters: list[str | Path], out: str | Pat
             mode = _mode(parameters, prf, Path(out))
             names = [p["name"] for p in parameters if p.get("dataType") == "raster"] or ["raster"]
             if mode != "objects" and len(rasters) != len(names):
-                raise InferenceError(f"this model takes {len(names)} raster(s) ({', '.join(names)}); "
-                                     f"{len(rasters)} given")
+                raise InferenceError(
+                    f"this model takes {len(names)} raster(s) ({', '.join(names)}); {len(rasters)} given"
+                )
             bands = [int(b) for b in config.get("extractBands") or pkg.emd.get("ExtractBands") or [0, 1, 2]]
             sources = [RasterSource(Path(r), bands, grid) for r in rasters]
             try:
                 _same_grid(sources)
                 journal = None
                 if journal_dir is not None:
-                    journal = BlockJournal(Path(journal_dir), _fingerprint(package, rasters, grid, config, scalars,
-                                                                           mode))
+                    journal = BlockJournal(
+                        Path(journal_dir), _fingerprint(package, rasters, grid, config, scalars, mode)
+                    )
                 job = _Job(prf, config, sources, names, Path(out), progress, cancelled, journal)
                 if mode == "pixels":
                     return job.pixels()
@@ -201,17 +221,29 @@ def run_inference(package: str | Path, rasters: list[str | Path], out: str | Pat
         raise InferenceError(str(exc)) from exc
 
 
-def _fingerprint(package: str | Path, rasters: list[str | Path], grid: Grid | None, config: dict[str, Any],
-                 scalars: dict[str, str], mode: str) -> dict[str, Any]:
+def _fingerprint(
+    package: str | Path,
+    rasters: list[str | Path],
+    grid: Grid | None,
+    config: dict[str, Any],
+    scalars: dict[str, str],
+    mode: str,
+) -> dict[str, Any]:
     """What a journal's blocks were computed from: blocks of another package file, raster, grid or tiling
     are not reused."""
+
     def stamp(path: str | Path) -> list[Any]:
         st = Path(path).stat()
         return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
-    return {"package": stamp(package), "rasters": [stamp(r) for r in rasters],
-            "grid": None if grid is None else [list(grid.transform), grid.width, grid.height],
-            "tile": [int(config["tx"]), int(config["ty"]), int(config.get("padding", 0))],
-            "arguments": scalars, "mode": mode}
+
+    return {
+        "package": stamp(package),
+        "rasters": [stamp(r) for r in rasters],
+        "grid": None if grid is None else [list(grid.transform), grid.width, grid.height],
+        "tile": [int(config["tx"]), int(config["ty"]), int(config.get("padding", 0))],
+        "arguments": scalars,
+        "mode": mode,
+    }
 
 
 def _same_grid(sources: list[RasterSource]) -> None:
@@ -219,14 +251,24 @@ def _same_grid(sources: list[RasterSource]) -> None:
     for other in sources[1:]:
         d = other.dataset
         if (d.width, d.height) != (first.width, first.height) or d.transform != first.transform:
-            raise InferenceError(f"{other.path.name} and {sources[0].path.name} must share one grid (size and "
-                                 "georeference) for change detection; resample one onto the other first")
+            raise InferenceError(
+                f"{other.path.name} and {sources[0].path.name} must share one grid (size and "
+                "georeference) for change detection; resample one onto the other first"
+            )
 
 
 class _Job:
-    def __init__(self, prf, config: dict[str, Any], sources: list[RasterSource], names: list[str], out: Path,
-                 progress: Progress | None, cancelled: Callable[[], bool] | None,
-                 journal: BlockJournal | None = None) -> None:
+    def __init__(
+        self,
+        prf,
+        config: dict[str, Any],
+        sources: list[RasterSource],
+        names: list[str],
+        out: Path,
+        progress: Progress | None,
+        cancelled: Callable[[], bool] | None,
+        journal: BlockJournal | None = None,
+    ) -> None:
         self.prf, self.config, self.sources, self.names, self.out = prf, config, sources, names, out
         self.progress, self.cancelled, self.journal = progress, cancelled, journal
         self.resumed = len(journal) if journal is not None else 0
@@ -267,20 +309,37 @@ class _Job:
 
         src = self.sources[0].dataset
         info = {"bandCount": 1, "pixelType": "f4", "cellSize": (src.res[0], src.res[1]), "noData": None}
-        raster_info = {"bandCount": len(self.sources[0].bands), "pixelType": src.dtypes[0],
-                       "cellSize": (src.res[0], src.res[1]), "width": src.width, "height": src.height}
-        kwargs = _call(self.prf, "updateRasterInfo", output_info=info,
-                       **{f"{n}_info": raster_info for n in self.names}) or {"output_info": info}
+        raster_info = {
+            "bandCount": len(self.sources[0].bands),
+            "pixelType": src.dtypes[0],
+            "cellSize": (src.res[0], src.res[1]),
+            "width": src.width,
+            "height": src.height,
+        }
+        kwargs = _call(
+            self.prf, "updateRasterInfo", output_info=info, **{f"{n}_info": raster_info for n in self.names}
+        ) or {"output_info": info}
         info = kwargs.get("output_info", info)
         upscale = max(1, int(round(src.res[0] / float(info.get("cellSize", src.res)[0]))))
         dtype = outputs.numpy_dtype(info.get("pixelType", "f4"))
         nodata = info.get("noData")
         nodata = None if nodata is None else float(np.asarray(nodata).ravel()[0])
         rows = outputs.class_rows(info.get("rasterAttributeTable"))
-        profile = {"driver": "GTiff", "width": src.width * upscale, "height": src.height * upscale,
-                   "count": int(info.get("bandCount", 1)), "dtype": dtype.name, "crs": src.crs,
-                   "transform": src.transform @ Affine.scale(1.0 / upscale), "nodata": nodata, "tiled": True,
-                   "blockxsize": 256, "blockysize": 256, "compress": "deflate", "BIGTIFF": "IF_SAFER"}
+        profile = {
+            "driver": "GTiff",
+            "width": src.width * upscale,
+            "height": src.height * upscale,
+            "count": int(info.get("bandCount", 1)),
+            "dtype": dtype.name,
+            "crs": src.crs,
+            "transform": src.transform @ Affine.scale(1.0 / upscale),
+            "nodata": nodata,
+            "tiled": True,
+            "blockxsize": 256,
+            "blockysize": 256,
+            "compress": "deflate",
+            "BIGTIFF": "IF_SAFER",
+        }
         self.out.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._write_pixels(profile, rows, info, upscale, dtype)
@@ -288,11 +347,18 @@ class _Job:
             self.out.unlink(missing_ok=True)  # a half-written result would look like an answer
             raise
         sidecar = outputs.write_rat_sidecar(self.out, rows)
-        return InferenceResult(self.out, "pixels", len(self.grid), configuration=self.config,
-                               sidecars=[sidecar] if sidecar else [], resumed_blocks=self.resumed)
+        return InferenceResult(
+            self.out,
+            "pixels",
+            len(self.grid),
+            configuration=self.config,
+            sidecars=[sidecar] if sidecar else [],
+            resumed_blocks=self.resumed,
+        )
 
-    def _write_pixels(self, profile: dict[str, Any], rows: list, info: dict[str, Any], upscale: int,
-                      dtype: np.dtype) -> None:
+    def _write_pixels(
+        self, profile: dict[str, Any], rows: list, info: dict[str, Any], upscale: int, dtype: np.dtype
+    ) -> None:
         import rasterio
         from rasterio.windows import Window
 
@@ -325,8 +391,9 @@ class _Job:
         declared = _call(self.prf, "getFields")
         kind = _call(self.prf, "getGeometryType")
         if int(kind) != POLYGON:
-            raise InferenceError(f"{type(self.prf).__name__} gives geometry type {kind}; the host writes polygons "
-                                 f"(type {POLYGON}) only")
+            raise InferenceError(
+                f"{type(self.prf).__name__} gives geometry type {kind}; the host writes polygons (type {POLYGON}) only"
+            )
         fields = json.loads(declared) if isinstance(declared, str) else declared or {}
         return list(fields.get("fields", []))
 
@@ -352,17 +419,27 @@ class _Job:
         found: dict[int, list[dict[str, Any]]] = {}
         for index, row0, col0, blocks in self._blocks():
             result = _call(self.prf, "vectorize", **blocks)
-            vectors = json.loads(result["output_vectors"]) if isinstance(result.get("output_vectors"), str) \
+            vectors = (
+                json.loads(result["output_vectors"])
+                if isinstance(result.get("output_vectors"), str)
                 else result.get("output_vectors", {})
-            self._keep(found, index, [
-                outputs.geojson_feature(f.get("attributes", {}),
-                                        outputs.rings_to_map(f["geometry"]["rings"], src.transform, row0, col0))
-                for f in vectors.get("features", [])])
+            )
+            self._keep(
+                found,
+                index,
+                [
+                    outputs.geojson_feature(
+                        f.get("attributes", {}), outputs.rings_to_map(f["geometry"]["rings"], src.transform, row0, col0)
+                    )
+                    for f in vectors.get("features", [])
+                ],
+            )
         features = self._collect(len(self.grid), found)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         outputs.write_geojson(self.out, features, src.crs)
-        return InferenceResult(self.out, "features", len(self.grid), len(features), self.config, fields=fields,
-                               resumed_blocks=self.resumed)
+        return InferenceResult(
+            self.out, "features", len(self.grid), len(features), self.config, fields=fields, resumed_blocks=self.resumed
+        )
 
     def objects(self, features_path: str | Path | None) -> InferenceResult:
         """Classify Objects: one chip per input polygon (centred on it), or per tile of the raster without one."""
@@ -378,10 +455,11 @@ class _Job:
             self._stop_check(total - len(pending) + count, total)
             start = index * batch
             out: list[dict[str, Any]] = []
-            group = regions[start:start + batch]
+            group = regions[start : start + batch]
             chips = [src.read(r, c, size_y, size_x) for r, c, _ in group]
-            result = _call(self.prf, "vectorize", rasters_pixels=[p for p, _ in chips],
-                           rasters_mask=[m for _, m in chips])
+            result = _call(
+                self.prf, "vectorize", rasters_pixels=[p for p, _ in chips], rasters_mask=[m for _, m in chips]
+            )
             classified = json.loads(result["output_vectors"]).get("features", [])
             for (row0, col0, original), feature in zip(group, classified):
                 attributes = feature.get("attributes", {})
@@ -397,8 +475,9 @@ class _Job:
         features = self._collect(total, found)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         outputs.write_geojson(self.out, features, src.dataset.crs)
-        return InferenceResult(self.out, "features", total, len(features), self.config, fields=fields,
-                               resumed_blocks=self.resumed)
+        return InferenceResult(
+            self.out, "features", total, len(features), self.config, fields=fields, resumed_blocks=self.resumed
+        )
 
 
 def _object_regions(features_path, src: RasterSource, size_y: int, size_x: int) -> list[tuple[int, int, Any]]:
@@ -415,10 +494,16 @@ def _object_regions(features_path, src: RasterSource, size_y: int, size_x: int) 
         geometry = feature.get("geometry") or {}
         rings = geometry.get("coordinates") or []
         if geometry.get("type") != "Polygon" or not rings:
-            raise InferenceError(f"{Path(features_path).name}: classify objects takes Polygon features "
-                                 f"(found {geometry.get('type')})")
+            raise InferenceError(
+                f"{Path(features_path).name}: classify objects takes Polygon features (found {geometry.get('type')})"
+            )
         cols, rows = zip(*(inverse @ (x, y) for x, y in rings[0]))
         row_c, col_c = (min(rows) + max(rows)) / 2, (min(cols) + max(cols)) / 2
-        regions.append((int(round(row_c - size_y / 2)), int(round(col_c - size_x / 2)),
-                        {"geometry": geometry, "properties": feature.get("properties") or {}}))
+        regions.append(
+            (
+                int(round(row_c - size_y / 2)),
+                int(round(col_c - size_x / 2)),
+                {"geometry": geometry, "properties": feature.get("properties") or {}},
+            )
+        )
     return regions

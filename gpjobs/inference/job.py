@@ -97,8 +97,10 @@ def infer(spec: JobSpec, reporter: Reporter) -> dict[str, Any]:
     request = spec.request
     assert isinstance(request, InferenceRequest)
     if not request.model.path or not Path(request.model.path).is_file():
-        raise InferenceError(f"model: the package {request.model.describe()} is no longer on this server; submit "
-                             "the job again with an existing model")
+        raise InferenceError(
+            f"model: the package {request.model.describe()} is no longer on this server; submit "
+            "the job again with an existing model"
+        )
     for note in request.notes:
         reporter.say("warning", note)
     work = Path(spec.work_dir)
@@ -106,34 +108,58 @@ def infer(spec: JobSpec, reporter: Reporter) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = _runs(request)
     count = len(runs) if request.process_separately else len(request.rasters)
-    reporter.say("info", f"Running {request.model_type} ({request.inference_function}) with {request.task} over "
-                         f"{count} raster(s).")
+    reporter.say(
+        "info",
+        f"Running {request.model_type} ({request.inference_function}) with {request.task} over {count} raster(s).",
+    )
     progress = BlockProgress(reporter, len(runs))
     device = -1 if spec.runtime.device == "cpu" else int(spec.runtime.device.split(":", 1)[1] or 0)
     results: list[InferenceResult] = []
     for index, rasters in enumerate(runs):
         progress.run = index
-        out = out_dir / (f"{index:04d}-{Path(rasters[0]).stem}{request.output_suffix}" if len(runs) > 1
-                         else f"{request.output.name}{request.output_suffix}")
-        results.append(run_inference(
-            request.model.path, list(rasters), out, arguments=dict(request.arguments), device=device,
-            features=request.features.path if request.features else None, progress=progress,
-            cancelled=_stop_check(reporter), grid=_grid(request, rasters[0]),
-            journal_dir=work / BLOCKS_DIR / str(index)))
-    written = _features_output(request, results, out_dir, runs) if request.output_kind == "features" \
+        out = out_dir / (
+            f"{index:04d}-{Path(rasters[0]).stem}{request.output_suffix}"
+            if len(runs) > 1
+            else f"{request.output.name}{request.output_suffix}"
+        )
+        results.append(
+            run_inference(
+                request.model.path,
+                list(rasters),
+                out,
+                arguments=dict(request.arguments),
+                device=device,
+                features=request.features.path if request.features else None,
+                progress=progress,
+                cancelled=_stop_check(reporter),
+                grid=_grid(request, rasters[0]),
+                journal_dir=work / BLOCKS_DIR / str(index),
+            )
+        )
+    written = (
+        _features_output(request, results, out_dir, runs)
+        if request.output_kind == "features"
         else _raster_output(request, results, out_dir)
+    )
     written.blocks = sum(r.blocks for r in results)
     written.resumed_blocks = sum(r.resumed_blocks for r in results)
     reporter.progress(100.0, "infer")
-    return {"kind": request.output_kind, "data": str(written.data), "resources": [str(p) for p in written.resources],
-            "blocks": written.blocks, "features": written.features, "resumed_blocks": written.resumed_blocks,
-            "model_type": request.model_type}
+    return {
+        "kind": request.output_kind,
+        "data": str(written.data),
+        "resources": [str(p) for p in written.resources],
+        "blocks": written.blocks,
+        "features": written.features,
+        "resumed_blocks": written.resumed_blocks,
+        "model_type": request.model_type,
+    }
 
 
 def _stop_check(reporter: Reporter):
     def check() -> bool:
         reporter.check_stop()  # raises StopRequested on cancel or a lost server
         return False
+
     return check
 
 
@@ -145,8 +171,11 @@ def _runs(request: InferenceRequest) -> list[tuple[str, ...]]:
 
 
 def _grid(request: InferenceRequest, raster: str):
-    return target_grid(describe_raster(raster), request.extent, request.cell_size) \
-        if request.extent is not None or request.cell_size is not None else None
+    return (
+        target_grid(describe_raster(raster), request.extent, request.cell_size)
+        if request.extent is not None or request.cell_size is not None
+        else None
+    )
 
 
 def _raster_output(request: InferenceRequest, results: list[InferenceResult], out_dir: Path) -> Outputs:
@@ -163,25 +192,28 @@ def _raster_output(request: InferenceRequest, results: list[InferenceResult], ou
     return Outputs(archive)
 
 
-def _features_output(request: InferenceRequest, results: list[InferenceResult], out_dir: Path,
-                     runs: list[tuple[str, ...]]) -> Outputs:
+def _features_output(
+    request: InferenceRequest, results: list[InferenceResult], out_dir: Path, runs: list[tuple[str, ...]]
+) -> Outputs:
     """One GeoJSON of every run's features (runNMS and classLabelField applied) and a GeoPackage beside it."""
     features: list[dict[str, Any]] = []
     for result in results:
         features.extend(json.loads(result.output.read_text(encoding="utf-8")).get("features", []))
     fields = [dict(f) for f in results[0].fields]
     if request.nms is not None:
-        features = nms.suppress(features, confidence_field=request.nms.confidence_field,
-                                class_field=request.nms.class_field,
-                                max_overlap_ratio=request.nms.max_overlap_ratio)
+        features = nms.suppress(
+            features,
+            confidence_field=request.nms.confidence_field,
+            class_field=request.nms.class_field,
+            max_overlap_ratio=request.nms.max_overlap_ratio,
+        )
     if request.class_label_field:
         _rename_label(fields, features, request.class_label_field)
     info = describe_raster(runs[0][0])
     final = out_dir / f"{request.output.name}.geojson"
     if len(results) > 1 or final != results[0].output or request.nms or request.class_label_field:
         _write_features(final, features, info.crs_wkt)
-    gpkg = geopackage.write_geopackage(final, out_dir / f"{request.output.name}.gpkg", fields, features,
-                                       info.crs_wkt)
+    gpkg = geopackage.write_geopackage(final, out_dir / f"{request.output.name}.gpkg", fields, features, info.crs_wkt)
     return Outputs(final, [gpkg], features=len(features))
 
 

@@ -14,8 +14,9 @@ CLASS_FIELDS = ("classvalue", "value")  # Esri's defaults when no class field is
 
 def envelope(geometry: dict[str, Any]) -> tuple[float, float, float, float]:
     """(xmin, ymin, xmax, ymax) of a GeoJSON Polygon / MultiPolygon."""
-    rings = geometry["coordinates"] if geometry["type"] == "Polygon" else [r for p in geometry["coordinates"]
-                                                                            for r in p]
+    rings = (
+        geometry["coordinates"] if geometry["type"] == "Polygon" else [r for p in geometry["coordinates"] for r in p]
+    )
     points = np.asarray([pt for ring in rings for pt in ring], dtype=np.float64)
     return float(points[:, 0].min()), float(points[:, 1].min()), float(points[:, 0].max()), float(points[:, 1].max())
 
@@ -28,8 +29,9 @@ def _field(properties: dict[str, Any], name: str | None) -> str | None:
     return next((lowered[c] for c in CLASS_FIELDS if c in lowered), None)
 
 
-def suppress(features: list[dict[str, Any]], *, confidence_field: str, class_field: str | None,
-             max_overlap_ratio: float) -> list[dict[str, Any]]:
+def suppress(
+    features: list[dict[str, Any]], *, confidence_field: str, class_field: str | None, max_overlap_ratio: float
+) -> list[dict[str, Any]]:
     """The features that survive, in their original order. Features without a geometry are kept; a missing
     confidence counts as 0; no class field means one class."""
     boxes, scores, classes, index = [], [], [], []
@@ -52,7 +54,7 @@ def suppress(features: list[dict[str, Any]], *, confidence_field: str, class_fie
     for rank, i in enumerate(order):
         if removed[i]:
             continue
-        rest = order[rank + 1:]
+        rest = order[rank + 1 :]
         rest = rest[~removed[rest] & (np.asarray(classes, dtype=object)[rest] == classes[i])]
         if rest.size == 0:
             continue

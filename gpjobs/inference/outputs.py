@@ -10,8 +10,16 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
-GDAL_TYPES = {"u1": "uint8", "u2": "uint16", "i1": "int8", "i2": "int16", "u4": "uint32", "i4": "int32",
-              "f4": "float32", "f8": "float64"}
+GDAL_TYPES = {
+    "u1": "uint8",
+    "u2": "uint16",
+    "i1": "int8",
+    "i2": "int16",
+    "u4": "uint32",
+    "i4": "int32",
+    "f4": "float32",
+    "f8": "float64",
+}
 
 
 def numpy_dtype(pixel_type: Any) -> np.dtype:
@@ -34,8 +42,7 @@ def write_class_metadata(dataset, rows: list[dict[str, Any]]) -> None:
     if dataset.dtypes[0] in ("uint8", "uint16"):
         colors = {0: (0, 0, 0, 0)}
         for row in rows:
-            colors[int(row["Value"])] = (int(row.get("Red", 0)), int(row.get("Green", 0)), int(row.get("Blue", 0)),
-                                         255)
+            colors[int(row["Value"])] = (int(row.get("Red", 0)), int(row.get("Green", 0)), int(row.get("Blue", 0)), 255)
         dataset.write_colormap(1, colors)
     dataset.update_tags(1, CLASSES=json.dumps({str(r["Value"]): r["ClassName"] for r in rows}))
 
@@ -46,14 +53,19 @@ def write_rat_sidecar(tif: Path, rows: list[dict[str, Any]]) -> Path | None:
     if not rows:
         return None
     fields = [("Value", 0, 5), ("ClassName", 2, 2), ("Red", 0, 6), ("Green", 0, 7), ("Blue", 0, 8)]
-    lines = ['<PAMDataset>', '  <PAMRasterBand band="1">',
-             '    <GDALRasterAttributeTable tableType="thematic">']
+    lines = ["<PAMDataset>", '  <PAMRasterBand band="1">', '    <GDALRasterAttributeTable tableType="thematic">']
     for i, (name, kind, usage) in enumerate(fields):
-        lines.append(f'      <FieldDefn index="{i}"><Name>{name}</Name><Type>{kind}</Type>'
-                     f'<Usage>{usage}</Usage></FieldDefn>')
+        lines.append(
+            f'      <FieldDefn index="{i}"><Name>{name}</Name><Type>{kind}</Type><Usage>{usage}</Usage></FieldDefn>'
+        )
     for index, row in enumerate(rows):
-        cells = [row.get("Value", 0), escape(str(row.get("ClassName", ""))), row.get("Red", 0),
-                 row.get("Green", 0), row.get("Blue", 0)]
+        cells = [
+            row.get("Value", 0),
+            escape(str(row.get("ClassName", ""))),
+            row.get("Red", 0),
+            row.get("Green", 0),
+            row.get("Blue", 0),
+        ]
         lines.append(f'      <Row index="{index}">' + "".join(f"<F>{c}</F>" for c in cells) + "</Row>")
     lines += ["    </GDALRasterAttributeTable>", "  </PAMRasterBand>", "</PAMDataset>", ""]
     path = Path(str(tif) + ".aux.xml")

@@ -43,13 +43,22 @@ def child_env(device: str, threads: int) -> dict[str, str]:
     return env
 
 
-async def _start(command: list[str], args: list[str], *, device: str, threads: int, log_path: Path,
-                 cwd: Path) -> asyncio.subprocess.Process:
+async def _start(
+    command: list[str], args: list[str], *, device: str, threads: int, log_path: Path, cwd: Path
+) -> asyncio.subprocess.Process:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:  # the child inherits the descriptor; we can close ours
         return await asyncio.create_subprocess_exec(
-            *command, *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
-            start_new_session=True, env=child_env(device, threads), limit=EVENT_LINE_LIMIT, cwd=str(cwd))
+            *command,
+            *args,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=log,
+            start_new_session=True,
+            env=child_env(device, threads),
+            limit=EVENT_LINE_LIMIT,
+            cwd=str(cwd),
+        )
 
 
 class ChildProcess:
@@ -61,11 +70,13 @@ class ChildProcess:
         self.signals_sent: list[int] = []
 
     @classmethod
-    async def spawn(cls, command: list[str], spec_path: Path, *, device: str, threads: int,
-                    log_path: Path) -> ChildProcess:
+    async def spawn(
+        cls, command: list[str], spec_path: Path, *, device: str, threads: int, log_path: Path
+    ) -> ChildProcess:
         """A cold child for this one spec."""
-        proc = await _start(command, ["--spec", str(spec_path)], device=device, threads=threads,
-                            log_path=log_path, cwd=spec_path.parent)
+        proc = await _start(
+            command, ["--spec", str(spec_path)], device=device, threads=threads, log_path=log_path, cwd=spec_path.parent
+        )
         return cls(proc, log_path)
 
     @property
@@ -146,7 +157,6 @@ def kill_stray_group(pid: int | None, job_id: str) -> bool:
     return False
 
 
-
 class WarmTrainer:
     """One slot's ready child: started ahead, handed the next job, replaced once that job's child has exited.
 
@@ -168,8 +178,9 @@ class WarmTrainer:
         if self._closed or (self._proc is not None and self._proc.returncode is None):
             return
         self.cwd.mkdir(parents=True, exist_ok=True)
-        self._proc = await _start(self.command, ["--warm"], device=self.device, threads=self.threads,
-                                  log_path=self.log_path, cwd=self.cwd)
+        self._proc = await _start(
+            self.command, ["--warm"], device=self.device, threads=self.threads, log_path=self.log_path, cwd=self.cwd
+        )
         self._ready = asyncio.create_task(self._watch_ready(self._proc, time.monotonic()))
 
     async def _watch_ready(self, proc: asyncio.subprocess.Process, started: float) -> None:
@@ -177,8 +188,9 @@ class WarmTrainer:
         assert proc.stdout is not None
         line = await proc.stdout.readline()
         if line:
-            log.info("warm trainer ready", device=self.device, pid=proc.pid,
-                     import_s=round(time.monotonic() - started, 2))
+            log.info(
+                "warm trainer ready", device=self.device, pid=proc.pid, import_s=round(time.monotonic() - started, 2)
+            )
 
     async def take(self, spec_path: Path, log_path: Path) -> ChildProcess | None:
         """Hand the job `spec_path` to the warm child (None when there is none alive: spawn cold). Call

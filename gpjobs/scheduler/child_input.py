@@ -44,8 +44,9 @@ def auto_loader_workers(device: str, share: int, threads: int) -> int:
     return min(CPU_MAX_WORKERS, max(0, share - max(1, threads)))
 
 
-def cpu_split(config: Config, device: str, request: TrainingRequest, cpus: int | None = None,
-              share: int | None = None) -> CpuSplit:
+def cpu_split(
+    config: Config, device: str, request: TrainingRequest, cpus: int | None = None, share: int | None = None
+) -> CpuSplit:
     """The split a job runs with: its num_workers argument, else the server's loader_workers setting. `share`:
     the slot's CPUs when the pool knows them (a Ray job's), else this machine's shared evenly over the slots.
     On a slot of several devices the workers are per rank, from the rank's part of the share."""
@@ -112,11 +113,15 @@ class ChildInput:
             self.split = cpu_split(self.config, self.device, request, share=share)
         devices = child_devices(self.device)
         runtime = ChildRuntime(
-            device=devices[0], devices=tuple(devices) if len(devices) > 1 else (),
+            device=devices[0],
+            devices=tuple(devices) if len(devices) > 1 else (),
             weights_dir=str(self.config.weights_dir) if self.config.weights_dir else None,
-            missing_weights=self.config.missing_weights, num_threads=self.config.child_threads, resume=True,
+            missing_weights=self.config.missing_weights,
+            num_threads=self.config.child_threads,
+            resume=True,
             loader_workers=self.split.workers if self.split else 0,
-            heartbeat_seconds=max(0.5, min(5.0, self.config.heartbeat_timeout_s / 4)))
+            heartbeat_seconds=max(0.5, min(5.0, self.config.heartbeat_timeout_s / 4)),
+        )
         spec = JobSpec(job_id=self.job_id, work_dir=str(self.work_dir), request=request, runtime=runtime)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         path = self.work_dir / "spec.json"
@@ -130,8 +135,10 @@ class ChildInput:
         if pretrained is not None and pretrained.item_id:
             item = await self.store.get_item(pretrained.item_id)  # the item may be gone or replaced since submit
             if item is None or not Path(item.path).is_file():
-                raise BadJob(f"pretrained_model: item {pretrained.item_id} no longer exists; "
-                             "submit again with an existing model item")
+                raise BadJob(
+                    f"pretrained_model: item {pretrained.item_id} no longer exists; "
+                    "submit again with an existing model item"
+                )
             request = request.replace(pretrained=dataclasses.replace(pretrained, path=item.path))
         return request
 

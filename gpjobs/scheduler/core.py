@@ -53,8 +53,14 @@ class Slot:
 class Scheduler:
     """Runs queued jobs, one child per slot. Use `await start()`, then `await stop()`."""
 
-    def __init__(self, config: Config, store: Store, boot_id: str, observer: SchedulerObserver | None = None,
-                 pool: Pool | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        boot_id: str,
+        observer: SchedulerObserver | None = None,
+        pool: Pool | None = None,
+    ) -> None:
         self.config = config
         self.store = store
         self.boot_id = boot_id
@@ -89,9 +95,13 @@ class Scheduler:
     async def _start_warm_trainers(self) -> None:
         assert self.config.jobs_dir is not None
         for index, slot in enumerate(self.slots):
-            slot.warm = WarmTrainer(self.config.trainer_command, device=slot.device,
-                                    threads=self.config.child_threads, cwd=self.config.jobs_dir,
-                                    log_path=self.config.data_dir / "logs" / f"warm-{index}-{slot.device}.log")
+            slot.warm = WarmTrainer(
+                self.config.trainer_command,
+                device=slot.device,
+                threads=self.config.child_threads,
+                cwd=self.config.jobs_dir,
+                log_path=self.config.data_dir / "logs" / f"warm-{index}-{slot.device}.log",
+            )
             await slot.warm.start()
 
     async def stop(self, grace_s: float | None = None) -> None:
@@ -173,7 +183,7 @@ class Scheduler:
         busy = [slot for slot in self.slots if slot.task is not None and not slot.task.done()]
         idle = [slot for slot in self.slots if slot not in busy]
         slots = list(busy)
-        for device in wanted[len(busy):]:
+        for device in wanted[len(busy) :]:
             reuse = next((slot for slot in idle if slot.device == device), None)
             slots.append(reuse if reuse is not None else Slot(device))
             if reuse is not None:
@@ -195,8 +205,16 @@ class Scheduler:
                 break
             claimed.append(job)
             self.observer.job_claimed(job)
-            run = JobRun(self.store, self.config, job, slot.device, wake_at=self.wake_at, warm=slot.warm,
-                         observer=self.observer, pool=self.pool)
+            run = JobRun(
+                self.store,
+                self.config,
+                job,
+                slot.device,
+                wake_at=self.wake_at,
+                warm=slot.warm,
+                observer=self.observer,
+                pool=self.pool,
+            )
             slot.run = run
             slot.task = asyncio.create_task(self._run_slot(slot, run), name=f"gpjobs-job-{job.job_id}")
         if not self._stopping and all(slot.task is not None and not slot.task.done() for slot in self.slots):
@@ -228,8 +246,12 @@ class Scheduler:
             run.stop(STOP_CANCEL, self.config.cancel_grace_s)
         elif job.boot_id != self.boot_id:
             # Nobody in this process supervises it (orphan not yet recovered): nothing to signal.
-            job = await self.store.transition(job_id, JobStatus.CANCELLED, sources={JobStatus.CANCELLING},
-                                              messages=[(MessageType.INFORMATIVE, texts.CANCEL_COMPLETE)])
+            job = await self.store.transition(
+                job_id,
+                JobStatus.CANCELLED,
+                sources={JobStatus.CANCELLING},
+                messages=[(MessageType.INFORMATIVE, texts.CANCEL_COMPLETE)],
+            )
             await tidy_finished(self.store, self.config, job_id)
         return job
 

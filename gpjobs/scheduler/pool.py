@@ -76,5 +76,6 @@ class LocalPool(Pool):
         return list(self.config.devices)
 
     async def spawn(self, spec_path: Path, *, device: str, log_path: Path) -> Child:
-        return await ChildProcess.spawn(self.config.trainer_command, spec_path, device=device,
-                                        threads=self.config.child_threads, log_path=log_path)
+        return await ChildProcess.spawn(
+            self.config.trainer_command, spec_path, device=device, threads=self.config.child_threads, log_path=log_path
+        )

@@ -87,22 +87,38 @@ async def publish(store: Store, config: Config, job: Job, event: dict[str, Any])
     if output.kind == "uri":
         assert output.path is not None
         copy_into_share(config, [(package, Path(output.path) / f"{name}.dlpk")], output.package_uri)
-        done, _, _ = await store.publish_job(job.job_id, result={"uri": output.package_uri}, messages=[
-            *finished, (MessageType.INFORMATIVE, texts.package_written(output.package_uri))])
+        done, _, _ = await store.publish_job(
+            job.job_id,
+            result={"uri": output.package_uri},
+            messages=[*finished, (MessageType.INFORMATIVE, texts.package_written(output.package_uri))],
+        )
         return done
     dest = content_path(config, job, name)
     assert config.content_dir is not None
     size = atomic_copy(package, config.content_dir, dest)
     overwrite = request.overwrite_model
     existing = await store.find_item(job.owner, name)
-    item = Item(id=new_item_id(), owner=job.owner, title=name, name=f"{name}.dlpk", folder_id=output.folder_id,
-                size=size, created_ms=now_ms(), path=str(dest), job_id=job.job_id,
-                properties={"modelType": job.model_type, "metrics": event.get("metrics") or {}})
+    item = Item(
+        id=new_item_id(),
+        owner=job.owner,
+        title=name,
+        name=f"{name}.dlpk",
+        folder_id=output.folder_id,
+        size=size,
+        created_ms=now_ms(),
+        path=str(dest),
+        job_id=job.job_id,
+        properties={"modelType": job.model_type, "metrics": event.get("metrics") or {}},
+    )
     published = texts.item_published(replaced=existing is not None and overwrite)
     try:
         done, _, replaced = await store.publish_job(
-            job.job_id, result={"id": item.id}, item=item, overwrite=overwrite,
-            messages=[*finished, (MessageType.INFORMATIVE, published)])
+            job.job_id,
+            result={"id": item.id},
+            item=item,
+            overwrite=overwrite,
+            messages=[*finished, (MessageType.INFORMATIVE, published)],
+        )
     except BaseException:
         if not (done_job := await store.get_job(job.job_id)) or done_job.result is None:
             with contextlib.suppress(OSError):

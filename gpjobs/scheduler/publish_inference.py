@@ -30,9 +30,11 @@ from gpjobs.tasks.inference import InferenceRequest, output_uri
 
 INFO = MessageType.INFORMATIVE
 ITEM_TYPE_IMAGE_COLLECTION = "Image Collection"  # a ZIP of GeoTIFFs (processingMode PROCESS_ITEMS_SEPARATELY)
-TYPE_KEYWORDS = {ITEM_TYPE_IMAGE: ["Raster", "GeoTIFF", "Deep Learning", "Analysis Result"],
-                 ITEM_TYPE_IMAGE_COLLECTION: ["Raster", "GeoTIFF", "Zip", "Deep Learning", "Analysis Result"],
-                 ITEM_TYPE_GEOJSON: ["Data", "GeoJSON", "GeoPackage", "Deep Learning", "Analysis Result"]}
+TYPE_KEYWORDS = {
+    ITEM_TYPE_IMAGE: ["Raster", "GeoTIFF", "Deep Learning", "Analysis Result"],
+    ITEM_TYPE_IMAGE_COLLECTION: ["Raster", "GeoTIFF", "Zip", "Deep Learning", "Analysis Result"],
+    ITEM_TYPE_GEOJSON: ["Data", "GeoJSON", "GeoPackage", "Deep Learning", "Analysis Result"],
+}
 
 
 def item_type(data: Path) -> str:
@@ -57,10 +59,14 @@ async def publish_inference(store: Store, config: Config, job: Job, event: dict[
         assert output.path is not None
         folder = Path(output.path)
         uri = output_uri(output, data.suffix)
-        copy_into_share(config, [(data, folder / target_name),
-                                 *((r, folder / _resource_name(r, data, name)) for r in resources)], uri)
-        done, _, _ = await store.publish_job(job.job_id, result={"uri": uri}, messages=[
-            *finished, (INFO, texts.output_written(uri))])
+        copy_into_share(
+            config,
+            [(data, folder / target_name), *((r, folder / _resource_name(r, data, name)) for r in resources)],
+            uri,
+        )
+        done, _, _ = await store.publish_job(
+            job.job_id, result={"uri": uri}, messages=[*finished, (INFO, texts.output_written(uri))]
+        )
         return done
     assert config.content_dir is not None
     folder = config.content_dir / job.job_id
@@ -70,17 +76,36 @@ async def publish_inference(store: Store, config: Config, job: Job, event: dict[
         names.append(_resource_name(resource, data, name))
         atomic_copy(resource, config.content_dir, folder / names[-1])
     kind = item_type(data)
-    item = Item(id=new_item_id(), owner=job.owner, title=name, name=target_name, type=kind,
-                type_keywords=list(TYPE_KEYWORDS[kind]), tags=["Analysis Result", request.task],
-                folder_id=output.folder_id, size=size, created_ms=now_ms(), path=str(folder / target_name),
-                job_id=job.job_id, snippet=f"{request.task} with {request.model_type}",
-                properties={"task": request.task, "modelType": request.model_type, "resources": names,
-                            "blocks": int(event.get("blocks") or 0), **({"features": features} if features is not None
-                                                                         else {})})
+    item = Item(
+        id=new_item_id(),
+        owner=job.owner,
+        title=name,
+        name=target_name,
+        type=kind,
+        type_keywords=list(TYPE_KEYWORDS[kind]),
+        tags=["Analysis Result", request.task],
+        folder_id=output.folder_id,
+        size=size,
+        created_ms=now_ms(),
+        path=str(folder / target_name),
+        job_id=job.job_id,
+        snippet=f"{request.task} with {request.model_type}",
+        properties={
+            "task": request.task,
+            "modelType": request.model_type,
+            "resources": names,
+            "blocks": int(event.get("blocks") or 0),
+            **({"features": features} if features is not None else {}),
+        },
+    )
     try:
         done, _, replaced = await store.publish_job(
-            job.job_id, result={"id": item.id}, item=item, replace_item_id=output.replace_item_id,
-            messages=[*finished, (INFO, texts.output_published(kind, replaced=output.replace_item_id is not None))])
+            job.job_id,
+            result={"id": item.id},
+            item=item,
+            replace_item_id=output.replace_item_id,
+            messages=[*finished, (INFO, texts.output_published(kind, replaced=output.replace_item_id is not None))],
+        )
     except BaseException:
         if not (done_job := await store.get_job(job.job_id)) or done_job.result is None:
             for path in (folder / target_name, *(folder / n for n in names)):
@@ -94,7 +119,7 @@ async def publish_inference(store: Store, config: Config, job: Job, event: dict[
 
 def _resource_name(resource: Path, data: Path, name: str) -> str:
     """A resource's name beside the published file: `<name>` + what follows the data file's stem."""
-    return name + resource.name[len(data.stem):] if resource.name.startswith(data.stem) else resource.name
+    return name + resource.name[len(data.stem) :] if resource.name.startswith(data.stem) else resource.name
 
 
 def _remove_files(item: Item) -> None:

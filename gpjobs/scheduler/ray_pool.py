@@ -57,9 +57,11 @@ class TrainingActor:
     async def start(self, command: list[str], spec_path: str, log_path: str, threads: int) -> dict[str, Any]:
         """Start the child; {"pid", "node"}, or {"error": why} when this node cannot run it."""
         if not os.path.isfile(spec_path):
-            return {"error": f"the job folder {os.path.dirname(spec_path)} is not visible on Ray node "
-                             f"{ray.util.get_node_ip_address()}: mount the storage that holds jobs_dir (and the "
-                             "file shares and weights_dir) at the same path on every node"}
+            return {
+                "error": f"the job folder {os.path.dirname(spec_path)} is not visible on Ray node "
+                f"{ray.util.get_node_ip_address()}: mount the storage that holds jobs_dir (and the "
+                "file shares and weights_dir) at the same path on every node"
+            }
         if command[1:3] == ["-m", "gpjobs.training"] and not os.path.exists(command[0]):
             command = [sys.executable, *command[1:]]  # the server's interpreter path differs on this node
         env = child_env("cpu", threads)  # GPUs: Ray has already set CUDA_VISIBLE_DEVICES for this actor
@@ -68,9 +70,17 @@ class TrainingActor:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log_file:
             self.proc = await asyncio.create_subprocess_exec(
-                *command, "--spec", spec_path, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=log_file, start_new_session=True, env=env, limit=EVENT_LINE_LIMIT,
-                cwd=os.path.dirname(spec_path))
+                *command,
+                "--spec",
+                spec_path,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log_file,
+                start_new_session=True,
+                env=env,
+                limit=EVENT_LINE_LIMIT,
+                cwd=os.path.dirname(spec_path),
+            )
         return {"pid": self.proc.pid, "node": ray.util.get_node_ip_address()}
 
     async def read(self) -> bytes | None:
@@ -140,7 +150,9 @@ class RayChild:
                 yield event
 
     def _lost(self, exc: BaseException) -> None:
-        text = f"the Ray worker running the job was lost ({type(exc).__name__}{' on ' + self.node if self.node else ''})"
+        text = (
+            f"the Ray worker running the job was lost ({type(exc).__name__}{' on ' + self.node if self.node else ''})"
+        )
         if not any(e.get("text") == text for e in self._news):
             self._news.append({"type": "message", "level": "warning", "text": text})
 
@@ -190,11 +202,16 @@ class RayPool(Pool):
         self._refresher: asyncio.Task | None = None
 
     async def start(self) -> None:
-        await asyncio.to_thread(ray.init, address=self.config.ray_address, namespace=NAMESPACE,
-                                log_to_driver=False, logging_level=logging.WARNING, configure_logging=False)
+        await asyncio.to_thread(
+            ray.init,
+            address=self.config.ray_address,
+            namespace=NAMESPACE,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+            configure_logging=False,
+        )
         await self._refresh()
-        log.info("ray pool", address=self.config.ray_address, slots=self._slots, job_cpus=self.cpus,
-                 job_gpus=self.gpus)
+        log.info("ray pool", address=self.config.ray_address, slots=self._slots, job_cpus=self.cpus, job_gpus=self.gpus)
         self._refresher = asyncio.create_task(self._refresh_periodically(), name="gpjobs-ray-resources")
 
     async def close(self) -> None:
@@ -236,15 +253,21 @@ class RayPool(Pool):
         started = time.monotonic()
         try:
             # Placing the actor waits for room; a cluster that has none for this long is a lost attempt.
-            info = await asyncio.wait_for(actor.start.remote(list(self.config.trainer_command), str(spec_path),
-                                                             str(log_path), self.config.child_threads),
-                                          timeout=self.config.heartbeat_timeout_s)
+            info = await asyncio.wait_for(
+                actor.start.remote(
+                    list(self.config.trainer_command), str(spec_path), str(log_path), self.config.child_threads
+                ),
+                timeout=self.config.heartbeat_timeout_s,
+            )
         except (TimeoutError, RayError) as exc:
             with contextlib.suppress(Exception):
                 ray.kill(actor, no_restart=True)
-            why = (f"Ray found no node with {self.cpus:g} CPUs and {self.gpus} GPUs free within "
-                   f"{time.monotonic() - started:.0f} s" if isinstance(exc, asyncio.TimeoutError)
-                   else f"the Ray actor for the job failed to start ({type(exc).__name__}: {exc})")
+            why = (
+                f"Ray found no node with {self.cpus:g} CPUs and {self.gpus} GPUs free within "
+                f"{time.monotonic() - started:.0f} s"
+                if isinstance(exc, asyncio.TimeoutError)
+                else f"the Ray actor for the job failed to start ({type(exc).__name__}: {exc})"
+            )
             child = RayChild(actor, 0, log_path)
             child._news.append({"type": "message", "level": "warning", "text": why})
             child._returncode = LOST

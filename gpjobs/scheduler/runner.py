@@ -30,18 +30,36 @@ log = structlog.get_logger("gpjobs.scheduler")
 class JobRun:
     """One attempt of one job on one slot."""
 
-    def __init__(self, store: Store, config: Config, job: Job, device: str, *,
-                 wake_at: Callable[[float], None], warm: WarmTrainer | None = None,
-                 observer: SchedulerObserver | None = None, pool: Pool | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        config: Config,
+        job: Job,
+        device: str,
+        *,
+        wake_at: Callable[[float], None],
+        warm: WarmTrainer | None = None,
+        observer: SchedulerObserver | None = None,
+        pool: Pool | None = None,
+    ) -> None:
         self.job = job
         self.device = device
         self.store, self.config = store, config
         self.log = log.bind(job_id=job.job_id, device=device)
         self.child_input = ChildInput(store, config, job, device, pool)
         self.settlement = Settlement(store, config, job, self.log, wake_at)
-        self.supervisor = ChildSupervisor(store, config, job, device, self.child_input.work_dir, self.log,
-                                          on_result=self.settlement.publish, warm=warm,
-                                          observer=observer or SchedulerObserver(), pool=pool)
+        self.supervisor = ChildSupervisor(
+            store,
+            config,
+            job,
+            device,
+            self.child_input.work_dir,
+            self.log,
+            on_result=self.settlement.publish,
+            warm=warm,
+            observer=observer or SchedulerObserver(),
+            pool=pool,
+        )
 
     @property
     def job_id(self) -> str:
@@ -75,10 +93,17 @@ class JobRun:
             await self.settlement.fail(str(exc))
             return
         if supervisor.stop_reason is not None:  # cancelled (or shut down) between claim and spawn
-            await self.settlement.settle(AttemptEnd(rc=None, stop_reason=supervisor.stop_reason,
-                                                    checkpoint_epoch=supervisor.checkpoint_epoch))
+            await self.settlement.settle(
+                AttemptEnd(rc=None, stop_reason=supervisor.stop_reason, checkpoint_epoch=supervisor.checkpoint_epoch)
+            )
             return
         rc = await supervisor.run(spec_path, self.child_input.split)
-        await self.settlement.settle(AttemptEnd(rc=rc, stop_reason=supervisor.stop_reason,
-                                                checkpoint_epoch=supervisor.checkpoint_epoch,
-                                                failure=supervisor.failure, log_tail=supervisor.log_tail()))
+        await self.settlement.settle(
+            AttemptEnd(
+                rc=rc,
+                stop_reason=supervisor.stop_reason,
+                checkpoint_epoch=supervisor.checkpoint_epoch,
+                failure=supervisor.failure,
+                log_tail=supervisor.log_tail(),
+            )
+        )

@@ -46,8 +46,9 @@ class AttemptEnd:
 class Settlement:
     """Publishes a `result` and settles the attempt's ending with one guarded status change."""
 
-    def __init__(self, store: Store, config: Config, job: Job, log: FilteringBoundLogger,
-                 wake_at: Callable[[float], None]) -> None:
+    def __init__(
+        self, store: Store, config: Config, job: Job, log: FilteringBoundLogger, wake_at: Callable[[float], None]
+    ) -> None:
         self.store = store
         self.config = config
         self.job = job
@@ -78,15 +79,18 @@ class Settlement:
         if failure is not None:
             with contextlib.suppress(KeyError, TypeError, ValueError):
                 reported = int(failure["exit_code"])
-        outcome = classify(end.rc if end.rc is not None else 0, published=self.published,
-                           stop_reason=end.stop_reason, reported=reported)
+        outcome = classify(
+            end.rc if end.rc is not None else 0,
+            published=self.published,
+            stop_reason=end.stop_reason,
+            reported=reported,
+        )
         if outcome is not Outcome.SUCCEEDED:
             await self._apply(outcome, end, failure)
 
     async def fail(self, text: str) -> None:
         """Failed without retry (the job cannot start, or supervising it broke); a requested cancel still wins."""
-        await self._apply(Outcome.FAILED, AttemptEnd(rc=None, stop_reason=None, checkpoint_epoch=None),
-                          {"text": text})
+        await self._apply(Outcome.FAILED, AttemptEnd(rc=None, stop_reason=None, checkpoint_epoch=None), {"text": text})
 
     async def _apply(self, outcome: Outcome, end: AttemptEnd, failure: dict[str, Any] | None) -> None:
         job_id = self.job.job_id
@@ -95,17 +99,30 @@ class Settlement:
             if current is not None and current.status is S.CANCELLING:
                 outcome = Outcome.CANCELLED  # once cancel was requested any ending means cancelled
             if outcome is Outcome.CANCELLED:
-                await self.store.transition(job_id, S.CANCELLED, sources={S.CANCELLING},
-                                            messages=[(INFO, texts.CANCEL_COMPLETE)])
+                await self.store.transition(
+                    job_id, S.CANCELLED, sources={S.CANCELLING}, messages=[(INFO, texts.CANCEL_COMPLETE)]
+                )
             elif outcome is Outcome.TIMED_OUT:
                 text = texts.timed_out(self.config.max_runtime_s)
                 await self.store.transition(job_id, S.TIMED_OUT, error=text, messages=[(ERROR, text)])
             elif outcome is Outcome.INTERRUPTED:
                 await self.store.transition(
-                    job_id, S.SUBMITTED, sources={S.EXECUTING}, attempts=max(0, self.job.attempts - 1),
-                    interruptions=self.job.interruptions + 1, run_after_ms=0, checkpoint_epoch=end.checkpoint_epoch,
-                    messages=[(WARN, texts.interrupted_by_shutdown(end.checkpoint_epoch or 0) if self.trains
-                               else texts.interrupted_inference("a server shutdown"))])
+                    job_id,
+                    S.SUBMITTED,
+                    sources={S.EXECUTING},
+                    attempts=max(0, self.job.attempts - 1),
+                    interruptions=self.job.interruptions + 1,
+                    run_after_ms=0,
+                    checkpoint_epoch=end.checkpoint_epoch,
+                    messages=[
+                        (
+                            WARN,
+                            texts.interrupted_by_shutdown(end.checkpoint_epoch or 0)
+                            if self.trains
+                            else texts.interrupted_inference("a server shutdown"),
+                        )
+                    ],
+                )
             elif outcome is Outcome.LOST:
                 await self._retry_or_fail(self._lost_reason(end), end)
             else:
@@ -127,11 +144,20 @@ class Settlement:
             return
         delay = backoff_s(job.attempts, self.config.retry_backoff_s)
         await self.store.transition(
-            job.job_id, S.SUBMITTED, sources={S.EXECUTING}, run_after_ms=now_ms() + int(delay * 1000),
+            job.job_id,
+            S.SUBMITTED,
+            sources={S.EXECUTING},
+            run_after_ms=now_ms() + int(delay * 1000),
             checkpoint_epoch=end.checkpoint_epoch,
-            messages=[(WARN, texts.lost_retrying(reason, end.checkpoint_epoch or 0, delay, job.attempts + 1,
-                                                 job.max_attempts) if self.trains
-                       else texts.lost_retrying_blocks(reason, delay, job.attempts + 1, job.max_attempts))])
+            messages=[
+                (
+                    WARN,
+                    texts.lost_retrying(reason, end.checkpoint_epoch or 0, delay, job.attempts + 1, job.max_attempts)
+                    if self.trains
+                    else texts.lost_retrying_blocks(reason, delay, job.attempts + 1, job.max_attempts),
+                )
+            ],
+        )
         self.wake_at(delay)
 
     @staticmethod
@@ -145,5 +171,6 @@ class Settlement:
         return texts.training_failed(end.rc, end.log_tail)
 
     async def _failed(self, text: str) -> None:
-        await self.store.transition(self.job.job_id, S.FAILED, error=text,
-                                    messages=[(ERROR, text), (ERROR, texts.tool_failed(self.job.task))])
+        await self.store.transition(
+            self.job.job_id, S.FAILED, error=text, messages=[(ERROR, text), (ERROR, texts.tool_failed(self.job.task))]
+        )

@@ -35,10 +35,19 @@ URGENT_GAP_S = 0.25  # non-progress events are written at once unless the last w
 class ChildSupervisor:
     """One child from spawn to exit. `on_result` publishes the package a `result` event names."""
 
-    def __init__(self, store: Store, config: Config, job: Job, device: str, work_dir: Path,
-                 log: FilteringBoundLogger,
-                 on_result: Callable[[dict[str, Any]], Awaitable[None]], warm: WarmTrainer | None = None,
-                 observer: SchedulerObserver | None = None, pool: Pool | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        config: Config,
+        job: Job,
+        device: str,
+        work_dir: Path,
+        log: FilteringBoundLogger,
+        on_result: Callable[[dict[str, Any]], Awaitable[None]],
+        warm: WarmTrainer | None = None,
+        observer: SchedulerObserver | None = None,
+        pool: Pool | None = None,
+    ) -> None:
         self.store = store
         self.pool = pool or LocalPool(config)  # where a child starts when the slot has no warm one
         self.observer = observer or SchedulerObserver()
@@ -195,5 +204,10 @@ class ChildSupervisor:
             return
         pending, self._pending, self._dirty = self._pending, [], False
         self._last_flush = time.monotonic()
-        await self.store.record_progress(self.job.job_id, messages=pending, progress=self._progress,
-                                         heartbeat_ms=now_ms(), checkpoint_epoch=self.checkpoint_epoch)
+        await self.store.record_progress(
+            self.job.job_id,
+            messages=pending,
+            progress=self._progress,
+            heartbeat_ms=now_ms(),
+            checkpoint_epoch=self.checkpoint_epoch,
+        )

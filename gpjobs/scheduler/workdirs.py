@@ -33,8 +33,11 @@ def _dropped(folder: Path, retention: str) -> list[Path]:
     if retention == "none":
         return [folder]
     with os.scandir(folder) as entries:
-        return [Path(e.path) for e in entries
-                if e.name == OUTPUT or (e.name.startswith(CHECKPOINT_PREFIXES) and not e.is_dir(follow_symlinks=False))]
+        return [
+            Path(e.path)
+            for e in entries
+            if e.name == OUTPUT or (e.name.startswith(CHECKPOINT_PREFIXES) and not e.is_dir(follow_symlinks=False))
+        ]
 
 
 def _size(path: Path) -> int:

@@ -1,8 +1,8 @@
 """The job store: the only place in gpjobs that runs SQL.
 
-    store = await Store.open(db_path)     # applies pending migrations
-    ...
-    await store.close()
+store = await Store.open(db_path)     # applies pending migrations
+...
+await store.close()
 """
 
 from __future__ import annotations
@@ -28,8 +28,14 @@ class Store(JobsMixin, ItemsMixin, TokensMixin):
         self.db = db
 
     @classmethod
-    async def open(cls, db_path: str | Path, *, synchronous: str = "FULL", migrate_schema: bool = True,
-                   migrations_dir: Path = MIGRATIONS_DIR) -> Store:
+    async def open(
+        cls,
+        db_path: str | Path,
+        *,
+        synchronous: str = "FULL",
+        migrate_schema: bool = True,
+        migrations_dir: Path = MIGRATIONS_DIR,
+    ) -> Store:
         db = await Database.open(db_path, synchronous=synchronous)
         try:
             if migrate_schema:

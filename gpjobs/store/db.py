@@ -85,8 +85,10 @@ class Database:
             try:  # status lists are one JSON-array parameter (store/sql.py)
                 await writer.execute("SELECT value FROM json_each('[]')")
             except sqlite3.OperationalError:
-                raise StoreError(f"SQLite {sqlite3.sqlite_version} was built without its JSON functions, which "
-                                 "gpjobs needs; use a Python whose SQLite has them (3.38 or newer does)") from None
+                raise StoreError(
+                    f"SQLite {sqlite3.sqlite_version} was built without its JSON functions, which "
+                    "gpjobs needs; use a Python whose SQLite has them (3.38 or newer does)"
+                ) from None
             reader_conns = [await _connect(path, synchronous=synchronous, read_only=True) for _ in range(readers)]
         except BaseException:
             await writer.close()
@@ -153,8 +155,9 @@ class Database:
         # shield: a caller that goes away does not cancel the load the others wait for
         return await asyncio.shield(loading[1])
 
-    async def _load(self, key: Any, version: tuple[int, int], scope: str | None,
-                    load: Callable[[], Awaitable[Any]]) -> Any:
+    async def _load(
+        self, key: Any, version: tuple[int, int], scope: str | None, load: Callable[[], Awaitable[Any]]
+    ) -> Any:
         try:
             value = await load()
         finally:
@@ -183,4 +186,3 @@ class Database:
                 await self._writer.backup(dest)
         finally:
             await dest.close()
-

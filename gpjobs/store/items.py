@@ -70,8 +70,9 @@ class ItemsMixin:
         now = now_ms()
         item = item.replace(created_ms=item.created_ms or now, modified_ms=now)
         async with self.db.write() as conn:
-            clash = await (await conn.execute(sql.SELECT_ITEM_BY_NAME, {
-                "owner": item.owner, "type": item.type, "name": item.name})).fetchone()
+            clash = await (
+                await conn.execute(sql.SELECT_ITEM_BY_NAME, {"owner": item.owner, "type": item.type, "name": item.name})
+            ).fetchone()
             if clash is not None:
                 raise ItemExists(texts.output_item_taken(item.name, item.owner))
             await conn.execute(sql.INSERT_ITEM, _item_values(item))
@@ -82,9 +83,16 @@ class ItemsMixin:
             row = await (await conn.execute(sql.DELETE_ITEM, {"id": item_id})).fetchone()
         return item_from_row(row) if row else None
 
-    async def publish_job(self, job_id: str, *, result: dict[str, Any], item: Item | None = None,
-                          overwrite: bool = False, messages: Sequence[MessageInput] = (),
-                          replace_item_id: str | None = None) -> tuple[Job, Item | None, Item | None]:
+    async def publish_job(
+        self,
+        job_id: str,
+        *,
+        result: dict[str, Any],
+        item: Item | None = None,
+        overwrite: bool = False,
+        messages: Sequence[MessageInput] = (),
+        replace_item_id: str | None = None,
+    ) -> tuple[Job, Item | None, Item | None]:
         """Insert (or overwrite) the item and mark the job Succeeded with `result`, in ONE transaction.
 
         Idempotent: publishing a job that already succeeded returns it unchanged. Returns
@@ -108,15 +116,22 @@ class ItemsMixin:
                 item, replaced = await _fill_item(conn, item, replace_item_id, now)
                 result = {"id": item.id}
             elif item is not None:
-                clash = await (await conn.execute(sql.SELECT_ITEM_BY_NAME, {
-                    "owner": item.owner, "type": item.type, "name": item.name})).fetchone()
+                clash = await (
+                    await conn.execute(
+                        sql.SELECT_ITEM_BY_NAME, {"owner": item.owner, "type": item.type, "name": item.name}
+                    )
+                ).fetchone()
                 if clash is not None:
                     if not overwrite:
                         raise ItemExists(texts.item_exists(item.name, item.owner))
                     replaced = item_from_row(clash)
                     # Keep the id (clients hold it) and the creation time; point at the new file.
-                    item = item.replace(id=replaced.id, created_ms=replaced.created_ms, modified_ms=now,
-                                        properties={**replaced.properties, **item.properties})
+                    item = item.replace(
+                        id=replaced.id,
+                        created_ms=replaced.created_ms,
+                        modified_ms=now,
+                        properties={**replaced.properties, **item.properties},
+                    )
                     values = _item_values(item)
                     values.pop("created_ms")
                     await conn.execute(sql.REPLACE_ITEM, values)
@@ -124,8 +139,14 @@ class ItemsMixin:
                 else:
                     item = item.replace(created_ms=item.created_ms or now, modified_ms=now)
                     await conn.execute(sql.INSERT_ITEM, _item_values(item))
-            done = await transition_in(conn, job_id, JobStatus.SUCCEEDED, result=result, finished_ms=now,
-                                       messages=[*messages, (MessageType.INFORMATIVE, texts.succeeded_at(now))])
+            done = await transition_in(
+                conn,
+                job_id,
+                JobStatus.SUCCEEDED,
+                result=result,
+                finished_ms=now,
+                messages=[*messages, (MessageType.INFORMATIVE, texts.succeeded_at(now))],
+            )
             return done, item, replaced
 
 
@@ -135,15 +156,21 @@ async def _fill_item(conn: Any, item: Item, item_id: str, now: int) -> tuple[Ite
     if row is None:
         raise ItemNotFound(texts.output_item_gone(item_id))
     previous = item_from_row(row)
-    clash = await (await conn.execute(sql.SELECT_ITEM_BY_NAME, {
-        "owner": item.owner, "type": item.type, "name": item.name})).fetchone()
+    clash = await (
+        await conn.execute(sql.SELECT_ITEM_BY_NAME, {"owner": item.owner, "type": item.type, "name": item.name})
+    ).fetchone()
     if clash is not None and clash["id"] != item_id:
         raise ItemExists(texts.output_item_taken(item.name, item.owner))
-    item = item.replace(id=previous.id, created_ms=previous.created_ms, modified_ms=now,
-                        folder_id=item.folder_id or previous.folder_id,
-                        description=previous.description or item.description, snippet=previous.snippet or item.snippet,
-                        tags=list(dict.fromkeys([*previous.tags, *item.tags])),
-                        properties={**previous.properties, **item.properties})
+    item = item.replace(
+        id=previous.id,
+        created_ms=previous.created_ms,
+        modified_ms=now,
+        folder_id=item.folder_id or previous.folder_id,
+        description=previous.description or item.description,
+        snippet=previous.snippet or item.snippet,
+        tags=list(dict.fromkeys([*previous.tags, *item.tags])),
+        properties={**previous.properties, **item.properties},
+    )
     values = _item_values(item)
     values.pop("created_ms")
     await conn.execute(sql.REPLACE_ITEM, values)

@@ -60,8 +60,9 @@ def guard(target: JobStatus, sources: Iterable[JobStatus] | None = None) -> str:
     return status_list(chosen)
 
 
-async def append_messages(conn: aiosqlite.Connection, job_id: str, messages: Sequence[MessageInput],
-                          time_ms: int | None = None) -> None:
+async def append_messages(
+    conn: aiosqlite.Connection, job_id: str, messages: Sequence[MessageInput], time_ms: int | None = None
+) -> None:
     """Append messages inside an open write transaction (seq continues from the last one)."""
     if not messages:
         return
@@ -69,14 +70,24 @@ async def append_messages(conn: aiosqlite.Connection, job_id: str, messages: Seq
     row = await (await conn.execute(sql.LAST_MESSAGE_SEQ, {"job_id": job_id})).fetchone()
     assert row is not None  # an aggregate query returns one row
     start = int(row[0]) + 1
-    await conn.executemany(sql.INSERT_MESSAGE, [
-        {"job_id": job_id, "seq": start + i, "type": MessageType(t).value, "description": text, "time_ms": time_ms}
-        for i, (t, text) in enumerate(messages)])
+    await conn.executemany(
+        sql.INSERT_MESSAGE,
+        [
+            {"job_id": job_id, "seq": start + i, "type": MessageType(t).value, "description": text, "time_ms": time_ms}
+            for i, (t, text) in enumerate(messages)
+        ],
+    )
 
 
-async def transition_in(conn: aiosqlite.Connection, job_id: str, target: JobStatus, *,
-                        sources: Iterable[JobStatus] | None = None, messages: Sequence[MessageInput] = (),
-                        **fields: Any) -> Job:
+async def transition_in(
+    conn: aiosqlite.Connection,
+    job_id: str,
+    target: JobStatus,
+    *,
+    sources: Iterable[JobStatus] | None = None,
+    messages: Sequence[MessageInput] = (),
+    **fields: Any,
+) -> Job:
     """`JobsMixin.transition` inside a write transaction the caller holds (publish, cancel)."""
     target = JobStatus(target)
     statement, settable = sql.TRANSITIONS[target]
@@ -108,8 +119,9 @@ class JobsMixin:
 
     # --- creation and reads ----------------------------------------------------------------------
 
-    async def create_job(self, job: Job, messages: Sequence[str | MessageInput] = (texts.SUBMITTED,), *,
-                         max_queued_per_user: int = 0) -> Job:
+    async def create_job(
+        self, job: Job, messages: Sequence[str | MessageInput] = (texts.SUBMITTED,), *, max_queued_per_user: int = 0
+    ) -> Job:
         """Insert a job and its first messages in one transaction (an acknowledged job is never lost).
 
         With `max_queued_per_user` > 0, refuses (QuotaExceeded) when the owner already has that many jobs
@@ -121,13 +133,18 @@ class JobsMixin:
         msgs = [(MessageType.INFORMATIVE, m) if isinstance(m, str) else m for m in messages]
         async with self.db.write(job.job_id) as conn:
             if max_queued_per_user > 0:
-                row = await (await conn.execute(sql.COUNT_OWNER_JOBS_IN, {
-                    "owner": job.owner, "statuses": status_list(QUEUED_STATUSES | ACTIVE_STATUSES)})).fetchone()
+                row = await (
+                    await conn.execute(
+                        sql.COUNT_OWNER_JOBS_IN,
+                        {"owner": job.owner, "statuses": status_list(QUEUED_STATUSES | ACTIVE_STATUSES)},
+                    )
+                ).fetchone()
                 assert row is not None  # an aggregate query returns one row
                 if row[0] >= max_queued_per_user:
                     raise QuotaExceeded(
                         f"user {job.owner!r} already has {row[0]} queued or running jobs (limit "
-                        f"{max_queued_per_user}); wait for some to finish or cancel them")
+                        f"{max_queued_per_user}); wait for some to finish or cancel them"
+                    )
             values = {c: getattr(job, c, None) for c in sql.JOB_COLUMNS}
             values["status"] = job.status.value
             for key in sql.JOB_JSON_COLUMNS:
@@ -138,63 +155,92 @@ class JobsMixin:
 
     async def get_job(self, job_id: str) -> Job | None:
         """The job, or None. Served from memory until the next write (polls never queue behind training)."""
+
         async def load() -> Job | None:
             row = await self.db.fetchone(sql.SELECT_JOB, {"job_id": job_id})
             return job_from_row(row) if row else None
+
         return await self.db.cached(("job", job_id), load, scope=job_id)
 
     async def job_pid(self, job_id: str) -> int | None:
         row = await self.db.fetchone(sql.SELECT_JOB_PID, {"job_id": job_id})
         return row[0] if row else None
 
-    async def list_jobs(self, *, owner: str | None = None, statuses: Iterable[JobStatus] | None = None,
-                        model_type: str | None = None, since_ms: int | None = None, until_ms: int | None = None,
-                        order: str = "created_desc", limit: int = 100, offset: int = 0,
-                        task: str | None = None) -> tuple[list[Job], int]:
+    async def list_jobs(
+        self,
+        *,
+        owner: str | None = None,
+        statuses: Iterable[JobStatus] | None = None,
+        model_type: str | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        order: str = "created_desc",
+        limit: int = 100,
+        offset: int = 0,
+        task: str | None = None,
+    ) -> tuple[list[Job], int]:
         """A page of jobs matching the filters (`task`: of that GP task only), and the total count of matches."""
         if order not in sql.LIST_JOBS:
             raise ValueError(f"order must be one of {sorted(sql.LIST_JOBS)}")
-        filters = {"owner": owner, "statuses": None if statuses is None else status_list(statuses),
-                   "model_type": model_type, "since_ms": since_ms, "until_ms": until_ms, "task": task}
+        filters = {
+            "owner": owner,
+            "statuses": None if statuses is None else status_list(statuses),
+            "model_type": model_type,
+            "since_ms": since_ms,
+            "until_ms": until_ms,
+            "task": task,
+        }
         total = await self.db.fetchone(sql.COUNT_JOBS, filters)
         assert total is not None  # an aggregate query returns one row
-        rows = await self.db.fetchall(sql.LIST_JOBS[order], {**filters, "limit": max(0, int(limit)),
-                                                             "offset": max(0, int(offset))})
+        rows = await self.db.fetchall(
+            sql.LIST_JOBS[order], {**filters, "limit": max(0, int(limit)), "offset": max(0, int(offset))}
+        )
         return [job_from_row(r) for r in rows], int(total[0])
 
     async def get_messages(self, job_id: str, since_seq: int = 0) -> list[Message]:
         """Every message after `since_seq`, in order (cached like get_job). Polls read `message_page` /
         `last_messages` instead: their cost does not grow with the job."""
+
         async def load() -> tuple[Message, ...]:
             return _messages(await self.db.fetchall(sql.SELECT_MESSAGES, {"job_id": job_id}))
+
         messages = await self.db.cached(("messages", job_id), load, scope=job_id)
         return [m for m in messages if m.seq > since_seq]
 
     async def message_count(self, job_id: str) -> int:
         """How many messages the job has (seq runs 1..n without gaps: messages are append-only)."""
+
         async def load() -> int:
             row = await self.db.fetchone(sql.LAST_MESSAGE_SEQ, {"job_id": job_id})
             return int(row[0]) if row else 0
+
         return await self.db.cached(("message_count", job_id), load, scope=job_id)
 
     async def message_page(self, job_id: str, start: int, limit: int) -> tuple[Message, ...]:
         """At most `limit` messages from position `start` (1-based, = seq) on, in order."""
+
         async def load() -> tuple[Message, ...]:
-            return _messages(await self.db.fetchall(sql.SELECT_MESSAGES_FROM, {
-                "job_id": job_id, "start": start, "limit": limit}))
+            return _messages(
+                await self.db.fetchall(sql.SELECT_MESSAGES_FROM, {"job_id": job_id, "start": start, "limit": limit})
+            )
+
         return await self.db.cached(("message_page", job_id, start, limit), load, scope=job_id)
 
     async def last_messages(self, job_id: str, limit: int) -> tuple[Message, ...]:
         """The job's `limit` most recent messages, in order."""
+
         async def load() -> tuple[Message, ...]:
             rows = await self.db.fetchall(sql.SELECT_LAST_MESSAGES, {"job_id": job_id, "limit": limit})
             return _messages(reversed(rows))
+
         return await self.db.cached(("last_messages", job_id, limit), load, scope=job_id)
 
     async def epoch_messages(self, job_id: str) -> tuple[Message, ...]:
         """The job's per-epoch lines (messages.epoch_line), in order: what its loss chart is drawn from."""
+
         async def load() -> tuple[Message, ...]:
             return _messages(await self.db.fetchall(sql.SELECT_EPOCH_MESSAGES, {"job_id": job_id}))
+
         return await self.db.cached(("epoch_messages", job_id), load, scope=job_id)
 
     async def job_view(self, job_id: str, key: Hashable, build: Callable[[], Awaitable[Any]]) -> Any:
@@ -210,8 +256,15 @@ class JobsMixin:
 
     # --- guarded status changes (called by the scheduler, never by web handlers) -----------------
 
-    async def transition(self, job_id: str, target: JobStatus, *, sources: Iterable[JobStatus] | None = None,
-                         messages: Sequence[MessageInput] = (), **fields: Any) -> Job:
+    async def transition(
+        self,
+        job_id: str,
+        target: JobStatus,
+        *,
+        sources: Iterable[JobStatus] | None = None,
+        messages: Sequence[MessageInput] = (),
+        **fields: Any,
+    ) -> Job:
         """Move a job to `target` if it is in one of `sources` (default: every source domain.TRANSITIONS allows).
 
         Keyword arguments set the columns that `target` owns (sql.TRANSITIONS) in the same statement; `messages`
@@ -227,11 +280,21 @@ class JobsMixin:
         now = now or now_ms()
         first, second = sorted(s.value for s in sources_of(JobStatus.EXECUTING))  # sql.CLAIM_NEXT walks each
         async with self.db.write() as conn:
-            row = await (await conn.execute(sql.CLAIM_NEXT, {
-                "first": first, "second": second,
-                "target": JobStatus.EXECUTING.value, "sources": guard(JobStatus.EXECUTING), "now": now,
-                "boot_id": boot_id, "device": device,
-                "processor": "GPU" if device.startswith("cuda") else "CPU"})).fetchone()
+            row = await (
+                await conn.execute(
+                    sql.CLAIM_NEXT,
+                    {
+                        "first": first,
+                        "second": second,
+                        "target": JobStatus.EXECUTING.value,
+                        "sources": guard(JobStatus.EXECUTING),
+                        "now": now,
+                        "boot_id": boot_id,
+                        "device": device,
+                        "processor": "GPU" if device.startswith("cuda") else "CPU",
+                    },
+                )
+            ).fetchone()
             if row is None:
                 return None
             job = job_from_row(row)
@@ -242,19 +305,36 @@ class JobsMixin:
     async def mark_waiting(self) -> int:
         """Submitted jobs that found every slot busy show esriJobWaiting ("queued for a worker"); claim takes both."""
         async with self.db.write() as conn:
-            cursor = await conn.execute(sql.MARK_WAITING, {
-                "target": JobStatus.WAITING.value, "sources": guard(JobStatus.WAITING), "now": now_ms()})
+            cursor = await conn.execute(
+                sql.MARK_WAITING,
+                {"target": JobStatus.WAITING.value, "sources": guard(JobStatus.WAITING), "now": now_ms()},
+            )
             return cursor.rowcount
 
-    async def record_progress(self, job_id: str, *, messages: Sequence[MessageInput] = (),
-                              progress: float | None = None, heartbeat_ms: int | None = None,
-                              checkpoint_epoch: int | None = None, pid: int | None = None) -> bool:
+    async def record_progress(
+        self,
+        job_id: str,
+        *,
+        messages: Sequence[MessageInput] = (),
+        progress: float | None = None,
+        heartbeat_ms: int | None = None,
+        checkpoint_epoch: int | None = None,
+        pid: int | None = None,
+    ) -> bool:
         """Batched child news for a running job in one transaction; False when the job is no longer running."""
         async with self.db.write(job_id) as conn:
-            cur = await conn.execute(sql.RECORD_PROGRESS, {
-                "now": now_ms(), "progress": progress, "heartbeat_ms": heartbeat_ms,
-                "checkpoint_epoch": checkpoint_epoch, "pid": pid, "job_id": job_id,
-                "sources": status_list(ACTIVE_STATUSES)})
+            cur = await conn.execute(
+                sql.RECORD_PROGRESS,
+                {
+                    "now": now_ms(),
+                    "progress": progress,
+                    "heartbeat_ms": heartbeat_ms,
+                    "checkpoint_epoch": checkpoint_epoch,
+                    "pid": pid,
+                    "job_id": job_id,
+                    "sources": status_list(ACTIVE_STATUSES),
+                },
+            )
             if cur.rowcount == 0:
                 return False
             await append_messages(conn, job_id, messages)
@@ -269,12 +349,20 @@ class JobsMixin:
                 return None, False
             status = JobStatus(row[0])
             if status in QUEUED_STATUSES:
-                job = await transition_in(conn, job_id, JobStatus.CANCELLED, sources=QUEUED_STATUSES, finished_ms=now,
-                                          cancel_requested_ms=now, messages=_info(texts.CANCEL_COMPLETE))
+                job = await transition_in(
+                    conn,
+                    job_id,
+                    JobStatus.CANCELLED,
+                    sources=QUEUED_STATUSES,
+                    finished_ms=now,
+                    cancel_requested_ms=now,
+                    messages=_info(texts.CANCEL_COMPLETE),
+                )
                 return job, True
             if status is JobStatus.EXECUTING:
-                job = await transition_in(conn, job_id, JobStatus.CANCELLING, cancel_requested_ms=now,
-                                          messages=_info(texts.CANCEL_REQUESTED))
+                job = await transition_in(
+                    conn, job_id, JobStatus.CANCELLING, cancel_requested_ms=now, messages=_info(texts.CANCEL_REQUESTED)
+                )
                 return job, True
             found = await (await conn.execute(sql.SELECT_JOB, {"job_id": job_id})).fetchone()
             assert found is not None  # its status was read above, in this transaction
@@ -310,6 +398,9 @@ class JobsMixin:
     async def prune_finished(self, before_ms: int) -> list[str]:
         """Delete terminal jobs that finished before `before_ms`; returns their ids (work dirs go too)."""
         async with self.db.write() as conn:
-            rows = await (await conn.execute(sql.PRUNE_FINISHED, {
-                "sources": status_list(TERMINAL_STATUSES), "before_ms": before_ms})).fetchall()
+            rows = await (
+                await conn.execute(
+                    sql.PRUNE_FINISHED, {"sources": status_list(TERMINAL_STATUSES), "before_ms": before_ms}
+                )
+            ).fetchall()
         return [r[0] for r in rows]

@@ -61,12 +61,16 @@ async def migrate(db: Database, directory: Path = MIGRATIONS_DIR) -> list[int]:
     known = {m.version: m for m in migrations}
     newer = sorted(v for v in applied if v not in known)
     if newer:
-        raise StoreError(f"{db.path} has schema version {max(newer)}, newer than this gpjobs knows "
-                         f"({len(migrations)}); upgrade gpjobs or restore a backup")
+        raise StoreError(
+            f"{db.path} has schema version {max(newer)}, newer than this gpjobs knows "
+            f"({len(migrations)}); upgrade gpjobs or restore a backup"
+        )
     for version, digest in applied.items():
         if known[version].sha256 != digest:
-            raise StoreError(f"migration {version:04d}_{known[version].name}.sql was edited after it was "
-                             f"applied to {db.path}; restore the original file (migrations are append-only)")
+            raise StoreError(
+                f"migration {version:04d}_{known[version].name}.sql was edited after it was "
+                f"applied to {db.path}; restore the original file (migrations are append-only)"
+            )
     done = []
     for migration in migrations:
         if migration.version in applied:
@@ -75,8 +79,15 @@ async def migrate(db: Database, directory: Path = MIGRATIONS_DIR) -> list[int]:
             # executescript would COMMIT our BEGIN IMMEDIATE; run the statements one by one instead.
             for statement in split_statements(migration.sql):
                 await conn.execute(statement)
-            await conn.execute(sql.RECORD_MIGRATION, {"version": migration.version, "name": migration.name,
-                                                      "sha256": migration.sha256, "applied_ms": now_ms()})
+            await conn.execute(
+                sql.RECORD_MIGRATION,
+                {
+                    "version": migration.version,
+                    "name": migration.name,
+                    "sha256": migration.sha256,
+                    "applied_ms": now_ms(),
+                },
+            )
         done.append(migration.version)
     return done
 

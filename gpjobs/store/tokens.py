@@ -39,8 +39,16 @@ class TokensMixin:
         now = now_ms()
         expires = None if not ttl_s else now + int(ttl_s * 1000)
         async with self.db.write() as conn:
-            await conn.execute(sql.INSERT_TOKEN, {"token_hash": hash_token(token), "username": username.strip(),
-                                                  "role": role, "created_ms": now, "expires_ms": expires})
+            await conn.execute(
+                sql.INSERT_TOKEN,
+                {
+                    "token_hash": hash_token(token),
+                    "username": username.strip(),
+                    "role": role,
+                    "created_ms": now,
+                    "expires_ms": expires,
+                },
+            )
         return token
 
     async def authenticate(self, token: str | None) -> Principal | None:
@@ -63,5 +71,4 @@ class TokensMixin:
     async def users(self) -> list[dict[str, Any]]:
         """Users that hold tokens: username, role (the highest of their live tokens), live token count."""
         rows = await self.db.fetchall(sql.LIVE_USERS, {"now": now_ms()})
-        return [{"username": r["username"], "role": "admin" if r["admin"] else "user", "tokens": r["n"]}
-                for r in rows]
+        return [{"username": r["username"], "role": "admin" if r["admin"] else "user", "tokens": r["n"]} for r in rows]

@@ -31,25 +31,54 @@ from gpjobs.tasks.train import DEFAULT_MAX_ARGUMENTS_BYTES
 
 TASK_NAME = DETECT_OBJECTS
 DISPLAY_NAME = "Detect Objects Using Deep Learning"
-DESCRIPTION = ("Runs a deep learning package's object detector over a raster and publishes the detected objects "
-               "as polygons (GeoJSON, with a GeoPackage beside it).")
+DESCRIPTION = (
+    "Runs a deep learning package's object detector over a raster and publishes the detected objects "
+    "as polygons (GeoJSON, with a GeoPackage beside it)."
+)
 HELP_URL = "https://developers.arcgis.com/rest/services-reference/enterprise/detect-objects-using-deep-learning"
 
-RUN_NMS = GPParameter("runNMS", "GPBoolean", "Non Maximum Suppression",
-                      "Remove the weaker of two objects of one class that overlap (across tiles too).", default=False)
-CONFIDENCE_SCORE_FIELD = GPParameter("confidenceScoreField", "GPString", "Confidence Score Field",
-                                     "runNMS: the field that holds the scores.", default="Confidence")
-CLASS_VALUE_FIELD = GPParameter("classValueField", "GPString", "Class Value Field",
-                                "runNMS: the field that holds the class; empty: ClassValue or Value when present, "
-                                "else every object is of one class.")
-MAX_OVERLAP_RATIO = GPParameter("maxOverlapRatio", "GPDouble", "Max Overlap Ratio",
-                                "runNMS: intersection over union (of the objects' envelopes) above which the weaker "
-                                "object is removed.", default=0.0, minimum=0, maximum=1)
+RUN_NMS = GPParameter(
+    "runNMS",
+    "GPBoolean",
+    "Non Maximum Suppression",
+    "Remove the weaker of two objects of one class that overlap (across tiles too).",
+    default=False,
+)
+CONFIDENCE_SCORE_FIELD = GPParameter(
+    "confidenceScoreField",
+    "GPString",
+    "Confidence Score Field",
+    "runNMS: the field that holds the scores.",
+    default="Confidence",
+)
+CLASS_VALUE_FIELD = GPParameter(
+    "classValueField",
+    "GPString",
+    "Class Value Field",
+    "runNMS: the field that holds the class; empty: ClassValue or Value when present, "
+    "else every object is of one class.",
+)
+MAX_OVERLAP_RATIO = GPParameter(
+    "maxOverlapRatio",
+    "GPDouble",
+    "Max Overlap Ratio",
+    "runNMS: intersection over union (of the objects' envelopes) above which the weaker object is removed.",
+    default=0.0,
+    minimum=0,
+    maximum=1,
+)
 INPUT_PARAMETERS = (
-    INPUT_RASTER, MODEL, MODEL_ARGUMENTS,
+    INPUT_RASTER,
+    MODEL,
+    MODEL_ARGUMENTS,
     output_target_parameter("outputObjects", "Output Objects", "the detected objects", ".geojson"),
-    RUN_NMS, CONFIDENCE_SCORE_FIELD, CLASS_VALUE_FIELD, MAX_OVERLAP_RATIO, PROCESSING_MODE,
-    PROCESS_ALL_RASTER_ITEMS, CONTEXT,
+    RUN_NMS,
+    CONFIDENCE_SCORE_FIELD,
+    CLASS_VALUE_FIELD,
+    MAX_OVERLAP_RATIO,
+    PROCESSING_MODE,
+    PROCESS_ALL_RASTER_ITEMS,
+    CONTEXT,
 )
 OUTPUT_PARAMETER = output_parameter("outObjects", "Output Objects", "detected objects")
 PARAMETERS = (*INPUT_PARAMETERS, OUTPUT_PARAMETER)
@@ -61,18 +90,22 @@ def parse_nms(values: Mapping[str, Any]) -> NmsOptions | None:
         return None
     confidence = CONFIDENCE_SCORE_FIELD.parse(values.get("confidenceScoreField")).strip()
     class_field = values.get("classValueField")
-    return NmsOptions(confidence_field=confidence or "Confidence",
-                      class_field=None if is_unset(class_field) else str(class_field).strip(),
-                      max_overlap_ratio=MAX_OVERLAP_RATIO.parse(values.get("maxOverlapRatio")))
+    return NmsOptions(
+        confidence_field=confidence or "Confidence",
+        class_field=None if is_unset(class_field) else str(class_field).strip(),
+        max_overlap_ratio=MAX_OVERLAP_RATIO.parse(values.get("maxOverlapRatio")),
+    )
 
 
-def parse_request(values: Mapping[str, Any], resolver: PathResolver, *,
-                  max_arguments_bytes: int = DEFAULT_MAX_ARGUMENTS_BYTES) -> InferenceRequest:
+def parse_request(
+    values: Mapping[str, Any], resolver: PathResolver, *, max_arguments_bytes: int = DEFAULT_MAX_ARGUMENTS_BYTES
+) -> InferenceRequest:
     """Check every parameter (ParameterError lists all problems, each naming its parameter)."""
     problems = Problems()
     common = parse_common(values, resolver, problems, max_arguments_bytes=max_arguments_bytes)
-    raster = problems.attempt(parse_raster, "inputRaster", values.get("inputRaster"), resolver,
-                              separately=common.separately)
+    raster = problems.attempt(
+        parse_raster, "inputRaster", values.get("inputRaster"), resolver, separately=common.separately
+    )
     output = problems.attempt(parse_output, "outputObjects", values.get("outputObjects"), resolver, ".geojson")
     nms = problems.attempt(parse_nms, values)
     if raster is not None and common.context is not None:

@@ -49,8 +49,12 @@ PRF_TASKS: dict[str, tuple[str, ...]] = {
 }
 FEATURE_TASKS = frozenset({DETECT_OBJECTS, CLASSIFY_OBJECTS})
 # The parameter that names each task's output (messages about the output item name it).
-OUTPUT_TARGET_PARAMETERS = {CLASSIFY_PIXELS: "outputClassifiedRaster", DETECT_OBJECTS: "outputObjects",
-                            CLASSIFY_OBJECTS: "outputFeatureClass", DETECT_CHANGE: "outputClassifiedRaster"}
+OUTPUT_TARGET_PARAMETERS = {
+    CLASSIFY_PIXELS: "outputClassifiedRaster",
+    DETECT_OBJECTS: "outputObjects",
+    CLASSIFY_OBJECTS: "outputFeatureClass",
+    DETECT_CHANGE: "outputClassifiedRaster",
+}
 MOSAICKED, SEPARATELY = "PROCESS_AS_MOSAICKED_IMAGE", "PROCESS_ITEMS_SEPARATELY"
 PROCESSING_MODES = (MOSAICKED, SEPARATELY)
 RASTER_SUFFIXES = (".tif", ".tiff")
@@ -63,43 +67,68 @@ _STORE_MARKERS = ("/fileshares/", "/rasterstores/", "/cloudstores/", "\\\\", "//
 # --- parameters every inference task declares (each task module lists them with its own) ---------------
 
 INPUT_RASTER = GPParameter(
-    "inputRaster", "GPString", "Input Raster",
+    "inputRaster",
+    "GPString",
+    "Input Raster",
     '{"uri": "/rasterStores/<store>/<image>.tif"} (or /fileShares/...): a GeoTIFF on a registered store; with '
-    f"processingMode {SEPARATELY}, a folder of GeoTIFFs.", required=True)
+    f"processingMode {SEPARATELY}, a folder of GeoTIFFs.",
+    required=True,
+)
 MODEL = GPParameter(
-    "model", "GPString", "Model",
+    "model",
+    "GPString",
+    "Model",
     '{"itemId": "<id>"} of a Deep Learning Package item, its item URL, or {"uri": "/fileShares/<store>/<m>.dlpk"}.',
-    required=True)
+    required=True,
+)
 MODEL_ARGUMENTS = GPParameter(
-    "modelArguments", "GPString", "Model Arguments",
+    "modelArguments",
+    "GPString",
+    "Model Arguments",
     'The raster function\'s arguments, e.g. {"padding": "16", "batch_size": "4"}; unset ones keep the model\'s '
-    "defaults.")
+    "defaults.",
+)
 PROCESSING_MODE = GPParameter(
-    "processingMode", "GPString", "Processing Mode",
-    f"{MOSAICKED}: one raster; {SEPARATELY}: every GeoTIFF of a folder on its own.", default=MOSAICKED,
-    choices=PROCESSING_MODES)
+    "processingMode",
+    "GPString",
+    "Processing Mode",
+    f"{MOSAICKED}: one raster; {SEPARATELY}: every GeoTIFF of a folder on its own.",
+    default=MOSAICKED,
+    choices=PROCESSING_MODES,
+)
 PROCESS_ALL_RASTER_ITEMS = GPParameter(
-    "processAllRasterItems", "GPBoolean", "Process All Raster Items",
+    "processAllRasterItems",
+    "GPBoolean",
+    "Process All Raster Items",
     f"true is processingMode {SEPARATELY} (the name the arcgis Python client and Esri's own service use).",
-    default=False)
+    default=False,
+)
 CONTEXT = GPParameter(
-    "context", "GPString", "Context",
+    "context",
+    "GPString",
+    "Context",
     'Environment settings: {"processorType": "CPU" | "GPU", "extent": {"xmin", "ymin", "xmax", "ymax", '
-    '"spatialReference": {"wkid"}}, "cellSize": <map units>}.')
+    '"spatialReference": {"wkid"}}, "cellSize": <map units>}.',
+)
 
 
 def output_parameter(name: str, display: str, what: str) -> GPParameter:
     """A task's result: an item reference {"itemId"} (or {"uri"} for a file output), as a JSON value."""
-    return GPParameter(name, "GPString", display, f"The {what}: {{\"itemId\": \"<id>\"}} or {{\"uri\": \"...\"}}.",
-                       direction=OUTPUT)
+    return GPParameter(
+        name, "GPString", display, f'The {what}: {{"itemId": "<id>"}} or {{"uri": "..."}}.', direction=OUTPUT
+    )
 
 
 def output_target_parameter(name: str, display: str, what: str, suffix: str) -> GPParameter:
     return GPParameter(
-        name, "GPString", display,
+        name,
+        "GPString",
+        display,
         f'{{"name": "<title>"}} (optionally "folderId") publishes {what} as an item; {{"serviceProperties": '
         '{"name"}, "itemProperties": {"itemId": "<id>"}} fills (replaces) an item you own; {"uri": '
-        f'"/fileShares/<store>/<folder>/<name>{suffix}"}} writes a file to a share.', required=True)
+        f'"/fileShares/<store>/<folder>/<name>{suffix}"}} writes a file to a share.',
+        required=True,
+    )
 
 
 # --- the typed request ---------------------------------------------------------------------------
@@ -164,7 +193,7 @@ class InferenceRequest:
 
     @property
     def output_kind(self) -> str:
-        """"features" (Detect / Classify Objects) or "raster"."""
+        """ "features" (Detect / Classify Objects) or "raster"."""
         return "features" if self.task in FEATURE_TASKS else "raster"
 
     @property
@@ -183,16 +212,22 @@ class InferenceRequest:
         try:
             context = dict(data["context"])
             return cls(
-                task=data["task"], model=ModelRef(**data["model"]),
+                task=data["task"],
+                model=ModelRef(**data["model"]),
                 rasters=tuple(RasterInput(r["alias"], tuple(r["files"])) for r in data["rasters"]),
-                output=OutputTarget(**data["output"]), arguments=dict(data["arguments"]),
+                output=OutputTarget(**data["output"]),
+                arguments=dict(data["arguments"]),
                 context=Context(context.get("processor_type"), dict(context.get("values") or {})),
-                extent=Extent(**data["extent"]) if data.get("extent") else None, cell_size=data.get("cell_size"),
+                extent=Extent(**data["extent"]) if data.get("extent") else None,
+                cell_size=data.get("cell_size"),
                 process_separately=bool(data.get("process_separately")),
                 features=FeatureInput(**data["features"]) if data.get("features") else None,
                 nms=NmsOptions(**data["nms"]) if data.get("nms") else None,
-                class_label_field=data.get("class_label_field"), model_type=data.get("model_type", ""),
-                inference_function=data.get("inference_function", ""), notes=tuple(data.get("notes") or ()))
+                class_label_field=data.get("class_label_field"),
+                model_type=data.get("model_type", ""),
+                inference_function=data.get("inference_function", ""),
+                notes=tuple(data.get("notes") or ()),
+            )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"the stored inference request is incomplete or of another version ({exc})") from None
 
@@ -242,21 +277,27 @@ def _uri_of(name: str, raw: Any, what: str) -> str:
     if obj is None:
         text = str(raw).strip()
         if text.lower().startswith(("http://", "https://")):
-            raise ValueError(f"{name}: '{text}' is a URL; this server reads {what} from its registered stores: "
-                             f'use {{"uri": "/rasterStores/<store>/<path>"}} or /fileShares/<store>/<path>')
+            raise ValueError(
+                f"{name}: '{text}' is a URL; this server reads {what} from its registered stores: "
+                f'use {{"uri": "/rasterStores/<store>/<path>"}} or /fileShares/<store>/<path>'
+            )
         return text
     if isinstance(obj.get("uri"), str):
         return obj["uri"]
     keys = ", ".join(sorted(obj)) or "none"
-    raise ValueError(f'{name}: expected {{"uri": "/rasterStores/<store>/<path>"}} naming {what} on a registered '
-                     f"store (image services and portal items are not read here); got keys {keys}")
+    raise ValueError(
+        f'{name}: expected {{"uri": "/rasterStores/<store>/<path>"}} naming {what} on a registered '
+        f"store (image services and portal items are not read here); got keys {keys}"
+    )
 
 
 def parse_raster(name: str, raw: Any, resolver: PathResolver, *, separately: bool) -> RasterInput:
     """A GeoTIFF on a registered store, or (PROCESS_ITEMS_SEPARATELY) a folder of them."""
     if is_unset(raw):
-        raise ValueError(f'{name}: required; use {{"uri": "/rasterStores/<store>/<image>.tif"}} '
-                         f"(registered stores: {resolver.describe()})")
+        raise ValueError(
+            f'{name}: required; use {{"uri": "/rasterStores/<store>/<image>.tif"}} '
+            f"(registered stores: {resolver.describe()})"
+        )
     try:
         resolved = resolver.resolve(_uri_of(name, raw, "rasters"))
     except PathError as exc:
@@ -265,14 +306,17 @@ def parse_raster(name: str, raw: Any, resolver: PathResolver, *, separately: boo
     if local.is_dir():
         files = sorted(p for p in local.iterdir() if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES)
         if not separately:
-            raise ValueError(f"{name}: '{resolved.alias}' is a folder; name one GeoTIFF, or set processingMode "
-                             f"to {SEPARATELY} to process every GeoTIFF in it separately")
+            raise ValueError(
+                f"{name}: '{resolved.alias}' is a folder; name one GeoTIFF, or set processingMode "
+                f"to {SEPARATELY} to process every GeoTIFF in it separately"
+            )
         if not files:
             raise ValueError(f"{name}: the folder '{resolved.alias}' holds no GeoTIFF (.tif) files")
     elif local.is_file():
         if local.suffix.lower() not in RASTER_SUFFIXES:
-            raise ValueError(f"{name}: '{resolved.alias}' is not a GeoTIFF (.tif); convert it, e.g. with "
-                             "gdal_translate -of GTiff")
+            raise ValueError(
+                f"{name}: '{resolved.alias}' is not a GeoTIFF (.tif); convert it, e.g. with gdal_translate -of GTiff"
+            )
         files = [local]
     else:
         raise ValueError(f"{name}: '{resolved.alias}' does not exist")
@@ -282,13 +326,20 @@ def parse_raster(name: str, raw: Any, resolver: PathResolver, *, separately: boo
 def parse_model(name: str, raw: Any, resolver: PathResolver) -> ModelRef:
     """`model`: {"itemId"}, an item id or item URL, or {"uri"} / a path of a .dlpk on a registered store."""
     if is_unset(raw):
-        raise ValueError(f'{name}: required; use {{"itemId": "<Deep Learning Package item id>"}} or '
-                         '{"uri": "/fileShares/<store>/<model>.dlpk"}')
+        raise ValueError(
+            f'{name}: required; use {{"itemId": "<Deep Learning Package item id>"}} or '
+            '{"uri": "/fileShares/<store>/<model>.dlpk"}'
+        )
     obj = _object(name, raw)
     if obj is None:
         text = str(raw).strip()
-        obj = {"itemId": text} if _HEX32.match(text) else {"url": text} if text.lower().startswith(
-            ("http://", "https://")) else {"uri": text}
+        obj = (
+            {"itemId": text}
+            if _HEX32.match(text)
+            else {"url": text}
+            if text.lower().startswith(("http://", "https://"))
+            else {"uri": text}
+        )
     item_id = obj.get("itemId") or obj.get("id")
     if item_id is None and isinstance(obj.get("url"), str):
         match = _ITEM_URL.search(obj["url"])
@@ -333,8 +384,10 @@ def parse_output(name: str, raw: Any, resolver: PathResolver, suffix: str) -> Ou
     elif not isinstance(item_id, str) or not _HEX32.match(item_id):
         raise ValueError(f"{name}: itemId '{item_id}' is not an item id (32 hexadecimal characters)")
     if not isinstance(title, str) and item_id is None:
-        raise ValueError(f'{name}: expected {{"name": "<output>"}}, {{"itemProperties": {{"itemId": "<id>"}}}} '
-                         'or {"uri": "/fileShares/<store>/<file>"}')
+        raise ValueError(
+            f'{name}: expected {{"name": "<output>"}}, {{"itemProperties": {{"itemId": "<id>"}}}} '
+            'or {"uri": "/fileShares/<store>/<file>"}'
+        )
     folder_id = item_props.get("folderId", obj.get("folderId"))
     if is_unset(folder_id):
         folder_id = None
@@ -344,8 +397,12 @@ def parse_output(name: str, raw: Any, resolver: PathResolver, suffix: str) -> Ou
         title = check_name(title) if isinstance(title, str) else ""
     except ValueError as exc:
         raise ValueError(str(exc).replace("output_name", name, 1)) from None
-    return OutputTarget(kind="item", name=title, folder_id=folder_id.lower() if folder_id else None,
-                        replace_item_id=item_id.lower() if item_id else None)
+    return OutputTarget(
+        kind="item",
+        name=title,
+        folder_id=folder_id.lower() if folder_id else None,
+        replace_item_id=item_id.lower() if item_id else None,
+    )
 
 
 def _output_file(name: str, uri: Any, resolver: PathResolver, suffix: str) -> OutputTarget:
@@ -392,8 +449,9 @@ def parse_inference_context(raw: Any) -> tuple[Context, Extent | None, float | N
     if not is_unset(values.get("extent")):
         box = values["extent"]
         if not isinstance(box, Mapping):
-            raise ValueError('context: extent must be {"xmin", "ymin", "xmax", "ymax", "spatialReference": '
-                             '{"wkid": <n>}}')
+            raise ValueError(
+                'context: extent must be {"xmin", "ymin", "xmax", "ymax", "spatialReference": {"wkid": <n>}}'
+            )
         try:
             xmin, ymin, xmax, ymax = (parse_float(box.get(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
         except ValueError:
@@ -410,8 +468,9 @@ def parse_inference_context(raw: Any) -> tuple[Context, Extent | None, float | N
         try:
             cell_size = parse_float(values["cellSize"], 0.0)
         except ValueError:
-            raise ValueError(f"context: cellSize '{values['cellSize']}' must be a positive number in the raster's "
-                             "map units") from None
+            raise ValueError(
+                f"context: cellSize '{values['cellSize']}' must be a positive number in the raster's map units"
+            ) from None
         if cell_size <= 0:
             raise ValueError("context: cellSize must be greater than 0")
     return context, extent, cell_size
@@ -459,8 +518,10 @@ def parse_features(name: str, raw: Any, resolver: PathResolver) -> FeatureInput 
         kind = geometry.get("type") if isinstance(geometry, dict) else None
         if kind not in ("Polygon", "MultiPolygon") or not (geometry or {}).get("coordinates"):
             what = "no geometry" if not kind else f"a {kind} geometry"
-            raise ValueError(f"{name}: feature {index} of '{resolved.alias}' has {what}; Classify Objects needs "
-                             "a polygon around each object")
+            raise ValueError(
+                f"{name}: feature {index} of '{resolved.alias}' has {what}; Classify Objects needs "
+                "a polygon around each object"
+            )
     return FeatureInput(resolved.alias, os.fspath(resolved.local))
 
 
@@ -482,15 +543,21 @@ def check_model_fits(request: InferenceRequest) -> InferenceRequest:
     model_type = str(ours.get("model_type") or emd.get("ModelName") or emd.get("ModelType") or "unknown")
     tasks = PRF_TASKS.get(function)
     if not tasks:
-        text = (f"its raster function {function} is not one a raster analysis task runs (object trackers run from "
-                "Python)" if function.endswith(".py") else
-                f"its .emd names no Python raster function (InferenceFunction: {function or 'none'}); repackage "
-                "the model with a current gpjobs")
+        text = (
+            f"its raster function {function} is not one a raster analysis task runs (object trackers run from Python)"
+            if function.endswith(".py")
+            else f"its .emd names no Python raster function (InferenceFunction: {function or 'none'}); repackage "
+            "the model with a current gpjobs"
+        )
         raise ParameterError([f"model: {where} ({model_type}): {text}"])
     if request.task not in tasks:
-        raise ParameterError([f"model: {where} is a {model_type} package (raster function {function}), which "
-                              f"runs with {' or '.join(tasks)}, not {request.task}; submit it to that task, or "
-                              f"choose a model for {request.task}"])
+        raise ParameterError(
+            [
+                f"model: {where} is a {model_type} package (raster function {function}), which "
+                f"runs with {' or '.join(tasks)}, not {request.task}; submit it to that task, or "
+                f"choose a model for {request.task}"
+            ]
+        )
     problems = _raster_fit(request, emd)
     if problems:
         raise ParameterError(problems)
@@ -511,12 +578,16 @@ def _raster_fit(request: InferenceRequest, emd: Mapping[str, Any]) -> list[str]:
                 continue
             label = Path(path).name
             if info.count <= max(bands):
-                problems.append(f"{name}: {label} has {info.count} band(s) but the model reads bands "
-                                f"{[b + 1 for b in bands]} (it was trained on {len(bands)}-band chips); use a "
-                                "raster with the bands of the training data")
+                problems.append(
+                    f"{name}: {label} has {info.count} band(s) but the model reads bands "
+                    f"{[b + 1 for b in bands]} (it was trained on {len(bands)}-band chips); use a "
+                    "raster with the bands of the training data"
+                )
             elif dtype and info.dtypes[bands[0]] != dtype:
-                problems.append(f"{name}: {label} is {info.dtypes[bands[0]]} but the model was trained on {dtype} "
-                                f"chips (its normalisation would be wrong); convert the raster to {dtype}")
+                problems.append(
+                    f"{name}: {label} is {info.dtypes[bands[0]]} but the model was trained on {dtype} "
+                    f"chips (its normalisation would be wrong); convert the raster to {dtype}"
+                )
     return problems
 
 
@@ -554,14 +625,30 @@ class CommonInputs:
         """The task's request once every parameter parsed (after `problems.raise_if_any()`), with the checks
         that need the model file when it is known already."""
         assert self.model is not None and self.arguments is not None and self.context is not None, "unchecked"
-        return finish_request(InferenceRequest(
-            task=task, model=self.model, arguments=self.arguments, context=self.context, extent=self.extent,
-            cell_size=self.cell_size, process_separately=self.separately, **fields))
+        return finish_request(
+            InferenceRequest(
+                task=task,
+                model=self.model,
+                arguments=self.arguments,
+                context=self.context,
+                extent=self.extent,
+                cell_size=self.cell_size,
+                process_separately=self.separately,
+                **fields,
+            )
+        )
 
 
-def parse_common(values: Mapping[str, Any], resolver: PathResolver, problems: Problems, *,
-                 model_names: tuple[str, ...] = ("model",), argument_names: tuple[str, ...] = ("modelArguments",),
-                 max_arguments_bytes: int = DEFAULT_MAX_ARGUMENTS_BYTES, modes: bool = True) -> CommonInputs:
+def parse_common(
+    values: Mapping[str, Any],
+    resolver: PathResolver,
+    problems: Problems,
+    *,
+    model_names: tuple[str, ...] = ("model",),
+    argument_names: tuple[str, ...] = ("modelArguments",),
+    max_arguments_bytes: int = DEFAULT_MAX_ARGUMENTS_BYTES,
+    modes: bool = True,
+) -> CommonInputs:
     """model, modelArguments, context and (where the task has it) processingMode."""
     model_name, model_raw = first_set(values, *model_names)
     model = problems.attempt(parse_model, model_name, model_raw, resolver)

@@ -101,8 +101,13 @@ def collect_inputs(params: Mapping[str, Any], parameters: tuple[GPParameter, ...
     return inputs
 
 
-def add_flags(parser: argparse.ArgumentParser, parameters: tuple[GPParameter, ...], *,
-              skip: tuple[str, ...] = (), repeat: tuple[str, ...] = ()) -> None:
+def add_flags(
+    parser: argparse.ArgumentParser,
+    parameters: tuple[GPParameter, ...],
+    *,
+    skip: tuple[str, ...] = (),
+    repeat: tuple[str, ...] = (),
+) -> None:
     """One flag per input parameter, named after it, with its description; values stay text (or bool)
     so that the task's own parser types and checks them, exactly as for a submitted job."""
     for p in parameters:
@@ -113,21 +118,30 @@ def add_flags(parser: argparse.ArgumentParser, parameters: tuple[GPParameter, ..
         if p.choices:
             help_text += f"; one of {', '.join(p.choices)}"
         if p.data_type == "GPBoolean":
-            parser.add_argument(p.flag, dest=p.name, action=argparse.BooleanOptionalAction, default=None,
-                                help=help_text)
+            parser.add_argument(
+                p.flag, dest=p.name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
         elif p.name in repeat:
-            parser.add_argument(p.flag, dest=p.name, action="append", required=p.required, metavar="VALUE",
-                                help=help_text + "; repeat for several")
+            parser.add_argument(
+                p.flag,
+                dest=p.name,
+                action="append",
+                required=p.required,
+                metavar="VALUE",
+                help=help_text + "; repeat for several",
+            )
         else:
             # Choices are checked (with "did you mean") by the task's parser, not by argparse.
-            parser.add_argument(p.flag, dest=p.name, default=None, required=p.required, metavar="VALUE",
-                                help=help_text)
+            parser.add_argument(p.flag, dest=p.name, default=None, required=p.required, metavar="VALUE", help=help_text)
 
 
 def values_from_flags(args: argparse.Namespace, parameters: tuple[GPParameter, ...]) -> dict[str, Any]:
     """The parameter values given on the command line (unset flags left out)."""
-    return {p.name: getattr(args, p.name) for p in parameters
-            if p.direction == INPUT and getattr(args, p.name, None) is not None}
+    return {
+        p.name: getattr(args, p.name)
+        for p in parameters
+        if p.direction == INPUT and getattr(args, p.name, None) is not None
+    }
 
 
 def markdown_table(parameters: tuple[GPParameter, ...]) -> str:
@@ -141,6 +155,8 @@ def markdown_table(parameters: tuple[GPParameter, ...]) -> str:
         if p.choices:
             accepts += f" One of: {', '.join(p.choices)}."
         default = "" if p.default is None else f"`{p.default}`"
-        rows.append(f"| `{p.name}` | {p.data_type} | {'yes' if p.required else 'no'} | {default} | "
-                    f"{accepts.replace('|', '/')} |")
+        rows.append(
+            f"| `{p.name}` | {p.data_type} | {'yes' if p.required else 'no'} | {default} | "
+            f"{accepts.replace('|', '/')} |"
+        )
     return "\n".join(rows)

@@ -24,19 +24,33 @@ def _argument_rows(info: catalog.ModelTypeInfo) -> list[str]:
 
 
 def parameters_markdown() -> str:
-    lines = [f"# {TASK_NAME} parameters", "",
-             "Generated from `gpjobs/tasks/train.py` and `gpjobs/catalog.py` by "
-             "`python -m gpjobs.tasks.reference`; do not edit by hand.", "",
-             "Every parameter is a form field of `submitJob` (any spelling: `overwriteModel`, `overwrite_model`), "
-             "and a flag of `gpjobs train` (`--batch-size`). Text values are typed by the server: "
-             "`\"True\"`, `\"0.001\"`, `\"[1, 2]\"` and `\"\"` (unset) all work.", "",
-             markdown_table(PARAMETERS), "", "## Model types and their arguments", ""]
+    lines = [
+        f"# {TASK_NAME} parameters",
+        "",
+        "Generated from `gpjobs/tasks/train.py` and `gpjobs/catalog.py` by "
+        "`python -m gpjobs.tasks.reference`; do not edit by hand.",
+        "",
+        "Every parameter is a form field of `submitJob` (any spelling: `overwriteModel`, `overwrite_model`), "
+        "and a flag of `gpjobs train` (`--batch-size`). Text values are typed by the server: "
+        '`"True"`, `"0.001"`, `"[1, 2]"` and `""` (unset) all work.',
+        "",
+        markdown_table(PARAMETERS),
+        "",
+        "## Model types and their arguments",
+        "",
+    ]
     for name in catalog.implemented_model_types():
         info = catalog.MODEL_TYPES[name]
         backbones = ", ".join(info.backbones) or "none (fixed networks)"
-        lines += [f"### {name}", "", f"Data: {', '.join(sorted(info.formats))}. Backbones: {backbones}"
-                  + (f" (default {info.default_backbone})." if info.default_backbone else "."), "",
-                  *_argument_rows(info), ""]
+        lines += [
+            f"### {name}",
+            "",
+            f"Data: {', '.join(sorted(info.formats))}. Backbones: {backbones}"
+            + (f" (default {info.default_backbone})." if info.default_backbone else "."),
+            "",
+            *_argument_rows(info),
+            "",
+        ]
     return "\n".join(lines)
 
 

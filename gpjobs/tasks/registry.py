@@ -46,9 +46,15 @@ class TaskSpec:
 
     def task_json(self) -> dict[str, Any]:
         """The task resource: every input and the output, each with every key the clients index."""
-        return {"name": self.name, "displayName": self.display_name, "description": self.description,
-                "category": "", "helpUrl": self.help_url, "executionType": "esriExecutionTypeAsynchronous",
-                "parameters": [p.json() for p in self.parameters]}
+        return {
+            "name": self.name,
+            "displayName": self.display_name,
+            "description": self.description,
+            "category": "",
+            "helpUrl": self.help_url,
+            "executionType": "esriExecutionTypeAsynchronous",
+            "parameters": [p.json() for p in self.parameters],
+        }
 
     def request_from_json(self, data: Mapping[str, Any]) -> Request:
         """A stored job spec as this task's request (ValueError when it is not one this version wrote)."""
@@ -58,19 +64,38 @@ class TaskSpec:
 
 
 def _inference(module: Any) -> TaskSpec:
-    return TaskSpec(module.TASK_NAME, module.DISPLAY_NAME, module.DESCRIPTION, module.HELP_URL,
-                    module.INPUT_PARAMETERS, module.OUTPUT_PARAMETER, INFERENCE, module.parse_request)
+    return TaskSpec(
+        module.TASK_NAME,
+        module.DISPLAY_NAME,
+        module.DESCRIPTION,
+        module.HELP_URL,
+        module.INPUT_PARAMETERS,
+        module.OUTPUT_PARAMETER,
+        INFERENCE,
+        module.parse_request,
+    )
 
 
-TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (
-    TaskSpec(train.TASK_NAME, "Train Deep Learning Model",
-             "Trains a deep learning model on the output of Export Training Data For Deep Learning and publishes it "
-             "as a Deep Learning Package (.dlpk).",
-             "https://developers.arcgis.com/rest/services-reference/enterprise/train-deep-learning-model",
-             train.INPUT_PARAMETERS, train.OUTPUT_PARAMETER, TRAIN, train.parse_training_request),
-    _inference(classify_pixels), _inference(detect_objects), _inference(classify_objects),
-    _inference(detect_change),
-)}
+TASKS: dict[str, TaskSpec] = {
+    spec.name: spec
+    for spec in (
+        TaskSpec(
+            train.TASK_NAME,
+            "Train Deep Learning Model",
+            "Trains a deep learning model on the output of Export Training Data For Deep Learning and publishes it "
+            "as a Deep Learning Package (.dlpk).",
+            "https://developers.arcgis.com/rest/services-reference/enterprise/train-deep-learning-model",
+            train.INPUT_PARAMETERS,
+            train.OUTPUT_PARAMETER,
+            TRAIN,
+            train.parse_training_request,
+        ),
+        _inference(classify_pixels),
+        _inference(detect_objects),
+        _inference(classify_objects),
+        _inference(detect_change),
+    )
+}
 
 
 def task_named(name: str | None) -> TaskSpec:

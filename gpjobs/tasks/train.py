@@ -31,39 +31,93 @@ _BAD_NAME_CHARS = re.compile(r'[<>:"/\\|?*\x00-\x1f]')
 _STORE_MARKERS = ("/fileshares/", "/rasterstores/", "/cloudstores/", "\\\\", "//")
 
 INPUT_PARAMETERS: tuple[GPParameter, ...] = (
-    GPParameter("in_folder", "GPString", "Input Training Data",
-                "Export folder(s): /fileShares/<store>/<folder>, /rasterStores/<store>/<folder>, a mapped UNC "
-                'path, a comma-separated list, {"uri": "..."} or {"uris": ["...", "..."]}.', required=True),
-    GPParameter("output_name", "GPString", "Output Model",
-                '{"name": "<model>"} (optionally with "folderId") publishes an item; '
-                '{"uri": "/fileShares/<store>/<folder>"} writes the .dlpk to a file share.', required=True),
-    GPParameter("model_type", "GPString", "Model Type", "The model architecture to train.", required=True,
-                choices=tuple(catalog.implemented_model_types())),
-    GPParameter("arguments", "GPString", "Model Arguments",
-                'JSON object of model arguments, e.g. {"chip_size": "224"}, or Esri\'s "name value;name value".'),
-    GPParameter("batch_size", "GPLong", "Batch Size", "Chips per training step.", default=2, minimum=1,
-                maximum=4096),
-    GPParameter("max_epochs", "GPLong", "Max Epochs", "Maximum passes over the training data.", default=20,
-                minimum=1, maximum=10_000),
-    GPParameter("learning_rate", "GPDouble", "Learning Rate",
-                "Empty or 0: found automatically with a learning-rate range test.", minimum=0, maximum=10),
-    GPParameter("backbone_model", "GPString", "Backbone Model",
-                "Backbone network; empty: the model type's default.", choices=catalog.backbone_choices()),
-    GPParameter("validation_percent", "GPDouble", "Validation %",
-                "Share of chips held out for validation.", default=10.0, minimum=0, maximum=50,
-                maximum_exclusive=True),
-    GPParameter("pretrained_model", "GPString", "Pre-trained Model",
-                '{"itemId": "<id>"}, an item URL, or {"uri": "/fileShares/<store>/<file>.dlpk"} to fine-tune from.'),
+    GPParameter(
+        "in_folder",
+        "GPString",
+        "Input Training Data",
+        "Export folder(s): /fileShares/<store>/<folder>, /rasterStores/<store>/<folder>, a mapped UNC "
+        'path, a comma-separated list, {"uri": "..."} or {"uris": ["...", "..."]}.',
+        required=True,
+    ),
+    GPParameter(
+        "output_name",
+        "GPString",
+        "Output Model",
+        '{"name": "<model>"} (optionally with "folderId") publishes an item; '
+        '{"uri": "/fileShares/<store>/<folder>"} writes the .dlpk to a file share.',
+        required=True,
+    ),
+    GPParameter(
+        "model_type",
+        "GPString",
+        "Model Type",
+        "The model architecture to train.",
+        required=True,
+        choices=tuple(catalog.implemented_model_types()),
+    ),
+    GPParameter(
+        "arguments",
+        "GPString",
+        "Model Arguments",
+        'JSON object of model arguments, e.g. {"chip_size": "224"}, or Esri\'s "name value;name value".',
+    ),
+    GPParameter("batch_size", "GPLong", "Batch Size", "Chips per training step.", default=2, minimum=1, maximum=4096),
+    GPParameter(
+        "max_epochs",
+        "GPLong",
+        "Max Epochs",
+        "Maximum passes over the training data.",
+        default=20,
+        minimum=1,
+        maximum=10_000,
+    ),
+    GPParameter(
+        "learning_rate",
+        "GPDouble",
+        "Learning Rate",
+        "Empty or 0: found automatically with a learning-rate range test.",
+        minimum=0,
+        maximum=10,
+    ),
+    GPParameter(
+        "backbone_model",
+        "GPString",
+        "Backbone Model",
+        "Backbone network; empty: the model type's default.",
+        choices=catalog.backbone_choices(),
+    ),
+    GPParameter(
+        "validation_percent",
+        "GPDouble",
+        "Validation %",
+        "Share of chips held out for validation.",
+        default=10.0,
+        minimum=0,
+        maximum=50,
+        maximum_exclusive=True,
+    ),
+    GPParameter(
+        "pretrained_model",
+        "GPString",
+        "Pre-trained Model",
+        '{"itemId": "<id>"}, an item URL, or {"uri": "/fileShares/<store>/<file>.dlpk"} to fine-tune from.',
+    ),
     GPParameter("stop_training", "GPBoolean", "Stop when model stops improving", "Early stopping.", default=True),
-    GPParameter("overwrite_model", "GPBoolean", "Overwrite Model",
-                "Replace an existing item of the same name.", default=False),
-    GPParameter("context", "GPString", "Context",
-                'Environment settings, e.g. {"processorType": "GPU"}.'),
-    GPParameter("freeze_model", "GPBoolean", "Freeze Model",
-                "Train only the head (backbone frozen) before fine-tuning.", default=True),
+    GPParameter(
+        "overwrite_model", "GPBoolean", "Overwrite Model", "Replace an existing item of the same name.", default=False
+    ),
+    GPParameter("context", "GPString", "Context", 'Environment settings, e.g. {"processorType": "GPU"}.'),
+    GPParameter(
+        "freeze_model",
+        "GPBoolean",
+        "Freeze Model",
+        "Train only the head (backbone frozen) before fine-tuning.",
+        default=True,
+    ),
 )
-OUTPUT_PARAMETER = GPParameter("out_item", "GPString", "Output Model Item", "The trained deep learning package.",
-                               direction=OUTPUT)
+OUTPUT_PARAMETER = GPParameter(
+    "out_item", "GPString", "Output Model Item", "The trained deep learning package.", direction=OUTPUT
+)
 PARAMETERS = (*INPUT_PARAMETERS, OUTPUT_PARAMETER)
 _BY_NAME = {p.name: p for p in PARAMETERS}
 
@@ -156,17 +210,23 @@ class TrainingRequest:
         try:
             context = dict(data["context"])
             return cls(
-                model_type=catalog.MODEL_TYPES[data["model_type"]], backbone=data["backbone"],
+                model_type=catalog.MODEL_TYPES[data["model_type"]],
+                backbone=data["backbone"],
                 given_arguments=dict(data["given_arguments"]),
-                in_folders=tuple(DataFolder(**f) for f in data["in_folders"]), data_format=data["data_format"],
-                output=OutputTarget(**data["output"]), batch_size=int(data["batch_size"]),
-                max_epochs=int(data["max_epochs"]), learning_rate=data["learning_rate"],
+                in_folders=tuple(DataFolder(**f) for f in data["in_folders"]),
+                data_format=data["data_format"],
+                output=OutputTarget(**data["output"]),
+                batch_size=int(data["batch_size"]),
+                max_epochs=int(data["max_epochs"]),
+                learning_rate=data["learning_rate"],
                 validation_percent=float(data["validation_percent"]),
                 pretrained=PretrainedModel(**data["pretrained"]) if data["pretrained"] else None,
-                stop_training=bool(data["stop_training"]), overwrite_model=bool(data["overwrite_model"]),
+                stop_training=bool(data["stop_training"]),
+                overwrite_model=bool(data["overwrite_model"]),
                 freeze_model=bool(data["freeze_model"]),
                 context=Context(context.get("processor_type"), dict(context.get("values") or {})),
-                notes=tuple(data["notes"]))
+                notes=tuple(data["notes"]),
+            )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"the stored training request is incomplete or of an older version ({exc})") from None
 
@@ -177,8 +237,9 @@ class TrainingRequest:
 # --- parsing ---------------------------------------------------------------------------------------
 
 
-def parse_training_request(values: Mapping[str, Any], resolver: PathResolver, *,
-                           max_arguments_bytes: int = DEFAULT_MAX_ARGUMENTS_BYTES) -> TrainingRequest:
+def parse_training_request(
+    values: Mapping[str, Any], resolver: PathResolver, *, max_arguments_bytes: int = DEFAULT_MAX_ARGUMENTS_BYTES
+) -> TrainingRequest:
     """Check every parameter (values by declared name, text as clients send it or typed); ParameterError
     lists all problems at once, each naming its parameter and what is allowed."""
     problems: list[str] = []
@@ -210,7 +271,7 @@ def parse_training_request(values: Mapping[str, Any], resolver: PathResolver, *,
                 problems.append(f"arguments: {exc}")
     folders = _parse_in_folder(values.get("in_folder"), resolver, info, problems)
     if info is not None and folders is not None:
-        for tile in ([given["chip_size"]] if given.get("chip_size") else folders[2]):
+        for tile in [given["chip_size"]] if given.get("chip_size") else folders[2]:
             problem = catalog.chip_size_problem(info, tile)
             if problem:
                 problems.append(f"{'arguments' if given.get('chip_size') else 'in_folder'}: {problem}")
@@ -218,24 +279,38 @@ def parse_training_request(values: Mapping[str, Any], resolver: PathResolver, *,
     output = attempt(parse_output_name, values.get("output_name"), resolver)
     learning_rate = simple("learning_rate")
     request_values = dict(
-        batch_size=simple("batch_size"), max_epochs=simple("max_epochs"),
+        batch_size=simple("batch_size"),
+        max_epochs=simple("max_epochs"),
         learning_rate=learning_rate or None,  # 0 and empty both mean: run the LR range test
         validation_percent=simple("validation_percent"),
         pretrained=attempt(parse_pretrained, values.get("pretrained_model"), resolver),
-        stop_training=simple("stop_training"), overwrite_model=simple("overwrite_model"),
-        freeze_model=simple("freeze_model"), context=attempt(parse_context, values.get("context")))
+        stop_training=simple("stop_training"),
+        overwrite_model=simple("overwrite_model"),
+        freeze_model=simple("freeze_model"),
+        context=attempt(parse_context, values.get("context")),
+    )
     if problems:
         raise ParameterError(problems)
     assert info is not None and folders is not None
-    return TrainingRequest(model_type=info, backbone=backbone, given_arguments=given, in_folders=folders[0],
-                           data_format=folders[1], output=output, notes=_notes(info, values, given),
-                           **request_values)
+    return TrainingRequest(
+        model_type=info,
+        backbone=backbone,
+        given_arguments=given,
+        in_folders=folders[0],
+        data_format=folders[1],
+        output=output,
+        notes=_notes(info, values, given),
+        **request_values,
+    )
 
 
 def _notes(info: catalog.ModelTypeInfo, values: Mapping[str, Any], given: Mapping[str, Any]) -> tuple[str, ...]:
     """Accepted input that changes nothing for this model type (Esri's forms send it anyway)."""
-    notes = [f"argument {name} has no effect on {info.name}: {info.arguments[name].no_effect}"
-             for name in given if info.arguments[name].no_effect]
+    notes = [
+        f"argument {name} has no effect on {info.name}: {info.arguments[name].no_effect}"
+        for name in given
+        if info.arguments[name].no_effect
+    ]
     backbone = values.get("backbone_model")
     if not info.backbones and not is_unset(backbone):
         notes.append(f"{info.name} has fixed networks; backbone_model {str(backbone).strip().upper()} is ignored")
@@ -265,8 +340,7 @@ def parse_arguments_value(raw: Any, max_bytes: int = DEFAULT_MAX_ARGUMENTS_BYTES
             continue
         key, _, value = part.partition(" ")
         if not value.strip():
-            raise ValueError(f"arguments: '{part}' has no value; use a JSON object like "
-                             '{"chip_size": "224"}')
+            raise ValueError(f'arguments: \'{part}\' has no value; use a JSON object like {{"chip_size": "224"}}')
         result[key.strip()] = value.strip().strip("'\"")
     return result
 
@@ -276,8 +350,10 @@ def check_name(name: str) -> str:
     if not name:
         raise ValueError("output_name: the model name is empty")
     if len(name) > MAX_NAME_LENGTH or _BAD_NAME_CHARS.search(name) or name in (".", ".."):
-        raise ValueError(f"output_name: '{name}' is not a valid model name; use up to {MAX_NAME_LENGTH} "
-                         'letters, digits, spaces, "_", "-" or "." (no path separators)')
+        raise ValueError(
+            f"output_name: '{name}' is not a valid model name; use up to {MAX_NAME_LENGTH} "
+            'letters, digits, spaces, "_", "-" or "." (no path separators)'
+        )
     return name
 
 
@@ -367,7 +443,8 @@ def parse_pretrained(raw: Any, resolver: PathResolver) -> PretrainedModel | None
         raise ValueError(f"pretrained_model: {exc}") from None
     local = resolved.local
     usable = (local.is_file() and local.suffix.lower() in (".dlpk", ".emd")) or (
-        local.is_dir() and any(p.suffix.lower() == ".emd" for p in local.iterdir()))
+        local.is_dir() and any(p.suffix.lower() == ".emd" for p in local.iterdir())
+    )
     if not usable:
         raise ValueError(f"pretrained_model: '{uri}' is not a .dlpk file, an .emd file or a model folder with an .emd")
     return PretrainedModel(path=str(local), alias=resolved.alias, root=str(resolved.root))
@@ -398,17 +475,20 @@ def parse_context(raw: Any) -> Context:
     return Context(processor_type=kind, values=obj)
 
 
-def _parse_in_folder(raw: Any, resolver: PathResolver, info: catalog.ModelTypeInfo | None,
-                     problems: list[str]) -> tuple[tuple[DataFolder, ...], str, list[tuple[int, int] | None]] | None:
+def _parse_in_folder(
+    raw: Any, resolver: PathResolver, info: catalog.ModelTypeInfo | None, problems: list[str]
+) -> tuple[tuple[DataFolder, ...], str, list[tuple[int, int] | None]] | None:
     """The export folders, their common metadata format and their tile sizes; problems are appended, None when
     unusable."""
     if is_unset(raw):
-        problems.append("in_folder: required; use /fileShares/<store>/<export folder> "
-                        f"(registered stores: {resolver.describe()})")
+        problems.append(
+            f"in_folder: required; use /fileShares/<store>/<export folder> (registered stores: {resolver.describe()})"
+        )
         return None
     try:
-        folders = resolve_folders(loads_json(raw) if isinstance(raw, str) and raw.strip()[:1] in "[{" else raw,
-                                  resolver)
+        folders = resolve_folders(
+            loads_json(raw) if isinstance(raw, str) and raw.strip()[:1] in "[{" else raw, resolver
+        )
     except (PathError, ValueError) as exc:
         problems.append(f"in_folder: {exc}")
         return None
@@ -422,14 +502,21 @@ def _parse_in_folder(raw: Any, resolver: PathResolver, info: catalog.ModelTypeIn
         return None
     kinds = sorted({m.format for m in metas.values()})
     if len(kinds) > 1:
-        problems.append(f"in_folder: the folders hold different formats ({', '.join(kinds)}); "
-                        "combine only exports of the same metadata format")
+        problems.append(
+            f"in_folder: the folders hold different formats ({', '.join(kinds)}); "
+            "combine only exports of the same metadata format"
+        )
         return None
     data_format = kinds[0]
     if info is not None and data_format not in info.formats:
         fits = [n for n in catalog.implemented_model_types() if data_format in catalog.MODEL_TYPES[n].formats]
-        problems.append(f"in_folder: the export format {data_format} cannot train model_type {info.name} "
-                        f"(it needs {', '.join(sorted(info.formats))}); model types for {data_format}: "
-                        f"{', '.join(fits) or 'none supported yet'}")
-    return (tuple(DataFolder(alias=f.alias, local=os.fspath(f.local), root=os.fspath(f.root)) for f in folders),
-            data_format, [m.tile_size for m in metas.values()])
+        problems.append(
+            f"in_folder: the export format {data_format} cannot train model_type {info.name} "
+            f"(it needs {', '.join(sorted(info.formats))}); model types for {data_format}: "
+            f"{', '.join(fits) or 'none supported yet'}"
+        )
+    return (
+        tuple(DataFolder(alias=f.alias, local=os.fspath(f.local), root=os.fspath(f.root)) for f in folders),
+        data_format,
+        [m.tile_size for m in metas.values()],
+    )

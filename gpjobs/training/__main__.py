@@ -127,8 +127,12 @@ def run_spec(spec_file: str, *, lifeline: bool) -> int:
                 resumed = int(state["epoch"]) if state else 0
             except Exception:  # a corrupt checkpoint is reported by the engine; start info stays truthful
                 resumed = 0
-        reporter.emit("started", **child_environment_summary(spec.runtime.device),
-                      devices=list(spec.runtime.devices or [spec.runtime.device]), resumed_from_epoch=resumed)
+        reporter.emit(
+            "started",
+            **child_environment_summary(spec.runtime.device),
+            devices=list(spec.runtime.devices or [spec.runtime.device]),
+            resumed_from_epoch=resumed,
+        )
         code = run_training(spec, reporter)
     finally:
         reporter.close()
@@ -143,8 +147,12 @@ def _run_inference(spec, reporter) -> int:
     from gpjobs.inference.blocks import finished_blocks
     from gpjobs.inference.job import BLOCKS_DIR, environment_summary, run_inference_job
 
-    reporter.emit("started", **environment_summary(spec.runtime.device), resumed_from_epoch=0,
-                  resumed_blocks=finished_blocks(Path(spec.work_dir) / BLOCKS_DIR))
+    reporter.emit(
+        "started",
+        **environment_summary(spec.runtime.device),
+        resumed_from_epoch=0,
+        resumed_blocks=finished_blocks(Path(spec.work_dir) / BLOCKS_DIR),
+    )
     return run_inference_job(spec, reporter)
 
 

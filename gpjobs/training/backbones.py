@@ -29,16 +29,26 @@ Say = Callable[[str, str], None]
 __all__ = ["FeatureBackbone", "build_backbone", "set_backbone_frozen", "set_output_stride"]
 
 # The first convolution's name in torchvision's model of each family.
-_FIRST_CONV = {**{k: "conv1" for k in RESNETS}, **{k: "features.conv0" for k in DENSENETS},
-               **{k: "features.0.0" for k in MOBILENETS}, **{k: "features.0" for k in VGGS}}
+_FIRST_CONV = {
+    **{k: "conv1" for k in RESNETS},
+    **{k: "features.conv0" for k in DENSENETS},
+    **{k: "features.0.0" for k in MOBILENETS},
+    **{k: "features.0" for k in VGGS},
+}
 
 
 def _quiet(level: str, text: str) -> None:
     pass
 
 
-def build_backbone(name: str, in_channels: int = 3, *, weights: WeightsPolicy | None = None,
-                   say: Say | None = None, output_stride: int = 32) -> FeatureBackbone:
+def build_backbone(
+    name: str,
+    in_channels: int = 3,
+    *,
+    weights: WeightsPolicy | None = None,
+    say: Say | None = None,
+    output_stride: int = 32,
+) -> FeatureBackbone:
     """The named backbone (a catalog backbone_model value) as a FeatureBackbone for `in_channels` bands."""
     import torchvision.models as tvm
 
@@ -62,22 +72,28 @@ def build_backbone(name: str, in_channels: int = 3, *, weights: WeightsPolicy | 
 
     if key in RESNETS:
         net.conv1, adapted = adapt_first_conv(net.conv1, in_channels, pretrained)
-        stages = OrderedDict([
-            ("stem", nn.Sequential(net.conv1, net.bn1, net.relu)),
-            ("layer1", nn.Sequential(net.maxpool, net.layer1)),
-            ("layer2", net.layer2), ("layer3", net.layer3), ("layer4", net.layer4),
-        ])
+        stages = OrderedDict(
+            [
+                ("stem", nn.Sequential(net.conv1, net.bn1, net.relu)),
+                ("layer1", nn.Sequential(net.maxpool, net.layer1)),
+                ("layer2", net.layer2),
+                ("layer3", net.layer3),
+                ("layer4", net.layer4),
+            ]
+        )
         first = "stages.stem.0"
     elif key in DENSENETS:
         f = net.features
         f.conv0, adapted = adapt_first_conv(f.conv0, in_channels, pretrained)
-        stages = OrderedDict([
-            ("stem", nn.Sequential(f.conv0, f.norm0, f.relu0)),
-            ("block1", nn.Sequential(f.pool0, f.denseblock1)),
-            ("block2", nn.Sequential(f.transition1, f.denseblock2)),
-            ("block3", nn.Sequential(f.transition2, f.denseblock3)),
-            ("block4", nn.Sequential(f.transition3, f.denseblock4, f.norm5, nn.ReLU(inplace=False))),
-        ])
+        stages = OrderedDict(
+            [
+                ("stem", nn.Sequential(f.conv0, f.norm0, f.relu0)),
+                ("block1", nn.Sequential(f.pool0, f.denseblock1)),
+                ("block2", nn.Sequential(f.transition1, f.denseblock2)),
+                ("block3", nn.Sequential(f.transition2, f.denseblock3)),
+                ("block4", nn.Sequential(f.transition3, f.denseblock4, f.norm5, nn.ReLU(inplace=False))),
+            ]
+        )
         first = "stages.stem.0"
     elif key in MOBILENETS:
         f = net.features
@@ -98,22 +114,35 @@ def build_backbone(name: str, in_channels: int = 3, *, weights: WeightsPolicy | 
     else:  # pragma: no cover - the catalog lists nothing else
         raise ValueError(f"no feature taps defined for backbone {key}")
     if adapted:
-        say("info", f"{key}: first convolution rebuilt for {in_channels} bands"
-                    + (" from the pretrained RGB filters" if pretrained else ""))
+        say(
+            "info",
+            f"{key}: first convolution rebuilt for {in_channels} bands"
+            + (" from the pretrained RGB filters" if pretrained else ""),
+        )
     if output_stride != 32:
         _dilate(nn.ModuleList(stages.values()), output_stride)
     source_names = _source_names(stages, source_ids, first, _FIRST_CONV[key])
-    return FeatureBackbone(key, stages, in_channels, first, adapted, source_names=source_names,
-                           source_children=children, source_features=features, output_stride=output_stride)
+    return FeatureBackbone(
+        key,
+        stages,
+        in_channels,
+        first,
+        adapted,
+        source_names=source_names,
+        source_children=children,
+        source_features=features,
+        output_stride=output_stride,
+    )
 
 
-def _source_names(stages: OrderedDict[str, nn.Module], source_ids: dict[int, str], first: str,
-                  source_first: str) -> dict[str, str]:
+def _source_names(
+    stages: OrderedDict[str, nn.Module], source_ids: dict[int, str], first: str, source_first: str
+) -> dict[str, str]:
     """Our state-dict key -> torchvision's key of the same tensor (the rebuilt first conv by position)."""
     names = {}
     for key, tensor in nn.ModuleDict(stages).state_dict(prefix="stages.", keep_vars=True).items():
         if key.startswith(first + "."):
-            names[key] = source_first + key[len(first):]
+            names[key] = source_first + key[len(first) :]
         elif id(tensor) in source_ids:
             names[key] = source_ids[id(tensor)]
     return names

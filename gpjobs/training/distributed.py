@@ -54,6 +54,7 @@ STOP_CODES = frozenset({int(ExitCode.CANCELLED), int(ExitCode.LIFELINE_LOST)})
 
 # --- in a rank: who am I, and agreeing with the others ---------------------------------------------------
 
+
 def rank_and_world() -> tuple[int, int]:
     """(this process' rank, number of ranks); (0, 1) outside a process group."""
     if dist.is_available() and dist.is_initialized():
@@ -100,8 +101,7 @@ class _TrainingLoss(nn.Module):
 
 def _ddp(module: nn.Module, device: torch.device) -> DistributedDataParallel:
     # find_unused_parameters: some families leave parameters out of some losses (heads, frozen parts).
-    ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" \
-        else None
+    ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
     return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
 
 
@@ -115,17 +115,21 @@ def ddp_networks(model: nn.Module, device: torch.device) -> nn.Module:
     sub-networks (model.generator, model.discriminator, ...) are each wrapped in DDP. The view shares every
     parameter and buffer with `model`; `model` itself (its state_dict, its optimizers) is unchanged."""
     if any(p.requires_grad for p in model.parameters(recurse=False)):
-        raise ValueError(f"{type(model).__name__} has trainable parameters of its own; a multi-network model "
-                         "must keep them in its sub-networks to train on several devices")
+        raise ValueError(
+            f"{type(model).__name__} has trainable parameters of its own; a multi-network model "
+            "must keep them in its sub-networks to train on several devices"
+        )
     view = object.__new__(type(model))
     view.__dict__.update(model.__dict__)
-    view.__dict__["_modules"] = {name: _ddp(child, device) if child is not None and any(
-                                     p.requires_grad for p in child.parameters()) else child
-                                 for name, child in model._modules.items()}
+    view.__dict__["_modules"] = {
+        name: _ddp(child, device) if child is not None and any(p.requires_grad for p in child.parameters()) else child
+        for name, child in model._modules.items()
+    }
     return view
 
 
 # --- the launcher ----------------------------------------------------------------------------------------
+
 
 def run_training(spec: JobSpec, reporter: Reporter) -> int:
     """Run the job: in this process on one device, or one rank per device of `spec.runtime.devices`."""
@@ -134,11 +138,18 @@ def run_training(spec: JobSpec, reporter: Reporter) -> int:
     devices = list(spec.runtime.devices) or [spec.runtime.device]
     world = min(len(devices), max(1, spec.training.batch_size))
     if world < len(devices):
-        reporter.say("warning", f"batch_size {spec.training.batch_size} cannot be split over {len(devices)} devices; "
-                                f"training on {world} of them ({', '.join(devices[:world])})")
+        reporter.say(
+            "warning",
+            f"batch_size {spec.training.batch_size} cannot be split over {len(devices)} devices; "
+            f"training on {world} of them ({', '.join(devices[:world])})",
+        )
     if world == 1:
-        return int(run_job(dataclasses.replace(spec, runtime=dataclasses.replace(
-            spec.runtime, device=devices[0], devices=())), reporter))
+        return int(
+            run_job(
+                dataclasses.replace(spec, runtime=dataclasses.replace(spec.runtime, device=devices[0], devices=())),
+                reporter,
+            )
+        )
     return Launcher(spec, devices[:world], reporter).run()
 
 
@@ -180,8 +191,12 @@ class Launcher:
         spec_json = self.spec.to_json()
         for rank, device in enumerate(self.devices):
             reader, writer = self.ctx.Pipe(duplex=False)
-            process = self.ctx.Process(target=rank_main, name=f"gpjobs-rank-{rank}", daemon=False, args=(
-                spec_json, rank, self.devices, port, writer, self.stop, os.getpid()))
+            process = self.ctx.Process(
+                target=rank_main,
+                name=f"gpjobs-rank-{rank}",
+                daemon=False,
+                args=(spec_json, rank, self.devices, port, writer, self.stop, os.getpid()),
+            )
             process.start()
             writer.close()  # the rank holds the only write end: its death ends our reads (EOF)
             self.ranks.append(_Rank(process, reader, device))
@@ -255,8 +270,12 @@ class Launcher:
 
     def _ending_known(self) -> bool:
         main = self.ranks[0]
-        return (main.exitcode is not None or bool(self.failures) or bool(self.exits)
-                or any(r.foreign_signal for r in self.ranks))
+        return (
+            main.exitcode is not None
+            or bool(self.failures)
+            or bool(self.exits)
+            or any(r.foreign_signal for r in self.ranks)
+        )
 
     def _ending(self) -> int:
         main = self.ranks[0]
@@ -265,8 +284,10 @@ class Launcher:
         for index, rank in enumerate(self.ranks):
             if rank.foreign_signal:
                 sig = rank.foreign_signal
-                self.reporter.say("warning", f"rank {index} (device {rank.device}) was killed by signal {sig}; "
-                                             "stopping the job's other ranks")
+                self.reporter.say(
+                    "warning",
+                    f"rank {index} (device {rank.device}) was killed by signal {sig}; stopping the job's other ranks",
+                )
                 _die_by(sig)
         stops = [code for code in [self.stop.value, main.said_exit, *self.exits] if code in STOP_CODES]
         if stops:
@@ -297,6 +318,7 @@ def _free_port() -> int:
 
 
 # --- a rank ---------------------------------------------------------------------------------------------
+
 
 class RankReporter(Reporter):
     """A rank's reporter: rank 0 sends every event to the launcher, the others only a failure; stops when
@@ -333,8 +355,9 @@ class RankReporter(Reporter):
         super().check_stop()
 
 
-def rank_main(spec_json: str, rank: int, devices: list[str], port: int, events: Connection, stop: Any,
-              parent_pid: int) -> None:
+def rank_main(
+    spec_json: str, rank: int, devices: list[str], port: int, events: Connection, stop: Any, parent_pid: int
+) -> None:
     """One rank: join the process group, train (run_job), leave cleanly, `os._exit` with the job's code."""
     die_with_parent(parent_pid)
     reporter = RankReporter(rank, events, stop)
@@ -348,16 +371,24 @@ def rank_main(spec_json: str, rank: int, devices: list[str], port: int, events: 
         torch.set_num_threads(max(1, int(spec.runtime.num_threads)))
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method=f"tcp://127.0.0.1:{port}",
-                                rank=rank, world_size=len(devices), timeout=PROCESS_GROUP_TIMEOUT)
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo",
+            init_method=f"tcp://127.0.0.1:{port}",
+            rank=rank,
+            world_size=len(devices),
+            timeout=PROCESS_GROUP_TIMEOUT,
+        )
         joined = True
         runtime = dataclasses.replace(spec.runtime, device=devices[rank], devices=tuple(devices))
         code = int(run_job(dataclasses.replace(spec, runtime=runtime), reporter))
     except BaseException as exc:  # noqa: BLE001 - the rank must still say why and leave
         traceback.print_exc()
-        reporter.emit("failed", exit_code=int(ExitCode.ERROR),
-                      text=f"Training failed on rank {rank} ({devices[rank]}): {type(exc).__name__}: {exc}",
-                      details=[])
+        reporter.emit(
+            "failed",
+            exit_code=int(ExitCode.ERROR),
+            text=f"Training failed on rank {rank} ({devices[rank]}): {type(exc).__name__}: {exc}",
+            details=[],
+        )
     finally:
         if joined:
             with contextlib.suppress(Exception):

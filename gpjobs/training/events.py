@@ -31,9 +31,11 @@ class StopRequested(Exception):
 def format_epoch(event: dict[str, Any]) -> str:
     """`Epoch 3/10: train_loss 0.4100 valid_loss 0.3800 accuracy 0.9100 (12.5 s)`."""
     shown = "".join(f" {k} {v:.4f}" for k, v in (event.get("metrics") or {}).items())
-    return (f"Epoch {event['epoch']}/{event['max_epochs']}: train_loss {event['train_loss']:.4f} "
-            f"valid_loss {event['valid_loss']:.4f}{shown} ({event.get('seconds', 0):.1f} s)"
-            + (" *" if event.get("best") else ""))
+    return (
+        f"Epoch {event['epoch']}/{event['max_epochs']}: train_loss {event['train_loss']:.4f} "
+        f"valid_loss {event['valid_loss']:.4f}{shown} ({event.get('seconds', 0):.1f} s)"
+        + (" *" if event.get("best") else "")
+    )
 
 
 class Reporter(abc.ABC):

@@ -22,10 +22,19 @@ class FeatureBackbone(nn.Module):
     under other layouts (fastai's `create_body`, torchvision detectors) onto these stages.
     """
 
-    def __init__(self, name: str, stages: OrderedDict[str, nn.Module], in_channels: int,
-                 first_conv_name: str, first_conv_adapted: bool, *, source_names: dict[str, str] | None = None,
-                 source_children: list[str] | None = None, source_features: list[str] | None = None,
-                 output_stride: int = 32) -> None:
+    def __init__(
+        self,
+        name: str,
+        stages: OrderedDict[str, nn.Module],
+        in_channels: int,
+        first_conv_name: str,
+        first_conv_adapted: bool,
+        *,
+        source_names: dict[str, str] | None = None,
+        source_children: list[str] | None = None,
+        source_features: list[str] | None = None,
+        output_stride: int = 32,
+    ) -> None:
         super().__init__()
         self.name = name
         self.stages = nn.ModuleDict(stages)
@@ -71,8 +80,16 @@ def adapt_first_conv(conv: nn.Conv2d, in_channels: int, pretrained: bool) -> tup
     if in_channels == conv.in_channels:
         return conv, False
     # torch annotates a Conv2d's own kernel_size/stride/padding/dilation as tuple[int, ...]; they are pairs
-    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride,  # type: ignore[arg-type]
-                    conv.padding, conv.dilation, conv.groups, conv.bias is not None)  # type: ignore[arg-type]
+    new = nn.Conv2d(
+        in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,  # type: ignore[arg-type]
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        conv.bias is not None,
+    )  # type: ignore[arg-type]
     if pretrained:
         with torch.no_grad():
             new.weight.copy_(spread_band_filters(conv.weight, in_channels))

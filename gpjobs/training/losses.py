@@ -13,9 +13,18 @@ class SegmentationLoss:
     """Cross-entropy per pixel with class weights (class_balancing, ignore_classes = weight 0),
     optionally per-pixel focal (gamma 2) and a dice share (dice_loss_fraction)."""
 
-    def __init__(self, num_outputs: int, *, class_weights: torch.Tensor | None = None,
-                 ignore_indices: list[int] | None = None, focal: bool = False, gamma: float = 2.0,
-                 dice_fraction: float = 0.0, dice_average: str = "micro", weighted_dice: bool = False) -> None:
+    def __init__(
+        self,
+        num_outputs: int,
+        *,
+        class_weights: torch.Tensor | None = None,
+        ignore_indices: list[int] | None = None,
+        focal: bool = False,
+        gamma: float = 2.0,
+        dice_fraction: float = 0.0,
+        dice_average: str = "micro",
+        weighted_dice: bool = False,
+    ) -> None:
         weights = torch.ones(num_outputs) if class_weights is None else class_weights.clone().float()
         for index in ignore_indices or []:
             weights[index] = 0.0
@@ -66,8 +75,9 @@ class SegmentationLoss:
         return 1.0 - (2 * (inter * w).sum(1) + 1.0) / ((total * w).sum(1) + 1.0)
 
 
-def mixup(images: torch.Tensor, alpha: float = 0.4, generator: torch.Generator | None = None
-          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def mixup(
+    images: torch.Tensor, alpha: float = 0.4, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """fastai's MixUpCallback: lambda ~ Beta(alpha, alpha) per chip, lambda = max(lambda, 1 - lambda).
 
     Returns (mixed images, lambda (B,), partner permutation).

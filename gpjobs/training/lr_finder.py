@@ -53,7 +53,7 @@ def smoothing_window(points: int) -> float:
 def running_median(values: list[float], window: float) -> list[float]:
     """Centred running median over ~`window` points: no lag, and one wild batch cannot move it."""
     half = max(1, int(window) // 2)
-    return [statistics.median(values[max(0, i - half):i + half + 1]) for i in range(len(values))]
+    return [statistics.median(values[max(0, i - half) : i + half + 1]) for i in range(len(values))]
 
 
 def batch_noise(raw: list[float]) -> float:
@@ -68,30 +68,38 @@ def pick_learning_rate(lrs: list[float], raw: list[float], default: float = DEFA
     if n < 3:
         raise ValueError("the learning-rate sweep produced fewer than 3 points")
     smooth = running_median(raw, smoothing_window(n))
-    start = statistics.median(raw[:max(3, n // 5)])  # rates too small to change anything yet
+    start = statistics.median(raw[: max(3, n // 5)])  # rates too small to change anything yet
     margin = NOISE_MARGIN * batch_noise(raw)
     lowest = min(range(n), key=smooth.__getitem__)
     drop = start - smooth[lowest]
     if drop > margin:  # the sweep learned: take the end of the descent (flat or noisy after it, or diverging)
         knee = next(i for i in range(n) if smooth[i] <= smooth[lowest] + KNEE * drop)
         if lrs[knee] / 10 > HIGHEST_CHOICE:
-            return HIGHEST_CHOICE, (f"the loss stopped falling at {lrs[knee]:.1e}; a tenth of that, capped at "
-                                    f"{HIGHEST_CHOICE:.0e}")
+            return HIGHEST_CHOICE, (
+                f"the loss stopped falling at {lrs[knee]:.1e}; a tenth of that, capped at {HIGHEST_CHOICE:.0e}"
+            )
         return lrs[knee] / 10, f"the loss stopped falling at {lrs[knee]:.1e}; a tenth of that"
     # Only noise: the loss rose for good (it stays above the start to the end of the sweep) from `rise` on.
     above = [v > start + margin for v in smooth]
     rise = next((i for i in range(n) if all(above[i:])), None)
     if rise is not None and lrs[rise] / 10 < default:
-        return lrs[rise] / 10, (f"no fall beyond the noise, and the loss rose from {lrs[rise]:.1e}; a tenth of "
-                                "that")
+        return lrs[rise] / 10, (f"no fall beyond the noise, and the loss rose from {lrs[rise]:.1e}; a tenth of that")
     return default, f"no fall beyond the noise; the default {default:.0e}"
 
 
-def lr_range_test(model: torch.nn.Module, optimizer_factory: Callable[[], torch.optim.Optimizer],
-                  step: Callable[[Any], torch.Tensor], batches: Callable[[], Any], *, num_it: int = MOST_POINTS,
-                  start_lr: float = START_LR, end_lr: float = END_LR, default_lr: float = DEFAULT_LR,
-                  check_stop: Callable[[], None] = lambda: None,
-                  on_step: Callable[[int, int], None] = lambda i, total: None) -> dict[str, Any]:
+def lr_range_test(
+    model: torch.nn.Module,
+    optimizer_factory: Callable[[], torch.optim.Optimizer],
+    step: Callable[[Any], torch.Tensor],
+    batches: Callable[[], Any],
+    *,
+    num_it: int = MOST_POINTS,
+    start_lr: float = START_LR,
+    end_lr: float = END_LR,
+    default_lr: float = DEFAULT_LR,
+    check_stop: Callable[[], None] = lambda: None,
+    on_step: Callable[[int, int], None] = lambda i, total: None,
+) -> dict[str, Any]:
     """Sweep the learning rate exponentially over `num_it` batches (repeating epochs if needed) and stop early
     when the running smoothed loss exceeds DIVERGED x its best or turns NaN; the model's weights are restored
     and its gradients cleared.
@@ -115,7 +123,7 @@ def lr_range_test(model: torch.nn.Module, optimizer_factory: Callable[[], torch.
             except StopIteration:
                 iterator = iter(batches())
                 batch = next(iterator)
-            lr = start_lr * ratio ** i
+            lr = start_lr * ratio**i
             for group in optimizer.param_groups:
                 group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
@@ -140,5 +148,12 @@ def lr_range_test(model: torch.nn.Module, optimizer_factory: Callable[[], torch.
     if len(lrs) < 3:
         raise FloatingPointError("the learning-rate range test diverged at once; set learning_rate explicitly")
     chosen, reason = pick_learning_rate(lrs, raw, default_lr)
-    return {"lrs": lrs, "raw": raw, "losses": running_median(raw, smoothing_window(len(raw))), "chosen": chosen,
-            "reason": reason, "points": num_it, "diverged": diverged}
+    return {
+        "lrs": lrs,
+        "raw": raw,
+        "losses": running_median(raw, smoothing_window(len(raw))),
+        "chosen": chosen,
+        "reason": reason,
+        "points": num_it,
+        "diverged": diverged,
+    }

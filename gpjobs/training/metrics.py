@@ -43,9 +43,15 @@ def per_class_scores(matrix: torch.Tensor, names: Sequence[str]) -> dict[str, di
     f1 = torch.where(denom > 0, 2 * precision * recall / denom.clamp_min(1e-12), torch.zeros_like(tp))
     union = predicted + actual - tp
     iou = torch.where(union > 0, tp / union.clamp_min(1), torch.zeros_like(tp))
-    return {name: {"precision": round(float(precision[i]), 10), "recall": round(float(recall[i]), 10),
-                   "f1": round(float(f1[i]), 10), "iou": round(float(iou[i]), 10)}
-            for i, name in enumerate(names)}
+    return {
+        name: {
+            "precision": round(float(precision[i]), 10),
+            "recall": round(float(recall[i]), 10),
+            "f1": round(float(f1[i]), 10),
+            "iou": round(float(iou[i]), 10),
+        }
+        for i, name in enumerate(names)
+    }
 
 
 def segmentation_metrics(matrix: torch.Tensor, names: Sequence[str]) -> dict[str, Any]:
@@ -64,13 +70,22 @@ def classification_metrics(matrix: torch.Tensor, names: Sequence[str]) -> dict[s
     """accuracy, per-class precision/recall/f1 and the confusion matrix (nested lists)."""
     m = matrix.double()
     total = m.sum()
-    return {"accuracy": float(m.diag().sum() / total) if total > 0 else 0.0,
-            "per_class_metrics": per_class_scores(matrix, names),
-            "confusion_matrix": matrix.tolist()}
+    return {
+        "accuracy": float(m.diag().sum() / total) if total > 0 else 0.0,
+        "per_class_metrics": per_class_scores(matrix, names),
+        "confusion_matrix": matrix.tolist(),
+    }
 
 
-def multilabel_metrics(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor, correct: int, total: int,
-                       names: Sequence[str], beta: float = 2.0) -> dict[str, Any]:
+def multilabel_metrics(
+    tp: torch.Tensor,
+    fp: torch.Tensor,
+    fn: torch.Tensor,
+    correct: int,
+    total: int,
+    names: Sequence[str],
+    beta: float = 2.0,
+) -> dict[str, Any]:
     """accuracy (label-wise, threshold 0.5 as fastai accuracy_multi), micro F-beta (fastai default beta 2)."""
     tp_s, fp_s, fn_s = float(tp.sum()), float(fp.sum()), float(fn.sum())
     precision = tp_s / (tp_s + fp_s) if tp_s + fp_s else 0.0

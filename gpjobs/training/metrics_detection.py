@@ -103,8 +103,14 @@ class DetectionEvaluator:
     IoU is computed on instance masks (mask AP) instead of boxes.
     """
 
-    def __init__(self, num_classes: int, *, iou_thresh: float = ESRI_IOU_THRESH, detect_thresh: float = 0.2,
-                 use_masks: bool = False) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        iou_thresh: float = ESRI_IOU_THRESH,
+        detect_thresh: float = 0.2,
+        use_masks: bool = False,
+    ) -> None:
         self.num_classes = num_classes
         self.iou_thresh = float(iou_thresh)
         self.detect_thresh = float(detect_thresh)

@@ -46,9 +46,14 @@ def save_segmentation_grid(images, truth, pred, colors: np.ndarray, path: Path, 
     fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.5 * n), squeeze=False)
     for i in range(n):
         picture = display_rgb(images[i])
-        for ax, (title, shown) in zip(axes[i], (("image", picture),
-                                                ("ground truth", colors[truth[i].cpu().numpy()]),
-                                                ("prediction", colors[pred[i].cpu().numpy()]))):
+        for ax, (title, shown) in zip(
+            axes[i],
+            (
+                ("image", picture),
+                ("ground truth", colors[truth[i].cpu().numpy()]),
+                ("prediction", colors[pred[i].cpu().numpy()]),
+            ),
+        ):
             ax.imshow(shown, interpolation="nearest")
             ax.set_title(title, fontsize=8)
             ax.axis("off")
@@ -142,17 +147,35 @@ def _per_class_tables(metrics: dict[str, Any]) -> list[str]:
         per_class = json.loads(per_class)
     if isinstance(per_class, dict) and per_class:
         cols = list(next(iter(per_class.values())).keys())
-        tables.append("<table border='1'><tr><th>class</th>" + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr>"
-                      + "".join(f"<tr><td>{e(name)}</td>" + "".join(f"<td>{row[c]:.4f}</td>" for c in cols)
-                                + "</tr>" for name, row in per_class.items()) + "</table>")
-    ap = {key: value for key, value in metrics.items()
-          if key.endswith("average_precision_score") and isinstance(value, dict) and value}
+        tables.append(
+            "<table border='1'><tr><th>class</th>"
+            + "".join(f"<th>{e(c)}</th>" for c in cols)
+            + "</tr>"
+            + "".join(
+                f"<tr><td>{e(name)}</td>" + "".join(f"<td>{row[c]:.4f}</td>" for c in cols) + "</tr>"
+                for name, row in per_class.items()
+            )
+            + "</table>"
+        )
+    ap = {
+        key: value
+        for key, value in metrics.items()
+        if key.endswith("average_precision_score") and isinstance(value, dict) and value
+    }
     if ap:
         names = list(next(iter(ap.values())))
-        tables.append("<table border='1'><tr><th>class</th>" + "".join(f"<th>{e(k)}</th>" for k in ap) + "</tr>"
-                      + "".join(f"<tr><td>{e(str(name))}</td>"
-                                + "".join(f"<td>{float(values.get(name, 0.0)):.4f}</td>" for values in ap.values())
-                                + "</tr>" for name in names) + "</table>")
+        tables.append(
+            "<table border='1'><tr><th>class</th>"
+            + "".join(f"<th>{e(k)}</th>" for k in ap)
+            + "</tr>"
+            + "".join(
+                f"<tr><td>{e(str(name))}</td>"
+                + "".join(f"<td>{float(values.get(name, 0.0)):.4f}</td>" for values in ap.values())
+                + "</tr>"
+                for name in names
+            )
+            + "</table>"
+        )
     return tables
 
 
@@ -165,74 +188,137 @@ def schedule_rows(schedule: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [("learning rate", f"{_rate(schedule['learning_rate'])} ({schedule['learning_rate_how']})")]
     backbone = schedule.get("backbone")
     if backbone is not None:
-        rows.append(("backbone", f"{'frozen' if backbone['frozen'] else 'trained'}, learning rate "
-                                 f"{_rate(schedule['backbone_learning_rate'])}"
-                                 + (f": {backbone['why']}" if backbone.get("why") else "")))
+        rows.append(
+            (
+                "backbone",
+                f"{'frozen' if backbone['frozen'] else 'trained'}, learning rate "
+                f"{_rate(schedule['backbone_learning_rate'])}"
+                + (f": {backbone['why']}" if backbone.get("why") else ""),
+            )
+        )
     finder = schedule.get("lr_finder")
     if finder:
-        rows.append(("learning-rate range test",
-                     f"{finder['steps']} of at most {finder['most_steps']} steps from {finder['from']:.1e} to "
-                     f"{finder['to']:.1e}" + (" (stopped: the loss diverged)" if finder["diverged"] else "")
-                     + f"; chose {finder['chosen']:.4e}: {finder['rule']}"))
+        rows.append(
+            (
+                "learning-rate range test",
+                f"{finder['steps']} of at most {finder['most_steps']} steps from {finder['from']:.1e} to "
+                f"{finder['to']:.1e}"
+                + (" (stopped: the loss diverged)" if finder["diverged"] else "")
+                + f"; chose {finder['chosen']:.4e}: {finder['rule']}",
+            )
+        )
     cycle = schedule["one_cycle"]
     rows.append(("optimizer", schedule["optimizer"]))
-    rows.append(("one-cycle schedule",
-                 f"{cycle['steps']} steps; warm-up over the first {cycle['warmup_share']:.0%} from "
-                 f"{cycle['start_lr']:.2e} to the peak, then cosine down to {cycle['final_lr']:.2e}"
-                 + (f"; Adam beta1 {cycle['beta1']}" if cycle.get("beta1") else "")))
+    rows.append(
+        (
+            "one-cycle schedule",
+            f"{cycle['steps']} steps; warm-up over the first {cycle['warmup_share']:.0%} from "
+            f"{cycle['start_lr']:.2e} to the peak, then cosine down to {cycle['final_lr']:.2e}"
+            + (f"; Adam beta1 {cycle['beta1']}" if cycle.get("beta1") else ""),
+        )
+    )
     if schedule.get("clip_grad_norm"):
         rows.append(("gradient clipping", f"norm {schedule['clip_grad_norm']:g}"))
     chips = ""
     if schedule.get("training_chips") is not None:
-        chips = (f"; {schedule['training_chips']} training chips, {schedule['validation_chips']} validation chips "
-                 "(held out of training)")
+        chips = (
+            f"; {schedule['training_chips']} training chips, {schedule['validation_chips']} validation chips "
+            "(held out of training)"
+        )
     rows.append(("batches", f"{schedule['batches_per_epoch']} per epoch of {schedule['batch_size']}{chips}"))
     if schedule.get("augment") is not None:
-        rows.append(("augmentation", "flips and 90-degree turns of the training chips" if schedule["augment"]
-                     else "none (training chips as they are)"))
+        rows.append(
+            (
+                "augmentation",
+                "flips and 90-degree turns of the training chips"
+                if schedule["augment"]
+                else "none (training chips as they are)",
+            )
+        )
     stop = schedule["early_stopping"]
-    rows.append(("epochs", f"{schedule['epochs_run']} run of {schedule['max_epochs']}; best epoch "
-                           f"{schedule['best_epoch']} (by {stop['monitor']})"
-                           + (f"; resumed after epoch {schedule['resumed_from_epoch']}"
-                              if schedule.get("resumed_from_epoch") else "")))
-    rows.append(("early stopping", "off" if not stop["enabled"] else (
-        f"patience {stop['patience']} epochs, min_delta {stop['min_delta']:g} on {stop['monitor']}"
-        + ("; stopped early" if stop["stopped"] else "; did not trigger"))))
+    rows.append(
+        (
+            "epochs",
+            f"{schedule['epochs_run']} run of {schedule['max_epochs']}; best epoch "
+            f"{schedule['best_epoch']} (by {stop['monitor']})"
+            + (f"; resumed after epoch {schedule['resumed_from_epoch']}" if schedule.get("resumed_from_epoch") else ""),
+        )
+    )
+    rows.append(
+        (
+            "early stopping",
+            "off"
+            if not stop["enabled"]
+            else (
+                f"patience {stop['patience']} epochs, min_delta {stop['min_delta']:g} on {stop['monitor']}"
+                + ("; stopped early" if stop["stopped"] else "; did not trigger")
+            ),
+        )
+    )
     rows.append(("seed", str(schedule["seed"])))
     return rows
 
 
-def write_metrics_html(path: Path, *, model_name: str, model_type: str, backbone: str, learning_rate: str,
-                       metrics: dict[str, Any], history: Sequence[dict[str, Any]], characteristics: Path,
-                       schedule: dict[str, Any] | None = None) -> None:
+def write_metrics_html(
+    path: Path,
+    *,
+    model_name: str,
+    model_type: str,
+    backbone: str,
+    learning_rate: str,
+    metrics: dict[str, Any],
+    history: Sequence[dict[str, Any]],
+    characteristics: Path,
+    schedule: dict[str, Any] | None = None,
+) -> None:
     """model_metrics.html: an HTML fragment like arcgis.learn's (export-format.md §3.5), plus the validation
     metrics per class and the training schedule that produced them."""
     e = html.escape
-    parts = [f"<h2>{e(model_name)}</h2>",
-             (f"<p><b>Model type:</b> {e(model_type)}<br><b>Backbone:</b> {e(backbone)}<br>"
-             f"<b>Learning rate:</b> {e(learning_rate)}</p>"),
-             "<h3>Training and Validation loss</h3>", _img(characteristics / "loss_graph.png")]
+    parts = [
+        f"<h2>{e(model_name)}</h2>",
+        (
+            f"<p><b>Model type:</b> {e(model_type)}<br><b>Backbone:</b> {e(backbone)}<br>"
+            f"<b>Learning rate:</b> {e(learning_rate)}</p>"
+        ),
+        "<h3>Training and Validation loss</h3>",
+        _img(characteristics / "loss_graph.png"),
+    ]
     scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     where = ""
     if schedule:
         chips = schedule.get("validation_chips")
         where = (f"<p>On the {chips} validation chips" if chips is not None else "<p>On the validation chips") + (
             f", held out of training, at the best epoch ({schedule['best_epoch']}, chosen on them by "
-            f"{e(schedule['early_stopping']['monitor'])}).</p>")
-    parts.append("<h3>Analysis of the model</h3>" + where + "<table border='1'>"
-                 + "".join(f"<tr><td>{e(k)}</td><td>{v:.4f}</td></tr>" for k, v in scalars.items()) + "</table>")
+            f"{e(schedule['early_stopping']['monitor'])}).</p>"
+        )
+    parts.append(
+        "<h3>Analysis of the model</h3>"
+        + where
+        + "<table border='1'>"
+        + "".join(f"<tr><td>{e(k)}</td><td>{v:.4f}</td></tr>" for k, v in scalars.items())
+        + "</table>"
+    )
     parts.extend(_per_class_tables(metrics))
     if schedule:
-        parts.append("<h3>Training schedule</h3><table border='1'>"
-                     + "".join(f"<tr><td>{e(label)}</td><td>{e(text)}</td></tr>"
-                               for label, text in schedule_rows(schedule)) + "</table>")
+        parts.append(
+            "<h3>Training schedule</h3><table border='1'>"
+            + "".join(f"<tr><td>{e(label)}</td><td>{e(text)}</td></tr>" for label, text in schedule_rows(schedule))
+            + "</table>"
+        )
     if history:
         keys = [k for k in history[0] if k not in ("epoch", "seconds")]
-        parts.append("<h3>Epochs</h3><table border='1'><tr><th>epoch</th>"
-                     + "".join(f"<th>{e(k)}</th>" for k in keys) + "</tr>"
-                     + "".join(f"<tr><td>{h['epoch']}</td>" + "".join(
-                         f"<td>{h[k]:.4f}</td>" if isinstance(h.get(k), (int, float)) else "<td></td>" for k in keys)
-                               + "</tr>" for h in history) + "</table>")
+        parts.append(
+            "<h3>Epochs</h3><table border='1'><tr><th>epoch</th>"
+            + "".join(f"<th>{e(k)}</th>" for k in keys)
+            + "</tr>"
+            + "".join(
+                f"<tr><td>{h['epoch']}</td>"
+                + "".join(f"<td>{h[k]:.4f}</td>" if isinstance(h.get(k), (int, float)) else "<td></td>" for k in keys)
+                + "</tr>"
+                for h in history
+            )
+            + "</table>"
+        )
     if (characteristics / "lr_finder.png").is_file():
         parts.append("<h3>Learning-rate range test</h3>" + _img(characteristics / "lr_finder.png"))
     parts.append("<h3>Sample Results</h3>" + _img(characteristics / "show_results.png"))

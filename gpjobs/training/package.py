@@ -42,10 +42,20 @@ def _lr_text(lr: float, backbone_lr: float | None) -> str:
     return f"slice('{backbone_lr:.4e}', '{lr:.4e}', None)"
 
 
-def write_package(output_dir: Path, name: str, *, family: ModelFamily, model: torch.nn.Module,
-                  fit: FitResult, show_batch: Any, weights_outcome: str, arguments: dict[str, Any],
-                  export_emd: dict[str, Any] | None = None, say: Callable[[str, str], None] | None = None,
-                  extra_emd: dict[str, Any] | None = None) -> Path:
+def write_package(
+    output_dir: Path,
+    name: str,
+    *,
+    family: ModelFamily,
+    model: torch.nn.Module,
+    fit: FitResult,
+    show_batch: Any,
+    weights_outcome: str,
+    arguments: dict[str, Any],
+    export_emd: dict[str, Any] | None = None,
+    say: Callable[[str, str], None] | None = None,
+    extra_emd: dict[str, Any] | None = None,
+) -> Path:
     """Write the model folder and `<output_dir>/<name>.dlpk`; returns the .dlpk path."""
     from gpjobs.training import model_card
 
@@ -76,46 +86,79 @@ def write_package(output_dir: Path, name: str, *, family: ModelFamily, model: to
     emd: dict[str, Any] = {**family.emd_fields(fit.best_metrics)}
     emd.update(info.to_emd())
     export_emd = export_emd or {}
-    emd.update({
-        "ModelFile": f"{name}.pth",
-        "ModelFormat": "NCHW",
-        "ImageSpaceUsed": emd.get("ImageSpaceUsed") or export_emd.get("ImageSpaceUsed") or "MAP_SPACE",
-        "LearningRate": _lr_text(fit.learning_rate, fit.backbone_learning_rate),
-        "backend": "pytorch",
-        "backbone": family.backbone.lower(),
-        f"monitored_{fit.monitor}": fit.best_score,
-        "resize_to": None,
-        "PretrainedWeights": weights_outcome,
-        "TorchScriptFile": torchscript,
-        "TorchVersion": torch.__version__.split("+")[0],
-        "OldestTorchVersion": OLDEST_TORCH,
-        "GpjobsInference": spec,
-        "GpjobsVersion": GPJOBS_VERSION,
-        "Gpjobs": {
-            "model_type": family.model_type.name, "backbone": family.backbone, "arguments": arguments,
-            "format": info.format, "task": info.task, "source_bands": info.source_bands, "dtype": info.dtype,
-            "best_epoch": fit.best_epoch, "epochs_run": fit.epochs_run, "stopped_early": fit.stopped_early,
-            "valid_loss": fit.best_valid_loss,
-            "learning_rate": fit.learning_rate,
-            "lr_finder": None if not fit.lr_find else {
-                "chosen": fit.lr_find["chosen"], "points": len(fit.lr_find["lrs"]),
-                "min_lr": fit.lr_find["lrs"][0], "max_lr": fit.lr_find["lrs"][-1]},
-            "schedule": fit.schedule,
-        },
-    })
+    emd.update(
+        {
+            "ModelFile": f"{name}.pth",
+            "ModelFormat": "NCHW",
+            "ImageSpaceUsed": emd.get("ImageSpaceUsed") or export_emd.get("ImageSpaceUsed") or "MAP_SPACE",
+            "LearningRate": _lr_text(fit.learning_rate, fit.backbone_learning_rate),
+            "backend": "pytorch",
+            "backbone": family.backbone.lower(),
+            f"monitored_{fit.monitor}": fit.best_score,
+            "resize_to": None,
+            "PretrainedWeights": weights_outcome,
+            "TorchScriptFile": torchscript,
+            "TorchVersion": torch.__version__.split("+")[0],
+            "OldestTorchVersion": OLDEST_TORCH,
+            "GpjobsInference": spec,
+            "GpjobsVersion": GPJOBS_VERSION,
+            "Gpjobs": {
+                "model_type": family.model_type.name,
+                "backbone": family.backbone,
+                "arguments": arguments,
+                "format": info.format,
+                "task": info.task,
+                "source_bands": info.source_bands,
+                "dtype": info.dtype,
+                "best_epoch": fit.best_epoch,
+                "epochs_run": fit.epochs_run,
+                "stopped_early": fit.stopped_early,
+                "valid_loss": fit.best_valid_loss,
+                "learning_rate": fit.learning_rate,
+                "lr_finder": None
+                if not fit.lr_find
+                else {
+                    "chosen": fit.lr_find["chosen"],
+                    "points": len(fit.lr_find["lrs"]),
+                    "min_lr": fit.lr_find["lrs"][0],
+                    "max_lr": fit.lr_find["lrs"][-1],
+                },
+                "schedule": fit.schedule,
+            },
+        }
+    )
     for key in ("MinCellSize", "MaxCellSize"):
         if key not in emd and key in export_emd:
             emd[key] = export_emd[key]
     emd.update(extra_emd or {})
     (folder / f"{name}.emd").write_text(json.dumps(emd, indent=4, default=str), encoding="utf-8")
-    (folder / "training_log.json").write_text(json.dumps({
-        "history": fit.history, "batch_losses": fit.batch_losses, "lr_finder": fit.lr_find,
-        "best_epoch": fit.best_epoch, "monitor": fit.monitor, "best_score": fit.best_score,
-        "metrics": fit.best_metrics}, indent=1, default=str), encoding="utf-8")
+    (folder / "training_log.json").write_text(
+        json.dumps(
+            {
+                "history": fit.history,
+                "batch_losses": fit.batch_losses,
+                "lr_finder": fit.lr_find,
+                "best_epoch": fit.best_epoch,
+                "monitor": fit.monitor,
+                "best_score": fit.best_score,
+                "metrics": fit.best_metrics,
+            },
+            indent=1,
+            default=str,
+        ),
+        encoding="utf-8",
+    )
     model_card.write_metrics_html(
-        folder / "model_metrics.html", model_name=name, model_type=family.model_type.name,
-        backbone=family.backbone.lower(), learning_rate=emd["LearningRate"], metrics=fit.best_metrics,
-        history=fit.history, characteristics=chars, schedule=fit.schedule)
+        folder / "model_metrics.html",
+        model_name=name,
+        model_type=family.model_type.name,
+        backbone=family.backbone.lower(),
+        learning_rate=emd["LearningRate"],
+        metrics=fit.best_metrics,
+        history=fit.history,
+        characteristics=chars,
+        schedule=fit.schedule,
+    )
 
     dlpk = Path(output_dir) / f"{name}.dlpk"
 
@@ -125,15 +168,19 @@ def write_package(output_dir: Path, name: str, *, family: ModelFamily, model: to
                 if path.is_file():
                     # float weights and PNGs do not compress; storing them keeps packaging fast
                     stored = path.suffix.lower() in (".pth", ".pt", ".png")
-                    zf.write(path, path.relative_to(folder).as_posix(),
-                             compress_type=zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED)
+                    zf.write(
+                        path,
+                        path.relative_to(folder).as_posix(),
+                        compress_type=zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED,
+                    )
 
     atomic_write(dlpk, write_zip)
     return dlpk
 
 
-def _write_network(folder: Path, name: str, family: ModelFamily, model: torch.nn.Module,
-                   say: Callable[[str, str], None]) -> tuple[str | None, dict[str, Any] | None]:
+def _write_network(
+    folder: Path, name: str, family: ModelFamily, model: torch.nn.Module, say: Callable[[str, str], None]
+) -> tuple[str | None, dict[str, Any] | None]:
     """`<name>.pt`: the family's deployable network traced; returns (file name, GpjobsInference spec)."""
     try:
         network = family.deployable(model).eval()
@@ -145,8 +192,11 @@ def _write_network(folder: Path, name: str, family: ModelFamily, model: torch.nn
         traced.save(str(folder / f"{name}.pt"))
         return f"{name}.pt", {"interface": 1, **family.inference_spec(network)}
     except Exception as exc:  # the .pth still holds the model (gpjobs predict, fine-tuning); ArcGIS cannot run it
-        say("warning", f"TorchScript export failed, so ArcGIS cannot run this package ({family.inference_function} "
-                       f"needs {name}.pt): {type(exc).__name__}: {exc}")
+        say(
+            "warning",
+            f"TorchScript export failed, so ArcGIS cannot run this package ({family.inference_function} "
+            f"needs {name}.pt): {type(exc).__name__}: {exc}",
+        )
         return None, None
 
 
@@ -171,8 +221,9 @@ def load_model(package: Package, *, say: Callable[[str, str], None] | None = Non
 
     args = parse_arguments(model_type, package.arguments)
     backbone = package.backbone or model_type.default_backbone or ""  # "": a fixed network (resolve_backbone)
-    family = family_for(model_type.name)(model_type, info, backbone, args,
-                                         WeightsPolicy.skip("weights come from the package"), say)
+    family = family_for(model_type.name)(
+        model_type, info, backbone, args, WeightsPolicy.skip("weights come from the package"), say
+    )
     family.load_emd(package.emd)
     model = family.build()
     with package.open_weights() as weights:

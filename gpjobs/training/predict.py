@@ -34,7 +34,7 @@ def run_predict(args: argparse.Namespace) -> int:
             if getattr(family, "sequence_input", False):  # a tracker: the chips are the frames of one sequence
                 groups = [(chips, _track(family, model, chips, args, info))]
             else:
-                groups = ((chips[s:s + args.batch_size], None) for s in range(0, len(chips), max(1, args.batch_size)))
+                groups = ((chips[s : s + args.batch_size], None) for s in range(0, len(chips), max(1, args.batch_size)))
             for group, predictions in groups:
                 if predictions is None:
                     predictions = family.predict(model, torch.stack([_model_input(family, c, info) for c in group]))
@@ -73,15 +73,17 @@ def _first_box(args: argparse.Namespace, first: Path) -> list[float]:
         except ValueError:
             box = []
         if len(box) != 4 or not (box[0] < box[2] and box[1] < box[3]):
-            raise ArgumentError(f"--box {args.box!r}: give X0,Y0,X1,Y1 in pixels of the first frame "
-                                "(X0 < X1, Y0 < Y1)")
+            raise ArgumentError(f"--box {args.box!r}: give X0,Y0,X1,Y1 in pixels of the first frame (X0 < X1, Y0 < Y1)")
         return box
     annotation = annotation_for(first)
     objects = dict(frame_objects(annotation)) if annotation is not None else {}
     wanted = int(args.object) if getattr(args, "object", None) else min(objects, default=None)
     if wanted not in objects:
-        where = (f"object {wanted} is not in {annotation.name}" if annotation is not None else
-                 "the first frame has no annotation in Annotations/<sequence>/ to take it from")
+        where = (
+            f"object {wanted} is not in {annotation.name}"
+            if annotation is not None
+            else "the first frame has no annotation in Annotations/<sequence>/ to take it from"
+        )
         raise ArgumentError(f"{first.name}: give the tracked object's box with --box X0,Y0,X1,Y1 ({where})")
     return list(objects[wanted])
 
@@ -119,8 +121,9 @@ def _read(chip: Path, info):
 
     array = read_chip(chip)
     if array.shape[2] != info.bands and info.source_bands and array.shape[2] != info.source_bands:
-        raise SystemExit(f"{chip.name} has {array.shape[2]} bands; the model was trained on "
-                         f"{info.source_bands} (using {info.bands})")
+        raise SystemExit(
+            f"{chip.name} has {array.shape[2]} bands; the model was trained on {info.source_bands} (using {info.bands})"
+        )
     return array
 
 
@@ -150,17 +153,25 @@ def _print(chip: Path, prediction: dict, as_json: bool) -> None:
     elif "boxes" in prediction:
         text = f"{len(prediction['boxes'])} boxes: " + "; ".join(
             f"{lab} {s:.2f} [{', '.join(f'{v:.0f}' for v in box)}]"
-            for box, s, lab in zip(prediction["boxes"], prediction.get("scores", []),
-                                   prediction.get("labels", prediction.get("class_names", []))))
+            for box, s, lab in zip(
+                prediction["boxes"],
+                prediction.get("scores", []),
+                prediction.get("labels", prediction.get("class_names", [])),
+            )
+        )
     elif "caption" in prediction:
         text = f"{prediction['caption']} ({prediction['score']:.3f})"
     elif "box" in prediction and "mask_pixels" in prediction:
-        text = (f"box [{', '.join(f'{v:.1f}' for v in prediction['box'])}] score {prediction['score']:.3f}, "
-                f"mask {prediction['mask_pixels']} px")
+        text = (
+            f"box [{', '.join(f'{v:.1f}' for v in prediction['box'])}] score {prediction['score']:.3f}, "
+            f"mask {prediction['mask_pixels']} px"
+        )
     elif "translated" in prediction:
-        text = (f"{prediction['translated']} {prediction['size'][0]}x{prediction['size'][1]}x{prediction['bands']}, "
-                f"band means {', '.join(f'{v:.1f}' for v in prediction['band_mean'])}"
-                + (f" -> {prediction['output']}" if prediction.get("output") else ""))
+        text = (
+            f"{prediction['translated']} {prediction['size'][0]}x{prediction['size'][1]}x{prediction['bands']}, "
+            f"band means {', '.join(f'{v:.1f}' for v in prediction['band_mean'])}"
+            + (f" -> {prediction['output']}" if prediction.get("output") else "")
+        )
     else:
         text = json.dumps(prediction)
     print(f"{chip.name}: {text}")

@@ -49,16 +49,29 @@ State = dict[str, torch.Tensor]
 
 # Source prefix -> our prefix, per model type, for the parts after the backbone (see the module docstring).
 _FASTAI_CLASSIFIER_HEAD = {"1.2.": "head.1.", "1.4.": "head.3.", "1.6.": "head.5.", "1.8.": "head.7."}
-_DEEPLAB_HEAD = {"classifier.": "head.", "aux_classifier.0.": "aux.0.0.", "aux_classifier.1.": "aux.0.1.",
-                 "aux_classifier.4.": "aux.2."}
+_DEEPLAB_HEAD = {
+    "classifier.": "head.",
+    "aux_classifier.0.": "aux.0.0.",
+    "aux_classifier.1.": "aux.0.1.",
+    "aux_classifier.4.": "aux.2.",
+}
 # (arcgis.learn's U-Net PSPNet follows the pyramid with a biased conv and no BatchNorm: only the pyramid maps)
-_PSPNET_HEAD = {"ppm.features.": "context.branches.", "final.0.": "context.fuse.0.", "final.1.": "context.fuse.1.",
-                "final.4.": "head.1.", "model.layers.0.8.features.": "context.branches."}
+_PSPNET_HEAD = {
+    "ppm.features.": "context.branches.",
+    "final.0.": "context.fuse.0.",
+    "final.1.": "context.fuse.1.",
+    "final.4.": "head.1.",
+    "model.layers.0.8.features.": "context.branches.",
+}
 _RCNN_HEAD = {"backbone.fpn.": "net.backbone.fpn.", "rpn.": "net.rpn.", "roi_heads.": "net.roi_heads."}
 _RETINANET_HEAD = {"backbone.fpn.": "net.backbone.fpn.", "head.": "net.head."}
 HEAD_RULES: dict[str, dict[str, str]] = {
-    "FEATURE_CLASSIFIER": _FASTAI_CLASSIFIER_HEAD, "DEEPLAB": _DEEPLAB_HEAD, "PSPNET": _PSPNET_HEAD,
-    "FASTERRCNN": _RCNN_HEAD, "MASKRCNN": _RCNN_HEAD, "RETINANET": _RETINANET_HEAD,
+    "FEATURE_CLASSIFIER": _FASTAI_CLASSIFIER_HEAD,
+    "DEEPLAB": _DEEPLAB_HEAD,
+    "PSPNET": _PSPNET_HEAD,
+    "FASTERRCNN": _RCNN_HEAD,
+    "MASKRCNN": _RCNN_HEAD,
+    "RETINANET": _RETINANET_HEAD,
 }
 
 
@@ -81,8 +94,9 @@ class LoadReport:
         return ", ".join(f"{p} {self.loaded.get(p, 0)}/{self.total[p]}" for p in order if p in self.total)
 
 
-def start_from_pretrained(model: nn.Module, family: Any, package: Package | None, weights: WeightsPolicy,
-                          say: Say) -> LoadReport | None:
+def start_from_pretrained(
+    model: nn.Module, family: Any, package: Package | None, weights: WeightsPolicy, say: Say
+) -> LoadReport | None:
     """Load a package's weights (fine-tuning) or, without one, COCO weights that fit; updates `weights.outcome`.
 
     Raises PackageError when a package leaves backbone tensors unloaded (unless allow_partial_pretrained) and
@@ -102,8 +116,10 @@ def load_package_weights(model: nn.Module, family: Any, package: Package, say: S
     name = Path(package.weights_path).name
     if package.backbone and package.backbone != str(family.backbone).upper():
         # deeper ResNets share their first blocks' shapes with shallower ones: names alone would "fit"
-        raise PackageError(f"pretrained_model {name} was trained with backbone {package.backbone}; this job builds "
-                           f"{family.backbone}. Use backbone_model {package.backbone}.")
+        raise PackageError(
+            f"pretrained_model {name} was trained with backbone {package.backbone}; this job builds "
+            f"{family.backbone}. Use backbone_model {package.backbone}."
+        )
     with package.open_weights() as weights_file:  # inside the package's store (PackageError otherwise)
         source = read_state_dict(weights_file, name)
     if package.emd.get("Gpjobs"):
@@ -116,8 +132,11 @@ def load_package_weights(model: nn.Module, family: Any, package: Package, say: S
     old = [c.get("Value") for c in package.emd.get("Classes", [])]
     new = [c.value for c in family.info.classes]
     if old != new:
-        say("warning", f"the pretrained model's classes {old} differ from the data's {new}; layers whose shape "
-                       "depends on the classes start fresh")
+        say(
+            "warning",
+            f"the pretrained model's classes {old} differ from the data's {new}; layers whose shape "
+            "depends on the classes start fresh",
+        )
     _explain(report, family, f"pretrained_model {name}", say)
     return report
 
@@ -135,12 +154,17 @@ def load_coco_weights(model: nn.Module, family: Any, weights: WeightsPolicy, say
     mapped, _ = map_foreign_state(source, model, family)
     report = _load(model, family, mapped, f"{file_name} (COCO)")
     if not report.backbone_complete:
-        raise WeightsMissing(f"COCO weights {file_name} do not fit {family.backbone}: backbone "
-                             f"{report.loaded.get('backbone', 0)}/{report.total['backbone']} tensors loaded. "
-                             "Replace the file with torchvision's, or remove it to start from ImageNet weights.")
+        raise WeightsMissing(
+            f"COCO weights {file_name} do not fit {family.backbone}: backbone "
+            f"{report.loaded.get('backbone', 0)}/{report.total['backbone']} tensors loaded. "
+            "Replace the file with torchvision's, or remove it to start from ImageNet weights."
+        )
     weights.pending = None
-    fresh = f"; {len(report.shape_mismatch)} class-dependent tensors re-initialised for {family.num_classes} " \
-            "classes" if report.shape_mismatch else ""
+    fresh = (
+        f"; {len(report.shape_mismatch)} class-dependent tensors re-initialised for {family.num_classes} classes"
+        if report.shape_mismatch
+        else ""
+    )
     weights.outcome = f"loaded {file_name} (COCO: {report.counts()} tensors{fresh})"
     weights.history.append(weights.outcome)
     say("info", f"Pretrained weights: {weights.outcome}")
@@ -158,8 +182,10 @@ def read_state_dict(source: Path | BinaryIO, name: str | None = None) -> State:
     try:
         state = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickled classes, truncated file, not a torch file
-        raise PackageError(f"{name} is not a readable PyTorch state dict ({type(exc).__name__}: "
-                           f"{exc}). Save it with torch.save(model.state_dict(), path).") from exc
+        raise PackageError(
+            f"{name} is not a readable PyTorch state dict ({type(exc).__name__}: "
+            f"{exc}). Save it with torch.save(model.state_dict(), path)."
+        ) from exc
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -167,7 +193,7 @@ def read_state_dict(source: Path | BinaryIO, name: str | None = None) -> State:
         raise PackageError(f"{name} holds a {type(state).__name__}, not a state dict")
     tensors = {str(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}
     if tensors and all(k.startswith("module.") for k in tensors):
-        tensors = {k[len("module."):]: v for k, v in tensors.items()}
+        tensors = {k[len("module.") :]: v for k, v in tensors.items()}
     for key in [k for k in tensors if k.endswith(".weight_g")]:
         base = key[: -len("_g")]
         if base + "_v" in tensors:  # torch weight_norm: w = g * v / ||v|| (norm over all but dim 0)
@@ -197,8 +223,8 @@ def map_foreign_state(source: State, model: nn.Module, family: Any) -> tuple[Sta
         own = model.state_dict()
         for key, tensor in source.items():
             for src, dst in rules.items():
-                if key.startswith(src) and dst + key[len(src):] in own:
-                    mapped[dst + key[len(src):]] = tensor
+                if key.startswith(src) and dst + key[len(src) :] in own:
+                    mapped[dst + key[len(src) :]] = tensor
     return mapped, layout
 
 
@@ -249,8 +275,11 @@ def _prefixes(source: State, anchors: list[str]) -> list[str]:
     """Every prefix P (empty or ending with '.') such that P + an anchor is a key of `source`."""
     found = set()
     for anchor in anchors:
-        found |= {k[: -len(anchor)] for k in source
-                  if k.endswith(anchor) and (len(k) == len(anchor) or k[-len(anchor) - 1] == ".")}
+        found |= {
+            k[: -len(anchor)]
+            for k in source
+            if k.endswith(anchor) and (len(k) == len(anchor) or k[-len(anchor) - 1] == ".")
+        }
     return sorted(found)
 
 
@@ -258,8 +287,9 @@ def _fits(tensor: torch.Tensor, target: torch.Tensor, first_conv: bool) -> bool:
     if tensor.shape == target.shape:
         return True
     # a first conv saved for 3 bands is spread over ours (rebuilt in _load)
-    return first_conv and tensor.dim() == 4 and tensor.shape[0] == target.shape[0] and tensor.shape[2:] == \
-        target.shape[2:]
+    return (
+        first_conv and tensor.dim() == 4 and tensor.shape[0] == target.shape[0] and tensor.shape[2:] == target.shape[2:]
+    )
 
 
 def _same_names(source: State, model: nn.Module) -> State:
@@ -306,8 +336,7 @@ def _load(model: nn.Module, family: Any, mapped: State, source: str) -> LoadRepo
         if tensor.shape != target.shape:
             if key == first and _fits(tensor, target, True):
                 tensor = spread_band_filters(tensor, target.shape[1])
-                report.notes.append(f"first convolution spread from {mapped[key].shape[1]} to {target.shape[1]} "
-                                    "bands")
+                report.notes.append(f"first convolution spread from {mapped[key].shape[1]} to {target.shape[1]} bands")
             else:
                 report.shape_mismatch.append(key)
                 continue
@@ -333,7 +362,10 @@ def _explain(report: LoadReport, family: Any, what: str, say: Say) -> None:
             f"{what}: only {loaded} of the {total} backbone tensors of {family.backbone} could be read "
             f"({report.counts()}). Training would start from a partly random backbone. Use the package's "
             "backbone_model and model_type, or pass the argument allow_partial_pretrained=true to train anyway "
-            "(with freeze_model=false, so that the layers left random can learn).")
-    say("warning", text + f". allow_partial_pretrained: {total - loaded} backbone tensors start from random "
-                          "weights; train with freeze_model=false so that they can learn")
-
+            "(with freeze_model=false, so that the layers left random can learn)."
+        )
+    say(
+        "warning",
+        text + f". allow_partial_pretrained: {total - loaded} backbone tensors start from random "
+        "weights; train with freeze_model=false so that they can learn",
+    )

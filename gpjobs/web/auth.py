@@ -83,5 +83,14 @@ def token_query(request: web.Request) -> str:
     return urlencode({"token": token}) if token else ""
 
 
-__all__ = ["PRINCIPAL_KEY", "EsriError", "auth_middleware", "identify", "request_token", "require_admin",
-           "require_principal", "current_principal", "token_query"]
+__all__ = [
+    "PRINCIPAL_KEY",
+    "EsriError",
+    "auth_middleware",
+    "identify",
+    "request_token",
+    "require_admin",
+    "require_principal",
+    "current_principal",
+    "token_query",
+]

@@ -66,8 +66,11 @@ def epoch_history(messages: Iterable[Message]) -> list[EpochPoint]:
 def epoch_progress(history: Sequence[EpochPoint], job: Job) -> dict[str, Any]:
     """What the progress bar says: percent, and the last finished epoch of how many."""
     max_epochs = history[-1].max_epochs if history else int(job.spec.get("max_epochs") or 0)
-    return {"done": history[-1].epoch if history else 0, "of": max_epochs,
-            "percent": 100.0 if job.status.value == "esriJobSucceeded" else float(job.progress or 0.0)}
+    return {
+        "done": history[-1].epoch if history else 0,
+        "of": max_epochs,
+        "percent": 100.0 if job.status.value == "esriJobSucceeded" else float(job.progress or 0.0),
+    }
 
 
 def _sample(history: Sequence[EpochPoint]) -> list[EpochPoint]:
@@ -95,8 +98,9 @@ def _label(value: float) -> str:
     return f"{value:.3g}"
 
 
-def chart(title: str, points: Sequence[EpochPoint], series: Sequence[tuple[str, str]], monitor: str = ""
-          ) -> dict[str, Any] | None:
+def chart(
+    title: str, points: Sequence[EpochPoint], series: Sequence[tuple[str, str]], monitor: str = ""
+) -> dict[str, Any] | None:
     """Geometry of one line chart of `series` ((value name, colour)) over the epochs; None without data.
     The `monitor`ed series is marked in the legend."""
     names = [name for name, _ in series if any(math.isfinite(p.values.get(name, math.nan)) for p in points)]
@@ -119,14 +123,29 @@ def chart(title: str, points: Sequence[EpochPoint], series: Sequence[tuple[str, 
         if name not in names:
             continue
         xy = [(x(p.epoch), y(p.values[name])) for p in points if math.isfinite(p.values.get(name, math.nan))]
-        lines.append({"name": name, "color": color, "points": " ".join(f"{a},{b}" for a, b in xy),
-                      "monitored": name == monitor,
-                      "dots": xy if len(xy) <= 40 else xy[-1:], "last": _label(points[-1].values.get(name, math.nan))})
+        lines.append(
+            {
+                "name": name,
+                "color": color,
+                "points": " ".join(f"{a},{b}" for a, b in xy),
+                "monitored": name == monitor,
+                "dots": xy if len(xy) <= 40 else xy[-1:],
+                "last": _label(points[-1].values.get(name, math.nan)),
+            }
+        )
     xticks = _nice_ticks(first, last, 5)
-    return {"title": title, "width": WIDTH, "height": HEIGHT, "lines": lines,
-            "left": PAD_LEFT, "right": WIDTH - PAD_RIGHT, "top": PAD_TOP, "bottom": HEIGHT - PAD_BOTTOM,
-            "yticks": [{"y": y(v), "label": _label(v)} for v in yticks],
-            "xticks": [{"x": x(v), "label": str(int(v))} for v in xticks if first <= v <= last and v == int(v)]}
+    return {
+        "title": title,
+        "width": WIDTH,
+        "height": HEIGHT,
+        "lines": lines,
+        "left": PAD_LEFT,
+        "right": WIDTH - PAD_RIGHT,
+        "top": PAD_TOP,
+        "bottom": HEIGHT - PAD_BOTTOM,
+        "yticks": [{"y": y(v), "label": _label(v)} for v in yticks],
+        "xticks": [{"x": x(v), "label": str(int(v))} for v in xticks if first <= v <= last and v == int(v)],
+    }
 
 
 def job_charts(history: Sequence[EpochPoint], monitor: str = "") -> list[dict[str, Any]]:

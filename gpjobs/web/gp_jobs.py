@@ -57,8 +57,14 @@ def progress_json(job: Job, messages: Sequence[Message]) -> dict[str, Any]:
     return {"type": "default", "message": last or f"{percentage}% complete", "percentage": percentage}
 
 
-def job_json(job: Job, messages: Sequence[Message] | None, *, recent: Sequence[Message] | None = None,
-             message_count: int | None = None, next_start: int | None = None) -> dict[str, Any]:
+def job_json(
+    job: Job,
+    messages: Sequence[Message] | None,
+    *,
+    recent: Sequence[Message] | None = None,
+    message_count: int | None = None,
+    next_start: int | None = None,
+) -> dict[str, Any]:
     """The job resource: jobId, jobStatus, results/inputs once succeeded, progress only while executing,
     messages unless the caller asked without them (messages=None).
 
@@ -186,8 +192,7 @@ async def visible_job(request: web.Request) -> Job:
 
 def _context(request: web.Request, **extra: Any) -> dict[str, Any]:
     task = task_of(request)
-    return {"token_query": token_query(request), "task_path": gp_service.task_path(task.name), "task": task,
-            **extra}
+    return {"token_query": token_query(request), "task_path": gp_service.task_path(task.name), "task": task, **extra}
 
 
 def _job_page_url(request: web.Request, job: Job) -> str:
@@ -206,16 +211,28 @@ async def submit_job(request: web.Request) -> web.StreamResponse:
     task = task_of(request)
     try:
         # Filesystem checks (stores, export folders, rasters) may touch slow shares: keep them off the event loop.
-        submission = await asyncio.to_thread(parse_submit, dict(params(request)), StoreRoots.from_config(config),
-                                             max_arguments_bytes=config.max_arguments_bytes, task=task)
+        submission = await asyncio.to_thread(
+            parse_submit,
+            dict(params(request)),
+            StoreRoots.from_config(config),
+            max_arguments_bytes=config.max_arguments_bytes,
+            task=task,
+        )
         check_devices(submission.request, config.devices)
         checked = await check_with_store(submission.request, app[STORE_KEY], principal)
     except ParameterError as exc:
         raise invalid_parameters(exc.details) from None
     model_type = checked.model_type if isinstance(checked, InferenceRequest) else checked.model_type.name
-    job = Job(job_id=new_job_id(), owner=principal.username, status=JobStatus.SUBMITTED, task=task.name,
-              model_type=model_type, inputs=submission.inputs, spec=checked.to_json_dict(),
-              max_attempts=config.max_attempts)
+    job = Job(
+        job_id=new_job_id(),
+        owner=principal.username,
+        status=JobStatus.SUBMITTED,
+        task=task.name,
+        model_type=model_type,
+        inputs=submission.inputs,
+        spec=checked.to_json_dict(),
+        max_attempts=config.max_attempts,
+    )
     try:
         job = await app[STORE_KEY].create_job(job, [texts.SUBMITTED], max_queued_per_user=config.max_queued_per_user)
     except QuotaExceeded as exc:
@@ -258,10 +275,17 @@ async def job_page(request: web.Request, job: Job) -> web.Response:
     training = task_named(job.task).kind == TRAIN
     history = charts.epoch_history(await store.epoch_messages(job.job_id)) if training else []
     monitor = str((job.spec.get("given_arguments") or {}).get("monitor") or MONITOR_DEFAULT)
-    context = _context(request, job=job, messages=recent, message_count=await store.message_count(job.job_id),
-                       result=result_value(job), chart=charts.job_charts(history, monitor) if training else [],
-                       epochs=charts.epoch_progress(history, job),
-                       card=model_card.card_links(job) if training else None, training=training)
+    context = _context(
+        request,
+        job=job,
+        messages=recent,
+        message_count=await store.message_count(job.job_id),
+        result=result_value(job),
+        chart=charts.job_charts(history, monitor) if training else [],
+        epochs=charts.epoch_progress(history, job),
+        card=model_card.card_links(job) if training else None,
+        training=training,
+    )
     return render(request, body, page="job.html", context=context)
 
 
@@ -271,8 +295,11 @@ async def job_result(request: web.Request) -> web.Response:
     if name != task_of(request).output.name:
         raise invalid_url()
     if job.status is not JobStatus.SUCCEEDED:
-        raise EsriError(400, f"Job {job.job_id} has no results: it is {job.status.value}.",
-                        ["Results exist once the job status is esriJobSucceeded."])
+        raise EsriError(
+            400,
+            f"Job {job.job_id} has no results: it is {job.status.value}.",
+            ["Results exist once the job status is esriJobSucceeded."],
+        )
     return render(request, result_json(job), page="param.html", context=_context(request, job=job))
 
 
@@ -322,8 +349,11 @@ async def cancel(app: web.Application, job: Job) -> Job:
 async def execute(request: web.Request) -> web.Response:
     """The synchronous `execute` operation does not exist on an asynchronous service: say what to use."""
     task = task_of(request)
-    raise EsriError(400, f"{task.name} is an asynchronous task: use submitJob.",
-                    [f"POST {gp_service.task_path(task.name)}/submitJob, then poll jobs/<jobId>."])
+    raise EsriError(
+        400,
+        f"{task.name} is an asynchronous task: use submitJob.",
+        [f"POST {gp_service.task_path(task.name)}/submitJob, then poll jobs/<jobId>."],
+    )
 
 
 async def job_card(request: web.Request) -> web.Response:
@@ -333,8 +363,11 @@ async def job_card(request: web.Request) -> web.Response:
     trained = task_named(job.task).kind == TRAIN
     uri = (job.result or {}).get("uri") if job.status is JobStatus.SUCCEEDED and trained else None
     if not uri:
-        raise EsriError(400, f"Job {job.job_id} has no model card here.",
-                        ["A job has a card once it has succeeded; a published item's card is on the item."])
+        raise EsriError(
+            400,
+            f"Job {job.job_id} has no model card here.",
+            ["A job has a card once it has succeeded; a published item's card is on the item."],
+        )
     try:
         package = StoreRoots.from_config(request.app[CONFIG_KEY]).resolve(str(uri)).local
     except PathError:

@@ -27,8 +27,10 @@ from gpjobs.tasks.registry import DEFAULT_TASK, TASKS, Request, TaskSpec
 from gpjobs.tasks.train import TrainingRequest
 
 # The item types an inference output may fill or replace, by output kind.
-OUTPUT_ITEM_TYPES = {"raster": (ITEM_TYPE_IMAGE, ITEM_TYPE_IMAGE_SERVICE),
-                     "features": (ITEM_TYPE_GEOJSON, ITEM_TYPE_FEATURE_SERVICE)}
+OUTPUT_ITEM_TYPES = {
+    "raster": (ITEM_TYPE_IMAGE, ITEM_TYPE_IMAGE_SERVICE),
+    "features": (ITEM_TYPE_GEOJSON, ITEM_TYPE_FEATURE_SERVICE),
+}
 
 
 @dataclass(frozen=True)
@@ -39,8 +41,9 @@ class Submission:
     request: Request
 
 
-def parse_submit(params: Mapping[str, Any], roots: StoreRoots, *, max_arguments_bytes: int,
-                 task: TaskSpec | None = None) -> Submission:
+def parse_submit(
+    params: Mapping[str, Any], roots: StoreRoots, *, max_arguments_bytes: int, task: TaskSpec | None = None
+) -> Submission:
     """Check every submitted parameter of `task` (default TrainDeepLearningModel); ParameterError lists all
     problems at once."""
     task = task or TASKS[DEFAULT_TASK]
@@ -61,10 +64,14 @@ def check_devices(request: Request, devices: list[str]) -> None:
         return
     kinds = {"GPU" if d.startswith("cuda") else "CPU" for d in devices}
     if wanted not in kinds:
-        raise ParameterError([f"context: processorType {wanted} was requested, but this server has no "
-                              f"{wanted} slot (devices: {', '.join(devices)}); use processorType "
-                              f"{' or '.join(sorted(kinds))}, leave it unset, or add a {wanted} device to the "
-                              "server's `devices` setting"])
+        raise ParameterError(
+            [
+                f"context: processorType {wanted} was requested, but this server has no "
+                f"{wanted} slot (devices: {', '.join(devices)}); use processorType "
+                f"{' or '.join(sorted(kinds))}, leave it unset, or add a {wanted} device to the "
+                "server's `devices` setting"
+            ]
+        )
 
 
 async def check_with_store(request: Request, store: Any, principal: Any) -> Request:
@@ -88,13 +95,14 @@ async def check_training_with_store(request: TrainingRequest, store: Any, princi
             if request.overwrite_model:
                 output = replace(output, replace_item_id=existing.id)
             else:
-                problems.append(f"output_name: you already have a model named '{output.name}' (item "
-                                f"{existing.id}); set overwrite_model to true to replace it, or choose another name")
+                problems.append(
+                    f"output_name: you already have a model named '{output.name}' (item "
+                    f"{existing.id}); set overwrite_model to true to replace it, or choose another name"
+                )
     if pretrained is not None and pretrained.item_id:
         item = await store.get_item(pretrained.item_id)
         if item is None or not principal.can_see(item.owner):
-            problems.append(f"pretrained_model: item {pretrained.item_id} does not exist or is not "
-                            "accessible to you")
+            problems.append(f"pretrained_model: item {pretrained.item_id} does not exist or is not accessible to you")
         elif not item.path or not os.path.isfile(item.path):
             problems.append(f"pretrained_model: item {item.id} has no package file on this server")
         else:
@@ -115,8 +123,10 @@ async def check_inference_with_store(request: InferenceRequest, store: Any, prin
         if item is None or not principal.can_see(item.owner):
             problems.append(f"model: item {model.item_id} does not exist or is not accessible to you")
         elif item.type != ITEM_TYPE_DLPK:
-            problems.append(f"model: item {item.id} ('{item.title}') is a {item.type} item, not a Deep Learning "
-                            "Package (.dlpk); give the item of a trained model")
+            problems.append(
+                f"model: item {item.id} ('{item.title}') is a {item.type} item, not a Deep Learning "
+                "Package (.dlpk); give the item of a trained model"
+            )
         elif not item.path or not os.path.isfile(item.path):
             problems.append(f"model: item {item.id} has no package file on this server")
         else:
@@ -142,11 +152,15 @@ async def _output_item(request: InferenceRequest, store: Any, principal: Any) ->
         if item is None or item.owner != principal.username:
             return f"{name}: item {output.replace_item_id} does not exist or is not yours to fill", output
         if item.type not in allowed:
-            return (f"{name}: item {item.id} ('{item.title}') is a {item.type} item; this task fills "
-                    f"{' or '.join(allowed)} items"), output
+            return (
+                f"{name}: item {item.id} ('{item.title}') is a {item.type} item; this task fills "
+                f"{' or '.join(allowed)} items"
+            ), output
         return None, replace(output, name=output.name or item.title, folder_id=output.folder_id or item.folder_id)
     existing = await store.find_item(principal.username, output.name, allowed[0])
     if existing is not None:
-        return (f"{name}: you already have an {allowed[0]} item named '{output.name}' (item {existing.id}); give "
-                f'{{"itemProperties": {{"itemId": "{existing.id}"}}}} to replace it, or choose another name'), output
+        return (
+            f"{name}: you already have an {allowed[0]} item named '{output.name}' (item {existing.id}); give "
+            f'{{"itemProperties": {{"itemId": "{existing.id}"}}}} to replace it, or choose another name'
+        ), output
     return None, output

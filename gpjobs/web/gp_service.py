@@ -31,8 +31,11 @@ def services_root() -> dict[str, Any]:
 
 def services_folder() -> dict[str, Any]:
     """`/arcgis/rest/services/System`: the one GP service this server hosts."""
-    return {"currentVersion": CURRENT_VERSION, "folders": [],
-            "services": [{"name": f"{SERVICE_FOLDER}/{SERVICE_NAME}", "type": "GPServer"}]}
+    return {
+        "currentVersion": CURRENT_VERSION,
+        "folders": [],
+        "services": [{"name": f"{SERVICE_FOLDER}/{SERVICE_NAME}", "type": "GPServer"}],
+    }
 
 
 def service_description() -> dict[str, Any]:
@@ -40,7 +43,7 @@ def service_description() -> dict[str, Any]:
     return {
         "currentVersion": CURRENT_VERSION,
         "serviceDescription": "Raster analysis tools: train deep learning models on exported training data, and run "
-                              "them over rasters (classify pixels, detect objects, classify objects, detect change).",
+        "them over rasters (classify pixels, detect objects, classify objects, detect change).",
         "tasks": list(TASKS),
         "executionType": "esriExecutionTypeAsynchronous",
         "resultMapServerName": "",

@@ -41,32 +41,70 @@ class Metrics(SchedulerObserver):
     def __init__(self) -> None:
         self.registry = registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=registry)
-        self.jobs = Gauge("gpjobs_jobs", "Jobs in the store by status and model type", ["status", "model_type"],
-                          registry=registry)
-        self.queue_depth = Gauge("gpjobs_queue_depth", "Jobs waiting for a slot (submitted or waiting)",
-                                 registry=registry)
-        self.queue_oldest = Gauge("gpjobs_queue_oldest_wait_seconds",
-                                  "How long the longest-waiting queued job has waited", registry=registry)
-        self.wait = Histogram("gpjobs_job_wait_seconds", "Time from submit to the first claim of a job",
-                              ["model_type"], buckets=LONG_BUCKETS, registry=registry)
-        self.run_time = Histogram("gpjobs_job_run_seconds", "Time one attempt held its slot, by how it ended",
-                                  ["model_type", "outcome"], buckets=LONG_BUCKETS, registry=registry)
-        self.finished = Counter("gpjobs_jobs_finished", "Jobs that reached a final status",
-                                ["model_type", "status"], registry=registry)
+        self.jobs = Gauge(
+            "gpjobs_jobs", "Jobs in the store by status and model type", ["status", "model_type"], registry=registry
+        )
+        self.queue_depth = Gauge(
+            "gpjobs_queue_depth", "Jobs waiting for a slot (submitted or waiting)", registry=registry
+        )
+        self.queue_oldest = Gauge(
+            "gpjobs_queue_oldest_wait_seconds", "How long the longest-waiting queued job has waited", registry=registry
+        )
+        self.wait = Histogram(
+            "gpjobs_job_wait_seconds",
+            "Time from submit to the first claim of a job",
+            ["model_type"],
+            buckets=LONG_BUCKETS,
+            registry=registry,
+        )
+        self.run_time = Histogram(
+            "gpjobs_job_run_seconds",
+            "Time one attempt held its slot, by how it ended",
+            ["model_type", "outcome"],
+            buckets=LONG_BUCKETS,
+            registry=registry,
+        )
+        self.finished = Counter(
+            "gpjobs_jobs_finished", "Jobs that reached a final status", ["model_type", "status"], registry=registry
+        )
         self.epochs = Counter("gpjobs_epochs", "Training epochs finished", ["model_type"], registry=registry)
-        self.children = Counter("gpjobs_children_started", "Training children started, warm (handed a job) or "
-                                "cold (spawned for it)", ["device", "kind"], registry=registry)
-        self.restarts = Counter("gpjobs_child_restarts", "Jobs started again after a lost child, a server crash "
-                                "or a graceful shutdown", registry=registry)
+        self.children = Counter(
+            "gpjobs_children_started",
+            "Training children started, warm (handed a job) or cold (spawned for it)",
+            ["device", "kind"],
+            registry=registry,
+        )
+        self.restarts = Counter(
+            "gpjobs_child_restarts",
+            "Jobs started again after a lost child, a server crash or a graceful shutdown",
+            registry=registry,
+        )
         self.slot_busy = Gauge("gpjobs_slot_busy", "1 while the slot runs a job", ["device"], registry=registry)
-        self.slot_busy_seconds = Counter("gpjobs_slot_busy_seconds", "Seconds the slot has spent running jobs "
-                                         "(utilisation: its rate)", ["device"], registry=registry)
-        self.http_requests = Counter("gpjobs_http_requests", "HTTP requests by route, method and status",
-                                     ["route", "method", "status"], registry=registry)
-        self.http_latency = Histogram("gpjobs_http_request_seconds", "HTTP request latency by route and method",
-                                      ["route", "method"], buckets=HTTP_BUCKETS, registry=registry)
-        self.sqlite_write = Histogram("gpjobs_sqlite_write_seconds", "SQLite write transaction latency (BEGIN "
-                                      "IMMEDIATE to COMMIT)", buckets=WRITE_BUCKETS, registry=registry)
+        self.slot_busy_seconds = Counter(
+            "gpjobs_slot_busy_seconds",
+            "Seconds the slot has spent running jobs (utilisation: its rate)",
+            ["device"],
+            registry=registry,
+        )
+        self.http_requests = Counter(
+            "gpjobs_http_requests",
+            "HTTP requests by route, method and status",
+            ["route", "method", "status"],
+            registry=registry,
+        )
+        self.http_latency = Histogram(
+            "gpjobs_http_request_seconds",
+            "HTTP request latency by route and method",
+            ["route", "method"],
+            buckets=HTTP_BUCKETS,
+            registry=registry,
+        )
+        self.sqlite_write = Histogram(
+            "gpjobs_sqlite_write_seconds",
+            "SQLite write transaction latency (BEGIN IMMEDIATE to COMMIT)",
+            buckets=WRITE_BUCKETS,
+            registry=registry,
+        )
         self._busy_done: dict[str, float] = {}  # finished attempts' slot seconds, per device
         self._busy_reported: dict[str, float] = {}  # what the counter has been given so far
 

@@ -66,9 +66,17 @@ async def error_middleware(request: web.Request, handler):
         return render_error(request, _http_error(request, exc))
     except Exception:  # noqa: BLE001 - log it, answer without internals
         log.exception("unhandled error", path=request.path, method=request.method)
-        return render_error(request, EsriError(500, "Unable to complete operation.",
-                                               ["An internal error occurred; the server log has the details "
-                                                f"(request id {request.get(REQUEST_ID_KEY, '?')})."]))
+        return render_error(
+            request,
+            EsriError(
+                500,
+                "Unable to complete operation.",
+                [
+                    "An internal error occurred; the server log has the details "
+                    f"(request id {request.get(REQUEST_ID_KEY, '?')})."
+                ],
+            ),
+        )
 
 
 class ProtocolLog(logging.LoggerAdapter):
@@ -84,8 +92,11 @@ class ProtocolLog(logging.LoggerAdapter):
 
     def exception(self, msg: Any, *args: Any, exc_info: Any = True, **kwargs: Any) -> None:
         if isinstance(exc_info, HttpProcessingError):
-            self.warning("malformed HTTP request refused: %s (%s)", str(exc_info.message).splitlines()[0][:200],
-                         msg % args if args else msg)
+            self.warning(
+                "malformed HTTP request refused: %s (%s)",
+                str(exc_info.message).splitlines()[0][:200],
+                msg % args if args else msg,
+            )
             return
         self.error(msg, *args, exc_info=exc_info, **kwargs)
 

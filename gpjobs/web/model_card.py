@@ -40,8 +40,9 @@ def member_of(name: str) -> str:
         return METRICS_HTML
     if _PICTURE.match(name):
         return f"{CHARACTERISTICS}/{name}"
-    raise EsriError(400, "Invalid URL", [
-        f"'{name}' is not part of a model card: use {METRICS_HTML} or {SAMPLE_RESULTS}"])
+    raise EsriError(
+        400, "Invalid URL", [f"'{name}' is not part of a model card: use {METRICS_HTML} or {SAMPLE_RESULTS}"]
+    )
 
 
 def read_member(package: Path, member: str) -> bytes | None:
@@ -61,12 +62,19 @@ async def card_response(package: Path, name: str) -> web.Response:
     member = member_of(name)
     data = await asyncio.to_thread(read_member, package, member)
     if data is None:
-        raise EsriError(400, f"The model package has no {name}.",
-                        ["Packages written by an older gpjobs may have no model card; train the model again."])
+        raise EsriError(
+            400,
+            f"The model package has no {name}.",
+            ["Packages written by an older gpjobs may have no model card; train the model again."],
+        )
     if member == METRICS_HTML:
         page = CARD_PAGE.format(fragment=data.decode("utf-8", "replace"))
-        return web.Response(text=page, content_type="text/html", charset="utf-8",
-                            headers={"Content-Security-Policy": CARD_CSP, "X-Content-Type-Options": "nosniff"})
+        return web.Response(
+            text=page,
+            content_type="text/html",
+            charset="utf-8",
+            headers={"Content-Security-Policy": CARD_CSP, "X-Content-Type-Options": "nosniff"},
+        )
     return web.Response(body=data, content_type="image/png", headers={"X-Content-Type-Options": "nosniff"})
 
 

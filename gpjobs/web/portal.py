@@ -61,7 +61,8 @@ def item_missing() -> EsriError:
 def setup_portal(app: web.Application) -> None:
     """Register the portal routes under both sharing prefixes (GET and POST, like the portal)."""
     routes: list[tuple[str, Handler]] = [
-        ("", rest_root), ("/", rest_root),
+        ("", rest_root),
+        ("/", rest_root),
         ("/info", info),
         ("/generateToken", generate_token),
         ("/portals/self", portals_self),
@@ -194,12 +195,26 @@ async def content_item(request: web.Request) -> web.Response:
     if output_format(request) == "html":
         card = f"{portal_json.SHARING_PREFIXES[0]}/content/items/{record.id}/card"
         job = await request.app[STORE_KEY].get_job(record.job_id) if record.job_id else None
-        return render(request, body, page="item.html", context={
-            "item": record, "token_query": token_query(request), "is_model": record.type == ITEM_TYPE_DLPK,
-            "task_path": task_path(job.task) if job else None,
-            "card": {"metrics": f"{card}/{model_card.METRICS_HTML}", "results": f"{card}/{model_card.SAMPLE_RESULTS}"},
-            "metrics": {k: v for k, v in (record.properties.get("metrics") or {}).items()
-                        if isinstance(v, (int, float)) and not isinstance(v, bool)}})
+        return render(
+            request,
+            body,
+            page="item.html",
+            context={
+                "item": record,
+                "token_query": token_query(request),
+                "is_model": record.type == ITEM_TYPE_DLPK,
+                "task_path": task_path(job.task) if job else None,
+                "card": {
+                    "metrics": f"{card}/{model_card.METRICS_HTML}",
+                    "results": f"{card}/{model_card.SAMPLE_RESULTS}",
+                },
+                "metrics": {
+                    k: v
+                    for k, v in (record.properties.get("metrics") or {}).items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool)
+                },
+            },
+        )
     return _render(request, body)
 
 
@@ -217,8 +232,9 @@ async def content_item_data(request: web.Request) -> web.StreamResponse:
     ascii_name = record.name.encode("ascii", "replace").decode("ascii").replace('"', "_")
     disposition = f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(record.name)}"
     try:
-        return web.FileResponse(record.path, headers={"Content-Disposition": disposition,
-                                                      "Content-Type": "application/octet-stream"})
+        return web.FileResponse(
+            record.path, headers={"Content-Disposition": disposition, "Content-Type": "application/octet-stream"}
+        )
     except (FileNotFoundError, OSError):
         raise EsriError(500, "The item's file is missing from the content store.", [record.id]) from None
 
@@ -245,8 +261,12 @@ async def user_content(request: web.Request) -> web.Response:
     start = _int(query.get("start"), 1, lo=1)
     num = _int(query.get("num"), 10, lo=0, hi=100)
     base = base_url(request)
-    return _render(request, portal_json.user_content(
-        username, [portal_json.item(r, base) for r in chosen], folders, folder=folder, start=start, num=num))
+    return _render(
+        request,
+        portal_json.user_content(
+            username, [portal_json.item(r, base) for r in chosen], folders, folder=folder, start=start, num=num
+        ),
+    )
 
 
 async def user_item(request: web.Request) -> web.Response:
@@ -254,8 +274,9 @@ async def user_item(request: web.Request) -> web.Response:
     record = await readable_item(request, request.match_info["item_id"])
     if record.owner != username:
         raise item_missing()
-    return _render(request, {"item": portal_json.item(record, base_url(request)),
-                             "sharing": {"access": "private", "groups": []}})
+    return _render(
+        request, {"item": portal_json.item(record, base_url(request)), "sharing": {"access": "private", "groups": []}}
+    )
 
 
 async def update_item(request: web.Request) -> web.Response:
@@ -308,7 +329,7 @@ def _string_list(value: str, name: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def _int(value: str | None, default: int, *, lo: int, hi: int = 2 ** 53) -> int:
+def _int(value: str | None, default: int, *, lo: int, hi: int = 2**53) -> int:
     """A whole number clamped to [lo, hi] as the portal does (hi keeps it a JSON-safe 64-bit integer)."""
     try:
         number = int(value) if value not in (None, "") else default
@@ -334,25 +355,36 @@ async def generate_token(request: web.Request) -> web.Response:
     elif request_token(request):
         principal = await caller(request)
     if principal is None:
-        raise EsriError(400, "Unable to generate token.",
-                        ["'username' and 'password' required (the password is a token from `gpjobs token`)."])
+        raise EsriError(
+            400,
+            "Unable to generate token.",
+            ["'username' and 'password' required (the password is a token from `gpjobs token`)."],
+        )
     minutes = _int(form.get("expiration"), DEFAULT_TOKEN_MINUTES, lo=1, hi=MAX_TOKEN_MINUTES)
     token = await store.create_token(principal.username, principal.role, ttl_s=minutes * 60)
-    return _render(request, {"token": token, "expires": now_ms() + minutes * 60_000,
-                             "ssl": request.url.scheme == "https"})
+    return _render(
+        request, {"token": token, "expires": now_ms() + minutes * 60_000, "ssl": request.url.scheme == "https"}
+    )
 
 
 # --- what arcgis' raster analysis functions need before and after an inference task -----------------------------
 
-SERVICE_ITEM_TYPES = {"imageservice": ITEM_TYPE_IMAGE_SERVICE, "image service": ITEM_TYPE_IMAGE_SERVICE,
-                      "featureservice": ITEM_TYPE_FEATURE_SERVICE, "feature service": ITEM_TYPE_FEATURE_SERVICE}
+SERVICE_ITEM_TYPES = {
+    "imageservice": ITEM_TYPE_IMAGE_SERVICE,
+    "image service": ITEM_TYPE_IMAGE_SERVICE,
+    "featureservice": ITEM_TYPE_FEATURE_SERVICE,
+    "feature service": ITEM_TYPE_FEATURE_SERVICE,
+}
 
 
 def _service_type(value: str | None) -> str:
     kind = SERVICE_ITEM_TYPES.get(str(value or "").strip().lower())
     if kind is None:
-        raise EsriError(400, "Invalid or missing input parameters.",
-                        [f"type {value!r} is not supported; use imageService or featureService"])
+        raise EsriError(
+            400,
+            "Invalid or missing input parameters.",
+            [f"type {value!r} is not supported; use imageService or featureService"],
+        )
     return kind
 
 
@@ -384,15 +416,35 @@ async def create_service(request: web.Request) -> web.Response:
         raise EsriError(400, "Unable to create service.", ["createParameters needs a 'name' (letters, digits, _)"])
     kind = _service_type(form.get("outputType"))
     folder = request.match_info.get("folder")
-    item = Item(id=new_item_id(), owner=username, title=name, name=name, type=kind, path="",
-                type_keywords=["Raster Analysis", "Service"], tags=[], folder_id=folder if folder else None)
+    item = Item(
+        id=new_item_id(),
+        owner=username,
+        title=name,
+        name=name,
+        type=kind,
+        path="",
+        type_keywords=["Raster Analysis", "Service"],
+        tags=[],
+        folder_id=folder if folder else None,
+    )
     try:
         item = await request.app[STORE_KEY].create_item(item)
     except ItemExists:
         raise EsriError(400, "Unable to create service.", [f"A {kind} named '{name}' already exists."]) from None
-    return _render(request, {"success": True, "itemId": item.id, "serviceItemId": item.id, "name": name,
-                             "type": kind, "serviceurl": None, "encodedServiceURL": None, "size": -1,
-                             "isView": False})
+    return _render(
+        request,
+        {
+            "success": True,
+            "itemId": item.id,
+            "serviceItemId": item.id,
+            "name": name,
+            "type": kind,
+            "serviceurl": None,
+            "encodedServiceURL": None,
+            "size": -1,
+            "isView": False,
+        },
+    )
 
 
 async def delete_item(request: web.Request) -> web.Response:
@@ -423,5 +475,10 @@ async def content_item_resource(request: web.Request) -> web.StreamResponse:
     path = Path(record.path).parent / Path(name).name
     if not path.is_file():
         raise EsriError(500, "The item's resource is missing from the content store.", [record.id, name])
-    return web.FileResponse(path, headers={"Content-Disposition": f"attachment; filename=\"{quote(name)}\"",
-                                           "Content-Type": "application/octet-stream"})
+    return web.FileResponse(
+        path,
+        headers={
+            "Content-Disposition": f'attachment; filename="{quote(name)}"',
+            "Content-Type": "application/octet-stream",
+        },
+    )

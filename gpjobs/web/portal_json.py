@@ -31,8 +31,7 @@ def info(base_url: str) -> dict[str, Any]:
     """
     return {
         "owningSystemUrl": f"{base_url}/portal",
-        "authInfo": {"tokenServicesUrl": f"{base_url}/portal/sharing/rest/generateToken",
-                     "isTokenBasedSecurity": True},
+        "authInfo": {"tokenServicesUrl": f"{base_url}/portal/sharing/rest/generateToken", "isTokenBasedSecurity": True},
     }
 
 
@@ -51,9 +50,16 @@ def user(principal: Principal, *, created_ms: int = 0) -> dict[str, Any]:
         "roleId": "org_admin" if admin else "org_user",
         "userType": "creatorUT",
         "userLicenseTypeId": "creatorUT",
-        "privileges": (["portal:admin:viewItems", "portal:admin:updateItems", "portal:user:createItem",
-                        "premium:user:rasteranalysis"] if admin
-                       else ["portal:user:createItem", "premium:user:rasteranalysis"]),
+        "privileges": (
+            [
+                "portal:admin:viewItems",
+                "portal:admin:updateItems",
+                "portal:user:createItem",
+                "premium:user:rasteranalysis",
+            ]
+            if admin
+            else ["portal:user:createItem", "premium:user:rasteranalysis"]
+        ),
         "level": "2",
         "provider": "arcgis",
         "access": "private",
@@ -123,10 +129,11 @@ def item(record: Item, base_url: str) -> dict[str, Any]:
     }
 
 
-def user_content(username: str, items: list[dict[str, Any]], folders: list[str], *, folder: str | None,
-                 start: int, num: int) -> dict[str, Any]:
+def user_content(
+    username: str, items: list[dict[str, Any]], folders: list[str], *, folder: str | None, start: int, num: int
+) -> dict[str, Any]:
     """`content/users/<user>[/<folder>]`: one page of the user's items, 1-based `start` like the portal."""
-    page = items[start - 1:start - 1 + num]
+    page = items[start - 1 : start - 1 + num]
     next_start = start + len(page) if start - 1 + num < len(items) else -1
     body: dict[str, Any] = {
         "username": username,

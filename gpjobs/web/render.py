@@ -72,11 +72,13 @@ def dumps(data: Any, *, pretty: bool = False) -> bytes:
     return orjson.dumps(data, option=option, default=str)
 
 
-def json_response(data: Any, *, pretty: bool = False, status: int = 200,
-                  headers: Mapping[str, str] | None = None) -> web.Response:
+def json_response(
+    data: Any, *, pretty: bool = False, status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
     """A JSON body with `application/json; charset=utf-8` (clients need `json` in the Content-Type)."""
-    return web.Response(body=dumps(data, pretty=pretty), status=status, content_type=JSON_CONTENT_TYPE,
-                        charset="utf-8", headers=headers)
+    return web.Response(
+        body=dumps(data, pretty=pretty), status=status, content_type=JSON_CONTENT_TYPE, charset="utf-8", headers=headers
+    )
 
 
 def in_esri_space(path: str) -> bool:
@@ -125,24 +127,35 @@ async def _read_form(request: web.Request) -> Mapping[str, Any]:
     if coding in ("", "identity"):
         return await request.post()
     if coding not in _WBITS:
-        raise EsriError(400, "Unable to read the request.", [
-            f"Content-Encoding {coding} is not supported; send the body uncompressed (or as gzip or deflate)"])
+        raise EsriError(
+            400,
+            "Unable to read the request.",
+            [f"Content-Encoding {coding} is not supported; send the body uncompressed (or as gzip or deflate)"],
+        )
     if request.content_type != "application/x-www-form-urlencoded":
-        raise EsriError(400, "Unable to read the request.", [
-            f"a compressed {request.content_type} body is not supported; send it uncompressed"])
+        raise EsriError(
+            400,
+            "Unable to read the request.",
+            [f"a compressed {request.content_type} body is not supported; send it uncompressed"],
+        )
     limit = getattr(request, "client_max_size", 1 << 20)
     inflater = zlib.decompressobj(_WBITS[coding])
     try:
         data = inflater.decompress(await request.read(), limit + 1)
     except zlib.error:
-        raise EsriError(400, "Unable to read the request.", [
-            f"the body cannot be decoded with Content-Encoding {coding}; send it uncompressed or valid {coding}"
-        ]) from None
+        raise EsriError(
+            400,
+            "Unable to read the request.",
+            [f"the body cannot be decoded with Content-Encoding {coding}; send it uncompressed or valid {coding}"],
+        ) from None
     if len(data) > limit:
         raise EsriError(413, "Request too large.", [f"the request body is larger than {limit} bytes"])
     if not inflater.eof:
-        raise EsriError(400, "Unable to read the request.", [
-            f"the body ends before its Content-Encoding {coding} stream does; send the whole body"])
+        raise EsriError(
+            400,
+            "Unable to read the request.",
+            [f"the body ends before its Content-Encoding {coding} stream does; send the whole body"],
+        )
     charset = request.charset or "utf-8"
     return dict(parse_qsl(data.decode(charset), keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS))
 
@@ -183,14 +196,21 @@ def _token(request: web.Request) -> str:
     return params(request).get("token", "").strip()
 
 
-def render(request: web.Request, data: Any, *, page: str | None = None,
-           context: Mapping[str, Any] | None = None, default: str = "html") -> web.Response:
+def render(
+    request: web.Request,
+    data: Any,
+    *,
+    page: str | None = None,
+    context: Mapping[str, Any] | None = None,
+    default: str = "html",
+) -> web.Response:
     """`data` as json/pjson, or the html `page` template given `data` (and `context`) when f=html."""
     fmt = output_format(request, default=default if page else "json")
     if fmt == "html" and page:
         page_context = {"token": _token(request), **dict(context or {})}
-        return web.Response(text=render_page(page, request, data=data, **page_context),
-                            content_type="text/html", charset="utf-8")
+        return web.Response(
+            text=render_page(page, request, data=data, **page_context), content_type="text/html", charset="utf-8"
+        )
     return json_response(data, pretty=(fmt == "pjson"))
 
 
@@ -198,7 +218,11 @@ def render_error(request: web.Request, err: EsriError) -> web.Response:
     """The error as Esri JSON (HTTP 200 in Esri spaces), a real status elsewhere, or an html page."""
     fmt = output_format(request)
     if fmt == "html":
-        return web.Response(text=render_page("error.html", request, token=_token(request), data=err.body()["error"]),
-                            status=err.http_status, content_type="text/html", charset="utf-8")
+        return web.Response(
+            text=render_page("error.html", request, token=_token(request), data=err.body()["error"]),
+            status=err.http_status,
+            content_type="text/html",
+            charset="utf-8",
+        )
     status = 200 if in_esri_space(request.path) else err.http_status
     return json_response(err.body(), pretty=(fmt == "pjson"), status=status)

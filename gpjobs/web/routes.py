@@ -23,25 +23,36 @@ RECENT_JOBS = 10
 def _ctx(request: web.Request) -> dict:
     config = request.app[CONFIG_KEY]
     task = request.match_info.get("task")
-    return {"token_query": token_query(request), "task_path": gp_service.task_path(task) if task else None,
-            "service_path": SERVICE, "anonymous": config.auth.anonymous}
+    return {
+        "token_query": token_query(request),
+        "task_path": gp_service.task_path(task) if task else None,
+        "service_path": SERVICE,
+        "anonymous": config.auth.anonymous,
+    }
 
 
 async def rest_info(request: web.Request) -> web.Response:
     secured = not request.app[CONFIG_KEY].auth.anonymous
-    return render(request, {"currentVersion": gp_service.CURRENT_VERSION, "fullVersion": str(gp_service.CURRENT_VERSION),
-                            "authInfo": {"isTokenBasedSecurity": secured,
-                                         "tokenServicesUrl": "/sharing/rest/generateToken"}})
+    return render(
+        request,
+        {
+            "currentVersion": gp_service.CURRENT_VERSION,
+            "fullVersion": str(gp_service.CURRENT_VERSION),
+            "authInfo": {"isTokenBasedSecurity": secured, "tokenServicesUrl": "/sharing/rest/generateToken"},
+        },
+    )
 
 
 async def services_root(request: web.Request) -> web.Response:
-    return render(request, gp_service.services_root(), page="directory.html",
-                  context={**_ctx(request), "base": SERVICES})
+    return render(
+        request, gp_service.services_root(), page="directory.html", context={**_ctx(request), "base": SERVICES}
+    )
 
 
 async def services_folder(request: web.Request) -> web.Response:
-    return render(request, gp_service.services_folder(), page="directory.html",
-                  context={**_ctx(request), "base": SERVICES})
+    return render(
+        request, gp_service.services_folder(), page="directory.html", context={**_ctx(request), "base": SERVICES}
+    )
 
 
 async def service(request: web.Request) -> web.Response:
@@ -75,7 +86,8 @@ def add_routes(app: web.Application) -> None:
     """Every Esri resource answers GET and POST (protocol.md §1)."""
     table = [
         ("/arcgis/rest/info", rest_info),
-        (SERVICES, services_root), (SERVICES + "/", services_root),
+        (SERVICES, services_root),
+        (SERVICES + "/", services_root),
         (FOLDER, services_folder),
         (SERVICE, service),
         (TASK, task),

@@ -27,19 +27,51 @@ async def start(tmp_path: Path, **settings) -> TestClient:
     share = tmp_path / "share"
     write_classified_tiles(share / "exports", n=2, name="seg")
     (share / "models").mkdir()
-    config = app_config(tmp_path, file_shares={"default": str(share)}, trainer_command=FAKE_TRAINER_COMMAND,
-                        progress_flush_s=0.1, cancel_grace_s=1, shutdown_grace_s=2, **settings)
+    config = app_config(
+        tmp_path,
+        file_shares={"default": str(share)},
+        trainer_command=FAKE_TRAINER_COMMAND,
+        progress_flush_s=0.1,
+        cancel_grace_s=1,
+        shutdown_grace_s=2,
+        **settings,
+    )
     return await start_app(create_app(config))  # the product's own factory: real store and scheduler
 
 
 def client_form(**fields: str) -> dict[str, str]:
     """Every declared input, "" when unset, as the arcgis client sends them."""
-    form = {name: "" for name in ("in_folder", "output_name", "model_type", "arguments", "batch_size", "max_epochs",
-                                  "learning_rate", "backbone_model", "validation_percent", "pretrained_model",
-                                  "stop_training", "overwrite_model", "context", "freeze_model")}
-    form.update(in_folder="/fileShares/default/exports/seg", output_name=json.dumps({"name": "roofs"}),
-                model_type="UNET", max_epochs="2", backbone_model="RESNET18", stop_training="true",
-                overwrite_model="false", freeze_model="true", context='{"processorType": "CPU"}', f="json")
+    form = {
+        name: ""
+        for name in (
+            "in_folder",
+            "output_name",
+            "model_type",
+            "arguments",
+            "batch_size",
+            "max_epochs",
+            "learning_rate",
+            "backbone_model",
+            "validation_percent",
+            "pretrained_model",
+            "stop_training",
+            "overwrite_model",
+            "context",
+            "freeze_model",
+        )
+    }
+    form.update(
+        in_folder="/fileShares/default/exports/seg",
+        output_name=json.dumps({"name": "roofs"}),
+        model_type="UNET",
+        max_epochs="2",
+        backbone_model="RESNET18",
+        stop_training="true",
+        overwrite_model="false",
+        freeze_model="true",
+        context='{"processorType": "CPU"}',
+        f="json",
+    )
     form.update(fields)
     return form
 
@@ -65,8 +97,12 @@ async def test_submit_poll_result_download(tmp_path: Path) -> None:
     client = await start(tmp_path)
     try:
         assert (await get_json(client, SERVICE, params={"f": "json"}))["tasks"] == [
-            "TrainDeepLearningModel", "ClassifyPixelsUsingDeepLearning", "DetectObjectsUsingDeepLearning",
-            "ClassifyObjectsUsingDeepLearning", "DetectChangeUsingDeepLearning"]
+            "TrainDeepLearningModel",
+            "ClassifyPixelsUsingDeepLearning",
+            "DetectObjectsUsingDeepLearning",
+            "ClassifyObjectsUsingDeepLearning",
+            "DetectChangeUsingDeepLearning",
+        ]
         resp = await client.post(f"{TASK}/submitJob", data=client_form(**{"env:outSR": "4326"}))
         sub = await resp.json()
         assert sub["jobStatus"] == "esriJobSubmitted", sub
@@ -74,8 +110,9 @@ async def test_submit_poll_result_download(tmp_path: Path) -> None:
         assert done["jobStatus"] == "esriJobSucceeded", done["messages"]
         texts = [m["description"] for m in done["messages"]]
         assert texts[0] == "Submitted." and "Executing..." in texts and "Training Finished" in texts
-        result = await get_json(client, f"{TASK}/jobs/{sub['jobId']}/{done['results']['out_item']['paramUrl']}",
-                                params={"f": "json"})
+        result = await get_json(
+            client, f"{TASK}/jobs/{sub['jobId']}/{done['results']['out_item']['paramUrl']}", params={"f": "json"}
+        )
         item_id = result["value"]["itemId"]
         assert result["value"]["id"] == item_id and "url" not in result["value"]
         data = await client.get(f"/sharing/rest/content/items/{item_id}/data")
@@ -89,8 +126,9 @@ async def test_submit_poll_result_download(tmp_path: Path) -> None:
 async def test_file_share_output(tmp_path: Path) -> None:
     client = await start(tmp_path)
     try:
-        resp = await client.post(f"{TASK}/submitJob",
-                                 data=client_form(output_name='{"uri": "/fileShares/default/models/roofs"}'))
+        resp = await client.post(
+            f"{TASK}/submitJob", data=client_form(output_name='{"uri": "/fileShares/default/models/roofs"}')
+        )
         sub = await resp.json()
         done = await wait_for(client, sub["jobId"], TERMINAL)
         assert done["jobStatus"] == "esriJobSucceeded", done["messages"]
@@ -126,8 +164,9 @@ async def test_secured_server_users_and_admin(tmp_path: Path) -> None:
         alice, bob = await store.create_token("alice"), await store.create_token("bob")
         admin = await store.create_token("root", "admin")
         assert (await (await client.post(f"{TASK}/submitJob", data=client_form())).json())["error"]["code"] == 499
-        resp = await client.post(f"{TASK}/submitJob", data=client_form(),
-                                 headers={"X-Esri-Authorization": f"Bearer {alice}"})
+        resp = await client.post(
+            f"{TASK}/submitJob", data=client_form(), headers={"X-Esri-Authorization": f"Bearer {alice}"}
+        )
         job_id = (await resp.json())["jobId"]
         done = await wait_for(client, job_id, TERMINAL, headers={"Authorization": f"Bearer {alice}"})
         assert done["jobStatus"] == "esriJobSucceeded"

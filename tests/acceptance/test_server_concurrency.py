@@ -19,9 +19,15 @@ async def test_50_concurrent_submits_make_50_jobs(tmp_path):
     server = GpjobsServer(tmp_path, settings={"max_queued_per_user": 100}, env={"GPJOBS_FAKE_BEHAVIOUR": "ok"}).start()
     try:
         async with aiohttp.ClientSession() as session:
+
             async def submit(i: int) -> dict:
-                form = {"f": "json", "in_folder": "/fileShares/default/exports/seg", "model_type": "UNET",
-                        "output_name": f'{{"name": "model_{i}"}}', "max_epochs": "1"}
+                form = {
+                    "f": "json",
+                    "in_folder": "/fileShares/default/exports/seg",
+                    "model_type": "UNET",
+                    "output_name": f'{{"name": "model_{i}"}}',
+                    "max_epochs": "1",
+                }
                 async with session.post(f"{server.task_url}/submitJob", data=form) as resp:
                     assert resp.status == 200
                     return await resp.json()

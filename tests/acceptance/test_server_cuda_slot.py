@@ -28,9 +28,15 @@ def test_a_cuda_slot_trains_a_real_job_on_its_gpu(tmp_path):
     write_labeled_tiles(tmp_path / "share" / "exports", n=16, size=32, name="lab")
     server = GpjobsServer(tmp_path, trainer="real", settings={"devices": [last]}).start()
     try:
-        job_id = server.submit(in_folder="/fileShares/default/exports/lab", model_type="FEATURE_CLASSIFIER",
-                               output_name='{"name": "on_gpu"}', max_epochs="2", batch_size="4",
-                               backbone_model="RESNET18", learning_rate="0.001")["jobId"]
+        job_id = server.submit(
+            in_folder="/fileShares/default/exports/lab",
+            model_type="FEATURE_CLASSIFIER",
+            output_name='{"name": "on_gpu"}',
+            max_epochs="2",
+            batch_size="4",
+            backbone_model="RESNET18",
+            learning_rate="0.001",
+        )["jobId"]
         info = server.wait(job_id, timeout=500)
     finally:
         server.stop()

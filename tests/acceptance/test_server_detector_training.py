@@ -22,10 +22,17 @@ def test_real_child_trains_a_detector_and_publishes_it(tmp_path):
         # AP cannot rise by 2.0, so patience 1 stops after epoch 2 of 100 and keeps epoch 1; 100 epochs of 2 steps
         # leave the LR range test its 20 steps (10 % of the planned steps)
         arguments = {"monitor": "average_precision", "patience": "1", "min_delta": "2", "zooms": "[1.0, 0.7]"}
-        job_id = server.submit(in_folder="/fileShares/default/exports/voc", model_type="SSD",
-                               output_name='{"name": "tiny_ssd"}', max_epochs="100", batch_size="4",
-                               backbone_model="RESNET18", freeze_model="false", learning_rate="",
-                               arguments=json.dumps(arguments))["jobId"]
+        job_id = server.submit(
+            in_folder="/fileShares/default/exports/voc",
+            model_type="SSD",
+            output_name='{"name": "tiny_ssd"}',
+            max_epochs="100",
+            batch_size="4",
+            backbone_model="RESNET18",
+            freeze_model="false",
+            learning_rate="",
+            arguments=json.dumps(arguments),
+        )["jobId"]
         info = server.wait(job_id, timeout=500)
         texts = [m["description"] for m in info["messages"]]
         assert info["jobStatus"] == "esriJobSucceeded", texts
@@ -35,8 +42,11 @@ def test_real_child_trains_a_detector_and_publishes_it(tmp_path):
         value = server.get_json(f"{TASK}/jobs/{job_id}/results/out_item")["value"]
     finally:
         server.terminate()
-    path, title = sqlite3.connect(tmp_path / "var" / "gpjobs.sqlite3").execute(
-        "SELECT path, title FROM items WHERE id = ?", (value["id"],)).fetchone()
+    path, title = (
+        sqlite3.connect(tmp_path / "var" / "gpjobs.sqlite3")
+        .execute("SELECT path, title FROM items WHERE id = ?", (value["id"],))
+        .fetchone()
+    )
     assert title == "tiny_ssd"
     with zipfile.ZipFile(path) as package:
         names = package.namelist()

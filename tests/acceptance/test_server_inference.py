@@ -52,8 +52,7 @@ def wait_executing(server: GpjobsServer, task: str, job_id: str, percent: float,
         info = server.job(job_id, task)
         if info["jobStatus"] == "esriJobExecuting" and info.get("progress", {}).get("percentage", 0) >= percent:
             return info
-        assert info["jobStatus"] in ("esriJobSubmitted", "esriJobWaiting", "esriJobExecuting"), \
-            server.diagnose(job_id)
+        assert info["jobStatus"] in ("esriJobSubmitted", "esriJobWaiting", "esriJobExecuting"), server.diagnose(job_id)
         assert time.monotonic() < deadline, server.diagnose(job_id)
         time.sleep(0.05)
 
@@ -61,15 +60,20 @@ def wait_executing(server: GpjobsServer, task: str, job_id: str, percent: float,
 def test_classified_raster_item_downloads_as_a_georeferenced_geotiff(server: GpjobsServer) -> None:
     import rasterio
 
-    job_id = server.submit_to(PIXELS, inputRaster='{"uri": "/rasterStores/imagery/scene.tif"}',
-                              model='{"uri": "/fileShares/default/models/unet.dlpk"}',
-                              outputClassifiedRaster='{"name": "classes"}', modelArguments='{"padding": "4"}')["jobId"]
+    job_id = server.submit_to(
+        PIXELS,
+        inputRaster='{"uri": "/rasterStores/imagery/scene.tif"}',
+        model='{"uri": "/fileShares/default/models/unet.dlpk"}',
+        outputClassifiedRaster='{"name": "classes"}',
+        modelArguments='{"padding": "4"}',
+    )["jobId"]
     info = server.wait(job_id, timeout=120, task=PIXELS)
     assert info["jobStatus"] == "esriJobSucceeded", server.diagnose(job_id)
     said = [m["description"] for m in info["messages"]]
     assert any(s.startswith("Processed ") and s.endswith("(100%).") for s in said), said
-    assert said[-3].startswith("Inference finished: ") and said[-2] == messages.output_published("Image",
-                                                                                                 replaced=False)
+    assert said[-3].startswith("Inference finished: ") and said[-2] == messages.output_published(
+        "Image", replaced=False
+    )
     value = server.get_json(f"{job_url(PIXELS, job_id)}/results/outRaster")["value"]
     assert set(value) == {"itemId", "id"} and value["itemId"] == value["id"]
     item = server.get_json(f"/sharing/rest/content/items/{value['id']}")
@@ -87,9 +91,13 @@ def test_classified_raster_item_downloads_as_a_georeferenced_geotiff(server: Gpj
 def test_detected_objects_on_a_share_with_a_geopackage(server: GpjobsServer) -> None:
     import pyogrio
 
-    job_id = server.submit_to(OBJECTS, inputRaster="/rasterStores/imagery/scene.tif",
-                              model="/fileShares/default/models/ssd.dlpk", runNMS="true",
-                              outputObjects='{"uri": "/fileShares/default/results/objects"}')["jobId"]
+    job_id = server.submit_to(
+        OBJECTS,
+        inputRaster="/rasterStores/imagery/scene.tif",
+        model="/fileShares/default/models/ssd.dlpk",
+        runNMS="true",
+        outputObjects='{"uri": "/fileShares/default/results/objects"}',
+    )["jobId"]
     info = server.wait(job_id, timeout=120, task=OBJECTS)
     assert info["jobStatus"] == "esriJobSucceeded", server.diagnose(job_id)
     value = server.get_json(f"{job_url(OBJECTS, job_id)}/results/outObjects")["value"]
@@ -103,10 +111,13 @@ def test_detected_objects_on_a_share_with_a_geopackage(server: GpjobsServer) -> 
 
 
 def test_cancel_stops_within_a_block(server: GpjobsServer) -> None:
-    job_id = server.submit_to(PIXELS, inputRaster='{"uri": "/rasterStores/imagery/big.tif"}',
-                              model='{"uri": "/fileShares/default/models/unet.dlpk"}',
-                              outputClassifiedRaster='{"name": "cancelled"}',
-                              modelArguments=json.dumps(MANY_BLOCKS))["jobId"]
+    job_id = server.submit_to(
+        PIXELS,
+        inputRaster='{"uri": "/rasterStores/imagery/big.tif"}',
+        model='{"uri": "/fileShares/default/models/unet.dlpk"}',
+        outputClassifiedRaster='{"name": "cancelled"}',
+        modelArguments=json.dumps(MANY_BLOCKS),
+    )["jobId"]
     wait_executing(server, PIXELS, job_id, 5)
     asked = time.monotonic()
     assert server.post_json(f"{job_url(PIXELS, job_id)}/cancel")["jobStatus"] == "esriJobCancelling"
@@ -121,10 +132,13 @@ def test_kill_9_mid_job_resumes_from_the_blocks_written(server: GpjobsServer, tm
     from gpjobs.inference.host import run_inference
 
     model = server.shares["default"] / "models" / "unet.dlpk"
-    job_id = server.submit_to(PIXELS, inputRaster='{"uri": "/rasterStores/imagery/big.tif"}',
-                              model='{"uri": "/fileShares/default/models/unet.dlpk"}',
-                              outputClassifiedRaster='{"uri": "/fileShares/default/results/resumed.tif"}',
-                              modelArguments=json.dumps(MANY_BLOCKS))["jobId"]
+    job_id = server.submit_to(
+        PIXELS,
+        inputRaster='{"uri": "/rasterStores/imagery/big.tif"}',
+        model='{"uri": "/fileShares/default/models/unet.dlpk"}',
+        outputClassifiedRaster='{"uri": "/fileShares/default/results/resumed.tif"}',
+        modelArguments=json.dumps(MANY_BLOCKS),
+    )["jobId"]
     wait_executing(server, PIXELS, job_id, 25)
     children = processes_mentioning(job_id)
     server.kill()
@@ -142,7 +156,11 @@ def test_kill_9_mid_job_resumes_from_the_blocks_written(server: GpjobsServer, tm
     # killed at 25% (the job resource rounds): those blocks were not computed again
     assert 0.24 * BLOCKS <= kept < BLOCKS, said
     # ...and the raster is the one an uninterrupted run writes
-    whole = run_inference(model, [server.raster_stores["imagery"] / "big.tif"], tmp_path / "whole.tif",
-                          arguments={k: int(v) for k, v in MANY_BLOCKS.items()})
+    whole = run_inference(
+        model,
+        [server.raster_stores["imagery"] / "big.tif"],
+        tmp_path / "whole.tif",
+        arguments={k: int(v) for k, v in MANY_BLOCKS.items()},
+    )
     with rasterio.open(whole.output) as a, rasterio.open(server.shares["default"] / "results" / "resumed.tif") as b:
         assert np.array_equal(a.read(), b.read()) and a.transform == b.transform

@@ -17,8 +17,11 @@ from tests.harness.server import TASK, GpjobsServer, process_alive
 
 
 def _column(server: GpjobsServer, job_id: str, column: str) -> int | None:
-    row = sqlite3.connect(server.data_dir / "gpjobs.sqlite3").execute(
-        f"SELECT {column} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+    row = (
+        sqlite3.connect(server.data_dir / "gpjobs.sqlite3")
+        .execute(f"SELECT {column} FROM jobs WHERE job_id = ?", (job_id,))
+        .fetchone()
+    )
     return row[0] if row else None
 
 
@@ -43,18 +46,33 @@ def _said(server: GpjobsServer, job_id: str, fragment: str) -> bool:
 @pytest.mark.slow
 def test_ray_pool_trains_cancels_and_resumes_after_a_killed_worker(tmp_path, ray_cluster):
     write_classified_tiles(tmp_path / "share" / "exports", n=32, size=32, name="seg")
-    server = GpjobsServer(tmp_path, trainer="real", env=ray_cluster["env"], settings={
-        "pool": "ray", "ray_address": ray_cluster["address"], "devices": ["cpu"], "heartbeat_timeout_s": 60,
-        "cancel_grace_s": 5}).start()
-    fields = {"in_folder": "/fileShares/default/exports/seg", "model_type": "UNET", "backbone_model": "RESNET18",
-              "batch_size": "4", "learning_rate": "0.001"}
+    server = GpjobsServer(
+        tmp_path,
+        trainer="real",
+        env=ray_cluster["env"],
+        settings={
+            "pool": "ray",
+            "ray_address": ray_cluster["address"],
+            "devices": ["cpu"],
+            "heartbeat_timeout_s": 60,
+            "cancel_grace_s": 5,
+        },
+    ).start()
+    fields = {
+        "in_folder": "/fileShares/default/exports/seg",
+        "model_type": "UNET",
+        "backbone_model": "RESNET18",
+        "batch_size": "4",
+        "learning_rate": "0.001",
+    }
     try:
         doomed = server.submit(**fields, output_name='{"name": "doomed"}', max_epochs="50")["jobId"]
         job_id = server.submit(**fields, output_name='{"name": "survivor"}', max_epochs="3")["jobId"]
 
         # cancel: the actor's child (on the Ray worker) goes, the job ends Cancelled
-        _until(lambda: _said(server, doomed, "Training UNET"), 240, "the first job did not start training",
-               server, doomed)
+        _until(
+            lambda: _said(server, doomed, "Training UNET"), 240, "the first job did not start training", server, doomed
+        )
         child = _column(server, doomed, "pid")
         assert child and process_alive(child) and child != server.process.pid
         server.post_json(f"{TASK}/jobs/{doomed}/cancel")
@@ -62,8 +80,9 @@ def test_ray_pool_trains_cancels_and_resumes_after_a_killed_worker(tmp_path, ray
         _until(lambda: not process_alive(child), 20, "the cancelled job's child is still running", server, doomed)
 
         # kill -9 the Ray worker (the actor process) mid-epoch, after the first checkpoint
-        _until(lambda: (_column(server, job_id, "checkpoint_epoch") or 0) >= 1, 240, "no first checkpoint", server,
-               job_id)
+        _until(
+            lambda: (_column(server, job_id, "checkpoint_epoch") or 0) >= 1, 240, "no first checkpoint", server, job_id
+        )
         worker = _parent(_column(server, job_id, "pid"))
         os.kill(worker, signal.SIGKILL)
         info = server.wait(job_id, timeout=300)

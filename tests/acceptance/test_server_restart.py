@@ -19,8 +19,12 @@ def test_kill_9_mid_job_then_restart_completes_once_with_one_item(tmp_path):
     write_classified_tiles(tmp_path / "share" / "exports", n=2, name="seg")
     server = GpjobsServer(tmp_path, env={"GPJOBS_FAKE_BEHAVIOUR": "slow", "GPJOBS_FAKE_EPOCH_S": "0.5"}).start()
     try:
-        answer = server.submit(in_folder="/fileShares/default/exports/seg", output_name='{"name": "survivor"}',
-                               model_type="UNET", max_epochs="6")
+        answer = server.submit(
+            in_folder="/fileShares/default/exports/seg",
+            output_name='{"name": "survivor"}',
+            model_type="UNET",
+            max_epochs="6",
+        )
         job_id = answer["jobId"]
         assert answer["jobStatus"] == "esriJobSubmitted"
         work = tmp_path / "var" / "jobs" / job_id
@@ -54,8 +58,11 @@ def test_kill_9_mid_job_then_restart_completes_once_with_one_item(tmp_path):
     db = sqlite3.connect(tmp_path / "var" / "gpjobs.sqlite3")
     assert db.execute("SELECT count(*) FROM items WHERE job_id = ?", (job_id,)).fetchone()[0] == 1
     # The crash was the server's, not the job's: it gave its attempt back (issue 11) and counts as a crash.
-    assert db.execute("SELECT status, attempts, server_crashes FROM jobs WHERE job_id = ?", (job_id,)).fetchone() == \
-        ("esriJobSucceeded", 1, 1)
+    assert db.execute("SELECT status, attempts, server_crashes FROM jobs WHERE job_id = ?", (job_id,)).fetchone() == (
+        "esriJobSucceeded",
+        1,
+        1,
+    )
     packages = list((tmp_path / "var" / "content").rglob("*.dlpk"))
     assert [p.name for p in packages] == ["survivor.dlpk"]
     assert processes_mentioning(job_id) == []  # no stray training process left behind

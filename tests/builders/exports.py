@@ -29,7 +29,11 @@ DEFAULT_CLASSES: tuple[tuple[int, str], ...] = ((1, "a"), (2, "b"))
 
 # Pixel range each dtype's chips use (uint16 like the real 6-band KITTI sample, int16 with negatives).
 DTYPE_RANGES: dict[str, tuple[float, float]] = {
-    "uint8": (0, 255), "uint16": (0, 12000), "int16": (-2000, 6000), "float32": (0.0, 1.0)}
+    "uint8": (0, 255),
+    "uint16": (0, 12000),
+    "int16": (-2000, 6000),
+    "float32": (0.0, 1.0),
+}
 COLORS = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180))
 IMAGE_EXTS = {"tif": ".tif", "tiff": ".tif", "png": ".png", "jpg": ".jpg", "jpeg": ".jpg"}
 
@@ -114,38 +118,83 @@ def _band_stats(images: list[np.ndarray]) -> list[dict]:
     for b in range(stack.shape[1]):
         col = stack[:, b]
         mean = float(col.mean())
-        out.append({"Min": float(col.min()), "Max": float(col.max()), "Mean": mean, "StdDev": float(col.std()),
-                    "M1": mean, "M2": float(((col - mean) ** 2).sum()), "Num": int(col.size)})
+        out.append(
+            {
+                "Min": float(col.min()),
+                "Max": float(col.max()),
+                "Mean": mean,
+                "StdDev": float(col.std()),
+                "M1": mean,
+                "M2": float(((col - mean) ** 2).sum()),
+                "Num": int(col.size),
+            }
+        )
     return out
 
 
-def write_metadata(folder: Path, mode: str, *, classes: Classes, size: int, bands: int,
-                   rows: list[list[str]], images: list[np.ndarray], newer_metadata: bool = False,
-                   per_class: list[int] | None = None, pixel_stats: bool = False, no_color: bool = False,
-                   extra_emd: dict | None = None, extra_stats: dict | None = None, map_extra: int = 0) -> None:
+def write_metadata(
+    folder: Path,
+    mode: str,
+    *,
+    classes: Classes,
+    size: int,
+    bands: int,
+    rows: list[list[str]],
+    images: list[np.ndarray],
+    newer_metadata: bool = False,
+    per_class: list[int] | None = None,
+    pixel_stats: bool = False,
+    no_color: bool = False,
+    extra_emd: dict | None = None,
+    extra_stats: dict | None = None,
+    map_extra: int = 0,
+) -> None:
     """The four metadata files: esri_accumulated_stats.json, esri_model_definition.emd, map.txt, stats.txt."""
     n = len(rows)
     per_class = per_class or [0] * len(classes)
-    emd_classes = [{"Value": v, "Name": name,
-                    "Color": [-1, -1, -1] if no_color else list(COLORS[i % len(COLORS)])}
-                   for i, (v, name) in enumerate(classes)]
-    stats: dict = {"Version": 1, "NumBands": bands, "TileSizeX": size, "TileSizeY": size,
-                   "NumClasses": len(classes), "NumTiles": n + map_extra, "OutputFeatures": not pixel_stats,
-                   "MetaDataMode": mode,
-                   "Classes": [{"ClassValue": v, "ClassName": name} for v, name in classes]}
+    emd_classes = [
+        {"Value": v, "Name": name, "Color": [-1, -1, -1] if no_color else list(COLORS[i % len(COLORS)])}
+        for i, (v, name) in enumerate(classes)
+    ]
+    stats: dict = {
+        "Version": 1,
+        "NumBands": bands,
+        "TileSizeX": size,
+        "TileSizeY": size,
+        "NumClasses": len(classes),
+        "NumTiles": n + map_extra,
+        "OutputFeatures": not pixel_stats,
+        "MetaDataMode": mode,
+        "Classes": [{"ClassValue": v, "ClassName": name} for v, name in classes],
+    }
     if classes:
-        key, per_key = ("ClassPixelStats", "NumPixelsPerClass") if pixel_stats else ("FeatureStats",
-                                                                                  "NumFeaturesPerClass")
+        key, per_key = (
+            ("ClassPixelStats", "NumPixelsPerClass") if pixel_stats else ("FeatureStats", "NumFeaturesPerClass")
+        )
         stats[key] = {"NumClasses": len(classes), "NumImagesTotal": n + map_extra, per_key: per_class}
-    emd: dict = {"Framework": "e.g. CNTK", "ModelConfiguration": "some description",
-                 "ModelType": "e.g. ObjectDetection or ImageClassification",
-                 "ModelFile": "e.g. .\\trained.model", "ImageHeight": "e.g. 256", "ImageWidth": "e.g. 256",
-                 "ExtractBands": "e.g. [0, 1, 2]", "Classes": emd_classes}
+    emd: dict = {
+        "Framework": "e.g. CNTK",
+        "ModelConfiguration": "some description",
+        "ModelType": "e.g. ObjectDetection or ImageClassification",
+        "ModelFile": "e.g. .\\trained.model",
+        "ImageHeight": "e.g. 256",
+        "ImageWidth": "e.g. 256",
+        "ExtractBands": "e.g. [0, 1, 2]",
+        "Classes": emd_classes,
+    }
     if newer_metadata and images:
         band_stats = _band_stats(images)
-        emd.update({"ImageHeight": size, "ImageWidth": size, "MetaDataMode": mode, "ImageSpaceUsed": "MAP_SPACE",
-                    "AllTilesStats": [{"BandName": "", **{k: s[k] for k in ("Min", "Max", "Mean", "StdDev")}}
-                                      for s in band_stats]})
+        emd.update(
+            {
+                "ImageHeight": size,
+                "ImageWidth": size,
+                "MetaDataMode": mode,
+                "ImageSpaceUsed": "MAP_SPACE",
+                "AllTilesStats": [
+                    {"BandName": "", **{k: s[k] for k in ("Min", "Max", "Mean", "StdDev")}} for s in band_stats
+                ],
+            }
+        )
         stats["BandStatsState"] = [{**s, "Mean": 0, "StdDev": 0} for s in band_stats]
         cell = {"x": 0.5, "y": 0.5, "spatialReference": {"wkid": 32617, "latestWkid": 32617}}
         stats["MinCellSize"] = stats["MaxCellSize"] = emd["MinCellSize"] = emd["MaxCellSize"] = cell
@@ -165,8 +214,22 @@ def write_metadata(folder: Path, mode: str, *, classes: Classes, size: int, band
 class _Export:
     """Shared bookkeeping for one export folder being written."""
 
-    def __init__(self, root: Path | str, name: str, *, n: int, size: int, bands: int, dtype: str, ext: str,
-                 digits: int, start_index: int, seed: int, compression: str | None, side_files: bool) -> None:
+    def __init__(
+        self,
+        root: Path | str,
+        name: str,
+        *,
+        n: int,
+        size: int,
+        bands: int,
+        dtype: str,
+        ext: str,
+        digits: int,
+        start_index: int,
+        seed: int,
+        compression: str | None,
+        side_files: bool,
+    ) -> None:
         self.folder = Path(root) / name
         (self.folder / "images").mkdir(parents=True, exist_ok=True)
         self.n, self.size, self.bands, self.dtype = n, size, bands, dtype
@@ -194,8 +257,16 @@ class _Export:
         return rel
 
     def meta(self, mode: str, classes: Classes, **kw) -> Path:
-        write_metadata(self.folder, mode, classes=classes, size=self.size, bands=self.bands, rows=self.rows,
-                       images=self.images, **kw)
+        write_metadata(
+            self.folder,
+            mode,
+            classes=classes,
+            size=self.size,
+            bands=self.bands,
+            rows=self.rows,
+            images=self.images,
+            **kw,
+        )
         return self.folder
 
 
@@ -208,10 +279,22 @@ def _common(kw: dict) -> dict:
 # --- builders ------------------------------------------------------------------------------------
 
 
-def write_classified_tiles(root: Path | str, n: int = 16, size: int = 32, bands: int = 3, dtype: str = "uint8",
-                           classes: Classes = DEFAULT_CLASSES, *, name: str = "classified_tiles", ext: str = "tif",
-                           images2: bool = False, newer_metadata: bool = False, no_color: bool = False,
-                           map_extra: int = 0, **kw) -> Path:
+def write_classified_tiles(
+    root: Path | str,
+    n: int = 16,
+    size: int = 32,
+    bands: int = 3,
+    dtype: str = "uint8",
+    classes: Classes = DEFAULT_CLASSES,
+    *,
+    name: str = "classified_tiles",
+    ext: str = "tif",
+    images2: bool = False,
+    newer_metadata: bool = False,
+    no_color: bool = False,
+    map_extra: int = 0,
+    **kw,
+) -> Path:
     """Classified_Tiles: 1-2 rectangles per chip at their class level; label raster holds class values.
 
     With `images2=True` this is a ChangeDetection export: images2/ is the "after" chip with the
@@ -239,8 +322,15 @@ def write_classified_tiles(root: Path | str, n: int = 16, size: int = 32, bands:
             pixels_per_class[k] += int((mask == value).sum())
     if images2:
         ex.images = ex.images[0::2]  # band stats describe images/ only
-    return ex.meta("Classified_Tiles", classes, newer_metadata=newer_metadata, per_class=pixels_per_class,
-                   pixel_stats=True, no_color=no_color, map_extra=map_extra)
+    return ex.meta(
+        "Classified_Tiles",
+        classes,
+        newer_metadata=newer_metadata,
+        per_class=pixels_per_class,
+        pixel_stats=True,
+        no_color=no_color,
+        map_extra=map_extra,
+    )
 
 
 def write_change_detection(root: Path | str, n: int = 16, size: int = 32, **kw) -> Path:
@@ -267,11 +357,14 @@ def _voc_xml(stem: str, ext: str, size: int, bands: int, objects: list[tuple]) -
         f"    <object>\n        <name>{value}</name>\n        <bndbox>\n"
         f"            <xmin>{x0:.2f}</xmin>\n            <ymin>{y0:.2f}</ymin>\n"
         f"            <xmax>{x1:.2f}</xmax>\n            <ymax>{y1:.2f}</ymax>\n        </bndbox>\n    </object>\n"
-        for value, (x0, y0, x1, y1) in objects)
-    return (f'<?xml version="1.0"?>\n<annotation>\n    <filename>{stem}{ext}</filename>\n'
-            f"    <source>\n        <annotation>ArcGIS Pro 2.1</annotation>\n    </source>\n"
-            f"    <size>\n        <width>{size}</width>\n        <height>{size}</height>\n"
-            f"        <depth>{bands}</depth>\n    </size>\n{body}</annotation>\n")
+        for value, (x0, y0, x1, y1) in objects
+    )
+    return (
+        f'<?xml version="1.0"?>\n<annotation>\n    <filename>{stem}{ext}</filename>\n'
+        f"    <source>\n        <annotation>ArcGIS Pro 2.1</annotation>\n    </source>\n"
+        f"    <size>\n        <width>{size}</width>\n        <height>{size}</height>\n"
+        f"        <depth>{bands}</depth>\n    </size>\n{body}</annotation>\n"
+    )
 
 
 def _detection(root, n, size, bands, dtype, classes, name, ext, mode, newer_metadata, empty_every, kw) -> Path:
@@ -283,8 +376,10 @@ def _detection(root, n, size, bands, dtype, classes, name, ext, mode, newer_meta
         img = ex.image(f"images/{stem}{ex.ext}", canvas)
         if mode == "KITTI_rectangles":
             label = f"labels/{stem}.txt"
-            text = "".join(f"  {v} 0.00 0 0 {x0:7.2f} {y0:7.2f} {x1:7.2f} {y1:7.2f} 0 0 0 0 0 0 0\n"
-                           for v, (x0, y0, x1, y1) in objects)
+            text = "".join(
+                f"  {v} 0.00 0 0 {x0:7.2f} {y0:7.2f} {x1:7.2f} {y1:7.2f} 0 0 0 0 0 0 0\n"
+                for v, (x0, y0, x1, y1) in objects
+            )
         else:
             label = f"labels/{stem}.xml"
             text = _voc_xml(stem, ex.ext, size, bands, objects)
@@ -296,28 +391,62 @@ def _detection(root, n, size, bands, dtype, classes, name, ext, mode, newer_meta
     return ex.meta(mode, classes, newer_metadata=newer_metadata, per_class=per_class)
 
 
-def write_pascal_voc(root: Path | str, n: int = 16, size: int = 32, bands: int = 3, dtype: str = "uint8",
-                     classes: Classes = DEFAULT_CLASSES, *, name: str = "pascal_voc", ext: str = "tif",
-                     newer_metadata: bool = False, empty_every: int = 0, **kw) -> Path:
+def write_pascal_voc(
+    root: Path | str,
+    n: int = 16,
+    size: int = 32,
+    bands: int = 3,
+    dtype: str = "uint8",
+    classes: Classes = DEFAULT_CLASSES,
+    *,
+    name: str = "pascal_voc",
+    ext: str = "tif",
+    newer_metadata: bool = False,
+    empty_every: int = 0,
+    **kw,
+) -> Path:
     """PASCAL_VOC_rectangles: 1-3 bright squares per chip, `<name>` = class value, fractional pixel boxes.
 
     `empty_every=k` leaves every k-th chip without objects (a valid but empty label file).
     """
-    return _detection(root, n, size, bands, dtype, classes, name, ext, "PASCAL_VOC_rectangles",
-                      newer_metadata, empty_every, kw)
+    return _detection(
+        root, n, size, bands, dtype, classes, name, ext, "PASCAL_VOC_rectangles", newer_metadata, empty_every, kw
+    )
 
 
-def write_kitti(root: Path | str, n: int = 16, size: int = 32, bands: int = 3, dtype: str = "uint8",
-                classes: Classes = DEFAULT_CLASSES, *, name: str = "kitti", ext: str = "tif",
-                newer_metadata: bool = False, empty_every: int = 0, **kw) -> Path:
+def write_kitti(
+    root: Path | str,
+    n: int = 16,
+    size: int = 32,
+    bands: int = 3,
+    dtype: str = "uint8",
+    classes: Classes = DEFAULT_CLASSES,
+    *,
+    name: str = "kitti",
+    ext: str = "tif",
+    newer_metadata: bool = False,
+    empty_every: int = 0,
+    **kw,
+) -> Path:
     """KITTI_rectangles: as write_pascal_voc, labels as 15-column text lines with Esri's padding."""
-    return _detection(root, n, size, bands, dtype, classes, name, ext, "KITTI_rectangles",
-                      newer_metadata, empty_every, kw)
+    return _detection(
+        root, n, size, bands, dtype, classes, name, ext, "KITTI_rectangles", newer_metadata, empty_every, kw
+    )
 
 
-def write_rcnn_masks(root: Path | str, n: int = 16, size: int = 32, bands: int = 3, dtype: str = "uint8",
-                     classes: Classes = DEFAULT_CLASSES, *, name: str = "rcnn_masks", ext: str = "tif",
-                     newer_metadata: bool = False, **kw) -> Path:
+def write_rcnn_masks(
+    root: Path | str,
+    n: int = 16,
+    size: int = 32,
+    bands: int = 3,
+    dtype: str = "uint8",
+    classes: Classes = DEFAULT_CLASSES,
+    *,
+    name: str = "rcnn_masks",
+    ext: str = "tif",
+    newer_metadata: bool = False,
+    **kw,
+) -> Path:
     """RCNN_Masks: labels/<class name>/<stem> per class present; each instance a distinct positive id."""
     ex = _Export(root, name, n=n, size=size, bands=bands, dtype=dtype, ext=ext, **_common(kw))
     per_class = [0] * len(classes)
@@ -344,9 +473,19 @@ def write_rcnn_masks(root: Path | str, n: int = 16, size: int = 32, bands: int =
     return ex.meta("RCNN_Masks", classes, newer_metadata=newer_metadata, per_class=per_class)
 
 
-def write_labeled_tiles(root: Path | str, n: int = 16, size: int = 32, bands: int = 3, dtype: str = "uint8",
-                        classes: Classes = DEFAULT_CLASSES, *, name: str = "labeled_tiles", ext: str = "tif",
-                        newer_metadata: bool = False, **kw) -> Path:
+def write_labeled_tiles(
+    root: Path | str,
+    n: int = 16,
+    size: int = 32,
+    bands: int = 3,
+    dtype: str = "uint8",
+    classes: Classes = DEFAULT_CLASSES,
+    *,
+    name: str = "labeled_tiles",
+    ext: str = "tif",
+    newer_metadata: bool = False,
+    **kw,
+) -> Path:
     """Labeled_Tiles: chip i has class i mod K, drawn as the whole chip at that class's level."""
     ex = _Export(root, name, n=n, size=size, bands=bands, dtype=dtype, ext=ext, **_common(kw))
     per_class = [0] * len(classes)
@@ -362,9 +501,19 @@ def write_labeled_tiles(root: Path | str, n: int = 16, size: int = 32, bands: in
     return ex.meta("Labeled_Tiles", classes, newer_metadata=newer_metadata, per_class=per_class)
 
 
-def write_multilabeled_tiles(root: Path | str, n: int = 16, size: int = 32, bands: int = 3, dtype: str = "uint8",
-                             classes: Classes = ((1, "a"), (2, "b"), (3, "c")), *, name: str = "multilabeled_tiles",
-                             ext: str = "tif", label_names: bool = False, **kw) -> Path:
+def write_multilabeled_tiles(
+    root: Path | str,
+    n: int = 16,
+    size: int = 32,
+    bands: int = 3,
+    dtype: str = "uint8",
+    classes: Classes = ((1, "a"), (2, "b"), (3, "c")),
+    *,
+    name: str = "multilabeled_tiles",
+    ext: str = "tif",
+    label_names: bool = False,
+    **kw,
+) -> Path:
     """MultiLabeled_Tiles: vertical stripe k is bright when class k is present; `<name>` = "v1,v2".
 
     `label_names=True` writes class names instead of values in `<name>` (Esri's own files are unverified).
@@ -375,20 +524,29 @@ def write_multilabeled_tiles(root: Path | str, n: int = 16, size: int = 32, band
         present = [k for k in range(k_count) if (i + 1) >> k & 1] or [i % k_count]
         canvas = _canvas(size, bands, dtype)
         for k in present:
-            canvas[:, k * size // k_count:(k + 1) * size // k_count] = class_level(k_count - 1, k_count, dtype)
+            canvas[:, k * size // k_count : (k + 1) * size // k_count] = class_level(k_count - 1, k_count, dtype)
             per_class[k] += 1
         img = ex.image(f"images/{stem}{ex.ext}", canvas)
         text = ",".join(str(classes[k][1] if label_names else classes[k][0]) for k in present)
         (ex.folder / "labels").mkdir(exist_ok=True)
-        (ex.folder / f"labels/{stem}.xml").write_text(
-            _voc_xml(stem, ex.ext, size, bands, [(text, (0, 0, size, size))]))
+        (ex.folder / f"labels/{stem}.xml").write_text(_voc_xml(stem, ex.ext, size, bands, [(text, (0, 0, size, size))]))
         ex.rows.append([img, f"labels/{stem}.xml"])
     return ex.meta("MultiLabeled_Tiles", classes, per_class=per_class)
 
 
-def write_imagenet(root: Path | str, n: int = 16, size: int = 32, bands: int = 3, dtype: str = "uint8",
-                   classes: Classes = DEFAULT_CLASSES, *, name: str = "imagenet", ext: str = "tif",
-                   folder_by: str = "value", **kw) -> Path:
+def write_imagenet(
+    root: Path | str,
+    n: int = 16,
+    size: int = 32,
+    bands: int = 3,
+    dtype: str = "uint8",
+    classes: Classes = DEFAULT_CLASSES,
+    *,
+    name: str = "imagenet",
+    ext: str = "tif",
+    folder_by: str = "value",
+    **kw,
+) -> Path:
     """Imagenet: images/<class>/<stem>; the class folder is the value (`folder_by="name"`: the name)."""
     ex = _Export(root, name, n=n, size=size, bands=bands, dtype=dtype, ext=ext, **_common(kw))
     per_class = [0] * len(classes)
@@ -401,9 +559,19 @@ def write_imagenet(root: Path | str, n: int = 16, size: int = 32, bands: int = 3
     return ex.meta("Imagenet", classes, per_class=per_class)
 
 
-def write_export_tiles(root: Path | str, n: int = 8, size: int = 32, bands: int = 3, dtype: str = "uint8", *,
-                       name: str = "export_tiles", ext: str = "tif", images2: bool = False,
-                       mode: str = "Export_Tiles", **kw) -> Path:
+def write_export_tiles(
+    root: Path | str,
+    n: int = 8,
+    size: int = 32,
+    bands: int = 3,
+    dtype: str = "uint8",
+    *,
+    name: str = "export_tiles",
+    ext: str = "tif",
+    images2: bool = False,
+    mode: str = "Export_Tiles",
+    **kw,
+) -> Path:
     """Export_Tiles (no labels). `images2=True`: Pix2Pix pairs, images2 = the chip with bright squares."""
     ex = _Export(root, name, n=n, size=size, bands=bands, dtype=dtype, ext=ext, **_common(kw))
     for stem in ex.stems():
@@ -434,9 +602,19 @@ def write_cyclegan(root: Path | str, n: int = 8, size: int = 32, *, name: str = 
     return parent
 
 
-def write_panoptic(root: Path | str, n: int = 8, size: int = 32, bands: int = 3, dtype: str = "uint8",
-                   classes: Classes = ((1, "ground"), (2, "tree")), instance_classes: Classes = ((2, "tree"),), *,
-                   name: str = "panoptic", ext: str = "tif", **kw) -> Path:
+def write_panoptic(
+    root: Path | str,
+    n: int = 8,
+    size: int = 32,
+    bands: int = 3,
+    dtype: str = "uint8",
+    classes: Classes = ((1, "ground"), (2, "tree")),
+    instance_classes: Classes = ((2, "tree"),),
+    *,
+    name: str = "panoptic",
+    ext: str = "tif",
+    **kw,
+) -> Path:
     """Panoptic_Segmentation: labels/ semantic raster + labels2/<instance class name>/<stem> instance ids."""
     ex = _Export(root, name, n=n, size=size, bands=bands, dtype=dtype, ext=ext, **_common(kw))
     inst_values = {v for v, _ in instance_classes}
@@ -468,10 +646,17 @@ def write_panoptic(root: Path | str, n: int = 8, size: int = 32, bands: int = 3,
 
 
 WRITERS = {
-    "Classified_Tiles": write_classified_tiles, "PASCAL_VOC_rectangles": write_pascal_voc,
-    "KITTI_rectangles": write_kitti, "RCNN_Masks": write_rcnn_masks, "Labeled_Tiles": write_labeled_tiles,
-    "MultiLabeled_Tiles": write_multilabeled_tiles, "Imagenet": write_imagenet, "Export_Tiles": write_export_tiles,
-    "Pix2Pix": write_pix2pix, "CycleGAN": write_cyclegan, "ChangeDetection": write_change_detection,
+    "Classified_Tiles": write_classified_tiles,
+    "PASCAL_VOC_rectangles": write_pascal_voc,
+    "KITTI_rectangles": write_kitti,
+    "RCNN_Masks": write_rcnn_masks,
+    "Labeled_Tiles": write_labeled_tiles,
+    "MultiLabeled_Tiles": write_multilabeled_tiles,
+    "Imagenet": write_imagenet,
+    "Export_Tiles": write_export_tiles,
+    "Pix2Pix": write_pix2pix,
+    "CycleGAN": write_cyclegan,
+    "ChangeDetection": write_change_detection,
     "Panoptic_Segmentation": write_panoptic,
 }
 
@@ -489,5 +674,14 @@ from tests.builders.media import write_image_captioning, write_object_tracking  
 WRITERS.update({"ImageCaptioning": write_image_captioning, "ObjectTracking": write_object_tracking})
 
 __all__ = [name for name in dir() if name.startswith("write_")] + [
-    "WRITERS", "class_level", "background_level", "box_outside_chip", "corrupt_chip", "empty_label_file", "mismatch_stem",
-    "remove_file", "set_label_value", "truncate_chip"]
+    "WRITERS",
+    "class_level",
+    "background_level",
+    "box_outside_chip",
+    "corrupt_chip",
+    "empty_label_file",
+    "mismatch_stem",
+    "remove_file",
+    "set_label_value",
+    "truncate_chip",
+]

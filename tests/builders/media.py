@@ -20,13 +20,32 @@ COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 70, 220)}
 CORNERS = ("top left", "top right", "bottom left", "bottom right")
 
 
-def write_image_captioning(root: Path | str, n: int = 16, size: int = 32, *, name: str = "image_captioning",
-                           seed: int = 0, captions_per_chip: int = 2) -> Path:
+def write_image_captioning(
+    root: Path | str,
+    n: int = 16,
+    size: int = 32,
+    *,
+    name: str = "image_captioning",
+    seed: int = 0,
+    captions_per_chip: int = 2,
+) -> Path:
     """Chip i: colour i mod 3 in corner (i // 3) mod 4; captions vary only in their wording."""
     from tests.builders.exports import _Export, _voc_xml
 
-    ex = _Export(root, name, n=n, size=size, bands=3, dtype="uint8", ext="tif", digits=9, start_index=0,
-                 seed=seed, compression="lzw", side_files=False)
+    ex = _Export(
+        root,
+        name,
+        n=n,
+        size=size,
+        bands=3,
+        dtype="uint8",
+        ext="tif",
+        digits=9,
+        start_index=0,
+        seed=seed,
+        compression="lzw",
+        side_files=False,
+    )
     (ex.folder / "labels").mkdir(exist_ok=True)
     colours = list(COLOURS)
     for i, stem in enumerate(ex.stems()):
@@ -35,7 +54,7 @@ def write_image_captioning(root: Path | str, n: int = 16, size: int = 32, *, nam
         half = size // 2
         y0 = 2 if corner.startswith("top") else half + 2
         x0 = 2 if corner.endswith("left") else half + 2
-        canvas[y0:y0 + half - 4, x0:x0 + half - 4] = COLOURS[colour]
+        canvas[y0 : y0 + half - 4, x0 : x0 + half - 4] = COLOURS[colour]
         img = ex.image(f"images/{stem}{ex.ext}", canvas)
         texts = [f"a {colour} square in the {corner} corner.", f"the {corner} corner has a {colour} square."]
         objects = [(text, (0, 0, size, size)) for text in texts[:captions_per_chip]]
@@ -54,9 +73,17 @@ def _palette_png(path: Path, ids: np.ndarray) -> None:
     image.save(path)
 
 
-def write_object_tracking(root: Path | str, n: int = 8, size: int = 32, frames: int = 6, *,
-                          name: str = "object_tracking", seed: int = 0, annotate_every: int = 1,
-                          meta: bool = True) -> Path:
+def write_object_tracking(
+    root: Path | str,
+    n: int = 8,
+    size: int = 32,
+    frames: int = 6,
+    *,
+    name: str = "object_tracking",
+    seed: int = 0,
+    annotate_every: int = 1,
+    meta: bool = True,
+) -> Path:
     """`n` sequences of `frames` frames; `annotate_every=k` annotates frames 0, k, 2k, ... only."""
     from PIL import Image
 
@@ -81,8 +108,8 @@ def write_object_tracking(root: Path | str, n: int = 8, size: int = 32, frames: 
             ids = np.zeros((size, size), np.uint8)
             for (oid, _cat, colour, side), (start, velocity) in zip(objects, tracks):
                 x0, y0 = np.clip(start + velocity * f, 0, size - side).round().astype(int)
-                canvas[y0:y0 + side, x0:x0 + side] = colour
-                ids[y0:y0 + side, x0:x0 + side] = oid
+                canvas[y0 : y0 + side, x0 : x0 + side] = colour
+                ids[y0 : y0 + side, x0 : x0 + side] = oid
             stem = f"{5 * f:05d}"
             frame = folder / "JPEGImages" / seq / f"{stem}.jpg"
             frame.parent.mkdir(parents=True, exist_ok=True)

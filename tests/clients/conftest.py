@@ -33,8 +33,9 @@ def _serve(tmp_path_factory: pytest.TempPathFactory, name: str, *, tls: bool, au
 
     root = tmp_path_factory.mktemp(name)
     write_exports(root / SHARE)
-    server = GpjobsServer(root, trainer="real", shares={SHARE: root / SHARE}, tls=tls, auth=auth,
-                          settings={"max_attempts": 1})
+    server = GpjobsServer(
+        root, trainer="real", shares={SHARE: root / SHARE}, tls=tls, auth=auth, settings={"max_attempts": 1}
+    )
     try:
         yield server.start()
     finally:

@@ -15,21 +15,33 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
 needs_rest_js = [
     pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed"),
-    pytest.mark.skipif(not (HERE / "node_modules/@esri/arcgis-rest-request").is_dir(),
-                       reason="@esri/arcgis-rest-request is not installed (cd tests/clients && npm ci)"),
+    pytest.mark.skipif(
+        not (HERE / "node_modules/@esri/arcgis-rest-request").is_dir(),
+        reason="@esri/arcgis-rest-request is not installed (cd tests/clients && npm ci)",
+    ),
 ]
 needs_browser = [
     pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed"),
-    pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                       reason=f"chromium not found at {CHROMIUM} (apt-get install chromium)"),
-    pytest.mark.skipif(not (HERE / "node_modules/playwright-core").is_dir(),
-                       reason="playwright-core is not installed (cd tests/clients && npm ci)"),
+    pytest.mark.skipif(
+        not Path(CHROMIUM).exists(), reason=f"chromium not found at {CHROMIUM} (apt-get install chromium)"
+    ),
+    pytest.mark.skipif(
+        not (HERE / "node_modules/playwright-core").is_dir(),
+        reason="playwright-core is not installed (cd tests/clients && npm ci)",
+    ),
 ]
 
 
 async def _node(script: str, *args: str, env: dict[str, str], timeout: float) -> tuple[int, dict, str]:
-    proc = await asyncio.create_subprocess_exec("node", str(HERE / script), *args, cwd=HERE, env=env,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        "node",
+        str(HERE / script),
+        *args,
+        cwd=HERE,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except TimeoutError:
@@ -39,8 +51,15 @@ async def _node(script: str, *args: str, env: dict[str, str], timeout: float) ->
     return proc.returncode or 0, (json.loads(lines[-1]) if lines else {}), err.decode(errors="replace")[-3000:]
 
 
-async def run_rest_job(task_url: str, token: str | None, params: dict, *, cert: Path | None = None,
-                       timeout: float = 840, result: str = "out_item") -> tuple[int, dict, str]:
+async def run_rest_job(
+    task_url: str,
+    token: str | None,
+    params: dict,
+    *,
+    cert: Path | None = None,
+    timeout: float = 840,
+    result: str = "out_item",
+) -> tuple[int, dict, str]:
     """@esri/arcgis-rest-request's Job: submit, poll every 0.5 s, fetch all results and the `result` output."""
     env = dict(os.environ)
     if cert is not None:
@@ -48,8 +67,9 @@ async def run_rest_job(task_url: str, token: str | None, params: dict, *, cert: 
     return await _node("rest_job.mjs", task_url, token or "", json.dumps(params), result, env=env, timeout=timeout)
 
 
-async def run_browser_job(task_url: str, fields: dict, artifacts: Path, *, timeout: float = 840
-                          ) -> tuple[int, dict, str]:
+async def run_browser_job(
+    task_url: str, fields: dict, artifacts: Path, *, timeout: float = 840
+) -> tuple[int, dict, str]:
     """Headless Chromium fills and submits the task's html form, then follows the job page to the end."""
     shutil.rmtree(artifacts, ignore_errors=True)
     env = {**os.environ, "CHROMIUM": CHROMIUM, "BROWSER_JOB_TIMEOUT_MS": str(int((timeout - 60) * 1000))}

@@ -42,9 +42,18 @@ def test_import_toolbox_trains_and_returns_out_item(http_server: GpjobsServer):
     tbx = import_toolbox(http_server.service_url)
     try:
         value = tbx.train_deep_learning_model(
-            in_folder=EXPORT, output_name={"name": "toolboxModel"}, model_type=MODEL_TYPE,
-            backbone_model=BACKBONE, batch_size=4, max_epochs=1, learning_rate=0.001, validation_percent=25,
-            stop_training=False, freeze_model=True, overwrite_model=False)
+            in_folder=EXPORT,
+            output_name={"name": "toolboxModel"},
+            model_type=MODEL_TYPE,
+            backbone_model=BACKBONE,
+            batch_size=4,
+            max_epochs=1,
+            learning_rate=0.001,
+            validation_percent=25,
+            stop_training=False,
+            freeze_model=True,
+            overwrite_model=False,
+        )
     except Exception as exc:
         pytest.fail(f"import_toolbox client failed: {exc!r}\n{http_server.diagnose()}")
     # The GPString value is served as an object (protocol.md §5.2) and the client hands it back as is.
@@ -59,9 +68,18 @@ def test_learn_train_model_returns_the_portal_item(https_server: GpjobsServer):
     gis = GIS(f"{https_server.base_url}/portal", token=https_server.token, verify_cert=False)
     assert gis._con._product != "AGOL" and gis.users.me.username == USERNAME
     try:
-        item = train_model(input_folder=EXPORT, model_type=MODEL_TYPE, backbone_model=BACKBONE,
-                           batch_size=4, max_epochs=1, learning_rate=0.001, validation_percent=25,
-                           stop_training=False, output_name="learnModel", gis=gis)
+        item = train_model(
+            input_folder=EXPORT,
+            model_type=MODEL_TYPE,
+            backbone_model=BACKBONE,
+            batch_size=4,
+            max_epochs=1,
+            learning_rate=0.001,
+            validation_percent=25,
+            stop_training=False,
+            output_name="learnModel",
+            gis=gis,
+        )
     except Exception as exc:
         pytest.fail(f"arcgis.learn.train_model failed: {exc!r}\n{https_server.diagnose()}")
     assert isinstance(item, Item), item
@@ -70,7 +88,8 @@ def test_learn_train_model_returns_the_portal_item(https_server: GpjobsServer):
     stored = https_server.get_json(f"/sharing/rest/content/items/{item.id}")
     assert stored["properties"]["jobType"] == "GPServer" and stored["properties"]["jobStatus"] == "completed"
     job_id = stored["properties"]["jobId"]
-    job = https_server.get_json(f"/arcgis/rest/services/System/RasterAnalysisTools/GPServer/"
-                                f"TrainDeepLearningModel/jobs/{job_id}")
+    job = https_server.get_json(
+        f"/arcgis/rest/services/System/RasterAnalysisTools/GPServer/TrainDeepLearningModel/jobs/{job_id}"
+    )
     assert job["jobStatus"] == "esriJobSucceeded"
     assert_dlpk_item(https_server, item.id, owner=USERNAME, title="learnModel")

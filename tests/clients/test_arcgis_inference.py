@@ -32,8 +32,15 @@ def server(tmp_path_factory):
     for model_type in ("UNET", "SSD"):
         shutil.copy(trained_package(model_type), share / "models" / f"{model_type.lower()}.dlpk")
     write_raster(imagery / "scene.tif", width=64, height=64)
-    srv = GpjobsServer(root, trainer="real", shares={"share": share}, raster_stores={"imagery": imagery}, tls=True,
-                       auth=True, settings={"max_attempts": 1})
+    srv = GpjobsServer(
+        root,
+        trainer="real",
+        shares={"share": share},
+        raster_stores={"imagery": imagery},
+        tls=True,
+        auth=True,
+        settings={"max_attempts": 1},
+    )
     try:
         yield srv.start()
     finally:
@@ -48,10 +55,22 @@ def test_arcgis_learn_classify_pixels_and_detect_objects(server: GpjobsServer) -
 
     gis = GIS(f"{server.base_url}/portal", token=server.token, verify_cert=False)
     try:
-        classified = classify_pixels(SCENE, "/fileShares/share/models/unet.dlpk", model_arguments={"padding": 4},
-                                     output_name="arcgisClasses", gis=gis)
-        objects = detect_objects(SCENE, "/fileShares/share/models/ssd.dlpk", output_name="arcgisObjects",
-                                 run_nms=True, confidence_score_field="Confidence", max_overlap_ratio=0.3, gis=gis)
+        classified = classify_pixels(
+            SCENE,
+            "/fileShares/share/models/unet.dlpk",
+            model_arguments={"padding": 4},
+            output_name="arcgisClasses",
+            gis=gis,
+        )
+        objects = detect_objects(
+            SCENE,
+            "/fileShares/share/models/ssd.dlpk",
+            output_name="arcgisObjects",
+            run_nms=True,
+            confidence_score_field="Confidence",
+            max_overlap_ratio=0.3,
+            gis=gis,
+        )
     except Exception as exc:
         pytest.fail(f"arcgis client failed: {exc!r}\n{server.diagnose()}")
     assert isinstance(classified, Item) and isinstance(objects, Item)
@@ -73,10 +92,19 @@ def test_arcgis_learn_classify_pixels_and_detect_objects(server: GpjobsServer) -
 @needs_rest_js[0]
 @needs_rest_js[1]
 async def test_rest_js_job_runs_classify_pixels(server: GpjobsServer) -> None:
-    params = {"inputRaster": {"uri": SCENE}, "model": {"uri": "/fileShares/share/models/unet.dlpk"},
-              "outputClassifiedRaster": {"name": "restJsClasses"}, "modelArguments": {"padding": 4}}
-    code, report, stderr = await run_rest_job(f"{server.service_url}/ClassifyPixelsUsingDeepLearning", server.token,
-                                              params, cert=server.cert, result="outRaster")
+    params = {
+        "inputRaster": {"uri": SCENE},
+        "model": {"uri": "/fileShares/share/models/unet.dlpk"},
+        "outputClassifiedRaster": {"name": "restJsClasses"},
+        "modelArguments": {"padding": 4},
+    }
+    code, report, stderr = await run_rest_job(
+        f"{server.service_url}/ClassifyPixelsUsingDeepLearning",
+        server.token,
+        params,
+        cert=server.cert,
+        result="outRaster",
+    )
     assert code == 0, f"rest-js client failed: {report}\n{stderr}\n{server.diagnose(report.get('id'))}"
     assert report["status"] == "Succeeded" and report["results"]["outRaster"]["value"] == report["result"]["value"]
     item = server.get_json(f"/sharing/rest/content/items/{report['result']['value']['id']}")

@@ -41,11 +41,24 @@ async def test_arcgis_gis_signs_in_finds_raster_analytics_and_updates_the_item(t
         gis = arcgis_gis.GIS(f"{url}/portal", token=token, verify_cert=False)
         item = arcgis_gis.Item(gis, record.id)
         # What arcgis' GPJob._process_ra does with an RA job's {"id": ...} result.
-        updated = item.update(item_properties={"properties": {
-            "jobUrl": f"{url}/jobs/{job_id}", "jobType": "GPServer", "jobId": job_id, "jobStatus": "completed"}})
-        return {"product": gis._con._product, "me": gis.users.me.username, "version": gis.version,
-                "ra": gis.properties.helperServices.rasterAnalytics.url,
-                "item": (item.title, item.type, item.owner), "updated": updated}
+        updated = item.update(
+            item_properties={
+                "properties": {
+                    "jobUrl": f"{url}/jobs/{job_id}",
+                    "jobType": "GPServer",
+                    "jobId": job_id,
+                    "jobStatus": "completed",
+                }
+            }
+        )
+        return {
+            "product": gis._con._product,
+            "me": gis.users.me.username,
+            "version": gis.version,
+            "ra": gis.properties.helperServices.rasterAnalytics.url,
+            "item": (item.title, item.type, item.owner),
+            "updated": updated,
+        }
 
     try:
         seen = await asyncio.to_thread(drive_client)

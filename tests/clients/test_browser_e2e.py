@@ -24,12 +24,19 @@ pytestmark = [pytest.mark.clients, pytest.mark.slow, pytest.mark.timeout(900), *
 
 
 async def test_person_submits_the_html_form_and_downloads_the_package(http_server: GpjobsServer):
-    fields = {"in_folder": EXPORT, "output_name": '{"name": "browserModel"}',
-              "model_type": MODEL_TYPE, "backbone_model": BACKBONE, "batch_size": "4", "max_epochs": "1",
-              "learning_rate": "0.001", "validation_percent": "25", "stop_training": "false"}
+    fields = {
+        "in_folder": EXPORT,
+        "output_name": '{"name": "browserModel"}',
+        "model_type": MODEL_TYPE,
+        "backbone_model": BACKBONE,
+        "batch_size": "4",
+        "max_epochs": "1",
+        "learning_rate": "0.001",
+        "validation_percent": "25",
+        "stop_training": "false",
+    }
     code, report, stderr = await run_browser_job(http_server.task_url, fields, ARTIFACTS)
-    assert code == 0 and not report.get("error"), (
-        f"browser run failed: {report}\n{stderr}\n{http_server.diagnose()}")
+    assert code == 0 and not report.get("error"), f"browser run failed: {report}\n{stderr}\n{http_server.diagnose()}"
     assert report["status"] == "esriJobSucceeded", report
     assert (ARTIFACTS / "3-job-finished.png").stat().st_size > 0
     assert report["download"]["name"] == "browserModel.dlpk"

@@ -16,10 +16,13 @@ from gpjobs.cli import main
 from gpjobs.commands.cert import CERT_NAME, KEY_NAME, write_self_signed
 
 BACKENDS = [
-    pytest.param("cryptography", marks=pytest.mark.skipif(
-        importlib.util.find_spec("cryptography") is None, reason="cryptography not installed")),
-    pytest.param("openssl", marks=pytest.mark.skipif(
-        shutil.which("openssl") is None, reason="openssl command not found")),
+    pytest.param(
+        "cryptography",
+        marks=pytest.mark.skipif(importlib.util.find_spec("cryptography") is None, reason="cryptography not installed"),
+    ),
+    pytest.param(
+        "openssl", marks=pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl command not found")
+    ),
 ]
 
 
@@ -49,8 +52,9 @@ async def test_certificate_serves_https_and_verifies_for_its_hosts(tmp_path, bac
             # The same certificate must not verify for a name it was not issued for.
             wrong = ssl.create_default_context(cafile=str(cert))
             with pytest.raises(aiohttp.ClientConnectorCertificateError):
-                async with session.get(f"https://127.0.0.1:{server.port}/", ssl=wrong,
-                                       server_hostname="not-this-host.example"):
+                async with session.get(
+                    f"https://127.0.0.1:{server.port}/", ssl=wrong, server_hostname="not-this-host.example"
+                ):
                     pass
     finally:
         await server.close()

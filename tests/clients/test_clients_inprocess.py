@@ -76,8 +76,11 @@ async def servers(tmp_path):
     http = await listen(True, None)
     https = await listen(False, tls)
     try:
-        yield Servers(Listener(f"http://127.0.0.1:{http}", None, None),
-                      Listener(f"https://127.0.0.1:{https}", token, tmp_path / "tls" / CERT_NAME), store)
+        yield Servers(
+            Listener(f"http://127.0.0.1:{http}", None, None),
+            Listener(f"https://127.0.0.1:{https}", token, tmp_path / "tls" / CERT_NAME),
+            store,
+        )
     finally:
         for client in started:
             await client.close()  # stops its InstantScheduler; the shared store stays open
@@ -85,8 +88,14 @@ async def servers(tmp_path):
 
 
 def job_args() -> dict:
-    return {"in_folder": EXPORT, "model_type": "FEATURE_CLASSIFIER", "backbone_model": "RESNET18",
-            "batch_size": 4, "max_epochs": 1, "learning_rate": 0.001}
+    return {
+        "in_folder": EXPORT,
+        "model_type": "FEATURE_CLASSIFIER",
+        "backbone_model": "RESNET18",
+        "batch_size": 4,
+        "max_epochs": 1,
+        "learning_rate": 0.001,
+    }
 
 
 async def test_arcgis_import_toolbox(servers: Servers):
@@ -110,8 +119,16 @@ async def test_arcgis_learn_train_model_over_https_with_a_token(servers: Servers
 
     def drive():
         gis = GIS(f"{servers.https.base_url}/portal", token=servers.https.token, verify_cert=False)
-        return train_model(input_folder=EXPORT, model_type="FEATURE_CLASSIFIER", backbone_model="RESNET18",
-                           batch_size=4, max_epochs=1, learning_rate=0.001, output_name="learned", gis=gis)
+        return train_model(
+            input_folder=EXPORT,
+            model_type="FEATURE_CLASSIFIER",
+            backbone_model="RESNET18",
+            batch_size=4,
+            max_epochs=1,
+            learning_rate=0.001,
+            output_name="learned",
+            gis=gis,
+        )
 
     item = await asyncio.to_thread(drive)
     assert isinstance(item, Item) and item.type == "Deep Learning Package" and item.owner == USERNAME
@@ -127,8 +144,9 @@ async def test_arcgis_learn_train_model_over_https_with_a_token(servers: Servers
 @pytest.mark.parametrize("_", [pytest.param(None, marks=needs_rest_js)])
 async def test_rest_js_job_with_a_token_over_verified_https(servers: Servers, _):
     params = {**job_args(), "output_name": {"name": "restjs"}, "stop_training": False}
-    code, report, stderr = await run_rest_job(servers.https.task_url, servers.https.token, params,
-                                              cert=servers.https.cert, timeout=120)
+    code, report, stderr = await run_rest_job(
+        servers.https.task_url, servers.https.token, params, cert=servers.https.cert, timeout=120
+    )
     assert code == 0, f"{report}\n{stderr}"
     assert report["status"] == "Succeeded"
     assert "Executing" in report["statuses"]  # it polled through the run, not just the end
@@ -138,19 +156,30 @@ async def test_rest_js_job_with_a_token_over_verified_https(servers: Servers, _)
 
 @pytest.mark.parametrize("_", [pytest.param(None, marks=needs_rest_js)])
 async def test_rest_js_rejects_a_bad_submit_and_a_missing_token(servers: Servers, _):
-    code, report, _ = await run_rest_job(servers.https.task_url, servers.https.token,
-                                         {**job_args(), "in_folder": "/fileShares/nope/x", "output_name": "m"},
-                                         cert=servers.https.cert, timeout=120)
+    code, report, _ = await run_rest_job(
+        servers.https.task_url,
+        servers.https.token,
+        {**job_args(), "in_folder": "/fileShares/nope/x", "output_name": "m"},
+        cert=servers.https.cert,
+        timeout=120,
+    )
     assert code == 1 and "in_folder" in str(report.get("response") or report["error"]), report
-    code, report, _ = await run_rest_job(servers.https.task_url, None, {**job_args(), "output_name": "m"},
-                                         cert=servers.https.cert, timeout=120)
+    code, report, _ = await run_rest_job(
+        servers.https.task_url, None, {**job_args(), "output_name": "m"}, cert=servers.https.cert, timeout=120
+    )
     assert code == 1 and report.get("code") == 499, report  # rest-js reads 499 as an auth error
 
 
 @pytest.mark.parametrize("_", [pytest.param(None, marks=needs_browser)])
 async def test_browser_html_form_to_download(servers: Servers, _):
-    fields = {"in_folder": EXPORT, "output_name": '{"name": "clicked"}', "model_type": "FEATURE_CLASSIFIER",
-              "backbone_model": "RESNET18", "max_epochs": "1", "stop_training": "false"}
+    fields = {
+        "in_folder": EXPORT,
+        "output_name": '{"name": "clicked"}',
+        "model_type": "FEATURE_CLASSIFIER",
+        "backbone_model": "RESNET18",
+        "max_epochs": "1",
+        "stop_training": "false",
+    }
     code, report, stderr = await run_browser_job(servers.http.task_url, fields, ARTIFACTS, timeout=180)
     assert code == 0 and not report.get("error"), f"{report}\n{stderr}"
     assert report["status"] == "esriJobSucceeded" and report["download"]["name"] == "clicked.dlpk"

@@ -19,9 +19,17 @@ pytestmark = [pytest.mark.clients, pytest.mark.slow, pytest.mark.timeout(900), *
 
 
 async def test_the_job_page_shows_training_as_it_happens_and_the_card_at_the_end(http_server: GpjobsServer):
-    job_id = http_server.submit(in_folder=EXPORT, output_name='{"name": "lookModel"}', model_type=MODEL_TYPE,
-                                backbone_model=BACKBONE, batch_size="2", max_epochs=str(EPOCHS),
-                                learning_rate="0.001", validation_percent="25", stop_training="false")["jobId"]
+    job_id = http_server.submit(
+        in_folder=EXPORT,
+        output_name='{"name": "lookModel"}',
+        model_type=MODEL_TYPE,
+        backbone_model=BACKBONE,
+        batch_size="2",
+        max_epochs=str(EPOCHS),
+        learning_rate="0.001",
+        validation_percent="25",
+        stop_training="false",
+    )["jobId"]
     code, report, stderr = await run_job_page_look(f"{http_server.task_url}/jobs/{job_id}?f=html", ARTIFACTS)
     assert code == 0 and not report.get("error"), f"{report}\n{stderr}\n{http_server.diagnose(job_id)}"
     finished = report["finished"]

@@ -62,7 +62,8 @@ async def test_portals_self_points_raster_analytics_at_our_gpserver(portal, pref
     assert body["user"]["username"] == "alice"
     origin = str(client.make_url("")).rstrip("/")
     assert body["helperServices"]["rasterAnalytics"]["url"] == (
-        f"{origin}/arcgis/rest/services/System/RasterAnalysisTools/GPServer")
+        f"{origin}/arcgis/rest/services/System/RasterAnalysisTools/GPServer"
+    )
 
 
 async def test_info_and_root_keep_arcgis_product_detection_on_portal(portal):
@@ -78,9 +79,11 @@ async def test_info_and_root_keep_arcgis_product_detection_on_portal(portal):
 
 async def test_tokens_from_every_source_and_auth_errors(portal):
     client, _, tokens, _ = portal
-    for kwargs in ({"headers": {"Authorization": f"Bearer {tokens['bob']}"}},
-                   {"headers": bearer(tokens["bob"])},
-                   {"params": {"token": tokens["bob"]}}):
+    for kwargs in (
+        {"headers": {"Authorization": f"Bearer {tokens['bob']}"}},
+        {"headers": bearer(tokens["bob"])},
+        {"params": {"token": tokens["bob"]}},
+    ):
         body = await get_json(client, "/sharing/rest/community/self", **kwargs)
         assert body["username"] == "bob" and body["role"] == "org_user"
     resp = await client.post("/sharing/rest/community/self", data={"f": "json", "token": tokens["bob"]})
@@ -94,8 +97,9 @@ async def test_tokens_from_every_source_and_auth_errors(portal):
 
 async def test_community_users_only_self_unless_admin(portal):
     client, _, tokens, _ = portal
-    assert (await get_json(client, "/sharing/rest/community/users/alice",
-                           headers=bearer(tokens["alice"])))["username"] == "alice"
+    assert (await get_json(client, "/sharing/rest/community/users/alice", headers=bearer(tokens["alice"])))[
+        "username"
+    ] == "alice"
     denied = await get_json(client, "/sharing/rest/community/users/bob", headers=bearer(tokens["alice"]))
     assert denied["error"]["code"] == 403
     seen = await get_json(client, "/sharing/rest/community/users/bob", headers=bearer(tokens["root"]))
@@ -133,57 +137,73 @@ async def test_user_content_lists_own_items_with_folders_and_paging(portal, dlpk
     body = await get_json(client, "/sharing/rest/content/users/alice", headers=bearer(tokens["alice"]))
     assert [i["id"] for i in body["items"]] == [item.id] and body["total"] == 1 and body["nextStart"] == -1
     assert body["folders"] == [{"id": folder, "title": folder, "username": "alice"}]
-    body = await get_json(client, f"/portal/sharing/rest/content/users/alice/{folder}",
-                          headers=bearer(tokens["alice"]))
+    body = await get_json(client, f"/portal/sharing/rest/content/users/alice/{folder}", headers=bearer(tokens["alice"]))
     assert [i["id"] for i in body["items"]] == [in_folder.id]
     denied = await get_json(client, "/sharing/rest/content/users/alice", headers=bearer(tokens["bob"]))
     assert denied["error"]["code"] == 403
     for _ in range(3):
         await publish_item(store, "bob", f"m{_}", dlpk)
-    page = await get_json(client, "/sharing/rest/content/users/bob", headers=bearer(tokens["root"]),
-                          params={"start": "2", "num": "2"})
+    page = await get_json(
+        client, "/sharing/rest/content/users/bob", headers=bearer(tokens["root"]), params={"start": "2", "num": "2"}
+    )
     assert page["total"] == 4 and page["num"] == 2 and page["start"] == 2 and page["nextStart"] == 4
 
 
 async def test_update_item_merges_properties_like_arcgis_after_a_job(portal):
     client, store, tokens, item = portal
-    props = {"jobUrl": "https://h/arcgis/rest/services/System/RasterAnalysisTools/GPServer/"
-                       "TrainDeepLearningModel/jobs/j" + "a" * 32,
-             "jobType": "GPServer", "jobId": "j" + "a" * 32, "jobStatus": "completed"}
+    props = {
+        "jobUrl": "https://h/arcgis/rest/services/System/RasterAnalysisTools/GPServer/"
+        "TrainDeepLearningModel/jobs/j" + "a" * 32,
+        "jobType": "GPServer",
+        "jobId": "j" + "a" * 32,
+        "jobStatus": "completed",
+    }
     import json
 
-    resp = await client.post(f"/portal/sharing/rest/content/users/alice/items/{item.id}/update",
-                             data={"f": "json", "properties": json.dumps(props), "tags": "imagery,unet",
-                                   "snippet": "tiny"},
-                             headers=bearer(tokens["alice"]))
+    resp = await client.post(
+        f"/portal/sharing/rest/content/users/alice/items/{item.id}/update",
+        data={"f": "json", "properties": json.dumps(props), "tags": "imagery,unet", "snippet": "tiny"},
+        headers=bearer(tokens["alice"]),
+    )
     assert await resp.json() == {"success": True, "id": item.id}
     updated = await store.get_item(item.id)
     assert updated.properties == props and updated.tags == ["imagery", "unet"] and updated.snippet == "tiny"
     body = await get_json(client, f"/sharing/rest/content/items/{item.id}", headers=bearer(tokens["alice"]))
     assert body["properties"]["jobStatus"] == "completed"
-    denied = await client.post(f"/sharing/rest/content/users/alice/items/{item.id}/update",
-                               data={"f": "json", "title": "stolen"}, headers=bearer(tokens["bob"]))
+    denied = await client.post(
+        f"/sharing/rest/content/users/alice/items/{item.id}/update",
+        data={"f": "json", "title": "stolen"},
+        headers=bearer(tokens["bob"]),
+    )
     assert (await denied.json())["error"]["code"] == 403
-    bad = await client.post(f"/sharing/rest/content/users/alice/items/{item.id}/update",
-                            data={"f": "json", "properties": "[1]"}, headers=bearer(tokens["alice"]))
+    bad = await client.post(
+        f"/sharing/rest/content/users/alice/items/{item.id}/update",
+        data={"f": "json", "properties": "[1]"},
+        headers=bearer(tokens["alice"]),
+    )
     assert "JSON object" in (await bad.json())["error"]["details"][0]
     assert (await store.get_item(item.id)).title == "trainedModel"
 
 
 async def test_generate_token_exchanges_a_valid_token(portal):
     client, store, tokens, _ = portal
-    resp = await client.post("/portal/sharing/rest/generateToken",
-                             data={"f": "json", "username": "alice", "password": tokens["alice"],
-                                   "expiration": "5"})
+    resp = await client.post(
+        "/portal/sharing/rest/generateToken",
+        data={"f": "json", "username": "alice", "password": tokens["alice"], "expiration": "5"},
+    )
     body = await resp.json()
     assert body["expires"] > now_ms() and (await store.authenticate(body["token"])) == Principal("alice", "user")
-    wrong_user = await (await client.post("/sharing/rest/generateToken", data={
-        "f": "json", "username": "bob", "password": tokens["alice"]})).json()
+    wrong_user = await (
+        await client.post(
+            "/sharing/rest/generateToken", data={"f": "json", "username": "bob", "password": tokens["alice"]}
+        )
+    ).json()
     assert wrong_user["error"]["message"] == "Unable to generate token."
     nothing = await (await client.post("/sharing/rest/generateToken", data={"f": "json"})).json()
     assert "error" in nothing
-    by_header = await (await client.post("/sharing/rest/generateToken", data={"f": "json"},
-                                         headers=bearer(tokens["root"]))).json()
+    by_header = await (
+        await client.post("/sharing/rest/generateToken", data={"f": "json"}, headers=bearer(tokens["root"]))
+    ).json()
     assert (await store.authenticate(by_header["token"])).role == "admin"
 
 

@@ -19,11 +19,18 @@ pytestmark = [pytest.mark.clients, pytest.mark.slow, pytest.mark.timeout(900), *
 
 
 async def test_rest_js_job_submits_polls_and_gets_out_item(https_server: GpjobsServer):
-    params = {"in_folder": EXPORT, "output_name": {"name": "restJsModel"},
-              "model_type": MODEL_TYPE, "backbone_model": BACKBONE, "batch_size": 4, "max_epochs": 1,
-              "learning_rate": 0.001, "validation_percent": 25, "stop_training": False}
-    code, report, stderr = await run_rest_job(https_server.task_url, https_server.token, params,
-                                              cert=https_server.cert)
+    params = {
+        "in_folder": EXPORT,
+        "output_name": {"name": "restJsModel"},
+        "model_type": MODEL_TYPE,
+        "backbone_model": BACKBONE,
+        "batch_size": 4,
+        "max_epochs": 1,
+        "learning_rate": 0.001,
+        "validation_percent": 25,
+        "stop_training": False,
+    }
+    code, report, stderr = await run_rest_job(https_server.task_url, https_server.token, params, cert=https_server.cert)
     assert code == 0, f"rest-js client failed: {report}\n{stderr}\n{https_server.diagnose(report.get('id'))}"
     assert report["status"] == "Succeeded" and report["statuses"][-1] == "Succeeded"
     value = report["out_item"]["value"]

@@ -24,6 +24,11 @@ def write_exports(share_dir: Path) -> None:
 def is_item_reference(value: object) -> bool:
     """The out_item value of a published item: `{"id"}` (Esri's script) optionally with the same `itemId`
     (which arcgis' RA post-processing also understands), and never a `url` key (arcgis would return just it)."""
-    return (isinstance(value, dict) and isinstance(value.get("id"), str) and len(value["id"]) == 32
-            and value.get("itemId", value["id"]) == value["id"] and "url" not in value
-            and set(value) <= {"id", "itemId"})
+    return (
+        isinstance(value, dict)
+        and isinstance(value.get("id"), str)
+        and len(value["id"]) == 32
+        and value.get("itemId", value["id"]) == value["id"]
+        and "url" not in value
+        and set(value) <= {"id", "itemId"}
+    )

@@ -24,7 +24,17 @@ def test_caption_export_is_told_from_multilabeled_tiles(tmp_path):
 
 def test_tokens_and_vocabulary():
     assert tokenize("A red-ish square, in the TOP left corner.") == [
-        "a", "red-ish", "square", ",", "in", "the", "top", "left", "corner", "."]
+        "a",
+        "red-ish",
+        "square",
+        ",",
+        "in",
+        "the",
+        "top",
+        "left",
+        "corner",
+        ".",
+    ]
     vocab = Vocabulary.build(["a red square.", "a red disc.", "a blue square."], min_freq=2)
     assert vocab.itos == ["xxpad", "xxunk", "xxbos", "xxeos", ".", "a", "red", "square"]  # by count, then name
     ids = vocab.encode("a blue square.")
@@ -36,8 +46,10 @@ def test_tokens_and_vocabulary():
 def test_empty_caption_is_a_fix_it_error(tmp_path):
     folder = write_image_captioning(tmp_path, n=6)
     label = sorted((folder / "labels").iterdir())[2]
-    label.write_text(label.read_text().replace("a blue square", " ").split("<object>")[0]
-                     + "<object><name> </name></object></annotation>\n")
+    label.write_text(
+        label.read_text().replace("a blue square", " ").split("<object>")[0]
+        + "<object><name> </name></object></annotation>\n"
+    )
     report = inspect_folders([folder], full=True)
     assert not report.ok
     assert any("caption" in e and f"labels/{label.name}" in e and "Fix:" in e for e in report.errors), report.errors

@@ -41,9 +41,17 @@ def test_every_format_is_detected_and_clean(tmp_path, fmt):
         assert all(c["count"] > 0 for c in report.classes)
 
 
-@pytest.mark.parametrize("dtype,bands,ext,compression", [
-    ("uint16", 6, "tif", "lzw"), ("int16", 4, "tif", "deflate"), ("float32", 1, "tif", None),
-    ("uint8", 3, "png", None), ("uint8", 3, "jpg", None), ("uint8", 1, "png", None)])
+@pytest.mark.parametrize(
+    "dtype,bands,ext,compression",
+    [
+        ("uint16", 6, "tif", "lzw"),
+        ("int16", 4, "tif", "deflate"),
+        ("float32", 1, "tif", None),
+        ("uint8", 3, "png", None),
+        ("uint8", 3, "jpg", None),
+        ("uint8", 1, "png", None),
+    ],
+)
 def test_imagery_types(tmp_path, dtype, bands, ext, compression):
     folder = write_classified_tiles(tmp_path, n=4, bands=bands, dtype=dtype, ext=ext, compression=compression)
     report = inspect_folders([folder], full=True)
@@ -194,8 +202,12 @@ def test_real_sample_counts(samples_dir):
 
 
 def _inspect_json(*folders: Path) -> tuple[int, dict]:
-    proc = subprocess.run([sys.executable, "-m", "gpjobs.cli", "inspect", *map(str, folders), "--json"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gpjobs.cli", "inspect", *map(str, folders), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     return proc.returncode, json.loads(proc.stdout)
 
 
@@ -203,7 +215,12 @@ def test_cli_json_on_real_samples(samples_dir):
     code, data = _inspect_json(samples_dir / "phragmites-kitti")
     assert code == 0
     assert (data["format"], data["chips"], data["chip_size"], data["bands"], data["dtype"]) == (
-        "KITTI_rectangles", 50, [32, 32], 6, "uint16")
+        "KITTI_rectangles",
+        50,
+        [32, 32],
+        6,
+        "uint16",
+    )
     assert {"value": 7, "name": "Phragmites", "count": 0} in data["classes"]
     code, data = _inspect_json(samples_dir / "building-unet-classified-tiles")
     assert code != 0  # metadata only: no chips present
@@ -220,6 +237,8 @@ def test_cli_exits_nonzero_on_errors(tmp_path):
 
 def test_inspect_does_not_import_torch(tmp_path):
     folder = write_kitti(tmp_path, n=2)
-    code = (f"import sys; from gpjobs.export import inspect_folders; "
-            f"r = inspect_folders([{str(folder)!r}]); assert r.ok; assert 'torch' not in sys.modules")
+    code = (
+        f"import sys; from gpjobs.export import inspect_folders; "
+        f"r = inspect_folders([{str(folder)!r}]); assert r.ok; assert 'torch' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -86,17 +86,32 @@ def main() -> int:
 
     resumed = json.loads(ckpt.read_text())["epoch"] if runtime.resume and ckpt.exists() else 0
     with open(work / "fake_runs.jsonl", "a") as fh:
-        fh.write(json.dumps({"pid": os.getpid(), "resumed_from_epoch": resumed, "behaviour": behaviour,
-                             "device": runtime.device, "devices": list(runtime.devices),
-                             "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
-                             "warm": "--warm" in sys.argv, "loader_workers": runtime.loader_workers}) + "\n")
+        fh.write(
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "resumed_from_epoch": resumed,
+                    "behaviour": behaviour,
+                    "device": runtime.device,
+                    "devices": list(runtime.devices),
+                    "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                    "warm": "--warm" in sys.argv,
+                    "loader_workers": runtime.loader_workers,
+                }
+            )
+            + "\n"
+        )
     print(f"fake trainer {os.getpid()} runs {spec.job_id}", file=sys.stderr, flush=True)
     emit("started", pid=os.getpid(), device=runtime.device, torch="fake", resumed_from_epoch=resumed)
 
     if behaviour == "bad-input":
-        emit("failed", exit_code=2, text=f"in_folder: {request.in_folders[0].alias} has no "
-                                         "esri_accumulated_stats.json; export the training data again",
-             details=["fake detail"])
+        emit(
+            "failed",
+            exit_code=2,
+            text=f"in_folder: {request.in_folders[0].alias} has no "
+            "esri_accumulated_stats.json; export the training data again",
+            details=["fake detail"],
+        )
         return ExitCode.BAD_INPUT
     if behaviour == "oom":
         emit("failed", exit_code=4, text="CUDA out of memory; try a smaller batch_size")
@@ -131,8 +146,16 @@ def main() -> int:
             emit("failed", exit_code=1, text="RuntimeError: boom")
             return ExitCode.ERROR
         loss = 1.0 / epoch
-        emit("epoch", epoch=epoch, max_epochs=epochs, train_loss=loss, valid_loss=loss * 1.1,
-             metrics={"accuracy": 1 - loss / 2}, seconds=epoch_s, best=True)
+        emit(
+            "epoch",
+            epoch=epoch,
+            max_epochs=epochs,
+            train_loss=loss,
+            valid_loss=loss * 1.1,
+            metrics={"accuracy": 1 - loss / 2},
+            seconds=epoch_s,
+            best=True,
+        )
         tmp = ckpt.with_suffix(".tmp")
         tmp.write_text(json.dumps({"epoch": epoch}))
         os.replace(tmp, ckpt)

@@ -32,8 +32,7 @@ from gpjobs.domain import Item, Job, JobStatus, MessageType, new_item_id, now_ms
 from gpjobs.store import Store
 from tests.harness.server import FAKE_TRAINER_COMMAND
 
-__all__ = ["FAKE_TRAINER_COMMAND", "InstantScheduler", "RecordingScheduler", "app_config", "make_app",
-           "start_app"]
+__all__ = ["FAKE_TRAINER_COMMAND", "InstantScheduler", "RecordingScheduler", "app_config", "make_app", "start_app"]
 BOOT_ID = "test-boot"
 
 SchedulerFactory = Callable[[Config, Store], Any]
@@ -77,8 +76,9 @@ class InstantScheduler:
         job = await self.store.get_job(job_id)
         if job is None or job.is_terminal:
             return job
-        return await self.store.transition(job_id, JobStatus.CANCELLED, messages=[
-            (MessageType.INFORMATIVE, "Cancel complete.")])
+        return await self.store.transition(
+            job_id, JobStatus.CANCELLED, messages=[(MessageType.INFORMATIVE, "Cancel complete.")]
+        )
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -97,15 +97,30 @@ class InstantScheduler:
         path.parent.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(path, "w") as package:
             package.writestr(f"{name}.emd", json.dumps({"Framework": "PyTorch", "ModelType": job.model_type}))
-        item = Item(id=new_item_id(), owner=job.owner, title=name, name=f"{name}.dlpk",
-                    folder_id=output.get("folder_id"), size=path.stat().st_size, created_ms=now_ms(),
-                    path=str(path), job_id=job.job_id, properties={"modelType": job.model_type})
-        await self.store.publish_job(job.job_id, result={"id": item.id}, item=item, messages=[
-            (MessageType.INFORMATIVE, "Training Finished")])
+        item = Item(
+            id=new_item_id(),
+            owner=job.owner,
+            title=name,
+            name=f"{name}.dlpk",
+            folder_id=output.get("folder_id"),
+            size=path.stat().st_size,
+            created_ms=now_ms(),
+            path=str(path),
+            job_id=job.job_id,
+            properties={"modelType": job.model_type},
+        )
+        await self.store.publish_job(
+            job.job_id, result={"id": item.id}, item=item, messages=[(MessageType.INFORMATIVE, "Training Finished")]
+        )
 
 
-def make_app(config: Config, *, store: Store | None = None,
-             scheduler: SchedulerFactory | None = RecordingScheduler, portal: bool = True) -> web.Application:
+def make_app(
+    config: Config,
+    *,
+    store: Store | None = None,
+    scheduler: SchedulerFactory | None = RecordingScheduler,
+    portal: bool = True,
+) -> web.Application:
     """The web layer (GP service, html pages and, unless portal=False, the portal) over `store` and the
     scheduler `scheduler(config, store)` builds; both are on the app once it has started."""
     from gpjobs.web import setup_web

@@ -12,8 +12,13 @@ import sys
 if __name__ == "__main__":
     import ray
 
-    ray.init(num_cpus=int(sys.argv[1]) if len(sys.argv) > 1 else 2, include_dashboard=False,
-             _node_ip_address="127.0.0.1", logging_level="warning", log_to_driver=False)
+    ray.init(
+        num_cpus=int(sys.argv[1]) if len(sys.argv) > 1 else 2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        logging_level="warning",
+        log_to_driver=False,
+    )
     print(f"RAY_ADDRESS {ray.get_runtime_context().gcs_address}", flush=True)
     sys.stdin.read()  # until the test session closes our stdin
     ray.shutdown()

@@ -42,9 +42,18 @@ START_TIMEOUT_S = 60.0
 class GpjobsServer:
     """`python -m gpjobs.cli serve` over `root`, in its own session (a kill -9 spares its training children)."""
 
-    def __init__(self, root: Path, *, trainer: Literal["fake", "real"] = "fake", shares: dict[str, Path] | None = None,
-                 tls: bool = False, auth: bool = False, settings: dict[str, Any] | None = None,
-                 env: dict[str, str] | None = None, raster_stores: dict[str, Path] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        trainer: Literal["fake", "real"] = "fake",
+        shares: dict[str, Path] | None = None,
+        tls: bool = False,
+        auth: bool = False,
+        settings: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
+        raster_stores: dict[str, Path] | None = None,
+    ) -> None:
         """`settings`: config-file keys over the defaults (cpu slot, no retry backoff, fast progress flush);
         `env`: extra environment for the server and its children (e.g. GPJOBS_FAKE_BEHAVIOUR);
         `raster_stores`: registered raster stores (name -> folder), besides the file shares."""
@@ -54,11 +63,24 @@ class GpjobsServer:
         self.raster_stores = dict(raster_stores or {})
         self.cert: Path | None = root / "tls" / CERT_NAME if tls else None
         self.auth = auth
-        self.settings = {"host": "127.0.0.1", "port": 0, "data_dir": str(self.data_dir), "devices": ["cpu"],
-                         "trainer_command": TRAINER_COMMANDS[trainer], "retry_backoff_s": 0,
-                         "progress_flush_s": 0.2, "missing_weights": "random", **(settings or {})}
-        self.env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {}),
-                    "GPJOBS_CONFIG": str(root / "gpjobs.toml")}
+        self.settings = {
+            "host": "127.0.0.1",
+            "port": 0,
+            "data_dir": str(self.data_dir),
+            "devices": ["cpu"],
+            "trainer_command": TRAINER_COMMANDS[trainer],
+            "retry_backoff_s": 0,
+            "progress_flush_s": 0.2,
+            "missing_weights": "random",
+            **(settings or {}),
+        }
+        self.env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+            "GPJOBS_CONFIG": str(root / "gpjobs.toml"),
+        }
         self.log_path = root / "server.log"
         self.process: subprocess.Popen | None = None
         self.token: str | None = None  # USERNAME's token when auth=True
@@ -76,9 +98,14 @@ class GpjobsServer:
             self.token = _mint_token(self.data_dir / "gpjobs.sqlite3")
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "gpjobs.cli", "serve"], cwd=REPO_ROOT,
-                                            env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gpjobs.cli", "serve"],
+                cwd=REPO_ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while (url := self._serving_url(offset)) is None:
             if self.process.poll() is not None:
@@ -132,15 +159,20 @@ class GpjobsServer:
     def get_json(self, path: str, timeout: float = 30.0, **params: str) -> Any:
         """GET `path` with f=json (and the token)."""
         query = urllib.parse.urlencode({"f": "json", **params, **({"token": self.token} if self.token else {})})
-        with urllib.request.urlopen(f"{self.base_url}{path}?{query}", context=self.ssl_context(),
-                                    timeout=timeout) as resp:
+        with urllib.request.urlopen(
+            f"{self.base_url}{path}?{query}", context=self.ssl_context(), timeout=timeout
+        ) as resp:
             return json.loads(resp.read())
 
     def post_json(self, path: str, data: dict[str, str] | None = None, timeout: float = 30.0) -> Any:
         """POST a form to `path` with f=json (and the token)."""
         form = {"f": "json", **(data or {}), **({"token": self.token} if self.token else {})}
-        with urllib.request.urlopen(self.base_url + path, data=urllib.parse.urlencode(form).encode(),
-                                    context=self.ssl_context(), timeout=timeout) as resp:
+        with urllib.request.urlopen(
+            self.base_url + path,
+            data=urllib.parse.urlencode(form).encode(),
+            context=self.ssl_context(),
+            timeout=timeout,
+        ) as resp:
             return json.loads(resp.read())
 
     def fetch(self, path: str) -> tuple[dict[str, str], bytes]:
@@ -168,8 +200,13 @@ class GpjobsServer:
         except (OSError, ValueError, KeyError):
             return "TrainDeepLearningModel"
 
-    def wait(self, job_id: str, statuses: frozenset[str] | set[str] = TERMINAL, timeout: float = 60.0,
-             task: str | None = None) -> dict[str, Any]:
+    def wait(
+        self,
+        job_id: str,
+        statuses: frozenset[str] | set[str] = TERMINAL,
+        timeout: float = 60.0,
+        task: str | None = None,
+    ) -> dict[str, Any]:
         """Polls the job (of `task`) until its status is one of `statuses`."""
         deadline = time.monotonic() + timeout
         while True:
@@ -191,8 +228,10 @@ class GpjobsServer:
         except OSError as exc:
             return f"(job {job_id} unreadable: {exc})"
         lines = [f"job {job_id}: {job.get('jobStatus')}"]
-        lines += [f"  {m.get('type', '')[len('esriJobMessageType'):]}: {m.get('description')}"
-                  for m in job.get("messages", [])]
+        lines += [
+            f"  {m.get('type', '')[len('esriJobMessageType') :]}: {m.get('description')}"
+            for m in job.get("messages", [])
+        ]
         return "\n".join(lines)
 
     def latest_job_id(self) -> str | None:
@@ -205,8 +244,10 @@ class GpjobsServer:
         job_id = job_id or self.latest_job_id()
         child_logs = sorted((self.data_dir / "jobs" / (job_id or "-") / "logs").glob("*.log"))
         child = child_logs[-1].read_text(errors="replace")[-4000:] if child_logs else "(no child log)"
-        return (f"--- job ---\n{self.job_messages(job_id)}\n--- training child log ---\n{child}\n"
-                f"--- server log ---\n{self.log_tail(3000)}")
+        return (
+            f"--- job ---\n{self.job_messages(job_id)}\n--- training child log ---\n{child}\n"
+            f"--- server log ---\n{self.log_tail(3000)}"
+        )
 
     def log_tail(self, chars: int = 6000) -> str:
         try:
@@ -221,12 +262,16 @@ class GpjobsServer:
         if self.cert is not None:
             if not self.cert.exists():
                 write_self_signed(self.cert.parent, ["127.0.0.1", "localhost"])
-            lines += [f"tls_cert = {json.dumps(str(self.cert))}",
-                      f"tls_key = {json.dumps(str(self.cert.parent / KEY_NAME))}"]
+            lines += [
+                f"tls_cert = {json.dumps(str(self.cert))}",
+                f"tls_key = {json.dumps(str(self.cert.parent / KEY_NAME))}",
+            ]
         lines += ["[file_shares]", *(f"{name} = {json.dumps(str(path))}" for name, path in self.shares.items())]
         if self.raster_stores:
-            lines += ["[raster_stores]",
-                      *(f"{name} = {json.dumps(str(path))}" for name, path in self.raster_stores.items())]
+            lines += [
+                "[raster_stores]",
+                *(f"{name} = {json.dumps(str(path))}" for name, path in self.raster_stores.items()),
+            ]
         lines += ["[auth]", f"anonymous = {'false' if self.auth else 'true'}"]
         (self.root / "gpjobs.toml").write_text("\n".join(lines) + "\n")
 

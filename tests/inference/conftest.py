@@ -19,14 +19,27 @@ from gpjobs.training.protocol import ExitCode
 from tests.builders import exports
 from tests.training.helpers import emd_of, make_spec, result_of, train
 
-SMALL_RCNN = {"rpn_pre_nms_top_n_test": 200, "rpn_post_nms_top_n_test": 100, "rpn_pre_nms_top_n_train": 200,
-              "rpn_post_nms_top_n_train": 100, "rpn_batch_size_per_image": 64, "box_batch_size_per_image": 64,
-              "box_detections_per_img": 20}
+SMALL_RCNN = {
+    "rpn_pre_nms_top_n_test": 200,
+    "rpn_post_nms_top_n_test": 100,
+    "rpn_pre_nms_top_n_train": 200,
+    "rpn_post_nms_top_n_train": 100,
+    "rpn_batch_size_per_image": 64,
+    "box_batch_size_per_image": 64,
+    "box_detections_per_img": 20,
+}
 
 # model type -> (export builder, builder kwargs, training kwargs)
 RECIPES: dict[str, tuple[Callable[..., Path], dict[str, Any], dict[str, Any]]] = {
-    "UNET": (exports.write_classified_tiles, {"n": 16, "size": 64}, {  # learns enough to paint both classes
-        "learning_rate": 0.01, "freeze_model": False, "max_epochs": 3}),
+    "UNET": (
+        exports.write_classified_tiles,
+        {"n": 16, "size": 64},
+        {  # learns enough to paint both classes
+            "learning_rate": 0.01,
+            "freeze_model": False,
+            "max_epochs": 3,
+        },
+    ),
     "PSPNET": (exports.write_classified_tiles, {"n": 8, "size": 32}, {}),
     "DEEPLAB": (exports.write_classified_tiles, {"n": 8, "size": 32}, {}),
     "MMSEGMENTATION": (exports.write_classified_tiles, {"n": 8, "size": 32}, {"arguments": {"model": "unet"}}),
@@ -40,35 +53,83 @@ RECIPES: dict[str, tuple[Callable[..., Path], dict[str, Any], dict[str, Any]]] =
     # bias 0: an SSD starts with scores of 0.5 (not 0.02), so one epoch already gives boxes to compare
     "SSD": (exports.write_pascal_voc, {"n": 8, "size": 32}, {"arguments": {"bias": 0.0}}),
     # RetinaNet and YOLOv3 start with object scores of ~0.01: a few epochs lift some over their decoders' floor
-    "RETINANET": (exports.write_pascal_voc, {"n": 8, "size": 32}, {
-        "arguments": {"scales": [1.0], "ratios": [1.0]}, "max_epochs": 4, "learning_rate": 0.003,
-        "freeze_model": False}),
+    "RETINANET": (
+        exports.write_pascal_voc,
+        {"n": 8, "size": 32},
+        {
+            "arguments": {"scales": [1.0], "ratios": [1.0]},
+            "max_epochs": 4,
+            "learning_rate": 0.003,
+            "freeze_model": False,
+        },
+    ),
     "FASTERRCNN": (exports.write_pascal_voc, {"n": 8, "size": 32}, {"arguments": SMALL_RCNN}),
     "MASKRCNN": (exports.write_rcnn_masks, {"n": 8, "size": 32}, {"arguments": SMALL_RCNN}),
-    "YOLOV3": (exports.write_pascal_voc, {"n": 4, "size": 32}, {"batch_size": 2, "max_epochs": 4,
-                                                                 "learning_rate": 0.003, "freeze_model": False}),
+    "YOLOV3": (
+        exports.write_pascal_voc,
+        {"n": 4, "size": 32},
+        {"batch_size": 2, "max_epochs": 4, "learning_rate": 0.003, "freeze_model": False},
+    ),
     "MMDETECTION": (exports.write_pascal_voc, {"n": 8, "size": 32}, {"arguments": {"model": "faster_rcnn"}}),
     "SUPERRESOLUTION": (exports.write_export_tiles, {"n": 4, "size": 32}, {}),
-    "PIX2PIX": (exports.write_pix2pix, {"n": 4, "size": 32}, {"arguments": {"n_gen_filters": 8,
-                                                                              "n_dscr_filters": 8}}),
-    "PIX2PIXHD": (exports.write_pix2pix, {"n": 4, "size": 32}, {"arguments": {
-        "n_gen_filters": 8, "n_dscr_filters": 8, "vgg_loss": False, "n_blocks_global": 1, "n_blocks_local": 1}}),
-    "CYCLEGAN": (exports.write_cyclegan, {"n": 4, "size": 32}, {"arguments": {
-        "n_gen_filters": 8, "n_dscr_filters": 8, "gen_blocks": 1}}),
+    "PIX2PIX": (exports.write_pix2pix, {"n": 4, "size": 32}, {"arguments": {"n_gen_filters": 8, "n_dscr_filters": 8}}),
+    "PIX2PIXHD": (
+        exports.write_pix2pix,
+        {"n": 4, "size": 32},
+        {
+            "arguments": {
+                "n_gen_filters": 8,
+                "n_dscr_filters": 8,
+                "vgg_loss": False,
+                "n_blocks_global": 1,
+                "n_blocks_local": 1,
+            }
+        },
+    ),
+    "CYCLEGAN": (
+        exports.write_cyclegan,
+        {"n": 4, "size": 32},
+        {"arguments": {"n_gen_filters": 8, "n_dscr_filters": 8, "gen_blocks": 1}},
+    ),
     # a low slot score threshold: one epoch then already keeps mask slots, so there are instances to compare
-    "MAXDEEPLAB": (exports.write_panoptic, {"n": 8, "size": 32}, {"learning_rate": 0.002,
-                                                                   "arguments": {"score_thresh": 0.2}}),
-    "IMAGECAPTIONER": (exports.write_image_captioning, {"n": 8, "size": 32, "captions_per_chip": 1}, {
-        "arguments": {"decoder_params": {"embed_size": 16, "hidden_size": 16, "attention_size": 16}}}),
-    "SIAMMASK": (exports.write_object_tracking, {"n": 4, "size": 32, "frames": 3}, {
-        "arguments": {"exemplar_size": 24, "instance_size": 48}}),
+    "MAXDEEPLAB": (
+        exports.write_panoptic,
+        {"n": 8, "size": 32},
+        {"learning_rate": 0.002, "arguments": {"score_thresh": 0.2}},
+    ),
+    "IMAGECAPTIONER": (
+        exports.write_image_captioning,
+        {"n": 8, "size": 32, "captions_per_chip": 1},
+        {"arguments": {"decoder_params": {"embed_size": 16, "hidden_size": 16, "attention_size": 16}}},
+    ),
+    "SIAMMASK": (
+        exports.write_object_tracking,
+        {"n": 4, "size": 32, "frames": 3},
+        {"arguments": {"exemplar_size": 24, "instance_size": 48}},
+    ),
     # DETR's scores start at ~0.01: a few epochs on 16 chips lift some over its 0.05 floor
-    "DETREG": (exports.write_pascal_voc, {"n": 16, "size": 32}, {
-        "arguments": {"hidden_dim": 64, "enc_layers": 1, "dec_layers": 2, "dim_feedforward": 128, "num_queries": 10},
-        "max_epochs": 4, "learning_rate": 0.002, "freeze_model": False}),
+    "DETREG": (
+        exports.write_pascal_voc,
+        {"n": 16, "size": 32},
+        {
+            "arguments": {
+                "hidden_dim": 64,
+                "enc_layers": 1,
+                "dec_layers": 2,
+                "dim_feedforward": 128,
+                "num_queries": 10,
+            },
+            "max_epochs": 4,
+            "learning_rate": 0.002,
+            "freeze_model": False,
+        },
+    ),
     # "MODEL_TYPE/model": an MMDETECTION / MMSEGMENTATION implementation of our own
-    "MMDETECTION/fcos": (exports.write_pascal_voc, {"n": 8, "size": 32}, {
-        "max_epochs": 4, "learning_rate": 0.003, "freeze_model": False}),
+    "MMDETECTION/fcos": (
+        exports.write_pascal_voc,
+        {"n": 8, "size": 32},
+        {"max_epochs": 4, "learning_rate": 0.003, "freeze_model": False},
+    ),
     "MMDETECTION/cascade_rcnn": (exports.write_pascal_voc, {"n": 8, "size": 32}, {"arguments": SMALL_RCNN}),
     "MMSEGMENTATION/upernet": (exports.write_classified_tiles, {"n": 8, "size": 32}, {}),
     "MMSEGMENTATION/ocrnet": (exports.write_classified_tiles, {"n": 8, "size": 32}, {}),
@@ -88,8 +149,7 @@ def trained(tmp_path_factory) -> Callable[[str], dict[str, Any]]:
             model_type, _, model = name.partition("/")
             root = tmp_path_factory.mktemp(name.lower().replace("/", "_"))
             folder = builder(root, **data_kw)
-            kw: dict[str, Any] = {"max_epochs": 1, "learning_rate": 0.001, "batch_size": 4,
-                                  "validation_percent": 25.0}
+            kw: dict[str, Any] = {"max_epochs": 1, "learning_rate": 0.001, "batch_size": 4, "validation_percent": 25.0}
             if model_type not in NO_BACKBONE:
                 kw["backbone_model"] = "RESNET18"
             kw.update(train_kw)
@@ -110,8 +170,9 @@ def chip_paths(folder: Path, count: int, sub: str = "images") -> list[Path]:
     return sorted((folder / sub).glob("*.tif"))[:count]
 
 
-def write_mosaic(path: Path, chips: list[np.ndarray], cols: int, *, nodata: float | None = None,
-                 cell: float = 0.5, epsg: int = 32617) -> Path:
+def write_mosaic(
+    path: Path, chips: list[np.ndarray], cols: int, *, nodata: float | None = None, cell: float = 0.5, epsg: int = 32617
+) -> Path:
     """A GeoTIFF of (H, W, C) chips laid out row by row, `cols` per row, origin (500000, 4000000) UTM 17N."""
     import rasterio
     from rasterio.transform import from_origin
@@ -121,9 +182,17 @@ def write_mosaic(path: Path, chips: list[np.ndarray], cols: int, *, nodata: floa
     mosaic = np.zeros((c, rows * h, cols * w), dtype=chips[0].dtype)
     for i, chip in enumerate(chips):
         r, q = divmod(i, cols)
-        mosaic[:, r * h:(r + 1) * h, q * w:(q + 1) * w] = chip.transpose(2, 0, 1)
-    profile = {"driver": "GTiff", "width": cols * w, "height": rows * h, "count": c, "dtype": mosaic.dtype.name,
-               "crs": f"EPSG:{epsg}", "transform": from_origin(500000.0, 4000000.0, cell, cell), "nodata": nodata}
+        mosaic[:, r * h : (r + 1) * h, q * w : (q + 1) * w] = chip.transpose(2, 0, 1)
+    profile = {
+        "driver": "GTiff",
+        "width": cols * w,
+        "height": rows * h,
+        "count": c,
+        "dtype": mosaic.dtype.name,
+        "crs": f"EPSG:{epsg}",
+        "transform": from_origin(500000.0, 4000000.0, cell, cell),
+        "nodata": nodata,
+    }
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(mosaic)
     return path
@@ -145,8 +214,15 @@ def predict_json(package: Path, chips: list[Path], **options: Any) -> list[dict]
 
     from gpjobs.training.predict import run_predict
 
-    args = argparse.Namespace(package=str(package), chips=[str(c) for c in chips], json=True, masks_dir=None,
-                              out_dir=None, batch_size=4, **options)
+    args = argparse.Namespace(
+        package=str(package),
+        chips=[str(c) for c in chips],
+        json=True,
+        masks_dir=None,
+        out_dir=None,
+        batch_size=4,
+        **options,
+    )
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert run_predict(args) == 0

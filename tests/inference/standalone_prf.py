@@ -79,8 +79,9 @@ def track(tracker, frames, first_box: list, out: str) -> None:
         boxes.append(found.bbox)
         scores.append(found.score)
         pixels.append(int(found.mask.sum()))
-    np.savez(out, boxes=np.asarray(boxes), scores=np.asarray(scores), mask_pixels=np.asarray(pixels),
-             torch=torch.__version__)
+    np.savez(
+        out, boxes=np.asarray(boxes), scores=np.asarray(scores), mask_pixels=np.asarray(pixels), torch=torch.__version__
+    )
 
 
 def main(jobs: str) -> None:

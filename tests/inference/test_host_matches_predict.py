@@ -23,15 +23,45 @@ import torch
 from gpjobs.inference.host import run_inference
 from tests.inference.conftest import chip_paths, read_chips, write_mosaic
 
-PIXEL_TYPES = ["UNET", "PSPNET", "DEEPLAB", "MMSEGMENTATION", "HED_EDGEDETECTOR", "BDCN_EDGEDETECTOR",
-               "MULTITASK_ROADEXTRACTOR", "CONNECTNET", "MMSEGMENTATION/upernet", "MMSEGMENTATION/ocrnet"]
-BOX_TYPES = ["SSD", "RETINANET", "FASTERRCNN", "YOLOV3", "MMDETECTION", "DETREG", "MMDETECTION/fcos",
-             "MMDETECTION/cascade_rcnn"]
+PIXEL_TYPES = [
+    "UNET",
+    "PSPNET",
+    "DEEPLAB",
+    "MMSEGMENTATION",
+    "HED_EDGEDETECTOR",
+    "BDCN_EDGEDETECTOR",
+    "MULTITASK_ROADEXTRACTOR",
+    "CONNECTNET",
+    "MMSEGMENTATION/upernet",
+    "MMSEGMENTATION/ocrnet",
+]
+BOX_TYPES = [
+    "SSD",
+    "RETINANET",
+    "FASTERRCNN",
+    "YOLOV3",
+    "MMDETECTION",
+    "DETREG",
+    "MMDETECTION/fcos",
+    "MMDETECTION/cascade_rcnn",
+]
 LABEL_TYPES = ["FEATURE_CLASSIFIER", "DEEPSORT"]
 TRANSLATION_TYPES = ["PIX2PIX", "PIX2PIXHD", "CYCLEGAN"]
-CORE = {"UNET", "SSD", "FASTERRCNN", "MASKRCNN", "FEATURE_CLASSIFIER", "PIX2PIX", "SUPERRESOLUTION",
-        "CHANGEDETECTOR", "MAXDEEPLAB", "IMAGECAPTIONER", "DETREG", "MMDETECTION/cascade_rcnn",
-        "MMSEGMENTATION/upernet"}  # one per PRF and decoder; the rest of the sweep is `slow`
+CORE = {
+    "UNET",
+    "SSD",
+    "FASTERRCNN",
+    "MASKRCNN",
+    "FEATURE_CLASSIFIER",
+    "PIX2PIX",
+    "SUPERRESOLUTION",
+    "CHANGEDETECTOR",
+    "MAXDEEPLAB",
+    "IMAGECAPTIONER",
+    "DETREG",
+    "MMDETECTION/cascade_rcnn",
+    "MMSEGMENTATION/upernet",
+}  # one per PRF and decoder; the rest of the sweep is `slow`
 
 
 def _marks(types: list[str]) -> list:
@@ -42,8 +72,14 @@ def predict(package: Path, chips: list[str], **kw) -> list[dict]:
     """`gpjobs predict --json` in-process (saves a torch import per call)."""
     from gpjobs.training.predict import run_predict
 
-    args = argparse.Namespace(package=str(package), chips=chips, json=True, masks_dir=kw.get("masks_dir"),
-                              out_dir=kw.get("out_dir"), batch_size=4)
+    args = argparse.Namespace(
+        package=str(package),
+        chips=chips,
+        json=True,
+        masks_dir=kw.get("masks_dir"),
+        out_dir=kw.get("out_dir"),
+        batch_size=4,
+    )
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert run_predict(args) == 0
@@ -58,8 +94,10 @@ def _mosaic(tmp: Path, chips: list[Path], cols: int = 2, name: str = "mosaic.tif
 def _windows(raster: Path, size: int, count: int, cols: int = 2) -> list[np.ndarray]:
     with rasterio.open(raster) as ds:
         data = ds.read()
-    return [data[:, (i // cols) * size:(i // cols + 1) * size, (i % cols) * size:(i % cols + 1) * size]
-            for i in range(count)]
+    return [
+        data[:, (i // cols) * size : (i // cols + 1) * size, (i % cols) * size : (i % cols + 1) * size]
+        for i in range(count)
+    ]
 
 
 @pytest.mark.parametrize("model_type", _marks(PIXEL_TYPES))
@@ -131,13 +169,18 @@ def test_boxes_match_predict(trained, tmp_path, model_type):
     threshold = _threshold(predictions)
     expected = _expected_detections(predictions, threshold, 0.1, size)
     out = tmp_path / "boxes.geojson"
-    result = run_inference(run["package"], [raster], out,
-                           arguments={"padding": 0, "batch_size": 4, "threshold": threshold, "nms_overlap": 0.1})
+    result = run_inference(
+        run["package"],
+        [raster],
+        out,
+        arguments={"padding": 0, "batch_size": 4, "threshold": threshold, "nms_overlap": 0.1},
+    )
     found = json.loads(out.read_text())
     assert found["crs"]["properties"]["name"].endswith("32617")
     transform = rasterio.open(raster).transform
-    got = [(f["properties"]["Class"], f["properties"]["Confidence"], _pixel_boxes(f, transform))
-           for f in found["features"]]
+    got = [
+        (f["properties"]["Class"], f["properties"]["Confidence"], _pixel_boxes(f, transform)) for f in found["features"]
+    ]
     assert result.features == len(expected) > 0
     for label, score, box in sorted(expected, key=lambda e: -e[1]):  # each to its nearest unmatched feature
         match = min((g for g in got if g[0] == label), key=lambda g: np.abs(np.subtract(g[2], box)).max())
@@ -156,10 +199,18 @@ def test_instance_outlines_match_predict_masks(trained, tmp_path, model_type):
     predictions = predict(run["package"], [str(c) for c in chips])
     threshold = _threshold(predictions)
     out = tmp_path / "instances.geojson"
-    run_inference(run["package"], [raster], out,
-                  arguments={"padding": 0, "batch_size": 4, "threshold": threshold, "nms_overlap": 1.0})
-    expected = sorted((lab, px, 100 * s) for p in predictions
-                      for lab, s, px in zip(p["labels"], p["scores"], p["mask_pixels"]) if s >= threshold and px)
+    run_inference(
+        run["package"],
+        [raster],
+        out,
+        arguments={"padding": 0, "batch_size": 4, "threshold": threshold, "nms_overlap": 1.0},
+    )
+    expected = sorted(
+        (lab, px, 100 * s)
+        for p in predictions
+        for lab, s, px in zip(p["labels"], p["scores"], p["mask_pixels"])
+        if s >= threshold and px
+    )
     cell = 0.5 * 0.5
     got = []
     for f in json.loads(out.read_text())["features"]:
@@ -190,8 +241,12 @@ def test_object_labels_match_predict(trained, tmp_path, model_type):
         assert feature["properties"]["Label"] == p["class_name"]
         assert feature["properties"]["Confidence"] == pytest.approx(100 * p["score"], abs=1e-3)
     # the same with the chips given as polygons (Classify Objects' input features)
-    polygons = {"type": "FeatureCollection", "features": [
-        {"type": "Feature", "properties": {"id": i}, "geometry": f["geometry"]} for i, f in enumerate(features)]}
+    polygons = {
+        "type": "FeatureCollection",
+        "features": [
+            {"type": "Feature", "properties": {"id": i}, "geometry": f["geometry"]} for i, f in enumerate(features)
+        ],
+    }
     (tmp_path / "objects_in.geojson").write_text(json.dumps(polygons))
     again = tmp_path / "again.geojson"
     run_inference(run["package"], [raster], again, features=tmp_path / "objects_in.geojson")
@@ -282,8 +337,9 @@ def test_panoptic_classes_and_instances_match_predict(trained, tmp_path, model_t
         instances = rasterio.open(tmp_path / "masks" / f"{chip.stem}_instances.tif").read(1)
         for slot in np.unique(instances[instances > 0]).tolist():
             pixels = instances == slot
-            expected.append((i, names[int(classes[pixels][0])], int(pixels.sum()),
-                             100 * float(slot_scores[i, slot - 1])))
+            expected.append(
+                (i, names[int(classes[pixels][0])], int(pixels.sum()), 100 * float(slot_scores[i, slot - 1]))
+            )
     out = tmp_path / "instances.geojson"
     result = run_inference(run["package"], [raster], out, arguments=arguments)
     transform = rasterio.open(raster).transform
@@ -293,15 +349,25 @@ def test_panoptic_classes_and_instances_match_predict(trained, tmp_path, model_t
         polygons = geometry["coordinates"] if geometry["type"] == "MultiPolygon" else [geometry["coordinates"]]
         x0, y0, _, _ = _pixel_boxes({"geometry": {"coordinates": [[q for p in polygons for q in p[0]]]}}, transform)
         area = sum(signed_area(r) for poly in polygons for r in poly) / (0.5 * 0.5)
-        got.append((int(y0) // size * 2 + int(x0) // size, f["properties"]["Class"], round(area),
-                    f["properties"]["Confidence"]))
+        got.append(
+            (
+                int(y0) // size * 2 + int(x0) // size,
+                f["properties"]["Class"],
+                round(area),
+                f["properties"]["Confidence"],
+            )
+        )
     assert result.features == len(expected) > 0
     for want, have in zip(sorted(expected), sorted(got)):
         assert have[:3] == want[:3]  # same chip, class and pixels
         assert have[3] == pytest.approx(want[3], abs=1e-3)
     # the threshold is the user's: at 1.0 no slot of a one-epoch model is kept, so there is no instance
-    assert run_inference(run["package"], [raster], tmp_path / "none.geojson",
-                         arguments={**arguments, "threshold": 1.0}).features == 0
+    assert (
+        run_inference(
+            run["package"], [raster], tmp_path / "none.geojson", arguments={**arguments, "threshold": 1.0}
+        ).features
+        == 0
+    )
 
 
 @pytest.mark.parametrize("model_type", _marks(["IMAGECAPTIONER"]))

@@ -22,9 +22,21 @@ from tests.inference.conftest import chip_paths, predict_json, read_chips, write
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("standalone_prf.py")
 TORCH20 = Path(os.environ.get("GPJOBS_TORCH20_PYTHON", REPO / ".venv-torch20" / "bin" / "python"))
-KINDS = ["UNET", "SSD", "FASTERRCNN", "MASKRCNN", "FEATURE_CLASSIFIER", "PIX2PIX", "SUPERRESOLUTION",
-         "CHANGEDETECTOR", "MAXDEEPLAB", "IMAGECAPTIONER", "SIAMMASK", "DETREG",
-         "MMDETECTION/cascade_rcnn"]  # every PRF and detector decoder but the cheap retinanet one, and the tracker
+KINDS = [
+    "UNET",
+    "SSD",
+    "FASTERRCNN",
+    "MASKRCNN",
+    "FEATURE_CLASSIFIER",
+    "PIX2PIX",
+    "SUPERRESOLUTION",
+    "CHANGEDETECTOR",
+    "MAXDEEPLAB",
+    "IMAGECAPTIONER",
+    "SIAMMASK",
+    "DETREG",
+    "MMDETECTION/cascade_rcnn",
+]  # every PRF and detector decoder but the cheap retinanet one, and the tracker
 DETECTORS = {"SSD", "FASTERRCNN", "MASKRCNN", "DETREG", "MMDETECTION/cascade_rcnn"}
 OBJECTS = {"FEATURE_CLASSIFIER", "IMAGECAPTIONER"}  # Classify Objects: one chip per object
 
@@ -73,8 +85,14 @@ def _standalone(python: Path, jobs: list[tuple[Path, dict, dict]], tmp: Path, na
         listed.append([str(folder), str(tmp / f"{name}{i}_in.npz"), arguments, str(tmp / f"{name}{i}_out.npz")])
     (tmp / f"{name}.json").write_text(json.dumps(listed))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    done = subprocess.run([str(python), "-I", str(SCRIPT), str(tmp / f"{name}.json")], cwd=tmp,
-                          capture_output=True, text=True, timeout=600, env={**env, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(
+        [str(python), "-I", str(SCRIPT), str(tmp / f"{name}.json")],
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**env, "OMP_NUM_THREADS": "1"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     results = []
     for job in listed:
@@ -93,14 +111,24 @@ def _features(result: dict) -> list[tuple]:
     """(class, confidence, sorted ring points) per detected feature, in the block's pixel coordinates; objects
     (one per chip) keep their order and no points."""
     found = json.loads(str(result["features"]))["features"]
-    return sorted((*_label(f["attributes"]), np.asarray([p for ring in f["geometry"]["rings"] for p in ring],
-                                                        dtype=float))
-                  for f in found) if found and "Class" in found[0]["attributes"] else \
-        [(*_label(f["attributes"]), None) for f in found]
+    return (
+        sorted(
+            (*_label(f["attributes"]), np.asarray([p for ring in f["geometry"]["rings"] for p in ring], dtype=float))
+            for f in found
+        )
+        if found and "Class" in found[0]["attributes"]
+        else [(*_label(f["attributes"]), None) for f in found]
+    )
 
 
-def _same_track(a: dict, boxes: np.ndarray, scores: np.ndarray, pixels: np.ndarray, box_tolerance: float,
-                pixel_tolerance: float = 0.0) -> None:
+def _same_track(
+    a: dict,
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    pixels: np.ndarray,
+    box_tolerance: float,
+    pixel_tolerance: float = 0.0,
+) -> None:
     """Tracker results `a` (per frame after the first: box [x, y, w, h], score, mask pixels) against expected."""
     assert a["boxes"].shape == boxes.shape and len(boxes) > 0
     assert np.abs(a["boxes"] - boxes).max() <= box_tolerance
@@ -147,10 +175,15 @@ def standalone(trained, tmp_path_factory) -> dict:
             if model_type == "MAXDEEPLAB":  # panoptic: Classify Pixels and Detect Objects
                 suffixes = [".tif", ".geojson"]
             for suffix in suffixes:
-                host[suffix] = run_inference(run["package"], rasters, here / f"host{suffix}",
-                                             arguments=arguments).output
-        runs[model_type] = {"folder": _unzip(run["package"], here / "package"), "blocks": blocks, "host": host,
-                            "arguments": arguments}
+                host[suffix] = run_inference(
+                    run["package"], rasters, here / f"host{suffix}", arguments=arguments
+                ).output
+        runs[model_type] = {
+            "folder": _unzip(run["package"], here / "package"),
+            "blocks": blocks,
+            "host": host,
+            "arguments": arguments,
+        }
     jobs = [(r["folder"], r["blocks"], r["arguments"]) for r in runs.values()]
     for r, result in zip(runs.values(), _standalone(Path(sys.executable), jobs, tmp, "ours")):
         r["ours"] = result
@@ -170,12 +203,18 @@ def test_prf_runs_without_gpjobs_and_gives_the_hosts_answer(standalone, model_ty
     run = standalone["runs"][model_type]
     folder, ours, host = run["folder"], run["ours"], run["host"]
     assert sorted(p.name for p in folder.glob("*.py")) == sorted(
-        [json.loads(next(folder.glob("*.emd")).read_text())["InferenceFunction"], "gpjobs_prf_core.py"])
+        [json.loads(next(folder.glob("*.emd")).read_text())["InferenceFunction"], "gpjobs_prf_core.py"]
+    )
     if model_type == "SIAMMASK":  # predict's boxes (x0, y0, x1, y1, rounded to 0.01) for the frames after the first
         tracked = host["tracked"][1:]
         boxes = np.asarray([[x0, y0, x1 - x0, y1 - y0] for x0, y0, x1, y1 in (t["box"] for t in tracked)])
-        _same_track(ours, boxes, np.asarray([t["score"] for t in tracked]),
-                    np.asarray([t["mask_pixels"] for t in tracked]), box_tolerance=0.02)
+        _same_track(
+            ours,
+            boxes,
+            np.asarray([t["score"] for t in tracked]),
+            np.asarray([t["mask_pixels"] for t in tracked]),
+            box_tolerance=0.02,
+        )
         return
     if not host:
         assert len(_features(ours)) == 4  # one label per object chip

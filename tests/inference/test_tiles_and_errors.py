@@ -29,7 +29,7 @@ def unet(trained, tmp_path_factory):
     full = write_mosaic(tmp / "full.tif", chips, 3)
     with rasterio.open(full) as src:
         profile = {**src.profile, "width": src.width - 21, "height": src.height - 13}
-        data = src.read()[:, :src.height - 13, :src.width - 21]
+        data = src.read()[:, : src.height - 13, : src.width - 21]
     raster = tmp / "raster.tif"
     with rasterio.open(raster, "w", **profile) as dst:
         dst.write(data)
@@ -50,8 +50,10 @@ def test_a_1x1_model_has_no_seams_at_any_padding(unet, tmp_path):
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(3, len(unet["emd"]["GpjobsInference"]["index_values"]), 1)
     torch.jit.trace(conv, torch.zeros(1, 3, 8, 8)).save(str(folder / "model.pt"))
-    results = [_run(folder, unet["raster"], tmp_path / f"p{p}_b{b}.tif", padding=p, batch_size=b)
-               for p, b in ((0, 1), (0, 4), (16, 4), (7, 2), (24, 1))]
+    results = [
+        _run(folder, unet["raster"], tmp_path / f"p{p}_b{b}.tif", padding=p, batch_size=b)
+        for p, b in ((0, 1), (0, 4), (16, 4), (7, 2), (24, 1))
+    ]
     for other in results[1:]:
         np.testing.assert_array_equal(results[0], other)
     # and it is the pointwise model applied to the whole raster at once
@@ -74,8 +76,13 @@ def test_padding_changes_only_pixels_near_tile_edges(unet, tmp_path):
     shutil.copytree(unet["folder"], folder)
     torch.manual_seed(1)
     k = len(unet["emd"]["GpjobsInference"]["index_values"])
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, padding=1),
-                              torch.nn.ReLU(), torch.nn.Conv2d(8, k, 3, padding=1)).eval()
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, k, 3, padding=1),
+    ).eval()
     torch.jit.trace(net, torch.zeros(1, 3, 8, 8)).save(str(folder / "model.pt"))
     plain = _run(folder, unet["raster"], tmp_path / "p0.tif", padding=0, batch_size=4)
     padded = _run(folder, unet["raster"], tmp_path / "p16.tif", padding=16, batch_size=4)
@@ -104,8 +111,11 @@ def test_wrong_band_count_is_named(unet, tmp_path):
 
 def test_wrong_pixel_type_is_named(unet, tmp_path):
     wide = write_mosaic(tmp_path / "wide.tif", [np.full((64, 64, 3), 300, np.uint16)], 1)
-    with pytest.raises(InferenceError, match=r"16-bit unsigned \(uint16\) but the model was trained on "
-                                             r"8-bit unsigned \(uint8\)"):
+    with pytest.raises(
+        InferenceError,
+        match=r"16-bit unsigned \(uint16\) but the model was trained on "
+        r"8-bit unsigned \(uint8\)",
+    ):
         run_inference(unet["package"], [wide], tmp_path / "out.tif")
     assert not (tmp_path / "out.tif").exists()  # no half-written result left behind
 
@@ -122,8 +132,11 @@ def test_package_without_its_raster_function_is_named(unet, tmp_path):
 
 
 def test_bad_arguments_are_named(unet, tmp_path):
-    with pytest.raises(InferenceError, match=r"unknown model argument\(s\) treshold; this model takes: batch_size, "
-                                             "padding, predict_background, tile_size"):
+    with pytest.raises(
+        InferenceError,
+        match=r"unknown model argument\(s\) treshold; this model takes: batch_size, "
+        "padding, predict_background, tile_size",
+    ):
         run_inference(unet["package"], [unet["raster"]], tmp_path / "out.tif", arguments={"treshold": 0.3})
     with pytest.raises(InferenceError, match="padding 40 leaves nothing of a 64-pixel tile; use 0 to 31"):
         run_inference(unet["package"], [unet["raster"]], tmp_path / "out.tif", arguments={"padding": 40})
@@ -137,8 +150,20 @@ def test_cli_reports_errors_without_a_traceback_and_runs(unet, tmp_path, capsys)
     err = capsys.readouterr().err
     assert err.startswith("gpjobs infer: gray.tif has 1 band(s)") and "Traceback" not in err
     out = tmp_path / "classes.tif"
-    assert gpjobs_main(["infer", str(unet["package"]), str(unet["raster"]), "--out", str(out),
-                        "--arguments", json.dumps({"padding": 8, "batch_size": 2})]) == 0
+    assert (
+        gpjobs_main(
+            [
+                "infer",
+                str(unet["package"]),
+                str(unet["raster"]),
+                "--out",
+                str(out),
+                "--arguments",
+                json.dumps({"padding": 8, "batch_size": 2}),
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     assert "blocks" in captured.err and f"{out}: pixels from" in captured.out
     with rasterio.open(out) as ds, rasterio.open(unet["raster"]) as src:

@@ -50,8 +50,7 @@ def test_tracks_frames_of_another_size_as_predict_does(siammask):
     box = [12.0, 16.0, 36.0, 34.0]  # x0, y0, x1, y1 in the 2x frame
     predicted = predict_json(siammask["run"]["package"], siammask["paths"], box=",".join(map(str, box)))
     tracker = _tracker(siammask)
-    tracks = tracker.init(siammask["frames"][0], [[box[0], box[1], box[2] - box[0], box[3] - box[1]]],
-                          labels=["car"])
+    tracks = tracker.init(siammask["frames"][0], [[box[0], box[1], box[2] - box[0], box[3] - box[1]]], labels=["car"])
     assert [(t.id, t.label, t.bbox, t.mask) for t in tracks] == [(0, "car", [12.0, 16.0, 24.0, 18.0], None)]
     for frame, expected in zip(siammask["frames"][1:], predicted[1:]):
         (track,) = tracker.update(frame)

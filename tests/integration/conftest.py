@@ -18,10 +18,18 @@ from tests.harness.app import FAKE_TRAINER_COMMAND, app_config
 @pytest.fixture
 def make_config(tmp_path):
     def make(**overrides):
-        values = {"trainer_command": FAKE_TRAINER_COMMAND, "heartbeat_timeout_s": 30, "cancel_grace_s": 0.5,
-                  "shutdown_grace_s": 2, "progress_flush_s": 0.1, "retry_backoff_s": 0, "watchdog_interval_s": 3600,
-                  "max_attempts": 3}
+        values = {
+            "trainer_command": FAKE_TRAINER_COMMAND,
+            "heartbeat_timeout_s": 30,
+            "cancel_grace_s": 0.5,
+            "shutdown_grace_s": 2,
+            "progress_flush_s": 0.1,
+            "retry_backoff_s": 0,
+            "watchdog_interval_s": 3600,
+            "max_attempts": 3,
+        }
         return app_config(tmp_path, **{**values, **overrides})
+
     return make
 
 
@@ -45,16 +53,38 @@ class Harness:
         await self.scheduler.start(**kwargs)
         return self.scheduler
 
-    async def submit(self, behaviour: str = "ok", *, owner: str = "alice", max_epochs: int = 2, name: str | None = None,
-                     output: dict | None = None, overwrite: bool = False, pretrained_item: str | None = None,
-                     **fields) -> Job:
+    async def submit(
+        self,
+        behaviour: str = "ok",
+        *,
+        owner: str = "alice",
+        max_epochs: int = 2,
+        name: str | None = None,
+        output: dict | None = None,
+        overwrite: bool = False,
+        pretrained_item: str | None = None,
+        **fields,
+    ) -> Job:
         job_id = new_job_id()
         name = name or f"model_{job_id[-6:]}"
-        request = fake_request(behaviour, name=name, max_epochs=max_epochs, output=output, overwrite=overwrite,
-                               pretrained_item=pretrained_item)
-        job = Job(job_id=job_id, owner=owner, status=JobStatus.SUBMITTED, model_type="FEATURE_CLASSIFIER",
-                  inputs={"output_name": json.dumps({"name": name})}, spec=request.to_json_dict(),
-                  max_attempts=fields.pop("max_attempts", self.config.max_attempts), **fields)
+        request = fake_request(
+            behaviour,
+            name=name,
+            max_epochs=max_epochs,
+            output=output,
+            overwrite=overwrite,
+            pretrained_item=pretrained_item,
+        )
+        job = Job(
+            job_id=job_id,
+            owner=owner,
+            status=JobStatus.SUBMITTED,
+            model_type="FEATURE_CLASSIFIER",
+            inputs={"output_name": json.dumps({"name": name})},
+            spec=request.to_json_dict(),
+            max_attempts=fields.pop("max_attempts", self.config.max_attempts),
+            **fields,
+        )
         job = await self.store.create_job(job, ["Submitted."])
         if self.scheduler is not None:
             self.scheduler.submitted()
@@ -106,6 +136,7 @@ async def make_harness(make_config, store):
         h = Harness(make_config(**overrides), store)
         made.append(h)
         return h
+
     yield make
     for h in made:
         if h.scheduler is not None:

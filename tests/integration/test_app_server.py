@@ -35,19 +35,42 @@ async def test_app_opens_store_runs_scheduler_and_closes_in_order(make_config):
 
 
 def test_serve_refuses_anonymous_on_a_public_bind(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "gpjobs.cli", "serve", "--host", "0.0.0.0", "--data-dir",
-                          str(tmp_path)], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "gpjobs.cli", "serve", "--host", "0.0.0.0", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2 and "loopback" in out.stderr
     assert not (tmp_path / "gpjobs.sqlite3").exists()
 
 
 @pytest.mark.slow  # two fresh interpreters
 def test_token_cli_creates_a_usable_token(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "gpjobs.cli", "token", "create", "--user", "ana", "--admin",
-                          "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gpjobs.cli",
+            "token",
+            "create",
+            "--user",
+            "ana",
+            "--admin",
+            "--data-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0 and out.stdout.startswith("gpj_")
-    listing = subprocess.run([sys.executable, "-m", "gpjobs.cli", "token", "list", "--data-dir", str(tmp_path)],
-                             capture_output=True, text=True, timeout=60)
+    listing = subprocess.run(
+        [sys.executable, "-m", "gpjobs.cli", "token", "list", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "ana\tadmin\t1 token(s)" in listing.stdout
     assert out.stdout.strip() not in (tmp_path / "gpjobs.sqlite3").read_bytes().decode("latin-1")
 
@@ -56,8 +79,9 @@ def test_logs_are_json_and_never_carry_tokens():
     stream = io.StringIO()
     configure_logging("info", stream=stream)
     try:
-        structlog.get_logger("t").info("request", url="/x?f=json&token=SECRET1", token="SECRET2",
-                                       header="Bearer SECRET3")
+        structlog.get_logger("t").info(
+            "request", url="/x?f=json&token=SECRET1", token="SECRET2", header="Bearer SECRET3"
+        )
 
         class Req:
             method, path_qs, remote = "GET", "/jobs/j1?token=SECRET4&f=json", "127.0.0.1"

@@ -44,17 +44,26 @@ async def test_the_child_gets_the_workers_and_the_job_is_told_the_split(make_har
     assert texts.cpu_split(split.cpus, 1, 3, "loader_workers setting") in said, said
 
     request = fake_request(max_epochs=1).replace(given_arguments={"num_workers": 2})
-    own = Job(job_id=new_job_id(), owner="alice", status=S.SUBMITTED, model_type="FEATURE_CLASSIFIER",
-              inputs={"output_name": json.dumps({"name": "own"})}, spec=request.to_json_dict())
+    own = Job(
+        job_id=new_job_id(),
+        owner="alice",
+        status=S.SUBMITTED,
+        model_type="FEATURE_CLASSIFIER",
+        inputs={"output_name": json.dumps({"name": "own"})},
+        spec=request.to_json_dict(),
+    )
     await harness.store.create_job(own)
     harness.scheduler.submitted()
     assert (await harness.wait(own.job_id, *TERMINAL)).status is S.SUCCEEDED
     assert harness.runs(own.job_id)[0]["loader_workers"] == 2
-    assert any(m.endswith("(num_workers argument).") and "2 data loader workers" in m
-               for m in await harness.descriptions(own.job_id))
+    assert any(
+        m.endswith("(num_workers argument).") and "2 data loader workers" in m
+        for m in await harness.descriptions(own.job_id)
+    )
 
 
 def test_the_split_reads_plainly():
     assert texts.cpu_split(2, 1, 1, "auto") == (
-        "CPU: 1 training thread and 1 data loader worker, on the slot's share of 2 CPUs (auto).")
+        "CPU: 1 training thread and 1 data loader worker, on the slot's share of 2 CPUs (auto)."
+    )
     assert "no data loader workers" in texts.cpu_split(1, 1, 0, "auto")

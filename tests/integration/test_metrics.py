@@ -19,8 +19,11 @@ JOB_ROUTE = "/arcgis/rest/services/System/RasterAnalysisTools/GPServer/{task}/jo
 
 
 def samples(text: str) -> dict[tuple[str, frozenset], float]:
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def value(found: dict, name: str, **labels: str) -> float:
@@ -52,9 +55,16 @@ async def test_metrics_follow_a_job_from_queue_to_finish(make_config):
     try:
         store = client.app[STORE_KEY]
         request = fake_request(max_epochs=3)
-        job = await store.create_job(Job(
-            job_id=new_job_id(), owner="anonymous", status=JobStatus.SUBMITTED, model_type="FEATURE_CLASSIFIER",
-            inputs={"output_name": json.dumps({"name": "m"})}, spec=request.to_json_dict()))
+        job = await store.create_job(
+            Job(
+                job_id=new_job_id(),
+                owner="anonymous",
+                status=JobStatus.SUBMITTED,
+                model_type="FEATURE_CLASSIFIER",
+                inputs={"output_name": json.dumps({"name": "m"})},
+                spec=request.to_json_dict(),
+            )
+        )
         client.app[SCHEDULER_KEY].submitted()
         for _ in range(400):
             resp = await client.get(f"{TASK}/jobs/{job.job_id}", params={"f": "json"})
@@ -70,8 +80,9 @@ async def test_metrics_follow_a_job_from_queue_to_finish(make_config):
     assert value(found, "gpjobs_epochs_total", model_type="FEATURE_CLASSIFIER") == 3
     assert value(found, "gpjobs_children_started_total", device="cpu", kind="warm") == 1
     assert value(found, "gpjobs_job_wait_seconds_count", model_type="FEATURE_CLASSIFIER") == 1
-    assert value(found, "gpjobs_job_run_seconds_count", model_type="FEATURE_CLASSIFIER",
-                 outcome="esriJobSucceeded") == 1
+    assert (
+        value(found, "gpjobs_job_run_seconds_count", model_type="FEATURE_CLASSIFIER", outcome="esriJobSucceeded") == 1
+    )
     assert value(found, "gpjobs_slot_busy_seconds_total", device="cpu") > 0
     assert value(found, "gpjobs_slot_busy", device="cpu") == 0 and value(found, "gpjobs_queue_depth") == 0
     assert value(found, "gpjobs_sqlite_write_seconds_count") >= 5  # claim, progress, publish, ...

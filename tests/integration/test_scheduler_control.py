@@ -130,8 +130,17 @@ def harness_resumed(h, job_id: str) -> int:
 
 
 async def seed(store, status, attempts, boot, **fields) -> Job:
-    job = Job(job_id=new_job_id(), owner="u", status=status, model_type="UNET", attempts=attempts,
-              max_attempts=3, boot_id=boot, device="cpu", **fields)
+    job = Job(
+        job_id=new_job_id(),
+        owner="u",
+        status=status,
+        model_type="UNET",
+        attempts=attempts,
+        max_attempts=3,
+        boot_id=boot,
+        device="cpu",
+        **fields,
+    )
     return await store.create_job(job, [])
 
 
@@ -173,8 +182,9 @@ async def test_server_crashes_do_not_spend_attempts_but_are_bounded(store):
     await store.claim_next_job("cpu", "boot-last")
     assert await recover_orphans(store, "boot-after") == {"requeued": 0, "failed": 1, "cancelled": 0}
     failed = await store.get_job(job.job_id)
-    assert failed.status is S.FAILED and failed.error == texts.crash_limit_reached(SERVER_CRASH_LIMIT + 1,
-                                                                                   SERVER_CRASH_LIMIT)
+    assert failed.status is S.FAILED and failed.error == texts.crash_limit_reached(
+        SERVER_CRASH_LIMIT + 1, SERVER_CRASH_LIMIT
+    )
 
 
 async def test_resume_message_names_the_checkpoint_the_child_loaded(harness):

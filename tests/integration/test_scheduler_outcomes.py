@@ -23,8 +23,12 @@ async def test_ok_job_publishes_item_with_messages_and_progress(harness):
     assert done.status is S.SUCCEEDED, await harness.descriptions(job.job_id)
     assert done.attempts == 1 and done.progress == 100 and set(done.result) == {"id"}
     item = await harness.store.get_item(done.result["id"])
-    assert (item.owner, item.title, item.name, item.type) == ("alice", "trainedModel", "trainedModel.dlpk",
-                                                            "Deep Learning Package")
+    assert (item.owner, item.title, item.name, item.type) == (
+        "alice",
+        "trainedModel",
+        "trainedModel.dlpk",
+        "Deep Learning Package",
+    )
     assert item.type_keywords == ["Deep Learning", "Raster"] and item.job_id == job.job_id
     with open(item.path, "rb") as fh:
         assert fh.read() == b"PK fake dlpk for " + job.job_id.encode()
@@ -38,13 +42,16 @@ async def test_ok_job_publishes_item_with_messages_and_progress(harness):
     assert harness.runs(job.job_id)[0]["cuda"] == ""  # a cpu slot hides every GPU from the child
 
 
-@pytest.mark.parametrize("behaviour, fragment", [
-    ("crash", "RuntimeError: boom"),
-    ("nan", "NaN"),
-    ("oom", "smaller batch_size"),
-    ("bad-input", "export the training data again"),
-    ("no-result", "without producing a model package"),
-])
+@pytest.mark.parametrize(
+    "behaviour, fragment",
+    [
+        ("crash", "RuntimeError: boom"),
+        ("nan", "NaN"),
+        ("oom", "smaller batch_size"),
+        ("bad-input", "export the training data again"),
+        ("no-result", "without producing a model package"),
+    ],
+)
 async def test_deterministic_failures_are_not_retried(harness, behaviour, fragment):
     await harness.start()
     job = await harness.submit(behaviour)
@@ -92,8 +99,9 @@ async def test_name_clash_fails_without_overwrite_and_replaces_with_it(harness):
     assert replaced.status is S.SUCCEEDED and replaced.result == first.result
     items = await harness.store.list_items("alice")
     assert len(items) == 1 and items[0].job_id == replaced.job_id
-    assert "Updating existing Deep Learning Package item to the portal succeeded." in \
-        await harness.descriptions(replaced.job_id)
+    assert "Updating existing Deep Learning Package item to the portal succeeded." in await harness.descriptions(
+        replaced.job_id
+    )
     assert Path(items[0].path).is_file()
     assert not (harness.config.content_dir / first.job_id / "same.dlpk").exists()  # the old file went
 
@@ -102,8 +110,16 @@ async def test_file_share_output_writes_package_and_returns_uri(harness, tmp_pat
     share = harness.config.file_shares["default"]
     (share / "models").mkdir(parents=True)
     await harness.start()
-    job = await harness.submit("ok", name="mine", output={"kind": "uri", "name": "mine", "path": str(share / "models" / "mine"),
-                                                          "alias": "/fileShares/default/models/mine"})
+    job = await harness.submit(
+        "ok",
+        name="mine",
+        output={
+            "kind": "uri",
+            "name": "mine",
+            "path": str(share / "models" / "mine"),
+            "alias": "/fileShares/default/models/mine",
+        },
+    )
     done = await harness.wait(job.job_id, *TERMINAL)
     assert done.status is S.SUCCEEDED
     assert done.result == {"uri": "/fileShares/default/models/mine/mine.dlpk"}

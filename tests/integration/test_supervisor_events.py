@@ -17,8 +17,15 @@ async def supervisor_for(harness, **config) -> ChildSupervisor:
     async def no_result(event):
         raise AssertionError(f"unexpected result {event}")
 
-    return ChildSupervisor(harness.store, harness.config, claimed, "cpu", harness.config.jobs_dir / job.job_id,
-                           structlog.get_logger("test"), on_result=no_result)
+    return ChildSupervisor(
+        harness.store,
+        harness.config,
+        claimed,
+        "cpu",
+        harness.config.jobs_dir / job.job_id,
+        structlog.get_logger("test"),
+        on_result=no_result,
+    )
 
 
 async def test_checkpoint_is_acknowledged_with_the_epoch_lines_before_it(make_harness):

@@ -105,10 +105,10 @@ def test_a_stray_child_is_recognised_by_its_working_folder(tmp_path):
     job_id = "j" + "a" * 32
     work = tmp_path / "jobs" / job_id
     work.mkdir(parents=True)
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], cwd=tmp_path,
-                             start_new_session=True)
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], cwd=work,
-                             start_new_session=True)
+    other = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], cwd=tmp_path, start_new_session=True
+    )
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], cwd=work, start_new_session=True)
     try:
         assert runs_job(child.pid, job_id) and not runs_job(other.pid, job_id)
         assert not kill_stray_group(other.pid, job_id) and other.poll() is None

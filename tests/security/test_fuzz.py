@@ -46,21 +46,27 @@ def secured_server(tmp_path: Path):
     share = tmp_path / "share"
     write_classified_tiles(share / "exports", n=4, size=32, name="seg")
     (share / "models").mkdir()
-    server = GpjobsServer(tmp_path, shares={"default": share}, auth=True,
-                          settings={"max_queued_per_user": 0, "log_level": "info"})
+    server = GpjobsServer(
+        tmp_path, shares={"default": share}, auth=True, settings={"max_queued_per_user": 0, "log_level": "info"}
+    )
     server.data_dir.mkdir(parents=True)
     admin, user = mint_tokens(server.data_dir / "gpjobs.sqlite3")
     server.start(timeout=180)
     try:
-        yield server, Names(export="/fileShares/default/exports/seg", admin_token=admin, user_token=user,
-                            username="analyst")
+        yield (
+            server,
+            Names(export="/fileShares/default/exports/seg", admin_token=admin, user_token=user, username="analyst"),
+        )
     finally:
         server.stop()
 
 
 def call(server: GpjobsServer, path: str, token: str, **fields: str) -> dict:
-    request = urllib.request.Request(server.base_url + path, data=urllib.parse.urlencode({"f": "json", **fields}).encode(),
-                                     headers={"X-Esri-Authorization": f"Bearer {token}"})
+    request = urllib.request.Request(
+        server.base_url + path,
+        data=urllib.parse.urlencode({"f": "json", **fields}).encode(),
+        headers={"X-Esri-Authorization": f"Bearer {token}"},
+    )
     with urllib.request.urlopen(request, timeout=120) as resp:
         return json.loads(resp.read())
 
@@ -100,8 +106,10 @@ async def fuzz(port: int, names: Names, count: int, seed: int) -> tuple[list[str
             return
         wrong = check_response(request, response)
         if wrong:
-            problems.append(f"{wrong}: {request.method} {request.target[:150]!r} {request.headers[:3]!r} "
-                            f"body {request.body[:150]!r} -> {response.body[:300]!r}")
+            problems.append(
+                f"{wrong}: {request.method} {request.target[:150]!r} {request.headers[:3]!r} "
+                f"body {request.body[:150]!r} -> {response.body[:300]!r}"
+            )
         elif response.status == 200 and request.method != "HEAD" and request.path.endswith(("/submitJob", "/delete")):
             try:
                 body = json.loads(response.body)
@@ -142,9 +150,19 @@ def log_problems(log_path: Path) -> list[str]:
 
 def run_fuzz(server: GpjobsServer, names: Names, count: int, seed: int) -> dict[str, int]:
     port = int(server.base_url.rsplit(":", 1)[1])
-    seeded = {call(server, TASK + "/submitJob", names.user_token, in_folder=names.export, model_type="UNET",
-                   output_name=json.dumps({"name": f"seeded{i}"}), arguments='{"chip_size": "32"}',
-                   max_epochs="1")["jobId"] for i in range(2)}  # real jobs for the job routes to name
+    seeded = {
+        call(
+            server,
+            TASK + "/submitJob",
+            names.user_token,
+            in_folder=names.export,
+            model_type="UNET",
+            output_name=json.dumps({"name": f"seeded{i}"}),
+            arguments='{"chip_size": "32"}',
+            max_epochs="1",
+        )["jobId"]
+        for i in range(2)
+    }  # real jobs for the job routes to name
     names.job_ids.extend(sorted(seeded))
     started = time.monotonic()
     problems, accepted, deleted, protocol_errors = asyncio.run(fuzz(port, names, count, seed))
@@ -153,11 +171,21 @@ def run_fuzz(server: GpjobsServer, names: Names, count: int, seed: int) -> dict[
     assert not problems, f"seed {seed}: {len(problems)} of {count} answers wrong:\n" + "\n".join(problems[:15])
     # Responsive afterwards: it answers, and a job still runs to the end through the scheduler.
     assert "tasks" in call(server, TASK.rsplit("/", 1)[0], names.admin_token)
-    job = call(server, TASK + "/submitJob", names.user_token, in_folder=names.export, model_type="UNET",
-               output_name=json.dumps({"name": "after_the_fuzz"}), arguments='{"chip_size": "32"}', max_epochs="1")
+    job = call(
+        server,
+        TASK + "/submitJob",
+        names.user_token,
+        in_folder=names.export,
+        model_type="UNET",
+        output_name=json.dumps({"name": "after_the_fuzz"}),
+        arguments='{"chip_size": "32"}',
+        max_epochs="1",
+    )
     deadline = time.monotonic() + 180
     while call(server, f"{TASK}/jobs/{job['jobId']}", names.user_token)["jobStatus"] not in (
-            "esriJobSucceeded", "esriJobFailed"):
+        "esriJobSucceeded",
+        "esriJobFailed",
+    ):
         assert time.monotonic() < deadline, "the job submitted after the fuzz never finished"
         time.sleep(0.2)
     assert call(server, f"{TASK}/jobs/{job['jobId']}", names.user_token)["jobStatus"] == "esriJobSucceeded"
@@ -165,8 +193,13 @@ def run_fuzz(server: GpjobsServer, names: Names, count: int, seed: int) -> dict[
     assert all_job_ids(server, names.admin_token) == (accepted - deleted) | {job["jobId"]}
     logged = log_problems(server.log_path)
     assert not logged, f"seed {seed}: unhandled exceptions in the server log:\n" + "\n".join(logged[:10])
-    return {"requests": count, "accepted_jobs": len(accepted), "deleted_jobs": len(deleted),
-            "protocol_errors": protocol_errors, "seconds": round(elapsed, 1)}
+    return {
+        "requests": count,
+        "accepted_jobs": len(accepted),
+        "deleted_jobs": len(deleted),
+        "protocol_errors": protocol_errors,
+        "seconds": round(elapsed, 1),
+    }
 
 
 @pytest.mark.slow

@@ -18,8 +18,13 @@ from gpjobs.tasks.train import parse_training_request
 from gpjobs.training.protocol import ChildRuntime, ExitCode, JobSpec
 
 SEG = "exports/seg"
-FILES = {"chip": "images/000000000.tif", "label": "labels/000000000.tif", "map.txt": "map.txt",
-         "stats": "esri_accumulated_stats.json", ".emd": "esri_model_definition.emd"}
+FILES = {
+    "chip": "images/000000000.tif",
+    "label": "labels/000000000.tif",
+    "map.txt": "map.txt",
+    "stats": "esri_accumulated_stats.json",
+    ".emd": "esri_model_definition.emd",
+}
 METADATA = ("map.txt", "stats", ".emd")
 
 
@@ -33,9 +38,17 @@ def link_out(path: Path, outside: Path) -> Path:
 
 
 def request_values(**extra: str) -> dict[str, str]:
-    return {"in_folder": f"/fileShares/default/{SEG}", "model_type": "UNET", "output_name": '{"name": "m"}',
-            "backbone_model": "RESNET18", "batch_size": "2", "max_epochs": "1", "learning_rate": "0.01",
-            "arguments": '{"chip_size": "32"}', **extra}
+    return {
+        "in_folder": f"/fileShares/default/{SEG}",
+        "model_type": "UNET",
+        "output_name": '{"name": "m"}',
+        "backbone_model": "RESNET18",
+        "batch_size": "2",
+        "max_epochs": "1",
+        "learning_rate": "0.01",
+        "arguments": '{"chip_size": "32"}',
+        **extra,
+    }
 
 
 def run_child(tmp_path: Path, request) -> tuple[ExitCode, list[dict]]:
@@ -44,8 +57,12 @@ def run_child(tmp_path: Path, request) -> tuple[ExitCode, list[dict]]:
     from gpjobs.training.run_job import run_job
 
     reporter = ListReporter()
-    spec = JobSpec(job_id="t", work_dir=str(tmp_path / "work"), request=request,
-                   runtime=ChildRuntime(num_threads=1, missing_weights="random"))
+    spec = JobSpec(
+        job_id="t",
+        work_dir=str(tmp_path / "work"),
+        request=request,
+        runtime=ChildRuntime(num_threads=1, missing_weights="random"),
+    )
     return run_job(spec, reporter), reporter.events
 
 
@@ -56,8 +73,9 @@ def failure_text(events: list[dict]) -> str:
 
 
 @pytest.mark.parametrize("what", METADATA)
-def test_submit_check_refuses_metadata_linked_out_of_the_store(roots: StoreRoots, share: Path, outside: Path,
-                                                                 what: str) -> None:
+def test_submit_check_refuses_metadata_linked_out_of_the_store(
+    roots: StoreRoots, share: Path, outside: Path, what: str
+) -> None:
     link_out(share / SEG / FILES[what], outside)
     with pytest.raises(ParameterError) as caught:
         parse_training_request(request_values(), roots)
@@ -67,8 +85,9 @@ def test_submit_check_refuses_metadata_linked_out_of_the_store(roots: StoreRoots
 
 
 @pytest.mark.parametrize("what", list(FILES))
-def test_child_refuses_a_file_linked_out_of_the_store_after_submit(tmp_path: Path, roots: StoreRoots, share: Path,
-                                                                    outside: Path, what: str) -> None:
+def test_child_refuses_a_file_linked_out_of_the_store_after_submit(
+    tmp_path: Path, roots: StoreRoots, share: Path, outside: Path, what: str
+) -> None:
     request = parse_training_request(request_values(), roots)  # clean at submit
     assert [f.root for f in request.in_folders] == [str(share.resolve())]
     link_out(share / SEG / FILES[what], outside)  # planted while the job waits
@@ -79,8 +98,9 @@ def test_child_refuses_a_file_linked_out_of_the_store_after_submit(tmp_path: Pat
     assert not any(e["type"] == "epoch" for e in events)  # nothing was trained on it
 
 
-def test_child_refuses_the_whole_folder_swapped_for_a_link(tmp_path: Path, roots: StoreRoots, share: Path,
-                                                            outside: Path) -> None:
+def test_child_refuses_the_whole_folder_swapped_for_a_link(
+    tmp_path: Path, roots: StoreRoots, share: Path, outside: Path
+) -> None:
     request = parse_training_request(request_values(), roots)
     (share / SEG).rename(outside / "seg")
     (share / SEG).symlink_to(outside / "seg", target_is_directory=True)
@@ -128,8 +148,9 @@ def test_open_in_store_checks_the_file_it_opened(monkeypatch, share: Path, outsi
     planted = share / SEG / "planted.json"
     planted.symlink_to(secret)
     real_realpath = os.path.realpath
-    monkeypatch.setattr(os.path, "realpath",
-                        lambda p, **kw: str(inside) if Path(p) == planted else real_realpath(p, **kw))
+    monkeypatch.setattr(
+        os.path, "realpath", lambda p, **kw: str(inside) if Path(p) == planted else real_realpath(p, **kw)
+    )
     with pytest.raises(OutsideStore, match="changed while it was being opened"):
         open_in_store(planted, share)
     monkeypatch.undo()
@@ -160,8 +181,10 @@ def test_pretrained_package_linked_out_of_the_store_is_refused(share: Path, outs
     pretrained = parse_training_request(values, roots).pretrained  # a real package at submit
     assert pretrained.root == str(share.resolve())
     link_out(models / "m.dlpk", outside)  # then a link to one outside
-    with pytest.raises(PackageError, match="'models/m.dlpk' leads outside its data store"), \
-            open_package(pretrained.path, pretrained.root):
+    with (
+        pytest.raises(PackageError, match="'models/m.dlpk' leads outside its data store"),
+        open_package(pretrained.path, pretrained.root),
+    ):
         pass
     with open_package(outside / "m.dlpk") as package:  # the package itself is fine
         assert package.emd["ModelFile"] == "m.pth"
@@ -171,8 +194,9 @@ def test_pretrained_package_linked_out_of_the_store_is_refused(share: Path, outs
 def test_pretrained_model_folder_cannot_read_outside(share: Path, outside: Path, attack: str) -> None:
     from gpjobs.training.package import PackageError, open_package
 
-    folder = write_model_folder(share / "models" / "m", "../../../outside/m.pth" if attack == "ModelFile path"
-                                else "m.pth")
+    folder = write_model_folder(
+        share / "models" / "m", "../../../outside/m.pth" if attack == "ModelFile path" else "m.pth"
+    )
     (outside / "m.pth").write_bytes(b"secret weights")
     if attack == "linked weights":
         (folder / "m.pth").unlink()

@@ -16,7 +16,8 @@ TERMINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatu
 
 @pytest.mark.parametrize("swapped", ["models/mine", "models"])
 async def test_output_folder_swapped_for_a_link_while_training_fails_the_job_and_writes_nothing_outside(
-        make_harness, monkeypatch, tmp_path: Path, swapped: str) -> None:
+    make_harness, monkeypatch, tmp_path: Path, swapped: str
+) -> None:
     monkeypatch.setenv("GPJOBS_FAKE_EPOCH_S", "0.6")
     h = make_harness()
     share = h.config.file_shares["default"]
@@ -24,9 +25,17 @@ async def test_output_folder_swapped_for_a_link_while_training_fails_the_job_and
     outside = tmp_path / "outside"
     (outside / "mine").mkdir(parents=True)
     await h.start()
-    job = await h.submit("slow", name="mine", max_epochs=3, output={
-        "kind": "uri", "name": "mine", "path": str(share / "models" / "mine"),
-        "alias": "/fileShares/default/models/mine"})
+    job = await h.submit(
+        "slow",
+        name="mine",
+        max_epochs=3,
+        output={
+            "kind": "uri",
+            "name": "mine",
+            "path": str(share / "models" / "mine"),
+            "alias": "/fileShares/default/models/mine",
+        },
+    )
     await h.wait_running(job.job_id)
     # The attack: while the job trains, the checked folder becomes a link to a folder outside every store.
     victim = share / swapped
@@ -44,8 +53,17 @@ async def test_file_share_output_still_written_through_real_folders(harness) -> 
     share = harness.config.file_shares["default"]
     (share / "models").mkdir(parents=True)
     await harness.start()
-    job = await harness.submit("ok", name="fine", max_epochs=1, output={
-        "kind": "uri", "name": "fine", "path": str(share / "models" / "fine"), "alias": "/fileShares/default/models/fine"})
+    job = await harness.submit(
+        "ok",
+        name="fine",
+        max_epochs=1,
+        output={
+            "kind": "uri",
+            "name": "fine",
+            "path": str(share / "models" / "fine"),
+            "alias": "/fileShares/default/models/fine",
+        },
+    )
     done = await harness.wait(job.job_id, *TERMINAL)
     assert done.status is JobStatus.SUCCEEDED, done.error
     assert (share / "models" / "fine" / "fine.dlpk").read_bytes().startswith(b"PK fake")

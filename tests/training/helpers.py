@@ -1,10 +1,10 @@
 """Shared helpers for the engine/model tests: train tiny jobs in-process, read what they packaged, predict.
 
-    run = train_and_package(tmp, folder, "UNET", backbone_model="RESNET18", max_epochs=2)
-    run.epochs, run.metrics, run.emd, run.package, run.members, run.messages, run.validation_data("segmentation")
-    predict_json(run.package, chip, "--masks-dir", str(tmp))        # `gpjobs predict --json` lines
-    straight, resumed = interrupted_and_resumed(tmp, folder, "UNET", max_epochs=3)
-    family = build_family("UNET", "RESNET34", bands=4)              # a family on a stand-in export, no data
+run = train_and_package(tmp, folder, "UNET", backbone_model="RESNET18", max_epochs=2)
+run.epochs, run.metrics, run.emd, run.package, run.members, run.messages, run.validation_data("segmentation")
+predict_json(run.package, chip, "--masks-dir", str(tmp))        # `gpjobs predict --json` lines
+straight, resumed = interrupted_and_resumed(tmp, folder, "UNET", max_epochs=3)
+family = build_family("UNET", "RESNET34", bands=4)              # a family on a stand-in export, no data
 """
 
 from __future__ import annotations
@@ -38,9 +38,15 @@ def make_spec(tmp: Path, folders: list[Path], model_type: str, **kw: Any) -> Job
     runtime = {k: kw.pop(k) for k in list(kw) if k in _RUNTIME_KEYS}
     runtime.setdefault("num_threads", 1)
     job_id, work_dir = kw.pop("job_id", "t"), kw.pop("work_dir", str(tmp / "work"))
-    values: dict[str, Any] = dict(in_folder=",".join(str(f) for f in kw.pop("in_folders", folders)),
-                                  model_type=model_type, output_name=json.dumps({"name": kw.pop("output_name", "model")}),
-                                  batch_size=4, max_epochs=3, learning_rate=0.01, validation_percent=25.0)
+    values: dict[str, Any] = dict(
+        in_folder=",".join(str(f) for f in kw.pop("in_folders", folders)),
+        model_type=model_type,
+        output_name=json.dumps({"name": kw.pop("output_name", "model")}),
+        batch_size=4,
+        max_epochs=3,
+        learning_rate=0.01,
+        validation_percent=25.0,
+    )
     values.update(kw)
     request = parse_training_request(values, LocalPaths())
     return JobSpec(job_id=job_id, work_dir=str(work_dir), request=request, runtime=ChildRuntime(**runtime))
@@ -133,8 +139,13 @@ class TrainedModel:
         from gpjobs.training.data import open_training_data
 
         request = self.spec.request
-        return open_training_data([f.local for f in request.in_folders], task=task,
-                                  validation_percent=request.validation_percent, seed=42, augment=augment)
+        return open_training_data(
+            [f.local for f in request.in_folders],
+            task=task,
+            validation_percent=request.validation_percent,
+            seed=42,
+            augment=augment,
+        )
 
     def packaged_json(self, member: str) -> Any:
         """A JSON member of the .dlpk as written (model.emd, training_log.json)."""
@@ -142,9 +153,15 @@ class TrainedModel:
             return json.loads(zf.read(member))
 
 
-def train_and_package(tmp: Path, folders: Path | list[Path], model_type: str, *,
-                      reporter: ListReporter | None = None, expect: ExitCode | None = ExitCode.OK,
-                      **spec_fields: Any) -> TrainedModel:
+def train_and_package(
+    tmp: Path,
+    folders: Path | list[Path],
+    model_type: str,
+    *,
+    reporter: ListReporter | None = None,
+    expect: ExitCode | None = ExitCode.OK,
+    **spec_fields: Any,
+) -> TrainedModel:
     """Trains `model_type` on the export folder(s) in-process, work files under `tmp`; asserts the exit code
     is `expect` (None: any). `spec_fields` go to make_spec (backbone_model, max_epochs, arguments, ...)."""
     spec = make_spec(tmp, [folders] if isinstance(folders, Path) else list(folders), model_type, **spec_fields)
@@ -169,22 +186,31 @@ class CancelAfterEpoch(ListReporter):
             self.request_cancel()
 
 
-def interrupted_and_resumed(tmp: Path, folders: Path | list[Path], model_type: str, *, after_epoch: int = 1,
-                            **spec_fields: Any) -> tuple[TrainedModel, TrainedModel]:
+def interrupted_and_resumed(
+    tmp: Path, folders: Path | list[Path], model_type: str, *, after_epoch: int = 1, **spec_fields: Any
+) -> tuple[TrainedModel, TrainedModel]:
     """The same job trained straight through (under tmp/a) and cancelled after `after_epoch` then resumed from
     its checkpoint (under tmp/b). Returns (straight, resumed); the resumed run's events are the second run's."""
     straight = train_and_package(tmp / "a", folders, model_type, **spec_fields)
-    cancelled = train_and_package(tmp / "b", folders, model_type, reporter=CancelAfterEpoch(after_epoch),
-                                  expect=ExitCode.CANCELLED, **spec_fields)
+    cancelled = train_and_package(
+        tmp / "b", folders, model_type, reporter=CancelAfterEpoch(after_epoch), expect=ExitCode.CANCELLED, **spec_fields
+    )
     assert cancelled.spec.checkpoint_path.is_file()
     resumed = train_and_package(tmp / "b", folders, model_type, **spec_fields)
     return straight, resumed
 
 
-def build_family(model_type: str, backbone: str = "RESNET18", *, bands: int = 3,
-                 classes: tuple[str, ...] = ("a", "b"), chip_size: tuple[int, int] = (32, 32),
-                 export_format: str | None = None, arguments: dict[str, Any] | None = None,
-                 messages: list[tuple[str, str]] | None = None) -> Any:
+def build_family(
+    model_type: str,
+    backbone: str = "RESNET18",
+    *,
+    bands: int = 3,
+    classes: tuple[str, ...] = ("a", "b"),
+    chip_size: tuple[int, int] = (32, 32),
+    export_format: str | None = None,
+    arguments: dict[str, Any] | None = None,
+    messages: list[tuple[str, str]] | None = None,
+) -> Any:
     """A model family for `model_type` on a stand-in export (`bands` bands, classes valued 1.. in order) without
     reading data: for build/step tests. `messages` collects the family's (level, text) messages."""
     from gpjobs.catalog import lookup_model_type, parse_arguments
@@ -193,18 +219,35 @@ def build_family(model_type: str, backbone: str = "RESNET18", *, bands: int = 3,
     from gpjobs.training.weights import WeightsPolicy
 
     model = lookup_model_type(model_type)
-    info = SimpleNamespace(bands=bands, extract_bands=list(range(bands)),
-                           classes=[ClassInfo(i, name) for i, name in enumerate(classes, 1)],
-                           chip_size=chip_size, task=model.task, format=export_format)
+    info = SimpleNamespace(
+        bands=bands,
+        extract_bands=list(range(bands)),
+        classes=[ClassInfo(i, name) for i, name in enumerate(classes, 1)],
+        chip_size=chip_size,
+        task=model.task,
+        format=export_format,
+    )
     sink = messages if messages is not None else []
-    return family_for(model_type)(model, info, backbone, parse_arguments(model, arguments or {}), WeightsPolicy(),
-                                  lambda level, text: sink.append((level, text)))
+    return family_for(model_type)(
+        model,
+        info,
+        backbone,
+        parse_arguments(model, arguments or {}),
+        WeightsPolicy(),
+        lambda level, text: sink.append((level, text)),
+    )
 
 
 def gpjobs(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run the CLI in a fresh interpreter (proves the package stands alone)."""
-    return subprocess.run([sys.executable, "-m", "gpjobs.cli", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "gpjobs.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 def predict_json(package: str | Path, *chips_and_options: str | Path, timeout: float = 300) -> list[dict[str, Any]]:

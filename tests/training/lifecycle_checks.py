@@ -13,8 +13,12 @@ from gpjobs.training.metrics_detection import DetectionEvaluator
 from tests.training.helpers import TrainedModel, interrupted_and_resumed, predict_json
 
 # what every package holds beside the network: the model card and the Python raster function it names
-CARD = {"model_metrics.html", "ModelCharacteristics/loss_graph.png", "ModelCharacteristics/show_results.png",
-        "gpjobs_prf_core.py"}
+CARD = {
+    "model_metrics.html",
+    "ModelCharacteristics/loss_graph.png",
+    "ModelCharacteristics/show_results.png",
+    "gpjobs_prf_core.py",
+}
 
 
 def assert_resume_matches_straight_run(tmp: Path, folder: Path, model_type: str, **kw: Any) -> TrainedModel:
@@ -48,8 +52,14 @@ def assert_predict_cli_reproduces_ap(run: TrainedModel, *, cli: bool = True) -> 
     detect_thresh = float(emd["MetricsNote"].split("score >= ")[1].split(",")[0])
     evaluator = DetectionEvaluator(len(names), iou_thresh=0.1, detect_thresh=detect_thresh)
     for pred, truth in zip(predictions, truths):
-        evaluator.add({"boxes": torch.tensor(pred["boxes"]).reshape(-1, 4), "scores": pred["scores"],
-                       "labels": [names.index(n) + 1 for n in pred["labels"]]}, truth)
+        evaluator.add(
+            {
+                "boxes": torch.tensor(pred["boxes"]).reshape(-1, 4),
+                "scores": pred["scores"],
+                "labels": [names.index(n) + 1 for n in pred["labels"]],
+            },
+            truth,
+        )
     ap = evaluator.compute(names)
     assert ap["average_precision"] == pytest.approx(emd["average_precision"], abs=1e-6)
     assert ap["map_50"] == pytest.approx(emd["map_50"], abs=1e-6)

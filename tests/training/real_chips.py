@@ -15,12 +15,15 @@ from tests.builders.exports import _voc_xml, write_image, write_metadata
 
 def palm_boxes(label: Path) -> list[tuple[float, float, float, float]]:
     root = ET.parse(label).getroot()
-    return [tuple(float(b.find(k).text) for k in ("xmin", "ymin", "xmax", "ymax"))  # type: ignore[misc]
-            for b in root.iter("bndbox")]
+    return [
+        tuple(float(b.find(k).text) for k in ("xmin", "ymin", "xmax", "ymax"))  # type: ignore[misc]
+        for b in root.iter("bndbox")
+    ]
 
 
-def palm_labeled_tiles(samples: Path, out: Path, *, per_class: int = 60, size: int = 32, window: int = 96,
-                       seed: int = 0) -> Path:
+def palm_labeled_tiles(
+    samples: Path, out: Path, *, per_class: int = 60, size: int = 32, window: int = 96, seed: int = 0
+) -> Path:
     """Labeled_Tiles: `window`-px crops of the 448-px palm chips resized to `size`, centred on a palm (class 1
     "Palm") or on ground at least a window away from every palm centre (class 2 "Ground")."""
     from PIL import Image
@@ -57,6 +60,14 @@ def palm_labeled_tiles(samples: Path, out: Path, *, per_class: int = 60, size: i
         (folder / f"labels/{stem}.xml").write_text(_voc_xml(stem, ".tif", size, 3, [(value, (0, 0, size, size))]))
         rows.append([f"images/{stem}.tif", f"labels/{stem}.xml"])
         images.append(array)
-    write_metadata(folder, "Labeled_Tiles", classes=[(1, "Palm"), (2, "Ground")], size=size, bands=3, rows=rows,
-                   images=images, per_class=[len(order) // 2, len(order) // 2])
+    write_metadata(
+        folder,
+        "Labeled_Tiles",
+        classes=[(1, "Palm"), (2, "Ground")],
+        size=size,
+        bands=3,
+        rows=rows,
+        images=images,
+        per_class=[len(order) // 2, len(order) // 2],
+    )
     return folder

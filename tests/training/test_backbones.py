@@ -10,8 +10,9 @@ from gpjobs.training.backbones import build_backbone, set_backbone_frozen
 from gpjobs.training.weights import WeightsMissing, WeightsPolicy
 
 
-@pytest.mark.parametrize("name", ["RESNET18", "MOBILENET_V2", "DENSENET121",
-                                  pytest.param("VGG11_BN", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "name", ["RESNET18", "MOBILENET_V2", "DENSENET121", pytest.param("VGG11_BN", marks=pytest.mark.slow)]
+)
 def test_taps_shallow_to_deep_with_channels_and_strides(name):
     backbone = build_backbone(name, 3)
     feats = backbone(torch.zeros(2, 3, 64, 64))

@@ -17,8 +17,15 @@ from tests.training.inprocess import predict_lines
 torch.set_num_threads(1)
 
 SMALL = {"vocab_min_freq": 1, "decoder_params": {"embed_size": 32, "hidden_size": 48, "attention_size": 32}}
-COMMON = dict(backbone_model="RESNET18", max_epochs=3, stop_training=False, freeze_model=False, learning_rate=0.005,
-              batch_size=4, arguments=SMALL)
+COMMON = dict(
+    backbone_model="RESNET18",
+    max_epochs=3,
+    stop_training=False,
+    freeze_model=False,
+    learning_rate=0.005,
+    batch_size=4,
+    arguments=SMALL,
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +44,19 @@ def test_beam_search_matches_teacher_forcing_on_its_own_output():
     from gpjobs.training.models.captioning_net import CaptionNet
 
     torch.manual_seed(0)
-    net = CaptionNet(build_backbone("RESNET18", 3), (32, 32), 9, embed_size=8, hidden_size=16, attention_size=8,
-                     dropout=0.0, bos=2, eos=3, max_len=6, beam_width=1).eval()
+    net = CaptionNet(
+        build_backbone("RESNET18", 3),
+        (32, 32),
+        9,
+        embed_size=8,
+        hidden_size=16,
+        attention_size=8,
+        dropout=0.0,
+        bos=2,
+        eos=3,
+        max_len=6,
+        beam_width=1,
+    ).eval()
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         tokens, _ = net(images)
@@ -69,9 +87,16 @@ def test_captioner_learns_and_packages(caption_run):
     metrics = result_of(reporter)["metrics"]
     assert 0.0 <= metrics["corpus_bleu"] <= 1.0 and 0.2 < metrics["accuracy"] <= 1.0, metrics
     result = result_of(reporter)
-    assert {"model.emd", "model.pth", "model.pt", "GpjobsImageCaptioner.py", "gpjobs_prf_core.py", "model_metrics.html",
-            "ModelCharacteristics/loss_graph.png", "ModelCharacteristics/show_results.png"} <= dlpk_members(
-        result["package"])
+    assert {
+        "model.emd",
+        "model.pth",
+        "model.pt",
+        "GpjobsImageCaptioner.py",
+        "gpjobs_prf_core.py",
+        "model_metrics.html",
+        "ModelCharacteristics/loss_graph.png",
+        "ModelCharacteristics/show_results.png",
+    } <= dlpk_members(result["package"])
     emd = emd_of(result)
     assert emd["ModelName"] == "ImageCaptioner" and emd["ModelType"] == "ImageCaptioner"
     assert emd["InferenceFunction"] == "GpjobsImageCaptioner.py" and emd["GpjobsInference"]["output"] == "captions"
@@ -94,7 +119,8 @@ def test_predict_reproduces_validation(caption_run, capsys):
     assert len(lines) == len(chips) and all(line["caption"] for line in lines)
     references = [[c.rstrip(".").split() + ["."] for c in captions] for captions in data.valid.captions]
     assert corpus_bleu([line["words"] for line in lines], references) == pytest.approx(
-        result["metrics"]["corpus_bleu"], abs=1e-9)
+        result["metrics"]["corpus_bleu"], abs=1e-9
+    )
 
 
 def test_resume_after_interrupt_gives_the_same_numbers(caption_run, tmp_path):
@@ -129,8 +155,9 @@ def test_arguments_and_bad_data_get_fix_it_errors(tmp_path):
     failed = [e for e in reporter.events if e["type"] == "failed"][0]
     assert code == ExitCode.BAD_INPUT and any(f"labels/{label.name}" in d for d in failed["details"])
     label.write_text(sorted((folder / "labels").iterdir())[0].read_text())
-    code, reporter = train(make_spec(tmp_path, [folder], "IMAGECAPTIONER", **{**COMMON, "arguments": {
-        **SMALL, "vocab_min_freq": 1000}}))
+    code, reporter = train(
+        make_spec(tmp_path, [folder], "IMAGECAPTIONER", **{**COMMON, "arguments": {**SMALL, "vocab_min_freq": 1000}})
+    )
     failed = [e for e in reporter.events if e["type"] == "failed"][0]
     assert code == ExitCode.BAD_INPUT and "vocab_min_freq" in " ".join(failed["details"])
 

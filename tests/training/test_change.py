@@ -41,8 +41,15 @@ def change_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("change")
     # 24 training chips: with fewer steps BatchNorm's running statistics lag the weights (eval-mode
     # distances too small) and the validation f1 trails the training loss by several epochs
-    return train_and_package(tmp, write_change_detection(tmp, n=32, size=32), "CHANGEDETECTOR",
-                             backbone_model="RESNET18", max_epochs=5, stop_training=False, freeze_model=False)
+    return train_and_package(
+        tmp,
+        write_change_detection(tmp, n=32, size=32),
+        "CHANGEDETECTOR",
+        backbone_model="RESNET18",
+        max_epochs=5,
+        stop_training=False,
+        freeze_model=False,
+    )
 
 
 @pytest.mark.slow
@@ -95,8 +102,14 @@ def test_change_predict_from_package_reproduces_validation_f1(change_run):
 
 @pytest.mark.slow
 def test_bam_attention_trains(tmp_path):
-    run = train_and_package(tmp_path, write_change_detection(tmp_path, n=8, size=32), "CHANGEDETECTOR",
-                            backbone_model="RESNET18", max_epochs=1, arguments={"attention_type": "BAM"})
+    run = train_and_package(
+        tmp_path,
+        write_change_detection(tmp_path, n=8, size=32),
+        "CHANGEDETECTOR",
+        backbone_model="RESNET18",
+        max_epochs=1,
+        arguments={"attention_type": "BAM"},
+    )
     assert run.emd["ModelParameters"]["attention_type"] == "BAM"
 
 

@@ -31,9 +31,15 @@ torch.set_num_threads(1)
 
 
 def _child(spec_path, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "gpjobs.training", "--spec", str(spec_path)], cwd=REPO,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "gpjobs.training", "--spec", str(spec_path)],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        **kw,
+    )
 
 
 def _events_until(proc, wanted: str, timeout: float = 240) -> list[dict]:
@@ -111,8 +117,9 @@ def test_bad_input_fails_with_a_fix_it_message(tmp_path):
 @pytest.mark.slow
 def test_real_unet_run_resumes_after_kill_at_the_same_result(tmp_path):
     folder = write_classified_tiles(tmp_path, n=8, size=32)
-    straight, resumed = interrupted_and_resumed(tmp_path, folder, "UNET", backbone_model="RESNET18", max_epochs=3,
-                                                stop_training=False, batch_size=2)
+    straight, resumed = interrupted_and_resumed(
+        tmp_path, folder, "UNET", backbone_model="RESNET18", max_epochs=3, stop_training=False, batch_size=2
+    )
     assert [e["epoch"] for e in resumed.epochs] == [2, 3]
     assert [e["valid_loss"] for e in resumed.epochs] == [e["valid_loss"] for e in straight.epochs][1:]
     assert resumed.metrics == straight.metrics
@@ -123,8 +130,9 @@ def test_fine_tuning_starts_from_the_package(tmp_path):
     folder = write_classified_tiles(tmp_path, n=8, size=32)
     first = train_and_package(tmp_path / "a", folder, "UNET", backbone_model="RESNET18", max_epochs=2)
     package = first.package
-    tuned = train_and_package(tmp_path / "b", folder, "UNET", backbone_model="RESNET34", max_epochs=1,
-                              pretrained_model=package)
+    tuned = train_and_package(
+        tmp_path / "b", folder, "UNET", backbone_model="RESNET34", max_epochs=1, pretrained_model=package
+    )
     texts = " ".join(tuned.messages)
     assert "using it instead of RESNET34" in texts
     loaded = texts.split("Fine-tuning from model (gpjobs package): ")[1].split(" weight tensors loaded")[0]
@@ -135,8 +143,14 @@ def test_fine_tuning_starts_from_the_package(tmp_path):
     # starting from trained weights, the first epoch beats the first epoch from scratch
     assert tuned.epochs[0]["valid_loss"] < first.epochs[0]["valid_loss"]
     other = write_labeled_tiles(tmp_path, n=8, size=32)
-    wrong = train_and_package(tmp_path / "c", other, "FEATURE_CLASSIFIER", backbone_model="RESNET18",
-                              pretrained_model=package, expect=ExitCode.BAD_INPUT)
+    wrong = train_and_package(
+        tmp_path / "c",
+        other,
+        "FEATURE_CLASSIFIER",
+        backbone_model="RESNET18",
+        pretrained_model=package,
+        expect=ExitCode.BAD_INPUT,
+    )
     assert "is a UNET model" in wrong.failure
 
 
@@ -144,10 +158,29 @@ def test_fine_tuning_starts_from_the_package(tmp_path):
 def test_gpjobs_train_cli_writes_the_dlpk(tmp_path):
     folder = write_labeled_tiles(tmp_path, n=16, size=32)
     out = tmp_path / "out" / "cli_model.dlpk"
-    done = gpjobs("train", "--in-folder", str(folder), "--model-type", "FEATURE_CLASSIFIER",
-                  "--backbone-model", "MOBILENET_V2", "--max-epochs", "1", "--batch-size", "4",
-                  "--learning-rate", "0.001", "--no-freeze-model", "--arguments", '{"chip_size": 24}',
-                  "--threads", "1", "--output", str(out), "--json")
+    done = gpjobs(
+        "train",
+        "--in-folder",
+        str(folder),
+        "--model-type",
+        "FEATURE_CLASSIFIER",
+        "--backbone-model",
+        "MOBILENET_V2",
+        "--max-epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--learning-rate",
+        "0.001",
+        "--no-freeze-model",
+        "--arguments",
+        '{"chip_size": 24}',
+        "--threads",
+        "1",
+        "--output",
+        str(out),
+        "--json",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["package"] == str(out) and out.is_file()
@@ -167,22 +200,38 @@ def test_lr_finder_and_weights_outcome_reach_the_package(tmp_path):
 
     weights = tmp_path / "weights"
     weights.mkdir()
-    torch.save(torchvision.models.mobilenet_v2(weights=None).state_dict(),
-               weights / TORCHVISION_WEIGHT_FILES["MOBILENET_V2"])
+    torch.save(
+        torchvision.models.mobilenet_v2(weights=None).state_dict(), weights / TORCHVISION_WEIGHT_FILES["MOBILENET_V2"]
+    )
     folder = write_labeled_tiles(tmp_path, n=12, size=32)
     # The range test may take 10 % of the planned steps and needs 20: plan 100 epochs of 2 steps, and stop after
     # epoch 2 (valid_loss cannot improve by 10)
-    run = train_and_package(tmp_path / "a", folder, "FEATURE_CLASSIFIER", backbone_model="MOBILENET_V2",
-                            max_epochs=100, learning_rate=None, weights_dir=str(weights), missing_weights="fail",
-                            arguments={"patience": 1, "min_delta": 10})
+    run = train_and_package(
+        tmp_path / "a",
+        folder,
+        "FEATURE_CLASSIFIER",
+        backbone_model="MOBILENET_V2",
+        max_epochs=100,
+        learning_rate=None,
+        weights_dir=str(weights),
+        missing_weights="fail",
+        arguments={"patience": 1, "min_delta": 10},
+    )
     emd = run.emd
     assert emd["PretrainedWeights"] == f"loaded {TORCHVISION_WEIGHT_FILES['MOBILENET_V2']}"
     finder = emd["Gpjobs"]["lr_finder"]
     assert finder["points"] >= 10 and emd["Gpjobs"]["learning_rate"] == finder["chosen"]
     assert "ModelCharacteristics/lr_finder.png" in run.members
     assert any(t.startswith("LR finder:") for t in run.messages)
-    wrong = train_and_package(tmp_path / "b", folder, "FEATURE_CLASSIFIER", backbone_model="RESNET18",
-                              weights_dir=str(weights), missing_weights="fail", expect=ExitCode.BAD_INPUT)
+    wrong = train_and_package(
+        tmp_path / "b",
+        folder,
+        "FEATURE_CLASSIFIER",
+        backbone_model="RESNET18",
+        weights_dir=str(weights),
+        missing_weights="fail",
+        expect=ExitCode.BAD_INPUT,
+    )
     assert "resnet18-f37072fd.pth" in wrong.failure
 
 
@@ -198,8 +247,9 @@ def test_warm_child_imports_first_then_runs_the_job_it_is_handed(tmp_path):
     warm = [sys.executable, "-m", "gpjobs.training", "--warm"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     idle = subprocess.Popen(warm, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
-    proc = subprocess.Popen(warm, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=env)
+    proc = subprocess.Popen(
+        warm, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
     try:
         ready = decode_event(proc.stdout.readline())
         assert ready["type"] == "heartbeat" and ready["warm_import_s"] > 0

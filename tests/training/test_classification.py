@@ -18,9 +18,18 @@ def labeled_run(tmp_path_factory):
     folder = write_labeled_tiles(tmp, n=48, size=32, classes=((1, "a"), (2, "b"), (3, "c")))
     # Uniform synthetic chips + random (not ImageNet) weights: the whole network trains (at one rate, 3e-3),
     # batch 8, 6 epochs of 4 steps (margins over 10 seeds in tests/learning_margins.py).
-    return train_and_package(tmp, folder, "FEATURE_CLASSIFIER", backbone_model="RESNET18", max_epochs=6,
-                             stop_training=False, validation_percent=25.0, learning_rate=0.003, batch_size=8,
-                             freeze_model=False)
+    return train_and_package(
+        tmp,
+        folder,
+        "FEATURE_CLASSIFIER",
+        backbone_model="RESNET18",
+        max_epochs=6,
+        stop_training=False,
+        validation_percent=25.0,
+        learning_rate=0.003,
+        batch_size=8,
+        freeze_model=False,
+    )
 
 
 def test_feature_classifier_learns(labeled_run):
@@ -30,8 +39,14 @@ def test_feature_classifier_learns(labeled_run):
 
 
 def test_feature_classifier_package(labeled_run):
-    assert {"model.emd", "model.pth", "model.pt", "ModelCharacteristics/confusion_matrix.png",
-            "ModelCharacteristics/show_results.png", "ModelCharacteristics/loss_graph.png"} <= labeled_run.members
+    assert {
+        "model.emd",
+        "model.pth",
+        "model.pt",
+        "ModelCharacteristics/confusion_matrix.png",
+        "ModelCharacteristics/show_results.png",
+        "ModelCharacteristics/loss_graph.png",
+    } <= labeled_run.members
     emd = labeled_run.packaged_json("model.emd")
     assert emd["ModelType"] == "ObjectClassification" and emd["ModelName"] == "FeatureClassifier"
     assert emd["ModelConfiguration"] == "_FeatureClassifier" and emd["MetaDataMode"] == "Labeled_Tiles"
@@ -50,16 +65,29 @@ def test_predict_reproduces_classification_accuracy(labeled_run):
 
 def test_imagenet_layout_with_oversample(tmp_path):
     folder = write_imagenet(tmp_path, n=12, size=32)
-    run = train_and_package(tmp_path, folder, "FEATURE_CLASSIFIER", backbone_model="MOBILENET_V2", max_epochs=2,
-                            arguments={"oversample": True, "mixup": True})
+    run = train_and_package(
+        tmp_path,
+        folder,
+        "FEATURE_CLASSIFIER",
+        backbone_model="MOBILENET_V2",
+        max_epochs=2,
+        arguments={"oversample": True, "mixup": True},
+    )
     assert any("oversample: training chips drawn by inverse class frequency" in t for t in run.messages)
     assert run.emd["MetaDataMode"] == "Imagenet"
 
 
 def test_multilabel(tmp_path):
     folder = write_multilabeled_tiles(tmp_path, n=16, size=32)
-    run = train_and_package(tmp_path, folder, "FEATURE_CLASSIFIER", backbone_model="RESNET18", max_epochs=3,
-                            stop_training=False, freeze_model=False)
+    run = train_and_package(
+        tmp_path,
+        folder,
+        "FEATURE_CLASSIFIER",
+        backbone_model="RESNET18",
+        max_epochs=3,
+        stop_training=False,
+        freeze_model=False,
+    )
     assert 0.0 <= run.metrics["fbeta"] <= 1.0 and 0.0 <= run.metrics["accuracy"] <= 1.0
     assert run.emd["IsMultiLabel"] is True and "fbeta" in run.emd
     [prediction] = predict_json(run.package, sorted((folder / "images").iterdir())[0])

@@ -42,9 +42,14 @@ def probe(monkeypatch):
 
             def wrapper(self, model, batch_or_loader, device, *rest, _original=original, _name=name):
                 first = _first_tensor(batch_or_loader) if _name != "validate" else None
-                seen[_name].append({"enabled": torch.is_autocast_enabled("cuda"),
-                                    "dtype": torch.get_autocast_dtype("cuda"), "device": torch.device(device).type,
-                                    "pinned": first.is_pinned() if first is not None and not first.is_cuda else None})
+                seen[_name].append(
+                    {
+                        "enabled": torch.is_autocast_enabled("cuda"),
+                        "dtype": torch.get_autocast_dtype("cuda"),
+                        "device": torch.device(device).type,
+                        "pinned": first.is_pinned() if first is not None and not first.is_cuda else None,
+                    }
+                )
                 return _original(self, model, batch_or_loader, device, *rest)
 
             monkeypatch.setattr(family, name, wrapper)
@@ -77,11 +82,19 @@ def test_classifier_trains_under_autocast_on_cuda_and_predicts_on_the_cpu(tmp_pa
     expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     seen = probe("FEATURE_CLASSIFIER", "training_loss", "validate")
     folder = write_labeled_tiles(tmp_path, n=16, size=32)
-    run = train_and_package(tmp_path, folder, "FEATURE_CLASSIFIER", backbone_model="RESNET18", max_epochs=2,
-                            freeze_model=False, device="cuda:0")
+    run = train_and_package(
+        tmp_path,
+        folder,
+        "FEATURE_CLASSIFIER",
+        backbone_model="RESNET18",
+        max_epochs=2,
+        freeze_model=False,
+        device="cuda:0",
+    )
     # CUDA batches come from pinned host memory (the copy to the GPU can then overlap the compute)
-    assert seen["training_loss"] and all(s == {"enabled": True, "dtype": expected, "device": "cuda", "pinned": True}
-                                         for s in seen["training_loss"])
+    assert seen["training_loss"] and all(
+        s == {"enabled": True, "dtype": expected, "device": "cuda", "pinned": True} for s in seen["training_loss"]
+    )
     assert len(seen["validate"]) == len(run.epochs) == 2
     assert all(s["enabled"] and s["dtype"] == expected for s in seen["validate"])
     # loss scaling only with float16 (bfloat16 has float32's range)
@@ -99,10 +112,17 @@ def test_classifier_trains_under_autocast_on_cuda_and_predicts_on_the_cpu(tmp_pa
 def test_float16_autocast_steps_through_the_grad_scaler(tmp_path, probe, scaler_steps, no_bfloat16):
     seen = probe("UNET", "training_loss")
     folder = write_classified_tiles(tmp_path, n=16, size=32)
-    run = train_and_package(tmp_path, folder, "UNET", backbone_model="RESNET18", max_epochs=4, batch_size=4,
-                            stop_training=False, device="cuda:0")
-    assert seen["training_loss"] and all(s["enabled"] and s["dtype"] == torch.float16
-                                         for s in seen["training_loss"])
+    run = train_and_package(
+        tmp_path,
+        folder,
+        "UNET",
+        backbone_model="RESNET18",
+        max_epochs=4,
+        batch_size=4,
+        stop_training=False,
+        device="cuda:0",
+    )
+    assert seen["training_loss"] and all(s["enabled"] and s["dtype"] == torch.float16 for s in seen["training_loss"])
     # one scaled step per training batch, at a real (finite, positive) loss scale
     assert len(scaler_steps) == len(seen["training_loss"])
     assert all(enabled and 0 < scale < float("inf") for enabled, scale, _ in scaler_steps)
@@ -114,8 +134,15 @@ def test_float16_autocast_steps_through_the_grad_scaler(tmp_path, probe, scaler_
 def test_mixed_precision_false_trains_in_float32_on_cuda(tmp_path, probe, scaler_steps):
     seen = probe("UNET", "training_loss")
     folder = write_classified_tiles(tmp_path, n=8, size=32)
-    run = train_and_package(tmp_path, folder, "UNET", backbone_model="RESNET18", max_epochs=1, device="cuda:0",
-                            arguments={"mixed_precision": False})
+    run = train_and_package(
+        tmp_path,
+        folder,
+        "UNET",
+        backbone_model="RESNET18",
+        max_epochs=1,
+        device="cuda:0",
+        arguments={"mixed_precision": False},
+    )
     assert seen["training_loss"] and not any(s["enabled"] for s in seen["training_loss"])
     assert all(s["device"] == "cuda" for s in seen["training_loss"])
     assert scaler_steps and not any(enabled for enabled, _, _ in scaler_steps)
@@ -125,9 +152,17 @@ def test_mixed_precision_false_trains_in_float32_on_cuda(tmp_path, probe, scaler
 def test_gan_hook_steps_both_optimizers_through_the_scaler_in_float16(tmp_path, probe, scaler_steps, no_bfloat16):
     seen = probe("PIX2PIX", "training_step")
     folder = write_pix2pix(tmp_path, n=12, size=32)
-    run = train_and_package(tmp_path, folder, "PIX2PIX", max_epochs=2, batch_size=4, stop_training=False,
-                            learning_rate=0.002, device="cuda:0",
-                            arguments={"n_gen_filters": 8, "n_dscr_filters": 8})
+    run = train_and_package(
+        tmp_path,
+        folder,
+        "PIX2PIX",
+        max_epochs=2,
+        batch_size=4,
+        stop_training=False,
+        learning_rate=0.002,
+        device="cuda:0",
+        arguments={"n_gen_filters": 8, "n_dscr_filters": 8},
+    )
     batches = len(seen["training_step"])
     assert batches and all(s["enabled"] and s["dtype"] == torch.float16 for s in seen["training_step"])
     # the discriminator's and the generator's optimizer, each once per batch, both loss-scaled

@@ -28,7 +28,7 @@ def test_matcher_gives_each_target_the_query_that_fits_it_best():
     boxes = torch.tensor([[[0.2, 0.2, 0.1, 0.1], [0.7, 0.7, 0.3, 0.3], [0.5, 0.5, 0.9, 0.9]]])  # cx cy w h
     logits = torch.tensor([[[4.0, -4.0], [-4.0, 4.0], [0.0, 0.0]]])
     targets = [{"boxes": torch.tensor([[0.7, 0.7, 0.3, 0.3], [0.2, 0.2, 0.1, 0.1]]), "labels": torch.tensor([1, 0])}]
-    (queries, found), = HungarianMatcher()(logits, boxes, targets)
+    ((queries, found),) = HungarianMatcher()(logits, boxes, targets)
     assert dict(zip(queries.tolist(), found.tolist())) == {0: 1, 1: 0}
     nothing = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]
     empty = HungarianMatcher()(logits, boxes, nothing)
@@ -90,8 +90,17 @@ def test_the_packaged_network_gives_the_candidates_detect_keeps():
 @pytest.mark.slow
 def test_detreg_trains_packages_and_predict_reproduces_ap(tmp_path):
     folder = write_pascal_voc(tmp_path, n=16, size=32)
-    run = train_and_package(tmp_path, folder, "DETREG", backbone_model="RESNET18", max_epochs=4, learning_rate=2e-3,
-                            freeze_model=False, stop_training=False, arguments=SMALL)
+    run = train_and_package(
+        tmp_path,
+        folder,
+        "DETREG",
+        backbone_model="RESNET18",
+        max_epochs=4,
+        learning_rate=2e-3,
+        freeze_model=False,
+        stop_training=False,
+        arguments=SMALL,
+    )
     epochs = run.epochs
     assert epochs[-1]["valid_loss"] < epochs[0]["valid_loss"], [e["valid_loss"] for e in epochs]
     for epoch in epochs:
@@ -111,15 +120,32 @@ def test_detreg_trains_packages_and_predict_reproduces_ap(tmp_path):
 @pytest.mark.slow
 def test_detreg_resumes_after_an_interrupt_with_the_same_numbers(tmp_path):
     folder = write_kitti(tmp_path, n=8, size=32)
-    assert_resume_matches_straight_run(tmp_path, folder, "DETREG", backbone_model="RESNET18", max_epochs=2,
-                                       batch_size=2, learning_rate=1e-3, freeze_model=False, stop_training=False,
-                                       arguments=TINY)
+    assert_resume_matches_straight_run(
+        tmp_path,
+        folder,
+        "DETREG",
+        backbone_model="RESNET18",
+        max_epochs=2,
+        batch_size=2,
+        learning_rate=1e-3,
+        freeze_model=False,
+        stop_training=False,
+        arguments=TINY,
+    )
 
 
 def test_detreg_pretraining_runs_first_when_asked_and_is_recorded(tmp_path):
     folder = write_pascal_voc(tmp_path, n=8, size=32)
-    run = train_and_package(tmp_path, folder, "DETREG", backbone_model="RESNET18", max_epochs=1, batch_size=2,
-                            learning_rate=1e-3, arguments={**TINY, "pretrain_epochs": 2, "pretrain_proposals": 10})
+    run = train_and_package(
+        tmp_path,
+        folder,
+        "DETREG",
+        backbone_model="RESNET18",
+        max_epochs=1,
+        batch_size=2,
+        learning_rate=1e-3,
+        arguments={**TINY, "pretrain_epochs": 2, "pretrain_proposals": 10},
+    )
     first_epoch = next(i for i, e in enumerate(run.events) if e["type"] == "epoch")
     pre = [i for i, e in enumerate(run.events) if "DETReg pre-training epoch" in e.get("text", "")]
     assert len(pre) == 2 and pre[-1] < first_epoch  # before the supervised training
@@ -139,8 +165,9 @@ def test_detreg_refuses_pixel_classification_data_at_submit(tmp_path):
 
 def test_detreg_refuses_an_impossible_transformer_with_a_fix_it_error(tmp_path):
     folder = write_pascal_voc(tmp_path, n=4, size=32)
-    run = train_and_package(tmp_path, folder, "DETREG", max_epochs=1, arguments={"hidden_dim": 60},
-                            expect=ExitCode.BAD_INPUT)
+    run = train_and_package(
+        tmp_path, folder, "DETREG", max_epochs=1, arguments={"hidden_dim": 60}, expect=ExitCode.BAD_INPUT
+    )
     assert "hidden_dim must be a multiple of 8" in run.failure and "56 or 64" in run.failure
     with pytest.raises(ParameterError, match="num_queries"):  # out of its range: refused when the job is submitted
         make_spec(tmp_path, [folder], "DETREG", arguments={"num_queries": 0})
@@ -160,9 +187,16 @@ def test_detreg_accepts_resnets_only():
 @pytest.mark.timeout(900)
 def test_detreg_reaches_a_meaningful_esri_ap(tmp_path):
     folder = write_pascal_voc(tmp_path, n=32, size=64)
-    run = train_and_package(tmp_path, folder, "DETREG", backbone_model="RESNET18", max_epochs=12, learning_rate=1e-3,
-                            freeze_model=False, stop_training=False,
-                            arguments={"hidden_dim": 64, "enc_layers": 2, "dec_layers": 2, "dim_feedforward": 128,
-                                       "num_queries": 20})
+    run = train_and_package(
+        tmp_path,
+        folder,
+        "DETREG",
+        backbone_model="RESNET18",
+        max_epochs=12,
+        learning_rate=1e-3,
+        freeze_model=False,
+        stop_training=False,
+        arguments={"hidden_dim": 64, "enc_layers": 2, "dec_layers": 2, "dim_feedforward": 128, "num_queries": 20},
+    )
     trace = [(e["epoch"], round(e["valid_loss"], 3), round(e["metrics"]["average_precision"], 3)) for e in run.epochs]
     assert run.metrics["average_precision"] >= 0.3, trace

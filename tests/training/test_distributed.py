@@ -32,18 +32,49 @@ VALID_LOSS_REL = 0.05
 METRIC_ABS = 0.05
 
 
-def _train_command(folder: Path, output: Path, devices: str, work_dir: Path | None = None,
-                   epochs: int = 3) -> list[str]:
-    command = [sys.executable, "-m", "gpjobs.cli", "train", "--in-folder", str(folder), "--model-type", "UNET",
-               "--backbone-model", "RESNET18", "--max-epochs", str(epochs), "--batch-size", "4",
-               "--learning-rate", "0.001", "--arguments", json.dumps({"augment": False, "seed": 7}),
-               "--output", str(output), "--devices", devices, "--threads", "1", "--json"]
+def _train_command(
+    folder: Path, output: Path, devices: str, work_dir: Path | None = None, epochs: int = 3
+) -> list[str]:
+    command = [
+        sys.executable,
+        "-m",
+        "gpjobs.cli",
+        "train",
+        "--in-folder",
+        str(folder),
+        "--model-type",
+        "UNET",
+        "--backbone-model",
+        "RESNET18",
+        "--max-epochs",
+        str(epochs),
+        "--batch-size",
+        "4",
+        "--learning-rate",
+        "0.001",
+        "--arguments",
+        json.dumps({"augment": False, "seed": 7}),
+        "--output",
+        str(output),
+        "--devices",
+        devices,
+        "--threads",
+        "1",
+        "--json",
+    ]
     return command + (["--work-dir", str(work_dir)] if work_dir else [])
 
 
 def _run(command: list[str], timeout: float = 420) -> subprocess.CompletedProcess:
-    return subprocess.run(command, check=False, cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        command,
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 def _epoch_line(stderr: str, epoch: int) -> dict[str, float]:
@@ -66,9 +97,14 @@ def test_two_cpu_ranks_match_one_and_their_checkpoint_resumes_on_one(tmp_path):
 
     # Two ranks, stopped (Ctrl-C) once the first epoch's checkpoint is on disk ...
     work = tmp_path / "work"
-    two = subprocess.Popen(_train_command(folder, tmp_path / "two.dlpk", "cpu,cpu", work), cwd=REPO,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+    two = subprocess.Popen(
+        _train_command(folder, tmp_path / "two.dlpk", "cpu,cpu", work),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     deadline = time.monotonic() + 300
     while not (work / "checkpoint.pt").exists() and two.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -90,12 +126,29 @@ def test_two_cpu_ranks_match_one_and_their_checkpoint_resumes_on_one(tmp_path):
 def test_sharded_batches_are_the_one_device_batches_split_over_the_ranks():
     data = list(range(23))
     for batch_size, drop_last in ((4, True), (6, True), (3, True), (8, False), (5, False)):
-        one = list(torch.utils.data.BatchSampler(
-            RandomSampler(data, generator=torch.Generator().manual_seed(1)), batch_size, drop_last))
-        shares = [list(ShardedBatches(RandomSampler(data, generator=torch.Generator().manual_seed(1)), batch_size,
-                                      rank, 2, drop_last=drop_last)) for rank in range(2)]
-        assert len(shares[0]) == len(shares[1]) == len(one) == len(ShardedBatches(data, batch_size, 0, 2,
-                                                                                  drop_last=drop_last))
+        one = list(
+            torch.utils.data.BatchSampler(
+                RandomSampler(data, generator=torch.Generator().manual_seed(1)), batch_size, drop_last
+            )
+        )
+        shares = [
+            list(
+                ShardedBatches(
+                    RandomSampler(data, generator=torch.Generator().manual_seed(1)),
+                    batch_size,
+                    rank,
+                    2,
+                    drop_last=drop_last,
+                )
+            )
+            for rank in range(2)
+        ]
+        assert (
+            len(shares[0])
+            == len(shares[1])
+            == len(one)
+            == len(ShardedBatches(data, batch_size, 0, 2, drop_last=drop_last))
+        )
         for batch, a, b in zip(one, *shares):
             assert sorted(a + b) == sorted(batch) and abs(len(a) - len(b)) <= 1
 
@@ -124,8 +177,10 @@ def _gan_rank(rank: int, world: int, port: int, out: str) -> None:
         source, target = torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16)
         fake = view.generator(source)
         opt_d.zero_grad()
-        d_loss = view.discriminator(torch.cat([source, fake.detach()], 1)).mean() \
+        d_loss = (
+            view.discriminator(torch.cat([source, fake.detach()], 1)).mean()
             - view.discriminator(torch.cat([source, target], 1)).mean()
+        )
         d_loss.backward()
         opt_d.step()
         opt_g.zero_grad()
@@ -135,8 +190,9 @@ def _gan_rank(rank: int, world: int, port: int, out: str) -> None:
     gathered = [torch.zeros_like(weights) for _ in range(world)]
     dist.all_gather(gathered, weights)
     if rank == 0:
-        Path(out).write_text(json.dumps({"same": bool(torch.equal(gathered[0], gathered[1])),
-                                         "keys": sorted(model.state_dict())[:3]}))
+        Path(out).write_text(
+            json.dumps({"same": bool(torch.equal(gathered[0], gathered[1])), "keys": sorted(model.state_dict())[:3]})
+        )
     dist.destroy_process_group()
 
 

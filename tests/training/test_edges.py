@@ -48,9 +48,16 @@ def hed_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("hed")
     # the random backbone trains at the full rate: 3e-3 for 10 epochs keeps f1 > 0.4 in 10/10 seeds (min 0.47;
     # 1e-2 for 6 epochs failed 7/10, and 2/10 when the backbone was at a tenth: tests/learning_margins.py)
-    return train_and_package(tmp, write_classified_tiles(tmp, n=16, size=32), "HED_EDGEDETECTOR",
-                             backbone_model="RESNET18", max_epochs=10, stop_training=False, freeze_model=False,
-                             learning_rate=0.003)
+    return train_and_package(
+        tmp,
+        write_classified_tiles(tmp, n=16, size=32),
+        "HED_EDGEDETECTOR",
+        backbone_model="RESNET18",
+        max_epochs=10,
+        stop_training=False,
+        freeze_model=False,
+        learning_rate=0.003,
+    )
 
 
 @pytest.mark.slow
@@ -61,9 +68,15 @@ def test_hed_learns_edges_and_packages(hed_run):
     assert 0.0 <= metrics["accuracy"] <= 1.0 and 0.0 <= metrics["f1_score"] <= 1.0
     # edges are ~14% of the pixels: "no edge" everywhere gives f1 0, "edge" everywhere ~0.25
     assert metrics["f1_score"] > 0.4, metrics
-    assert {"model.emd", "model.pth", "model.pt", "GpjobsPixelClassifier.py", "gpjobs_prf_core.py",
-            "model_metrics.html",
-            "ModelCharacteristics/show_results.png"} <= hed_run.members
+    assert {
+        "model.emd",
+        "model.pth",
+        "model.pt",
+        "GpjobsPixelClassifier.py",
+        "gpjobs_prf_core.py",
+        "model_metrics.html",
+        "ModelCharacteristics/show_results.png",
+    } <= hed_run.members
     emd = hed_run.emd
     assert emd["ModelName"] == "HEDEdgeDetector" and emd["ModelType"] == "ImageClassification"
     assert emd["ModelConfiguration"] == "_model_extension_inferencing"
@@ -97,8 +110,16 @@ def test_hed_predict_from_package_alone(hed_run, tmp_path):
 def test_bdcn_trains_vgg_with_labels_as_edges(tmp_path):
     # one class: the export's class is the edge class; filled rectangles -> explicit boundaries
     folder = write_classified_tiles(tmp_path, n=12, size=32, classes=((1, "boundary"),))
-    run = train_and_package(tmp_path, folder, "BDCN_EDGEDETECTOR", backbone_model="VGG11_BN", max_epochs=3,
-                            stop_training=False, freeze_model=False, arguments={"edge_targets": "boundaries"})
+    run = train_and_package(
+        tmp_path,
+        folder,
+        "BDCN_EDGEDETECTOR",
+        backbone_model="VGG11_BN",
+        max_epochs=3,
+        stop_training=False,
+        freeze_model=False,
+        arguments={"edge_targets": "boundaries"},
+    )
     assert run.epochs[-1]["train_loss"] < run.epochs[0]["train_loss"]
     emd = run.emd
     assert emd["ModelName"] == "BDCNEdgeDetector" and emd["ModelParameters"]["backbone"] == "vgg11_bn"

@@ -12,8 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from gpjobs.catalog import lookup_model_type
 from gpjobs.training.checkpoint import load_checkpoint
-from gpjobs.training.engine import (BackbonePolicy, FitConfig, NaNLossError, augment_policy, backbone_policy,
-                                   fit)
+from gpjobs.training.engine import BackbonePolicy, FitConfig, NaNLossError, augment_policy, backbone_policy, fit
 from gpjobs.training.events import ListReporter, StopRequested
 from gpjobs.training.lr_finder import lr_range_test, pick_learning_rate, sweep_points
 from gpjobs.training.models.base import ModelFamily
@@ -75,13 +74,17 @@ class TinyData:
     def loaders(self, batch_size, *, num_workers=0, pin_memory=False, shard=None):
         assert shard is None  # one device: the engine shards only on several ranks
         gen = torch.Generator().manual_seed(1)
-        return (DataLoader(self.train, batch_size, shuffle=True, drop_last=True, generator=gen),
-                DataLoader(self.valid, batch_size))
+        return (
+            DataLoader(self.train, batch_size, shuffle=True, drop_last=True, generator=gen),
+            DataLoader(self.valid, batch_size),
+        )
 
 
 def family(**attrs) -> TinyFamily:
     info = SimpleNamespace(bands=4, extract_bands=None, classes=[1, 2], chip_size=(1, 1), task="classification")
-    fam = TinyFamily(lookup_model_type("FEATURE_CLASSIFIER"), info, "RESNET18", {}, WeightsPolicy(), lambda level, text: None)
+    fam = TinyFamily(
+        lookup_model_type("FEATURE_CLASSIFIER"), info, "RESNET18", {}, WeightsPolicy(), lambda level, text: None
+    )
     for key, value in attrs.items():
         setattr(fam, key, value)
     return fam
@@ -137,8 +140,9 @@ def test_lr_range_test_restores_weights_and_stops_on_divergence():
         loss.backward()
         return loss
 
-    curve = lr_range_test(bowl, lambda: torch.optim.SGD(bowl.parameters(), lr=1e-7), step, lambda: [None] * 4,
-                          num_it=60)
+    curve = lr_range_test(
+        bowl, lambda: torch.optim.SGD(bowl.parameters(), lr=1e-7), step, lambda: [None] * 4, num_it=60
+    )
     assert torch.equal(bowl.weight, before) and bowl.weight.grad is None
     assert curve["lrs"][0] == pytest.approx(1e-7) and curve["diverged"]
     assert 0.02 < curve["lrs"][-1] < 1.0 and len(curve["lrs"]) < 60  # stopped soon after lr passed 0.02
@@ -159,8 +163,7 @@ def test_lr_finder_runs_within_its_share_of_the_job():
 def test_the_range_test_leaves_no_trace_on_training():
     """Training after the sweep is training at the chosen rate from the start: weights, buffers and gradients
     (the sweep's last gradient once leaked into the first training step) are as before the sweep."""
-    swept_model, swept, _ = run(family(), FitConfig(max_epochs=2, batch_size=8, learning_rate=None,
-                                                    lr_find_share=2.5))
+    swept_model, swept, _ = run(family(), FitConfig(max_epochs=2, batch_size=8, learning_rate=None, lr_find_share=2.5))
     given_model, given, _ = run(family(), FitConfig(max_epochs=2, batch_size=8, learning_rate=swept.learning_rate))
     assert swept.batch_losses == given.batch_losses
     assert all(torch.equal(v, given_model.state_dict()[k]) for k, v in swept_model.state_dict().items())
@@ -184,9 +187,14 @@ def test_lr_finder_takes_the_start_of_the_progress_bar():
     assert [p for _, p in percents] == sorted(p for _, p in percents)
     assert all(p >= LR_FIND_SHARE for phase, p in percents if phase == "train")
     steps = []
-    lr_range_test(TinyNet(), lambda: torch.optim.SGD(TinyNet().parameters(), lr=0.1),
-                  lambda b: torch.tensor(1.0, requires_grad=True) * 1, lambda: [None] * 5, num_it=7,
-                  on_step=lambda i, total: steps.append((i, total)))
+    lr_range_test(
+        TinyNet(),
+        lambda: torch.optim.SGD(TinyNet().parameters(), lr=0.1),
+        lambda b: torch.tensor(1.0, requires_grad=True) * 1,
+        lambda: [None] * 5,
+        num_it=7,
+        on_step=lambda i, total: steps.append((i, total)),
+    )
     assert steps and steps[-1][1] == 7 and [i for i, _ in steps] == list(range(len(steps)))
 
 
@@ -211,8 +219,12 @@ def test_augment_policy():
 @pytest.mark.parametrize("factor", [0.1, 1.0])
 def test_backbone_group_trains_at_its_share_of_the_rate(tmp_path, factor):
     path = tmp_path / "c.pt"
-    _, result, _ = run(family(), FitConfig(max_epochs=1, batch_size=8, learning_rate=0.02, checkpoint_path=path,
-                                           backbone=BackbonePolicy(False, factor)))
+    _, result, _ = run(
+        family(),
+        FitConfig(
+            max_epochs=1, batch_size=8, learning_rate=0.02, checkpoint_path=path, backbone=BackbonePolicy(False, factor)
+        ),
+    )
     groups = load_checkpoint(path)["stepper"]["optimizer"]["param_groups"]
     assert [g["max_lr"] for g in groups] == pytest.approx([0.02 * factor, 0.02])  # backbone, head
     assert result.backbone_learning_rate == pytest.approx(0.02 * factor)
@@ -244,11 +256,17 @@ def test_early_stopping_restores_best_epoch():
 
 def test_monitor_metric_is_maximised_and_min_delta_counts():
     fam = family(scripted=[0.1] * 4)
-    _, result, _ = run(fam, FitConfig(max_epochs=4, batch_size=8, learning_rate=0.05, monitor="accuracy",
-                                      stop_training=False, min_delta=0.0))
+    _, result, _ = run(
+        fam,
+        FitConfig(
+            max_epochs=4, batch_size=8, learning_rate=0.05, monitor="accuracy", stop_training=False, min_delta=0.0
+        ),
+    )
     assert result.monitor == "accuracy" and result.best_score == max(h["accuracy"] for h in result.history)
-    _, flat, _ = run(family(scripted=[1.0, 0.9995, 0.999, 0.9985]),
-                     FitConfig(max_epochs=4, batch_size=8, learning_rate=0.01, patience=2, min_delta=0.001))
+    _, flat, _ = run(
+        family(scripted=[1.0, 0.9995, 0.999, 0.9985]),
+        FitConfig(max_epochs=4, batch_size=8, learning_rate=0.01, patience=2, min_delta=0.001),
+    )
     assert flat.best_epoch == 1 and flat.stopped_early and flat.epochs_run == 3
 
 
@@ -284,10 +302,14 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path):
 
 def test_checkpoint_of_another_configuration_is_ignored(tmp_path):
     path = tmp_path / "checkpoint.pt"
-    run(family(), FitConfig(max_epochs=1, batch_size=8, learning_rate=0.01, checkpoint_path=path,
-                            fingerprint={"job": "a"}))
-    _, result, reporter = run(family(), FitConfig(max_epochs=1, batch_size=8, learning_rate=0.01,
-                                                  checkpoint_path=path, fingerprint={"job": "b"}))
+    run(
+        family(),
+        FitConfig(max_epochs=1, batch_size=8, learning_rate=0.01, checkpoint_path=path, fingerprint={"job": "a"}),
+    )
+    _, result, reporter = run(
+        family(),
+        FitConfig(max_epochs=1, batch_size=8, learning_rate=0.01, checkpoint_path=path, fingerprint={"job": "b"}),
+    )
     assert result.resumed_from_epoch == 0
     assert any("different configuration" in e.get("text", "") for e in reporter.events)
 
@@ -307,8 +329,9 @@ def test_nan_loss_is_reported_as_such():
 
 
 def test_progress_and_checkpoint_events(tmp_path):
-    _, result, reporter = run(family(), FitConfig(max_epochs=2, batch_size=8, learning_rate=0.01,
-                                                  checkpoint_path=tmp_path / "c.pt"))
+    _, result, reporter = run(
+        family(), FitConfig(max_epochs=2, batch_size=8, learning_rate=0.01, checkpoint_path=tmp_path / "c.pt")
+    )
     kinds = [e["type"] for e in reporter.events]
     assert kinds.count("epoch") == 2 and kinds.count("checkpoint") == 2
     progress = [e["percent"] for e in reporter.events if e["type"] == "progress"]

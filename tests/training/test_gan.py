@@ -30,17 +30,30 @@ def test_gan_model_types_have_no_backbone():
 @pytest.fixture(scope="module")
 def pix2pix_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pix2pix")
-    return train_and_package(tmp, write_pix2pix(tmp, n=16, size=32), "PIX2PIX", max_epochs=20,
-                             stop_training=False, learning_rate=0.002,
-                             arguments={"n_gen_filters": 16, "n_dscr_filters": 16, "perceptual_loss": True})
+    return train_and_package(
+        tmp,
+        write_pix2pix(tmp, n=16, size=32),
+        "PIX2PIX",
+        max_epochs=20,
+        stop_training=False,
+        learning_rate=0.002,
+        arguments={"n_gen_filters": 16, "n_dscr_filters": 16, "perceptual_loss": True},
+    )
 
 
 def _identity_psnr(run) -> tuple[list, float]:
     """Validation records and the PSNR of leaving the input as it is (the baseline a model must beat)."""
     data = run.validation_data("translation")
     records = data.valid.records
-    values = [float(psnr(torch.from_numpy(read_chip(r.image) / 255.0).permute(2, 0, 1)[None],
-                         torch.from_numpy(read_chip(r.image2) / 255.0).permute(2, 0, 1)[None])) for r in records]
+    values = [
+        float(
+            psnr(
+                torch.from_numpy(read_chip(r.image) / 255.0).permute(2, 0, 1)[None],
+                torch.from_numpy(read_chip(r.image2) / 255.0).permute(2, 0, 1)[None],
+            )
+        )
+        for r in records
+    ]
     return records, float(np.mean(values))
 
 
@@ -63,13 +76,24 @@ def test_pix2pix_learns_the_translation(pix2pix_run):
 
 @pytest.mark.slow
 def test_pix2pix_package(pix2pix_run):
-    assert {"model.emd", "model.pth", "model.pt", "GpjobsImageTranslator.py", "gpjobs_prf_core.py",
-            "ModelCharacteristics/show_results.png",
-            "ModelCharacteristics/loss_graph.png"} <= pix2pix_run.members
+    assert {
+        "model.emd",
+        "model.pth",
+        "model.pt",
+        "GpjobsImageTranslator.py",
+        "gpjobs_prf_core.py",
+        "ModelCharacteristics/show_results.png",
+        "ModelCharacteristics/loss_graph.png",
+    } <= pix2pix_run.members
     emd = pix2pix_run.packaged_json("model.emd")
     assert emd["ModelType"] == "Pix2Pix" and emd["ModelName"] == "Pix2Pix" and emd["ModelConfiguration"] == "_pix2pix"
-    assert emd["ModelParameters"] == {"backend": "pytorch", "n_gen_filters": 16, "n_dscr_filters": 16,
-                                      "perceptual_loss": True, "lambda_l1": 100.0}
+    assert emd["ModelParameters"] == {
+        "backend": "pytorch",
+        "n_gen_filters": 16,
+        "n_dscr_filters": 16,
+        "perceptual_loss": True,
+        "lambda_l1": 100.0,
+    }
     assert emd["MetaDataMode"] == "Pix2Pix" and emd["backbone"] == ""
     assert float(emd["PSNR"]) == pytest.approx(pix2pix_run.metrics["PSNR"], rel=1e-3)
     assert "FID" not in emd  # no Inception weights offline: not reported rather than faked
@@ -85,8 +109,14 @@ def test_pix2pix_predict_from_package_alone(pix2pix_run, tmp_path):
     for line, rec in zip(lines, records):
         written = tifffile.imread(line["output"])
         assert line["translated"] == "Pix2Pix" and written.shape == (32, 32, 3) and written.dtype == np.uint8
-        scores.append(float(psnr(torch.from_numpy(written / 255.0).permute(2, 0, 1)[None],
-                                 torch.from_numpy(read_chip(rec.image2) / 255.0).permute(2, 0, 1)[None])))
+        scores.append(
+            float(
+                psnr(
+                    torch.from_numpy(written / 255.0).permute(2, 0, 1)[None],
+                    torch.from_numpy(read_chip(rec.image2) / 255.0).permute(2, 0, 1)[None],
+                )
+            )
+        )
     # the same quality as validation measured (rounding to 8 bits costs a little), well above copying
     assert np.mean(scores) == pytest.approx(pix2pix_run.metrics["PSNR"], abs=0.5)
     assert np.mean(scores) > baseline + 1.0
@@ -98,9 +128,16 @@ def test_pix2pix_predict_from_package_alone(pix2pix_run, tmp_path):
 @pytest.fixture(scope="module")
 def cyclegan_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cyclegan")
-    return train_and_package(tmp, write_cyclegan(tmp, n=16, size=32), "CYCLEGAN", backbone_model="RESNET34",
-                             max_epochs=8, stop_training=False, learning_rate=0.002,
-                             arguments={"gen_blocks": 2, "n_gen_filters": 8, "n_dscr_filters": 8})
+    return train_and_package(
+        tmp,
+        write_cyclegan(tmp, n=16, size=32),
+        "CYCLEGAN",
+        backbone_model="RESNET34",
+        max_epochs=8,
+        stop_training=False,
+        learning_rate=0.002,
+        arguments={"gen_blocks": 2, "n_gen_filters": 8, "n_dscr_filters": 8},
+    )
 
 
 @pytest.mark.slow
@@ -137,10 +174,21 @@ def test_cyclegan_package_and_predict(cyclegan_run, tmp_path):
 @pytest.fixture(scope="module")
 def pix2pixhd_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pix2pixhd")
-    return train_and_package(tmp, write_pix2pix(tmp, n=16, size=32), "PIX2PIXHD", max_epochs=20,
-                             stop_training=False, learning_rate=0.002,
-                             arguments={"n_gen_filters": 8, "n_dscr_filters": 8, "n_blocks_global": 2,
-                                        "n_blocks_local": 1, "n_layers_dscr": 2})
+    return train_and_package(
+        tmp,
+        write_pix2pix(tmp, n=16, size=32),
+        "PIX2PIXHD",
+        max_epochs=20,
+        stop_training=False,
+        learning_rate=0.002,
+        arguments={
+            "n_gen_filters": 8,
+            "n_dscr_filters": 8,
+            "n_blocks_global": 2,
+            "n_blocks_local": 1,
+            "n_layers_dscr": 2,
+        },
+    )
 
 
 @pytest.mark.slow
@@ -170,9 +218,15 @@ def test_pix2pixhd_package_reloads_and_predicts(pix2pixhd_run):
     with open_package(pix2pixhd_run.package) as package:
         family, model = load_model(package)
         predictions = family.predict(model, images)
-    scores = [float(psnr(torch.from_numpy(p["_image"] / 255.0).permute(2, 0, 1)[None].float(),
-                         torch.from_numpy(read_chip(r.image2) / 255.0).permute(2, 0, 1)[None].float()))
-              for p, r in zip(predictions, records)]
+    scores = [
+        float(
+            psnr(
+                torch.from_numpy(p["_image"] / 255.0).permute(2, 0, 1)[None].float(),
+                torch.from_numpy(read_chip(r.image2) / 255.0).permute(2, 0, 1)[None].float(),
+            )
+        )
+        for p, r in zip(predictions, records)
+    ]
     assert np.mean(scores) == pytest.approx(pix2pixhd_run.metrics["PSNR"], abs=0.05)  # the package is the best epoch
 
 
@@ -181,8 +235,14 @@ def test_pix2pix_on_multispectral_uint16_keeps_band_units(tmp_path):
     from gpjobs.training.package import load_model, open_package
 
     folder = write_pix2pix(tmp_path, n=8, size=32, bands=4, dtype="uint16")
-    run = train_and_package(tmp_path, folder, "PIX2PIX", max_epochs=2, learning_rate=0.002,
-                            arguments={"n_gen_filters": 8, "n_dscr_filters": 8})
+    run = train_and_package(
+        tmp_path,
+        folder,
+        "PIX2PIX",
+        max_epochs=2,
+        learning_rate=0.002,
+        arguments={"n_gen_filters": 8, "n_dscr_filters": 8},
+    )
     emd = run.packaged_json("model.emd")
     assert emd["IsImageNetNormalization"] is False and len(emd["ExtractBands"]) == 4
     lo, hi = emd["NormalizationStats"]["band_min_values"], emd["NormalizationStats"]["band_max_values"]

@@ -20,8 +20,11 @@ def test_hungarian_solver_finds_the_minimum_cost_assignment():
         rows, cols = linear_sum_assignment(cost)
         k = min(n, m)
         assert len(rows) == k and len(set(rows)) == k and len(set(cols)) == k and list(rows) == sorted(rows)
-        best = min(sum(cost[i, j] for i, j in zip(r, c)) for r in itertools.combinations(range(n), k)
-                   for c in itertools.permutations(range(m), k))
+        best = min(
+            sum(cost[i, j] for i, j in zip(r, c))
+            for r in itertools.combinations(range(n), k)
+            for c in itertools.permutations(range(m), k)
+        )
         assert cost[rows, cols].sum() == pytest.approx(best)
     with pytest.raises(ValueError, match="NaN"):
         linear_sum_assignment(np.array([[np.nan, 1.0]]))

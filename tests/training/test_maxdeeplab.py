@@ -49,8 +49,9 @@ def test_panoptic_quality_counts():
     assert result["per_class_metrics"]["ground"] == {"pq": 0.75, "sq": 0.75, "rq": 1.0}
     assert result["per_class_metrics"]["tree"] == {"pq": 1.0, "sq": 1.0, "rq": 1.0}
     assert result["PQ"] == pytest.approx(0.875)
-    quality.update(torch.zeros(4, 8, dtype=torch.long), torch.zeros(4, 8, dtype=torch.long), truth_ids,
-                   truth_classes)  # a chip with both segments missed: two false negatives
+    quality.update(
+        torch.zeros(4, 8, dtype=torch.long), torch.zeros(4, 8, dtype=torch.long), truth_ids, truth_classes
+    )  # a chip with both segments missed: two false negatives
     assert quality.result()["RQ"] == pytest.approx((1 / 1.5 + 1 / 1.5) / 2)
 
 
@@ -88,15 +89,26 @@ def test_maxdeeplab_learns_and_packages(panoptic_run):
     result = result_of(reporter)
     metrics = result["metrics"]
     assert all(0.0 <= metrics[k] <= 1.0 for k in ("PQ", "SQ", "RQ"))
-    assert {"model.emd", "model.pth", "model.pt", "GpjobsPanopticSegmenter.py", "gpjobs_prf_core.py", "model_metrics.html",
-            "ModelCharacteristics/loss_graph.png", "ModelCharacteristics/show_results.png"} <= dlpk_members(
-        result["package"])
+    assert {
+        "model.emd",
+        "model.pth",
+        "model.pt",
+        "GpjobsPanopticSegmenter.py",
+        "gpjobs_prf_core.py",
+        "model_metrics.html",
+        "ModelCharacteristics/loss_graph.png",
+        "ModelCharacteristics/show_results.png",
+    } <= dlpk_members(result["package"])
     emd = emd_of(result)
     assert emd["ModelName"] == "MaXDeepLab" and emd["ModelType"] == "PanopticSegmenter"
     assert emd["ModelConfiguration"] == "_panoptic_inferencing" and emd["DatasetType"] == "Panoptic_Segmentation"
     assert emd["InferenceFunction"] == "GpjobsPanopticSegmenter.py"
-    assert emd["GpjobsInference"] == {"interface": 1, "output": "panoptic", "index_values": [0, 1, 2],
-                                      "score_thresh": 0.5}
+    assert emd["GpjobsInference"] == {
+        "interface": 1,
+        "output": "panoptic",
+        "index_values": [0, 1, 2],
+        "score_thresh": 0.5,
+    }
     assert emd["Kwargs"] == {"n_masks": 5, "instance_classes": [2]}  # 3 segments at most + 2 spare slots
     assert float(emd["panoptic_quality"]) == pytest.approx(metrics["PQ"], abs=1e-4)
     assert set(json.loads(emd["per_class_metrics"])) <= {"ground", "tree"}
@@ -110,8 +122,9 @@ def test_predict_reproduces_validation_pq(panoptic_run, capsys, tmp_path):
 
     spec, folder, reporter = panoptic_run
     result = result_of(reporter)
-    data = open_training_data([folder], task="panoptic", validation_percent=spec.request.validation_percent, seed=42,
-                              augment=False)
+    data = open_training_data(
+        [folder], task="panoptic", validation_percent=spec.request.validation_percent, seed=42, augment=False
+    )
     chips = [r.image for r in data.valid.records]
     lines = predict_lines(capsys, result["package"], chips, masks_dir=str(tmp_path))
     assert len(lines) == len(chips) and all("class_pixels" in line and "instances" in line for line in lines)
@@ -149,8 +162,9 @@ def test_chip_size_and_bad_data_get_fix_it_errors(tmp_path):
     folder = write_panoptic(tmp_path, n=8, size=40)
     with pytest.raises(ParameterError, match="multiple of 16; 40 px is not"):  # refused before training
         make_spec(tmp_path, [folder], "MAXDEEPLAB", **COMMON)
-    code, reporter = train(make_spec(tmp_path / "b", [folder], "MAXDEEPLAB", **{**COMMON, "max_epochs": 1},
-                                     arguments={"chip_size": 32}))
+    code, reporter = train(
+        make_spec(tmp_path / "b", [folder], "MAXDEEPLAB", **{**COMMON, "max_epochs": 1}, arguments={"chip_size": 32})
+    )
     assert code == ExitCode.OK  # chip_size resizes the 40 px chips to a multiple of 16
     bad = sorted((folder / "labels2" / "tree").iterdir())[0]
     bad.write_bytes(b"not a raster")

@@ -20,15 +20,51 @@ from tests.training.lifecycle_checks import (
 torch.set_num_threads(1)
 
 # arcgis.learn's MMDetection.supported_models (models.md 1A), and the names gpjobs accepted before them
-ARCGIS_NAMES = ("atss", "carafe", "cascade_rcnn", "cascade_rpn", "dcn", "detectors", "double_heads", "dynamic_rcnn",
-                "empirical_attention", "fcos", "foveabox", "fsaf", "ghm", "hrnet", "libra_rcnn", "nas_fcos", "pafpn",
-                "pisa", "regnet", "reppoints", "res2net", "sabl", "vfnet")
+ARCGIS_NAMES = (
+    "atss",
+    "carafe",
+    "cascade_rcnn",
+    "cascade_rpn",
+    "dcn",
+    "detectors",
+    "double_heads",
+    "dynamic_rcnn",
+    "empirical_attention",
+    "fcos",
+    "foveabox",
+    "fsaf",
+    "ghm",
+    "hrnet",
+    "libra_rcnn",
+    "nas_fcos",
+    "pafpn",
+    "pisa",
+    "regnet",
+    "reppoints",
+    "res2net",
+    "sabl",
+    "vfnet",
+)
 EARLIER_NAMES = ("faster_rcnn", "retinanet", "ssd", "yolov3", "yolo")
-OWN = {"fcos": "FCOSFamily", "atss": "ATSSFamily", "vfnet": "VFNetFamily", "cascade_rcnn": "CascadeRCNNFamily",
-       "faster_rcnn": "FasterRCNNFamily", "retinanet": "RetinaNetFamily", "ssd": "SSDFamily", "yolov3": "YOLOv3Family"}
-TINY_RCNN = {"rpn_pre_nms_top_n_train": 50, "rpn_post_nms_top_n_train": 20, "rpn_pre_nms_top_n_test": 50,
-             "rpn_post_nms_top_n_test": 20, "rpn_batch_size_per_image": 16, "box_batch_size_per_image": 16,
-             "box_detections_per_img": 10}
+OWN = {
+    "fcos": "FCOSFamily",
+    "atss": "ATSSFamily",
+    "vfnet": "VFNetFamily",
+    "cascade_rcnn": "CascadeRCNNFamily",
+    "faster_rcnn": "FasterRCNNFamily",
+    "retinanet": "RetinaNetFamily",
+    "ssd": "SSDFamily",
+    "yolov3": "YOLOv3Family",
+}
+TINY_RCNN = {
+    "rpn_pre_nms_top_n_train": 50,
+    "rpn_post_nms_top_n_train": 20,
+    "rpn_pre_nms_top_n_test": 50,
+    "rpn_post_nms_top_n_test": 20,
+    "rpn_batch_size_per_image": 16,
+    "box_batch_size_per_image": 16,
+    "box_detections_per_img": 10,
+}
 
 
 def test_every_documented_name_is_accepted_and_a_config_path_is_refused():
@@ -58,8 +94,13 @@ def test_the_catalog_and_the_implementation_table_list_the_same_names():
 
 
 def _family(model: str, messages: list, **args):
-    return build_family("MMDETECTION", chip_size=(64, 64), export_format="PASCAL_VOC_rectangles",
-                        arguments={"model": model, **args}, messages=messages)
+    return build_family(
+        "MMDETECTION",
+        chip_size=(64, 64),
+        export_format="PASCAL_VOC_rectangles",
+        arguments={"model": model, **args},
+        messages=messages,
+    )
 
 
 @pytest.mark.parametrize("model", ARCGIS_NAMES + EARLIER_NAMES)
@@ -99,8 +140,10 @@ def test_every_implementation_steps_once(model):
     fam = _family(model, [], **TINY_RCNN)
     net = fam.build()
     images = torch.randn(2, 3, 64, 64)
-    targets = [{"boxes": torch.tensor([[4.0, 6.0, 30.0, 28.0]]), "labels": torch.tensor([1])},
-               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]  # a chip without boxes
+    targets = [
+        {"boxes": torch.tensor([[4.0, 6.0, 30.0, 28.0]]), "labels": torch.tensor([1])},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},
+    ]  # a chip without boxes
     loss = fam.training_loss(net, (images, targets), torch.device("cpu"))
     loss.backward()
     assert torch.isfinite(loss) and any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
@@ -147,22 +190,39 @@ def test_the_packaged_network_needs_torch_only(model):
     network = fam.deployable(fam.build().eval())
     with torch.no_grad():
         traced = fam.trace(network)
-    graphs = [str(traced.inlined_graph)] + [str(getattr(traced, f"box_stage{i}").graph)
-                                            for i in range(3) if hasattr(traced, f"box_stage{i}")]
+    graphs = [str(traced.inlined_graph)] + [
+        str(getattr(traced, f"box_stage{i}").graph) for i in range(3) if hasattr(traced, f"box_stage{i}")
+    ]
     assert len(graphs) == (4 if model == "cascade_rcnn" else 1)
     assert not any("torchvision::" in g for g in graphs)
     assert fam.inference_spec(network)["decoder"] == ("rcnn" if model == "cascade_rcnn" else "dense")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model, arguments, cli", [  # one goes through `gpjobs predict`, the others load_model
-    ("fcos", {}, True), ("atss", {}, False), ("vfnet", {}, False), ("cascade_rcnn", TINY_RCNN, False)])
+@pytest.mark.parametrize(
+    "model, arguments, cli",
+    [  # one goes through `gpjobs predict`, the others load_model
+        ("fcos", {}, True),
+        ("atss", {}, False),
+        ("vfnet", {}, False),
+        ("cascade_rcnn", TINY_RCNN, False),
+    ],
+)
 @pytest.mark.timeout(300)
 def test_own_implementation_trains_packages_predicts_and_resumes(tmp_path, model, arguments, cli):
     folder = write_pascal_voc(tmp_path, n=8, size=32)
     straight = assert_resume_matches_straight_run(
-        tmp_path, folder, "MMDETECTION", backbone_model="RESNET18", max_epochs=2, batch_size=2, learning_rate=1e-3,
-        freeze_model=False, stop_training=False, arguments={"model": model, **arguments})
+        tmp_path,
+        folder,
+        "MMDETECTION",
+        backbone_model="RESNET18",
+        max_epochs=2,
+        batch_size=2,
+        learning_rate=1e-3,
+        freeze_model=False,
+        stop_training=False,
+        arguments={"model": model, **arguments},
+    )
     epochs = straight.epochs
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"], [e["train_loss"] for e in epochs]
     for epoch in epochs:
@@ -179,10 +239,20 @@ def test_own_implementation_trains_packages_predicts_and_resumes(tmp_path, model
 
 def test_a_mapped_name_trains_and_its_package_says_what_was_trained(tmp_path):
     folder = write_pascal_voc(tmp_path, n=8, size=32)
-    run = train_and_package(tmp_path, folder, "MMDETECTION", backbone_model="RESNET18", max_epochs=1, batch_size=2,
-                            learning_rate=1e-3, arguments={"model": "foveabox"})
-    assert any(e["type"] == "message" and e["level"] == "warning" and "model=foveabox" in e["text"]
-               and "FCOS" in e["text"] for e in run.events)
+    run = train_and_package(
+        tmp_path,
+        folder,
+        "MMDETECTION",
+        backbone_model="RESNET18",
+        max_epochs=1,
+        batch_size=2,
+        learning_rate=1e-3,
+        arguments={"model": "foveabox"},
+    )
+    assert any(
+        e["type"] == "message" and e["level"] == "warning" and "model=foveabox" in e["text"] and "FCOS" in e["text"]
+        for e in run.events
+    )
     params = run.emd["ModelParameters"]
     assert params["model"] == "foveabox" and params["trained_as"] == "fcos"
     assert params["mapping_note"].startswith("foveabox: FoveaBox") and "torchvision FCOS" in params["implementation"]
@@ -199,16 +269,39 @@ def test_mmdetection_refuses_pixel_classification_data_at_submit(tmp_path):
 @pytest.mark.slow
 @pytest.mark.heavy  # minutes of CPU each from random weights, near the AP bar: `make test-heavy` only
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("model, arguments", [
-    ("fcos", {}), ("atss", {}), ("vfnet", {}),
-    ("cascade_rcnn", {"rpn_pre_nms_top_n_train": 200, "rpn_post_nms_top_n_train": 100,
-                      "rpn_pre_nms_top_n_test": 200, "rpn_post_nms_top_n_test": 100, "rpn_batch_size_per_image": 64,
-                      "box_batch_size_per_image": 64, "box_detections_per_img": 20})])
+@pytest.mark.parametrize(
+    "model, arguments",
+    [
+        ("fcos", {}),
+        ("atss", {}),
+        ("vfnet", {}),
+        (
+            "cascade_rcnn",
+            {
+                "rpn_pre_nms_top_n_train": 200,
+                "rpn_post_nms_top_n_train": 100,
+                "rpn_pre_nms_top_n_test": 200,
+                "rpn_post_nms_top_n_test": 100,
+                "rpn_batch_size_per_image": 64,
+                "box_batch_size_per_image": 64,
+                "box_detections_per_img": 20,
+            },
+        ),
+    ],
+)
 def test_own_implementation_reaches_a_meaningful_esri_ap(tmp_path, model, arguments):
     folder = write_pascal_voc(tmp_path, n=32, size=64)
-    run = train_and_package(tmp_path, folder, "MMDETECTION", backbone_model="RESNET18", max_epochs=10,
-                            learning_rate=2e-3, freeze_model=False, stop_training=False,
-                            arguments={"model": model, **arguments})
+    run = train_and_package(
+        tmp_path,
+        folder,
+        "MMDETECTION",
+        backbone_model="RESNET18",
+        max_epochs=10,
+        learning_rate=2e-3,
+        freeze_model=False,
+        stop_training=False,
+        arguments={"model": model, **arguments},
+    )
     trace = [(e["epoch"], round(e["valid_loss"], 3), round(e["metrics"]["average_precision"], 3)) for e in run.epochs]
     assert max(e["metrics"]["average_precision"] for e in run.epochs) >= 0.3, trace
 
@@ -218,8 +311,18 @@ def test_mmdet_ssd_trains_packages_and_predicts(tmp_path):
     voc = write_pascal_voc(tmp_path, n=8, size=32)
     # 1e-3 now that the random backbone trains at the full rate (3e-3: train-loss margin 3 % at worst over 10 seeds;
     # 1e-3: 14 %; tests/learning_margins.py)
-    run = train_and_package(tmp_path, voc, "MMDETECTION", backbone_model="RESNET18", max_epochs=4, batch_size=2,
-                            learning_rate=0.001, freeze_model=False, stop_training=False, arguments={"model": "ssd"})
+    run = train_and_package(
+        tmp_path,
+        voc,
+        "MMDETECTION",
+        backbone_model="RESNET18",
+        max_epochs=4,
+        batch_size=2,
+        learning_rate=0.001,
+        freeze_model=False,
+        stop_training=False,
+        arguments={"model": "ssd"},
+    )
     assert run.epochs[-1]["train_loss"] < run.epochs[0]["train_loss"]
     assert 0.0 <= run.metrics["average_precision"] <= 1.0
     emd = run.emd

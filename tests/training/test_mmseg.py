@@ -15,9 +15,30 @@ from tests.training.lifecycle_checks import CARD, assert_resume_matches_straight
 torch.set_num_threads(1)
 
 # arcgis.learn's MMSegmentation.supported_models (models.md 1A)
-ARCGIS_NAMES = ("ann", "apcnet", "ccnet", "cgnet", "deeplabv3", "deeplabv3plus", "dmnet", "dnlnet", "emanet",
-                "fastscnn", "fcn", "gcnet", "hrnet", "mobilenet_v2", "nonlocal_net", "ocrnet", "psanet", "pspnet",
-                "resnest", "sem_fpn", "unet", "upernet")
+ARCGIS_NAMES = (
+    "ann",
+    "apcnet",
+    "ccnet",
+    "cgnet",
+    "deeplabv3",
+    "deeplabv3plus",
+    "dmnet",
+    "dnlnet",
+    "emanet",
+    "fastscnn",
+    "fcn",
+    "gcnet",
+    "hrnet",
+    "mobilenet_v2",
+    "nonlocal_net",
+    "ocrnet",
+    "psanet",
+    "pspnet",
+    "resnest",
+    "sem_fpn",
+    "unet",
+    "upernet",
+)
 
 
 def test_every_documented_name_is_accepted_and_a_config_path_is_refused():
@@ -45,8 +66,9 @@ def test_the_catalog_and_the_implementation_table_list_the_same_names():
 
 
 def _family(model: str, messages: list | None = None):
-    return build_family("MMSEGMENTATION", export_format="Classified_Tiles", arguments={"model": model},
-                        messages=messages)
+    return build_family(
+        "MMSEGMENTATION", export_format="Classified_Tiles", arguments={"model": model}, messages=messages
+    )
 
 
 @pytest.mark.parametrize("model", ARCGIS_NAMES)
@@ -57,8 +79,10 @@ def test_every_name_says_what_it_trains(model):
     fam = _family(model, messages)
     trains, note = MODELS[model]
     assert fam.implementation == trains
-    assert any(level == "warning" and text.startswith(f"model={model}:") and f"trains {trains}" in text
-               for level, text in messages) == bool(note)
+    assert any(
+        level == "warning" and text.startswith(f"model={model}:") and f"trains {trains}" in text
+        for level, text in messages
+    ) == bool(note)
     params = fam.model_parameters()
     assert params["model"] == model and params["trained_as"] == trains and "not OpenMMLab" in params["implementation"]
     assert ("mapping_note" in params) == bool(note)
@@ -86,8 +110,14 @@ def test_every_implementation_builds_and_steps(model):
 def test_upernet_and_ocrnet_train_package_predict_and_resume(tmp_path, model, cli):
     folder = write_classified_tiles(tmp_path, n=16, size=32)
     straight = assert_resume_matches_straight_run(
-        tmp_path, folder, "MMSEGMENTATION", backbone_model="RESNET18", max_epochs=3, stop_training=False,
-        arguments={"model": model, "class_balancing": True})
+        tmp_path,
+        folder,
+        "MMSEGMENTATION",
+        backbone_model="RESNET18",
+        max_epochs=3,
+        stop_training=False,
+        arguments={"model": model, "class_balancing": True},
+    )
     epochs = straight.epochs
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
     metrics = straight.metrics
@@ -131,8 +161,9 @@ def _predict_reproduces_accuracy(tmp_path, run, cli: bool):
 
 def test_a_mapped_name_trains_and_its_package_says_what_was_trained(tmp_path):
     folder = write_classified_tiles(tmp_path, n=8, size=32)
-    run = train_and_package(tmp_path, folder, "MMSEGMENTATION", backbone_model="RESNET18", max_epochs=1,
-                            arguments={"model": "emanet"})
+    run = train_and_package(
+        tmp_path, folder, "MMSEGMENTATION", backbone_model="RESNET18", max_epochs=1, arguments={"model": "emanet"}
+    )
     assert any("model=emanet" in text for text in run.messages)
     params = run.emd["ModelParameters"]
     assert params["trained_as"] == "nonlocal_net" and params["mapping_note"].startswith("emanet: EMANet")
@@ -153,8 +184,16 @@ def test_mmsegmentation_refuses_detection_data_at_submit(tmp_path):
 @pytest.mark.parametrize("model", ["upernet", "ocrnet", "sem_fpn", "hrnet"])  # the heads that read stride 4-8
 def test_own_heads_learn_the_rectangles(tmp_path, model):
     folder = write_classified_tiles(tmp_path, n=24, size=32)
-    run = train_and_package(tmp_path, folder, "MMSEGMENTATION", backbone_model="RESNET18", max_epochs=10,
-                            learning_rate=0.001, stop_training=False, arguments={"model": model})
+    run = train_and_package(
+        tmp_path,
+        folder,
+        "MMSEGMENTATION",
+        backbone_model="RESNET18",
+        max_epochs=10,
+        learning_rate=0.001,
+        stop_training=False,
+        arguments={"model": model},
+    )
     # background is ~70% of the pixels: above that the rectangles were learned
     assert run.metrics["accuracy"] > 0.75, [e["metrics"] for e in run.epochs]
 
@@ -162,13 +201,22 @@ def test_own_heads_learn_the_rectangles(tmp_path, model):
 @pytest.mark.slow
 def test_mmseg_deeplabv3plus_trains_packages_and_predicts(tmp_path):
     folder = write_classified_tiles(tmp_path, n=16, size=32)
-    run = train_and_package(tmp_path, folder, "MMSEGMENTATION", backbone_model="RESNET18", max_epochs=3,
-                            stop_training=False, arguments={"model": "deeplabv3plus", "class_balancing": True})
+    run = train_and_package(
+        tmp_path,
+        folder,
+        "MMSEGMENTATION",
+        backbone_model="RESNET18",
+        max_epochs=3,
+        stop_training=False,
+        arguments={"model": "deeplabv3plus", "class_balancing": True},
+    )
     assert run.epochs[-1]["train_loss"] < run.epochs[0]["train_loss"]
     assert 0.0 <= run.metrics["accuracy"] <= 1.0 and 0.0 <= run.metrics["miou"] <= 1.0
     emd = run.emd
     assert emd["ModelName"] == "MMSegmentation" and emd["ModelConfiguration"] == "_model_extension_inferencing"
-    assert emd["ModelParameters"]["model"] == "deeplabv3plus" and "not OpenMMLab" in emd["ModelParameters"][
-        "implementation"]
+    assert (
+        emd["ModelParameters"]["model"] == "deeplabv3plus"
+        and "not OpenMMLab" in emd["ModelParameters"]["implementation"]
+    )
     lines = predict_json(run.package, *sorted((folder / "images").iterdir())[:2])
     assert len(lines) == 2 and all(sum(line["class_pixels"].values()) == 32 * 32 for line in lines)

@@ -42,8 +42,10 @@ class TwoNetFamily(ModelFamily):
         return TwoNets()
 
     def configure_optimizers(self, model, lr):
-        return {"first": torch.optim.Adam(model.first.parameters(), lr=lr, betas=(0.5, 0.999)),
-                "second": torch.optim.Adam(model.second.parameters(), lr=lr / 2, betas=(0.5, 0.999))}
+        return {
+            "first": torch.optim.Adam(model.first.parameters(), lr=lr, betas=(0.5, 0.999)),
+            "second": torch.optim.Adam(model.second.parameters(), lr=lr / 2, betas=(0.5, 0.999)),
+        }
 
     def training_step(self, model, batch, device, optimizers, scaler):
         x, y = batch
@@ -85,14 +87,17 @@ class LinearData:
 
     def loaders(self, batch_size, *, num_workers=0, pin_memory=False):
         gen = torch.Generator().manual_seed(1)
-        return (DataLoader(self.train, batch_size, shuffle=True, drop_last=True, generator=gen),
-                DataLoader(self.valid, batch_size))
+        return (
+            DataLoader(self.train, batch_size, shuffle=True, drop_last=True, generator=gen),
+            DataLoader(self.valid, batch_size),
+        )
 
 
 def family(**attrs) -> TwoNetFamily:
     info = SimpleNamespace(bands=4, extract_bands=None, classes=[], chip_size=(1, 1), task="translation")
-    fam = TwoNetFamily(lookup_model_type("FEATURE_CLASSIFIER"), info, "RESNET18", {}, WeightsPolicy(),
-                       lambda level, text: None)
+    fam = TwoNetFamily(
+        lookup_model_type("FEATURE_CLASSIFIER"), info, "RESNET18", {}, WeightsPolicy(), lambda level, text: None
+    )
     for key, value in attrs.items():
         setattr(fam, key, value)
     return fam
@@ -109,14 +114,23 @@ def test_only_families_with_both_hooks_are_multi_network():
     assert is_multi_network(family())
     from tests.training.test_engine import TinyFamily  # the single-optimizer family of the engine tests
 
-    assert not is_multi_network(TinyFamily(lookup_model_type("FEATURE_CLASSIFIER"), SimpleNamespace(),
-                                           "RESNET18", {}, WeightsPolicy(), lambda level, text: None))
+    assert not is_multi_network(
+        TinyFamily(
+            lookup_model_type("FEATURE_CLASSIFIER"),
+            SimpleNamespace(),
+            "RESNET18",
+            {},
+            WeightsPolicy(),
+            lambda level, text: None,
+        )
+    )
 
 
 def test_both_networks_learn_with_their_own_optimizer_and_schedule():
     # 8 epochs: over seeds 0-9 the second network's MSE ends at <= 0.13x its first (6 epochs: 0.23x, close to 1/4)
-    _model, result, reporter = run(family(), FitConfig(max_epochs=8, batch_size=8, learning_rate=None,
-                                                       stop_training=False))
+    _model, result, reporter = run(
+        family(), FitConfig(max_epochs=8, batch_size=8, learning_rate=None, stop_training=False)
+    )
     # no LR range test for multi-network families: their default rate, and the job says so
     assert result.lr_find is None and result.learning_rate == 0.3
     assert any("learning_rate not set" in e.get("text", "") for e in reporter.events)

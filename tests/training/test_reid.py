@@ -36,8 +36,14 @@ def test_reid_net_embeds_to_unit_128d_vectors(backbone):
 
 @pytest.mark.slow
 def test_deepsort_trains_packages_and_predicts(tmp_path):
-    run = train_and_package(tmp_path, write_imagenet(tmp_path, n=24, size=32), "DEEPSORT", max_epochs=4,
-                            stop_training=False, learning_rate=0.003)
+    run = train_and_package(
+        tmp_path,
+        write_imagenet(tmp_path, n=24, size=32),
+        "DEEPSORT",
+        max_epochs=4,
+        stop_training=False,
+        learning_rate=0.003,
+    )
     assert run.epochs[-1]["train_loss"] < run.epochs[0]["train_loss"]
     assert run.metrics["accuracy"] >= 0.8  # two identities of distinct brightness
     emd = run.emd

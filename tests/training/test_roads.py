@@ -18,7 +18,7 @@ def test_orientation_labels_follow_the_road_direction():
     roads[0, 18:23, :] = True  # east-west
     roads[1, :, 18:23] = True  # north-south
     for i in range(40):  # south-west -> north-east (rows grow downwards)
-        roads[2, max(0, 37 - i):min(40, 42 - i), i] = True
+        roads[2, max(0, 37 - i) : min(40, 42 - i), i] = True
     roads[3, 10:30, 10:30] = True  # a square has no single direction but its centre band still gets labels
     labels = orientation_targets(roads, bin_size=20, theta=8)
     none = orientation_bins(20)
@@ -38,8 +38,16 @@ def test_orientation_labels_follow_the_road_direction():
 def road_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("roads")
     folder = write_classified_tiles(tmp, n=16, size=32, classes=((1, "road"),))
-    return train_and_package(tmp, folder, "MULTITASK_ROADEXTRACTOR", backbone_model="RESNET18", max_epochs=4,
-                             stop_training=False, freeze_model=False, arguments={"orient_bin_size": 30})
+    return train_and_package(
+        tmp,
+        folder,
+        "MULTITASK_ROADEXTRACTOR",
+        backbone_model="RESNET18",
+        max_epochs=4,
+        stop_training=False,
+        freeze_model=False,
+        arguments={"orient_bin_size": 30},
+    )
 
 
 @pytest.mark.slow
@@ -70,8 +78,14 @@ def test_road_predict_from_package(road_run):
 @pytest.mark.slow
 def test_connectnet_alias_with_linknet_and_weights(tmp_path):
     folder = write_classified_tiles(tmp_path, n=8, size=32, classes=((1, "road"), (2, "track")))
-    run = train_and_package(tmp_path, folder, "CONNECTNET", backbone_model="RESNET18", max_epochs=1,
-                            arguments={"mtl_model": "linknet", "loss_weights": "[1.0, 0.5]", "ignore_classes": [2]})
+    run = train_and_package(
+        tmp_path,
+        folder,
+        "CONNECTNET",
+        backbone_model="RESNET18",
+        max_epochs=1,
+        arguments={"mtl_model": "linknet", "loss_weights": "[1.0, 0.5]", "ignore_classes": [2]},
+    )
     emd = run.emd
     assert emd["ModelName"] == "ConnectNet" and emd["ModelParameters"]["loss_weights"] == [1.0, 0.5]
     assert emd["ignore_mapped_class"] == [2]

@@ -21,8 +21,16 @@ torch.set_num_threads(1)
 
 
 def _job(tmp_path, folder, **kw):
-    spec = make_spec(tmp_path, [folder], "FEATURE_CLASSIFIER", backbone_model="RESNET18", max_epochs=1,
-                     batch_size=4, learning_rate=0.01, **kw)
+    spec = make_spec(
+        tmp_path,
+        [folder],
+        "FEATURE_CLASSIFIER",
+        backbone_model="RESNET18",
+        max_epochs=1,
+        batch_size=4,
+        learning_rate=0.01,
+        **kw,
+    )
     code, reporter = train(spec)
     assert code == ExitCode.OK, [e for e in reporter.events if e["type"] in ("failed", "message")]
     texts = [e["text"] for e in reporter.events if e["type"] == "message"]
@@ -63,8 +71,9 @@ def test_pretrained_backbone_keeps_esri_semantics(tmp_path, folder):
     weights_dir.mkdir()
     imagenet = torchvision.models.resnet18(weights=None).state_dict()  # stands in for ImageNet weights
     torch.save(imagenet, weights_dir / TORCHVISION_WEIGHT_FILES["RESNET18"])
-    texts, emd, card, packaged = _job(tmp_path, folder, freeze_model=True, weights_dir=str(weights_dir),
-                                      missing_weights="fail")
+    texts, emd, card, packaged = _job(
+        tmp_path, folder, freeze_model=True, weights_dir=str(weights_dir), missing_weights="fail"
+    )
     assert emd["PretrainedWeights"].startswith("loaded")
     assert any("freeze_model=true: the pretrained RESNET18 backbone stays frozen" in t for t in texts)
     assert emd["LearningRate"] == "slice('1.0000e-03', '1.0000e-02', None)"
@@ -76,6 +85,7 @@ def test_pretrained_backbone_keeps_esri_semantics(tmp_path, folder):
     assert emd["Gpjobs"]["schedule"]["augment"] is True  # arcgis.learn's default for a pretrained backbone
     _, emd, _, _ = _job(tmp_path / "unfrozen", folder, freeze_model=False, weights_dir=str(weights_dir))
     assert emd["Gpjobs"]["schedule"]["backbone"] == {
-        "frozen": False, "why": "freeze_model=false: the pretrained RESNET18 backbone is trained whole, at a tenth "
-                                "of the learning rate"}
+        "frozen": False,
+        "why": "freeze_model=false: the pretrained RESNET18 backbone is trained whole, at a tenth of the learning rate",
+    }
     assert json.loads(json.dumps(emd["Gpjobs"]["schedule"])) == emd["Gpjobs"]["schedule"]

@@ -14,8 +14,15 @@ from tests.training.inprocess import predict_lines
 torch.set_num_threads(1)
 
 # RESNET18 keeps the test small (the catalog lists every ResNet; arcgis.learn's SiamMask is ResNet-50 only)
-COMMON = dict(backbone_model="RESNET18", max_epochs=3, stop_training=False, freeze_model=False, learning_rate=0.003,
-              batch_size=4, arguments={"exemplar_size": 24, "instance_size": 48})
+COMMON = dict(
+    backbone_model="RESNET18",
+    max_epochs=3,
+    stop_training=False,
+    freeze_model=False,
+    learning_rate=0.003,
+    batch_size=4,
+    arguments={"exemplar_size": 24, "instance_size": 48},
+)
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +63,16 @@ def test_siammask_learns_and_packages(siam_run):
     result = result_of(reporter)
     metrics = result["metrics"]
     assert 0.0 <= metrics["mIOU"] <= 1.0 and 0.0 <= metrics["f_measure"] <= 1.0
-    assert {"model.emd", "model.pth", "model.pt", "GpjobsObjectTracker.py", "gpjobs_prf_core.py", "model_metrics.html",
-            "ModelCharacteristics/loss_graph.png", "ModelCharacteristics/show_results.png"} <= dlpk_members(
-        result["package"])
+    assert {
+        "model.emd",
+        "model.pth",
+        "model.pt",
+        "GpjobsObjectTracker.py",
+        "gpjobs_prf_core.py",
+        "model_metrics.html",
+        "ModelCharacteristics/loss_graph.png",
+        "ModelCharacteristics/show_results.png",
+    } <= dlpk_members(result["package"])
     emd = emd_of(result)
     assert emd["ModelName"] == "SiamMask" and emd["ModelType"] == "ObjectTracking"
     assert emd["ModelConfiguration"] == "_siammask_inferencing" and emd["MetaDataMode"] == "ObjectTracking"
@@ -86,8 +100,11 @@ def test_predict_tracks_and_reproduces_validation_metrics(siam_run, capsys, tmp_
         masks = tmp_path / f"track{k}"
         lines = predict_lines(capsys, result["package"], frames, object=str(track.object_id), masks_dir=str(masks))
         assert len(lines) == len(frames) and lines[0]["box"] == [float(v) for v in track.first_box()]
-        pairs = [(torch.from_numpy(tifffile.imread(masks / f"{f.stem}.tif")) > 0, track.mask(t))
-                 for t, f in enumerate(frames) if t > 0]
+        pairs = [
+            (torch.from_numpy(tifffile.imread(masks / f"{f.stem}.tif")) > 0, track.mask(t))
+            for t, f in enumerate(frames)
+            if t > 0
+        ]
         pairs = [(p, m) for p, m in pairs if m.any()]
         ious.append(sum(mask_iou(p, m) for p, m in pairs) / len(pairs))
         fs.append(sum(boundary_f_measure(p, m) for p, m in pairs) / len(pairs))
@@ -140,8 +157,9 @@ def test_bad_data_and_arguments_get_fix_it_errors(tmp_path):
     failed = [e for e in reporter.events if e["type"] == "failed"][0]
     assert code == ExitCode.BAD_INPUT and "different sequences" in " ".join(failed["details"])
     folder = write_object_tracking(tmp_path, n=3, size=32, frames=3, name="three")
-    code, reporter = train(make_spec(tmp_path, [folder], "SIAMMASK", **{**COMMON, "arguments": {
-        "exemplar_size": 30, "instance_size": 64}}))
+    code, reporter = train(
+        make_spec(tmp_path, [folder], "SIAMMASK", **{**COMMON, "arguments": {"exemplar_size": 30, "instance_size": 64}})
+    )
     failed = [e for e in reporter.events if e["type"] == "failed"][0]
     assert code == ExitCode.BAD_INPUT and "multiples of 8" in failed["text"]
 
@@ -149,7 +167,13 @@ def test_bad_data_and_arguments_get_fix_it_errors(tmp_path):
 @pytest.mark.heavy
 def test_siammask_learns_to_track(tmp_path):
     folder = write_object_tracking(tmp_path, n=12, size=64, frames=6)
-    code, reporter = train(make_spec(tmp_path, [folder], "SIAMMASK", **{**COMMON, "max_epochs": 6, "arguments": {
-        "exemplar_size": 32, "instance_size": 64}}))
+    code, reporter = train(
+        make_spec(
+            tmp_path,
+            [folder],
+            "SIAMMASK",
+            **{**COMMON, "max_epochs": 6, "arguments": {"exemplar_size": 32, "instance_size": 64}},
+        )
+    )
     assert code == ExitCode.OK
     assert result_of(reporter)["metrics"]["mIOU"] > 0.5, epochs_of(reporter)

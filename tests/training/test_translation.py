@@ -65,9 +65,16 @@ def test_catalog_superresolution_is_a_real_model_type():
 @pytest.fixture(scope="module")
 def superres_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("superres")
-    return train_and_package(tmp, write_export_tiles(tmp, n=24, size=32), "SUPERRESOLUTION",
-                             backbone_model="RESNET18", max_epochs=6, stop_training=False, learning_rate=0.01,
-                             freeze_model=False)
+    return train_and_package(
+        tmp,
+        write_export_tiles(tmp, n=24, size=32),
+        "SUPERRESOLUTION",
+        backbone_model="RESNET18",
+        max_epochs=6,
+        stop_training=False,
+        learning_rate=0.01,
+        freeze_model=False,
+    )
 
 
 @pytest.mark.slow
@@ -87,9 +94,16 @@ def test_superres_learns_beyond_bilinear_upsampling(superres_run):
 
 @pytest.mark.slow
 def test_superres_package_emd(superres_run):
-    assert {"model.emd", "model.pth", "model.pt", "GpjobsImageTranslator.py", "gpjobs_prf_core.py",
-            "model_metrics.html",
-            "ModelCharacteristics/loss_graph.png", "ModelCharacteristics/show_results.png"} <= superres_run.members
+    assert {
+        "model.emd",
+        "model.pth",
+        "model.pt",
+        "GpjobsImageTranslator.py",
+        "gpjobs_prf_core.py",
+        "model_metrics.html",
+        "ModelCharacteristics/loss_graph.png",
+        "ModelCharacteristics/show_results.png",
+    } <= superres_run.members
     emd = superres_run.packaged_json("model.emd")
     assert emd["ModelType"] == "SuperResolution" and emd["ModelName"] == "SuperResolution"
     assert emd["ModelConfiguration"] == "_superres"

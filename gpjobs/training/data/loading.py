@@ -43,9 +43,16 @@ class SplitData(abc.ABC, Generic[TrainSet, ValidSet]):
     seed: int = 42
 
     @abc.abstractmethod
-    def loaders(self, batch_size: int, *, num_workers: int = 0, pin_memory: bool = False,
-                device: torch.device | str | None = None, sampler: Sampler | None = None,
-                shard: tuple[int, int] | None = None) -> tuple[Iterable[Any], Iterable[Any]]:
+    def loaders(
+        self,
+        batch_size: int,
+        *,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        device: torch.device | str | None = None,
+        sampler: Sampler | None = None,
+        shard: tuple[int, int] | None = None,
+    ) -> tuple[Iterable[Any], Iterable[Any]]:
         """(train, valid) loaders; `shard=(rank, world)`: the training loader yields rank `rank`'s share of
         each batch (the engine passes it on every call, None on one device)."""
 
@@ -54,9 +61,16 @@ class SplitData(abc.ABC, Generic[TrainSet, ValidSet]):
 class TrainingData(SplitData[ExportDataset, ExportDataset]):
     """Chips with their labels as ExportDatasets: every task but captioning and tracking."""
 
-    def loaders(self, batch_size: int, *, num_workers: int = 0, pin_memory: bool = False,
-                device: torch.device | str | None = None, sampler: Sampler | None = None,
-                shard: tuple[int, int] | None = None) -> tuple[FinishingLoader, FinishingLoader]:
+    def loaders(
+        self,
+        batch_size: int,
+        *,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        device: torch.device | str | None = None,
+        sampler: Sampler | None = None,
+        shard: tuple[int, int] | None = None,
+    ) -> tuple[FinishingLoader, FinishingLoader]:
         """(train, valid) loaders; workers are persistent, train drops a partial last batch when it has >= 2.
 
         Batches are normalised float32 images and int64 masks / target dicts, as the datasets' samples
@@ -65,8 +79,12 @@ class TrainingData(SplitData[ExportDataset, ExportDataset]):
         `sampler`: a training sampler (e.g. oversampling) instead of the seeded shuffle.
         `shard=(rank, world)`: the training loader yields rank `rank`'s share of each batch (ShardedBatches).
         """
-        common: dict[str, Any] = {"batch_size": batch_size, "num_workers": num_workers, "pin_memory": pin_memory,
-                                  "device": device}
+        common: dict[str, Any] = {
+            "batch_size": batch_size,
+            "num_workers": num_workers,
+            "pin_memory": pin_memory,
+            "device": device,
+        }
         if num_workers > 0:
             common.update(persistent_workers=True, prefetch_factor=4, worker_init_fn=worker_init)
         batches = math.ceil(len(self.train) / batch_size)
@@ -74,11 +92,16 @@ class TrainingData(SplitData[ExportDataset, ExportDataset]):
         if shard is not None:
             drawn = sampler if sampler is not None else RandomSampler(self.train, generator=generator)
             share = ShardedBatches(drawn, batch_size, *shard, drop_last=batches >= 2)
-            train = FinishingLoader(self.train, batch_sampler=share, generator=generator,
-                                    **{**common, "batch_size": math.ceil(batch_size / shard[1])})
+            train = FinishingLoader(
+                self.train,
+                batch_sampler=share,
+                generator=generator,
+                **{**common, "batch_size": math.ceil(batch_size / shard[1])},
+            )
         else:
-            order: dict[str, Any] = ({"sampler": sampler} if sampler is not None else
-                                     {"shuffle": True, "generator": generator})
+            order: dict[str, Any] = (
+                {"sampler": sampler} if sampler is not None else {"shuffle": True, "generator": generator}
+            )
             train = FinishingLoader(self.train, drop_last=batches >= 2, **order, **common)
         valid = FinishingLoader(self.valid, shuffle=False, drop_last=False, **common)
         return train, valid
@@ -110,7 +133,7 @@ class ShardedBatches(Sampler):
             yield self._share(batch)
 
     def _share(self, batch: list[int]) -> list[int]:
-        return batch[self.rank::self.world] or batch[:1]
+        return batch[self.rank :: self.world] or batch[:1]
 
     def __len__(self) -> int:
         count = len(self.sampler)
@@ -120,11 +143,21 @@ class ShardedBatches(Sampler):
 def shard_loader(loader: Any, rank: int, world: int) -> DataLoader:
     """A family's own training DataLoader (e.g. oversampling) as rank `rank`'s share of its batches."""
     share = ShardedBatches(loader.sampler, loader.batch_size, rank, world, drop_last=loader.drop_last)
-    extra = {"prefetch_factor": loader.prefetch_factor, "persistent_workers": loader.persistent_workers} \
-        if loader.num_workers else {}
-    return DataLoader(loader.dataset, batch_sampler=share, num_workers=loader.num_workers,
-                      collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, generator=loader.generator,
-                      worker_init_fn=loader.worker_init_fn, **extra)
+    extra = (
+        {"prefetch_factor": loader.prefetch_factor, "persistent_workers": loader.persistent_workers}
+        if loader.num_workers
+        else {}
+    )
+    return DataLoader(
+        loader.dataset,
+        batch_sampler=share,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        generator=loader.generator,
+        worker_init_fn=loader.worker_init_fn,
+        **extra,
+    )
 
 
 def worker_init(_: int) -> None:
@@ -147,8 +180,15 @@ def _merged_band_stats(metas: list[ExportMeta]) -> list[dict[str, float]] | None
         total = sum(weights)
         mean = sum(w * b["mean"] for w, b in zip(weights, band)) / total
         var = sum(w * (b["std"] ** 2 + (b["mean"] - mean) ** 2) for w, b in zip(weights, band)) / total
-        merged.append({"min": min(b["min"] for b in band), "max": max(b["max"] for b in band), "mean": mean,
-                       "std": math.sqrt(var), "num": total})
+        merged.append(
+            {
+                "min": min(b["min"] for b in band),
+                "max": max(b["max"] for b in band),
+                "mean": mean,
+                "std": math.sqrt(var),
+                "num": total,
+            }
+        )
     return merged
 
 
@@ -160,7 +200,7 @@ def _sampled_band_stats(records: list[ChipRecord], seed: int) -> list[dict[str, 
     for i in picks:
         chip = read_chip(records[i].image, root=records[i].root)
         flat = chip.reshape(-1, chip.shape[2]).astype(np.float64)
-        s1, s2 = flat.sum(0), (flat ** 2).sum(0)
+        s1, s2 = flat.sum(0), (flat**2).sum(0)
         total = (s1, s2) if total is None else (total[0] + s1, total[1] + s2)
         lo = flat.min(0) if lo is None else np.minimum(lo, flat.min(0))
         hi = flat.max(0) if hi is None else np.maximum(hi, flat.max(0))
@@ -168,13 +208,16 @@ def _sampled_band_stats(records: list[ChipRecord], seed: int) -> list[dict[str, 
     # a validated export (report.ok) has chips, so at least one was read
     assert total is not None and lo is not None and hi is not None
     mean = total[0] / n
-    std = np.sqrt(np.maximum(total[1] / n - mean ** 2, 0.0))
-    return [{"min": float(a), "max": float(b), "mean": float(m), "std": float(s), "num": float(n)}
-            for a, b, m, s in zip(lo, hi, mean, std)]
+    std = np.sqrt(np.maximum(total[1] / n - mean**2, 0.0))
+    return [
+        {"min": float(a), "max": float(b), "mean": float(m), "std": float(s), "num": float(n)}
+        for a, b, m, s in zip(lo, hi, mean, std)
+    ]
 
 
-def split_records(records: list[ChipRecord], percent: float, seed: int, stratify_by: list[int] | None
-           ) -> tuple[list[ChipRecord], list[ChipRecord]]:
+def split_records(
+    records: list[ChipRecord], percent: float, seed: int, stratify_by: list[int] | None
+) -> tuple[list[ChipRecord], list[ChipRecord]]:
     """Seeded split, independent of directory-listing order; stratified per class when labels are given."""
     order = sorted(range(len(records)), key=lambda i: (records[i].folder, records[i].image.as_posix()))
     rng = np.random.default_rng(seed)
@@ -210,9 +253,17 @@ def _class_weights(metas: list[ExportMeta], info: DataInfo) -> list[float] | Non
     return [float(np.mean(weights))] + weights
 
 
-def open_training_data(folders: Sequence[str | Path], *, task: str, chip_size: int | None = None,
-                       validation_percent: float = 10.0, seed: int = 42, extract_bands: Sequence[int] | None = None,
-                       augment: bool = True, roots: Sequence[str | Path] | None = None) -> SplitData[Any, Any]:
+def open_training_data(
+    folders: Sequence[str | Path],
+    *,
+    task: str,
+    chip_size: int | None = None,
+    validation_percent: float = 10.0,
+    seed: int = 42,
+    extract_bands: Sequence[int] | None = None,
+    augment: bool = True,
+    roots: Sequence[str | Path] | None = None,
+) -> SplitData[Any, Any]:
     """Validate every chip and label (full check), then build the split datasets; DataError when unusable.
 
     `roots[i]`: the root of folder i's store; every file is read inside it (None: local folders, root `/`).
@@ -226,8 +277,10 @@ def open_training_data(folders: Sequence[str | Path], *, task: str, chip_size: i
     extract = list(range(source_bands)) if extract_bands is None else [int(b) for b in extract_bands]
     bad = [b for b in extract if not 0 <= b < source_bands]
     if bad or not extract:
-        report.errors.append(f"extract_bands {list(extract_bands or [])} does not fit chips with {source_bands} "
-                             f"bands; use band indices 0..{source_bands - 1}")
+        report.errors.append(
+            f"extract_bands {list(extract_bands or [])} does not fit chips with {source_bands} "
+            f"bands; use band indices 0..{source_bands - 1}"
+        )
         raise DataError(report)
     dtype = report.dtype or "uint8"
     if dtype == "uint8" and source_bands == 3 and len(extract) == 3:
@@ -237,13 +290,23 @@ def open_training_data(folders: Sequence[str | Path], *, task: str, chip_size: i
         if stats is None or len(stats) != source_bands:
             stats = _sampled_band_stats(scan.records, seed)
             report.warnings.append(
-                f"the export has no band statistics; computed them from {min(len(scan.records), STATS_SAMPLE)} chips")
+                f"the export has no band statistics; computed them from {min(len(scan.records), STATS_SAMPLE)} chips"
+            )
         normalization = Normalization.from_band_stats([stats[b] for b in extract])
     size = (int(chip_size), int(chip_size)) if chip_size else (report.chip_size or (224, 224))
-    info = DataInfo(format=fmt, task=_task_for(fmt, task), classes=scan.classes, bands=len(extract),
-                    chip_size=size, extract_bands=extract, normalization=normalization,
-                    is_multispectral=normalization.kind != "imagenet", source_bands=source_bands, dtype=dtype,
-                    cell_size=scan.metas[0].emd.get("MinCellSize") or scan.metas[0].stats.get("MinCellSize"))
+    info = DataInfo(
+        format=fmt,
+        task=_task_for(fmt, task),
+        classes=scan.classes,
+        bands=len(extract),
+        chip_size=size,
+        extract_bands=extract,
+        normalization=normalization,
+        is_multispectral=normalization.kind != "imagenet",
+        source_bands=source_bands,
+        dtype=dtype,
+        cell_size=scan.metas[0].emd.get("MinCellSize") or scan.metas[0].stats.get("MinCellSize"),
+    )
     if info.task in ("captioning", "tracking"):  # their own samples, datasets and loaders
         from gpjobs.training.data.captions import open_caption_data
         from gpjobs.training.data.tracking import open_tracking_data
@@ -258,7 +321,11 @@ def open_training_data(folders: Sequence[str | Path], *, task: str, chip_size: i
         report.errors.append(f"only {len(scan.records)} chips: nothing left to train on after the validation split")
         raise DataError(report)
     return TrainingData(
-        info=info, report=report,
+        info=info,
+        report=report,
         train=ExportDataset(train_records, info, augment=augment),
         valid=ExportDataset(valid_records, info, augment=False),
-        class_weights=_class_weights(scan.metas, info), export_emd=dict(scan.metas[0].emd), seed=seed)
+        class_weights=_class_weights(scan.metas, info),
+        export_emd=dict(scan.metas[0].emd),
+        seed=seed,
+    )

@@ -99,9 +99,12 @@ class Packed(NamedTuple):
         views = []
         for offset, dtype, shape in self.specs:
             nbytes = math.prod(shape) * np.dtype(dtype).itemsize
-            flat = buffer[offset:offset + nbytes]
-            views.append(flat.view(_torch_dtype(dtype)).view(tuple(shape)) if nbytes else
-                         torch.empty(tuple(shape), dtype=_torch_dtype(dtype), device=buffer.device))
+            flat = buffer[offset : offset + nbytes]
+            views.append(
+                flat.view(_torch_dtype(dtype)).view(tuple(shape))
+                if nbytes
+                else torch.empty(tuple(shape), dtype=_torch_dtype(dtype), device=buffer.device)
+            )
         return _replace(self.structure, views)
 
 
@@ -158,7 +161,7 @@ class Packer:
         specs = []
         for (parts, dtype, shape, stacked), offset in zip(self._entries, offsets):
             nbytes = math.prod(shape) * dtype.itemsize
-            target = raw[offset:offset + nbytes].view(dtype).reshape(shape)
+            target = raw[offset : offset + nbytes].view(dtype).reshape(shape)
             if stacked:
                 for i, part in enumerate(parts):
                     target[i] = part

@@ -39,8 +39,15 @@ def dihedral_boxes(boxes: torch.Tensor, code: int, h: int, w: int) -> torch.Tens
     return torch.stack([x0, y0, x1, y1], 1)
 
 
-def finish_images(raw: torch.Tensor, codes: Sequence[int] | None, scale: torch.Tensor, offset: torch.Tensor,
-                  size: tuple[int, int], *, pin_memory: bool = False) -> torch.Tensor:
+def finish_images(
+    raw: torch.Tensor,
+    codes: Sequence[int] | None,
+    scale: torch.Tensor,
+    offset: torch.Tensor,
+    size: tuple[int, int],
+    *,
+    pin_memory: bool = False,
+) -> torch.Tensor:
     """Raw chips (B, H, W, C), any dtype -> normalised float32 (B, C, H', W') = x * scale + offset, resized.
 
     `scale`/`offset` are float32 (C, 1, 1) on raw's device. On the CPU each chip is converted and
@@ -50,11 +57,12 @@ def finish_images(raw: torch.Tensor, codes: Sequence[int] | None, scale: torch.T
     b, h, w, c = raw.shape
     if b > 1 and h != w and codes and any(k & TRANSPOSE for k in codes):
         # Transposed non-square chips differ in shape from their batch-mates until resized.
-        return torch.cat([finish_images(raw[i:i + 1], codes[i:i + 1], scale, offset, size) for i in range(b)])
+        return torch.cat([finish_images(raw[i : i + 1], codes[i : i + 1], scale, offset, size) for i in range(b)])
     if codes and codes[0] & TRANSPOSE:
         h, w = w, h
-    out = torch.empty((b, c, h, w), dtype=torch.float32, device=raw.device,
-                      pin_memory=pin_memory and raw.device.type == "cpu")
+    out = torch.empty(
+        (b, c, h, w), dtype=torch.float32, device=raw.device, pin_memory=pin_memory and raw.device.type == "cpu"
+    )
     per_chip = raw.device.type == "cpu"
     for i in range(b):
         chip = raw[i] if not codes else dihedral(raw[i], int(codes[i]), 0)
@@ -78,8 +86,9 @@ def dihedral_np(a: np.ndarray, code: int, h_axis: int) -> np.ndarray:
     return np.swapaxes(a, h_axis, h_axis + 1) if code & TRANSPOSE else a
 
 
-def finish_masks(raw: torch.Tensor, codes: Sequence[int] | None, lut: torch.Tensor,
-                 size: tuple[int, int]) -> torch.Tensor:
+def finish_masks(
+    raw: torch.Tensor, codes: Sequence[int] | None, lut: torch.Tensor, size: tuple[int, int]
+) -> torch.Tensor:
     """Label rasters (B, H, W) of class values -> int64 model indices (B, H', W'), with the same geometry
     as their chips. `lut` (int64, on raw's device) maps every value raw's dtype can hold.
 
@@ -88,7 +97,7 @@ def finish_masks(raw: torch.Tensor, codes: Sequence[int] | None, lut: torch.Tens
     b, h, w = raw.shape
     codes = list(codes) if codes else [0] * b
     if b > 1 and h != w and any(k & TRANSPOSE for k in codes):
-        return torch.cat([finish_masks(raw[i:i + 1], codes[i:i + 1], lut, size) for i in range(b)])
+        return torch.cat([finish_masks(raw[i : i + 1], codes[i : i + 1], lut, size) for i in range(b)])
     if codes[0] & TRANSPOSE:
         h, w = w, h
     out = torch.empty((b, h, w), dtype=torch.int64, device=raw.device)

@@ -47,8 +47,9 @@ def context_side(boxes: torch.Tensor) -> torch.Tensor:
     return torch.sqrt((w + p) * (h + p))
 
 
-def crop_square(images: torch.Tensor, centers: torch.Tensor, sides: torch.Tensor, out: int,
-                mode: str = "bilinear") -> torch.Tensor:
+def crop_square(
+    images: torch.Tensor, centers: torch.Tensor, sides: torch.Tensor, out: int, mode: str = "bilinear"
+) -> torch.Tensor:
     """Squares of side `sides` around `centers` (N, 2) of (N, C, H, W) images, resized to out x out (zero pad).
 
     Tensor operations only, so a traced tracker keeps the box-dependent crop.
@@ -87,9 +88,17 @@ def mask_box(mask: torch.Tensor) -> torch.Tensor | None:
     return torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float()
 
 
-def make_pair(frame_z: torch.Tensor, box_z: torch.Tensor, frame_x: torch.Tensor, box_x: torch.Tensor,
-              mask_x: torch.Tensor, exemplar: int, instance: int, shift: torch.Tensor, scale: float
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def make_pair(
+    frame_z: torch.Tensor,
+    box_z: torch.Tensor,
+    frame_x: torch.Tensor,
+    box_x: torch.Tensor,
+    mask_x: torch.Tensor,
+    exemplar: int,
+    instance: int,
+    shift: torch.Tensor,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(template crop, search crop, target box in the search crop, target mask in the search crop)."""
     side_z = context_side(box_z[None])
     z = crop_square(frame_z[None], box_centers(box_z[None]), side_z, exemplar)[0]
@@ -157,8 +166,9 @@ class PairDataset(Dataset):
             box_x = box_z
         shift = (torch.rand(2) * 2 - 1) * MAX_SHIFT
         scale = math.exp(float(torch.rand(())) * 2 * MAX_SCALE - MAX_SCALE)
-        return make_pair(self.frames.frame(j), box_z, self.frames.frame(i), box_x, mask_x, self.exemplar,
-                         self.instance, shift, scale)
+        return make_pair(
+            self.frames.frame(j), box_z, self.frames.frame(i), box_x, mask_x, self.exemplar, self.instance, shift, scale
+        )
 
 
 @dataclass
@@ -185,7 +195,7 @@ class Track:
 
     def pairs(self, exemplar: int, instance: int) -> Iterator[tuple[torch.Tensor, ...]]:
         """(z, x, box, mask) for (first frame, each later frame), with a jitter fixed by the track's name."""
-        seed = sum(ord(c) * 31 ** k for k, c in enumerate(self.name)) % 2 ** 32
+        seed = sum(ord(c) * 31**k for k, c in enumerate(self.name)) % 2**32
         rng = np.random.default_rng(seed + self.object_id)
         frame_z, box_z = self.frame(0), self.first_box()
         for t in range(1, len(self)):
@@ -227,17 +237,28 @@ def _tracks(batch: list[Track]) -> list[Track]:
 class TrackingData(SplitData[PairDataset, TrackDataset]):
     """Training data of SIAMMASK: training pairs, validation tracks (one per object and sequence)."""
 
-    def loaders(self, batch_size: int, *, num_workers: int = 0, pin_memory: bool = False,
-                device: torch.device | str | None = None, sampler: Sampler | None = None,
-                shard: tuple[int, int] | None = None) -> tuple[DataLoader, DataLoader]:
+    def loaders(
+        self,
+        batch_size: int,
+        *,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        device: torch.device | str | None = None,
+        sampler: Sampler | None = None,
+        shard: tuple[int, int] | None = None,
+    ) -> tuple[DataLoader, DataLoader]:
         workers: dict[str, Any] = {"num_workers": num_workers}
         if num_workers > 0:
             workers.update(persistent_workers=True, worker_init_fn=worker_init)
-        order: dict[str, Any] = ({"sampler": sampler} if sampler is not None else
-                                 {"shuffle": True, "generator": torch.Generator().manual_seed(self.seed)})
+        order: dict[str, Any] = (
+            {"sampler": sampler}
+            if sampler is not None
+            else {"shuffle": True, "generator": torch.Generator().manual_seed(self.seed)}
+        )
         batches = math.ceil(len(self.train) / batch_size)
-        train = DataLoader(self.train, batch_size=batch_size, drop_last=batches >= 2, pin_memory=pin_memory,
-                           **order, **workers)
+        train = DataLoader(
+            self.train, batch_size=batch_size, drop_last=batches >= 2, pin_memory=pin_memory, **order, **workers
+        )
         valid = DataLoader(self.valid, batch_size=batch_size, shuffle=False, collate_fn=_tracks)
         return (shard_loader(train, *shard) if shard is not None else train), valid
 
@@ -247,8 +268,10 @@ def open_tracking_data(scan: Scan, info: DataInfo, *, validation_percent: float,
     report = scan.report
     sequences = sorted({(r.folder, sequence_of(r)) for r in scan.records})
     if len(sequences) < 2:
-        report.errors.append(f"{len(sequences)} sequence with annotated frames: training and validation need "
-                             "different sequences; add sequences to JPEGImages/ and Annotations/")
+        report.errors.append(
+            f"{len(sequences)} sequence with annotated frames: training and validation need "
+            "different sequences; add sequences to JPEGImages/ and Annotations/"
+        )
         raise DataError(report)
     keys = [ChipRecord(seq, Path(seq), folder) for folder, seq in sequences]  # one split item per sequence
     _, valid_keys = split_records(keys, validation_percent, seed, None)
@@ -259,5 +282,12 @@ def open_tracking_data(scan: Scan, info: DataInfo, *, validation_percent: float,
     if not len(train):
         report.errors.append("no annotated object in the training sequences")
         raise DataError(report)
-    return TrackingData(info=info, report=report, train=train, valid=TrackDataset(valid_records, info),
-                        class_weights=None, export_emd={}, seed=seed)
+    return TrackingData(
+        info=info,
+        report=report,
+        train=train,
+        valid=TrackDataset(valid_records, info),
+        class_weights=None,
+        export_emd={},
+        seed=seed,
+    )

@@ -25,5 +25,20 @@ from gpjobs.training.engine.policy import AugmentPolicy, BackbonePolicy, augment
 from gpjobs.training.engine.runtime import seed_everything
 from gpjobs.training.engine.schedule import LR_FIND_SHARE, clip_norm
 
-__all__ = ["LR_FIND_SHARE", "TRAIN_SHARE", "AugmentPolicy", "BackbonePolicy", "FitConfig", "FitResult", "NaNLossError", "OutOfMemory",
-           "augment_policy", "backbone_policy", "clip_norm", "evaluate", "fit", "seed_everything", "train_one_epoch"]
+__all__ = [
+    "LR_FIND_SHARE",
+    "TRAIN_SHARE",
+    "AugmentPolicy",
+    "BackbonePolicy",
+    "FitConfig",
+    "FitResult",
+    "NaNLossError",
+    "OutOfMemory",
+    "augment_policy",
+    "backbone_policy",
+    "clip_norm",
+    "evaluate",
+    "fit",
+    "seed_everything",
+    "train_one_epoch",
+]

@@ -65,12 +65,21 @@ def record_losses(pending: list[torch.Tensor], batch_losses: list[float], epoch:
         if not math.isfinite(value):
             raise NaNLossError(
                 f"the training loss became {value} in epoch {epoch} (batch {index + 1}); lower learning_rate, "
-                "check the labels, or use a smaller batch_size")
+                "check the labels, or use a smaller batch_size"
+            )
     batch_losses.extend(values)
 
 
-def train_one_epoch(stepper: Stepper, loader: Any, epoch: int, batch_losses: list[float], *, runtime: Runtime,
-                    reporter: Reporter, progress: Progress) -> float:
+def train_one_epoch(
+    stepper: Stepper,
+    loader: Any,
+    epoch: int,
+    batch_losses: list[float],
+    *,
+    runtime: Runtime,
+    reporter: Reporter,
+    progress: Progress,
+) -> float:
     """One pass over the training batches; returns the epoch's mean training loss."""
     stepper.model.train()
     pending: list[torch.Tensor] = []
@@ -86,8 +95,9 @@ def train_one_epoch(stepper: Stepper, loader: Any, epoch: int, batch_losses: lis
     return float(np.mean(batch_losses[-steps:])) if steps else math.nan
 
 
-def evaluate(family: ModelFamily, model: torch.nn.Module, loader: Any, epoch: int,
-             runtime: Runtime) -> tuple[float, dict[str, Any]]:
+def evaluate(
+    family: ModelFamily, model: torch.nn.Module, loader: Any, epoch: int, runtime: Runtime
+) -> tuple[float, dict[str, Any]]:
     """(validation loss, metrics) of the model in eval mode; a non-finite validation loss is a NaNLossError."""
     model.eval()
     with torch.no_grad(), runtime.autocast():
@@ -98,16 +108,24 @@ def evaluate(family: ModelFamily, model: torch.nn.Module, loader: Any, epoch: in
     return valid_loss, metrics
 
 
-def validate_on_main(family: ModelFamily, model: torch.nn.Module, loader: Any, epoch: int,
-                     runtime: Runtime) -> tuple[float, dict[str, Any]]:
+def validate_on_main(
+    family: ModelFamily, model: torch.nn.Module, loader: Any, epoch: int, runtime: Runtime
+) -> tuple[float, dict[str, Any]]:
     """`evaluate` on rank 0 (the whole validation set), its results broadcast: every rank takes the same
     early-stopping and best-epoch decisions."""
     results = evaluate(family, model, loader, epoch, runtime) if runtime.is_main else None
     return broadcast_from_main(results)
 
 
-def learning_rate(family: ModelFamily, model: torch.nn.Module, config: FitConfig, runtime: Runtime, data: Any,
-                  train_loader: Any, reporter: Reporter) -> RateChoice:
+def learning_rate(
+    family: ModelFamily,
+    model: torch.nn.Module,
+    config: FitConfig,
+    runtime: Runtime,
+    data: Any,
+    train_loader: Any,
+    reporter: Reporter,
+) -> RateChoice:
     """choose_learning_rate; on several ranks rank 0 runs it on the one-device batches and broadcasts the choice."""
     if not runtime.distributed:
         return choose_learning_rate(family, model, config, runtime, train_loader, reporter)
@@ -139,8 +157,11 @@ def fit(family: ModelFamily, model: torch.nn.Module, data: Any, config: FitConfi
         raise ValueError("no training batches: fewer training chips than batch_size")
 
     saved = read_checkpoint(config, reporter)
-    rate = (RateChoice(float(saved["lr"]), saved["lr_how"], saved["lr_find"]) if saved is not None
-            else learning_rate(family, model, config, runtime, data, train_loader, reporter))
+    rate = (
+        RateChoice(float(saved["lr"]), saved["lr_how"], saved["lr_find"])
+        if saved is not None
+        else learning_rate(family, model, config, runtime, data, train_loader, reporter)
+    )
     lr = rate.lr
     stepper = make_stepper(family, model, lr, config.max_epochs * steps, config, runtime)
     if saved is not None:
@@ -150,25 +171,44 @@ def fit(family: ModelFamily, model: torch.nn.Module, data: Any, config: FitConfi
         state = TrainState(monitor=config.monitor or "valid_loss", lr=lr, lr_how=rate.how, lr_find=rate.curve)
 
     backbone_lr = backbone_learning_rate(family, model, lr, config)
-    reporter.say("info", (f"Training {family.model_type.name} ({family.backbone}) for up to {config.max_epochs} "
-                          f"epochs, {steps} batches of {config.batch_size} per epoch, learning rate {lr:.4e}"
-                          + (f" (backbone {backbone_lr:.4e})" if backbone_lr is not None else "")
-                          + f", on {runtime.describe()}"))
+    reporter.say(
+        "info",
+        (
+            f"Training {family.model_type.name} ({family.backbone}) for up to {config.max_epochs} "
+            f"epochs, {steps} batches of {config.batch_size} per epoch, learning rate {lr:.4e}"
+            + (f" (backbone {backbone_lr:.4e})" if backbone_lr is not None else "")
+            + f", on {runtime.describe()}"
+        ),
+    )
     progress = Progress(reporter, config.max_epochs, steps, rate.curve is not None)
-    writer = (CheckpointWriter(config.checkpoint_path, lambda e: reporter.emit("checkpoint", epoch=e))
-              if config.checkpoint_path and runtime.is_main else None)  # rank 0 alone writes the checkpoints
+    writer = (
+        CheckpointWriter(config.checkpoint_path, lambda e: reporter.emit("checkpoint", epoch=e))
+        if config.checkpoint_path and runtime.is_main
+        else None
+    )  # rank 0 alone writes the checkpoints
     try:
         while not state.stopped and state.epoch < config.max_epochs:
             epoch = state.epoch + 1
             started = time.perf_counter()
             seed_epoch(config.seed, epoch, train_loader)
-            train_loss = train_one_epoch(stepper, train_loader, epoch, state.batch_losses, runtime=runtime,
-                                         reporter=reporter, progress=progress)
+            train_loss = train_one_epoch(
+                stepper, train_loader, epoch, state.batch_losses, runtime=runtime, reporter=reporter, progress=progress
+            )
             reporter.check_stop()
             valid_loss, metrics = validate_on_main(family, model, valid_loader, epoch, runtime)
-            end_epoch(family, model, state, config, reporter, epoch=epoch, train_loss=train_loss,
-                      valid_loss=valid_loss, metrics=metrics, extra=stepper.epoch_means(),
-                      seconds=time.perf_counter() - started)
+            end_epoch(
+                family,
+                model,
+                state,
+                config,
+                reporter,
+                epoch=epoch,
+                train_loss=train_loss,
+                valid_loss=valid_loss,
+                metrics=metrics,
+                extra=stepper.epoch_means(),
+                seconds=time.perf_counter() - started,
+            )
             if writer is not None:
                 writer.submit(epoch, state.checkpoint(config.fingerprint, model, stepper))
             progress.epoch(epoch)
@@ -182,29 +222,61 @@ def fit(family: ModelFamily, model: torch.nn.Module, data: Any, config: FitConfi
     if state.best_state is not None:
         model.load_state_dict(state.best_state)
         if state.best_epoch != state.epoch:
-            reporter.say("info", f"Restored the best epoch ({state.best_epoch}, {state.monitor} "
-                                 f"{state.best_score:.4f})")
+            reporter.say(
+                "info", f"Restored the best epoch ({state.best_epoch}, {state.monitor} {state.best_score:.4f})"
+            )
     return state.result(backbone_lr, describe_schedule(family, config, state, steps, backbone_lr, data))
 
 
-def end_epoch(family: ModelFamily, model: torch.nn.Module, state: TrainState, config: FitConfig,
-              reporter: Reporter, *, epoch: int, train_loss: float, valid_loss: float, metrics: dict[str, Any],
-              extra: dict[str, float], seconds: float) -> None:
+def end_epoch(
+    family: ModelFamily,
+    model: torch.nn.Module,
+    state: TrainState,
+    config: FitConfig,
+    reporter: Reporter,
+    *,
+    epoch: int,
+    train_loss: float,
+    valid_loss: float,
+    metrics: dict[str, Any],
+    extra: dict[str, float],
+    seconds: float,
+) -> None:
     """Record the epoch, keep the best weights, report it, and decide on early stopping."""
     scalars = scalar_metrics(metrics)
     if state.monitor != "valid_loss" and state.monitor not in scalars:
-        reporter.say("warning", f"monitor '{state.monitor}' is not a metric of {family.model_type.name} "
-                                f"(available: valid_loss, {', '.join(scalars)}); using valid_loss")
+        reporter.say(
+            "warning",
+            f"monitor '{state.monitor}' is not a metric of {family.model_type.name} "
+            f"(available: valid_loss, {', '.join(scalars)}); using valid_loss",
+        )
         state.fall_back_to_valid_loss(valid_loss)
     score = valid_loss if state.monitor == "valid_loss" else scalars[state.monitor]
-    record = {"epoch": epoch, "train_loss": train_loss, "valid_loss": valid_loss, **scalars, **extra,
-              "seconds": round(seconds, 3)}
+    record = {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "valid_loss": valid_loss,
+        **scalars,
+        **extra,
+        "seconds": round(seconds, 3),
+    }
     best = state.end_epoch(record, metrics, score, model, config.min_delta)
     # The server (and the console reporter) render this as "Epoch 3/10: train_loss ..." lines.
-    reporter.emit("epoch", epoch=epoch, max_epochs=config.max_epochs, train_loss=train_loss, valid_loss=valid_loss,
-                  metrics=scalars, seconds=round(seconds, 3), best=best)
+    reporter.emit(
+        "epoch",
+        epoch=epoch,
+        max_epochs=config.max_epochs,
+        train_loss=train_loss,
+        valid_loss=valid_loss,
+        metrics=scalars,
+        seconds=round(seconds, 3),
+        best=best,
+    )
     if config.stop_training and state.bad_epochs >= config.patience and epoch < config.max_epochs:
         state.stopped = True
-        reporter.say("info", f"Early stopping: {state.monitor} did not improve by {config.min_delta} for "
-                             f"{config.patience} epochs; best epoch {state.best_epoch} ({state.monitor} "
-                             f"{state.best_score:.4f})")
+        reporter.say(
+            "info",
+            f"Early stopping: {state.monitor} did not improve by {config.min_delta} for "
+            f"{config.patience} epochs; best epoch {state.best_epoch} ({state.monitor} "
+            f"{state.best_score:.4f})",
+        )

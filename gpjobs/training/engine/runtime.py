@@ -17,7 +17,7 @@ from gpjobs.training.models.base import ModelFamily
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
+    np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
 
 
@@ -70,14 +70,18 @@ class Runtime:
         return torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
 
     def describe(self) -> str:
-        where = (f"{self.world} {self.device.type} devices (torch.distributed, "
-                 f"{'nccl' if self.device.type == 'cuda' else 'gloo'}; each batch split over them)"
-                 if self.distributed else f"{self.device}")
+        where = (
+            f"{self.world} {self.device.type} devices (torch.distributed, "
+            f"{'nccl' if self.device.type == 'cuda' else 'gloo'}; each batch split over them)"
+            if self.distributed
+            else f"{self.device}"
+        )
         return where + (f" with {str(self.amp_dtype).split('.')[-1]} autocast" if self.use_amp else "")
 
 
-def make_loaders(family: ModelFamily, data: Any, config: FitConfig, runtime: Runtime, *,
-                 shard: bool = True) -> tuple[Any, Any]:
+def make_loaders(
+    family: ModelFamily, data: Any, config: FitConfig, runtime: Runtime, *, shard: bool = True
+) -> tuple[Any, Any]:
     """(train, valid) loaders; a family may supply its own training loader (e.g. oversampling). On several
     ranks (and `shard`), the training loader yields this rank's share of the batches a one-device run draws."""
     from gpjobs.training.data.loading import shard_loader

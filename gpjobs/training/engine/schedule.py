@@ -23,8 +23,9 @@ ONE_CYCLE = {"div_factor": 25.0, "final_div_factor": 1e4, "anneal_strategy": "co
 ADAMW = {"betas": (0.9, 0.99), "weight_decay": 0.01}
 
 
-def param_groups(family: ModelFamily, model: torch.nn.Module, lr: float,
-                 backbone_lr_factor: float) -> list[dict[str, Any]]:
+def param_groups(
+    family: ModelFamily, model: torch.nn.Module, lr: float, backbone_lr_factor: float
+) -> list[dict[str, Any]]:
     """Backbone at lr * backbone_lr_factor (arcgis.learn's `slice(lr/10, lr)` when 0.1), everything else at
     lr; empty groups dropped."""
     backbone = family.backbone_parameters(model)
@@ -33,19 +34,25 @@ def param_groups(family: ModelFamily, model: torch.nn.Module, lr: float,
     return [g for g in groups if g["params"]]
 
 
-def make_optimizer(family: ModelFamily, model: torch.nn.Module, lr: float,
-                   backbone_lr_factor: float) -> torch.optim.Optimizer:
+def make_optimizer(
+    family: ModelFamily, model: torch.nn.Module, lr: float, backbone_lr_factor: float
+) -> torch.optim.Optimizer:
     return torch.optim.AdamW(param_groups(family, model, lr, backbone_lr_factor), lr=lr, **ADAMW)
 
 
-def one_cycle(optimizer: torch.optim.Optimizer, total_steps: int, *, warmup_share: float,
-              cycle_momentum: bool = True):
+def one_cycle(optimizer: torch.optim.Optimizer, total_steps: int, *, warmup_share: float, cycle_momentum: bool = True):
     """One-cycle over the whole run, each group peaking at its own rate after `warmup_share` of the steps
     (Adam's beta1 cycled 0.95 -> 0.85 -> 0.95 unless cycle_momentum is off)."""
     momentum = {"base_momentum": 0.85, "max_momentum": 0.95} if cycle_momentum else {}
     return torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=max(1, total_steps),
-        pct_start=warmup_share, cycle_momentum=cycle_momentum, **ONE_CYCLE, **momentum)
+        optimizer,
+        max_lr=[g["lr"] for g in optimizer.param_groups],
+        total_steps=max(1, total_steps),
+        pct_start=warmup_share,
+        cycle_momentum=cycle_momentum,
+        **ONE_CYCLE,
+        **momentum,
+    )
 
 
 def clip_norm(family: ModelFamily, config: FitConfig) -> float:
@@ -67,34 +74,56 @@ def backbone_learning_rate(family: ModelFamily, model: torch.nn.Module, lr: floa
     return lr * config.backbone.lr_factor
 
 
-def describe_schedule(family: ModelFamily, config: FitConfig, state: Any, steps: int, backbone_lr: float | None,
-                      data: Any) -> dict[str, Any]:
+def describe_schedule(
+    family: ModelFamily, config: FitConfig, state: Any, steps: int, backbone_lr: float | None, data: Any
+) -> dict[str, Any]:
     """The training schedule as it ran, JSON-able: what a user compares runs by (the model card, the .emd)."""
     curve = state.lr_find
     multi = is_multi_network(family)
     return {
-        "learning_rate": state.lr, "learning_rate_how": state.lr_how, "backbone_learning_rate": backbone_lr,
-        "backbone": None if backbone_lr is None else {"frozen": config.backbone.frozen,
-                                                      "why": config.backbone.reason},
-        "lr_finder": None if curve is None else {
-            "chosen": curve["chosen"], "rule": curve["reason"], "steps": len(curve["lrs"]),
-            "most_steps": curve["points"], "diverged": curve["diverged"],
-            "from": curve["lrs"][0], "to": curve["lrs"][-1]},
-        "optimizer": (f"{type(family).__name__}'s optimizers" if multi
-                      else "AdamW (betas 0.9/0.99, weight decay 0.01)"),
-        "one_cycle": {"warmup_share": config.warmup_share, "start_lr": state.lr / ONE_CYCLE["div_factor"],
-                      "final_lr": state.lr / ONE_CYCLE["div_factor"] / ONE_CYCLE["final_div_factor"],
-                      "steps": config.max_epochs * steps,
-                      "beta1": None if multi else "0.95 -> 0.85 -> 0.95"},
+        "learning_rate": state.lr,
+        "learning_rate_how": state.lr_how,
+        "backbone_learning_rate": backbone_lr,
+        "backbone": None if backbone_lr is None else {"frozen": config.backbone.frozen, "why": config.backbone.reason},
+        "lr_finder": None
+        if curve is None
+        else {
+            "chosen": curve["chosen"],
+            "rule": curve["reason"],
+            "steps": len(curve["lrs"]),
+            "most_steps": curve["points"],
+            "diverged": curve["diverged"],
+            "from": curve["lrs"][0],
+            "to": curve["lrs"][-1],
+        },
+        "optimizer": (
+            f"{type(family).__name__}'s optimizers" if multi else "AdamW (betas 0.9/0.99, weight decay 0.01)"
+        ),
+        "one_cycle": {
+            "warmup_share": config.warmup_share,
+            "start_lr": state.lr / ONE_CYCLE["div_factor"],
+            "final_lr": state.lr / ONE_CYCLE["div_factor"] / ONE_CYCLE["final_div_factor"],
+            "steps": config.max_epochs * steps,
+            "beta1": None if multi else "0.95 -> 0.85 -> 0.95",
+        },
         "clip_grad_norm": None if multi else clip_norm(family, config) or None,
-        "batch_size": config.batch_size, "batches_per_epoch": steps,
+        "batch_size": config.batch_size,
+        "batches_per_epoch": steps,
         "training_chips": _length(getattr(data, "train", None)),
         "validation_chips": _length(getattr(data, "valid", None)),
         "augment": getattr(getattr(data, "train", None), "augment", None),  # flips and 90-degree turns
-        "max_epochs": config.max_epochs, "epochs_run": state.epoch, "best_epoch": state.best_epoch,
-        "early_stopping": {"enabled": config.stop_training, "monitor": state.monitor, "patience": config.patience,
-                           "min_delta": config.min_delta, "stopped": state.stopped},
-        "resumed_from_epoch": state.resumed_from_epoch, "seed": config.seed,
+        "max_epochs": config.max_epochs,
+        "epochs_run": state.epoch,
+        "best_epoch": state.best_epoch,
+        "early_stopping": {
+            "enabled": config.stop_training,
+            "monitor": state.monitor,
+            "patience": config.patience,
+            "min_delta": config.min_delta,
+            "stopped": state.stopped,
+        },
+        "resumed_from_epoch": state.resumed_from_epoch,
+        "seed": config.seed,
     }
 
 
@@ -115,8 +144,14 @@ class RateChoice:
     curve: dict[str, Any] | None = None
 
 
-def choose_learning_rate(family: ModelFamily, model: torch.nn.Module, config: FitConfig, runtime: Runtime,
-                         train_loader: Any, reporter: Reporter) -> RateChoice:
+def choose_learning_rate(
+    family: ModelFamily,
+    model: torch.nn.Module,
+    config: FitConfig,
+    runtime: Runtime,
+    train_loader: Any,
+    reporter: Reporter,
+) -> RateChoice:
     """The job's rate when given; the family's default for multi-network families (adversarial losses have no
     minimum to find) and for jobs too short for a range test within its share of the job; else the LR range
     test's choice."""
@@ -124,25 +159,41 @@ def choose_learning_rate(family: ModelFamily, model: torch.nn.Module, config: Fi
         return RateChoice(float(config.learning_rate), "given (learning_rate)")
     default = float(getattr(family, "default_learning_rate", DEFAULT_LR))
     if is_multi_network(family):
-        reporter.say("info", f"learning_rate not set: {family.model_type.name} trains at {default:.1e} (the LR "
-                             "range test needs a loss with a minimum; adversarial losses have none)")
+        reporter.say(
+            "info",
+            f"learning_rate not set: {family.model_type.name} trains at {default:.1e} (the LR "
+            "range test needs a loss with a minimum; adversarial losses have none)",
+        )
         return RateChoice(default, f"default for {family.model_type.name} (adversarial losses have no minimum)")
     planned = config.max_epochs * len(train_loader)
     points = sweep_points(planned, config.lr_find_share, config.lr_find_iterations)
     if points == 0:
-        why = (f"the job plans {planned} training steps, too few for a learning-rate range test within "
-               f"{config.lr_find_share:.0%} of them (it needs {FEWEST_POINTS})")
+        why = (
+            f"the job plans {planned} training steps, too few for a learning-rate range test within "
+            f"{config.lr_find_share:.0%} of them (it needs {FEWEST_POINTS})"
+        )
         reporter.say("info", f"learning_rate not set: {why}; training at {default:.1e}")
         return RateChoice(default, f"default: {why}")
     curve = find_learning_rate(family, model, config, runtime, train_loader, reporter, points, default)
     return RateChoice(float(curve["chosen"]), f"LR range test: {curve['reason']}", curve)
 
 
-def find_learning_rate(family: ModelFamily, model: torch.nn.Module, config: FitConfig, runtime: Runtime,
-                       train_loader: Any, reporter: Reporter, points: int, default: float) -> dict[str, Any]:
+def find_learning_rate(
+    family: ModelFamily,
+    model: torch.nn.Module,
+    config: FitConfig,
+    runtime: Runtime,
+    train_loader: Any,
+    reporter: Reporter,
+    points: int,
+    default: float,
+) -> dict[str, Any]:
     """The LR range test on `points` training batches (weights restored afterwards); reports its choice."""
-    reporter.say("info", f"learning_rate not set: running the learning-rate range test ({points} steps, at most "
-                         f"{config.lr_find_share:.0%} of the job's {config.max_epochs * len(train_loader)})")
+    reporter.say(
+        "info",
+        f"learning_rate not set: running the learning-rate range test ({points} steps, at most "
+        f"{config.lr_find_share:.0%} of the job's {config.max_epochs * len(train_loader)})",
+    )
     reporter.progress(0.0, "lr_find")
     seed_everything(config.seed)
     scaler = runtime.grad_scaler()
@@ -172,14 +223,25 @@ def find_learning_rate(family: ModelFamily, model: torch.nn.Module, config: FitC
             last[0] = time.perf_counter()
             reporter.progress(LR_FIND_SHARE * (i + 1) / total, "lr_find")
 
-    curve = lr_range_test(model, lambda: ScaledOptimizer(make_optimizer(family, model, START_LR, 1.0)), step,
-                          lambda: train_loader, num_it=points, default_lr=default, check_stop=reporter.check_stop,
-                          on_step=on_step)
+    curve = lr_range_test(
+        model,
+        lambda: ScaledOptimizer(make_optimizer(family, model, START_LR, 1.0)),
+        step,
+        lambda: train_loader,
+        num_it=points,
+        default_lr=default,
+        check_stop=reporter.check_stop,
+        on_step=on_step,
+    )
     lrs, losses = curve["lrs"], curve["losses"]
     best_i = min(range(len(losses)), key=losses.__getitem__)
-    reporter.say("info", (
-        f"LR finder: {len(lrs)} steps from {lrs[0]:.1e} to {lrs[-1]:.1e}"
-        + (" (stopped: the loss diverged)" if curve["diverged"] else "")
-        + f"; lowest smoothed loss {losses[best_i]:.4f} at {lrs[best_i]:.1e}; chosen learning rate "
-        f"{curve['chosen']:.4e} ({curve['reason']})"))
+    reporter.say(
+        "info",
+        (
+            f"LR finder: {len(lrs)} steps from {lrs[0]:.1e} to {lrs[-1]:.1e}"
+            + (" (stopped: the loss diverged)" if curve["diverged"] else "")
+            + f"; lowest smoothed loss {losses[best_i]:.4f} at {lrs[best_i]:.1e}; chosen learning rate "
+            f"{curve['chosen']:.4e} ({curve['reason']})"
+        ),
+    )
     return curve

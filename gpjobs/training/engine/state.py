@@ -53,8 +53,9 @@ class TrainState:
         self.monitor = "valid_loss"
         self.best_score = valid_loss + 1.0 if self.best_state is None else self.best_valid_loss
 
-    def end_epoch(self, record: dict[str, Any], metrics: dict[str, Any], score: float, model: torch.nn.Module,
-                  min_delta: float) -> bool:
+    def end_epoch(
+        self, record: dict[str, Any], metrics: dict[str, Any], score: float, model: torch.nn.Module, min_delta: float
+    ) -> bool:
         """Add the epoch's record; keep its weights when the monitor improved. Returns whether it did."""
         self.epoch = record["epoch"]
         self.history.append(record)
@@ -72,21 +73,34 @@ class TrainState:
     def checkpoint(self, fingerprint: dict[str, Any], model: torch.nn.Module, stepper: Any) -> dict[str, Any]:
         """The checkpoint's contents (the writer copies the tensors before training goes on)."""
         return {
-            "version": CHECKPOINT_VERSION, "fingerprint": fingerprint,
-            "epoch": self.epoch, "lr": self.lr, "lr_how": self.lr_how, "lr_find": self.lr_find, "monitor": self.monitor,
-            "history": self.history, "batch_losses": self.batch_losses,
-            "best_epoch": self.best_epoch, "best_score": self.best_score, "best_metrics": self.best_metrics,
-            "best_valid_loss": self.best_valid_loss, "bad_epochs": self.bad_epochs, "stopped": self.stopped,
+            "version": CHECKPOINT_VERSION,
+            "fingerprint": fingerprint,
+            "epoch": self.epoch,
+            "lr": self.lr,
+            "lr_how": self.lr_how,
+            "lr_find": self.lr_find,
+            "monitor": self.monitor,
+            "history": self.history,
+            "batch_losses": self.batch_losses,
+            "best_epoch": self.best_epoch,
+            "best_score": self.best_score,
+            "best_metrics": self.best_metrics,
+            "best_valid_loss": self.best_valid_loss,
+            "bad_epochs": self.bad_epochs,
+            "stopped": self.stopped,
             # the best epoch is usually this one: don't write the same weights twice
             "best_state": None if self.best_epoch == self.epoch else self.best_state,
-            "model": model.state_dict(), "stepper": stepper.state_dict(), "rng": rng_state(),
+            "model": model.state_dict(),
+            "stepper": stepper.state_dict(),
+            "rng": rng_state(),
         }
 
     @staticmethod
     def resumable(saved: dict[str, Any] | None, fingerprint: dict[str, Any]) -> bool:
         """Whether `saved` is a checkpoint of this very job, in this checkpoint format."""
-        return saved is not None and saved.get("version") == CHECKPOINT_VERSION \
-            and saved.get("fingerprint") == fingerprint
+        return (
+            saved is not None and saved.get("version") == CHECKPOINT_VERSION and saved.get("fingerprint") == fingerprint
+        )
 
     @classmethod
     def resume(cls, saved: dict[str, Any], model: torch.nn.Module, stepper: Any) -> TrainState:
@@ -95,20 +109,40 @@ class TrainState:
         stepper.load_state_dict(saved["stepper"])
         set_rng_state(saved["rng"])
         return cls(
-            monitor=saved["monitor"], lr=float(saved["lr"]), lr_how=saved["lr_how"], lr_find=saved["lr_find"],
+            monitor=saved["monitor"],
+            lr=float(saved["lr"]),
+            lr_how=saved["lr_how"],
+            lr_find=saved["lr_find"],
             epoch=saved["epoch"],
-            history=saved["history"], batch_losses=saved["batch_losses"],
-            best_epoch=saved["best_epoch"], best_score=saved["best_score"], best_metrics=saved["best_metrics"],
-            best_valid_loss=saved["best_valid_loss"], bad_epochs=saved["bad_epochs"], stopped=saved["stopped"],
+            history=saved["history"],
+            batch_losses=saved["batch_losses"],
+            best_epoch=saved["best_epoch"],
+            best_score=saved["best_score"],
+            best_metrics=saved["best_metrics"],
+            best_valid_loss=saved["best_valid_loss"],
+            bad_epochs=saved["bad_epochs"],
+            stopped=saved["stopped"],
             best_state=saved["best_state"] if saved["best_state"] is not None else saved["model"],
-            resumed_from_epoch=saved["epoch"])
+            resumed_from_epoch=saved["epoch"],
+        )
 
     # --- the run's record --------------------------------------------------------------------------
 
     def result(self, backbone_learning_rate: float | None, schedule: dict[str, Any]) -> FitResult:
-        return FitResult(history=self.history, batch_losses=self.batch_losses, best_epoch=self.best_epoch,
-                         best_metrics=self.best_metrics, best_valid_loss=self.best_valid_loss,
-                         best_score=self.best_score, monitor=self.monitor, learning_rate=self.lr,
-                         lr_find=self.lr_find, stopped_early=self.stopped, epochs_run=self.epoch,
-                         resumed_from_epoch=self.resumed_from_epoch, lr_how=self.lr_how,
-                         backbone_learning_rate=backbone_learning_rate, schedule=schedule)
+        return FitResult(
+            history=self.history,
+            batch_losses=self.batch_losses,
+            best_epoch=self.best_epoch,
+            best_metrics=self.best_metrics,
+            best_valid_loss=self.best_valid_loss,
+            best_score=self.best_score,
+            monitor=self.monitor,
+            learning_rate=self.lr,
+            lr_find=self.lr_find,
+            stopped_early=self.stopped,
+            epochs_run=self.epoch,
+            resumed_from_epoch=self.resumed_from_epoch,
+            lr_how=self.lr_how,
+            backbone_learning_rate=backbone_learning_rate,
+            schedule=schedule,
+        )

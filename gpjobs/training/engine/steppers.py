@@ -25,8 +25,17 @@ from gpjobs.training.multi_network import is_multi_network
 class SingleNetworkStepper:
     """AdamW over the backbone/head groups on one one-cycle schedule, with AMP loss scaling and clipping."""
 
-    def __init__(self, family: ModelFamily, model: torch.nn.Module, lr: float, total_steps: int,
-                 runtime: Runtime, clip: float, backbone_lr_factor: float, warmup_share: float) -> None:
+    def __init__(
+        self,
+        family: ModelFamily,
+        model: torch.nn.Module,
+        lr: float,
+        total_steps: int,
+        runtime: Runtime,
+        clip: float,
+        backbone_lr_factor: float,
+        warmup_share: float,
+    ) -> None:
         self.family, self.model, self.runtime, self.clip = family, model, runtime, clip
         self.optimizer = make_optimizer(family, model, lr, backbone_lr_factor)
         self.scheduler = one_cycle(self.optimizer, total_steps, warmup_share=warmup_share)
@@ -53,8 +62,11 @@ class SingleNetworkStepper:
         return {}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict()}
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
@@ -66,8 +78,9 @@ class MultiNetworkStepper:
     """The optimizers of a multi-network family (its `configure_optimizers`), each on its own one-cycle
     schedule over the whole run; the family's `training_step` does the backward passes and optimizer steps."""
 
-    def __init__(self, family: Any, model: torch.nn.Module, lr: float, total_steps: int, runtime: Runtime,
-                 warmup_share: float) -> None:
+    def __init__(
+        self, family: Any, model: torch.nn.Module, lr: float, total_steps: int, runtime: Runtime, warmup_share: float
+    ) -> None:
         self.family, self.model, self.runtime = family, model, runtime
         self.networks = ddp_networks(model, runtime.device) if runtime.distributed else model  # what steps
         self.scaler = runtime.grad_scaler()
@@ -75,8 +88,10 @@ class MultiNetworkStepper:
         if not self.optimizers:
             raise ValueError(f"{type(family).__name__}.configure_optimizers returned no optimizer")
         cycle = bool(getattr(family, "cycle_momentum", False))
-        self.schedulers = {name: one_cycle(opt, total_steps, warmup_share=warmup_share, cycle_momentum=cycle)
-                           for name, opt in self.optimizers.items()}
+        self.schedulers = {
+            name: one_cycle(opt, total_steps, warmup_share=warmup_share, cycle_momentum=cycle)
+            for name, opt in self.optimizers.items()
+        }
         self._parts: list[dict[str, torch.Tensor]] = []
 
     def step(self, batch: Any) -> torch.Tensor:
@@ -86,8 +101,7 @@ class MultiNetworkStepper:
         diverging discriminator too (NaN * 0 stays NaN; finite parts add exactly 0).
         """
         with self.runtime.autocast():
-            losses = self.family.training_step(self.networks, batch, self.runtime.device, self.optimizers,
-                                               self.scaler)
+            losses = self.family.training_step(self.networks, batch, self.runtime.device, self.optimizers, self.scaler)
         if "loss" not in losses:
             raise KeyError(f"{type(self.family).__name__}.training_step must return a 'loss' entry")
         self.scaler.update()
@@ -103,15 +117,20 @@ class MultiNetworkStepper:
         if not self._parts:
             return {}
         names = [k for k in self._parts[0] if k != "loss"]
-        means = torch.stack([torch.stack([p[k] for p in self._parts]).mean() for k in names]).cpu().tolist() \
-            if names else []
+        means = (
+            torch.stack([torch.stack([p[k] for p in self._parts]).mean() for k in names]).cpu().tolist()
+            if names
+            else []
+        )
         self._parts.clear()
         return {f"train_{k}": float(v) for k, v in zip(names, means)}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-                "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
-                "scaler": self.scaler.state_dict()}
+        return {
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+            "scaler": self.scaler.state_dict(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for name, opt in self.optimizers.items():
@@ -124,9 +143,18 @@ class MultiNetworkStepper:
 Stepper = SingleNetworkStepper | MultiNetworkStepper
 
 
-def make_stepper(family: ModelFamily, model: torch.nn.Module, lr: float, total_steps: int, config: FitConfig,
-                 runtime: Runtime) -> Stepper:
+def make_stepper(
+    family: ModelFamily, model: torch.nn.Module, lr: float, total_steps: int, config: FitConfig, runtime: Runtime
+) -> Stepper:
     if is_multi_network(family):
         return MultiNetworkStepper(family, model, lr, total_steps, runtime, config.warmup_share)
-    return SingleNetworkStepper(family, model, lr, total_steps, runtime, clip_norm(family, config),
-                                config.backbone.lr_factor, config.warmup_share)
+    return SingleNetworkStepper(
+        family,
+        model,
+        lr,
+        total_steps,
+        runtime,
+        clip_norm(family, config),
+        config.backbone.lr_factor,
+        config.warmup_share,
+    )

@@ -45,17 +45,29 @@ class GpjobsChangeDetector(TiledPRF):
         if "model" not in kwargs:
             return
         if self.spec.get("output") != "change":
-            raise core.InferenceError(f"{os.path.basename(__file__)} runs change detection packages; this "
-                                      f"one's network gives {self.spec.get('output')!r}: use the .emd's "
-                                      f"InferenceFunction ({self.emd.get('InferenceFunction')})")
+            raise core.InferenceError(
+                f"{os.path.basename(__file__)} runs change detection packages; this "
+                f"one's network gives {self.spec.get('output')!r}: use the .emd's "
+                f"InferenceFunction ({self.emd.get('InferenceFunction')})"
+            )
         self.values = [int(v) for v in self.spec["index_values"]]
 
     def updateRasterInfo(self, **kwargs) -> dict:
         info = kwargs["output_info"]
         changed = [c for c in self.classes if int(c["Value"]) == self.values[-1]][:1]
-        rows = [{"attributes": {"OID": 1, "Value": int(c["Value"]), "ClassName": str(c["Name"]),
-                                "Red": int(c["Color"][0]), "Green": int(c["Color"][1]), "Blue": int(c["Color"][2])}}
-                for c in changed]
+        rows = [
+            {
+                "attributes": {
+                    "OID": 1,
+                    "Value": int(c["Value"]),
+                    "ClassName": str(c["Name"]),
+                    "Red": int(c["Color"][0]),
+                    "Green": int(c["Color"][1]),
+                    "Blue": int(c["Color"][2]),
+                }
+            }
+            for c in changed
+        ]
         info["bandCount"] = 1
         info["pixelType"] = "u1" if max(self.values) <= 255 else "i4"
         info["noData"] = np.array([0])
@@ -69,8 +81,9 @@ class GpjobsChangeDetector(TiledPRF):
         self.normalizer.check(after, "after raster")
         before, _ = core.mask_invalid(before, pixelBlocks.get("raster_mask"))
         after, _ = core.mask_invalid(after, pixelBlocks.get("raster2_mask"))
-        x = torch.cat([self.normalizer(self.tiles_of(before), self.device),
-                       self.normalizer(self.tiles_of(after), self.device)], 1)
+        x = torch.cat(
+            [self.normalizer(self.tiles_of(before), self.device), self.normalizer(self.tiles_of(after), self.device)], 1
+        )
         index = core.run_network(self.network, x, self.batch_size).argmax(1).cpu()
         tiles = torch.tensor(self.values, dtype=torch.int64)[index].numpy()[:, None]
         out = core.join_tiles(tiles, self.padding, self.rows, self.cols)

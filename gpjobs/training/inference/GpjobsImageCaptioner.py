@@ -48,8 +48,9 @@ def detokenize(words: list) -> str:
     return text
 
 
-def beam_search(network, x: torch.Tensor, beam_width: int, max_len: int, bos: int, eos: int, vocab_size: int
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def beam_search(
+    network, x: torch.Tensor, beam_width: int, max_len: int, bos: int, eos: int, vocab_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(word ids (B, max_len), mean log-probability per word (B,)) of the best beam per image.
 
     Always max_len + 1 steps; only beam 0 is alive at the start (so the first step picks k different words);
@@ -99,48 +100,81 @@ class GpjobsImageCaptioner(TiledPRF):
         if "model" not in kwargs:
             return
         if self.spec.get("output") != "captions":
-            raise core.InferenceError(f"{os.path.basename(__file__)} runs image captioning packages; this one's "
-                                      f"network gives {self.spec.get('output')!r}: use the .emd's "
-                                      f"InferenceFunction ({self.emd.get('InferenceFunction')})")
+            raise core.InferenceError(
+                f"{os.path.basename(__file__)} runs image captioning packages; this one's "
+                f"network gives {self.spec.get('output')!r}: use the .emd's "
+                f"InferenceFunction ({self.emd.get('InferenceFunction')})"
+            )
         self.vocabulary = [str(w) for w in self.emd.get("Vocabulary") or []]
         if len(self.vocabulary) < 5:
-            raise core.InferenceError("the .emd has no Vocabulary list (the caption words); repackage the model "
-                                      "with a current gpjobs")
+            raise core.InferenceError(
+                "the .emd has no Vocabulary list (the caption words); repackage the model with a current gpjobs"
+            )
         self.bos, self.eos, self.pad = int(self.spec["bos"]), int(self.spec["eos"]), int(self.spec["pad"])
 
     def getParameterInfo(self) -> list:
-        rasters = {"name": "rasters", "dataType": "rasters", "value": None, "required": True,
-                   "displayName": "Rasters", "description": "The overlapping rasters of the objects to caption"}
+        rasters = {
+            "name": "rasters",
+            "dataType": "rasters",
+            "value": None,
+            "required": True,
+            "displayName": "Rasters",
+            "description": "The overlapping rasters of the objects to caption",
+        }
         spec = getattr(self, "spec", {})
-        return [rasters] + core.raster_parameters(())[0:2] + [
-            core.parameter("batch_size", self.default_batch_size, "Batch Size", "Object chips the model runs at once"),
-            core.parameter("beam_width", int(spec.get("beam_width", 3)), "Beam Width",
-                           "Captions kept at every step of the search"),
-            core.parameter("max_len", int(spec.get("max_len", 20)), "Maximum Caption Length",
-                           "Words a caption has at most")]
+        return (
+            [rasters]
+            + core.raster_parameters(())[0:2]
+            + [
+                core.parameter(
+                    "batch_size", self.default_batch_size, "Batch Size", "Object chips the model runs at once"
+                ),
+                core.parameter(
+                    "beam_width",
+                    int(spec.get("beam_width", 3)),
+                    "Beam Width",
+                    "Captions kept at every step of the search",
+                ),
+                core.parameter(
+                    "max_len", int(spec.get("max_len", 20)), "Maximum Caption Length", "Words a caption has at most"
+                ),
+            ]
+        )
 
     def getConfiguration(self, **scalars) -> dict:
         self.batch_size = max(1, int(float(scalars.get("batch_size", self.default_batch_size))))
         self.beam_width = int(float(scalars.get("beam_width", self.spec.get("beam_width", 3))))
         self.max_len = int(float(scalars.get("max_len", self.spec.get("max_len", 20))))
         if not 1 <= self.beam_width <= len(self.vocabulary):
-            raise core.InferenceError(f"beam_width {self.beam_width}: use 1 to {len(self.vocabulary)} (the "
-                                      "vocabulary's size)")
+            raise core.InferenceError(
+                f"beam_width {self.beam_width}: use 1 to {len(self.vocabulary)} (the vocabulary's size)"
+            )
         if self.max_len < 1:
             raise core.InferenceError(f"max_len {self.max_len}: a caption needs at least 1 word")
         height = int(self.emd.get("ImageHeight") or 224)
         width = int(self.emd.get("ImageWidth") or height)
-        return {"extractBands": tuple(self.emd.get("ExtractBands") or (0, 1, 2)), "tx": width, "ty": height,
-                "batch_size": self.batch_size, "CropSizeFixed": int(self.emd.get("CropSizeFixed", 1)),
-                "BlackenAroundFeature": int(self.emd.get("BlackenAroundFeature", 0)),
-                "inheritProperties": 2 | 4 | 8, "inputMask": True}
+        return {
+            "extractBands": tuple(self.emd.get("ExtractBands") or (0, 1, 2)),
+            "tx": width,
+            "ty": height,
+            "batch_size": self.batch_size,
+            "CropSizeFixed": int(self.emd.get("CropSizeFixed", 1)),
+            "BlackenAroundFeature": int(self.emd.get("BlackenAroundFeature", 0)),
+            "inheritProperties": 2 | 4 | 8,
+            "inputMask": True,
+        }
 
     def getFields(self) -> str:
-        return json.dumps({"fields": [
-            {"name": "OID", "type": "esriFieldTypeOID", "alias": "OID"},
-            {"name": "Caption", "type": "esriFieldTypeString", "alias": "Caption"},
-            {"name": "Score", "type": "esriFieldTypeDouble", "alias": "Score"},
-            {"name": "Shape", "type": "esriFieldTypeGeometry", "alias": "Shape"}]})
+        return json.dumps(
+            {
+                "fields": [
+                    {"name": "OID", "type": "esriFieldTypeOID", "alias": "OID"},
+                    {"name": "Caption", "type": "esriFieldTypeString", "alias": "Caption"},
+                    {"name": "Score", "type": "esriFieldTypeDouble", "alias": "Score"},
+                    {"name": "Shape", "type": "esriFieldTypeGeometry", "alias": "Shape"},
+                ]
+            }
+        )
 
     def getGeometryType(self) -> int:
         return POLYGON
@@ -161,8 +195,15 @@ class GpjobsImageCaptioner(TiledPRF):
         out = []
         with torch.no_grad():
             for start in range(0, x.shape[0], self.batch_size):
-                tokens, scores = beam_search(self.network, x[start:start + self.batch_size], self.beam_width,
-                                             self.max_len, self.bos, self.eos, len(self.vocabulary))
+                tokens, scores = beam_search(
+                    self.network,
+                    x[start : start + self.batch_size],
+                    self.beam_width,
+                    self.max_len,
+                    self.bos,
+                    self.eos,
+                    len(self.vocabulary),
+                )
                 out += [(detokenize(self.words(row)), float(s)) for row, s in zip(tokens.tolist(), scores.tolist())]
         return out
 
@@ -176,6 +217,10 @@ class GpjobsImageCaptioner(TiledPRF):
         for chip, (text, score) in zip(chips, self.caption(np.stack(chips))):
             height, width = chip.shape[-2:]
             ring = [[0, 0], [width, 0], [width, height], [0, height], [0, 0]]
-            features.append({"attributes": {"OID": len(features) + 1, "Caption": text, "Score": round(score, 6)},
-                             "geometry": {"rings": [ring]}})
+            features.append(
+                {
+                    "attributes": {"OID": len(features) + 1, "Caption": text, "Score": round(score, 6)},
+                    "geometry": {"rings": [ring]},
+                }
+            )
         return {"output_vectors": json.dumps({"features": features})}

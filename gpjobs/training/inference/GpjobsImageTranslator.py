@@ -41,14 +41,17 @@ class GpjobsImageTranslator(TiledPRF):
         if "model" not in kwargs:
             return
         if self.spec.get("output") != "image":
-            raise core.InferenceError(f"{os.path.basename(__file__)} runs image translation packages; this "
-                                      f"one's network gives {self.spec.get('output')!r}: use the .emd's "
-                                      f"InferenceFunction ({self.emd.get('InferenceFunction')})")
+            raise core.InferenceError(
+                f"{os.path.basename(__file__)} runs image translation packages; this "
+                f"one's network gives {self.spec.get('output')!r}: use the .emd's "
+                f"InferenceFunction ({self.emd.get('InferenceFunction')})"
+            )
         self.upscale = max(1, int(self.spec.get("upscale", 1)))
         self.out_bands = int(self.spec.get("bands", self.normalizer.bands))
         # 8-bit ImageNet-normalised models give 0..255 images; others keep float band values
-        self.pixel_type = "u1" if self.emd.get("IsImageNetNormalization", True) and not \
-            self.emd.get("NormalizationStats") else "f4"
+        self.pixel_type = (
+            "u1" if self.emd.get("IsImageNetNormalization", True) and not self.emd.get("NormalizationStats") else "f4"
+        )
 
     def getParameterInfo(self) -> list:
         params = super().getParameterInfo()
@@ -79,8 +82,12 @@ class GpjobsImageTranslator(TiledPRF):
         pixels = np.asarray(pixelBlocks["raster_pixels"])
         self.normalizer.check(pixels)
         pixels, _ = core.mask_invalid(pixels, pixelBlocks.get("raster_mask"))
-        images = core.run_network(self.network, self.normalizer(self.tiles_of(pixels), self.device),
-                                  self.batch_size).float().cpu().numpy()
+        images = (
+            core.run_network(self.network, self.normalizer(self.tiles_of(pixels), self.device), self.batch_size)
+            .float()
+            .cpu()
+            .numpy()
+        )
         out = core.join_tiles(images, self.padding * self.upscale, self.rows, self.cols)
         if self.pixel_type == "u1":
             out = np.clip(np.rint(out), 0, 255)

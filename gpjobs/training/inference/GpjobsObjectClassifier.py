@@ -45,35 +45,61 @@ class GpjobsObjectClassifier(TiledPRF):
         if "model" not in kwargs:
             return
         if self.spec.get("output") != "labels":
-            raise core.InferenceError(f"{os.path.basename(__file__)} runs object classification packages; this "
-                                      f"one's network gives {self.spec.get('output')!r}: use the .emd's "
-                                      f"InferenceFunction ({self.emd.get('InferenceFunction')})")
+            raise core.InferenceError(
+                f"{os.path.basename(__file__)} runs object classification packages; this "
+                f"one's network gives {self.spec.get('output')!r}: use the .emd's "
+                f"InferenceFunction ({self.emd.get('InferenceFunction')})"
+            )
         self.values = [int(v) for v in self.spec["index_values"]]
         self.names = {int(c["Value"]): str(c["Name"]) for c in self.classes}
         self.multilabel = bool(self.spec.get("multilabel"))
 
     def getParameterInfo(self) -> list:
-        rasters = {"name": "rasters", "dataType": "rasters", "value": None, "required": True,
-                   "displayName": "Rasters", "description": "The overlapping rasters of the objects to classify"}
-        return [rasters] + core.raster_parameters(())[0:2] + [
-            core.parameter("batch_size", self.default_batch_size, "Batch Size", "Object chips the model runs at once")]
+        rasters = {
+            "name": "rasters",
+            "dataType": "rasters",
+            "value": None,
+            "required": True,
+            "displayName": "Rasters",
+            "description": "The overlapping rasters of the objects to classify",
+        }
+        return (
+            [rasters]
+            + core.raster_parameters(())[0:2]
+            + [
+                core.parameter(
+                    "batch_size", self.default_batch_size, "Batch Size", "Object chips the model runs at once"
+                )
+            ]
+        )
 
     def getConfiguration(self, **scalars) -> dict:
         self.batch_size = max(1, int(float(scalars.get("batch_size", self.default_batch_size))))
         height = int(self.emd.get("ImageHeight") or 224)
         width = int(self.emd.get("ImageWidth") or height)
-        return {"extractBands": tuple(self.emd.get("ExtractBands") or (0, 1, 2)), "tx": width, "ty": height,
-                "batch_size": self.batch_size, "CropSizeFixed": int(self.emd.get("CropSizeFixed", 1)),
-                "BlackenAroundFeature": int(self.emd.get("BlackenAroundFeature", 0)),
-                "inheritProperties": 2 | 4 | 8, "inputMask": True}
+        return {
+            "extractBands": tuple(self.emd.get("ExtractBands") or (0, 1, 2)),
+            "tx": width,
+            "ty": height,
+            "batch_size": self.batch_size,
+            "CropSizeFixed": int(self.emd.get("CropSizeFixed", 1)),
+            "BlackenAroundFeature": int(self.emd.get("BlackenAroundFeature", 0)),
+            "inheritProperties": 2 | 4 | 8,
+            "inputMask": True,
+        }
 
     def getFields(self) -> str:
-        return json.dumps({"fields": [
-            {"name": "OID", "type": "esriFieldTypeOID", "alias": "OID"},
-            {"name": "Label", "type": "esriFieldTypeString", "alias": "Label"},
-            {"name": "Confidence", "type": "esriFieldTypeDouble", "alias": "Confidence"},
-            {"name": "ClassValue", "type": "esriFieldTypeString", "alias": "Class Value"},
-            {"name": "Shape", "type": "esriFieldTypeGeometry", "alias": "Shape"}]})
+        return json.dumps(
+            {
+                "fields": [
+                    {"name": "OID", "type": "esriFieldTypeOID", "alias": "OID"},
+                    {"name": "Label", "type": "esriFieldTypeString", "alias": "Label"},
+                    {"name": "Confidence", "type": "esriFieldTypeDouble", "alias": "Confidence"},
+                    {"name": "ClassValue", "type": "esriFieldTypeString", "alias": "Class Value"},
+                    {"name": "Shape", "type": "esriFieldTypeGeometry", "alias": "Shape"},
+                ]
+            }
+        )
 
     def getGeometryType(self) -> int:
         return POLYGON
@@ -102,8 +128,15 @@ class GpjobsObjectClassifier(TiledPRF):
         for chip, found in zip(chips, self.classify(np.stack(chips))):
             height, width = chip.shape[-2:]
             ring = [[0, 0], [width, 0], [width, height], [0, height], [0, 0]]
-            features.append({"attributes": {
-                "OID": len(features) + 1, "Label": ",".join(self.names.get(v, str(v)) for v, _ in found),
-                "Confidence": round(100.0 * found[0][1], 4) if found else 0.0,
-                "ClassValue": ",".join(str(v) for v, _ in found)}, "geometry": {"rings": [ring]}})
+            features.append(
+                {
+                    "attributes": {
+                        "OID": len(features) + 1,
+                        "Label": ",".join(self.names.get(v, str(v)) for v, _ in found),
+                        "Confidence": round(100.0 * found[0][1], 4) if found else 0.0,
+                        "ClassValue": ",".join(str(v) for v, _ in found),
+                    },
+                    "geometry": {"rings": [ring]},
+                }
+            )
         return {"output_vectors": json.dumps({"features": features})}

@@ -59,8 +59,7 @@ def decode_boxes(deltas: torch.Tensor, anchors: torch.Tensor, weights, clip: flo
     pred_h = torch.exp(dh) * heights[:, None]
     half_h = torch.tensor(0.5, dtype=pred_ctr_y.dtype) * pred_h
     half_w = torch.tensor(0.5, dtype=pred_ctr_x.dtype) * pred_w
-    return torch.stack((pred_ctr_x - half_w, pred_ctr_y - half_h, pred_ctr_x + half_w, pred_ctr_y + half_h),
-                       dim=2)
+    return torch.stack((pred_ctr_x - half_w, pred_ctr_y - half_h, pred_ctr_x + half_w, pred_ctr_y + half_h), dim=2)
 
 
 def clip_boxes(boxes: torch.Tensor, size) -> torch.Tensor:
@@ -86,8 +85,9 @@ def roi_align(feature: torch.Tensor, rois: torch.Tensor, size: int, scale: float
     roi_h = (start[:, 3] - start[:, 1]).clamp(min=1.0)
     bin_w, bin_h = roi_w / size, roi_h / size
     grid = ratio if ratio > 0 else 2
-    steps = (torch.arange(size * grid, dtype=feature.dtype) // grid) + \
-        ((torch.arange(size * grid, dtype=feature.dtype) % grid) + 0.5) / grid
+    steps = (torch.arange(size * grid, dtype=feature.dtype) // grid) + (
+        (torch.arange(size * grid, dtype=feature.dtype) % grid) + 0.5
+    ) / grid
     ys = start[:, 1, None] + steps[None] * bin_h[:, None]  # [R, size * grid]
     xs = start[:, 0, None] + steps[None] * bin_w[:, None]
 
@@ -111,8 +111,12 @@ def roi_align(feature: torch.Tensor, rois: torch.Tensor, size: int, scale: float
         index = (yi[:, :, None] * width + xi[:, None, :]).reshape(-1)
         return flat[:, index].reshape(channels, rois.shape[0], yi.shape[1], xi.shape[1])
 
-    value = (hy[:, :, None] * hx[:, None, :]) * gather(y0, x0) + (hy[:, :, None] * lx[:, None, :]) * gather(y0, x1) \
-        + (ly[:, :, None] * hx[:, None, :]) * gather(y1, x0) + (ly[:, :, None] * lx[:, None, :]) * gather(y1, x1)
+    value = (
+        (hy[:, :, None] * hx[:, None, :]) * gather(y0, x0)
+        + (hy[:, :, None] * lx[:, None, :]) * gather(y0, x1)
+        + (ly[:, :, None] * hx[:, None, :]) * gather(y1, x0)
+        + (ly[:, :, None] * lx[:, None, :]) * gather(y1, x1)
+    )
     value = value * (~(y_out[:, :, None] | x_out[:, None, :])).to(value.dtype)
     n = rois.shape[0]
     pooled = value.reshape(channels, n, size, grid, size, grid).sum(dim=(3, 5)) / (grid * grid)
@@ -130,7 +134,7 @@ def multiscale_roi_align(maps: list, boxes: torch.Tensor, levels_spec: dict, poo
     k_max = int(-math.log2(scales[-1]))
     s = torch.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
     target = torch.floor(4 + torch.log2(s / 224) + torch.tensor(1e-6, dtype=s.dtype))
-    levels = (torch.clamp(target, min=k_min, max=k_max).to(torch.int64) - k_min)
+    levels = torch.clamp(target, min=k_min, max=k_max).to(torch.int64) - k_min
     out = maps[0].new_zeros((boxes.shape[0], maps[0].shape[0], size, size))
     for level, (feature, scale) in enumerate(zip(maps, scales)):
         index = torch.where(levels == level)[0]
@@ -154,7 +158,7 @@ def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, height: int, width: in
         x0, x1 = max(box[0], 0), min(box[2] + 1, width)
         y0, y1 = max(box[1], 0), min(box[3] + 1, height)
         if x1 > x0 and y1 > y0:
-            out[i, y0:y1, x0:x1] = resized[y0 - box[1]:y1 - box[1], x0 - box[0]:x1 - box[0]]
+            out[i, y0:y1, x0:x1] = resized[y0 - box[1] : y1 - box[1], x0 - box[0] : x1 - box[0]]
     return out
 
 
@@ -167,7 +171,7 @@ def decode_dense(outputs, spec: dict) -> list:
     for b in range(boxes.shape[0]):
         keep = scores[b] >= spec["score_thresh"]
         bx, sc, lb = boxes[b][keep], scores[b][keep], labels[b][keep]
-        kept = core.batched_nms(bx, sc, lb, spec["nms_thresh"])[:spec["max_detections"]]
+        kept = core.batched_nms(bx, sc, lb, spec["nms_thresh"])[: spec["max_detections"]]
         found.append({"boxes": bx[kept], "scores": sc[kept], "labels": lb[kept]})
     return found
 
@@ -179,8 +183,8 @@ def decode_retinanet(outputs, spec: dict, tile: tuple) -> list:
         boxes_all, scores_all, labels_all = [], [], []
         start = 0
         for n in spec["level_sizes"]:
-            level_logits, level_deltas = logits[b, start:start + n], deltas[b, start:start + n]
-            level_anchors = anchors[start:start + n]
+            level_logits, level_deltas = logits[b, start : start + n], deltas[b, start : start + n]
+            level_anchors = anchors[start : start + n]
             start += n
             k = level_logits.shape[-1]
             scores = torch.sigmoid(level_logits).flatten()
@@ -190,15 +194,17 @@ def decode_retinanet(outputs, spec: dict, tile: tuple) -> list:
             scores, top = scores.topk(min(spec["topk_candidates"], index.shape[0]))
             index = index[top]
             anchor_index = torch.div(index, k, rounding_mode="floor")
-            boxes = decode_boxes(level_deltas[anchor_index], level_anchors[anchor_index], spec["weights"],
-                                 spec["clip"])[:, 0]
+            boxes = decode_boxes(
+                level_deltas[anchor_index], level_anchors[anchor_index], spec["weights"], spec["clip"]
+            )[:, 0]
             boxes_all.append(clip_boxes(boxes, spec["resized"]))
             scores_all.append(scores)
             labels_all.append(index % k)
         boxes, scores, labels = torch.cat(boxes_all), torch.cat(scores_all), torch.cat(labels_all)
-        kept = core.batched_nms(boxes, scores, labels, spec["nms_thresh"])[:spec["detections_per_img"]]
-        found.append({"boxes": _to_tile(boxes[kept], spec["resized"], tile), "scores": scores[kept],
-                      "labels": labels[kept] - 1})  # index 0 never fires (num_classes + 1 logits)
+        kept = core.batched_nms(boxes, scores, labels, spec["nms_thresh"])[: spec["detections_per_img"]]
+        found.append(
+            {"boxes": _to_tile(boxes[kept], spec["resized"], tile), "scores": scores[kept], "labels": labels[kept] - 1}
+        )  # index 0 never fires (num_classes + 1 logits)
     return found
 
 
@@ -219,7 +225,7 @@ def decode_rcnn(network, outputs, spec: dict, tile: tuple) -> list:
         proposals = decode_boxes(deltas[b], anchors, rpn["weights"], rpn["clip"])[:, 0]
         picked, start = [], 0
         for n in spec["level_sizes"]:
-            picked.append(objectness[b, start:start + n].topk(min(rpn["pre_nms_top_n"], n))[1] + start)
+            picked.append(objectness[b, start : start + n].topk(min(rpn["pre_nms_top_n"], n))[1] + start)
             start += n
         top = torch.cat(picked)
         levels = torch.cat([torch.full((n,), i, dtype=torch.int64) for i, n in enumerate(spec["level_sizes"])])[top]
@@ -228,15 +234,16 @@ def decode_rcnn(network, outputs, spec: dict, tile: tuple) -> list:
         boxes, scores, levels = boxes[keep], scores[keep], levels[keep]
         keep = torch.where(scores >= rpn["score_thresh"])[0]
         boxes, scores, levels = boxes[keep], scores[keep], levels[keep]
-        keep = core.batched_nms(boxes, scores, levels, rpn["nms_thresh"])[:rpn["post_nms_top_n"]]
+        keep = core.batched_nms(boxes, scores, levels, rpn["nms_thresh"])[: rpn["post_nms_top_n"]]
         proposals = boxes[keep]
         image_maps = [m[b] for m in maps]
         if "cascade" in spec:
             pred, probs = cascade_stages(network, image_maps, proposals, spec)
         else:
             with torch.no_grad():
-                logits, regression = network.box_stage(multiscale_roi_align(image_maps, proposals, spec,
-                                                                            spec["box_pool"]))
+                logits, regression = network.box_stage(
+                    multiscale_roi_align(image_maps, proposals, spec, spec["box_pool"])
+                )
             pred = clip_boxes(decode_boxes(regression, proposals, box["weights"], box["clip"]), resized)
             probs = F.softmax(logits, -1)
         k = probs.shape[1]
@@ -246,7 +253,7 @@ def decode_rcnn(network, outputs, spec: dict, tile: tuple) -> list:
         pred, probs, labels = pred[keep], probs[keep], labels[keep]
         keep = small_boxes(pred, 1e-2)
         pred, probs, labels = pred[keep], probs[keep], labels[keep]
-        keep = core.batched_nms(pred, probs, labels, box["nms_thresh"])[:box["detections_per_img"]]
+        keep = core.batched_nms(pred, probs, labels, box["nms_thresh"])[: box["detections_per_img"]]
         pred, probs, labels = pred[keep], probs[keep], labels[keep]
         item = {"boxes": _to_tile(pred, resized, tile), "scores": probs, "labels": labels - 1}
         if "mask_pool" in spec:
@@ -266,7 +273,8 @@ def cascade_stages(network, image_maps: list, proposals: torch.Tensor, spec: dic
     for stage, weights in enumerate(spec["cascade"]):
         with torch.no_grad():
             logits, deltas = getattr(network, f"box_stage{stage}")(
-                multiscale_roi_align(image_maps, proposals, spec, spec["box_pool"]))
+                multiscale_roi_align(image_maps, proposals, spec, spec["box_pool"])
+            )
         probabilities.append(F.softmax(logits, -1))
         proposals = clip_boxes(decode_boxes(deltas, proposals, weights, spec["box"]["clip"])[:, 0], spec["resized"])
     probs = torch.stack(probabilities).mean(0)
@@ -281,20 +289,28 @@ class GpjobsObjectDetector(TiledPRF):
         if "model" not in kwargs:
             return
         if self.spec.get("output") not in ("boxes", "instances"):
-            raise core.InferenceError(f"{os.path.basename(__file__)} runs object detection packages; this one's "
-                                      f"network gives {self.spec.get('output')!r}: use the .emd's "
-                                      f"InferenceFunction ({self.emd.get('InferenceFunction')})")
+            raise core.InferenceError(
+                f"{os.path.basename(__file__)} runs object detection packages; this one's "
+                f"network gives {self.spec.get('output')!r}: use the .emd's "
+                f"InferenceFunction ({self.emd.get('InferenceFunction')})"
+            )
         self.values = [int(v) for v in self.spec["index_values"]]
         self.names = {int(c["Value"]): str(c["Name"]) for c in self.classes}
 
     def extra_parameters(self) -> list:
         return [
-            core.parameter("threshold", 0.5, "Confidence Score Threshold [0.0, 1.0]",
-                           "Detections scoring lower are dropped"),
+            core.parameter(
+                "threshold", 0.5, "Confidence Score Threshold [0.0, 1.0]", "Detections scoring lower are dropped"
+            ),
             core.parameter("nms_overlap", 0.1, "NMS Overlap", "Maximum allowed overlap within each chip"),
-            core.parameter("exclude_pad_detections", "True", "Filter Outer Padding Detections",
-                           "Drop detections centred in a tile's padding (the neighbouring tile owns them)",
-                           "string", ["True", "False"]),
+            core.parameter(
+                "exclude_pad_detections",
+                "True",
+                "Filter Outer Padding Detections",
+                "Drop detections centred in a tile's padding (the neighbouring tile owns them)",
+                "string",
+                ["True", "False"],
+            ),
         ]
 
     def configure(self, scalars: dict) -> None:
@@ -303,12 +319,17 @@ class GpjobsObjectDetector(TiledPRF):
         self.exclude_pad = core.truthy(scalars.get("exclude_pad_detections", "True"))
 
     def getFields(self) -> str:
-        return json.dumps({"fields": [
-            {"name": "OID", "type": "esriFieldTypeOID", "alias": "OID"},
-            {"name": "Class", "type": "esriFieldTypeString", "alias": "Class"},
-            {"name": "Confidence", "type": "esriFieldTypeDouble", "alias": "Confidence"},
-            {"name": "ClassValue", "type": "esriFieldTypeInteger", "alias": "Class Value"},
-            {"name": "Shape", "type": "esriFieldTypeGeometry", "alias": "Shape"}]})
+        return json.dumps(
+            {
+                "fields": [
+                    {"name": "OID", "type": "esriFieldTypeOID", "alias": "OID"},
+                    {"name": "Class", "type": "esriFieldTypeString", "alias": "Class"},
+                    {"name": "Confidence", "type": "esriFieldTypeDouble", "alias": "Confidence"},
+                    {"name": "ClassValue", "type": "esriFieldTypeInteger", "alias": "Class Value"},
+                    {"name": "Shape", "type": "esriFieldTypeGeometry", "alias": "Shape"},
+                ]
+            }
+        )
 
     def getGeometryType(self) -> int:
         return POLYGON
@@ -318,7 +339,7 @@ class GpjobsObjectDetector(TiledPRF):
         x = self.normalizer(tiles, self.device)
         found = []
         for start in range(0, x.shape[0], self.batch_size):
-            chunk = x[start:start + self.batch_size]
+            chunk = x[start : start + self.batch_size]
             with torch.no_grad():
                 outputs = tuple(o.cpu() for o in self.network(chunk))
             decoder = self.spec.get("decoder")
@@ -345,8 +366,12 @@ class GpjobsObjectDetector(TiledPRF):
             boxes = det["boxes"].numpy().astype(np.float64)
             if self.exclude_pad and self.padding:
                 cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
-                inside = (cx >= self.padding) & (cx < self.padding + inner) & \
-                    (cy >= self.padding) & (cy < self.padding + inner)
+                inside = (
+                    (cx >= self.padding)
+                    & (cx < self.padding + inner)
+                    & (cy >= self.padding)
+                    & (cy < self.padding + inner)
+                )
             else:
                 inside = np.ones(len(boxes), dtype=bool)
             offset = np.array([col * inner - self.padding, row * inner - self.padding] * 2, dtype=np.float64)
@@ -354,14 +379,23 @@ class GpjobsObjectDetector(TiledPRF):
                 label = int(det["labels"][i])
                 value = self.values[label] if 0 <= label < len(self.values) else label + 1
                 if "masks" in det:
-                    rings = [[[x + offset[0], y + offset[1]] for x, y in ring]
-                             for ring in core.mask_outline(det["masks"][i].numpy())]
+                    rings = [
+                        [[x + offset[0], y + offset[1]] for x, y in ring]
+                        for ring in core.mask_outline(det["masks"][i].numpy())
+                    ]
                     if not rings:
                         continue
                 else:
-                    rings = core.box_rings(boxes[i:i + 1] + offset)[0]
-                features.append({"attributes": {"OID": len(features) + 1, "Class": self.names.get(value, str(value)),
-                                                "Confidence": round(100.0 * float(det["scores"][i]), 4),
-                                                "ClassValue": value},
-                                 "geometry": {"rings": rings}})
+                    rings = core.box_rings(boxes[i : i + 1] + offset)[0]
+                features.append(
+                    {
+                        "attributes": {
+                            "OID": len(features) + 1,
+                            "Class": self.names.get(value, str(value)),
+                            "Confidence": round(100.0 * float(det["scores"][i]), 4),
+                            "ClassValue": value,
+                        },
+                        "geometry": {"rings": rings},
+                    }
+                )
         return {"output_vectors": json.dumps({"features": features})}

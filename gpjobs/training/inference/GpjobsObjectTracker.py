@@ -75,9 +75,11 @@ class GpjobsObjectTracker:
         self.emd, self.folder = core.read_emd(kwargs["model"])
         spec = core.spec_of(self.emd)
         if spec.get("output") != "tracks":
-            raise core.InferenceError(f"{os.path.basename(__file__)} runs object tracking packages; this one's "
-                                      f"network gives {spec.get('output')!r}: use the .emd's InferenceFunction "
-                                      f"({self.emd.get('InferenceFunction')})")
+            raise core.InferenceError(
+                f"{os.path.basename(__file__)} runs object tracking packages; this one's "
+                f"network gives {spec.get('output')!r}: use the .emd's InferenceFunction "
+                f"({self.emd.get('InferenceFunction')})"
+            )
         self.device = core.pick_device(kwargs.get("device", -1))
         self.network = core.load_network(self.emd, self.folder, self.device)
         self.normalizer = core.Normalizer(self.emd)
@@ -112,8 +114,9 @@ class GpjobsObjectTracker:
         template, sx, sy = self.prepare(frame)
         for i, box in enumerate(detections):
             if len(box) != 4 or not (float(box[2]) > 0 and float(box[3]) > 0):
-                raise core.InferenceError(f"box {list(box)}: give [x, y, width, height] in the frame's pixels, "
-                                          "width and height above 0")
+                raise core.InferenceError(
+                    f"box {list(box)}: give [x, y, width, height] in the frame's pixels, width and height above 0"
+                )
             x, y, w, h = (float(v) for v in box)
             scaled = torch.tensor([x * sx, y * sy, (x + w) * sx, (y + h) * sy], device=self.device)
             track = Track(len(self.states), str(labels[i]) if labels is not None else "Object", [x, y, w, h])
@@ -133,8 +136,7 @@ class GpjobsObjectTracker:
             x0, y0, x1, y1 = box.tolist()
             track.bbox = [x0 / sx, y0 / sy, (x1 - x0) / sx, (y1 - y0) / sy]
             if tuple(mask.shape) != (height, width):
-                mask = F.interpolate(mask[None, None], size=(height, width), mode="bilinear",
-                                     align_corners=False)[0, 0]
+                mask = F.interpolate(mask[None, None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
             track.mask = (mask > self.seg_thr).cpu().numpy()
             track.score = float(score)
             track.age += 1

@@ -50,20 +50,31 @@ class GpjobsPanopticSegmenter(TiledPRF):
         if "model" not in kwargs:
             return
         if self.spec.get("output") != "panoptic":
-            raise core.InferenceError(f"{os.path.basename(__file__)} runs panoptic segmentation packages; this "
-                                      f"one's network gives {self.spec.get('output')!r}: use the .emd's "
-                                      f"InferenceFunction ({self.emd.get('InferenceFunction')})")
+            raise core.InferenceError(
+                f"{os.path.basename(__file__)} runs panoptic segmentation packages; this "
+                f"one's network gives {self.spec.get('output')!r}: use the .emd's "
+                f"InferenceFunction ({self.emd.get('InferenceFunction')})"
+            )
         self.values = [int(v) for v in self.spec["index_values"]]
         self.names = {int(c["Value"]): str(c["Name"]) for c in self.classes}
 
     def extra_parameters(self) -> list:
         default = float(getattr(self, "spec", {}).get("score_thresh", 0.5))
         return [
-            core.parameter("threshold", default, "Confidence Score Threshold [0.0, 1.0]",
-                           "Mask slots whose class probability is lower are dropped"),
-            core.parameter("exclude_pad_detections", "True", "Filter Outer Padding Detections",
-                           "Detect Objects: drop instances centred in a tile's padding (the neighbouring tile "
-                           "owns them)", "string", ["True", "False"]),
+            core.parameter(
+                "threshold",
+                default,
+                "Confidence Score Threshold [0.0, 1.0]",
+                "Mask slots whose class probability is lower are dropped",
+            ),
+            core.parameter(
+                "exclude_pad_detections",
+                "True",
+                "Filter Outer Padding Detections",
+                "Detect Objects: drop instances centred in a tile's padding (the neighbouring tile owns them)",
+                "string",
+                ["True", "False"],
+            ),
         ]
 
     def configure(self, scalars: dict) -> None:
@@ -79,7 +90,7 @@ class GpjobsPanopticSegmenter(TiledPRF):
         parts = []
         with torch.no_grad():
             for start in range(0, x.shape[0], self.batch_size):
-                parts.append([o.cpu() for o in self.network(x[start:start + self.batch_size], threshold)])
+                parts.append([o.cpu() for o in self.network(x[start : start + self.batch_size], threshold)])
         index, instances, scores = (torch.cat([p[i] for p in parts]).numpy() for i in range(3))
         return index, instances, scores
 
@@ -101,19 +112,23 @@ class GpjobsPanopticSegmenter(TiledPRF):
         out = core.join_tiles(tiles, self.padding, self.rows, self.cols)
         if invalid is not None:
             p = self.padding
-            inner = invalid[p:p + out.shape[1], p:p + out.shape[2]]
-            out[:, :inner.shape[0], :inner.shape[1]][:, inner] = 0
-        pixelBlocks["output_pixels"] = out.astype(props.get("pixelType") or core.pixel_type(self.values),
-                                                  copy=False)
+            inner = invalid[p : p + out.shape[1], p : p + out.shape[2]]
+            out[:, : inner.shape[0], : inner.shape[1]][:, inner] = 0
+        pixelBlocks["output_pixels"] = out.astype(props.get("pixelType") or core.pixel_type(self.values), copy=False)
         return pixelBlocks
 
     def getFields(self) -> str:
-        return json.dumps({"fields": [
-            {"name": "OID", "type": "esriFieldTypeOID", "alias": "OID"},
-            {"name": "Class", "type": "esriFieldTypeString", "alias": "Class"},
-            {"name": "Confidence", "type": "esriFieldTypeDouble", "alias": "Confidence"},
-            {"name": "ClassValue", "type": "esriFieldTypeInteger", "alias": "Class Value"},
-            {"name": "Shape", "type": "esriFieldTypeGeometry", "alias": "Shape"}]})
+        return json.dumps(
+            {
+                "fields": [
+                    {"name": "OID", "type": "esriFieldTypeOID", "alias": "OID"},
+                    {"name": "Class", "type": "esriFieldTypeString", "alias": "Class"},
+                    {"name": "Confidence", "type": "esriFieldTypeDouble", "alias": "Confidence"},
+                    {"name": "ClassValue", "type": "esriFieldTypeInteger", "alias": "Class Value"},
+                    {"name": "Shape", "type": "esriFieldTypeGeometry", "alias": "Shape"},
+                ]
+            }
+        )
 
     def getGeometryType(self) -> int:
         return POLYGON
@@ -132,13 +147,23 @@ class GpjobsPanopticSegmenter(TiledPRF):
                 mask = instances[tile] == slot
                 ys, xs = np.nonzero(mask)
                 cx, cy = (xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2
-                if self.exclude_pad and self.padding and not (
-                        self.padding <= cx < self.padding + inner and self.padding <= cy < self.padding + inner):
+                if (
+                    self.exclude_pad
+                    and self.padding
+                    and not (self.padding <= cx < self.padding + inner and self.padding <= cy < self.padding + inner)
+                ):
                     continue
                 value = self.values[int(index[tile, ys[0], xs[0]])]
                 rings = [[[x + dx, y + dy] for x, y in ring] for ring in core.mask_outline(mask)]
-                features.append({"attributes": {"OID": len(features) + 1, "Class": self.names.get(value, str(value)),
-                                                "Confidence": round(100.0 * float(scores[tile, slot - 1]), 4),
-                                                "ClassValue": value},
-                                 "geometry": {"rings": rings}})
+                features.append(
+                    {
+                        "attributes": {
+                            "OID": len(features) + 1,
+                            "Class": self.names.get(value, str(value)),
+                            "Confidence": round(100.0 * float(scores[tile, slot - 1]), 4),
+                            "ClassValue": value,
+                        },
+                        "geometry": {"rings": rings},
+                    }
+                )
         return {"output_vectors": json.dumps({"features": features})}

@@ -42,15 +42,24 @@ class GpjobsPixelClassifier(TiledPRF):
         if "model" not in kwargs:
             return
         if self.spec.get("output") != "pixel_classes":
-            raise core.InferenceError(f"{os.path.basename(__file__)} runs pixel classification packages; this "
-                                      f"one's network gives {self.spec.get('output')!r}: use the .emd's "
-                                      f"InferenceFunction ({self.emd.get('InferenceFunction')})")
+            raise core.InferenceError(
+                f"{os.path.basename(__file__)} runs pixel classification packages; this "
+                f"one's network gives {self.spec.get('output')!r}: use the .emd's "
+                f"InferenceFunction ({self.emd.get('InferenceFunction')})"
+            )
         self.values = [int(v) for v in self.spec["index_values"]]
 
     def extra_parameters(self) -> list:
-        return [core.parameter("predict_background", "True", "Predict Background",
-                               "If False, never predict the NoData/background class", "string",
-                               ["True", "False"])]
+        return [
+            core.parameter(
+                "predict_background",
+                "True",
+                "Predict Background",
+                "If False, never predict the NoData/background class",
+                "string",
+                ["True", "False"],
+            )
+        ]
 
     def configure(self, scalars: dict) -> None:
         self.predict_background = core.truthy(scalars.get("predict_background", "True"))
@@ -68,8 +77,7 @@ class GpjobsPixelClassifier(TiledPRF):
         pixels = np.asarray(pixelBlocks["raster_pixels"])
         self.normalizer.check(pixels)
         pixels, invalid = core.mask_invalid(pixels, pixelBlocks.get("raster_mask"))
-        scores = core.run_network(self.network, self.normalizer(self.tiles_of(pixels), self.device),
-                                  self.batch_size)
+        scores = core.run_network(self.network, self.normalizer(self.tiles_of(pixels), self.device), self.batch_size)
         if not self.predict_background and scores.shape[1] > 1:
             scores[:, 0] = -float("inf")
         index = scores.argmax(1).cpu()
@@ -78,7 +86,7 @@ class GpjobsPixelClassifier(TiledPRF):
         out = core.join_tiles(tiles, self.padding, self.rows, self.cols)
         if invalid is not None:
             p = self.padding
-            inner = invalid[p:p + out.shape[1], p:p + out.shape[2]]
-            out[:, :inner.shape[0], :inner.shape[1]][:, inner] = 0
+            inner = invalid[p : p + out.shape[1], p : p + out.shape[2]]
+            out[:, : inner.shape[0], : inner.shape[1]][:, inner] = 0
         pixelBlocks["output_pixels"] = out.astype(props.get("pixelType") or core.pixel_type(self.values), copy=False)
         return pixelBlocks

@@ -21,9 +21,16 @@ import torch
 OLDEST_TORCH = (2, 0)  # the oldest torch these PRFs are tested on (ArcGIS Pro's deep-learning framework)
 TRUE_WORDS = ("true", "1", "t", "y", "yes")
 # numpy dtype -> the GDAL-style name users see in a message
-DTYPE_NAMES = {"uint8": "8-bit unsigned", "uint16": "16-bit unsigned", "int16": "16-bit signed",
-               "uint32": "32-bit unsigned", "int32": "32-bit signed", "float32": "32-bit float",
-               "float64": "64-bit float", "int8": "8-bit signed"}
+DTYPE_NAMES = {
+    "uint8": "8-bit unsigned",
+    "uint16": "16-bit unsigned",
+    "int16": "16-bit signed",
+    "uint32": "32-bit unsigned",
+    "int32": "32-bit signed",
+    "float32": "32-bit float",
+    "float64": "64-bit float",
+    "int8": "8-bit signed",
+}
 
 
 class InferenceError(ValueError):
@@ -67,22 +74,28 @@ def load_network(emd: dict, folder: str, device: torch.device):
     """The package's TorchScript network, in eval mode on `device`."""
     name = emd.get("TorchScriptFile")
     if not name:
-        raise InferenceError(f"{emd.get('ModelFile', 'this package')}: the .emd names no TorchScriptFile; "
-                             "retrain or repackage the model with a current gpjobs")
+        raise InferenceError(
+            f"{emd.get('ModelFile', 'this package')}: the .emd names no TorchScriptFile; "
+            "retrain or repackage the model with a current gpjobs"
+        )
     path = os.path.join(folder, str(name))
     if not os.path.isfile(path):
         raise InferenceError(f"{name} (the package's network, TorchScriptFile in the .emd) is missing from {folder}")
     if torch_version() < OLDEST_TORCH:
-        raise InferenceError(f"torch {torch.__version__} is older than {OLDEST_TORCH[0]}.{OLDEST_TORCH[1]}, the "
-                             f"oldest these packages run on (the model was trained with torch "
-                             f"{emd.get('TorchVersion', '?')})")
+        raise InferenceError(
+            f"torch {torch.__version__} is older than {OLDEST_TORCH[0]}.{OLDEST_TORCH[1]}, the "
+            f"oldest these packages run on (the model was trained with torch "
+            f"{emd.get('TorchVersion', '?')})"
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # newer torch calls torch.jit deprecated; it loads
             module = torch.jit.load(path, map_location=device)
     except RuntimeError as exc:
-        raise InferenceError(f"{name}: torch {torch.__version__} cannot load this network (trained with torch "
-                             f"{emd.get('TorchVersion', '?')}): {str(exc).splitlines()[0]}") from exc
+        raise InferenceError(
+            f"{name}: torch {torch.__version__} cannot load this network (trained with torch "
+            f"{emd.get('TorchVersion', '?')}): {str(exc).splitlines()[0]}"
+        ) from exc
     return module.eval()
 
 
@@ -90,8 +103,10 @@ def spec_of(emd: dict) -> dict:
     """The .emd's `GpjobsInference` section: what the network outputs and how to read it."""
     spec = emd.get("GpjobsInference")
     if not isinstance(spec, dict):
-        raise InferenceError("the .emd has no GpjobsInference section: this package was not written by gpjobs "
-                             "or predates its raster functions; repackage it")
+        raise InferenceError(
+            "the .emd has no GpjobsInference section: this package was not written by gpjobs "
+            "or predates its raster functions; repackage it"
+        )
     return spec
 
 
@@ -125,14 +140,17 @@ class Normalizer:
         """Band count and pixel type as the model was trained on, else an InferenceError saying so."""
         bands = pixels.shape[-3]
         if bands != self.bands:
-            raise InferenceError(f"the {what} gives {bands} band(s) but the model takes {self.bands} "
-                                 f"(ExtractBands in the .emd); use a raster with the training data's bands")
+            raise InferenceError(
+                f"the {what} gives {bands} band(s) but the model takes {self.bands} "
+                f"(ExtractBands in the .emd); use a raster with the training data's bands"
+            )
         if self.dtype and pixels.dtype != np.dtype(self.dtype):
             have, want = str(pixels.dtype), self.dtype
             raise InferenceError(
                 f"the {what} is {DTYPE_NAMES.get(have, have)} ({have}) but the model was trained on "
                 f"{DTYPE_NAMES.get(want, want)} ({want}) chips; its normalisation would be wrong. Convert the "
-                f"raster to {want} (e.g. gdal_translate -ot {_gdal_type(want)}) or train on {have} chips")
+                f"raster to {want} (e.g. gdal_translate -ot {_gdal_type(want)}) or train on {have} chips"
+            )
 
     def __call__(self, tiles: np.ndarray, device: torch.device) -> torch.Tensor:
         """(N, C, H, W) raw tiles -> normalised float32 tensor on `device` (multiply, then add)."""
@@ -148,8 +166,15 @@ class Normalizer:
 
 
 def _gdal_type(dtype: str) -> str:
-    return {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32", "int32": "Int32",
-            "float32": "Float32", "float64": "Float64"}.get(dtype, dtype)
+    return {
+        "uint8": "Byte",
+        "uint16": "UInt16",
+        "int16": "Int16",
+        "uint32": "UInt32",
+        "int32": "Int32",
+        "float32": "Float32",
+        "float64": "Float64",
+    }.get(dtype, dtype)
 
 
 def mask_invalid(pixels: np.ndarray, mask) -> tuple[np.ndarray, np.ndarray | None]:
@@ -178,8 +203,8 @@ def split_tiles(block: np.ndarray, tile: int, padding: int, rows: int, cols: int
     out = np.zeros((rows * cols, block.shape[0], tile, tile), dtype=block.dtype)
     for r in range(rows):
         for c in range(cols):
-            part = block[:, r * inner:r * inner + tile, c * inner:c * inner + tile]
-            out[r * cols + c, :, :part.shape[1], :part.shape[2]] = part
+            part = block[:, r * inner : r * inner + tile, c * inner : c * inner + tile]
+            out[r * cols + c, :, : part.shape[1], : part.shape[2]] = part
     return out
 
 
@@ -190,8 +215,9 @@ def join_tiles(tiles: np.ndarray, padding: int, rows: int, cols: int) -> np.ndar
     out = np.zeros((bands, rows * inner_h, cols * inner_w), dtype=tiles.dtype)
     for r in range(rows):
         for c in range(cols):
-            out[:, r * inner_h:(r + 1) * inner_h, c * inner_w:(c + 1) * inner_w] = \
-                tiles[r * cols + c, :, padding:padding + inner_h, padding:padding + inner_w]
+            out[:, r * inner_h : (r + 1) * inner_h, c * inner_w : (c + 1) * inner_w] = tiles[
+                r * cols + c, :, padding : padding + inner_h, padding : padding + inner_w
+            ]
     return out
 
 
@@ -200,7 +226,7 @@ def run_network(module, x: torch.Tensor, batch_size: int):
     outs = []
     with torch.no_grad():
         for start in range(0, x.shape[0], max(1, batch_size)):
-            outs.append(module(x[start:start + batch_size]))
+            outs.append(module(x[start : start + batch_size]))
     if isinstance(outs[0], torch.Tensor):
         return torch.cat(outs)
     return tuple(torch.cat([o[i] for o in outs]) for i in range(len(outs[0])))
@@ -235,8 +261,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
     return order[torch.tensor(keep, dtype=torch.long, device=order.device)]
 
 
-def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor,
-                iou_threshold: float) -> torch.Tensor:
+def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """NMS within each class, kept indices by decreasing score (torchvision's two strategies, as it picks them)."""
     if boxes.numel() == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
@@ -262,14 +287,24 @@ def box_rings(boxes: np.ndarray) -> list:
 def class_table(classes: list) -> dict:
     """The raster attribute table ArcGIS builds the output's legend from: Value, ClassName, Red, Green, Blue."""
     names = ("OID", "Value", "ClassName", "Red", "Green", "Blue")
-    types = ("esriFieldTypeOID", "esriFieldTypeInteger", "esriFieldTypeString", "esriFieldTypeInteger",
-             "esriFieldTypeInteger", "esriFieldTypeInteger")
+    types = (
+        "esriFieldTypeOID",
+        "esriFieldTypeInteger",
+        "esriFieldTypeString",
+        "esriFieldTypeInteger",
+        "esriFieldTypeInteger",
+        "esriFieldTypeInteger",
+    )
     features = []
     for i, c in enumerate(classes):
         color = list(c.get("Color") or [0, 0, 0])[:3]
         features.append({"attributes": dict(zip(names, [i + 1, int(c["Value"]), str(c["Name"]), *color]))})
-    return {"displayFieldName": "", "fieldAliases": {n: n for n in names},
-            "fields": [{"name": n, "type": t, "alias": n} for n, t in zip(names, types)], "features": features}
+    return {
+        "displayFieldName": "",
+        "fieldAliases": {n: n for n in names},
+        "fields": [{"name": n, "type": t, "alias": n} for n, t in zip(names, types)],
+        "features": features,
+    }
 
 
 def pixel_type(values) -> str:
@@ -294,8 +329,12 @@ def mask_outline(mask: np.ndarray) -> list:
     inside = padded[1:-1, 1:-1]
     edges: dict = {}
     # every foreground pixel side facing background is an edge, the pixel on its right (rows down)
-    for free, start, end in ((padded[:-2, 1:-1], (0, 0), (1, 0)), (padded[1:-1, 2:], (1, 0), (1, 1)),
-                             (padded[2:, 1:-1], (1, 1), (0, 1)), (padded[1:-1, :-2], (0, 1), (0, 0))):
+    for free, start, end in (
+        (padded[:-2, 1:-1], (0, 0), (1, 0)),
+        (padded[1:-1, 2:], (1, 0), (1, 1)),
+        (padded[2:, 1:-1], (1, 1), (0, 1)),
+        (padded[1:-1, :-2], (0, 1), (0, 0)),
+    ):
         ys, xs = np.nonzero(inside & ~free)
         for y, x in zip(ys.tolist(), xs.tolist()):
             edges.setdefault((x + start[0], y + start[1]), []).append((x + end[0], y + end[1]))
@@ -319,8 +358,15 @@ def mask_outline(mask: np.ndarray) -> list:
             ring.append(here)
         ring.append(start)
         # keep the corners only
-        kept = [ring[0]] + [p for a, p, b in zip(ring, ring[1:], ring[2:])
-                            if (p[0] - a[0]) * (b[1] - p[1]) != (p[1] - a[1]) * (b[0] - p[0])] + [ring[0]]
+        kept = (
+            [ring[0]]
+            + [
+                p
+                for a, p, b in zip(ring, ring[1:], ring[2:])
+                if (p[0] - a[0]) * (b[1] - p[1]) != (p[1] - a[1]) * (b[0] - p[0])
+            ]
+            + [ring[0]]
+        )
         rings.append([list(p) for p in reversed(kept)])
     rings.sort(key=lambda r: -abs(ring_area(r)))
     return rings
@@ -331,11 +377,16 @@ def ring_area(ring: list) -> float:
     return 0.5 * sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(ring, ring[1:]))
 
 
-def parameter(name: str, value, display: str, description: str, data_type: str = "numeric",
-              domain=None) -> dict:
+def parameter(name: str, value, display: str, description: str, data_type: str = "numeric", domain=None) -> dict:
     """One getParameterInfo entry (a model argument the tool shows, with its default)."""
-    entry = {"name": name, "dataType": data_type, "value": value, "required": False,
-             "displayName": display, "description": description}
+    entry = {
+        "name": name,
+        "dataType": data_type,
+        "value": value,
+        "required": False,
+        "displayName": display,
+        "description": description,
+    }
     if domain:
         entry["domain"] = domain
     return entry
@@ -343,13 +394,32 @@ def parameter(name: str, value, display: str, description: str, data_type: str =
 
 def raster_parameters(names=("raster",)) -> list:
     """The mandatory first entries of getParameterInfo: the input raster(s), the model and the device."""
-    out = [{"name": name, "dataType": "raster", "required": True, "displayName": name.capitalize(),
-            "description": "Input raster"} for name in names]
-    out += [{"name": "model", "dataType": "string", "required": True,
-             "displayName": "Input Model Definition (EMD) File",
-             "description": "Input model definition (EMD) JSON file"},
-            {"name": "device", "dataType": "numeric", "required": False, "displayName": "Device ID",
-             "description": "Device ID (-1: CPU)"}]
+    out = [
+        {
+            "name": name,
+            "dataType": "raster",
+            "required": True,
+            "displayName": name.capitalize(),
+            "description": "Input raster",
+        }
+        for name in names
+    ]
+    out += [
+        {
+            "name": "model",
+            "dataType": "string",
+            "required": True,
+            "displayName": "Input Model Definition (EMD) File",
+            "description": "Input model definition (EMD) JSON file",
+        },
+        {
+            "name": "device",
+            "dataType": "numeric",
+            "required": False,
+            "displayName": "Device ID",
+            "description": "Device ID (-1: CPU)",
+        },
+    ]
     return out
 
 
@@ -381,8 +451,13 @@ class TiledPRF:
     def getParameterInfo(self) -> list:
         tile = int(self.emd.get("ImageHeight") or 224)
         params = raster_parameters(self.raster_names) + [
-            parameter("padding", tile // 4, "Padding", "Pixels of each tile's border whose result is dropped "
-                      "(its neighbour covers them); at most a quarter of the tile"),
+            parameter(
+                "padding",
+                tile // 4,
+                "Padding",
+                "Pixels of each tile's border whose result is dropped "
+                "(its neighbour covers them); at most a quarter of the tile",
+            ),
             parameter("batch_size", self.default_batch_size, "Batch Size", "Tiles the model runs at once"),
         ]
         if self.emd.get("SupportsVariableTileSize"):
@@ -396,15 +471,24 @@ class TiledPRF:
         self.tile = int(float(scalars.get("tile_size") or self.emd.get("ImageHeight") or 224))
         self.padding = int(float(scalars.get("padding", self.tile // 4)))
         if not 0 <= 2 * self.padding < self.tile:
-            raise InferenceError(f"padding {self.padding} leaves nothing of a {self.tile}-pixel tile; "
-                                 f"use 0 to {max(0, (self.tile - 1) // 2)}")
+            raise InferenceError(
+                f"padding {self.padding} leaves nothing of a {self.tile}-pixel tile; "
+                f"use 0 to {max(0, (self.tile - 1) // 2)}"
+            )
         self.batch_size = max(1, int(float(scalars.get("batch_size", self.default_batch_size))))
         self.rows, self.cols = batch_grid(self.batch_size)
         self.configure(scalars)
         inner = self.tile - 2 * self.padding
-        return {"extractBands": tuple(self.emd.get("ExtractBands") or (0, 1, 2)), "padding": self.padding,
-                "tx": inner * self.cols, "ty": inner * self.rows, "batch_size": self.batch_size,
-                "fixedTileSize": 1, "inheritProperties": 2 | 4 | 8, "inputMask": True}
+        return {
+            "extractBands": tuple(self.emd.get("ExtractBands") or (0, 1, 2)),
+            "padding": self.padding,
+            "tx": inner * self.cols,
+            "ty": inner * self.rows,
+            "batch_size": self.batch_size,
+            "fixedTileSize": 1,
+            "inheritProperties": 2 | 4 | 8,
+            "inputMask": True,
+        }
 
     def configure(self, scalars: dict) -> None:
         """Read the PRF's own model arguments."""

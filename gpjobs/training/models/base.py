@@ -42,8 +42,15 @@ class ModelFamily(ABC):
     inference_function: str = "GpjobsPixelClassifier.py"  # the package's PRF (gpjobs/training/inference/)
     supports_variable_tile_size: bool = False
 
-    def __init__(self, model_type: ModelTypeInfo, info: DataInfo, backbone: str, args: dict[str, Any],
-                 weights: WeightsPolicy, say: Say) -> None:
+    def __init__(
+        self,
+        model_type: ModelTypeInfo,
+        info: DataInfo,
+        backbone: str,
+        args: dict[str, Any],
+        weights: WeightsPolicy,
+        say: Say,
+    ) -> None:
         self.model_type = model_type
         self.info = info
         self.backbone = backbone

@@ -18,8 +18,9 @@ class BinaryCounts:
 
     def update(self, truth: torch.Tensor, pred: torch.Tensor) -> None:
         truth, pred = truth.bool().reshape(-1), pred.bool().reshape(-1)
-        batch = torch.stack([(truth & pred).sum(), (~truth & pred).sum(), (truth & ~pred).sum(),
-                             (~truth & ~pred).sum()])
+        batch = torch.stack(
+            [(truth & pred).sum(), (~truth & pred).sum(), (truth & ~pred).sum(), (~truth & ~pred).sum()]
+        )
         self.counts = batch if self.counts is None else self.counts + batch
 
     def scores(self) -> dict[str, float]:

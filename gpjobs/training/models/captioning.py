@@ -40,8 +40,11 @@ class ImageCaptionerFamily(ModelFamily):
         if self.beam_width < 1 or self.max_len < 1:
             raise ArgumentError(f"beam_width ({self.beam_width}) and max_len ({self.max_len}) must be at least 1")
         if self.decoder["pretrained_emb"]:
-            self.say("warning", "decoder_params.pretrained_emb: fastText embeddings would have to be downloaded, "
-                                "which this server never does; the word embeddings start random")
+            self.say(
+                "warning",
+                "decoder_params.pretrained_emb: fastText embeddings would have to be downloaded, "
+                "which this server never does; the word embeddings start random",
+            )
         self.vocab: Vocabulary | None = None
 
     def attach_data(self, data: Any) -> None:
@@ -63,9 +66,19 @@ class ImageCaptionerFamily(ModelFamily):
             raise ArgumentError(f"beam_width {self.beam_width} exceeds the vocabulary size {len(self.vocab)}")
         backbone = build_backbone(self.backbone, self.in_channels, weights=self.weights, say=self.say)
         d = self.decoder
-        return CaptionNet(backbone, tuple(self.info.chip_size), len(self.vocab), embed_size=d["embed_size"],
-                          hidden_size=d["hidden_size"], attention_size=d["attention_size"], dropout=d["dropout"],
-                          bos=self.vocab.bos, eos=self.vocab.eos, max_len=self.max_len, beam_width=self.beam_width)
+        return CaptionNet(
+            backbone,
+            tuple(self.info.chip_size),
+            len(self.vocab),
+            embed_size=d["embed_size"],
+            hidden_size=d["hidden_size"],
+            attention_size=d["attention_size"],
+            dropout=d["dropout"],
+            bos=self.vocab.bos,
+            eos=self.vocab.eos,
+            max_len=self.max_len,
+            beam_width=self.beam_width,
+        )
 
     def training_loss(self, model: nn.Module, batch: Any, device: torch.device) -> torch.Tensor:
         images, ids, _ = batch
@@ -103,8 +116,10 @@ class ImageCaptionerFamily(ModelFamily):
         from gpjobs.export.captions import detokenize
 
         tokens, scores = model(images)
-        return [{"caption": detokenize(words), "words": words, "score": round(float(s), 6)}
-                for words, s in zip(self.captions(tokens), scores.tolist())]
+        return [
+            {"caption": detokenize(words), "words": words, "score": round(float(s), 6)}
+            for words, s in zip(self.captions(tokens), scores.tolist())
+        ]
 
     def deployable(self, model: nn.Module) -> nn.Module:
         return CaptionSteps(model)
@@ -112,12 +127,22 @@ class ImageCaptionerFamily(ModelFamily):
     def inference_spec(self, network: nn.Module) -> dict[str, Any]:
         """The decoder's tokens and the search it was validated with (the words are the .emd's Vocabulary)."""
         assert self.vocab is not None
-        return {"output": "captions", "bos": self.vocab.bos, "eos": self.vocab.eos, "pad": self.vocab.pad,
-                "beam_width": self.beam_width, "max_len": self.max_len}
+        return {
+            "output": "captions",
+            "bos": self.vocab.bos,
+            "eos": self.vocab.eos,
+            "pad": self.vocab.pad,
+            "beam_width": self.beam_width,
+            "max_len": self.max_len,
+        }
 
     def model_parameters(self) -> dict[str, Any]:
-        return {**super().model_parameters(), "decoder_params": dict(self.decoder), "beam_width": self.beam_width,
-                "max_len": self.max_len}
+        return {
+            **super().model_parameters(),
+            "decoder_params": dict(self.decoder),
+            "beam_width": self.beam_width,
+            "max_len": self.max_len,
+        }
 
     def emd_fields(self, metrics: dict[str, Any]) -> dict[str, Any]:
         fields = super().emd_fields(metrics)

@@ -34,9 +34,21 @@ ATTENTION_REG = 0.1  # weight of the doubly stochastic attention term
 class CaptionNet(nn.Module):
     """images -> (caption word ids (B, max_len), mean log-probability per word (B,)) by beam search."""
 
-    def __init__(self, backbone: nn.Module, chip_size: tuple[int, int], vocab_size: int, *, embed_size: int,
-                 hidden_size: int, attention_size: int, dropout: float, bos: int, eos: int, max_len: int,
-                 beam_width: int) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        chip_size: tuple[int, int],
+        vocab_size: int,
+        *,
+        embed_size: int,
+        hidden_size: int,
+        attention_size: int,
+        dropout: float,
+        bos: int,
+        eos: int,
+        max_len: int,
+        beam_width: int,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         c16, c32 = list(backbone.out_channels)[-2:]
@@ -71,8 +83,9 @@ class CaptionNet(nn.Module):
         mean = feats.mean(1)
         return torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean)), self.att_feature(feats)
 
-    def step(self, words: torch.Tensor, h: torch.Tensor, c: torch.Tensor, feats: torch.Tensor,
-             projected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def step(
+        self, words: torch.Tensor, h: torch.Tensor, c: torch.Tensor, feats: torch.Tensor, projected: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """One word: (logits (N, V), h, c, attention (N, P))."""
         scores = self.att_score(torch.tanh(projected + self.att_hidden(h)[:, None])).squeeze(-1)
         alpha = torch.softmax(scores, dim=1)
@@ -80,8 +93,9 @@ class CaptionNet(nn.Module):
         h, c = self.lstm(torch.cat([self.embed(words), context], 1), (h, c))
         return self.classify(self.drop(h)), h, c, alpha
 
-    def teacher_forced(self, images: torch.Tensor, captions: torch.Tensor, teacher_forcing: float = 1.0
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    def teacher_forced(
+        self, images: torch.Tensor, captions: torch.Tensor, teacher_forcing: float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits (B, T-1, V) predicting captions[:, 1:], attention (B, T-1, P))."""
         feats = self.encode(images)
         h, c, projected = self.start(feats)
@@ -147,8 +161,9 @@ class CaptionSteps(nn.Module):
     def start(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.net.start(feats)
 
-    def step(self, words: torch.Tensor, h: torch.Tensor, c: torch.Tensor, feats: torch.Tensor,
-             projected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def step(
+        self, words: torch.Tensor, h: torch.Tensor, c: torch.Tensor, feats: torch.Tensor, projected: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits, h, c, _ = self.net.step(words, h, c, feats, projected)
         return logits, h, c
 
@@ -171,11 +186,12 @@ def caption_loss(logits: torch.Tensor, alphas: torch.Tensor, targets: torch.Tens
 
 
 def _ngrams(words: Sequence[str], n: int) -> Counter:
-    return Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+    return Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
 
 
-def corpus_bleu(hypotheses: Sequence[Sequence[str]], references: Sequence[Sequence[Sequence[str]]],
-                max_n: int = 4) -> float:
+def corpus_bleu(
+    hypotheses: Sequence[Sequence[str]], references: Sequence[Sequence[Sequence[str]]], max_n: int = 4
+) -> float:
     """Papineni et al.'s corpus BLEU-`max_n` (uniform weights, clipped counts, closest-length brevity penalty).
 
     Like NLTK's corpus_bleu without smoothing: 0 when some n-gram order has no match at all.

@@ -42,8 +42,9 @@ PAM_SCALES = (1, 2, 4)
 
 
 def _cbr(cin: int, cout: int, k: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout),
-                         nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
 
 
 class SpatialTemporalAttention(nn.Module):
@@ -108,12 +109,15 @@ class SiameseChangeNet(nn.Module):
         batch = x.shape[0]
         feats = list(self.backbone(torch.cat([x[:, :half], x[:, half:]], 0)).values())[1:]
         size = feats[0].shape[-2:]
-        maps = [F.interpolate(r(f), size=size, mode="bilinear", align_corners=False) if f.shape[-2:] != size
-                else r(f) for r, f in zip(self.reduce, feats)]
+        maps = [
+            F.interpolate(r(f), size=size, mode="bilinear", align_corners=False) if f.shape[-2:] != size else r(f)
+            for r, f in zip(self.reduce, feats)
+        ]
         fused = self.fuse(torch.cat(maps, 1))
         before, after = self.attention(fused[:batch], fused[batch:])
-        d = torch.linalg.vector_norm(F.normalize(self.embed(before), dim=1) - F.normalize(self.embed(after), dim=1),
-                                     dim=1, keepdim=True)
+        d = torch.linalg.vector_norm(
+            F.normalize(self.embed(before), dim=1) - F.normalize(self.embed(after), dim=1), dim=1, keepdim=True
+        )
         return F.interpolate(d, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -142,8 +146,11 @@ class ChangeDetectorFamily(ModelFamily):
         super().__init__(*a, **kw)
         self.attention = str(self.args.get("attention_type") or "PAM").upper()
         if len(self.info.classes) > 1:
-            self.say("info", f"change detection: all {len(self.info.classes)} classes count as change; "
-                             f"predictions use class {self.info.classes[0].name} (value {self.info.classes[0].value})")
+            self.say(
+                "info",
+                f"change detection: all {len(self.info.classes)} classes count as change; "
+                f"predictions use class {self.info.classes[0].name} (value {self.info.classes[0].value})",
+            )
         self.change_class = self.info.classes[0] if self.info.classes else None
 
     def build(self) -> nn.Module:
@@ -171,8 +178,12 @@ class ChangeDetectorFamily(ModelFamily):
             n += x.shape[0]
             counts.update(changed, d > MARGIN / 2)
         scores = counts.scores()
-        return total / max(n, 1), {"precision": scores["precision"], "recall": scores["recall"],
-                                   "f1": scores["f1"], "accuracy": scores["accuracy"]}
+        return total / max(n, 1), {
+            "precision": scores["precision"],
+            "recall": scores["recall"],
+            "f1": scores["f1"],
+            "accuracy": scores["accuracy"],
+        }
 
     @torch.no_grad()
     def predict(self, model: nn.Module, images: torch.Tensor) -> list[dict[str, Any]]:
@@ -184,9 +195,13 @@ class ChangeDetectorFamily(ModelFamily):
         for chip in d:
             changed = chip > MARGIN / 2
             n = int(changed.sum())
-            results.append({"class_pixels": {k: v for k, v in (("NoData", changed.numel() - n), (name, n)) if v},
-                            "change_fraction": round(n / changed.numel(), 6),
-                            "_mask": (changed.long() * value).numpy()})
+            results.append(
+                {
+                    "class_pixels": {k: v for k, v in (("NoData", changed.numel() - n), (name, n)) if v},
+                    "change_fraction": round(n / changed.numel(), 6),
+                    "_mask": (changed.long() * value).numpy(),
+                }
+            )
         return results
 
     def paired_chips(self, chip: str | Path) -> tuple[Path, Path]:
@@ -202,8 +217,10 @@ class ChangeDetectorFamily(ModelFamily):
             return path, partner
         from gpjobs.export import ChipReadError  # what gpjobs predict reports as a usage error
 
-        raise ChipReadError(f"{path.name}: a change detection model needs a before and an after chip; give "
-                         "BEFORE,AFTER or a chip in an export's images/ folder with its partner in images2/")
+        raise ChipReadError(
+            f"{path.name}: a change detection model needs a before and an after chip; give "
+            "BEFORE,AFTER or a chip in an export's images/ folder with its partner in images2/"
+        )
 
     def example_input(self) -> torch.Tensor | None:
         h, w = self.info.chip_size
@@ -215,8 +232,12 @@ class ChangeDetectorFamily(ModelFamily):
         return {"output": "change", "index_values": [0, value], "inputs": 2}
 
     def model_parameters(self) -> dict[str, Any]:
-        return {**super().model_parameters(), "attention_type": self.attention, "margin": MARGIN,
-                "input": "before and after chips stacked on the channel axis"}
+        return {
+            **super().model_parameters(),
+            "attention_type": self.attention,
+            "margin": MARGIN,
+            "input": "before and after chips stacked on the channel axis",
+        }
 
     def emd_fields(self, metrics: dict[str, Any]) -> dict[str, Any]:
         fields = super().emd_fields(metrics)
@@ -232,10 +253,15 @@ class ChangeDetectorFamily(ModelFamily):
         model.eval()
         with torch.no_grad():
             d = model.distance(torch.cat([before, after], 1))
-        rows = [[("before", display_rgb(before[i])), ("after", display_rgb(after[i])),
-                 ("ground truth change", binary_picture(mask[i] > 0)),
-                 ("predicted change", binary_picture(d[i] > MARGIN / 2))]
-                for i in range(min(4, before.shape[0]))]
+        rows = [
+            [
+                ("before", display_rgb(before[i])),
+                ("after", display_rgb(after[i])),
+                ("ground truth change", binary_picture(mask[i] > 0)),
+                ("predicted change", binary_picture(d[i] > MARGIN / 2)),
+            ]
+            for i in range(min(4, before.shape[0]))
+        ]
         save_panels(rows, path)
 
 

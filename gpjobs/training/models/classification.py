@@ -25,8 +25,16 @@ class ConcatPool(nn.Module):
 
 def classifier_head(cin: int, num_classes: int) -> nn.Sequential:
     """fastai create_head: concat pool, BN, dropout 0.25, 512 hidden, BN, dropout 0.5, linear."""
-    return nn.Sequential(ConcatPool(), nn.BatchNorm1d(2 * cin), nn.Dropout(0.25), nn.Linear(2 * cin, 512),
-                         nn.ReLU(inplace=True), nn.BatchNorm1d(512), nn.Dropout(0.5), nn.Linear(512, num_classes))
+    return nn.Sequential(
+        ConcatPool(),
+        nn.BatchNorm1d(2 * cin),
+        nn.Dropout(0.25),
+        nn.Linear(2 * cin, 512),
+        nn.ReLU(inplace=True),
+        nn.BatchNorm1d(512),
+        nn.Dropout(0.5),
+        nn.Linear(512, num_classes),
+    )
 
 
 class FeatureClassifierNet(nn.Module):
@@ -65,18 +73,23 @@ class FeatureClassifierFamily(ModelFamily):
             return None
         from torch.utils.data import DataLoader, WeightedRandomSampler
 
-        values = [r.value if r.value is not None else (r.objects[0][0] if r.objects else None)
-                  for r in data.train.records]
+        values = [
+            r.value if r.value is not None else (r.objects[0][0] if r.objects else None) for r in data.train.records
+        ]
         counts: dict[Any, int] = {}
         for v in values:
             counts[v] = counts.get(v, 0) + 1
         weights = [1.0 / counts[v] for v in values]
         generator = torch.Generator().manual_seed(int(self.args.get("seed") or 42))
         sampler = WeightedRandomSampler(weights, num_samples=len(values), replacement=True, generator=generator)
-        self.say("info", "oversample: training chips drawn by inverse class frequency "
-                         + ", ".join(f"{k}={n}" for k, n in sorted(counts.items(), key=lambda kv: str(kv[0]))))
-        return DataLoader(data.train, batch_size=batch_size, sampler=sampler,
-                          drop_last=len(values) >= 2 * batch_size, **loader_kw)
+        self.say(
+            "info",
+            "oversample: training chips drawn by inverse class frequency "
+            + ", ".join(f"{k}={n}" for k, n in sorted(counts.items(), key=lambda kv: str(kv[0]))),
+        )
+        return DataLoader(
+            data.train, batch_size=batch_size, sampler=sampler, drop_last=len(values) >= 2 * batch_size, **loader_kw
+        )
 
     # --- training ---
 
@@ -136,26 +149,45 @@ class FeatureClassifierFamily(ModelFamily):
         if self.multilabel:
             for probs in logits.sigmoid().cpu():
                 present = [i for i, p in enumerate(probs.tolist()) if p > 0.5]
-                results.append({"classes": [self.class_names[i] for i in present],
-                                "class_values": [self.info.classes[i].value for i in present],
-                                "scores": {n: round(float(p), 6) for n, p in zip(self.class_names, probs)}})
+                results.append(
+                    {
+                        "classes": [self.class_names[i] for i in present],
+                        "class_values": [self.info.classes[i].value for i in present],
+                        "scores": {n: round(float(p), 6) for n, p in zip(self.class_names, probs)},
+                    }
+                )
             return results
         for probs in logits.softmax(1).cpu():
             best = int(probs.argmax())
-            results.append({"class_value": self.info.classes[best].value, "class_name": self.class_names[best],
-                            "score": round(float(probs[best]), 6),
-                            "scores": {n: round(float(p), 6) for n, p in zip(self.class_names, probs)}})
+            results.append(
+                {
+                    "class_value": self.info.classes[best].value,
+                    "class_name": self.class_names[best],
+                    "score": round(float(probs[best]), 6),
+                    "scores": {n: round(float(p), 6) for n, p in zip(self.class_names, probs)},
+                }
+            )
         return results
 
     def inference_spec(self, network: nn.Module) -> dict[str, Any]:
         """forward() gives one logit per class: softmax (sigmoid when multi-label) in the PRF."""
-        return {"output": "labels", "multilabel": self.multilabel,
-                "index_values": [int(c.value) for c in self.info.classes]}
+        return {
+            "output": "labels",
+            "multilabel": self.multilabel,
+            "index_values": [int(c.value) for c in self.info.classes],
+        }
 
     def emd_fields(self, metrics: dict[str, Any]) -> dict[str, Any]:
         fields = super().emd_fields(metrics)
-        fields.update({"MetaDataMode": self.info.format, "CropSizeFixed": 1, "BlackenAroundFeature": 0,
-                       "ImageSpaceUsed": "MAP_SPACE", "IsMultiLabel": self.multilabel})
+        fields.update(
+            {
+                "MetaDataMode": self.info.format,
+                "CropSizeFixed": 1,
+                "BlackenAroundFeature": 0,
+                "ImageSpaceUsed": "MAP_SPACE",
+                "IsMultiLabel": self.multilabel,
+            }
+        )
         if "accuracy" in metrics:
             fields["accuracy"] = f"{metrics['accuracy']:.4e}"
         if "fbeta" in metrics:

@@ -11,8 +11,9 @@ from torch import nn
 
 def conv_bn_relu(cin: int, cout: int, k: int = 3, dilation: int = 1) -> nn.Sequential:
     pad = dilation * (k // 2)
-    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=pad, dilation=dilation, bias=False),
-                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, padding=pad, dilation=dilation, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
 
 
 class UnetBlock(nn.Module):
@@ -43,8 +44,9 @@ class UnetDecoder(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.final = nn.Sequential(conv_bn_relu(cin, max(16, cin // 2)), nn.Conv2d(max(16, cin // 2), num_outputs, 1))
 
-    def forward(self, feats: Sequence[torch.Tensor], deep: torch.Tensor | None = None,
-                size: Sequence[int] | None = None) -> torch.Tensor:
+    def forward(
+        self, feats: Sequence[torch.Tensor], deep: torch.Tensor | None = None, size: Sequence[int] | None = None
+    ) -> torch.Tensor:
         x = self.middle(feats[-1] if deep is None else deep)
         for block, skip in zip(self.blocks, reversed(feats[:-1])):
             x = block(x, skip)
@@ -60,8 +62,14 @@ class PyramidPooling(nn.Module):
         super().__init__()
         branch = max(16, cin // max(1, len(sizes)))
         self.branches = nn.ModuleList(
-            nn.Sequential(nn.AdaptiveAvgPool2d(int(s)), nn.Conv2d(cin, branch, 1, bias=False),
-                          nn.BatchNorm2d(branch), nn.ReLU(inplace=True)) for s in sizes)
+            nn.Sequential(
+                nn.AdaptiveAvgPool2d(int(s)),
+                nn.Conv2d(cin, branch, 1, bias=False),
+                nn.BatchNorm2d(branch),
+                nn.ReLU(inplace=True),
+            )
+            for s in sizes
+        )
         self.fuse = conv_bn_relu(cin + branch * len(sizes), cout)
         self.out_channels = cout
 
@@ -82,8 +90,15 @@ class FCNHead(nn.Sequential):
 class SegmentationNet(nn.Module):
     """backbone -> (context) -> decoder; forward gives logits at input size, forward_train adds aux logits."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, *, context: nn.Module | None = None,
-                 aux: nn.Module | None = None, unet: bool = True) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: nn.Module,
+        *,
+        context: nn.Module | None = None,
+        aux: nn.Module | None = None,
+        unet: bool = True,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.context = context
@@ -99,8 +114,9 @@ class SegmentationNet(nn.Module):
         if self.unet:
             logits = self.head(feats, deep, size, image=x) if self.head_takes_image else self.head(feats, deep, size)
         else:
-            logits = F.interpolate(self.head(deep if deep is not None else feats[-1]), size=size,
-                                   mode="bilinear", align_corners=False)
+            logits = F.interpolate(
+                self.head(deep if deep is not None else feats[-1]), size=size, mode="bilinear", align_corners=False
+            )
         aux = None
         if self.aux is not None and self.training:
             aux = F.interpolate(self.aux(feats[-2]), size=size, mode="bilinear", align_corners=False)
@@ -182,8 +198,9 @@ class CrossResBlock(nn.Module):
     def __init__(self, channels: int, *, batchnorm: bool) -> None:
         super().__init__()
         inner = channels // 2
-        self.layers = nn.ModuleList([fastai_conv(channels, inner, batchnorm=batchnorm),
-                                     fastai_conv(inner, channels, batchnorm=batchnorm)])
+        self.layers = nn.ModuleList(
+            [fastai_conv(channels, inner, batchnorm=batchnorm), fastai_conv(inner, channels, batchnorm=batchnorm)]
+        )
         if batchnorm:  # fastai's NormType.BatchZero: the block starts as the identity
             nn.init.zeros_(self.layers[1][2].weight)
 
@@ -204,14 +221,23 @@ class DynamicUnetDecoder(nn.Module):
 
     needs_input = True
 
-    def __init__(self, channels: Sequence[int], strides: Sequence[int], num_outputs: int, in_channels: int, *,
-                 batchnorm: bool = False, last_cross: bool = True) -> None:
+    def __init__(
+        self,
+        channels: Sequence[int],
+        strides: Sequence[int],
+        num_outputs: int,
+        in_channels: int,
+        *,
+        batchnorm: bool = False,
+        last_cross: bool = True,
+    ) -> None:
         super().__init__()
         deep = int(channels[-1])
         self.skips = [i for i in range(len(strides) - 1) if strides[i] < strides[-1] and strides[i + 1] != strides[i]]
         self.bn = _fastai_batchnorm(deep)
-        self.middle = nn.Sequential(fastai_conv(deep, deep * 2, batchnorm=batchnorm),
-                                    fastai_conv(deep * 2, deep, batchnorm=batchnorm))
+        self.middle = nn.Sequential(
+            fastai_conv(deep, deep * 2, batchnorm=batchnorm), fastai_conv(deep * 2, deep, batchnorm=batchnorm)
+        )
         blocks, cin = [], deep
         for n, index in enumerate(reversed(self.skips)):
             block = DynamicUnetBlock(cin, int(channels[index]), final=n == len(self.skips) - 1, batchnorm=batchnorm)
@@ -221,8 +247,9 @@ class DynamicUnetDecoder(nn.Module):
         shallowest = strides[self.skips[0]] if self.skips else strides[-1]
         self.shuffle = PixelShuffleUp(cin, batchnorm=batchnorm) if shallowest > 1 else None
         self.cross = CrossResBlock(cin + in_channels, batchnorm=batchnorm) if last_cross else None
-        self.final = fastai_conv(cin + (in_channels if last_cross else 0), num_outputs, k=1, batchnorm=batchnorm,
-                                 activation=False)
+        self.final = fastai_conv(
+            cin + (in_channels if last_cross else 0), num_outputs, k=1, batchnorm=batchnorm, activation=False
+        )
 
     def fastai_layers(self) -> list[tuple[int, str]]:
         """(fastai DynamicUnet `layers` index, our attribute) for every part with weights."""
@@ -236,8 +263,13 @@ class DynamicUnetDecoder(nn.Module):
             index += 2
         return parts + [(index, "final")]
 
-    def forward(self, feats: Sequence[torch.Tensor], deep: torch.Tensor | None = None,
-                size: Sequence[int] | None = None, image: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        feats: Sequence[torch.Tensor],
+        deep: torch.Tensor | None = None,
+        size: Sequence[int] | None = None,
+        image: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         x = self.middle(F.relu(self.bn(feats[-1] if deep is None else deep)))
         for block, index in zip(self.blocks, reversed(self.skips)):
             x = block(x, feats[index])

@@ -39,9 +39,11 @@ class DETRegFamily(DetectionFamily):
         if hidden % 8:
             from gpjobs.catalog import ArgumentError
 
-            raise ArgumentError(f"DETREG arguments: hidden_dim must be a multiple of 8 (8 attention heads, sine "
-                                f"position encoding), got {hidden}; use e.g. {hidden // 8 * 8 or 8} or "
-                                f"{(hidden // 8 + 1) * 8}")
+            raise ArgumentError(
+                f"DETREG arguments: hidden_dim must be a multiple of 8 (8 attention heads, sine "
+                f"position encoding), got {hidden}; use e.g. {hidden // 8 * 8 or 8} or "
+                f"{(hidden // 8 + 1) * 8}"
+            )
 
     def attach_data(self, data: Any) -> None:
         self._data = data  # the chips DETReg's pre-training looks at (when pretrain_epochs > 0)
@@ -53,9 +55,17 @@ class DETRegFamily(DetectionFamily):
 
     def _net(self, backbone: nn.Module, num_classes: int, embed_dim: int = 0) -> DeformableDETR:
         arch = self.architecture()
-        return DeformableDETR(backbone, num_classes, d_model=arch["hidden_dim"], heads=8,
-                              enc_layers=arch["enc_layers"], dec_layers=arch["dec_layers"],
-                              ffn=arch["dim_feedforward"], num_queries=arch["num_queries"], embed_dim=embed_dim)
+        return DeformableDETR(
+            backbone,
+            num_classes,
+            d_model=arch["hidden_dim"],
+            heads=8,
+            enc_layers=arch["enc_layers"],
+            dec_layers=arch["dec_layers"],
+            ffn=arch["dim_feedforward"],
+            num_queries=arch["num_queries"],
+            embed_dim=embed_dim,
+        )
 
     def build(self) -> nn.Module:
         backbone = build_backbone(self.backbone, self.in_channels, weights=self.weights, say=self.say)
@@ -64,22 +74,33 @@ class DETRegFamily(DetectionFamily):
             return self._net(backbone, self.num_classes)
         pre = self._net(backbone, 1, embed_dim=int(backbone.out_channels[-1]))
         chips = len(self._data.train)
-        self.say("info", f"DETReg pre-training: {epochs} epochs over the {chips} training chips without their "
-                         "labels (selective-search-like region proposals + backbone embeddings)")
+        self.say(
+            "info",
+            f"DETReg pre-training: {epochs} epochs over the {chips} training chips without their "
+            "labels (selective-search-like region proposals + backbone embeddings)",
+        )
         # the reporter behind `say` (run_job passes reporter.say) lets a cancel stop the pre-training too
         check_stop = getattr(getattr(self.say, "__self__", None), "check_stop", lambda: None)
         batch = max(1, min(PRETRAIN_BATCH, chips))
         device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")  # the child sees its own GPU only
         self.pretrain_history = pretrain(
-            pre, lambda: self._data.loaders(batch)[0], epochs=epochs, lr=PRETRAIN_LR,
-            proposals=int(self.args.get("pretrain_proposals") or 30), device=device, say=self.say,
-            check_stop=check_stop)
+            pre,
+            lambda: self._data.loaders(batch)[0],
+            epochs=epochs,
+            lr=PRETRAIN_LR,
+            proposals=int(self.args.get("pretrain_proposals") or 30),
+            device=device,
+            say=self.say,
+            check_stop=check_stop,
+        )
         model = self._net(pre.backbone.cpu(), self.num_classes)
-        state = {k: v for k, v in pre.cpu().state_dict().items()
-                 if not k.startswith(("class_embed.", "object_embed."))}
+        state = {k: v for k, v in pre.cpu().state_dict().items() if not k.startswith(("class_embed.", "object_embed."))}
         missing, _ = model.load_state_dict(state, strict=False)
-        self.say("info", f"DETReg pre-training done: the detector starts from it ({len(state)} tensors); the class "
-                         f"head starts fresh ({len(missing)} tensors)")
+        self.say(
+            "info",
+            f"DETReg pre-training done: the detector starts from it ({len(state)} tensors); the class "
+            f"head starts fresh ({len(missing)} tensors)",
+        )
         return model.train()
 
     def deployable(self, model: nn.Module) -> nn.Module:
@@ -88,16 +109,24 @@ class DETRegFamily(DetectionFamily):
         return CandidateDetections(model, DECODER_SPEC)
 
     def extra_parameters(self) -> dict[str, Any]:
-        return {**self.architecture(), "num_feature_levels": 4, "aux_loss": True, "with_box_refine": False,
-                "two_stage": False, "pretrain_epochs": int(self.args.get("pretrain_epochs") or 0),
-                "pretrain_proposals": int(self.args.get("pretrain_proposals") or 30)}
+        return {
+            **self.architecture(),
+            "num_feature_levels": 4,
+            "aux_loss": True,
+            "with_box_refine": False,
+            "two_stage": False,
+            "pretrain_epochs": int(self.args.get("pretrain_epochs") or 0),
+            "pretrain_proposals": int(self.args.get("pretrain_proposals") or 30),
+        }
 
     def emd_fields(self, metrics: dict[str, Any]) -> dict[str, Any]:
         fields = super().emd_fields(metrics)
         fields.update({"DatasetType": self.info.format, "Kwargs": {}})
         if self.pretrain_history:
-            fields["DETRegPretraining"] = {"epochs": len(self.pretrain_history),
-                                           "loss": [round(v, 5) for v in self.pretrain_history]}
+            fields["DETRegPretraining"] = {
+                "epochs": len(self.pretrain_history),
+                "loss": [round(v, 5) for v in self.pretrain_history],
+            }
         return fields
 
 

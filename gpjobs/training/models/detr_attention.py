@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def deformable_sample(value: torch.Tensor, shapes: Sequence[tuple[int, int]], locations: torch.Tensor,
-                      weights: torch.Tensor) -> torch.Tensor:
+def deformable_sample(
+    value: torch.Tensor, shapes: Sequence[tuple[int, int]], locations: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
     """The attention core.
 
     value [N, S, H, D] (S = sum of h*w over levels), locations [N, Lq, H, L, P, 2] in [0, 1] (x, y),
@@ -69,8 +70,9 @@ class MSDeformAttn(nn.Module):
         nn.init.xavier_uniform_(self.output_proj.weight)
         nn.init.zeros_(self.output_proj.bias)
 
-    def forward(self, query: torch.Tensor, reference: torch.Tensor, memory: torch.Tensor,
-                shapes: Sequence[tuple[int, int]]) -> torch.Tensor:
+    def forward(
+        self, query: torch.Tensor, reference: torch.Tensor, memory: torch.Tensor, shapes: Sequence[tuple[int, int]]
+    ) -> torch.Tensor:
         """query [N, Lq, C], reference [N, Lq, L, 2] in [0, 1], memory [N, S, C] -> [N, Lq, C]."""
         n, lq, _ = query.shape
         heads, levels, points = self.n_heads, self.n_levels, self.n_points

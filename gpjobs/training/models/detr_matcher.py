@@ -35,8 +35,9 @@ class HungarianMatcher(nn.Module):
         self.cost_class, self.cost_bbox, self.cost_giou = cost_class, cost_bbox, cost_giou
 
     @torch.no_grad()
-    def forward(self, logits: torch.Tensor, boxes: torch.Tensor,
-                targets: list[dict[str, torch.Tensor]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def forward(
+        self, logits: torch.Tensor, boxes: torch.Tensor, targets: list[dict[str, torch.Tensor]]
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per image (query indices, target indices) of logits [B, Q, K] and boxes [B, Q, 4]."""
         matches = []
         prob = logits.float().sigmoid()
@@ -47,11 +48,14 @@ class HungarianMatcher(nn.Module):
                 matches.append((empty, empty))
                 continue
             p = prob[b][:, labels]
-            neg = (1 - FOCAL_ALPHA) * p ** FOCAL_GAMMA * -(1 - p + 1e-8).log()
+            neg = (1 - FOCAL_ALPHA) * p**FOCAL_GAMMA * -(1 - p + 1e-8).log()
             pos = FOCAL_ALPHA * (1 - p) ** FOCAL_GAMMA * -(p + 1e-8).log()
             pred = boxes[b].float()
-            cost = (self.cost_class * (pos - neg) + self.cost_bbox * torch.cdist(pred, tboxes, p=1)
-                    - self.cost_giou * generalized_box_iou(box_cxcywh_to_xyxy(pred), box_cxcywh_to_xyxy(tboxes)))
+            cost = (
+                self.cost_class * (pos - neg)
+                + self.cost_bbox * torch.cdist(pred, tboxes, p=1)
+                - self.cost_giou * generalized_box_iou(box_cxcywh_to_xyxy(pred), box_cxcywh_to_xyxy(tboxes))
+            )
             queries, found = linear_sum_assignment(cost.cpu().numpy())
             matches.append((torch.as_tensor(queries, dtype=torch.int64), torch.as_tensor(found, dtype=torch.int64)))
         return matches

@@ -67,8 +67,9 @@ class EncoderLayer(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(d, ffn), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(ffn, d))
         self.drop1, self.drop2 = nn.Dropout(dropout), nn.Dropout(dropout)
 
-    def forward(self, src: torch.Tensor, pos: torch.Tensor, reference: torch.Tensor,
-                shapes: Sequence[tuple[int, int]]) -> torch.Tensor:
+    def forward(
+        self, src: torch.Tensor, pos: torch.Tensor, reference: torch.Tensor, shapes: Sequence[tuple[int, int]]
+    ) -> torch.Tensor:
         src = self.norm1(src + self.drop1(self.attn(src + pos, reference, src, shapes)))
         return self.norm2(src + self.drop2(self.ffn(src)))
 
@@ -84,8 +85,14 @@ class DecoderLayer(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(d, ffn), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(ffn, d))
         self.drop1, self.drop2, self.drop3 = nn.Dropout(dropout), nn.Dropout(dropout), nn.Dropout(dropout)
 
-    def forward(self, tgt: torch.Tensor, query_pos: torch.Tensor, reference: torch.Tensor, memory: torch.Tensor,
-                shapes: Sequence[tuple[int, int]]) -> torch.Tensor:
+    def forward(
+        self,
+        tgt: torch.Tensor,
+        query_pos: torch.Tensor,
+        reference: torch.Tensor,
+        memory: torch.Tensor,
+        shapes: Sequence[tuple[int, int]],
+    ) -> torch.Tensor:
         q = tgt + query_pos
         tgt = self.norm2(tgt + self.drop2(self.self_attn(q, q, tgt, need_weights=False)[0]))
         tgt = self.norm1(tgt + self.drop1(self.cross_attn(tgt + query_pos, reference, memory, shapes)))
@@ -96,28 +103,44 @@ class DeformableDETR(nn.Module):
     """The detector; `num_classes` sigmoid outputs (no background class), `embed_dim` > 0 adds DETReg's
     object-embedding head (used by the self-supervised pre-training only)."""
 
-    def __init__(self, backbone: nn.Module, num_classes: int, *, d_model: int = 256, heads: int = 8,
-                 enc_layers: int = 6, dec_layers: int = 6, ffn: int = 1024, dropout: float = 0.1,
-                 num_queries: int = 100, levels: int = 4, points: int = 4, input_scale: float = 1.5,
-                 embed_dim: int = 0) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        *,
+        d_model: int = 256,
+        heads: int = 8,
+        enc_layers: int = 6,
+        dec_layers: int = 6,
+        ffn: int = 1024,
+        dropout: float = 0.1,
+        num_queries: int = 100,
+        levels: int = 4,
+        points: int = 4,
+        input_scale: float = 1.5,
+        embed_dim: int = 0,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.num_classes, self.num_queries, self.input_scale = num_classes, num_queries, input_scale
         strides = list(backbone.strides)
         usable = [i for i, s in enumerate(strides) if s >= 8] or [len(strides) - 1]
-        self.taps = usable[-(levels - 1):] if levels > 1 else usable[-1:]
-        proj = [nn.Sequential(nn.Conv2d(int(backbone.out_channels[i]), d_model, 1), group_norm(d_model))
-                for i in self.taps]
+        self.taps = usable[-(levels - 1) :] if levels > 1 else usable[-1:]
+        proj = [
+            nn.Sequential(nn.Conv2d(int(backbone.out_channels[i]), d_model, 1), group_norm(d_model)) for i in self.taps
+        ]
         cin = int(backbone.out_channels[self.taps[-1]])
         for _ in range(levels - len(self.taps)):  # extra coarser levels: strided 3x3 convs
             proj.append(nn.Sequential(nn.Conv2d(cin, d_model, 3, stride=2, padding=1), group_norm(d_model)))
             cin = d_model
         self.input_proj = nn.ModuleList(proj)
         self.level_embed = nn.Parameter(torch.empty(levels, d_model).normal_())
-        self.encoder = nn.ModuleList(EncoderLayer(d_model, ffn, dropout, levels, heads, points)
-                                     for _ in range(enc_layers))
-        self.decoder = nn.ModuleList(DecoderLayer(d_model, ffn, dropout, levels, heads, points)
-                                     for _ in range(dec_layers))
+        self.encoder = nn.ModuleList(
+            EncoderLayer(d_model, ffn, dropout, levels, heads, points) for _ in range(enc_layers)
+        )
+        self.decoder = nn.ModuleList(
+            DecoderLayer(d_model, ffn, dropout, levels, heads, points) for _ in range(dec_layers)
+        )
         self.query_embed = nn.Embedding(num_queries, 2 * d_model)
         self.reference_points = nn.Linear(d_model, 2)
         self.class_embed = nn.Linear(d_model, num_classes)
@@ -140,7 +163,7 @@ class DeformableDETR(nn.Module):
         feats = list(self.backbone(images).values())
         maps = [proj(feats[i]) for proj, i in zip(self.input_proj, self.taps)]
         x = feats[self.taps[-1]]
-        for proj in self.input_proj[len(self.taps):]:
+        for proj in self.input_proj[len(self.taps) :]:
             x = proj(x)
             maps.append(x)
         return maps
@@ -152,12 +175,20 @@ class DeformableDETR(nn.Module):
         maps = self.levels(images)
         shapes = [(int(m.shape[-2]), int(m.shape[-1])) for m in maps]
         src = torch.cat([m.flatten(2).transpose(1, 2) for m in maps], 1)
-        pos = torch.cat([sine_position(h, w, self.d_model, src.device, src.dtype) + self.level_embed[i]
-                         for i, (h, w) in enumerate(shapes)], 0)[None]
+        pos = torch.cat(
+            [
+                sine_position(h, w, self.d_model, src.device, src.dtype) + self.level_embed[i]
+                for i, (h, w) in enumerate(shapes)
+            ],
+            0,
+        )[None]
         centres = []
         for h, w in shapes:  # each encoder query refers to its own pixel centre, on every level
-            ys, xs = torch.meshgrid((torch.arange(h, device=src.device, dtype=src.dtype) + 0.5) / h,
-                                    (torch.arange(w, device=src.device, dtype=src.dtype) + 0.5) / w, indexing="ij")
+            ys, xs = torch.meshgrid(
+                (torch.arange(h, device=src.device, dtype=src.dtype) + 0.5) / h,
+                (torch.arange(w, device=src.device, dtype=src.dtype) + 0.5) / w,
+                indexing="ij",
+            )
             centres.append(torch.stack([xs.flatten(), ys.flatten()], -1))
         reference = torch.cat(centres, 0)[None, :, None, :].expand(src.shape[0], -1, len(shapes), -1)
         memory = src
@@ -189,8 +220,9 @@ class DeformableDETR(nn.Module):
         out = self.forward_raw(images)
         return postprocess(out["logits"][-1], out["boxes"][-1], images.shape[-2:])
 
-    def losses_and_detections(self, images: torch.Tensor, targets: list[dict[str, torch.Tensor]]
-                              ) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+    def losses_and_detections(
+        self, images: torch.Tensor, targets: list[dict[str, torch.Tensor]]
+    ) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
         """Validation: with Dropout off the forward is the same for both, so it runs once."""
         out = self.forward_raw(images)
         h, w = images.shape[-2:]
@@ -216,9 +248,16 @@ def normalised_targets(targets: list[dict[str, torch.Tensor]], h: int, w: int) -
     return out
 
 
-def set_loss(logits: torch.Tensor, boxes: torch.Tensor, targets: list[dict[str, torch.Tensor]], *,
-             matcher: HungarianMatcher | None = None, embeds: torch.Tensor | None = None,
-             embed_targets: list[torch.Tensor] | None = None, embed_weight: float = 1.0) -> torch.Tensor:
+def set_loss(
+    logits: torch.Tensor,
+    boxes: torch.Tensor,
+    targets: list[dict[str, torch.Tensor]],
+    *,
+    matcher: HungarianMatcher | None = None,
+    embeds: torch.Tensor | None = None,
+    embed_targets: list[torch.Tensor] | None = None,
+    embed_weight: float = 1.0,
+) -> torch.Tensor:
     """Sum over decoder layers (auxiliary losses) of 2 * focal + 5 * L1 + 2 * GIoU on matched pairs, each
     normalised by the number of target boxes; with `embeds`, DETReg's L1 object-embedding loss too."""
     matcher = matcher or HungarianMatcher()
@@ -233,16 +272,24 @@ def set_loss(logits: torch.Tensor, boxes: torch.Tensor, targets: list[dict[str, 
         if query_idx.numel():
             classes = torch.cat([t["labels"][j.to(t["labels"].device)] for t, (_, j) in zip(targets, matches)])
             onehot[batch_idx, query_idx, classes.to(logits.device)] = 1.0
-        loss_class = sigmoid_focal_loss(layer_logits.float(), onehot.float(), alpha=FOCAL_ALPHA, gamma=FOCAL_GAMMA,
-                                        reduction="sum") / num_boxes
+        loss_class = (
+            sigmoid_focal_loss(
+                layer_logits.float(), onehot.float(), alpha=FOCAL_ALPHA, gamma=FOCAL_GAMMA, reduction="sum"
+            )
+            / num_boxes
+        )
         total = total + LOSS_WEIGHTS["class"] * loss_class
         if not query_idx.numel():
             continue
         pred = layer_boxes[batch_idx, query_idx].float()
         truth = torch.cat([t["boxes"][j.to(t["boxes"].device)] for t, (_, j) in zip(targets, matches)]).float()
         total = total + LOSS_WEIGHTS["bbox"] * F.l1_loss(pred, truth, reduction="sum") / num_boxes
-        total = total + LOSS_WEIGHTS["giou"] * generalized_box_iou_loss(
-            box_cxcywh_to_xyxy(pred), box_cxcywh_to_xyxy(truth), reduction="sum") / num_boxes
+        total = (
+            total
+            + LOSS_WEIGHTS["giou"]
+            * generalized_box_iou_loss(box_cxcywh_to_xyxy(pred), box_cxcywh_to_xyxy(truth), reduction="sum")
+            / num_boxes
+        )
         if embeds is not None and embed_targets is not None:
             wanted = torch.cat([e[j.to(e.device)] for e, (_, j) in zip(embed_targets, matches)]).float()
             got = embeds[layer][batch_idx, query_idx].float()
@@ -250,8 +297,9 @@ def set_loss(logits: torch.Tensor, boxes: torch.Tensor, targets: list[dict[str, 
     return total
 
 
-def candidates(logits: torch.Tensor, boxes: torch.Tensor, size: Any,
-               top_k: int = 100) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def candidates(
+    logits: torch.Tensor, boxes: torch.Tensor, size: Any, top_k: int = 100
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Deformable DETR's top-k over (query, class) scores before the score threshold: boxes [B, k, 4] in pixels
     of the input, scores [B, k], labels [B, k] 0..K-1. What the package's traced network gives its PRF."""
     h, w = int(size[0]), int(size[1])

@@ -57,8 +57,9 @@ def region_proposals(image: torch.Tensor, k: int = 30, *, seed: int = 0) -> torc
 
     def similarity(a: int, b: int) -> float:
         diff = np.abs(fsum[a] / size[a] - fsum[b] / size[b]).mean() / scale
-        union = (max(box[a][2], box[b][2]) - min(box[a][0], box[b][0])) * \
-                (max(box[a][3], box[b][3]) - min(box[a][1], box[b][1]))
+        union = (max(box[a][2], box[b][2]) - min(box[a][0], box[b][0])) * (
+            max(box[a][3], box[b][3]) - min(box[a][1], box[b][1])
+        )
         fill = 1.0 - (union - size[a] - size[b]) / cells
         return math.exp(-diff) + (1.0 - (size[a] + size[b]) / cells) + fill
 
@@ -70,8 +71,12 @@ def region_proposals(image: torch.Tensor, k: int = 30, *, seed: int = 0) -> torc
         new = nxt
         nxt += 1
         fsum[new], size[new] = fsum[a] + fsum[b], size[a] + size[b]
-        box[new] = (min(box[a][0], box[b][0]), min(box[a][1], box[b][1]),
-                    max(box[a][2], box[b][2]), max(box[a][3], box[b][3]))
+        box[new] = (
+            min(box[a][0], box[b][0]),
+            min(box[a][1], box[b][1]),
+            max(box[a][2], box[b][2]),
+            max(box[a][3], box[b][3]),
+        )
         neighbours[new] = (neighbours[a] | neighbours[b]) - {a, b}
         for old in (a, b):
             for n in neighbours.pop(old):
@@ -101,20 +106,28 @@ def region_proposals(image: torch.Tensor, k: int = 30, *, seed: int = 0) -> torc
 
 
 @torch.no_grad()
-def embedding_targets(teacher: torch.nn.Module, images: torch.Tensor,
-                      boxes: list[torch.Tensor]) -> list[torch.Tensor]:
+def embedding_targets(teacher: torch.nn.Module, images: torch.Tensor, boxes: list[torch.Tensor]) -> list[torch.Tensor]:
     """Per image, the frozen backbone's deepest features pooled over each box, standardised per vector."""
     feats = list(teacher(images).values())[-1]
     stride = images.shape[-1] / feats.shape[-1]
-    pooled = roi_align(feats.float(), [b.to(feats.device) for b in boxes], output_size=(2, 2),
-                       spatial_scale=1.0 / stride, aligned=True).mean((2, 3))
+    pooled = roi_align(
+        feats.float(), [b.to(feats.device) for b in boxes], output_size=(2, 2), spatial_scale=1.0 / stride, aligned=True
+    ).mean((2, 3))
     pooled = (pooled - pooled.mean(1, keepdim=True)) / (pooled.std(1, keepdim=True) + 1e-6)
     return list(pooled.split([len(b) for b in boxes]))
 
 
-def pretrain(model: DeformableDETR, batches: Callable[[], Iterable[Any]], *, epochs: int, lr: float, proposals: int,
-             device: torch.device, say: Callable[[str, str], None],
-             check_stop: Callable[[], None] = lambda: None) -> list[float]:
+def pretrain(
+    model: DeformableDETR,
+    batches: Callable[[], Iterable[Any]],
+    *,
+    epochs: int,
+    lr: float,
+    proposals: int,
+    device: torch.device,
+    say: Callable[[str, str], None],
+    check_stop: Callable[[], None] = lambda: None,
+) -> list[float]:
     """Train `model` (one class, an object-embedding head) on proposals of the chips `batches()` yields;
     returns the mean loss of each epoch."""
     if model.object_embed is None or model.num_classes != 1:
@@ -125,8 +138,9 @@ def pretrain(model: DeformableDETR, batches: Callable[[], Iterable[Any]], *, epo
         p.requires_grad_(False)
     backbone_ids = {id(p) for p in model.backbone.parameters()}
     others = [p for p in model.parameters() if id(p) not in backbone_ids]
-    optimizer = torch.optim.AdamW([{"params": list(model.backbone.parameters()), "lr": lr / 10},
-                                   {"params": others, "lr": lr}], weight_decay=1e-4)
+    optimizer = torch.optim.AdamW(
+        [{"params": list(model.backbone.parameters()), "lr": lr / 10}, {"params": others, "lr": lr}], weight_decay=1e-4
+    )
     history, step = [], 0
     for epoch in range(1, epochs + 1):
         losses = []
@@ -136,20 +150,29 @@ def pretrain(model: DeformableDETR, batches: Callable[[], Iterable[Any]], *, epo
             h, w = images.shape[-2:]
             boxes = [region_proposals(img, proposals, seed=step * 1000 + i) for i, img in enumerate(images.cpu())]
             step += 1
-            targets = normalised_targets([{"boxes": b.to(device), "labels": torch.ones(len(b), dtype=torch.int64,
-                                                                                          device=device)}
-                                          for b in boxes], h, w)
+            targets = normalised_targets(
+                [
+                    {"boxes": b.to(device), "labels": torch.ones(len(b), dtype=torch.int64, device=device)}
+                    for b in boxes
+                ],
+                h,
+                w,
+            )
             wanted = embedding_targets(teacher, images, boxes)
             out = model.forward_raw(images)
-            loss = set_loss(out["logits"], out["boxes"], targets, embeds=model.object_embed(out["hidden"]),
-                            embed_targets=wanted)
+            loss = set_loss(
+                out["logits"], out["boxes"], targets, embeds=model.object_embed(out["hidden"]), embed_targets=wanted
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
             optimizer.step()
             losses.append(float(loss.detach()))
         history.append(float(np.mean(losses)) if losses else math.nan)
-        say("info", f"DETReg pre-training epoch {epoch}/{epochs}: loss {history[-1]:.4f} "
-                    f"(up to {proposals} region proposals per chip, labels unused)")
+        say(
+            "info",
+            f"DETReg pre-training epoch {epoch}/{epochs}: loss {history[-1]:.4f} "
+            f"(up to {proposals} region proposals per chip, labels unused)",
+        )
     model.eval()
     return history

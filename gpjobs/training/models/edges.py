@@ -59,8 +59,9 @@ class SEM(nn.Module):
         super().__init__()
         # BatchNorm (not in the reference, trained with SGD at lr 1e-6): keeps the summed branches and the
         # cascaded side sums in range at the engine's AdamW learning rates.
-        self.reduce = nn.Sequential(nn.Conv2d(cin, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
-                                    nn.ReLU(inplace=True))
+        self.reduce = nn.Sequential(
+            nn.Conv2d(cin, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
+        )
         self.dilated = nn.ModuleList(nn.Conv2d(width, width, 3, padding=r, dilation=r) for r in rates)
         self.norm = nn.BatchNorm2d(width)
 
@@ -81,8 +82,10 @@ class EdgeNet(nn.Module):
         if kind == "hed":
             # A 3x3 conv before each 1x1 score (the reference scores the VGG convs directly): without
             # ImageNet weights the raw stage features are too weak for a linear edge read-out.
-            self.sides = nn.ModuleList(nn.Sequential(nn.Conv2d(c, 32, 3, padding=1), nn.ReLU(inplace=True),
-                                                     nn.Conv2d(32, 1, 1)) for c in channels)
+            self.sides = nn.ModuleList(
+                nn.Sequential(nn.Conv2d(c, 32, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(32, 1, 1))
+                for c in channels
+            )
             n_sides = n
         else:
             self.sems = nn.ModuleList(SEM(c) for c in channels)
@@ -137,9 +140,12 @@ class EdgeFamily(ModelFamily):
         if len(classes) != 1:
             from gpjobs.export.info import ClassInfo
 
-            self.say("info", f"edge detection: the {len(classes)} classes of the export "
-                             f"({', '.join(c.name for c in classes)}) become one class 'edge' "
-                             f"(edge_targets={self.mode})")
+            self.say(
+                "info",
+                f"edge detection: the {len(classes)} classes of the export "
+                f"({', '.join(c.name for c in classes)}) become one class 'edge' "
+                f"(edge_targets={self.mode})",
+            )
             color = classes[0].color if classes else None
             self.info = dataclasses.replace(self.info, classes=[ClassInfo(1, "edge", color)])
         self.edge_class = self.info.classes[0]
@@ -176,8 +182,12 @@ class EdgeFamily(ModelFamily):
             batches += images.shape[0]
             counts.update(target, fuse[:, 0] > 0)
         scores = counts.scores()
-        metrics = {"accuracy": scores["accuracy"], "f1_score": scores["f1"], "precision": scores["precision"],
-                   "recall": scores["recall"]}
+        metrics = {
+            "accuracy": scores["accuracy"],
+            "f1_score": scores["f1"],
+            "precision": scores["precision"],
+            "recall": scores["recall"],
+        }
         return total / max(batches, 1), metrics
 
     @torch.no_grad()
@@ -189,12 +199,15 @@ class EdgeFamily(ModelFamily):
         for chip in prob:
             edge = chip > 0.5
             n_edge = int(edge.sum())
-            results.append({
-                "class_pixels": {k: v for k, v in (("NoData", edge.numel() - n_edge),
-                                                   (self.edge_class.name, n_edge)) if v},
-                "edge_fraction": round(n_edge / edge.numel(), 6),
-                "_mask": (edge.long() * self.edge_class.value).numpy(),
-            })
+            results.append(
+                {
+                    "class_pixels": {
+                        k: v for k, v in (("NoData", edge.numel() - n_edge), (self.edge_class.name, n_edge)) if v
+                    },
+                    "edge_fraction": round(n_edge / edge.numel(), 6),
+                    "_mask": (edge.long() * self.edge_class.value).numpy(),
+                }
+            )
         return results
 
     def model_parameters(self) -> dict[str, Any]:
@@ -219,9 +232,14 @@ class EdgeFamily(ModelFamily):
         with torch.no_grad():
             _, fuse = model.forward_train(images)
         target = edge_targets(masks, self.mode)
-        rows = [[("image", display_rgb(images[i])), ("ground truth edges", binary_picture(target[i])),
-                 ("edge probability", binary_picture(torch.sigmoid(fuse[i, 0])))]
-                for i in range(min(4, images.shape[0]))]
+        rows = [
+            [
+                ("image", display_rgb(images[i])),
+                ("ground truth edges", binary_picture(target[i])),
+                ("edge probability", binary_picture(torch.sigmoid(fuse[i, 0]))),
+            ]
+            for i in range(min(4, images.shape[0]))
+        ]
         save_panels(rows, path)
 
 

@@ -121,8 +121,11 @@ class Pix2PixFamily(_GanFamily):
         if self.args.get("perceptual_loss"):
             self.perceptual = vgg_feature_loss(self.weights, self.say, "Pix2Pix perceptual_loss")
             if self.perceptual is None:
-                self.say("warning", "perceptual_loss=true needs VGG16_BN ImageNet weights (vgg16_bn-6c64b313.pth) "
-                                    "in the weights directory; training without the perceptual term")
+                self.say(
+                    "warning",
+                    "perceptual_loss=true needs VGG16_BN ImageNet weights (vgg16_bn-6c64b313.pth) "
+                    "in the weights directory; training without the perceptual term",
+                )
 
     def build(self) -> nn.Module:
         size = self.info.chip_size
@@ -133,11 +136,14 @@ class Pix2PixFamily(_GanFamily):
         return Pix2PixNet(generator, discriminator)
 
     def configure_optimizers(self, model: nn.Module, lr: float) -> dict[str, torch.optim.Optimizer]:
-        return {"generator": torch.optim.Adam(model.generator.parameters(), lr=lr, betas=ADAM_BETAS),
-                "discriminator": torch.optim.Adam(model.discriminator.parameters(), lr=lr, betas=ADAM_BETAS)}
+        return {
+            "generator": torch.optim.Adam(model.generator.parameters(), lr=lr, betas=ADAM_BETAS),
+            "discriminator": torch.optim.Adam(model.discriminator.parameters(), lr=lr, betas=ADAM_BETAS),
+        }
 
-    def _generator_loss(self, model: nn.Module, cond: torch.Tensor, fake: torch.Tensor, target: torch.Tensor
-                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _generator_loss(
+        self, model: nn.Module, cond: torch.Tensor, fake: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         adversarial = self.gan_loss(model.discriminator(torch.cat([cond, fake], 1)), True)
         l1 = (fake.float() - target).abs().mean()
         loss = adversarial + self.lambda_l1 * l1
@@ -145,8 +151,9 @@ class Pix2PixFamily(_GanFamily):
         if self.perceptual is not None:
             if next(self.perceptual.parameters()).device != fake.device:
                 self.perceptual.to(fake.device)
-            term = self.perceptual.per_sample(self.scale.from01(self.to01(fake)),
-                                              self.scale.from01(self.to01(target))).mean()
+            term = self.perceptual.per_sample(
+                self.scale.from01(self.to01(fake)), self.scale.from01(self.to01(target))
+            ).mean()
             loss = loss + term
             parts["perceptual"] = term
         return loss, parts
@@ -156,15 +163,18 @@ class Pix2PixFamily(_GanFamily):
         source = source.to(device, non_blocking=True)
         return source, self.unit(source), self.unit(target.to(device, non_blocking=True))
 
-    def training_step(self, model: nn.Module, batch: Any, device: torch.device, optimizers: dict,
-                      scaler: Any) -> dict[str, torch.Tensor]:
+    def training_step(
+        self, model: nn.Module, batch: Any, device: torch.device, optimizers: dict, scaler: Any
+    ) -> dict[str, torch.Tensor]:
         source, cond, target = self._batch(batch, device)
         fake = model.generator(source)
         # discriminator: real pairs -> 1, generated pairs -> 0 (generator detached)
         opt_d = optimizers["discriminator"]
         opt_d.zero_grad(set_to_none=True)
-        d_loss = 0.5 * (self.gan_loss(model.discriminator(torch.cat([cond, fake.detach()], 1)), False)
-                        + self.gan_loss(model.discriminator(torch.cat([cond, target], 1)), True))
+        d_loss = 0.5 * (
+            self.gan_loss(model.discriminator(torch.cat([cond, fake.detach()], 1)), False)
+            + self.gan_loss(model.discriminator(torch.cat([cond, target], 1)), True)
+        )
         scaler.scale(d_loss).backward()
         scaler.step(opt_d)
         # generator: fool the updated discriminator and stay close to the target
@@ -194,8 +204,11 @@ class Pix2PixFamily(_GanFamily):
         return float(total) / max(count, 1), meter.result()
 
     def model_parameters(self) -> dict[str, Any]:
-        return {**super().model_parameters(), "perceptual_loss": bool(self.args.get("perceptual_loss")),
-                "lambda_l1": self.lambda_l1}
+        return {
+            **super().model_parameters(),
+            "perceptual_loss": bool(self.args.get("perceptual_loss")),
+            "lambda_l1": self.lambda_l1,
+        }
 
     def emd_fields(self, metrics: dict[str, Any]) -> dict[str, Any]:
         return {**super().emd_fields(metrics), **self.metric_strings(metrics, ("PSNR", "SSIM"))}
@@ -205,8 +218,10 @@ class Pix2PixFamily(_GanFamily):
         model.eval()
         with torch.no_grad():
             fake01 = self.to01(model.generator(source))
-        self.show_pairs([("input", self.scale.to01(source)), ("target (images2)", self.scale.to01(target)),
-                         ("prediction", fake01)], path)
+        self.show_pairs(
+            [("input", self.scale.to01(source)), ("target (images2)", self.scale.to01(target)), ("prediction", fake01)],
+            path,
+        )
 
 
 class CycleGANFamily(_GanFamily):
@@ -223,9 +238,12 @@ class CycleGANFamily(_GanFamily):
 
     def build(self) -> nn.Module:
         c, blocks, size = self.in_channels, int(self.args.get("gen_blocks") or 9), self.info.chip_size
-        nets = [ResnetGenerator(c, c, blocks, self.ngf), ResnetGenerator(c, c, blocks, self.ngf),
-                PatchDiscriminator(c, self.ndf, patch_layers(size), "instance"),
-                PatchDiscriminator(c, self.ndf, patch_layers(size), "instance")]
+        nets = [
+            ResnetGenerator(c, c, blocks, self.ngf),
+            ResnetGenerator(c, c, blocks, self.ngf),
+            PatchDiscriminator(c, self.ndf, patch_layers(size), "instance"),
+            PatchDiscriminator(c, self.ndf, patch_layers(size), "instance"),
+        ]
         for net in nets:
             init_gan_weights(net)
         return CycleGANNet(*nets, self._unit())
@@ -233,8 +251,10 @@ class CycleGANFamily(_GanFamily):
     def configure_optimizers(self, model: nn.Module, lr: float) -> dict[str, torch.optim.Optimizer]:
         generators = list(model.g_ab.parameters()) + list(model.g_ba.parameters())
         discriminators = list(model.d_a.parameters()) + list(model.d_b.parameters())
-        return {"generators": torch.optim.Adam(generators, lr=lr, betas=ADAM_BETAS),
-                "discriminators": torch.optim.Adam(discriminators, lr=lr, betas=ADAM_BETAS)}
+        return {
+            "generators": torch.optim.Adam(generators, lr=lr, betas=ADAM_BETAS),
+            "discriminators": torch.optim.Adam(discriminators, lr=lr, betas=ADAM_BETAS),
+        }
 
     def _units(self, batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         a, b = batch
@@ -248,8 +268,9 @@ class CycleGANFamily(_GanFamily):
         loss = adversarial + CYCLE_LAMBDA * cycle + CYCLE_LAMBDA * IDENTITY_LAMBDA * identity
         return loss, fake_a, fake_b, {"g_gan": adversarial, "cycle": cycle, "identity": identity}
 
-    def training_step(self, model: nn.Module, batch: Any, device: torch.device, optimizers: dict,
-                      scaler: Any) -> dict[str, torch.Tensor]:
+    def training_step(
+        self, model: nn.Module, batch: Any, device: torch.device, optimizers: dict, scaler: Any
+    ) -> dict[str, torch.Tensor]:
         a, b = self._units(batch, device)
         # generators first (the discriminators are only read), then the discriminators on pooled fakes
         opt_g = optimizers["generators"]
@@ -264,8 +285,12 @@ class CycleGANFamily(_GanFamily):
         d_b = 0.5 * (self.gan_loss(model.d_b(b), True) + self.gan_loss(model.d_b(pooled_b), False))
         scaler.scale(d_a + d_b).backward()
         scaler.step(opt_d)
-        return {"loss": g_loss.detach(), "d_a": d_a.detach(), "d_b": d_b.detach(),
-                **{k: v.detach() for k, v in parts.items()}}
+        return {
+            "loss": g_loss.detach(),
+            "d_a": d_a.detach(),
+            "d_b": d_b.detach(),
+            **{k: v.detach() for k, v in parts.items()},
+        }
 
     def training_loss(self, model: nn.Module, batch: Any, device: torch.device) -> torch.Tensor:
         """The generators' objective alone (the engine uses training_step; kept for single-loss callers)."""
@@ -288,12 +313,18 @@ class CycleGANFamily(_GanFamily):
         return float(total) / max(count, 1), meter.result()
 
     def model_parameters(self) -> dict[str, Any]:
-        return {**super().model_parameters(), "gen_blocks": int(self.args.get("gen_blocks") or 9),
-                "lsgan": bool(self.args.get("lsgan", True))}
+        return {
+            **super().model_parameters(),
+            "gen_blocks": int(self.args.get("gen_blocks") or 9),
+            "lsgan": bool(self.args.get("lsgan", True)),
+        }
 
     def emd_fields(self, metrics: dict[str, Any]) -> dict[str, Any]:
-        return {**super().emd_fields(metrics), "n_channel_rev": self.in_channels,
-                **self.metric_strings(metrics, ("PSNR_cycle_A", "SSIM_cycle_A", "PSNR_cycle_B", "SSIM_cycle_B"))}
+        return {
+            **super().emd_fields(metrics),
+            "n_channel_rev": self.in_channels,
+            **self.metric_strings(metrics, ("PSNR_cycle_A", "SSIM_cycle_A", "PSNR_cycle_B", "SSIM_cycle_B")),
+        }
 
     def show_results(self, model: nn.Module, batch: Any, path: Path) -> None:
         a, b = batch
@@ -302,8 +333,10 @@ class CycleGANFamily(_GanFamily):
             ua, ub = self.unit(a), self.unit(b)
             fake_b = model.g_ab(ua)
             fake_a = model.g_ba(ub)
-        self.show_pairs([("A", self.to01(ua)), ("A -> B", self.to01(fake_b)), ("B", self.to01(ub)),
-                         ("B -> A", self.to01(fake_a))], path)
+        self.show_pairs(
+            [("A", self.to01(ua)), ("A -> B", self.to01(fake_b)), ("B", self.to01(ub)), ("B -> A", self.to01(fake_a))],
+            path,
+        )
 
 
 def vgg19_loss(weights, say) -> FeatureLoss | None:
@@ -343,8 +376,11 @@ class Pix2PixHDFamily(Pix2PixFamily):
         if args.get("vgg_loss", True):
             self.perceptual = vgg19_loss(self.weights, self.say)
             if self.perceptual is None:
-                self.say("warning", "vgg_loss=true needs VGG19 ImageNet weights (vgg19-dcbb9e9d.pth) in the weights "
-                                    "directory; training without the VGG term")
+                self.say(
+                    "warning",
+                    "vgg_loss=true needs VGG19 ImageNet weights (vgg19-dcbb9e9d.pth) in the weights "
+                    "directory; training without the VGG term",
+                )
         self.local = str(args.get("gen_network") or "local") == "local" and int(args.get("n_local_enhancers", 1)) > 0
         if self.local and int(args.get("n_local_enhancers", 1)) > 1:
             self.say("warning", "n_local_enhancers > 1 is not implemented; using one local enhancer")
@@ -354,8 +390,10 @@ class Pix2PixHDFamily(Pix2PixFamily):
         size = min(self.info.chip_size) // (2 if self.local else 1)
         most = max(1, size.bit_length() - 1 - 2)  # keep the global bottleneck at >= 4 px
         if wanted > most:
-            self.say("info", f"n_downsample_global {wanted} is too deep for {min(self.info.chip_size)} px chips; "
-                             f"using {most}")
+            self.say(
+                "info",
+                f"n_downsample_global {wanted} is too deep for {min(self.info.chip_size)} px chips; using {most}",
+            )
         return min(wanted, most)
 
     def build(self) -> nn.Module:
@@ -366,14 +404,16 @@ class Pix2PixHDFamily(Pix2PixFamily):
             generator: nn.Module = LocalEnhancer(c, c, self.ngf, down, blocks, local_blocks, norm)
         else:
             generator = ResnetGenerator(c, c, blocks, self.ngf, norm, down)
-        discriminator = MultiscaleDiscriminator(c * 2, self.info.chip_size, self.ndf,
-                                                int(self.args.get("n_layers_dscr") or 3), self.SCALES, norm)
+        discriminator = MultiscaleDiscriminator(
+            c * 2, self.info.chip_size, self.ndf, int(self.args.get("n_layers_dscr") or 3), self.SCALES, norm
+        )
         init_gan_weights(generator)
         init_gan_weights(discriminator)
         return Pix2PixNet(generator, discriminator)
 
-    def _generator_loss(self, model: nn.Module, cond: torch.Tensor, fake: torch.Tensor, target: torch.Tensor
-                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _generator_loss(
+        self, model: nn.Module, cond: torch.Tensor, fake: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         fake_out = model.discriminator(torch.cat([cond, fake], 1))
         with torch.no_grad():
             real_out = model.discriminator(torch.cat([cond, target], 1))
@@ -388,16 +428,21 @@ class Pix2PixHDFamily(Pix2PixFamily):
         if self.perceptual is not None:
             if next(self.perceptual.parameters()).device != fake.device:
                 self.perceptual.to(fake.device)
-            vgg = self.lambda_feat * self.perceptual.per_sample(self.scale.from01(self.to01(fake)),
-                                                                self.scale.from01(self.to01(target))).mean()
+            vgg = (
+                self.lambda_feat
+                * self.perceptual.per_sample(
+                    self.scale.from01(self.to01(fake)), self.scale.from01(self.to01(target))
+                ).mean()
+            )
             loss, parts["vgg"] = loss + vgg, vgg
         if self.lambda_l1:
             l1 = (fake.float() - target).abs().mean()
             loss, parts["l1"] = loss + self.lambda_l1 * l1, l1
         return loss, parts
 
-    def training_step(self, model: nn.Module, batch: Any, device: torch.device, optimizers: dict,
-                      scaler: Any) -> dict[str, torch.Tensor]:
+    def training_step(
+        self, model: nn.Module, batch: Any, device: torch.device, optimizers: dict, scaler: Any
+    ) -> dict[str, torch.Tensor]:
         source, cond, target = self._batch(batch, device)
         fake = model.generator(source)
         opt_g = optimizers["generator"]
@@ -409,15 +454,26 @@ class Pix2PixHDFamily(Pix2PixFamily):
         opt_d.zero_grad(set_to_none=True)
         fake_out = model.discriminator(torch.cat([cond, fake.detach()], 1))
         real_out = model.discriminator(torch.cat([cond, target], 1))
-        d_loss = 0.5 * sum(self.gan_loss(f[-1], False) + self.gan_loss(r[-1], True)
-                           for f, r in zip(fake_out, real_out))
+        d_loss = 0.5 * sum(self.gan_loss(f[-1], False) + self.gan_loss(r[-1], True) for f, r in zip(fake_out, real_out))
         scaler.scale(d_loss).backward()
         scaler.step(opt_d)
         return {"loss": g_loss.detach(), "d": d_loss.detach(), **{k: v.detach() for k, v in parts.items()}}
 
     def model_parameters(self) -> dict[str, Any]:
-        keys = ("gen_network", "n_downsample_global", "n_blocks_global", "n_local_enhancers", "n_blocks_local",
-                "norm", "lsgan", "n_layers_dscr", "lambda_feat", "lambda_l1", "vgg_loss", "l1_loss")
+        keys = (
+            "gen_network",
+            "n_downsample_global",
+            "n_blocks_global",
+            "n_local_enhancers",
+            "n_blocks_local",
+            "norm",
+            "lsgan",
+            "n_layers_dscr",
+            "lambda_feat",
+            "lambda_l1",
+            "vgg_loss",
+            "l1_loss",
+        )
         return {**_GanFamily.model_parameters(self), **{k: self.args.get(k) for k in keys}}
 
 

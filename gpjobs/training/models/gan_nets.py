@@ -89,10 +89,9 @@ class _Up(nn.Module):
 class UnetGenerator(nn.Module):
     """pix2pix generator: `depth` encoder levels (filters ngf, 2ngf, 4ngf, 8ngf...) with skips, tanh output."""
 
-    def __init__(self, in_channels: int, out_channels: int, depth: int = 8, ngf: int = 64,
-                 norm: str = "batch") -> None:
+    def __init__(self, in_channels: int, out_channels: int, depth: int = 8, ngf: int = 64, norm: str = "batch") -> None:
         super().__init__()
-        widths = [ngf * min(8, 2 ** i) for i in range(depth)]
+        widths = [ngf * min(8, 2**i) for i in range(depth)]
         self.downs = nn.ModuleList()
         cin = in_channels
         for i, w in enumerate(widths):
@@ -123,10 +122,14 @@ class _ResBlock(nn.Module):
     def __init__(self, channels: int, norm: str) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3, bias=norm == "instance"),
-            norm_layer(norm, channels), nn.ReLU(True),
-            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3, bias=norm == "instance"),
-            norm_layer(norm, channels))
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, 3, bias=norm == "instance"),
+            norm_layer(norm, channels),
+            nn.ReLU(True),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, 3, bias=norm == "instance"),
+            norm_layer(norm, channels),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
@@ -137,21 +140,38 @@ class ResnetGenerator(nn.Module):
     (`downsamplings` 2); with more downsamplings it is pix2pixHD's global generator. The last two layers
     of `model` are the output head (a local enhancer drops them and reads the features)."""
 
-    def __init__(self, in_channels: int, out_channels: int, blocks: int = 9, ngf: int = 64,
-                 norm: str = "instance", downsamplings: int = 2) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        blocks: int = 9,
+        ngf: int = 64,
+        norm: str = "instance",
+        downsamplings: int = 2,
+    ) -> None:
         super().__init__()
         bias = norm == "instance"
-        layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(in_channels, ngf, 7, bias=bias),
-                                   norm_layer(norm, ngf), nn.ReLU(True)]
+        layers: list[nn.Module] = [
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(in_channels, ngf, 7, bias=bias),
+            norm_layer(norm, ngf),
+            nn.ReLU(True),
+        ]
         for i in range(downsamplings):
-            mult = 2 ** i
-            layers += [nn.Conv2d(ngf * mult, ngf * mult * 2, 3, 2, 1, bias=bias), norm_layer(norm, ngf * mult * 2),
-                       nn.ReLU(True)]
-        layers += [_ResBlock(ngf * 2 ** downsamplings, norm) for _ in range(blocks)]
+            mult = 2**i
+            layers += [
+                nn.Conv2d(ngf * mult, ngf * mult * 2, 3, 2, 1, bias=bias),
+                norm_layer(norm, ngf * mult * 2),
+                nn.ReLU(True),
+            ]
+        layers += [_ResBlock(ngf * 2**downsamplings, norm) for _ in range(blocks)]
         for i in range(downsamplings):
             mult = 2 ** (downsamplings - i)
-            layers += [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, 2, 1, output_padding=1, bias=bias),
-                       norm_layer(norm, ngf * mult // 2), nn.ReLU(True)]
+            layers += [
+                nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, 2, 1, output_padding=1, bias=bias),
+                norm_layer(norm, ngf * mult // 2),
+                nn.ReLU(True),
+            ]
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_channels, 7)]
         self.model = nn.Sequential(*layers)
 
@@ -171,10 +191,13 @@ class PatchDiscriminator(nn.Module):
         layers: list[nn.Module] = [nn.Conv2d(in_channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]
         mult = 1
         for n in range(1, n_layers + 1):
-            prev, mult = mult, min(2 ** n, 8)
+            prev, mult = mult, min(2**n, 8)
             stride = 2 if n < n_layers else 1
-            layers += [nn.Conv2d(ndf * prev, ndf * mult, 4, stride, 1, bias=bias), norm_layer(norm, ndf * mult),
-                       nn.LeakyReLU(0.2, True)]
+            layers += [
+                nn.Conv2d(ndf * prev, ndf * mult, 4, stride, 1, bias=bias),
+                norm_layer(norm, ndf * mult),
+                nn.LeakyReLU(0.2, True),
+            ]
         layers += [nn.Conv2d(ndf * mult, 1, 4, 1, 1)]
         self.model = nn.Sequential(*layers)
 
@@ -185,7 +208,7 @@ class PatchDiscriminator(nn.Module):
 def patch_layers(chip_size: Sequence[int], wanted: int = 3) -> int:
     """PatchGAN depth that still leaves a logit map on small chips (each layer halves; the tail needs ~8 px)."""
     layers = wanted
-    while layers > 1 and min(chip_size) / 2 ** layers < 4:
+    while layers > 1 and min(chip_size) / 2**layers < 4:
         layers -= 1
     return layers
 
@@ -233,19 +256,37 @@ class LocalEnhancer(nn.Module):
     """pix2pixHD generator with one local enhancer: the global generator (without its output head) runs on
     the half-resolution chip, its features are added to the full-resolution branch, which finishes."""
 
-    def __init__(self, in_channels: int, out_channels: int, ngf: int = 32, global_downsamplings: int = 3,
-                 global_blocks: int = 9, local_blocks: int = 3, norm: str = "instance") -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        ngf: int = 32,
+        global_downsamplings: int = 3,
+        global_blocks: int = 9,
+        local_blocks: int = 3,
+        norm: str = "instance",
+    ) -> None:
         super().__init__()
         bias = norm == "instance"
         full = ResnetGenerator(in_channels, out_channels, global_blocks, ngf * 2, norm, global_downsamplings)
         self.global_features = nn.Sequential(*list(full.model)[:-2])  # ngf * 2 channels at half resolution
         self.down = nn.Sequential(
-            nn.ReflectionPad2d(3), nn.Conv2d(in_channels, ngf, 7, bias=bias), norm_layer(norm, ngf), nn.ReLU(True),
-            nn.Conv2d(ngf, ngf * 2, 3, 2, 1, bias=bias), norm_layer(norm, ngf * 2), nn.ReLU(True))
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(in_channels, ngf, 7, bias=bias),
+            norm_layer(norm, ngf),
+            nn.ReLU(True),
+            nn.Conv2d(ngf, ngf * 2, 3, 2, 1, bias=bias),
+            norm_layer(norm, ngf * 2),
+            nn.ReLU(True),
+        )
         self.up = nn.Sequential(
             *[_ResBlock(ngf * 2, norm) for _ in range(local_blocks)],
-            nn.ConvTranspose2d(ngf * 2, ngf, 3, 2, 1, output_padding=1, bias=bias), norm_layer(norm, ngf),
-            nn.ReLU(True), nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_channels, 7))
+            nn.ConvTranspose2d(ngf * 2, ngf, 3, 2, 1, output_padding=1, bias=bias),
+            norm_layer(norm, ngf),
+            nn.ReLU(True),
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(ngf, out_channels, 7),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         coarse = self.global_features(F.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False))
@@ -262,12 +303,19 @@ class MultiscaleDiscriminator(nn.Module):
     """pix2pixHD: `scales` PatchGANs on the input and its 2x, 4x... average-pooled versions; each returns
     its intermediate feature maps (for the feature-matching loss) with the logit map last."""
 
-    def __init__(self, in_channels: int, chip_size: Sequence[int], ndf: int = 64, n_layers: int = 3,
-                 scales: int = 2, norm: str = "instance") -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        chip_size: Sequence[int],
+        ndf: int = 64,
+        n_layers: int = 3,
+        scales: int = 2,
+        norm: str = "instance",
+    ) -> None:
         super().__init__()
         self.nets = nn.ModuleList()
         for s in range(scales):
-            size = [max(1, c // 2 ** s) for c in chip_size]
+            size = [max(1, c // 2**s) for c in chip_size]
             layers = PatchDiscriminator(in_channels, ndf, patch_layers(size, n_layers), norm).model
             groups, current = [], []
             for layer in layers:

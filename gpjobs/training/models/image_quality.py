@@ -48,8 +48,9 @@ def degrade(images: torch.Tensor, factor: int) -> torch.Tensor:
     if factor <= 1:
         return images
     h, w = images.shape[-2:]
-    low = F.interpolate(images, size=(max(1, h // factor), max(1, w // factor)), mode="bilinear",
-                        align_corners=False, antialias=True)
+    low = F.interpolate(
+        images, size=(max(1, h // factor), max(1, w // factor)), mode="bilinear", align_corners=False, antialias=True
+    )
     return F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
 
 
@@ -61,7 +62,7 @@ def psnr(pred01: torch.Tensor, target01: torch.Tensor) -> torch.Tensor:
 
 def _gaussian_window(size: int, sigma: float, device, dtype) -> torch.Tensor:
     coords = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
-    g = torch.exp(-coords ** 2 / (2 * sigma ** 2))
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
     g = g / g.sum()
     return g[:, None] * g[None, :]
 
@@ -81,11 +82,11 @@ def ssim(pred01: torch.Tensor, target01: torch.Tensor, window: int = 11, sigma: 
         return F.conv2d(t, kernel, groups=c)
 
     mu_x, mu_y = blur(x), blur(y)
-    sxx = blur(x * x) - mu_x ** 2
-    syy = blur(y * y) - mu_y ** 2
+    sxx = blur(x * x) - mu_x**2
+    syy = blur(y * y) - mu_y**2
     sxy = blur(x * y) - mu_x * mu_y
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
-    value = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2))
+    c1, c2 = 0.01**2, 0.03**2
+    value = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
     return value.flatten(1).mean(1)
 
 

@@ -46,12 +46,14 @@ class MaXDeepLabFamily(ModelFamily):
         problem = chip_size_problem(self.model_type, tuple(self.info.chip_size))
         if problem:
             raise ArgumentError(problem)
-        self.say("info", f"MAXDEEPLAB: a small MaX-DeepLab ({DEPTH} dual-path axial-attention blocks of {WIDTH} "
-                         "channels at stride 16, no ImageNet backbone) stands in for MaX-DeepLab-S")
+        self.say(
+            "info",
+            f"MAXDEEPLAB: a small MaX-DeepLab ({DEPTH} dual-path axial-attention blocks of {WIDTH} "
+            "channels at stride 16, no ImageNet backbone) stands in for MaX-DeepLab-S",
+        )
         self.thing_values: list[int] = []
         self.n_masks = int(self.args["n_masks"]) if self.args.get("n_masks") else 0
-        self.score_thresh = float(self.args.get("score_thresh") if self.args.get("score_thresh") is not None
-                                  else 0.5)
+        self.score_thresh = float(self.args.get("score_thresh") if self.args.get("score_thresh") is not None else 0.5)
 
     @property
     def class_names(self) -> list[str]:
@@ -67,19 +69,24 @@ class MaXDeepLabFamily(ModelFamily):
 
         self.thing_values = _instance_values(data.export_emd.get("Panoptic_Segmentation_Instance_Classes"))
         if not self.thing_values:
-            self.say("warning", "the export lists no Panoptic_Segmentation_Instance_Classes: every class is "
-                                "trained as 'stuff' (one segment per class and chip)")
+            self.say(
+                "warning",
+                "the export lists no Panoptic_Segmentation_Instance_Classes: every class is "
+                "trained as 'stuff' (one segment per class and chip)",
+            )
         if self.n_masks:
             return
         most = 1
         for rec in data.train.records:
             stuff = {int(v) for v in np.unique(read_label_raster(rec.label))} - set(self.thing_values)
-            things = sum(len(instances_from_mask(read_label_raster(p))) for v, p in rec.masks
-                         if v in self.thing_values)
+            things = sum(len(instances_from_mask(read_label_raster(p))) for v, p in rec.masks if v in self.thing_values)
             most = max(most, len(stuff) + things)
         self.n_masks = most + SPARE_SLOTS
-        self.say("info", f"n_masks = {self.n_masks}: the most segments in a training chip ({most}, background "
-                         f"included) + {SPARE_SLOTS}")
+        self.say(
+            "info",
+            f"n_masks = {self.n_masks}: the most segments in a training chip ({most}, background "
+            f"included) + {SPARE_SLOTS}",
+        )
 
     def load_emd(self, emd: dict[str, Any]) -> None:
         kwargs = emd.get("Kwargs") or {}
@@ -89,8 +96,14 @@ class MaXDeepLabFamily(ModelFamily):
     def build(self) -> nn.Module:
         if not self.n_masks:
             raise ArgumentError("MAXDEEPLAB needs n_masks (from its training data or its package)")
-        return MaXDeepLabNet(self.in_channels, tuple(self.info.chip_size), len(self.info.classes) + 1,
-                             self.n_masks, self.thing_indices, self.score_thresh)
+        return MaXDeepLabNet(
+            self.in_channels,
+            tuple(self.info.chip_size),
+            len(self.info.classes) + 1,
+            self.n_masks,
+            self.thing_indices,
+            self.score_thresh,
+        )
 
     def training_loss(self, model: nn.Module, batch: Any, device: torch.device) -> torch.Tensor:
         images, targets = batch
@@ -113,8 +126,12 @@ class MaXDeepLabFamily(ModelFamily):
                 ids, seg_classes = segments(target, model.is_thing)
                 quality.update(classes[i], instances[i], ids, seg_classes)
         result = quality.result()
-        return total / max(n, 1), {"PQ": result["PQ"], "SQ": result["SQ"], "RQ": result["RQ"],
-                                   "per_class_metrics": result["per_class_metrics"]}
+        return total / max(n, 1), {
+            "PQ": result["PQ"],
+            "SQ": result["SQ"],
+            "RQ": result["RQ"],
+            "per_class_metrics": result["per_class_metrics"],
+        }
 
     @torch.no_grad()
     def predict(self, model: nn.Module, images: torch.Tensor) -> list[dict[str, Any]]:
@@ -126,8 +143,14 @@ class MaXDeepLabFamily(ModelFamily):
         for cls, inst in zip(classes.cpu().numpy(), instances.cpu().numpy()):
             counts = np.bincount(cls.ravel(), minlength=len(names))
             per_thing = {names[c]: len(np.unique(inst[(cls == c) & (inst > 0)])) for c in self.thing_indices}
-            out.append({"class_pixels": {names[i]: int(v) for i, v in enumerate(counts) if v},
-                        "instances": per_thing, "_mask": values[cls], "_instances": inst.astype(np.int32)})
+            out.append(
+                {
+                    "class_pixels": {names[i]: int(v) for i, v in enumerate(counts) if v},
+                    "instances": per_thing,
+                    "_mask": values[cls],
+                    "_instances": inst.astype(np.int32),
+                }
+            )
         return out
 
     def deployable(self, model: nn.Module) -> nn.Module:
@@ -136,8 +159,11 @@ class MaXDeepLabFamily(ModelFamily):
     def inference_spec(self, network: nn.Module) -> dict[str, Any]:
         """Class index i -> value (0: background, written as NoData) and the default slot score threshold (the
         network itself knows which classes are "things", whose slots become instances)."""
-        return {"output": "panoptic", "index_values": [0, *(int(c.value) for c in self.info.classes)],
-                "score_thresh": self.score_thresh}
+        return {
+            "output": "panoptic",
+            "index_values": [0, *(int(c.value) for c in self.info.classes)],
+            "score_thresh": self.score_thresh,
+        }
 
     def model_parameters(self) -> dict[str, Any]:
         return {"backbone": "", "backend": "pytorch", "n_masks": self.n_masks, "score_thresh": self.score_thresh}
@@ -146,8 +172,12 @@ class MaXDeepLabFamily(ModelFamily):
         import json
 
         fields = super().emd_fields(metrics)
-        fields.update({"DatasetType": "Panoptic_Segmentation",
-                       "Kwargs": {"n_masks": self.n_masks, "instance_classes": list(self.thing_values)}})
+        fields.update(
+            {
+                "DatasetType": "Panoptic_Segmentation",
+                "Kwargs": {"n_masks": self.n_masks, "instance_classes": list(self.thing_values)},
+            }
+        )
         if "PQ" in metrics:
             fields["panoptic_quality"] = f"{metrics['PQ']:.4e}"
             for key in ("PQ", "SQ", "RQ"):
@@ -168,11 +198,16 @@ class MaXDeepLabFamily(ModelFamily):
         for i in range(min(4, images.shape[0])):
             ids, seg_classes = segments(targets[i], model.is_thing)
             truth_cls = torch.where(ids >= 0, seg_classes[ids.clamp_min(0)] if len(seg_classes) else ids, ids)
-            truth_inst = torch.where(model.is_thing[truth_cls.clamp_min(0)] & (ids >= 0), ids + 1,
-                                     torch.zeros_like(ids))
-            rows.append([("image", display_rgb(images[i])),
-                         ("ground truth", _panoptic_picture(truth_cls, truth_inst)),
-                         ("prediction", _panoptic_picture(classes[i], instances[i]))])
+            truth_inst = torch.where(
+                model.is_thing[truth_cls.clamp_min(0)] & (ids >= 0), ids + 1, torch.zeros_like(ids)
+            )
+            rows.append(
+                [
+                    ("image", display_rgb(images[i])),
+                    ("ground truth", _panoptic_picture(truth_cls, truth_inst)),
+                    ("prediction", _panoptic_picture(classes[i], instances[i])),
+                ]
+            )
         save_panels(rows, path)
 
 

@@ -45,8 +45,9 @@ class Residual(nn.Module):
 
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(_cbr(cin, cout, stride), nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
-                                  nn.BatchNorm2d(cout))
+        self.body = nn.Sequential(
+            _cbr(cin, cout, stride), nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
+        )
         self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -104,8 +105,15 @@ class DualPathBlock(nn.Module):
 
 
 class MaXDeepLabNet(nn.Module):
-    def __init__(self, in_channels: int, chip_size: tuple[int, int], n_classes: int, n_masks: int,
-                 thing_classes: list[int], score_thresh: float = 0.5) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        chip_size: tuple[int, int],
+        n_classes: int,
+        n_masks: int,
+        thing_classes: list[int],
+        score_thresh: float = 0.5,
+    ) -> None:
         """`n_classes` includes background (index 0); the class head has one more output: "no object"."""
         super().__init__()
         self.stem = nn.Sequential(_cbr(in_channels, 16, 2), _cbr(16, 32, 2))
@@ -137,19 +145,23 @@ class MaXDeepLabNet(nn.Module):
         memory = self.memory.expand(images.shape[0], -1, -1)
         for block in self.blocks:
             pixels, memory = block(pixels, memory)
-        x = self.fuse8(F.interpolate(self.up8(pixels), size=s8.shape[-2:], mode="bilinear", align_corners=False)
-                       + s8)
+        x = self.fuse8(F.interpolate(self.up8(pixels), size=s8.shape[-2:], mode="bilinear", align_corners=False) + s8)
         x = self.fuse4(F.interpolate(self.up4(x), size=s4.shape[-2:], mode="bilinear", align_corners=False) + s4)
         features = self.mask_feature(x)
         masks = torch.einsum("bnd,bdhw->bnhw", self.mask_embed(memory), features)
-        return {"masks": masks, "classes": self.classify(memory), "semantic": self.semantic(x),
-                "instance": self.instance(x)}
+        return {
+            "masks": masks,
+            "classes": self.classify(memory),
+            "semantic": self.semantic(x),
+            "instance": self.instance(x),
+        }
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.postprocess(self.outputs(images), images.shape[-2:])
 
-    def postprocess(self, out: dict[str, torch.Tensor], size: Sequence[int],
-                    score_thresh: float | torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def postprocess(
+        self, out: dict[str, torch.Tensor], size: Sequence[int], score_thresh: float | torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(class index map, instance map) at `size` from the training outputs (see the module docstring);
         `score_thresh` (default: the model's) may be a tensor, so that the traced network takes it as an input."""
         size = tuple(size)
@@ -177,8 +189,9 @@ class PanopticDeploy(nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, images: torch.Tensor, score_thresh: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, images: torch.Tensor, score_thresh: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         out = self.net.outputs(images)
         classes, instances = self.net.postprocess(out, images.shape[-2:], score_thresh)
         return classes, instances, torch.softmax(out["classes"].float(), -1).max(-1)[0]

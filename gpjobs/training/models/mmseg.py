@@ -44,29 +44,61 @@ from gpjobs.training.models.segmentation import SegmentationFamily
 from gpjobs.training.models.segmentation_attention import ContextHead
 from gpjobs.training.models.segmentation_heads import HRNetV2Head, OCRNet, SemanticFPNHead, UPerHead
 
-IMPLEMENTATIONS = ("unet", "pspnet", "deeplabv3", "deeplabv3plus", "fcn", "mobilenet_v2", "upernet", "ocrnet",
-                   "sem_fpn", "hrnet", "nonlocal_net", "dnlnet", "gcnet", "ccnet")
+IMPLEMENTATIONS = (
+    "unet",
+    "pspnet",
+    "deeplabv3",
+    "deeplabv3plus",
+    "fcn",
+    "mobilenet_v2",
+    "upernet",
+    "ocrnet",
+    "sem_fpn",
+    "hrnet",
+    "nonlocal_net",
+    "dnlnet",
+    "gcnet",
+    "ccnet",
+)
 # these read the stride-4..32 taps themselves (FPN fusion, concatenation); the others get a dilated backbone
 UNDILATED = ("unet", "upernet", "sem_fpn", "hrnet", "ocrnet")
 # every accepted name -> (implementation, what the OpenMMLab model is and what this server trains instead)
 MODELS: dict[str, tuple[str, str]] = {name: (name, "") for name in IMPLEMENTATIONS}
-MODELS.update({
-    "hrnet": ("hrnet", "HRNetV2: its head over an HRNet backbone, which is not available here; the head runs "
-                       "over backbone_model"),
-    "ann": ("nonlocal_net", "ANN (asymmetric non-local attention over pyramid-pooled keys); trained with the full "
-                            "non-local block"),
-    "emanet": ("nonlocal_net", "EMANet (expectation-maximisation attention over a compact basis); trained with "
-                               "non-local attention over all positions"),
-    "psanet": ("nonlocal_net", "PSANet (point-wise spatial attention); trained with non-local attention"),
-    "apcnet": ("pspnet", "APCNet (adaptive pyramid context); trained with PSPNet's pyramid pooling"),
-    "dmnet": ("pspnet", "DMNet (dynamic multi-scale filters); trained with PSPNet's pyramid pooling"),
-    "cgnet": ("mobilenet_v2", "CGNet, a light network with its own context-guided backbone; trained as the light "
-                              "network here, DeepLabV3 on MobileNetV2"),
-    "fastscnn": ("mobilenet_v2", "Fast-SCNN, a light network with its own backbone; trained as the light network "
-                                 "here, DeepLabV3 on MobileNetV2"),
-    "resnest": ("deeplabv3", "DeepLabV3 over a ResNeSt (split-attention) backbone, which is not available here; "
-                             "trained over backbone_model"),
-})
+MODELS.update(
+    {
+        "hrnet": (
+            "hrnet",
+            "HRNetV2: its head over an HRNet backbone, which is not available here; the head runs over backbone_model",
+        ),
+        "ann": (
+            "nonlocal_net",
+            "ANN (asymmetric non-local attention over pyramid-pooled keys); trained with the full non-local block",
+        ),
+        "emanet": (
+            "nonlocal_net",
+            "EMANet (expectation-maximisation attention over a compact basis); trained with "
+            "non-local attention over all positions",
+        ),
+        "psanet": ("nonlocal_net", "PSANet (point-wise spatial attention); trained with non-local attention"),
+        "apcnet": ("pspnet", "APCNet (adaptive pyramid context); trained with PSPNet's pyramid pooling"),
+        "dmnet": ("pspnet", "DMNet (dynamic multi-scale filters); trained with PSPNet's pyramid pooling"),
+        "cgnet": (
+            "mobilenet_v2",
+            "CGNet, a light network with its own context-guided backbone; trained as the light "
+            "network here, DeepLabV3 on MobileNetV2",
+        ),
+        "fastscnn": (
+            "mobilenet_v2",
+            "Fast-SCNN, a light network with its own backbone; trained as the light network "
+            "here, DeepLabV3 on MobileNetV2",
+        ),
+        "resnest": (
+            "deeplabv3",
+            "DeepLabV3 over a ResNeSt (split-attention) backbone, which is not available here; "
+            "trained over backbone_model",
+        ),
+    }
+)
 
 
 class DeepLabV3PlusHead(nn.Module):
@@ -80,8 +112,9 @@ class DeepLabV3PlusHead(nn.Module):
         self.low = conv_bn_relu(channels[1], 48, k=1)
         self.fuse = nn.Sequential(conv_bn_relu(256 + 48, 256), conv_bn_relu(256, 256), nn.Conv2d(256, num_outputs, 1))
 
-    def forward(self, feats: Sequence[torch.Tensor], deep: torch.Tensor | None = None,
-                size: Sequence[int] | None = None) -> torch.Tensor:
+    def forward(
+        self, feats: Sequence[torch.Tensor], deep: torch.Tensor | None = None, size: Sequence[int] | None = None
+    ) -> torch.Tensor:
         low = self.low(feats[1])
         x = F.interpolate(self.aspp(feats[-1]), size=low.shape[-2:], mode="bilinear", align_corners=False)
         x = self.fuse(torch.cat([x, low], 1))
@@ -97,23 +130,34 @@ class MMSegmentationFamily(SegmentationFamily):
         if self.model_name not in MODELS:  # the catalog's choices make this unreachable from submit
             from gpjobs.catalog import ArgumentError
 
-            raise ArgumentError(f"MMSEGMENTATION model '{self.model_name}' is not an mmsegmentation model this "
-                                f"server trains; use one of: {', '.join(sorted(MODELS))}")
+            raise ArgumentError(
+                f"MMSEGMENTATION model '{self.model_name}' is not an mmsegmentation model this "
+                f"server trains; use one of: {', '.join(sorted(MODELS))}"
+            )
         self.implementation, self.mapping_note = MODELS[self.model_name]
         if self.mapping_note:
-            self.say("warning", f"model={self.model_name}: {self.mapping_note}. This server trains "
-                                f"{self.implementation} (the .emd records it)")
+            self.say(
+                "warning",
+                f"model={self.model_name}: {self.mapping_note}. This server trains "
+                f"{self.implementation} (the .emd records it)",
+            )
         if self.implementation == "mobilenet_v2" and self.backbone != "MOBILENET_V2":
-            self.say("info", f"model={self.model_name} is deeplabv3 on a MobileNetV2 backbone; "
-                             f"backbone_model {self.backbone} is not used")
+            self.say(
+                "info",
+                f"model={self.model_name} is deeplabv3 on a MobileNetV2 backbone; "
+                f"backbone_model {self.backbone} is not used",
+            )
             self.backbone = "MOBILENET_V2"
 
     def build(self) -> nn.Module:
         from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 
         if self.args.get("model_weight"):
-            self.say("warning", "model_weight: OpenMMLab checkpoints are not available on this server; the "
-                                "backbone starts from the weights directory (or random) instead")
+            self.say(
+                "warning",
+                "model_weight: OpenMMLab checkpoints are not available on this server; the "
+                "backbone starts from the weights directory (or random) instead",
+            )
         name = self.implementation
         backbone = self._backbone(32 if name in UNDILATED else 16)
         channels = backbone.out_channels
@@ -123,8 +167,9 @@ class MMSegmentationFamily(SegmentationFamily):
         if name == "upernet":
             return SegmentationNet(backbone, UPerHead(channels, self.num_outputs), aux=aux, unet=True)
         if name == "sem_fpn":
-            return SegmentationNet(backbone, SemanticFPNHead(channels, self.num_outputs, backbone.strides),
-                                   aux=aux, unet=True)
+            return SegmentationNet(
+                backbone, SemanticFPNHead(channels, self.num_outputs, backbone.strides), aux=aux, unet=True
+            )
         if name == "hrnet":
             return SegmentationNet(backbone, HRNetV2Head(channels, self.num_outputs), aux=aux, unet=True)
         if name in ("nonlocal_net", "dnlnet", "gcnet", "ccnet"):
@@ -147,18 +192,25 @@ class MMSegmentationFamily(SegmentationFamily):
         raise ArgumentError(f"MMSEGMENTATION model '{name}' has no equivalent on this server")
 
     def model_parameters(self) -> dict[str, Any]:
-        params = {**super().model_parameters(), "model": self.model_name,
-                  "model_weight": bool(self.args.get("model_weight")), "trained_as": self.implementation,
-                  "implementation": f"gpjobs {self.implementation} over torchvision {self.backbone.lower()} "
-                                    "(not OpenMMLab)"}
+        params = {
+            **super().model_parameters(),
+            "model": self.model_name,
+            "model_weight": bool(self.args.get("model_weight")),
+            "trained_as": self.implementation,
+            "implementation": f"gpjobs {self.implementation} over torchvision {self.backbone.lower()} (not OpenMMLab)",
+        }
         if self.mapping_note:
             params["mapping_note"] = f"{self.model_name}: {self.mapping_note}"
         return params
 
     def emd_fields(self, metrics: dict[str, Any]) -> dict[str, Any]:
         fields = super().emd_fields(metrics)
-        fields.update({"DatasetType": self.info.format,
-                       "Kwargs": {"model": self.model_name, "model_weight": bool(self.args.get("model_weight"))}})
+        fields.update(
+            {
+                "DatasetType": self.info.format,
+                "Kwargs": {"model": self.model_name, "model_weight": bool(self.args.get("model_weight"))},
+            }
+        )
         return fields
 
 

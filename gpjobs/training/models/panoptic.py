@@ -61,8 +61,9 @@ def _downsample(ids: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(ids[None, None].float(), size=tuple(size), mode="nearest")[0, 0].long()
 
 
-def panoptic_loss(out: dict[str, torch.Tensor], targets: Sequence[dict[str, torch.Tensor]],
-                  is_thing: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+def panoptic_loss(
+    out: dict[str, torch.Tensor], targets: Sequence[dict[str, torch.Tensor]], is_thing: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, float]]:
     """MaX-DeepLab's total loss over a batch and its parts (floats, for logging)."""
     size = out["masks"].shape[-2:]
     totals = {k: out["masks"].new_zeros(()) for k in WEIGHTS}
@@ -77,7 +78,7 @@ def panoptic_loss(out: dict[str, torch.Tensor], targets: Sequence[dict[str, torc
         logits = out["masks"][b].float().flatten(1)  # (N, P)
         class_logp = torch.log_softmax(out["classes"][b].float(), -1)  # (N, K+1)
         semantic = _downsample(target["semantic"], size)
-        totals["semantic"] = totals["semantic"] + F.cross_entropy(out["semantic"][b:b + 1].float(), semantic[None])
+        totals["semantic"] = totals["semantic"] + F.cross_entropy(out["semantic"][b : b + 1].float(), semantic[None])
         n, m = logits.shape[0], len(classes)
         if m == 0:
             totals["pq"] = totals["pq"] - class_logp[:, -1].mean() * (1 - POSITIVE_SHARE)
@@ -104,7 +105,8 @@ def panoptic_loss(out: dict[str, torch.Tensor], targets: Sequence[dict[str, torc
         centers = F.normalize(emb @ truth.T, dim=0)  # (D, M)
         labelled = ids >= 0
         totals["instance"] = totals["instance"] + F.cross_entropy(
-            (centers.T @ emb[:, labelled]).T / TEMPERATURE, ids[labelled])
+            (centers.T @ emb[:, labelled]).T / TEMPERATURE, ids[labelled]
+        )
     count = max(len(targets), 1)
     parts = {k: v / count for k, v in totals.items()}
     return sum(WEIGHTS[k] * v for k, v in parts.items()), {k: float(v.detach()) for k, v in parts.items()}
@@ -118,15 +120,24 @@ class PanopticQuality:
         k = len(self.names)
         self.tp, self.fp, self.fn, self.iou = np.zeros(k), np.zeros(k), np.zeros(k), np.zeros(k)
 
-    def update(self, pred_class: torch.Tensor, pred_instance: torch.Tensor, truth_ids: torch.Tensor,
-               truth_classes: torch.Tensor) -> None:
+    def update(
+        self,
+        pred_class: torch.Tensor,
+        pred_instance: torch.Tensor,
+        truth_ids: torch.Tensor,
+        truth_classes: torch.Tensor,
+    ) -> None:
         """One chip: predicted class and instance maps (H, W), true segment ids (-1 void) and their classes."""
         key = (pred_class.long() * (int(pred_instance.max()) + 1) + pred_instance.long()).flatten()
         pred_keys, pred_ids = torch.unique(key, return_inverse=True)
         pred_cls = (pred_keys // (int(pred_instance.max()) + 1)).cpu().numpy()
         m = len(truth_classes)
-        joint = torch.bincount(pred_ids * (m + 1) + (truth_ids.flatten().long() + 1),
-                               minlength=len(pred_keys) * (m + 1)).view(len(pred_keys), m + 1).cpu().numpy()
+        joint = (
+            torch.bincount(pred_ids * (m + 1) + (truth_ids.flatten().long() + 1), minlength=len(pred_keys) * (m + 1))
+            .view(len(pred_keys), m + 1)
+            .cpu()
+            .numpy()
+        )
         void, inter = joint[:, 0], joint[:, 1:]
         pred_area, true_area = joint.sum(1), inter.sum(0)
         true_cls = truth_classes.cpu().numpy()
@@ -155,8 +166,11 @@ class PanopticQuality:
                 continue
             rq = tp / (tp + fp / 2 + fn / 2)
             sq = self.iou[c] / tp if tp else 0.0
-            per_class[self.names[c]] = {"pq": round(float(sq * rq), 10), "sq": round(float(sq), 10),
-                                        "rq": round(float(rq), 10)}
+            per_class[self.names[c]] = {
+                "pq": round(float(sq * rq), 10),
+                "sq": round(float(sq), 10),
+                "rq": round(float(rq), 10),
+            }
             pqs.append(sq * rq), sqs.append(sq), rqs.append(rq)
         return {"PQ": _mean(pqs), "SQ": _mean(sqs), "RQ": _mean(rqs), "per_class_metrics": per_class}
 

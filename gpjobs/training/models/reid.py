@@ -35,10 +35,17 @@ class ResidualBlock(nn.Module):
         super().__init__()
         stride = 2 if downsample else 1
         self.body = nn.Sequential(
-            nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ELU(inplace=True),
-            nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
-        self.skip = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-                     if downsample or cin != cout else nn.Identity())
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ELU(inplace=True),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        )
+        self.skip = (
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            if downsample or cin != cout
+            else nn.Identity()
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.elu(self.body(x) + self.skip(x))
@@ -51,13 +58,22 @@ class ReidTrunk(nn.Module):
         super().__init__()
         w = width
         self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ELU(inplace=True),
-            nn.Conv2d(w, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ELU(inplace=True),
-            nn.MaxPool2d(3, 2, 1))
+            nn.Conv2d(in_channels, w, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(w),
+            nn.ELU(inplace=True),
+            nn.Conv2d(w, w, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(w),
+            nn.ELU(inplace=True),
+            nn.MaxPool2d(3, 2, 1),
+        )
         self.stages = nn.Sequential(
-            ResidualBlock(w, w, False), ResidualBlock(w, w, False),
-            ResidualBlock(w, 2 * w, True), ResidualBlock(2 * w, 2 * w, False),
-            ResidualBlock(2 * w, 4 * w, True), ResidualBlock(4 * w, 4 * w, False))
+            ResidualBlock(w, w, False),
+            ResidualBlock(w, w, False),
+            ResidualBlock(w, 2 * w, True),
+            ResidualBlock(2 * w, 2 * w, False),
+            ResidualBlock(2 * w, 4 * w, True),
+            ResidualBlock(4 * w, 4 * w, False),
+        )
         self.out_channels = [4 * w]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -74,8 +90,9 @@ class ReidNet(nn.Module):
         super().__init__()
         self.backbone = ReidTrunk(in_channels, width)
         cout = self.backbone.out_channels[-1]
-        self.embedding = nn.Sequential(nn.Dropout(0.4), nn.Linear(cout, EMBEDDING_SIZE, bias=False),
-                                       nn.BatchNorm1d(EMBEDDING_SIZE))
+        self.embedding = nn.Sequential(
+            nn.Dropout(0.4), nn.Linear(cout, EMBEDDING_SIZE, bias=False), nn.BatchNorm1d(EMBEDDING_SIZE)
+        )
         self.classifier = nn.Linear(EMBEDDING_SIZE, num_identities)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -115,13 +132,22 @@ class DeepSortFamily(FeatureClassifierFamily):
         return results
 
     def model_parameters(self) -> dict[str, Any]:
-        return {**super().model_parameters(), "embedding_size": EMBEDDING_SIZE,
-                "implementation": "gpjobs Re-ID CNN (softmax over identities); tracker runs at inference"}
+        return {
+            **super().model_parameters(),
+            "embedding_size": EMBEDDING_SIZE,
+            "implementation": "gpjobs Re-ID CNN (softmax over identities); tracker runs at inference",
+        }
 
     def emd_fields(self, metrics: dict[str, Any]) -> dict[str, Any]:
         fields = super().emd_fields(metrics)
-        fields.update({"ModelType": "ObjectTracking", "ModelName": "DeepSort", "IsMultiLabel": False,
-                       "EmbeddingSize": EMBEDDING_SIZE})
+        fields.update(
+            {
+                "ModelType": "ObjectTracking",
+                "ModelName": "DeepSort",
+                "IsMultiLabel": False,
+                "EmbeddingSize": EMBEDDING_SIZE,
+            }
+        )
         return fields
 
 

@@ -98,8 +98,11 @@ class LinkNetBlock(nn.Module):
         super().__init__()
         mid = max(16, cin // 4)
         self.reduce = nn.Sequential(nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True))
-        self.up = nn.Sequential(nn.ConvTranspose2d(mid, mid, 3, stride=2, padding=1, output_padding=1, bias=False),
-                                nn.BatchNorm2d(mid), nn.ReLU(inplace=True))
+        self.up = nn.Sequential(
+            nn.ConvTranspose2d(mid, mid, 3, stride=2, padding=1, output_padding=1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(inplace=True),
+        )
         self.expand = nn.Sequential(nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
     def forward(self, x: torch.Tensor, size: torch.Size) -> torch.Tensor:
@@ -117,9 +120,14 @@ class LinkNetDecoder(nn.Module):
         self.blocks = nn.ModuleList(LinkNetBlock(cin, cout) for cin, cout in zip(channels[:0:-1], channels[-2::-1]))
         c0 = channels[0]
         self.final = nn.Sequential(
-            nn.ConvTranspose2d(c0, 32, 4, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(inplace=True),
-            nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(inplace=True),
-            nn.Conv2d(32, num_outputs, 1))
+            nn.ConvTranspose2d(c0, 32, 4, stride=2, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(32, 32, 3, padding=1, bias=False),
+            nn.BatchNorm2d(32),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(32, num_outputs, 1),
+        )
 
     def forward(self, feats: list[torch.Tensor], size: torch.Size) -> torch.Tensor:
         x = feats[-1]
@@ -163,18 +171,23 @@ class RoadExtractorFamily(SegmentationFamily):
         if len(weights) != 2 or min(weights) < 0:
             from gpjobs.catalog import ArgumentError
 
-            raise ArgumentError(f"loss_weights must be two non-negative numbers [segmentation, orientation], "
-                                f"got {weights}")
+            raise ArgumentError(
+                f"loss_weights must be two non-negative numbers [segmentation, orientation], got {weights}"
+            )
         self.loss_weights = weights
 
     def build(self) -> nn.Module:
         if str(self.args.get("mtl_model") or "hourglass") == "hourglass":
-            self.say("info", "mtl_model=hourglass is trained as LinkNet over the "
-                             f"{self.backbone} encoder (same two heads: road segmentation and orientation)")
+            self.say(
+                "info",
+                "mtl_model=hourglass is trained as LinkNet over the "
+                f"{self.backbone} encoder (same two heads: road segmentation and orientation)",
+            )
         return MultiTaskLinkNet(self._backbone(), self.num_outputs, self.n_bins + 1)
 
-    def _parts(self, model: nn.Module, images: torch.Tensor, masks: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _parts(
+        self, model: nn.Module, images: torch.Tensor, masks: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         seg, orient = model.forward_train(images)
         road = masks > 0
         for index in self.ignore_indices:  # an ignored class is not road either
@@ -210,18 +223,25 @@ class RoadExtractorFamily(SegmentationFamily):
         metrics = segmentation_metrics(confusion.result(), self.class_names)
         per_class = metrics["per_class_metrics"]
         foreground = [per_class[name]["f1"] for name in self.class_names[1:]]
-        metrics = {"miou": metrics["miou"], "accuracy": metrics["accuracy"],
-                   "dice": sum(foreground) / len(foreground) if foreground else 0.0,
-                   "orientation_accuracy": float(orient_hits / orient_total.clamp_min(1)),
-                   "per_class_metrics": per_class}
+        metrics = {
+            "miou": metrics["miou"],
+            "accuracy": metrics["accuracy"],
+            "dice": sum(foreground) / len(foreground) if foreground else 0.0,
+            "orientation_accuracy": float(orient_hits / orient_total.clamp_min(1)),
+            "per_class_metrics": per_class,
+        }
         return float(total) / max(count, 1), metrics
 
     def model_parameters(self) -> dict[str, Any]:
-        return {**super().model_parameters(), "mtl_model": "linknet",
-                "requested_mtl_model": str(self.args.get("mtl_model") or "hourglass"),
-                "orient_bin_size": self.bin_size, "orient_theta": self.theta,
-                "gaussian_thresh": float(self.args.get("gaussian_thresh") or 0.76),
-                "loss_weights": self.loss_weights}
+        return {
+            **super().model_parameters(),
+            "mtl_model": "linknet",
+            "requested_mtl_model": str(self.args.get("mtl_model") or "hourglass"),
+            "orient_bin_size": self.bin_size,
+            "orient_theta": self.theta,
+            "gaussian_thresh": float(self.args.get("gaussian_thresh") or 0.76),
+            "loss_weights": self.loss_weights,
+        }
 
     def emd_fields(self, metrics: dict[str, Any]) -> dict[str, Any]:
         fields = super().emd_fields(metrics)
@@ -230,5 +250,7 @@ class RoadExtractorFamily(SegmentationFamily):
         return fields
 
 
-FAMILIES: dict[str, type[ModelFamily]] = {"MULTITASK_ROADEXTRACTOR": RoadExtractorFamily,
-                                          "CONNECTNET": RoadExtractorFamily}
+FAMILIES: dict[str, type[ModelFamily]] = {
+    "MULTITASK_ROADEXTRACTOR": RoadExtractorFamily,
+    "CONNECTNET": RoadExtractorFamily,
+}

@@ -45,8 +45,9 @@ class SegmentationFamily(ModelFamily):
         ignore = [int(v) for v in self.args.get("ignore_classes") or []]
         unknown = [v for v in ignore if v not in values]
         if unknown:
-            self.say("warning", f"ignore_classes {unknown} are not class values of this export "
-                                f"({values}); they are skipped")
+            self.say(
+                "warning", f"ignore_classes {unknown} are not class values of this export ({values}); they are skipped"
+            )
         self.ignore_values = [v for v in ignore if v in values]
         self.ignore_indices = [values.index(v) + 1 for v in self.ignore_values]
         self.class_weights: torch.Tensor | None = None
@@ -61,8 +62,11 @@ class SegmentationFamily(ModelFamily):
             return
         weights = getattr(data, "class_weights", None)
         if weights is None:
-            self.say("warning", "class_balancing: the export's statistics have no pixel counts per class; "
-                                "training without class weights")
+            self.say(
+                "warning",
+                "class_balancing: the export's statistics have no pixel counts per class; "
+                "training without class weights",
+            )
             return
         self.class_weights = torch.as_tensor(list(weights), dtype=torch.float32)
         if self.class_weights.numel() != self.num_outputs:
@@ -75,22 +79,33 @@ class SegmentationFamily(ModelFamily):
 
     def _make_loss(self) -> SegmentationLoss:
         return SegmentationLoss(
-            self.num_outputs, class_weights=self.class_weights, ignore_indices=self.ignore_indices,
-            focal=bool(self.args.get("focal_loss")), dice_fraction=float(self.args.get("dice_loss_fraction") or 0),
+            self.num_outputs,
+            class_weights=self.class_weights,
+            ignore_indices=self.ignore_indices,
+            focal=bool(self.args.get("focal_loss")),
+            dice_fraction=float(self.args.get("dice_loss_fraction") or 0),
             dice_average=str(self.args.get("dice_loss_average") or "micro"),
-            weighted_dice=bool(self.args.get("weighted_dice")))
+            weighted_dice=bool(self.args.get("weighted_dice")),
+        )
 
     def _backbone(self, output_stride: int = 32) -> nn.Module:
-        return build_backbone(self.backbone, self.in_channels, weights=self.weights, say=self.say,
-                              output_stride=output_stride)
+        return build_backbone(
+            self.backbone, self.in_channels, weights=self.weights, say=self.say, output_stride=output_stride
+        )
 
     def _dilated_backbone(self) -> nn.Module:
         """The backbone at output stride 16, or 8 with keep_dilation (see the module docstring)."""
         output_stride = 8 if self.args.get("keep_dilation") else 16
         backbone = self._backbone(output_stride)
-        self.say("info", f"{self.model_type.name}: {self.backbone} dilated to output stride {output_stride}"
-                         + ("" if output_stride == 8 else " (keep_dilation=true gives 8, as arcgis.learn and the "
-                                                         "papers use, at about 3x the compute)"))
+        self.say(
+            "info",
+            f"{self.model_type.name}: {self.backbone} dilated to output stride {output_stride}"
+            + (
+                ""
+                if output_stride == 8
+                else " (keep_dilation=true gives 8, as arcgis.learn and the papers use, at about 3x the compute)"
+            ),
+        )
         return backbone
 
     # --- training ---
@@ -111,8 +126,9 @@ class SegmentationFamily(ModelFamily):
             logits, aux = model.forward_train(mixed)
             per = lam * self.loss.per_sample(logits, masks) + (1 - lam) * self.loss.per_sample(logits, masks[perm])
             if aux is not None:
-                per = per + AUX_WEIGHT * (lam * self.loss.per_sample(aux, masks)
-                                          + (1 - lam) * self.loss.per_sample(aux, masks[perm]))
+                per = per + AUX_WEIGHT * (
+                    lam * self.loss.per_sample(aux, masks) + (1 - lam) * self.loss.per_sample(aux, masks[perm])
+                )
             return per.mean()
         return self._loss(model, images, masks).mean()
 
@@ -144,11 +160,13 @@ class SegmentationFamily(ModelFamily):
             counts = torch.bincount(chip.flatten(), minlength=self.num_outputs)
             pixels = {self.class_names[i]: int(n) for i, n in enumerate(counts.tolist()) if n}
             foreground = {k: v for k, v in pixels.items() if k != "NoData"}
-            results.append({
-                "class_pixels": pixels,
-                "dominant_class": max(foreground, key=foreground.get) if foreground else None,
-                "_mask": values[chip].numpy(),
-            })
+            results.append(
+                {
+                    "class_pixels": pixels,
+                    "dominant_class": max(foreground, key=foreground.get) if foreground else None,
+                    "_mask": values[chip].numpy(),
+                }
+            )
         return results
 
     def emd_fields(self, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -161,7 +179,8 @@ class SegmentationFamily(ModelFamily):
         if "per_class_metrics" in metrics:
             # arcgis.learn stores this as a JSON *string* (export-format.md §3.3)
             fields["per_class_metrics"] = json.dumps(
-                {k: {m: v[m] for m in ("precision", "recall", "f1")} for k, v in metrics["per_class_metrics"].items()})
+                {k: {m: v[m] for m in ("precision", "recall", "f1")} for k, v in metrics["per_class_metrics"].items()}
+            )
         return fields
 
     def show_results(self, model: nn.Module, batch: Any, path: Path) -> None:
@@ -179,8 +198,11 @@ class UnetFamily(SegmentationFamily):
 
     def build(self) -> nn.Module:
         backbone = self._backbone()
-        self.say("info", "UNET: gpjobs' light U-Net decoder over the backbone (arcgis.learn trains fastai's "
-                         "DynamicUnet; ours scored a higher mIoU side by side)")
+        self.say(
+            "info",
+            "UNET: gpjobs' light U-Net decoder over the backbone (arcgis.learn trains fastai's "
+            "DynamicUnet; ours scored a higher mIoU side by side)",
+        )
         return SegmentationNet(backbone, UnetDecoder(backbone.out_channels, self.num_outputs))
 
 
@@ -196,19 +218,25 @@ class PSPNetFamily(SegmentationFamily):
         if not use_unet or self.args.get("unet_aux_loss"):
             aux = FCNHead(backbone.out_channels[-2], self.num_outputs)
         if use_unet:
-            self.say("info", "PSPNET: pyramid pooling, then gpjobs' light U-Net decoder (arcgis.learn uses fastai's "
-                             "DynamicUnet here)")
+            self.say(
+                "info",
+                "PSPNET: pyramid pooling, then gpjobs' light U-Net decoder (arcgis.learn uses fastai's "
+                "DynamicUnet here)",
+            )
             head: nn.Module = UnetDecoder(backbone.out_channels, self.num_outputs, context.out_channels)
         else:
             head = nn.Sequential(nn.Dropout(0.1), nn.Conv2d(context.out_channels, self.num_outputs, 1))
         return SegmentationNet(backbone, head, context=context, aux=aux, unet=use_unet)
 
     def model_parameters(self) -> dict[str, Any]:
-        return {**super().model_parameters(),
-                "pyramid_sizes": list(self.args.get("pyramid_sizes") or [1, 2, 3, 6]),
-                "use_unet": bool(self.args.get("use_unet", True)),
-                "pointrend": bool(self.args.get("pointrend")), "keep_dilation": bool(self.args.get("keep_dilation")),
-                "output_stride": 8 if self.args.get("keep_dilation") else 16}
+        return {
+            **super().model_parameters(),
+            "pyramid_sizes": list(self.args.get("pyramid_sizes") or [1, 2, 3, 6]),
+            "use_unet": bool(self.args.get("use_unet", True)),
+            "pointrend": bool(self.args.get("pointrend")),
+            "keep_dilation": bool(self.args.get("keep_dilation")),
+            "output_stride": 8 if self.args.get("keep_dilation") else 16,
+        }
 
 
 class DeepLabFamily(SegmentationFamily):
@@ -224,10 +252,13 @@ class DeepLabFamily(SegmentationFamily):
         return SegmentationNet(backbone, head, aux=aux, unet=False)
 
     def model_parameters(self) -> dict[str, Any]:
-        return {**super().model_parameters(), "pointrend": bool(self.args.get("pointrend")),
-                "keep_dilation": bool(self.args.get("keep_dilation")),
-                "output_stride": 8 if self.args.get("keep_dilation") else 16,
-                "atrous_rates": [12, 24, 36] if self.args.get("keep_dilation") else [6, 12, 18]}
+        return {
+            **super().model_parameters(),
+            "pointrend": bool(self.args.get("pointrend")),
+            "keep_dilation": bool(self.args.get("keep_dilation")),
+            "output_stride": 8 if self.args.get("keep_dilation") else 16,
+            "atrous_rates": [12, 24, 36] if self.args.get("keep_dilation") else [6, 12, 18],
+        }
 
 
 FAMILIES: dict[str, type[ModelFamily]] = {"UNET": UnetFamily, "PSPNET": PSPNetFamily, "DEEPLAB": DeepLabFamily}

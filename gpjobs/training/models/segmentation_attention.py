@@ -28,7 +28,7 @@ class NonLocalBlock(nn.Module):
         self.out = nn.Sequential(nn.Conv2d(inner, channels, 1, bias=False), nn.BatchNorm2d(channels))
         nn.init.zeros_(self.out[1].weight)
         self.mask = nn.Conv2d(channels, 1, 1) if disentangled else None
-        self.scale = inner ** -0.5 / (0.05 if disentangled else 1.0)
+        self.scale = inner**-0.5 / (0.05 if disentangled else 1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
@@ -53,8 +53,12 @@ class GlobalContextBlock(nn.Module):
         super().__init__()
         inner = max(1, int(channels * ratio))
         self.mask = nn.Conv2d(channels, 1, 1)
-        self.transform = nn.Sequential(nn.Conv2d(channels, inner, 1), nn.LayerNorm([inner, 1, 1]),
-                                       nn.ReLU(inplace=True), nn.Conv2d(inner, channels, 1))
+        self.transform = nn.Sequential(
+            nn.Conv2d(channels, inner, 1),
+            nn.LayerNorm([inner, 1, 1]),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(inner, channels, 1),
+        )
         nn.init.zeros_(self.transform[-1].weight)
         nn.init.zeros_(self.transform[-1].bias)
 
@@ -85,8 +89,9 @@ class CrissCrossAttention(nn.Module):
         column = column.masked_fill(self_position, float("-inf"))
         row = torch.einsum("bchw,bchg->bhwg", q, k)  # [B, H, W, W]: same row
         attention = torch.cat([column, row], -1).softmax(-1)
-        out = (torch.einsum("bhwg,bcgw->bchw", attention[..., :h], v)
-               + torch.einsum("bhwg,bchg->bchw", attention[..., h:], v))
+        out = torch.einsum("bhwg,bcgw->bchw", attention[..., :h], v) + torch.einsum(
+            "bhwg,bchg->bchw", attention[..., h:], v
+        )
         return x + self.gamma * out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -50,8 +50,9 @@ class UPerHead(nn.Module):
         self.fuse = conv_bn_relu(width * len(taps), width)
         self.cls = classifier(width, num_outputs)
 
-    def forward(self, feats: Sequence[torch.Tensor], deep: torch.Tensor | None = None,
-                size: Sequence[int] | None = None) -> torch.Tensor:
+    def forward(
+        self, feats: Sequence[torch.Tensor], deep: torch.Tensor | None = None, size: Sequence[int] | None = None
+    ) -> torch.Tensor:
         taps = list(feats[1:])
         laterals = [conv(f) for conv, f in zip(self.lateral, taps[:-1])] + [self.ppm(taps[-1])]
         for i in range(len(laterals) - 1, 0, -1):  # top-down
@@ -83,8 +84,9 @@ class SemanticFPNHead(nn.Module):
             self.scale_heads.append(nn.Sequential(*layers))
         self.cls = classifier(128, num_outputs)
 
-    def forward(self, feats: Sequence[torch.Tensor], deep: torch.Tensor | None = None,
-                size: Sequence[int] | None = None) -> torch.Tensor:
+    def forward(
+        self, feats: Sequence[torch.Tensor], deep: torch.Tensor | None = None, size: Sequence[int] | None = None
+    ) -> torch.Tensor:
         levels = list(self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats[1:]))).values())
         base = levels[0].shape[-2:]
         x = sum(_up(head(level), base) for head, level in zip(self.scale_heads, levels))
@@ -103,8 +105,9 @@ class HRNetV2Head(nn.Module):
         self.fuse = conv_bn_relu(total, width, k=1)
         self.cls = classifier(width, num_outputs)
 
-    def forward(self, feats: Sequence[torch.Tensor], deep: torch.Tensor | None = None,
-                size: Sequence[int] | None = None) -> torch.Tensor:
+    def forward(
+        self, feats: Sequence[torch.Tensor], deep: torch.Tensor | None = None, size: Sequence[int] | None = None
+    ) -> torch.Tensor:
         base = feats[1].shape[-2:]
         x = self.cls(self.fuse(torch.cat([feats[1]] + [_up(f, base) for f in feats[2:]], 1)))
         return x if size is None else _up(x, size)
@@ -116,10 +119,12 @@ class ObjectContext(nn.Module):
 
     def __init__(self, channels: int, key_channels: int = 256) -> None:
         super().__init__()
-        self.query = nn.Sequential(conv_bn_relu(channels, key_channels, k=1),
-                                   conv_bn_relu(key_channels, key_channels, k=1))
-        self.key = nn.Sequential(conv_bn_relu(channels, key_channels, k=1),
-                                 conv_bn_relu(key_channels, key_channels, k=1))
+        self.query = nn.Sequential(
+            conv_bn_relu(channels, key_channels, k=1), conv_bn_relu(key_channels, key_channels, k=1)
+        )
+        self.key = nn.Sequential(
+            conv_bn_relu(channels, key_channels, k=1), conv_bn_relu(key_channels, key_channels, k=1)
+        )
         self.value = conv_bn_relu(channels, key_channels, k=1)
         self.out = conv_bn_relu(key_channels, channels, k=1)
         self.fuse = conv_bn_relu(2 * channels, channels, k=1)
@@ -133,7 +138,7 @@ class ObjectContext(nn.Module):
         q = self.query(pixels).flatten(2).transpose(1, 2)  # [B, HW, D]
         k = self.key(context).flatten(2)  # [B, D, K]
         v = self.value(context).flatten(2).transpose(1, 2)  # [B, K, D]
-        attention = (torch.bmm(q, k) * self.key_channels ** -0.5).softmax(-1)
+        attention = (torch.bmm(q, k) * self.key_channels**-0.5).softmax(-1)
         ctx = torch.bmm(attention, v).transpose(1, 2).reshape(b, self.key_channels, h, w)
         return self.fuse(torch.cat([self.out(ctx), pixels], 1))
 

@@ -75,9 +75,11 @@ class SiamMaskFamily(ModelFamily):
         self.instance = int(self.args.get("instance_size") or 256)
         if self.exemplar % STRIDE or self.instance % STRIDE or self.instance <= self.exemplar or self.exemplar < 24:
             # the template's stride-8 features must outlive a 3x3 valid convolution: at least 3 x 3 of them
-            raise ArgumentError(f"exemplar_size ({self.exemplar}) and instance_size ({self.instance}) must be "
-                                f"multiples of {STRIDE}, exemplar_size at least 24 and instance_size larger "
-                                "(e.g. 128 and 256)")
+            raise ArgumentError(
+                f"exemplar_size ({self.exemplar}) and instance_size ({self.instance}) must be "
+                f"multiples of {STRIDE}, exemplar_size at least 24 and instance_size larger "
+                "(e.g. 128 and 256)"
+            )
         if self.backbone != "RESNET50":
             self.say("info", f"SIAMMASK on {self.backbone}: arcgis.learn's SiamMask uses ResNet-50 (the default here)")
         self.seg_thr = float(self.args.get("seg_thr") if self.args.get("seg_thr") is not None else 0.35)
@@ -90,16 +92,22 @@ class SiamMaskFamily(ModelFamily):
         del trunk.stages["layer4"]  # SiamMask's trunk ends with layer 3
         stride8_layer3(trunk.stages["layer3"])
         trunk.out_channels, trunk.strides = trunk.probe()
-        return SiamMaskNet(trunk, self.exemplar, self.instance, seg_thr=self.seg_thr,
-                           penalty_k=float(self.args.get("penalty_k", 0.04)),
-                           window_influence=float(self.args.get("window_influence", 0.4)))
+        return SiamMaskNet(
+            trunk,
+            self.exemplar,
+            self.instance,
+            seg_thr=self.seg_thr,
+            penalty_k=float(self.args.get("penalty_k", 0.04)),
+            window_influence=float(self.args.get("window_influence", 0.4)),
+        )
 
     def training_loss(self, model: nn.Module, batch: Any, device: torch.device) -> torch.Tensor:
         z, x, boxes, masks = (t.to(device, non_blocking=True) for t in batch)
         return model.loss(z, x, boxes, masks)[0]
 
-    def track(self, model: nn.Module, frames: Sequence[torch.Tensor], first_box: torch.Tensor
-              ) -> list[tuple[torch.Tensor, float, torch.Tensor]]:
+    def track(
+        self, model: nn.Module, frames: Sequence[torch.Tensor], first_box: torch.Tensor
+    ) -> list[tuple[torch.Tensor, float, torch.Tensor]]:
         """(box, score, mask probability) for every frame after the first (frames (C, H, W) at chip size)."""
         device = next(model.parameters()).device
         first = frames[0][None].to(device)
@@ -117,7 +125,7 @@ class SiamMaskFamily(ModelFamily):
             for track in tracks:
                 pairs = list(track.pairs(self.exemplar, self.instance))
                 for start in range(0, len(pairs), 16):
-                    batch = [torch.stack(p).to(device) for p in zip(*pairs[start:start + 16])]
+                    batch = [torch.stack(p).to(device) for p in zip(*pairs[start : start + 16])]
                     total += float(model.loss(*batch)[0]) * len(batch[0])
                     n += len(batch[0])
                 frames = [track.frame(t) for t in range(len(track))]
@@ -130,8 +138,9 @@ class SiamMaskFamily(ModelFamily):
         return total / max(n, 1), {"mIOU": sum(ious) / max(len(ious), 1), "f_measure": sum(fs) / max(len(fs), 1)}
 
     @torch.no_grad()
-    def predict(self, model: nn.Module, images: torch.Tensor, first_box: Sequence[float] | None = None
-                ) -> list[dict[str, Any]]:
+    def predict(
+        self, model: nn.Module, images: torch.Tensor, first_box: Sequence[float] | None = None
+    ) -> list[dict[str, Any]]:
         """`images` (T, C, H, W) = the frames of one sequence; the target is `first_box` in the first frame.
 
         One dict per frame: box (x0, y0, x1, y1), score, mask pixels; `_mask` = the boolean mask."""
@@ -141,13 +150,25 @@ class SiamMaskFamily(ModelFamily):
         h, w = images.shape[-2:]
         first_mask = torch.zeros(h, w, dtype=torch.bool)
         x0, y0, x1, y1 = (round(float(v)) for v in box)
-        first_mask[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = True
-        out = [{"box": [round(float(v), 2) for v in box], "score": 1.0, "mask_pixels": int(first_mask.sum()),
-                "_mask": first_mask.numpy()}]
+        first_mask[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)] = True
+        out = [
+            {
+                "box": [round(float(v), 2) for v in box],
+                "score": 1.0,
+                "mask_pixels": int(first_mask.sum()),
+                "_mask": first_mask.numpy(),
+            }
+        ]
         for b, score, mask in self.track(model, list(images), box):
             pred = mask > self.seg_thr
-            out.append({"box": [round(float(v), 2) for v in b], "score": round(score, 6),
-                        "mask_pixels": int(pred.sum()), "_mask": pred.numpy()})
+            out.append(
+                {
+                    "box": [round(float(v), 2) for v in b],
+                    "score": round(score, 6),
+                    "mask_pixels": int(pred.sum()),
+                    "_mask": pred.numpy(),
+                }
+            )
         return out
 
     def example_input(self) -> Any:
@@ -161,11 +182,18 @@ class SiamMaskFamily(ModelFamily):
         return {"output": "tracks", "seg_thr": self.seg_thr}
 
     def model_parameters(self) -> dict[str, Any]:
-        return {**super().model_parameters(),
-                "hp": {"exemplar_size": self.exemplar, "instance_size": self.instance, "seg_thr": self.seg_thr,
-                       "penalty_k": float(self.args.get("penalty_k", 0.04)),
-                       "window_influence": float(self.args.get("window_influence", 0.4)), "lr": 1.0},
-                "anchors": {"stride": STRIDE, "ratios": list(RATIOS), "scales": [self.exemplar / 2 / STRIDE]}}
+        return {
+            **super().model_parameters(),
+            "hp": {
+                "exemplar_size": self.exemplar,
+                "instance_size": self.instance,
+                "seg_thr": self.seg_thr,
+                "penalty_k": float(self.args.get("penalty_k", 0.04)),
+                "window_influence": float(self.args.get("window_influence", 0.4)),
+                "lr": 1.0,
+            },
+            "anchors": {"stride": STRIDE, "ratios": list(RATIOS), "scales": [self.exemplar / 2 / STRIDE]},
+        }
 
     def emd_fields(self, metrics: dict[str, Any]) -> dict[str, Any]:
         fields = super().emd_fields(metrics)

@@ -44,8 +44,9 @@ POS_IOU, NEG_IOU = 0.6, 0.3
 
 
 def _cbr(cin: int, cout: int, k: int, padding: int = 0) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=padding, bias=False), nn.BatchNorm2d(cout),
-                         nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, padding=padding, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
 
 
 def stride8_layer3(layer3: nn.Sequential) -> None:
@@ -87,14 +88,16 @@ class Refine(nn.Module):
         self.merge2, self.merge1, self.merge0 = _cbr(64, 16, 3, 1), _cbr(32, 8, 3, 1), _cbr(16, 8, 3, 1)
         self.out = nn.Conv2d(8, 1, 3, padding=1)
 
-    def forward(self, row: torch.Tensor, feats: list[torch.Tensor], centers: torch.Tensor, side: float
-                ) -> torch.Tensor:
+    def forward(self, row: torch.Tensor, feats: list[torch.Tensor], centers: torch.Tensor, side: float) -> torch.Tensor:
         """Footprints: squares of `side` search-crop pixels around `centers` (N, 2), one per crop of the batch."""
         x = self.deconv(row[:, :, None, None])
         size = self.side8
         sides = torch.full((len(centers),), side, device=centers.device)
-        levels = ((self.skip2, self.merge2, feats[2], 8), (self.skip1, self.merge1, feats[1], 4),
-                  (self.skip0, self.merge0, feats[0], 2))
+        levels = (
+            (self.skip2, self.merge2, feats[2], 8),
+            (self.skip1, self.merge1, feats[1], 4),
+            (self.skip0, self.merge0, feats[0], 2),
+        )
         for skip, merge, feat, stride in levels:
             # RoIAlign with one bilinear sample per cell, written with grid_sample: the TorchScript module must
             # run where only torch is installed (torchvision's roi_align is a torchvision operator)
@@ -107,8 +110,16 @@ class Refine(nn.Module):
 
 
 class SiamMaskNet(nn.Module):
-    def __init__(self, backbone: nn.Module, exemplar: int, instance: int, *, seg_thr: float = 0.35,
-                 penalty_k: float = 0.04, window_influence: float = 0.4) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        exemplar: int,
+        instance: int,
+        *,
+        seg_thr: float = 0.35,
+        penalty_k: float = 0.04,
+        window_influence: float = 0.4,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         channels = list(backbone.out_channels)
@@ -160,12 +171,19 @@ class SiamMaskNet(nn.Module):
     def decode(self, deltas: torch.Tensor) -> torch.Tensor:
         """Deltas (..., N, 4) -> boxes (cx, cy, w, h) of the anchors."""
         a = self.anchors
-        return torch.stack([a[:, 0] + deltas[..., 0] * a[:, 2], a[:, 1] + deltas[..., 1] * a[:, 3],
-                            a[:, 2] * torch.exp(deltas[..., 2].clamp(max=4.0)),
-                            a[:, 3] * torch.exp(deltas[..., 3].clamp(max=4.0))], -1)
+        return torch.stack(
+            [
+                a[:, 0] + deltas[..., 0] * a[:, 2],
+                a[:, 1] + deltas[..., 1] * a[:, 3],
+                a[:, 2] * torch.exp(deltas[..., 2].clamp(max=4.0)),
+                a[:, 3] * torch.exp(deltas[..., 3].clamp(max=4.0)),
+            ],
+            -1,
+        )
 
-    def loss(self, z: torch.Tensor, x: torch.Tensor, boxes: torch.Tensor, masks: torch.Tensor
-             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(
+        self, z: torch.Tensor, x: torch.Tensor, boxes: torch.Tensor, masks: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """SiamMask's loss for template crops, search crops, target boxes and masks in the search crops."""
         out = self.pair_outputs(z, x)
         a = self.anchors
@@ -180,8 +198,15 @@ class SiamMaskNet(nn.Module):
         cls = (bce * pos).sum() / pos.sum().clamp_min(1) / 2 + (bce * neg).sum() / neg.sum().clamp_min(1) / 2
         w, h = (boxes[:, 2] - boxes[:, 0]).clamp_min(1.0), (boxes[:, 3] - boxes[:, 1]).clamp_min(1.0)
         cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
-        target = torch.stack([(cx[:, None] - a[:, 0]) / a[:, 2], (cy[:, None] - a[:, 1]) / a[:, 3],
-                              torch.log(w[:, None] / a[:, 2]), torch.log(h[:, None] / a[:, 3])], -1)
+        target = torch.stack(
+            [
+                (cx[:, None] - a[:, 0]) / a[:, 2],
+                (cy[:, None] - a[:, 1]) / a[:, 3],
+                torch.log(w[:, None] / a[:, 2]),
+                torch.log(h[:, None] / a[:, 3]),
+            ],
+            -1,
+        )
         smooth = F.smooth_l1_loss(out["deltas"].float(), target, reduction="none", beta=1 / 9).sum(-1)
         loc = (smooth * pos).sum() / pos.sum().clamp_min(1)
         cells = best % (self.response * self.response)
@@ -193,8 +218,9 @@ class SiamMaskNet(nn.Module):
         parts = {"cls": cls, "loc": loc, "mask": mask}
         return sum(LOSS_WEIGHTS[k] * v for k, v in parts.items()), parts
 
-    def forward(self, template_frame: torch.Tensor, template_box: torch.Tensor, frame: torch.Tensor,
-                previous_box: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, template_frame: torch.Tensor, template_box: torch.Tensor, frame: torch.Tensor, previous_box: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         zb, pb = template_box.reshape(1, 4).float(), previous_box.reshape(1, 4).float()
         z = crop_square(template_frame, box_centers(zb), context_side(zb), self.exemplar)
         side = context_side(pb) * (self.instance / self.exemplar)

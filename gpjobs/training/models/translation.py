@@ -57,14 +57,17 @@ class TranslationFamily(ModelFamily):
         results = []
         for chip in native:
             flat = chip.flatten(1)
-            results.append({
-                "translated": self.model_type.esri_model_name,
-                "size": [int(chip.shape[1]), int(chip.shape[2])], "bands": int(chip.shape[0]),
-                "band_min": [round(float(v), 3) for v in flat.min(1).values],
-                "band_mean": [round(float(v), 3) for v in flat.mean(1)],
-                "band_max": [round(float(v), 3) for v in flat.max(1).values],
-                "_image": chip.permute(1, 2, 0).numpy(),
-            })
+            results.append(
+                {
+                    "translated": self.model_type.esri_model_name,
+                    "size": [int(chip.shape[1]), int(chip.shape[2])],
+                    "bands": int(chip.shape[0]),
+                    "band_min": [round(float(v), 3) for v in flat.min(1).values],
+                    "band_mean": [round(float(v), 3) for v in flat.mean(1)],
+                    "band_max": [round(float(v), 3) for v in flat.max(1).values],
+                    "_image": chip.permute(1, 2, 0).numpy(),
+                }
+            )
         return results
 
     def show_pairs(self, columns: list[tuple[str, torch.Tensor]], path: Path, rows: int = 4) -> None:
@@ -116,8 +119,9 @@ class _Upsampled(nn.Module):
 class FeatureLoss(nn.Module):
     """Pixel L1 + weighted L1 between feature maps (+ Gram matrices for VGG, as arcgis.learn's FeatureLoss)."""
 
-    def __init__(self, layers: nn.ModuleList, weights: Iterable[float], gram: bool, rgb_only: bool,
-                 pixel: bool = True) -> None:
+    def __init__(
+        self, layers: nn.ModuleList, weights: Iterable[float], gram: bool, rgb_only: bool, pixel: bool = True
+    ) -> None:
         super().__init__()
         self.pixel = pixel
         self.layers = layers
@@ -151,7 +155,7 @@ class FeatureLoss(nn.Module):
         for w, fp, ft in zip(self.weights, self._features(pred), self._features(target.detach())):
             loss = loss + w * (fp - ft).abs().flatten(1).mean(1)
             if self.gram:
-                loss = loss + w ** 2 * 5e3 * (self._gram(fp) - self._gram(ft)).abs().flatten(1).mean(1)
+                loss = loss + w**2 * 5e3 * (self._gram(fp) - self._gram(ft)).abs().flatten(1).mean(1)
         return loss
 
 
@@ -204,10 +208,14 @@ class SuperResolutionFamily(TranslationFamily):
         stages = list(backbone.stages.values())[:3]
         layers = nn.ModuleList(copy.deepcopy(s) for s in stages)
         pretrained = self.weights.outcome.startswith("loaded")
-        self.say("info" if pretrained else "warning", (
-            "SuperResolution feature loss: no VGG16_BN weights (vgg16_bn-6c64b313.pth) in the weights directory; "
-            f"using a frozen copy of the first {self.backbone} stages"
-            + ("" if pretrained else " (randomly initialised, so the term is weak: pixel L1 does most of the work)")))
+        self.say(
+            "info" if pretrained else "warning",
+            (
+                "SuperResolution feature loss: no VGG16_BN weights (vgg16_bn-6c64b313.pth) in the weights directory; "
+                f"using a frozen copy of the first {self.backbone} stages"
+                + ("" if pretrained else " (randomly initialised, so the term is weak: pixel L1 does most of the work)")
+            ),
+        )
         return FeatureLoss(layers, [OWN_FEATURE_WEIGHT] * len(layers), gram=False, rgb_only=False)
 
     def _loss_module(self, device: torch.device) -> FeatureLoss:
@@ -260,8 +268,11 @@ class SuperResolutionFamily(TranslationFamily):
         return {**super().inference_spec(network), "upscale": self.factor}
 
     def emd_fields(self, metrics: dict[str, Any]) -> dict[str, Any]:
-        return {**super().emd_fields(metrics), "downsample_factor": self.factor,
-                **self.metric_strings(metrics, ("PSNR", "SSIM"))}
+        return {
+            **super().emd_fields(metrics),
+            "downsample_factor": self.factor,
+            **self.metric_strings(metrics, ("PSNR", "SSIM")),
+        }
 
     def show_results(self, model: nn.Module, batch: Any, path: Path) -> None:
         _, target = batch
@@ -269,8 +280,14 @@ class SuperResolutionFamily(TranslationFamily):
         with torch.no_grad():
             low = degrade(target, self.factor)
             out = model(low)
-        self.show_pairs([(f"input (1/{self.factor})", self.scale.to01(low)), ("original", self.scale.to01(target)),
-                         ("prediction", self.scale.to01(out))], path)
+        self.show_pairs(
+            [
+                (f"input (1/{self.factor})", self.scale.to01(low)),
+                ("original", self.scale.to01(target)),
+                ("prediction", self.scale.to01(out)),
+            ],
+            path,
+        )
 
 
 FAMILIES: dict[str, type[ModelFamily]] = {"SUPERRESOLUTION": SuperResolutionFamily}

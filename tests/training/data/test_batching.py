@@ -103,8 +103,9 @@ def test_workers_ship_file_dtype_and_consumers_get_float32_int64(tmp_path):
             assert images.dtype == torch.float32 and images.shape == (4, 3, 32, 32) and images.is_contiguous()
             assert masks.dtype == torch.int64 and masks.shape == (4, 32, 32)
     # No augmentation on the validation side: the worker's batches are the samples themselves.
-    _, valid = open_training_data([write_classified_tiles(tmp_path / "v", n=8)], task="segmentation",
-                                  validation_percent=50).loaders(2, num_workers=1)
+    _, valid = open_training_data(
+        [write_classified_tiles(tmp_path / "v", n=8)], task="segmentation", validation_percent=50
+    ).loaders(2, num_workers=1)
     for b, (images, masks) in enumerate(valid):
         for j in range(len(images)):
             image, mask = valid.dataset[b * 2 + j]
@@ -117,8 +118,9 @@ def test_device_path_gives_the_same_batches(tmp_path):
     data = open_training_data([folder], task="detection", chip_size=48, validation_percent=0, augment=True)
     for seed in range(3):
         assert_same(raw_batch(data, range(6), seed, device=torch.device("cpu")), reference_batch(data, range(6), seed))
-    seg = open_training_data([write_classified_tiles(tmp_path, n=4)], task="segmentation", validation_percent=0,
-                             augment=False)
+    seg = open_training_data(
+        [write_classified_tiles(tmp_path, n=4)], task="segmentation", validation_percent=0, augment=False
+    )
     a, _ = seg.loaders(2, device="cpu")
     b, _ = seg.loaders(2)
     for x, y in zip(a, b):
@@ -202,8 +204,9 @@ def test_worker_batches_reuse_ring_slots_across_epochs_and_abandoned_passes(tmp_
     """More batches than slots, three passes after one abandoned mid-way: every batch is still its
     samples, slots are really used (taken while a pass runs) and all free again after full passes (the
     abandoned pass's stale batches, dropped by torch, hold their slots one pass longer)."""
-    data = open_training_data([write_classified_tiles(tmp_path, n=40)], task="segmentation",
-                              validation_percent=50, augment=False)
+    data = open_training_data(
+        [write_classified_tiles(tmp_path, n=40)], task="segmentation", validation_percent=50, augment=False
+    )
     _, valid = data.loaders(2, num_workers=1)
     ring = valid.ring
     assert ring is not None and ring.state.shape == (1, 10)
@@ -248,5 +251,7 @@ def test_ring_slot_protocol(monkeypatch):
     assert packed.buffer is None and packed.slot is not None  # in a slot, not its own segment
     out = packed.unpack(ring)
     assert out["x"].dtype == torch.uint16 and out["x"].to(torch.int64).tolist() == [[[0, 1, 2], [3, 4, 5]]] * 2
-    assert out["keep"].tolist() == [7, 8] and out["keep"].untyped_storage().data_ptr() != \
-        ring.buffer(packed.slot).untyped_storage().data_ptr()  # kept targets are copies
+    assert (
+        out["keep"].tolist() == [7, 8]
+        and out["keep"].untyped_storage().data_ptr() != ring.buffer(packed.slot).untyped_storage().data_ptr()
+    )  # kept targets are copies

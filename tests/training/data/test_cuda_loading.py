@@ -17,8 +17,9 @@ def _batches(loader) -> list:
 
 
 def test_pinned_batches_equal_plain_ones(tmp_path):
-    data = open_training_data([write_classified_tiles(tmp_path, n=8, size=32)], task="segmentation",
-                              validation_percent=25, augment=False)
+    data = open_training_data(
+        [write_classified_tiles(tmp_path, n=8, size=32)], task="segmentation", validation_percent=25, augment=False
+    )
     plain, pinned = _batches(data.loaders(2)[1]), _batches(data.loaders(2, pin_memory=True)[1])
     assert len(plain) == len(pinned) >= 1
     for (images, masks), (p_images, p_masks) in zip(plain, pinned):
@@ -40,8 +41,9 @@ def test_device_batches_are_finished_on_the_gpu(tmp_path, num_workers):
 
 
 def test_detection_targets_follow_the_batch_to_the_gpu(tmp_path):
-    data = open_training_data([write_pascal_voc(tmp_path, n=6, size=32)], task="detection", validation_percent=0,
-                              augment=False)
+    data = open_training_data(
+        [write_pascal_voc(tmp_path, n=6, size=32)], task="detection", validation_percent=0, augment=False
+    )
     plain = _batches(data.loaders(2)[0])
     on_gpu = _batches(data.loaders(2, device=torch.device("cuda", 0))[0])
     assert len(plain) == len(on_gpu) >= 1

@@ -130,8 +130,9 @@ def test_normalisation_regimes_and_emd_round_trip(tmp_path):
     swapped = open_training_data([ms_folder], task="segmentation", extract_bands=[5, 4, 3, 2, 1, 0], augment=False)
     assert torch.allclose(to_model_input(chip, swapped.info)[0], swapped.valid[0][0][0], atol=1e-5)
     # Without band statistics in the export they are computed from the chips, close to the recorded ones.
-    old = open_training_data([write_classified_tiles(tmp_path, n=4, bands=6, dtype="uint16", name="old")],
-                             task="segmentation")
+    old = open_training_data(
+        [write_classified_tiles(tmp_path, n=4, bands=6, dtype="uint16", name="old")], task="segmentation"
+    )
     assert any("band statistics" in w for w in old.report.warnings)
     picked = [old.info.normalization.band_mean[b] for b in (0, 2, 4, 5)]
     assert np.allclose(picked, ms.info.normalization.band_mean, rtol=0.2)

@@ -29,8 +29,12 @@ from gpjobs.training.models.detection.yolo_net import (
 
 def test_ssd_anchors_follow_grid_zoom_ratio_order():
     a = ssd_anchors([2], [1.0], [[1.0, 1.0]])
-    assert a.tolist() == [[0.25, 0.25, 0.5, 0.5], [0.75, 0.25, 0.5, 0.5],
-                          [0.25, 0.75, 0.5, 0.5], [0.75, 0.75, 0.5, 0.5]]
+    assert a.tolist() == [
+        [0.25, 0.25, 0.5, 0.5],
+        [0.75, 0.25, 0.5, 0.5],
+        [0.25, 0.75, 0.5, 0.5],
+        [0.75, 0.75, 0.5, 0.5],
+    ]
     b = ssd_anchors([4, 1], [1.0, 0.5], [[1.0, 1.0], [2.0, 1.0]])
     assert b.shape == (4 * 4 * 4 + 1 * 4, 4)
     # first cell of the 4x4 grid: zoom 1 square, zoom 1 wide, zoom .5 square, zoom .5 wide
@@ -68,7 +72,12 @@ def test_darknet53_taps_any_band_count():
     net = darknet53_features(6)
     feats = net(torch.zeros(1, 6, 64, 64))
     assert [tuple(f.shape[1:]) for f in feats.values()] == [
-        (64, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4), (1024, 2, 2)]
+        (64, 32, 32),
+        (128, 16, 16),
+        (256, 8, 8),
+        (512, 4, 4),
+        (1024, 2, 2),
+    ]
     assert net.out_channels == [64, 128, 256, 512, 1024] and net.strides == [2, 4, 8, 16, 32]
     assert net.first_conv().in_channels == 6
 
@@ -101,7 +110,8 @@ class TinyBackbone(nn.Module):
         chans = [bands, 8, 16, 32, 32, 32]
         self.layers = nn.ModuleList(
             nn.Sequential(nn.Conv2d(chans[i], chans[i + 1], 3, 2, 1), nn.BatchNorm2d(chans[i + 1]), nn.ReLU())
-            for i in range(5))
+            for i in range(5)
+        )
         self.out_channels = chans[1:]
         self.strides = [2, 4, 8, 16, 32]
 
@@ -118,7 +128,7 @@ def _squares(n: int = 4, size: int = 64):
     targets = []
     for i in range(n):
         x0 = 4 + 8 * i
-        images[i, i % 2, 10:26, x0:x0 + 16] = 1.0
+        images[i, i % 2, 10:26, x0 : x0 + 16] = 1.0
         targets.append({"boxes": torch.tensor([[x0, 10.0, x0 + 16, 26.0]]), "labels": torch.tensor([1 + i % 2])})
     return images, targets
 
@@ -147,7 +157,8 @@ def test_ssd_head_shapes_matching_and_learning():
     match = match_anchors(torch.tensor([[0.0, 0.0, 0.05, 0.05]]), model.anchors)
     assert int((match >= 0).sum()) == 1
     losses, images, targets = _overfit(
-        model, lambda out, t: ssd_loss(out, t, model.anchors, model.cell_sizes, (64, 64)))
+        model, lambda out, t: ssd_loss(out, t, model.anchors, model.cell_sizes, (64, 64))
+    )
     assert losses[-1] < 0.5 * losses[0]
     model.eval()
     with torch.no_grad():
@@ -164,8 +175,7 @@ def test_yolo_head_shapes_and_learning():
     model = YOLOv3Net(TinyBackbone(), 2, anchors, width=32)
     outs = model(torch.zeros(2, 3, 64, 64))
     assert [tuple(o.shape) for o in outs] == [(2, 3, 7, 8, 8), (2, 3, 7, 4, 4), (2, 3, 7, 2, 2)]
-    losses, images, targets = _overfit(
-        model, lambda out, t: yolo_loss(out, t, model.anchors, model.strides))
+    losses, images, targets = _overfit(model, lambda out, t: yolo_loss(out, t, model.anchors, model.strides))
     assert losses[-1] < 0.5 * losses[0]
     model.eval()
     with torch.no_grad():

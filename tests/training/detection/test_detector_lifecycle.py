@@ -17,9 +17,15 @@ from tests.training.helpers import gpjobs, interrupted_and_resumed, train_and_pa
 
 pytestmark = pytest.mark.slow  # every test here trains a detector
 
-TINY_RCNN = {"rpn_pre_nms_top_n_train": 50, "rpn_post_nms_top_n_train": 20, "rpn_pre_nms_top_n_test": 50,
-             "rpn_post_nms_top_n_test": 20, "rpn_batch_size_per_image": 16, "box_batch_size_per_image": 16,
-             "box_detections_per_img": 10}
+TINY_RCNN = {
+    "rpn_pre_nms_top_n_train": 50,
+    "rpn_post_nms_top_n_train": 20,
+    "rpn_pre_nms_top_n_test": 50,
+    "rpn_post_nms_top_n_test": 20,
+    "rpn_batch_size_per_image": 16,
+    "box_batch_size_per_image": 16,
+    "box_detections_per_img": 10,
+}
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +35,17 @@ def voc(tmp_path_factory):
 
 def test_early_stopping_on_a_detector_metric_keeps_the_best_epoch(tmp_path, voc):
     # AP cannot rise by 2.0: every epoch after the first is "no improvement", so patience 1 stops after epoch 2
-    run = train_and_package(tmp_path, voc, "SSD", backbone_model="RESNET18", max_epochs=5, batch_size=2,
-                            learning_rate=0.003, freeze_model=False,
-                            arguments={"monitor": "average_precision", "patience": 1, "min_delta": 2.0})
+    run = train_and_package(
+        tmp_path,
+        voc,
+        "SSD",
+        backbone_model="RESNET18",
+        max_epochs=5,
+        batch_size=2,
+        learning_rate=0.003,
+        freeze_model=False,
+        arguments={"monitor": "average_precision", "patience": 1, "min_delta": 2.0},
+    )
     assert [e["epoch"] for e in run.epochs] == [1, 2]
     assert any(t.startswith("Early stopping: average_precision") for t in run.messages)
     assert run.result["best_epoch"] == 1 and run.emd["Gpjobs"]["stopped_early"] is True
@@ -41,8 +55,17 @@ def test_early_stopping_on_a_detector_metric_keeps_the_best_epoch(tmp_path, voc)
 def test_lr_finder_chooses_the_detector_learning_rate(tmp_path, voc):
     # The range test may take 10 % of the planned steps and needs 20: plan 67 epochs of 3 steps, and stop after
     # epoch 2 (valid_loss cannot improve by 10)
-    run = train_and_package(tmp_path, voc, "SSD", backbone_model="RESNET18", max_epochs=67, batch_size=2,
-                            learning_rate=0.0, freeze_model=False, arguments={"patience": 1, "min_delta": 10})
+    run = train_and_package(
+        tmp_path,
+        voc,
+        "SSD",
+        backbone_model="RESNET18",
+        max_epochs=67,
+        batch_size=2,
+        learning_rate=0.0,
+        freeze_model=False,
+        arguments={"patience": 1, "min_delta": 10},
+    )
     finder = run.emd["Gpjobs"]["lr_finder"]
     assert finder is not None and finder["points"] >= 10
     assert finder["min_lr"] <= run.emd["Gpjobs"]["learning_rate"] == finder["chosen"] <= finder["max_lr"]
@@ -51,9 +74,18 @@ def test_lr_finder_chooses_the_detector_learning_rate(tmp_path, voc):
 
 
 def test_interrupted_rcnn_resumes_to_the_same_result(tmp_path, voc):
-    straight, resumed = interrupted_and_resumed(tmp_path, voc, "FASTERRCNN", backbone_model="RESNET18", max_epochs=3,
-                                                batch_size=2, learning_rate=0.001, freeze_model=False,
-                                                stop_training=False, arguments=TINY_RCNN)
+    straight, resumed = interrupted_and_resumed(
+        tmp_path,
+        voc,
+        "FASTERRCNN",
+        backbone_model="RESNET18",
+        max_epochs=3,
+        batch_size=2,
+        learning_rate=0.001,
+        freeze_model=False,
+        stop_training=False,
+        arguments=TINY_RCNN,
+    )
     assert any("resumed from the checkpoint after epoch 1" in t for t in resumed.messages)
     assert [e["epoch"] for e in resumed.epochs] == [2, 3]
     # RPN/RoI sampling draws from the RNG: equal numbers prove the RNG state was restored too
@@ -62,14 +94,43 @@ def test_interrupted_rcnn_resumes_to_the_same_result(tmp_path, voc):
 
 
 def test_fine_tuning_from_a_detector_dlpk_via_gpjobs_train(tmp_path, voc):
-    first = train_and_package(tmp_path / "a", voc, "SSD", backbone_model="RESNET18", max_epochs=2, batch_size=2,
-                              learning_rate=0.003, freeze_model=False)
+    first = train_and_package(
+        tmp_path / "a",
+        voc,
+        "SSD",
+        backbone_model="RESNET18",
+        max_epochs=2,
+        batch_size=2,
+        learning_rate=0.003,
+        freeze_model=False,
+    )
     package = first.package
     out = tmp_path / "tuned.dlpk"
-    run = gpjobs("train", "--in-folder", str(voc), "--model-type", "SSD", "--backbone-model", "RESNET34",
-                 "--pretrained-model", package, "--max-epochs", "1", "--batch-size", "2", "--learning-rate",
-                 "0.001", "--validation-percent", "25", "--no-freeze-model", "--threads", "1", "--output",
-                 str(out), "--json")
+    run = gpjobs(
+        "train",
+        "--in-folder",
+        str(voc),
+        "--model-type",
+        "SSD",
+        "--backbone-model",
+        "RESNET34",
+        "--pretrained-model",
+        package,
+        "--max-epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--learning-rate",
+        "0.001",
+        "--validation-percent",
+        "25",
+        "--no-freeze-model",
+        "--threads",
+        "1",
+        "--output",
+        str(out),
+        "--json",
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "using it instead of RESNET34" in run.stderr
     loaded = run.stderr.split("Fine-tuning from model (gpjobs package): ")[1].split(" weight tensors loaded")[0]
@@ -81,6 +142,19 @@ def test_fine_tuning_from_a_detector_dlpk_via_gpjobs_train(tmp_path, voc):
     assert emd["backbone"] == "resnet18"
     assert emd["Grids"] == first.emd["Grids"]
     # a detector package cannot fine-tune another model type
-    wrong = gpjobs("train", "--in-folder", str(voc), "--model-type", "RETINANET", "--pretrained-model", package,
-                   "--max-epochs", "1", "--output", str(tmp_path / "x.dlpk"), "--threads", "1")
+    wrong = gpjobs(
+        "train",
+        "--in-folder",
+        str(voc),
+        "--model-type",
+        "RETINANET",
+        "--pretrained-model",
+        package,
+        "--max-epochs",
+        "1",
+        "--output",
+        str(tmp_path / "x.dlpk"),
+        "--threads",
+        "1",
+    )
     assert wrong.returncode == ExitCode.BAD_INPUT and "is a SSD model" in wrong.stderr

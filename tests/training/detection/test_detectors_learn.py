@@ -16,9 +16,15 @@ import pytest
 from tests.builders.exports import write_pascal_voc, write_rcnn_masks
 from tests.training.helpers import train_and_package
 
-SMALL_RCNN = {"rpn_pre_nms_top_n_train": 200, "rpn_post_nms_top_n_train": 100, "rpn_pre_nms_top_n_test": 200,
-              "rpn_post_nms_top_n_test": 100, "rpn_batch_size_per_image": 64, "box_batch_size_per_image": 64,
-              "box_detections_per_img": 20}
+SMALL_RCNN = {
+    "rpn_pre_nms_top_n_train": 200,
+    "rpn_post_nms_top_n_train": 100,
+    "rpn_pre_nms_top_n_test": 200,
+    "rpn_post_nms_top_n_test": 100,
+    "rpn_batch_size_per_image": 64,
+    "box_batch_size_per_image": 64,
+    "box_detections_per_img": 20,
+}
 
 CASES = {
     # model_type: (builder, chip px, chips, backbone, epochs, learning rate, arguments)
@@ -40,12 +46,23 @@ CASES = {
 @pytest.mark.parametrize("model_type", sorted(CASES))
 def test_detector_reaches_a_meaningful_esri_ap(tmp_path, model_type):
     builder, size, n, backbone, epochs, lr, arguments = CASES[model_type]
-    run = train_and_package(tmp_path, builder(tmp_path, n=n, size=size), model_type, backbone_model=backbone,
-                            max_epochs=epochs, batch_size=4, learning_rate=lr, freeze_model=False,
-                            stop_training=False, arguments=arguments)
+    run = train_and_package(
+        tmp_path,
+        builder(tmp_path, n=n, size=size),
+        model_type,
+        backbone_model=backbone,
+        max_epochs=epochs,
+        batch_size=4,
+        learning_rate=lr,
+        freeze_model=False,
+        stop_training=False,
+        arguments=arguments,
+    )
     epochs = run.epochs
-    trace = [(e["epoch"], round(e["train_loss"], 3), round(e["valid_loss"], 3),
-              round(e["metrics"]["average_precision"], 3)) for e in epochs]
+    trace = [
+        (e["epoch"], round(e["train_loss"], 3), round(e["valid_loss"], 3), round(e["metrics"]["average_precision"], 3))
+        for e in epochs
+    ]
     assert epochs[-1]["valid_loss"] < epochs[0]["valid_loss"], trace
     best = run.metrics
     # the package keeps the best epoch (of the monitored value); its AP is the one the user sees in the .emd

@@ -16,8 +16,14 @@ FPN_TYPES = ("FASTERRCNN", "RETINANET", "MASKRCNN")
 FAMILY_REPRESENTATIVES = ("RESNET18", "DENSENET121", "VGG11", "VGG11_BN", "MOBILENET_V2")
 # one cheap build per torchvision detector family stays in `make test-fast`; the rest take seconds each
 CHEAP = {("FASTERRCNN", "RESNET18"), ("RETINANET", "MOBILENET_V2")}
-TINY_RCNN = {"rpn_pre_nms_top_n_train": 50, "rpn_post_nms_top_n_train": 20, "rpn_pre_nms_top_n_test": 50,
-             "rpn_post_nms_top_n_test": 20, "rpn_batch_size_per_image": 16, "box_batch_size_per_image": 16}
+TINY_RCNN = {
+    "rpn_pre_nms_top_n_train": 50,
+    "rpn_post_nms_top_n_train": 20,
+    "rpn_pre_nms_top_n_test": 50,
+    "rpn_post_nms_top_n_test": 20,
+    "rpn_batch_size_per_image": 16,
+    "box_batch_size_per_image": 16,
+}
 
 
 @pytest.mark.parametrize("model_type", FPN_TYPES)
@@ -34,16 +40,22 @@ def exports(tmp_path_factory):
     return {"detection": write_pascal_voc(root, n=4, size=32), "instance": write_rcnn_masks(root, n=4, size=32)}
 
 
-@pytest.mark.parametrize("model_type, backbone", [
-    pytest.param(m, b, marks=() if (m, b) in CHEAP else pytest.mark.slow) for m in FPN_TYPES
-    for b in FAMILY_REPRESENTATIVES])
+@pytest.mark.parametrize(
+    "model_type, backbone",
+    [
+        pytest.param(m, b, marks=() if (m, b) in CHEAP else pytest.mark.slow)
+        for m in FPN_TYPES
+        for b in FAMILY_REPRESENTATIVES
+    ],
+)
 def test_backbone_family_builds_and_steps(exports, model_type, backbone):
     torch.manual_seed(0)
     info = lookup_model_type(model_type)
     data = open_training_data([exports[info.task]], task=info.task, validation_percent=0.0, augment=False)
     args = parse_arguments(info, TINY_RCNN if model_type != "RETINANET" else {})
-    family = family_for(model_type)(info, data.info, backbone, args, WeightsPolicy(None, "random"),
-                                    lambda level, text: None)
+    family = family_for(model_type)(
+        info, data.info, backbone, args, WeightsPolicy(None, "random"), lambda level, text: None
+    )
     family.attach_data(data)
     model = family.build()
     train_loader, _ = data.loaders(2)

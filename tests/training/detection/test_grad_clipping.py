@@ -18,8 +18,14 @@ from tests.builders.exports import write_pascal_voc
 def _family(model_type: str, folder, **arguments):
     info = lookup_model_type(model_type)
     data = open_training_data([folder], task=info.task, validation_percent=25.0, augment=False)
-    family = family_for(model_type)(info, data.info, "RESNET18", parse_arguments(info, arguments),
-                                    WeightsPolicy(None, "random"), lambda level, text: None)
+    family = family_for(model_type)(
+        info,
+        data.info,
+        "RESNET18",
+        parse_arguments(info, arguments),
+        WeightsPolicy(None, "random"),
+        lambda level, text: None,
+    )
     family.attach_data(data)
     return family, data
 

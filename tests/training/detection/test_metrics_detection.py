@@ -18,8 +18,11 @@ def _hand_made_evaluator(**kwargs) -> DetectionEvaluator:
     ev = DetectionEvaluator(3, **kwargs)
     # Image A, class 1: two truths; a perfect hit, a miss, and a hit at IoU 81/119 = 0.68.
     ev.add(
-        {"boxes": [[0, 0, 10, 10], [50, 50, 60, 60], [21, 21, 31, 31], [70, 70, 80, 80]],
-         "scores": [0.9, 0.8, 0.7, 0.6], "labels": [1, 1, 1, 3]},
+        {
+            "boxes": [[0, 0, 10, 10], [50, 50, 60, 60], [21, 21, 31, 31], [70, 70, 80, 80]],
+            "scores": [0.9, 0.8, 0.7, 0.6],
+            "labels": [1, 1, 1, 3],
+        },
         {"boxes": [[0, 0, 10, 10], [20, 20, 30, 30]], "labels": [1, 1]},
     )
     # Image B, class 2: one truth; a loose hit (IoU 1/3) then, below detect_thresh, an exact one.
@@ -69,8 +72,10 @@ def test_detect_thresh_filters_only_the_esri_ap():
 
 def test_duplicate_detections_count_once():
     ev = DetectionEvaluator(1, iou_thresh=0.5)
-    ev.add({"boxes": [[0, 0, 10, 10], [0, 0, 10, 10]], "scores": [0.9, 0.8], "labels": [1, 1]},
-           {"boxes": [[0, 0, 10, 10]], "labels": [1]})
+    ev.add(
+        {"boxes": [[0, 0, 10, 10], [0, 0, 10, 10]], "scores": [0.9, 0.8], "labels": [1, 1]},
+        {"boxes": [[0, 0, 10, 10]], "labels": [1]},
+    )
     # TP then FP: precision 1 at recall 1 already -> AP 1, but a second truth missed would lower it
     assert ev.compute()["average_precision"] == pytest.approx(1.0)
     ev.add({"boxes": [], "scores": [], "labels": []}, {"boxes": [[5, 5, 9, 9]], "labels": [1]})
@@ -79,8 +84,7 @@ def test_duplicate_detections_count_once():
 
 def test_wrong_class_is_not_a_hit():
     ev = DetectionEvaluator(2)
-    ev.add({"boxes": [[0, 0, 10, 10]], "scores": [0.9], "labels": [2]},
-           {"boxes": [[0, 0, 10, 10]], "labels": [1]})
+    ev.add({"boxes": [[0, 0, 10, 10]], "scores": [0.9], "labels": [2]}, {"boxes": [[0, 0, 10, 10]], "labels": [1]})
     result = ev.compute()
     assert result["average_precision_score"] == {"1": 0.0, "2": 0.0}
     assert result["classes_evaluated"] == 1
@@ -92,8 +96,10 @@ def test_mask_ap_uses_mask_overlap():
     half = np.zeros((1, 8, 8), np.uint8)
     half[0, :4, :2] = 1  # IoU 0.5 with the truth
     ev = DetectionEvaluator(1, iou_thresh=0.6, use_masks=True)
-    ev.add({"masks": half, "scores": [0.9], "labels": [1], "boxes": [[0, 0, 2, 4]]},
-           {"masks": truth, "labels": [1], "boxes": [[0, 0, 4, 4]]})
+    ev.add(
+        {"masks": half, "scores": [0.9], "labels": [1], "boxes": [[0, 0, 2, 4]]},
+        {"masks": truth, "labels": [1], "boxes": [[0, 0, 4, 4]]},
+    )
     result = ev.compute()
     assert result["average_precision"] == 0.0
     assert result["map_50"] == pytest.approx(1.0)

@@ -16,8 +16,14 @@ async def store(tmp_path):
 
 def new_job(owner: str = "alice", **fields) -> Job:
     fields.setdefault("spec", {"model_type": "UNET"})
-    return Job(job_id=new_job_id(), owner=owner, status=JobStatus.SUBMITTED, model_type="UNET",
-               inputs={"in_folder": "/fileShares/default/x"}, **fields)
+    return Job(
+        job_id=new_job_id(),
+        owner=owner,
+        status=JobStatus.SUBMITTED,
+        model_type="UNET",
+        inputs={"in_folder": "/fileShares/default/x"},
+        **fields,
+    )
 
 
 @pytest.fixture

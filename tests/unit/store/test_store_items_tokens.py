@@ -28,7 +28,9 @@ async def test_publish_inserts_item_and_succeeds_once(store, make_job):
     assert (await store.find_item("alice", "model")).id == item.id
     assert (await store.get_messages(job.job_id))[-1].description.startswith("Succeeded at ")
     # Repeating the publish (a retry after a crash between copy and commit) changes nothing.
-    again, same, _ = await store.publish_job(job.job_id, result={"id": "other"}, item=dlpk_item("alice", "model", job.job_id))
+    again, same, _ = await store.publish_job(
+        job.job_id, result={"id": "other"}, item=dlpk_item("alice", "model", job.job_id)
+    )
     assert again.result == {"id": item.id} and same.id == item.id
     assert len(await store.list_items("alice")) == 1
     assert len([m for m in await store.get_messages(job.job_id) if m.description.startswith("Succeeded")]) == 1

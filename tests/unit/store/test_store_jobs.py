@@ -90,8 +90,9 @@ async def test_guarded_transition_refuses_wrong_source(store, make_job):
         await store.transition(job.job_id, S.SUCCEEDED)
     assert err.value.current is S.SUBMITTED
     await store.claim_next_job("cpu", "b")
-    failed = await store.transition(job.job_id, S.FAILED, error="boom", finished_ms=5,
-                                    messages=[(MessageType.ERROR, "boom")])
+    failed = await store.transition(
+        job.job_id, S.FAILED, error="boom", finished_ms=5, messages=[(MessageType.ERROR, "boom")]
+    )
     assert (failed.status, failed.error, failed.finished_ms) == (S.FAILED, "boom", 5)
     assert (await store.get_messages(job.job_id, since_seq=2))[0].type is MessageType.ERROR
     with pytest.raises(InvalidTransition):  # terminal: no way out
@@ -128,9 +129,14 @@ async def test_record_progress_only_while_running(store, make_job):
     job = await store.create_job(make_job())
     assert not await store.record_progress(job.job_id, progress=10)
     await store.claim_next_job("cpu", "b")
-    assert await store.record_progress(job.job_id, progress=42.5, heartbeat_ms=7, checkpoint_epoch=3, pid=99,
-                                       messages=[(MessageType.INFORMATIVE, "epoch 3"),
-                                                 (MessageType.WARNING, "slow")])
+    assert await store.record_progress(
+        job.job_id,
+        progress=42.5,
+        heartbeat_ms=7,
+        checkpoint_epoch=3,
+        pid=99,
+        messages=[(MessageType.INFORMATIVE, "epoch 3"), (MessageType.WARNING, "slow")],
+    )
     got = await store.get_job(job.job_id)
     assert (got.progress, got.heartbeat_ms, got.checkpoint_epoch) == (42.5, 7, 3)
     assert await store.job_pid(job.job_id) == 99
@@ -255,9 +261,19 @@ async def test_the_claim_walks_the_claimable_index_not_the_whole_queue(store):
     """A claim costs the same with 100 or 10,000 jobs queued (bench/queue_scale.py): SQLite walks each claimable
     status's jobs in FIFO order (index jobs_fifo) and stops at the first runnable one, instead of sorting every
     queued row (and parsing its request) to find the oldest."""
-    plan = await store.db.fetchall("EXPLAIN QUERY PLAN " + sql.CLAIM_NEXT, {
-        "first": S.SUBMITTED.value, "second": S.WAITING.value, "target": S.EXECUTING.value,
-        "sources": '["esriJobSubmitted"]', "now": 0, "boot_id": "b", "device": "cpu", "processor": "CPU"})
+    plan = await store.db.fetchall(
+        "EXPLAIN QUERY PLAN " + sql.CLAIM_NEXT,
+        {
+            "first": S.SUBMITTED.value,
+            "second": S.WAITING.value,
+            "target": S.EXECUTING.value,
+            "sources": '["esriJobSubmitted"]',
+            "now": 0,
+            "boot_id": "b",
+            "device": "cpu",
+            "processor": "CPU",
+        },
+    )
     details = " | ".join(str(row[-1]) for row in plan)
     assert details.count("USING INDEX jobs_fifo (status=?)") == 2, details
     assert details.count("TEMP B-TREE") <= 1, details  # only the final choice between the two oldest

@@ -32,8 +32,7 @@ def roots(tmp_path: Path) -> StoreRoots:
     write_emd_package(share / "models" / "ssd.dlpk", function="GpjobsObjectDetector.py", model_type="SSD")
     write_emd_package(share / "models" / "tracker.dlpk", function="GpjobsObjectTracker.py", model_type="SIAMMASK")
     write_emd_package(share / "models" / "four.dlpk", bands=(0, 1, 2, 3))
-    write_emd_package(share / "models" / "change.dlpk", function="GpjobsChangeDetector.py",
-                      model_type="CHANGEDETECTOR")
+    write_emd_package(share / "models" / "change.dlpk", function="GpjobsChangeDetector.py", model_type="CHANGEDETECTOR")
     (share / "models" / "notes.txt").write_text("not a model")
     (share / "models" / "broken.dlpk").write_bytes(b"PK not really")
     write_polygons(share / "objects.geojson", [(ORIGIN[0] + 2, ORIGIN[1] - 10, ORIGIN[0] + 10, ORIGIN[1] - 2)])
@@ -65,11 +64,16 @@ def pixel_problems(roots: StoreRoots, **fields: str) -> list[str]:
 
 
 def test_classify_pixels_as_the_arcgis_client_sends_it(roots: StoreRoots, tmp_path: Path) -> None:
-    request = pixels(roots, outputClassifiedRaster=json.dumps({
-        "serviceProperties": {"name": "classes", "serviceUrl": None}, "itemProperties": {"itemId": "a" * 32}}),
-        modelArguments='{"padding": "8", "batch_size": 2}', processAllRasterItems="false",
+    request = pixels(
+        roots,
+        outputClassifiedRaster=json.dumps(
+            {"serviceProperties": {"name": "classes", "serviceUrl": None}, "itemProperties": {"itemId": "a" * 32}}
+        ),
+        modelArguments='{"padding": "8", "batch_size": 2}',
+        processAllRasterItems="false",
         context='{"processorType": "CPU", "extent": {"xmin": 500001, "ymin": 3999980, "xmax": 500020, '
-                '"ymax": 3999999, "spatialReference": {"wkid": 32617}}, "cellSize": 1}')
+        '"ymax": 3999999, "spatialReference": {"wkid": 32617}}, "cellSize": 1}',
+    )
     assert request.task == "ClassifyPixelsUsingDeepLearning" and request.model_type == "UNET"
     assert request.model.path == str(tmp_path / "share" / "models" / "unet.dlpk")
     assert request.inference_function == "GpjobsPixelClassifier.py"
@@ -88,7 +92,8 @@ def test_outputs_name_an_item_or_a_file_on_a_share(roots: StoreRoots) -> None:
     assert (to_file.kind, to_file.name, to_file.alias) == ("uri", "classes", "/fileShares/default/out")
     assert pixels(roots, outputClassifiedRaster="/fileShares/default/out/c2").output.name == "c2"
     assert pixel_problems(roots, outputClassifiedRaster='{"uri": "/fileShares/default/missing/x.tif"}') == [
-        "outputClassifiedRaster: the folder of '/fileShares/default/missing/x.tif' does not exist"]
+        "outputClassifiedRaster: the folder of '/fileShares/default/missing/x.tif' does not exist"
+    ]
 
 
 def test_a_folder_of_rasters_only_processed_separately(roots: StoreRoots) -> None:
@@ -102,19 +107,24 @@ def test_a_folder_of_rasters_only_processed_separately(roots: StoreRoots) -> Non
 
 def test_bad_models_are_named_before_any_job_is_queued(roots: StoreRoots) -> None:
     assert pixel_problems(roots, model='{"uri": "/fileShares/default/models/notes.txt"}') == [
-        "model: '/fileShares/default/models/notes.txt' is not a deep learning package (.dlpk)"]
+        "model: '/fileShares/default/models/notes.txt' is not a deep learning package (.dlpk)"
+    ]
     [broken] = pixel_problems(roots, model='{"uri": "/fileShares/default/models/broken.dlpk"}')
     assert broken.startswith("model: '/fileShares/default/models/broken.dlpk': broken.dlpk is not a readable .dlpk")
     [wrong] = pixel_problems(roots, model='{"uri": "/fileShares/default/models/ssd.dlpk"}')
-    assert wrong.startswith("model: '/fileShares/default/models/ssd.dlpk' is a SSD package (raster function "
-                            "GpjobsObjectDetector.py), which runs with DetectObjectsUsingDeepLearning")
+    assert wrong.startswith(
+        "model: '/fileShares/default/models/ssd.dlpk' is a SSD package (raster function "
+        "GpjobsObjectDetector.py), which runs with DetectObjectsUsingDeepLearning"
+    )
     [tracker] = pixel_problems(roots, model='{"uri": "/fileShares/default/models/tracker.dlpk"}')
     assert "GpjobsObjectTracker.py is not one a raster analysis task runs" in tracker
     assert pixel_problems(roots, model="https://elsewhere/model.dlpk") == [
-        "model: url 'https://elsewhere/model.dlpk' is not a .../content/items/<id> item url"]
+        "model: url 'https://elsewhere/model.dlpk' is not a .../content/items/<id> item url"
+    ]
     assert pixel_problems(roots, model="") == [
         'model: required; use {"itemId": "<Deep Learning Package item id>"} or '
-        '{"uri": "/fileShares/<store>/<model>.dlpk"}']
+        '{"uri": "/fileShares/<store>/<model>.dlpk"}'
+    ]
 
 
 def test_rasters_that_do_not_fit_the_model(roots: StoreRoots) -> None:
@@ -130,8 +140,10 @@ def test_rasters_that_do_not_fit_the_model(roots: StoreRoots) -> None:
 def test_extent_outside_the_raster_and_bad_cell_sizes(roots: StoreRoots) -> None:
     far = {"xmin": 0, "ymin": 0, "xmax": 10, "ymax": 10}
     [outside] = pixel_problems(roots, context=json.dumps({"extent": far}))
-    assert outside.startswith("context: extent (0, 0, 10, 10) lies outside the raster, whose extent is "
-                              f"({ORIGIN[0]:g}, {ORIGIN[1] - 48 * CELL:g}, {ORIGIN[0] + 64 * CELL:g}, {ORIGIN[1]:g})")
+    assert outside.startswith(
+        "context: extent (0, 0, 10, 10) lies outside the raster, whose extent is "
+        f"({ORIGIN[0]:g}, {ORIGIN[1] - 48 * CELL:g}, {ORIGIN[0] + 64 * CELL:g}, {ORIGIN[1]:g})"
+    )
     assert outside.endswith("(inputRaster scene.tif)")
     # an extent in geographic coordinates (wkid 4326) is projected onto the raster first
     lon_lat = {"xmin": -81.01, "ymin": 36.13, "xmax": -80.99, "ymax": 36.15, "spatialReference": {"wkid": 4326}}
@@ -139,42 +151,67 @@ def test_extent_outside_the_raster_and_bad_cell_sizes(roots: StoreRoots) -> None
     lon_lat.update(xmin=-70.01, xmax=-69.99)
     assert "lies outside the raster" in pixel_problems(roots, context=json.dumps({"extent": lon_lat}))[0]
     assert pixel_problems(roots, context='{"cellSize": -1}') == [
-        "context: cellSize '-1' must be a positive number in the raster's map units"]
+        "context: cellSize '-1' must be a positive number in the raster's map units"
+    ]
     assert pixel_problems(roots, context='{"extent": {"xmin": 5, "ymin": 0, "xmax": 1, "ymax": 1}}') == [
-        "context: extent is empty (xmin must be below xmax and ymin below ymax)"]
+        "context: extent is empty (xmin must be below xmax and ymin below ymax)"
+    ]
     assert pixel_problems(roots, context='{"processorType": "TPU"}') == [
-        "context: processorType 'TPU' is not allowed; use CPU or GPU"]
+        "context: processorType 'TPU' is not allowed; use CPU or GPU"
+    ]
 
 
 def test_detect_objects_nms_options(roots: StoreRoots) -> None:
-    base = {"inputRaster": SCENE, "model": '{"uri": "/fileShares/default/models/ssd.dlpk"}',
-            "outputObjects": '{"name": "objects"}'}
+    base = {
+        "inputRaster": SCENE,
+        "model": '{"uri": "/fileShares/default/models/ssd.dlpk"}',
+        "outputObjects": '{"name": "objects"}',
+    }
     assert submit(detect_objects.TASK_NAME, roots, **base, runNMS="false", confidenceScoreField="").nms is None
     nms = submit(detect_objects.TASK_NAME, roots, **base, runNMS="true", maxOverlapRatio="0.3").nms
     assert (nms.confidence_field, nms.class_field, nms.max_overlap_ratio) == ("Confidence", None, 0.3)
     assert problems(detect_objects.TASK_NAME, roots, **base, runNMS="true", maxOverlapRatio="2") == [
-        "maxOverlapRatio: 2 is out of range; use a number from 0 to 1"]
+        "maxOverlapRatio: 2 is out of range; use a number from 0 to 1"
+    ]
 
 
 def test_classify_objects_needs_polygons(roots: StoreRoots) -> None:
-    write_emd_package(roots.file_shares["default"] / "models" / "cls.dlpk", function="GpjobsObjectClassifier.py",
-                      model_type="FEATURE_CLASSIFIER")
-    base = {"inputRaster": SCENE, "model": '{"uri": "/fileShares/default/models/cls.dlpk"}',
-            "outputFeatureClass": '{"name": "classified"}'}
-    request = submit(classify_objects.TASK_NAME, roots, **base, classLabelField="Damage",
-                     inputFeatures='{"uri": "/fileShares/default/objects.geojson"}')
+    write_emd_package(
+        roots.file_shares["default"] / "models" / "cls.dlpk",
+        function="GpjobsObjectClassifier.py",
+        model_type="FEATURE_CLASSIFIER",
+    )
+    base = {
+        "inputRaster": SCENE,
+        "model": '{"uri": "/fileShares/default/models/cls.dlpk"}',
+        "outputFeatureClass": '{"name": "classified"}',
+    }
+    request = submit(
+        classify_objects.TASK_NAME,
+        roots,
+        **base,
+        classLabelField="Damage",
+        inputFeatures='{"uri": "/fileShares/default/objects.geojson"}',
+    )
     assert request.features.alias == "/fileShares/default/objects.geojson" and request.class_label_field == "Damage"
     assert submit(classify_objects.TASK_NAME, roots, **base).features is None  # every chip of the raster
-    assert problems(classify_objects.TASK_NAME, roots, **base,
-                    inputFeatures='{"uri": "/fileShares/default/nogeometry.geojson"}') == [
+    assert problems(
+        classify_objects.TASK_NAME, roots, **base, inputFeatures='{"uri": "/fileShares/default/nogeometry.geojson"}'
+    ) == [
         "inputFeatures: feature 0 of '/fileShares/default/nogeometry.geojson' has no geometry; Classify Objects "
-        "needs a polygon around each object"]
+        "needs a polygon around each object"
+    ]
 
 
 def test_detect_change_takes_two_rasters_and_the_arcgis_client_names(roots: StoreRoots) -> None:
-    request = submit(detect_change.TASK_NAME, roots, fromRaster=SCENE, toRaster=SCENE,
-                     modelDefinition='{"uri": "/fileShares/default/models/change.dlpk"}',
-                     outputClassifiedRasterName='{"serviceProperties": {"name": "change"}}')
+    request = submit(
+        detect_change.TASK_NAME,
+        roots,
+        fromRaster=SCENE,
+        toRaster=SCENE,
+        modelDefinition='{"uri": "/fileShares/default/models/change.dlpk"}',
+        outputClassifiedRasterName='{"serviceProperties": {"name": "change"}}',
+    )
     assert len(request.rasters) == 2 and request.output.name == "change" and request.model_type == "CHANGEDETECTOR"
     found = problems(detect_change.TASK_NAME, roots, fromRaster=SCENE, model=UNET, outputClassifiedRaster="c")
     assert found[0].startswith("toRaster: required;")

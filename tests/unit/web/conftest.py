@@ -41,8 +41,13 @@ class Server:
         return await resp.json()
 
     async def submit(self, headers: dict | None = None, **fields: str) -> Any:
-        data = {"in_folder": "/fileShares/default/exports/seg", "output_name": '{"name": "m1"}',
-                "model_type": "UNET", "f": "json", **fields}
+        data = {
+            "in_folder": "/fileShares/default/exports/seg",
+            "output_name": '{"name": "m1"}',
+            "model_type": "UNET",
+            "f": "json",
+            **fields,
+        }
         return await self.json("POST", f"{TASK}/submitJob", data=data, headers=headers or {})
 
 
@@ -52,8 +57,9 @@ async def start_server(tmp_path: Path, *, anonymous: bool = True, **settings: An
     if not (share / "exports").exists():
         write_classified_tiles(share / "exports", n=2, name="seg")
         write_kitti(share / "exports", n=2, name="det")
-    app = make_app(app_config(tmp_path, file_shares={"default": str(share)}, anonymous=anonymous, **settings),
-                   portal=False)
+    app = make_app(
+        app_config(tmp_path, file_shares={"default": str(share)}, anonymous=anonymous, **settings), portal=False
+    )
     return Server(await start_app(app), share)
 
 

@@ -28,13 +28,28 @@ async def test_token_accepted_from_all_three_places(secured: Server) -> None:
     token = await secured.store.create_token("alice")
     assert "jobId" in await secured.submit(output_name="esri_header", headers=bearer(token))
     assert "jobId" in await secured.submit(output_name="std_header", headers=bearer(token, "Authorization"))
-    body = await secured.json("POST", f"{TASK}/submitJob", data={
-        "in_folder": "/fileShares/default/exports/seg", "output_name": "form_token", "model_type": "UNET",
-        "f": "json", "token": token})
+    body = await secured.json(
+        "POST",
+        f"{TASK}/submitJob",
+        data={
+            "in_folder": "/fileShares/default/exports/seg",
+            "output_name": "form_token",
+            "model_type": "UNET",
+            "f": "json",
+            "token": token,
+        },
+    )
     assert "jobId" in body
-    body = await secured.json("POST", f"{TASK}/submitJob?token={token}", data={
-        "in_folder": "/fileShares/default/exports/seg", "output_name": "query_token", "model_type": "UNET",
-        "f": "json"})
+    body = await secured.json(
+        "POST",
+        f"{TASK}/submitJob?token={token}",
+        data={
+            "in_folder": "/fileShares/default/exports/seg",
+            "output_name": "query_token",
+            "model_type": "UNET",
+            "f": "json",
+        },
+    )
     jobs, total = await secured.store.list_jobs(owner="alice")
     assert total == 4 and all(j.owner == "alice" for j in jobs)
 
@@ -67,30 +82,40 @@ async def test_admin_query_filters_paging_sorting(secured: Server) -> None:
     ids = []
     for i in range(3):
         ids.append((await secured.submit(headers=bearer(alice), output_name=f"a{i}"))["jobId"])
-    ids.append((await secured.submit(headers=bearer(bob), output_name="b0", in_folder="/fileShares/default/exports/det",
-                                     model_type="FASTERRCNN", backbone_model="RESNET18"))["jobId"])
+    ids.append(
+        (
+            await secured.submit(
+                headers=bearer(bob),
+                output_name="b0",
+                in_folder="/fileShares/default/exports/det",
+                model_type="FASTERRCNN",
+                backbone_model="RESNET18",
+            )
+        )["jobId"]
+    )
     await secured.store.request_cancel(ids[0])
 
     everything = await secured.json("GET", f"{ADMIN}/query", params={"f": "json"}, headers=admin)
     assert everything["total"] == 4 and [r["jobID"] for r in everything["results"]] == ids[::-1]
     oldest = await secured.json("GET", f"{ADMIN}/query", params={"f": "json", "sort": "created_asc"}, headers=admin)
     assert [r["jobID"] for r in oldest["results"]] == ids
-    page = await secured.json("GET", f"{ADMIN}/query", params={"f": "json", "number": "2", "start": "1"},
-                              headers=admin)
+    page = await secured.json("GET", f"{ADMIN}/query", params={"f": "json", "number": "2", "start": "1"}, headers=admin)
     assert page["num"] == 2 and page["nextStart"] == 3
-    last = await secured.json("GET", f"{ADMIN}/query", params={"f": "json", "number": "2", "start": "3"},
-                              headers=admin)
+    last = await secured.json("GET", f"{ADMIN}/query", params={"f": "json", "number": "2", "start": "3"}, headers=admin)
     assert last["num"] == 2 and last["nextStart"] == -1
     by_user = await secured.json("POST", f"{ADMIN}/query", data={"f": "json", "userName": "bob"}, headers=admin)
     assert [r["jobID"] for r in by_user["results"]] == [ids[3]] and by_user["results"][0]["username"] == "bob"
-    by_status = await secured.json("GET", f"{ADMIN}/query", params={"f": "json", "jobStatus": "Cancelled"},
-                                   headers=admin)
+    by_status = await secured.json(
+        "GET", f"{ADMIN}/query", params={"f": "json", "jobStatus": "Cancelled"}, headers=admin
+    )
     assert [r["jobID"] for r in by_status["results"]] == [ids[0]]
-    by_type = await secured.json("GET", f"{ADMIN}/query", params={"f": "json", "modelType": "fasterrcnn"},
-                                 headers=admin)
+    by_type = await secured.json(
+        "GET", f"{ADMIN}/query", params={"f": "json", "modelType": "fasterrcnn"}, headers=admin
+    )
     assert by_type["total"] == 1
-    future = await secured.json("GET", f"{ADMIN}/query", params={"f": "json", "startTime": "99999999999999"},
-                                headers=admin)
+    future = await secured.json(
+        "GET", f"{ADMIN}/query", params={"f": "json", "startTime": "99999999999999"}, headers=admin
+    )
     assert future["total"] == 0
     bad = await secured.json("GET", f"{ADMIN}/query", params={"f": "json", "jobStatus": "Nope"}, headers=admin)
     assert "jobStatus" in bad["error"]["details"][0]

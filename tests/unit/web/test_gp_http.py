@@ -19,8 +19,15 @@ async def run_to_success(server: Server, job_id: str, *, title: str = "m1", owne
     assert claimed is not None and claimed.job_id == job_id
     package = server.share / f"{title}.dlpk"
     package.write_bytes(b"PK\x05\x06" + b"\0" * 18)
-    item = Item(id=new_item_id(), owner=owner, title=title, name=f"{title}.dlpk", path=str(package), job_id=job_id,
-                size=package.stat().st_size)
+    item = Item(
+        id=new_item_id(),
+        owner=owner,
+        title=title,
+        name=f"{title}.dlpk",
+        path=str(package),
+        job_id=job_id,
+        size=package.stat().st_size,
+    )
     _job, item, _ = await server.store.publish_job(job_id, result={"id": item.id}, item=item)
     return item
 
@@ -28,9 +35,13 @@ async def run_to_success(server: Server, job_id: str, *, title: str = "m1", owne
 async def test_service_json_has_what_clients_read(server: Server) -> None:
     for method in ("GET", "POST"):
         body = await server.json(method, SERVICE, params={"f": "json"})
-        assert body["tasks"] == ["TrainDeepLearningModel", "ClassifyPixelsUsingDeepLearning",
-                                 "DetectObjectsUsingDeepLearning", "ClassifyObjectsUsingDeepLearning",
-                                 "DetectChangeUsingDeepLearning"]
+        assert body["tasks"] == [
+            "TrainDeepLearningModel",
+            "ClassifyPixelsUsingDeepLearning",
+            "DetectObjectsUsingDeepLearning",
+            "ClassifyObjectsUsingDeepLearning",
+            "DetectChangeUsingDeepLearning",
+        ]
         assert body["executionType"] == "esriExecutionTypeAsynchronous"
         assert body["resultMapServerName"] == "" and body["currentVersion"] < 12
 
@@ -96,8 +107,9 @@ async def test_submit_then_poll_then_results(server: Server) -> None:
     assert "env:outSR" not in stored.inputs
 
     await server.store.claim_next_job("cpu", "boot-1")
-    await server.store.record_progress(sub["jobId"], progress=42.4, messages=[("esriJobMessageTypeInformative",
-                                                                                 "Epoch 1/2")])
+    await server.store.record_progress(
+        sub["jobId"], progress=42.4, messages=[("esriJobMessageTypeInformative", "Epoch 1/2")]
+    )
     running = await server.json("GET", job_url, params={"f": "json"})
     assert running["jobStatus"] == "esriJobExecuting"
     assert running["progress"] == {"type": "default", "message": "Epoch 1/2", "percentage": 42}
@@ -114,8 +126,11 @@ async def test_submit_then_poll_then_results(server: Server) -> None:
     assert done["results"] == {"out_item": {"paramUrl": "results/out_item"}}
     assert done["inputs"]["in_folder"] == {"paramUrl": "inputs/in_folder"}
     result = await server.json("GET", f"{job_url}/{done['results']['out_item']['paramUrl']}", params={"f": "json"})
-    assert result == {"paramName": "out_item", "dataType": "GPString",
-                      "value": {"itemId": claimed_item.id, "id": claimed_item.id}}
+    assert result == {
+        "paramName": "out_item",
+        "dataType": "GPString",
+        "value": {"itemId": claimed_item.id, "id": claimed_item.id},
+    }
     listed = await server.json("GET", f"{job_url}/results", params={"f": "json"})
     assert listed == [result]
     inp = await server.json("GET", f"{job_url}/inputs/in_folder", params={"f": "json"})
@@ -143,8 +158,13 @@ async def test_submit_errors_name_the_parameter(server: Server) -> None:
 
 async def test_multipart_submit(server: Server) -> None:
     form = aiohttp.FormData()
-    for key, value in {"in_folder": "/fileShares/default/exports/det", "output_name": "det1", "model_type": "SSD",
-                       "backbone_model": "RESNET18", "f": "json"}.items():
+    for key, value in {
+        "in_folder": "/fileShares/default/exports/det",
+        "output_name": "det1",
+        "model_type": "SSD",
+        "backbone_model": "RESNET18",
+        "f": "json",
+    }.items():
         form.add_field(key, value)
     form.add_field("unused_file", b"abc", filename="x.bin")  # forces multipart/form-data
     body = await server.json("POST", f"{TASK}/submitJob", data=form)
@@ -152,9 +172,12 @@ async def test_multipart_submit(server: Server) -> None:
 
 
 async def test_query_and_form_are_merged_form_wins(server: Server) -> None:
-    body = await server.json("POST", f"{TASK}/submitJob", params={"model_type": "NOPE", "f": "json"},
-                             data={"model_type": "UNET", "in_folder": "/fileShares/default/exports/seg",
-                                   "output_name": "x"})
+    body = await server.json(
+        "POST",
+        f"{TASK}/submitJob",
+        params={"model_type": "NOPE", "f": "json"},
+        data={"model_type": "UNET", "in_folder": "/fileShares/default/exports/seg", "output_name": "x"},
+    )
     assert "jobId" in body, body
 
 

@@ -37,8 +37,9 @@ class Portal:
         return await resp.json()
 
     async def classify(self, **fields: str) -> Any:
-        return await self.post(f"{PIXELS}/submitJob", **{"inputRaster": SCENE,
-                                                          "outputClassifiedRaster": '{"name": "classes"}', **fields})
+        return await self.post(
+            f"{PIXELS}/submitJob", **{"inputRaster": SCENE, "outputClassifiedRaster": '{"name": "classes"}', **fields}
+        )
 
 
 @pytest.fixture()
@@ -55,8 +56,9 @@ async def portal(tmp_path: Path):
 async def test_model_items_are_checked_at_submit(portal: Portal) -> None:
     unet = await publish_item(portal.store, "anonymous", "unet", portal.share / "models" / "unet.dlpk")
     other = await publish_item(portal.store, "someone", "theirs", portal.share / "models" / "unet.dlpk")
-    image = (await portal.store.create_item(Item(id=new_item_id(), owner="anonymous", title="pic", name="pic.tif",
-                                                 type=ITEM_TYPE_IMAGE, path="")))
+    image = await portal.store.create_item(
+        Item(id=new_item_id(), owner="anonymous", title="pic", name="pic.tif", type=ITEM_TYPE_IMAGE, path="")
+    )
     ok = await portal.classify(model=json.dumps({"itemId": unet.id}))
     job = await portal.store.get_job(ok["jobId"])
     assert job.task == "ClassifyPixelsUsingDeepLearning" and job.model_type == "UNET"
@@ -64,8 +66,10 @@ async def test_model_items_are_checked_at_submit(portal: Portal) -> None:
     # anonymous is the admin of a loopback server: it sees every item; a user would not see `other`
     assert "jobId" in await portal.classify(model=json.dumps({"itemId": other.id}))
     wrong = await portal.classify(model=json.dumps({"itemId": image.id}))
-    assert wrong["error"]["details"] == [f"model: item {image.id} ('pic') is a Image item, not a Deep Learning "
-                                         "Package (.dlpk); give the item of a trained model"]
+    assert wrong["error"]["details"] == [
+        f"model: item {image.id} ('pic') is a Image item, not a Deep Learning "
+        "Package (.dlpk); give the item of a trained model"
+    ]
     missing = await portal.classify(model="f" * 32)
     assert missing["error"]["details"] == [f"model: item {'f' * 32} does not exist or is not accessible to you"]
     assert await portal.store.queued_count() == 2  # the refused ones were never queued
@@ -73,14 +77,15 @@ async def test_model_items_are_checked_at_submit(portal: Portal) -> None:
 
 async def test_output_items_fill_what_the_client_created(portal: Portal) -> None:
     model = '{"uri": "/fileShares/default/models/unet.dlpk"}'
-    free = await portal.post("/sharing/rest/portals/self/isServiceNameAvailable", name="classes",
-                             type="Image Service")
+    free = await portal.post("/sharing/rest/portals/self/isServiceNameAvailable", name="classes", type="Image Service")
     assert free == {"available": True}
-    created = await portal.post("/sharing/rest/content/users/anonymous/createService", outputType="imageService",
-                                createParameters=json.dumps({"name": "classes"}))
+    created = await portal.post(
+        "/sharing/rest/content/users/anonymous/createService",
+        outputType="imageService",
+        createParameters=json.dumps({"name": "classes"}),
+    )
     assert created["success"] is True and created["serviceurl"] is None
-    taken = await portal.post("/sharing/rest/portals/self/isServiceNameAvailable", name="classes",
-                              type="imageService")
+    taken = await portal.post("/sharing/rest/portals/self/isServiceNameAvailable", name="classes", type="imageService")
     assert taken == {"available": False}
     item = await portal.post(f"/sharing/rest/content/items/{created['itemId']}")
     assert (item["type"], item["title"], item["owner"]) == ("Image Service", "classes", "anonymous")
@@ -90,16 +95,18 @@ async def test_output_items_fill_what_the_client_created(portal: Portal) -> None
     job = await portal.store.get_job((await portal.classify(model=model, outputClassifiedRaster=fill))["jobId"])
     assert job.spec["output"]["replace_item_id"] == created["itemId"] and job.spec["output"]["name"] == "classes"
     dlpk = await publish_item(portal.store, "anonymous", "model", portal.share / "models" / "unet.dlpk")
-    not_fillable = await portal.classify(model=model, outputClassifiedRaster=json.dumps(
-        {"itemProperties": {"itemId": dlpk.id}}))
+    not_fillable = await portal.classify(
+        model=model, outputClassifiedRaster=json.dumps({"itemProperties": {"itemId": dlpk.id}})
+    )
     assert not_fillable["error"]["details"] == [
         f"outputClassifiedRaster: item {dlpk.id} ('model') is a Deep Learning Package item; this task fills "
-        "Image or Image Service items"]
-    await portal.store.create_item(Item(id=new_item_id(), owner="anonymous", title="old", name="old.tif",
-                                        type=ITEM_TYPE_IMAGE, path=""))
+        "Image or Image Service items"
+    ]
+    await portal.store.create_item(
+        Item(id=new_item_id(), owner="anonymous", title="old", name="old.tif", type=ITEM_TYPE_IMAGE, path="")
+    )
     clash = await portal.classify(model=model, outputClassifiedRaster='{"name": "old"}')
-    assert clash["error"]["details"][0].startswith("outputClassifiedRaster: you already have an Image item named "
-                                                   "'old'")
+    assert clash["error"]["details"][0].startswith("outputClassifiedRaster: you already have an Image item named 'old'")
     deleted = await portal.post(f"/sharing/rest/content/users/anonymous/items/{created['itemId']}/delete")
     assert deleted["success"] is True and await portal.store.get_item(created["itemId"]) is None
 

@@ -30,16 +30,25 @@ async def portal_server(tmp_path):
 
 
 def epoch_event(epoch: int, of: int = 4) -> dict:
-    return {"epoch": epoch, "max_epochs": of, "train_loss": 1.0 / epoch, "valid_loss": 1.2 / epoch,
-            "metrics": {"accuracy": 0.5 + epoch / 10, "miou": 0.25 * epoch}, "seconds": 3.25, "best": epoch % 2 == 0}
+    return {
+        "epoch": epoch,
+        "max_epochs": of,
+        "train_loss": 1.0 / epoch,
+        "valid_loss": 1.2 / epoch,
+        "metrics": {"accuracy": 0.5 + epoch / 10, "miou": 0.25 * epoch},
+        "seconds": 3.25,
+        "best": epoch % 2 == 0,
+    }
 
 
 def test_epoch_lines_read_back_into_numbers():
     for epoch in (1, 2):
         point = charts.parse_epoch_line(texts.epoch_line(epoch_event(epoch)))
         assert point is not None and (point.epoch, point.max_epochs, point.best) == (epoch, 4, epoch == 2)
-        assert point.values == pytest.approx({"train_loss": 1 / epoch, "valid_loss": 1.2 / epoch,
-                                              "accuracy": 0.5 + epoch / 10, "miou": 0.25 * epoch}, abs=1e-4)
+        assert point.values == pytest.approx(
+            {"train_loss": 1 / epoch, "valid_loss": 1.2 / epoch, "accuracy": 0.5 + epoch / 10, "miou": 0.25 * epoch},
+            abs=1e-4,
+        )
     nan = texts.epoch_line({**epoch_event(1), "valid_loss": math.nan})
     assert math.isnan(charts.parse_epoch_line(nan).values["valid_loss"])
     for other in ("Submitted.", "Epoch 1/2 is running", "Epoch x/2, train_loss 1"):
@@ -57,8 +66,10 @@ def test_a_resumed_epoch_keeps_its_latest_line_and_long_jobs_are_sampled():
 
 
 def test_the_monitored_metric_gets_its_own_chart():
-    history = [charts.EpochPoint(e, 3, {"train_loss": 1 / e, "valid_loss": 1 / e, "accuracy": e / 3, "miou": e / 4})
-               for e in (1, 2, 3)]
+    history = [
+        charts.EpochPoint(e, 3, {"train_loss": 1 / e, "valid_loss": 1 / e, "accuracy": e / 3, "miou": e / 4})
+        for e in (1, 2, 3)
+    ]
     loss, metric = charts.job_charts(history, "miou")
     assert (loss["title"], metric["title"]) == ("Loss per epoch", "miou per epoch")
     assert [line["monitored"] for line in metric["lines"]] == [True]
@@ -71,8 +82,9 @@ async def test_the_running_job_page_draws_the_chart_and_the_progress(portal_serv
     server = portal_server
     job_id = (await server.submit())["jobId"]
     await server.store.claim_next_job("cpu", "b")
-    await server.store.record_progress(job_id, progress=55.0, messages=[
-        (INFO, texts.epoch_line(epoch_event(e))) for e in (1, 2)])
+    await server.store.record_progress(
+        job_id, progress=55.0, messages=[(INFO, texts.epoch_line(epoch_event(e))) for e in (1, 2)]
+    )
     page = await (await server.client.get(f"{TASK}/jobs/{job_id}", params={"f": "html"})).text()
     assert page.count("<svg") == 2 and page.count("<polyline") == 3  # train + valid loss, then accuracy
     assert "Epoch 2 of 4" in page and "width: 55.0%" in page
@@ -88,8 +100,16 @@ async def test_a_finished_job_links_its_card_served_from_the_package(portal_serv
         zf.writestr("m1.emd", "{}")
         zf.writestr("model_metrics.html", "<h2>m1</h2><script>alert(1)</script>")
         zf.writestr("ModelCharacteristics/show_results.png", PNG)
-    item = Item(id=new_item_id(), owner="anonymous", title="m1", name="m1.dlpk", path=str(package), job_id=job_id,
-                size=package.stat().st_size, properties={"modelType": "UNET", "metrics": {"accuracy": 0.9}})
+    item = Item(
+        id=new_item_id(),
+        owner="anonymous",
+        title="m1",
+        name="m1.dlpk",
+        path=str(package),
+        job_id=job_id,
+        size=package.stat().st_size,
+        properties={"modelType": "UNET", "metrics": {"accuracy": 0.9}},
+    )
     await server.store.publish_job(job_id, result={"id": item.id}, item=item)
     page = await (await server.client.get(f"{TASK}/jobs/{job_id}", params={"f": "html"})).text()
     card = f"/sharing/rest/content/items/{item.id}/card"

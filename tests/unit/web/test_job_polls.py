@@ -16,9 +16,11 @@ async def long_job(server: Server, epochs: int) -> str:
     """A running job with `epochs` epoch lines after Submitted. and Executing..."""
     job_id = (await server.submit())["jobId"]
     await server.store.claim_next_job("cpu", "boot-1")
-    lines = [(INFO, f"Epoch {e}/{epochs}, train_loss {1 / e:.4f}, valid_loss {1.1 / e:.4f}") for e in range(1, epochs + 1)]
+    lines = [
+        (INFO, f"Epoch {e}/{epochs}, train_loss {1 / e:.4f}, valid_loss {1.1 / e:.4f}") for e in range(1, epochs + 1)
+    ]
     for start in range(0, len(lines), 500):
-        await server.store.record_progress(job_id, messages=lines[start:start + 500], progress=50.0)
+        await server.store.record_progress(job_id, messages=lines[start : start + 500], progress=50.0)
     return job_id
 
 
@@ -43,15 +45,21 @@ async def test_return_messages_true_pages_through_every_message(server: Server) 
     seen: list[str] = []
     start = 1
     while start != -1:
-        body = await server.json("GET", f"{TASK}/jobs/{job_id}", params={
-            "f": "json", "returnMessages": "true", "messageStart": str(start)})
+        body = await server.json(
+            "GET", f"{TASK}/jobs/{job_id}", params={"f": "json", "returnMessages": "true", "messageStart": str(start)}
+        )
         assert body["messageStart"] == start and len(body["messages"]) <= MESSAGE_PAGE_MAX
         seen += [m["description"] for m in body["messages"]]
         start = body["messageNextStart"]
     assert len(seen) == 1502 and seen[:2] == ["Submitted.", "Executing..."] and seen[-1].startswith("Epoch 1500/")
-    small = await server.json("GET", f"{TASK}/jobs/{job_id}", params={
-        "f": "json", "returnMessages": "True", "messageStart": "3", "messageNum": "2"})
-    assert [m["description"][:8] for m in small["messages"]] == ["Epoch 1/", "Epoch 2/"] and small["messageNextStart"] == 5
+    small = await server.json(
+        "GET",
+        f"{TASK}/jobs/{job_id}",
+        params={"f": "json", "returnMessages": "True", "messageStart": "3", "messageNum": "2"},
+    )
+    assert [m["description"][:8] for m in small["messages"]] == ["Epoch 1/", "Epoch 2/"] and small[
+        "messageNextStart"
+    ] == 5
 
 
 async def test_a_short_job_gets_its_whole_list_on_return_messages_true(server: Server) -> None:
@@ -63,8 +71,13 @@ async def test_a_short_job_gets_its_whole_list_on_return_messages_true(server: S
 
 async def test_bad_paging_values_get_an_esri_error(server: Server) -> None:
     job_id = (await server.submit())["jobId"]
-    for name, value in (("messageStart", "0"), ("messageStart", "x"), ("messageNum", "1001"),
-                        ("messageStart", "9" * 40), ("messageNum", "-1")):
+    for name, value in (
+        ("messageStart", "0"),
+        ("messageStart", "x"),
+        ("messageNum", "1001"),
+        ("messageStart", "9" * 40),
+        ("messageNum", "-1"),
+    ):
         body = await server.json("GET", f"{TASK}/jobs/{job_id}", params={"f": "json", name: value})
         assert body["error"]["code"] == 400 and name in body["error"]["details"][0], (name, value, body)
 

@@ -29,9 +29,19 @@ async def test_browser_without_f_gets_html_scripts_get_json(server: Server) -> N
 
 
 async def test_html_submit_redirects_to_a_refreshing_job_page(server: Server) -> None:
-    resp = await server.client.post(f"{TASK}/submitJob", allow_redirects=False, data={
-        "f": "html", "in_folder": "/fileShares/default/exports/seg", "output_name": "m1", "model_type": "UNET",
-        "batch_size": "2", "learning_rate": "", "stop_training": "true"})
+    resp = await server.client.post(
+        f"{TASK}/submitJob",
+        allow_redirects=False,
+        data={
+            "f": "html",
+            "in_folder": "/fileShares/default/exports/seg",
+            "output_name": "m1",
+            "model_type": "UNET",
+            "batch_size": "2",
+            "learning_rate": "",
+            "stop_training": "true",
+        },
+    )
     assert resp.status == 303
     location = resp.headers["Location"]
     assert location.startswith(f"{TASK}/jobs/j") and location.endswith("?f=html")
@@ -47,8 +57,10 @@ async def test_html_submit_redirects_to_a_refreshing_job_page(server: Server) ->
 
 
 async def test_succeeded_job_page_links_the_package_and_stops_refreshing(server: Server) -> None:
-    resp = await server.client.post(f"{TASK}/submitJob", data={
-        "f": "json", "in_folder": "/fileShares/default/exports/seg", "output_name": "m1", "model_type": "UNET"})
+    resp = await server.client.post(
+        f"{TASK}/submitJob",
+        data={"f": "json", "in_folder": "/fileShares/default/exports/seg", "output_name": "m1", "model_type": "UNET"},
+    )
     job_id = (await resp.json())["jobId"]
     item = await run_to_success(server, job_id)
     page = await html(server, f"{TASK}/jobs/{job_id}", params={"f": "html"})
@@ -57,9 +69,16 @@ async def test_succeeded_job_page_links_the_package_and_stops_refreshing(server:
 
 
 async def test_html_escapes_user_text(server: Server) -> None:
-    resp = await server.client.post(f"{TASK}/submitJob", data={
-        "f": "json", "in_folder": "/fileShares/default/exports/seg", "output_name": "m1", "model_type": "UNET",
-        "arguments": '{"monitor": "<script>x</script>"}'})
+    resp = await server.client.post(
+        f"{TASK}/submitJob",
+        data={
+            "f": "json",
+            "in_folder": "/fileShares/default/exports/seg",
+            "output_name": "m1",
+            "model_type": "UNET",
+            "arguments": '{"monitor": "<script>x</script>"}',
+        },
+    )
     job_id = (await resp.json())["jobId"]
     page = await html(server, f"{TASK}/jobs/{job_id}/inputs", params={"f": "html"})
     assert "<script>x" not in page and "&lt;script&gt;" in page

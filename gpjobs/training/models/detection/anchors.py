@@ -67,8 +67,9 @@ def kmeans_wh(wh: np.ndarray, k: int, *, seed: int = 0, iterations: int = 100) -
     return centroids, fit
 
 
-def auto_ssd_grids(box_wh: np.ndarray, chip_size: int, *, max_k: int = 4, min_gain: float = 0.05,
-                   seed: int = 0) -> list[int]:
+def auto_ssd_grids(
+    box_wh: np.ndarray, chip_size: int, *, max_k: int = 4, min_gain: float = 0.05, seed: int = 0
+) -> list[int]:
     """SSD grid sizes chosen from the training boxes (arcgis.learn ssd_version 2 with grids=None).
 
     k-means on the box sizes for k = 1, 2, ... while the mean IoU of boxes with their centroid still improves
@@ -91,8 +92,7 @@ def auto_ssd_grids(box_wh: np.ndarray, chip_size: int, *, max_k: int = 4, min_ga
     return sorted(grids)
 
 
-def yolo_anchors(box_wh: np.ndarray, *, k: int = 9, seed: int = 0,
-                 fallback_chip: int = 416) -> list[list[float]]:
+def yolo_anchors(box_wh: np.ndarray, *, k: int = 9, seed: int = 0, fallback_chip: int = 416) -> list[list[float]]:
     """Nine YOLOv3 anchors [w, h] in pixels from k-means over the training boxes, smallest first.
 
     Without boxes, the COCO anchors scaled from 416 px to the chip size (so small chips get small anchors).
@@ -107,7 +107,16 @@ def yolo_anchors(box_wh: np.ndarray, *, k: int = 9, seed: int = 0,
 
 
 COCO_YOLO_ANCHORS: tuple[tuple[int, int], ...] = (
-    (10, 13), (16, 30), (33, 23), (30, 61), (62, 45), (59, 119), (116, 90), (156, 198), (373, 326))
+    (10, 13),
+    (16, 30),
+    (33, 23),
+    (30, 61),
+    (62, 45),
+    (59, 119),
+    (116, 90),
+    (156, 198),
+    (373, 326),
+)
 
 
 def boxes_wh(targets: Iterable[dict]) -> np.ndarray:

@@ -62,8 +62,13 @@ class ATSS(DenseDetector):
         super().__init__(body, num_classes)
         self.head = ATSSHead(self.pyramid.out_channels, num_classes, self.pyramid.num_levels)
 
-    def loss(self, outputs: Any, anchors: torch.Tensor, assignment: list[tuple[torch.Tensor, torch.Tensor]],
-             targets: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+    def loss(
+        self,
+        outputs: Any,
+        anchors: torch.Tensor,
+        assignment: list[tuple[torch.Tensor, torch.Tensor]],
+        targets: list[dict[str, torch.Tensor]],
+    ) -> torch.Tensor:
         logits, deltas, ctr = outputs
         labels = torch.stack([a[0] for a in assignment])  # [B, A]
         positive = labels > 0

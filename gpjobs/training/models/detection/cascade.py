@@ -53,13 +53,23 @@ class CascadeRoIHeads(RoIHeads):
     """torchvision's RoIHeads (pooling, sampling, box head 0) with two more stages after it."""
 
     def __init__(self, base: RoIHeads, pooled: int, num_classes: int) -> None:
-        super().__init__(base.box_roi_pool, TwoMLPHead(pooled, REPRESENTATION),
-                         StagePredictor(REPRESENTATION, num_classes), STAGE_IOUS[0], STAGE_IOUS[0],
-                         base.fg_bg_sampler.batch_size_per_image, base.fg_bg_sampler.positive_fraction,
-                         STAGE_CODER_WEIGHTS[0], base.score_thresh, base.nms_thresh, base.detections_per_img)
+        super().__init__(
+            base.box_roi_pool,
+            TwoMLPHead(pooled, REPRESENTATION),
+            StagePredictor(REPRESENTATION, num_classes),
+            STAGE_IOUS[0],
+            STAGE_IOUS[0],
+            base.fg_bg_sampler.batch_size_per_image,
+            base.fg_bg_sampler.positive_fraction,
+            STAGE_CODER_WEIGHTS[0],
+            base.score_thresh,
+            base.nms_thresh,
+            base.detections_per_img,
+        )
         self.stage_heads = nn.ModuleList([self.box_head] + [TwoMLPHead(pooled, REPRESENTATION) for _ in range(2)])
         self.stage_predictors = nn.ModuleList(
-            [self.box_predictor] + [StagePredictor(REPRESENTATION, num_classes) for _ in range(2)])
+            [self.box_predictor] + [StagePredictor(REPRESENTATION, num_classes) for _ in range(2)]
+        )
         self.matchers = [Matcher(t, t, allow_low_quality_matches=False) for t in STAGE_IOUS]
         self.coders = [BoxCoder(w) for w in STAGE_CODER_WEIGHTS]
 
@@ -68,8 +78,9 @@ class CascadeRoIHeads(RoIHeads):
         self.proposal_matcher, self.box_coder = self.matchers[stage], self.coders[stage]
         return self.select_training_samples(proposals, targets)
 
-    def _stage(self, stage: int, features: Any, proposals: list[torch.Tensor],
-               image_shapes: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    def _stage(
+        self, stage: int, features: Any, proposals: list[torch.Tensor], image_shapes: list[tuple[int, int]]
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """(logits, deltas, refined boxes per image) of one stage on `proposals`."""
         x = self.stage_heads[stage](self.box_roi_pool(features, proposals, image_shapes))
         logits, deltas = self.stage_predictors[stage](x)
@@ -86,8 +97,10 @@ class CascadeRoIHeads(RoIHeads):
                 logits, deltas, proposals = self._stage(stage, features, proposals, image_shapes)
                 labels, regression = torch.cat(labels), torch.cat(regression)
                 positive = torch.where(labels > 0)[0]
-                box_loss = F.smooth_l1_loss(deltas[positive], regression[positive], beta=1 / 9,
-                                            reduction="sum") / labels.numel()
+                box_loss = (
+                    F.smooth_l1_loss(deltas[positive], regression[positive], beta=1 / 9, reduction="sum")
+                    / labels.numel()
+                )
                 losses[f"loss_classifier_{stage}"] = weight * F.cross_entropy(logits, labels)
                 losses[f"loss_box_reg_{stage}"] = weight * box_loss
             return [], losses
@@ -121,8 +134,13 @@ def build_cascade_rcnn(body: nn.Module, num_classes: int, chip: int, bands: int,
     pyramid = FeaturePyramid(body, min_stride=4, levels=4, extra="maxpool")
     sizes = level_anchor_sizes(resized_sizes(chip)[0], pyramid.level_strides)
     anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
-    net = FasterRCNN(pyramid, num_classes=num_classes + 1, rpn_anchor_generator=anchors,
-                     **transform_kwargs(chip, bands), **rcnn_kwargs(args))
+    net = FasterRCNN(
+        pyramid,
+        num_classes=num_classes + 1,
+        rpn_anchor_generator=anchors,
+        **transform_kwargs(chip, bands),
+        **rcnn_kwargs(args),
+    )
     pool = net.roi_heads.box_roi_pool
     pooled = pyramid.out_channels * pool.output_size[0] * pool.output_size[1]
     net.roi_heads = CascadeRoIHeads(net.roi_heads, pooled, num_classes + 1)

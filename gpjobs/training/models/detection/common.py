@@ -95,14 +95,20 @@ class DetectionFamily(ModelFamily):
         return model.losses(images, targets)
 
     def evaluator(self) -> DetectionEvaluator:
-        return DetectionEvaluator(self.num_classes, iou_thresh=float(self.args.get("iou_thresh") or 0.1),
-                                  detect_thresh=self.detect_thresh)
+        return DetectionEvaluator(
+            self.num_classes, iou_thresh=float(self.args.get("iou_thresh") or 0.1), detect_thresh=self.detect_thresh
+        )
 
     @torch.no_grad()
     def validate(self, model: nn.Module, loader: Iterable, device: torch.device) -> tuple[float, dict[str, Any]]:
         boxes = self.evaluator()
-        masks = DetectionEvaluator(self.num_classes, iou_thresh=boxes.iou_thresh,
-                                   detect_thresh=self.detect_thresh, use_masks=True) if self.uses_masks else None
+        masks = (
+            DetectionEvaluator(
+                self.num_classes, iou_thresh=boxes.iou_thresh, detect_thresh=self.detect_thresh, use_masks=True
+            )
+            if self.uses_masks
+            else None
+        )
         total, count = 0.0, 0
         for batch in loader:
             images, targets = self.to_device(batch, device)
@@ -129,11 +135,21 @@ class DetectionFamily(ModelFamily):
         }
         if masks is not None:
             mask_result = masks.compute(self.class_names)
-            metrics.update({"mask_average_precision": mask_result["average_precision"],
-                            "mask_map_50": mask_result["map_50"], "mask_map_50_95": mask_result["map_50_95"],
-                            "mask_average_precision_score": mask_result["average_precision_score"]})
-        metrics.update({"average_precision_score": result["average_precision_score"],
-                        "ap_iou_thresh": result["ap_iou_thresh"], "ap_detect_thresh": result["ap_detect_thresh"]})
+            metrics.update(
+                {
+                    "mask_average_precision": mask_result["average_precision"],
+                    "mask_map_50": mask_result["map_50"],
+                    "mask_map_50_95": mask_result["map_50_95"],
+                    "mask_average_precision_score": mask_result["average_precision_score"],
+                }
+            )
+        metrics.update(
+            {
+                "average_precision_score": result["average_precision_score"],
+                "ap_iou_thresh": result["ap_iou_thresh"],
+                "ap_detect_thresh": result["ap_detect_thresh"],
+            }
+        )
         return total / max(count, 1), metrics
 
     @torch.no_grad()
@@ -148,8 +164,7 @@ class DetectionFamily(ModelFamily):
                 "boxes": [[round(float(v), 3) for v in box] for box in det["boxes"].cpu().tolist()],
                 "scores": [round(float(s), 5) for s in det["scores"].cpu().tolist()],
                 "labels": [self.class_names[i - 1] if 0 < i <= self.num_classes else str(i) for i in labels],
-                "class_values": [self.info.classes[i - 1].value if 0 < i <= self.num_classes else None
-                                 for i in labels],
+                "class_values": [self.info.classes[i - 1].value if 0 < i <= self.num_classes else None for i in labels],
             }
             if "masks" in det:
                 binary = (det["masks"].squeeze(1) > 0.5).cpu()
@@ -163,8 +178,11 @@ class DetectionFamily(ModelFamily):
     def inference_spec(self, network: nn.Module) -> dict[str, Any]:
         """Boxes (or instance masks) from the deployable network's outputs: `network.spec()` or the dense decoder."""
         decoder = network.spec() if hasattr(network, "spec") else {}
-        return {"output": "instances" if self.uses_masks else "boxes",
-                "index_values": [int(c.value) for c in self.info.classes], **decoder}
+        return {
+            "output": "instances" if self.uses_masks else "boxes",
+            "index_values": [int(c.value) for c in self.info.classes],
+            **decoder,
+        }
 
     def model_parameters(self) -> dict[str, Any]:
         return {**super().model_parameters(), **self.extra_parameters()}
@@ -177,14 +195,21 @@ class DetectionFamily(ModelFamily):
         fields = super().emd_fields(metrics)
         if "average_precision_score" in metrics:
             fields["average_precision_score"] = metrics["average_precision_score"]
-        for key in ("average_precision", "map_50", "map_50_95", "mask_average_precision", "mask_map_50",
-                    "mask_map_50_95"):
+        for key in (
+            "average_precision",
+            "map_50",
+            "map_50_95",
+            "mask_average_precision",
+            "mask_map_50",
+            "mask_map_50_95",
+        ):
             if key in metrics:
                 fields[key] = metrics[key]
         fields["MetricsNote"] = (
             f"average_precision_score: Esri-style AP per class (IoU >= {metrics.get('ap_iou_thresh', 0.1)}, "
             f"score >= {self.detect_thresh}, all-point interpolation), as arcgis.learn reports it; "
-            "map_50 / map_50_95: COCO-style mean AP at IoU 0.5 and over IoU 0.50:0.95 (101-point)")
+            "map_50 / map_50_95: COCO-style mean AP at IoU 0.5 and over IoU 0.50:0.95 (101-point)"
+        )
         return fields
 
     def show_results(self, model: nn.Module, batch: Any, path: Path) -> None:
@@ -200,9 +225,11 @@ class DetectionFamily(ModelFamily):
         for i in range(n):
             picture = display_rgb(images[i])
             truth = [(b, lbl, None) for b, lbl in zip(targets[i]["boxes"].tolist(), targets[i]["labels"].tolist())]
-            pred = [(b, self.class_names.index(lbl) + 1 if lbl in self.class_names else 0, s)
-                    for b, lbl, s in zip(predictions[i]["boxes"], predictions[i]["labels"], predictions[i]["scores"])
-                    if s >= self.detect_thresh]
+            pred = [
+                (b, self.class_names.index(lbl) + 1 if lbl in self.class_names else 0, s)
+                for b, lbl, s in zip(predictions[i]["boxes"], predictions[i]["labels"], predictions[i]["scores"])
+                if s >= self.detect_thresh
+            ]
             for ax, title, shown in ((axes[i][0], "ground truth", truth), (axes[i][1], "prediction", pred)):
                 ax.imshow(picture, interpolation="nearest")
                 for (x0, y0, x1, y1), label, score in shown:

@@ -14,11 +14,13 @@ from torch import nn
 
 def conv_bn(in_ch: int, out_ch: int, kernel: int, stride: int = 1) -> nn.Sequential:
     """Darknet's unit: conv (no bias) + BatchNorm + LeakyReLU(0.1)."""
-    return nn.Sequential(OrderedDict(
-        conv=nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, bias=False),
-        bn=nn.BatchNorm2d(out_ch),
-        act=nn.LeakyReLU(0.1, inplace=True),
-    ))
+    return nn.Sequential(
+        OrderedDict(
+            conv=nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, bias=False),
+            bn=nn.BatchNorm2d(out_ch),
+            act=nn.LeakyReLU(0.1, inplace=True),
+        )
+    )
 
 
 class DarknetResidual(nn.Module):

@@ -36,8 +36,9 @@ def flatten_levels(maps: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([m.flatten(2).transpose(1, 2) for m in maps], 1)
 
 
-def atss_assign(anchors: list[torch.Tensor], gt_boxes: torch.Tensor, gt_labels: torch.Tensor,
-                top_k: int = 9) -> tuple[torch.Tensor, torch.Tensor]:
+def atss_assign(
+    anchors: list[torch.Tensor], gt_boxes: torch.Tensor, gt_labels: torch.Tensor, top_k: int = 9
+) -> tuple[torch.Tensor, torch.Tensor]:
     """ATSS (Zhang et al. 2020): per ground-truth box, the `top_k` anchors of each level nearest its centre are
     candidates; those whose IoU reaches mean + std of the candidates' IoUs and whose centre lies inside the box
     are positives (an anchor claimed twice goes to the higher IoU).
@@ -58,14 +59,18 @@ def atss_assign(anchors: list[torch.Tensor], gt_boxes: torch.Tensor, gt_labels: 
     for level in anchors:
         n = level.shape[0]
         k = min(top_k, n)
-        candidates.append(distance[start:start + n].topk(k, dim=0, largest=False).indices + start)
+        candidates.append(distance[start : start + n].topk(k, dim=0, largest=False).indices + start)
         start += n
     cand = torch.cat(candidates)  # [C, G]
     cand_ious = ious.gather(0, cand)
     threshold = cand_ious.mean(0) + (cand_ious.std(0) if cand.shape[0] > 1 else 0.0)
     cx, cy = centres[cand, 0], centres[cand, 1]  # [C, G]
-    inside = ((cx - gt_boxes[:, 0] > 0.01) & (cy - gt_boxes[:, 1] > 0.01)
-              & (gt_boxes[:, 2] - cx > 0.01) & (gt_boxes[:, 3] - cy > 0.01))
+    inside = (
+        (cx - gt_boxes[:, 0] > 0.01)
+        & (cy - gt_boxes[:, 1] > 0.01)
+        & (gt_boxes[:, 2] - cx > 0.01)
+        & (gt_boxes[:, 3] - cy > 0.01)
+    )
     positive = (cand_ious >= threshold[None]) & inside
     claimed = torch.full_like(ious, -1.0)
     gt_index = torch.arange(gt_boxes.shape[0], device=every.device).expand_as(cand)
@@ -100,16 +105,24 @@ class DenseDetector(nn.Module, abc.ABC):
         out = []
         for m, stride in zip(maps, self.strides):
             h, w = m.shape[-2:]
-            ys, xs = torch.meshgrid(torch.arange(h, device=m.device, dtype=torch.float32),
-                                    torch.arange(w, device=m.device, dtype=torch.float32), indexing="ij")
+            ys, xs = torch.meshgrid(
+                torch.arange(h, device=m.device, dtype=torch.float32),
+                torch.arange(w, device=m.device, dtype=torch.float32),
+                indexing="ij",
+            )
             cx, cy = (xs.flatten() + 0.5) * stride, (ys.flatten() + 0.5) * stride
             half = self.anchor_scale * stride / 2
             out.append(torch.stack([cx - half, cy - half, cx + half, cy + half], 1))
         return out
 
     @abc.abstractmethod
-    def loss(self, outputs: Any, anchors: torch.Tensor, assignment: list[tuple[torch.Tensor, torch.Tensor]],
-             targets: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+    def loss(
+        self,
+        outputs: Any,
+        anchors: torch.Tensor,
+        assignment: list[tuple[torch.Tensor, torch.Tensor]],
+        targets: list[dict[str, torch.Tensor]],
+    ) -> torch.Tensor:
         """The training loss of a batch; `anchors` [A, 4] of all levels, `assignment` per image from atss_assign."""
 
     @abc.abstractmethod
@@ -129,8 +142,9 @@ class DenseDetector(nn.Module, abc.ABC):
         outputs, anchors = self.run(images)
         return self._detections(outputs, anchors, images.shape[-2:])
 
-    def losses_and_detections(self, images: torch.Tensor, targets: list[dict[str, torch.Tensor]]
-                              ) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+    def losses_and_detections(
+        self, images: torch.Tensor, targets: list[dict[str, torch.Tensor]]
+    ) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
         """Validation: GroupNorm heads and a BatchNorm backbone in eval give one forward for both."""
         outputs, anchors = self.run(images)
         assignment = [atss_assign(anchors, t["boxes"].float(), t["labels"]) for t in targets]
@@ -147,8 +161,9 @@ class DenseDetector(nn.Module, abc.ABC):
             found.append({"boxes": b[kept], "scores": s[kept], "labels": lab[kept]})
         return found
 
-    def _candidates(self, outputs: Any, anchors: list[torch.Tensor],
-                    size: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _candidates(
+        self, outputs: Any, anchors: list[torch.Tensor], size: Any
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per level the TOP_K best (cell, class) scores, before the score threshold and NMS: boxes [B, N, 4]
         clipped to the image, scores [B, N], labels [B, N] 0..K-1 (top-k first: k depends on shapes only, so
         a traced network keeps it right)."""
@@ -157,7 +172,10 @@ class DenseDetector(nn.Module, abc.ABC):
         kept_boxes, kept_scores, kept_labels, start = [], [], [], 0
         for level in anchors:
             n = level.shape[0]
-            level_scores, level_boxes = scores[:, start:start + n], boxes[:, start:start + n]  # [B, n, K], [B, n, 4]
+            level_scores, level_boxes = (
+                scores[:, start : start + n],
+                boxes[:, start : start + n],
+            )  # [B, n, K], [B, n, 4]
             start += n
             k = level_scores.shape[2]
             top, index = level_scores.flatten(1).topk(min(TOP_K, n * k), dim=1)
@@ -166,8 +184,15 @@ class DenseDetector(nn.Module, abc.ABC):
             kept_scores.append(top)
             kept_labels.append(index % k)
         picked = torch.cat(kept_boxes, 1)
-        clipped = torch.stack([picked[..., 0].clamp(0, w), picked[..., 1].clamp(0, h),
-                               picked[..., 2].clamp(0, w), picked[..., 3].clamp(0, h)], -1)
+        clipped = torch.stack(
+            [
+                picked[..., 0].clamp(0, w),
+                picked[..., 1].clamp(0, h),
+                picked[..., 2].clamp(0, w),
+                picked[..., 3].clamp(0, h),
+            ],
+            -1,
+        )
         return clipped, torch.cat(kept_scores, 1), torch.cat(kept_labels, 1)
 
     def forward(self, images: torch.Tensor):
@@ -180,5 +205,9 @@ class DenseDetector(nn.Module, abc.ABC):
 
 
 # what the PRF's dense decoder does after the candidates, as _detections does
-DECODER_SPEC = {"decoder": "dense", "score_thresh": SCORE_THRESH, "nms_thresh": NMS_THRESH,
-                "max_detections": MAX_DETECTIONS}
+DECODER_SPEC = {
+    "decoder": "dense",
+    "score_thresh": SCORE_THRESH,
+    "nms_thresh": NMS_THRESH,
+    "max_detections": MAX_DETECTIONS,
+}

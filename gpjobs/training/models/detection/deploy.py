@@ -46,7 +46,7 @@ class DenseDetections(nn.Module):
         per_level = []
         outputs = self.model.raw(images)
         for level, (raw, stride) in enumerate(zip(outputs, self.model.strides)):
-            boxes = decode_boxes(raw, self.model.anchors[3 * level:3 * level + 3], stride)
+            boxes = decode_boxes(raw, self.model.anchors[3 * level : 3 * level + 3], stride)
             conf, label = (torch.sigmoid(raw[:, :, 4]).unsqueeze(2) * torch.sigmoid(raw[:, :, 5:])).max(2)
             per_level.append((boxes.flatten(1, 3), conf.flatten(1), label.flatten(1)))
         return tuple(torch.cat([p[i] for p in per_level], 1) for i in range(3))  # type: ignore[return-value]
@@ -74,8 +74,7 @@ class _Resized(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = (images - self.mean) / self.std
-        x = F.interpolate(x, scale_factor=self.scale, mode="bilinear", recompute_scale_factor=True,
-                          align_corners=False)
+        x = F.interpolate(x, scale_factor=self.scale, mode="bilinear", recompute_scale_factor=True, align_corners=False)
         return F.pad(x, (0, self.padded[1] - x.shape[-1], 0, self.padded[0] - x.shape[-2]))
 
 
@@ -101,8 +100,10 @@ class TwoStageNetwork(nn.Module):
             images = ImageList(x, [self.resize.resized])
             anchors = net.rpn.anchor_generator(images, list(features.values()))[0]
         self.register_buffer("anchors", anchors)
-        self.level_sizes = [int(f.shape[-2] * f.shape[-1]) * net.rpn.anchor_generator.num_anchors_per_location()[0]
-                            for f in features.values()]
+        self.level_sizes = [
+            int(f.shape[-2] * f.shape[-1]) * net.rpn.anchor_generator.num_anchors_per_location()[0]
+            for f in features.values()
+        ]
         self.feature_names = list(features.keys())
         self.feature_sizes = [list(f.shape[-2:]) for f in features.values()]
 
@@ -131,20 +132,34 @@ class TwoStageNetwork(nn.Module):
         for i in pooled:  # torchvision's _infer_scale: the nearest power of two of feature / image size
             scales.append(2 ** float(torch.tensor(float(self.feature_sizes[i][0]) / resized[0]).log2().round()))
         spec = {
-            "decoder": "rcnn", "resized": list(resized), "level_sizes": self.level_sizes,
-            "rpn": {"pre_nms_top_n": int(rpn._pre_nms_top_n["testing"]),
-                    "post_nms_top_n": int(rpn._post_nms_top_n["testing"]), "nms_thresh": float(rpn.nms_thresh),
-                    "score_thresh": float(rpn.score_thresh), "min_size": float(rpn.min_size),
-                    "weights": list(rpn.box_coder.weights), "clip": float(rpn.box_coder.bbox_xform_clip)},
-            "pooled_levels": pooled, "pool_scales": scales,
+            "decoder": "rcnn",
+            "resized": list(resized),
+            "level_sizes": self.level_sizes,
+            "rpn": {
+                "pre_nms_top_n": int(rpn._pre_nms_top_n["testing"]),
+                "post_nms_top_n": int(rpn._post_nms_top_n["testing"]),
+                "nms_thresh": float(rpn.nms_thresh),
+                "score_thresh": float(rpn.score_thresh),
+                "min_size": float(rpn.min_size),
+                "weights": list(rpn.box_coder.weights),
+                "clip": float(rpn.box_coder.bbox_xform_clip),
+            },
+            "pooled_levels": pooled,
+            "pool_scales": scales,
             "box_pool": {"size": int(pool.output_size[0]), "sampling_ratio": int(pool.sampling_ratio)},
-            "box": {"score_thresh": float(heads.score_thresh), "nms_thresh": float(heads.nms_thresh),
-                    "detections_per_img": int(heads.detections_per_img),
-                    "weights": list(heads.box_coder.weights), "clip": float(heads.box_coder.bbox_xform_clip)},
+            "box": {
+                "score_thresh": float(heads.score_thresh),
+                "nms_thresh": float(heads.nms_thresh),
+                "detections_per_img": int(heads.detections_per_img),
+                "weights": list(heads.box_coder.weights),
+                "clip": float(heads.box_coder.bbox_xform_clip),
+            },
         }
         if self.has_masks:
-            spec["mask_pool"] = {"size": int(heads.mask_roi_pool.output_size[0]),
-                                 "sampling_ratio": int(heads.mask_roi_pool.sampling_ratio)}
+            spec["mask_pool"] = {
+                "size": int(heads.mask_roi_pool.output_size[0]),
+                "sampling_ratio": int(heads.mask_roi_pool.sampling_ratio),
+            }
         return spec
 
     def trace(self, example: torch.Tensor) -> torch.jit.ScriptModule:
@@ -177,18 +192,31 @@ class RetinaNetNetwork(nn.Module):
         features = list(self.net.backbone(self.resize(images)).values())
         head = self.net.head
         k = head.classification_head.num_classes
-        logits = torch.cat([_flatten_level(head.classification_head.cls_logits(
-            head.classification_head.conv(f)), k) for f in features], 1)
-        deltas = torch.cat([_flatten_level(head.regression_head.bbox_reg(head.regression_head.conv(f)), 4)
-                            for f in features], 1)
+        logits = torch.cat(
+            [
+                _flatten_level(head.classification_head.cls_logits(head.classification_head.conv(f)), k)
+                for f in features
+            ],
+            1,
+        )
+        deltas = torch.cat(
+            [_flatten_level(head.regression_head.bbox_reg(head.regression_head.conv(f)), 4) for f in features], 1
+        )
         return logits, deltas, self.anchors
 
     def spec(self) -> dict[str, Any]:
         net = self.net
-        return {"decoder": "retinanet", "resized": list(self.resize.resized), "level_sizes": self.level_sizes,
-                "score_thresh": float(net.score_thresh), "nms_thresh": float(net.nms_thresh),
-                "topk_candidates": int(net.topk_candidates), "detections_per_img": int(net.detections_per_img),
-                "weights": list(net.box_coder.weights), "clip": float(net.box_coder.bbox_xform_clip)}
+        return {
+            "decoder": "retinanet",
+            "resized": list(self.resize.resized),
+            "level_sizes": self.level_sizes,
+            "score_thresh": float(net.score_thresh),
+            "nms_thresh": float(net.nms_thresh),
+            "topk_candidates": int(net.topk_candidates),
+            "detections_per_img": int(net.detections_per_img),
+            "weights": list(net.box_coder.weights),
+            "clip": float(net.box_coder.bbox_xform_clip),
+        }
 
 
 class CandidateDetections(nn.Module):
@@ -223,8 +251,10 @@ class FCOSNetwork(nn.Module):
             anchors = net.anchor_generator(ImageList(x, [self.resize.resized]), features)[0]
         self.register_buffer("anchors", anchors)
         self.level_sizes = [int(f.shape[-2] * f.shape[-1]) for f in features]  # one point per cell
-        self.register_buffer("scale", torch.tensor([chip[1] / self.resize.resized[1], chip[0] / self.resize.resized[0]]
-                                                   * 2, dtype=torch.float32))
+        self.register_buffer(
+            "scale",
+            torch.tensor([chip[1] / self.resize.resized[1], chip[0] / self.resize.resized[0]] * 2, dtype=torch.float32),
+        )
 
     def forward(self, images: torch.Tensor):
         net = self.net
@@ -232,7 +262,7 @@ class FCOSNetwork(nn.Module):
         scores = torch.sqrt(torch.sigmoid(head["cls_logits"]) * torch.sigmoid(head["bbox_ctrness"]))  # [B, N, K]
         boxes_all, scores_all, labels_all, start = [], [], [], 0
         for n in self.level_sizes:
-            level = scores[:, start:start + n]
+            level = scores[:, start : start + n]
             k = level.shape[2]
             top, index = level.flatten(1).topk(min(int(net.topk_candidates), n * k), dim=1)
             cell = torch.div(index, k, rounding_mode="floor") + start
@@ -240,8 +270,15 @@ class FCOSNetwork(nn.Module):
             deltas = torch.gather(head["bbox_regression"], 1, cell[..., None].expand(-1, -1, 4))
             boxes = net.box_coder.decode(deltas.reshape(-1, 4), self.anchors[cell.reshape(-1)]).reshape(deltas.shape)
             h, w = self.resize.resized
-            boxes = torch.stack([boxes[..., 0].clamp(0, w), boxes[..., 1].clamp(0, h), boxes[..., 2].clamp(0, w),
-                                 boxes[..., 3].clamp(0, h)], -1)
+            boxes = torch.stack(
+                [
+                    boxes[..., 0].clamp(0, w),
+                    boxes[..., 1].clamp(0, h),
+                    boxes[..., 2].clamp(0, w),
+                    boxes[..., 3].clamp(0, h),
+                ],
+                -1,
+            )
             boxes_all.append(boxes * self.scale)
             scores_all.append(top)
             labels_all.append(index % k - 1)  # class outputs are 1..K (index 0 is never a class)
@@ -249,8 +286,12 @@ class FCOSNetwork(nn.Module):
 
     def spec(self) -> dict[str, Any]:
         net = self.net
-        return {"decoder": "dense", "score_thresh": float(net.score_thresh), "nms_thresh": float(net.nms_thresh),
-                "max_detections": int(net.detections_per_img)}
+        return {
+            "decoder": "dense",
+            "score_thresh": float(net.score_thresh),
+            "nms_thresh": float(net.nms_thresh),
+            "max_detections": int(net.detections_per_img),
+        }
 
 
 class CascadeNetwork(TwoStageNetwork):

@@ -23,8 +23,16 @@ def build_fcos(body: nn.Module, num_classes: int, chip: int, bands: int) -> nn.M
     pyramid = FeaturePyramid(body, min_stride=8, levels=3, extra="p6p7")
     points = AnchorGenerator(tuple((float(s),) for s in pyramid.level_strides), ((1.0,),) * pyramid.num_levels)
     # score 0.05 as mmdetection's test config (torchvision's 0.2 would hide low-score boxes from COCO mAP)
-    return TorchvisionDetector(FCOS(pyramid, num_classes=num_classes + 1, anchor_generator=points,
-                                    score_thresh=0.05, nms_thresh=0.6, **transform_kwargs(chip, bands)))
+    return TorchvisionDetector(
+        FCOS(
+            pyramid,
+            num_classes=num_classes + 1,
+            anchor_generator=points,
+            score_thresh=0.05,
+            nms_thresh=0.6,
+            **transform_kwargs(chip, bands),
+        )
+    )
 
 
 class FCOSFamily(DetectionFamily):

@@ -33,8 +33,9 @@ class FeaturePyramid(nn.Module):
     `extra="maxpool"` adds a pooled level (Faster/Mask R-CNN), `extra="p6p7"` two strided convs (RetinaNet).
     """
 
-    def __init__(self, body: nn.Module, *, min_stride: int = 4, levels: int = 4, extra: str = "maxpool",
-                 norm: bool = True) -> None:
+    def __init__(
+        self, body: nn.Module, *, min_stride: int = 4, levels: int = 4, extra: str = "maxpool", norm: bool = True
+    ) -> None:
         super().__init__()
         self.body = body
         strides = list(body.strides)
@@ -44,12 +45,15 @@ class FeaturePyramid(nn.Module):
         blocks = LastLevelMaxPool() if extra == "maxpool" else LastLevelP6P7(FPN_CHANNELS, FPN_CHANNELS)
         # GroupNorm in the FPN keeps its outputs at unit scale whatever the backbone's (random or pretrained)
         # feature magnitudes are; without it Adam's first steps blew the heads' logits up (focal loss ~300).
-        self.fpn = FeaturePyramidNetwork(in_channels, FPN_CHANNELS, extra_blocks=blocks,
-                                         norm_layer=group_norm if norm else None)
+        self.fpn = FeaturePyramidNetwork(
+            in_channels, FPN_CHANNELS, extra_blocks=blocks, norm_layer=group_norm if norm else None
+        )
         self.out_channels = FPN_CHANNELS
         self.level_strides = [strides[i] for i in self.taps] + (
-            [strides[self.taps[-1]] * 2] if extra == "maxpool" else [strides[self.taps[-1]] * 2,
-                                                                     strides[self.taps[-1]] * 4])
+            [strides[self.taps[-1]] * 2]
+            if extra == "maxpool"
+            else [strides[self.taps[-1]] * 2, strides[self.taps[-1]] * 4]
+        )
 
     @property
     def num_levels(self) -> int:  # FCOS's points and ATSS's per-level scales
@@ -60,8 +64,9 @@ class FeaturePyramid(nn.Module):
         return self.fpn(OrderedDict((str(k), feats[i]) for k, i in enumerate(self.taps)))
 
 
-def level_anchor_sizes(image_size: int, strides: Sequence[int], scales: Sequence[float] = (1.0,),
-                       min_strides: float = 4.0) -> tuple[tuple[float, ...], ...]:
+def level_anchor_sizes(
+    image_size: int, strides: Sequence[int], scales: Sequence[float] = (1.0,), min_strides: float = 4.0
+) -> tuple[tuple[float, ...], ...]:
     """Anchor sizes per pyramid level, finest first.
 
     The deepest level spans the whole (resized) chip and each finer level halves it, so large chips get

@@ -22,9 +22,14 @@ class RetinaNetFamily(DetectionFamily):
 
     def build(self) -> nn.Module:
         body = build_backbone(self.backbone, self.in_channels, weights=self.weights, say=self.say)
-        return build_retinanet(body, self.num_classes, self.chip, self.in_channels,
-                               scales=list(self.args.get("scales") or [1.0]),
-                               ratios=list(self.args.get("ratios") or [1.0]))
+        return build_retinanet(
+            body,
+            self.num_classes,
+            self.chip,
+            self.in_channels,
+            scales=list(self.args.get("scales") or [1.0]),
+            ratios=list(self.args.get("ratios") or [1.0]),
+        )
 
     def extra_parameters(self) -> dict[str, Any]:
         return {"scales": list(self.args.get("scales") or []), "ratios": list(self.args.get("ratios") or [])}

@@ -44,23 +44,40 @@ class SSDFamily(DetectionFamily):
             from gpjobs.catalog import ArgumentError
 
             raise ArgumentError(f"location_loss_factor must be between 0 and 1, got {factor}")
-        return SSDNet(body, self.num_classes, self.chip, self.grids, list(self.args.get("zooms") or [1.0]),
-                      [list(r) for r in (self.args.get("ratios") or [[1.0, 1.0]])],
-                      drop=float(self.args.get("drop", 0.3)), bias=float(self.args.get("bias", -4.0)),
-                      focal=bool(self.args.get("focal_loss")),
-                      location_factor=None if factor is None else float(factor))
+        return SSDNet(
+            body,
+            self.num_classes,
+            self.chip,
+            self.grids,
+            list(self.args.get("zooms") or [1.0]),
+            [list(r) for r in (self.args.get("ratios") or [[1.0, 1.0]])],
+            drop=float(self.args.get("drop", 0.3)),
+            bias=float(self.args.get("bias", -4.0)),
+            focal=bool(self.args.get("focal_loss")),
+            location_factor=None if factor is None else float(factor),
+        )
 
     def extra_parameters(self) -> dict[str, Any]:
-        return {"grids": self.grids, "zooms": list(self.args.get("zooms") or [1.0]),
-                "ratios": [list(r) for r in (self.args.get("ratios") or [[1.0, 1.0]])],
-                "drop": self.args.get("drop"), "bias": self.args.get("bias"),
-                "focal_loss": bool(self.args.get("focal_loss")),
-                "location_loss_factor": self.args.get("location_loss_factor"),
-                "ssd_version": int(self.args.get("ssd_version") or 2)}
+        return {
+            "grids": self.grids,
+            "zooms": list(self.args.get("zooms") or [1.0]),
+            "ratios": [list(r) for r in (self.args.get("ratios") or [[1.0, 1.0]])],
+            "drop": self.args.get("drop"),
+            "bias": self.args.get("bias"),
+            "focal_loss": bool(self.args.get("focal_loss")),
+            "location_loss_factor": self.args.get("location_loss_factor"),
+            "ssd_version": int(self.args.get("ssd_version") or 2),
+        }
 
     def emd_fields(self, metrics: dict[str, Any]) -> dict[str, Any]:
         fields = super().emd_fields(metrics)
         params = self.extra_parameters()
-        fields.update({"Grids": params["grids"], "Zooms": params["zooms"], "Ratios": params["ratios"],
-                       "SSDVersion": params["ssd_version"]})
+        fields.update(
+            {
+                "Grids": params["grids"],
+                "Zooms": params["zooms"],
+                "Ratios": params["ratios"],
+                "SSDVersion": params["ssd_version"],
+            }
+        )
         return fields

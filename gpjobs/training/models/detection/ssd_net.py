@@ -34,9 +34,21 @@ class SSDNet(nn.Module):
     package restores a model whose grids were chosen from the training data.
     """
 
-    def __init__(self, backbone: nn.Module, num_classes: int, chip: int, grids: list[int], zooms: list[float],
-                 ratios: list[list[float]], *, drop: float = 0.3, bias: float = -4.0, width: int = 256,
-                 focal: bool = False, location_factor: float | None = None) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        chip: int,
+        grids: list[int],
+        zooms: list[float],
+        ratios: list[list[float]],
+        *,
+        drop: float = 0.3,
+        bias: float = -4.0,
+        width: int = 256,
+        focal: bool = False,
+        location_factor: float | None = None,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.num_classes = num_classes
@@ -50,9 +62,14 @@ class SSDNet(nn.Module):
         self.taps = [_pick_tap(strides, self.chip, g) for g in grids]
         width = self.width
         self.blocks = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(channels[t], width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
-                          nn.ReLU(inplace=True), nn.Dropout(self.drop))
-            for t in self.taps)
+            nn.Sequential(
+                nn.Conv2d(channels[t], width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+                nn.Dropout(self.drop),
+            )
+            for t in self.taps
+        )
         self.box_out = nn.ModuleList(nn.Conv2d(width, self.k * 4, 3, padding=1) for _ in grids)
         self.cls_out = nn.ModuleList(nn.Conv2d(width, self.k * self.num_classes, 3, padding=1) for _ in grids)
         for conv in self.cls_out:  # arcgis' `bias`: classes start "off", so the early loss is not a flood of FPs
@@ -66,9 +83,15 @@ class SSDNet(nn.Module):
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         grids, shapes = state_dict.get("grid_sizes"), state_dict.get("anchor_shapes")
-        if grids is not None and shapes is not None and (
-                grids.tolist() != self.grids or shapes.shape != self.anchor_shapes.shape
-                or not torch.allclose(shapes.float(), self.anchor_shapes)):
+        if (
+            grids is not None
+            and shapes is not None
+            and (
+                grids.tolist() != self.grids
+                or shapes.shape != self.anchor_shapes.shape
+                or not torch.allclose(shapes.float(), self.anchor_shapes)
+            )
+        ):
             self._build_head([int(g) for g in grids.tolist()], [tuple(s) for s in shapes.tolist()])
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
@@ -84,8 +107,15 @@ class SSDNet(nn.Module):
         return torch.cat(boxes, 1), torch.cat(logits, 1)
 
     def losses(self, images: torch.Tensor, targets: list[dict]) -> torch.Tensor:
-        return ssd_loss(self.raw(images), targets, self.anchors, self.cell_sizes, tuple(images.shape[-2:]),
-                        focal=self.focal, location_factor=self.location_factor)
+        return ssd_loss(
+            self.raw(images),
+            targets,
+            self.anchors,
+            self.cell_sizes,
+            tuple(images.shape[-2:]),
+            focal=self.focal,
+            location_factor=self.location_factor,
+        )
 
     def detect(self, images: torch.Tensor) -> list[dict]:
         return ssd_detect(self.raw(images), self.anchors, self.cell_sizes, tuple(images.shape[-2:]))
@@ -95,8 +125,11 @@ class SSDNet(nn.Module):
         if self.training:
             return self.raw(images)
         found = self.detect(images)
-        return (torch.cat([d["boxes"] for d in found]), torch.cat([d["scores"] for d in found]),
-                torch.cat([d["labels"] for d in found]))
+        return (
+            torch.cat([d["boxes"] for d in found]),
+            torch.cat([d["scores"] for d in found]),
+            torch.cat([d["labels"] for d in found]),
+        )
 
 
 def decode(offsets: torch.Tensor, anchors: torch.Tensor, cell_sizes: torch.Tensor) -> torch.Tensor:
@@ -124,9 +157,16 @@ def match_anchors(gt_boxes: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor
     return torch.where(best_gt_iou > MATCH_IOU, best_gt, torch.full_like(best_gt, -1))
 
 
-def ssd_loss(outputs: tuple[torch.Tensor, torch.Tensor], targets: list[dict], anchors: torch.Tensor,
-             cell_sizes: torch.Tensor, image_size: tuple[int, int], *, focal: bool = False,
-             location_factor: float | None = None) -> torch.Tensor:
+def ssd_loss(
+    outputs: tuple[torch.Tensor, torch.Tensor],
+    targets: list[dict],
+    anchors: torch.Tensor,
+    cell_sizes: torch.Tensor,
+    image_size: tuple[int, int],
+    *,
+    focal: bool = False,
+    location_factor: float | None = None,
+) -> torch.Tensor:
     """L1 box loss on positive anchors + one-vs-all BCE (or focal, alpha .25 gamma 1) classes, per positive."""
     offsets, logits = outputs
     h, w = image_size
@@ -154,9 +194,16 @@ def ssd_loss(outputs: tuple[torch.Tensor, torch.Tensor], targets: list[dict], an
     return (loc_total + cls_total) / len(targets)
 
 
-def ssd_detect(outputs: tuple[torch.Tensor, torch.Tensor], anchors: torch.Tensor, cell_sizes: torch.Tensor,
-               image_size: tuple[int, int], *, score_thresh: float = 0.05, nms_thresh: float = 0.1,
-               max_detections: int = 100) -> list[dict]:
+def ssd_detect(
+    outputs: tuple[torch.Tensor, torch.Tensor],
+    anchors: torch.Tensor,
+    cell_sizes: torch.Tensor,
+    image_size: tuple[int, int],
+    *,
+    score_thresh: float = 0.05,
+    nms_thresh: float = 0.1,
+    max_detections: int = 100,
+) -> list[dict]:
     """Per image {boxes xyxy px, scores, labels 1..C}; NMS overlap 0.1 as arcgis' SSD uses at inference."""
     offsets, logits = outputs
     h, w = image_size

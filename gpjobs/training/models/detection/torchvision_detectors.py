@@ -18,10 +18,20 @@ from torchvision.models.detection.retinanet import RetinaNetHead
 from gpjobs.training.models.detection.fpn_adapter import FeaturePyramid, group_norm, level_anchor_sizes
 
 RCNN_KWARGS = (
-    "rpn_pre_nms_top_n_train", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_train", "rpn_post_nms_top_n_test",
-    "rpn_nms_thresh", "rpn_fg_iou_thresh", "rpn_bg_iou_thresh", "rpn_batch_size_per_image",
-    "box_batch_size_per_image", "box_bg_iou_thresh", "box_fg_iou_thresh", "box_detections_per_img",
-    "box_score_thresh", "box_nms_thresh",
+    "rpn_pre_nms_top_n_train",
+    "rpn_pre_nms_top_n_test",
+    "rpn_post_nms_top_n_train",
+    "rpn_post_nms_top_n_test",
+    "rpn_nms_thresh",
+    "rpn_fg_iou_thresh",
+    "rpn_bg_iou_thresh",
+    "rpn_batch_size_per_image",
+    "box_batch_size_per_image",
+    "box_bg_iou_thresh",
+    "box_fg_iou_thresh",
+    "box_detections_per_img",
+    "box_score_thresh",
+    "box_nms_thresh",
 )
 
 
@@ -40,29 +50,42 @@ def rcnn_kwargs(args: dict[str, Any]) -> dict[str, Any]:
     return {k: args[k] for k in RCNN_KWARGS if args.get(k) is not None}
 
 
-def build_rcnn(body: nn.Module, num_classes: int, chip: int, bands: int, args: dict[str, Any], *,
-               masks: bool = False) -> nn.Module:
+def build_rcnn(
+    body: nn.Module, num_classes: int, chip: int, bands: int, args: dict[str, Any], *, masks: bool = False
+) -> nn.Module:
     """Faster R-CNN (or Mask R-CNN) with `num_classes` + background over an FPN on `body`."""
     pyramid = FeaturePyramid(body, min_stride=4, levels=4, extra="maxpool")
     sizes = level_anchor_sizes(resized_sizes(chip)[0], pyramid.level_strides)
     anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
     cls = MaskRCNN if masks else FasterRCNN
-    return TorchvisionDetector(cls(pyramid, num_classes=num_classes + 1, rpn_anchor_generator=anchors,
-               **transform_kwargs(chip, bands), **rcnn_kwargs(args)))
+    return TorchvisionDetector(
+        cls(
+            pyramid,
+            num_classes=num_classes + 1,
+            rpn_anchor_generator=anchors,
+            **transform_kwargs(chip, bands),
+            **rcnn_kwargs(args),
+        )
+    )
 
 
-def build_retinanet(body: nn.Module, num_classes: int, chip: int, bands: int, *, scales: list[float],
-                    ratios: list[float]) -> nn.Module:
+def build_retinanet(
+    body: nn.Module, num_classes: int, chip: int, bands: int, *, scales: list[float], ratios: list[float]
+) -> nn.Module:
     """RetinaNet over P3-P7; arcgis' `scales` x `ratios` become the anchors of every pyramid level."""
     pyramid = FeaturePyramid(body, min_stride=8, levels=3, extra="p6p7")
     sizes = level_anchor_sizes(resized_sizes(chip)[0], pyramid.level_strides, scales)
     anchors = AnchorGenerator(sizes, (tuple(float(r) for r in ratios),) * len(sizes))
     # num_classes + 1 keeps label indices 1..K as they are (index 0 simply never fires), as torchvision's
     # own COCO RetinaNet does with its 91 classes.
-    head = RetinaNetHead(pyramid.out_channels, anchors.num_anchors_per_location()[0], num_classes + 1,
-                         norm_layer=group_norm)  # torchvision's RetinaNet v2 head: stable from random weights
-    return TorchvisionDetector(RetinaNet(pyramid, num_classes=num_classes + 1, anchor_generator=anchors,
-                                         head=head, **transform_kwargs(chip, bands)))
+    head = RetinaNetHead(
+        pyramid.out_channels, anchors.num_anchors_per_location()[0], num_classes + 1, norm_layer=group_norm
+    )  # torchvision's RetinaNet v2 head: stable from random weights
+    return TorchvisionDetector(
+        RetinaNet(
+            pyramid, num_classes=num_classes + 1, anchor_generator=anchors, head=head, **transform_kwargs(chip, bands)
+        )
+    )
 
 
 def loss_total(loss_dict: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -91,5 +114,8 @@ class TorchvisionDetector(nn.Module):
         found = self.net(list(images))
         if self.training:
             return found
-        return (torch.cat([d["boxes"] for d in found]), torch.cat([d["scores"] for d in found]),
-                torch.cat([d["labels"] for d in found]))
+        return (
+            torch.cat([d["boxes"] for d in found]),
+            torch.cat([d["scores"] for d in found]),
+            torch.cat([d["labels"] for d in found]),
+        )

@@ -31,8 +31,7 @@ _BASE_Y = torch.tensor([-1.0, -1, -1, 0, 0, 0, 1, 1, 1])
 _BASE_X = torch.tensor([-1.0, 0, 1, -1, 0, 1, -1, 0, 1])
 
 
-def varifocal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.75,
-                   gamma: float = 2.0) -> torch.Tensor:
+def varifocal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.75, gamma: float = 2.0) -> torch.Tensor:
     """Summed varifocal loss: positives (target q > 0) weighted by q, negatives by alpha * p^gamma."""
     p = logits.sigmoid()
     weight = torch.where(target > 0, target, alpha * (p - target).abs().pow(gamma))
@@ -56,8 +55,9 @@ class VFNetHead(nn.Module):
         super().__init__()
         self.strides = strides
         self.cls_tower, self.reg_tower = tower(channels, convs), tower(channels, convs)
-        self.reg_conv = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), group_norm(channels),
-                                      nn.ReLU(inplace=True))
+        self.reg_conv = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1), group_norm(channels), nn.ReLU(inplace=True)
+        )
         self.reg_init = nn.Conv2d(channels, 4, 3, padding=1)
         self.star_reg = DeformConv2d(channels, channels, 3, padding=1)
         self.reg_refine = nn.Conv2d(channels, 4, 3, padding=1)
@@ -103,8 +103,9 @@ class PlainDeformConv(nn.Module):
         py = torch.arange(h, device=x.device, dtype=x.dtype).view(1, 1, h, 1) - 1 + ki + off[:, :, 0]
         px = torch.arange(w, device=x.device, dtype=x.dtype).view(1, 1, 1, w) - 1 + kj + off[:, :, 1]
         grid = torch.stack([(2 * px + 1) / w - 1, (2 * py + 1) / h - 1], -1)  # pixel centres, align_corners=False
-        sampled = F.grid_sample(x, grid.view(b, 9 * h, w, 2), mode="bilinear", padding_mode="zeros",
-                                align_corners=False).view(b, c, 9, h, w)
+        sampled = F.grid_sample(
+            x, grid.view(b, 9 * h, w, 2), mode="bilinear", padding_mode="zeros", align_corners=False
+        ).view(b, c, 9, h, w)
         out = torch.einsum("bckhw,ock->bohw", sampled, self.weight.reshape(self.weight.shape[0], c, 9))
         return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
 
@@ -134,8 +135,13 @@ class VFNet(DenseDetector):
         super().__init__(body, num_classes)
         self.head = VFNetHead(self.pyramid.out_channels, num_classes, self.strides)
 
-    def loss(self, outputs: Any, anchors: torch.Tensor, assignment: list[tuple[torch.Tensor, torch.Tensor]],
-             targets: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+    def loss(
+        self,
+        outputs: Any,
+        anchors: torch.Tensor,
+        assignment: list[tuple[torch.Tensor, torch.Tensor]],
+        targets: list[dict[str, torch.Tensor]],
+    ) -> torch.Tensor:
         logits, initial, refined = outputs
         labels = torch.stack([a[0] for a in assignment])
         positive = labels > 0
@@ -151,10 +157,12 @@ class VFNet(DenseDetector):
         iou_refined = paired_iou(box_refined, truth).detach().clamp(min=1e-6)
         target[positive, labels[positive] - 1] = iou_refined  # IACS target: the refined box's IoU
         loss = varifocal_loss(logits.float(), target) / num_pos
-        loss = loss + 1.5 * (generalized_box_iou_loss(box_initial, truth, reduction="none") * iou_initial).sum() \
-            / iou_initial.sum().clamp(min=1.0)
-        return loss + 2.0 * (generalized_box_iou_loss(box_refined, truth, reduction="none") * iou_refined).sum() \
-            / iou_refined.sum().clamp(min=1.0)
+        loss = loss + 1.5 * (
+            generalized_box_iou_loss(box_initial, truth, reduction="none") * iou_initial
+        ).sum() / iou_initial.sum().clamp(min=1.0)
+        return loss + 2.0 * (
+            generalized_box_iou_loss(box_refined, truth, reduction="none") * iou_refined
+        ).sum() / iou_refined.sum().clamp(min=1.0)
 
     def scores_and_boxes(self, outputs: Any, anchors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, _, refined = outputs

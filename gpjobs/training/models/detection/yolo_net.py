@@ -29,17 +29,24 @@ GAINS = (0.05, 1.0, 0.5)  # box, objectness, class
 
 def conv_gn(in_ch: int, out_ch: int, kernel: int) -> nn.Sequential:
     """The head's unit: conv (no bias) + GroupNorm (up to 32 groups) + LeakyReLU(0.1)."""
-    return nn.Sequential(OrderedDict(
-        conv=nn.Conv2d(in_ch, out_ch, kernel, 1, kernel // 2, bias=False),
-        norm=nn.GroupNorm(math.gcd(32, out_ch), out_ch),
-        act=nn.LeakyReLU(0.1, inplace=True),
-    ))
+    return nn.Sequential(
+        OrderedDict(
+            conv=nn.Conv2d(in_ch, out_ch, kernel, 1, kernel // 2, bias=False),
+            norm=nn.GroupNorm(math.gcd(32, out_ch), out_ch),
+            act=nn.LeakyReLU(0.1, inplace=True),
+        )
+    )
 
 
 def _conv_set(in_ch: int, mid: int) -> nn.Sequential:
     """The five alternating 1x1 / 3x3 convolutions before each YOLO output."""
-    return nn.Sequential(conv_gn(in_ch, mid, 1), conv_gn(mid, mid * 2, 3), conv_gn(mid * 2, mid, 1),
-                         conv_gn(mid, mid * 2, 3), conv_gn(mid * 2, mid, 1))
+    return nn.Sequential(
+        conv_gn(in_ch, mid, 1),
+        conv_gn(mid, mid * 2, 3),
+        conv_gn(mid * 2, mid, 1),
+        conv_gn(mid, mid * 2, 3),
+        conv_gn(mid * 2, mid, 1),
+    )
 
 
 class YOLOv3Net(nn.Module):
@@ -82,8 +89,11 @@ class YOLOv3Net(nn.Module):
         if self.training:
             return self.raw(images)
         found = self.detect(images)
-        return (torch.cat([d["boxes"] for d in found]), torch.cat([d["scores"] for d in found]),
-                torch.cat([d["labels"] for d in found]))
+        return (
+            torch.cat([d["boxes"] for d in found]),
+            torch.cat([d["scores"] for d in found]),
+            torch.cat([d["labels"] for d in found]),
+        )
 
     def raw(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         feats = list(self.backbone(images).values())
@@ -121,15 +131,19 @@ def _ciou(pred: torch.Tensor, truth: torch.Tensor, eps: float = 1e-7) -> torch.T
     iou = inter / (w1 * h1 + w2 * h2 - inter + eps)
     hull_w = torch.max(pred[:, 2], truth[:, 2]) - torch.min(pred[:, 0], truth[:, 0])
     hull_h = torch.max(pred[:, 3], truth[:, 3]) - torch.min(pred[:, 1], truth[:, 1])
-    centre = ((truth[:, 0] + truth[:, 2] - pred[:, 0] - pred[:, 2]) ** 2
-              + (truth[:, 1] + truth[:, 3] - pred[:, 1] - pred[:, 3]) ** 2) / 4
-    v = (4 / math.pi ** 2) * (torch.atan(w2 / h2) - torch.atan(w1 / h1)) ** 2
+    centre = (
+        (truth[:, 0] + truth[:, 2] - pred[:, 0] - pred[:, 2]) ** 2
+        + (truth[:, 1] + truth[:, 3] - pred[:, 1] - pred[:, 3]) ** 2
+    ) / 4
+    v = (4 / math.pi**2) * (torch.atan(w2 / h2) - torch.atan(w1 / h1)) ** 2
     with torch.no_grad():
         alpha = v / (v - iou + 1 + eps)
-    return iou - centre / (hull_w ** 2 + hull_h ** 2 + eps) - alpha * v
+    return iou - centre / (hull_w**2 + hull_h**2 + eps) - alpha * v
 
 
-def assign_targets(gt: torch.Tensor, level_anchors: torch.Tensor, stride: int, h: int, w: int) -> tuple[torch.Tensor, ...]:
+def assign_targets(
+    gt: torch.Tensor, level_anchors: torch.Tensor, stride: int, h: int, w: int
+) -> tuple[torch.Tensor, ...]:
     """Positives of one level: (truth row, anchor 0..2, cell y, cell x) for every anchor whose shape fits the
     box (neither side off by ANCHOR_RATIO or more), in the cell of the box centre and its two nearest
     neighbour cells (the decoded centre reaches half a cell beyond its own). gt: [G, 6] (image, class, xyxy)."""
@@ -138,9 +152,13 @@ def assign_targets(gt: torch.Tensor, level_anchors: torch.Tensor, stride: int, h
     truth, anchor = (torch.max(ratio, 1 / ratio).max(2).values < ANCHOR_RATIO).nonzero(as_tuple=True)
     centre = torch.stack([gt[truth, 2] + gt[truth, 4], gt[truth, 3] + gt[truth, 5]], 1) / (2 * stride)
     frac = centre % 1
-    shifts = [(torch.ones_like(frac[:, 0], dtype=torch.bool), 0, 0),
-              ((frac[:, 0] < 0.5) & (centre[:, 0] > 1), -1, 0), ((frac[:, 0] > 0.5) & (centre[:, 0] < w - 1), 1, 0),
-              ((frac[:, 1] < 0.5) & (centre[:, 1] > 1), 0, -1), ((frac[:, 1] > 0.5) & (centre[:, 1] < h - 1), 0, 1)]
+    shifts = [
+        (torch.ones_like(frac[:, 0], dtype=torch.bool), 0, 0),
+        ((frac[:, 0] < 0.5) & (centre[:, 0] > 1), -1, 0),
+        ((frac[:, 0] > 0.5) & (centre[:, 0] < w - 1), 1, 0),
+        ((frac[:, 1] < 0.5) & (centre[:, 1] > 1), 0, -1),
+        ((frac[:, 1] > 0.5) & (centre[:, 1] < h - 1), 0, 1),
+    ]
     rows, anchors, cy, cx = [], [], [], []
     for keep, dx, dy in shifts:
         rows.append(truth[keep])
@@ -150,20 +168,29 @@ def assign_targets(gt: torch.Tensor, level_anchors: torch.Tensor, stride: int, h
     return torch.cat(rows), torch.cat(anchors), torch.cat(cy), torch.cat(cx)
 
 
-def yolo_loss(outputs: tuple[torch.Tensor, ...], targets: list[dict], anchors: torch.Tensor,
-              strides: tuple[int, ...]) -> torch.Tensor:
+def yolo_loss(
+    outputs: tuple[torch.Tensor, ...], targets: list[dict], anchors: torch.Tensor, strides: tuple[int, ...]
+) -> torch.Tensor:
     """The loss of a batch (labels in targets are 1..C): per level, 1 - CIoU of the positives' decoded boxes,
     BCE of objectness over every prediction (target 1 at positives) weighted by LEVEL_BALANCE, BCE of the
     positives' classes; each a mean, weighted by the GAINS and scaled by the batch size."""
     device = outputs[0].device
     batch = outputs[0].shape[0]
-    rows = [torch.cat([torch.full((len(t["boxes"]), 1), float(b), device=device),
-                       t["labels"].to(device, torch.float32).view(-1, 1) - 1,
-                       t["boxes"].to(device, torch.float32).view(-1, 4)], 1) for b, t in enumerate(targets)]
+    rows = [
+        torch.cat(
+            [
+                torch.full((len(t["boxes"]), 1), float(b), device=device),
+                t["labels"].to(device, torch.float32).view(-1, 1) - 1,
+                t["boxes"].to(device, torch.float32).view(-1, 4),
+            ],
+            1,
+        )
+        for b, t in enumerate(targets)
+    ]
     gt = torch.cat(rows) if rows else torch.zeros(0, 6, device=device)
     box_loss, obj_loss, cls_loss = (outputs[0].new_zeros(()) for _ in range(3))
     for level, (raw, stride) in enumerate(zip(outputs, strides)):
-        level_anchors = anchors[3 * level:3 * level + 3]
+        level_anchors = anchors[3 * level : 3 * level + 3]
         _, _, n_attr, h, w = raw.shape
         obj_target = torch.zeros_like(raw[:, :, 4])
         truth, a, gy, gx = assign_targets(gt, level_anchors, stride, h, w)
@@ -182,12 +209,19 @@ def yolo_loss(outputs: tuple[torch.Tensor, ...], targets: list[dict], anchors: t
     return (box_gain * box_loss + obj_gain * obj_loss + cls_gain * cls_loss) * batch
 
 
-def yolo_detect(outputs: tuple[torch.Tensor, ...], anchors: torch.Tensor, strides: tuple[int, ...], *,
-                score_thresh: float = 0.01, nms_thresh: float = 0.45, max_detections: int = 100) -> list[dict]:
+def yolo_detect(
+    outputs: tuple[torch.Tensor, ...],
+    anchors: torch.Tensor,
+    strides: tuple[int, ...],
+    *,
+    score_thresh: float = 0.01,
+    nms_thresh: float = 0.45,
+    max_detections: int = 100,
+) -> list[dict]:
     """Per image {boxes xyxy px, scores, labels 1..C} after class-wise NMS."""
     per_level = []
     for level, (raw, stride) in enumerate(zip(outputs, strides)):
-        boxes = decode_boxes(raw, anchors[3 * level:3 * level + 3], stride)
+        boxes = decode_boxes(raw, anchors[3 * level : 3 * level + 3], stride)
         obj = torch.sigmoid(raw[:, :, 4])
         cls = torch.sigmoid(raw[:, :, 5:])  # [B, 3, C, H, W]
         conf, label = (obj.unsqueeze(2) * cls).max(2)
@@ -207,6 +241,8 @@ def yolo_detect(outputs: tuple[torch.Tensor, ...], anchors: torch.Tensor, stride
 def check_chip_multiple(chip: int) -> None:
     """YOLOv3 needs chips that are a multiple of 32 (its coarsest stride)."""
     if chip % 32:
-        raise ValueError(f"YOLOV3 needs a chip size that is a multiple of 32, got {chip}; "
-                         f"pass chip_size {max(32, math.floor(chip / 32) * 32)} or "
-                         f"{math.ceil(chip / 32) * 32} in arguments")
+        raise ValueError(
+            f"YOLOV3 needs a chip size that is a multiple of 32, got {chip}; "
+            f"pass chip_size {max(32, math.floor(chip / 32) * 32)} or "
+            f"{math.ceil(chip / 32) * 32} in arguments"
+        )

@@ -35,11 +35,13 @@ class YOLOv3Family(DetectionFamily):
     def attach_data(self, data: Any) -> None:
         self.box_sizes = training_box_sizes(data)
         if not self.args.get("anchors"):
-            self.args["anchors"] = [[round(w, 2), round(h, 2)] for w, h in
-                                    yolo_anchors(self.box_sizes, seed=int(self.args.get("seed") or 0),
-                                                 fallback_chip=self.chip)]
-            self.say("info", f"YOLOv3 anchors from k-means over {len(self.box_sizes)} training boxes: "
-                             f"{self.args['anchors']}")
+            self.args["anchors"] = [
+                [round(w, 2), round(h, 2)]
+                for w, h in yolo_anchors(self.box_sizes, seed=int(self.args.get("seed") or 0), fallback_chip=self.chip)
+            ]
+            self.say(
+                "info", f"YOLOv3 anchors from k-means over {len(self.box_sizes)} training boxes: {self.args['anchors']}"
+            )
 
     @property
     def anchors(self) -> list[list[float]]:
