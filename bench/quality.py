@@ -1,17 +1,18 @@
 """Model quality side by side: our jobs with the task's defaults vs the plain PyTorch loop a user would write.
 
 Issue #17's measuring stick. On real data (bench/qualitylib/data.py: SpaceNet buildings and roads from the
-fair-solaris sdist, scikit-learn's handwritten digits, the real Esri palm export in ../shared/samples), each
-row trains both sides from scratch (random weights) with the same epochs and batch size and scores both on
-the same held-out chips that neither trains nor early-stops on, with the same metric code
+fair-solaris sdist, overhead road/building/background chips of the same scenes, the real Esri palm export in
+../shared/samples), each row trains both sides from scratch (random weights) with the same epochs and batch size
+and scores both on the same held-out chips that neither trains nor early-stops on, with the same metric code
 (bench/qualitylib/scoring.py). Our side is `gpjobs train` with the task's defaults (learning_rate empty: the
 LR range test runs; freeze_model, stop_training, validation_percent and every argument at their defaults;
 only the backbone is set, RESNET18, and the seed); the peer is bench/qualitylib/peers.py.
 
     python bench/quality.py [--quick] [--rows unet,classifier,...] [--seeds 3] [--json out.json]
 
-Rows: unet (roads), unet-buildings, classifier, classifier-noaug, fasterrcnn, yolov3 (default: unet,
-classifier, fasterrcnn, yolov3; the others are diagnostics).
+Rows: unet (roads), unet-buildings, classifier (overhead tiles), classifier-digits, classifier-digits-noaug
+(scikit-learn's handwritten digits), fasterrcnn, yolov3 (default: unet, classifier, fasterrcnn, yolov3; the
+others are diagnostics).
 `--quick`: 1 seed and fewer training chips (same held-out chips) for iteration. Prints, per row and metric,
 ours mean [min..max] vs the peer's, their ratio, the job wall times (ours: the whole `gpjobs train`, LR range
 test and packaging included; peer: data to saved weights; imports excluded on both sides) and PASS/FAIL
@@ -59,9 +60,12 @@ ROWS = {
     # partly labelled footprints in a wooded scene) is harder: a plain loop reaches IoU ~0.07 in 10 epochs.
     "unet": Row("UNET", "RESNET18", "roads", epochs=5, batch=8),
     "unet-buildings": Row("UNET", "RESNET18", "buildings", epochs=10, batch=8),
-    "classifier": Row("FEATURE_CLASSIFIER", "RESNET18", "digits", epochs=2, batch=32),
-    # Diagnostic: our default augmentation (flips, 90-degree turns) suits overhead imagery, not digits (6 vs 9).
-    "classifier-noaug": Row(
+    # overhead chips (road / building / background), where flips and 90-degree turns keep the label
+    "classifier": Row("FEATURE_CLASSIFIER", "RESNET18", "tiles", epochs=5, batch=32),
+    # Diagnostics: handwritten digits, which our default augmentation (flips, 90-degree turns) does not suit
+    # (6 vs 9); -noaug turns it off.
+    "classifier-digits": Row("FEATURE_CLASSIFIER", "RESNET18", "digits", epochs=2, batch=32),
+    "classifier-digits-noaug": Row(
         "FEATURE_CLASSIFIER", "RESNET18", "digits", epochs=2, batch=32, arguments=(("augment", False),)
     ),
     "fasterrcnn": Row("FASTERRCNN", "RESNET18", "palms", epochs=5, batch=4),

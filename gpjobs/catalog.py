@@ -202,7 +202,12 @@ COMMON_ARGUMENTS: dict[str, ArgSpec] = {
         maximum=MAX_LOADER_WORKERS,
     ),
     "mixed_precision": ArgSpec("bool", True, "autocast + grad scaling on CUDA (ignored on CPU)"),
-    "augment": ArgSpec("bool", True, "flips and 90-degree rotations on training chips"),
+    "augment": ArgSpec(
+        "bool",
+        None,
+        "flips and 90-degree rotations on training chips (default: on for a "
+        "pretrained backbone, off when training from random weights)",
+    ),
     "extract_bands": ArgSpec(
         "int_list", None, "band indices fed to the model (default: all bands)", minimum=0, maximum=1023
     ),

@@ -11,8 +11,13 @@ neither side trains or early-stops on. Sources are real imagery and labels that 
   class 1 "building" (4 % of the pixels) on background 0.
 - `roads` (Classified_Tiles, segmentation): the SpaceNet (Las Vegas) 11-bit panchromatic road GeoTIFF and its
   road mask from the same sdist (road_mask_input.tif, sample_road_raster_mask.tif), 64 px chips, class 1 "road".
-- `digits` (Labeled_Tiles, classification): the 1,797 handwritten digits (8x8, 17 grey levels) that the
-  scikit-learn wheel ships (sklearn/datasets/data/digits.csv.gz), 1,000 of them, bilinear-upsampled to 32 px
+- `tiles` (Labeled_Tiles, classification): overhead chips of the two SpaceNet scenes above, 32 px, 1 band,
+  uint16, three classes: "road" (Las Vegas chips with >= 3 % road pixels), "building" (Atlanta chips with >= 10 %
+  footprint pixels) and "background" (chips with no labelled pixel, half from each scene, so that the scene alone
+  does not tell the class); 577 chips. Flips and 90-degree turns keep these labels, as for users' chips.
+- `digits` (Labeled_Tiles, classification, a diagnostic: digits are not rotation-invariant): the 1,797
+  handwritten digits (8x8, 17 grey levels) that the scikit-learn wheel ships (sklearn/datasets/data/digits.csv.gz),
+  1,000 of them, bilinear-upsampled to 32 px
   RGB chips; classes 1..10 named "0".."9".
 - `palms` (PASCAL_VOC_rectangles, detection): the real Esri palm export in ../shared/samples/palm-pascal-voc
   (150 chips of 448 px, 425 boxes), resampled to 160 px chips (palms ~19 px) to keep CPU runs short: at
@@ -273,6 +278,45 @@ def _grid_chips(image: np.ndarray, mask: np.ndarray, chip: int, quick: int | Non
     return "segmentation", "Classified_Tiles", classes, chip, np.stack(images), masks, train, held
 
 
+def _tiles(quick: bool):
+    scenes = [
+        (
+            "road",
+            _tiff(_solaris_member("road_mask_input.tif")),
+            _tiff(_solaris_member("sample_road_raster_mask.tif")) > 0,
+            0.03,
+        ),
+        (
+            "building",
+            _tiff(_solaris_member("sample_geotiff.tif")),
+            _tiff(_solaris_member("sample_fp_mask_from_geojson.tif")) > 0,
+            0.10,
+        ),
+    ]
+    chip, per_scene_background = 32, 150
+    values = {"road": 1, "building": 2, "background": 3}
+    images, labels = [], []
+    rng = np.random.default_rng(11)
+    for name, image, mask, least in scenes:
+        empty = []
+        for y in range(0, image.shape[0] - chip + 1, chip):
+            for x in range(0, image.shape[1] - chip + 1, chip):
+                share = mask[y : y + chip, x : x + chip].mean()
+                if share >= least:
+                    images.append(image[y : y + chip, x : x + chip, None].astype(np.uint16))
+                    labels.append(values[name])
+                elif share == 0:
+                    empty.append(image[y : y + chip, x : x + chip, None].astype(np.uint16))
+        for i in np.sort(rng.permutation(len(empty))[:per_scene_background]):
+            images.append(empty[i])
+            labels.append(values["background"])
+    train, held = _split(len(images), seed=17, strata=np.asarray(labels))
+    if quick:
+        train = _subset(train, 240)
+    classes = [(v, n) for n, v in values.items()]
+    return "classification", "Labeled_Tiles", classes, chip, np.stack(images), labels, train, held
+
+
 def _digits(quick: bool):
     from PIL import Image
 
@@ -328,7 +372,7 @@ def _palms(quick: bool):
     return "detection", "PASCAL_VOC_rectangles", [(1, "Palm")], chip, np.stack(images), labels, train, held
 
 
-BUILDERS = {"buildings": _buildings, "roads": _roads, "digits": _digits, "palms": _palms}
+BUILDERS = {"buildings": _buildings, "roads": _roads, "tiles": _tiles, "digits": _digits, "palms": _palms}
 
 
 def dataset(name: str, quick: bool = False) -> DataSet:

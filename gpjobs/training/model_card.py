@@ -226,6 +226,15 @@ def schedule_rows(schedule: dict[str, Any]) -> list[tuple[str, str]]:
             "(held out of training)"
         )
     rows.append(("batches", f"{schedule['batches_per_epoch']} per epoch of {schedule['batch_size']}{chips}"))
+    if schedule.get("augment") is not None:
+        rows.append(
+            (
+                "augmentation",
+                "flips and 90-degree turns of the training chips"
+                if schedule["augment"]
+                else "none (training chips as they are)",
+            )
+        )
     stop = schedule["early_stopping"]
     rows.append(
         (

@@ -17,7 +17,15 @@ from gpjobs.paths import PathError
 from gpjobs.tasks.train import TrainingRequest
 from gpjobs.training.data import open_training_data
 from gpjobs.training.distributed import is_main_process
-from gpjobs.training.engine import FitConfig, NaNLossError, OutOfMemory, backbone_policy, fit, seed_everything
+from gpjobs.training.engine import (
+    FitConfig,
+    NaNLossError,
+    OutOfMemory,
+    augment_policy,
+    backbone_policy,
+    fit,
+    seed_everything,
+)
 from gpjobs.training.events import Reporter, StopRequested
 from gpjobs.training.metrics import scalar_metrics
 from gpjobs.training.models import family_for
@@ -96,7 +104,7 @@ def train_job(spec: JobSpec, reporter: Reporter) -> dict[str, Any]:
             validation_percent=request.validation_percent,
             seed=int(args["seed"]),
             extract_bands=extract,
-            augment=bool(args["augment"]),
+            augment=False,
             roots=[f.root for f in request.in_folders],
         )
         info = data.info
@@ -130,6 +138,9 @@ def train_job(spec: JobSpec, reporter: Reporter) -> dict[str, Any]:
         family.freeze(model, backbone_plan.frozen)
         if family.backbone_module(model) is not None:  # the GANs have none to freeze
             say("warning" if request.freeze_model and not pretrained else "info", backbone_plan.reason)
+        augment_plan = augment_policy(args["augment"], pretrained=pretrained)
+        data.train.augment = augment_plan.on  # the loaders are made in fit, after this
+        say("info", augment_plan.reason)
 
         # 3. fit (resumes from the job's checkpoint when there is one)
         num_workers = args["num_workers"]

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from gpjobs.catalog import lookup_model_type
 from gpjobs.training.checkpoint import load_checkpoint
-from gpjobs.training.engine import BackbonePolicy, FitConfig, NaNLossError, backbone_policy, fit
+from gpjobs.training.engine import BackbonePolicy, FitConfig, NaNLossError, augment_policy, backbone_policy, fit
 from gpjobs.training.events import ListReporter, StopRequested
 from gpjobs.training.lr_finder import lr_range_test, pick_learning_rate, sweep_points
 from gpjobs.training.models.base import ModelFamily
@@ -71,7 +71,8 @@ class TinyData:
         y = (x[:, 0] + x[:, 1] > 0).long()
         self.train, self.valid = TensorDataset(x[:48], y[:48]), TensorDataset(x[48:], y[48:])
 
-    def loaders(self, batch_size, *, num_workers=0, pin_memory=False):
+    def loaders(self, batch_size, *, num_workers=0, pin_memory=False, shard=None):
+        assert shard is None  # one device: the engine shards only on several ranks
         gen = torch.Generator().manual_seed(1)
         return (
             DataLoader(self.train, batch_size, shuffle=True, drop_last=True, generator=gen),
@@ -205,6 +206,14 @@ def test_backbone_policy():
     pretrained = backbone_policy("RESNET18", pretrained=True, freeze_model=True)
     assert (pretrained.frozen, pretrained.lr_factor) == (True, 0.1)  # Esri's semantics
     assert (backbone_policy("RESNET18", pretrained=True, freeze_model=False).frozen) is False
+
+
+def test_augment_policy():
+    scratch = augment_policy(None, pretrained=False)
+    assert scratch.on is False and "augment=true" in scratch.reason  # the message says how to turn it on
+    assert augment_policy(None, pretrained=True).on is True  # arcgis.learn's default
+    assert augment_policy(True, pretrained=False).on is True  # given wins either way
+    assert augment_policy(False, pretrained=True).on is False
 
 
 @pytest.mark.parametrize("factor", [0.1, 1.0])

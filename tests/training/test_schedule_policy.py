@@ -1,5 +1,6 @@
-"""The schedule a job gets: a random backbone trains whole at the full rate whatever freeze_model says, a
-pretrained one keeps Esri's semantics; the package's .emd and model card say which schedule ran."""
+"""The schedule a job gets: a random backbone trains whole at the full rate whatever freeze_model says, on
+chips as they are unless augment=true; a pretrained one keeps Esri's semantics (frozen first, discriminative
+rate, flips and turns); the package's .emd and model card say which schedule ran."""
 
 from __future__ import annotations
 
@@ -57,6 +58,10 @@ def test_random_backbone_is_trained_whole_at_the_full_rate_and_says_so(tmp_path,
     assert "On the 4 validation chips, held out of training, at the best epoch (1" in card
     assert "<tr><td>a</td>" in card and "<tr><td>b</td>" in card  # per-class rows
     assert "warm-up over the first 30%" in card and "early stopping" in card
+    assert schedule["augment"] is False and "augmentation</td><td>none" in card
+    assert any(t.startswith("augment not set: training chips are used as they are") for t in texts)
+    _, emd, card, _ = _job(tmp_path / "augmented", folder, arguments={"augment": True})
+    assert emd["Gpjobs"]["schedule"]["augment"] is True and "flips and 90-degree turns" in card
 
 
 def test_pretrained_backbone_keeps_esri_semantics(tmp_path, folder):
@@ -77,6 +82,7 @@ def test_pretrained_backbone_keeps_esri_semantics(tmp_path, folder):
     convs = [k for k, v in loaded.items() if v.dim() == 4]
     assert len(convs) >= 20 and all(torch.equal(packaged[f"backbone.{k}"], loaded[k]) for k in convs)  # frozen
     assert "stays frozen" in card
+    assert emd["Gpjobs"]["schedule"]["augment"] is True  # arcgis.learn's default for a pretrained backbone
     _, emd, _, _ = _job(tmp_path / "unfrozen", folder, freeze_model=False, weights_dir=str(weights_dir))
     assert emd["Gpjobs"]["schedule"]["backbone"] == {
         "frozen": False,

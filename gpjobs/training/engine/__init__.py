@@ -9,7 +9,7 @@ cancellation at batch boundaries, NaN loss and out-of-memory reported as such.
 
 Modules, in the order a fit uses them:
   config    FitConfig / FitResult and the errors;
-  policy    the backbone's policy (frozen or not, its share of the learning rate);
+  policy    the backbone's policy (frozen or not, its share of the learning rate), augmentation on or off;
   runtime   device, autocast, loaders, seeding;
   schedule  optimizer groups, one-cycle, clipping, the learning rate (LR range test glue);
   steppers  one training step per batch (one optimizer, or a multi-network family's several);
@@ -21,18 +21,20 @@ from __future__ import annotations
 
 from gpjobs.training.engine.config import FitConfig, FitResult, NaNLossError, OutOfMemory
 from gpjobs.training.engine.loop import TRAIN_SHARE, evaluate, fit, train_one_epoch
-from gpjobs.training.engine.policy import BackbonePolicy, backbone_policy
+from gpjobs.training.engine.policy import AugmentPolicy, BackbonePolicy, augment_policy, backbone_policy
 from gpjobs.training.engine.runtime import seed_everything
 from gpjobs.training.engine.schedule import LR_FIND_SHARE, clip_norm
 
 __all__ = [
     "LR_FIND_SHARE",
     "TRAIN_SHARE",
+    "AugmentPolicy",
     "BackbonePolicy",
     "FitConfig",
     "FitResult",
     "NaNLossError",
     "OutOfMemory",
+    "augment_policy",
     "backbone_policy",
     "clip_norm",
     "evaluate",

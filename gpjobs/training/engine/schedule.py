@@ -111,6 +111,7 @@ def describe_schedule(
         "batches_per_epoch": steps,
         "training_chips": _length(getattr(data, "train", None)),
         "validation_chips": _length(getattr(data, "valid", None)),
+        "augment": getattr(getattr(data, "train", None), "augment", None),  # flips and 90-degree turns
         "max_epochs": config.max_epochs,
         "epochs_run": state.epoch,
         "best_epoch": state.best_epoch,
