@@ -92,10 +92,12 @@ RECIPES: dict[str, tuple[Callable[..., Path], dict[str, Any], dict[str, Any]]] =
         {"arguments": {"n_gen_filters": 8, "n_dscr_filters": 8, "gen_blocks": 1}},
     ),
     # a low slot score threshold: one epoch then already keeps mask slots, so there are instances to compare
+    # (with augmentation, as it trained before augment became off by default from random weights: without it
+    # this tiny run keeps no slot above the threshold, and there is nothing to compare)
     "MAXDEEPLAB": (
         exports.write_panoptic,
         {"n": 8, "size": 32},
-        {"learning_rate": 0.002, "arguments": {"score_thresh": 0.2}},
+        {"learning_rate": 0.002, "arguments": {"score_thresh": 0.2, "augment": True}},
     ),
     "IMAGECAPTIONER": (
         exports.write_image_captioning,
