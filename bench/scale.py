@@ -29,24 +29,22 @@ Everything runs on this box at once with whatever else loads it: read the ratios
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import json
 import os
 import re
-import secrets
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.builders.exports import write_classified_tiles
+from tests.harness.ray_head import local_ray_head
 from tests.harness.server import GpjobsServer
 
 EPOCH_LINE = re.compile(r"^Epoch (\d+)/\d+: .*\((\d+(?:\.\d+)?) s\)")
@@ -182,41 +180,6 @@ def gpus_against_one(root: Path, gpus: int, chips: int, epochs: int, repeats: in
 # --- 3: submit -> first training event, Ray pool against the local pool ----------------------------------
 
 
-@contextlib.contextmanager
-def ray_head(cpus: int = 2) -> Iterator[dict[str, str]]:
-    """A local Ray head as the tests' `ray_cluster` fixture starts it: {"address", "env"}; shut down after."""
-    env = {
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN": secrets.token_hex(32),
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
-    }
-    head = subprocess.Popen(
-        [sys.executable, str(REPO / "tests" / "harness" / "ray_head.py"), str(cpus)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, **env},
-        cwd=REPO,
-    )
-    try:
-        deadline = time.monotonic() + 180
-        line = ""
-        while not line.startswith("RAY_ADDRESS ") and time.monotonic() < deadline and head.poll() is None:
-            line = head.stdout.readline()
-        if not line.startswith("RAY_ADDRESS "):
-            raise RuntimeError(f"the Ray head did not start (exit {head.poll()})")
-        yield {"address": line.split()[1], "env": env}
-    finally:
-        head.stdin.close()
-        try:
-            head.wait(60)
-        except subprocess.TimeoutExpired:
-            head.kill()
-            head.wait()
-
-
 def first_event(server: GpjobsServer, name: str) -> tuple[float, float]:
     """Seconds from the submitJob answer to the child's first message and to its first epoch line."""
     t0 = time.perf_counter()
@@ -255,7 +218,7 @@ def wait_warm_ready(server: GpjobsServer, count: int, timeout: float = 300) -> N
 
 def ray_against_local(root: Path, repeats: int) -> None:
     print(f"3. submit -> first training event: 1 + {repeats} tiny UNET jobs per server (8 chips of 64 px, 1 epoch)")
-    with ray_head() as cluster:
+    with local_ray_head(2, start_timeout_s=180) as cluster:
         settings = {
             "ray": (
                 {"pool": "ray", "ray_address": cluster["address"], "devices": ["cpu"], "max_queued_per_user": 0},

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import os
-import secrets
-import subprocess
-import sys
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -48,37 +45,11 @@ def repo_root() -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster() -> dict[str, str]:
+def ray_cluster() -> Iterator[dict[str, str]]:
     """A local Ray head (loopback, 2 CPUs) for the whole session: {"address": ..., "env": ...}, where env
     is what a server (and the head's workers) need: the session's auth token, and this tree on PYTHONPATH."""
     pytest.importorskip("ray", reason="the Ray pool needs the ray extra: pip install 'gpjobs[ray]'")
-    env = {
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN": secrets.token_hex(32),
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
-    }
-    head = subprocess.Popen(
-        [sys.executable, str(REPO_ROOT / "tests" / "harness" / "ray_head.py"), "2"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, **env},
-        cwd=REPO_ROOT,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        line = ""
-        while not line.startswith("RAY_ADDRESS ") and time.monotonic() < deadline and head.poll() is None:
-            line = head.stdout.readline()
-        if not line.startswith("RAY_ADDRESS "):
-            raise RuntimeError(f"the Ray head did not start (exit {head.poll()})")
-        yield {"address": line.split()[1], "env": env}
-    finally:
-        head.stdin.close()  # the head shuts its cluster down
-        try:
-            head.wait(60)
-        except subprocess.TimeoutExpired:
-            head.kill()
-            head.wait()
+    from tests.harness.ray_head import local_ray_head
+
+    with local_ray_head(2) as cluster:
+        yield cluster
