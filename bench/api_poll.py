@@ -4,10 +4,12 @@ a long job's polls against a short one's; and submit -> first training event, wa
     .venv/bin/python bench/api_poll.py [--pollers 200] [--seconds 5] [--rounds 2] [--long-epochs 10000]
                                        [--latency-runs 3] [--no-latency] [--no-polls]
 
-1. Polls at scale: `--pollers` concurrent clients GET the status of a job that is training (fake child, 2 s
-   epochs, the server's default progress flush) for `--seconds`, alternating with the same clients against a
-   bare aiohttp handler returning a constant body of the same shape (`--rounds` times each). Goals: polls/s
-   >= 0.8 x bare, p99 <= 1.5 x bare's p99.
+1. Polls at scale: `--pollers` concurrent clients GET the status of a job that is training (fake child, 0.1 s
+   epochs, the server's default 2 s progress flush: a write every 2 s) for `--seconds`, alternating with the same
+   clients against a bare aiohttp handler (`--rounds` times each). The job is polled once it has more messages
+   than a plain poll returns (RECENT_MESSAGES), so its body keeps one size from round to round; the bare handler
+   answers the very bytes gpjobs answered just before each of its rounds. Goals: polls/s >= 0.8 x bare, p99 <=
+   1.5 x bare's p99.
 2. Poll cost flat in the job's length: a finished job with `--long-epochs` epoch lines against a one-epoch job:
    bytes per poll and polls/s of each (the full list stays reachable with returnMessages=true, paged).
 3. Submit -> first training event with the real trainer (torch): one server with `warm_trainers = false`, one
@@ -31,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import aiohttp
@@ -40,6 +43,7 @@ sys.path.insert(0, str(REPO))
 
 from gpjobs.domain import Job, JobStatus, MessageType  # noqa: E402
 from gpjobs.store import Store  # noqa: E402
+from gpjobs.web.gp_jobs import RECENT_MESSAGES  # noqa: E402
 from tests.builders.exports import write_classified_tiles  # noqa: E402
 from tests.harness.server import TASK, GpjobsServer  # noqa: E402
 
@@ -47,13 +51,10 @@ OWN_MESSAGES = {"Submitted.", "Executing..."}
 FIT_STARTS = "Training UNET (RESNET18) for up to"  # engine.py, when data and model are ready
 TERMINAL = ("esriJobSucceeded", "esriJobFailed", "esriJobTimedOut", "esriJobCancelled")
 BARE_SERVER = """
-import sys, orjson
+import sys
+from pathlib import Path
 from aiohttp import web
-BODY = orjson.dumps({"jobId": "j" + "0" * 32, "jobStatus": "esriJobExecuting",
-                     "progress": {"type": "default", "message": "Epoch 3/1000, train_loss 0.4100", "percentage": 42},
-                     "messages": [{"type": "esriJobMessageTypeInformative", "description": "Submitted."},
-                                  {"type": "esriJobMessageTypeInformative", "description": "Executing..."}],
-                     "messageCount": 2, "messageStart": 1})
+BODY = Path(sys.argv[2]).read_bytes()  # the bytes gpjobs answered for the job just before this round
 async def handle(request):
     return web.Response(body=BODY, content_type="application/json", charset="utf-8")
 app = web.Application()
@@ -179,30 +180,29 @@ def polls_at_scale(root: Path, args) -> None:
     long_id, short_id = seed_finished_jobs(root / "var" / "gpjobs.sqlite3", args.long_epochs)
     server = GpjobsServer(
         root,
-        env={"GPJOBS_FAKE_BEHAVIOUR": "slow", "GPJOBS_FAKE_EPOCH_S": "2"},
+        env={"GPJOBS_FAKE_BEHAVIOUR": "slow", "GPJOBS_FAKE_EPOCH_S": "0.1"},
         settings={"max_queued_per_user": 0, "progress_flush_s": 2.0},
     )
     server.start()
     port = free_port()
-    bare = subprocess.Popen(
-        [sys.executable, "-c", BARE_SERVER, str(port)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-    )
+    bare: subprocess.Popen | None = None
+    body_file = root / "bare_body.json"
     try:
-        assert bare.stdout is not None and b"ready" in bare.stdout.readline()
         job = server.submit(
             in_folder="/fileShares/default/exports/seg",
             model_type="UNET",
             output_name='{"name": "bench_long"}',
-            max_epochs="1000",
+            max_epochs="10000",
         )
-        server.wait(job["jobId"], statuses={"esriJobExecuting"})
         running_url = f"{server.base_url}{TASK}/jobs/{job['jobId']}?f=json"
+        wait_full_window(server, job["jobId"])
         bare_url = f"http://127.0.0.1:{port}/jobs/x?f=json"
         runs: dict[str, list[dict]] = {"bare": [], "gpjobs": []}
-        pids = {"bare": bare.pid, "gpjobs": server.process.pid}
         for _ in range(args.rounds):
-            for name, url in (("bare", bare_url), ("gpjobs", running_url)):
-                runs[name].append(asyncio.run(hammer(url, args.pollers, args.seconds, pids[name])))
+            body_file.write_bytes(urllib.request.urlopen(running_url, timeout=30).read())
+            bare = start_bare(port, body_file, bare)
+            runs["bare"].append(asyncio.run(hammer(bare_url, args.pollers, args.seconds, bare.pid)))
+            runs["gpjobs"].append(asyncio.run(hammer(running_url, args.pollers, args.seconds, server.process.pid)))
         assert server.job(job["jobId"])["jobStatus"] == "esriJobExecuting"
         for name, results in runs.items():
             for i, r in enumerate(results):
@@ -240,8 +240,34 @@ def polls_at_scale(root: Path, args) -> None:
         server.post_json(f"{TASK}/jobs/{job['jobId']}/cancel")
         server.wait(job["jobId"], timeout=60)
     finally:
-        bare.terminate()
+        if bare is not None:
+            bare.terminate()
         server.stop()
+
+
+def wait_full_window(server: GpjobsServer, job_id: str, timeout: float = 120) -> None:
+    """Until the executing job has more messages than a plain poll carries: its body stops growing."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info = server.job(job_id)
+        if info["jobStatus"] == "esriJobExecuting" and info.get("messageCount", 0) > RECENT_MESSAGES:
+            return
+        assert time.monotonic() < deadline and info["jobStatus"] not in TERMINAL, info["jobStatus"]
+        time.sleep(0.5)
+
+
+def start_bare(port: int, body_file: Path, previous: subprocess.Popen | None) -> subprocess.Popen:
+    """The bare aiohttp server answering `body_file`'s bytes (replacing `previous`) once it listens."""
+    if previous is not None:
+        previous.terminate()
+        previous.wait(timeout=30)
+    bare = subprocess.Popen(
+        [sys.executable, "-c", BARE_SERVER, str(port), str(body_file)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert bare.stdout is not None and b"ready" in bare.stdout.readline()
+    return bare
 
 
 def first_events(server: GpjobsServer, runs: int, warm: bool) -> list[tuple[float, float, float]]:

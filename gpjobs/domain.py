@@ -6,6 +6,7 @@ Pure data: no I/O, no SQL, no aiohttp. Every layer (store, scheduler, web) speak
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -108,12 +109,16 @@ def new_item_id() -> str:
     return uuid.uuid4().hex
 
 
+_JOB_ID = re.compile(r"j[0-9a-f]{32}")
+_ITEM_ID = re.compile(r"[0-9a-f]{32}")
+
+
 def is_job_id(value: str) -> bool:
-    return len(value) == 33 and value[0] == "j" and all(c in "0123456789abcdef" for c in value[1:])
+    return _JOB_ID.fullmatch(value) is not None  # every status poll checks one: a regex, not a loop per character
 
 
 def is_item_id(value: str) -> bool:
-    return len(value) == 32 and all(c in "0123456789abcdef" for c in value)
+    return _ITEM_ID.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)

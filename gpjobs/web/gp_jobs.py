@@ -133,11 +133,11 @@ async def job_body(store: Store, job_id: str, view: MessageView) -> dict[str, An
     job = await store.get_job(job_id)
     if job is None:
         return None
-    # Messages are read after the job row: never older than the status they accompany.
-    recent = await store.last_messages(job_id, RECENT_MESSAGES)
+    # Messages are read after the job row: never older than the status they accompany. The two reads
+    # after it go to the reader connections together (after a write, 200 pollers wait for this rebuild).
     if view.kind == "none":
-        return job_json(job, None, recent=recent)
-    count = await store.message_count(job_id)
+        return job_json(job, None, recent=await store.last_messages(job_id, RECENT_MESSAGES))
+    recent, count = await asyncio.gather(store.last_messages(job_id, RECENT_MESSAGES), store.message_count(job_id))
     if view.kind == "recent":
         return job_json(job, recent, message_count=count)
     page = await store.message_page(job_id, view.start, view.num)

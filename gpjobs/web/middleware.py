@@ -4,8 +4,8 @@ malformed request, the server log)."""
 from __future__ import annotations
 
 import logging
+import random
 import re
-import uuid
 from typing import Any
 
 import structlog
@@ -26,10 +26,14 @@ REQUEST_ID_KEY: web.RequestKey[str] = web.RequestKey("gpjobs_request_id", str)
 async def request_id_middleware(request: web.Request, handler):
     """Bind a request id (the caller's X-Request-Id when sane) to the logs and echo it back."""
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
-    request_id = incoming if _SAFE_ID.match(incoming) else uuid.uuid4().hex[:16]
+    request_id = incoming if _SAFE_ID.match(incoming) else f"{random.getrandbits(64):016x}"  # a log key, not a secret
     request[REQUEST_ID_KEY] = request_id
-    with structlog.contextvars.bound_contextvars(request_id=request_id):
+    # bind + reset rather than bound_contextvars: that copies the whole log context twice per request
+    tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
+    try:
         response = await handler(request)
+    finally:
+        structlog.contextvars.reset_contextvars(**tokens)
     if not response.prepared:
         response.headers[REQUEST_ID_HEADER] = request_id
     return response

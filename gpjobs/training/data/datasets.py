@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from gpjobs.export.chips import read_chip, read_label_raster
+from gpjobs.export.chips import libtiff_agrees, read_chip, read_label_raster
 from gpjobs.export.info import DataInfo
 from gpjobs.export.metadata import RawClass
 from gpjobs.export.readers import ChipRecord, box_of, instances_from_mask, parse_kitti, parse_voc, value_of
@@ -64,8 +64,12 @@ class ExportDataset(Dataset):
         for value, i in self._index.items():
             if value >= 0:
                 self._values[value] = i + 1
+        # The table is the identity up to here (classes 1..K without gaps), so masks need only widening.
+        identity = self._values == np.arange(self._top + 1)
+        self._identity_upto = int(np.argmin(identity)) - 1 if not identity.all() else self._top
         self._luts: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
         self.scale, self.offset = affine_tensors(info)
+        self._libtiff = _libtiff_agrees(self.records, info)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -79,12 +83,13 @@ class ExportDataset(Dataset):
 
     def _pixels(self, path, root) -> np.ndarray:
         """Decoded chip (H, W, C) in its native dtype, ExtractBands applied (read inside store `root`)."""
-        return read_chip(path, self.info.extract_bands, root=root)
+        bands = self.info.source_bands if self._libtiff else None
+        return read_chip(path, self.info.extract_bands, root=root, libtiff_bands=bands)
 
     def _label_values(self, path, root) -> np.ndarray:
         """The label raster's class values (H, W): uint8/uint16 as decoded (the table covers their whole
         range); other dtypes with values outside the classes set to NoData, in the narrowest dtype."""
-        raw = read_label_raster(path, native=True, root=root)
+        raw = read_label_raster(path, native=True, root=root, libtiff=self._libtiff)
         if raw.dtype in (np.uint8, np.uint16):
             return raw
         values = raw.astype(np.int64)
@@ -110,7 +115,8 @@ class ExportDataset(Dataset):
 
     def finish_masks(self, raw: torch.Tensor, codes: Sequence[int] | None) -> torch.Tensor:
         """Raw (B, H, W) label values -> int64 model indices (B, H, W) at chip_size (on raw's device)."""
-        return finish_masks(raw, codes, self.lut(raw.dtype, raw.device), self.info.chip_size)
+        lut = self.lut(raw.dtype, raw.device)
+        return finish_masks(raw, codes, lut, self.info.chip_size, identity_upto=self._identity_upto)
 
     def _objects(self, rec: ChipRecord) -> list[tuple[int, tuple[float, float, float, float]]]:
         if rec.objects is not None:
@@ -211,6 +217,22 @@ class ExportDataset(Dataset):
         resized = resize_masks(stacked, size)
         keep = resized.flatten(1).bool().any(1)  # an instance can vanish when shrinking
         return resized[keep], torch.tensor(labels, dtype=torch.int64)[keep]
+
+
+def _libtiff_agrees(records: Sequence[ChipRecord], info: DataInfo) -> bool:
+    """Whether the chips (and label rasters) may be decoded by libtiff: the first record of every folder
+    decodes to the same arrays with it as with tifffile (a folder's chips are written alike)."""
+    if info.task not in ("segmentation", "change", "classification", "multilabel", "detection", "translation"):
+        return False  # instance/panoptic masks and other layouts keep tifffile
+    firsts: dict[str, ChipRecord] = {}
+    for rec in records:
+        firsts.setdefault(str(rec.folder), rec)
+    checks = []
+    for rec in firsts.values():
+        checks += [(p, rec.root, info.source_bands) for p in (rec.image, rec.image2) if p is not None]
+        if info.task in ("segmentation", "change") and rec.label is not None:
+            checks.append((rec.label, rec.root, 1))
+    return bool(checks) and libtiff_agrees(checks)
 
 
 def _tensor(array: np.ndarray) -> torch.Tensor:

@@ -87,24 +87,38 @@ def dihedral_np(a: np.ndarray, code: int, h_axis: int) -> np.ndarray:
 
 
 def finish_masks(
-    raw: torch.Tensor, codes: Sequence[int] | None, lut: torch.Tensor, size: tuple[int, int]
+    raw: torch.Tensor,
+    codes: Sequence[int] | None,
+    lut: torch.Tensor,
+    size: tuple[int, int],
+    *,
+    identity_upto: int = -1,
 ) -> torch.Tensor:
     """Label rasters (B, H, W) of class values -> int64 model indices (B, H', W'), with the same geometry
-    as their chips. `lut` (int64, on raw's device) maps every value raw's dtype can hold.
+    as their chips. `lut` (int64, on raw's device) maps every value raw's dtype can hold;
+    `identity_upto`: lut[v] == v for every v up to it (-1: not known).
 
-    On the CPU one np.take per chip does the class mapping, the flips and the widening in a single pass.
+    On the CPU one pass per chip does the class mapping, the flips and the widening: np.take, or a plain
+    widening copy when the batch holds no value above `identity_upto` (Esri's classes 1..K: 2-3x cheaper).
     """
     b, h, w = raw.shape
     codes = list(codes) if codes else [0] * b
     if b > 1 and h != w and any(k & TRANSPOSE for k in codes):
-        return torch.cat([finish_masks(raw[i : i + 1], codes[i : i + 1], lut, size) for i in range(b)])
+        return torch.cat(
+            [finish_masks(raw[i : i + 1], codes[i : i + 1], lut, size, identity_upto=identity_upto) for i in range(b)]
+        )
     if codes[0] & TRANSPOSE:
         h, w = w, h
     out = torch.empty((b, h, w), dtype=torch.int64, device=raw.device)
     if raw.device.type == "cpu":
         values, table, target = raw.numpy(), lut.numpy(), out.numpy()
+        identity = identity_upto >= 0 and values.size > 0 and int(values.max()) <= identity_upto
         for i in range(b):
-            np.take(table, dihedral_np(values[i], int(codes[i]), 0), out=target[i], mode="clip")
+            chip = dihedral_np(values[i], int(codes[i]), 0)
+            if identity:
+                np.copyto(target[i], chip, casting="safe")
+            else:
+                np.take(table, chip, out=target[i], mode="clip")
     else:
         indices = lut[raw.to(torch.int64)]
         for i in range(b):

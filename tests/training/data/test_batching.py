@@ -255,3 +255,36 @@ def test_ring_slot_protocol(monkeypatch):
         out["keep"].tolist() == [7, 8]
         and out["keep"].untyped_storage().data_ptr() != ring.buffer(packed.slot).untyped_storage().data_ptr()
     )  # kept targets are copies
+
+
+def test_loader_decodes_with_libtiff_only_where_it_agrees_and_gives_the_same_samples(tmp_path):
+    """A folder whose first chip and label decode alike with libtiff and tifffile is read with libtiff
+    (faster) and gives the very samples tifffile gives; a folder of PNG chips keeps Pillow."""
+    data = open_training_data(
+        [write_classified_tiles(tmp_path / "tif", n=4)], task="segmentation", validation_percent=0, augment=True
+    )
+    assert data.train._libtiff
+    fast = raw_batch(data, range(4), 3)
+    data.train._libtiff = False
+    assert_same(fast, raw_batch(data, range(4), 3))
+    png = open_training_data(
+        [write_classified_tiles(tmp_path / "png", n=2, ext="png")], task="segmentation", validation_percent=0
+    )
+    assert not png.train._libtiff
+
+
+def test_masks_of_classes_one_to_k_are_widened_and_other_values_still_mapped():
+    """With classes 1..K the table is the identity up to K: a batch without other values is only widened,
+    one with a value above K (NoData) or a gap takes the table, both as np.take would give."""
+    from gpjobs.training.data.pixels import finish_masks
+
+    table = torch.zeros(256, dtype=torch.int64)
+    table[1:4] = torch.tensor([1, 2, 3])
+    table[7] = 4  # a class value after a gap
+    raw = torch.from_numpy(np.random.default_rng(0).integers(0, 4, (3, 8, 8), dtype=np.uint8))
+    for values in (raw, torch.where(raw == 3, torch.tensor(7, dtype=torch.uint8), raw)):
+        expected = table[values.long()]
+        for codes in ([0, 0, 0], [1, 6, 7]):
+            got = finish_masks(values, codes, table, (8, 8), identity_upto=3)
+            want = torch.stack([dihedral(expected[i], k, 0) for i, k in enumerate(codes)])
+            assert got.dtype == torch.int64 and torch.equal(got, want)
