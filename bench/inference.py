@@ -83,9 +83,11 @@ def make_raster(path: Path, size: int, chip: int) -> np.ndarray:
     return pixels
 
 
-def bare_loop(package: Path, pixels: np.ndarray, chip: int, batch: int, tmp: Path) -> tuple[float, int]:
+def bare_loop(package: Path, pixels: np.ndarray, chip: int, batch: int, tmp: Path, threads: int) -> tuple[float, int]:
     """(seconds, chips): the package's network over every chip, tensors prepared beforehand."""
     import torch
+
+    torch.set_num_threads(threads)
 
     folder = tmp / "bare"
     with zipfile.ZipFile(package) as zf:
@@ -107,8 +109,12 @@ def bare_loop(package: Path, pixels: np.ndarray, chip: int, batch: int, tmp: Pat
     return time.perf_counter() - start, chips.shape[0]
 
 
-def host_run(package: Path, raster: Path, out: Path, batch: int) -> float:
+def host_run(package: Path, raster: Path, out: Path, batch: int, threads: int) -> float:
+    import torch
+
     from gpjobs.inference.host import run_inference
+
+    torch.set_num_threads(threads)  # training the package (make_package) set this process's threads to 1
 
     start = time.perf_counter()
     run_inference(package, [raster], out, arguments={"padding": 0, "batch_size": batch})
@@ -205,8 +211,8 @@ def main() -> int:
         try:
             for _ in range(max(1, args.repeats)):
                 if args.compare != "server":
-                    bare_s = min(bare_s, bare_loop(package, pixels, args.chip, args.batch, tmp)[0])
-                host_s = min(host_s, host_run(package, raster, tmp / "out.tif", args.batch))
+                    bare_s = min(bare_s, bare_loop(package, pixels, args.chip, args.batch, tmp, args.threads)[0])
+                host_s = min(host_s, host_run(package, raster, tmp / "out.tif", args.batch, args.threads))
                 if server is not None:
                     server_s = min(server_s, server.run(raster, args.batch))
         finally:

@@ -131,6 +131,8 @@ def train_job(spec: JobSpec, reporter: Reporter) -> dict[str, Any]:
         seed_everything(int(args["seed"]))
         family = family_for(model_type)(model_type, info, backbone, args, weights, say)
         family.attach_data(data)
+        if package is not None and package.emd.get("Gpjobs"):
+            family.fine_tune_from(package.emd)
         model = family.build()
         start_from_pretrained(model, family, package, weights, say)  # package weights, or COCO ones that fit
         pretrained = package is not None or weights.outcome.startswith("loaded")

@@ -69,3 +69,27 @@ def test_dilated_unet_decoder_skips_only_resolution_changes():
     assert decoder.skips == [0, 1] and len(decoder.blocks) == 2
     feats = [torch.randn(1, c, 32 // s, 32 // s) for c, s in zip([64, 64, 128, 256, 512], [2, 4, 8, 8, 8])]
     assert decoder(feats, image=torch.randn(1, 3, 32, 32)).shape == (1, 3, 32, 32)
+
+
+def test_unet_decoder_is_slim_and_packages_keep_the_layout_they_were_trained_with():
+    """New UNET packages record ModelParameters.decoder = "slim" (256 at the deepest skip, halving to 32 at
+    stride 2); a package without the key was trained with the wide layout, and fine-tuning from it or rebuilding
+    it builds that layout, so every tensor of its weights fits."""
+    slim = make_family("UNET", "RESNET18")
+    slim_model = slim.build()
+    assert [b.convs[0][0].out_channels for b in slim_model.head.blocks] == [256, 128, 64, 32]
+    assert slim.model_parameters()["decoder"] == "slim"
+
+    old_emd = {"ModelParameters": {"backbone": "resnet18", "backend": "pytorch"}, "Gpjobs": {"task": "x"}}
+    wide = make_family("UNET", "RESNET18")
+    wide.fine_tune_from(old_emd)
+    wide_model = wide.build()
+    assert [b.convs[0][0].out_channels for b in wide_model.head.blocks] == [256, 128, 64, 64]
+    assert wide.model_parameters()["decoder"] == "wide"
+    rebuilt = make_family("UNET", "RESNET18")
+    rebuilt.load_emd(old_emd)
+    rebuilt.build().load_state_dict(wide_model.state_dict())  # strict: every tensor fits
+
+    reloaded = make_family("UNET", "RESNET18")
+    reloaded.load_emd({"ModelParameters": slim.model_parameters()})
+    reloaded.build().load_state_dict(slim_model.state_dict())

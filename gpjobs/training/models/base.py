@@ -64,6 +64,10 @@ class ModelFamily(ABC):
         """Called with the TrainingData before build() when training (not when loading a package):
         families take what they need from it (e.g. class weights)."""
 
+    def fine_tune_from(self, emd: dict[str, Any]) -> None:
+        """Called with a gpjobs pretrained_model's .emd before build() when fine-tuning: families keep the layout
+        the package was trained with where it differs from today's default, so its weights fit."""
+
     def load_emd(self, emd: dict[str, Any]) -> None:
         """Called with a package's .emd before build() when a model is rebuilt from its package (not when
         training): families take back what they learned from the training data (e.g. a vocabulary)."""

@@ -29,7 +29,14 @@ from gpjobs.training.backbones import build_backbone
 from gpjobs.training.losses import SegmentationLoss, mixup
 from gpjobs.training.metrics import Confusion, segmentation_metrics
 from gpjobs.training.models.base import ModelFamily
-from gpjobs.training.models.decoders import FCNHead, PyramidPooling, SegmentationNet, UnetDecoder
+from gpjobs.training.models.decoders import (
+    FCNHead,
+    PyramidPooling,
+    SegmentationNet,
+    UnetDecoder,
+    slim_unet_widths,
+    wide_unet_widths,
+)
 
 AUX_WEIGHT = 0.4  # arcgis.learn PSPNet/DeepLab auxiliary loss weight (models.md §2.8)
 
@@ -195,6 +202,16 @@ class SegmentationFamily(ModelFamily):
 
 class UnetFamily(SegmentationFamily):
     emd_model_configuration = "_unet"
+    # "slim": decoders.slim_unet_widths, the default since the wall-time side by side with smp (issue #17);
+    # "wide": the first layout, which packages without ModelParameters.decoder were trained with.
+    decoder = "slim"
+
+    def fine_tune_from(self, emd: dict[str, Any]) -> None:
+        self.decoder = _decoder_layout(emd)
+
+    def load_emd(self, emd: dict[str, Any]) -> None:
+        super().load_emd(emd)
+        self.decoder = _decoder_layout(emd)
 
     def build(self) -> nn.Module:
         backbone = self._backbone()
@@ -203,7 +220,17 @@ class UnetFamily(SegmentationFamily):
             "UNET: gpjobs' light U-Net decoder over the backbone (arcgis.learn trains fastai's "
             "DynamicUnet; ours scored a higher mIoU side by side)",
         )
-        return SegmentationNet(backbone, UnetDecoder(backbone.out_channels, self.num_outputs))
+        channels = backbone.out_channels
+        widths = slim_unet_widths(channels) if self.decoder == "slim" else wide_unet_widths(channels)
+        return SegmentationNet(backbone, UnetDecoder(channels, self.num_outputs, widths=widths))
+
+    def model_parameters(self) -> dict[str, Any]:
+        return {**super().model_parameters(), "decoder": self.decoder}
+
+
+def _decoder_layout(emd: dict[str, Any]) -> str:
+    """The U-Net decoder layout a gpjobs package was trained with ("wide" before the key was written)."""
+    return "slim" if (emd.get("ModelParameters") or {}).get("decoder") == "slim" else "wide"
 
 
 class PSPNetFamily(SegmentationFamily):
