@@ -416,8 +416,12 @@ class RayPool(Pool):
         refused = self.placement_refusal()
         if refused is not None:
             return refused
-        child = await self._take_warm(spec_path, log_path) or await self._cold(spec_path, log_path)
-        self._running += 1
+        self._running += 1  # counted from here: a refresh meanwhile must not place a warm actor for this slot
+        try:
+            child = await self._take_warm(spec_path, log_path) or await self._cold(spec_path, log_path)
+        except BaseException:
+            self._running -= 1
+            raise
         child.on_exit = self._child_gone
         return child
 

@@ -1,0 +1,66 @@
+"""The Ray pool's answer for a job no node can hold: fail at once saying why (no node ever had the shape), or a
+lost attempt with the reason (the nodes that had it left), never a bare "signal 9". No cluster needed."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gpjobs.config import load_config
+from gpjobs.scheduler.retry import Outcome, classify
+from gpjobs.training.protocol import ExitCode
+
+pytest.importorskip("ray", reason="the Ray pool needs the ray extra: pip install 'gpjobs[ray]'")
+from gpjobs.scheduler.ray_pool import RayPool  # noqa: E402
+
+
+def _node(address: str, cpus: float, gpus: float = 0, alive: bool = True) -> dict:
+    return {"NodeManagerAddress": address, "Alive": alive, "Resources": {"CPU": cpus, "GPU": gpus}}
+
+
+def _pool(tmp_path, nodes: list[dict], shape: str = "cuda:0") -> RayPool:
+    config = load_config(
+        overrides={"pool": "ray", "devices": [shape], "ray_address": "10.0.0.1:6379", "data_dir": str(tmp_path)},
+        env={},
+    )
+    pool = RayPool(config)
+    pool._nodes = nodes
+    pool._fitting = sum(pool.fits(n["Resources"]) for n in nodes if n["Alive"])
+    return pool
+
+
+def _events(child) -> list[dict]:
+    async def collect() -> list[dict]:
+        return [event async for event in child.events()]
+
+    return asyncio.run(collect())
+
+
+def test_a_gpu_shape_on_a_cluster_without_gpus_fails_now_with_the_fix(tmp_path):
+    pool = _pool(tmp_path, [_node("10.0.0.11", 16)])
+    assert pool.slot_devices() == ["cuda:0"]  # one slot, so that queued jobs are claimed and say why
+    child = pool.placement_refusal()
+    assert child is not None and child.returncode == ExitCode.BAD_INPUT
+    [failed] = _events(child)
+    assert failed["exit_code"] == ExitCode.BAD_INPUT
+    assert failed["text"].startswith("Ray cannot place the job: each job asks for 1 CPUs and 1 GPUs")
+    assert "10.0.0.11: 16 CPUs, 0 GPUs" in failed["text"] and "--num-gpus" in failed["text"]
+    assert classify(child.returncode, published=False, stop_reason=None, reported=failed["exit_code"]) == (
+        Outcome.FAILED
+    )
+
+
+def test_a_gpu_node_that_left_is_a_lost_attempt_with_that_reason(tmp_path):
+    pool = _pool(tmp_path, [_node("10.0.0.11", 16), _node("10.0.0.12", 8, 1, alive=False)])
+    child = pool.placement_refusal()
+    assert child is not None
+    [failed] = _events(child)
+    assert failed["lost_reason"].startswith("the Ray node(s) that had 1 CPUs and 1 GPUs left the cluster")
+    assert classify(child.returncode, published=False, stop_reason=None, reported=failed["exit_code"]) == (Outcome.LOST)
+
+
+def test_a_cluster_with_room_places_and_an_empty_one_has_no_slot(tmp_path):
+    pool = _pool(tmp_path, [_node("10.0.0.11", 16, 2)])
+    assert pool.placement_refusal() is None and pool.slot_devices() == ["cuda:0", "cuda:0"]
+    assert _pool(tmp_path, []).slot_devices() == []
