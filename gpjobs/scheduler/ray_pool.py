@@ -388,25 +388,35 @@ class RayPool(Pool):
         return info
 
     async def _take_warm(self, spec_path: Path, log_path: Path) -> RayChild | None:
-        """Hand the job to a warm actor (a ready one first); None when none takes it (then: a cold actor)."""
-        self._warm.sort(key=lambda w: not w.ready.done())
-        while self._warm:
-            warm = self._warm.pop(0)
-            if not warm.usable:
-                warm.discard()
+        """Hand the job to a warm actor, the first one ready; None when there is none (then: a cold actor).
+        Their slots' resources are held for them, so waiting for one beats placing another actor; none
+        ready within heartbeat_timeout_s (Ray found no room for them) is a lost attempt, as for a cold one."""
+        started = time.monotonic()
+        while True:
+            for broken in [w for w in self._warm if not w.usable]:
+                broken.discard()
+                self._warm.remove(broken)
+            if not self._warm:
+                return None
+            ready = next((w for w in self._warm if w.ready.done()), None)
+            if ready is None:
+                left = self.config.heartbeat_timeout_s - (time.monotonic() - started)
+                if left <= 0:
+                    return RayChild.lost_at_start(
+                        None, log_path, texts.ray_no_room(self.ask, time.monotonic() - started)
+                    )
+                await asyncio.wait([w.ready for w in self._warm], timeout=left, return_when=asyncio.FIRST_COMPLETED)
                 continue
+            self._warm.remove(ready)
             try:
-                # Its slot's resources are held for it: waiting for its imports beats placing another actor.
-                await asyncio.wait_for(asyncio.shield(warm.ready), timeout=self.config.heartbeat_timeout_s)
-                info = await warm.actor.handoff.remote(str(spec_path), str(log_path))
-            except (TimeoutError, RayError, RuntimeError) as exc:
-                log.warning("warm ray actor not used", error=f"{type(exc).__name__}: {exc}")
-                warm.discard()
+                info = await ready.actor.handoff.remote(str(spec_path), str(log_path))
+            except RayError as exc:
+                log.warning("warm ray actor lost before its job", error=f"{type(exc).__name__}: {exc}")
+                ready.discard()
                 continue
             if "error" in info:
-                return RayChild.refused(warm.actor, log_path, ExitCode.BAD_INPUT, str(info["error"]))
-            return RayChild(warm.actor, int(info["pid"]), log_path, str(info.get("node") or ""))
-        return None
+                return RayChild.refused(ready.actor, log_path, ExitCode.BAD_INPUT, str(info["error"]))
+            return RayChild(ready.actor, int(info["pid"]), log_path, str(info.get("node") or ""))
 
     # --- a job's child -----------------------------------------------------------------------------------
 

@@ -1,9 +1,11 @@
 """The Ray pool's answer for a job no node can hold: fail at once saying why (no node ever had the shape), or a
-lost attempt with the reason (the nodes that had it left), never a bare "signal 9". No cluster needed."""
+lost attempt with the reason (the nodes that had it left), never a bare "signal 9"; and which warm actor a job
+is handed to. No cluster needed."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
@@ -64,3 +66,38 @@ def test_a_cluster_with_room_places_and_an_empty_one_has_no_slot(tmp_path):
     pool = _pool(tmp_path, [_node("10.0.0.11", 16, 2)])
     assert pool.placement_refusal() is None and pool.slot_devices() == ["cuda:0", "cuda:0"]
     assert _pool(tmp_path, []).slot_devices() == []
+
+
+class _FakeActor:
+    """Stands in for a TrainingActor handle: `handoff.remote(...)` answers like the actor's method."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.handed = pid, []
+        self.handoff = self
+
+    async def remote(self, spec: str, log: str) -> dict:
+        self.handed.append(spec)
+        return {"pid": self.pid, "node": "10.0.0.11"}
+
+
+def test_the_job_goes_to_the_first_warm_actor_ready_and_none_ready_in_time_is_lost(tmp_path):
+    from gpjobs.scheduler.ray_pool import _WarmActor
+
+    async def scenario() -> tuple:
+        pool = _pool(tmp_path, [_node("10.0.0.11", 4)], shape="cpu")
+        pool.config = dataclasses.replace(pool.config, heartbeat_timeout_s=0.3)
+        loop = asyncio.get_running_loop()
+        slow, fast = _FakeActor(11), _FakeActor(12)
+        pending, ready = loop.create_future(), loop.create_future()
+        pool._warm = [_WarmActor(slow, pending), _WarmActor(fast, ready)]
+        loop.call_later(0.05, ready.set_result, {"pid": 12})
+        child = await pool._take_warm(tmp_path / "a" / "spec.json", tmp_path / "a.log")
+        # the slow one is still placing (Ray has no room for it): the next job waits, then is lost saying so
+        lost = await pool._take_warm(tmp_path / "b" / "spec.json", tmp_path / "b.log")
+        pending.cancel()
+        return child, fast, slow, lost
+
+    child, fast, slow, lost = asyncio.run(scenario())
+    assert child.pid == 12 and fast.handed == [str(tmp_path / "a" / "spec.json")] and slow.handed == []
+    [failed] = _events(lost)
+    assert failed["lost_reason"].startswith("Ray had no node with 1 CPUs and 0 GPUs free for 0 s")
