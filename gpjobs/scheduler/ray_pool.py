@@ -280,7 +280,7 @@ class RayPool(Pool):
         self.cpus = config.ray_cpus_per_job or float(config.child_threads * ranks)
         self._nodes: list[dict[str, Any]] = []
         self._fitting = 0  # jobs of this shape the alive nodes hold
-        self._running = 0  # children spawned and not yet waited for
+        self._running = 0  # slots whose actor a job holds (taken warm, or placed cold), until it is waited for
         self._warm: list[_WarmActor] = []
         self._warm_serial = 0
         self._refresher: asyncio.Task | None = None
@@ -407,11 +407,15 @@ class RayPool(Pool):
                     )
                 await asyncio.wait([w.ready for w in self._warm], timeout=left, return_when=asyncio.FIRST_COMPLETED)
                 continue
+            # Taken and counted at once (no wait between): a refresh meanwhile sees the slot's actor once, and
+            # a job still waiting here counts none, so no warm actor is placed or dropped for either.
             self._warm.remove(ready)
+            self._running += 1
             try:
                 info = await ready.actor.handoff.remote(str(spec_path), str(log_path))
             except RayError as exc:
                 log.warning("warm ray actor lost before its job", error=f"{type(exc).__name__}: {exc}")
+                self._running -= 1
                 ready.discard()
                 continue
             if "error" in info:
@@ -426,13 +430,16 @@ class RayPool(Pool):
         refused = self.placement_refusal()
         if refused is not None:
             return refused
-        self._running += 1  # counted from here: a refresh meanwhile must not place a warm actor for this slot
-        try:
-            child = await self._take_warm(spec_path, log_path) or await self._cold(spec_path, log_path)
-        except BaseException:
-            self._running -= 1
-            raise
-        child.on_exit = self._child_gone
+        child = await self._take_warm(spec_path, log_path)
+        if child is None:
+            self._running += 1  # with the actor _cold places at once (no wait between)
+            try:
+                child = await self._cold(spec_path, log_path)
+            except BaseException:
+                self._running -= 1
+                raise
+        if child.actor is not None:  # it holds a slot's actor (counted in _running) until it is waited for
+            child.on_exit = self._child_gone
         return child
 
     def _child_gone(self) -> None:

@@ -101,3 +101,28 @@ def test_the_job_goes_to_the_first_warm_actor_ready_and_none_ready_in_time_is_lo
     assert child.pid == 12 and fast.handed == [str(tmp_path / "a" / "spec.json")] and slow.handed == []
     [failed] = _events(lost)
     assert failed["lost_reason"].startswith("Ray had no node with 1 CPUs and 0 GPUs free for 0 s")
+
+
+def test_two_jobs_at_once_each_get_a_warm_actor_even_if_the_resources_are_reread_meanwhile(tmp_path):
+    # Two jobs claimed together while the slots' warm actors still import: a resource refresh between them
+    # once counted the waiting jobs' slots twice and dropped a warm actor, so both jobs started cold.
+    from gpjobs.scheduler.ray_pool import _WarmActor
+
+    async def scenario() -> tuple:
+        pool = _pool(tmp_path, [_node("10.0.0.11", 2)], shape="cpu")
+        loop = asyncio.get_running_loop()
+        first, second = _FakeActor(21), _FakeActor(22)
+        futures = [loop.create_future(), loop.create_future()]
+        pool._warm = [_WarmActor(first, futures[0]), _WarmActor(second, futures[1])]
+        jobs = [asyncio.ensure_future(pool._take_warm(tmp_path / j / "spec.json", tmp_path / f"{j}.log")) for j in "ab"]
+        await asyncio.sleep(0.01)
+        pool._keep_warm()  # the periodic refresh, while both jobs wait
+        for future in futures:
+            future.set_result({"pid": 0})
+        children = await asyncio.gather(*jobs)
+        pool._keep_warm()
+        return children, pool
+
+    children, pool = asyncio.run(scenario())
+    assert sorted(child.pid for child in children) == [21, 22]
+    assert pool._running == 2 and pool._warm == []
