@@ -1,7 +1,7 @@
 """`pool = "ray"`: training children on a Ray cluster (pip install 'gpjobs[ray]'). Imported only when configured.
 
 The scheduler keeps the queue and every status change in SQLite, as with the local pool; Ray only places
-children. Each attempt gets its own `TrainingActor`, created with the job's resources (`num_gpus` = the GPUs
+children. Each attempt gets its own `TrainingActor` (scheduler/ray_actor.py), created with the job's resources (`num_gpus` = the GPUs
 of the `devices` shape, `num_cpus` = ray_cpus_per_job or child_threads per device). With warm_trainers (the
 default) that actor was placed ahead, while its slot was idle, and its child has already imported torch and
 the training code (`trainer_command --warm`, the local pool's warm protocol): the job is handed to it. Else
@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import os
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -42,9 +40,8 @@ from ray.exceptions import RayError
 
 from gpjobs import messages as texts
 from gpjobs.config import Config, slot_devices
-from gpjobs.scheduler.child import EVENT_LINE_LIMIT, child_env
 from gpjobs.scheduler.pool import Child, Pool
-from gpjobs.training.events import DIE_WITH_PARENT_ENV
+from gpjobs.scheduler.ray_actor import TrainingActor, kill_actor
 from gpjobs.training.protocol import ExitCode, decode_event
 
 log = structlog.get_logger("gpjobs.scheduler")
@@ -52,111 +49,6 @@ log = structlog.get_logger("gpjobs.scheduler")
 NAMESPACE = "gpjobs"
 RESOURCES_REFRESH_S = 5.0  # how often the slot count follows the cluster
 LOST = -int(signal.SIGKILL)  # the exit status of a child whose actor (worker, node) died under it
-
-
-@ray.remote(max_restarts=0, max_task_retries=0)
-class TrainingActor:
-    """Runs one attempt's training child on its Ray node; the server pulls the child's stdout from it.
-
-    A cold actor starts the child for its job (`start`); a warm one starts it ahead (`warm`: torch and the
-    training code imported, the local pool's warm protocol) and hands it the job when one comes (`handoff`)."""
-
-    def __init__(self) -> None:
-        self.proc: asyncio.subprocess.Process | None = None
-        self._ready = asyncio.Event()
-
-    async def start(self, command: list[str], spec_path: str, log_path: str, threads: int) -> dict[str, Any]:
-        """Start a cold child on `spec_path`; {"pid", "node"}, or {"error": why} when this node cannot run it."""
-        refused = _not_visible(spec_path)
-        if refused:
-            return refused
-        self.proc = await _spawn(command, ["--spec", spec_path], log_path, threads, os.path.dirname(spec_path))
-        return {"pid": self.proc.pid, "node": ray.util.get_node_ip_address()}
-
-    async def warm(self, command: list[str], log_path: str, threads: int) -> dict[str, Any]:
-        """Start a warm child and return once its imports are done (its one heartbeat line): {"pid", "node",
-        "import_s"}."""
-        started = time.monotonic()
-        self.proc = await _spawn(command, ["--warm"], log_path, threads, os.path.dirname(log_path))
-        assert self.proc.stdout is not None
-        if not await self.proc.stdout.readline():
-            raise RuntimeError(f"the warm training child exited ({await self.proc.wait()}); see {log_path}")
-        self._ready.set()
-        return {"pid": self.proc.pid, "node": ray.util.get_node_ip_address(), "import_s": time.monotonic() - started}
-
-    async def handoff(self, spec_path: str, log_path: str) -> dict[str, Any]:
-        """Give the warm child its job (the warm protocol's one line); answers as `start`."""
-        refused = _not_visible(spec_path)
-        if refused:
-            return refused
-        await self._ready.wait()  # its heartbeat line is read before the job's events are
-        assert self.proc is not None and self.proc.stdin is not None
-        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        self.proc.stdin.write(json.dumps({"spec": spec_path, "log": log_path}).encode() + b"\n")
-        await self.proc.stdin.drain()
-        return {"pid": self.proc.pid, "node": ray.util.get_node_ip_address()}
-
-    async def read(self) -> bytes | None:
-        """The child's next stdout line; None once it closed stdout."""
-        assert self.proc is not None and self.proc.stdout is not None
-        while True:
-            try:
-                line = await self.proc.stdout.readline()
-            except ValueError:  # a line over the limit: skip it, as the local pool does
-                continue
-            return line or None
-
-    async def signal(self, sig: int) -> None:
-        """Signal the child's process group (its ranks and loader workers too)."""
-        if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, sig)
-
-    async def wait(self) -> int:
-        """The child's exit status, once it exited (anything left in its group is killed)."""
-        assert self.proc is not None
-        rc = await self.proc.wait()
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        return rc
-
-
-def _not_visible(spec_path: str) -> dict[str, str] | None:
-    if os.path.isfile(spec_path):
-        return None
-    return {"error": texts.ray_storage_not_visible(os.path.dirname(spec_path), ray.util.get_node_ip_address())}
-
-
-async def _spawn(
-    command: list[str], args: list[str], log_path: str, threads: int, cwd: str
-) -> asyncio.subprocess.Process:
-    """The training child on this node: in its own process group, killed with the actor (DIE_WITH_PARENT)."""
-    if command[1:3] == ["-m", "gpjobs.training"] and not os.path.exists(command[0]):
-        command = [sys.executable, *command[1:]]  # the server's interpreter path differs on this node
-    env = child_env("cpu", threads)  # GPUs: Ray has already set CUDA_VISIBLE_DEVICES for this actor
-    env["CUDA_VISIBLE_DEVICES"] = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-    env[DIE_WITH_PARENT_ENV] = "1"
-    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(cwd).mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log_file:
-        return await asyncio.create_subprocess_exec(
-            *command,
-            *args,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=log_file,
-            start_new_session=True,
-            env=env,
-            limit=EVENT_LINE_LIMIT,
-            cwd=cwd,
-        )
-
-
-def _kill(actor: Any) -> None:
-    with contextlib.suppress(Exception):
-        ray.kill(actor, no_restart=True)
 
 
 class RayChild:
@@ -218,7 +110,7 @@ class RayChild:
             return
         self.actor.signal.remote(sig)  # fire and forget: a dead actor has no child left to signal
         if sig == signal.SIGKILL:
-            asyncio.get_running_loop().call_later(2.0, _kill, self.actor)  # the child first, then its actor
+            asyncio.get_running_loop().call_later(2.0, kill_actor, self.actor)  # the child first, then its actor
 
     async def wait(self) -> int:
         try:
@@ -229,7 +121,7 @@ class RayChild:
                     self._lost(exc)
                     self._returncode = LOST
         finally:
-            _kill(self.actor)  # its resources go back to the cluster now, not when Ray notices
+            kill_actor(self.actor)  # its resources go back to the cluster now, not when Ray notices
             on_exit, self.on_exit = self.on_exit, None
             if on_exit is not None:
                 on_exit()
@@ -261,7 +153,7 @@ class _WarmActor:
         if self.ready.done() and not self.ready.cancelled():
             self.ready.exception()  # retrieved: a broken warm-up is logged where it is used, not at exit
         self.ready.cancel()
-        _kill(self.actor)
+        kill_actor(self.actor)
 
 
 class RayPool(Pool):
@@ -459,7 +351,7 @@ class RayPool(Pool):
                 timeout=self.config.heartbeat_timeout_s,
             )
         except (TimeoutError, RayError) as exc:
-            _kill(actor)
+            kill_actor(actor)
             why = (
                 texts.ray_no_room(self.ask, time.monotonic() - started)
                 if isinstance(exc, TimeoutError)
