@@ -1,18 +1,18 @@
 """`pool = "ray"`: training children on a Ray cluster (pip install 'gpjobs[ray]'). Imported only when configured.
 
 The scheduler keeps the queue and every status change in SQLite, as with the local pool; Ray only places
-children. Each attempt gets its own `TrainingActor` (scheduler/ray_actor.py), created with the job's resources (`num_gpus` = the GPUs
-of the `devices` shape, `num_cpus` = ray_cpus_per_job or child_threads per device). With warm_trainers (the
-default) that actor was placed ahead, while its slot was idle, and its child has already imported torch and
-the training code (`trainer_command --warm`, the local pool's warm protocol): the job is handed to it. Else
-the actor is placed for the job and starts a cold child (`trainer_command --spec <work_dir>/spec.json`).
-Either way the actor runs the same training child as the local pool on its node and hands
-the child's stdout to the server one JSON line per call: the events travel as the return values of actor
-calls, which Ray already carries, orders and fails loudly (a dead actor raises on the pending call). That is
-the simplest channel that stays correct when a node dies: no queue actor to keep alive beside it, no log
-file to tail over a network filesystem. The actor's pipe is also the child's stdin lifeline, and the child
-asks Linux to kill it with its parent, so a killed actor (cancel, a killed worker, a lost node) leaves no
-child behind; the server sees a lost child and retries the job from its checkpoint.
+children. Each attempt gets its own `TrainingActor` (scheduler/ray_actor.py), created with the job's resources
+(`num_gpus` = the GPUs of the `devices` shape, `num_cpus` = ray_cpus_per_job or child_threads per device). With
+warm_trainers (the default) that actor was placed ahead, while its slot was idle, and its child has already
+imported torch and the training code (`trainer_command --warm`, the local pool's warm protocol): the job is
+handed to it. Else the actor is placed for the job and starts a cold child (`trainer_command --spec
+<work_dir>/spec.json`). Either way the actor runs the same training child as the local pool on its node and
+hands the child's stdout to the server one JSON line per call: the events travel as the return values of actor
+calls, which Ray already carries, orders and fails loudly (a dead actor raises on the pending call). That is the
+simplest channel that stays correct when a node dies: no queue actor to keep alive beside it, no log file to
+tail over a network filesystem. The actor's pipe is also the child's stdin lifeline, and the child asks Linux to
+kill it with its parent, so a killed actor (cancel, a killed worker, a lost node) leaves no child behind; the
+server sees a lost child and retries the job from its checkpoint.
 
 Job folders, checkpoints and outputs stay where the server puts them (jobs_dir): that folder, the file shares
 and weights_dir must be on storage every node mounts at the same path (docs/deploy.md). Slots come from the
