@@ -242,3 +242,39 @@ def lost_retrying_blocks(reason: str, delay_s: float, attempt: int, max_attempts
         f"Lost: {reason}. Retrying in {delay_s:.0f} s with the blocks already written (attempt {attempt} of "
         f"{max_attempts})."
     )
+
+
+# --- the Ray pool ----------------------------------------------------------------------------------
+
+
+def ray_cannot_place(ask: str, nodes: str, address: str) -> str:
+    """A job whose shape no node of the Ray cluster has: it would wait forever, so it fails now."""
+    return (
+        f"Ray cannot place the job: each job asks for {ask}, and no node of the Ray cluster at {address} has "
+        f"that many ({nodes}). Add a node that has them (ray start --address=... --num-cpus=N --num-gpus=N), "
+        "or ask for less in the server's config (devices, ray_cpus_per_job, child_threads), then submit the "
+        "job again."
+    )
+
+
+def ray_node_gone(ask: str, nodes: str) -> str:
+    return f"the Ray node(s) that had {ask} left the cluster; it has {nodes} now"
+
+
+def ray_no_room(ask: str, waited_s: float) -> str:
+    return f"Ray had no node with {ask} free for {waited_s:.0f} s (other work holds them, or a node left the cluster)"
+
+
+def ray_actor_failed(exc: BaseException) -> str:
+    return f"the Ray actor for the job failed to start ({type(exc).__name__}: {exc})"
+
+
+def ray_worker_lost(exc: BaseException, node: str) -> str:
+    return f"the Ray worker running the job was lost ({type(exc).__name__}{' on ' + node if node else ''})"
+
+
+def ray_storage_not_visible(work_dir: str, node: str) -> str:
+    return (
+        f"the job folder {work_dir} is not visible on Ray node {node}: mount the storage that holds jobs_dir "
+        "(and the file shares and weights_dir) at the same path on every node"
+    )

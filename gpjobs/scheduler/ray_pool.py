@@ -1,19 +1,24 @@
 """`pool = "ray"`: training children on a Ray cluster (pip install 'gpjobs[ray]'). Imported only when configured.
 
 The scheduler keeps the queue and every status change in SQLite, as with the local pool; Ray only places
-children. Each attempt gets its own `TrainingActor`, created with the job's resources (`num_gpus` = the GPUs
-of the `devices` shape, `num_cpus` = ray_cpus_per_job or child_threads per device). The actor starts the
-same training child as the local pool (`trainer_command --spec <work_dir>/spec.json`) on its node and hands
-the child's stdout to the server one JSON line per call: the events travel as the return values of actor
-calls, which Ray already carries, orders and fails loudly (a dead actor raises on the pending call). That is
-the simplest channel that stays correct when a node dies: no queue actor to keep alive beside it, no log
-file to tail over a network filesystem. The actor's pipe is also the child's stdin lifeline, and the child
-asks Linux to kill it with its parent, so a killed actor (cancel, a killed worker, a lost node) leaves no
-child behind; the server sees a lost child and retries the job from its checkpoint.
+children. Each attempt gets its own `TrainingActor` (scheduler/ray_actor.py), created with the job's resources
+(`num_gpus` = the GPUs of the `devices` shape, `num_cpus` = ray_cpus_per_job or child_threads per device). With
+warm_trainers (the default) that actor was placed ahead, while its slot was idle, and its child has already
+imported torch and the training code (`trainer_command --warm`, the local pool's warm protocol): the job is
+handed to it. Else the actor is placed for the job and starts a cold child (`trainer_command --spec
+<work_dir>/spec.json`). Either way the actor runs the same training child as the local pool on its node and
+hands the child's stdout to the server one JSON line per call: the events travel as the return values of actor
+calls, which Ray already carries, orders and fails loudly (a dead actor raises on the pending call). That is the
+simplest channel that stays correct when a node dies: no queue actor to keep alive beside it, no log file to
+tail over a network filesystem. The actor's pipe is also the child's stdin lifeline, and the child asks Linux to
+kill it with its parent, so a killed actor (cancel, a killed worker, a lost node) leaves no child behind; the
+server sees a lost child and retries the job from its checkpoint.
 
 Job folders, checkpoints and outputs stay where the server puts them (jobs_dir): that folder, the file shares
 and weights_dir must be on storage every node mounts at the same path (docs/deploy.md). Slots come from the
-cluster: per alive node, how many job shapes fit its CPUs and GPUs.
+cluster: per alive node, how many job shapes fit its CPUs and GPUs. A job that no node of the cluster can
+hold fails at once saying so (Ray itself would keep it pending forever); one whose nodes left is lost and
+retried, with that reason.
 """
 
 from __future__ import annotations
@@ -24,9 +29,8 @@ import logging
 import math
 import os
 import signal
-import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +38,10 @@ import ray
 import structlog
 from ray.exceptions import RayError
 
+from gpjobs import messages as texts
 from gpjobs.config import Config, slot_devices
-from gpjobs.scheduler.child import EVENT_LINE_LIMIT, child_env
 from gpjobs.scheduler.pool import Child, Pool
-from gpjobs.training.events import DIE_WITH_PARENT_ENV
+from gpjobs.scheduler.ray_actor import TrainingActor, kill_actor
 from gpjobs.training.protocol import ExitCode, decode_event
 
 log = structlog.get_logger("gpjobs.scheduler")
@@ -47,75 +51,13 @@ RESOURCES_REFRESH_S = 5.0  # how often the slot count follows the cluster
 LOST = -int(signal.SIGKILL)  # the exit status of a child whose actor (worker, node) died under it
 
 
-@ray.remote(max_restarts=0, max_task_retries=0)
-class TrainingActor:
-    """Runs one attempt's training child on its Ray node; the server pulls the child's stdout from it."""
-
-    def __init__(self) -> None:
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self, command: list[str], spec_path: str, log_path: str, threads: int) -> dict[str, Any]:
-        """Start the child; {"pid", "node"}, or {"error": why} when this node cannot run it."""
-        if not os.path.isfile(spec_path):
-            return {
-                "error": f"the job folder {os.path.dirname(spec_path)} is not visible on Ray node "
-                f"{ray.util.get_node_ip_address()}: mount the storage that holds jobs_dir (and the "
-                "file shares and weights_dir) at the same path on every node"
-            }
-        if command[1:3] == ["-m", "gpjobs.training"] and not os.path.exists(command[0]):
-            command = [sys.executable, *command[1:]]  # the server's interpreter path differs on this node
-        env = child_env("cpu", threads)  # GPUs: Ray has already set CUDA_VISIBLE_DEVICES for this actor
-        env["CUDA_VISIBLE_DEVICES"] = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-        env[DIE_WITH_PARENT_ENV] = "1"
-        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as log_file:
-            self.proc = await asyncio.create_subprocess_exec(
-                *command,
-                "--spec",
-                spec_path,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=log_file,
-                start_new_session=True,
-                env=env,
-                limit=EVENT_LINE_LIMIT,
-                cwd=os.path.dirname(spec_path),
-            )
-        return {"pid": self.proc.pid, "node": ray.util.get_node_ip_address()}
-
-    async def read(self) -> bytes | None:
-        """The child's next stdout line; None once it closed stdout."""
-        assert self.proc is not None and self.proc.stdout is not None
-        while True:
-            try:
-                line = await self.proc.stdout.readline()
-            except ValueError:  # a line over the limit: skip it, as the local pool does
-                continue
-            return line or None
-
-    async def signal(self, sig: int) -> None:
-        """Signal the child's process group (its ranks and loader workers too)."""
-        if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, sig)
-
-    async def wait(self) -> int:
-        """The child's exit status, once it exited (anything left in its group is killed)."""
-        assert self.proc is not None
-        rc = await self.proc.wait()
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        return rc
-
-
 class RayChild:
     """A training child inside a TrainingActor, driven like a local ChildProcess."""
 
     def __init__(self, actor: Any, pid: int, log_path: Path, node: str = "") -> None:
         self.actor, self.pid, self.log_path, self.node = actor, pid, log_path, node
         self.signals_sent: list[int] = []
+        self.on_exit: Callable[[], None] | None = None  # the pool's: the slot's actor is gone
         self._returncode: int | None = None
         self._news: list[dict[str, Any]] = []  # events the server itself adds (why the actor was lost)
 
@@ -125,6 +67,14 @@ class RayChild:
         child = cls(actor, 0, log_path)
         child._news.append({"type": "failed", "exit_code": int(code), "text": text, "details": []})
         child._returncode = int(code)
+        return child
+
+    @classmethod
+    def lost_at_start(cls, actor: Any, log_path: Path, why: str) -> RayChild:
+        """A child that never started for a reason that may pass (no room, a node gone): a lost attempt."""
+        child = cls(actor, 0, log_path)
+        child._news.append({"type": "failed", "exit_code": LOST, "text": why, "lost_reason": why, "details": []})
+        child._returncode = LOST
         return child
 
     @property
@@ -150,9 +100,7 @@ class RayChild:
                 yield event
 
     def _lost(self, exc: BaseException) -> None:
-        text = (
-            f"the Ray worker running the job was lost ({type(exc).__name__}{' on ' + self.node if self.node else ''})"
-        )
+        text = texts.ray_worker_lost(exc, self.node)
         if not any(e.get("text") == text for e in self._news):
             self._news.append({"type": "message", "level": "warning", "text": text})
 
@@ -162,20 +110,21 @@ class RayChild:
             return
         self.actor.signal.remote(sig)  # fire and forget: a dead actor has no child left to signal
         if sig == signal.SIGKILL:
-            asyncio.get_running_loop().call_later(2.0, self._kill_actor)  # the child first, then its actor
-
-    def _kill_actor(self) -> None:
-        with contextlib.suppress(Exception):
-            ray.kill(self.actor, no_restart=True)
+            asyncio.get_running_loop().call_later(2.0, kill_actor, self.actor)  # the child first, then its actor
 
     async def wait(self) -> int:
-        if self._returncode is None:
-            try:
-                self._returncode = int(await self.actor.wait.remote())
-            except RayError as exc:
-                self._lost(exc)
-                self._returncode = LOST
-        self._kill_actor()  # its resources go back to the cluster now, not when Ray notices
+        try:
+            if self._returncode is None:
+                try:
+                    self._returncode = int(await self.actor.wait.remote())
+                except RayError as exc:
+                    self._lost(exc)
+                    self._returncode = LOST
+        finally:
+            kill_actor(self.actor)  # its resources go back to the cluster now, not when Ray notices
+            on_exit, self.on_exit = self.on_exit, None
+            if on_exit is not None:
+                on_exit()
         return self._returncode
 
     def stderr_tail(self, max_bytes: int = 2000) -> str:
@@ -189,8 +138,31 @@ class RayChild:
             return ""
 
 
+class _WarmActor:
+    """An idle slot's TrainingActor and the call that starts its warm child (placement, then imports)."""
+
+    def __init__(self, actor: Any, ready: asyncio.Future) -> None:
+        self.actor, self.ready = actor, ready
+
+    @property
+    def usable(self) -> bool:
+        """Not known to be broken (ready, or still getting there)."""
+        return not self.ready.done() or (not self.ready.cancelled() and self.ready.exception() is None)
+
+    def discard(self) -> None:
+        if self.ready.done() and not self.ready.cancelled():
+            self.ready.exception()  # retrieved: a broken warm-up is logged where it is used, not at exit
+        self.ready.cancel()
+        kill_actor(self.actor)
+
+
 class RayPool(Pool):
-    """Slots = job shapes the alive Ray nodes have room for; each attempt = one TrainingActor."""
+    """Slots = job shapes the alive Ray nodes have room for; each attempt = one TrainingActor.
+
+    With warm_trainers (the default), every idle slot keeps a placed actor whose child has torch imported, as
+    the local pool's WarmTrainer does on this machine: a job starts without waiting for a worker process and
+    the imports. The actor still goes with its job (cancel, kill and a lost node behave as for a cold one);
+    the slot's next warm actor is placed once it has gone, since the resources it asks for are the slot's."""
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
@@ -198,8 +170,18 @@ class RayPool(Pool):
         self.gpus = sum(1 for d in slot_devices(self.shape) if d.startswith("cuda"))
         ranks = len(slot_devices(self.shape))
         self.cpus = config.ray_cpus_per_job or float(config.child_threads * ranks)
-        self._slots = 0
+        self._nodes: list[dict[str, Any]] = []
+        self._fitting = 0  # jobs of this shape the alive nodes hold
+        self._running = 0  # slots whose actor a job holds (taken warm, or placed cold), until it is waited for
+        self._warm: list[_WarmActor] = []
+        self._warm_serial = 0
         self._refresher: asyncio.Task | None = None
+        self._closed = False
+
+    @property
+    def ask(self) -> str:
+        """What one job asks Ray for, in words."""
+        return f"{self.cpus:g} CPUs and {self.gpus} GPUs"
 
     async def start(self) -> None:
         await asyncio.to_thread(
@@ -211,19 +193,33 @@ class RayPool(Pool):
             configure_logging=False,
         )
         await self._refresh()
-        log.info("ray pool", address=self.config.ray_address, slots=self._slots, job_cpus=self.cpus, job_gpus=self.gpus)
+        log.info(
+            "ray pool",
+            address=self.config.ray_address,
+            slots=self._fitting,
+            job_cpus=self.cpus,
+            job_gpus=self.gpus,
+            warm=self.config.warm_trainers,
+        )
         self._refresher = asyncio.create_task(self._refresh_periodically(), name="gpjobs-ray-resources")
 
     async def close(self) -> None:
+        self._closed = True
         if self._refresher is not None:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresher
+        for warm in self._warm:
+            warm.discard()
+        self._warm.clear()
         if ray.is_initialized():
             await asyncio.to_thread(ray.shutdown)
 
     def slot_devices(self) -> list[str]:
-        return [self.shape] * self._slots
+        # A cluster that is up but has no node for this shape still gets one slot: its jobs are claimed and
+        # fail saying why (spawn), rather than wait in the queue for a node nobody will add.
+        alive = any(node.get("Alive") for node in self._nodes)
+        return [self.shape] * (self._fitting or (1 if alive else 0))
 
     def slot_cpus(self, device: str, machine_cpus: int) -> int:
         return max(1, int(self.cpus))
@@ -237,8 +233,9 @@ class RayPool(Pool):
                 log.exception("ray resources not read")
 
     async def _refresh(self) -> None:
-        nodes = await asyncio.to_thread(ray.nodes)
-        self._slots = sum(self.fits(node.get("Resources") or {}) for node in nodes if node.get("Alive"))
+        self._nodes = await asyncio.to_thread(ray.nodes)
+        self._fitting = sum(self.fits(node.get("Resources") or {}) for node in self._nodes if node.get("Alive"))
+        self._keep_warm()
 
     def fits(self, resources: dict[str, float]) -> int:
         """How many jobs of this shape one node's resources hold."""
@@ -247,7 +244,101 @@ class RayPool(Pool):
             counts.append(math.floor(resources.get("GPU", 0.0) / self.gpus + 1e-9))
         return max(0, min(counts)) if counts else 0
 
+    def placement_refusal(self) -> RayChild | None:
+        """When no alive node has this shape at all: a failure (no node ever had it: the config asks for what
+        the cluster lacks) or a lost attempt (the nodes that had it are gone; they may come back)."""
+        if self._fitting:
+            return None
+        alive = [node for node in self._nodes if node.get("Alive")]
+        nodes = describe_nodes(alive)
+        log_path = self.config.data_dir / "logs" / "ray-placement.log"
+        if any(self.fits(node.get("Resources") or {}) for node in self._nodes):
+            return RayChild.lost_at_start(None, log_path, texts.ray_node_gone(self.ask, nodes))
+        refusal = texts.ray_cannot_place(self.ask, nodes, self.config.ray_address)
+        return RayChild.refused(None, log_path, ExitCode.BAD_INPUT, refusal)
+
+    # --- warm actors -----------------------------------------------------------------------------------
+
+    def _keep_warm(self) -> None:
+        """One warm actor per idle slot (fewer when the cluster shrank: the extra ones go)."""
+        if self._closed or not self.config.warm_trainers:
+            return
+        for broken in [w for w in self._warm if not w.usable]:
+            broken.discard()
+            self._warm.remove(broken)
+        while self._warm and len(self._warm) + self._running > self._fitting:
+            self._warm.pop().discard()
+        while len(self._warm) + self._running < self._fitting:
+            self._warm_serial += 1
+            actor = TrainingActor.options(num_cpus=self.cpus, num_gpus=self.gpus).remote()  # type: ignore[attr-defined]
+            log_path = self.config.data_dir / "logs" / f"ray-warm-{self._warm_serial}.log"
+            self._warm.append(_WarmActor(actor, asyncio.ensure_future(self._warm_up(actor, log_path))))
+
+    async def _warm_up(self, actor: Any, log_path: Path) -> dict[str, Any]:
+        info = await actor.warm.remote(list(self.config.trainer_command), str(log_path), self.config.child_threads)
+        log.info("warm trainer ready", pool="ray", node=info.get("node"), import_s=round(info["import_s"], 2))
+        return info
+
+    async def _take_warm(self, spec_path: Path, log_path: Path) -> RayChild | None:
+        """Hand the job to a warm actor, the first one ready; None when there is none (then: a cold actor).
+        Their slots' resources are held for them, so waiting for one beats placing another actor; none
+        ready within heartbeat_timeout_s (Ray found no room for them) is a lost attempt, as for a cold one."""
+        started = time.monotonic()
+        while True:
+            for broken in [w for w in self._warm if not w.usable]:
+                broken.discard()
+                self._warm.remove(broken)
+            if not self._warm:
+                return None
+            ready = next((w for w in self._warm if w.ready.done()), None)
+            if ready is None:
+                left = self.config.heartbeat_timeout_s - (time.monotonic() - started)
+                if left <= 0:
+                    return RayChild.lost_at_start(
+                        None, log_path, texts.ray_no_room(self.ask, time.monotonic() - started)
+                    )
+                await asyncio.wait([w.ready for w in self._warm], timeout=left, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            # Taken and counted at once (no wait between): a refresh meanwhile sees the slot's actor once, and
+            # a job still waiting here counts none, so no warm actor is placed or dropped for either.
+            self._warm.remove(ready)
+            self._running += 1
+            try:
+                info = await ready.actor.handoff.remote(str(spec_path), str(log_path))
+            except RayError as exc:
+                log.warning("warm ray actor lost before its job", error=f"{type(exc).__name__}: {exc}")
+                self._running -= 1
+                ready.discard()
+                continue
+            if "error" in info:
+                return RayChild.refused(ready.actor, log_path, ExitCode.BAD_INPUT, str(info["error"]))
+            return RayChild(ready.actor, int(info["pid"]), log_path, str(info.get("node") or ""))
+
+    # --- a job's child -----------------------------------------------------------------------------------
+
     async def spawn(self, spec_path: Path, *, device: str, log_path: Path) -> Child:
+        with contextlib.suppress(Exception):  # an unreachable cluster: the placement below says so
+            await self._refresh()
+        refused = self.placement_refusal()
+        if refused is not None:
+            return refused
+        child = await self._take_warm(spec_path, log_path)
+        if child is None:
+            self._running += 1  # with the actor _cold places at once (no wait between)
+            try:
+                child = await self._cold(spec_path, log_path)
+            except BaseException:
+                self._running -= 1
+                raise
+        if child.actor is not None:  # it holds a slot's actor (counted in _running) until it is waited for
+            child.on_exit = self._child_gone
+        return child
+
+    def _child_gone(self) -> None:
+        self._running = max(0, self._running - 1)
+        self._keep_warm()  # the slot's next warm actor, now that the job's actor is going
+
+    async def _cold(self, spec_path: Path, log_path: Path) -> RayChild:
         # mypy keeps a decorated class's own type; @ray.remote has made TrainingActor an ActorClass
         actor = TrainingActor.options(num_cpus=self.cpus, num_gpus=self.gpus).remote()  # type: ignore[attr-defined]
         started = time.monotonic()
@@ -260,18 +351,23 @@ class RayPool(Pool):
                 timeout=self.config.heartbeat_timeout_s,
             )
         except (TimeoutError, RayError) as exc:
-            with contextlib.suppress(Exception):
-                ray.kill(actor, no_restart=True)
+            kill_actor(actor)
             why = (
-                f"Ray found no node with {self.cpus:g} CPUs and {self.gpus} GPUs free within "
-                f"{time.monotonic() - started:.0f} s"
-                if isinstance(exc, asyncio.TimeoutError)
-                else f"the Ray actor for the job failed to start ({type(exc).__name__}: {exc})"
+                texts.ray_no_room(self.ask, time.monotonic() - started)
+                if isinstance(exc, TimeoutError)
+                else texts.ray_actor_failed(exc)
             )
-            child = RayChild(actor, 0, log_path)
-            child._news.append({"type": "message", "level": "warning", "text": why})
-            child._returncode = LOST
-            return child
+            return RayChild.lost_at_start(actor, log_path, why)
         if "error" in info:
             return RayChild.refused(actor, log_path, ExitCode.BAD_INPUT, str(info["error"]))
         return RayChild(actor, int(info["pid"]), log_path, str(info.get("node") or ""))
+
+
+def describe_nodes(nodes: list[dict[str, Any]]) -> str:
+    """'127.0.0.1: 2 CPUs, 0 GPUs; ...' for the nodes given (alive ones), or 'no alive node'."""
+    parts = []
+    for node in nodes:
+        resources = node.get("Resources") or {}
+        where = node.get("NodeManagerAddress") or node.get("NodeID") or "?"
+        parts.append(f"{where}: {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs")
+    return "; ".join(parts) or "no alive node"

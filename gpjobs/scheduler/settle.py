@@ -131,6 +131,8 @@ class Settlement:
             self.log.info("outcome not applied: job changed state", outcome=outcome.value, current=str(exc.current))
 
     def _lost_reason(self, end: AttemptEnd) -> str:
+        if end.failure and end.failure.get("lost_reason"):  # the pool knows better than the exit status (Ray)
+            return str(end.failure["lost_reason"])
         if end.stop_reason == STOP_STALLED:
             return texts.no_heartbeat(self.config.heartbeat_timeout_s)
         if end.rc == ExitCode.LIFELINE_LOST:

@@ -1,6 +1,7 @@
 """Acceptance: `gpjobs serve` with `pool = "ray"` on a local Ray head (2 CPUs, one job per CPU): a real tiny
-training runs in a Ray actor and is published, a cancel kills the actor and its child, and a Ray worker killed
-mid-epoch is a lost child that resumes from its checkpoint."""
+training runs in a Ray actor (placed ahead, its child warm) and is published, a cancel kills the actor and its
+child, a Ray worker killed mid-epoch is a lost child that resumes from its checkpoint, and a job no node can
+hold fails saying why."""
 
 from __future__ import annotations
 
@@ -75,6 +76,8 @@ def test_ray_pool_trains_cancels_and_resumes_after_a_killed_worker(tmp_path, ray
         )
         child = _column(server, doomed, "pid")
         assert child and process_alive(child) and child != server.process.pid
+        # warm_trainers (the default): the job went to an actor placed ahead, whose child had torch imported
+        assert b"--warm" in Path(f"/proc/{child}/cmdline").read_bytes(), server.log_tail()
         server.post_json(f"{TASK}/jobs/{doomed}/cancel")
         assert server.wait(doomed, timeout=60)["jobStatus"] == "esriJobCancelled"
         _until(lambda: not process_alive(child), 20, "the cancelled job's child is still running", server, doomed)
@@ -93,5 +96,41 @@ def test_ray_pool_trains_cancels_and_resumes_after_a_killed_worker(tmp_path, ray
         assert any(t.startswith("Resumed training from the checkpoint of epoch") for t in texts), "\n".join(texts)
         assert sum(t.startswith("Epoch 1/3") for t in texts) == 1  # the resumed attempt did not train it again
         assert server.get_json(f"{TASK}/jobs/{job_id}/results/out_item")["value"]["id"]
+    finally:
+        server.terminate()
+
+
+@pytest.mark.slow
+def test_a_job_no_ray_node_can_hold_fails_saying_why(tmp_path, ray_cluster):
+    # Each job asks for 8 CPUs; the head has 2. Ray would keep the actor pending forever, and before, the job
+    # ended as "Lost ... signal 9" after heartbeat_timeout_s; now it fails at once with the reason and a fix.
+    write_classified_tiles(tmp_path / "share" / "exports", n=4, size=32, name="seg")
+    server = GpjobsServer(
+        tmp_path,
+        trainer="real",
+        env=ray_cluster["env"],
+        settings={
+            "pool": "ray",
+            "ray_address": ray_cluster["address"],
+            "devices": ["cpu"],
+            "ray_cpus_per_job": 8,
+            "heartbeat_timeout_s": 600,
+        },
+    ).start()
+    try:
+        job_id = server.submit(
+            in_folder="/fileShares/default/exports/seg",
+            model_type="UNET",
+            backbone_model="RESNET18",
+            output_name='{"name": "too_big"}',
+            max_epochs="1",
+        )["jobId"]
+        info = server.wait(job_id, timeout=60)
+        errors = [m["description"] for m in info["messages"] if m["type"] == "esriJobMessageTypeError"]
+        assert info["jobStatus"] == "esriJobFailed", server.diagnose(job_id)
+        assert errors[0].startswith("Ray cannot place the job: each job asks for 8 CPUs and 0 GPUs"), errors
+        assert ": 2 CPUs, 0 GPUs" in errors[0] and "ray_cpus_per_job" in errors[0], errors
+        assert errors[-1] == "TrainDeepLearningModel failed.", errors
+        assert not any("signal 9" in m["description"] or m["description"].startswith("Lost") for m in info["messages"])
     finally:
         server.terminate()

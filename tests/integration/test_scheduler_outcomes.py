@@ -10,7 +10,7 @@ import structlog
 
 from gpjobs import messages as texts
 from gpjobs.domain import JobStatus, MessageType
-from gpjobs.scheduler.settle import Settlement
+from gpjobs.scheduler.settle import AttemptEnd, Settlement
 
 S = JobStatus
 TERMINAL = (S.SUCCEEDED, S.FAILED, S.TIMED_OUT, S.CANCELLED)
@@ -179,3 +179,17 @@ async def test_a_failure_after_a_cancel_request_ends_cancelled(harness):
     done = await harness.store.get_job(job.job_id)
     assert done.status is S.CANCELLED and done.error is None
     assert (await harness.descriptions(job.job_id))[-1] == texts.CANCEL_COMPLETE
+
+
+async def test_a_pool_that_knows_why_a_child_was_lost_says_that_not_the_signal(harness):
+    """The Ray pool's lost attempts (no room, its nodes left) carry their reason; the Lost line shows it."""
+    job = await harness.submit("ok")
+    claimed = await harness.store.claim_next_job("cpu", "boot-1")
+    settlement = Settlement(harness.store, harness.config, claimed, structlog.get_logger("test"), lambda _: None)
+    why = "Ray had no node with 1 CPUs and 1 GPUs free for 120 s (other work holds them, or a node left the cluster)"
+    failure = {"type": "failed", "exit_code": -9, "text": why, "lost_reason": why}
+    await settlement.settle(AttemptEnd(rc=-9, stop_reason=None, checkpoint_epoch=None, failure=failure))
+    done = await harness.store.get_job(job.job_id)
+    assert done.status is S.SUBMITTED
+    lost = (await harness.descriptions(job.job_id))[-1]
+    assert lost.startswith(f"Lost: {why}. Retrying from epoch 0") and "signal 9" not in lost
