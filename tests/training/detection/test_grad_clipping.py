@@ -1,5 +1,5 @@
 """Gradient-norm clipping: detectors clip at 10 by default, `clip_grad_norm` overrides it (0 = off), other
-families do not clip unless asked."""
+families do not clip unless asked. The detectors' optimizer and default learning rate."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 from gpjobs.catalog import lookup_model_type, parse_arguments
 from gpjobs.training.data import open_training_data
 from gpjobs.training.engine import FitConfig, clip_norm, fit
+from gpjobs.training.engine.schedule import describe_optimizer, make_optimizer
 from gpjobs.training.events import ListReporter
 from gpjobs.training.models import family_for
 from gpjobs.training.weights import WeightsPolicy
@@ -67,3 +68,20 @@ def test_training_steps_clip_the_gradient(voc, monkeypatch):
     seen.clear()
     _fit("SSD", voc, clip_grad_norm=0)
     assert seen == []
+
+
+@pytest.mark.parametrize(
+    ("model_type", "kind", "default_lr"),
+    [("FASTERRCNN", torch.optim.SGD, 1e-2), ("MASKRCNN", torch.optim.AdamW, 1e-3), ("YOLOV3", torch.optim.AdamW, 3e-3)],
+)
+def test_detector_optimizer_defaults(voc, model_type, kind, default_lr):
+    """FASTERRCNN trains with torchvision's SGD recipe at 1e-2, YOLOV3 with AdamW at 3e-3 (bench/quality.py's
+    detection rows); the schedule the .emd and the model card show names the optimizer."""
+    family, _ = _family(model_type, voc)
+    model = family.build()
+    optimizer = make_optimizer(family, model, 0.5, 1.0)
+    assert isinstance(optimizer, kind)
+    if kind is torch.optim.SGD:
+        assert optimizer.defaults["momentum"] == 0.9 and optimizer.defaults["weight_decay"] == 1e-4
+    assert family.default_learning_rate == default_lr
+    assert describe_optimizer(family).startswith(kind.__name__)

@@ -19,6 +19,7 @@ class YOLOv3Family(DetectionFamily):
     default_clip_grad_norm = 0.0
     emd_model_configuration = "_yolov3_inference"
     detect_thresh = 0.1  # arcgis' YOLOv3 AP: average_precision_score(detect_thresh=0.1, iou_thresh=0.1)
+    default_learning_rate = 3e-3
 
     def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
