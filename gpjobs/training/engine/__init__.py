@@ -1,12 +1,11 @@
 """One training loop for every model type (models.md §2, with the improvements §2.10 lists).
 
-AdamW (wd 0.01; SGD for the families that set `default_optimizer = "sgd"`) + one-cycle (fastai's shape),
-discriminative LR for pretrained backbones (backbone lr/10; a random backbone trains whole at the full rate),
-an LR range test bounded to a share of the job when no learning rate is given, early stopping on a monitored
-value (auto mode), the best epoch's weights kept and restored at the end, a full-state checkpoint written
-atomically at each epoch end (resume continues exactly where it stopped: every epoch reseeds all RNGs from
-(seed, epoch)), mixed precision on CUDA, cancellation at batch boundaries, NaN loss and out-of-memory reported
-as such.
+AdamW (wd 0.01) + one-cycle (fastai's shape), discriminative LR for pretrained backbones (backbone lr/10; a
+random backbone trains whole at the full rate), an LR range test bounded to a share of the job when no learning
+rate is given, early stopping on a monitored value (auto mode), the best epoch's weights kept
+and restored at the end, a full-state checkpoint written atomically at each epoch end (resume continues
+exactly where it stopped: every epoch reseeds all RNGs from (seed, epoch)), mixed precision on CUDA,
+cancellation at batch boundaries, NaN loss and out-of-memory reported as such.
 
 Modules, in the order a fit uses them:
   config    FitConfig / FitResult and the errors;

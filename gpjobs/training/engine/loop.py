@@ -21,7 +21,6 @@ from gpjobs.training.engine.schedule import (
     RateChoice,
     backbone_learning_rate,
     choose_learning_rate,
-    describe_optimizer,
     describe_schedule,
 )
 from gpjobs.training.engine.state import TrainState
@@ -29,7 +28,6 @@ from gpjobs.training.engine.steppers import Stepper, make_stepper
 from gpjobs.training.events import Reporter
 from gpjobs.training.metrics import scalar_metrics
 from gpjobs.training.models.base import ModelFamily
-from gpjobs.training.multi_network import is_multi_network
 
 TRAIN_SHARE = 95.0  # progress percent at the end of training; packaging takes the rest
 
@@ -179,7 +177,6 @@ def fit(family: ModelFamily, model: torch.nn.Module, data: Any, config: FitConfi
             f"Training {family.model_type.name} ({family.backbone}) for up to {config.max_epochs} "
             f"epochs, {steps} batches of {config.batch_size} per epoch, learning rate {lr:.4e}"
             + (f" (backbone {backbone_lr:.4e})" if backbone_lr is not None else "")
-            + ("" if is_multi_network(family) else f", {describe_optimizer(family)}")
             + f", on {runtime.describe()}"
         ),
     )

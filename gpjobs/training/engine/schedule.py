@@ -1,6 +1,5 @@
-"""The optimiser and its schedule: AdamW (SGD for the families that ask for it) with discriminative groups,
-one-cycle, gradient clipping, and the learning rate itself (given, the family's default, or the LR range
-test's choice)."""
+"""The optimiser and its schedule: AdamW with discriminative groups, one-cycle, gradient clipping, and the
+learning rate itself (given, the family's default, or the LR range test's choice)."""
 
 from __future__ import annotations
 
@@ -22,9 +21,6 @@ LR_FIND_SHARE = 5.0  # the part of the progress bar the learning-rate range test
 # fastai's fit_one_cycle, which arcgis.learn's fit uses (models.md §2.4)
 ONE_CYCLE = {"div_factor": 25.0, "final_div_factor": 1e4, "anneal_strategy": "cos"}
 ADAMW = {"betas": (0.9, 0.99), "weight_decay": 0.01}
-# torchvision's detection reference recipe (SGD, momentum 0.9, weight decay 1e-4); families opt in with
-# `default_optimizer = "sgd"` (see optimizer_name)
-SGD = {"momentum": 0.9, "weight_decay": 1e-4}
 
 
 def param_groups(
@@ -38,30 +34,15 @@ def param_groups(
     return [g for g in groups if g["params"]]
 
 
-def optimizer_name(family: ModelFamily) -> str:
-    """The family's optimizer: "adamw" (fastai's, arcgis.learn's) unless it sets `default_optimizer`."""
-    return str(getattr(family, "default_optimizer", "adamw"))
-
-
-def describe_optimizer(family: ModelFamily) -> str:
-    """The optimizer in words, for the job's messages and the model card."""
-    if optimizer_name(family) == "sgd":
-        return "SGD (torchvision's detection recipe: momentum 0.95 -> 0.85 -> 0.95 with the cycle, weight decay 1e-4)"
-    return "AdamW (betas 0.9/0.99, weight decay 0.01)"
-
-
 def make_optimizer(
     family: ModelFamily, model: torch.nn.Module, lr: float, backbone_lr_factor: float
 ) -> torch.optim.Optimizer:
-    groups = param_groups(family, model, lr, backbone_lr_factor)
-    if optimizer_name(family) == "sgd":
-        return torch.optim.SGD(groups, lr=lr, **SGD)
-    return torch.optim.AdamW(groups, lr=lr, **ADAMW)
+    return torch.optim.AdamW(param_groups(family, model, lr, backbone_lr_factor), lr=lr, **ADAMW)
 
 
 def one_cycle(optimizer: torch.optim.Optimizer, total_steps: int, *, warmup_share: float, cycle_momentum: bool = True):
     """One-cycle over the whole run, each group peaking at its own rate after `warmup_share` of the steps
-    (Adam's beta1, or SGD's momentum, cycled 0.95 -> 0.85 -> 0.95 unless cycle_momentum is off)."""
+    (Adam's beta1 cycled 0.95 -> 0.85 -> 0.95 unless cycle_momentum is off)."""
     momentum = {"base_momentum": 0.85, "max_momentum": 0.95} if cycle_momentum else {}
     return torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
@@ -115,13 +96,15 @@ def describe_schedule(
             "from": curve["lrs"][0],
             "to": curve["lrs"][-1],
         },
-        "optimizer": (f"{type(family).__name__}'s optimizers" if multi else describe_optimizer(family)),
+        "optimizer": (
+            f"{type(family).__name__}'s optimizers" if multi else "AdamW (betas 0.9/0.99, weight decay 0.01)"
+        ),
         "one_cycle": {
             "warmup_share": config.warmup_share,
             "start_lr": state.lr / ONE_CYCLE["div_factor"],
             "final_lr": state.lr / ONE_CYCLE["div_factor"] / ONE_CYCLE["final_div_factor"],
             "steps": config.max_epochs * steps,
-            "beta1": None if multi or optimizer_name(family) == "sgd" else "0.95 -> 0.85 -> 0.95",
+            "beta1": None if multi else "0.95 -> 0.85 -> 0.95",
         },
         "clip_grad_norm": None if multi else clip_norm(family, config) or None,
         "batch_size": config.batch_size,

@@ -31,9 +31,7 @@ class ModelFamily(ABC):
     Subclasses set `model_type` specific class attributes:
       - `default_monitor`: the metric early stopping watches unless `arguments.monitor` says otherwise
         ("valid_loss" or one of the names `validate` returns);
-      - `emd_model_type` / `emd_model_configuration` / `inference_function`: `.emd` identity (export-format §3.3);
-      - optionally `default_optimizer` ("adamw" unless "sgd"), `default_learning_rate` (when the job gives none
-        and the LR range test does not run) and `default_clip_grad_norm` (see engine.schedule).
+      - `emd_model_type` / `emd_model_configuration` / `inference_function`: `.emd` identity (export-format §3.3).
     A built model keeps its backbone as `model.backbone` (a FeatureBackbone or any nn.Module); the default
     `backbone_parameters` / `head_parameters` / `freeze` rely on that attribute.
     """

@@ -12,14 +12,10 @@ from gpjobs.training.models.detection.torchvision_detectors import build_rcnn, r
 
 
 class FasterRCNNFamily(DetectionFamily):
-    """arcgis.learn FasterRCNN (a ModelExtension): score 0.2 for its AP, like SSD. Trains with torchvision's
-    detection recipe, SGD (momentum 0.9, weight decay 1e-4) at 1e-2 unless learning_rate is given: from random
-    weights it beats AdamW at 1e-3 on held-out palms (bench/quality.py fasterrcnn row)."""
+    """arcgis.learn FasterRCNN (a ModelExtension): score 0.2 for its AP, like SSD."""
 
     emd_model_configuration = "_model_extension_inferencing"
     detect_thresh = 0.2
-    default_optimizer = "sgd"
-    default_learning_rate = 1e-2
     masks = False
 
     def build(self) -> nn.Module:
@@ -47,9 +43,6 @@ class MaskRCNNFamily(FasterRCNNFamily):
     emd_model_configuration = "_maskrcnn_inferencing"
     supports_variable_tile_size = True
     detect_thresh = 0.5
-    # FASTERRCNN's SGD default was measured on boxes only (bench/quality.py); the mask head keeps AdamW at 1e-3
-    default_optimizer = "adamw"
-    default_learning_rate = 1e-3
     masks = True
     uses_masks = True
 
