@@ -8,7 +8,7 @@ and scores both on the same held-out chips that neither trains nor early-stops o
 LR range test runs; freeze_model, stop_training, validation_percent and every argument at their defaults;
 only the backbone is set, RESNET18, and the seed); the peer is bench/qualitylib/peers.py.
 
-    python bench/quality.py [--quick] [--rows unet,classifier,...] [--seeds 3] [--json out.json]
+    python bench/quality.py [--quick] [--rows unet,classifier,...] [--seeds 3] [--first-seed 42] [--json out.json]
 
 Rows: unet (roads), unet-buildings, classifier (overhead tiles), classifier-digits, classifier-digits-noaug
 (scikit-learn's handwritten digits), fasterrcnn, yolov3 (default: unet, classifier, fasterrcnn, yolov3; the
@@ -168,6 +168,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="1 seed, fewer training chips (same held-out chips)")
     parser.add_argument("--rows", default=",".join(DEFAULT_ROWS), help=f"comma list of {', '.join(ROWS)}")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per row (default 3, quick 1)")
+    parser.add_argument("--first-seed", type=int, default=42, help="seeds run from here up (default 42)")
     parser.add_argument("--epochs", type=int, default=None, help="override every row's epochs")
     parser.add_argument("--json", type=Path, default=None, help="also write every run's numbers here")
     parser.add_argument("--keep", action="store_true", help="keep the trained models (else only logs stay)")
@@ -183,7 +184,7 @@ def main() -> int:
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
         parser.error(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
-    seeds = [42 + i for i in range(args.seeds or (1 if args.quick else 3))]
+    seeds = [args.first_seed + i for i in range(args.seeds or (1 if args.quick else 3))]
     extra = (["--learning-rate", str(args.ours_learning_rate)] if args.ours_learning_rate else []) + (
         ["--no-freeze-model"] if args.ours_no_freeze else []
     )

@@ -1,5 +1,5 @@
 """Gradient-norm clipping: detectors clip at 10 by default, `clip_grad_norm` overrides it (0 = off), other
-families do not clip unless asked."""
+families do not clip unless asked. YOLOV3's own default learning rate."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 from gpjobs.catalog import lookup_model_type, parse_arguments
 from gpjobs.training.data import open_training_data
 from gpjobs.training.engine import FitConfig, clip_norm, fit
+from gpjobs.training.engine.schedule import choose_learning_rate
 from gpjobs.training.events import ListReporter
 from gpjobs.training.models import family_for
 from gpjobs.training.weights import WeightsPolicy
@@ -67,3 +68,14 @@ def test_training_steps_clip_the_gradient(voc, monkeypatch):
     seen.clear()
     _fit("SSD", voc, clip_grad_norm=0)
     assert seen == []
+
+
+def test_yolov3_trains_at_its_own_default_rate_when_none_is_given(voc):
+    """A YOLOV3 job without learning_rate and too short for the LR range test trains at 3e-3 and says so."""
+    reporter = ListReporter()
+    family, _ = _family("YOLOV3", voc)
+    rate = choose_learning_rate(family, None, FitConfig(max_epochs=1), None, [None], reporter)
+    assert rate.lr == 3e-3 and rate.how.startswith("default")
+    assert any("training at 3.0e-03" in e["text"] for e in reporter.events if e["type"] == "message")
+    ssd, _ = _family("SSD", voc)
+    assert choose_learning_rate(ssd, None, FitConfig(max_epochs=1), None, [None], ListReporter()).lr == 1e-3
