@@ -26,7 +26,7 @@ from tests.harness.server import GP_SERVICE, TASK, USERNAME
 from .drivers import needs_browser, needs_rest_js, run_browser_job, run_rest_job
 from .tiny_job import EXPORT, SHARE, is_item_reference, write_exports
 
-pytestmark = [pytest.mark.clients, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.clients, pytest.mark.slow, pytest.mark.timeout(300)]  # real clients drive real jobs
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "clients" / "browser-inprocess"
 
 

@@ -211,6 +211,7 @@ def _inspect_json(*folders: Path) -> tuple[int, dict]:
     return proc.returncode, json.loads(proc.stdout)
 
 
+@pytest.mark.slow  # the CLI in a fresh interpreter
 def test_cli_json_on_real_samples(samples_dir):
     code, data = _inspect_json(samples_dir / "phragmites-kitti")
     assert code == 0

@@ -23,6 +23,8 @@ import torch
 from gpjobs.inference.host import run_inference
 from tests.inference.conftest import chip_paths, read_chips, write_mosaic
 
+pytestmark = pytest.mark.slow  # every test runs packages trained for it (each trained once a session)
+
 PIXEL_TYPES = [
     "UNET",
     "PSPNET",
@@ -47,25 +49,6 @@ BOX_TYPES = [
 ]
 LABEL_TYPES = ["FEATURE_CLASSIFIER", "DEEPSORT"]
 TRANSLATION_TYPES = ["PIX2PIX", "PIX2PIXHD", "CYCLEGAN"]
-CORE = {
-    "UNET",
-    "SSD",
-    "FASTERRCNN",
-    "MASKRCNN",
-    "FEATURE_CLASSIFIER",
-    "PIX2PIX",
-    "SUPERRESOLUTION",
-    "CHANGEDETECTOR",
-    "MAXDEEPLAB",
-    "IMAGECAPTIONER",
-    "DETREG",
-    "MMDETECTION/cascade_rcnn",
-    "MMSEGMENTATION/upernet",
-}  # one per PRF and decoder; the rest of the sweep is `slow`
-
-
-def _marks(types: list[str]) -> list:
-    return [t if t in CORE else pytest.param(t, marks=pytest.mark.slow) for t in types]
 
 
 def predict(package: Path, chips: list[str], **kw) -> list[dict]:
@@ -100,7 +83,7 @@ def _windows(raster: Path, size: int, count: int, cols: int = 2) -> list[np.ndar
     ]
 
 
-@pytest.mark.parametrize("model_type", _marks(PIXEL_TYPES))
+@pytest.mark.parametrize("model_type", PIXEL_TYPES)
 def test_pixel_classes_match_predict(trained, tmp_path, model_type):
     run = trained(model_type)
     chips = chip_paths(run["folder"], 4)
@@ -160,7 +143,7 @@ def _threshold(predictions: list[dict]) -> float:
     return min(0.5, (scores[k - 1] + scores[k]) / 2)
 
 
-@pytest.mark.parametrize("model_type", _marks(BOX_TYPES))
+@pytest.mark.parametrize("model_type", BOX_TYPES)
 def test_boxes_match_predict(trained, tmp_path, model_type):
     run = trained(model_type)
     chips = chip_paths(run["folder"], 4)
@@ -189,7 +172,7 @@ def test_boxes_match_predict(trained, tmp_path, model_type):
         assert match[1] == pytest.approx(100 * score, abs=0.01)
 
 
-@pytest.mark.parametrize("model_type", _marks(["MASKRCNN"]))
+@pytest.mark.parametrize("model_type", ["MASKRCNN"])
 def test_instance_outlines_match_predict_masks(trained, tmp_path, model_type):
     from gpjobs.inference.outputs import signed_area
 
@@ -224,7 +207,7 @@ def test_instance_outlines_match_predict_masks(trained, tmp_path, model_type):
         assert g_score == pytest.approx(score, abs=0.01)
 
 
-@pytest.mark.parametrize("model_type", _marks(LABEL_TYPES))
+@pytest.mark.parametrize("model_type", LABEL_TYPES)
 def test_object_labels_match_predict(trained, tmp_path, model_type):
     run = trained(model_type)
     chips = sorted(p for p in (run["folder"] / "images").rglob("*.tif"))[:4]
@@ -255,7 +238,7 @@ def test_object_labels_match_predict(trained, tmp_path, model_type):
     assert [f["properties"]["id"] for f in labelled] == list(range(len(features)))
 
 
-@pytest.mark.parametrize("model_type", _marks(TRANSLATION_TYPES))
+@pytest.mark.parametrize("model_type", TRANSLATION_TYPES)
 def test_translations_match_predict(trained, tmp_path, model_type):
     run = trained(model_type)
     chips = chip_paths(run["folder"], 4)
@@ -269,7 +252,7 @@ def test_translations_match_predict(trained, tmp_path, model_type):
         assert np.abs(window.astype(np.float64) - expected).max() <= 1.0, chip.name
 
 
-@pytest.mark.parametrize("model_type", _marks(["SUPERRESOLUTION"]))
+@pytest.mark.parametrize("model_type", ["SUPERRESOLUTION"])
 def test_super_resolution_matches_predict_at_the_finer_cell_size(trained, tmp_path, model_type):
     run = trained(model_type)
     factor = run["emd"]["GpjobsInference"]["upscale"]
@@ -292,7 +275,7 @@ def test_super_resolution_matches_predict_at_the_finer_cell_size(trained, tmp_pa
         assert np.abs(window.astype(np.float64) - expected).max() <= 1.0, chip.name
 
 
-@pytest.mark.parametrize("model_type", _marks(["CHANGEDETECTOR"]))
+@pytest.mark.parametrize("model_type", ["CHANGEDETECTOR"])
 def test_change_matches_predict(trained, tmp_path, model_type):
     run = trained(model_type)
     before = chip_paths(run["folder"], 4, "images")
@@ -307,7 +290,7 @@ def test_change_matches_predict(trained, tmp_path, model_type):
         np.testing.assert_array_equal(window[0], expected, err_msg=chip.name)
 
 
-@pytest.mark.parametrize("model_type", _marks(["MAXDEEPLAB"]))
+@pytest.mark.parametrize("model_type", ["MAXDEEPLAB"])
 def test_panoptic_classes_and_instances_match_predict(trained, tmp_path, model_type):
     """Classify Pixels gets predict's class raster; Detect Objects gets each of predict's thing instances as a
     polygon of exactly its pixels, with its mask slot's class probability (the .pth model's) as Confidence."""
@@ -370,7 +353,7 @@ def test_panoptic_classes_and_instances_match_predict(trained, tmp_path, model_t
     )
 
 
-@pytest.mark.parametrize("model_type", _marks(["IMAGECAPTIONER"]))
+@pytest.mark.parametrize("model_type", ["IMAGECAPTIONER"])
 def test_captions_match_predict(trained, tmp_path, model_type):
     """Classify Objects gets predict's caption (same beam search) per object chip; the search is the user's."""
     run = trained(model_type)

@@ -29,6 +29,7 @@ def read(path: Path) -> tuple[np.ndarray, object, object]:
         return ds.read(), ds.transform, ds.crs
 
 
+@pytest.mark.slow  # runs a trained package
 def test_a_stopped_run_resumes_from_its_journal(trained, tmp_path: Path) -> None:
     package = trained("UNET")["package"]
     raster = write_raster(tmp_path / "scene.tif", width=256, height=224)  # 64-px tiles, padding 4: 5 x 4 blocks
@@ -72,6 +73,7 @@ def test_a_stopped_run_resumes_from_its_journal(trained, tmp_path: Path) -> None
     assert other.resumed_blocks == 0
 
 
+@pytest.mark.slow  # runs a trained package
 def test_extent_and_cell_size_make_the_output_grid(trained, tmp_path: Path) -> None:
     package = trained("UNET")["package"]
     raster = write_raster(tmp_path / "scene.tif", width=96, height=80)
@@ -98,6 +100,7 @@ def test_extent_and_cell_size_make_the_output_grid(trained, tmp_path: Path) -> N
     assert pixels.shape[1:] == (40, 48) and transform.a == 2 * CELL and transform.e == -2 * CELL
 
 
+@pytest.mark.slow  # runs a trained package
 def test_features_get_a_geopackage_with_the_declared_fields(trained, tmp_path: Path) -> None:
     import pyogrio
 

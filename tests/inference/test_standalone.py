@@ -19,6 +19,8 @@ import rasterio
 from gpjobs.inference.host import run_inference
 from tests.inference.conftest import chip_paths, predict_json, read_chips, write_mosaic
 
+pytestmark = pytest.mark.slow  # trains and packages every kind of PRF, then runs them in fresh interpreters
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("standalone_prf.py")
 TORCH20 = Path(os.environ.get("GPJOBS_TORCH20_PYTHON", REPO / ".venv-torch20" / "bin" / "python"))

@@ -16,6 +16,8 @@ from gpjobs.cli import main as gpjobs_main
 from gpjobs.inference.host import InferenceError, run_inference
 from tests.inference.conftest import chip_paths, read_chips, write_mosaic
 
+pytestmark = pytest.mark.slow  # every test runs a trained UNET package (trained once a session)
+
 
 @pytest.fixture(scope="module")
 def unet(trained, tmp_path_factory):

@@ -15,6 +15,8 @@ import tifffile
 from gpjobs.inference.host import InferenceError, run_inference
 from tests.inference.conftest import predict_json, read_chips, write_mosaic
 
+pytestmark = pytest.mark.slow  # every test runs a trained SIAMMASK package (trained once a session)
+
 
 @pytest.fixture(scope="module")
 def siammask(trained, tmp_path_factory) -> dict:

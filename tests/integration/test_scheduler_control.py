@@ -8,6 +8,8 @@ import os
 import sqlite3
 import time
 
+import pytest
+
 from gpjobs import messages as texts
 from gpjobs.domain import SERVER_CRASH_LIMIT, Job, JobStatus, MessageType, new_job_id
 from gpjobs.scheduler import Scheduler
@@ -36,6 +38,7 @@ async def test_cancel_queued_job_is_immediate(harness):
     assert harness.runs(queued.job_id) == []
 
 
+@pytest.mark.slow  # a slow child runs out first
 async def test_job_queued_behind_a_busy_slot_waits_then_runs(harness):
     scheduler = await harness.start()
     running = await harness.submit("slow", max_epochs=3)
@@ -106,6 +109,7 @@ async def test_max_runtime_ends_timed_out(make_harness):
     assert run.supervisor.child.proc.returncode is not None
 
 
+@pytest.mark.slow  # two children, seconds
 async def test_graceful_shutdown_requeues_without_spending_an_attempt_then_resumes(make_harness, monkeypatch):
     monkeypatch.setenv("GPJOBS_FAKE_EPOCH_S", "0.3")
     h = make_harness()

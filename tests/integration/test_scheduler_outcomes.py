@@ -64,6 +64,7 @@ async def test_deterministic_failures_are_not_retried(harness, behaviour, fragme
     assert len(harness.runs(job.job_id)) == 1
 
 
+@pytest.mark.slow  # three children
 async def test_child_killed_by_sigkill_is_retried_then_fails_and_frees_the_slot(harness):
     await harness.start()
     job = await harness.submit("sigkill-self")
@@ -141,6 +142,7 @@ async def test_two_slots_run_two_jobs_side_by_side_fifo(make_harness):
         assert (await h.wait(job.job_id, *TERMINAL)).status is S.SUCCEEDED
 
 
+@pytest.mark.slow  # a slow child
 async def test_progress_is_visible_while_running(make_harness, monkeypatch):
     monkeypatch.setenv("GPJOBS_FAKE_EPOCH_S", "0.6")
     h = make_harness()

@@ -33,6 +33,7 @@ async def warm_ready(scheduler, timeout: float = 10.0) -> int:
     raise AssertionError("the warm child never said it was ready")
 
 
+@pytest.mark.slow  # several children
 async def test_each_job_runs_in_a_child_started_ahead_and_none_is_reused(make_harness):
     harness = make_harness()
     scheduler = await harness.start()
@@ -63,6 +64,7 @@ async def test_warm_trainers_off_spawns_a_cold_child_per_job(make_harness):
     assert harness.runs(job.job_id)[0]["warm"] is False
 
 
+@pytest.mark.slow  # several children
 @pytest.mark.parametrize("warm", [True, False])
 async def test_outcomes_are_the_same_warm_or_cold(make_harness, warm):
     harness = make_harness(warm_trainers=warm, max_attempts=2)

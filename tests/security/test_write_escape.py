@@ -14,6 +14,7 @@ from gpjobs.paths import OutsideStore, open_store_folder
 TERMINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.TIMED_OUT)
 
 
+@pytest.mark.slow  # a training child per case
 @pytest.mark.parametrize("swapped", ["models/mine", "models"])
 async def test_output_folder_swapped_for_a_link_while_training_fails_the_job_and_writes_nothing_outside(
     make_harness, monkeypatch, tmp_path: Path, swapped: str

@@ -80,6 +80,7 @@ def test_corpus_bleu():
     assert short == pytest.approx(math.exp(1 - 8 / 6))
 
 
+@pytest.mark.slow  # trains a captioner (caption_run)
 def test_captioner_learns_and_packages(caption_run):
     _, _, reporter = caption_run
     epochs = epochs_of(reporter)
@@ -107,6 +108,7 @@ def test_captioner_learns_and_packages(caption_run):
     assert float(emd["corpus_bleu"]) == pytest.approx(metrics["corpus_bleu"], abs=1e-4)
 
 
+@pytest.mark.slow  # trains a captioner (caption_run)
 def test_predict_reproduces_validation(caption_run, capsys):
     from gpjobs.training.data import open_training_data
     from gpjobs.training.models.captioning_net import corpus_bleu
@@ -123,6 +125,7 @@ def test_predict_reproduces_validation(caption_run, capsys):
     )
 
 
+@pytest.mark.slow  # trains a captioner (caption_run)
 def test_resume_after_interrupt_gives_the_same_numbers(caption_run, tmp_path):
     spec, folder, straight = caption_run
 

@@ -134,6 +134,7 @@ def test_detreg_resumes_after_an_interrupt_with_the_same_numbers(tmp_path):
     )
 
 
+@pytest.mark.slow  # pretrains and trains
 def test_detreg_pretraining_runs_first_when_asked_and_is_recorded(tmp_path):
     folder = write_pascal_voc(tmp_path, n=8, size=32)
     run = train_and_package(

@@ -82,6 +82,7 @@ def test_loss_falls_on_one_batch_and_segments_are_right():
     assert losses[-1] < 0.7 * losses[0] and set(parts) == {"pq", "instance", "mask_id", "semantic"}
 
 
+@pytest.mark.slow  # trains a panoptic model (panoptic_run)
 def test_maxdeeplab_learns_and_packages(panoptic_run):
     _, _, reporter = panoptic_run
     epochs = epochs_of(reporter)
@@ -114,6 +115,7 @@ def test_maxdeeplab_learns_and_packages(panoptic_run):
     assert set(json.loads(emd["per_class_metrics"])) <= {"ground", "tree"}
 
 
+@pytest.mark.slow  # trains a panoptic model (panoptic_run)
 def test_predict_reproduces_validation_pq(panoptic_run, capsys, tmp_path):
     import tifffile
 
@@ -140,6 +142,7 @@ def test_predict_reproduces_validation_pq(panoptic_run, capsys, tmp_path):
     assert quality.result()["PQ"] == pytest.approx(result["metrics"]["PQ"], abs=1e-9)
 
 
+@pytest.mark.slow  # trains a panoptic model (panoptic_run)
 def test_resume_after_interrupt_gives_the_same_numbers(panoptic_run, tmp_path):
     spec, folder, straight = panoptic_run
 
@@ -158,6 +161,7 @@ def test_resume_after_interrupt_gives_the_same_numbers(panoptic_run, tmp_path):
     assert result_of(resumed)["metrics"] == result_of(straight)["metrics"]
 
 
+@pytest.mark.slow  # trains an epoch
 def test_chip_size_and_bad_data_get_fix_it_errors(tmp_path):
     folder = write_panoptic(tmp_path, n=8, size=40)
     with pytest.raises(ParameterError, match="multiple of 16; 40 px is not"):  # refused before training

@@ -93,6 +93,11 @@ def test_the_catalog_and_the_implementation_table_list_the_same_names():
         assert (trains == name or name == "yolo") != bool(note), name
 
 
+def _slow_params(models, slow: set[str]) -> list:
+    """`slow` marks the names whose build (and step) takes about a CPU second or more."""
+    return [pytest.param(m, marks=pytest.mark.slow) if m in slow else m for m in models]
+
+
 def _family(model: str, messages: list, **args):
     return build_family(
         "MMDETECTION",
@@ -104,7 +109,7 @@ def _family(model: str, messages: list, **args):
 
 
 @pytest.mark.parametrize("model", ARCGIS_NAMES + EARLIER_NAMES)
-def test_every_name_builds_and_says_what_it_trains(model):
+def test_every_name_says_what_it_trains(model):
     from gpjobs.training.models.mmdet import MODELS
 
     messages: list[tuple[str, str]] = []
@@ -121,6 +126,15 @@ def test_every_name_builds_and_says_what_it_trains(model):
     fields = fam.emd_fields({})
     assert fields["ModelName"] == "MMDetection" and fields["ModelConfiguration"] == "_model_extension_inferencing"
     assert fields["Kwargs"] == {"model": model, "model_weight": True}
+
+
+@pytest.mark.slow  # a detector built per name (0.2-0.9 CPU s each, 28 names)
+@pytest.mark.parametrize("model", ARCGIS_NAMES + EARLIER_NAMES)
+def test_every_name_builds_the_network_it_trains(model):
+    from gpjobs.training.models.mmdet import MODELS
+
+    trains, _ = MODELS[model]
+    fam = _family(model, [], model_weight=True, **TINY_RCNN)
     assert _architecture(fam.build()) == _implementation_architecture(trains)
 
 
@@ -135,7 +149,7 @@ def _implementation_architecture(trains: str) -> tuple[str, ...]:
     return _architecture(_family(trains, [], **TINY_RCNN).build())
 
 
-@pytest.mark.parametrize("model", sorted(OWN))
+@pytest.mark.parametrize("model", _slow_params(sorted(OWN), {"atss", "cascade_rcnn", "yolov3"}))
 def test_every_implementation_steps_once(model):
     fam = _family(model, [], **TINY_RCNN)
     net = fam.build()
@@ -151,6 +165,7 @@ def test_every_implementation_steps_once(model):
     assert len(predictions) == 2 and all(len(p["boxes"]) == len(p["scores"]) == len(p["labels"]) for p in predictions)
 
 
+@pytest.mark.slow  # traces two detectors (about a CPU second each)
 @pytest.mark.parametrize("model", ["atss", "vfnet"])
 def test_the_packaged_network_and_its_prf_decoder_detect_what_detect_does(model):
     """What GpjobsObjectDetector.py runs for atss / vfnet (the traced candidates, then its dense decoder) gives
@@ -183,7 +198,7 @@ def test_the_packaged_network_and_its_prf_decoder_detect_what_detect_does(model)
         assert torch.equal(got["labels"] + 1, want["labels"])
 
 
-@pytest.mark.parametrize("model", ["fcos", "cascade_rcnn"])
+@pytest.mark.parametrize("model", _slow_params(["fcos", "cascade_rcnn"], {"fcos"}))
 def test_the_packaged_network_needs_torch_only(model):
     """The PRF host has torch but not torchvision's compiled operators (nms, roi_align, deform_conv2d)."""
     fam = _family(model, [], **TINY_RCNN)
@@ -237,6 +252,7 @@ def test_own_implementation_trains_packages_predicts_and_resumes(tmp_path, model
     assert_predict_cli_reproduces_ap(straight, cli=cli)
 
 
+@pytest.mark.slow  # trains and packages
 def test_a_mapped_name_trains_and_its_package_says_what_was_trained(tmp_path):
     folder = write_pascal_voc(tmp_path, n=8, size=32)
     run = train_and_package(

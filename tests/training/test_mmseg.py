@@ -159,6 +159,7 @@ def _predict_reproduces_accuracy(tmp_path, run, cli: bool):
     assert correct / total == pytest.approx(run.metrics["accuracy"], abs=1e-6)
 
 
+@pytest.mark.slow  # trains and packages
 def test_a_mapped_name_trains_and_its_package_says_what_was_trained(tmp_path):
     folder = write_classified_tiles(tmp_path, n=8, size=32)
     run = train_and_package(

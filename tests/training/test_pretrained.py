@@ -189,6 +189,7 @@ OUR_DECODER = {
 }
 
 
+@pytest.mark.slow  # two U-Nets built and compared, seconds
 def test_unet_from_fastai_dynamic_unet_backbone_and_decoder(tmp_path):
     body = randomize(create_body("resnet18")).eval()
     gen = torch.Generator().manual_seed(2)
@@ -217,7 +218,9 @@ def test_unet_from_fastai_dynamic_unet_backbone_and_decoder(tmp_path):
         ("resnet18", "RESNET18", "encoder.", False),  # RetinaNet: RetinaNetModel(encoder=create_body)
         ("resnet18", "RESNET18", "backbone.", False),  # DeepLab (non-ResNet101): Deeplab.backbone
         ("mobilenet_v2", "MOBILENET_V2", "0.", False),  # SSD / FeatureClassifier on MobileNetV2
-        ("densenet121", "DENSENET121", "model.layers.0.", True),  # PSPNet U-Net: [*features children, ppm, final]
+        pytest.param(  # PSPNet U-Net: [*features children, ppm, final]; DenseNet builds take a second or more
+            "densenet121", "DENSENET121", "model.layers.0.", True, marks=pytest.mark.slow
+        ),
         pytest.param("vgg11_bn", "VGG11_BN", "backbone.", False, marks=pytest.mark.slow),  # VGG builds take seconds
     ],
 )

@@ -17,6 +17,8 @@ from gpjobs.training.weights import WeightsPolicy
 from tests.builders.exports import write_labeled_tiles
 from tests.training.helpers import emd_of, make_spec, result_of, train
 
+pytestmark = pytest.mark.slow  # both tests train a classifier
+
 torch.set_num_threads(1)
 
 

@@ -38,6 +38,7 @@ def test_pspnet_keep_dilation(keep, stride):
     assert model.eval()(torch.randn(1, 3, 40, 40)).shape == (1, 3, 40, 40)
 
 
+@pytest.mark.slow  # seconds of optimisation
 def test_fastai_dynamic_unet_decoder_learns_a_step():
     from gpjobs.training.backbones import build_backbone
     from gpjobs.training.models.decoders import SegmentationNet

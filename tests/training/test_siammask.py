@@ -56,6 +56,7 @@ def test_tracker_geometry():
     assert net.anchors.shape == (5 * r * r, 4)
 
 
+@pytest.mark.slow  # trains a tracker (siam_run)
 def test_siammask_learns_and_packages(siam_run):
     _, _, reporter = siam_run
     epochs = epochs_of(reporter)
@@ -83,6 +84,7 @@ def test_siammask_learns_and_packages(siam_run):
     assert float(emd["mIOU"]) == pytest.approx(metrics["mIOU"], rel=1e-3)
 
 
+@pytest.mark.slow  # trains a tracker (siam_run)
 def test_predict_tracks_and_reproduces_validation_metrics(siam_run, capsys, tmp_path):
     """`gpjobs predict` over each validation track's frames, from its first box, gives the validation numbers
     (the package's tracker tracks the same way: tests/inference/test_tracker.py)."""
@@ -112,6 +114,7 @@ def test_predict_tracks_and_reproduces_validation_metrics(siam_run, capsys, tmp_
     assert sum(fs) / len(fs) == pytest.approx(result["metrics"]["f_measure"], abs=1e-6)
 
 
+@pytest.mark.slow  # trains a tracker (siam_run)
 def test_predict_needs_a_first_box(siam_run, capsys, tmp_path):
     from gpjobs.training.predict import run_predict
 
@@ -133,6 +136,7 @@ def test_predict_needs_a_first_box(siam_run, capsys, tmp_path):
     assert parser.parse_args(["m.dlpk", "f.jpg", "--object", "2"]).object == "2"
 
 
+@pytest.mark.slow  # trains a tracker (siam_run)
 def test_resume_after_interrupt_gives_the_same_numbers(siam_run, tmp_path):
     spec, folder, straight = siam_run
 

@@ -337,6 +337,7 @@ def test_export_without_chips_is_refused(roots: StoreRoots, share: Path) -> None
     assert any("images/ is missing or empty" in d for d in problems(roots))
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_submit_validation_never_imports_torch(roots: StoreRoots, share: Path) -> None:
     import subprocess
     import sys
