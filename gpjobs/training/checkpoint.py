@@ -6,6 +6,7 @@ import os
 import random
 import tempfile
 import threading
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -91,9 +92,11 @@ class CheckpointWriter:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
-    def submit(self, epoch: int, state: dict[str, Any]) -> None:
+    def submit(self, epoch: int, state: dict[str, Any], *, frozen: Collection[str] = ()) -> None:
+        """Copy `state` and write the copy in the background; `frozen` names entries that are CPU copies
+        nothing modifies any more (the best epoch's weights): they are written as they are, not copied again."""
         self.wait()
-        snapshot = detached(state)
+        snapshot = {k: v if k in frozen else detached(v) for k, v in state.items()}
 
         def run() -> None:
             try:

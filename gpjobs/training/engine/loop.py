@@ -210,7 +210,8 @@ def fit(family: ModelFamily, model: torch.nn.Module, data: Any, config: FitConfi
                 seconds=time.perf_counter() - started,
             )
             if writer is not None:
-                writer.submit(epoch, state.checkpoint(config.fingerprint, model, stepper))
+                contents = state.checkpoint(config.fingerprint, model, stepper)
+                writer.submit(epoch, contents, frozen=state.frozen_entries())
             progress.epoch(epoch)
     except (RuntimeError, MemoryError) as exc:
         if isinstance(exc, MemoryError) or is_out_of_memory(exc):
