@@ -339,9 +339,11 @@ def test_progress_and_checkpoint_events(tmp_path):
     assert all(math.isfinite(loss) for loss in result.batch_losses) and len(result.batch_losses) == 2 * 6
 
 
-def test_checkpoint_writes_the_best_copy_once_and_snapshots_the_rest(tmp_path):
+@pytest.mark.parametrize("serialize_now", [False, True])
+def test_checkpoint_writes_the_best_copy_once_and_snapshots_the_rest(tmp_path, serialize_now):
     """An improving epoch's checkpoint takes its weights from the best-epoch copy (no second copy); a later
-    epoch writes the live weights beside the best ones, copied before training goes on changing them."""
+    epoch writes the live weights beside the best ones as they were at submit, though training goes on changing
+    them (copied first, or serialised at once when they are CPU tensors)."""
     from gpjobs.training.checkpoint import CheckpointWriter
     from gpjobs.training.engine.state import TrainState
 
@@ -357,12 +359,14 @@ def test_checkpoint_writes_the_best_copy_once_and_snapshots_the_rest(tmp_path):
         model.weight.add_(1.0)
     state.end_epoch({"epoch": 2, "valid_loss": 2.0}, {}, 2.0, model, 0.0)  # worse: epoch 1 stays the best
     assert state.frozen_entries() == ("best_state",)
-    writer = CheckpointWriter(tmp_path / "checkpoint.pt", lambda epoch: None)
+    written: list[int] = []
+    writer = CheckpointWriter(tmp_path / "checkpoint.pt", written.append, serialize_now=serialize_now)
     writer.submit(2, state.checkpoint({}, model, stepper), frozen=state.frozen_entries())
     live_weight = model.weight.detach().clone()
     with torch.no_grad():
         model.weight.add_(1.0)  # training goes on while the checkpoint is written
     writer.wait()
+    assert written == [2] and [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary left
     saved = load_checkpoint(tmp_path / "checkpoint.pt")
     assert torch.equal(saved["model"]["weight"], live_weight)
     assert torch.equal(saved["stepper"]["moments"][0], live_weight)
