@@ -122,8 +122,9 @@ def run_engine(setup: Callable, args) -> dict:
     }
 
 
-def main(script: str, args, label: str, setup: Callable, run_bare: Callable) -> int:
-    """In a variant process: run it and print its JSON. Otherwise: alternate both variants and compare."""
+def main(script: str, args, label: str, setup: Callable, run_bare: Callable, *, bare_does: str = "") -> int:
+    """In a variant process: run it and print its JSON. Otherwise: alternate both variants and compare.
+    `bare_does` says what the bare loop computes besides training (printed, so a ratio is read against it)."""
     if args.variant:
         print(json.dumps(run_bare(args) if args.variant == "bare" else run_engine(setup, args)))
         return 0
@@ -146,6 +147,8 @@ def main(script: str, args, label: str, setup: Callable, run_bare: Callable) -> 
         f"(first = warm-up), device {args.device}, {args.threads} threads, {args.rounds} rounds, "
         f"load {os.getloadavg()[0]:.1f}"
     )
+    if bare_does:
+        print(f"bare loop   {bare_does}")
     print(
         f"epoch time  bare {epoch['bare']:.3f} s   engine {epoch['engine']:.3f} s   "
         f"ratio {epoch['engine'] / epoch['bare']:.3f} (target <= 1.10)"

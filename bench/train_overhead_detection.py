@@ -4,9 +4,12 @@ Same model (RETINANET over RESNET18 by default, built by our detection family: t
 FPN), same in-memory chips with 1-3 boxes each, batch size, optimizer (AdamW + one-cycle, discriminative LR)
 and device. The bare loop calls the network directly (torchvision's `sum(model(images, targets).values())`;
 for our own networks — DETREG's Deformable DETR, MMDETECTION's atss / vfnet — their `losses(images,
-targets)`, which is the set loss or the dense loss itself), backward, step, and runs the eval-mode detections
-over the validation chips; the engine adds what a job needs (validation loss, Esri AP + COCO mAP, events,
-NaN checks, gradient clipping, best-epoch copy, an fsynced full-state checkpoint per epoch).
+targets)`, which is the set loss or the dense loss itself), backward, clips the gradient norm as the job does
+(the detectors' default 10, DETREG's 0.1: it changes the weights, so a loop without it trains another model),
+steps, and over the validation chips computes what every job reports per epoch: the validation loss (BatchNorm
+in eval) and the detections (one forward for both where the network offers `losses_and_detections`, else a
+loss-mode and an eval forward). The engine adds the rest of what a job needs (Esri AP + COCO mAP from those
+detections, events, NaN checks, best-epoch copy, an fsynced full-state checkpoint per epoch).
 Each variant runs in its own process, alternating bare/engine; the first epoch of each process is warm-up.
 
     python bench/train_overhead_detection.py [--model-type RETINANET] [--model fcos] [--arguments JSON]
@@ -104,6 +107,11 @@ def setup(args):
 
 def run_bare(args) -> dict:
     torch, family, model, data = setup(args)
+    from gpjobs.training.engine import FitConfig
+    from gpjobs.training.engine.schedule import clip_norm
+    from gpjobs.training.models.detection.common import set_loss_mode
+
+    clip = clip_norm(family, FitConfig(max_epochs=args.epochs, batch_size=args.batch))
     device = torch.device(args.device)
     model.to(device)
     net = getattr(model, "net", None)  # the torchvision detector itself, when it is one
@@ -121,16 +129,24 @@ def run_bare(args) -> dict:
             else:  # our own network: its loss is its own method
                 loss = model.losses(x.to(device), targets)
             loss.backward()
+            if clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
             sched.step()
-        model.eval()
         with torch.no_grad():
-            for x, _ in valid_loader:
-                if net is not None:
-                    net(list(x.to(device)))
+            valid_loss = 0.0
+            for x, targets in valid_loader:
+                x, targets = x.to(device), [{k: v.to(device) for k, v in t.items()} for t in targets]
+                set_loss_mode(model)
+                if hasattr(model, "losses_and_detections"):
+                    loss, _ = model.losses_and_detections(x, targets)
                 else:
-                    model.detect(x.to(device))
+                    loss = model.losses(x, targets)
+                    model.eval()
+                    model.detect(x)
+                valid_loss += float(loss) * len(x)
+        model.eval()
         harness.sync(torch, device)
         clock.stop()
     return {**clock.result(), **harness.memory(torch, device)}
@@ -147,7 +163,8 @@ def main() -> int:
     harness.add_common_arguments(parser, epochs=3, chips=32, size=64, batch=4)
     args = parser.parse_args()
     label = f"{args.model_type}{'(' + args.model + ')' if args.model else ''}/{args.backbone}"
-    return harness.main(__file__, args, label, setup, run_bare)
+    does = "validation loss + detections per epoch (as every job reports), gradient clipping as the job's"
+    return harness.main(__file__, args, label, setup, run_bare, bare_does=does)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import overhead_harness as harness
 
@@ -197,10 +196,10 @@ def run_bare(args) -> dict:
         targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
         return panoptic_loss(model.outputs(images.to(device)), targets, model.is_thing)[0]
 
-    times = []
+    clock = harness.EpochClock()
     for _ in range(args.epochs):
         harness.sync(torch, device)
-        start = time.perf_counter()
+        clock.start()
         model.train()
         for batch in train_loader:
             loss = loss_of(batch)
@@ -226,8 +225,8 @@ def run_bare(args) -> dict:
                 loss_of(batch)
                 model(batch[0].to(device))
         harness.sync(torch, device)
-        times.append(time.perf_counter() - start)
-    return {"epoch_times": times, **harness.memory(torch, device)}
+        clock.stop()
+    return {**clock.result(), **harness.memory(torch, device)}
 
 
 def main() -> int:
@@ -236,7 +235,12 @@ def main() -> int:
     harness.add_common_arguments(parser, epochs=4, chips=64, size=64, batch=8)
     args = parser.parse_args()
     backbone = BACKBONES[args.model_type] or "own network"
-    return harness.main(__file__, args, f"{args.model_type}/{backbone}", setup, run_bare)
+    does = {
+        "IMAGECAPTIONER": "validation loss + beam-search captions per epoch (no BLEU)",
+        "SIAMMASK": "validation pair loss + tracking through each validation sequence per epoch (no IoU / F)",
+        "MAXDEEPLAB": "validation loss + panoptic post-processing per epoch, one forward (no PQ)",
+    }[args.model_type]
+    return harness.main(__file__, args, f"{args.model_type}/{backbone}", setup, run_bare, bare_does=does)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import os
 import random
 import tempfile
 import threading
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +16,28 @@ import torch
 
 def atomic_write(path: Path, write) -> None:
     """Call write(tmp_path), fsync, rename over `path` (a crash leaves the old file or the new one)."""
+    tmp = temporary_beside(path)
+    try:
+        write(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    publish(tmp, path)
+
+
+def temporary_beside(path: Path) -> Path:
+    """A new empty temporary file in `path`'s folder (created if need be), for `publish` to rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    return Path(tmp)
+
+
+def publish(tmp: Path, path: Path) -> None:
+    """fsync the written `tmp`, rename it over `path` and fsync the folder; on failure `tmp` is removed."""
+    path = Path(path)
     try:
-        write(Path(tmp))
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -79,25 +96,47 @@ def detached(obj: Any) -> Any:
 
 
 class CheckpointWriter:
-    """Writes checkpoints on a background thread so the next epoch's compute overlaps the disk write.
+    """Writes checkpoints so that the next epoch's compute overlaps the disk write.
 
     At most one write is in flight; `submit` waits for the previous one, `wait` for the last (call it
     before the process ends or another writer takes over). `on_written(epoch)` runs after each rename.
+    With `serialize_now` (the state's tensors are on the CPU) `submit` serialises the state to the
+    temporary file at once, which costs less than copying every tensor first, and only the fsync and the
+    rename run in the background; otherwise (device tensors) it copies the state to the CPU and a background
+    thread serialises the copy.
     """
 
-    def __init__(self, path: Path, on_written) -> None:
+    def __init__(self, path: Path, on_written, *, serialize_now: bool = False) -> None:
         self.path = Path(path)
         self.on_written = on_written
+        self.serialize_now = serialize_now
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
-    def submit(self, epoch: int, state: dict[str, Any]) -> None:
+    def submit(self, epoch: int, state: dict[str, Any], *, frozen: Collection[str] = ()) -> None:
+        """Write `state` (as it is now) in the background; `frozen` names entries that are CPU copies nothing
+        modifies any more (the best epoch's weights): they are written as they are, not copied again."""
         self.wait()
-        snapshot = detached(state)
+        if self.serialize_now:
+            tmp = temporary_beside(self.path)
+            try:
+                torch.save(state, tmp)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+
+            def write() -> None:
+                publish(tmp, self.path)
+
+        else:
+            snapshot = {k: v if k in frozen else detached(v) for k, v in state.items()}
+
+            def write() -> None:
+                save_checkpoint(self.path, snapshot)
 
         def run() -> None:
             try:
-                save_checkpoint(self.path, snapshot)
+                write()
                 self.on_written(epoch)
             except BaseException as exc:  # surfaced on the training thread by wait()
                 self._error = exc

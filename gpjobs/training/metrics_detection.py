@@ -80,12 +80,15 @@ def _greedy_match(iou: np.ndarray, thresh: float) -> np.ndarray:
     if iou.shape[1] == 0:
         return tp
     taken = np.zeros(iou.shape[1], dtype=bool)
-    for p in range(iou.shape[0]):
+    # a prediction whose IoUs (NaN aside) are all below the threshold matches nothing: skip it
+    for p in np.flatnonzero(np.fmax.reduce(iou, axis=1) >= thresh):
         candidates = np.where(taken, -1.0, iou[p])
         g = int(np.argmax(candidates))
         if candidates[g] >= thresh:
             taken[g] = True
             tp[p] = True
+            if taken.all():  # every truth is matched: the rest are false positives
+                break
     return tp
 
 

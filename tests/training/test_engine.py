@@ -337,3 +337,37 @@ def test_progress_and_checkpoint_events(tmp_path):
     progress = [e["percent"] for e in reporter.events if e["type"] == "progress"]
     assert progress == sorted(progress) and progress[-1] == pytest.approx(95.0)
     assert all(math.isfinite(loss) for loss in result.batch_losses) and len(result.batch_losses) == 2 * 6
+
+
+@pytest.mark.parametrize("serialize_now", [False, True])
+def test_checkpoint_writes_the_best_copy_once_and_snapshots_the_rest(tmp_path, serialize_now):
+    """An improving epoch's checkpoint takes its weights from the best-epoch copy (no second copy); a later
+    epoch writes the live weights beside the best ones as they were at submit, though training goes on changing
+    them (copied first, or serialised at once when they are CPU tensors)."""
+    from gpjobs.training.checkpoint import CheckpointWriter
+    from gpjobs.training.engine.state import TrainState
+
+    model = nn.Linear(2, 1)
+    stepper = SimpleNamespace(state_dict=lambda: {"moments": [model.weight.detach()]})
+    state = TrainState(monitor="valid_loss", lr=1e-3)
+    state.end_epoch({"epoch": 1, "valid_loss": 1.0}, {}, 1.0, model, 0.0)
+    first = state.checkpoint({}, model, stepper)
+    assert first["model"] is state.best_state and first["best_state"] is None
+    assert state.frozen_entries() == ("best_state", "model")
+    best_weight = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    state.end_epoch({"epoch": 2, "valid_loss": 2.0}, {}, 2.0, model, 0.0)  # worse: epoch 1 stays the best
+    assert state.frozen_entries() == ("best_state",)
+    written: list[int] = []
+    writer = CheckpointWriter(tmp_path / "checkpoint.pt", written.append, serialize_now=serialize_now)
+    writer.submit(2, state.checkpoint({}, model, stepper), frozen=state.frozen_entries())
+    live_weight = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)  # training goes on while the checkpoint is written
+    writer.wait()
+    assert written == [2] and [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary left
+    saved = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert torch.equal(saved["model"]["weight"], live_weight)
+    assert torch.equal(saved["stepper"]["moments"][0], live_weight)
+    assert torch.equal(saved["best_state"]["weight"], best_weight)

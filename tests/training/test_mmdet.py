@@ -346,3 +346,34 @@ def test_mmdet_ssd_trains_packages_and_predicts(tmp_path):
     assert emd["ModelParameters"]["model"] == "ssd"
     lines = predict_json(run.package, *sorted((voc / "images").iterdir())[:2])
     assert len(lines) == 2 and all("boxes" in line for line in lines)
+
+
+@pytest.mark.parametrize("model", ["fcos", "retinanet", "atss", "vfnet"])
+def test_validation_takes_loss_and_detections_from_one_pass_as_two_passes_give_them(model):
+    """The one-forward validation of the one-stage detectors gives exactly the loss-mode loss and the eval-mode
+    detections (so the reported validation loss and AP do not depend on which path ran). The class biases
+    start at 0 so that an untrained head has detections to compare."""
+    from gpjobs.training.models.detection.common import set_loss_mode
+
+    torch.manual_seed(0)
+    net = _family(model, []).build()
+    with torch.no_grad():
+        for name, module in net.named_modules():
+            if name.endswith("cls_logits"):
+                module.bias.fill_(0.0)
+    images = torch.randn(2, 3, 64, 64)
+    targets = [
+        {"boxes": torch.tensor([[4.0, 6.0, 30.0, 28.0], [20.0, 20.0, 60.0, 50.0]]), "labels": torch.tensor([1, 2])},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},
+    ]
+    with torch.no_grad():
+        set_loss_mode(net)
+        loss = net.losses(images, targets)
+        found = net.eval().detect(images)
+        set_loss_mode(net)
+        one_loss, one_found = net.losses_and_detections(images, targets)
+    assert torch.isfinite(loss)
+    assert torch.equal(one_loss, loss)
+    assert sum(len(f["boxes"]) for f in found) > 0
+    for a, b in zip(one_found, found):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -182,7 +182,11 @@ def fit(family: ModelFamily, model: torch.nn.Module, data: Any, config: FitConfi
     )
     progress = Progress(reporter, config.max_epochs, steps, rate.curve is not None)
     writer = (
-        CheckpointWriter(config.checkpoint_path, lambda e: reporter.emit("checkpoint", epoch=e))
+        CheckpointWriter(
+            config.checkpoint_path,
+            lambda e: reporter.emit("checkpoint", epoch=e),
+            serialize_now=runtime.device.type == "cpu",
+        )
         if config.checkpoint_path and runtime.is_main
         else None
     )  # rank 0 alone writes the checkpoints
@@ -210,7 +214,8 @@ def fit(family: ModelFamily, model: torch.nn.Module, data: Any, config: FitConfi
                 seconds=time.perf_counter() - started,
             )
             if writer is not None:
-                writer.submit(epoch, state.checkpoint(config.fingerprint, model, stepper))
+                contents = state.checkpoint(config.fingerprint, model, stepper)
+                writer.submit(epoch, contents, frozen=state.frozen_entries())
             progress.epoch(epoch)
     except (RuntimeError, MemoryError) as exc:
         if isinstance(exc, MemoryError) or is_out_of_memory(exc):

@@ -88,12 +88,21 @@ class TrainState:
             "best_valid_loss": self.best_valid_loss,
             "bad_epochs": self.bad_epochs,
             "stopped": self.stopped,
-            # the best epoch is usually this one: don't write the same weights twice
+            # the best epoch is usually this one: don't write the same weights twice (its CPU copy is the model's)
             "best_state": None if self.best_epoch == self.epoch else self.best_state,
-            "model": model.state_dict(),
+            "model": self.best_state if self._model_is_best else model.state_dict(),
             "stepper": stepper.state_dict(),
             "rng": rng_state(),
         }
+
+    def frozen_entries(self) -> tuple[str, ...]:
+        """The checkpoint entries that are already private CPU copies (the best epoch's weights, which
+        `end_epoch` replaces and never modifies): the writer need not copy them again."""
+        return ("best_state", "model") if self._model_is_best else ("best_state",)
+
+    @property
+    def _model_is_best(self) -> bool:
+        return self.best_epoch == self.epoch and self.best_state is not None
 
     @staticmethod
     def resumable(saved: dict[str, Any] | None, fingerprint: dict[str, Any]) -> bool:

@@ -118,12 +118,12 @@ class MaXDeepLabFamily(ModelFamily):
         for images, targets in loader:
             images = images.to(device, non_blocking=True)
             targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
+            truth = [segments(target, model.is_thing) for target in targets]
             out = model.outputs(images)
-            total += float(panoptic_loss(out, targets, model.is_thing)[0]) * images.shape[0]
+            total += float(panoptic_loss(out, targets, model.is_thing, truth)[0]) * images.shape[0]
             n += images.shape[0]
             classes, instances = model.postprocess(out, images.shape[-2:])
-            for i, target in enumerate(targets):
-                ids, seg_classes = segments(target, model.is_thing)
+            for i, (ids, seg_classes) in enumerate(truth):
                 quality.update(classes[i], instances[i], ids, seg_classes)
         result = quality.result()
         return total / max(n, 1), {

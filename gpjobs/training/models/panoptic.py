@@ -62,13 +62,17 @@ def _downsample(ids: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
 
 def panoptic_loss(
-    out: dict[str, torch.Tensor], targets: Sequence[dict[str, torch.Tensor]], is_thing: torch.Tensor
+    out: dict[str, torch.Tensor],
+    targets: Sequence[dict[str, torch.Tensor]],
+    is_thing: torch.Tensor,
+    chip_segments: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """MaX-DeepLab's total loss over a batch and its parts (floats, for logging)."""
+    """MaX-DeepLab's total loss over a batch and its parts (floats, for logging); `chip_segments`: each
+    target's `segments` when the caller has them already (validation scores PQ against them too)."""
     size = out["masks"].shape[-2:]
     totals = {k: out["masks"].new_zeros(()) for k in WEIGHTS}
     for b, target in enumerate(targets):
-        ids, classes = segments(target, is_thing)
+        ids, classes = chip_segments[b] if chip_segments is not None else segments(target, is_thing)
         ids = _downsample(ids, size).flatten()
         present = torch.unique(ids[ids >= 0])
         remap = torch.full((len(classes) + 1,), -1, dtype=torch.long, device=ids.device)

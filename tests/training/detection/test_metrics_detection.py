@@ -113,3 +113,25 @@ def test_interpolation_rules_and_iou():
     assert ap_101_points(precision, recall) == pytest.approx((51 + 50 * 2 / 3) / 101)
     assert box_iou([[0, 0, 10, 10]], [[20, 20, 30, 30], [5, 0, 15, 10]]).tolist() == [[0.0, pytest.approx(1 / 3)]]
     assert mask_iou(np.zeros((0, 4, 4)), np.ones((2, 4, 4))).shape == (0, 2)
+
+
+def test_greedy_matching_skips_only_predictions_that_cannot_match():
+    """The matcher skips rows below the threshold and stops once every truth is taken; it must flag exactly
+    what the plain greedy loop flags (scores sorted, each prediction takes its best free truth), NaNs included."""
+    from gpjobs.training.metrics_detection import _greedy_match
+
+    def plain(iou, thresh):
+        tp, taken = np.zeros(iou.shape[0], dtype=bool), np.zeros(iou.shape[1], dtype=bool)
+        for p in range(iou.shape[0] if iou.shape[1] else 0):
+            candidates = np.where(taken, -1.0, iou[p])
+            g = int(np.argmax(candidates))
+            if candidates[g] >= thresh:
+                taken[g] = tp[p] = True
+        return tp
+
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        iou = np.round(rng.random((int(rng.integers(0, 20)), int(rng.integers(0, 5)))) ** rng.uniform(0.3, 3), 1)
+        iou[rng.random(iou.shape) < 0.05] = np.nan
+        for thresh in (0.1, 0.5, 0.9):
+            assert np.array_equal(_greedy_match(iou, thresh), plain(iou, thresh))

@@ -15,7 +15,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from gpjobs.training.backbones import build_backbone
 from gpjobs.training.models.detection.common import DetectionFamily
 from gpjobs.training.models.detection.fpn_adapter import FeaturePyramid
-from gpjobs.training.models.detection.torchvision_detectors import TorchvisionDetector, transform_kwargs
+from gpjobs.training.models.detection.torchvision_detectors import OneStageDetector, transform_kwargs
 
 
 def build_fcos(body: nn.Module, num_classes: int, chip: int, bands: int) -> nn.Module:
@@ -23,7 +23,7 @@ def build_fcos(body: nn.Module, num_classes: int, chip: int, bands: int) -> nn.M
     pyramid = FeaturePyramid(body, min_stride=8, levels=3, extra="p6p7")
     points = AnchorGenerator(tuple((float(s),) for s in pyramid.level_strides), ((1.0,),) * pyramid.num_levels)
     # score 0.05 as mmdetection's test config (torchvision's 0.2 would hide low-score boxes from COCO mAP)
-    return TorchvisionDetector(
+    return OneStageDetector(
         FCOS(
             pyramid,
             num_classes=num_classes + 1,

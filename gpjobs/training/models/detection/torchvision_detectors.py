@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet
+from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.retinanet import RetinaNetHead
 
@@ -81,7 +81,7 @@ def build_retinanet(
     head = RetinaNetHead(
         pyramid.out_channels, anchors.num_anchors_per_location()[0], num_classes + 1, norm_layer=group_norm
     )  # torchvision's RetinaNet v2 head: stable from random weights
-    return TorchvisionDetector(
+    return OneStageDetector(
         RetinaNet(
             pyramid, num_classes=num_classes + 1, anchor_generator=anchors, head=head, **transform_kwargs(chip, bands)
         )
@@ -119,3 +119,30 @@ class TorchvisionDetector(nn.Module):
             torch.cat([d["scores"] for d in found]),
             torch.cat([d["labels"] for d in found]),
         )
+
+
+class OneStageDetector(TorchvisionDetector):
+    """torchvision's RetinaNet or FCOS: no proposal sampling, GroupNorm heads, one transform size, so the loss-mode
+    forward (BatchNorm in eval) equals the eval forward and validation takes loss and detections from one pass."""
+
+    def losses_and_detections(
+        self, images: torch.Tensor, targets: list[dict[str, torch.Tensor]]
+    ) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+        """What `losses` then `detect` give, from one backbone + head pass (torchvision's forward, both branches)."""
+        self.eval()  # the transform rescales the detections back to the chip in eval mode only
+        net = self.net
+        original = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+        batch, scaled = net.transform(list(images), [dict(t) for t in targets])
+        features = list(net.backbone(batch.tensors).values())
+        head_outputs = net.head(features)
+        anchors = net.anchor_generator(batch, features)
+        cells = [f.size(2) * f.size(3) for f in features]
+        if isinstance(net, FCOS):
+            loss = loss_total(net.compute_loss(scaled, head_outputs, anchors, cells))
+        else:
+            loss = loss_total(net.compute_loss(scaled, head_outputs, anchors))
+        per_cell = head_outputs["cls_logits"].size(1) // sum(cells)  # anchors per feature cell
+        per_level = [n * per_cell for n in cells]
+        split = {k: list(v.split(per_level, dim=1)) for k, v in head_outputs.items()}
+        found = net.postprocess_detections(split, [list(a.split(per_level)) for a in anchors], batch.image_sizes)
+        return loss, net.transform.postprocess(found, batch.image_sizes, original)
