@@ -222,7 +222,7 @@ def _cases() -> dict[str, dict[str, Any]]:
             "SIAMMASK",
             [fell],
             **r18,
-            max_epochs=3,
+            max_epochs=4,
             freeze_model=False,
             learning_rate=0.003,
             batch_size=4,
