@@ -9,6 +9,11 @@ minimum. A test whose minimum margin is not comfortably positive is flaky: fix i
     python tests/learning_margins.py --seeds 10 [--cases unet,classifier] [--json margins.jsonl]
 
 Single-threaded, like `make test` (tests/conftest.py). Run it under the load `make test` sees.
+
+Not covered here (measured ad hoc or not yet): pix2pix/pix2pixhd PSNR over the identity baseline (needs the
+validation chips), the multi-network engine test and the fine-tuning first-epoch check (not one job's metrics),
+the detection tests under tests/training/detection/ and test_mmdet.py other than the two ssd cases, and the
+models tests/inference/conftest.py trains for the inference tests.
 """
 
 from __future__ import annotations
@@ -41,6 +46,11 @@ def metric_above(key: str, threshold: float) -> Check:
     return f"{key} > {threshold:g}", lambda epochs, metrics: metrics[key] - threshold
 
 
+def metric_gain(key: str, baseline: str, by: float = 0.0) -> Check:
+    """the best `key` > its `baseline` metric + `by` (e.g. PSNR over bilinear upsampling)."""
+    return f"{key} > {baseline} + {by:g}", lambda epochs, metrics: metrics[key] - metrics[baseline] - by
+
+
 def _case(build: Callable[[Path], Path], model_type: str, checks: list[Check], **spec: Any) -> dict[str, Any]:
     return {"build": build, "model_type": model_type, "checks": checks, "spec": spec}
 
@@ -59,7 +69,7 @@ def _cases() -> dict[str, dict[str, Any]]:
             "UNET",
             [fell, above("accuracy", 0.75)],
             **r18,
-            max_epochs=4,
+            max_epochs=6,
             learning_rate=0.003,
         ),
         "pspnet": _case(
@@ -146,9 +156,14 @@ def _cases() -> dict[str, dict[str, Any]]:
         "superres": _case(
             lambda t: b.write_export_tiles(t, n=24, size=32),
             "SUPERRESOLUTION",
-            [fell, loss_fell("valid_loss")],
+            [
+                fell,
+                loss_fell("valid_loss"),
+                metric_gain("PSNR", "PSNR_upsampled", 0.3),
+                metric_gain("SSIM", "SSIM_upsampled"),
+            ],
             **r18,
-            max_epochs=6,
+            max_epochs=8,
             learning_rate=0.01,
             freeze_model=False,
         ),
@@ -163,6 +178,56 @@ def _cases() -> dict[str, dict[str, Any]]:
             freeze_model=False,
             arguments={"model": "ssd"},
         ),
+        "mmseg-upernet": _case(
+            lambda t: tiles(t, n=16, size=32),
+            "MMSEGMENTATION",
+            [fell],
+            **r18,
+            max_epochs=3,
+            arguments={"model": "upernet", "class_balancing": True},
+        ),
+        "mmseg-ocrnet": _case(
+            lambda t: tiles(t, n=16, size=32),
+            "MMSEGMENTATION",
+            [fell],
+            **r18,
+            max_epochs=3,
+            arguments={"model": "ocrnet", "class_balancing": True},
+        ),
+        "maxdeeplab": _case(
+            lambda t: b.write_panoptic(t, n=16, size=64),
+            "MAXDEEPLAB",
+            [fell],
+            max_epochs=3,
+            stop_training=False,
+            learning_rate=0.002,
+            batch_size=4,
+        ),
+        "captioner": _case(
+            lambda t: b.write_image_captioning(t, n=16, size=32, captions_per_chip=1),
+            "IMAGECAPTIONER",
+            [fell, above("accuracy", 0.2)],
+            **r18,
+            max_epochs=5,
+            freeze_model=False,
+            learning_rate=0.005,
+            batch_size=4,
+            arguments={
+                "vocab_min_freq": 1,
+                "decoder_params": {"embed_size": 32, "hidden_size": 48, "attention_size": 32},
+            },
+        ),
+        "siammask": _case(
+            lambda t: b.write_object_tracking(t, n=6, size=64, frames=4),
+            "SIAMMASK",
+            [fell],
+            **r18,
+            max_epochs=4,
+            freeze_model=False,
+            learning_rate=0.003,
+            batch_size=4,
+            arguments={"exemplar_size": 24, "instance_size": 48},
+        ),
         "mmseg": _case(
             lambda t: tiles(t, n=16, size=32),
             "MMSEGMENTATION",
@@ -174,11 +239,12 @@ def _cases() -> dict[str, dict[str, Any]]:
         "ssd": _case(
             lambda t: b.write_pascal_voc(t, n=24, size=64),
             "SSD",
-            [above("average_precision", 0.0)],
+            [loss_fell("valid_loss"), above("average_precision", 0.0)],
             backbone_model="RESNET18",
             max_epochs=6,
             learning_rate=0.01,
             freeze_model=False,
+            arguments={"augment": True},
         ),
         "pix2pix": _case(
             lambda t: b.write_pix2pix(t, n=16, size=32),

@@ -26,13 +26,17 @@ COMMON = dict(
     batch_size=4,
     arguments=SMALL,
 )
+# the learning run: 5 epochs. At 3 the token accuracy sat on the test's 0.2 bar (exactly 0.2, a failure, in 3 of
+# seeds 0-4, since augment is off from random weights); at 5 it is 0.30 or more over seeds 0-9, and the loss
+# falls by 19 % or more (tests/learning_margins.py "captioner")
+LEARN = {**COMMON, "max_epochs": 5}
 
 
 @pytest.fixture(scope="module")
 def caption_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("captions")
     folder = write_image_captioning(tmp, n=16, size=32, captions_per_chip=1)
-    spec = make_spec(tmp / "a", [folder], "IMAGECAPTIONER", **COMMON)
+    spec = make_spec(tmp / "a", [folder], "IMAGECAPTIONER", **LEARN)
     code, reporter = train(spec)
     assert code == ExitCode.OK, [e for e in reporter.events if e["type"] in ("failed", "message")]
     return spec, folder, reporter
@@ -135,12 +139,12 @@ def test_resume_after_interrupt_gives_the_same_numbers(caption_run, tmp_path):
             if event_type == "epoch" and fields["epoch"] == 1:
                 self.request_cancel()
 
-    spec = make_spec(tmp_path, [folder], "IMAGECAPTIONER", **COMMON)
+    spec = make_spec(tmp_path, [folder], "IMAGECAPTIONER", **LEARN)
     code, _ = train(spec, StopAfterEpoch1())
     assert code == ExitCode.CANCELLED and spec.checkpoint_path.is_file()
     code, resumed = train(spec)
     assert code == ExitCode.OK
-    assert [e["epoch"] for e in epochs_of(resumed)] == [2, 3]
+    assert [e["epoch"] for e in epochs_of(resumed)] == [2, 3, 4, 5]
     assert [e["valid_loss"] for e in epochs_of(resumed)] == [e["valid_loss"] for e in epochs_of(straight)][1:]
     assert result_of(resumed)["metrics"] == result_of(straight)["metrics"]
 

@@ -65,12 +65,14 @@ def test_catalog_superresolution_is_a_real_model_type():
 @pytest.fixture(scope="module")
 def superres_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("superres")
+    # 8 epochs: at 6 (chips no longer augmented from random weights) PSNR over bilinear missed its +0.3 dB bar
+    # in 1/10 seeds and the valid loss fell by 4 % at worst (tests/learning_margins.py "superres")
     return train_and_package(
         tmp,
         write_export_tiles(tmp, n=24, size=32),
         "SUPERRESOLUTION",
         backbone_model="RESNET18",
-        max_epochs=6,
+        max_epochs=8,
         stop_training=False,
         learning_rate=0.01,
         freeze_model=False,
@@ -80,7 +82,7 @@ def superres_run(tmp_path_factory):
 @pytest.mark.slow
 def test_superres_learns_beyond_bilinear_upsampling(superres_run):
     epochs = superres_run.epochs
-    assert len(epochs) == 6
+    assert len(epochs) == 8
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
     assert epochs[-1]["valid_loss"] < epochs[0]["valid_loss"]
     best = superres_run.metrics
