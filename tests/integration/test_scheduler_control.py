@@ -225,11 +225,16 @@ async def test_watchdog_prunes_finished_jobs_past_retention(make_harness):
     old = await h.wait((await h.submit("ok", max_epochs=1)).job_id, *TERMINAL)
     fresh = await h.wait((await h.submit("ok", max_epochs=1)).job_id, *TERMINAL)
     assert (h.config.jobs_dir / old.job_id).is_dir()
-    # Backdate the first job's finish by two days instead of waiting.
-    conn = sqlite3.connect(h.store.path)
-    conn.execute("UPDATE jobs SET finished_ms = finished_ms - 172800000 WHERE job_id = ?", (old.job_id,))
-    conn.commit()
-    conn.close()
+
+    def backdate() -> None:  # the first job's finish, by two days instead of waiting
+        conn = sqlite3.connect(h.store.path)
+        conn.execute("UPDATE jobs SET finished_ms = finished_ms - 172800000 WHERE job_id = ?", (old.job_id,))
+        conn.commit()
+        conn.close()
+
+    # Off the event loop: a blocking connect waiting for the lock would stall the store's own transaction in
+    # flight (the warm child's bookkeeping), which needs the loop to COMMIT: "database is locked" after 5 s.
+    await asyncio.to_thread(backdate)
     assert (await scheduler.run_watchdog_once())["pruned"] == 1
     h.store.db.generation += 1  # the backdating bypassed the store (and its read cache)
     assert await h.store.get_job(old.job_id) is None and not (h.config.jobs_dir / old.job_id).exists()
