@@ -40,6 +40,16 @@ def _until(condition, timeout: float, what: str, server: GpjobsServer, job_id: s
     raise AssertionError(f"{what} within {timeout} s\n{server.diagnose(job_id)}")
 
 
+def _ray_server(tmp_path, ray_cluster, **settings) -> GpjobsServer:
+    """A real `gpjobs serve` whose pool is the test's Ray head, one cpu slot, and these further settings."""
+    return GpjobsServer(
+        tmp_path,
+        trainer="real",
+        env=ray_cluster["env"],
+        settings={"pool": "ray", "ray_address": ray_cluster["address"], "devices": ["cpu"], **settings},
+    ).start()
+
+
 def _said(server: GpjobsServer, job_id: str, fragment: str) -> bool:
     return any(fragment in m["description"] for m in server.job(job_id).get("messages", []))
 
@@ -47,18 +57,7 @@ def _said(server: GpjobsServer, job_id: str, fragment: str) -> bool:
 @pytest.mark.slow
 def test_ray_pool_trains_cancels_and_resumes_after_a_killed_worker(tmp_path, ray_cluster):
     write_classified_tiles(tmp_path / "share" / "exports", n=32, size=32, name="seg")
-    server = GpjobsServer(
-        tmp_path,
-        trainer="real",
-        env=ray_cluster["env"],
-        settings={
-            "pool": "ray",
-            "ray_address": ray_cluster["address"],
-            "devices": ["cpu"],
-            "heartbeat_timeout_s": 60,
-            "cancel_grace_s": 5,
-        },
-    ).start()
+    server = _ray_server(tmp_path, ray_cluster, heartbeat_timeout_s=60, cancel_grace_s=5)
     fields = {
         "in_folder": "/fileShares/default/exports/seg",
         "model_type": "UNET",
@@ -105,18 +104,7 @@ def test_a_job_no_ray_node_can_hold_fails_saying_why(tmp_path, ray_cluster):
     # Each job asks for 8 CPUs; the head has 2. Ray would keep the actor pending forever, and before, the job
     # ended as "Lost ... signal 9" after heartbeat_timeout_s; now it fails at once with the reason and a fix.
     write_classified_tiles(tmp_path / "share" / "exports", n=4, size=32, name="seg")
-    server = GpjobsServer(
-        tmp_path,
-        trainer="real",
-        env=ray_cluster["env"],
-        settings={
-            "pool": "ray",
-            "ray_address": ray_cluster["address"],
-            "devices": ["cpu"],
-            "ray_cpus_per_job": 8,
-            "heartbeat_timeout_s": 600,
-        },
-    ).start()
+    server = _ray_server(tmp_path, ray_cluster, ray_cpus_per_job=8, heartbeat_timeout_s=600)
     try:
         job_id = server.submit(
             in_folder="/fileShares/default/exports/seg",
