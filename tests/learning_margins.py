@@ -63,6 +63,17 @@ def _cases() -> dict[str, dict[str, Any]]:
     tiles = b.write_classified_tiles
     fell, above = loss_fell("train_loss"), metric_above
     r18 = {"backbone_model": "RESNET18", "stop_training": False}
+
+    def mmseg(model: str) -> dict[str, Any]:  # tests/training/test_mmseg.py: the same job, one head each
+        return _case(
+            lambda t: tiles(t, n=16, size=32),
+            "MMSEGMENTATION",
+            [fell],
+            **r18,
+            max_epochs=3,
+            arguments={"model": model, "class_balancing": True},
+        )
+
     return {
         "unet": _case(
             lambda t: tiles(t, n=16, size=32),
@@ -178,22 +189,8 @@ def _cases() -> dict[str, dict[str, Any]]:
             freeze_model=False,
             arguments={"model": "ssd"},
         ),
-        "mmseg-upernet": _case(
-            lambda t: tiles(t, n=16, size=32),
-            "MMSEGMENTATION",
-            [fell],
-            **r18,
-            max_epochs=3,
-            arguments={"model": "upernet", "class_balancing": True},
-        ),
-        "mmseg-ocrnet": _case(
-            lambda t: tiles(t, n=16, size=32),
-            "MMSEGMENTATION",
-            [fell],
-            **r18,
-            max_epochs=3,
-            arguments={"model": "ocrnet", "class_balancing": True},
-        ),
+        "mmseg-upernet": mmseg("upernet"),
+        "mmseg-ocrnet": mmseg("ocrnet"),
         "maxdeeplab": _case(
             lambda t: b.write_panoptic(t, n=16, size=64),
             "MAXDEEPLAB",
@@ -228,14 +225,7 @@ def _cases() -> dict[str, dict[str, Any]]:
             batch_size=4,
             arguments={"exemplar_size": 24, "instance_size": 48},
         ),
-        "mmseg": _case(
-            lambda t: tiles(t, n=16, size=32),
-            "MMSEGMENTATION",
-            [fell],
-            **r18,
-            max_epochs=3,
-            arguments={"model": "deeplabv3plus", "class_balancing": True},
-        ),
+        "mmseg": mmseg("deeplabv3plus"),
         "ssd": _case(
             lambda t: b.write_pascal_voc(t, n=24, size=64),
             "SSD",
