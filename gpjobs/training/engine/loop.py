@@ -15,7 +15,7 @@ import torch
 from gpjobs.training.checkpoint import CheckpointWriter, load_checkpoint
 from gpjobs.training.distributed import broadcast_from_main, mean_over_ranks
 from gpjobs.training.engine.config import FitConfig, FitResult, NaNLossError, OutOfMemory, is_out_of_memory
-from gpjobs.training.engine.runtime import Runtime, make_loaders, seed_epoch
+from gpjobs.training.engine.runtime import Runtime, keep_freed_memory, make_loaders, seed_epoch
 from gpjobs.training.engine.schedule import (
     LR_FIND_SHARE,
     RateChoice,
@@ -150,6 +150,8 @@ def read_checkpoint(config: FitConfig, reporter: Reporter) -> dict[str, Any] | N
 def fit(family: ModelFamily, model: torch.nn.Module, data: Any, config: FitConfig, reporter: Reporter) -> FitResult:
     """Train `model` (in place) and return the run's record; the model ends with the best epoch's weights."""
     runtime = Runtime.for_config(config)
+    if runtime.device.type == "cpu":
+        keep_freed_memory()
     model.to(runtime.device)
     train_loader, valid_loader = make_loaders(family, data, config, runtime)
     steps = len(train_loader)

@@ -66,9 +66,10 @@ def panoptic_loss(
     targets: Sequence[dict[str, torch.Tensor]],
     is_thing: torch.Tensor,
     chip_segments: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """MaX-DeepLab's total loss over a batch and its parts (floats, for logging); `chip_segments`: each
-    target's `segments` when the caller has them already (validation scores PQ against them too)."""
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """MaX-DeepLab's total loss over a batch and its parts (detached tensors, for logging: turning them into
+    floats here would wait for the device at every step); `chip_segments`: each target's `segments` when the
+    caller has them already (validation scores PQ against them too)."""
     size = out["masks"].shape[-2:]
     totals = {k: out["masks"].new_zeros(()) for k in WEIGHTS}
     for b, target in enumerate(targets):
@@ -113,7 +114,7 @@ def panoptic_loss(
         )
     count = max(len(targets), 1)
     parts = {k: v / count for k, v in totals.items()}
-    return sum(WEIGHTS[k] * v for k, v in parts.items()), {k: float(v.detach()) for k, v in parts.items()}
+    return sum(WEIGHTS[k] * v for k, v in parts.items()), {k: v.detach() for k, v in parts.items()}
 
 
 class PanopticQuality:
