@@ -32,14 +32,23 @@ demo-data: $(STAMP)
 	$(PY) -c "from tests.builders.exports import write_classified_tiles as w; \
 	print(w('var/fileshares/default', n=48, size=64, classes=((1, 'building'), (2, 'road')), name='demo_buildings'))"
 
-test: $(STAMP)
-	$(PY) -m pytest -q -m "not gpu and not heavy" $(PYTEST_ARGS)
+# Tests run on every core with pytest-xdist, at most 4 workers: each worker trains single-threaded models and
+# starts servers and training children of its own, so more workers than cores only adds contention, and each
+# holds up to ~2 GiB. --dist loadscope keeps a module (and its module-scoped trained model) on one worker.
+# `make test TEST_WORKERS=0` runs everything in one process, as before.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
+XDIST := -n $(TEST_WORKERS) --dist loadscope
 
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not gpu and not heavy" $(XDIST) $(PYTEST_ARGS)
+
+# No workers for the heavy tests (minutes of CPU each, sensitive to machine load) nor for the GPU tests (they
+# share one device and assert on its slots): one at a time.
 test-heavy: $(STAMP)
 	$(PY) -m pytest -q -m heavy $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow and not gpu and not heavy" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow and not gpu and not heavy" $(XDIST) $(PYTEST_ARGS)
 
 # The CUDA paths (AMP + GradScaler, pinned memory, device= loaders, GPU slots); they skip without a GPU.
 test-gpu: $(STAMP)

@@ -8,6 +8,10 @@ model, so any deterministic network will do.
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -144,28 +148,48 @@ def trained(tmp_path_factory) -> Callable[[str], dict[str, Any]]:
     """trained(name) -> {"package": .dlpk path, "folder": export folder, "emd": dict}; once per session. `name`
     is a model type, or "MODEL_TYPE/model" for one `model` argument of it."""
     cache: dict[str, dict[str, Any]] = {}
+    # Under pytest-xdist every worker has this session fixture: the workers share one folder (beside their own
+    # temp folders, removed with them at the end) and train each model once, the first to ask holding the lock.
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    shared = shared / "trained"
+    shared.mkdir(exist_ok=True)
 
     def get(name: str) -> dict[str, Any]:
         if name not in cache:
-            builder, data_kw, train_kw = RECIPES[name]
-            model_type, _, model = name.partition("/")
-            root = tmp_path_factory.mktemp(name.lower().replace("/", "_"))
-            folder = builder(root, **data_kw)
-            kw: dict[str, Any] = {"max_epochs": 1, "learning_rate": 0.001, "batch_size": 4, "validation_percent": 25.0}
-            if model_type not in NO_BACKBONE:
-                kw["backbone_model"] = "RESNET18"
-            kw.update(train_kw)
-            if model:
-                kw["arguments"] = {**kw.get("arguments", {}), "model": model}
-            spec = make_spec(root, [folder], model_type, **kw)
-            code, reporter = train(spec)
-            assert code == ExitCode.OK, [e for e in reporter.events if e["type"] in ("failed", "message")]
-            result = result_of(reporter)
-            chips = folder / "A" if model_type == "CYCLEGAN" else folder  # CycleGAN translates domain A
-            cache[name] = {"package": Path(result["package"]), "folder": chips, "emd": emd_of(result)}
+            root = shared / name.lower().replace("/", "_")
+            with open(f"{root}.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+                record = root / "trained.json"
+                if not record.is_file():
+                    shutil.rmtree(root, ignore_errors=True)  # what a failed attempt left
+                    root.mkdir()
+                    record.write_text(json.dumps(_train(name, root)))
+                run = json.loads(record.read_text())
+            cache[name] = {"package": Path(run["package"]), "folder": Path(run["folder"]), "emd": run["emd"]}
         return cache[name]
 
     return get
+
+
+def _train(name: str, root: Path) -> dict[str, Any]:
+    """Trains RECIPES[name] in `root`: {"package", "folder", "emd"} (paths as str)."""
+    builder, data_kw, train_kw = RECIPES[name]
+    model_type, _, model = name.partition("/")
+    folder = builder(root, **data_kw)
+    kw: dict[str, Any] = {"max_epochs": 1, "learning_rate": 0.001, "batch_size": 4, "validation_percent": 25.0}
+    if model_type not in NO_BACKBONE:
+        kw["backbone_model"] = "RESNET18"
+    kw.update(train_kw)
+    if model:
+        kw["arguments"] = {**kw.get("arguments", {}), "model": model}
+    spec = make_spec(root, [folder], model_type, **kw)
+    code, reporter = train(spec)
+    assert code == ExitCode.OK, [e for e in reporter.events if e["type"] in ("failed", "message")]
+    result = result_of(reporter)
+    chips = folder / "A" if model_type == "CYCLEGAN" else folder  # CycleGAN translates domain A
+    return {"package": str(result["package"]), "folder": str(chips), "emd": emd_of(result)}
 
 
 def chip_paths(folder: Path, count: int, sub: str = "images") -> list[Path]:

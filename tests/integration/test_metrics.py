@@ -72,7 +72,15 @@ async def test_metrics_follow_a_job_from_queue_to_finish(make_config):
                 break
             await asyncio.sleep(0.05)
         await client.get("/no/such/page")
-        found = samples(await (await client.get("/metrics")).text())
+        # The job reads as succeeded once its status is committed; the scheduler ends the attempt (and counts
+        # it) just after. Under load that gap is longer than one scrape: wait for it, then check everything.
+        for _ in range(100):
+            found = samples(await (await client.get("/metrics")).text())
+            if value(
+                found, "gpjobs_job_run_seconds_count", model_type="FEATURE_CLASSIFIER", outcome="esriJobSucceeded"
+            ):
+                break
+            await asyncio.sleep(0.05)
     finally:
         await client.close()
     assert value(found, "gpjobs_jobs", status="esriJobSucceeded", model_type="FEATURE_CLASSIFIER") == 1
