@@ -371,3 +371,12 @@ def test_checkpoint_writes_the_best_copy_once_and_snapshots_the_rest(tmp_path, s
     assert torch.equal(saved["model"]["weight"], live_weight)
     assert torch.equal(saved["stepper"]["moments"][0], live_weight)
     assert torch.equal(saved["best_state"]["weight"], best_weight)
+
+
+def test_detectors_keep_the_epoch_with_the_best_validation_ap_by_default():
+    from gpjobs.catalog import MODEL_TYPES
+
+    detectors = [m for m in MODEL_TYPES.values() if m.task in ("detection", "instance")]
+    assert {"FASTERRCNN", "YOLOV3", "MASKRCNN", "SSD", "RETINANET"} <= {m.name for m in detectors}
+    assert {m.arguments["monitor"].default for m in detectors} == {"average_precision"}
+    assert MODEL_TYPES["UNET"].arguments["monitor"].default == "valid_loss"
