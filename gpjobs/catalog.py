@@ -286,9 +286,17 @@ class ModelTypeInfo:
     esri_model_name: str = ""  # .emd ModelName (arcgis.learn class name)
 
 
+# Detectors keep the epoch with the best validation AP, not the lowest validation loss: trained from random
+# weights their loss is lowest before they detect anything (bench/quality.py palms, FASTERRCNN seed 42: the
+# valid_loss rule restored an epoch of AP 0.0 where the last epochs had 0.32; held-out Esri AP 0.000 -> 0.181).
+DETECTION_MONITOR = ArgSpec("str", "average_precision", COMMON_ARGUMENTS["monitor"].help)
+DETECTION_TASKS = ("detection", "instance")
+
+
 def _mt(
     name: str, family: str, task: str, formats, backbones, default, arguments=None, *, esri_model_name: str = ""
 ) -> ModelTypeInfo:
+    monitor = {"monitor": DETECTION_MONITOR} if task in DETECTION_TASKS else {}
     return ModelTypeInfo(
         name,
         family,
@@ -296,7 +304,7 @@ def _mt(
         frozenset(formats),
         tuple(backbones),
         default,
-        {**COMMON_ARGUMENTS, **(arguments or {})},
+        {**COMMON_ARGUMENTS, **monitor, **(arguments or {})},
         esri_model_name,
     )
 

@@ -377,3 +377,12 @@ def test_checkpoint_writes_the_best_copy_once_and_snapshots_the_rest(tmp_path, s
     with zipfile.ZipFile(tmp_path / "checkpoint.pt") as archive:
         assert {record.CRC for record in archive.infolist()} == {0}
     assert torch.utils.serialization.config.save.compute_crc32  # other saves keep torch's default
+
+
+def test_detectors_keep_the_epoch_with_the_best_validation_ap_by_default():
+    from gpjobs.catalog import MODEL_TYPES
+
+    detectors = [m for m in MODEL_TYPES.values() if m.task in ("detection", "instance")]
+    assert {"FASTERRCNN", "YOLOV3", "MASKRCNN", "SSD", "RETINANET"} <= {m.name for m in detectors}
+    assert {m.arguments["monitor"].default for m in detectors} == {"average_precision"}
+    assert MODEL_TYPES["UNET"].arguments["monitor"].default == "valid_loss"
