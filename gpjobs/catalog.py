@@ -290,13 +290,13 @@ class ModelTypeInfo:
 # weights their loss is lowest before they detect anything (bench/quality.py palms, FASTERRCNN seed 42: the
 # valid_loss rule restored an epoch of AP 0.0 where the last epochs had 0.32; held-out Esri AP 0.000 -> 0.181).
 DETECTION_MONITOR = ArgSpec("str", "average_precision", COMMON_ARGUMENTS["monitor"].help)
-DETECTION_TASKS = ("detection", "instance")
+TASKS_WITH_AP = ("detection", "instance")  # their families report Esri average_precision
 
 
 def _mt(
     name: str, family: str, task: str, formats, backbones, default, arguments=None, *, esri_model_name: str = ""
 ) -> ModelTypeInfo:
-    monitor = {"monitor": DETECTION_MONITOR} if task in DETECTION_TASKS else {}
+    monitor = {"monitor": DETECTION_MONITOR} if task in TASKS_WITH_AP else {}
     return ModelTypeInfo(
         name,
         family,
