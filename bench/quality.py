@@ -9,6 +9,7 @@ LR range test runs; freeze_model, stop_training, validation_percent and every ar
 only the backbone is set, RESNET18, and the seed); the peer is bench/qualitylib/peers.py.
 
     python bench/quality.py [--quick] [--rows unet,classifier,...] [--seeds 3] [--first-seed 42] [--json out.json]
+                            [--device cuda]
 
 Rows: unet (roads), unet-buildings, classifier (overhead tiles), classifier-digits, classifier-digits-noaug
 (scikit-learn's handwritten digits), fasterrcnn, yolov3 (default: unet, classifier, fasterrcnn, yolov3; the
@@ -19,6 +20,8 @@ test and packaging included; peer: data to saved weights; imports excluded on bo
 against the goal: ours >= peer and our wall time <= 1.2 x the peer's. Data is built once into
 ~/.cache/gpjobs-bench (GPJOBS_BENCH_CACHE); runs go to <cache>/runs/<time>/ with each job's log. Needs the
 `bench` extra (segmentation-models-pytorch) for the segmentation peer. Single-threaded runs, one at a time.
+`--device cuda`: both sides train on the GPU (ours: processorType GPU, with its default mixed precision; the
+peer in float32); held-out predictions are made on the CPU for both.
 """
 
 from __future__ import annotations
@@ -85,7 +88,7 @@ def _last_json(text: str) -> dict:
     return json.loads(lines[-1])
 
 
-def run_peer(data: DataSet, seed: int, epochs: int, batch: int, work: Path) -> dict:
+def run_peer(data: DataSet, seed: int, epochs: int, batch: int, work: Path, device: str = "cpu") -> dict:
     out = work / "peer.pt"
     cmd = [
         PYTHON,
@@ -99,6 +102,8 @@ def run_peer(data: DataSet, seed: int, epochs: int, batch: int, work: Path) -> d
         str(batch),
         "--out",
         str(out),
+        "--device",
+        device,
     ]
     done = subprocess.run(cmd, check=False, capture_output=True, text=True, env=_env(), cwd=REPO)
     (work / "peer.log").write_text(done.stdout + done.stderr)
@@ -179,6 +184,7 @@ def main() -> int:
         help="diagnostic: give our jobs this learning_rate (no LR range test)",
     )
     parser.add_argument("--ours-no-freeze", action="store_true", help="diagnostic: our jobs with freeze_model=false")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda: where both sides train")
     args = parser.parse_args()
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = [r for r in rows if r not in ROWS]
@@ -188,6 +194,7 @@ def main() -> int:
     extra = (["--learning-rate", str(args.ours_learning_rate)] if args.ours_learning_rate else []) + (
         ["--no-freeze-model"] if args.ours_no_freeze else []
     )
+    on_gpu = ["--processor-type", "GPU"] if args.device.startswith("cuda") else []
     if extra:
         print(f"DIAGNOSTIC: our jobs are not at the task's defaults: {' '.join(extra)}", flush=True)
     run_dir = CACHE / "runs" / time.strftime("%Y%m%d-%H%M%S")
@@ -214,7 +221,7 @@ def main() -> int:
             if peer_key not in peers:
                 peer_work = run_dir / f"peer-{row.data}" / str(seed)
                 peer_work.mkdir(parents=True, exist_ok=True)
-                peer = run_peer(data, seed, epochs, row.batch, peer_work)
+                peer = run_peer(data, seed, epochs, row.batch, peer_work, args.device)
                 from bench.qualitylib.peers import predict
 
                 held = data.arrays("heldout")["images"]
@@ -222,7 +229,7 @@ def main() -> int:
                 if not args.keep:
                     Path(peer["saved"]).unlink()
             peer = peers[peer_key]
-            ours = run_ours(row, data, seed, epochs, row.batch, work, extra)
+            ours = run_ours(row, data, seed, epochs, row.batch, work, extra + on_gpu)
             run = {
                 "seed": seed,
                 "ours_wall": ours["wall"],
@@ -266,8 +273,9 @@ def main() -> int:
                 f"{f'{ours_wall:.0f}/{peer_wall:.0f}':>17} {wall_ratio:>6.2f}  {'PASS' if ok else 'FAIL'}"
             )
     print(
-        f"\nseeds {seeds}; {'quick' if args.quick else 'full'} data; goal: ours >= peer and wall ratio <= "
-        f"{WALL_GOAL}" + (f"; DIAGNOSTIC ours with {' '.join(extra)}" if extra else "")
+        f"\nseeds {seeds}; {'quick' if args.quick else 'full'} data; device {args.device}; "
+        f"goal: ours >= peer and wall ratio <= {WALL_GOAL}"
+        + (f"; DIAGNOSTIC ours with {' '.join(extra)}" if extra else "")
     )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -7,10 +7,10 @@
 
 Each loop trains on every chip of the training export (the peer has no use for a validation split), reading
 the exact chip pixels from train.npz, normalised per band by the training chips' mean and std. Run as a
-script in its own process, one thread; the reported wall time runs from reading the data to the saved
-weights (imports excluded, as for our side):
+script in its own process, one thread, on the CPU or a CUDA device (`--device cuda`, float32: no autocast);
+the reported wall time runs from reading the data to the saved weights (imports excluded, as for our side):
 
-    python bench/qualitylib/peers.py DATA_FOLDER --seed 0 --epochs 2 --batch 8 --out peer.pt
+    python bench/qualitylib/peers.py DATA_FOLDER --seed 0 --epochs 2 --batch 8 --out peer.pt [--device cuda]
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def predict(saved: Path, images: np.ndarray, batch: int = 16) -> list:
     return out
 
 
-def train(folder: Path, seed: int, epochs: int, batch: int, out: Path) -> dict:
+def train(folder: Path, seed: int, epochs: int, batch: int, out: Path, device: str = "cpu") -> dict:
     info = json.loads((folder / "info.json").read_text())
     task, n_classes = info["task"], len(info["classes"])
     values = [v for v, _ in info["classes"]]
@@ -111,7 +111,7 @@ def train(folder: Path, seed: int, epochs: int, batch: int, out: Path) -> dict:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    model = build(task, images.shape[-1], n_classes, info["chip"])
+    model = build(task, images.shape[-1], n_classes, info["chip"]).to(device)
     lr = LEARNING_RATE[task]
     if task == "detection":
         optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
@@ -125,17 +125,19 @@ def train(folder: Path, seed: int, epochs: int, batch: int, out: Path) -> dict:
         perm = torch.randperm(len(x), generator=order)
         for start in range(0, len(perm) - batch + 1 if len(perm) >= 2 * batch else len(perm), batch):
             idx = perm[start : start + batch]
+            images_ = x[idx].to(device)
             if task == "detection":
-                loss = sum(model(list(x[idx]), [y[int(i)] for i in idx]).values())
+                targets = [{k: v.to(device) for k, v in y[int(i)].items()} for i in idx]
+                loss = sum(model(list(images_), targets).values())
             else:
-                loss = loss_fn(model(x[idx]), y[idx])
+                loss = loss_fn(model(images_), y[idx].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
     torch.save(
         {
-            "model": model.state_dict(),
+            "model": {k: v.cpu() for k, v in model.state_dict().items()},
             "mean": mean,
             "std": std,
             "config": {
@@ -147,6 +149,7 @@ def train(folder: Path, seed: int, epochs: int, batch: int, out: Path) -> dict:
                 "epochs": epochs,
                 "batch": batch,
                 "lr": lr,
+                "device": device,
             },
         },
         out,
@@ -165,10 +168,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, required=True)
     parser.add_argument("--batch", type=int, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--device", default="cpu", help="cpu or a CUDA device (cuda, cuda:1)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     started = time.perf_counter()  # imports are not the job: the clock starts where the data is read
-    result = train(args.data, args.seed, args.epochs, args.batch, args.out)
+    result = train(args.data, args.seed, args.epochs, args.batch, args.out, args.device)
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize(args.device)
     print(json.dumps({**result, "wall": time.perf_counter() - started}))
 
 
