@@ -200,5 +200,8 @@ def _np(value: Any, dtype) -> np.ndarray:
     if value is None:
         return np.zeros(0, dtype=dtype)
     if hasattr(value, "detach"):  # a torch tensor, without importing torch here
-        value = value.detach().cpu().numpy()
+        value = value.detach().cpu()
+        if value.is_floating_point():  # bfloat16 (autocast on a GPU) has no numpy dtype
+            value = value.float()
+        value = value.numpy()
     return np.asarray(value, dtype=dtype)

@@ -16,7 +16,7 @@ import torch
 
 from gpjobs.training.models import family_for
 from gpjobs.training.package import load_model, open_package
-from tests.builders.exports import write_classified_tiles, write_labeled_tiles, write_pix2pix
+from tests.builders.exports import write_classified_tiles, write_labeled_tiles, write_pascal_voc, write_pix2pix
 from tests.training.helpers import train_and_package
 
 pytestmark = pytest.mark.gpu
@@ -175,3 +175,27 @@ def test_gan_hook_steps_both_optimizers_through_the_scaler_in_float16(tmp_path, 
         family, model = load_model(package)
         image = family.predict(model, torch.rand(1, 3, 32, 32))[0]["_image"]
     assert image.shape == (32, 32, 3) and np.isfinite(image).all()
+
+
+@pytest.mark.parametrize("model_type", ["YOLOV3", "FASTERRCNN"])
+def test_detectors_validate_and_package_under_autocast_on_cuda(tmp_path, probe, model_type):
+    # the detectors' validation scores each epoch's boxes (AP monitor): under bfloat16 autocast that once failed
+    # in YOLOV3 with "unsupported ScalarType BFloat16" before the first epoch ended
+    seen = probe(model_type, "validate")
+    folder = write_pascal_voc(tmp_path, n=16, size=64)
+    run = train_and_package(
+        tmp_path,
+        folder,
+        model_type,
+        backbone_model=None if model_type == "YOLOV3" else "RESNET18",
+        max_epochs=2,
+        batch_size=4,
+        stop_training=False,
+        device="cuda:0",
+    )
+    assert len(seen["validate"]) == 2 and all(s["enabled"] and s["device"] == "cuda" for s in seen["validate"])
+    assert 0.0 <= run.metrics["average_precision"] <= 1.0
+    with open_package(run.package) as package:
+        family, model = load_model(package)
+        found = family.predict(model, torch.rand(1, 3, 64, 64))[0]
+    assert np.asarray(found["boxes"], np.float64).reshape(-1, 4).shape[1] == 4

@@ -183,6 +183,18 @@ def test_yolo_head_shapes_and_learning():
     assert len(found) == 4 and all(d["boxes"].shape[-1] == 4 for d in found)
 
 
+def test_yolo_outputs_float32_under_bfloat16_autocast():
+    # the GPU default: decoding and the loss must not run in bfloat16 (off by pixels; no numpy dtype either)
+    torch.manual_seed(0)
+    anchors = yolo_anchors(np.full((9, 2), 16.0) * np.linspace(0.5, 2, 9)[:, None])
+    model = YOLOv3Net(TinyBackbone(), 2, anchors, width=32).eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        raw = model.raw(torch.rand(1, 3, 64, 64))
+        found = model.detect(torch.rand(1, 3, 64, 64))
+    assert {o.dtype for o in raw} == {torch.float32}
+    assert found[0]["boxes"].dtype == found[0]["scores"].dtype == torch.float32
+
+
 def test_yolo_truth_goes_to_every_fitting_anchor_in_its_cell_and_two_nearest_neighbours():
     # one 12x10 px box centred at (21, 13) px on a stride-8 grid of 4x4 cells: centre cell (x 2, y 1), in its right
     # and lower half (fractions 0.625 -> the right and lower neighbours); anchors 10x10 and 30x30 fit (< 4x), 50x8

@@ -135,3 +135,16 @@ def test_greedy_matching_skips_only_predictions_that_cannot_match():
         iou[rng.random(iou.shape) < 0.05] = np.nan
         for thresh in (0.1, 0.5, 0.9):
             assert np.array_equal(_greedy_match(iou, thresh), plain(iou, thresh))
+
+
+def test_bfloat16_predictions_are_scored_like_float32():
+    # autocast on a GPU hands the evaluator bfloat16 tensors, which have no numpy dtype
+    torch = pytest.importorskip("torch")
+    pred = {"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]]), "scores": torch.tensor([0.9]), "labels": torch.tensor([1])}
+    truth = {"boxes": [[0, 0, 10, 10]], "labels": [1]}
+    results = []
+    for dtype in (torch.float32, torch.bfloat16):
+        ev = DetectionEvaluator(1)
+        ev.add({**pred, "boxes": pred["boxes"].to(dtype), "scores": pred["scores"].to(dtype)}, truth)
+        results.append(ev.compute(["a"])["average_precision"])
+    assert results[0] == results[1] == 1.0

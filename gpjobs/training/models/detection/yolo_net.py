@@ -101,7 +101,8 @@ class YOLOv3Net(nn.Module):
         x5 = self.set5(f5)
         x4 = self.set4(torch.cat([F.interpolate(self.lat5(x5), size=f4.shape[-2:], mode="nearest"), f4], 1))
         x3 = self.set3(torch.cat([F.interpolate(self.lat4(x4), size=f3.shape[-2:], mode="nearest"), f3], 1))
-        outs = (self.out3(x3), self.out4(x4), self.out5(x5))
+        # float32 outputs whatever the autocast: decoding and the CIoU loss in bfloat16 would be off by pixels
+        outs = (self.out3(x3).float(), self.out4(x4).float(), self.out5(x5).float())
         return tuple(o.view(o.shape[0], 3, 5 + self.num_classes, o.shape[-2], o.shape[-1]) for o in outs)
 
 
