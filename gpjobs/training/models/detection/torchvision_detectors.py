@@ -36,7 +36,11 @@ RCNN_KWARGS = (
 
 
 def resized_sizes(chip: int) -> tuple[int, int]:
-    """(min_size, max_size) of torchvision's transform: 1.5x and 2x the chip (arcgis' MaskRCNN setting)."""
+    """(min_size, max_size) of torchvision's transform: 1.5x and 2x the chip (arcgis' MaskRCNN setting).
+
+    Worth its 2.25x pixels: bench/quality.py fasterrcnn on full palms (160 px chips, 5 epochs, batch 4, an H200),
+    seeds 42-44, held-out Esri AP / COCO mAP@0.5 0.912 / 0.884 at 1.5x (a second run: 0.874 / 0.822; cuDNN runs
+    are not bit-reproducible) against 0.829 / 0.812 without resizing (the torchvision peer: 0.750 / 0.653)."""
     return int(round(1.5 * chip)), int(round(2 * chip))
 
 
