@@ -198,4 +198,5 @@ def test_detectors_validate_and_package_under_autocast_on_cuda(tmp_path, probe, 
     with open_package(run.package) as package:
         family, model = load_model(package)
         found = family.predict(model, torch.rand(1, 3, 64, 64))[0]
-    assert np.asarray(found["boxes"], np.float64).reshape(-1, 4).shape[1] == 4
+    boxes = np.asarray(found["boxes"], np.float64).reshape(-1, 4)
+    assert len(boxes) == len(found["scores"]) == len(found["class_values"]) and np.isfinite(boxes).all()
