@@ -23,6 +23,7 @@ from gpjobs.training.models.detection.yolo_net import (
     assign_targets,
     check_chip_multiple,
     decode_boxes,
+    resized_side,
     yolo_loss,
 )
 
@@ -181,6 +182,30 @@ def test_yolo_head_shapes_and_learning():
     with torch.no_grad():
         found = model.detect(images)
     assert len(found) == 4 and all(d["boxes"].shape[-1] == 4 for d in found)
+
+
+def test_yolo_resizes_chips_inside_the_network_and_keeps_boxes_in_chip_pixels():
+    assert [resized_side(c) for c in (32, 64, 160, 224, 416)] == [64, 96, 256, 352, 640]  # ~1.5x, multiples of 32
+    torch.manual_seed(0)
+    anchors = yolo_anchors(np.full((9, 2), 16.0) * np.linspace(0.5, 2, 9)[:, None])
+    model = YOLOv3Net(TinyBackbone(), 2, anchors, width=32, input_scale=1.5)
+    assert model.strides == pytest.approx((8 / 1.5, 16 / 1.5, 32 / 1.5))
+    raw = model.raw(torch.zeros(2, 3, 64, 64))  # 64 px chips run at 96 px: maps of 12, 6 and 3 cells
+    assert [tuple(o.shape[-2:]) for o in raw] == [(12, 12), (6, 6), (3, 3)]
+    losses, images, targets = _overfit(model, lambda out, t: yolo_loss(out, t, model.anchors, model.strides))
+    assert losses[-1] < 0.5 * losses[0]
+    model.eval()
+    with torch.no_grad():
+        boxes = decode_boxes(model.raw(images)[0], model.anchors[:3], model.strides[0])
+    centres = (boxes[..., :2] + boxes[..., 2:]) / 2  # cell centres span the chip, not the resized input
+    assert float(centres.min()) > -8 and float(centres.max()) < 72
+    # the scale travels in the state dict; a state dict from before the resize loads as "run chips as they are"
+    fresh = YOLOv3Net(TinyBackbone(), 2, anchors, width=32)
+    fresh.load_state_dict(model.state_dict())
+    assert fresh.scale == 1.5 and fresh.strides == model.strides
+    old = {k: v for k, v in model.state_dict().items() if k != "input_scale"}
+    fresh.load_state_dict(old)
+    assert fresh.scale == 1.0 and fresh.strides == (8, 16, 32)
 
 
 def test_yolo_outputs_float32_under_bfloat16_autocast():

@@ -1,4 +1,5 @@
-"""YOLOV3: Darknet-53 + three-scale YOLO heads, anchors from k-means over the training boxes (yolo_net.py)."""
+"""YOLOV3: Darknet-53 + three-scale YOLO heads over chips resized about 1.5x inside the network, anchors from
+k-means over the training boxes (yolo_net.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from gpjobs.catalog import ArgumentError
 from gpjobs.training.backbones import build_backbone
 from gpjobs.training.models.detection.anchors import yolo_anchors
 from gpjobs.training.models.detection.common import DetectionFamily, training_box_sizes
-from gpjobs.training.models.detection.yolo_net import YOLOv3Net, check_chip_multiple
+from gpjobs.training.models.detection.yolo_net import YOLOv3Net, check_chip_multiple, resized_side
 
 
 class YOLOv3Family(DetectionFamily):
@@ -49,11 +50,19 @@ class YOLOv3Family(DetectionFamily):
             self.say(
                 "info", f"YOLOv3 anchors from k-means over {len(self.box_sizes)} training boxes: {self.args['anchors']}"
             )
+        if self.input_scale != 1.0:
+            self.say("info", f"YOLOv3 resizes {self.chip} px chips to {resized_side(self.chip)} px inside the network")
 
     @property
     def anchors(self) -> list[list[float]]:
         # Without data (rebuilding a package) any 9 anchors do: the saved state dict carries the real ones.
         return self.args.get("anchors") or yolo_anchors([], fallback_chip=self.chip)
+
+    @property
+    def input_scale(self) -> float:
+        """resized_side's scale for square chips; others run as they are (both sides must stay multiples of 32)."""
+        h, w = (int(s) for s in self.info.chip_size)
+        return resized_side(h) / h if h == w else 1.0
 
     def deployable(self, model: nn.Module) -> nn.Module:
         from gpjobs.training.models.detection.deploy import DenseDetections
@@ -69,7 +78,7 @@ class YOLOv3Family(DetectionFamily):
         if self.args.get("pretrained_backbone") is False and self.weights.skip_reason is None:
             self.weights.skip_reason = "pretrained_backbone=false"
         body = build_backbone("DARKNET53", self.in_channels, weights=self.weights, say=self.say)
-        return YOLOv3Net(body, self.num_classes, self.anchors)
+        return YOLOv3Net(body, self.num_classes, self.anchors, input_scale=self.input_scale)
 
     def extra_parameters(self) -> dict[str, Any]:
         return {"anchors": self.anchors, "pretrained_backbone": bool(self.args.get("pretrained_backbone", True))}
