@@ -269,6 +269,23 @@ DETECTION_RCNN_ARGUMENTS: dict[str, ArgSpec] = {
 }
 
 
+# FASTERRCNN samples 256 proposals per image for its box head, not torchvision's 512: on the CPU the box head's
+# RoIAlign backward is a third of a step. bench/qualitylib/ours.py on full palms (160 px, 5 epochs, batch 4, CPU,
+# one thread), held-out Esri AP@0.2 / COCO mAP@0.5 and job wall: seed 42 0.907 / 0.889 in 732 s at 512,
+# 0.906 / 0.874 in 555 s at 256; seed 43 0.874 / 0.823 in 789 s, 0.870 / 0.847 in 524 s (the torchvision peer's
+# loop: 635 s and 587 s).
+FASTERRCNN_ARGUMENTS: dict[str, ArgSpec] = {
+    **DETECTION_RCNN_ARGUMENTS,
+    "box_batch_size_per_image": ArgSpec(
+        "int",
+        256,
+        "proposals per image that train the box head (torchvision's default: 512)",
+        minimum=1,
+        maximum=100_000,
+    ),
+}
+
+
 # --- model types -------------------------------------------------------------------------------
 
 
@@ -397,7 +414,7 @@ MODEL_TYPES: dict[str, ModelTypeInfo] = {
             DETECTION_FORMATS,
             FPN_BACKBONES,
             "RESNET50",
-            DETECTION_RCNN_ARGUMENTS,
+            FASTERRCNN_ARGUMENTS,
             esri_model_name="FasterRCNN",
         ),
         _mt(
