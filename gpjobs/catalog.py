@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gpjobs.parsing import list_parser, loads_json, parse_bool, parse_float, parse_int, parse_str
@@ -276,12 +276,10 @@ DETECTION_RCNN_ARGUMENTS: dict[str, ArgSpec] = {
 # loop: 635 s and 587 s).
 FASTERRCNN_ARGUMENTS: dict[str, ArgSpec] = {
     **DETECTION_RCNN_ARGUMENTS,
-    "box_batch_size_per_image": ArgSpec(
-        "int",
-        256,
-        "proposals per image that train the box head (torchvision's default: 512)",
-        minimum=1,
-        maximum=100_000,
+    "box_batch_size_per_image": replace(
+        DETECTION_RCNN_ARGUMENTS["box_batch_size_per_image"],
+        default=256,
+        help="proposals per image that train the box head (torchvision's default: 512)",
     ),
 }
 
