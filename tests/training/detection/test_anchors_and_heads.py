@@ -19,6 +19,7 @@ from gpjobs.training.models.detection.anchors import (
 from gpjobs.training.models.detection.darknet import darknet53_features
 from gpjobs.training.models.detection.ssd_net import SSDNet, match_anchors, ssd_loss
 from gpjobs.training.models.detection.yolo_net import (
+    DecoupledOutput,
     YOLOv3Net,
     assign_targets,
     check_chip_multiple,
@@ -173,7 +174,10 @@ def test_ssd_head_shapes_matching_and_learning():
 def test_yolo_head_shapes_and_learning():
     torch.manual_seed(0)
     anchors = yolo_anchors(np.full((9, 2), 16.0) * np.linspace(0.5, 2, 9)[:, None])
-    model = YOLOv3Net(TinyBackbone(), 2, anchors, width=32)
+    # width 64: the decoupled branches of the stride-8 level are then 16 channels wide (8 at width 32 halved the
+    # loss in 40 steps, not 25)
+    model = YOLOv3Net(TinyBackbone(), 2, anchors, width=64)
+    assert isinstance(model.out3, DecoupledOutput)
     outs = model(torch.zeros(2, 3, 64, 64))
     assert [tuple(o.shape) for o in outs] == [(2, 3, 7, 8, 8), (2, 3, 7, 4, 4), (2, 3, 7, 2, 2)]
     losses, images, targets = _overfit(model, lambda out, t: yolo_loss(out, t, model.anchors, model.strides))
@@ -206,6 +210,28 @@ def test_yolo_resizes_chips_inside_the_network_and_keeps_boxes_in_chip_pixels():
     old = {k: v for k, v in model.state_dict().items() if k != "input_scale"}
     fresh.load_state_dict(old)
     assert fresh.scale == 1.0 and fresh.strides == (8, 16, 32)
+
+
+def test_yolo_packages_with_the_coupled_head_load_and_predict_as_they_were_trained():
+    # YOLOv3's own output (one branch for boxes, objectness and classes) was the head before the decoupled one:
+    # a state dict holding it rebuilds that head and gives the same outputs
+    torch.manual_seed(0)
+    anchors = yolo_anchors(np.full((9, 2), 16.0) * np.linspace(0.5, 2, 9)[:, None])
+    old = YOLOv3Net(TinyBackbone(), 2, anchors, width=32, decoupled=False).eval()
+    assert not isinstance(old.out3, DecoupledOutput)
+    fresh = YOLOv3Net(TinyBackbone(), 2, anchors, width=32).eval()
+    assert isinstance(fresh.out3, DecoupledOutput)
+    fresh.load_state_dict(old.state_dict())
+    assert not any(isinstance(m, DecoupledOutput) for m in fresh.modules())
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(old.raw(images), fresh.raw(images)):
+            assert torch.equal(a, b)
+    # and a decoupled state dict into a decoupled network stays decoupled, in the same layout
+    again = YOLOv3Net(TinyBackbone(), 2, anchors, width=32)
+    again.load_state_dict(YOLOv3Net(TinyBackbone(), 2, anchors, width=32).state_dict())
+    assert isinstance(again.out5, DecoupledOutput)
+    assert [tuple(o.shape) for o in again.raw(images)] == [(2, 3, 7, 8, 8), (2, 3, 7, 4, 4), (2, 3, 7, 2, 2)]
 
 
 def test_yolo_outputs_float32_under_bfloat16_autocast():

@@ -1,5 +1,5 @@
-"""YOLOV3: Darknet-53 + three-scale YOLO heads over chips resized about 1.5x inside the network, anchors from
-k-means over the training boxes (yolo_net.py)."""
+"""YOLOV3: Darknet-53 + three-scale YOLO heads (decoupled outputs) over chips resized about 1.5x inside the
+network, anchors from k-means over the training boxes (yolo_net.py)."""
 
 from __future__ import annotations
 
