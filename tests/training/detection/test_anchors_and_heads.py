@@ -19,12 +19,14 @@ from gpjobs.training.models.detection.anchors import (
 from gpjobs.training.models.detection.darknet import darknet53_features
 from gpjobs.training.models.detection.ssd_net import SSDNet, match_anchors, ssd_loss
 from gpjobs.training.models.detection.yolo_net import (
+    NMS_OVERLAP,
     DecoupledOutput,
     YOLOv3Net,
     assign_targets,
     check_chip_multiple,
     decode_boxes,
     resized_side,
+    yolo_detect,
     yolo_loss,
 )
 
@@ -255,6 +257,20 @@ def test_yolo_truth_goes_to_every_fitting_anchor_in_its_cell_and_two_nearest_nei
     cells = sorted(zip(anchor.tolist(), cy.tolist(), cx.tolist()))
     assert cells == [(0, 1, 2), (0, 1, 3), (0, 2, 2), (1, 1, 2), (1, 1, 3), (1, 2, 2)]
     assert truth.tolist() == [0] * 6
+
+
+def test_yolo_drops_boxes_that_overlap_a_better_one_by_more_than_arcgis_nms_overlap():
+    # two confident 16 px boxes of one class in neighbouring stride-8 cells overlap by IoU 1/3: arcgis' tools
+    # keep one (nms_overlap 0.1); a third, apart from both, stays
+    raw = [torch.full((1, 3, 6, n, n), -20.0) for n in (4, 2, 1)]
+    raw[0][0, 0, :4] = 0.0  # centre mid-cell, size 1x the anchor
+    for y, x, score in ((0, 0, 3.0), (0, 1, 2.0), (3, 3, 1.0)):
+        raw[0][0, 0, 4:, y, x] = score
+    anchors = torch.full((9, 2), 16.0)
+    found = yolo_detect(tuple(raw), anchors, (8, 16, 32))[0]
+    assert NMS_OVERLAP == 0.1
+    assert found["boxes"].tolist() == [[-4.0, -4.0, 12.0, 12.0], [20.0, 20.0, 36.0, 36.0]]
+    assert len(yolo_detect(tuple(raw), anchors, (8, 16, 32), nms_thresh=0.45)[0]["boxes"]) == 3
 
 
 def test_yolo_decoding_is_bounded_around_its_cell_and_anchor():
