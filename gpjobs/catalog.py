@@ -188,7 +188,12 @@ COMMON_ARGUMENTS: dict[str, ArgSpec] = {
     "monitor": ArgSpec("str", "valid_loss", "metric watched by early stopping and best-epoch selection"),
     "patience": ArgSpec("int", 5, "epochs without improvement before early stopping", minimum=1, maximum=10_000),
     "min_delta": ArgSpec(
-        "float", 0.001, "smallest change of the monitored value that counts as improvement", minimum=0, maximum=1e6
+        "float",
+        0.001,
+        "smallest change of the monitored value that resets early stopping's patience (the best epoch is kept "
+        "whenever the value improves at all)",
+        minimum=0,
+        maximum=1e6,
     ),
     "seed": ArgSpec(
         "int", 42, "seed for the train/validation split, augmentation and initialisation", minimum=0, maximum=2**31 - 1

@@ -265,11 +265,14 @@ def test_monitor_metric_is_maximised_and_min_delta_counts():
         ),
     )
     assert result.monitor == "accuracy" and result.best_score == max(h["accuracy"] for h in result.history)
-    _, flat, _ = run(
-        family(scripted=[1.0, 0.9995, 0.999, 0.9985]),
+    # As fastai's callbacks (arcgis.learn): improving by less than min_delta keeps the epoch as the best but
+    # counts against early stopping's patience.
+    _, flat, reporter = run(
+        family(scripted=[1.0, 0.9996, 0.9993, 0.9990]),
         FitConfig(max_epochs=4, batch_size=8, learning_rate=0.01, patience=2, min_delta=0.001),
     )
-    assert flat.best_epoch == 1 and flat.stopped_early and flat.epochs_run == 3
+    assert flat.best_epoch == 3 and flat.best_valid_loss == 0.9993 and flat.stopped_early and flat.epochs_run == 3
+    assert [e["best"] for e in reporter.events if e["type"] == "epoch"] == [True, True, True]
 
 
 def test_unknown_monitor_falls_back_to_valid_loss():

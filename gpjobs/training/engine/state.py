@@ -33,6 +33,9 @@ class TrainState:
     best_metrics: dict[str, Any] = field(default_factory=dict)
     best_valid_loss: float = math.nan
     best_state: dict[str, torch.Tensor] | None = None  # the best epoch's weights (CPU copy)
+    # Early stopping's own reference, as fastai's EarlyStoppingCallback keeps it apart from SaveModelCallback's
+    # best: the score when the monitor last improved by min_delta.
+    stop_reference: float = math.nan
     bad_epochs: int = 0  # epochs since the monitor last improved by min_delta
     stopped: bool = False  # early stopping fired
     resumed_from_epoch: int = 0
@@ -40,6 +43,8 @@ class TrainState:
     def __post_init__(self) -> None:
         if math.isnan(self.best_score):
             self.best_score = math.inf if self.minimise else -math.inf
+        if math.isnan(self.stop_reference):
+            self.stop_reference = self.best_score
 
     @property
     def minimise(self) -> bool:
@@ -52,18 +57,29 @@ class TrainState:
         """The monitor is not a metric of this family: follow valid_loss from here on."""
         self.monitor = "valid_loss"
         self.best_score = valid_loss + 1.0 if self.best_state is None else self.best_valid_loss
+        self.stop_reference = self.best_score
 
     def end_epoch(
         self, record: dict[str, Any], metrics: dict[str, Any], score: float, model: torch.nn.Module, min_delta: float
     ) -> bool:
-        """Add the epoch's record; keep its weights when the monitor improved. Returns whether it did."""
+        """Add the epoch's record; keep its weights when the monitor is better than the best so far, by any
+        margin (fastai's SaveModelCallback, which arcgis.learn's best-epoch reload uses); count the epoch against
+        early stopping's patience unless it improved by min_delta (its EarlyStoppingCallback). Returns whether
+        the weights were kept. With min_delta in both, an epoch that bettered the best by less was dropped for
+        an older one: bench/quality.py yolov3 palms seed 43, validation AP 0.7426 at the last epoch against
+        0.7418 at the fourth, held-out Esri AP / COCO mAP@0.5 0.746 / 0.618 there against 0.673 / 0.370."""
         self.epoch = record["epoch"]
         self.history.append(record)
-        better = (score < self.best_score - min_delta) if self.minimise else (score > self.best_score + min_delta)
-        improved = self.best_state is None or better
+
+        def beats(reference: float, margin: float) -> bool:
+            return score < reference - margin if self.minimise else score > reference + margin
+
+        improved = self.best_state is None or beats(self.best_score, 0.0)
         if improved:
             self.best_state, self.best_score, self.best_epoch = cpu_state_dict(model), score, self.epoch
-            self.best_metrics, self.best_valid_loss, self.bad_epochs = metrics, record["valid_loss"], 0
+            self.best_metrics, self.best_valid_loss = metrics, record["valid_loss"]
+        if beats(self.stop_reference, min_delta):
+            self.stop_reference, self.bad_epochs = score, 0
         else:
             self.bad_epochs += 1
         return improved
@@ -86,6 +102,7 @@ class TrainState:
             "best_score": self.best_score,
             "best_metrics": self.best_metrics,
             "best_valid_loss": self.best_valid_loss,
+            "stop_reference": self.stop_reference,
             "bad_epochs": self.bad_epochs,
             "stopped": self.stopped,
             # the best epoch is usually this one: don't write the same weights twice (its CPU copy is the model's)
@@ -129,6 +146,7 @@ class TrainState:
             best_score=saved["best_score"],
             best_metrics=saved["best_metrics"],
             best_valid_loss=saved["best_valid_loss"],
+            stop_reference=saved.get("stop_reference", saved["best_score"]),  # none before it was kept apart
             bad_epochs=saved["bad_epochs"],
             stopped=saved["stopped"],
             best_state=saved["best_state"] if saved["best_state"] is not None else saved["model"],
