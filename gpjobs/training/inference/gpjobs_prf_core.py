@@ -276,6 +276,27 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor
     return nms(boxes + offsets[:, None], scores, iou_threshold)
 
 
+def vote_boxes(
+    boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, kept: torch.Tensor, iou_threshold: float
+) -> torch.Tensor:
+    """The kept boxes, each moved to the score-weighted mean of the candidates of its class that overlap it by
+    more than iou_threshold (itself included): box voting, as the training side's yolo_net.vote_boxes."""
+    if kept.numel() == 0:
+        return boxes[kept]
+    chosen = boxes[kept]
+    w = (
+        torch.minimum(chosen[:, None, 2], boxes[None, :, 2]) - torch.maximum(chosen[:, None, 0], boxes[None, :, 0])
+    ).clamp(min=0)
+    h = (
+        torch.minimum(chosen[:, None, 3], boxes[None, :, 3]) - torch.maximum(chosen[:, None, 1], boxes[None, :, 1])
+    ).clamp(min=0)
+    inter = w * h
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    iou = inter / (area[kept][:, None] + area[None] - inter)
+    weights = ((iou > iou_threshold) & (classes[kept][:, None] == classes[None])).to(scores) * scores[None]
+    return weights @ boxes / weights.sum(1, keepdim=True)
+
+
 def box_rings(boxes: np.ndarray) -> list:
     """xyxy pixel boxes -> one closed ring each, in Esri's order (clockwise once rows turn into map y)."""
     return [[[[x0, y0], [x0, y1], [x1, y1], [x1, y0], [x0, y0]]] for x0, y0, x1, y1 in boxes.tolist()]

@@ -26,6 +26,7 @@ from gpjobs.training.models.detection.yolo_net import (
     check_chip_multiple,
     decode_boxes,
     resized_side,
+    vote_boxes,
     yolo_detect,
     yolo_loss,
 )
@@ -271,6 +272,32 @@ def test_yolo_drops_boxes_that_overlap_a_better_one_by_more_than_arcgis_nms_over
     assert NMS_OVERLAP == 0.1
     assert found["boxes"].tolist() == [[-4.0, -4.0, 12.0, 12.0], [20.0, 20.0, 36.0, 36.0]]
     assert len(yolo_detect(tuple(raw), anchors, (8, 16, 32), nms_thresh=0.45)[0]["boxes"]) == 3
+
+
+def test_yolo_votes_each_kept_box_from_the_candidates_of_its_class_that_overlap_it_by_more_than_a_half():
+    import importlib.util
+
+    from gpjobs.training.package import INFERENCE_DIR
+
+    loader = importlib.util.spec_from_file_location("prf_core_under_test", INFERENCE_DIR / "gpjobs_prf_core.py")
+    prf_core = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(prf_core)
+    boxes = torch.tensor(
+        [
+            [0.0, 0.0, 10.0, 10.0],  # kept
+            [1.0, 1.0, 11.0, 11.0],  # IoU 0.68 with it, same class: suppressed, votes
+            [0.0, 0.0, 10.0, 10.0],  # the other class: kept, votes for nothing else
+            [5.0, 5.0, 15.0, 15.0],  # IoU 0.14: suppressed by the NMS, too far to vote
+            [20.0, 20.0, 30.0, 30.0],  # apart: kept as it is
+        ]
+    )
+    scores = torch.tensor([0.9, 0.3, 0.5, 0.8, 0.2])
+    labels = torch.tensor([0, 0, 1, 0, 0])
+    kept = torch.tensor([0, 2, 4])
+    expected = [[0.25, 0.25, 10.25, 10.25], [0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]]
+    torch.testing.assert_close(vote_boxes(boxes, scores, labels, kept, 0.5), torch.tensor(expected))
+    torch.testing.assert_close(prf_core.vote_boxes(boxes, scores, labels, kept, 0.5), torch.tensor(expected))
+    assert prf_core.vote_boxes(boxes, scores, labels, kept[:0], 0.5).shape == (0, 4)
 
 
 def test_yolo_decoding_is_bounded_around_its_cell_and_anchor():

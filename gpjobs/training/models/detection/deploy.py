@@ -56,9 +56,15 @@ def dense_spec(kind: str) -> dict[str, Any]:
     """The thresholds ssd_detect / yolo_detect apply (their defaults, as detect() calls them)."""
     if kind == "ssd":
         return {"decoder": "dense", "score_thresh": 0.05, "nms_thresh": 0.1, "max_detections": 100}
-    from gpjobs.training.models.detection.yolo_net import NMS_OVERLAP
+    from gpjobs.training.models.detection.yolo_net import NMS_OVERLAP, VOTE_OVERLAP
 
-    return {"decoder": "dense", "score_thresh": 0.01, "nms_thresh": NMS_OVERLAP, "max_detections": 100}
+    return {
+        "decoder": "dense",
+        "score_thresh": 0.01,
+        "nms_thresh": NMS_OVERLAP,
+        "vote_thresh": VOTE_OVERLAP,
+        "max_detections": 100,
+    }
 
 
 class _Resized(nn.Module):

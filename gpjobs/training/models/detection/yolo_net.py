@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import batched_nms
+from torchvision.ops import batched_nms, box_iou
 
 BASE_STRIDES = (8, 16, 32)  # of the network's input; in chip pixels they are divided by the input scale
 ANCHOR_RATIO = 4.0  # an anchor takes a box when neither side differs from it by this factor or more
@@ -37,6 +37,12 @@ GAINS = (0.05, 1.0, 0.5)  # box, objectness, class
 # full palms, held-out Esri AP / COCO mAP@0.5, seeds 42 / 43: 0.698 / 0.542 and 0.715 / 0.685 at 0.45, 0.722 /
 # 0.560 and 0.765 / 0.717 at 0.1 (0.2 to 0.35 scored within 0.02 of 0.1).
 NMS_OVERLAP = 0.1
+# After NMS each kept box moves to the score-weighted mean of the candidates of its class that overlap it by more
+# than this (box voting, YOLOv5's merge NMS): the decoupled outputs give a palm a few boxes across scales and
+# anchors, and their mean fits it better than the best-scored one alone. Full palms (CPU, 5 epochs, batch 4),
+# held-out COCO mAP@0.5 of the last epoch's weights, seeds 42 / 43 / 44: 0.619 / 0.618 / 0.646 -> 0.698 / 0.649 /
+# 0.588 (and of the fourth epoch's 0.610 / 0.370 / 0.627 -> 0.645 / 0.547 / 0.638); Esri AP@0.1 is unchanged.
+VOTE_OVERLAP = 0.5
 OBJECTNESS_PRIOR = -4.0  # initial objectness logit: few confident boxes at first, a stable early loss
 
 
@@ -304,9 +310,10 @@ def yolo_detect(
     *,
     score_thresh: float = 0.01,
     nms_thresh: float = NMS_OVERLAP,
+    vote_thresh: float | None = VOTE_OVERLAP,
     max_detections: int = 100,
 ) -> list[dict]:
-    """Per image {boxes xyxy px, scores, labels 1..C} after class-wise NMS."""
+    """Per image {boxes xyxy px, scores, labels 1..C} after class-wise NMS and box voting (None: no voting)."""
     per_level = []
     for level, (raw, stride) in enumerate(zip(outputs, strides)):
         boxes = decode_boxes(raw, anchors[3 * level : 3 * level + 3], stride)
@@ -322,8 +329,19 @@ def yolo_detect(
         keep = scores[b] >= score_thresh
         bx, sc, lb = boxes[b][keep], scores[b][keep], labels[b][keep]
         kept = batched_nms(bx, sc, lb, nms_thresh)[:max_detections]
-        results.append({"boxes": bx[kept], "scores": sc[kept], "labels": lb[kept] + 1})
+        voted = bx[kept] if vote_thresh is None else vote_boxes(bx, sc, lb, kept, vote_thresh)
+        results.append({"boxes": voted, "scores": sc[kept], "labels": lb[kept] + 1})
     return results
+
+
+def vote_boxes(
+    boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, kept: torch.Tensor, overlap: float
+) -> torch.Tensor:
+    """The kept boxes, each the score-weighted mean of the candidates of its class overlapping it by more than
+    `overlap` (itself included). The packages' raster function does the same (gpjobs_prf_core.vote_boxes)."""
+    near = (box_iou(boxes[kept], boxes) > overlap) & (labels[kept, None] == labels[None])
+    weights = near.to(scores.dtype) * scores[None]
+    return weights @ boxes / weights.sum(1, keepdim=True)
 
 
 def check_chip_multiple(chip: int) -> None:
