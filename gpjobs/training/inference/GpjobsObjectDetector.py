@@ -172,9 +172,9 @@ def decode_dense(outputs, spec: dict) -> list:
         keep = scores[b] >= spec["score_thresh"]
         bx, sc, lb = boxes[b][keep], scores[b][keep], labels[b][keep]
         kept = core.batched_nms(bx, sc, lb, spec["nms_thresh"])[: spec["max_detections"]]
-        merge = spec.get("vote_thresh")  # YOLOv3 packages from box voting on (yolo_net.VOTE_OVERLAP)
-        boxes_kept = bx[kept] if merge is None else core.vote_boxes(bx, sc, lb, kept, merge)
-        found.append({"boxes": boxes_kept, "scores": sc[kept], "labels": lb[kept]})
+        vote = spec.get("vote_thresh")  # YOLOv3 packages since box voting (yolo_net.VOTE_OVERLAP); None before
+        voted = bx[kept] if vote is None else core.vote_boxes(bx, sc, lb, kept, vote)
+        found.append({"boxes": voted, "scores": sc[kept], "labels": lb[kept]})
     return found
 
 
