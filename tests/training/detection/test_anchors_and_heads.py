@@ -275,13 +275,8 @@ def test_yolo_drops_boxes_that_overlap_a_better_one_by_more_than_arcgis_nms_over
 
 
 def test_yolo_votes_each_kept_box_from_the_candidates_of_its_class_that_overlap_it_by_more_than_a_half():
-    import importlib.util
+    from gpjobs.training.inference import gpjobs_prf_core as prf_core  # the file the packages ship
 
-    from gpjobs.training.package import INFERENCE_DIR
-
-    loader = importlib.util.spec_from_file_location("prf_core_under_test", INFERENCE_DIR / "gpjobs_prf_core.py")
-    prf_core = importlib.util.module_from_spec(loader)
-    loader.loader.exec_module(prf_core)
     boxes = torch.tensor(
         [
             [0.0, 0.0, 10.0, 10.0],  # kept
